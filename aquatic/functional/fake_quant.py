@@ -1,0 +1,274 @@
+"""Affine fake quantization with straight-through gradients.
+
+An affine quantizer maps a real value :math:`x` to an integer code and back
+(Jacob et al. 2018, "Quantization and Training of Neural Networks for Efficient
+Integer-Arithmetic-Only Inference"):
+
+.. math::
+
+    q = \\mathrm{clamp}(\\mathrm{round}(x / s) + z,\\; q_{min},\\; q_{max}), \\qquad
+    \\hat{x} = (q - z)\\, s
+
+with scale :math:`s > 0` and integer zero point :math:`z`. Fake quantization returns
+:math:`\\hat{x}` as a float tensor. Its gradient follows torch's rule: the identity
+where :math:`\\mathrm{round}(x/s) + z` lies in :math:`[q_{min}, q_{max}]`, zero outside.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from aquatic.functional.rounding import check_rounding, round_ste, round_values
+
+__all__ = [
+    "fake_quantize_affine",
+    "fake_quantize_learnable",
+    "quantize_affine",
+    "dequantize_affine",
+    "grad_scale",
+    "int_dtype",
+    "check_range",
+]
+
+Number = Union[int, float]
+
+
+def check_range(quant_min: int, quant_max: int) -> None:
+    """Raise a ``ValueError`` unless ``quant_min < quant_max`` are integers."""
+    if not isinstance(quant_min, int) or not isinstance(quant_max, int):
+        raise TypeError(
+            f"quant_min and quant_max must be ints, got {quant_min!r} and {quant_max!r}"
+        )
+    if quant_min >= quant_max:
+        raise ValueError(
+            f"quant_min ({quant_min}) must be smaller than quant_max ({quant_max})"
+        )
+
+
+def int_dtype(quant_min: int, quant_max: int) -> torch.dtype:
+    """The smallest integer dtype that holds every code in ``[quant_min, quant_max]``.
+
+    Example:
+        >>> int_dtype(-128, 127), int_dtype(0, 255), int_dtype(-1, 1000)
+        (torch.int8, torch.uint8, torch.int16)
+    """
+    if quant_min >= 0 and quant_max <= 255:
+        return torch.uint8
+    for dtype in (torch.int8, torch.int16, torch.int32):
+        info = torch.iinfo(dtype)
+        if info.min <= quant_min and quant_max <= info.max:
+            return dtype
+    return torch.int64
+
+
+def _check_input(input: Tensor) -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"expected a torch.Tensor, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(
+            f"fake quantization needs a floating-point tensor, got dtype {input.dtype}; "
+            "convert it with .float() first"
+        )
+
+
+def _check_axis(input: Tensor, ch_axis: Optional[int]) -> Optional[int]:
+    if ch_axis is None:
+        return None
+    if not -input.dim() <= ch_axis < max(input.dim(), 1):
+        raise ValueError(
+            f"ch_axis={ch_axis} is out of range for a tensor with {input.dim()} "
+            f"dimensions; use an axis in [{-input.dim()}, {input.dim() - 1}]"
+        )
+    return ch_axis % input.dim()
+
+
+def _broadcast(param: Tensor, input: Tensor, ch_axis: Optional[int]) -> Tensor:
+    """Reshape a per-channel parameter so it broadcasts along ``ch_axis``."""
+    if ch_axis is None or param.dim() == 0:
+        return param
+    shape = [1] * input.dim()
+    shape[ch_axis] = -1
+    return param.reshape(shape)
+
+
+def quantize_affine(
+    input: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    quant_min: int,
+    quant_max: int,
+    ch_axis: Optional[int] = None,
+    rounding: str = "nearest",
+    generator: Optional[torch.Generator] = None,
+    dtype: Optional[torch.dtype] = None,
+) -> Tensor:
+    """Integer codes :math:`q` of ``input`` (no gradient).
+
+    ``dequantize_affine(quantize_affine(x, ...), ...)`` equals
+    ``fake_quantize_affine(x, ...)`` bit for bit.
+
+    Args:
+        input: floating-point tensor.
+        scale: scale, a scalar tensor or one value per channel along ``ch_axis``.
+        zero_point: integer zero point, shaped like ``scale``.
+        quant_min, quant_max: the integer range.
+        ch_axis: channel axis for per-channel parameters, ``None`` for per-tensor.
+        rounding: ``"nearest"``, ``"floor"`` or ``"stochastic"``.
+        generator: random number generator for stochastic rounding.
+        dtype: integer dtype of the result; the smallest that fits when ``None``.
+
+    Example:
+        >>> quantize_affine(torch.tensor([-1.0, 0.26, 9.0]), torch.tensor(0.1),
+        ...                 torch.tensor(0), -128, 127)
+        tensor([-10,   3,  90], dtype=torch.int8)
+    """
+    _check_input(input)
+    check_range(quant_min, quant_max)
+    check_rounding(rounding)
+    ch_axis = _check_axis(input, ch_axis)
+    codes = _codes(input.detach(), scale, zero_point, quant_min, quant_max, ch_axis, rounding, generator)
+    return codes.to(dtype or int_dtype(quant_min, quant_max))
+
+
+def _codes(input, scale, zero_point, quant_min, quant_max, ch_axis, rounding, generator):
+    # Same arithmetic as torch's fake-quantize kernels: x * (1 / s) in float32, rounded,
+    # then shifted by the zero point and clamped.
+    inv_scale = _broadcast(1.0 / scale.float(), input, ch_axis)
+    zp = _broadcast(zero_point, input, ch_axis)
+    rounded = round_values(input.float() * inv_scale, rounding, generator)
+    return torch.clamp(rounded + zp, quant_min, quant_max)
+
+
+def dequantize_affine(
+    codes: Tensor, scale: Tensor, zero_point: Tensor, ch_axis: Optional[int] = None
+) -> Tensor:
+    """Real values :math:`(q - z)\\, s` of integer ``codes`` (float32).
+
+    Example:
+        >>> dequantize_affine(torch.tensor([-10, 3, 90], dtype=torch.int8),
+        ...                   torch.tensor(0.5), torch.tensor(0))
+        tensor([-5.0000,  1.5000, 45.0000])
+    """
+    ch_axis = _check_axis(codes, ch_axis)
+    zp = _broadcast(zero_point, codes, ch_axis)
+    return (codes.to(torch.int64) - zp).float() * _broadcast(scale.float(), codes, ch_axis)
+
+
+def fake_quantize_affine(
+    input: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    quant_min: int,
+    quant_max: int,
+    ch_axis: Optional[int] = None,
+    rounding: str = "nearest",
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """Fake-quantize ``input``: the dequantized value of its integer code.
+
+    With ``rounding="nearest"`` this is :func:`torch.fake_quantize_per_tensor_affine`
+    (``ch_axis=None``) or :func:`torch.fake_quantize_per_channel_affine`, bit for bit in
+    values and gradients. Other rounding modes use the same arithmetic and gradient
+    rule (identity inside the range, zero outside).
+
+    Args:
+        input: floating-point tensor.
+        scale: scale :math:`s`, scalar tensor (per-tensor) or 1-D (per-channel).
+        zero_point: integer zero point :math:`z`, shaped like ``scale``.
+        quant_min, quant_max: the integer range, ``quant_min < quant_max``.
+        ch_axis: the channel axis of per-channel ``scale``; ``None`` for per-tensor.
+        rounding: ``"nearest"`` (half to even), ``"floor"`` or ``"stochastic"``.
+        generator: random number generator for stochastic rounding.
+
+    Shape:
+        - input: any shape; ``scale.numel()`` equals ``input.shape[ch_axis]`` when
+          per-channel.
+        - output: same shape and dtype as ``input``.
+
+    Example:
+        >>> x = torch.tensor([-1.0, 0.26, 13.0], requires_grad=True)
+        >>> y = fake_quantize_affine(x, torch.tensor(0.1), torch.tensor(0), -128, 127)
+        >>> y.detach()
+        tensor([-1.0000,  0.3000, 12.7000])
+        >>> y.sum().backward(); x.grad
+        tensor([1., 1., 0.])
+    """
+    _check_input(input)
+    check_range(quant_min, quant_max)
+    ch_axis = _check_axis(input, ch_axis)
+    scale = scale.to(torch.float32)
+    zero_point = zero_point.to(torch.int32)
+    if rounding == "nearest":
+        if ch_axis is None:
+            return torch.fake_quantize_per_tensor_affine(
+                input, scale, zero_point, quant_min, quant_max
+            )
+        return torch.fake_quantize_per_channel_affine(
+            input, scale, zero_point, ch_axis, quant_min, quant_max
+        )
+    check_rounding(rounding)
+    inv_scale = _broadcast(1.0 / scale, input, ch_axis)
+    zp = _broadcast(zero_point, input, ch_axis)
+    shifted = round_values(input * inv_scale, rounding, generator) + zp
+    inside = (shifted >= quant_min) & (shifted <= quant_max)
+    value = (torch.clamp(shifted, quant_min, quant_max) - zp) * _broadcast(scale, input, ch_axis)
+    passthrough = torch.where(inside, input, torch.zeros_like(input))
+    return passthrough + (value.to(input.dtype) - passthrough).detach()
+
+
+def grad_scale(input: Tensor, factor: float) -> Tensor:
+    """Return ``input`` unchanged, with its gradient multiplied by ``factor``.
+
+    Example:
+        >>> s = torch.tensor(2.0, requires_grad=True)
+        >>> (grad_scale(s, 0.5) * 3).backward(); s.grad
+        tensor(1.5000)
+    """
+    scaled = input * factor
+    return (input - scaled).detach() + scaled
+
+
+def fake_quantize_learnable(
+    input: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    quant_min: int,
+    quant_max: int,
+    ch_axis: Optional[int] = None,
+    grad_factor: float = 1.0,
+) -> Tensor:
+    """Fake quantization with gradients for ``scale`` and ``zero_point`` (LSQ, LSQ+).
+
+    Learned step size quantization (Esser et al. 2020, "Learned Step Size
+    Quantization", eq. 1-3) with the learned offset of LSQ+ (Bhalgat et al. 2020),
+    kept as an integer zero point (rounded with an STE) so the result deploys exactly:
+
+    .. math::
+
+        \\hat{x} = (\\mathrm{round}(\\mathrm{clamp}(x/s + z, q_{min}, q_{max})) - z)\\, s
+
+    Gradients: :math:`\\partial\\hat{x}/\\partial x = 1` inside the range, 0 outside;
+    :math:`\\partial\\hat{x}/\\partial s = \\mathrm{round}(x/s + z) - z - x/s` inside,
+    :math:`q_{min} - z` or :math:`q_{max} - z` outside (times ``grad_factor``, the
+    paper's :math:`g = 1/\\sqrt{N Q_P}`); :math:`\\partial\\hat{x}/\\partial z = 0`
+    inside and :math:`-s` outside.
+
+    Example:
+        >>> x = torch.tensor([0.26, 5.0])
+        >>> s = torch.tensor(0.1, requires_grad=True)
+        >>> y = fake_quantize_learnable(x, s, torch.tensor(0.0), -8, 7)
+        >>> y.detach()
+        tensor([0.3000, 0.7000])
+        >>> y.sum().backward(); round(s.grad.item(), 4)  # (3 - 2.6) + 7
+        7.4
+    """
+    _check_input(input)
+    check_range(quant_min, quant_max)
+    ch_axis = _check_axis(input, ch_axis)
+    s = _broadcast(grad_scale(scale, grad_factor), input, ch_axis)
+    z = _broadcast(round_ste(zero_point.to(s.dtype)), input, ch_axis)
+    codes = round_ste(torch.clamp(input * s.reciprocal() + z, quant_min, quant_max))
+    return (codes - z) * s

@@ -1,0 +1,79 @@
+"""Scale and zero point from an observed range."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = ["calculate_qparams", "round_to_power_of_two"]
+
+_EPS = torch.finfo(torch.float32).eps
+
+
+def round_to_power_of_two(scale: Tensor) -> Tensor:
+    """Round each scale *up* to the next power of two, so nothing new is clipped.
+
+    Example:
+        >>> round_to_power_of_two(torch.tensor([0.3, 0.25, 3.0]))
+        tensor([0.5000, 0.2500, 4.0000])
+    """
+    return torch.exp2(torch.ceil(torch.log2(scale)))
+
+
+def calculate_qparams(
+    min_val: Tensor,
+    max_val: Tensor,
+    quant_min: int,
+    quant_max: int,
+    symmetric: bool,
+    power_of_two: bool = False,
+    eps: float = _EPS,
+) -> Tuple[Tensor, Tensor]:
+    """Scale and zero point that cover ``[min_val, max_val]`` (extended to include 0).
+
+    - Symmetric: zero point 0 and :math:`s = \\max(|min|, |max|) / \\min(q_{max}, -q_{min})`
+      for a signed range, :math:`s = \\max(max, 0) / q_{max}` for an unsigned one
+      (negative values then clip to 0, as after a ReLU).
+    - Asymmetric: :math:`s = (max - min) / (q_{max} - q_{min})` and
+      :math:`z = q_{min} - \\mathrm{round}(min / s)`, clamped to the range.
+
+    The scale is at least ``eps``, so an all-zero or constant tensor still gets a
+    usable scale; ``power_of_two`` rounds it up to :math:`2^k`.
+
+    Args:
+        min_val, max_val: observed minimum and maximum (scalars or per channel).
+        quant_min, quant_max: the integer range.
+        symmetric: whether the zero point is fixed at 0.
+        power_of_two: restrict the scale to powers of two.
+        eps: the smallest scale returned.
+
+    Returns:
+        ``(scale, zero_point)``: float32 and int32 tensors shaped like ``min_val``.
+
+    Example:
+        >>> calculate_qparams(torch.tensor(-1.0), torch.tensor(2.54), -128, 127, True)
+        (tensor(0.0200), tensor(0, dtype=torch.int32))
+        >>> calculate_qparams(torch.tensor(-1.0), torch.tensor(2.0), 0, 255, False)
+        (tensor(0.0118), tensor(85, dtype=torch.int32))
+    """
+    min_neg = torch.clamp(min_val.float(), max=0.0)
+    max_pos = torch.clamp(max_val.float(), min=0.0)
+    if symmetric:
+        if quant_min < 0:
+            amax = torch.maximum(-min_neg, max_pos)
+            scale = amax / min(quant_max, -quant_min)
+        else:
+            scale = max_pos / quant_max
+        scale = torch.clamp(scale, min=eps)
+        if power_of_two:
+            scale = round_to_power_of_two(scale)
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+        return scale, zero_point
+    scale = torch.clamp((max_pos - min_neg) / (quant_max - quant_min), min=eps)
+    if power_of_two:
+        scale = round_to_power_of_two(scale)
+    zero_point = quant_min - torch.round(min_neg / scale)
+    zero_point = torch.clamp(zero_point, quant_min, quant_max).to(torch.int32)
+    return scale, zero_point

@@ -1,0 +1,93 @@
+"""The machinery every aquatic layer shares: building and applying quantizers."""
+
+from __future__ import annotations
+
+from typing import Dict, Mapping, Optional
+
+import torch
+from torch import Tensor, nn
+
+from aquatic.qconfig import QConfig
+
+__all__ = ["QuantizedModule", "check_qconfig"]
+
+
+def check_qconfig(qconfig: Optional[QConfig]) -> Optional[QConfig]:
+    """Return ``qconfig`` if it is a :class:`~aquatic.QConfig` or ``None``, else raise."""
+    if qconfig is not None and not isinstance(qconfig, QConfig):
+        raise TypeError(
+            f"qconfig must be an aquatic.QConfig or None, got {type(qconfig).__name__}; "
+            "build one with aquatic.QConfig(weight=..., activation=...)"
+        )
+    return qconfig
+
+
+class QuantizedModule(nn.Module):
+    """Mixin for layers whose parameters and output are quantized by a QConfig.
+
+    A subclass lists in ``_quantized_params`` which of its parameters each QConfig
+    field governs (``{"weight": "weight", "tau_mem": "tau", ...}``) and calls
+    :meth:`_init_quantizers` at the end of ``__init__``. Then:
+
+    - ``self.quantizers`` is an ``nn.ModuleDict`` from parameter name (and
+      ``"activation"``) to its own quantizer, built by calling the QConfig's factories;
+    - :meth:`quantized` returns a parameter as ``forward`` should use it;
+    - :meth:`quantize_output` applies the activation quantizer;
+    - :meth:`quantize_params` returns every quantized parameter.
+    """
+
+    #: parameter name -> QConfig field that quantizes it
+    _quantized_params: Mapping[str, str] = {}
+    #: whether QConfig.activation applies to this layer's output
+    _quantizes_output: bool = True
+
+    def _init_quantizers(self, qconfig: Optional[QConfig]) -> None:
+        from aquatic.quantizers.shared import link_shared_scales
+
+        self.qconfig = check_qconfig(qconfig)
+        self.quantizers = nn.ModuleDict()
+        if qconfig is None:
+            return
+        for name, field in self._quantized_params.items():
+            factory = getattr(qconfig, field)
+            if factory is not None and getattr(self, name, None) is not None:
+                self.quantizers[name] = factory()
+        if self._quantizes_output and qconfig.activation is not None:
+            self.quantizers["activation"] = qconfig.activation()
+        link_shared_scales(self.quantizers.values())
+
+    def quantized(self, name: str) -> Optional[Tensor]:
+        """Parameter ``name`` passed through its quantizer, if it has one."""
+        value = getattr(self, name)
+        if value is None or name not in self.quantizers:
+            return value
+        return self.quantizers[name](value)
+
+    def quantize_output(self, output: Tensor) -> Tensor:
+        """The layer's output passed through the activation quantizer, if any."""
+        if "activation" in self.quantizers:
+            return self.quantizers["activation"](output)
+        return output
+
+    @torch.no_grad()
+    def quantize_params(self) -> Dict[str, Tensor]:
+        """The quantized values of every quantized parameter, as ``forward`` uses them.
+
+        Quantizers run in eval mode, so observers only fill a range never observed.
+        """
+        result = {}
+        for name, quantizer in self.quantizers.items():
+            if name == "activation":
+                continue
+            training = quantizer.training
+            quantizer.train(False)
+            try:
+                result[name] = quantizer(getattr(self, name))
+            finally:
+                quantizer.train(training)
+        return result
+
+    def _quant_repr(self) -> str:
+        if not self.quantizers:
+            return ""
+        return ", quantized=(" + ", ".join(self.quantizers.keys()) + ")"

@@ -1,0 +1,107 @@
+"""The quantizer interface and the factories that QConfig holds."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor, nn
+
+from aquatic.factory import Factory
+
+__all__ = ["Quantizer", "check_bits", "integer_range"]
+
+
+def check_bits(bits: Any, low: int = 1, high: int = 16) -> int:
+    """Return ``bits`` if it is an int in ``[low, high]``, else raise."""
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"bits must be an int, got {bits!r}")
+    if not low <= bits <= high:
+        raise ValueError(f"bits={bits} is outside the supported range {low}..{high}")
+    return bits
+
+
+class Quantizer(nn.Module):
+    """Base class of every aquatic quantizer.
+
+    ``forward(input)`` returns the fake-quantized ``input`` (float, on the quantization
+    grid) with a straight-through gradient. Two switches control it:
+
+    - ``observer_enabled``: whether ``forward`` updates ranges or initial values from
+      its input. Observers update in training mode, like batch-norm statistics; in
+      eval mode they only fill a range that has never been observed.
+    - ``fake_quant_enabled``: whether ``forward`` quantizes; when ``False`` the input
+      passes through unchanged.
+
+    Subclasses implement :meth:`observe`, :meth:`fake_quantize`, :meth:`to_int` and
+    :meth:`qparams`.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.observer_enabled = True
+        self.fake_quant_enabled = True
+
+    @classmethod
+    def with_args(cls, **kwargs: Any) -> Factory:
+        """A factory that builds this quantizer with ``kwargs``, for a :class:`~aquatic.QConfig`."""
+        return Factory(cls, kwargs)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not isinstance(input, Tensor) or not input.is_floating_point():
+            raise TypeError(
+                f"{type(self).__name__} quantizes floating-point tensors, got "
+                f"{getattr(input, 'dtype', type(input).__name__)}; convert with .float()"
+            )
+        if self.observer_enabled:
+            self.observe(input.detach())
+        if not self.fake_quant_enabled:
+            return input
+        return self.fake_quantize(input)
+
+    def observe(self, input: Tensor) -> None:
+        """Update ranges or initial values from ``input`` (no-op by default)."""
+
+    def fake_quantize(self, input: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def to_int(self, input: Tensor) -> Tensor:
+        """Integer codes (an integer dtype) of ``input`` under the current parameters."""
+        raise NotImplementedError
+
+    def qparams(self) -> Dict[str, Any]:
+        """The parameters that map :meth:`to_int` codes back to real values."""
+        raise NotImplementedError
+
+    def _switch_repr(self) -> str:
+        off = [
+            name
+            for name in ("observer_enabled", "fake_quant_enabled")
+            if not getattr(self, name)
+        ]
+        return "".join(f", {name}=False" for name in off)
+
+
+def integer_range(bits: int, signed: bool, narrow_range: bool = False) -> tuple:
+    """``(quant_min, quant_max)`` of a ``bits``-bit integer.
+
+    ``narrow_range`` drops the most negative code of a signed range (``-127..127``
+    rather than ``-128..127``), so that it is symmetric around zero.
+
+    Example:
+        >>> integer_range(8, signed=True), integer_range(8, True, narrow_range=True)
+        ((-128, 127), (-127, 127))
+        >>> integer_range(4, signed=False)
+        (0, 15)
+    """
+    check_bits(bits)
+    if signed:
+        if bits == 1:
+            raise ValueError(
+                "a signed 1-bit range holds only {-1, 0}; use signed=False or "
+                "aquatic.quantizers.BinaryQuantizer for {-1, +1}"
+            )
+        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        return (low + 1 if narrow_range else low), high
+    return 0, 2**bits - 1

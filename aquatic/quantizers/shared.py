@@ -1,0 +1,163 @@
+"""One scale shared by several quantizers, as integer and neuromorphic hardware needs.
+
+On chips such as Xylo or DYNAP-CNN, the weights, biases and thresholds of a layer are
+integers in one common unit. :class:`SharedScaleQuantizer` members of one
+:class:`ScaleGroup` use a single symmetric scale: the smallest that fits every member's
+observed range into that member's own integer range,
+
+.. math::  s = \\max_i \\frac{\\max |x_i|}{q_{max,i}}
+
+so 8-bit weights and 16-bit thresholds can share it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from aquatic.functional.fake_quant import fake_quantize_affine, quantize_affine
+from aquatic.functional.qparams import round_to_power_of_two
+from aquatic.functional.rounding import check_rounding
+from aquatic.observers import MinMaxObserver, RangeObserver
+from aquatic.quantizers.base import Quantizer, integer_range
+
+__all__ = ["ScaleGroup", "SharedScaleQuantizer", "link_shared_scales"]
+
+
+class ScaleGroup:
+    """A set of :class:`SharedScaleQuantizer` that use one scale.
+
+    Pass the same group to quantizers of several layers (for example one group in a
+    QConfig applied to a whole network) to share the scale across them. Members stay
+    referenced by the group as long as it lives.
+
+    Args:
+        power_of_two: round the shared scale up to a power of two.
+
+    Example:
+        >>> group = ScaleGroup()
+        >>> w = SharedScaleQuantizer(bits=8, group=group)
+        >>> th = SharedScaleQuantizer(bits=16, group=group)
+        >>> _ = w(torch.tensor([-2.54, 1.0])); _ = th(torch.tensor([3.0]))
+        >>> group.scale()
+        tensor(0.0200)
+        >>> th.to_int(torch.tensor([3.0]))
+        tensor([150], dtype=torch.int16)
+    """
+
+    def __init__(self, power_of_two: bool = False) -> None:
+        self.power_of_two = bool(power_of_two)
+        self.members: List["SharedScaleQuantizer"] = []
+
+    def scale(self) -> Tensor:
+        """The shared scale from the members' current ranges."""
+        candidates = [m._own_scale() for m in self.members if m.observer.initialized]
+        if not candidates:
+            raise RuntimeError(
+                "no member of this ScaleGroup has observed data yet: run a forward "
+                "pass (in training mode) before asking for the scale"
+            )
+        scale = torch.stack(candidates).amax() if len(candidates) > 1 else candidates[0]
+        return round_to_power_of_two(scale) if self.power_of_two else scale
+
+    def __repr__(self) -> str:
+        return f"ScaleGroup(members={len(self.members)}, power_of_two={self.power_of_two})"
+
+
+class SharedScaleQuantizer(Quantizer):
+    """Symmetric uniform quantizer whose scale is shared with the rest of its group.
+
+    Args:
+        bits: bit width of this member's codes, 2 to 16.
+        narrow_range: drop the most negative code.
+        group: a :class:`ScaleGroup` to join (shared across layers), or a name: members
+            of one layer with the same name are linked to one group when the layer is
+            built (:func:`link_shared_scales`). Until linked, a member has a group of
+            its own.
+        observer: factory of the range observer of this member.
+        rounding: ``"nearest"``, ``"floor"`` or ``"stochastic"``.
+
+    Shape:
+        - Input: any shape. Output: same shape and dtype.
+
+    Example:
+        >>> from aquatic import QConfig
+        >>> shared = SharedScaleQuantizer.with_args(group="layer")
+        >>> qconfig = QConfig(weight=shared, bias=shared.with_args(bits=16))
+    """
+
+    def __init__(
+        self,
+        bits: int = 8,
+        narrow_range: bool = False,
+        group: Union[str, ScaleGroup] = "layer",
+        observer: Callable[..., RangeObserver] = MinMaxObserver,
+        rounding: str = "nearest",
+    ) -> None:
+        super().__init__()
+        self.quant_min, self.quant_max = integer_range(bits, True, narrow_range)
+        self.bits = bits
+        self.rounding = check_rounding(rounding)
+        self.observer = observer(quant_min=self.quant_min, quant_max=self.quant_max, symmetric=True)
+        if isinstance(group, ScaleGroup):
+            self.group_name: Optional[str] = None
+            self._join(group)
+        elif isinstance(group, str):
+            self.group_name = group
+            self._join(ScaleGroup())
+        else:
+            raise TypeError(f"group must be a ScaleGroup or a name (str), got {group!r}")
+
+    def _join(self, group: ScaleGroup) -> None:
+        self.group = group
+        group.members.append(self)
+
+    def _own_scale(self) -> Tensor:
+        scale, _ = self.observer.calculate_qparams()
+        return scale
+
+    def observe(self, input: Tensor) -> None:
+        if self.training or not self.observer.initialized:
+            self.observer(input)
+
+    def calculate_qparams(self):
+        scale = self.group.scale()
+        return scale, torch.zeros((), dtype=torch.int32, device=scale.device)
+
+    def fake_quantize(self, input: Tensor) -> Tensor:
+        scale, zero_point = self.calculate_qparams()
+        return fake_quantize_affine(input, scale, zero_point, self.quant_min, self.quant_max, rounding=self.rounding)
+
+    @torch.no_grad()
+    def to_int(self, input: Tensor) -> Tensor:
+        scale, zero_point = self.calculate_qparams()
+        rounding = "nearest" if self.rounding == "stochastic" else self.rounding
+        return quantize_affine(input, scale, zero_point, self.quant_min, self.quant_max, rounding=rounding)
+
+    def qparams(self) -> Dict[str, Any]:
+        scale, zero_point = self.calculate_qparams()
+        return {"scale": scale, "zero_point": zero_point, "quant_min": self.quant_min, "quant_max": self.quant_max, "ch_axis": None}
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, group={self.group!r}" + self._switch_repr()
+
+
+def link_shared_scales(quantizers: Iterable[nn.Module]) -> None:
+    """Give the :class:`SharedScaleQuantizer` members that share a group *name* one group.
+
+    Layers call this on their own quantizers when they are built, so ``group="layer"``
+    shares one scale within each layer. Members built with a :class:`ScaleGroup`
+    object keep it.
+    """
+    by_name: Dict[str, ScaleGroup] = {}
+    for quantizer in quantizers:
+        if not isinstance(quantizer, SharedScaleQuantizer) or quantizer.group_name is None:
+            continue
+        group = by_name.get(quantizer.group_name)
+        if group is None:
+            group = by_name[quantizer.group_name] = quantizer.group
+        elif quantizer.group is not group:
+            quantizer.group.members.remove(quantizer)
+            quantizer._join(group)

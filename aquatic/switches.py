@@ -1,0 +1,85 @@
+"""Model-wide switches for observers and fake quantization.
+
+Each function flips the switch on every quantizer in a model at once and returns a
+handle that also works as a context manager, restoring the previous settings on exit::
+
+    aquatic.freeze_observers(model)          # from now on
+    with aquatic.disable_fake_quant(model):  # only inside the block
+        float_out = model(x)
+"""
+
+from __future__ import annotations
+
+from typing import List, Tuple
+
+from torch import nn
+
+from aquatic.quantizers.base import Quantizer
+
+__all__ = [
+    "freeze_observers",
+    "enable_observers",
+    "disable_fake_quant",
+    "enable_fake_quant",
+]
+
+
+class _Switch:
+    """Handle returned by the switch functions; a context manager that restores."""
+
+    def __init__(self, model: nn.Module, attribute: str, value: bool) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+        self._saved: List[Tuple[Quantizer, bool]] = []
+        for module in model.modules():
+            if isinstance(module, Quantizer):
+                self._saved.append((module, getattr(module, attribute)))
+                setattr(module, attribute, value)
+        self._attribute = attribute
+
+    def __enter__(self) -> "_Switch":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for module, value in self._saved:
+            setattr(module, self._attribute, value)
+
+
+def freeze_observers(model: nn.Module) -> _Switch:
+    """Stop every quantizer in ``model`` from updating its ranges or initial values.
+
+    Example:
+        >>> import torch, aquatic
+        >>> q = aquatic.quantizers.UniformQuantizer()
+        >>> _ = q(torch.tensor([1.0]))
+        >>> with aquatic.freeze_observers(q):
+        ...     _ = q(torch.tensor([5.0]))
+        >>> q.observer.max_val
+        tensor(1.)
+    """
+    return _Switch(model, "observer_enabled", False)
+
+
+def enable_observers(model: nn.Module) -> _Switch:
+    """Let every quantizer in ``model`` update its ranges again."""
+    return _Switch(model, "observer_enabled", True)
+
+
+def disable_fake_quant(model: nn.Module) -> _Switch:
+    """Make every quantizer in ``model`` pass its input through unchanged.
+
+    Example:
+        >>> import torch, aquatic
+        >>> q = aquatic.quantizers.UniformQuantizer(bits=2, scale=1.0)
+        >>> with aquatic.disable_fake_quant(q):
+        ...     q(torch.tensor([0.3]))
+        tensor([0.3000])
+        >>> q(torch.tensor([0.3]))
+        tensor([0.])
+    """
+    return _Switch(model, "fake_quant_enabled", False)
+
+
+def enable_fake_quant(model: nn.Module) -> _Switch:
+    """Make every quantizer in ``model`` quantize again."""
+    return _Switch(model, "fake_quant_enabled", True)
