@@ -1,0 +1,24 @@
+import os
+
+import pytest
+import torch
+from hypothesis import settings
+
+# Deterministic property tests: the same examples on every run and every machine.
+settings.register_profile("aquatic", derandomize=True, deadline=None, max_examples=60)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "aquatic"))
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+    yield
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
