@@ -50,7 +50,7 @@ class QConfig(_QConfigFields):
     it governs, so layers never share quantizer state by accident. ``None`` leaves
     that parameter in float.
 
-    Fields:
+    Attributes:
         activation: the layer's output. Spiking layers leave spikes alone (they are
             integers already) unless they return a membrane potential (``ExpLeak``).
         weight: weights, as in torch (recurrent weights of recurrent neurons too).
