@@ -125,9 +125,7 @@ class RangeObserver(nn.Module):
             if saved is not None:
                 getattr(self, name).resize_(saved.shape)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self.initialized = bool(
-            self.min_val.numel() > 0 and torch.isfinite(self.min_val).all()
-        )
+        self.initialized = bool(self.min_val.numel() > 0 and torch.isfinite(self.min_val).all())
 
     def extra_repr(self) -> str:
         parts = [
@@ -187,9 +185,7 @@ class MovingAverageMinMaxObserver(RangeObserver):
     ) -> None:
         super().__init__(quant_min, quant_max, symmetric, ch_axis, power_of_two)
         if not 0.0 < averaging_constant <= 1.0:
-            raise ValueError(
-                f"averaging_constant must be in (0, 1], got {averaging_constant}"
-            )
+            raise ValueError(f"averaging_constant must be in (0, 1], got {averaging_constant}")
         self.averaging_constant = float(averaging_constant)
 
     def _combine(self, cur_min: Tensor, cur_max: Tensor) -> Tuple[Tensor, Tensor]:

@@ -117,7 +117,9 @@ int8 = QConfig(
 
 #: 4-bit symmetric per-output-channel weights; activations left in float.
 int4_weight = QConfig(
-    weight=UniformQuantizer.with_args(bits=4, signed=True, symmetric=True, narrow_range=True, ch_axis=0),
+    weight=UniformQuantizer.with_args(
+        bits=4, signed=True, symmetric=True, narrow_range=True, ch_axis=0
+    ),
 )
 
 #: Binary weights ``{-1, +1}`` scaled by the mean absolute weight of each output

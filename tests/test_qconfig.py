@@ -7,9 +7,7 @@ from aquatic.quantizers import BinaryQuantizer, UniformQuantizer
 
 
 def test_fields_order_and_defaults():
-    assert QConfig._fields == (
-        "activation", "weight", "bias", "tau", "alpha", "threshold", "state"
-    )
+    assert QConfig._fields == ("activation", "weight", "bias", "tau", "alpha", "threshold", "state")
     empty = QConfig()
     assert all(field is None for field in empty) and empty.is_empty()
     assert isinstance(empty, tuple)

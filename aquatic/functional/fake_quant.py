@@ -43,9 +43,7 @@ def check_range(quant_min: int, quant_max: int) -> None:
             f"quant_min and quant_max must be ints, got {quant_min!r} and {quant_max!r}"
         )
     if quant_min >= quant_max:
-        raise ValueError(
-            f"quant_min ({quant_min}) must be smaller than quant_max ({quant_max})"
-        )
+        raise ValueError(f"quant_min ({quant_min}) must be smaller than quant_max ({quant_max})")
 
 
 def int_dtype(quant_min: int, quant_max: int) -> torch.dtype:
@@ -129,7 +127,9 @@ def quantize_affine(
     check_range(quant_min, quant_max)
     check_rounding(rounding)
     ch_axis = _check_axis(input, ch_axis)
-    codes = _codes(input.detach(), scale, zero_point, quant_min, quant_max, ch_axis, rounding, generator)
+    codes = _codes(
+        input.detach(), scale, zero_point, quant_min, quant_max, ch_axis, rounding, generator
+    )
     return codes.to(dtype or int_dtype(quant_min, quant_max))
 
 

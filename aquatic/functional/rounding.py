@@ -39,9 +39,7 @@ def round_values(
         return torch.floor(input)
     if rounding == "stochastic":
         # floor(x + u), u ~ U[0, 1): rounds up with probability frac(x), so E[.] = x.
-        noise = torch.rand(
-            input.shape, generator=generator, device=input.device, dtype=input.dtype
-        )
+        noise = torch.rand(input.shape, generator=generator, device=input.device, dtype=input.dtype)
         return torch.floor(input + noise)
     check_rounding(rounding)
     raise AssertionError("unreachable")

@@ -76,9 +76,7 @@ class Quantizer(nn.Module):
 
     def _switch_repr(self) -> str:
         off = [
-            name
-            for name in ("observer_enabled", "fake_quant_enabled")
-            if not getattr(self, name)
+            name for name in ("observer_enabled", "fake_quant_enabled") if not getattr(self, name)
         ]
         return "".join(f", {name}=False" for name in off)
 

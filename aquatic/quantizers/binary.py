@@ -89,7 +89,9 @@ class BinaryQuantizer(_ScaledCodes):
                 [ 1,  1]], dtype=torch.int8)
     """
 
-    def __init__(self, scale: Optional[str] = "mean", ch_axis: Optional[int] = 0, clip: Optional[float] = 1.0) -> None:
+    def __init__(
+        self, scale: Optional[str] = "mean", ch_axis: Optional[int] = 0, clip: Optional[float] = 1.0
+    ) -> None:
         super().__init__(ch_axis)
         if scale not in ("mean", None):
             raise ValueError(f"scale must be 'mean' or None, got {scale!r}")
@@ -118,7 +120,10 @@ class BinaryQuantizer(_ScaledCodes):
         return torch.where(input >= 0, 1, -1).to(torch.int8)
 
     def extra_repr(self) -> str:
-        return f"scale={self.scale_mode!r}, ch_axis={self.ch_axis}, clip={self.clip}" + self._switch_repr()
+        return (
+            f"scale={self.scale_mode!r}, ch_axis={self.ch_axis}, clip={self.clip}"
+            + self._switch_repr()
+        )
 
 
 class TernaryQuantizer(_ScaledCodes):
@@ -167,4 +172,7 @@ class TernaryQuantizer(_ScaledCodes):
         return codes.to(torch.int8)
 
     def extra_repr(self) -> str:
-        return f"threshold_factor={self.threshold_factor}, ch_axis={self.ch_axis}" + self._switch_repr()
+        return (
+            f"threshold_factor={self.threshold_factor}, ch_axis={self.ch_axis}"
+            + self._switch_repr()
+        )

@@ -28,7 +28,9 @@ def _as_tensor(value: ScaleLike, dtype: torch.dtype, name: str) -> Tensor:
     except (TypeError, ValueError, RuntimeError):
         raise TypeError(f"{name} must be a number, a sequence or a tensor, got {value!r}")
     if tensor.dim() > 1:
-        raise ValueError(f"{name} must be a scalar or 1-D (one per channel), got shape {tuple(tensor.shape)}")
+        raise ValueError(
+            f"{name} must be a scalar or 1-D (one per channel), got shape {tuple(tensor.shape)}"
+        )
     return tensor
 
 
@@ -90,7 +92,9 @@ class UniformQuantizer(Quantizer):
     ) -> None:
         super().__init__()
         if (quant_min is None) != (quant_max is None):
-            raise ValueError("give both quant_min and quant_max, or neither (then bits sets the range)")
+            raise ValueError(
+                "give both quant_min and quant_max, or neither (then bits sets the range)"
+            )
         if quant_min is None:
             quant_min, quant_max = integer_range(bits, signed, narrow_range)
         else:
@@ -108,7 +112,9 @@ class UniformQuantizer(Quantizer):
         self.generator = generator
         if scale is None:
             if zero_point is not None:
-                raise ValueError("zero_point was given without scale; give both, or neither to use an observer")
+                raise ValueError(
+                    "zero_point was given without scale; give both, or neither to use an observer"
+                )
             self.observer = observer(
                 quant_min=quant_min,
                 quant_max=quant_max,
@@ -124,8 +130,12 @@ class UniformQuantizer(Quantizer):
         scale_t = _as_tensor(scale, torch.float32, "scale")
         if not bool(torch.isfinite(scale_t).all()) or bool((scale_t <= 0).any()):
             raise ValueError(f"scale must be positive and finite, got {scale!r}")
-        if self.power_of_two and not bool((torch.exp2(torch.round(torch.log2(scale_t))) == scale_t).all()):
-            raise ValueError(f"scale {scale!r} is not a power of two; pass e.g. scale=2**-4, or power_of_two=False")
+        if self.power_of_two and not bool(
+            (torch.exp2(torch.round(torch.log2(scale_t))) == scale_t).all()
+        ):
+            raise ValueError(
+                f"scale {scale!r} is not a power of two; pass e.g. scale=2**-4, or power_of_two=False"
+            )
         zp_t = _as_tensor(0 if zero_point is None else zero_point, torch.float32, "zero_point")
         if bool((zp_t != torch.round(zp_t)).any()):
             raise ValueError(f"zero_point must hold integers, got {zero_point!r}")

@@ -14,7 +14,9 @@ def test_binary_xnor_scale_per_channel_and_gradient():
     y.sum().backward()
     # d/dw_ij [a_i * sign(w_ij)] summed over j: a_i * 1{|w_ij|<=1} + sign(w_ij)/n * sum_j sign
     n = 3
-    expected = a[:, None] * (w.detach().abs() <= 1).float() + torch.sign(w.detach()) / n * sign.sum(1, keepdim=True)
+    expected = a[:, None] * (w.detach().abs() <= 1).float() + torch.sign(w.detach()) / n * sign.sum(
+        1, keepdim=True
+    )
     expected[0, 2] = a[0] + 0.0 / n  # sign(0) has no |.| derivative: abs'(0) = 0
     assert torch.allclose(w.grad, expected)
 

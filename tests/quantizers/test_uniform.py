@@ -18,8 +18,14 @@ def reference(x, scale, zp, qmin, qmax):
 
 @pytest.mark.parametrize(
     "bits,signed,narrow,expected",
-    [(8, True, False, (-128, 127)), (8, True, True, (-127, 127)), (4, False, False, (0, 15)),
-     (16, True, False, (-32768, 32767)), (1, False, False, (0, 1)), (2, True, False, (-2, 1))],
+    [
+        (8, True, False, (-128, 127)),
+        (8, True, True, (-127, 127)),
+        (4, False, False, (0, 15)),
+        (16, True, False, (-32768, 32767)),
+        (1, False, False, (0, 1)),
+        (2, True, False, (-2, 1)),
+    ],
 )
 def test_ranges(bits, signed, narrow, expected):
     q = UniformQuantizer(bits=bits, signed=signed, narrow_range=narrow)
@@ -33,7 +39,9 @@ def test_observer_driven_symmetric_matches_reference_and_torch():
     scale = x.detach().abs().max() / 127
     assert torch.equal(y.detach(), reference(x.detach(), scale, 0, -128, 127))
     xt = x.detach().clone().requires_grad_()
-    yt = torch.fake_quantize_per_tensor_affine(xt, scale, torch.tensor(0, dtype=torch.int32), -128, 127)
+    yt = torch.fake_quantize_per_tensor_affine(
+        xt, scale, torch.tensor(0, dtype=torch.int32), -128, 127
+    )
     assert torch.equal(y, yt)
     y.backward(torch.ones_like(y))
     yt.backward(torch.ones_like(yt))
