@@ -227,8 +227,10 @@ def grad_scale(input: Tensor, factor: float) -> Tensor:
         >>> (grad_scale(s, 0.5) * 3).backward(); s.grad
         tensor(1.5000)
     """
+    # input + (t - t.detach()) is exactly ``input`` in value (t - t == 0), whereas
+    # (input - t).detach() + t can be off by one ulp and move a scale off its grid.
     scaled = input * factor
-    return (input - scaled).detach() + scaled
+    return input.detach() + (scaled - scaled.detach())
 
 
 def fake_quantize_learnable(
