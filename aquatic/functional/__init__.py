@@ -9,7 +9,7 @@ from aquatic.functional.fake_quant import (
     quantize_affine,
 )
 from aquatic.functional.qparams import calculate_qparams, round_to_power_of_two
-from aquatic.functional.rounding import ROUNDING_MODES, round_ste, sign_ste
+from aquatic.functional.rounding import ROUNDING_MODES, round_ste, sign_ste, straight_through
 
 __all__ = [
     "ROUNDING_MODES",
@@ -23,4 +23,5 @@ __all__ = [
     "round_ste",
     "round_to_power_of_two",
     "sign_ste",
+    "straight_through",
 ]

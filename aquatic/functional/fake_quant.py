@@ -21,7 +21,7 @@ from typing import Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from aquatic.functional.rounding import check_rounding, round_ste, round_values
+from aquatic.functional.rounding import check_rounding, round_ste, round_values, straight_through
 
 __all__ = [
     "fake_quantize_affine",
@@ -216,7 +216,7 @@ def fake_quantize_affine(
     inside = (shifted >= quant_min) & (shifted <= quant_max)
     value = (torch.clamp(shifted, quant_min, quant_max) - zp) * _broadcast(scale, input, ch_axis)
     passthrough = torch.where(inside, input, torch.zeros_like(input))
-    return passthrough + (value.to(input.dtype) - passthrough).detach()
+    return straight_through(value.to(input.dtype), passthrough)
 
 
 def grad_scale(input: Tensor, factor: float) -> Tensor:

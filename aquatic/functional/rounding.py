@@ -13,7 +13,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["ROUNDING_MODES", "round_ste", "sign_ste", "check_rounding"]
+__all__ = ["ROUNDING_MODES", "round_ste", "sign_ste", "check_rounding", "straight_through"]
 
 #: Rounding modes understood by every quantizer.
 ROUNDING_MODES = ("nearest", "floor", "stochastic")
@@ -26,6 +26,24 @@ def check_rounding(rounding: str) -> str:
             f"unknown rounding mode {rounding!r}; use one of {', '.join(map(repr, ROUNDING_MODES))}"
         )
     return rounding
+
+
+def straight_through(value: Tensor, surrogate: Tensor) -> Tensor:
+    """``value`` in the forward pass, the gradient of ``surrogate`` in the backward pass.
+
+    Written as ``value.detach() + (surrogate - surrogate.detach())`` so that the result
+    equals ``value`` exactly: ``surrogate + (value - surrogate).detach()`` can be off by
+    one ulp, which would move a quantized value off its grid.
+
+    Example:
+        >>> x = torch.tensor([0.2, 0.7], requires_grad=True)
+        >>> y = straight_through(torch.ones(2), 3 * x)
+        >>> y.detach()
+        tensor([1., 1.])
+        >>> y.sum().backward(); x.grad
+        tensor([3., 3.])
+    """
+    return value.detach() + (surrogate - surrogate.detach())
 
 
 def round_values(
@@ -70,9 +88,8 @@ def round_ste(
         >>> y.sum().backward(); x.grad
         tensor([1., 1., 1.])
     """
-    # x + (round(x) - x).detach(): the value of round(x), the gradient of x. Plain
-    # tensor ops keep torch.compile graphs free of custom autograd functions.
-    return input + (round_values(input, rounding, generator) - input).detach()
+    # Plain tensor ops keep torch.compile graphs free of custom autograd functions.
+    return straight_through(round_values(input, rounding, generator), input)
 
 
 def sign_ste(input: Tensor, clip: Optional[float] = 1.0) -> Tensor:
@@ -92,4 +109,4 @@ def sign_ste(input: Tensor, clip: Optional[float] = 1.0) -> Tensor:
     """
     values = torch.where(input >= 0, 1.0, -1.0).to(input.dtype)
     passthrough = input if clip is None else torch.clamp(input, -clip, clip)
-    return passthrough + (values - passthrough).detach()
+    return straight_through(values, passthrough)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from aquatic.functional.fake_quant import _broadcast, _check_axis
-from aquatic.functional.rounding import sign_ste
+from aquatic.functional.rounding import sign_ste, straight_through
 from aquatic.quantizers.base import Quantizer
 
 __all__ = ["BinaryQuantizer", "TernaryQuantizer"]
@@ -162,7 +162,7 @@ class TernaryQuantizer(_ScaledCodes):
         codes, scale, axis = self._codes_and_scale(input.detach())
         self._remember(scale)
         value = codes * _broadcast(scale, input, axis)
-        return input + (value - input).detach()
+        return straight_through(value, input)
 
     @torch.no_grad()
     def to_int(self, input: Tensor) -> Tensor:
