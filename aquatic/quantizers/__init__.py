@@ -2,11 +2,15 @@
 
 from aquatic.quantizers.base import Quantizer, integer_range
 from aquatic.quantizers.binary import BinaryQuantizer, TernaryQuantizer
+from aquatic.quantizers.learned import LSQPlusQuantizer, LSQQuantizer, PACTQuantizer
 from aquatic.quantizers.uniform import FixedPointQuantizer, UniformQuantizer
 
 __all__ = [
     "BinaryQuantizer",
     "FixedPointQuantizer",
+    "LSQPlusQuantizer",
+    "LSQQuantizer",
+    "PACTQuantizer",
     "Quantizer",
     "TernaryQuantizer",
     "UniformQuantizer",
