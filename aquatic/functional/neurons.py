@@ -1,0 +1,475 @@
+r"""Leaky integrate-and-fire neurons as pure functions (no state is kept here).
+
+Every neuron in this module follows one set of equations, with the input decaying in
+the step it arrives (the sinabs, rockpool and Xylo convention). For a time step
+:math:`t` and input :math:`x[t]`:
+
+.. math::
+
+    i[t] &= \begin{cases}
+        \alpha_{syn}\,(i[t-1] + x[t]) & \text{with a synaptic state } (\tau_{syn}) \\
+        x[t] & \text{without}
+    \end{cases} \\
+    d[t] &= \begin{cases}
+        (1 - \alpha_{mem})\, i[t] + b & \text{with } \texttt{norm\_input} \\
+        i[t] + b & \text{without}
+    \end{cases} \\
+    v[t] &= \alpha_{mem}\, \tilde v[t-1] + d[t] \\
+    s[t] &= H(v[t] - \vartheta)
+        \quad\text{or, with } s_{max} > 1,\quad
+        \min(\max(\lfloor v[t] / \vartheta \rfloor, 0),\, s_{max}) \\
+    \tilde v[t] &= \max\big(v[t] - \vartheta\, s[t],\; v_{min}\big)
+        \quad\text{(subtract) or}\quad
+        \max\big(v[t]\,(1 - H(v[t] - \vartheta)),\; v_{min}\big) \quad\text{(zero)}
+
+with decays :math:`\alpha = e^{-1/\tau}` (:math:`\tau` in time steps), threshold
+:math:`\vartheta > 0`, bias :math:`b` and floor :math:`v_{min}` (``min_v_mem``; none by
+default). :math:`H(0) = 1`. The state carried to the next step is
+:math:`(\tilde v[t], i[t])`, the membrane *after* the reset; recorded membrane traces
+are :math:`\tilde v`. Spikes get the surrogate gradient of
+:mod:`aquatic.functional.surrogate`, also where they enter the reset (unless
+``detach_reset=True``). A non-spiking neuron (:func:`exp_leak`) skips :math:`s` and the
+reset and returns :math:`\tilde v`.
+
+Relation to snnTorch's ``Leaky`` (default ``reset_delay=True``): snnTorch computes
+:math:`U[t] = \beta U[t-1] + x[t] - \vartheta\, S[t-1]` with :math:`S[t] = H(U[t] -
+\vartheta)` (strictly above the threshold) and returns the membrane before the reset.
+Here the reset happens in the step of the spike and is then decayed with the membrane,
+so after a spike the two membranes differ by :math:`\vartheta (1 - \alpha)` per spike
+(decaying). They coincide for :math:`\alpha = \beta = 1` (integrate-and-fire) and, for any
+decay, up to and including the first spike. The surrogate gradient also differs:
+snnTorch never propagates through the reset (``detach_reset=True`` here).
+
+Two implementations compute the same thing: :func:`lif_loop` calls :func:`lif_step`
+once per step under autograd (the reference; supports state quantizers), and
+:func:`lif_fused` runs the whole sequence in one autograd function with a hand-written
+backward pass (several times faster, less memory). :func:`lif` picks the fused one
+unless state quantizers are given.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Tuple, Union
+
+import torch
+from torch import Tensor
+
+from aquatic.functional.surrogate import Surrogate, check_surrogate, spike
+
+__all__ = [
+    "LIFState",
+    "LIFOutput",
+    "RESET_MODES",
+    "METHODS",
+    "lif_step",
+    "lif_loop",
+    "lif",
+    "exp_leak",
+]
+
+#: Reset modes: subtract the threshold per spike, or set the membrane to zero.
+RESET_MODES = ("subtract", "zero")
+#: Implementations :func:`lif` can run.
+METHODS = ("auto", "loop", "fused")
+
+Number = Union[float, Tensor]
+StateQuantizer = Optional[Callable[[Tensor], Tensor]]
+
+
+class LIFState(NamedTuple):
+    """Neuron state after a step, each ``(N, *)``.
+
+    Attributes:
+        v_mem: membrane potential after the reset.
+        i_syn: synaptic current (``None`` without a synaptic state).
+        spikes: the last spikes (recurrent layers only, ``None`` otherwise).
+    """
+
+    v_mem: Tensor
+    i_syn: Optional[Tensor] = None
+    spikes: Optional[Tensor] = None
+
+
+class LIFOutput(NamedTuple):
+    """Result of a whole sequence.
+
+    Attributes:
+        output: spikes ``(N, T, *)``; for :func:`exp_leak` the membrane trace.
+        state: the final :class:`LIFState`.
+        v_mem: the membrane after each step's reset, ``(N, T, *)``, when recorded.
+        i_syn: the synaptic current of each step, ``(N, T, *)``, when recorded.
+    """
+
+    output: Tensor
+    state: LIFState
+    v_mem: Optional[Tensor] = None
+    i_syn: Optional[Tensor] = None
+
+
+def check_reset(reset: str) -> str:
+    if reset not in RESET_MODES:
+        raise ValueError(
+            f"unknown reset mode {reset!r}; use one of {', '.join(map(repr, RESET_MODES))}"
+        )
+    return reset
+
+
+def check_max_spikes(max_spikes: int) -> int:
+    if isinstance(max_spikes, bool) or not isinstance(max_spikes, int) or max_spikes < 1:
+        raise ValueError(
+            f"max_spikes must be an int >= 1 (1 for binary spikes), got {max_spikes!r}"
+        )
+    return max_spikes
+
+
+def check_input(input: Tensor, min_dim: int, layout: str) -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(f"input must be floating point, got {input.dtype}; use input.float()")
+    if input.dim() < min_dim:
+        hint = " (add a time axis with input.unsqueeze(1))" if "T" in layout else ""
+        raise ValueError(
+            f"expected input of shape {layout} with at least {min_dim} dimensions, got "
+            f"shape {tuple(input.shape)}{hint}"
+        )
+
+
+def as_param(name: str, value: Optional[Number], like: Tensor, step_shape) -> Optional[Tensor]:
+    """``value`` as a tensor of ``like``'s dtype and device that broadcasts to ``step_shape``."""
+    if value is None:
+        return None
+    if not isinstance(value, Tensor):
+        return torch.tensor(float(value), dtype=like.dtype, device=like.device)
+    try:
+        broadcast = torch.broadcast_shapes(value.shape, step_shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != torch.Size(step_shape):
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} does not broadcast to the neurons of the "
+            f"input, shape {tuple(step_shape)}; give a scalar or one value per neuron"
+        )
+    return value.to(dtype=like.dtype, device=like.device)
+
+
+def check_state(state, batch_shape, synaptic: bool, like: Tensor) -> LIFState:
+    """A :class:`LIFState` of zeros, or ``state`` checked against the batch shape."""
+    if state is None:
+        zeros = torch.zeros(batch_shape, dtype=like.dtype, device=like.device)
+        return LIFState(zeros, zeros.clone() if synaptic else None)
+    if isinstance(state, Tensor):
+        state = LIFState(state)
+    if not isinstance(state, tuple) or not isinstance(state[0], Tensor):
+        raise TypeError(f"state must be a LIFState(v_mem, i_syn), got {type(state).__name__}")
+    state = LIFState(*state)
+    for name, value in (("v_mem", state.v_mem), ("i_syn", state.i_syn)):
+        if value is not None and tuple(value.shape) != tuple(batch_shape):
+            raise ValueError(
+                f"state.{name} has shape {tuple(value.shape)}, but this input needs "
+                f"{tuple(batch_shape)} (batch, *neurons)"
+            )
+    if state.i_syn is not None and not synaptic:
+        raise ValueError("state.i_syn was given, but these neurons have no synaptic state")
+    i_syn = state.i_syn
+    if synaptic and i_syn is None:
+        i_syn = torch.zeros(batch_shape, dtype=like.dtype, device=like.device)
+    return LIFState(state.v_mem.to(like.dtype), None if i_syn is None else i_syn.to(like.dtype))
+
+
+def lif_step(
+    input: Tensor,
+    state: Optional[LIFState],
+    alpha_mem: Number,
+    alpha_syn: Optional[Number] = None,
+    threshold: Number = 1.0,
+    *,
+    reset: str = "subtract",
+    surrogate: Optional[Surrogate] = None,
+    max_spikes: int = 1,
+    min_v_mem: Optional[float] = None,
+    norm_input: bool = False,
+    bias: Optional[Number] = None,
+    detach_reset: bool = False,
+    spiking: bool = True,
+    quantize_v_mem: StateQuantizer = None,
+    quantize_i_syn: StateQuantizer = None,
+) -> Tuple[Tensor, LIFState]:
+    """One time step of the equations in the module docstring, under autograd.
+
+    Args:
+        input: input current :math:`x[t]`, shape ``(N, *)``.
+        state: the previous :class:`LIFState`, or ``None`` for zeros.
+        alpha_mem: membrane decay :math:`\\alpha_{mem}` in ``[0, 1]`` (number, or a tensor
+            that broadcasts to ``*``).
+        alpha_syn: synaptic decay, or ``None`` for no synaptic state.
+        threshold: firing threshold :math:`\\vartheta > 0`.
+        reset: ``"subtract"`` or ``"zero"``.
+        surrogate: surrogate gradient (default :class:`~aquatic.nn.SingleExponential`).
+        max_spikes: most spikes per step (1: binary spikes).
+        min_v_mem: lower bound of the membrane after the reset, or ``None``.
+        norm_input: scale the input by :math:`1 - \\alpha_{mem}`.
+        bias: constant input :math:`b` added every step, or ``None``.
+        detach_reset: stop gradients through the spikes in the reset term.
+        spiking: ``False`` for a leaky integrator (no spikes, no reset; returns the membrane).
+        quantize_v_mem: applied to the membrane after the reset (``QConfig.state``).
+        quantize_i_syn: applied to the synaptic current after its update.
+
+    Returns:
+        ``(spikes, new_state)``; without spiking ``(membrane, new_state)``.
+
+    Example:
+        >>> s, state = lif_step(torch.tensor([[0.6, 1.2]]), None, alpha_mem=0.5)
+        >>> s, state.v_mem
+        (tensor([[0., 1.]]), tensor([[0.6000, 0.2000]]))
+        >>> s, state = lif_step(torch.tensor([[0.6, 0.0]]), state, alpha_mem=0.5)
+        >>> s, state.v_mem
+        (tensor([[0., 0.]]), tensor([[0.9000, 0.1000]]))
+    """
+    check_input(input, 2, "(N, *)")
+    check_reset(reset)
+    check_max_spikes(max_spikes)
+    surrogate = check_surrogate(surrogate)
+    step_shape = input.shape[1:]
+    alpha_mem = as_param("alpha_mem", alpha_mem, input, step_shape)
+    alpha_syn = as_param("alpha_syn", alpha_syn, input, step_shape)
+    threshold = as_param("threshold", threshold, input, step_shape)
+    bias = as_param("bias", bias, input, step_shape)
+    state = check_state(state, input.shape, alpha_syn is not None, input)
+    options = Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
+    params = (alpha_mem, alpha_syn, threshold, bias)
+    return _step(input, state, params, options, quantize_v_mem, quantize_i_syn)
+
+
+class Options(NamedTuple):
+    """The non-tensor options of a neuron, as the step and sequence functions take them."""
+
+    reset: str
+    surrogate: Surrogate
+    max_spikes: int
+    min_v_mem: Optional[float]
+    norm_input: bool
+    detach_reset: bool
+    spiking: bool
+
+
+def _step(x, state, params, options, quantize_v_mem, quantize_i_syn):
+    # The order of operations here is the one lif_fused uses, so both give the same bits.
+    alpha_mem, alpha_syn, threshold, bias = params
+    reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking = options
+    if alpha_syn is not None:
+        i_syn = alpha_syn * (state.i_syn + x)
+        if quantize_i_syn is not None:
+            i_syn = quantize_i_syn(i_syn)
+    else:
+        i_syn = x
+    drive = (1 - alpha_mem) * i_syn if norm_input else i_syn
+    if bias is not None:
+        drive = drive + bias
+    v = alpha_mem * state.v_mem + drive
+    if spiking:
+        out = spike(v, threshold, surrogate, max_spikes)
+        if reset == "subtract":
+            v = v - threshold * (out.detach() if detach_reset else out)
+        else:
+            fired = out if max_spikes == 1 else spike(v, threshold, surrogate, 1)
+            v = v * (1 - (fired.detach() if detach_reset else fired))
+    if min_v_mem is not None:
+        v = torch.clamp(v, min=min_v_mem)
+    if quantize_v_mem is not None:
+        v = quantize_v_mem(v)
+    if not spiking:
+        out = v
+    return out, LIFState(v, i_syn if alpha_syn is not None else None)
+
+
+def prepare(
+    input,
+    alpha_mem,
+    alpha_syn,
+    threshold,
+    bias,
+    state,
+    reset,
+    surrogate,
+    max_spikes,
+    min_v_mem,
+    norm_input,
+    detach_reset,
+    spiking,
+):
+    """Check the arguments of a sequence function; ``(params, state, options)``."""
+    check_input(input, 3, "(N, T, *)")
+    check_reset(reset)
+    check_max_spikes(max_spikes)
+    surrogate = check_surrogate(surrogate)
+    step_shape = input.shape[2:]
+    params = (
+        as_param("alpha_mem", alpha_mem, input, step_shape),
+        as_param("alpha_syn", alpha_syn, input, step_shape),
+        as_param("threshold", threshold, input, step_shape),
+        as_param("bias", bias, input, step_shape),
+    )
+    batch_shape = (input.shape[0],) + tuple(step_shape)
+    state = check_state(state, batch_shape, alpha_syn is not None, input)
+    options = Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
+    return params, state, options
+
+
+def lif_loop(
+    input: Tensor,
+    alpha_mem: Number,
+    alpha_syn: Optional[Number] = None,
+    threshold: Number = 1.0,
+    *,
+    state: Optional[LIFState] = None,
+    record_states: bool = False,
+    reset: str = "subtract",
+    surrogate: Optional[Surrogate] = None,
+    max_spikes: int = 1,
+    min_v_mem: Optional[float] = None,
+    norm_input: bool = False,
+    bias: Optional[Number] = None,
+    detach_reset: bool = False,
+    spiking: bool = True,
+    quantize_v_mem: StateQuantizer = None,
+    quantize_i_syn: StateQuantizer = None,
+) -> LIFOutput:
+    """A whole sequence ``(N, T, *)``, one :func:`lif_step` per time step (the reference).
+
+    Arguments as :func:`lif_step`, plus ``state`` (the initial state, zeros when
+    ``None``) and ``record_states`` (return the membrane and synaptic traces).
+
+    Example:
+        >>> out = lif_loop(torch.tensor([[[0.8], [0.8], [0.8]]]), alpha_mem=0.5)
+        >>> out.output.flatten(), out.state.v_mem
+        (tensor([0., 1., 0.]), tensor([[0.9000]]))
+    """
+    params, state, options = prepare(
+        input,
+        alpha_mem,
+        alpha_syn,
+        threshold,
+        bias,
+        state,
+        reset,
+        surrogate,
+        max_spikes,
+        min_v_mem,
+        norm_input,
+        detach_reset,
+        spiking,
+    )
+    outputs, v_trace, i_trace = [], [], []
+    for t in range(input.shape[1]):
+        out, state = _step(input[:, t], state, params, options, quantize_v_mem, quantize_i_syn)
+        outputs.append(out)
+        if record_states:
+            v_trace.append(state.v_mem)
+            i_trace.append(state.i_syn)
+    v_mem = torch.stack(v_trace, 1) if record_states else None
+    i_syn = torch.stack(i_trace, 1) if record_states and params[1] is not None else None
+    return LIFOutput(torch.stack(outputs, 1), state, v_mem, i_syn)
+
+
+def lif(
+    input: Tensor,
+    alpha_mem: Number,
+    alpha_syn: Optional[Number] = None,
+    threshold: Number = 1.0,
+    *,
+    state: Optional[LIFState] = None,
+    record_states: bool = False,
+    reset: str = "subtract",
+    surrogate: Optional[Surrogate] = None,
+    max_spikes: int = 1,
+    min_v_mem: Optional[float] = None,
+    norm_input: bool = False,
+    bias: Optional[Number] = None,
+    detach_reset: bool = False,
+    spiking: bool = True,
+    quantize_v_mem: StateQuantizer = None,
+    quantize_i_syn: StateQuantizer = None,
+    method: str = "auto",
+) -> LIFOutput:
+    """A whole sequence ``(N, T, *)`` of LIF neurons, by the fastest applicable method.
+
+    ``method="auto"`` runs :func:`lif_fused` unless a state quantizer is given (the
+    quantizers are arbitrary modules, run step by step under autograd), in which case it
+    runs :func:`lif_loop`. ``"loop"`` and ``"fused"`` force one.
+
+    Arguments otherwise as :func:`lif_loop`.
+
+    Example:
+        >>> x = torch.tensor([[[0.8], [0.8], [0.8]]])
+        >>> lif(x, alpha_mem=0.5).output.flatten()
+        tensor([0., 1., 0.])
+        >>> lif(x, 0.5, method="loop").output.flatten()
+        tensor([0., 1., 0.])
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(map(repr, METHODS))}")
+    quantized = quantize_v_mem is not None or quantize_i_syn is not None
+    if method == "fused" and quantized:
+        raise ValueError(
+            "the fused method does not run state quantizers; use method='loop' or 'auto'"
+        )
+    kwargs = dict(
+        state=state,
+        record_states=record_states,
+        reset=reset,
+        surrogate=surrogate,
+        max_spikes=max_spikes,
+        min_v_mem=min_v_mem,
+        norm_input=norm_input,
+        bias=bias,
+        detach_reset=detach_reset,
+        spiking=spiking,
+    )
+    if method == "loop" or quantized:
+        return lif_loop(
+            input,
+            alpha_mem,
+            alpha_syn,
+            threshold,
+            quantize_v_mem=quantize_v_mem,
+            quantize_i_syn=quantize_i_syn,
+            **kwargs,
+        )
+    from aquatic.functional.neurons_fused import lif_fused
+
+    return lif_fused(input, alpha_mem, alpha_syn, threshold, **kwargs)
+
+
+def exp_leak(
+    input: Tensor,
+    alpha_mem: Number,
+    *,
+    state: Optional[LIFState] = None,
+    norm_input: bool = False,
+    bias: Optional[Number] = None,
+    min_v_mem: Optional[float] = None,
+    quantize_v_mem: StateQuantizer = None,
+    method: str = "auto",
+) -> LIFOutput:
+    """A leaky integrator :math:`v[t] = \\alpha v[t-1] + x[t]` (+ bias), no spikes.
+
+    Returns a :class:`LIFOutput` whose ``output`` is the membrane trace ``(N, T, *)``.
+
+    Example:
+        >>> exp_leak(torch.tensor([[[1.0], [0.0], [1.0]]]), alpha_mem=0.5).output.flatten()
+        tensor([1.0000, 0.5000, 1.2500])
+    """
+    return lif(
+        input,
+        alpha_mem,
+        None,
+        1.0,
+        state=state,
+        norm_input=norm_input,
+        bias=bias,
+        min_v_mem=min_v_mem,
+        spiking=False,
+        quantize_v_mem=quantize_v_mem,
+        method=method,
+    )
