@@ -2,17 +2,20 @@
 
 from aquatic.quantizers.base import Quantizer, integer_range
 from aquatic.quantizers.binary import BinaryQuantizer, TernaryQuantizer
+from aquatic.quantizers.decay import BitShiftDecay, UniformDecay
 from aquatic.quantizers.learned import LSQPlusQuantizer, LSQQuantizer, PACTQuantizer
 from aquatic.quantizers.uniform import FixedPointQuantizer, UniformQuantizer
 
 __all__ = [
     "BinaryQuantizer",
+    "BitShiftDecay",
     "FixedPointQuantizer",
     "LSQPlusQuantizer",
     "LSQQuantizer",
     "PACTQuantizer",
     "Quantizer",
     "TernaryQuantizer",
+    "UniformDecay",
     "UniformQuantizer",
     "integer_range",
 ]

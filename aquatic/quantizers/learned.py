@@ -29,6 +29,7 @@ from aquatic.functional.fake_quant import (
     quantize_affine,
 )
 from aquatic.functional.qparams import calculate_qparams
+from aquatic.functional.rounding import straight_through
 from aquatic.quantizers.base import Quantizer, integer_range
 from aquatic.quantizers.binary import _check_ch_axis
 
@@ -325,9 +326,9 @@ class PACTQuantizer(Quantizer):
         y = \\mathrm{clamp}(x, 0, \\alpha), \\qquad
         \\hat{x} = \\mathrm{round}(y / s)\\, s
 
-    The rounding passes the gradient straight through the whole quantization step
-    (:math:`\\hat{x} = y + (\\mathrm{q}(y) - y)` with the bracket detached), so the
-    gradients are exactly the paper's: :math:`\\partial\\hat{x}/\\partial x = 1` for
+    The gradient passes straight through the whole quantization step (the value of
+    :math:`\\hat{x}`, the gradient of :math:`y`), so the gradients are exactly the
+    paper's: :math:`\\partial\\hat{x}/\\partial x = 1` for
     :math:`0 \\le x < \\alpha` and 0 elsewhere, and
     :math:`\\partial\\hat{x}/\\partial\\alpha = 1` where :math:`x \\ge \\alpha` and 0
     elsewhere (their eq. 3). The paper regularizes :math:`\\alpha` with an L2 penalty;
@@ -372,7 +373,7 @@ class PACTQuantizer(Quantizer):
         value = fake_quantize_affine(
             clipped.detach(), self._scale(), self._zero(), self.quant_min, self.quant_max
         )
-        return clipped + (value - clipped).detach()
+        return straight_through(value, clipped)
 
     @torch.no_grad()
     def to_int(self, input: Tensor) -> Tensor:

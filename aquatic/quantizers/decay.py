@@ -1,0 +1,259 @@
+"""Quantizers for the decays of spiking neurons, given as ``alpha`` or as ``tau``.
+
+A leaky neuron keeps the fraction :math:`\\alpha = e^{-1/\\tau}` of its state per time
+step (the *retention* factor; :math:`\\tau` is the time constant in steps). Chips do not
+multiply by :math:`\\alpha`: they subtract a *leak* :math:`1 - \\alpha` on a grid of their
+own. Both quantizers here work on that leak,
+
+- :class:`BitShiftDecay`: :math:`1 - \\alpha = 2^{-dash}`, i.e. ``v -= v >> dash``
+  (SynSense Xylo);
+- :class:`UniformDecay`: :math:`1 - \\alpha = d / 2^{bits}`, i.e.
+  ``v = v * (2**bits - d) >> bits`` (Intel Loihi's 12-bit ``du``/``dv``),
+
+and return the quantized value in the form they got it: :math:`\\alpha_q`, or
+:math:`\\tau_q = -1 / \\ln \\alpha_q` when built with ``param="tau"``. The integer code
+(``dash`` or ``d``) is rounded with a straight-through estimator, so ``alpha`` or
+``tau`` keeps a gradient and stays trainable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import torch
+from torch import Tensor
+
+from aquatic.functional.fake_quant import int_dtype
+from aquatic.functional.rounding import check_rounding, round_ste
+from aquatic.quantizers.base import Quantizer, check_bits
+
+__all__ = ["BitShiftDecay", "UniformDecay"]
+
+#: Taus are clamped to at least this many steps. Below it alpha = exp(-1/tau) is 0
+#: in float32 anyway, and d alpha / d tau = alpha / tau**2 would be 0 * inf = NaN.
+_TAU_MIN = 1e-3
+#: Leaks below this give tau ~ 1/leak > 1e18 steps; d tau / d leak ~ 1/leak**2 would
+#: overflow float32, so there tau is 1/leak without a gradient.
+_LEAK_MIN = 2.0**-60
+
+
+class _DecayQuantizer(Quantizer):
+    """Shared parts: the ``alpha``/``tau`` conversions, codes, export and state.
+
+    Subclasses set ``_code_name`` and implement :meth:`_codes` (leak -> integer-valued
+    float codes, with a straight-through gradient) and :meth:`_leak_of` (codes -> leak).
+    """
+
+    _code_name = "codes"
+
+    def __init__(self, bits: int, param: str) -> None:
+        super().__init__()
+        self.bits = check_bits(bits)
+        if param not in ("alpha", "tau"):
+            raise ValueError(
+                f"param must be 'alpha' (retention factor per step) or 'tau' (time "
+                f"constant in steps), got {param!r}"
+            )
+        self.param = param
+        self.quant_min, self.quant_max = 0, 2**bits - 1
+        # The codes of the last tensor quantized, for qparams() and integer export.
+        empty = torch.zeros(0, dtype=int_dtype(self.quant_min, self.quant_max))
+        self.register_buffer(self._code_name, empty)
+
+    def _codes(self, leak: Tensor, export: bool = False) -> Tensor:
+        raise NotImplementedError
+
+    def _leak_of(self, codes: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _leak(self, input: Tensor) -> Tensor:
+        """The leak :math:`1 - \\alpha` of ``input`` (an ``alpha`` or a ``tau``)."""
+        if self.param == "alpha":
+            # Leaks outside [-1, 2] saturate the codes either way (with zero gradient);
+            # clamping them keeps an infinite alpha from turning into NaN when rounded.
+            return torch.clamp(1.0 - input, -1.0, 2.0)
+        # 1 - exp(-1/tau) as -expm1(-1/tau): exact to the last bits even for long taus.
+        return -torch.expm1(-1.0 / torch.clamp(input, min=_TAU_MIN))
+
+    def _value(self, leak: Tensor) -> Tensor:
+        """``alpha_q = 1 - leak`` or ``tau_q = -1 / log(1 - leak)``, as ``param`` says."""
+        if self.param == "alpha":
+            return 1.0 - leak
+        # Guards keep tau_q and its gradient finite: leak 1 (alpha_q = 0) is tau_q = 0,
+        # and leaks near 0 give tau_q ~ 1/leak (inf for leak 0, i.e. no decay at all).
+        full = leak >= 1
+        small = leak <= _LEAK_MIN
+        normal = ~(full | small)
+        safe = torch.where(normal, leak, torch.full_like(leak, 0.5))
+        tau = -1.0 / torch.log1p(-safe)
+        edge = torch.where(full, torch.zeros_like(leak), 1.0 / leak.detach())
+        return torch.where(normal, tau, edge)
+
+    def _remember(self, codes: Tensor) -> None:
+        setattr(self, self._code_name, codes.detach().to(getattr(self, self._code_name).dtype))
+
+    def fake_quantize(self, input: Tensor) -> Tensor:
+        codes = self._codes(self._leak(input))
+        self._remember(codes)
+        return self._value(self._leak_of(codes))
+
+    @torch.no_grad()
+    def to_int(self, input: Tensor) -> Tensor:
+        """The integer codes of ``input`` (also kept for :meth:`qparams`)."""
+        codes = self._codes(self._leak(input), export=True)
+        self._remember(codes)
+        return getattr(self, self._code_name)
+
+    def dequantize(self, codes: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+        """``alpha_q`` or ``tau_q`` (as ``param`` says) of integer ``codes``.
+
+        ``dequantize(to_int(x), x.dtype)`` equals ``forward(x)`` (deterministic rounding).
+        """
+        return self._value(self._leak_of(codes.to(dtype)))
+
+    def qparams(self) -> Dict[str, Any]:
+        return {
+            self._code_name: getattr(self, self._code_name),
+            "bits": self.bits,
+            "param": self.param,
+            "quant_min": self.quant_min,
+            "quant_max": self.quant_max,
+        }
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The codes buffer takes the shape of the tensor last quantized; follow the saved one.
+        saved = state_dict.get(prefix + self._code_name)
+        current = getattr(self, self._code_name)
+        if saved is not None and saved.shape != current.shape:
+            setattr(self, self._code_name, torch.empty_like(saved, device=current.device))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, param={self.param!r}" + self._switch_repr()
+
+
+class BitShiftDecay(_DecayQuantizer):
+    """Bit-shift decay :math:`\\alpha_q = 1 - 2^{-dash}` (``v -= v >> dash``).
+
+    .. math::
+
+        dash = \\mathrm{clamp}(\\mathrm{round}(-\\log_2(1 - \\alpha)),\\; 0,\\; 2^{bits} - 1),
+        \\qquad \\alpha_q = 1 - 2^{-dash}
+
+    The rounding of ``dash`` is a straight-through estimator, so inside the range
+    :math:`\\partial\\alpha_q / \\partial\\alpha = 2^{-dash} / (1 - \\alpha)`, and 0 where
+    ``dash`` is clamped. :math:`1 - \\alpha` is clamped from below at the smallest normal
+    float, so :math:`\\alpha = 1` (or more) gives the largest ``dash`` and no NaN.
+
+    With ``param="tau"`` the input is :math:`\\tau` (in steps):
+    :math:`\\alpha = e^{-1/\\tau}` is quantized as above and :math:`\\tau_q = -1 / \\ln
+    \\alpha_q` is returned. ``dash`` 0 (:math:`\\alpha_q = 0`) gives :math:`\\tau_q = 0`
+    with a zero gradient (the derivative is unbounded there); taus are clamped at
+    0.001 steps, so :math:`\\tau \\le 0` acts as instant decay.
+
+    :meth:`to_int` returns ``dash``; ``qparams()["dash"]`` holds the ``dash`` of the last
+    tensor quantized (a buffer, saved in the ``state_dict``).
+
+    Args:
+        bits: bits of ``dash``, 1 to 16 (Xylo: 4, ``dash`` in 0..15).
+        param: ``"alpha"`` (retention factor per step) or ``"tau"`` (time constant).
+
+    Shape:
+        - Input: any shape. Output: same shape and dtype.
+
+    Example:
+        >>> q = BitShiftDecay(bits=4)
+        >>> alpha = torch.tensor([0.0, 0.6, 0.9, 0.99, 1.0])
+        >>> q(alpha)
+        tensor([0.0000, 0.5000, 0.8750, 0.9922, 1.0000])
+        >>> q.to_int(alpha)
+        tensor([ 0,  1,  3,  7, 15], dtype=torch.uint8)
+        >>> BitShiftDecay(bits=4, param="tau")(torch.tensor([1.0, 10.0]))
+        tensor([1.4427, 7.4889])
+    """
+
+    _code_name = "dash"
+
+    def __init__(self, bits: int = 4, param: str = "alpha") -> None:
+        super().__init__(bits, param)
+
+    def _codes(self, leak: Tensor, export: bool = False) -> Tensor:
+        floor = torch.finfo(leak.dtype).tiny
+        dash = -torch.log2(torch.clamp(leak, min=floor))
+        return torch.clamp(round_ste(dash), self.quant_min, self.quant_max)
+
+    def _leak_of(self, codes: Tensor) -> Tensor:
+        return torch.exp2(-codes)
+
+
+class UniformDecay(_DecayQuantizer):
+    """Decay on a uniform grid: :math:`\\alpha_q = 1 - d / 2^{bits}` (Loihi's ``du``).
+
+    .. math::
+
+        d = \\mathrm{clamp}(\\mathrm{round}((1 - \\alpha)\\, 2^{bits}),\\; 0,\\;
+        2^{bits} - 1), \\qquad \\alpha_q = 1 - d / 2^{bits}
+
+    so the chip computes ``v = v * (2**bits - d) >> bits``. The rounding of ``d``
+    (nearest, floor or stochastic, :func:`aquatic.functional.round_ste`) passes the
+    gradient straight through: :math:`\\partial\\alpha_q / \\partial\\alpha = 1` inside
+    the range, 0 where ``d`` is clamped. Floor rounding of ``d`` never decays faster
+    than the float value; stochastic rounding is unbiased,
+    :math:`E[\\alpha_q] = \\alpha` inside the range.
+
+    With ``param="tau"`` the input is :math:`\\tau` (in steps):
+    :math:`\\alpha = e^{-1/\\tau}` is quantized as above and :math:`\\tau_q = -1 / \\ln
+    \\alpha_q` is returned (``d`` 0 means no decay: :math:`\\tau_q = \\infty`, without
+    a gradient). Quantizing a quantized ``tau`` again is exact with nearest rounding;
+    with floor or stochastic rounding the round trip :math:`e^{-1/\\tau_q}` may land an
+    ulp below the grid point and move ``d`` by one.
+
+    :meth:`to_int` returns ``d`` (stochastic rounding exports with nearest);
+    ``qparams()["decrement"]`` holds the ``d`` of the last tensor quantized.
+
+    Args:
+        bits: bits of ``d``, 1 to 16 (Loihi: 12).
+        param: ``"alpha"`` (retention factor per step) or ``"tau"`` (time constant).
+        rounding: ``"nearest"``, ``"floor"`` or ``"stochastic"``.
+        generator: random number generator for stochastic rounding.
+
+    Shape:
+        - Input: any shape. Output: same shape and dtype.
+
+    Example:
+        >>> q = UniformDecay(bits=4)
+        >>> alpha = torch.tensor([0.0, 0.5, 0.9, 1.0])
+        >>> q(alpha)
+        tensor([0.0625, 0.5000, 0.8750, 1.0000])
+        >>> q.to_int(alpha)
+        tensor([15,  8,  2,  0], dtype=torch.uint8)
+    """
+
+    _code_name = "decrement"
+
+    def __init__(
+        self,
+        bits: int = 12,
+        param: str = "alpha",
+        rounding: str = "nearest",
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
+        super().__init__(bits, param)
+        self.rounding = check_rounding(rounding)
+        self.generator = generator
+
+    def _codes(self, leak: Tensor, export: bool = False) -> Tensor:
+        rounding = "nearest" if export and self.rounding == "stochastic" else self.rounding
+        decrement = round_ste(leak * 2.0**self.bits, rounding, self.generator)
+        return torch.clamp(decrement, self.quant_min, self.quant_max)
+
+    def _leak_of(self, codes: Tensor) -> Tensor:
+        return codes * 2.0**-self.bits
+
+    def qparams(self) -> Dict[str, Any]:
+        """``decrement``, ``bits``, ``param``, range, and ``scale`` (``2**-bits``)."""
+        return {**super().qparams(), "scale": 2.0**-self.bits}
+
+    def extra_repr(self) -> str:
+        rounding = f", rounding={self.rounding!r}" if self.rounding != "nearest" else ""
+        return f"bits={self.bits}, param={self.param!r}{rounding}" + self._switch_repr()
