@@ -4,6 +4,7 @@ from aquatic.quantizers.base import Quantizer, integer_range
 from aquatic.quantizers.binary import BinaryQuantizer, TernaryQuantizer
 from aquatic.quantizers.decay import BitShiftDecay, UniformDecay
 from aquatic.quantizers.learned import LSQPlusQuantizer, LSQQuantizer, PACTQuantizer
+from aquatic.quantizers.shared import ScaleGroup, SharedScaleQuantizer, link_shared_scales
 from aquatic.quantizers.uniform import FixedPointQuantizer, UniformQuantizer
 
 __all__ = [
@@ -14,8 +15,11 @@ __all__ = [
     "LSQQuantizer",
     "PACTQuantizer",
     "Quantizer",
+    "ScaleGroup",
+    "SharedScaleQuantizer",
     "TernaryQuantizer",
     "UniformDecay",
     "UniformQuantizer",
     "integer_range",
+    "link_shared_scales",
 ]

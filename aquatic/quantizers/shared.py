@@ -12,7 +12,7 @@ so 8-bit weights and 16-bit thresholds can share it.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -69,6 +69,12 @@ class ScaleGroup:
 class SharedScaleQuantizer(Quantizer):
     """Symmetric uniform quantizer whose scale is shared with the rest of its group.
 
+    Each member observes its own range; the group's scale is the smallest that fits all
+    of them (see the module docstring), rounded up to a power of two when the group is
+    ``power_of_two``. :meth:`to_int` and :meth:`qparams` use the same shared scale as
+    ``forward``, so ``to_int(x) * qparams()["scale"]`` is ``forward(x)`` (after the
+    forward pass that observed ``x``).
+
     Args:
         bits: bit width of this member's codes, 2 to 16.
         narrow_range: drop the most negative code.
@@ -78,14 +84,23 @@ class SharedScaleQuantizer(Quantizer):
             its own.
         observer: factory of the range observer of this member.
         rounding: ``"nearest"``, ``"floor"`` or ``"stochastic"``.
+        power_of_two: restrict the shared scale to powers of two (rounded up). Members
+            of one named group must agree; with a :class:`ScaleGroup` object the group's
+            own setting applies, and ``power_of_two=True`` needs
+            ``ScaleGroup(power_of_two=True)``.
 
     Shape:
         - Input: any shape. Output: same shape and dtype.
 
     Example:
-        >>> from aquatic import QConfig
-        >>> shared = SharedScaleQuantizer.with_args(group="layer")
-        >>> qconfig = QConfig(weight=shared, bias=shared.with_args(bits=16))
+        >>> weight = SharedScaleQuantizer(bits=8, group="layer", power_of_two=True)
+        >>> threshold = SharedScaleQuantizer(bits=16, group="layer", power_of_two=True)
+        >>> link_shared_scales([weight, threshold])
+        >>> _ = weight(torch.tensor([-1.0, 0.5])); _ = threshold(torch.tensor([3.0]))
+        >>> weight.qparams()["scale"]  # 1/127 rounded up to 2**-6
+        tensor(0.0156)
+        >>> threshold.to_int(torch.tensor([3.0]))
+        tensor([192], dtype=torch.int16)
     """
 
     def __init__(
@@ -95,6 +110,7 @@ class SharedScaleQuantizer(Quantizer):
         group: Union[str, ScaleGroup] = "layer",
         observer: Callable[..., RangeObserver] = MinMaxObserver,
         rounding: str = "nearest",
+        power_of_two: bool = False,
     ) -> None:
         super().__init__()
         self.quant_min, self.quant_max = integer_range(bits, True, narrow_range)
@@ -102,13 +118,23 @@ class SharedScaleQuantizer(Quantizer):
         self.rounding = check_rounding(rounding)
         self.observer = observer(quant_min=self.quant_min, quant_max=self.quant_max, symmetric=True)
         if isinstance(group, ScaleGroup):
+            if power_of_two and not group.power_of_two:
+                raise ValueError(
+                    "power_of_two=True, but the ScaleGroup given has power_of_two=False; "
+                    "build the group as ScaleGroup(power_of_two=True)"
+                )
             self.group_name: Optional[str] = None
             self._join(group)
         elif isinstance(group, str):
             self.group_name = group
-            self._join(ScaleGroup())
+            self._join(ScaleGroup(power_of_two=power_of_two))
         else:
             raise TypeError(f"group must be a ScaleGroup or a name (str), got {group!r}")
+
+    @property
+    def power_of_two(self) -> bool:
+        """Whether the shared scale is a power of two (a property of the group)."""
+        return self.group.power_of_two
 
     def _join(self, group: ScaleGroup) -> None:
         self.group = group
@@ -122,26 +148,45 @@ class SharedScaleQuantizer(Quantizer):
         if self.training or not self.observer.initialized:
             self.observer(input)
 
-    def calculate_qparams(self):
+    def calculate_qparams(self) -> Tuple[Tensor, Tensor]:
+        """The group's ``(scale, zero_point)``; the zero point is always 0."""
         scale = self.group.scale()
         return scale, torch.zeros((), dtype=torch.int32, device=scale.device)
 
     def fake_quantize(self, input: Tensor) -> Tensor:
         scale, zero_point = self.calculate_qparams()
-        return fake_quantize_affine(input, scale, zero_point, self.quant_min, self.quant_max, rounding=self.rounding)
+        return fake_quantize_affine(
+            input, scale, zero_point, self.quant_min, self.quant_max, rounding=self.rounding
+        )
 
     @torch.no_grad()
     def to_int(self, input: Tensor) -> Tensor:
+        """Codes of ``input`` with the shared scale; stochastic rounding exports with nearest."""
         scale, zero_point = self.calculate_qparams()
         rounding = "nearest" if self.rounding == "stochastic" else self.rounding
-        return quantize_affine(input, scale, zero_point, self.quant_min, self.quant_max, rounding=rounding)
+        return quantize_affine(
+            input, scale, zero_point, self.quant_min, self.quant_max, rounding=rounding
+        )
 
     def qparams(self) -> Dict[str, Any]:
+        """The shared ``scale``, ``zero_point`` 0, this member's range, ``ch_axis`` None."""
         scale, zero_point = self.calculate_qparams()
-        return {"scale": scale, "zero_point": zero_point, "quant_min": self.quant_min, "quant_max": self.quant_max, "ch_axis": None}
+        return {
+            "scale": scale,
+            "zero_point": zero_point,
+            "quant_min": self.quant_min,
+            "quant_max": self.quant_max,
+            "ch_axis": None,
+        }
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, group={self.group!r}" + self._switch_repr()
+        group = repr(self.group_name) if self.group_name is not None else repr(self.group)
+        parts = [f"bits={self.bits}", f"group={group}"]
+        if self.rounding != "nearest":
+            parts.append(f"rounding={self.rounding!r}")
+        if self.power_of_two:
+            parts.append("power_of_two=True")
+        return ", ".join(parts) + self._switch_repr()
 
 
 def link_shared_scales(quantizers: Iterable[nn.Module]) -> None:
@@ -149,15 +194,35 @@ def link_shared_scales(quantizers: Iterable[nn.Module]) -> None:
 
     Layers call this on their own quantizers when they are built, so ``group="layer"``
     shares one scale within each layer. Members built with a :class:`ScaleGroup`
-    object keep it.
+    object keep it. Anything that is not a :class:`SharedScaleQuantizer` is skipped.
+
+    Raises:
+        ValueError: if members of one named group disagree on ``power_of_two`` (then
+            nothing is linked).
+
+    Example:
+        >>> w, b = SharedScaleQuantizer(group="g"), SharedScaleQuantizer(bits=16, group="g")
+        >>> link_shared_scales([w, b])
+        >>> w.group is b.group
+        True
     """
-    by_name: Dict[str, ScaleGroup] = {}
+    by_name: Dict[str, List[SharedScaleQuantizer]] = {}
     for quantizer in quantizers:
-        if not isinstance(quantizer, SharedScaleQuantizer) or quantizer.group_name is None:
-            continue
-        group = by_name.get(quantizer.group_name)
-        if group is None:
-            group = by_name[quantizer.group_name] = quantizer.group
-        elif quantizer.group is not group:
-            quantizer.group.members.remove(quantizer)
-            quantizer._join(group)
+        if isinstance(quantizer, SharedScaleQuantizer) and quantizer.group_name is not None:
+            by_name.setdefault(quantizer.group_name, []).append(quantizer)
+    # Check every group before changing any, so an error leaves the members as they were.
+    for name, members in by_name.items():
+        settings = {member.power_of_two for member in members}
+        if len(settings) > 1:
+            raise ValueError(
+                f"the members of shared-scale group {name!r} disagree on power_of_two "
+                f"({sorted(settings)}); give every member of the group the same "
+                "power_of_two, e.g. SharedScaleQuantizer.with_args(group="
+                f"{name!r}, power_of_two=True)"
+            )
+    for members in by_name.values():
+        group = members[0].group
+        for quantizer in members[1:]:
+            if quantizer.group is not group:
+                quantizer.group.members.remove(quantizer)
+                quantizer._join(group)
