@@ -1,6 +1,7 @@
 """aquatic: quantization-aware training for conventional and spiking networks."""
 
 from aquatic import functional, observers, quantizers
+from aquatic import hw
 from aquatic.qconfig import QConfig
 from aquatic.switches import (
     disable_fake_quant,
@@ -19,6 +20,7 @@ __all__ = [
     "enable_observers",
     "freeze_observers",
     "functional",
+    "hw",
     "observers",
     "quantizers",
 ]

@@ -1,0 +1,97 @@
+"""Tests of the DYNAP-CNN profile: IAF simulator (hand-computed traces, sinabs)."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from aquatic.hw import dynapcnn
+from aquatic.hw._common import DoesNotFitError
+
+
+def dense(**changes):
+    spec = {"weight": [[3, -2]], "bias": [1], "threshold": 4, "threshold_low": -5}
+    spec.update(changes)
+    return spec
+
+
+def test_golden_trace_by_hand():
+    # v += 3*a - 2*b + 1; spike floor(v/4) when v >= 4; subtract; v = max(v, -5)
+    # t0 [1,0]: v = 4 -> 1 spike, 0 | t1 [2,0]: v = 7 -> 1, 3 | t2 [0,3]: v = -2
+    # t3 [0,3]: v = -7 -> -5 | t4 [5,0]: v = -5 + 16 = 11 -> 2 spikes, 3
+    spikes = torch.tensor([[1, 0], [2, 0], [0, 3], [0, 3], [5, 0]]).unsqueeze(0)
+    out, rec = dynapcnn.simulate({"layers": [dense()]}, spikes, record=True)
+    assert out.flatten().tolist() == [1, 1, 0, 0, 2]
+    assert rec[0]["v_mem"].flatten().tolist() == [0, 3, -2, -5, 3]
+    out = dynapcnn.simulate({"layers": [dense(reset="zero", max_spikes=1)]}, spikes)
+    # zero reset: t1 v = 7 -> 0; t2 -5 (clamped from -5); t3 -5; t4 -5 + 16 = 11 -> 1
+    assert out.flatten().tolist() == [1, 1, 0, 0, 1]
+
+
+def test_convolution_layer():
+    # A 2x2 kernel of ones over a 3x3 input with one event in the centre: each of the
+    # four outputs sees it once; with stride 2 and padding 1 only the top-left one does.
+    x = torch.zeros(1, 1, 1, 3, 3, dtype=torch.long)
+    x[..., 1, 1] = 1
+    conv = {"weight": torch.ones(1, 1, 2, 2, dtype=torch.int8), "threshold": 1}
+    assert dynapcnn.simulate({"layers": [conv]}, x).flatten().tolist() == [1, 1, 1, 1]
+    strided = dict(conv, stride=2, padding=1)
+    assert dynapcnn.simulate({"layers": [strided]}, x).flatten().tolist() == [0, 0, 0, 1]
+
+
+def test_overflow_and_validation():
+    spec = {"layers": [dense(weight=[[127, 127]], threshold=32767, name="conv1")]}
+    with pytest.raises(OverflowError, match="conv1: the membrane left the 16-bit range"):
+        dynapcnn.simulate(spec, torch.full((1, 200, 2), 1))
+    with pytest.raises(DoesNotFitError, match="weight holds 300"):
+        dynapcnn.check_spec({"layers": [dense(weight=[[300, 0]])]})
+    with pytest.raises(DoesNotFitError, match="kernels are square"):
+        dynapcnn.check_spec(
+            {"layers": [{"weight": torch.ones(1, 1, 2, 3, dtype=torch.long), "threshold": 1}]}
+        )
+    with pytest.raises(ValueError, match="reset must be one of"):
+        dynapcnn.check_spec({"layers": [dense(reset="clip")]})
+
+
+def sinabs_discretize():
+    """sinabs' ``discretize`` module, loaded without ``sinabs.backend.dynapcnn``'s
+    ``__init__`` (which imports samna, the chip driver)."""
+    sinabs = pytest.importorskip("sinabs")
+    path = Path(sinabs.__file__).parent / "backend" / "dynapcnn" / "discretize.py"
+    if not path.exists():
+        pytest.skip("this sinabs has no backend/dynapcnn/discretize.py")
+    spec = importlib.util.spec_from_file_location("_sinabs_discretize", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_identical_to_sinabs_after_its_discretisation():
+    sl = pytest.importorskip("sinabs.layers")
+    discretize = sinabs_discretize()
+    g = torch.Generator().manual_seed(3)
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.3)
+        conv.bias.copy_(torch.randn(3, generator=g) * 0.05)
+    iaf = sl.IAF(spike_threshold=1.0, min_v_mem=-1.0)
+    discretize.discretize_conv_spike_(conv, iaf, to_int=False)
+    spikes = (torch.rand(2, 20, 2, 6, 6, generator=g) < 0.3).float()
+    with torch.no_grad():
+        drive = conv(spikes.flatten(0, 1)).unflatten(0, (2, 20))
+        expected = iaf(drive)
+    spec = {
+        "layers": [
+            {
+                "weight": conv.weight.detach().round().long(),
+                "bias": conv.bias.detach().round().long(),
+                "padding": 1,
+                "threshold": int(iaf.spike_threshold),
+                "threshold_low": int(iaf.min_v_mem),
+            }
+        ]
+    }
+    out = dynapcnn.simulate(spec, spikes.long())
+    assert torch.equal(out, expected.long())
+    assert out.sum() > 0
