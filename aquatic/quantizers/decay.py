@@ -112,6 +112,8 @@ class _DecayQuantizer(Quantizer):
         return self._value(self._leak_of(codes.to(dtype)))
 
     def qparams(self) -> Dict[str, Any]:
+        """The codes of the last tensor quantized (empty before any), ``bits``, ``param``
+        and the code range ``quant_min``, ``quant_max``."""
         return {
             self._code_name: getattr(self, self._code_name),
             "bits": self.bits,

@@ -159,7 +159,7 @@ class LSQQuantizer(Quantizer):
         param = getattr(self, name)
         param.data = value.to(dtype=param.dtype, device=param.device)
 
-    def _zero_point(self, grad_factor: float) -> Tensor:
+    def _zero_point(self) -> Tensor:
         return torch.zeros((), dtype=self.scale.dtype, device=self.scale.device)
 
     def _grad_factor(self, input: Tensor) -> float:
@@ -176,7 +176,9 @@ class LSQQuantizer(Quantizer):
         return fake_quantize_learnable(
             input,
             self.scale,
-            self._zero_point(grad_factor),
+            # The zero point's gradient (LSQ+) is a sum over the same N elements as the
+            # scale's, so it gets the same factor; LSQ's constant 0 is unaffected.
+            grad_scale(self._zero_point(), grad_factor),
             self.quant_min,
             self.quant_max,
             self._axis(),
@@ -205,7 +207,7 @@ class LSQQuantizer(Quantizer):
         """``scale``, integer ``zero_point``, ``quant_min``, ``quant_max`` and ``ch_axis``."""
         self._check_initialized()
         scale = self.scale.detach()
-        zero_point = torch.round(self._zero_point(1.0).detach()).to(torch.int32)
+        zero_point = torch.round(self._zero_point().detach()).to(torch.int32)
         return {
             "scale": scale,
             "zero_point": zero_point.expand_as(scale).contiguous(),
@@ -311,8 +313,8 @@ class LSQPlusQuantizer(LSQQuantizer):
         self._set("scale", scale)
         self._set("zero_point", zero_point.float())
 
-    def _zero_point(self, grad_factor: float) -> Tensor:
-        return grad_scale(self.zero_point, grad_factor)
+    def _zero_point(self) -> Tensor:
+        return self.zero_point
 
 
 class PACTQuantizer(Quantizer):
