@@ -117,3 +117,74 @@ def quantized_param(module: nn.Module, name: str) -> Optional[Tensor]:
 def shape_of(module: nn.Module) -> Tuple[int, ...]:
     """Weight shape of a Linear/Conv module (for messages)."""
     return tuple(module.weight.shape)
+
+
+_PASSIVE = ("Identity", "Flatten", "Dropout", "Unflatten")
+
+
+def layer_sequence(model: nn.Module, target: str) -> list:
+    """The leaf layers of ``model`` in order, as ``[(name, module), ...]``.
+
+    ``nn.Sequential`` containers are walked recursively; ``Identity``, ``Flatten``,
+    ``Unflatten`` and ``Dropout`` (inactive at inference) are skipped.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"export takes a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(model, nn.Sequential) and list(model.children()):
+        # A custom container: only its children's registration order is known.
+        children = list(model.named_children())
+    else:
+        children = (
+            list(model.named_children()) if isinstance(model, nn.Sequential) else [("", model)]
+        )
+    layers = []
+    for name, child in children:
+        if isinstance(child, nn.Sequential):
+            layers += [(f"{name}.{n}" if name else n, m) for n, m in layer_sequence(child, target)]
+        elif type(child).__name__ not in _PASSIVE:
+            layers.append((name or type(child).__name__, child))
+    if not layers:
+        raise DoesNotFitError(f"the model has no layers to export to {target}")
+    return layers
+
+
+def weight_scale(module: nn.Module, name: str, target: str, param: str = "weight") -> float:
+    """The scale of the quantizer of ``module``'s ``param``, or a clear error."""
+    quantizers = getattr(module, "quantizers", None)
+    if quantizers is None or param not in quantizers:
+        raise DoesNotFitError(
+            f"layer {name!r} ({type(module).__name__}) has no {param} quantizer, so its "
+            f"integer grid is unknown; build the model with qconfig=aquatic.hw.{target}.qconfig() "
+            "(or aquatic.quantize(model, ...)) and train it before exporting"
+        )
+    qparams = quantizers[param].qparams()
+    scale = qparams.get("scale")
+    if scale is None or torch.as_tensor(scale).numel() != 1:
+        raise DoesNotFitError(
+            f"layer {name!r}: the {param} quantizer ({type(quantizers[param]).__name__}) has "
+            f"no single scale; {target} needs one per-tensor scale"
+        )
+    zero_point = qparams.get("zero_point")
+    if zero_point is not None and bool(torch.as_tensor(zero_point).ne(0).any()):
+        raise DoesNotFitError(
+            f"layer {name!r}: {target} needs symmetric quantization (zero point 0)"
+        )
+    return float(scale)
+
+
+def require(condition: bool, message: str) -> None:
+    """Raise a ``DoesNotFitError`` with ``message`` unless ``condition``."""
+    if not condition:
+        raise DoesNotFitError(message)
+
+
+def per_neuron(value: Optional[Tensor], size: int, name: str) -> Tensor:
+    """A scalar or ``(size,)`` tensor (or ``None``: zeros) as a ``(size,)`` float64 tensor."""
+    if value is None:
+        return torch.zeros(size, dtype=torch.float64)
+    value = value.detach().double().flatten()
+    if value.numel() == 1:
+        return value.expand(size).clone()
+    if value.numel() != size:
+        raise DoesNotFitError(f"{name} has {value.numel()} values for {size} neurons")
+    return value

@@ -14,7 +14,8 @@ step, as sinabs' ``IAF`` computes it (``layers/functional/lif.py``, ``MultiSpike
         \\;\\text{(zero)} \\\\
     v &= \\max(v, \\vartheta_{low})
 
-A membrane outside the 16-bit range raises ``OverflowError`` naming the layer.
+A membrane above the 16-bit range raises ``OverflowError`` naming the layer; below, it
+is clamped at :math:`\\vartheta_{low} \\ge -2^{15}`.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def simulate(spec: Mapping[str, Any], spikes: Any, record: bool = False) -> Unio
         for k, layer in enumerate(layers):
             drive = _drive(layer, s)
             v = drive if v_mem[k] is None else v_mem[k] + drive
-            if v.numel() and (int(v.max()) > _HIGH or int(v.min()) < _LOW):
+            # Below, the membrane saturates at threshold_low; above, it would overflow.
+            if v.numel() and int(v.max()) > _HIGH:
                 raise OverflowError(
                     f"{layer['name']}: the membrane left the 16-bit range at time step {t} "
                     f"(reached {int(v.abs().max())}); scale the layer's weights, bias and "

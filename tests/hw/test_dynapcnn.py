@@ -95,3 +95,92 @@ def test_identical_to_sinabs_after_its_discretisation():
     out = dynapcnn.simulate(spec, spikes.long())
     assert torch.equal(out, expected.long())
     assert out.sum() > 0
+
+
+# --- Preset and export ----------------------------------------------------------------
+
+
+class TimeFolded(torch.nn.Module):
+    """Conv2d -> IAF -> Flatten -> Linear -> IAF on (N, T, C, H, W) inputs."""
+
+    def __init__(self, qconfig):
+        super().__init__()
+        from aquatic import nn as ann
+
+        self.conv = ann.Conv2d(2, 3, 3, padding=1, qconfig=qconfig)
+        self.iaf1 = ann.IAF(threshold=1.0, max_spikes=3, min_v_mem=-1.0, qconfig=qconfig)
+        self.flat = torch.nn.Flatten()
+        self.fc = ann.Linear(3 * 5 * 5, 4, qconfig=qconfig)
+        self.iaf2 = ann.IAF(threshold=0.25, qconfig=qconfig)
+
+    def forward(self, x):
+        n, t = x.shape[:2]
+        h = self.iaf1(self.conv(x.flatten(0, 1)).unflatten(0, (n, t)))
+        return self.iaf2(self.fc(self.flat(h.flatten(0, 1))).unflatten(0, (n, t)))
+
+
+def test_trained_model_spikes_exactly_like_its_export():
+    torch.manual_seed(0)
+    model = TimeFolded(dynapcnn.qconfig())
+    x = (torch.rand(4, 12, 2, 5, 5) < 0.4).float()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(3):
+        loss = (model(x).mean() - 0.3) ** 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    spec = dynapcnn.export(model, input_shape=(2, 5, 5))
+    assert [layer["name"] for layer in spec["layers"]] == ["conv", "fc"]
+    assert spec["layers"][0]["weight"].abs().max() <= 127
+    out, rec = dynapcnn.simulate(spec, x.long(), record=True)
+    assert torch.equal(out, expected.long())
+    assert rec[0]["spikes"].sum() > 0 and out.sum() > 0  # both layers are live
+
+
+def test_export_rejects_what_dynapcnn_lacks():
+    from aquatic import nn as ann
+
+    q = dynapcnn.qconfig()
+    with pytest.raises(
+        DoesNotFitError, match="'1' is a LIF; DYNAP-CNN neurons are integrate-and-fire"
+    ):
+        dynapcnn.export(
+            torch.nn.Sequential(ann.Linear(2, 2, qconfig=q), ann.LIF(tau_mem=5.0, qconfig=q))
+        )
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2), ann.IAF())
+    with pytest.raises(DoesNotFitError, match="'0' \\(Linear\\) has no weight quantizer"):
+        dynapcnn.export(plain)
+    nine_bits = ann.Linear(2, 2, qconfig=q._replace(weight=q.weight.with_args(bits=9)))
+    nine_bits(torch.ones(1, 2))
+    with pytest.raises(
+        DoesNotFitError,
+        match="0.weight holds 1[0-9]+, outside the range -128..127 \\(8-bit weights\\)",
+    ):
+        model = torch.nn.Sequential(
+            nine_bits, ann.IAF(threshold=float(nine_bits.weight.abs().max()))
+        )
+        with torch.no_grad():
+            nine_bits.weight.fill_(1.0)
+            nine_bits.quantizers["weight"](nine_bits.weight)
+        model[1].threshold.fill_(1.0)
+        dynapcnn.export(model)
+
+
+def test_export_detects_accumulator_overflow():
+    from aquatic import nn as ann
+
+    q = dynapcnn.qconfig()
+    lin = ann.Linear(600, 1, bias=False, qconfig=q)
+    iaf = ann.IAF(threshold=1.0, qconfig=q)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+        lin(torch.ones(1, 600))
+        iaf(torch.zeros(1, 1, 1))
+    # 600 inputs of code 127 can add 76200 > 32767 in one step
+    with pytest.raises(
+        OverflowError, match="layer '0': the 16-bit membrane accumulator can overflow"
+    ):
+        dynapcnn.export(torch.nn.Sequential(lin, iaf))
