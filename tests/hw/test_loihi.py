@@ -71,3 +71,62 @@ def test_validation():
         loihi.check_spec({"layers": [layer(), layer(weight=[[2, 2]])]})
     with pytest.raises(ValueError, match="binary"):
         loihi.simulate({"layers": [layer()]}, torch.full((1, 1, 1), 2))
+
+
+# --- Preset and export ----------------------------------------------------------------
+
+
+def test_trained_integrate_and_fire_spikes_exactly_like_its_export():
+    # No synaptic state (du = 4096: u = x) and alpha_mem = 1 (dv = 0): the float model's
+    # sums on the 1/64 grid are exact, so it and lava-dl's integer CUBA spike alike.
+    from aquatic import nn as ann
+
+    torch.manual_seed(0)
+    q = loihi.qconfig()
+    model = torch.nn.Sequential(
+        ann.Linear(5, 8, qconfig=q),
+        ann.LIF(alpha_mem=1.0, reset="zero", threshold=1.0, qconfig=q),
+        ann.Linear(8, 3, bias=False, qconfig=q),
+        ann.LIF(alpha_mem=1.0, reset="zero", threshold=0.5, qconfig=q),
+    )
+    x = (torch.rand(6, 30, 5) < 0.4).float()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(3):
+        loss = (model(x).mean() - 0.3) ** 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        expected = model(x)
+    spec = loihi.export(model)
+    first = spec["layers"][0]
+    assert (
+        first["current_decay"].tolist() == [4096] * 8 and first["voltage_decay"].tolist() == [0] * 8
+    )
+    assert first["threshold"].tolist() == [64] * 8  # int(1.0 * 64)
+    assert bool((first["weight"] % 2 == 0).all())  # the 2/64 grid
+    out, rec = loihi.simulate(spec, x.long(), record=True)
+    assert torch.equal(out, expected.long())
+    assert rec[0]["spikes"].sum() > 0 and out.sum() > 0
+
+
+def test_export_decays_and_errors():
+    from aquatic import nn as ann
+
+    q = loihi.qconfig()
+    lif = ann.LIF(tau_mem=4.0, reset="zero", qconfig=q)
+    model = torch.nn.Sequential(ann.Linear(2, 2, bias=False, qconfig=q), lif)
+    model(torch.zeros(1, 1, 2))
+    # tau 4: 1 - exp(-1/4) = 0.22120 -> dv = round(0.22120 * 4096) = round(906.0) = 906
+    assert loihi.export(model)["layers"][0]["voltage_decay"].tolist() == [906, 906]
+    subtract = torch.nn.Sequential(ann.Linear(2, 2, qconfig=q), ann.LIF(tau_mem=4.0, qconfig=q))
+    with pytest.raises(DoesNotFitError, match="'1': Loihi resets the voltage to zero"):
+        loihi.export(subtract)
+    with pytest.raises(DoesNotFitError, match="'0' is a Conv1d; Loihi export takes Linear"):
+        loihi.export(torch.nn.Sequential(ann.Conv1d(2, 2, 1, qconfig=q), lif))
+    plain = torch.nn.Sequential(torch.nn.Linear(2, 2), ann.LIF(tau_mem=4.0, reset="zero"))
+    with pytest.raises(
+        DoesNotFitError, match="0.weight is not on the grid of the shared scale 0.015625"
+    ):
+        loihi.export(plain)

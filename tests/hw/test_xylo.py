@@ -309,3 +309,106 @@ def test_rejects_bad_spikes():
         xylo.simulate(tiny_spec(), -torch.ones(1, 2, 1, dtype=torch.long))
     with pytest.raises(ValueError, match="must have shape \\(N, T, 1\\)"):
         xylo.simulate(tiny_spec(), torch.zeros(2, 1, dtype=torch.long))
+
+
+# --- Preset and export ----------------------------------------------------------------
+
+
+def xylo_model(hidden_spikes=31):
+    from aquatic import nn as ann
+
+    qh, qo = xylo.qconfig(power_of_two=True), xylo.qconfig(power_of_two=True)
+    return torch.nn.Sequential(
+        ann.Linear(4, 16, bias=False, qconfig=qh),
+        ann.LIFRecurrent(16, tau_mem=8.0, tau_syn=4.0, max_spikes=hidden_spikes, qconfig=qh),
+        ann.Linear(16, 3, bias=False, qconfig=qo),
+        ann.LIF(tau_mem=8.0, tau_syn=4.0, qconfig=qo),
+    )
+
+
+def trained(model, x):
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(3):
+        loss = (model(x).mean() - 0.2) ** 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
+def test_export_has_rockpools_keys_shapes_and_dtypes():
+    torch.manual_seed(0)
+    x = (torch.rand(4, 30, 4) < 0.3).float()
+    model = trained(xylo_model(), x)
+    spec = xylo.export(model)
+    assert set(spec) == set(xylo.SPEC_KEYS)
+    shapes = {k: (v.shape, v.dtype.name) for k, v in spec.items() if hasattr(v, "shape")}
+    assert shapes["weights_in"] == ((4, 16, 2), "int8")
+    assert shapes["weights_rec"] == ((16, 16, 2), "int8")
+    assert shapes["weights_out"] == ((16, 3), "int8")
+    assert shapes["dash_mem"] == ((16,), "uint8") and shapes["dash_syn_out"] == ((3,), "uint8")
+    assert shapes["threshold"] == ((16,), "int16") and shapes["bias_out"] == ((3,), "int16")
+    # tau 8 -> alpha = exp(-1/8) = 0.8825 -> dash = round(-log2(0.1175)) = round(3.09) = 3
+    assert spec["dash_mem"].tolist() == [3] * 16
+    # tau 4 -> 1 - exp(-1/4) = 0.2212 -> dash = round(2.18) = 2
+    assert spec["dash_syn"].tolist() == [2] * 16
+    # the codes are the model's values divided by the shared (power-of-two) scale
+    scale = model[0].quantizers["weight"].qparams()["scale"].item()
+    assert np.array_equal(
+        spec["weights_in"][..., 0], (model[0].quantize_params()["weight"].T / scale).round().numpy()
+    )
+    assert spec["threshold"][0] == round(1.0 / scale)
+    assert not spec["weights_in"][..., 1].any() and not spec["weights_rec"][..., 1].any()
+
+
+def test_fake_quant_model_and_simulate_on_its_export():
+    torch.manual_seed(0)
+    x = (torch.rand(8, 40, 4) < 0.3).float()
+    model = trained(xylo_model(), x)
+    with torch.no_grad():
+        hidden = model[1](model[0](x))
+        output = model(x)
+    out, rec = xylo.simulate(xylo.export(model), x.long(), record=True)
+    assert rec["spikes"].sum() > 0
+    # Until the first step where the float leak alpha * v and the chip's integer leak
+    # (v - max(v >> dash, 1)) round apart, the spikes are identical, then close.
+    first = rec["spikes"][:, :2]
+    assert torch.equal(first, hidden[:, :2].long())
+    assert (rec["spikes"] == hidden.long()).float().mean() > 0.85
+    assert (out[:, 1:] == output[:, :-1].long()).float().mean() > 0.85
+
+
+def test_export_rejects_what_xylo_cannot_represent():
+    from aquatic import nn as ann
+
+    torch.manual_seed(0)
+    x = torch.ones(1, 2, 4)
+    with pytest.raises(DoesNotFitError, match="max_spikes=1; Xylo's hidden neurons emit up to 31"):
+        xylo.export(trained(xylo_model(hidden_spikes=1), x))
+    q = xylo.qconfig()
+    conv = torch.nn.Sequential(
+        ann.Conv1d(4, 4, 1, qconfig=q), ann.LIF(tau_mem=5.0, tau_syn=2.0, qconfig=q)
+    )
+    with pytest.raises(DoesNotFitError, match="Xylo takes input Linear -> LIF"):
+        xylo.export(conv)
+    model = trained(xylo_model(), x)
+    old = model[0].quantizers["weight"]
+    old.group.members.remove(old)  # a 9-bit weight quantizer in the same shared group
+    model[0].quantizers["weight"] = type(old)(bits=9, group=old.group, power_of_two=True)
+    model[0].quantizers["weight"](model[0].weight)
+    with pytest.raises(
+        DoesNotFitError, match="weights_in holds -?[0-9]+, outside the range -128..127"
+    ):
+        xylo.export(model)
+    model = xylo_model()
+    model[3] = ann.LIF(tau_mem=8.0, qconfig=xylo.qconfig())
+    with pytest.raises(DoesNotFitError, match="'3' has no synaptic state"):
+        xylo.export(model)
+
+
+def test_dash_of():
+    assert xylo.dash_of(torch.tensor([1 - 2**-15, 0.75])).tolist() == [15, 2]
+    with pytest.raises(DoesNotFitError, match="not of the form 1 - 2\\*\\*-dash"):
+        xylo.dash_of(torch.tensor([0.9]))
+    with pytest.raises(DoesNotFitError, match="no leak"):
+        xylo.dash_of(torch.tensor([1.0]))
