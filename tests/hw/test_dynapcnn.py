@@ -159,9 +159,7 @@ def test_export_rejects_what_dynapcnn_lacks():
         DoesNotFitError,
         match="0.weight holds 1[0-9]+, outside the range -128..127 \\(8-bit weights\\)",
     ):
-        model = torch.nn.Sequential(
-            nine_bits, ann.IAF(threshold=float(nine_bits.weight.abs().max()))
-        )
+        model = torch.nn.Sequential(nine_bits, ann.IAF(threshold=1.0))
         with torch.no_grad():
             nine_bits.weight.fill_(1.0)
             nine_bits.quantizers["weight"](nine_bits.weight)
