@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional
+from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -34,12 +34,18 @@ class QuantizedModule(nn.Module):
     - :meth:`quantized` returns a parameter as ``forward`` should use it;
     - :meth:`quantize_output` applies the activation quantizer;
     - :meth:`quantize_params` returns every quantized parameter.
+
+    Stateful layers (spiking neurons) also list in ``_quantized_states`` the state
+    variables that ``QConfig.state`` quantizes; each gets its own quantizer under its
+    name in ``self.quantizers``, applied by the layer after every time step.
     """
 
     #: parameter name -> QConfig field that quantizes it
     _quantized_params: Mapping[str, str] = {}
     #: whether QConfig.activation applies to this layer's output
     _quantizes_output: bool = True
+    #: state variables (e.g. ``"v_mem"``) that QConfig.state quantizes, one quantizer each
+    _quantized_states: Tuple[str, ...] = ()
 
     def _init_quantizers(self, qconfig: Optional[QConfig]) -> None:
         from aquatic.quantizers.shared import link_shared_scales
@@ -52,6 +58,9 @@ class QuantizedModule(nn.Module):
             factory = getattr(qconfig, field)
             if factory is not None and getattr(self, name, None) is not None:
                 self.quantizers[name] = factory()
+        if qconfig.state is not None:
+            for name in self._quantized_states:
+                self.quantizers[name] = qconfig.state()
         if self._quantizes_output and qconfig.activation is not None:
             self.quantizers["activation"] = qconfig.activation()
         link_shared_scales(self.quantizers.values())
@@ -77,7 +86,7 @@ class QuantizedModule(nn.Module):
         """
         result = {}
         for name, quantizer in self.quantizers.items():
-            if name == "activation":
+            if name == "activation" or name in self._quantized_states:
                 continue
             training = quantizer.training
             quantizer.train(False)

@@ -1,0 +1,31 @@
+"""Drop-in layers: ``aquatic.nn.Linear`` for ``torch.nn.Linear`` and so on, plus ``qconfig=``."""
+
+from aquatic.nn.base import QuantizedModule
+from aquatic.nn.exp_leak import ExpLeak
+from aquatic.nn.iaf import IAF
+from aquatic.nn.lif import LIF, LIFCell, LIFRecurrent
+from aquatic.nn.neuron_base import NeuronModule
+from aquatic.functional.neurons import LIFState
+from aquatic.functional.surrogate import (
+    ArcTan,
+    FastSigmoid,
+    SingleExponential,
+    Surrogate,
+    Triangle,
+)
+
+__all__ = [
+    "QuantizedModule",
+    "ArcTan",
+    "ExpLeak",
+    "FastSigmoid",
+    "IAF",
+    "LIF",
+    "LIFCell",
+    "LIFRecurrent",
+    "LIFState",
+    "NeuronModule",
+    "SingleExponential",
+    "Surrogate",
+    "Triangle",
+]

@@ -1,0 +1,100 @@
+r"""A leaky integrator without spikes, e.g. as a readout layer.
+
+.. math::
+
+    v[t] = \max\big(\alpha\, v[t-1] + \big((1 - \alpha)\big)^{[\texttt{norm\_input}]}\, x[t] + b,
+        \ v_{min}\big), \qquad \alpha = e^{-1/\tau}
+
+The output is the membrane trace :math:`v`, passed through ``QConfig.activation`` if
+given. It runs the fused sequence function unless ``QConfig.state`` quantizes the
+membrane (see :mod:`aquatic.nn.lif`).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from aquatic.functional.neurons import LIFState, exp_leak
+from aquatic.nn.lif import Bias
+from aquatic.nn.neuron_base import NeuronModule, Value
+from aquatic.qconfig import QConfig
+
+__all__ = ["ExpLeak"]
+
+
+class ExpLeak(NeuronModule):
+    """Leaky integrator: returns the membrane potential of every step.
+
+    Args:
+        tau_mem: time constant in time steps (> 0), a number or one per neuron.
+        alpha_mem: decay per step in ``[0, 1]``, instead of ``tau_mem``.
+        norm_input: scale the input by :math:`1 - \\alpha` (unit gain for constant input).
+        bias: constant input per step (``True`` for a trainable scalar from 0, or its
+            initial value).
+        min_v_mem: lower bound of the membrane.
+        train_decay: make ``tau_mem`` (or ``alpha_mem``) trainable.
+        persistent_state, method: as :class:`~aquatic.nn.LIF`.
+        qconfig: quantizers for ``tau``/``alpha``, ``bias``, ``state`` (the membrane
+            after each step) and ``activation`` (the returned membrane).
+
+    Shape:
+        - Input: ``(N, T, *)``.
+        - Output: membrane, ``(N, T, *)``.
+
+    Example:
+        >>> leak = ExpLeak(alpha_mem=0.5)
+        >>> leak(torch.tensor([[[1.0], [0.0], [1.0]]])).flatten()
+        tensor([1.0000, 0.5000, 1.2500])
+    """
+
+    _quantizes_output = True
+
+    def __init__(
+        self,
+        tau_mem: Optional[Value] = None,
+        *,
+        alpha_mem: Optional[Value] = None,
+        norm_input: bool = False,
+        bias: Bias = None,
+        min_v_mem: Optional[float] = None,
+        train_decay: bool = False,
+        persistent_state: bool = False,
+        method: str = "auto",
+        qconfig: Optional[QConfig] = None,
+    ) -> None:
+        super().__init__()
+        self._setup_decay("mem", tau_mem, alpha_mem, train_decay, required=True)
+        self._setup_decay("syn", None, None, False, required=False)
+        self.register_buffer("threshold", None)
+        self._setup_bias(bias)
+        self.min_v_mem = self._check_min_v_mem(min_v_mem)
+        self.norm_input = bool(norm_input)
+        self._setup_stream(persistent_state, False, method)
+        self._setup_quantizers(qconfig)
+
+    def forward(self, input: Tensor, state: Optional[LIFState] = None) -> Tensor:
+        """The membrane for ``input`` ``(N, T, *)``, from ``state`` if given."""
+        params = self.neuron_params()
+        result = exp_leak(
+            input,
+            params["alpha_mem"],
+            state=self._initial_state(input, state),
+            norm_input=self.norm_input,
+            bias=params["bias"],
+            min_v_mem=self.min_v_mem,
+            quantize_v_mem=self._state_quantizer("v_mem"),
+            method=self.method,
+        )
+        self._store(result)
+        return self.quantize_output(result.output)
+
+    def extra_repr(self) -> str:
+        parts = [self._params_repr()]
+        if self.norm_input:
+            parts.append("norm_input=True")
+        if self.min_v_mem is not None:
+            parts.append(f"min_v_mem={self.min_v_mem:g}")
+        return ", ".join(parts) + self._quant_repr()

@@ -1,0 +1,117 @@
+r"""Integrate-and-fire neurons: :class:`~aquatic.nn.LIF` without membrane leak.
+
+.. math::
+
+    i[t] &= \alpha_{syn}\,(i[t-1] + x[t]) \quad\text{(with } \tau_{syn}\text{; otherwise }
+        i[t] = x[t]) \\
+    v[t] &= v[t-1] + i[t] + b, \qquad s[t] = H(v[t] - \vartheta)
+        \text{ (or the capped count } \lfloor v[t]/\vartheta \rfloor) \\
+    v[t] &\leftarrow \max(v[t] - \vartheta\, s[t],\ v_{min})
+        \text{ (subtract) or } \max(v[t]\,(1 - H(v[t] - \vartheta)),\ v_{min}) \text{ (zero)}
+
+``IAF(...)`` computes exactly what ``LIF(alpha_mem=1.0, ...)`` does, with no membrane
+decay to quantize or train. It runs the fused sequence function unless ``QConfig.state``
+quantizes the state (see :mod:`aquatic.nn.lif`).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+from torch import Tensor
+
+from aquatic.functional.neurons import LIFState, lif
+from aquatic.functional.surrogate import Surrogate
+from aquatic.nn.lif import Bias
+from aquatic.nn.neuron_base import NeuronModule, Value
+from aquatic.qconfig import QConfig
+
+__all__ = ["IAF"]
+
+
+class IAF(NeuronModule):
+    """Integrate-and-fire neurons (no membrane leak), optionally with a synaptic current.
+
+    Args:
+        threshold: firing threshold (> 0), a number or one per neuron.
+        reset: ``"subtract"`` or ``"zero"``.
+        tau_syn: synaptic time constant in time steps, or ``None`` (no synaptic state).
+        alpha_syn: synaptic decay per step, instead of ``tau_syn``.
+        surrogate, max_spikes, min_v_mem, bias, train_threshold, detach_reset,
+        persistent_state, record_states, method: as :class:`~aquatic.nn.LIF`.
+        train_decay: make ``tau_syn`` (or ``alpha_syn``) trainable.
+        qconfig: quantizers for ``tau``/``alpha`` (synaptic), ``threshold``, ``bias``
+            and ``state``.
+
+    Shape:
+        - Input: ``(N, T, *)``.
+        - Output: spikes, ``(N, T, *)``.
+
+    Example:
+        >>> iaf = IAF(threshold=1.0)
+        >>> iaf(torch.full((1, 5, 1), 0.4)).flatten()
+        tensor([0., 0., 1., 0., 1.])
+        >>> iaf.v_mem
+        tensor([[0.]])
+    """
+
+    def __init__(
+        self,
+        threshold: Value = 1.0,
+        reset: str = "subtract",
+        *,
+        tau_syn: Optional[Value] = None,
+        alpha_syn: Optional[Value] = None,
+        surrogate: Optional[Surrogate] = None,
+        max_spikes: int = 1,
+        min_v_mem: Optional[float] = None,
+        bias: Bias = None,
+        train_decay: bool = False,
+        train_threshold: bool = False,
+        detach_reset: bool = False,
+        persistent_state: bool = False,
+        record_states: bool = False,
+        method: str = "auto",
+        qconfig: Optional[QConfig] = None,
+    ) -> None:
+        super().__init__()
+        self._setup_decay("mem", None, None, False, required=False)
+        self._setup_decay("syn", tau_syn, alpha_syn, train_decay, required=False)
+        self._setup_threshold(threshold, train_threshold)
+        self._setup_bias(bias)
+        self._setup_options(reset, surrogate, max_spikes, min_v_mem, detach_reset)
+        self._setup_stream(persistent_state, record_states, method)
+        self._setup_quantizers(qconfig)
+
+    def neuron_params(self) -> Dict[str, Optional[Tensor]]:
+        params = super().neuron_params()
+        params["alpha_mem"] = 1.0
+        return params
+
+    def forward(self, input: Tensor, state: Optional[LIFState] = None) -> Tensor:
+        """Spikes for ``input`` ``(N, T, *)``, from ``state`` if given."""
+        params = self.neuron_params()
+        result = lif(
+            input,
+            params["alpha_mem"],
+            params["alpha_syn"],
+            params["threshold"],
+            state=self._initial_state(input, state),
+            record_states=self.record_states,
+            reset=self.reset,
+            surrogate=self.surrogate,
+            max_spikes=self.max_spikes,
+            min_v_mem=self.min_v_mem,
+            bias=params["bias"],
+            detach_reset=self.detach_reset,
+            quantize_v_mem=self._state_quantizer("v_mem"),
+            quantize_i_syn=self._state_quantizer("i_syn"),
+            method=self.method,
+        )
+        self._store(result)
+        return result.output
+
+    def extra_repr(self) -> str:
+        params = self._params_repr()
+        return f"{params + ', ' if params else ''}{self._options_repr()}{self._quant_repr()}"

@@ -1,0 +1,292 @@
+"""What the spiking layers share: neuron parameters, their quantizers, and state.
+
+A neuron layer holds each decay either as a time constant (``tau_mem``, ``tau_syn``, in
+time steps) or as a decay per step (``alpha_mem``, ``alpha_syn``), whichever the user
+gave; the other name is ``None``. Forward uses :math:`\\alpha = e^{-1/\\tau}`.
+
+Quantizers (from the :class:`~aquatic.QConfig`):
+
+- ``QConfig.tau`` quantizes ``tau_mem``/``tau_syn`` when the layer holds time constants;
+- ``QConfig.alpha`` quantizes ``alpha_mem``/``alpha_syn``: the given decays, or the
+  decays computed from the (quantized) time constants, so a bit-shift decay applies
+  whichever way the layer was built;
+- ``QConfig.threshold``, ``QConfig.bias`` and ``QConfig.weight`` (recurrent weights);
+- ``QConfig.state`` builds one quantizer per state variable, ``"v_mem"`` and (with a
+  synaptic state) ``"i_syn"``, applied after every time step.
+
+While training, decays are kept in ``[0, 1]`` (time constants below ``1e-3`` steps act
+as ``1e-3``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from aquatic.functional.neurons import (
+    METHODS,
+    LIFOutput,
+    LIFState,
+    check_max_spikes,
+    check_reset,
+)
+from aquatic.functional.surrogate import Surrogate, check_surrogate
+from aquatic.nn.base import QuantizedModule
+from aquatic.qconfig import QConfig
+
+__all__ = ["NeuronModule"]
+
+Value = Union[float, Sequence[float], Tensor]
+
+#: Smallest time constant used in forward: alpha = exp(-1/tau) is 0 below it anyway.
+TAU_MIN = 1e-3
+
+
+def _as_tensor(name: str, value: Value) -> Tensor:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number or a tensor, got {value!r}")
+    try:
+        tensor = torch.as_tensor(value, dtype=torch.get_default_dtype())
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a number, a sequence or a tensor, got {value!r}")
+    if isinstance(value, Tensor) and value.is_floating_point():
+        tensor = value.detach().to(value.dtype)
+    return tensor.clone()
+
+
+def _describe(value: Tensor) -> str:
+    return f"{value.item():g}" if value.numel() == 1 else f"shape {tuple(value.shape)}"
+
+
+class NeuronModule(QuantizedModule):
+    """Base class of the spiking layers (``LIF``, ``IAF``, ``ExpLeak``, ...).
+
+    Subclasses call :meth:`_setup_decay`, :meth:`_setup_threshold`, :meth:`_setup_bias`
+    and :meth:`_setup_quantizers`; :meth:`neuron_params` then returns the values a
+    forward pass uses, quantized.
+    """
+
+    _quantized_params = {
+        "tau_mem": "tau",
+        "tau_syn": "tau",
+        "alpha_mem": "alpha",
+        "alpha_syn": "alpha",
+        "threshold": "threshold",
+        "bias": "bias",
+    }
+    _quantizes_output = False
+
+    # -- construction ----------------------------------------------------------------
+    def _setup_decay(
+        self,
+        kind: str,
+        tau: Optional[Value],
+        alpha: Optional[Value],
+        trainable: bool,
+        required: bool,
+    ) -> None:
+        tau_name, alpha_name = f"tau_{kind}", f"alpha_{kind}"
+        if tau is not None and alpha is not None:
+            raise ValueError(
+                f"give either {tau_name} (time constant in steps) or {alpha_name} "
+                f"(decay per step), not both"
+            )
+        if tau is None and alpha is None:
+            if required:
+                raise ValueError(
+                    f"{type(self).__name__} needs {tau_name}= (time constant in time steps) "
+                    f"or {alpha_name}= (decay per step, exp(-1/{tau_name}))"
+                )
+            self.register_buffer(tau_name, None)
+            self.register_buffer(alpha_name, None)
+            return
+        if tau is not None:
+            value = _as_tensor(tau_name, tau)
+            if bool(torch.isnan(value).any()) or bool((value <= 0).any()):
+                raise ValueError(
+                    f"{tau_name} must be > 0 (a time constant in time steps), got "
+                    f"{_describe(value)}; for a neuron without leak use IAF or {alpha_name}=1.0"
+                )
+            name, other = tau_name, alpha_name
+        else:
+            value = _as_tensor(alpha_name, alpha)
+            if not bool(((value >= 0) & (value <= 1)).all()):
+                raise ValueError(
+                    f"{alpha_name} must lie in [0, 1] (the fraction kept per step), got "
+                    f"{_describe(value)}; to give a time constant use {tau_name}= instead"
+                )
+            name, other = alpha_name, tau_name
+        self.register_buffer(other, None)
+        if trainable:
+            self.register_parameter(name, nn.Parameter(value))
+        else:
+            self.register_buffer(name, value)
+
+    def _setup_threshold(self, threshold: Value, trainable: bool) -> None:
+        value = _as_tensor("threshold", threshold)
+        if not bool(torch.isfinite(value).all()) or bool((value <= 0).any()):
+            raise ValueError(
+                f"threshold must be positive and finite, got {_describe(value)}; "
+                "scale the input instead of using a negative threshold"
+            )
+        if trainable:
+            self.threshold = nn.Parameter(value)
+        else:
+            self.register_buffer("threshold", value)
+
+    def _setup_bias(self, bias: Union[bool, Value, None]) -> None:
+        if bias is None or bias is False:
+            self.register_parameter("bias", None)
+        elif bias is True:
+            self.bias = nn.Parameter(torch.zeros(()))
+        else:
+            self.bias = nn.Parameter(_as_tensor("bias", bias))
+
+    def _setup_options(
+        self,
+        reset: str,
+        surrogate: Optional[Surrogate],
+        max_spikes: int,
+        min_v_mem: Optional[float],
+        detach_reset: bool,
+    ) -> None:
+        self.reset = check_reset(reset)
+        self.surrogate = check_surrogate(surrogate)
+        self.max_spikes = check_max_spikes(max_spikes)
+        self.min_v_mem = self._check_min_v_mem(min_v_mem)
+        self.detach_reset = bool(detach_reset)
+
+    @staticmethod
+    def _check_min_v_mem(min_v_mem: Optional[float]) -> Optional[float]:
+        if min_v_mem is None:
+            return None
+        if isinstance(min_v_mem, bool) or not isinstance(min_v_mem, (int, float)):
+            raise TypeError(f"min_v_mem must be a number or None, got {min_v_mem!r}")
+        if math.isnan(min_v_mem):
+            raise ValueError("min_v_mem must be a number or None, got nan")
+        return float(min_v_mem)
+
+    def _setup_stream(self, persistent_state: bool, record_states: bool, method: str) -> None:
+        if method not in METHODS:
+            raise ValueError(
+                f"unknown method {method!r}; use one of {', '.join(map(repr, METHODS))}"
+            )
+        self.method = method
+        self.persistent_state = bool(persistent_state)
+        self.record_states = bool(record_states)
+        self.register_buffer("v_mem", None, persistent=False)
+        self.register_buffer("i_syn", None, persistent=False)
+        self.recordings: Dict[str, Tensor] = {}
+
+    def _setup_quantizers(self, qconfig: Optional[QConfig]) -> None:
+        synaptic = getattr(self, "tau_syn", None) is not None
+        synaptic = synaptic or getattr(self, "alpha_syn", None) is not None
+        self._quantized_states = ("v_mem", "i_syn") if synaptic else ("v_mem",)
+        self._init_quantizers(qconfig)
+        if qconfig is not None and qconfig.alpha is not None:
+            # Decays computed from time constants are quantized as decays too.
+            for kind in ("mem", "syn"):
+                if getattr(self, f"tau_{kind}", None) is not None:
+                    self.quantizers[f"alpha_{kind}"] = qconfig.alpha()
+
+    # -- values used by forward --------------------------------------------------------
+    @property
+    def synaptic(self) -> bool:
+        """Whether the neurons have a synaptic current state (``tau_syn``/``alpha_syn``)."""
+        return self.tau_syn is not None or self.alpha_syn is not None
+
+    def decay(self, kind: str = "mem") -> Optional[Tensor]:
+        """The decay ``alpha_mem`` or ``alpha_syn`` as forward uses it (quantized), or ``None``."""
+        tau = getattr(self, f"tau_{kind}", None)
+        name = f"alpha_{kind}"
+        if tau is not None:
+            alpha = torch.exp(-1.0 / self.quantized(f"tau_{kind}").clamp(min=TAU_MIN))
+            if name in self.quantizers:
+                alpha = self.quantizers[name](alpha)
+        elif getattr(self, name, None) is not None:
+            alpha = self.quantized(name)
+        else:
+            return None
+        return alpha.clamp(0.0, 1.0)
+
+    def neuron_params(self) -> Dict[str, Optional[Tensor]]:
+        """``alpha_mem``, ``alpha_syn``, ``threshold`` and ``bias`` as forward uses them."""
+        return {
+            "alpha_mem": self.decay("mem"),
+            "alpha_syn": self.decay("syn"),
+            "threshold": self.quantized("threshold"),
+            "bias": self.quantized("bias"),
+        }
+
+    def _state_quantizer(self, name: str):
+        return self.quantizers[name] if name in self.quantizers else None
+
+    @torch.no_grad()
+    def quantize_params(self) -> Dict[str, Tensor]:
+        """The quantized values of every quantized parameter, as ``forward`` uses them.
+
+        Decays computed from quantized time constants are listed as ``alpha_mem`` /
+        ``alpha_syn`` when ``QConfig.alpha`` quantizes them. Quantizers run in eval mode.
+        """
+        modes = {name: quantizer.training for name, quantizer in self.quantizers.items()}
+        self.quantizers.train(False)
+        try:
+            result = {}
+            for name in self.quantizers:
+                if name == "activation" or name in self._quantized_states:
+                    continue
+                if name.startswith("alpha_") and getattr(self, name) is None:
+                    result[name] = self.decay(name[len("alpha_") :])
+                else:
+                    result[name] = self.quantized(name)
+            return result
+        finally:
+            for name, quantizer in self.quantizers.items():
+                quantizer.train(modes[name])
+
+    # -- state -------------------------------------------------------------------------
+    def reset_states(self) -> None:
+        """Forget the stored state: the next forward starts from zero."""
+        self.v_mem = None
+        self.i_syn = None
+        self.recordings = {}
+
+    def _initial_state(self, input: Tensor, state) -> Optional[LIFState]:
+        if state is not None or not self.persistent_state or self.v_mem is None:
+            return state
+        batch_shape = (input.shape[0],) + tuple(input.shape[2:])
+        if tuple(self.v_mem.shape) != batch_shape:
+            return None  # a new batch size or input shape starts from zero
+        i_syn = None if self.i_syn is None else self.i_syn.to(input.dtype)
+        return LIFState(self.v_mem.to(input.dtype), i_syn)
+
+    def _store(self, result: LIFOutput) -> None:
+        self.v_mem = result.state.v_mem.detach()
+        self.i_syn = None if result.state.i_syn is None else result.state.i_syn.detach()
+        if self.record_states:
+            self.recordings = {"v_mem": result.v_mem}
+            if result.i_syn is not None:
+                self.recordings["i_syn"] = result.i_syn
+
+    # -- repr ----------------------------------------------------------------------------
+    def _params_repr(self) -> str:
+        parts = []
+        for name in ("tau_mem", "alpha_mem", "tau_syn", "alpha_syn", "threshold"):
+            value = getattr(self, name, None)
+            if value is not None:
+                trained = " (trained)" if isinstance(value, nn.Parameter) else ""
+                parts.append(f"{name}={_describe(value.detach())}{trained}")
+        return ", ".join(parts)
+
+    def _options_repr(self) -> str:
+        parts = [f"reset={self.reset!r}", f"surrogate={self.surrogate!r}"]
+        if self.max_spikes != 1:
+            parts.append(f"max_spikes={self.max_spikes}")
+        if self.min_v_mem is not None:
+            parts.append(f"min_v_mem={self.min_v_mem:g}")
+        if self.detach_reset:
+            parts.append("detach_reset=True")
+        return ", ".join(parts)
