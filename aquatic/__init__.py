@@ -2,6 +2,9 @@
 
 from aquatic import functional, observers, quantizers
 from aquatic import hw
+from aquatic import nn
+from aquatic.convert import dequantize, quantize, quantize_parameter
+from aquatic.fold import fold_batch_norm
 from aquatic.qconfig import QConfig
 from aquatic.switches import (
     disable_fake_quant,
@@ -15,12 +18,17 @@ __version__ = "0.1.0"
 __all__ = [
     "QConfig",
     "__version__",
+    "dequantize",
+    "fold_batch_norm",
     "disable_fake_quant",
     "enable_fake_quant",
     "enable_observers",
     "freeze_observers",
     "functional",
     "hw",
+    "nn",
     "observers",
+    "quantize",
+    "quantize_parameter",
     "quantizers",
 ]

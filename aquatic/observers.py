@@ -7,6 +7,7 @@ An observer's ``forward`` returns its input unchanged and updates ``min_val`` an
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -17,6 +18,43 @@ from aquatic.functional.fake_quant import _check_axis, check_range
 from aquatic.functional.qparams import calculate_qparams
 
 __all__ = ["RangeObserver", "MinMaxObserver", "MovingAverageMinMaxObserver"]
+
+
+_NONFINITE = (
+    "{} got a tensor containing NaN or inf; its range would be meaningless. Find where "
+    "the non-finite values come from (e.g. torch.autograd.set_detect_anomaly) or clean "
+    "the input"
+)
+
+
+def _has_nonfinite(cur_min: Tensor, cur_max: Tensor) -> bool:
+    # This runs on every training step, so it is kept to a few small ops.
+    if cur_min.dim() == 0 and cur_min.device.type == "cpu":
+        return not (math.isfinite(cur_min.item()) and math.isfinite(cur_max.item()))
+    # x * 0 is 0 for finite x and NaN for inf or NaN, and a sum of zeros cannot
+    # overflow: one sync, where isfinite() takes a dozen ops and more syncs.
+    probe = (cur_min * 0 + cur_max * 0).sum()
+    return not math.isfinite(probe.item())
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _all_reduce_range(cur_min: Tensor, cur_max: Tensor) -> Tuple[Tensor, Tensor]:
+    """Minimum of the minima and maximum of the maxima over all ranks, in one collective.
+
+    Packs ``[-min, max, nonfinite]`` and reduces with MAX; the flag makes every rank
+    raise together when any rank saw NaN or inf (rather than the others waiting).
+    """
+    flat_min, flat_max = cur_min.reshape(-1), cur_max.reshape(-1)
+    flag = ((flat_min * 0 + flat_max * 0).sum() != 0).to(flat_min.dtype)
+    packed = torch.cat([torch.neg(flat_min), flat_max, flag.reshape(1)])
+    torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.MAX)
+    if not torch.compiler.is_compiling() and packed[-1].item() != 0:
+        raise ValueError(_NONFINITE.format("an observer on some rank"))
+    n = flat_min.numel()
+    return torch.neg(packed[:n]).reshape(cur_min.shape), packed[n : 2 * n].reshape(cur_max.shape)
 
 
 class RangeObserver(nn.Module):
@@ -61,31 +99,45 @@ class RangeObserver(nn.Module):
         return Factory(cls, kwargs)
 
     def forward(self, input: Tensor) -> Tensor:
-        """Update the range with ``input`` and return ``input`` unchanged."""
-        cur_min, cur_max = self._extrema(input.detach())
-        if not torch.compiler.is_compiling() and not bool(
-            torch.isfinite(cur_min).all() & torch.isfinite(cur_max).all()
-        ):
-            raise ValueError(
-                f"{type(self).__name__} got a tensor containing NaN or inf; "
-                "its range would be meaningless. Find where the non-finite values "
-                "come from (e.g. torch.autograd.set_detect_anomaly) or clean the input"
-            )
-        if self.initialized:
-            cur_min, cur_max = self._combine(cur_min, cur_max)
-        if self.min_val.shape == cur_min.shape:
-            self.min_val.copy_(cur_min)
-            self.max_val.copy_(cur_max)
-        else:  # the first per-channel batch fixes the number of channels
-            self.min_val = cur_min.clone()
-            self.max_val = cur_max.clone()
-        self.initialized = True
+        """Update the range with ``input`` and return ``input`` unchanged.
+
+        In training mode under ``torch.distributed``, the batch extrema are first
+        reduced across ranks (minimum of the minima, maximum of the maxima), so every
+        rank applies the same update and all ranks keep identical ranges.
+        """
+        self.update(input)
         return input
+
+    def update(self, input: Tensor) -> Tuple[Tensor, Tensor]:
+        """Update the range with ``input``, as :meth:`forward`; return the batch extrema.
+
+        Returns:
+            ``(cur_min, cur_max)`` of this batch (float32, per channel where the observer
+            is, reduced across ranks under ``torch.distributed``), before they are merged
+            into the running range.
+        """
+        cur_min, cur_max = self._extrema(input.detach())
+        if self.training and _distributed():
+            cur_min, cur_max = _all_reduce_range(cur_min, cur_max)
+        elif not torch.compiler.is_compiling() and _has_nonfinite(cur_min, cur_max):
+            raise ValueError(_NONFINITE.format(type(self).__name__))
+        new_min, new_max = (
+            self._combine(cur_min, cur_max) if self.initialized else (cur_min, cur_max)
+        )
+        if self.min_val.shape == new_min.shape:
+            self.min_val.copy_(new_min)
+            self.max_val.copy_(new_max)
+        else:  # the first per-channel batch fixes the number of channels
+            self.min_val = new_min.clone()
+            self.max_val = new_max.clone()
+        self.initialized = True
+        return cur_min, cur_max
 
     def _extrema(self, input: Tensor) -> Tuple[Tensor, Tensor]:
         if input.numel() == 0:
             raise ValueError(f"{type(self).__name__} cannot observe an empty tensor")
-        input = input.float()
+        if input.dtype != torch.float32:
+            input = input.float()
         if self.ch_axis is None:
             return torch.aminmax(input)
         axis = _check_axis(input, self.ch_axis)

@@ -12,6 +12,10 @@ __all__ = ["calculate_qparams", "round_to_power_of_two"]
 _EPS = torch.finfo(torch.float32).eps
 
 
+def _float32(x: Tensor) -> Tensor:
+    return x if x.dtype == torch.float32 else x.float()
+
+
 def round_to_power_of_two(scale: Tensor) -> Tensor:
     """Round each scale *up* to the next power of two, so nothing new is clipped.
 
@@ -58,22 +62,26 @@ def calculate_qparams(
         >>> calculate_qparams(torch.tensor(-1.0), torch.tensor(2.0), 0, 255, False)
         (tensor(0.0118), tensor(85, dtype=torch.int32))
     """
-    min_neg = torch.clamp(min_val.float(), max=0.0)
-    max_pos = torch.clamp(max_val.float(), min=0.0)
     if symmetric:
         if quant_min < 0:
-            amax = torch.maximum(-min_neg, max_pos)
-            scale = amax / min(quant_max, -quant_min)
+            # max(-min, max) equals max(|min_neg|, max_pos) whenever that is positive;
+            # otherwise both end at eps below. Fewer small ops: this runs every step.
+            amax = torch.maximum(torch.neg(min_val), max_val)
+            scale = torch.div(_float32(amax), min(quant_max, -quant_min))
         else:
-            scale = max_pos / quant_max
-        scale = torch.clamp(scale, min=eps)
+            # a negative max gives a negative quotient, clamped to eps like 0 / quant_max
+            scale = torch.div(_float32(max_val), quant_max)
+        scale = scale.clamp_(min=eps)
         if power_of_two:
             scale = round_to_power_of_two(scale)
         zero_point = torch.zeros_like(scale, dtype=torch.int32)
         return scale, zero_point
-    scale = torch.clamp((max_pos - min_neg) / (quant_max - quant_min), min=eps)
+    min_neg = torch.clamp(_float32(min_val), max=0.0)
+    max_pos = torch.clamp(_float32(max_val), min=0.0)
+    scale = torch.sub(max_pos, min_neg).div_(quant_max - quant_min).clamp_(min=eps)
     if power_of_two:
         scale = round_to_power_of_two(scale)
-    zero_point = quant_min - torch.round(min_neg / scale)
-    zero_point = torch.clamp(zero_point, quant_min, quant_max).to(torch.int32)
+    # quant_min - round(min_neg / scale), clamped to the range
+    zero_point = torch.div(min_neg, scale).round_().neg_().add_(quant_min)
+    zero_point = zero_point.clamp_(quant_min, quant_max).to(torch.int32)
     return scale, zero_point

@@ -1,6 +1,16 @@
 """Drop-in layers: ``aquatic.nn.Linear`` for ``torch.nn.Linear`` and so on, plus ``qconfig=``."""
 
+from aquatic.nn.activation import ActivationQuantizer
 from aquatic.nn.base import QuantizedModule
+from aquatic.nn.conv import (
+    Conv1d,
+    Conv2d,
+    Conv3d,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    ConvTranspose3d,
+)
+from aquatic.nn.linear import Linear
 from aquatic.nn.exp_leak import ExpLeak
 from aquatic.nn.iaf import IAF
 from aquatic.nn.lif import LIF, LIFCell, LIFRecurrent
@@ -15,6 +25,14 @@ from aquatic.functional.surrogate import (
 )
 
 __all__ = [
+    "ActivationQuantizer",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "Linear",
     "QuantizedModule",
     "ArcTan",
     "ExpLeak",

@@ -1,6 +1,7 @@
 """Quantizer modules: ``forward`` fake-quantizes with a straight-through gradient."""
 
 from aquatic.quantizers.base import Quantizer, integer_range
+from aquatic.quantizers.bias import AccumulatorBiasQuantizer
 from aquatic.quantizers.binary import BinaryQuantizer, TernaryQuantizer
 from aquatic.quantizers.decay import BitShiftDecay, UniformDecay
 from aquatic.quantizers.learned import LSQPlusQuantizer, LSQQuantizer, PACTQuantizer
@@ -8,6 +9,7 @@ from aquatic.quantizers.shared import ScaleGroup, SharedScaleQuantizer, link_sha
 from aquatic.quantizers.uniform import FixedPointQuantizer, UniformQuantizer
 
 __all__ = [
+    "AccumulatorBiasQuantizer",
     "BinaryQuantizer",
     "BitShiftDecay",
     "FixedPointQuantizer",

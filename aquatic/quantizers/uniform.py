@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from aquatic.functional.fake_quant import (
+    _check_axis,
     check_range,
     fake_quantize_affine,
     quantize_affine,
 )
+from aquatic.functional.fast import fake_quantize_nearest
 from aquatic.functional.rounding import check_rounding
 from aquatic.observers import MinMaxObserver, RangeObserver
 from aquatic.quantizers.base import Quantizer, check_bits, integer_range
@@ -32,6 +34,27 @@ def _as_tensor(value: ScaleLike, dtype: torch.dtype, name: str) -> Tensor:
             f"{name} must be a scalar or 1-D (one per channel), got shape {tuple(tensor.shape)}"
         )
     return tensor
+
+
+def _codes_clip(
+    extrema: Tuple[Tensor, Tensor],
+    scale: Tensor,
+    zero_point: Optional[Tensor],
+    quant_min: int,
+    quant_max: int,
+) -> bool:
+    """Whether any code of a tensor with these (float32) extrema leaves the range.
+
+    Codes ``round(x * (1/s)) + z`` are monotonic in ``x``, so the extreme codes are
+    those of the extrema, computed with the same float32 arithmetic.
+    """
+    ends = torch.stack(extrema).mul_(torch.reciprocal(scale)).round_()
+    if zero_point is not None:
+        ends.add_(zero_point)
+    if ends.dim() > 1:
+        ends = torch.stack(torch.aminmax(ends))
+    low, high = ends.tolist()
+    return not (quant_min <= low and high <= quant_max)
 
 
 class UniformQuantizer(Quantizer):
@@ -154,6 +177,27 @@ class UniformQuantizer(Quantizer):
         self.register_buffer("scale", scale_t.float().contiguous())
         self.register_buffer("zero_point", zp_t.to(torch.int32).contiguous())
 
+    def forward(self, input: Tensor) -> Tensor:
+        # Quantizer.forward, keeping the batch extrema that the observer computes: they
+        # tell whether any code clips, and if none does, the clamp and the gradient
+        # mask (three passes over the tensor) can be skipped.
+        if not isinstance(input, Tensor) or not input.is_floating_point():
+            raise TypeError(
+                f"{type(self).__name__} quantizes floating-point tensors, got "
+                f"{getattr(input, 'dtype', type(input).__name__)}; convert with .float()"
+            )
+        extrema = None
+        if self.observer_enabled and self.observer is not None:
+            if self.training or not self.observer.initialized:
+                update = getattr(self.observer, "update", None)
+                if update is None:
+                    self.observer(input.detach())
+                else:
+                    extrema = update(input.detach())
+        if not self.fake_quant_enabled:
+            return input
+        return self._fake_quantize(input, extrema)
+
     def observe(self, input: Tensor) -> None:
         if self.observer is not None and (self.training or not self.observer.initialized):
             self.observer(input)
@@ -165,16 +209,46 @@ class UniformQuantizer(Quantizer):
         return self.observer.calculate_qparams()
 
     def fake_quantize(self, input: Tensor) -> Tensor:
+        return self._fake_quantize(input, None)
+
+    def _fake_quantize(self, input: Tensor, extrema: Optional[Tuple[Tensor, Tensor]]) -> Tensor:
         scale, zero_point = self.calculate_qparams()
-        return fake_quantize_affine(
+        if self.rounding != "nearest":
+            return fake_quantize_affine(
+                input,
+                scale,
+                zero_point,
+                self.quant_min,
+                self.quant_max,
+                self.ch_axis,
+                self.rounding,
+                self.generator,
+            )
+        # The same bits as torch's fake-quantize kernels, several times faster in eager
+        # mode (see aquatic.functional.fast); a symmetric observer's zero point is known
+        # to be 0, which saves two passes over the tensor.
+        if self.observer is not None and getattr(self.observer, "symmetric", False):
+            zero_point = None
+        if scale.dtype != torch.float32:
+            scale = scale.float()
+        clips = True
+        if (
+            extrema is not None
+            and input.device.type == "cpu"
+            and input.dtype != torch.float64
+            and not torch.compiler.is_compiling()
+        ):
+            # One sync, cheap on the CPU (on a GPU or in a compiled graph the masked
+            # path costs less than a sync).
+            clips = _codes_clip(extrema, scale, zero_point, self.quant_min, self.quant_max)
+        return fake_quantize_nearest(
             input,
             scale,
             zero_point,
             self.quant_min,
             self.quant_max,
-            self.ch_axis,
-            self.rounding,
-            self.generator,
+            _check_axis(input, self.ch_axis),
+            clips,
         )
 
     @torch.no_grad()

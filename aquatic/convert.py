@@ -1,0 +1,304 @@
+"""Model level: quantize a whole ``torch.nn`` model, take it back to float, and quantize
+any single parameter of any module."""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, Union
+
+from torch import nn
+from torch.nn.utils import parametrize
+
+from aquatic import nn as qnn
+from aquatic.nn.activation import ActivationQuantizer
+from aquatic.nn.base import QuantizedModule
+from aquatic.qconfig import QConfig
+from aquatic.quantizers.base import Quantizer
+
+__all__ = ["quantize", "dequantize", "quantize_parameter", "TWINS"]
+
+#: torch.nn layer type -> its aquatic twin; :func:`quantize` replaces exactly these types.
+TWINS: Dict[Type[nn.Module], Type[nn.Module]] = {
+    nn.Linear: qnn.Linear,
+    nn.Conv1d: qnn.Conv1d,
+    nn.Conv2d: qnn.Conv2d,
+    nn.Conv3d: qnn.Conv3d,
+    nn.ConvTranspose1d: qnn.ConvTranspose1d,
+    nn.ConvTranspose2d: qnn.ConvTranspose2d,
+    nn.ConvTranspose3d: qnn.ConvTranspose3d,
+}
+
+Key = Union[str, Type[nn.Module]]
+QConfigLike = Union[QConfig, Mapping[Key, Optional[QConfig]]]
+
+
+class _Resolver:
+    """Picks the QConfig of each module from a mapping; remembers which keys matched."""
+
+    def __init__(self, qconfig: QConfigLike, names: List[str], modules: List[nn.Module]) -> None:
+        self.single: Optional[QConfig] = None
+        self.names: Dict[str, Optional[QConfig]] = {}
+        self.patterns: List[Tuple["re.Pattern[str]", Optional[QConfig]]] = []
+        self.types: List[Tuple[type, Optional[QConfig]]] = []
+        self.unmatched: List[str] = []
+        if isinstance(qconfig, QConfig):
+            self.single = qconfig
+            return
+        if not isinstance(qconfig, Mapping):
+            raise TypeError(
+                f"qconfig must be an aquatic.QConfig or a mapping from module types, names "
+                f"or regular expressions to QConfig (or None), got {type(qconfig).__name__}; "
+                "e.g. aquatic.quantize(model, aquatic.qconfig.int8) or "
+                "aquatic.quantize(model, {nn.Linear: aquatic.qconfig.int8, 'head': None})"
+            )
+        known = set(names)
+        for key, value in qconfig.items():
+            if value is not None and not isinstance(value, QConfig):
+                raise TypeError(
+                    f"qconfig[{key!r}] must be an aquatic.QConfig or None (to leave the "
+                    f"module in float), got {type(value).__name__}"
+                )
+            if isinstance(key, type) and issubclass(key, nn.Module):
+                if not any(issubclass(twin, key) for twin in TWINS):
+                    supported = ", ".join(f"nn.{twin.__name__}" for twin in TWINS)
+                    raise TypeError(
+                        f"qconfig key {key.__module__}.{key.__qualname__} has no aquatic twin "
+                        f"(supported: {supported}); quantize its parameters with "
+                        "aquatic.quantize_parameter(module, name, quantizer) instead"
+                    )
+                self.types.append((key, value))
+                matched = any(isinstance(module, key) for module in modules)
+            elif isinstance(key, str) and key in known:
+                self.names[key] = value
+                matched = True
+            elif isinstance(key, str):
+                try:
+                    pattern = re.compile(key)
+                except re.error as error:
+                    raise ValueError(
+                        f"qconfig key {key!r} is neither the name of a module in this model "
+                        f"nor a valid regular expression ({error})"
+                    ) from None
+                self.patterns.append((pattern, value))
+                matched = any(pattern.fullmatch(name) for name in names)
+            else:
+                raise TypeError(
+                    f"qconfig keys must be nn.Module types or strings (qualified names or "
+                    f"regular expressions), got {key!r}"
+                )
+            if not matched:
+                self.unmatched.append(key.__name__ if isinstance(key, type) else repr(key))
+
+    def resolve(self, name: str, module: nn.Module) -> Optional[QConfig]:
+        """The QConfig for ``module`` at ``name``: the most specific key wins.
+
+        Order: the module's own name, then the nearest enclosing module's name, then the
+        first regular expression (in mapping order) matching the whole name, then the
+        nearest class in the module's class hierarchy among the type keys.
+        """
+        if self.single is not None:
+            return self.single
+        parts = name.split(".") if name else []
+        for depth in range(len(parts), -1, -1):
+            prefix = ".".join(parts[:depth])
+            if prefix in self.names:
+                return self.names[prefix]
+        for pattern, value in self.patterns:
+            if pattern.fullmatch(name):
+                return value
+        types = dict(self.types)
+        for klass in type(module).__mro__:
+            if klass in types:
+                return types[klass]
+        return None
+
+
+def _replace(model: nn.Module, replacements: Dict[int, nn.Module]) -> nn.Module:
+    """Swap every occurrence of the replaced modules (shared modules included)."""
+    for parent in list(model.modules()):
+        for child_name, child in list(parent._modules.items()):
+            if child is not None and id(child) in replacements:
+                parent._modules[child_name] = replacements[id(child)]
+    return replacements.get(id(model), model)
+
+
+def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> nn.Module:
+    """Replace every ``torch.nn`` layer that has an aquatic twin by the twin, weights kept.
+
+    ``qconfig`` is one :class:`~aquatic.QConfig` for every supported layer, or a mapping
+    whose keys are module types, qualified module names (a name covers the modules
+    inside it) or regular expressions matched against whole names, and whose values
+    are a QConfig or ``None`` (leave the module in float). The most specific key wins:
+    the module's own name, the nearest enclosing name, the first matching regular
+    expression, then the nearest type in the module's class hierarchy
+    (``{nn.Module: int8}`` is a default for everything).
+
+    Parameters are shared with the converted layers (device, dtype and ``requires_grad``
+    kept); with ``inplace=False`` (the default) the model is deep-copied first. Only
+    the exact types in :data:`TWINS` are converted (a subclass may compute something
+    else); other modules are left alone. Everything is checked before anything changes,
+    so an error leaves the model as it was.
+
+    Args:
+        model: the model to convert.
+        qconfig: a QConfig, or a mapping as above.
+        inplace: convert ``model`` itself rather than a copy.
+
+    Returns:
+        The converted model (``model`` itself when ``inplace``, unless ``model`` is
+        itself a supported layer, which cannot be converted in place of itself).
+
+    Raises:
+        TypeError: ``qconfig`` is neither a QConfig nor a mapping, a value is not a
+            QConfig or ``None``, or a type key has no aquatic twin.
+        ValueError: a string key is neither a module name nor a regular expression.
+
+    Warns:
+        UserWarning: listing mapping keys that match no module of the model.
+
+    Example:
+        >>> import torch, aquatic
+        >>> from torch import nn
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> qmodel = aquatic.quantize(model, {nn.Linear: aquatic.qconfig.int8, "2": None})
+        >>> [type(m).__module__ + "." + type(m).__name__ for m in qmodel]
+        ['aquatic.nn.linear.Linear', 'torch.nn.modules.activation.ReLU', 'torch.nn.modules.linear.Linear']
+        >>> torch.equal(qmodel[0].weight, model[0].weight)
+        True
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    named = list(model.named_modules())
+    resolver = _Resolver(qconfig, [name for name, _ in named], [module for _, module in named])
+    plan: List[Tuple[str, nn.Module, QConfig]] = []
+    for name, module in named:
+        if type(module) in TWINS:
+            config = resolver.resolve(name, module)
+            if config is not None:
+                plan.append((name, module, config))
+    if resolver.unmatched:
+        warnings.warn(
+            "aquatic.quantize: these qconfig keys match no module of the model: "
+            + ", ".join(resolver.unmatched),
+            UserWarning,
+            stacklevel=2,
+        )
+    if not plan:
+        return model if inplace else copy.deepcopy(model)
+    if not inplace:
+        memo: Dict[int, Any] = {}
+        model = copy.deepcopy(model, memo)
+        plan = [(name, memo[id(module)], config) for name, module, config in plan]
+    # Build every replacement first: if one fails, nothing has been swapped yet.
+    replacements: Dict[int, nn.Module] = {}
+    for name, module, config in plan:
+        replacements[id(module)] = TWINS[type(module)].from_float(module, config)
+    return _replace(model, replacements)
+
+
+def dequantize(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Back to plain ``torch.nn``: quantized parameter values baked in, quantizers gone.
+
+    Every aquatic layer becomes its torch twin (:meth:`to_float`) holding the values
+    its quantizers give (:meth:`quantize_params`), every :class:`~aquatic.nn.ActivationQuantizer`
+    becomes ``nn.Identity``, and parameters quantized with :func:`quantize_parameter`
+    keep their quantized value as a plain parameter. Activation quantization has no
+    ``torch.nn`` equivalent and is dropped, so outputs may differ from the quantized
+    model's where it quantized activations.
+
+    Args:
+        model: a model converted with :func:`quantize` or built from ``aquatic.nn``.
+        inplace: change ``model`` itself rather than a copy.
+
+    Returns:
+        The float model.
+
+    Example:
+        >>> import torch, aquatic
+        >>> layer = aquatic.nn.Linear(3, 2, qconfig=aquatic.qconfig.int4_weight)
+        >>> plain = aquatic.dequantize(torch.nn.Sequential(layer))
+        >>> type(plain[0]).__name__, torch.equal(plain[0].weight, layer.quantize_params()["weight"])
+        ('Linear', True)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    replacements: Dict[int, nn.Module] = {}
+    for module in model.modules():
+        if isinstance(module, ActivationQuantizer):
+            replacements[id(module)] = nn.Identity()
+        elif isinstance(module, QuantizedModule) and callable(getattr(module, "to_float", None)):
+            replacements[id(module)] = module.to_float()
+    for module in list(model.modules()):
+        if not parametrize.is_parametrized(module):
+            continue
+        for name in list(module.parametrizations.keys()):
+            if any(isinstance(p, Quantizer) for p in module.parametrizations[name]):
+                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    return _replace(model, replacements)
+
+
+def quantize_parameter(
+    module: nn.Module, name: str, quantizer: Union[nn.Module, Callable[[], nn.Module]]
+) -> nn.Module:
+    """Quantize parameter ``name`` of any module, through ``torch.nn.utils.parametrize``.
+
+    Every access to ``module.<name>`` then returns the fake-quantized value (straight-
+    through gradient to the float value, kept as ``module.parametrizations.<name>.original``).
+    Works for modules without an aquatic twin: ``nn.LSTM`` (``"weight_hh_l0"``),
+    ``nn.Embedding`` (``"weight"``), ``nn.LayerNorm``... :func:`aquatic.freeze_observers`
+    and the other switches reach the quantizer, and :func:`dequantize` bakes it in.
+
+    Args:
+        module: the module that owns the parameter (changed in place).
+        name: the parameter's name in ``module``.
+        quantizer: a quantizer (an instance) or a factory such as
+            ``UniformQuantizer.with_args(bits=4)``.
+
+    Returns:
+        ``module``.
+
+    Raises:
+        ValueError: ``module`` has no parameter ``name``.
+        TypeError: ``quantizer`` is not a quantizer or a factory of one.
+
+    Example:
+        >>> import torch, aquatic
+        >>> from aquatic.quantizers import UniformQuantizer
+        >>> emb = torch.nn.Embedding(10, 4)
+        >>> _ = aquatic.quantize_parameter(emb, "weight", UniformQuantizer.with_args(bits=2))
+        >>> torch.unique(emb.weight).numel() <= 4
+        True
+    """
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a str, got {name!r}")
+    own = dict(module.named_parameters(recurse=False))
+    if parametrize.is_parametrized(module, name):
+        raise ValueError(
+            f"{type(module).__name__}.{name} is already parametrized; remove it with "
+            f"torch.nn.utils.parametrize.remove_parametrizations(module, {name!r}) first"
+        )
+    if name not in own:
+        available = ", ".join(sorted(own)) or "none"
+        raise ValueError(
+            f"{type(module).__name__} has no parameter {name!r} of its own "
+            f"(its parameters: {available}); pass the submodule that owns it"
+        )
+    if not isinstance(quantizer, nn.Module):
+        if not callable(quantizer):
+            raise TypeError(
+                f"quantizer must be a quantizer or a factory such as "
+                f"UniformQuantizer.with_args(bits=8), got {quantizer!r}"
+            )
+        quantizer = quantizer()
+    if not isinstance(quantizer, nn.Module):
+        raise TypeError(f"the quantizer factory returned {type(quantizer).__name__}, not a module")
+    parameter = own[name]
+    quantizer.to(parameter.device)
+    parametrize.register_parametrization(module, name, quantizer)
+    return module

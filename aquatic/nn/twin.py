@@ -1,0 +1,157 @@
+"""What the conventional layers share: conversion from and to their ``torch.nn`` twin,
+the weight and bias as ``forward`` uses them, and ``state_dict`` handling."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from aquatic.nn.base import QuantizedModule
+from aquatic.qconfig import QConfig
+
+__all__ = ["TorchTwin"]
+
+
+class TorchTwin(QuantizedModule):
+    """Mixin for aquatic layers that subclass a ``torch.nn`` layer (their *twin*).
+
+    A subclass sets ``_float_module`` (the twin class) and ``_weight_out_axis`` (the
+    weight axis of output channels) and implements :meth:`_twin_kwargs`, the
+    constructor arguments that rebuild a module like a given one.
+    """
+
+    _quantized_params = {"weight": "weight", "bias": "bias"}
+    _float_module: type = nn.Module
+    _weight_out_axis: int = 0
+
+    # -- construction -------------------------------------------------------------------
+
+    def _check_bias_quantizer(self) -> None:
+        quantizer = self.quantizers["bias"] if "bias" in self.quantizers else None
+        if getattr(quantizer, "follows_input_scale", False) and "weight" not in self.quantizers:
+            raise ValueError(
+                f"{type(self).__name__}: QConfig.bias is {type(quantizer).__name__}, whose "
+                "scale is input scale times weight scale, but QConfig.weight is None; "
+                "quantize the weight too, or use a bias quantizer with a scale of its own"
+            )
+
+    @classmethod
+    def _twin_kwargs(cls, module: nn.Module) -> Dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_float(cls, module: nn.Module, qconfig: Optional[QConfig] = None) -> "TorchTwin":
+        """An aquatic layer that shares ``module``'s parameters (and their device, dtype,
+        ``requires_grad``), hooks and training mode, quantized as ``qconfig`` says.
+
+        Args:
+            module: an instance of the twin class itself (not of a subclass, whose
+                forward may differ).
+            qconfig: what to quantize; ``None`` for nothing.
+
+        Raises:
+            TypeError: if ``module`` is not exactly the twin class.
+        """
+        if type(module) is not cls._float_module:
+            raise TypeError(
+                f"{cls.__name__}.from_float expects a torch.nn.{cls._float_module.__name__}, "
+                f"got {type(module).__name__}"
+            )
+        # Built on the meta device: the parameters are replaced by the module's own.
+        new = cls(
+            **cls._twin_kwargs(module), device="meta", dtype=module.weight.dtype, qconfig=qconfig
+        )
+        new.weight = module.weight
+        new.bias = module.bias
+        new.quantizers.to(module.weight.device)
+        new._forward_pre_hooks.update(module._forward_pre_hooks)
+        new._forward_hooks.update(module._forward_hooks)
+        new.train(module.training)
+        return new
+
+    def to_float(self) -> nn.Module:
+        """The torch twin with the quantized parameter values baked in.
+
+        Parameters come from :meth:`quantize_params`: with fake quantization disabled
+        (:func:`aquatic.disable_fake_quant`) they are the float values. The activation
+        quantizer has no place in the twin and is dropped.
+        """
+        module = self._float_module(
+            **self._twin_kwargs(self), device="meta", dtype=self.weight.dtype
+        )
+        values = self.quantize_params()
+        for name in ("weight", "bias"):
+            param = getattr(self, name)
+            if param is None:
+                continue
+            value = values.get(name, param).detach().clone()
+            setattr(module, name, nn.Parameter(value, requires_grad=param.requires_grad))
+        module.train(self.training)
+        return module
+
+    # -- forward ----------------------------------------------------------------------
+
+    def _weight_scale(self) -> Tensor:
+        quantizer = self.quantizers["weight"]
+        params = quantizer.qparams()
+        scale = params["scale"]
+        axis = params.get("ch_axis")
+        if scale.dim() == 1 and axis is not None:
+            if axis % self.weight.dim() != self._weight_out_axis or scale.numel() != len(self.bias):
+                raise ValueError(
+                    f"{type(self).__name__}: the bias follows the weight scale, but the "
+                    f"weight is quantized per channel along ch_axis={axis}, not along the "
+                    f"output channels (axis {self._weight_out_axis}); use "
+                    f"ch_axis={self._weight_out_axis} or a per-tensor weight quantizer"
+                )
+        return scale
+
+    def quantized_weight_and_bias(self, input: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
+        """Weight and bias as ``forward`` uses them for ``input``.
+
+        A bias quantizer with ``follows_input_scale`` gets the input and the weight scale
+        (see :class:`aquatic.quantizers.AccumulatorBiasQuantizer`).
+        """
+        weight = self.quantized("weight")
+        bias = self.bias
+        if bias is not None and "bias" in self.quantizers:
+            quantizer = self.quantizers["bias"]
+            if getattr(quantizer, "follows_input_scale", False):
+                bias = quantizer.quantize_bias(bias, input, self._weight_scale())
+            else:
+                bias = quantizer(bias)
+        return weight, bias
+
+    # -- state_dict -------------------------------------------------------------------
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        quantizer_prefix = prefix + "quantizers."
+        if not any(key.startswith(quantizer_prefix) for key in state_dict):
+            # A checkpoint of the float twin (no quantizer state at all) loads into a
+            # quantized layer, whose quantizers keep their state. (state_dict is the
+            # loader's own copy.)
+            state_dict.update(self.quantizers.state_dict(prefix=quantizer_prefix, keep_vars=True))
+        for name, quantizer in self.quantizers.items():
+            param = getattr(self, name, None)
+            axis = getattr(quantizer, "ch_axis", None)
+            if name == "activation" or param is None or axis is None:
+                continue
+            channels = param.shape[axis]
+            for field in ("min_val", "max_val", "scale", "zero_point"):
+                for key in (
+                    f"{quantizer_prefix}{name}.{field}",
+                    f"{quantizer_prefix}{name}.observer.{field}",
+                ):
+                    saved = state_dict.get(key)
+                    if saved is not None and saved.dim() == 1 and saved.numel() != channels:
+                        error_msgs.append(
+                            f"size mismatch for {key}: the checkpoint has {saved.numel()} "
+                            f"channels, but {prefix}{name} has {channels} along ch_axis={axis}"
+                        )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
