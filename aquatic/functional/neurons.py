@@ -361,8 +361,10 @@ def lif_loop(
         spiking,
     )
     outputs, v_trace, i_trace = [], [], []
-    for t in range(input.shape[1]):
-        out, state = _step(input[:, t], state, params, options, quantize_v_mem, quantize_i_syn)
+    # unbind, not input[:, t]: one backward node for all steps instead of one full-size
+    # zero-filled gradient per step.
+    for x in input.unbind(1):
+        out, state = _step(x, state, params, options, quantize_v_mem, quantize_i_syn)
         outputs.append(out)
         if record_states:
             v_trace.append(state.v_mem)

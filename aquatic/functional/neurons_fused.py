@@ -56,7 +56,7 @@ __all__ = ["lif_fused"]
 
 #: Elements per block of time steps. Work on whole blocks keeps the per-step Python
 #: overhead low; bounding their size keeps the backward pass's temporaries small.
-BLOCK_ELEMENTS = 1 << 20
+BLOCK_ELEMENTS = 1 << 18
 
 
 def _block_steps(x: Tensor) -> int:

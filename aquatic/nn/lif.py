@@ -306,10 +306,10 @@ class LIFRecurrent(LIF):
         params = self.neuron_params()
         weight = self.quantized("rec_weight").to(input.dtype)
         outputs, v_trace, i_trace = [], [], []
-        for t in range(input.shape[1]):
+        for x in input.unbind(1):
             recurrent = torch_functional.linear(previous, weight)
             previous, state = lif_step(
-                input[:, t] + recurrent,
+                x + recurrent,
                 state,
                 params["alpha_mem"],
                 params["alpha_syn"],

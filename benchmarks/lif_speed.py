@@ -1,0 +1,227 @@
+"""Forward+backward time and peak memory of a LIF layer: aquatic against its peers.
+
+For each peer that is installed (snnTorch ``Leaky`` in a Python loop, sinabs ``LIF``,
+Norse ``LIF``), aquatic's ``LIF`` is set up to compute the same neuron:
+
+- snnTorch ``Leaky(beta, threshold=1, reset_mechanism="subtract")``: aquatic
+  ``LIF(alpha_mem=beta, surrogate=ArcTan(), detach_reset=True)``. snnTorch applies the
+  reset one step later and undecayed, so spikes agree up to each neuron's first spike
+  and then drift (see ``aquatic.functional.neurons``); the work per step is the same.
+- sinabs ``LIF(tau_mem, norm_input=False, spike_fn=SingleSpike)`` (its default
+  ``MultiSpike`` emits any number of spikes per step): aquatic ``LIF(tau_mem,
+  surrogate=SingleExponential(width=0.5, scale=2))``, identical spikes. sinabs'
+  ``tau_mem`` is a parameter; it is frozen so that both compute input gradients only.
+- Norse ``LIF`` (current-based, Euler step ``dt=1``, reset to 0): aquatic
+  ``LIF(alpha_mem=1 - dt/tau_mem, alpha_syn=1 - dt/tau_syn, norm_input=True,
+  reset="zero", surrogate=FastSigmoid(slope=100))`` fed ``x / alpha_syn`` (Norse adds the
+  input to the current after its decay), identical spikes.
+
+Time: the best (and the median) of ``--repeats`` runs of ``torch.autograd.grad(layer(x).sum(), x)``
+after two warm-up runs. Peak memory: the largest total size of tensors allocated and not
+yet freed during one such run, relative to its start (torch's own allocation events,
+recorded by ``torch.profiler`` with ``profile_memory=True``; outputs and ``x.grad``
+included, the input itself not).
+
+Run: ``python benchmarks/lif_speed.py [--threads 1] [--repeats 7]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import statistics
+import time
+from typing import Callable, List, Optional, Tuple
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+import aquatic
+from aquatic.nn import LIF, ArcTan, FastSigmoid, SingleExponential
+
+TAU_MEM, TAU_SYN = 10.0, 5.0
+
+
+def peak_memory_mb(step: Callable[[], None]) -> float:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    live = peak = 0
+    for event in sorted(events, key=lambda e: e.start_ns()):
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def time_ms(step: Callable[[], None], repeats: int) -> Tuple[float, float]:
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append((time.perf_counter() - start) * 1e3)
+    return min(times), statistics.median(times)
+
+
+class Case:
+    """One layer under test: ``run(x)`` returns spikes ``(N, T, C)`` for ``x`` ``(N, T, C)``."""
+
+    def __init__(self, run: Callable, prepare: Callable = lambda x: x):
+        self.run, self.prepare = run, prepare
+
+    def step(self, x: torch.Tensor) -> Callable[[], None]:
+        data = self.prepare(x).detach().requires_grad_()
+
+        def step():
+            # autograd.grad, not backward: no gradient accumulates between runs
+            torch.autograd.grad(self.run(data).sum(), data)
+
+        return step
+
+    def spikes(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.run(self.prepare(x))
+
+
+def peer_cases() -> List[Tuple[str, Case, Case, str]]:
+    """(peer, peer case, aquatic case, how their results compare) for each installed peer."""
+    cases = []
+    alpha = math.exp(-1 / TAU_MEM)
+    if importlib.util.find_spec("snntorch"):
+        import snntorch
+
+        leaky = snntorch.Leaky(beta=alpha, threshold=1.0, reset_mechanism="subtract")
+
+        def run_snntorch(x):
+            mem = leaky.init_leaky()
+            spikes = []
+            for t in range(x.shape[1]):
+                spk, mem = leaky(x[:, t], mem)
+                spikes.append(spk)
+            return torch.stack(spikes, 1)
+
+        ours = LIF(alpha_mem=alpha, surrogate=ArcTan(), detach_reset=True)
+        cases.append(
+            (
+                f"snntorch {snntorch.__version__} Leaky (loop)",
+                Case(run_snntorch),
+                Case(ours),
+                "reset timing",
+            )
+        )
+    if importlib.util.find_spec("sinabs"):
+        import sinabs
+        import sinabs.layers
+
+        from sinabs.activation import SingleSpike
+
+        sinabs_lif = sinabs.layers.LIF(tau_mem=TAU_MEM, norm_input=False, spike_fn=SingleSpike)
+        sinabs_lif.tau_mem.requires_grad_(False)
+
+        def run_sinabs(x):  # sinabs layers keep their state (and its graph) between calls
+            sinabs_lif.zero_grad()  # detaches the state
+            sinabs_lif.reset_states()
+            return sinabs_lif(x)
+
+        ours = LIF(tau_mem=TAU_MEM, surrogate=SingleExponential(width=0.5, scale=2.0))
+        cases.append((f"sinabs {sinabs.__version__} LIF", Case(run_sinabs), Case(ours), "equal"))
+    if importlib.util.find_spec("norse"):
+        import norse
+        import norse.torch
+
+        params = norse.torch.LIFParameters(
+            tau_mem_inv=torch.tensor(1 / TAU_MEM),
+            tau_syn_inv=torch.tensor(1 / TAU_SYN),
+            v_th=torch.tensor(1.0),
+            v_leak=torch.tensor(0.0),
+            v_reset=torch.tensor(0.0),
+            method="super",
+            alpha=torch.tensor(100.0),
+        )
+        theirs = norse.torch.LIF(params, dt=1.0)
+
+        def run_norse(x):  # Norse is time-first: (T, N, C) in, (N, T, C) view out
+            return theirs(x)[0].transpose(0, 1)
+
+        alpha_syn = 1 - 1 / TAU_SYN
+        ours = LIF(
+            alpha_mem=1 - 1 / TAU_MEM,
+            alpha_syn=alpha_syn,
+            norm_input=True,
+            reset="zero",
+            surrogate=FastSigmoid(slope=100.0),
+        )
+        norse_case = Case(run_norse, lambda x: x.transpose(0, 1).contiguous())
+        ours_case = Case(ours, lambda x: x / alpha_syn)
+        version = getattr(norse, "__version__", "")
+        cases.append((f"norse {version} LIF".replace("  ", " "), norse_case, ours_case, "equal"))
+    return cases
+
+
+def agreement(peer: Case, ours: Case, x: torch.Tensor, kind: str) -> str:
+    theirs = peer.spikes(x)
+    mine = ours.spikes(x)
+    equal = (theirs == mine).float().mean().item()
+    if kind == "equal":
+        return f"{equal:.4%} of spikes equal"
+    # Up to (and including) each neuron's first spike the conventions coincide.
+    until_first = (torch.cumsum(theirs, 1) - theirs) == 0
+    before = (theirs == mine)[until_first].float().mean().item()
+    return f"{before:.4%} equal up to first spike, {equal:.1%} overall (reset timing)"
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--neurons", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    x = torch.rand(args.batch, args.steps, args.neurons) * 0.6
+
+    # A first profiled run, so that the profiler's one-time notices come before the table.
+    warm_up = Case(LIF(tau_mem=TAU_MEM)).step(x[:2, :2])
+    warm_up()
+    peak_memory_mb(warm_up)
+    print(
+        f"LIF forward+backward on input {tuple(x.shape)} (batch, time, neurons), float32, "
+        f"torch {torch.__version__}, aquatic {aquatic.__version__}, "
+        f"{torch.get_num_threads()} thread(s); best (median) of {args.repeats} runs"
+    )
+    header = f"{'layer':<42} {'ms best':>8} {'(median)':>9} {'peak MB':>8}  result"
+    print(header + "\n" + "-" * len(header))
+
+    def measure(name: str, case: Case, result: str = "") -> Tuple[float, float]:
+        best, median = time_ms(case.step(x), args.repeats)
+        memory = peak_memory_mb(case.step(x))
+        print(f"{name:<42} {best:8.1f} {median:9.1f} {memory:8.1f}  {result}".rstrip())
+        return best, memory
+
+    ours_default = measure("aquatic LIF, fused (default)", Case(LIF(tau_mem=TAU_MEM)))
+    measure("aquatic LIF, loop (reference)", Case(LIF(tau_mem=TAU_MEM, method="loop")))
+    peers = []
+    for peer, theirs, ours, kind in peer_cases():
+        peer_time, peer_memory = measure(peer, theirs, agreement(theirs, ours, x, kind))
+        our_time, our_memory = measure("  aquatic LIF set up the same way", ours)
+        ratios = f"speed-up {peer_time / our_time:.1f}x, memory {our_memory / peer_memory:.2f}x"
+        print(f"{'':<42} {ratios}")
+        peers.append((peer, peer_time, peer_memory))
+    if not peers:
+        print("\nno peer installed (pip install snntorch sinabs norse)")
+        return
+    name, best, memory = min(peers, key=lambda row: row[1])
+    print(
+        f"\nfastest peer: {name}, {best:.1f} ms, {memory:.1f} MB; aquatic LIF (default): "
+        f"{ours_default[0]:.1f} ms, {ours_default[1]:.1f} MB, {best / ours_default[0]:.1f}x "
+        f"faster, {ours_default[1] / memory:.2f}x the memory"
+    )
+
+
+if __name__ == "__main__":
+    main()
