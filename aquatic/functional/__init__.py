@@ -1,4 +1,4 @@
-"""Pure functions, no state: STE rounding, fake quantization, qparams."""
+"""Pure functions, no state: STE rounding, fake quantization, qparams, spiking neurons."""
 
 from aquatic.functional.fake_quant import (
     dequantize_affine,
@@ -10,6 +10,9 @@ from aquatic.functional.fake_quant import (
 )
 from aquatic.functional.qparams import calculate_qparams, round_to_power_of_two
 from aquatic.functional.rounding import ROUNDING_MODES, round_ste, sign_ste, straight_through
+from aquatic.functional.neurons import LIFOutput, LIFState, exp_leak, lif, lif_loop, lif_step
+from aquatic.functional.neurons_fused import lif_fused
+from aquatic.functional.surrogate import spike
 
 __all__ = [
     "ROUNDING_MODES",
@@ -24,4 +27,12 @@ __all__ = [
     "round_to_power_of_two",
     "sign_ste",
     "straight_through",
+    "LIFOutput",
+    "LIFState",
+    "exp_leak",
+    "lif",
+    "lif_fused",
+    "lif_loop",
+    "lif_step",
+    "spike",
 ]

@@ -97,12 +97,12 @@ def _add(total: Optional[Tensor], grad: Tensor, like: Tensor) -> Tensor:
 
 class _LIFSequence(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, v0, i0, alpha_mem, alpha_syn, threshold, bias, options, record):
+    def forward(ctx, x, v0, i0, alpha_mem, alpha_syn, threshold, bias, options, record, grad):
         ctx.set_materialize_grads(False)
         n_steps = x.shape[1]
         block = _block_steps(x)
         needs = ctx.needs_input_grad
-        need_grad = any(needs[:7])
+        need_grad = grad and any(needs[:7])  # nothing is kept for inference
         synaptic = alpha_syn is not None
         spiking = options.spiking
         min_v_mem = options.min_v_mem
@@ -310,7 +310,7 @@ class _LIFSequence(torch.autograd.Function):
                     g_syn = _add(g_syn, pre.mul_(grad_i[:, start:stop]), alpha_syn)
             if needs[0]:
                 g_x = grad_i.mul_(alpha_syn)
-        return g_x, g_v0, g_i0, g_alpha, g_syn, g_threshold, g_bias, None, None
+        return g_x, g_v0, g_i0, g_alpha, g_syn, g_threshold, g_bias, None, None, None
 
 
 def lif_fused(
@@ -369,5 +369,6 @@ def lif_fused(
         bias,
         options,
         record_states,
+        torch.is_grad_enabled(),
     )
     return LIFOutput(output, LIFState(v_final, i_final), v_trace, i_trace)

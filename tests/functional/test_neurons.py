@@ -453,3 +453,15 @@ def test_bad_input():
         lif(x, 0.9, state=[1, 2])
     with pytest.raises(ValueError, match=r"\(N, \*\)"):
         lif_step(torch.zeros(3), None, 0.9)
+
+
+def test_inference_without_autograd_gives_the_same_result():
+    x = torch.randn(2, 10, 3, requires_grad=True)
+    alpha = torch.tensor(0.8, requires_grad=True)
+    expected = lif_fused(x, alpha, 0.5, record_states=True)
+    with torch.no_grad():
+        result = lif_fused(x, alpha, 0.5, record_states=True)
+    assert result.output.grad_fn is None
+    for name in ("output", "v_mem", "i_syn"):
+        assert torch.equal(getattr(result, name), getattr(expected, name))
+    assert torch.equal(result.state.v_mem, expected.state.v_mem)
