@@ -43,8 +43,9 @@ snnTorch never propagates through the reset (``detach_reset=True`` here).
 Two implementations compute the same thing: :func:`lif_loop` calls :func:`lif_step`
 once per step under autograd (the reference; supports state quantizers), and
 :func:`lif_fused` runs the whole sequence in one autograd function with a hand-written
-backward pass (several times faster, less memory). :func:`lif` picks the fused one
-unless state quantizers are given.
+backward pass (about twice as fast as the loop, with less memory; see
+``benchmarks/lif_speed.py``). :func:`lif` picks the fused one unless state quantizers are
+given.
 """
 
 from __future__ import annotations

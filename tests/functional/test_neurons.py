@@ -6,7 +6,7 @@ import torch
 import aquatic.functional.neurons_fused as fused_module
 from aquatic.functional.neurons import LIFState, exp_leak, lif, lif_loop, lif_step
 from aquatic.functional.neurons_fused import lif_fused
-from aquatic.functional.surrogate import ArcTan, FastSigmoid, SingleExponential, Triangle
+from aquatic.functional.surrogate import ArcTan, FastSigmoid, Triangle
 
 METHODS = ["loop", "fused"]
 F64 = torch.float64
