@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from aquatic.factory import Factory
 from aquatic.functional.fake_quant import _check_axis, check_range
-from aquatic.functional.qparams import calculate_qparams
+from aquatic.functional.qparams import calculate_qparams, to_float32
 
 __all__ = ["RangeObserver", "MinMaxObserver", "MovingAverageMinMaxObserver"]
 
@@ -35,6 +35,10 @@ def _has_nonfinite(cur_min: Tensor, cur_max: Tensor) -> bool:
     # overflow: one sync, where isfinite() takes a dozen ops and more syncs.
     probe = (cur_min * 0 + cur_max * 0).sum()
     return not math.isfinite(probe.item())
+
+
+# observer class -> whether its _combine has a float twin (see _scalar_path)
+_SCALAR_CLASSES: dict = {}
 
 
 def _distributed() -> bool:
@@ -133,6 +137,47 @@ class RangeObserver(nn.Module):
         self.initialized = True
         return cur_min, cur_max
 
+    def _scalar_path(self, input: Tensor) -> bool:
+        """Whether :meth:`_update_float` applies: one range, CPU, eager, and a
+        ``_combine`` with a float twin defined next to it (a subclass that changes
+        ``_combine`` alone keeps the tensor path)."""
+        if self.ch_axis is not None or self.min_val.dim() != 0 or input.device.type != "cpu":
+            return False
+        if self.min_val.dtype != torch.float32:
+            return False
+        if torch.compiler.is_compiling():
+            return False
+        cls = type(self)
+        if cls not in _SCALAR_CLASSES:
+            owner = next(k for k in cls.__mro__ if "_combine" in k.__dict__)
+            _SCALAR_CLASSES[cls] = "_combine_float" in owner.__dict__
+        return _SCALAR_CLASSES[cls]
+
+    def _update_float(self, input: Tensor) -> Tuple[float, float, float, float]:
+        """:meth:`update` for one range on the CPU, with Python floats for the scalars.
+
+        Returns:
+            ``(batch_min, batch_max, new_min_val, new_max_val)``; the buffers are
+            updated as :meth:`update` would, bit for bit.
+        """
+        cur_min, cur_max = self._extrema(input.detach())
+        if self.training and _distributed():
+            cur_min, cur_max = _all_reduce_range(cur_min, cur_max)
+        lo, hi = cur_min.item(), cur_max.item()
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(_NONFINITE.format(type(self).__name__))
+        if self.initialized:
+            new_lo, new_hi = self._combine_float(lo, hi, *self._range_float())
+        else:
+            new_lo, new_hi = lo, hi
+        self.min_val.fill_(new_lo)
+        self.max_val.fill_(new_hi)
+        self.initialized = True
+        return lo, hi, new_lo, new_hi
+
+    def _range_float(self) -> Tuple[float, float]:
+        return self.min_val.item(), self.max_val.item()
+
     def _extrema(self, input: Tensor) -> Tuple[Tensor, Tensor]:
         if input.numel() == 0:
             raise ValueError(f"{type(self).__name__} cannot observe an empty tensor")
@@ -208,6 +253,9 @@ class MinMaxObserver(RangeObserver):
     def _combine(self, cur_min: Tensor, cur_max: Tensor) -> Tuple[Tensor, Tensor]:
         return torch.minimum(self.min_val, cur_min), torch.maximum(self.max_val, cur_max)
 
+    def _combine_float(self, cur_min: float, cur_max: float, old_min: float, old_max: float):
+        return min(old_min, cur_min), max(old_max, cur_max)
+
 
 class MovingAverageMinMaxObserver(RangeObserver):
     """Exponential moving average of the per-batch minimum and maximum.
@@ -241,10 +289,19 @@ class MovingAverageMinMaxObserver(RangeObserver):
         self.averaging_constant = float(averaging_constant)
 
     def _combine(self, cur_min: Tensor, cur_max: Tensor) -> Tuple[Tensor, Tensor]:
+        # m + c (x - m) as three rounded float32 ops (torch.lerp may fuse them), which
+        # the scalar path below reproduces exactly.
         c = self.averaging_constant
         return (
-            torch.lerp(self.min_val, cur_min, c),
-            torch.lerp(self.max_val, cur_max, c),
+            self.min_val + (cur_min - self.min_val) * c,
+            self.max_val + (cur_max - self.max_val) * c,
+        )
+
+    def _combine_float(self, cur_min: float, cur_max: float, old_min: float, old_max: float):
+        c = to_float32(self.averaging_constant)
+        return (
+            to_float32(old_min + to_float32(to_float32(cur_min - old_min) * c)),
+            to_float32(old_max + to_float32(to_float32(cur_max - old_max) * c)),
         )
 
     def extra_repr(self) -> str:

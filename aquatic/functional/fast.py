@@ -20,12 +20,29 @@ and float multiplications are vectorised where boolean ones are not.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-__all__ = ["fake_quantize_nearest"]
+from aquatic.functional.qparams import to_float32
+
+__all__ = ["fake_quantize_nearest", "fake_quantize_nearest_scalar"]
+
+
+Scalar = Union[Tensor, float, int]
+
+# 0-dim zeros per (dtype, device): ``zero + codes * scale`` rounds once like
+# ``codes * scale`` but turns -0.0 into +0.0, in one pass rather than two.
+_ZEROS: Dict[Tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def _zero(like: Tensor) -> Tensor:
+    key = (like.dtype, like.device)
+    zero = _ZEROS.get(key)
+    if zero is None:
+        zero = _ZEROS[key] = torch.zeros((), dtype=like.dtype, device=like.device)
+    return zero
 
 
 def _per_channel_view(param: Tensor, input: Tensor, ch_axis: Optional[int]) -> Tensor:
@@ -36,57 +53,95 @@ def _per_channel_view(param: Tensor, input: Tensor, ch_axis: Optional[int]) -> T
     return param.reshape(shape)
 
 
-def _fake_quantize_values(
+def _codes(
     input: Tensor,
-    scale: Tensor,
-    zero_point: Optional[Tensor],
+    inv_scale: Scalar,
+    zero_point: Optional[Scalar],
     quant_min: int,
     quant_max: int,
-    ch_axis: Optional[int],
-    clips: bool = True,
-    need_mask: bool = False,
+    clips: bool,
+    need_mask: bool,
+    out: Optional[Tensor] = None,
 ) -> Tuple[Tensor, Optional[Tensor]]:
-    """Dequantized values and, if asked, the in-range mask (``input``'s dtype); no autograd.
-
-    ``clips=False`` promises that no code leaves the range, so the clamp is skipped.
-    """
-    inv_scale = _per_channel_view(torch.reciprocal(scale), input, ch_axis)
+    """Codes ``clamp(round(x * inv_scale) + z)`` as floats and, if asked, the in-range mask
+    (``input``'s dtype). ``out``: a float32 buffer for the codes (float32 input only)."""
     # x / s: float32 for reduced-precision inputs, float64 for float64, as the kernels.
     work = input if input.dtype in (torch.float32, torch.float64) else input.float()
-    codes = torch.mul(work, inv_scale).round_()
-    zp = None if zero_point is None else _per_channel_view(zero_point, input, ch_axis)
-    if zp is None:
-        codes.add_(0.0)  # -0.0 -> +0.0
-    else:
-        codes.add_(zp)
+    codes = torch.mul(work, inv_scale, out=out) if out is not None else torch.mul(work, inv_scale)
+    codes.round_()
+    if zero_point is not None:
+        codes.add_(zero_point)  # also turns -0.0 into +0.0
     mask = None
     if clips:
         if need_mask:
             clamped = torch.clamp(codes, quant_min, quant_max)
             # The mask goes into the codes' buffer, which is free once compared.
             mask = torch.eq(codes, clamped, out=codes)
+            if mask.dtype != input.dtype:
+                mask = mask.to(input.dtype)
             codes = clamped
         else:
             codes.clamp_(quant_min, quant_max)
-    if zp is not None:
-        codes.sub_(zp)
+    return codes, mask
+
+
+def _dequantize(
+    codes: Tensor,
+    scale: Scalar,
+    zero_point: Optional[Scalar],
+    dtype: torch.dtype,
+    per_channel: bool,
+    out: Optional[Tensor] = None,
+) -> Tensor:
+    """``(codes - z) * scale`` in ``dtype``, written to ``out`` if given (``codes`` is
+    overwritten)."""
     # The per-tensor kernel forms (q - z) * s in float32 for every input dtype; the
     # per-channel one in the input's dtype (float64 stays float64).
-    if codes.dtype == torch.float64 and ch_axis is None:
+    if codes.dtype == torch.float64 and not per_channel:
         codes = codes.float()
-    value = codes.mul_(_per_channel_view(scale, input, ch_axis))
-    if value.dtype != input.dtype:
-        value = value.to(input.dtype)
-    if mask is not None and mask.dtype != input.dtype:
-        mask = mask.to(input.dtype)
-    return value, mask
+    direct = out is not None and out.dtype == codes.dtype
+    target = out if direct else codes
+    if zero_point is not None:
+        value = torch.mul(codes.sub_(zero_point), scale, out=target)
+    elif torch.compiler.is_compiling():
+        value = torch.mul(codes.add_(0.0), scale, out=target)
+    elif isinstance(scale, Tensor):
+        # 0 + codes * scale: one rounding, like codes * scale, and -0.0 becomes +0.0.
+        value = torch.addcmul(_zero(codes), codes, scale, out=target)
+    else:
+        value = torch.add(_zero(codes), codes, alpha=scale, out=target)
+    if out is not None and not direct:
+        return out.copy_(value)
+    return value if value.dtype == dtype else value.to(dtype)
+
+
+def _fake_quantize_values(
+    input: Tensor,
+    scale: Scalar,
+    inv_scale: Scalar,
+    zero_point: Optional[Scalar],
+    quant_min: int,
+    quant_max: int,
+    per_channel: bool,
+    clips: bool = True,
+    need_mask: bool = False,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """Dequantized values and, if asked, the in-range mask (``input``'s dtype); no autograd.
+
+    ``scale``, ``inv_scale`` (float32 ``1/scale``) and ``zero_point`` are tensors shaped
+    to broadcast against ``input``, or Python numbers holding float32 values; a
+    ``zero_point`` of ``None`` means 0. ``clips=False`` promises that no code leaves the
+    range, so the clamp is skipped.
+    """
+    codes, mask = _codes(input, inv_scale, zero_point, quant_min, quant_max, clips, need_mask)
+    return _dequantize(codes, scale, zero_point, input.dtype, per_channel), mask
 
 
 class _FakeQuantizeNearest(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, input, scale, zero_point, quant_min, quant_max, ch_axis):
+    def forward(ctx, input, scale, inv_scale, zero_point, quant_min, quant_max, per_channel):
         value, mask = _fake_quantize_values(
-            input, scale, zero_point, quant_min, quant_max, ch_axis, need_mask=True
+            input, scale, inv_scale, zero_point, quant_min, quant_max, per_channel, True, True
         )
         ctx.save_for_backward(mask)
         return value
@@ -94,21 +149,53 @@ class _FakeQuantizeNearest(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (mask,) = ctx.saved_tensors
-        return grad_output * mask, None, None, None, None, None
+        return grad_output * mask, None, None, None, None, None, None
 
 
 class _FakeQuantizeInRange(torch.autograd.Function):
     # No code clips, so the gradient is the identity: no mask to keep or multiply.
     @staticmethod
-    def forward(ctx, input, scale, zero_point, quant_min, quant_max, ch_axis):
+    def forward(ctx, input, scale, inv_scale, zero_point, quant_min, quant_max, per_channel):
         value, _ = _fake_quantize_values(
-            input, scale, zero_point, quant_min, quant_max, ch_axis, clips=False
+            input, scale, inv_scale, zero_point, quant_min, quant_max, per_channel, False
         )
         return value
 
     @staticmethod
     def backward(ctx, grad_output):
-        return grad_output, None, None, None, None, None
+        return grad_output, None, None, None, None, None, None
+
+
+def _apply(input, scale, inv_scale, zero_point, quant_min, quant_max, per_channel, clips):
+    if not input.requires_grad or not torch.is_grad_enabled():
+        value, _ = _fake_quantize_values(
+            input, scale, inv_scale, zero_point, quant_min, quant_max, per_channel, clips
+        )
+        return value
+    if torch.compiler.is_compiling():
+        function = _FakeQuantizeNearest if clips else _FakeQuantizeInRange
+        return function.apply(
+            input, scale, inv_scale, zero_point, quant_min, quant_max, per_channel
+        )
+    # Eager: a built-in op carries the gradient, its result is then overwritten with
+    # the quantized value. input * mask has the gradient grad * mask, input.clone() the
+    # identity; both are C++ autograd nodes, cheaper than a Python autograd.Function.
+    if clips:
+        codes, mask = _codes(
+            input.detach(), inv_scale, zero_point, quant_min, quant_max, True, True
+        )
+        output = input * mask
+        with torch.no_grad():
+            _dequantize(codes, scale, zero_point, input.dtype, per_channel, out=output)
+        return output
+    output = input.clone()
+    with torch.no_grad():
+        buffer = output if input.dtype == torch.float32 else None
+        codes, _ = _codes(
+            input.detach(), inv_scale, zero_point, quant_min, quant_max, False, False, buffer
+        )
+        _dequantize(codes, scale, zero_point, input.dtype, per_channel, out=output)
+    return output
 
 
 def fake_quantize_nearest(
@@ -130,7 +217,7 @@ def fake_quantize_nearest(
         input: floating-point tensor.
         scale: float32 scale, a scalar tensor or one value per channel.
         zero_point: integer zero point shaped like ``scale``, or ``None`` for zero (a
-            symmetric quantizer; saves two passes over the tensor).
+            symmetric quantizer; saves a pass over the tensor).
         quant_min, quant_max: the integer range.
         ch_axis: the channel axis of a per-channel ``scale`` (non-negative), or ``None``.
         clips: ``False`` when the caller knows that every code lies in the range (from
@@ -148,10 +235,30 @@ def fake_quantize_nearest(
         >>> y.sum().backward(); x.grad
         tensor([1., 1., 0.])
     """
-    if not input.requires_grad or not torch.is_grad_enabled():
-        value, _ = _fake_quantize_values(
-            input, scale, zero_point, quant_min, quant_max, ch_axis, clips
-        )
-        return value
-    function = _FakeQuantizeNearest if clips else _FakeQuantizeInRange
-    return function.apply(input, scale, zero_point, quant_min, quant_max, ch_axis)
+    per_channel = ch_axis is not None and scale.dim() > 0
+    inv_scale = _per_channel_view(torch.reciprocal(scale), input, ch_axis)
+    scale = _per_channel_view(scale, input, ch_axis)
+    if zero_point is not None:
+        zero_point = _per_channel_view(zero_point, input, ch_axis)
+    return _apply(input, scale, inv_scale, zero_point, quant_min, quant_max, per_channel, clips)
+
+
+def fake_quantize_nearest_scalar(
+    input: Tensor,
+    scale: float,
+    zero_point: int,
+    quant_min: int,
+    quant_max: int,
+    clips: bool = True,
+) -> Tensor:
+    """:func:`fake_quantize_nearest`, per tensor, with the scale and zero point as numbers.
+
+    ``scale`` must hold a float32 value (as :func:`calculate_qparams_float` returns);
+    no tensor is made for it, which saves several small ops per call.
+
+    Example:
+        >>> fake_quantize_nearest_scalar(torch.tensor([-1.0, 0.26, 13.0]), 0.1, 0, -128, 127)
+        tensor([-1.0000,  0.3000, 12.7000])
+    """
+    inv_scale = to_float32(1.0 / scale)
+    return _apply(input, scale, inv_scale, zero_point or None, quant_min, quant_max, False, clips)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import struct
 from typing import Tuple
 
 import torch
@@ -10,6 +12,8 @@ from torch import Tensor
 __all__ = ["calculate_qparams", "round_to_power_of_two"]
 
 _EPS = torch.finfo(torch.float32).eps
+_PACK = struct.Struct("f").pack
+_UNPACK = struct.Struct("f").unpack
 
 
 def _float32(x: Tensor) -> Tensor:
@@ -85,3 +89,50 @@ def calculate_qparams(
     zero_point = torch.div(min_neg, scale).round_().neg_().add_(quant_min)
     zero_point = zero_point.clamp_(quant_min, quant_max).to(torch.int32)
     return scale, zero_point
+
+
+def to_float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (ties to even), as a Python float.
+
+    One float32 operation computed in float64 and rounded once to float32 gives the
+    float32 result exactly for ``+ - * /`` (53 >= 2 * 24 + 2 bits; Figueroa 1995,
+    "When is double rounding innocuous?"), which lets the scalar paths below reproduce
+    float32 tensor arithmetic bit for bit.
+    """
+    try:
+        return _UNPACK(_PACK(value))[0]
+    except OverflowError:
+        return math.copysign(math.inf, value)
+
+
+def calculate_qparams_float(
+    min_val: float,
+    max_val: float,
+    quant_min: int,
+    quant_max: int,
+    symmetric: bool,
+    eps: float = _EPS,
+) -> Tuple[float, int]:
+    """:func:`calculate_qparams` for one range given as floats, without tensor ops.
+
+    The same float32 arithmetic, step by step, for the eager per-tensor path where a
+    dozen tiny tensor ops would cost more than the quantization itself. ``min_val`` and
+    ``max_val`` must be float32 values; ``power_of_two`` is not supported here (float32
+    ``log2`` has no exact scalar twin).
+
+    Example:
+        >>> calculate_qparams_float(-1.0, 2.0, 0, 255, False)  # as calculate_qparams
+        (0.0117647061124444, 85)
+    """
+    if symmetric:
+        if quant_min < 0:
+            amax = max(-min_val, max_val)
+            scale = to_float32(amax / min(quant_max, -quant_min))
+        else:
+            scale = to_float32(max_val / quant_max)
+        return max(scale, eps), 0
+    min_neg = min(min_val, 0.0)
+    max_pos = max(max_val, 0.0)
+    scale = max(to_float32(to_float32(max_pos - min_neg) / (quant_max - quant_min)), eps)
+    zero_point = quant_min - round(to_float32(min_neg / scale))
+    return scale, min(max(zero_point, quant_min), quant_max)

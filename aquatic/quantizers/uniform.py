@@ -14,7 +14,8 @@ from aquatic.functional.fake_quant import (
     fake_quantize_affine,
     quantize_affine,
 )
-from aquatic.functional.fast import fake_quantize_nearest
+from aquatic.functional.fast import fake_quantize_nearest, fake_quantize_nearest_scalar
+from aquatic.functional.qparams import calculate_qparams_float, to_float32
 from aquatic.functional.rounding import check_rounding
 from aquatic.observers import MinMaxObserver, RangeObserver
 from aquatic.quantizers.base import Quantizer, check_bits, integer_range
@@ -55,6 +56,17 @@ def _codes_clip(
         ends = torch.stack(torch.aminmax(ends))
     low, high = ends.tolist()
     return not (quant_min <= low and high <= quant_max)
+
+
+def _codes_clip_float(
+    extrema: Tuple[float, float], scale: float, zero_point: int, quant_min: int, quant_max: int
+) -> bool:
+    """:func:`_codes_clip` with Python floats (float32 values), the same arithmetic."""
+    inv_scale = to_float32(1.0 / scale)
+    low, high = to_float32(extrema[0] * inv_scale), to_float32(extrema[1] * inv_scale)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return True
+    return not (quant_min <= round(low) + zero_point and round(high) + zero_point <= quant_max)
 
 
 class UniformQuantizer(Quantizer):
@@ -186,17 +198,51 @@ class UniformQuantizer(Quantizer):
                 f"{type(self).__name__} quantizes floating-point tensors, got "
                 f"{getattr(input, 'dtype', type(input).__name__)}; convert with .float()"
             )
+        observer = self._modules.get("observer")
+        if (
+            observer is not None
+            and self.rounding == "nearest"
+            and not self.power_of_two
+            and isinstance(observer, RangeObserver)
+            and observer._scalar_path(input)
+        ):
+            return self._forward_scalar(input, observer)
         extrema = None
-        if self.observer_enabled and self.observer is not None:
-            if self.training or not self.observer.initialized:
-                update = getattr(self.observer, "update", None)
+        if self.observer_enabled and observer is not None:
+            if self.training or not observer.initialized:
+                update = getattr(observer, "update", None)
                 if update is None:
-                    self.observer(input.detach())
+                    observer(input.detach())
                 else:
                     extrema = update(input.detach())
         if not self.fake_quant_enabled:
             return input
         return self._fake_quantize(input, extrema)
+
+    def _forward_scalar(self, input: Tensor, observer: RangeObserver) -> Tensor:
+        # One range on the CPU in eager mode: the range, scale and zero point travel as
+        # Python floats, computed with the tensor path's float32 arithmetic bit for bit
+        # (aquatic.functional.qparams.calculate_qparams_float); a dozen tiny tensor ops
+        # per call would cost more than the quantization of a small tensor.
+        batch = None
+        if self.observer_enabled and (self.training or not observer.initialized):
+            low, high, min_val, max_val = observer._update_float(input.detach())
+            batch = (low, high)
+        elif not observer.initialized:
+            observer.calculate_qparams()  # raises: nothing observed
+        else:
+            min_val, max_val = observer._range_float()
+        if not self.fake_quant_enabled:
+            return input
+        scale, zero_point = calculate_qparams_float(
+            min_val, max_val, observer.quant_min, observer.quant_max, observer.symmetric
+        )
+        clips = True
+        if batch is not None and input.dtype != torch.float64:
+            clips = _codes_clip_float(batch, scale, zero_point, self.quant_min, self.quant_max)
+        return fake_quantize_nearest_scalar(
+            input, scale, zero_point, self.quant_min, self.quant_max, clips
+        )
 
     def observe(self, input: Tensor) -> None:
         if self.observer is not None and (self.training or not self.observer.initialized):
