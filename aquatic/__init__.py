@@ -3,6 +3,7 @@
 from aquatic import functional, observers, quantizers
 from aquatic import hw
 from aquatic import nn
+from aquatic import interop
 from aquatic.convert import dequantize, quantize, quantize_parameter
 from aquatic.fold import fold_batch_norm
 from aquatic.qconfig import QConfig
@@ -26,6 +27,7 @@ __all__ = [
     "freeze_observers",
     "functional",
     "hw",
+    "interop",
     "nn",
     "observers",
     "quantize",
