@@ -74,7 +74,7 @@ def test_round_trip_is_bit_exact(discretization, dt, syn, reset, norm_input, per
     loaded = anir.load(graph)
     x = torch.rand(3, 40, 5)
     expected = model(x)
-    assert expected[:, :, :].abs().sum() > 0
+    assert model[:2](x).sum() > 0  # the hidden neurons spike
     assert torch.equal(loaded(x), expected)
     assert [type(m) for _, m in loaded.named_nodes()] == [type(m) for m in model]
     assert loaded["1"].reset == reset and loaded["1"].synaptic == syn
