@@ -5,7 +5,9 @@ import torch
 from hypothesis import settings
 
 # Deterministic property tests: the same examples on every run and every machine.
-settings.register_profile("aquatic", derandomize=True, deadline=None, max_examples=60)
+settings.register_profile(
+    "aquatic", derandomize=True, deadline=None, max_examples=60, database=None
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "aquatic"))
 
 

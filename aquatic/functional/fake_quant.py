@@ -133,13 +133,23 @@ def quantize_affine(
     return codes.to(dtype or int_dtype(quant_min, quant_max))
 
 
+def _divide(input: Tensor, scale: Tensor, ch_axis: Optional[int], rounding: str) -> Tensor:
+    """``input / scale`` as the rounding mode needs it.
+
+    Nearest rounding multiplies by ``1 / scale`` in float32, as torch's fake-quantize
+    kernels do (bit-for-bit parity). Floor and stochastic rounding divide: a value
+    already on the grid, ``k * s``, then gives exactly ``k`` again, so quantizing twice
+    changes nothing (``x * (1/s)`` can land an ulp below ``k`` and floor to ``k - 1``).
+    """
+    if rounding == "nearest":
+        return input * _broadcast(1.0 / scale, input, ch_axis)
+    return input / _broadcast(scale, input, ch_axis)
+
+
 def _codes(input, scale, zero_point, quant_min, quant_max, ch_axis, rounding, generator):
-    # Same arithmetic as torch's fake-quantize kernels: x * (1 / s) in float32, rounded,
-    # then shifted by the zero point and clamped.
-    inv_scale = _broadcast(1.0 / scale.float(), input, ch_axis)
     zp = _broadcast(zero_point, input, ch_axis)
-    rounded = round_values(input.float() * inv_scale, rounding, generator)
-    return torch.clamp(rounded + zp, quant_min, quant_max)
+    scaled = _divide(input.float(), scale.float(), ch_axis, rounding)
+    return torch.clamp(round_values(scaled, rounding, generator) + zp, quant_min, quant_max)
 
 
 def dequantize_affine(
@@ -210,9 +220,8 @@ def fake_quantize_affine(
             input, scale, zero_point, ch_axis, quant_min, quant_max
         )
     check_rounding(rounding)
-    inv_scale = _broadcast(1.0 / scale, input, ch_axis)
     zp = _broadcast(zero_point, input, ch_axis)
-    shifted = round_values(input * inv_scale, rounding, generator) + zp
+    shifted = round_values(_divide(input, scale, ch_axis, rounding), rounding, generator) + zp
     inside = (shifted >= quant_min) & (shifted <= quant_max)
     value = (torch.clamp(shifted, quant_min, quant_max) - zp) * _broadcast(scale, input, ch_axis)
     passthrough = torch.where(inside, input, torch.zeros_like(input))
