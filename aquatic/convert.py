@@ -31,6 +31,7 @@ TWINS: Dict[Type[nn.Module], Type[nn.Module]] = {
 }
 
 Key = Union[str, Type[nn.Module]]
+_CLASS_SLOTS = ("__dict__", "__weakref__")
 QConfigLike = Union[QConfig, Mapping[Key, Optional[QConfig]]]
 
 
@@ -198,6 +199,22 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
     return _replace(model, replacements)
 
 
+def _deepcopy(model: nn.Module) -> nn.Module:
+    # A parametrized RNN caches its last computed (non-leaf) weights in _flat_weights,
+    # which deepcopy refuses; they are recomputed on every forward, so the copy may
+    # start from detached ones.
+    saved = []
+    for module in model.modules():
+        if isinstance(module, nn.RNNBase) and parametrize.is_parametrized(module):
+            saved.append((module, module._flat_weights))
+            module._flat_weights = [w if w is None else w.detach() for w in module._flat_weights]
+    try:
+        return copy.deepcopy(model)
+    finally:
+        for module, flat_weights in saved:
+            module._flat_weights = flat_weights
+
+
 def dequantize(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Back to plain ``torch.nn``: quantized parameter values baked in, quantizers gone.
 
@@ -225,7 +242,7 @@ def dequantize(model: nn.Module, inplace: bool = False) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if not inplace:
-        model = copy.deepcopy(model)
+        model = _deepcopy(model)
     replacements: Dict[int, nn.Module] = {}
     for module in model.modules():
         if isinstance(module, ActivationQuantizer):
@@ -235,6 +252,13 @@ def dequantize(model: nn.Module, inplace: bool = False) -> nn.Module:
     for module in list(model.modules()):
         if not parametrize.is_parametrized(module):
             continue
+        if not inplace:
+            # A deep copy shares the parametrized class (and its properties) with the
+            # original; removing a parametrization edits that class, so give the copy
+            # its own first.
+            cls = type(module)
+            namespace = {k: v for k, v in cls.__dict__.items() if k not in _CLASS_SLOTS}
+            module.__class__ = type(cls.__name__, cls.__bases__, namespace)
         for name in list(module.parametrizations.keys()):
             if any(isinstance(p, Quantizer) for p in module.parametrizations[name]):
                 parametrize.remove_parametrizations(module, name, leave_parametrized=True)

@@ -216,10 +216,11 @@ class RangeObserver(nn.Module):
         )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # Per-channel buffers start empty; take the saved length before copying.
+        # Per-channel buffers start empty; take the saved length before copying. Any
+        # other shape is left for torch to report as a size mismatch.
         for name in ("min_val", "max_val"):
             saved = state_dict.get(prefix + name)
-            if saved is not None:
+            if saved is not None and self.ch_axis is not None and saved.dim() == 1:
                 getattr(self, name).resize_(saved.shape)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self.initialized = bool(self.min_val.numel() > 0 and torch.isfinite(self.min_val).all())

@@ -147,7 +147,11 @@ class TorchTwin(QuantizedModule):
                     f"{quantizer_prefix}{name}.observer.{field}",
                 ):
                     saved = state_dict.get(key)
-                    if saved is not None and saved.dim() == 1 and saved.numel() != channels:
+                    if (
+                        saved is not None
+                        and saved.dim() == 1
+                        and saved.numel() not in (0, channels)
+                    ):
                         error_msgs.append(
                             f"size mismatch for {key}: the checkpoint has {saved.numel()} "
                             f"channels, but {prefix}{name} has {channels} along ch_axis={axis}"
