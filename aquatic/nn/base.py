@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -95,6 +95,28 @@ class QuantizedModule(nn.Module):
             finally:
                 quantizer.train(training)
         return result
+
+    def to_int(self) -> Dict[str, Dict[str, Any]]:
+        """Integer codes of every quantized parameter, with what maps them back to values.
+
+        For each parameter name, ``{"codes": <integer tensor>, **quantizer.qparams()}``:
+        ``scale`` and ``zero_point`` (value ``(codes - zero_point) * scale``), or ``dash``
+        for bit-shift decays; see :func:`aquatic.integer.layer_to_int`.
+
+        Example:
+            >>> import aquatic
+            >>> from aquatic.quantizers import UniformQuantizer
+            >>> qconfig = QConfig(weight=UniformQuantizer.with_args(scale=0.5))
+            >>> layer = aquatic.nn.Linear(2, 1, bias=False, qconfig=qconfig)
+            >>> with torch.no_grad():
+            ...     _ = layer.weight.copy_(torch.tensor([[1.2, -0.4]]))
+            >>> ints = layer.to_int()["weight"]
+            >>> ints["codes"], ints["scale"]
+            (tensor([[ 2, -1]], dtype=torch.int8), tensor(0.5000))
+        """
+        from aquatic.integer.export import layer_to_int
+
+        return layer_to_int(self)
 
     def _quant_repr(self) -> str:
         if not self.quantizers:

@@ -1,0 +1,46 @@
+"""Integer export and integer-arithmetic inference.
+
+- ``layer.to_int()`` (every aquatic layer, :func:`layer_to_int`): integer codes of the
+  quantized parameters with their scales and zero points (or ``dash``).
+- :func:`convert` (also ``aquatic.convert``): an :class:`IntegerModel` that runs the
+  trained model in integer arithmetic, with ``quantize_input`` / ``dequantize_output``
+  at the edges, and that reports whether it is bit-exact (``exact``, ``notes``).
+- :func:`save` / :func:`load`: plain tensors and a JSON header; no pickled code.
+"""
+
+from aquatic.integer.base import IntegerModule, IntegerOverflowError, QSpec
+from aquatic.integer.convert import convert
+from aquatic.integer.export import layer_to_int
+from aquatic.integer.layers import (
+    IntegerConv,
+    IntegerLinear,
+    IntegerMaxPool,
+    IntegerReLU,
+    IntegerRequantize,
+    IntegerReshape,
+    IntegerSum,
+    IntegerSumPool,
+)
+from aquatic.integer.model import IntegerModel
+from aquatic.integer.serialize import load, save
+from aquatic.integer.spiking import IntegerNeuron
+
+__all__ = [
+    "IntegerConv",
+    "IntegerLinear",
+    "IntegerMaxPool",
+    "IntegerModel",
+    "IntegerModule",
+    "IntegerNeuron",
+    "IntegerOverflowError",
+    "IntegerReLU",
+    "IntegerRequantize",
+    "IntegerReshape",
+    "IntegerSum",
+    "IntegerSumPool",
+    "QSpec",
+    "convert",
+    "layer_to_int",
+    "load",
+    "save",
+]

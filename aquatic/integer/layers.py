@@ -1,0 +1,417 @@
+"""Integer twins of the conventional layers and of the modules between them.
+
+- :class:`IntegerLinear` and :class:`IntegerConv`: integer accumulators
+  :math:`\\sum_k (q_{x,k} - z_x)\\, q_{w,k}` (plus the bias on the accumulator grid),
+  certified at conversion to stay within int32.
+- :class:`IntegerRequantize`: a fixed-point multiplier and shift to the next scale, then
+  the zero point and saturation to the quantizer's range (Jacob et al. 2018).
+- :class:`IntegerReLU`, :class:`IntegerMaxPool`, :class:`IntegerSumPool`,
+  :class:`IntegerReshape` and :class:`IntegerSum`: operations that commute with
+  quantization, applied to the codes.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from aquatic.functional.integer import check_integer
+from aquatic.integer.base import INT32_MAX, IntegerModule, IntegerOverflowError, along
+from aquatic.integer.requant import multiply_shift
+
+__all__ = [
+    "IntegerConv",
+    "IntegerLinear",
+    "IntegerMaxPool",
+    "IntegerReLU",
+    "IntegerRequantize",
+    "IntegerReshape",
+    "IntegerSum",
+    "IntegerSumPool",
+]
+
+_DTYPES = {"int32": torch.int32, "int64": torch.int64}
+
+
+def _codes(module: IntegerModule, input: Tensor) -> Tensor:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"{module._where()} takes a tensor of integer codes, got {input!r}")
+    return check_integer(input, f"the input of {module._where()}").to(torch.int64)
+
+
+class _Accumulator(IntegerModule):
+    """Shared parts of :class:`IntegerLinear` and :class:`IntegerConv`."""
+
+    _tensor_keys = ("weight", "bias", "input_zero_point", "pre_shift")
+
+    def _setup(self, weight, bias, input_zero_point, pre_shift, input_axis, check_overflow):
+        self._set_tensors(
+            {
+                "weight": torch.as_tensor(weight, dtype=torch.int64),
+                "bias": None if bias is None else torch.as_tensor(bias, dtype=torch.int64),
+                "input_zero_point": torch.as_tensor(input_zero_point, dtype=torch.int64),
+                "pre_shift": torch.as_tensor(pre_shift, dtype=torch.int64),
+            }
+        )
+        self.input_axis = input_axis
+        self.check_overflow = bool(check_overflow)
+
+    def _finish(self, acc: Tensor, channel_axis: int) -> Tensor:
+        acc = torch.bitwise_left_shift(acc, along(self.pre_shift, channel_axis))
+        if self.bias is not None:
+            acc = acc + along(self.bias, channel_axis)
+        if self.check_overflow and acc.numel() and int(acc.abs().max()) > INT32_MAX:
+            raise IntegerOverflowError(
+                f"{self._where()}: the accumulator reached {int(acc.abs().max())}, beyond "
+                f"int32 ({INT32_MAX}); its input had no bound at conversion (e.g. a sum over "
+                "time). Quantize that input with an activation quantizer"
+            )
+        return acc.to(torch.int32)
+
+    def _centered(self, input: Tensor) -> Tensor:
+        return _codes(self, input) - along(self.input_zero_point, self.input_axis)
+
+
+class IntegerLinear(_Accumulator):
+    """``(x - z_x) @ W.T``, shifted left by ``pre_shift``, plus ``bias``: an int32 accumulator.
+
+    Args:
+        weight: ``(out, in)`` integer weights, zero point already subtracted.
+        bias: ``(out,)`` bias on the accumulator grid, or ``None``.
+        input_zero_point: zero point of the input codes (per tensor, or per input
+            feature with ``input_axis=-1``).
+        pre_shift: left shift of the products (per output feature or one), so that a
+            bias on a finer power-of-two grid adds exactly.
+        input_axis: ``-1`` when the input zero point is per feature, else ``None``.
+        check_overflow: check the int32 range at run time (when the input had no bound
+            at conversion).
+        name, notes: see :class:`~aquatic.integer.base.IntegerModule`.
+
+    Shape:
+        - Input: ``(*, in)`` integer codes. Output: ``(*, out)`` int32.
+
+    Example:
+        >>> layer = IntegerLinear(torch.tensor([[1, -2], [3, 0]]), bias=torch.tensor([10, 0]))
+        >>> layer(torch.tensor([[4, 1]]))
+        tensor([[12, 12]], dtype=torch.int32)
+    """
+
+    kind = "linear"
+    _config_keys = ("input_axis", "check_overflow")
+
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Optional[Tensor] = None,
+        input_zero_point=0,
+        pre_shift=0,
+        input_axis: Optional[int] = None,
+        check_overflow: bool = False,
+        name: str = "",
+        notes: Optional[List[str]] = None,
+    ) -> None:
+        super().__init__(name, notes)
+        self._setup(weight, bias, input_zero_point, pre_shift, input_axis, check_overflow)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self._finish(torch.matmul(self._centered(input), self.weight.T), -1)
+
+
+class IntegerConv(_Accumulator):
+    """Integer convolution (1-3 d, plain or transposed) into an int32 accumulator.
+
+    Arguments as :class:`IntegerLinear`, plus the convolution's own (``stride``,
+    ``padding``, ``dilation``, ``groups``, ``output_padding`` for transposed ones) and
+    ``dim`` (1, 2 or 3). Zero padding pads real zeros: it is applied after the input
+    zero point is subtracted.
+
+    Shape:
+        - Input: ``(N, C_in, *)`` integer codes. Output: ``(N, C_out, *)`` int32.
+
+    Example:
+        >>> conv = IntegerConv(torch.ones(1, 1, 3, dtype=torch.int64), dim=1, padding=[1])
+        >>> conv(torch.tensor([[[1, 2, 3]]]))
+        tensor([[[3, 6, 5]]], dtype=torch.int32)
+    """
+
+    kind = "conv"
+    _config_keys = (
+        "dim",
+        "transposed",
+        "stride",
+        "padding",
+        "dilation",
+        "groups",
+        "output_padding",
+        "input_axis",
+        "check_overflow",
+    )
+
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Optional[Tensor] = None,
+        input_zero_point=0,
+        pre_shift=0,
+        dim: int = 2,
+        transposed: bool = False,
+        stride: Sequence[int] = (1,),
+        padding: Sequence[int] = (0,),
+        dilation: Sequence[int] = (1,),
+        groups: int = 1,
+        output_padding: Sequence[int] = (0,),
+        input_axis: Optional[int] = None,
+        check_overflow: bool = False,
+        name: str = "",
+        notes: Optional[List[str]] = None,
+    ) -> None:
+        super().__init__(name, notes)
+        if dim not in (1, 2, 3):
+            raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
+        self._setup(weight, bias, input_zero_point, pre_shift, input_axis, check_overflow)
+        self.dim = dim
+        self.transposed = bool(transposed)
+        self.stride, self.padding = list(stride), list(padding)
+        self.dilation, self.output_padding = list(dilation), list(output_padding)
+        self.groups = int(groups)
+
+    def forward(self, input: Tensor) -> Tensor:
+        x = self._centered(input)
+        if self.transposed:
+            fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.dim - 1]
+            acc = fn(
+                x,
+                self.weight,
+                None,
+                self.stride,
+                self.padding,
+                self.output_padding,
+                self.groups,
+                self.dilation,
+            )
+        else:
+            fn = (F.conv1d, F.conv2d, F.conv3d)[self.dim - 1]
+            acc = fn(x, self.weight, None, self.stride, self.padding, self.dilation, self.groups)
+        return self._finish(acc, -self.dim - 1)
+
+
+class IntegerRequantize(IntegerModule):
+    """``clamp(round((x - z_in) * m * 2**-n) + z_out, low, high)``: to a new scale.
+
+    Args:
+        multiplier, shift: the fixed-point ratio of the scales (one, or per channel along
+            ``axis``), from :func:`~aquatic.integer.requant.quantize_multiplier`.
+        input_zero_point, output_zero_point: zero points (scalars or per channel).
+        low, high: the output quantizer's code range (saturation).
+        rounding: ``"nearest"`` (half to even) or ``"floor"``, as the quantizer rounds.
+        axis: channel axis counted from the end for per-channel values, else ``None``.
+
+    Shape:
+        - Input: any shape, integer codes. Output: same shape, int32.
+
+    Example:
+        >>> requant = IntegerRequantize(1, 2, output_zero_point=3, low=0, high=255)
+        >>> requant(torch.tensor([-20, 2, 6, 10, 2000]))  # x / 4 + 3, ties to even
+        tensor([  0,   3,   5,   5, 255], dtype=torch.int32)
+    """
+
+    kind = "requantize"
+    _config_keys = ("low", "high", "rounding", "axis")
+    _tensor_keys = ("multiplier", "shift", "input_zero_point", "output_zero_point")
+
+    def __init__(
+        self,
+        multiplier,
+        shift,
+        input_zero_point=0,
+        output_zero_point=0,
+        low: int = -(2**31),
+        high: int = INT32_MAX,
+        rounding: str = "nearest",
+        axis: Optional[int] = None,
+        name: str = "",
+        notes: Optional[List[str]] = None,
+    ) -> None:
+        super().__init__(name, notes)
+        values = {
+            "multiplier": multiplier,
+            "shift": shift,
+            "input_zero_point": input_zero_point,
+            "output_zero_point": output_zero_point,
+        }
+        self._set_tensors({k: torch.as_tensor(v, dtype=torch.int64) for k, v in values.items()})
+        self.low, self.high = int(low), int(high)
+        self.rounding = rounding
+        self.axis = axis
+
+    def forward(self, input: Tensor) -> Tensor:
+        x = _codes(self, input) - along(self.input_zero_point, self.axis)
+        multiplier, shift = along(self.multiplier, self.axis), along(self.shift, self.axis)
+        y = multiply_shift(x, multiplier, shift, self.rounding) + along(
+            self.output_zero_point, self.axis
+        )
+        return torch.clamp(y, self.low, self.high).to(torch.int32)
+
+
+class IntegerReLU(IntegerModule):
+    """``max(x, z)``: ReLU of the real value :math:`(x - z) s` in codes.
+
+    Example:
+        >>> IntegerReLU(zero_point=3)(torch.tensor([1, 3, 7]))
+        tensor([3, 3, 7])
+    """
+
+    kind = "relu"
+    _config_keys = ("axis",)
+    _tensor_keys = ("zero_point",)
+
+    def __init__(
+        self,
+        zero_point=0,
+        axis: Optional[int] = None,
+        name: str = "",
+        notes: Optional[List[str]] = None,
+    ) -> None:
+        super().__init__(name, notes)
+        self._set_tensors({"zero_point": torch.as_tensor(zero_point, dtype=torch.int64)})
+        self.axis = axis
+
+    def forward(self, input: Tensor) -> Tensor:
+        x = _codes(self, input)
+        return torch.maximum(x, along(self.zero_point, self.axis)).to(input.dtype)
+
+
+class IntegerMaxPool(IntegerModule):
+    """Max pooling of codes (it commutes with any increasing affine map).
+
+    Example:
+        >>> IntegerMaxPool(1, kernel_size=[2], stride=[2])(torch.tensor([[[1, 5, -2, 0]]]))
+        tensor([[[5, 0]]])
+    """
+
+    kind = "maxpool"
+    _config_keys = ("dim", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: Sequence[int],
+        stride: Sequence[int],
+        padding: Sequence[int] = (0,),
+        dilation: Sequence[int] = (1,),
+        ceil_mode: bool = False,
+        name: str = "",
+        notes: Optional[List[str]] = None,
+    ) -> None:
+        super().__init__(name, notes)
+        self.dim = dim
+        self.kernel_size, self.stride = list(kernel_size), list(stride)
+        self.padding, self.dilation = list(padding), list(dilation)
+        self.ceil_mode = bool(ceil_mode)
+
+    def forward(self, input: Tensor) -> Tensor:
+        # float64 holds the codes exactly (and pads with -inf, as max pooling must).
+        x = _codes(self, input).double()
+        fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[self.dim - 1]
+        out = fn(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
+        return out.to(input.dtype)
+
+
+class IntegerSumPool(IntegerModule):
+    """Sum pooling of ``x - z`` (average pooling times its divisor): scale ``s / divisor``.
+
+    Only windows that all have the same divisor are supported (no partial windows).
+
+    Example:
+        >>> IntegerSumPool(1, kernel_size=[2], stride=[2])(torch.tensor([[[1, 5, -2, 0]]]))
+        tensor([[[ 6, -2]]], dtype=torch.int32)
+    """
+
+    kind = "sumpool"
+    _config_keys = ("dim", "kernel_size", "stride", "padding")
+    _tensor_keys = ("zero_point",)
+
+    def __init__(
+        self,
+        dim: int,
+        kernel_size: Sequence[int],
+        stride: Sequence[int],
+        padding: Sequence[int] = (0,),
+        zero_point=0,
+        name: str = "",
+        notes: Optional[List[str]] = None,
+    ) -> None:
+        super().__init__(name, notes)
+        self.dim = dim
+        self.kernel_size, self.stride, self.padding = (
+            list(kernel_size),
+            list(stride),
+            list(padding),
+        )
+        self._set_tensors({"zero_point": torch.as_tensor(zero_point, dtype=torch.int64)})
+
+    def forward(self, input: Tensor) -> Tensor:
+        x = _codes(self, input) - self.zero_point
+        # A sum of small integers in float64 is exact (the bound is checked at conversion).
+        window = torch.ones([1, 1] + self.kernel_size, dtype=torch.float64)
+        shape = x.shape
+        flat = x.reshape((-1, 1) + tuple(shape[-self.dim :])).double()
+        fn = (F.conv1d, F.conv2d, F.conv3d)[self.dim - 1]
+        summed = fn(flat, window, None, self.stride, self.padding)
+        out = summed.reshape(tuple(shape[: -self.dim]) + tuple(summed.shape[-self.dim :]))
+        return out.round().to(torch.int32)
+
+
+class IntegerReshape(IntegerModule):
+    """``flatten`` or ``unflatten`` of the codes (as ``nn.Flatten`` / ``nn.Unflatten``).
+
+    Example:
+        >>> IntegerReshape("flatten", start_dim=1, end_dim=-1)(torch.zeros(2, 3, 4)).shape
+        torch.Size([2, 12])
+    """
+
+    kind = "reshape"
+    _config_keys = ("op", "start_dim", "end_dim", "dim", "sizes")
+
+    def __init__(
+        self,
+        op: str,
+        start_dim: int = 1,
+        end_dim: int = -1,
+        dim: int = 1,
+        sizes: Sequence[int] = (),
+        name: str = "",
+        notes: Optional[List[str]] = None,
+    ) -> None:
+        super().__init__(name, notes)
+        if op not in ("flatten", "unflatten"):
+            raise ValueError(f"op must be 'flatten' or 'unflatten', got {op!r}")
+        self.op, self.start_dim, self.end_dim = op, start_dim, end_dim
+        self.dim, self.sizes = dim, list(sizes)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if self.op == "flatten":
+            return input.flatten(self.start_dim, self.end_dim)
+        return input.unflatten(self.dim, self.sizes)
+
+
+class IntegerSum(IntegerModule):
+    """Sum of the codes over one dimension (e.g. spike counts over time).
+
+    Example:
+        >>> IntegerSum(dim=1)(torch.tensor([[[1, 0], [1, 1]]]))
+        tensor([[2, 1]])
+    """
+
+    kind = "sum"
+    _config_keys = ("dim",)
+
+    def __init__(self, dim: int, name: str = "", notes: Optional[List[str]] = None) -> None:
+        super().__init__(name, notes)
+        self.dim = int(dim)
+
+    def forward(self, input: Tensor) -> Tensor:
+        return _codes(self, input).sum(dim=self.dim)
