@@ -7,14 +7,15 @@ the step it arrives (the sinabs, rockpool and Xylo convention). For a time step
 .. math::
 
     i[t] &= \begin{cases}
-        \alpha_{syn}\,(i[t-1] + x[t]) & \text{with a synaptic state } (\tau_{syn}) \\
+        Q_i\big(\alpha_{syn} \odot (i[t-1] + x[t])\big) & \text{with a synaptic state }
+            (\tau_{syn}) \\
         x[t] & \text{without}
     \end{cases} \\
     d[t] &= \begin{cases}
         (1 - \alpha_{mem})\, i[t] + b & \text{with } \texttt{norm\_input} \\
         i[t] + b & \text{without}
     \end{cases} \\
-    v[t] &= \alpha_{mem}\, \tilde v[t-1] + d[t] \\
+    v[t] &= Q_v\big(\alpha_{mem} \odot \tilde v[t-1] + d[t]\big) \\
     s[t] &= H(v[t] - \vartheta)
         \quad\text{or, with } s_{max} > 1,\quad
         \min(\max(\lfloor v[t] / \vartheta \rfloor, 0),\, s_{max}) \\
@@ -31,6 +32,22 @@ are :math:`\tilde v`. Spikes get the surrogate gradient of
 ``detach_reset=True``). A non-spiking neuron (:func:`exp_leak`) skips :math:`s` and the
 reset and returns :math:`\tilde v`.
 
+Quantized state (``QConfig.state``). :math:`Q_v` and :math:`Q_i` are the state
+quantizers (``quantize_v_mem``, ``quantize_i_syn``; the identity when not given). The
+membrane is quantized after the integration (decay, input and bias) and *before* the
+spike decision and the reset, so the spikes are decided on the quantized membrane, as a
+chip decides them on its integer (saturated) membrane; subtracting a threshold on the
+same grid keeps :math:`\tilde v` on the grid. The synaptic current is quantized after
+its update, before it feeds the membrane.
+
+Decays. :math:`\alpha \odot y` is the product :math:`\alpha y`, unless a decay
+function (``decay_v_mem``, ``decay_i_syn``) is given: then it is ``decay(y, alpha)``.
+The layers pass one when the decay quantizer knows the chip's integer rule and the
+state has a grid (:meth:`aquatic.quantizers.BitShiftDecay.decay_state`:
+:math:`s \cdot \mathrm{rule}(y / s)` with the gradient of :math:`\alpha y`); a bit-shift
+decay then computes Xylo's ``y - max(y >> dash, 1)`` on the state's integer grid
+rather than :math:`\alpha y` rounded to the nearest point.
+
 Relation to snnTorch's ``Leaky`` (default ``reset_delay=True``): snnTorch computes
 :math:`U[t] = \beta U[t-1] + x[t] - \vartheta\, S[t-1]` with :math:`S[t] = H(U[t] -
 \vartheta)` (strictly above the threshold) and returns the membrane before the reset.
@@ -41,11 +58,11 @@ decay, up to and including the first spike. The surrogate gradient also differs:
 snnTorch never propagates through the reset (``detach_reset=True`` here).
 
 Two implementations compute the same thing: :func:`lif_loop` calls :func:`lif_step`
-once per step under autograd (the reference; supports state quantizers), and
-:func:`lif_fused` runs the whole sequence in one autograd function with a hand-written
-backward pass (about twice as fast as the loop, with less memory; see
-``benchmarks/lif_speed.py``). :func:`lif` picks the fused one unless state quantizers are
-given.
+once per step under autograd (the reference; runs state quantizers and decay
+functions), and :func:`lif_fused` runs the whole sequence in one autograd function with
+a hand-written backward pass (about twice as fast as the loop, with less memory; see
+``benchmarks/lif_speed.py``), without state quantizers or decay functions. :func:`lif`
+picks the fused one unless state quantizers or decay functions are given.
 """
 
 from __future__ import annotations
@@ -75,6 +92,8 @@ METHODS = ("auto", "loop", "fused")
 
 Number = Union[float, Tensor]
 StateQuantizer = Optional[Callable[[Tensor], Tensor]]
+#: ``decay(state, alpha) -> decayed state``, replacing ``alpha * state``.
+StateDecay = Optional[Callable[[Tensor, Tensor], Tensor]]
 
 
 class LIFState(NamedTuple):
@@ -195,6 +214,8 @@ def lif_step(
     spiking: bool = True,
     quantize_v_mem: StateQuantizer = None,
     quantize_i_syn: StateQuantizer = None,
+    decay_v_mem: StateDecay = None,
+    decay_i_syn: StateDecay = None,
 ) -> Tuple[Tensor, LIFState]:
     """One time step of the equations in the module docstring, under autograd.
 
@@ -213,8 +234,12 @@ def lif_step(
         bias: constant input :math:`b` added every step, or ``None``.
         detach_reset: stop gradients through the spikes in the reset term.
         spiking: ``False`` for a leaky integrator (no spikes, no reset; returns the membrane).
-        quantize_v_mem: applied to the membrane after the reset (``QConfig.state``).
+        quantize_v_mem: applied to the membrane after the integration, before the spike
+            decision and the reset (``QConfig.state``).
         quantize_i_syn: applied to the synaptic current after its update.
+        decay_v_mem: ``decay(v, alpha_mem)`` in place of ``alpha_mem * v`` (e.g. a chip's
+            integer leak on the state's grid; see the module docstring), or ``None``.
+        decay_i_syn: the same for the synaptic current, applied to ``i[t-1] + x[t]``.
 
     Returns:
         ``(spikes, new_state)``; without spiking ``(membrane, new_state)``.
@@ -239,7 +264,8 @@ def lif_step(
     state = check_state(state, input.shape, alpha_syn is not None, input)
     options = Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
     params = (alpha_mem, alpha_syn, threshold, bias)
-    return _step(input, state, params, options, quantize_v_mem, quantize_i_syn)
+    ops = StateOps(quantize_v_mem, quantize_i_syn, decay_v_mem, decay_i_syn)
+    return _step(input, state, params, options, ops)
 
 
 class Options(NamedTuple):
@@ -254,20 +280,44 @@ class Options(NamedTuple):
     spiking: bool
 
 
-def _step(x, state, params, options, quantize_v_mem, quantize_i_syn):
-    # The order of operations here is the one lif_fused uses, so both give the same bits.
+class StateOps(NamedTuple):
+    """What a step does to its state besides the float arithmetic (``None``: nothing)."""
+
+    quantize_v_mem: StateQuantizer = None
+    quantize_i_syn: StateQuantizer = None
+    decay_v_mem: StateDecay = None
+    decay_i_syn: StateDecay = None
+
+    def any(self) -> bool:
+        return any(op is not None for op in self)
+
+
+def _step(x, state, params, options, ops: StateOps):
+    # Without state ops, the order of operations here is the one lif_fused uses, so both
+    # give the same bits.
     alpha_mem, alpha_syn, threshold, bias = params
     reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking = options
     if alpha_syn is not None:
-        i_syn = alpha_syn * (state.i_syn + x)
-        if quantize_i_syn is not None:
-            i_syn = quantize_i_syn(i_syn)
+        total = state.i_syn + x
+        if ops.decay_i_syn is None:
+            i_syn = alpha_syn * total
+        else:
+            i_syn = ops.decay_i_syn(total, alpha_syn)
+        if ops.quantize_i_syn is not None:
+            i_syn = ops.quantize_i_syn(i_syn)
     else:
         i_syn = x
     drive = (1 - alpha_mem) * i_syn if norm_input else i_syn
     if bias is not None:
         drive = drive + bias
-    v = alpha_mem * state.v_mem + drive
+    if ops.decay_v_mem is None:
+        v = alpha_mem * state.v_mem + drive
+    else:
+        v = ops.decay_v_mem(state.v_mem, alpha_mem) + drive
+    # The state quantizer runs before the spike decision: spikes are decided on the
+    # quantized membrane, as a chip decides them on its integer one.
+    if ops.quantize_v_mem is not None:
+        v = ops.quantize_v_mem(v)
     if spiking:
         out = spike(v, threshold, surrogate, max_spikes)
         if reset == "subtract":
@@ -277,8 +327,6 @@ def _step(x, state, params, options, quantize_v_mem, quantize_i_syn):
             v = v * (1 - (fired.detach() if detach_reset else fired))
     if min_v_mem is not None:
         v = torch.clamp(v, min=min_v_mem)
-    if quantize_v_mem is not None:
-        v = quantize_v_mem(v)
     if not spiking:
         out = v
     return out, LIFState(v, i_syn if alpha_syn is not None else None)
@@ -335,6 +383,8 @@ def lif_loop(
     spiking: bool = True,
     quantize_v_mem: StateQuantizer = None,
     quantize_i_syn: StateQuantizer = None,
+    decay_v_mem: StateDecay = None,
+    decay_i_syn: StateDecay = None,
 ) -> LIFOutput:
     """A whole sequence ``(N, T, *)``, one :func:`lif_step` per time step (the reference).
 
@@ -361,11 +411,12 @@ def lif_loop(
         detach_reset,
         spiking,
     )
+    ops = StateOps(quantize_v_mem, quantize_i_syn, decay_v_mem, decay_i_syn)
     outputs, v_trace, i_trace = [], [], []
     # unbind, not input[:, t]: one backward node for all steps instead of one full-size
     # zero-filled gradient per step.
     for x in input.unbind(1):
-        out, state = _step(x, state, params, options, quantize_v_mem, quantize_i_syn)
+        out, state = _step(x, state, params, options, ops)
         outputs.append(out)
         if record_states:
             v_trace.append(state.v_mem)
@@ -393,13 +444,16 @@ def lif(
     spiking: bool = True,
     quantize_v_mem: StateQuantizer = None,
     quantize_i_syn: StateQuantizer = None,
+    decay_v_mem: StateDecay = None,
+    decay_i_syn: StateDecay = None,
     method: str = "auto",
 ) -> LIFOutput:
     """A whole sequence ``(N, T, *)`` of LIF neurons, by the fastest applicable method.
 
-    ``method="auto"`` runs :func:`lif_fused` unless a state quantizer is given (the
-    quantizers are arbitrary modules, run step by step under autograd), in which case it
-    runs :func:`lif_loop`. ``"loop"`` and ``"fused"`` force one.
+    ``method="auto"`` runs :func:`lif_fused` unless a state quantizer or a decay function
+    is given (they are arbitrary modules and functions, run step by step under
+    autograd), in which case it runs :func:`lif_loop`. ``"loop"`` and ``"fused"`` force
+    one; ``"fused"`` with state quantizers or decay functions is an error.
 
     Arguments otherwise as :func:`lif_loop`.
 
@@ -412,10 +466,12 @@ def lif(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(map(repr, METHODS))}")
-    quantized = quantize_v_mem is not None or quantize_i_syn is not None
+    ops = StateOps(quantize_v_mem, quantize_i_syn, decay_v_mem, decay_i_syn)
+    quantized = ops.any()
     if method == "fused" and quantized:
         raise ValueError(
-            "the fused method does not run state quantizers; use method='loop' or 'auto'"
+            "the fused method does not run state quantizers or decay functions; use "
+            "method='loop' or 'auto'"
         )
     kwargs = dict(
         state=state,
@@ -437,6 +493,8 @@ def lif(
             threshold,
             quantize_v_mem=quantize_v_mem,
             quantize_i_syn=quantize_i_syn,
+            decay_v_mem=decay_v_mem,
+            decay_i_syn=decay_i_syn,
             **kwargs,
         )
     from aquatic.functional.neurons_fused import lif_fused
@@ -453,11 +511,14 @@ def exp_leak(
     bias: Optional[Number] = None,
     min_v_mem: Optional[float] = None,
     quantize_v_mem: StateQuantizer = None,
+    decay_v_mem: StateDecay = None,
     method: str = "auto",
 ) -> LIFOutput:
-    """A leaky integrator :math:`v[t] = \\alpha v[t-1] + x[t]` (+ bias), no spikes.
+    """A leaky integrator :math:`v[t] = Q_v(\\alpha v[t-1] + x[t] + b)`, no spikes.
 
     Returns a :class:`LIFOutput` whose ``output`` is the membrane trace ``(N, T, *)``.
+    Arguments as :func:`lif` (``quantize_v_mem`` runs after the integration, before
+    the ``min_v_mem`` floor).
 
     Example:
         >>> exp_leak(torch.tensor([[[1.0], [0.0], [1.0]]]), alpha_mem=0.5).output.flatten()
@@ -474,5 +535,6 @@ def exp_leak(
         min_v_mem=min_v_mem,
         spiking=False,
         quantize_v_mem=quantize_v_mem,
+        decay_v_mem=decay_v_mem,
         method=method,
     )

@@ -32,7 +32,9 @@ scan :math:`\partial L/\partial i[t] = (1-\alpha_{mem})^{[norm]} g_t +
 \alpha_{syn}\, \partial L/\partial i[t+1]`.
 
 The forward values are bit for bit those of the loop (the same operations in the same
-order); gradients agree to rounding.
+order); gradients agree to rounding. State quantizers and decay functions
+(``QConfig.state`` and a chip's integer decay rule) are not run here: with them the
+loop runs, one step at a time under autograd.
 """
 
 from __future__ import annotations
@@ -333,7 +335,11 @@ def lif_fused(
     """A whole LIF sequence ``(N, T, *)`` as one autograd function (the fast path).
 
     Same arguments and results as :func:`~aquatic.functional.neurons.lif_loop` except
-    state quantizers, which it does not run. Not twice differentiable.
+    state quantizers and decay functions, which it does not run (with them, the loop is
+    the implementation: :func:`~aquatic.functional.neurons.lif` picks it, and the layers
+    follow). Without them the state quantizers :math:`Q` of the equations are the
+    identity and every decay is a product, so the two compute the same bits. Not twice
+    differentiable.
 
     Example:
         >>> x = torch.tensor([[[0.8], [0.8], [0.8]]], requires_grad=True)

@@ -4,6 +4,14 @@ States are integers in units of 1/64 (lava-dl's ``w_scale``): weights lie on a g
 2/64 with 8 bits (-4 .. 3.97), thresholds are ``theta * 64``, and the 12-bit decays
 ``du``/``dv`` give :math:`\\alpha = 1 - d / 4096`. See :mod:`aquatic.hw._loihi_sim` for
 the arithmetic of :func:`simulate`.
+
+Exactness: with :func:`qconfig` the states are quantized to the 24-bit grid of 1/64
+before the spike decision, and the 12-bit decays are applied as Loihi applies them
+(``(4096 - d) * x >> 12`` rounded toward zero,
+:meth:`aquatic.quantizers.UniformDecay.decay_state`). A trained ``Linear -> LIF``
+stack with a leaky (or no) voltage decay and no synaptic state then spikes exactly as
+``simulate(export(model), x)``. With ``tau_syn`` it cannot in general, whatever the
+export does; see :func:`export`.
 """
 
 from __future__ import annotations
@@ -11,7 +19,11 @@ from __future__ import annotations
 from typing import Any, Dict, List
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+
+from aquatic.functional.fake_quant import fake_quantize_affine, quantize_affine
+from aquatic.functional.integer import int_range
+from aquatic.quantizers.base import Quantizer
 
 from aquatic.hw._common import (
     DoesNotFitError,
@@ -23,7 +35,72 @@ from aquatic.hw._common import (
 )
 from aquatic.hw._loihi_sim import DECAY_BITS, STATE_BITS, W_SCALE, check_spec, simulate
 
-__all__ = ["DECAY_BITS", "STATE_BITS", "W_SCALE", "check_spec", "export", "qconfig", "simulate"]
+__all__ = [
+    "DECAY_BITS",
+    "STATE_BITS",
+    "W_SCALE",
+    "StateQuantizer",
+    "check_spec",
+    "export",
+    "qconfig",
+    "simulate",
+]
+
+
+class StateQuantizer(Quantizer):
+    """Loihi's neuron states: signed ``bits``-bit integers in units of ``scale``.
+
+    A fixed grid (lava-dl's state unit :math:`1/64` and Loihi's 24-bit currents and
+    voltages by default), rounded to nearest and saturating at the range, with torch's
+    fake-quantization gradient (straight through inside the range). Unlike
+    :class:`~aquatic.quantizers.UniformQuantizer` (at most 16 bits) it holds the
+    24-bit states.
+
+    Args:
+        bits: width of the signed integer state, 2 to 32.
+        scale: the state unit (positive).
+
+    Example:
+        >>> q = StateQuantizer()
+        >>> q(torch.tensor([1.0, 1.01, -300.0]))
+        tensor([   1.0000,    1.0156, -300.0000])
+        >>> q.to_int(torch.tensor([1.0, 1e6]))  # 24 bits saturate at 2**23 - 1
+        tensor([     64, 8388607], dtype=torch.int32)
+    """
+
+    def __init__(self, bits: int = STATE_BITS, scale: float = 1.0 / W_SCALE) -> None:
+        super().__init__()
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 32:
+            raise ValueError(f"bits must be an int in 2..32, got {bits!r}")
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"scale must be a positive number, got {scale!r}")
+        self.bits = bits
+        self.quant_min, self.quant_max = int_range(bits)
+        self.register_buffer("scale", torch.tensor(float(scale)))
+        self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
+
+    def fake_quantize(self, input: Tensor) -> Tensor:
+        return fake_quantize_affine(
+            input, self.scale, self.zero_point, self.quant_min, self.quant_max
+        )
+
+    @torch.no_grad()
+    def to_int(self, input: Tensor) -> Tensor:
+        """The integer states (codes) of ``input``."""
+        return quantize_affine(input, self.scale, self.zero_point, self.quant_min, self.quant_max)
+
+    def qparams(self) -> Dict[str, Any]:
+        """``scale``, ``zero_point`` (0), ``quant_min``, ``quant_max``, ``ch_axis`` (None)."""
+        return {
+            "scale": self.scale,
+            "zero_point": self.zero_point,
+            "quant_min": self.quant_min,
+            "quant_max": self.quant_max,
+            "ch_axis": None,
+        }
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, scale={self.scale.item():g}" + self._switch_repr()
 
 
 def qconfig():
@@ -31,13 +108,15 @@ def qconfig():
 
     Weights: 8 bits with a fixed step of 2/64; biases and thresholds: 16 bits on a grid
     of 1/64; ``tau``/``alpha``: 12-bit uniform decays
-    (:class:`~aquatic.quantizers.UniformDecay`, :math:`\\alpha = 1 - d/4096`).
+    (:class:`~aquatic.quantizers.UniformDecay`, :math:`\\alpha = 1 - d/4096`); states:
+    24 bits on the grid of 1/64 (:class:`StateQuantizer`), so the spiking layers decide
+    spikes on the integer voltage and decay the states as Loihi does.
 
     Example:
         >>> from aquatic.hw import loihi
         >>> q = loihi.qconfig()
-        >>> q.weight.kwargs["scale"], q.alpha.kwargs["bits"]
-        (0.03125, 12)
+        >>> q.weight.kwargs["scale"], q.alpha.kwargs["bits"], q.state.kwargs["bits"]
+        (0.03125, 12, 24)
     """
     from aquatic.qconfig import QConfig
     from aquatic.quantizers.decay import UniformDecay
@@ -50,6 +129,7 @@ def qconfig():
         threshold=UniformQuantizer.with_args(bits=16, signed=False, scale=step),
         tau=UniformDecay.with_args(bits=DECAY_BITS, param="tau"),
         alpha=UniformDecay.with_args(bits=DECAY_BITS, param="alpha"),
+        state=StateQuantizer.with_args(bits=STATE_BITS, scale=step),
     )
 
 
@@ -66,12 +146,26 @@ def export(model: nn.Module) -> Dict[str, Any]:
 
     ``model`` is ``Linear -> LIF`` repeated (an ``nn.Sequential``), quantized with
     :func:`qconfig`. Each ``LIF`` needs ``reset="zero"`` and ``max_spikes=1``, as
-    lava-dl's CUBA neurons. aquatic's synaptic current decays the input in its arrival
-    step (:math:`i = \\alpha_s (i + x)`) while Loihi adds it after the decay
-    (:math:`u = \\alpha_s u + x`); the two agree when the weights are scaled by
-    :math:`\\alpha_s`, so a ``LIF`` with ``tau_syn`` exports only if
-    :math:`\\alpha_s W` lies on the weight grid. Without ``tau_syn``, ``du = 4096``
-    (:math:`u = x`) and the ``Linear`` bias joins the neuron bias.
+    lava-dl's CUBA neurons. Without ``tau_syn``, ``du = 4096`` (:math:`u = x`) and the
+    ``Linear`` bias joins the neuron bias; the voltage decay ``dv`` is the model's, and
+    the exported network spikes exactly as the model does (see the module docstring).
+
+    With ``tau_syn``: aquatic's synaptic current decays the input in its arrival step,
+    :math:`i[t] = R(i[t-1] + x[t])`, while Loihi adds the input after the decay,
+    :math:`u[t] = R(u[t-1]) + W' x[t]` (:math:`R` the decay rounded toward zero). In
+    real numbers the two agree for :math:`W' = \\alpha_s W`, which is what this export
+    writes, so a ``LIF`` with ``tau_syn`` exports only if :math:`\\alpha_s W` lies on the
+    weight grid. In integers they still differ by one state unit wherever the rounding
+    toward zero of :math:`\\alpha_s u` alone and of :math:`\\alpha_s u + \\alpha_s W x`
+    disagree (e.g. :math:`\\alpha_s = 3/4`, :math:`u = -1`, :math:`\\alpha_s W x = 3`:
+    aquatic gets :math:`\\lfloor 2.25 \\rfloor = 2`, Loihi :math:`0 + 3 = 3`), and no
+    export can remove that: Loihi's membrane sees :math:`u[t]`, so :math:`u[t]` must be
+    aquatic's :math:`i[t] = R(i[t-1] + x[t])`, and Loihi can only form it as
+    :math:`R(u[t-1]) + (\\text{integer weights}) \\cdot x[t]`; since :math:`R(a + b) \\ne
+    R(a) + R'(b)` for a rounded decay, that needs :math:`\\alpha_s \\in \\{0, 1\\}`.
+    (Keeping :math:`u` as aquatic's pre-decay sum :math:`i[t-1] + x[t]` makes the
+    current exact, but then the membrane receives it undecayed.) So synaptic decays
+    are exact for :math:`\\alpha_s = 1` (``du = 0``) and otherwise close, not exact.
 
     Returns:
         dict: ``{"layers": [...]}``, each with ``weight`` ``(Nout, Nin)`` (state units,

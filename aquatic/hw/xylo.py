@@ -9,12 +9,25 @@ thresholds; hidden neurons emit up to 31 spikes per step, readout neurons one. S
 Workflow: build ``input Linear -> LIF (or LIFRecurrent) -> output Linear -> LIF`` with
 ``qconfig=xylo.qconfig()``, train, then ``spec = xylo.export(model)``; the spec has the
 keys of rockpool's ``XyloSim.from_specification`` and runs in :func:`simulate`.
+
+Exactness: with :func:`qconfig` the quantization-aware model computes Xylo's integer
+arithmetic in float: the states are 16-bit on the shared grid and quantized before the
+spike decision, and the bit-shift decays are applied as the chip applies them
+(:meth:`aquatic.quantizers.BitShiftDecay.decay_state`). With a power-of-two scale
+(``qconfig(power_of_two=True)``, so that every float sum is exact) the model's hidden
+spikes equal ``simulate(export(model), x)``'s, and its output spikes equal the chip's
+one step later (the readout delay, see :func:`export`), as long as no intermediate sum
+saturates. Saturation is modelled where it acts on the final value: a state is clamped
+to 16 bits before it decays and after each update, as on the chip; the chip also
+saturates after every single input event and between the terms of the membrane update,
+which the model, adding them at once, does not (that matters only where input events
+of opposite signs pass the 16-bit limit).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import numpy as np
 import torch
@@ -34,15 +47,18 @@ from aquatic.hw._xylo_sim import (
     MAX_HIDDEN_SPIKES,
     MAX_OUTPUT_SPIKES,
     SPEC_KEYS,
+    STATE_BITS,
     XYLO_AUDIO_2,
     XyloLimits,
     check_spec,
     simulate,
 )
+from aquatic.quantizers.shared import ScaleGroup, SharedScaleQuantizer
 
 __all__ = [
     "SPEC_KEYS",
     "XYLO_AUDIO_2",
+    "SharedStateQuantizer",
     "XyloLimits",
     "check_spec",
     "dash_of",
@@ -52,6 +68,51 @@ __all__ = [
 ]
 
 
+class SharedStateQuantizer(SharedScaleQuantizer):
+    """A neuron state on its :class:`~aquatic.quantizers.ScaleGroup`'s grid, ``bits`` wide.
+
+    A :class:`~aquatic.quantizers.SharedScaleQuantizer` that follows the group's scale
+    and never widens it: it observes nothing, so the weights, biases and thresholds set
+    the unit and the state counts in it, saturating at the signed ``bits``-bit range
+    (Xylo's 16-bit synaptic currents and membranes). Arguments as
+    :class:`~aquatic.quantizers.SharedScaleQuantizer`.
+
+    Example:
+        >>> from aquatic.quantizers import ScaleGroup, SharedScaleQuantizer
+        >>> group = ScaleGroup(power_of_two=True)
+        >>> weight = SharedScaleQuantizer(bits=8, group=group, power_of_two=True)
+        >>> state = SharedStateQuantizer(bits=16, group=group, power_of_two=True)
+        >>> _ = weight(torch.tensor([0.5, -1.0]))  # scale 2**-6
+        >>> state(torch.tensor([1.0, 1.01, 1000.0]))  # 1.01 rounds; 1000 saturates
+        tensor([  1.0000,   1.0156, 511.9844])
+        >>> group.scale()  # unchanged by the state
+        tensor(0.0156)
+    """
+
+    def __init__(
+        self,
+        bits: int = STATE_BITS,
+        narrow_range: bool = False,
+        group: Union[str, ScaleGroup] = "layer",
+        rounding: str = "nearest",
+        power_of_two: bool = False,
+    ) -> None:
+        super().__init__(bits, narrow_range, group, _NoObserver, rounding, power_of_two)
+
+    def observe(self, input: Tensor) -> None:
+        """Nothing: the state follows the scale that the other members set."""
+
+
+class _NoObserver(nn.Module):
+    """The observer of a :class:`SharedStateQuantizer`: it never has a range of its own,
+    so its group leaves it out of the shared scale."""
+
+    initialized = False
+
+    def __init__(self, quant_min: int, quant_max: int, symmetric: bool = True) -> None:
+        super().__init__()
+
+
 def qconfig(group: Optional[Any] = None, power_of_two: bool = False):
     """A QConfig that trains against Xylo's constraints.
 
@@ -59,7 +120,10 @@ def qconfig(group: Optional[Any] = None, power_of_two: bool = False):
     (:class:`~aquatic.quantizers.SharedScaleQuantizer` in one
     :class:`~aquatic.quantizers.ScaleGroup`); ``tau`` and ``alpha`` are bit-shift decays
     with a 4-bit ``dash`` (:class:`~aquatic.quantizers.BitShiftDecay`), so
-    :math:`\\alpha = 1 - 2^{-dash}`.
+    :math:`\\alpha = 1 - 2^{-dash}`; the states (synaptic currents and membranes) are
+    int16 on the same scale (:class:`SharedStateQuantizer`), so the spiking layers
+    decide spikes on the 16-bit membrane and decay it as Xylo does
+    (``v - max(v >> dash, 1)``, see :mod:`aquatic.nn.neuron_base`).
 
     Every layer built with one returned QConfig shares one scale. Xylo needs one scale
     per neuron population: the input ``Linear``, the hidden ``LIF`` (threshold, bias,
@@ -75,10 +139,11 @@ def qconfig(group: Optional[Any] = None, power_of_two: bool = False):
         >>> q = xylo.qconfig()
         >>> q.weight.kwargs["bits"], q.threshold.kwargs["bits"], q.tau.kwargs["bits"]
         (8, 16, 4)
+        >>> q.state.cls.__name__, q.state.kwargs["bits"]
+        ('SharedStateQuantizer', 16)
     """
     from aquatic.qconfig import QConfig
     from aquatic.quantizers.decay import BitShiftDecay
-    from aquatic.quantizers.shared import ScaleGroup, SharedScaleQuantizer
 
     if group is None:
         group = ScaleGroup(power_of_two=power_of_two)
@@ -92,6 +157,7 @@ def qconfig(group: Optional[Any] = None, power_of_two: bool = False):
         threshold=shared.with_args(bits=16),
         tau=BitShiftDecay.with_args(bits=4, param="tau"),
         alpha=BitShiftDecay.with_args(bits=4, param="alpha"),
+        state=SharedStateQuantizer.with_args(group=group, bits=STATE_BITS, **pow2),
     )
 
 

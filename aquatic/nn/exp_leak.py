@@ -2,12 +2,15 @@ r"""A leaky integrator without spikes, e.g. as a readout layer.
 
 .. math::
 
-    v[t] = \max\big(\alpha\, v[t-1] + \big((1 - \alpha)\big)^{[\texttt{norm\_input}]}\, x[t] + b,
-        \ v_{min}\big), \qquad \alpha = e^{-1/\tau}
+    v[t] = \max\Big(Q_v\big(\alpha \odot v[t-1]
+        + \big((1 - \alpha)\big)^{[\texttt{norm\_input}]}\, x[t] + b\big),
+        \ v_{min}\Big), \qquad \alpha = e^{-1/\tau}
 
 The output is the membrane trace :math:`v`, passed through ``QConfig.activation`` if
-given. It runs the fused sequence function unless ``QConfig.state`` quantizes the
-membrane (see :mod:`aquatic.nn.lif`).
+given. :math:`Q_v` is the ``QConfig.state`` quantizer (the identity without one) and
+:math:`\odot` the decay, a chip's integer rule on the quantized state when the decay's
+quantizer has one (see :mod:`aquatic.nn.lif`). It runs the fused sequence function
+unless ``QConfig.state`` quantizes the membrane.
 """
 
 from __future__ import annotations
@@ -86,6 +89,7 @@ class ExpLeak(NeuronModule):
             bias=params["bias"],
             min_v_mem=self.min_v_mem,
             quantize_v_mem=self._state_quantizer("v_mem"),
+            decay_v_mem=self._state_decay("mem", "v_mem"),
             method=self.method,
         )
         self._store(result)

@@ -2,16 +2,19 @@ r"""Integrate-and-fire neurons: :class:`~aquatic.nn.LIF` without membrane leak.
 
 .. math::
 
-    i[t] &= \alpha_{syn}\,(i[t-1] + x[t]) \quad\text{(with } \tau_{syn}\text{; otherwise }
-        i[t] = x[t]) \\
-    v[t] &= v[t-1] + i[t] + b, \qquad s[t] = H(v[t] - \vartheta)
+    i[t] &= Q_i\big(\alpha_{syn} \odot (i[t-1] + x[t])\big) \quad\text{(with }
+        \tau_{syn}\text{; otherwise } i[t] = x[t]) \\
+    v[t] &= Q_v\big(v[t-1] + i[t] + b\big), \qquad s[t] = H(v[t] - \vartheta)
         \text{ (or the capped count } \lfloor v[t]/\vartheta \rfloor) \\
     v[t] &\leftarrow \max(v[t] - \vartheta\, s[t],\ v_{min})
         \text{ (subtract) or } \max(v[t]\,(1 - H(v[t] - \vartheta)),\ v_{min}) \text{ (zero)}
 
-``IAF(...)`` computes exactly what ``LIF(alpha_mem=1.0, ...)`` does, with no membrane
-decay to quantize or train. It runs the fused sequence function unless ``QConfig.state``
-quantizes the state (see :mod:`aquatic.nn.lif`).
+with the state quantizers :math:`Q` of ``QConfig.state`` applied before the spike
+decision, and :math:`\odot` the synaptic decay (a chip's integer rule on a quantized
+state, see :mod:`aquatic.nn.lif`). ``IAF(...)`` computes exactly what
+``LIF(alpha_mem=1.0, ...)`` does, with no membrane decay to quantize or train. It runs
+the fused sequence function unless ``QConfig.state`` quantizes the state (see
+:mod:`aquatic.nn.lif`).
 """
 
 from __future__ import annotations
@@ -105,8 +108,7 @@ class IAF(NeuronModule):
             min_v_mem=self.min_v_mem,
             bias=params["bias"],
             detach_reset=self.detach_reset,
-            quantize_v_mem=self._state_quantizer("v_mem"),
-            quantize_i_syn=self._state_quantizer("i_syn"),
+            **self.state_ops()._asdict(),
             method=self.method,
         )
         self._store(result)

@@ -7,22 +7,31 @@ the sinabs, rockpool and Xylo convention (the input decays in the step it arrive
 
 .. math::
 
-    i[t] &= \alpha_{syn}\,(i[t-1] + x[t])
+    i[t] &= Q_i\big(\alpha_{syn} \odot (i[t-1] + x[t])\big)
         \quad\text{(with } \tau_{syn}\text{; otherwise } i[t] = x[t]) \\
-    v[t] &= \alpha_{mem}\, v[t-1] + \big((1 - \alpha_{mem})\big)^{[\texttt{norm\_input}]}\, i[t] + b \\
+    v[t] &= Q_v\big(\alpha_{mem} \odot v[t-1]
+        + \big((1 - \alpha_{mem})\big)^{[\texttt{norm\_input}]}\, i[t] + b\big) \\
     s[t] &= H(v[t] - \vartheta)
         \quad\text{or}\quad \min(\max(\lfloor v[t]/\vartheta \rfloor, 0), s_{max}) \\
     v[t] &\leftarrow \max(v[t] - \vartheta\, s[t],\ v_{min})
         \quad\text{or}\quad \max(v[t]\,(1 - H(v[t] - \vartheta)),\ v_{min})
 
-The spike's gradient is a surrogate (:mod:`aquatic.functional.surrogate`). See
-:mod:`aquatic.functional.neurons` for the details, including how this differs from
-snnTorch's ``Leaky`` (reset timing).
+:math:`Q_v`, :math:`Q_i` are the ``QConfig.state`` quantizers (the identity without
+one): the membrane is quantized after its integration and *before* the spike decision,
+so spikes are decided on the quantized membrane, as on a chip. :math:`\alpha \odot y`
+is :math:`\alpha y`, or, when the decay's quantizer knows the chip's integer rule
+(``BitShiftDecay``, ``UniformDecay``) and the state is quantized, that rule applied on
+the state's integer grid with the gradient of :math:`\alpha y` (see
+:mod:`aquatic.nn.neuron_base`). The spike's gradient is a surrogate
+(:mod:`aquatic.functional.surrogate`). See :mod:`aquatic.functional.neurons` for the
+details, including how this differs from snnTorch's ``Leaky`` (reset timing).
 
 Which implementation runs: ``LIF`` uses the fused whole-sequence autograd function
 (:func:`~aquatic.functional.neurons_fused.lif_fused`) unless ``QConfig.state`` quantizes
-the state, or ``method="loop"``; then it runs one step at a time under autograd.
-``LIFRecurrent`` always runs step by step (its input depends on its previous spikes).
+the state, or ``method="loop"``; then it runs one step at a time under autograd (state
+quantizers are arbitrary modules, and the chip's decay rules need the quantized state
+of each step). ``LIFRecurrent`` always runs step by step (its input depends on its
+previous spikes).
 """
 
 from __future__ import annotations
@@ -140,8 +149,7 @@ class LIF(NeuronModule):
             norm_input=self.norm_input,
             bias=params["bias"],
             detach_reset=self.detach_reset,
-            quantize_v_mem=self._state_quantizer("v_mem"),
-            quantize_i_syn=self._state_quantizer("i_syn"),
+            **self.state_ops()._asdict(),
             method=self.method,
         )
         self._store(result)
@@ -217,8 +225,7 @@ class LIFCell(NeuronModule):
             norm_input=self.norm_input,
             bias=params["bias"],
             detach_reset=self.detach_reset,
-            quantize_v_mem=self._state_quantizer("v_mem"),
-            quantize_i_syn=self._state_quantizer("i_syn"),
+            **self.state_ops()._asdict(),
         )
 
     def extra_repr(self) -> str:
@@ -305,6 +312,7 @@ class LIFRecurrent(LIF):
         state, previous = self._start(input, state)
         params = self.neuron_params()
         weight = self.quantized("rec_weight").to(input.dtype)
+        ops = self.state_ops()._asdict()
         outputs, v_trace, i_trace = [], [], []
         for x in input.unbind(1):
             recurrent = torch_functional.linear(previous, weight)
@@ -321,8 +329,7 @@ class LIFRecurrent(LIF):
                 norm_input=self.norm_input,
                 bias=params["bias"],
                 detach_reset=self.detach_reset,
-                quantize_v_mem=self._state_quantizer("v_mem"),
-                quantize_i_syn=self._state_quantizer("i_syn"),
+                **ops,
             )
             outputs.append(previous)
             if self.record_states:

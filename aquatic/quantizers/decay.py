@@ -14,17 +14,30 @@ and return the quantized value in the form they got it: :math:`\\alpha_q`, or
 :math:`\\tau_q = -1 / \\ln \\alpha_q` when built with ``param="tau"``. The integer code
 (``dash`` or ``d``) is rounded with a straight-through estimator, so ``alpha`` or
 ``tau`` keeps a gradient and stays trainable.
+
+Each quantizer also knows how its chip applies the decay to an *integer* state, which
+is not :math:`\\alpha_q v` rounded to the nearest integer:
+
+- :meth:`~_DecayQuantizer.integer_decay` applies it to integer codes
+  (:func:`aquatic.functional.integer.bitshift_decay`, ``x - max(x >> dash, 1)`` toward
+  zero, and :func:`~aquatic.functional.integer.multiplicative_decay`,
+  ``(2**bits - d) * x >> bits`` rounded toward zero);
+- :meth:`~_DecayQuantizer.decay_state` applies it to a float state on a grid of step
+  ``scale``, :math:`s \\cdot \\mathrm{rule}(v / s)`, with the gradient of
+  :math:`\\alpha_q v` (straight through). The spiking layers use it for the decay of a
+  quantized state (``QConfig.state``), so that they compute what the chip computes.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import torch
 from torch import Tensor
 
 from aquatic.functional.fake_quant import int_dtype
-from aquatic.functional.rounding import check_rounding, round_ste
+from aquatic.functional.integer import bitshift_decay, check_integer, multiplicative_decay
+from aquatic.functional.rounding import check_rounding, round_ste, straight_through
 from aquatic.quantizers.base import Quantizer, check_bits
 
 __all__ = ["BitShiftDecay", "UniformDecay"]
@@ -35,6 +48,25 @@ _TAU_MIN = 1e-3
 #: Leaks below this give tau ~ 1/leak > 1e18 steps; d tau / d leak ~ 1/leak**2 would
 #: overflow float32, so there tau is 1/leak without a gradient.
 _LEAK_MIN = 2.0**-60
+
+
+def _check_alpha_type(alpha: Any) -> None:
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, Tensor)):
+        raise TypeError(f"alpha must be a number or a tensor, got {alpha!r}")
+
+
+def _as_alpha(alpha: Union[float, Tensor]) -> Tensor:
+    _check_alpha_type(alpha)
+    alpha = torch.as_tensor(alpha, dtype=torch.float64)
+    if not alpha.is_floating_point():
+        alpha = alpha.double()
+    if bool(torch.isnan(alpha).any()):
+        raise ValueError("alpha holds NaN; a decay per step lies in [0, 1]")
+    return alpha
+
+
+def _as_bound(bound: Optional[Union[int, Tensor]]) -> Optional[Tensor]:
+    return None if bound is None else torch.as_tensor(bound).to(torch.int64)
 
 
 class _DecayQuantizer(Quantizer):
@@ -64,6 +96,14 @@ class _DecayQuantizer(Quantizer):
         raise NotImplementedError
 
     def _leak_of(self, codes: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _grid_code(self, leak: Tensor) -> Tensor:
+        """The code of a leak on this quantizer's grid (rounded to the nearest code)."""
+        raise NotImplementedError
+
+    def _integer_rule(self, input: Tensor, codes: Tensor) -> Tensor:
+        """The chip's decay of the integer states ``input`` with the integer ``codes``."""
         raise NotImplementedError
 
     def _leak(self, input: Tensor) -> Tensor:
@@ -111,6 +151,111 @@ class _DecayQuantizer(Quantizer):
         """
         return self._value(self._leak_of(codes.to(dtype)))
 
+    def decay_codes(self, alpha: Union[float, Tensor]) -> Tensor:
+        """The integer codes (``dash`` or ``d``, ``int64``) of decays ``alpha`` on this grid.
+
+        ``alpha`` is the decay per step :math:`\\alpha_q` (also for ``param="tau"``:
+        :math:`e^{-1/\\tau_q}`), as this quantizer produced it; a value off the grid gets
+        the nearest code (in the code's own terms: ``dash`` for a bit-shift decay, ``d``
+        for a uniform one), clamped to ``quant_min..quant_max``. A bit-shift decay whose
+        leak :math:`2^{-dash}` is too small for its float type (``dash`` above 24 in
+        float32) reads as :math:`\\alpha = 1` and gets the largest ``dash``; on states of
+        magnitude below :math:`2^{dash}` both leak 1 per step, so the rule is unchanged.
+
+        Example:
+            >>> BitShiftDecay(bits=4).decay_codes(torch.tensor([0.5, 0.875, 1.0]))
+            tensor([ 1,  3, 15])
+        """
+        alpha = _as_alpha(alpha)
+        leak = 1.0 - alpha.detach().double()
+        codes = torch.clamp(self._grid_code(leak), self.quant_min, self.quant_max)
+        return codes.to(torch.int64)
+
+    @torch.no_grad()
+    def integer_decay(self, input: Tensor, alpha: Union[float, Tensor]) -> Tensor:
+        """Decay the integer states ``input`` by ``alpha`` exactly as the chip does.
+
+        Args:
+            input: integer tensor, the state in units of its grid.
+            alpha: the decay per step :math:`\\alpha_q` produced by this quantizer (for
+                ``param="tau"``: :math:`e^{-1/\\tau_q}`), a number or a tensor that
+                broadcasts to ``input``; see :meth:`decay_codes`.
+
+        Returns:
+            The decayed states, an integer tensor of ``input``'s dtype.
+
+        Example:
+            >>> q = BitShiftDecay(bits=4)
+            >>> alpha = q(torch.tensor(0.9))  # dash 3: alpha_q = 0.875
+            >>> q.integer_decay(torch.tensor([-3, 1, 7, 100]), alpha)  # x - (x >> 3), at least 1
+            tensor([-2,  0,  6, 88])
+            >>> UniformDecay(bits=12).integer_decay(torch.tensor([-100, 100]), 0.75)
+            tensor([-75,  75])
+        """
+        check_integer(input)
+        return self._integer_rule(input, self.decay_codes(alpha).to(input.device))
+
+    def decay_state(
+        self,
+        state: Tensor,
+        alpha: Union[float, Tensor],
+        scale: Union[float, Tensor],
+        quant_min: Optional[Union[int, Tensor]] = None,
+        quant_max: Optional[Union[int, Tensor]] = None,
+    ) -> Tensor:
+        """Decay a float ``state`` on the grid of step ``scale`` as the chip decays integers.
+
+        .. math::
+
+            v' = s \\cdot \\mathrm{rule}\\big(\\mathrm{clamp}(\\mathrm{round}(v / s),\\;
+            q_{min},\\; q_{max})\\big)
+
+        with the rule of :meth:`integer_decay`. A state on the grid and in range is used
+        as it is; otherwise it is first rounded to the nearest point of the grid (half to
+        even) and saturated to ``quant_min..quant_max`` when given (the state's integer
+        range, as a chip saturates a sum before it decays it). The gradient is the one
+        of :math:`\\alpha v` (straight through): :math:`\\partial/\\partial v = \\alpha`,
+        :math:`\\partial/\\partial\\alpha = v`, so ``alpha`` keeps training.
+
+        Args:
+            state: floating-point state.
+            alpha: the decay per step as forward uses it (a tensor that broadcasts to
+                ``state``, or a number); see :meth:`integer_decay`.
+            scale: step of the state's grid, positive: a number or a tensor that
+                broadcasts to ``state`` (e.g. one per channel).
+            quant_min, quant_max: range of ``state / scale`` (ints or broadcastable
+                integer tensors), or ``None`` for no saturation.
+
+        Returns:
+            The decayed state, on the grid, with the dtype of ``state``.
+
+        Example:
+            >>> q = BitShiftDecay(bits=4)
+            >>> alpha = torch.tensor(0.875, requires_grad=True)  # dash 3
+            >>> v = torch.tensor([0.75, 12.5], requires_grad=True)  # codes 3 and 50
+            >>> out = q.decay_state(v, alpha, scale=0.25)
+            >>> out.detach()  # 0.25 * (3 - 1), 0.25 * (50 - (50 >> 3)); alpha * v: 0.66, 10.94
+            tensor([ 0.5000, 11.0000])
+            >>> out.sum().backward(); v.grad, alpha.grad
+            (tensor([0.8750, 0.8750]), tensor(13.2500))
+        """
+        if not isinstance(state, Tensor) or not state.is_floating_point():
+            raise TypeError(
+                f"state must be a floating-point tensor, got "
+                f"{getattr(state, 'dtype', type(state).__name__)}; use state.float()"
+            )
+        scale = torch.as_tensor(scale, dtype=state.dtype, device=state.device)
+        if not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
+            raise ValueError(f"scale must be positive and finite, got {scale}")
+        _check_alpha_type(alpha)
+        if not isinstance(alpha, Tensor):
+            alpha = torch.tensor(float(alpha), dtype=state.dtype, device=state.device)
+        codes = torch.round(state.detach() / scale).to(torch.int64)
+        if quant_min is not None or quant_max is not None:
+            codes = torch.clamp(codes, _as_bound(quant_min), _as_bound(quant_max))
+        value = self.integer_decay(codes, alpha).to(state.dtype) * scale
+        return straight_through(value, alpha * state)
+
     def qparams(self) -> Dict[str, Any]:
         """The codes of the last tensor quantized (empty before any), ``bits``, ``param``
         and the code range ``quant_min``, ``quant_max``."""
@@ -154,7 +299,9 @@ class BitShiftDecay(_DecayQuantizer):
     0.001 steps, so :math:`\\tau \\le 0` acts as instant decay.
 
     :meth:`to_int` returns ``dash``; ``qparams()["dash"]`` holds the ``dash`` of the last
-    tensor quantized (a buffer, saved in the ``state_dict``).
+    tensor quantized (a buffer, saved in the ``state_dict``). On integer states the chip
+    computes ``x - (x >> dash)`` with a decrement of at least 1 toward zero
+    (:meth:`integer_decay`, :meth:`decay_state`; Xylo's leak, as xylosim computes it).
 
     Args:
         bits: bits of ``dash``, 1 to 16 (Xylo: 4, ``dash`` in 0..15).
@@ -187,6 +334,13 @@ class BitShiftDecay(_DecayQuantizer):
     def _leak_of(self, codes: Tensor) -> Tensor:
         return torch.exp2(-codes)
 
+    def _grid_code(self, leak: Tensor) -> Tensor:
+        # alpha = 1 (no leak) has dash = inf: clamped to the largest dash.
+        return torch.round(-torch.log2(torch.clamp(leak, min=0.0)))
+
+    def _integer_rule(self, input: Tensor, codes: Tensor) -> Tensor:
+        return bitshift_decay(input, codes)
+
 
 class UniformDecay(_DecayQuantizer):
     """Decay on a uniform grid: :math:`\\alpha_q = 1 - d / 2^{bits}` (Loihi's ``du``).
@@ -211,7 +365,9 @@ class UniformDecay(_DecayQuantizer):
     ulp below the grid point and move ``d`` by one.
 
     :meth:`to_int` returns ``d`` (stochastic rounding exports with nearest);
-    ``qparams()["decrement"]`` holds the ``d`` of the last tensor quantized.
+    ``qparams()["decrement"]`` holds the ``d`` of the last tensor quantized. On integer
+    states the chip computes ``(2**bits - d) * x >> bits`` rounded toward zero
+    (:meth:`integer_decay`, :meth:`decay_state`; Loihi's leak).
 
     Args:
         bits: bits of ``d``, 1 to 16 (Loihi: 12).
@@ -251,6 +407,12 @@ class UniformDecay(_DecayQuantizer):
 
     def _leak_of(self, codes: Tensor) -> Tensor:
         return codes * 2.0**-self.bits
+
+    def _grid_code(self, leak: Tensor) -> Tensor:
+        return torch.round(leak * 2.0**self.bits)
+
+    def _integer_rule(self, input: Tensor, codes: Tensor) -> Tensor:
+        return multiplicative_decay(input, codes, self.bits)
 
     def qparams(self) -> Dict[str, Any]:
         """``decrement``, ``bits``, ``param``, range, and ``scale`` (``2**-bits``)."""

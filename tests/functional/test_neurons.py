@@ -341,6 +341,96 @@ def test_quantized_synaptic_current_feeds_the_membrane(method):
     assert out.v_mem.item() == 0.25 and out.i_syn.item() == 0.25 and calls == [1]
 
 
+def eighths(v):
+    return torch.round(v * 8) / 8
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_state_is_quantized_before_the_spike_decision(reset):
+    # alpha 0.5, threshold 1, grid 1/8. x = 0.95: v = Q(0.95) = 1.0 (round(7.6) = 8) >= 1
+    # -> spike (unquantized, 0.95 would not fire), reset to 1.0 - 1 = 0 (either mode).
+    # x = 0.3: v = Q(0 * 0.5 + 0.3) = 0.25 (round(2.4) = 2); x = 0.8: v = Q(0.125 + 0.8)
+    # = Q(0.925) = 0.875 (round(7.4) = 7) < 1, no spike. Deciding the spike before the
+    # quantizer (0.95 < 1) would have given no spike at step 0.
+    calls = []
+
+    def quantize(v):
+        calls.append(v.detach().clone())
+        return eighths(v)
+
+    out = lif(seq(0.95, 0.3, 0.8), 0.5, reset=reset, quantize_v_mem=quantize, record_states=True)
+    assert out.output.flatten().tolist() == [1.0, 0.0, 0.0]
+    assert out.v_mem.flatten().tolist() == [0.0, 0.25, 0.875]
+    # the quantizer saw the integrated membrane, before any reset
+    assert [c.item() for c in calls] == pytest.approx([0.95, 0.3, 0.925])
+
+
+def test_reset_by_an_on_grid_threshold_keeps_the_membrane_on_the_grid():
+    # threshold 0.75 on the grid of 1/8; several spikes per step: v = Q(2.4) = 2.375,
+    # floor(2.375 / 0.75) = 3 spikes, 2.375 - 2.25 = 0.125
+    out = lif(seq(2.4), 0.5, threshold=0.75, max_spikes=5, quantize_v_mem=eighths)
+    assert out.output.item() == 3.0 and out.state.v_mem.item() == 0.125
+
+
+def test_min_v_mem_floors_after_the_quantizer():
+    # v = Q(-0.93) = -0.875, then the floor -0.5 (after the reset, as without quantizer)
+    out = exp_leak(seq(-0.93), 0.5, min_v_mem=-0.5, quantize_v_mem=eighths)
+    assert out.output.item() == -0.5
+
+
+def test_decay_functions_replace_the_products():
+    # decay(y, alpha) is called with the previous membrane and with i[t-1] + x[t].
+    seen = []
+
+    def decay_mem(v, alpha):
+        seen.append(("mem", v.item(), alpha.item()))
+        return v - 0.25  # any rule: subtract a quarter
+
+    def decay_syn(total, alpha):
+        seen.append(("syn", total.item(), alpha.item()))
+        return total / 2
+
+    # step 0: i = (0 + 1) / 2 = 0.5; v = (0 - 0.25) + 0.5 = 0.25
+    # step 1: i = (0.5 + 1) / 2 = 0.75; v = (0.25 - 0.25) + 0.75 = 0.75
+    out = lif(
+        seq(1.0, 1.0),
+        0.9,
+        0.6,
+        threshold=5.0,
+        decay_v_mem=decay_mem,
+        decay_i_syn=decay_syn,
+        record_states=True,
+    )
+    assert out.v_mem.flatten().tolist() == [0.25, 0.75]
+    assert out.i_syn.flatten().tolist() == [0.5, 0.75]
+    assert seen == [
+        ("syn", 1.0, 0.6),
+        ("mem", 0.0, 0.9),
+        ("syn", 1.5, 0.6),
+        ("mem", 0.25, 0.9),
+    ]
+    with pytest.raises(ValueError, match="decay functions"):
+        lif(seq(1.0), 0.9, decay_v_mem=decay_mem, method="fused")
+    # auto runs the loop; lif_step and exp_leak take them too
+    assert (
+        "LIFSequence"
+        not in type(
+            lif(seq(1.0).requires_grad_(), 0.9, decay_v_mem=decay_mem).output.grad_fn
+        ).__name__
+    )
+    _, state = lif_step(
+        torch.ones(1, 1, dtype=F64),
+        LIFState(torch.ones(1, 1, dtype=F64)),
+        0.9,
+        threshold=5.0,
+        decay_v_mem=decay_mem,
+    )
+    assert state.v_mem.item() == 1.75
+    # exp_leak: v = (0 - 0.25) + 1 = 0.75, then (0.75 - 0.25) + 0 = 0.5
+    leak = exp_leak(seq(1.0, 0.0), 0.9, decay_v_mem=decay_mem)
+    assert leak.output.flatten().tolist() == [0.75, 0.5]
+
+
 # -- properties that users rely on ---------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from aquatic.functional.integer import multiplicative_decay
 from aquatic.hw import loihi
 from aquatic.hw._common import DoesNotFitError
 
@@ -109,6 +110,68 @@ def test_trained_integrate_and_fire_spikes_exactly_like_its_export():
     out, rec = loihi.simulate(spec, x.long(), record=True)
     assert torch.equal(out, expected.long())
     assert rec[0]["spikes"].sum() > 0 and out.sum() > 0
+
+
+def test_state_quantizer_holds_24_bit_states():
+    q = loihi.StateQuantizer()
+    x = torch.tensor([0.0078125, 0.01, -3.0, 1e6], requires_grad=True)
+    y = q(x)
+    # 1/128 is half a step: to even (0); 0.01 * 64 = 0.64 -> 1; 1e6 saturates at 2**23 - 1
+    assert y.tolist() == [0.0, 1 / 64, -3.0, (2**23 - 1) / 64]
+    assert q.to_int(x).tolist() == [0, 1, -192, 2**23 - 1]
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 1.0, 0.0]  # straight through inside the range
+    assert q.qparams()["scale"].item() == 1 / 64 and q.qparams()["quant_min"] == -(2**23)
+    with pytest.raises(ValueError, match="bits must be an int in 2..32"):
+        loihi.StateQuantizer(bits=40)
+    with pytest.raises(ValueError, match="scale must be a positive number"):
+        loihi.StateQuantizer(scale=0.0)
+
+
+def test_trained_leaky_model_spikes_exactly_like_its_export():
+    # Leaky voltages (dv = 906 and 410), no synaptic state (du = 4096: u = W s): the model
+    # quantizes v to the 1/64 grid before the spike decision and decays it as Loihi does,
+    # rtz((4096 - dv) * v / 4096), so it and lava-dl's integer CUBA spike alike.
+    from aquatic import nn as ann
+
+    torch.manual_seed(1)
+    q = loihi.qconfig()
+    model = torch.nn.Sequential(
+        ann.Linear(5, 8, qconfig=q),
+        ann.LIF(tau_mem=4.0, reset="zero", threshold=1.0, bias=0.1, qconfig=q),
+        ann.Linear(8, 3, bias=False, qconfig=q),
+        ann.LIF(alpha_mem=0.9, reset="zero", threshold=0.5, train_decay=True, qconfig=q),
+    )
+    x = (torch.rand(6, 40, 5) < 0.4).float()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for _ in range(3):
+        loss = (model(x).mean() - 0.3) ** 2
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert model[3].alpha_mem.grad.abs().sum() > 0  # the decay trains through the rule
+    model.eval()
+    for lif in (model[1], model[3]):
+        lif.record_states = True
+    with torch.no_grad():
+        expected = model(x)
+    spec = loihi.export(model)
+    # tau 4: 1 - exp(-1/4) = 0.2212 -> dv = 906; alpha 0.9 (moved a little by training)
+    assert spec["layers"][0]["voltage_decay"].tolist() == [906] * 8
+    assert 0 < spec["layers"][1]["voltage_decay"][0] < 4096
+    assert spec["layers"][0]["current_decay"].tolist() == [4096] * 8
+    out, rec = loihi.simulate(spec, x.long(), record=True)
+    assert torch.equal(out, expected.long())
+    for layer, lif in zip(rec, (model[1], model[3])):
+        # Loihi records the voltage before the reset, aquatic the one after it
+        after = layer["voltage"] * (1 - layer["spikes"])
+        assert torch.equal(after, (lif.recordings["v_mem"] * 64).long())
+        assert torch.equal(lif.recordings["v_mem"] * 64, torch.round(lif.recordings["v_mem"] * 64))
+    assert rec[0]["spikes"].sum() > 0 and out.sum() > 0
+    # The rounding toward zero mattered: somewhere it differs from the nearest integer.
+    volts = rec[0]["voltage"] * (1 - rec[0]["spikes"])
+    chip = multiplicative_decay(volts, 906)
+    assert bool((chip != torch.round(volts * (1 - 906 / 4096)).long()).any())
 
 
 def test_export_decays_and_errors():

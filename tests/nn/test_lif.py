@@ -6,8 +6,8 @@ import torch
 
 from aquatic import QConfig
 from aquatic.functional.neurons import LIFState
-from aquatic.nn import LIF, FastSigmoid, LIFCell, LIFRecurrent
-from aquatic.quantizers import BitShiftDecay, UniformQuantizer
+from aquatic.nn import IAF, LIF, FastSigmoid, LIFCell, LIFRecurrent
+from aquatic.quantizers import BitShiftDecay, UniformDecay, UniformQuantizer
 
 F64 = torch.float64
 
@@ -214,6 +214,160 @@ def test_gradients_reach_tau_through_bit_shift_and_threshold():
     layer(x).sum().backward()
     for grad in (layer.tau_mem.grad, layer.tau_syn.grad, layer.threshold.grad, x.grad):
         assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+# -- decays on a quantized state: the chip's integer rule -----------------------------------
+
+STATE = UniformQuantizer.with_args(bits=16, scale=0.25)  # codes v / 0.25, int16
+
+
+def membrane_codes(layer, x, scale=0.25):
+    layer.record_states = True
+    layer(x)
+    return (layer.recordings["v_mem"] / scale).flatten().tolist()
+
+
+def pulse(*values, steps=12):
+    x = torch.zeros(1, steps, len(values))
+    x[0, 0] = torch.tensor(values)
+    return x
+
+
+def test_bit_shift_decay_runs_xylos_rule_on_the_state_grid():
+    # alpha 0.9 -> dash 3 (alpha_q 0.875); threshold far away. Input 2.5 = code 10, then 0:
+    # v -= max(v >> 3, 1): 10, 9, 8, 7, 6 (7 >> 3 = 0 leaks 1), 5, ..., 1, 0, 0.
+    # (alpha_q * v rounded to the nearest code would stop at 4: 4 * 0.875 = 3.5 -> 4.)
+    qconfig = QConfig(alpha=BitShiftDecay.with_args(bits=4), state=STATE)
+    layer = LIF(alpha_mem=0.9, threshold=100.0, qconfig=qconfig)
+    assert membrane_codes(layer, pulse(2.5)) == [10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0]
+    # negative codes: -10 >> 3 = -2 -> -8; then -1 each step (>> rounds toward -inf)
+    assert membrane_codes(layer, pulse(-2.5)) == [-10, -8, -7, -6, -5, -4, -3, -2, -1, 0, 0, 0]
+    # the same with the decay given as tau and quantized by QConfig.tau only
+    tau_only = QConfig(tau=BitShiftDecay.with_args(bits=4, param="tau"), state=STATE)
+    layer = LIF(tau_mem=10.0, threshold=100.0, qconfig=tau_only)  # dash round(3.39) = 3
+    assert membrane_codes(layer, pulse(2.5)) == [10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 0]
+
+
+def test_bit_shift_decay_of_the_synaptic_current():
+    # alpha_syn 0.5 -> dash 1: i = rule(i + x). x = 3.0 (code 12) at t = 0:
+    # i: 12 - 6 = 6, 6 - 3 = 3, 3 - 1 = 2, 2 - 1 = 1, 1 - max(0, 1) = 0.
+    # alpha_mem 0.0 -> dash 0: v = v - v + i = i. For IAF (no membrane leak) v sums i.
+    qconfig = QConfig(alpha=BitShiftDecay.with_args(bits=4), state=STATE)
+    layer = LIF(alpha_mem=0.0, alpha_syn=0.5, threshold=100.0, qconfig=qconfig)
+    layer.record_states = True
+    layer(pulse(3.0, steps=6))
+    assert (layer.recordings["i_syn"] * 4).flatten().tolist() == [6, 3, 2, 1, 0, 0]
+    assert (layer.recordings["v_mem"] * 4).flatten().tolist() == [6, 3, 2, 1, 0, 0]
+    iaf = IAF(threshold=100.0, alpha_syn=0.5, qconfig=qconfig)
+    assert membrane_codes(iaf, pulse(3.0, steps=6)) == [6, 9, 11, 12, 12, 12]
+
+
+def test_uniform_decay_runs_loihis_rule():
+    # 12-bit d = 1024 (alpha 0.75); code -7: rtz(-5.25) = -5, rtz(-3.75) = -3 (nearest
+    # would give -4), rtz(-2.25) = -2, rtz(-1.5) = -1, rtz(-0.75) = 0.
+    qconfig = QConfig(alpha=UniformDecay.with_args(bits=12), state=STATE)
+    layer = LIF(alpha_mem=0.75, threshold=100.0, reset="zero", qconfig=qconfig)
+    assert membrane_codes(layer, pulse(-1.75, steps=6)) == [-7, -5, -3, -2, -1, 0]
+
+
+def test_per_channel_state_grid():
+    # scales 0.25 and 0.5: 2.5 is code 10 and code 5; dash 3. 5 -> 4 -> 3 -> 2 -> 1 -> 0.
+    grid = UniformQuantizer.with_args(bits=16, scale=[0.25, 0.5], ch_axis=1)
+    qconfig = QConfig(alpha=BitShiftDecay.with_args(bits=4), state=grid)
+    layer = LIF(alpha_mem=0.9, threshold=100.0, record_states=True, qconfig=qconfig)
+    layer(pulse(2.5, 2.5, steps=6))
+    codes = layer.recordings["v_mem"][0] / torch.tensor([0.25, 0.5])
+    assert codes.T.tolist() == [[10, 9, 8, 7, 6, 5], [5, 4, 3, 2, 1, 0]]
+
+
+@pytest.mark.parametrize(
+    "qconfig",
+    [
+        QConfig(alpha=BitShiftDecay.with_args(bits=4)),  # no state quantizer
+        QConfig(alpha=UniformQuantizer.with_args(bits=8, scale=1 / 8), state=STATE),  # no rule
+    ],
+    ids=["no-state-quantizer", "uniform-alpha"],
+)
+def test_without_a_rule_or_a_grid_the_decay_multiplies(qconfig):
+    # alpha_q 0.875 either way; v = 2.5 * 0.875**t, rounded to the grid of 0.25 when the
+    # state is quantized: codes 10, 8.75 -> 9, 7.875 -> 8, 7, 6.125 -> 6, 5.25 -> 5,
+    # 4.375 -> 4, 3.5 -> 4 (half to even), 4, ...
+    layer = LIF(alpha_mem=0.9, threshold=100.0, qconfig=qconfig)
+    codes = membrane_codes(layer, pulse(2.5, steps=10))
+    if qconfig.state is None:
+        expected = [10 * 0.875**t for t in range(10)]
+        assert codes == pytest.approx(expected, rel=1e-6)
+    else:
+        assert codes == [10, 9, 8, 7, 6, 5, 4, 4, 4, 4]
+
+
+def test_switching_fake_quant_off_switches_the_rule_off():
+    qconfig = QConfig(alpha=BitShiftDecay.with_args(bits=4), state=STATE)
+    layer = LIF(alpha_mem=0.9, threshold=100.0, qconfig=qconfig)
+    layer.quantizers["v_mem"].fake_quant_enabled = False
+    # alpha_q = 0.875, float membrane: 2.5 * 0.875**t
+    codes = membrane_codes(layer, pulse(2.5, steps=4))
+    assert codes == pytest.approx([10, 8.75, 7.65625, 6.69921875])
+    layer.quantizers["v_mem"].fake_quant_enabled = True
+    layer.quantizers["alpha_mem"].fake_quant_enabled = False
+    # alpha 0.9 unquantized, state on the grid: 10, 9, round(8.1) = 8, round(7.2) = 7
+    assert membrane_codes(layer, pulse(2.5, steps=4)) == [10, 9, 8, 7]
+
+
+def test_rule_gradient_is_the_float_products():
+    # One step from an on-grid state: the rule's value differs from alpha * v, but its
+    # gradient is alpha_q for v and v for alpha_q, as without the rule.
+    grads = []
+    for state in (STATE, None):
+        qconfig = QConfig(alpha=BitShiftDecay.with_args(bits=4), state=state)
+        cell = LIFCell(
+            alpha_mem=0.9, alpha_syn=0.7, threshold=100.0, train_decay=True, qconfig=qconfig
+        )
+        v0 = torch.tensor([[1.75, -0.5]], requires_grad=True)
+        i0 = torch.tensor([[0.5, 0.25]], requires_grad=True)
+        x = torch.tensor([[0.25, 1.0]], requires_grad=True)
+        _, new = cell(x, LIFState(v0, i0))
+        (new.v_mem * torch.tensor([1.0, 3.0])).sum().backward()
+        grads.append([v0.grad, i0.grad, x.grad, cell.alpha_mem.grad, cell.alpha_syn.grad])
+    for with_rule, without in zip(*grads):
+        torch.testing.assert_close(with_rule, without, rtol=0, atol=0)
+    # d v1 / d v0 = alpha_q = 0.875; d/d alpha_mem = (v0 . [1, 3]) * 2**-3 / (1 - 0.9)
+    assert grads[0][0].tolist() == [[0.875, 2.625]]
+    torch.testing.assert_close(grads[0][3], torch.tensor((1.75 - 1.5) * 0.125 / 0.1))
+
+
+def test_cell_and_recurrent_layer_use_the_rule_too():
+    qconfig = QConfig(alpha=BitShiftDecay.with_args(bits=4), state=STATE)
+    kwargs = dict(alpha_mem=0.9, alpha_syn=0.6, threshold=1.0, qconfig=qconfig)
+    x = torch.rand(2, 15, 3, generator=torch.Generator().manual_seed(0)) * 0.5
+    layer = LIF(record_states=True, **kwargs)
+    spikes = layer(x)
+    cell, state, cell_spikes = LIFCell(**kwargs), None, []
+    for t in range(15):
+        s, state = cell(x[:, t], state)
+        cell_spikes.append(s)
+    recurrent = LIFRecurrent(3, record_states=True, **kwargs)
+    with torch.no_grad():
+        recurrent.rec_weight.zero_()
+    assert torch.equal(torch.stack(cell_spikes, 1), spikes)
+    assert torch.equal(recurrent(x), spikes)
+    assert torch.equal(recurrent.recordings["v_mem"], layer.recordings["v_mem"])
+    # and all of them differ from the multiplying layer (the rule ran)
+    plain = LIF(record_states=True, **{**kwargs, "qconfig": QConfig(alpha=qconfig.alpha)})
+    plain(x)
+    assert not torch.equal(plain.recordings["v_mem"], layer.recordings["v_mem"])
+
+
+def test_state_quantizer_that_has_seen_nothing_yet():
+    # An observer-based state quantizer has no grid before its first step: the decay of a
+    # given initial state multiplies, then the state is quantized.
+    qconfig = QConfig(
+        alpha=BitShiftDecay.with_args(bits=4), state=UniformQuantizer.with_args(bits=8)
+    )
+    layer = LIF(alpha_mem=0.9, threshold=100.0, qconfig=qconfig)
+    layer(torch.zeros(1, 3, 1), state=LIFState(torch.tensor([[2.0]])))
+    scale = layer.quantizers["v_mem"].qparams()["scale"]
+    assert torch.equal(layer.v_mem / scale, torch.round(layer.v_mem / scale))
 
 
 # -- LIFCell ----------------------------------------------------------------------------------

@@ -304,3 +304,114 @@ def test_bad_arguments(cls, kwargs, error, match):
 def test_bad_rounding():
     with pytest.raises(ValueError, match="'up'.*nearest"):
         UniformDecay(rounding="up")
+
+
+# --- the chip's rule on integer states ----------------------------------------------
+# Scalar references written from the chips' descriptions: Xylo (xylosim) subtracts
+# x >> dash (toward -inf), or 1 toward zero where that is 0; Loihi multiplies by
+# (2**bits - d) and shifts the magnitude (rounding toward zero).
+
+
+def xylo_reference(x, dash):
+    shifted = x >> dash
+    if shifted == 0 and x != 0:
+        shifted = 1 if x > 0 else -1
+    return x - shifted
+
+
+def loihi_reference(x, d, bits):
+    product = x * (2**bits - d)
+    magnitude = abs(product) >> bits
+    return magnitude if product >= 0 else -magnitude
+
+
+states = st.lists(st.integers(-(2**20), 2**20), min_size=1, max_size=20)
+
+
+@given(states, st.integers(0, 15))
+def test_bitshift_integer_decay_is_xylos_leak(values, dash):
+    q = BitShiftDecay(bits=4)
+    alpha = q(torch.tensor(1 - 2.0**-dash))  # a decay this quantizer produced
+    got = q.integer_decay(torch.tensor(values), alpha)
+    assert got.tolist() == [xylo_reference(x, dash) for x in values]
+    assert got.dtype == torch.int64
+
+
+@given(states, st.integers(0, 4095))
+def test_uniform_integer_decay_is_loihis_leak(values, d):
+    q = UniformDecay(bits=12)
+    alpha = q(torch.tensor(1 - d / 4096))
+    got = q.integer_decay(torch.tensor(values, dtype=torch.int32), alpha)
+    assert got.tolist() == [loihi_reference(x, d, 12) for x in values]
+    assert got.dtype == torch.int32
+
+
+@pytest.mark.parametrize("cls", [BitShiftDecay, UniformDecay])
+@given(alpha=alphas, bits=st.integers(1, 12))
+def test_decay_codes_of_quantized_alphas_are_the_codes(cls, alpha, bits):
+    q = cls(bits=bits)
+    alpha_q = q(alpha)
+    representable = alpha_q < 1  # a leak of 2**-dash that float64 still resolves
+    codes = q.to_int(alpha).long()
+    assert torch.equal(q.decay_codes(alpha_q)[representable], codes[representable])
+    # tau-built: the decay forward uses is exp(-1 / tau_q), a few ulps off the grid
+    q_tau = cls(bits=bits, param="tau")
+    tau = -1 / torch.log(alpha.clamp(1e-6, 1 - 1e-6))
+    tau_q = q_tau(tau)
+    alpha_of_tau = torch.exp(-1 / tau_q)
+    keep = (alpha_of_tau < 1) & (tau_q > 0)
+    assert torch.equal(q_tau.decay_codes(alpha_of_tau)[keep], q_tau.to_int(tau).long()[keep])
+
+
+def test_decay_codes_edges():
+    # alpha 1 (no leak) takes the largest code; alpha 0 the smallest representable
+    assert BitShiftDecay(bits=4).decay_codes(torch.tensor([1.0, 0.0])).tolist() == [15, 0]
+    assert UniformDecay(bits=12).decay_codes(torch.tensor([1.0, 0.0])).tolist() == [0, 4095]
+    # per-neuron decays broadcast against the states
+    q = BitShiftDecay(bits=4)
+    alpha = torch.tensor([0.5, 0.875])  # dash 1 and 3
+    assert q.integer_decay(torch.tensor([[8, 8], [-8, -8]]), alpha).tolist() == [
+        [4, 7],
+        [-4, -7],
+    ]
+
+
+@pytest.mark.parametrize("cls", [BitShiftDecay, UniformDecay])
+def test_decay_state_values_and_gradient(cls):
+    q = cls(bits=4)
+    alpha = q(torch.tensor(0.8)).requires_grad_()  # dash 2 / d 3: 0.75 / 0.8125
+    scale = 0.125
+    codes = torch.tensor([-37, -3, -1, 0, 1, 2, 5, 300])
+    state = (codes * scale).float().requires_grad_()
+    out = q.decay_state(state, alpha, scale)
+    expected = q.integer_decay(codes, alpha) * scale
+    assert torch.equal(out, expected.float())
+    out.backward(torch.arange(8.0))
+    assert torch.equal(state.grad, alpha.detach() * torch.arange(8.0))
+    assert alpha.grad.item() == pytest.approx((state.detach() * torch.arange(8.0)).sum().item())
+
+
+def test_decay_state_rounds_and_saturates_first():
+    q = BitShiftDecay(bits=4)
+    alpha = torch.tensor(0.5)  # dash 1
+    # 1.3 / 0.5 = 2.6 -> code 3 -> 3 - 1 = 2; 40 -> code 80, saturated at 10 -> 5;
+    # -40 -> -80, saturated at -12 -> -6
+    out = q.decay_state(torch.tensor([1.3, 40.0, -40.0]), alpha, 0.5, quant_min=-12, quant_max=10)
+    assert out.tolist() == [1.0, 2.5, -3.0]
+    # per-channel scales broadcast: codes 4 and 4 -> 2 and 2
+    out = q.decay_state(torch.tensor([[1.0, 2.0]]), alpha, torch.tensor([0.25, 0.5]))
+    assert out.tolist() == [[0.5, 1.0]]
+
+
+def test_decay_state_errors():
+    q = UniformDecay()
+    with pytest.raises(TypeError, match="floating-point"):
+        q.decay_state(torch.tensor([1, 2]), 0.5, 1.0)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        q.decay_state(torch.tensor([1.0]), 0.5, 0.0)
+    with pytest.raises(TypeError, match="alpha must be a number or a tensor"):
+        q.decay_state(torch.tensor([1.0]), "0.5", 1.0)
+    with pytest.raises(ValueError, match="NaN"):
+        q.decay_codes(torch.tensor([float("nan")]))
+    with pytest.raises(TypeError, match="integer tensor"):
+        q.integer_decay(torch.tensor([1.5]), 0.5)
