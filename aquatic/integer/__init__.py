@@ -11,16 +11,8 @@
 from aquatic.integer.base import IntegerModule, IntegerOverflowError, QSpec
 from aquatic.integer.convert import convert
 from aquatic.integer.export import layer_to_int
-from aquatic.integer.layers import (
-    IntegerConv,
-    IntegerLinear,
-    IntegerMaxPool,
-    IntegerReLU,
-    IntegerRequantize,
-    IntegerReshape,
-    IntegerSum,
-    IntegerSumPool,
-)
+from aquatic.integer.layers import IntegerConv, IntegerLinear, IntegerReLU, IntegerRequantize
+from aquatic.integer.pooling import IntegerMaxPool, IntegerReshape, IntegerSum, IntegerSumPool
 from aquatic.integer.model import IntegerModel
 from aquatic.integer.serialize import load, save
 from aquatic.integer.spiking import IntegerNeuron

@@ -139,6 +139,7 @@ class IntegerModule(nn.Module):
 
     Attributes:
         name: the qualified name of the layer it was converted from.
+        source: the class name of that layer.
         notes: why its output may differ from the quantization-aware layer's (empty
             when it is bit-exact).
     """
@@ -152,10 +153,11 @@ class IntegerModule(nn.Module):
         if cls.kind:
             KINDS[cls.kind] = cls
 
-    def __init__(self, name: str = "", notes: Optional[List[str]] = None) -> None:
+    def __init__(self, name: str = "", notes: Optional[List[str]] = None, source: str = "") -> None:
         super().__init__()
         self.name = name
         self.notes = list(notes or [])
+        self.source = source
 
     def _set_tensors(self, values: Dict[str, Optional[Tensor]]) -> None:
         for key in self._tensor_keys:
@@ -164,7 +166,7 @@ class IntegerModule(nn.Module):
 
     def config(self) -> Dict[str, Any]:
         """The constructor's JSON arguments (``name`` and ``notes`` included)."""
-        result = {"name": self.name, "notes": list(self.notes)}
+        result = {"name": self.name, "notes": list(self.notes), "source": self.source}
         for key in self._config_keys:
             result[key] = getattr(self, key)
         return result
@@ -176,7 +178,7 @@ class IntegerModule(nn.Module):
         }
 
     def _where(self) -> str:
-        return f"layer {self.name!r} ({type(self).__name__})"
+        return f"layer {self.name!r} ({self.source or type(self).__name__})"
 
     def extra_repr(self) -> str:
         parts = [f"name={self.name!r}"] if self.name else []

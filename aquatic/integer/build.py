@@ -30,7 +30,7 @@ def precision_for(bound: Optional[int]) -> int:
 
 
 def build_requantize(
-    name: str, quantizer: nn.Module, spec: QSpec, where: str
+    name: str, quantizer: nn.Module, spec: QSpec, where: str, source: str = ""
 ) -> Tuple[IntegerRequantize, QSpec]:
     """Requantize codes described by ``spec`` onto ``quantizer``'s grid."""
     affine = affine_params(quantizer, where)
@@ -59,6 +59,7 @@ def build_requantize(
         spec.axis,
         name=name,
         notes=notes,
+        source=source,
     )
     return module, QSpec(affine.scale, affine.zero_point, None, affine.low, affine.high)
 
@@ -189,6 +190,7 @@ def build_accumulator(name: str, layer: nn.Module, spec: QSpec):
         check_overflow=bound is None,
         name=name,
         notes=notes,
+        source=type(layer).__name__,
     )
     if isinstance(layer, nn.Linear):
         module = IntegerLinear(**common)
@@ -224,7 +226,11 @@ def build_accumulator(name: str, layer: nn.Module, spec: QSpec):
     modules = [module]
     if "activation" in layer.quantizers:
         requant, out = build_requantize(
-            f"{name}.activation", layer.quantizers["activation"], out, f"{where}, 'activation'"
+            f"{name}.activation",
+            layer.quantizers["activation"],
+            out,
+            f"{where}, 'activation'",
+            type(layer).__name__,
         )
         modules.append(requant)
     return modules, out

@@ -3,77 +3,144 @@
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from aquatic.integer.base import QSpec
 from aquatic.integer.inspect import Affine, affine_params, describe, grid_codes
-from aquatic.integer.requant import (
-    dyadic_exponent,
-    is_power_of_two,
-    quantize_multiplier,
-)
+from aquatic.integer.requant import dyadic_exponent, is_power_of_two, quantize_multiplier
 from aquatic.integer.spiking import IntegerNeuron
 
 __all__ = ["build_neuron"]
 
-#: Magnitude that every intermediate of the exact arithmetic must stay below.
+#: Magnitude that every intermediate of the integer arithmetic must stay below.
 _INT64_ROOM = 2**61
 #: The largest spike count per step whose float32 division is emulated.
 _MAX_SPIKES = 2**22
+#: Fractional bits of a decay (its float32 value) that int64 arithmetic can carry.
+_MAX_DECAY_BITS = 40
 
 
 def _dyadic(value, name: str, where: str) -> Tuple[Tensor, int]:
     """``(numerator, exponent)`` with ``value = numerator * 2**-exponent`` exactly (float32)."""
     value = torch.as_tensor(value, dtype=torch.float32).detach()
     exponent = max(dyadic_exponent(value), 0)
-    if exponent > 40:
+    if exponent > _MAX_DECAY_BITS:
         raise ValueError(
             f"{where}: {name} = {value.flatten()[0].item():g} needs {exponent} fractional "
-            "bits; decays this small cannot run in int64 (use 0, or a bit-shift decay)"
+            "bits; a decay this small cannot run in int64 (use 0, or a bit-shift decay)"
         )
-    numerator = torch.ldexp(value.double(), torch.tensor(exponent)).to(torch.int64)
-    return numerator, exponent
+    return torch.ldexp(value.double(), torch.tensor(exponent)).to(torch.int64), exponent
 
 
 def _exponent(scale: Tensor) -> int:
-    """``k`` with ``scale == 2**-k`` (the smallest scale's ``k``, for per-channel scales)."""
+    """``k`` with ``2**-k`` the smallest of the power-of-two ``scale``."""
     return int(-torch.log2(scale.min()).round())
 
 
-def _in_units(value: Tensor, unit: float, exact: bool, what: str, where: str, notes: List[str]):
-    steps = torch.as_tensor(value, dtype=torch.float32).double() / unit
-    rounded = torch.round(steps)
-    if exact and not torch.equal(rounded, steps):
-        raise AssertionError(f"{where}: {what} is not a whole number of units")  # a bug
-    if not torch.equal(rounded, steps) and not any(what in note for note in notes):
-        notes.append(f"{where}: {what} rounded to the integer unit")
-    return rounded.to(torch.int64)
-
-
-def _ratio(ratio: Tensor, bound: float) -> Tuple[Tensor, Tensor]:
+def _ratio(ratio, bound: float) -> Tuple[Tensor, Tensor]:
     """A multiplier and shift for ``ratio``, small enough that ``bound * multiplier < 2**62``."""
     precision = int(min(31, max(8, 62 - math.ceil(math.log2(max(bound, 1.0) + 1)))))
     return quantize_multiplier(torch.as_tensor(ratio, dtype=torch.float64), precision)
 
 
-def _state_quantizer(layer, state: str, where: str) -> Optional[Affine]:
-    if state not in layer.quantizers:
+def _in_units(
+    value, unit: float, what: str, where: str, notes: List[str], affine: Optional[Affine] = None
+) -> Tensor:
+    """``value`` in units of ``unit`` (int64); from its codes when ``affine`` quantized it.
+
+    Codes times the ratio of the scales are exact where the float value is not (a
+    quantized value ``k * s`` is ``k * s`` rounded to float32).
+    """
+    value = torch.as_tensor(value, dtype=torch.float32).detach()
+    if affine is not None:
+        axis = 0 if affine.scale.dim() == 1 else None
+        steps = grid_codes(value, affine, axis, f"{where}, {what!r}").double()
+        scale = affine.scale if affine.scale.dim() == 0 else affine.scale.reshape(-1)
+        steps = steps * (scale / unit)
+    else:
+        steps = value.double() / unit
+    rounded = torch.round(steps)
+    if rounded.numel() and float(rounded.abs().max()) >= 2**52:
+        raise ValueError(
+            f"{where}: the {what} is {float(value.abs().max()):g}, too large for the integer "
+            f"unit {unit:.6g} of this layer"
+        )
+    if not torch.equal(rounded, steps):
+        notes.append(f"{where}: the {what} is rounded to the integer unit {unit:.6g}")
+    return rounded.to(torch.int64)
+
+
+def _param_affine(layer, name: str, where: str) -> Optional[Affine]:
+    quantizer = layer.quantizers[name] if name in layer.quantizers else None
+    if quantizer is None:
         return None
-    affine = affine_params(layer.quantizers[state], f"{where}, state quantizer {state!r}")
+    try:
+        affine = affine_params(quantizer, f"{where}, quantizer {name!r}")
+    except ValueError:
+        return None  # not an affine quantizer: use the value itself
+    if affine.scale.dim() != 0 or int(affine.zero_point.abs().max()) != 0:
+        return None
+    return affine
+
+
+def _state(layer, state: str, where: str) -> Optional[Affine]:
+    quantizer = layer.quantizers[state] if state in layer.quantizers else None
+    if quantizer is None or not getattr(quantizer, "fake_quant_enabled", True):
+        return None
+    affine = affine_params(quantizer, f"{where}, state quantizer {state!r}")
     if affine.scale.dim() != 0 or affine.zero_point.dim() != 0:
         raise ValueError(
             f"{where}: the {state} quantizer is per channel; the integer model needs one "
-            "scale and zero point per state (use ch_axis=None)"
+            "scale and zero point per state (ch_axis=None)"
         )
     return affine
 
 
+def _decay_rule(layer, kind: str, alpha, affine: Optional[Affine], where: str):
+    """``(rule, bits, codes)`` when the layer decays state ``kind`` by an integer rule."""
+    from aquatic.quantizers.decay import BitShiftDecay, UniformDecay
+
+    if affine is None or alpha is None or not hasattr(layer, "state_ops"):
+        return None
+    ops = layer.state_ops()
+    if getattr(ops, "decay_v_mem" if kind == "mem" else "decay_i_syn", None) is None:
+        return None
+    quantizer = layer.decay_quantizer(kind)
+    if not getattr(quantizer, "fake_quant_enabled", True):
+        return None
+    codes = quantizer.decay_codes(alpha)
+    if isinstance(quantizer, BitShiftDecay):
+        return "bitshift", 0, codes
+    if isinstance(quantizer, UniformDecay):
+        return "multiplicative", quantizer.bits, codes
+    raise ValueError(
+        f"{where}: the {kind} decay quantizer {type(quantizer).__name__} decays states by a "
+        "rule of its own, which the integer model does not know"
+    )
+
+
+def _recurrent(layer, where: str):
+    if "rec_weight" not in layer.quantizers:
+        raise ValueError(
+            f"{where}: rec_weight is not quantized, so it has no integer codes; give the "
+            "layer a QConfig with a weight quantizer"
+        )
+    value = layer.quantize_params()["rec_weight"]  # first: it may record the scale
+    affine = affine_params(layer.quantizers["rec_weight"], f"{where}, 'rec_weight'")
+    if affine.scale.dim() == 1 and affine.ch_axis not in (0, -2):
+        raise ValueError(
+            f"{where}: rec_weight is quantized per input neuron (ch_axis={affine.ch_axis}); "
+            "use ch_axis=0 or one scale"
+        )
+    return grid_codes(value, affine, 0, f"{where}, 'rec_weight'"), affine.scale
+
+
 @torch.no_grad()
 def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
-    """The integer twin of ``layer`` for input codes described by ``spec``.
+    """The integer twin of spiking ``layer`` for input codes described by ``spec``.
 
     Returns:
         ``(module, output_spec)``.
@@ -89,57 +156,60 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
         raise ValueError(f"{where}: max_spikes={max_spikes} is above {_MAX_SPIKES}")
     if getattr(layer, "persistent_state", False):
         notes.append(f"{where}: persistent_state is ignored; the integer twin starts from zero")
-    vq = _state_quantizer(layer, "v_mem", where)
-    iq = _state_quantizer(layer, "i_syn", where) if layer.synaptic else None
+    vq = _state(layer, "v_mem", where)
+    iq = _state(layer, "i_syn", where) if layer.synaptic else None
     for affine in (vq, iq):
         if affine is not None:
             notes += affine.notes
-    if spec.scale.dim() == 1 and spec.axis is None:
-        raise ValueError(f"{where}: per-channel input scale without an axis")
+    rules = {
+        "v": _decay_rule(layer, "mem", params["alpha_mem"], vq, where),
+        "i": _decay_rule(layer, "syn", params["alpha_syn"], iq, where),
+    }
+    rec = _recurrent(layer, where) if isinstance(layer, LIFRecurrent) else None
+    threshold, bias = params["threshold"], params["bias"]
+    if spiking and bool((torch.as_tensor(threshold) <= 0).any()):
+        raise ValueError(f"{where}: the quantized threshold is {threshold}; it must be > 0")
+    min_v = getattr(layer, "min_v_mem", None)
+    min_v = None if min_v is None else torch.tensor(min_v, dtype=torch.float32)
 
-    rec = None
-    if isinstance(layer, LIFRecurrent):
-        if "rec_weight" not in layer.quantizers:
-            raise ValueError(
-                f"{where}: rec_weight is not quantized, so it has no integer codes; give "
-                "the layer a QConfig with a weight quantizer"
-            )
-        value = layer.quantize_params()["rec_weight"]  # first: it sets a recorded scale
-        rec_affine = affine_params(layer.quantizers["rec_weight"], f"{where}, 'rec_weight'")
-        if rec_affine.scale.dim() == 1 and rec_affine.ch_axis not in (0, -2):
-            raise ValueError(
-                f"{where}: rec_weight is quantized per input neuron (ch_axis="
-                f"{rec_affine.ch_axis}); use ch_axis=0 or one scale"
-            )
-        rec = (grid_codes(value, rec_affine, 0, f"{where}, 'rec_weight'"), rec_affine.scale)
-
-    unit_scales = [spec.scale] + [a.scale for a in (vq, iq) if a is not None]
-    if rec is not None:
-        unit_scales.append(rec[1])
-    scales = list(unit_scales)
-    if "activation" in layer.quantizers:
-        scales.append(affine_params(layer.quantizers["activation"], where).scale)
-    exact = all(is_power_of_two(s) for s in scales)
-    alphas = {"mem": params["alpha_mem"], "syn": params["alpha_syn"]}
-    decays = {k: None if a is None else _dyadic(a, f"alpha_{k}", where) for k, a in alphas.items()}
+    decays = {
+        "mem": _dyadic(params["alpha_mem"], "alpha_mem", where),
+        "syn": (
+            None
+            if params["alpha_syn"] is None
+            else _dyadic(params["alpha_syn"], "alpha_syn", where)
+        ),
+    }
     norm = None
     if getattr(layer, "norm_input", False):
         norm = _dyadic(1 - torch.as_tensor(params["alpha_mem"]), "1 - alpha_mem", where)
     fine = max(decays["mem"][1], norm[1] if norm else 0, decays["syn"][1] if decays["syn"] else 0)
 
-    threshold, bias = params["threshold"], params["bias"]
-    if spiking and bool((torch.as_tensor(threshold) <= 0).any()):
-        raise ValueError(f"{where}: the quantized threshold is {threshold}; it must be > 0")
-    unit_exponent = None
+    unit_scales = [spec.scale] + [a.scale for a in (vq, iq) if a is not None]
+    if rec is not None:
+        unit_scales.append(rec[1])
+    exact = all(is_power_of_two(s) for s in unit_scales)
+    if "activation" in layer.quantizers:
+        act = affine_params(layer.quantizers["activation"], f"{where}, 'activation'")
+        exact = exact and act.power_of_two
     if exact:
         needed = [_exponent(s) for s in unit_scales]
-        for value in (threshold, bias):
+        for value in (threshold, bias, min_v):
             if value is not None:
                 needed.append(dyadic_exponent(torch.as_tensor(value, dtype=torch.float32)))
-        unit_exponent = max(needed)
-        if vq is None:
-            unit_exponent += state_frac_bits
+        unit_exponent = max(needed) + (state_frac_bits if vq is None else 0)
         unit = 2.0**-unit_exponent
+        room = _magnitude(spec, vq, iq, rec, threshold, bias, max_spikes, unit)
+        if room is not None and room * 2.0 ** (fine + 2) >= _INT64_ROOM:
+            exact = False
+            notes.append(f"{where}: exact arithmetic would need more than 62 bits; rounding")
+    if not exact:
+        base = float(vq.scale) if vq is not None else float(spec.scale.min())
+        unit = base * 2.0**-state_frac_bits
+        notes.append(
+            f"{where}: its scales are not all powers of two, so the integer twin rounds "
+            "where the float model does not; spikes may differ near the threshold"
+        )
     if vq is None:
         notes.append(
             f"{where}: the membrane is not quantized (QConfig.state is None): the "
@@ -149,49 +219,9 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
     if layer.synaptic and iq is None:
         notes.append(f"{where}: the synaptic current is not quantized (QConfig.state is None)")
 
-    # Magnitudes in units of u, to keep int64 arithmetic exact.
-    def bound_of(affine: Optional[Affine], scale_unit: float) -> Optional[float]:
-        if affine is None:
-            return None
-        worst = max(
-            abs(affine.low - int(affine.zero_point)), abs(affine.high - int(affine.zero_point))
-        )
-        return worst * float(affine.scale) / scale_unit
-
-    def layout(unit: float) -> Optional[float]:
-        spec_mag = spec.magnitude()
-        parts = [bound_of(vq, unit), bound_of(iq, unit) if layer.synaptic else 0.0]
-        parts.append(None if spec_mag is None else spec_mag * float(spec.scale.max()) / unit)
-        if rec is not None:
-            parts.append(max_spikes * float(rec[0].abs().sum(1).max()) * float(rec[1].max()) / unit)
-        for value in (threshold, bias):
-            if value is not None:
-                parts.append(float(torch.as_tensor(value).abs().max()) * max_spikes / unit)
-        if any(p is None for p in parts):
-            return None
-        return sum(parts) * 2.0 ** (fine + 2)
-
-    if exact:
-        total = layout(unit)
-        if total is not None and total >= _INT64_ROOM:
-            exact = False
-            notes.append(f"{where}: exact arithmetic would need more than 62 bits; rounding")
-    if not exact:
-        if vq is not None:
-            base = float(vq.scale)
-        else:
-            base = float(spec.scale.min())
-        unit = base * 2.0**-state_frac_bits
-        notes.append(
-            f"{where}: scales are not all powers of two (or too fine), so the integer twin "
-            "rounds where the float model does not; spikes may differ near the threshold"
-        )
-    state_limit = int(_INT64_ROOM // 2 ** (fine + 4))
-
-    tensors = {"input_zero_point": spec.zero_point}
-    in_ratio = spec.scale / unit
+    tensors: Dict[str, Optional[Tensor]] = {"input_zero_point": spec.zero_point}
     in_bound = float(spec.magnitude() or 2**31)
-    tensors["input_multiplier"], tensors["input_shift"] = _ratio(in_ratio, in_bound)
+    tensors["input_multiplier"], tensors["input_shift"] = _ratio(spec.scale / unit, in_bound)
     if rec is not None:
         codes, rec_scale = rec
         tensors["rec_weight"] = codes
@@ -203,11 +233,15 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
     if norm is not None:
         tensors["norm_num"] = norm[0]
     if spiking:
-        tensors["threshold"] = _in_units(threshold, unit, exact, "threshold", where, notes)
+        affine = _param_affine(layer, "threshold", where)
+        tensors["threshold"] = _in_units(threshold, unit, "threshold", where, notes, affine)
         if bool((tensors["threshold"] <= 0).any()):
             raise ValueError(f"{where}: the threshold rounds to 0 at the integer unit {unit:g}")
     if bias is not None:
-        tensors["bias"] = _in_units(bias, unit, exact, "bias", where, notes)
+        affine = _param_affine(layer, "bias", where)
+        tensors["bias"] = _in_units(bias, unit, "bias", where, notes, affine)
+    if min_v is not None:
+        tensors["min_v"] = _in_units(min_v, unit, "min_v_mem", where, notes)
 
     config = dict(
         spiking=spiking,
@@ -220,35 +254,56 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
         input_axis=spec.axis,
         state_limit=None,
     )
-    min_v = getattr(layer, "min_v_mem", None)
     for which, affine in (("v", vq), ("i", iq)):
         if affine is None:
             continue
-        state_bound = bound_of(affine, unit) * 2.0**fine
-        to_code, back = float(unit / affine.scale), float(affine.scale / unit)
-        tensors[f"{which}_multiplier"], tensors[f"{which}_shift"] = _ratio(to_code, state_bound)
-        tensors[f"{which}_back_multiplier"], tensors[f"{which}_back_shift"] = _ratio(back, 2**17)
-        tensors[f"{which}_zero_point"] = affine.zero_point
-        config[f"{which}_low"], config[f"{which}_high"] = affine.low, affine.high
+        zero_point = int(affine.zero_point)
+        steps = max(abs(affine.low - zero_point), abs(affine.high - zero_point))
+        to_steps, back = float(unit / affine.scale), float(affine.scale / unit)
+        bound = steps * back * 2.0**fine
+        tensors[f"{which}_multiplier"], tensors[f"{which}_shift"] = _ratio(to_steps, bound)
+        tensors[f"{which}_back_multiplier"], tensors[f"{which}_back_shift"] = _ratio(back, steps)
+        config[f"{which}_low"], config[f"{which}_high"] = (
+            affine.low - zero_point,
+            affine.high - zero_point,
+        )
         config[f"{which}_rounding"] = affine.rounding
+        if rules[which] is not None:
+            (
+                config[f"{which}_rule"],
+                config[f"{which}_rule_bits"],
+                tensors[f"{which}_rule_codes"],
+            ) = rules[which]
     if vq is None or (layer.synaptic and iq is None):
-        config["state_limit"] = state_limit
-    if min_v is not None:
-        if vq is not None:
-            # The state quantizer's own float32 arithmetic on the bound: round(m * (1/s)).
-            inv = torch.reciprocal(vq.scale.float())
-            code = torch.round(torch.tensor(min_v, dtype=torch.float32) * inv).to(torch.int64)
-            zp = int(vq.zero_point)
-            tensors["min_v"] = (code + zp).clamp(vq.low, vq.high) - zp
-        else:
-            tensors["min_v"] = torch.round(torch.tensor(min_v / unit)).to(torch.int64)
-    module = IntegerNeuron(name=name, notes=notes, **config, **tensors)
+        config["state_limit"] = int(_INT64_ROOM // 2 ** (fine + 4))
+    module = IntegerNeuron(name=name, notes=notes, source=type(layer).__name__, **config, **tensors)
 
     if spiking:
         return module, QSpec(torch.tensor(1.0), torch.tensor(0), None, 0, max_spikes)
     high = None
     if vq is not None:
-        high = int(math.ceil(bound_of(vq, unit)))
-    return module, QSpec(
-        torch.tensor(unit), torch.tensor(0), None, None if high is None else -high, high
-    )
+        zero_point = int(vq.zero_point)
+        steps = max(abs(vq.low - zero_point), abs(vq.high - zero_point))
+        high = int(math.ceil(steps * float(vq.scale) / unit))
+    low = None if high is None else -high
+    return module, QSpec(torch.tensor(unit), torch.tensor(0), None, low, high)
+
+
+def _magnitude(spec, vq, iq, rec, threshold, bias, max_spikes, unit) -> Optional[float]:
+    """The largest value (in units of ``unit``) one step can add up, or ``None`` if unbounded."""
+    parts = []
+    for affine in (vq, iq):
+        if affine is not None:
+            zero_point = int(affine.zero_point)
+            steps = max(abs(affine.low - zero_point), abs(affine.high - zero_point))
+            parts.append(steps * float(affine.scale) / unit)
+    magnitude = spec.magnitude()
+    if magnitude is None or vq is None:
+        return None
+    parts.append(magnitude * float(spec.scale.max()) / unit)
+    if rec is not None:
+        parts.append(max_spikes * float(rec[0].abs().sum(1).max()) * float(rec[1].max()) / unit)
+    for value in (threshold, bias):
+        if value is not None:
+            parts.append(float(torch.as_tensor(value).abs().max()) * max_spikes / unit)
+    return sum(parts)

@@ -6,19 +6,14 @@ import math
 from typing import List, Optional, Sequence, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build import build_accumulator, build_requantize
 from aquatic.integer.build_spiking import build_neuron
 from aquatic.integer.inspect import affine_params, check_observed, describe
-from aquatic.integer.layers import (
-    IntegerMaxPool,
-    IntegerReLU,
-    IntegerReshape,
-    IntegerSum,
-    IntegerSumPool,
-)
+from aquatic.integer.layers import IntegerReLU
+from aquatic.integer.pooling import IntegerMaxPool, IntegerReshape, IntegerSum, IntegerSumPool
 from aquatic.integer.model import IntegerModel
 from aquatic.integer.requant import is_power_of_two
 
@@ -124,13 +119,14 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
     from aquatic.nn.twin import TorchTwin
 
     where = describe(name, module)
+    source = type(module).__name__
     if isinstance(module, _PASSIVE):
         return [], spec
     if isinstance(module, ActivationQuantizer):
         if "activation" not in module.quantizers:
             return [], spec
         requant, spec = build_requantize(
-            name, module.quantizers["activation"], spec, f"{where}, quantizer 'activation'"
+            name, module.quantizers["activation"], spec, f"{where}, quantizer 'activation'", source
         )
         return [requant], spec
     if isinstance(module, TorchTwin):
@@ -147,7 +143,7 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
         modules: List[IntegerModule] = [neuron]
         if "activation" in module.quantizers:
             requant, spec = build_requantize(
-                f"{name}.activation", module.quantizers["activation"], spec, where
+                f"{name}.activation", module.quantizers["activation"], spec, where, source
             )
             modules.append(requant)
         return modules, spec
@@ -164,7 +160,7 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
     if type(module) is nn.ReLU:
         low = None if spec.low is None else max(spec.low, int(spec.zero_point.min()))
         out = QSpec(spec.scale, spec.zero_point, spec.axis, low, spec.high)
-        return [IntegerReLU(spec.zero_point, spec.axis, name=name)], out
+        return [IntegerReLU(spec.zero_point, spec.axis, name=name, source=source)], out
     if type(module) in _MAXPOOL:
         dim = _MAXPOOL[type(module)]
         if module.return_indices:
@@ -179,6 +175,7 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
             _tuple(module.dilation, dim),
             module.ceil_mode,
             name=name,
+            source=source,
         )
         return [pool], spec
     if type(module) in _AVGPOOL:
@@ -190,10 +187,16 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
                 "tensor before it (QConfig.activation or an aquatic.nn.ActivationQuantizer)"
             )
         if isinstance(module, nn.Flatten):
-            op = IntegerReshape("flatten", module.start_dim, module.end_dim, name=name)
+            op = IntegerReshape(
+                "flatten", module.start_dim, module.end_dim, name=name, source=source
+            )
         else:
             op = IntegerReshape(
-                "unflatten", dim=module.dim, sizes=list(module.unflattened_size), name=name
+                "unflatten",
+                dim=module.dim,
+                sizes=list(module.unflattened_size),
+                name=name,
+                source=source,
             )
         return [op], spec
     dim = _find_sum_dim(module)
@@ -203,7 +206,7 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
                 f"{where} sums codes with a zero point or per-channel scales; quantize its "
                 "input symmetrically per tensor first"
             )
-        return [IntegerSum(dim, name=name)], QSpec(spec.scale, spec.zero_point, None)
+        return [IntegerSum(dim, name=name, source=source)], QSpec(spec.scale, spec.zero_point, None)
     raise TypeError(f"{where} has no integer twin. Supported: {_SUPPORTED}")
 
 
@@ -222,7 +225,10 @@ def _sum_pool(name: str, module: nn.Module, spec: QSpec, where: str):
     notes = []
     if not (is_power_of_two(spec.scale) and is_power_of_two(torch.tensor(float(divisor)))):
         notes.append(f"{where}: the float model rounds the average; it may be one step apart")
-    pool = IntegerSumPool(dim, kernel, stride, padding, spec.zero_point, name=name, notes=notes)
+    source = type(module).__name__
+    pool = IntegerSumPool(
+        dim, kernel, stride, padding, spec.zero_point, name=name, notes=notes, source=source
+    )
     magnitude = spec.magnitude()
     bound = None if magnitude is None else magnitude * math.prod(kernel)
     out = QSpec(

@@ -41,6 +41,9 @@ def layer_to_int(layer: nn.Module) -> Dict[str, Dict[str, Any]]:
         training = quantizer.training
         quantizer.train(False)
         try:
+            # A forward pass first, as the layer's own in eval mode: observers fill a range
+            # never observed, and quantizers that record their scale record it.
+            quantizer(value.detach())
             codes = quantizer.to_int(value.detach())
             params = quantizer.qparams()
         except RuntimeError as error:

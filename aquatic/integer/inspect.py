@@ -49,6 +49,11 @@ def affine_params(quantizer: nn.Module, where: str) -> Affine:
     Raises:
         ValueError: it has no range yet, or it is not an affine quantizer.
     """
+    if not getattr(quantizer, "fake_quant_enabled", True):
+        raise ValueError(
+            f"{where} has fake quantization switched off, so the model computes in float "
+            "there; switch it back on (aquatic.enable_fake_quant(model)) before converting"
+        )
     try:
         params = quantizer.qparams()
     except RuntimeError as error:

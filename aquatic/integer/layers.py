@@ -5,9 +5,9 @@
   certified at conversion to stay within int32.
 - :class:`IntegerRequantize`: a fixed-point multiplier and shift to the next scale, then
   the zero point and saturation to the quantizer's range (Jacob et al. 2018).
-- :class:`IntegerReLU`, :class:`IntegerMaxPool`, :class:`IntegerSumPool`,
-  :class:`IntegerReshape` and :class:`IntegerSum`: operations that commute with
-  quantization, applied to the codes.
+- :class:`IntegerReLU`: ReLU of the real value, ``max(q, z)`` in codes.
+
+Pooling, reshaping and sums live in :mod:`aquatic.integer.pooling`.
 """
 
 from __future__ import annotations
@@ -22,16 +22,7 @@ from aquatic.functional.integer import check_integer
 from aquatic.integer.base import INT32_MAX, IntegerModule, IntegerOverflowError, along
 from aquatic.integer.requant import multiply_shift
 
-__all__ = [
-    "IntegerConv",
-    "IntegerLinear",
-    "IntegerMaxPool",
-    "IntegerReLU",
-    "IntegerRequantize",
-    "IntegerReshape",
-    "IntegerSum",
-    "IntegerSumPool",
-]
+__all__ = ["IntegerConv", "IntegerLinear", "IntegerReLU", "IntegerRequantize"]
 
 _DTYPES = {"int32": torch.int32, "int64": torch.int64}
 
@@ -112,8 +103,9 @@ class IntegerLinear(_Accumulator):
         check_overflow: bool = False,
         name: str = "",
         notes: Optional[List[str]] = None,
+        source: str = "",
     ) -> None:
-        super().__init__(name, notes)
+        super().__init__(name, notes, source)
         self._setup(weight, bias, input_zero_point, pre_shift, input_axis, check_overflow)
 
     def forward(self, input: Tensor) -> Tensor:
@@ -167,8 +159,9 @@ class IntegerConv(_Accumulator):
         check_overflow: bool = False,
         name: str = "",
         notes: Optional[List[str]] = None,
+        source: str = "",
     ) -> None:
-        super().__init__(name, notes)
+        super().__init__(name, notes, source)
         if dim not in (1, 2, 3):
             raise ValueError(f"dim must be 1, 2 or 3, got {dim!r}")
         self._setup(weight, bias, input_zero_point, pre_shift, input_axis, check_overflow)
@@ -234,8 +227,9 @@ class IntegerRequantize(IntegerModule):
         axis: Optional[int] = None,
         name: str = "",
         notes: Optional[List[str]] = None,
+        source: str = "",
     ) -> None:
-        super().__init__(name, notes)
+        super().__init__(name, notes, source)
         values = {
             "multiplier": multiplier,
             "shift": shift,
@@ -274,144 +268,12 @@ class IntegerReLU(IntegerModule):
         axis: Optional[int] = None,
         name: str = "",
         notes: Optional[List[str]] = None,
+        source: str = "",
     ) -> None:
-        super().__init__(name, notes)
+        super().__init__(name, notes, source)
         self._set_tensors({"zero_point": torch.as_tensor(zero_point, dtype=torch.int64)})
         self.axis = axis
 
     def forward(self, input: Tensor) -> Tensor:
         x = _codes(self, input)
         return torch.maximum(x, along(self.zero_point, self.axis)).to(input.dtype)
-
-
-class IntegerMaxPool(IntegerModule):
-    """Max pooling of codes (it commutes with any increasing affine map).
-
-    Example:
-        >>> IntegerMaxPool(1, kernel_size=[2], stride=[2])(torch.tensor([[[1, 5, -2, 0]]]))
-        tensor([[[5, 0]]])
-    """
-
-    kind = "maxpool"
-    _config_keys = ("dim", "kernel_size", "stride", "padding", "dilation", "ceil_mode")
-
-    def __init__(
-        self,
-        dim: int,
-        kernel_size: Sequence[int],
-        stride: Sequence[int],
-        padding: Sequence[int] = (0,),
-        dilation: Sequence[int] = (1,),
-        ceil_mode: bool = False,
-        name: str = "",
-        notes: Optional[List[str]] = None,
-    ) -> None:
-        super().__init__(name, notes)
-        self.dim = dim
-        self.kernel_size, self.stride = list(kernel_size), list(stride)
-        self.padding, self.dilation = list(padding), list(dilation)
-        self.ceil_mode = bool(ceil_mode)
-
-    def forward(self, input: Tensor) -> Tensor:
-        # float64 holds the codes exactly (and pads with -inf, as max pooling must).
-        x = _codes(self, input).double()
-        fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[self.dim - 1]
-        out = fn(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
-        return out.to(input.dtype)
-
-
-class IntegerSumPool(IntegerModule):
-    """Sum pooling of ``x - z`` (average pooling times its divisor): scale ``s / divisor``.
-
-    Only windows that all have the same divisor are supported (no partial windows).
-
-    Example:
-        >>> IntegerSumPool(1, kernel_size=[2], stride=[2])(torch.tensor([[[1, 5, -2, 0]]]))
-        tensor([[[ 6, -2]]], dtype=torch.int32)
-    """
-
-    kind = "sumpool"
-    _config_keys = ("dim", "kernel_size", "stride", "padding")
-    _tensor_keys = ("zero_point",)
-
-    def __init__(
-        self,
-        dim: int,
-        kernel_size: Sequence[int],
-        stride: Sequence[int],
-        padding: Sequence[int] = (0,),
-        zero_point=0,
-        name: str = "",
-        notes: Optional[List[str]] = None,
-    ) -> None:
-        super().__init__(name, notes)
-        self.dim = dim
-        self.kernel_size, self.stride, self.padding = (
-            list(kernel_size),
-            list(stride),
-            list(padding),
-        )
-        self._set_tensors({"zero_point": torch.as_tensor(zero_point, dtype=torch.int64)})
-
-    def forward(self, input: Tensor) -> Tensor:
-        x = _codes(self, input) - self.zero_point
-        # A sum of small integers in float64 is exact (the bound is checked at conversion).
-        window = torch.ones([1, 1] + self.kernel_size, dtype=torch.float64)
-        shape = x.shape
-        flat = x.reshape((-1, 1) + tuple(shape[-self.dim :])).double()
-        fn = (F.conv1d, F.conv2d, F.conv3d)[self.dim - 1]
-        summed = fn(flat, window, None, self.stride, self.padding)
-        out = summed.reshape(tuple(shape[: -self.dim]) + tuple(summed.shape[-self.dim :]))
-        return out.round().to(torch.int32)
-
-
-class IntegerReshape(IntegerModule):
-    """``flatten`` or ``unflatten`` of the codes (as ``nn.Flatten`` / ``nn.Unflatten``).
-
-    Example:
-        >>> IntegerReshape("flatten", start_dim=1, end_dim=-1)(torch.zeros(2, 3, 4)).shape
-        torch.Size([2, 12])
-    """
-
-    kind = "reshape"
-    _config_keys = ("op", "start_dim", "end_dim", "dim", "sizes")
-
-    def __init__(
-        self,
-        op: str,
-        start_dim: int = 1,
-        end_dim: int = -1,
-        dim: int = 1,
-        sizes: Sequence[int] = (),
-        name: str = "",
-        notes: Optional[List[str]] = None,
-    ) -> None:
-        super().__init__(name, notes)
-        if op not in ("flatten", "unflatten"):
-            raise ValueError(f"op must be 'flatten' or 'unflatten', got {op!r}")
-        self.op, self.start_dim, self.end_dim = op, start_dim, end_dim
-        self.dim, self.sizes = dim, list(sizes)
-
-    def forward(self, input: Tensor) -> Tensor:
-        if self.op == "flatten":
-            return input.flatten(self.start_dim, self.end_dim)
-        return input.unflatten(self.dim, self.sizes)
-
-
-class IntegerSum(IntegerModule):
-    """Sum of the codes over one dimension (e.g. spike counts over time).
-
-    Example:
-        >>> IntegerSum(dim=1)(torch.tensor([[[1, 0], [1, 1]]]))
-        tensor([[2, 1]])
-    """
-
-    kind = "sum"
-    _config_keys = ("dim",)
-
-    def __init__(self, dim: int, name: str = "", notes: Optional[List[str]] = None) -> None:
-        super().__init__(name, notes)
-        self.dim = int(dim)
-
-    def forward(self, input: Tensor) -> Tensor:
-        return _codes(self, input).sum(dim=self.dim)

@@ -1,25 +1,34 @@
 r"""The integer twin of the spiking layers (``LIF``, ``LIFRecurrent``, ``IAF``, ``ExpLeak``).
 
-:class:`IntegerNeuron` runs the equations of :mod:`aquatic.functional.neurons` on
-integers. Every value is an ``int64`` numerator :math:`N` of a fixed unit :math:`u` of
-the layer (:math:`N u` is the real value); a decay :math:`\alpha` is the dyadic
-rational :math:`A\, 2^{-P}` that its float32 value is exactly, so
-:math:`\alpha v = (A N) 2^{-P} u` is computed without error and then rounded the way
-the quantization-aware model rounds it.
+:class:`IntegerNeuron` runs the step of :mod:`aquatic.functional.neurons` on integers:
+the synaptic current :math:`i = Q_i(\alpha_{syn} \odot (i + x))`, the membrane
+:math:`v = Q_v(\alpha_{mem} \odot v + d)` with the drive :math:`d` (input, bias), the
+spikes decided on the quantized membrane, then the reset and the ``min_v_mem`` floor.
 
-Exact mode (all scales powers of two, ``QConfig.state`` quantizing the membrane and the
-synaptic current): :math:`u = 2^{-K}` is fine enough to hold every input, threshold and
-bias exactly. The quantization-aware model computes each step in float32, which rounds
-a result to 24 significant bits; the integer twin reproduces that rounding of each
-exact intermediate (:func:`~aquatic.integer.requant.round_to_float32`) and rounds to
-the state grid as the state quantizer does (half to even). Since every state starts
-the step on its grid, this gives the same spikes and states bit for bit, including the
-spike count :math:`\lfloor v / \vartheta \rfloor` of neurons with ``max_spikes > 1``,
-whose float32 division is emulated too.
+Every value is an ``int64`` numerator :math:`N` of a fixed unit :math:`u` of the layer
+(:math:`N u` is the real value). The decay :math:`\alpha \odot y` is either
 
-Otherwise (scales that are not powers of two, or a membrane left in float): the unit is
-the state scale (or the input scale) divided by :math:`2^F` (``state_frac_bits``), the
-products are rounded to it half to even, and the results can differ from the float
+- the chip's integer rule on the state's grid, when the layer uses one (a
+  ``BitShiftDecay`` or ``UniformDecay`` on a quantized state):
+  :func:`~aquatic.functional.integer.bitshift_decay` (``y - (y >> dash)``, at least 1
+  toward zero) or :func:`~aquatic.functional.integer.multiplicative_decay`, applied to
+  the state's codes, which is integer arithmetic in the float model too; or
+- the product with :math:`\alpha`, whose float32 value is a dyadic rational
+  :math:`A\, 2^{-P}`: :math:`\alpha y = (A N) 2^{-P} u` exactly, then rounded as the
+  float model rounds it.
+
+Exact mode (every scale a power of two, and ``QConfig.state`` quantizing the membrane
+and the synaptic current): :math:`u = 2^{-K}` holds every input, threshold, bias and
+bound exactly. The float model computes each step in float32, which rounds a result to
+24 significant bits; the integer twin rounds each exact intermediate the same way
+(:func:`~aquatic.integer.requant.round_to_float32`), rounds to the state grid as the
+state quantizer does, and emulates the float32 division in the spike count
+:math:`\lfloor v / \vartheta \rfloor` of ``max_spikes > 1``: spikes and states agree bit
+for bit.
+
+Otherwise (scales that are not powers of two, or a state left in float): the unit is
+the state scale (or the input scale) divided by :math:`2^F` (``state_frac_bits``),
+intermediates are rounded to it half to even, and spikes can differ from the float
 model's where its membrane lies within about :math:`2^{-F}` steps of the threshold.
 """
 
@@ -30,7 +39,7 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
-from aquatic.functional.integer import check_integer
+from aquatic.functional.integer import bitshift_decay, check_integer, multiplicative_decay
 from aquatic.integer.base import IntegerModule, IntegerOverflowError, along
 from aquatic.integer.requant import (
     bit_length,
@@ -64,13 +73,21 @@ def _spike_count_float32(v: Tensor, threshold: Tensor, max_spikes: int) -> Tenso
 class IntegerNeuron(IntegerModule):
     """Integer LIF / IAF / leaky-integrator layer (see the module docstring).
 
-    Built by :func:`aquatic.convert`; the arguments are its integer parameters:
-    ``input_*`` converts input codes to the unit :math:`u`; ``rec_*`` the recurrent
-    weights and their conversion; ``mem_num`` / ``mem_exp`` the membrane decay
-    :math:`A 2^{-P}`, ``syn_*`` the synaptic one and ``norm_*`` :math:`1 - \\alpha_{mem}`;
-    ``threshold``, ``bias``, ``min_v`` in units of :math:`u` (``min_v`` as a state code
-    offset when the membrane is quantized); ``v_*`` / ``i_*`` the state quantizers
-    (conversion from :math:`u`, zero point, range, rounding, and back).
+    Built by :func:`aquatic.convert`; the arguments are its integer parameters, values
+    in units of :math:`u`:
+
+    - ``input_zero_point``, ``input_multiplier``, ``input_shift``: input codes to
+      :math:`u` (``input_axis``: the channel axis of per-channel values);
+    - ``rec_weight``, ``rec_multiplier``, ``rec_shift``: recurrent weights and the
+      conversion of their products to :math:`u`;
+    - ``mem_num`` / ``mem_exp``: :math:`\\alpha_{mem} = A 2^{-P}`; ``syn_*`` likewise,
+      ``norm_*`` for :math:`1 - \\alpha_{mem}` (``norm_input``);
+    - ``threshold``, ``bias``, ``min_v``;
+    - ``v_*`` / ``i_*``, when the state is quantized: ``multiplier`` and ``shift`` from
+      :math:`u` to the state's step, ``back_multiplier`` and ``back_shift`` back,
+      ``low`` / ``high`` the range of value / step (code less zero point),
+      ``rounding``, and the integer decay ``rule`` (``"bitshift"``,
+      ``"multiplicative"`` with ``rule_bits``, or ``None``) with its ``rule_codes``.
 
     Shape:
         - Input: ``(N, T, *)`` integer codes (batch, time, neurons).
@@ -78,10 +95,10 @@ class IntegerNeuron(IntegerModule):
           membrane in units of :math:`u` (int64).
 
     Example:
-        >>> one = torch.tensor(1)
-        >>> iaf = IntegerNeuron(input_multiplier=one, input_shift=torch.tensor(0),
-        ...                     mem_num=one, threshold=torch.tensor(3))
-        >>> iaf(torch.tensor([[[2], [2], [2]]])).flatten()
+        >>> one, zero = torch.tensor(1), torch.tensor(0)
+        >>> iaf = IntegerNeuron(input_multiplier=one, input_shift=zero, mem_num=one,
+        ...                     threshold=torch.tensor(3))
+        >>> iaf(torch.tensor([[[2], [2], [2]]])).flatten()  # v: 2, 4 -> 1, 3 -> 0
         tensor([0, 1, 1], dtype=torch.int32)
     """
 
@@ -99,9 +116,13 @@ class IntegerNeuron(IntegerModule):
         "v_low",
         "v_high",
         "v_rounding",
+        "v_rule",
+        "v_rule_bits",
         "i_low",
         "i_high",
         "i_rounding",
+        "i_rule",
+        "i_rule_bits",
     )
     _tensor_keys = (
         "input_zero_point",
@@ -118,14 +139,14 @@ class IntegerNeuron(IntegerModule):
         "min_v",
         "v_multiplier",
         "v_shift",
-        "v_zero_point",
         "v_back_multiplier",
         "v_back_shift",
+        "v_rule_codes",
         "i_multiplier",
         "i_shift",
-        "i_zero_point",
         "i_back_multiplier",
         "i_back_shift",
+        "i_rule_codes",
     )
 
     def __init__(
@@ -139,28 +160,36 @@ class IntegerNeuron(IntegerModule):
         norm_exp: int = 0,
         input_axis: Optional[int] = None,
         state_limit: Optional[int] = None,
-        v_low: int = 0,
-        v_high: int = 0,
+        v_low: Optional[int] = None,
+        v_high: Optional[int] = None,
         v_rounding: str = "nearest",
-        i_low: int = 0,
-        i_high: int = 0,
+        v_rule: Optional[str] = None,
+        v_rule_bits: int = 0,
+        i_low: Optional[int] = None,
+        i_high: Optional[int] = None,
         i_rounding: str = "nearest",
+        i_rule: Optional[str] = None,
+        i_rule_bits: int = 0,
         name: str = "",
         notes: Optional[List[str]] = None,
+        source: str = "",
         **tensors: Optional[Tensor],
     ) -> None:
-        super().__init__(name, notes)
+        super().__init__(name, notes, source)
         unknown = set(tensors) - set(self._tensor_keys)
         if unknown:
             raise TypeError(f"IntegerNeuron got unknown arguments {sorted(unknown)}")
         if reset not in ("subtract", "zero"):
             raise ValueError(f"reset must be 'subtract' or 'zero', got {reset!r}")
+        for rule in (v_rule, i_rule):
+            if rule not in (None, "bitshift", "multiplicative"):
+                raise ValueError(f"a decay rule is 'bitshift' or 'multiplicative', got {rule!r}")
         if tensors.get("input_zero_point") is None:
             tensors["input_zero_point"] = torch.tensor(0)
         self._set_tensors(
             {
-                k: None if v is None else torch.as_tensor(v, dtype=torch.int64)
-                for k, v in tensors.items()
+                key: None if value is None else torch.as_tensor(value, dtype=torch.int64)
+                for key, value in tensors.items()
             }
         )
         if spiking and self.threshold is None:
@@ -170,30 +199,37 @@ class IntegerNeuron(IntegerModule):
         self.mem_exp, self.syn_exp, self.norm_exp = int(mem_exp), int(syn_exp), int(norm_exp)
         self.input_axis, self.state_limit = input_axis, state_limit
         self.v_low, self.v_high, self.v_rounding = v_low, v_high, v_rounding
+        self.v_rule, self.v_rule_bits = v_rule, int(v_rule_bits)
         self.i_low, self.i_high, self.i_rounding = i_low, i_high, i_rounding
+        self.i_rule, self.i_rule_bits = i_rule, int(i_rule_bits)
 
     # -- arithmetic ------------------------------------------------------------------
     def _f32(self, x: Tensor) -> Tensor:
         return round_to_float32(x) if self.emulate_float32 else x
 
-    def _quantize(self, x: Tensor, fine: int, which: str) -> Tensor:
-        """State ``x`` (units of ``u * 2**-fine``) on its quantizer's grid, back in units of u."""
-        mult, shift = getattr(self, f"{which}_multiplier"), getattr(self, f"{which}_shift")
-        zp = getattr(self, f"{which}_zero_point")
-        rounding = getattr(self, f"{which}_rounding")
-        if bool((mult == 1).all()):
-            code = multiply_shift(x, 1, shift + fine, rounding)
+    def _grid(self, x: Tensor, fine: int, which: str, rounding: str = "nearest") -> Tensor:
+        """``clamp(round(value / step))`` of state ``x`` given in units of ``u * 2**-fine``."""
+        multiplier = getattr(self, f"{which}_multiplier")
+        shift = getattr(self, f"{which}_shift")
+        if bool((multiplier == 1).all()):
+            steps = multiply_shift(x, 1, shift + fine, rounding)
         else:  # not a power-of-two ratio: round to u first, then requantize
-            code = multiply_shift(rounding_right_shift(x, fine), mult, shift, rounding)
-        low, high = getattr(self, f"{which}_low"), getattr(self, f"{which}_high")
-        code = torch.clamp(code + zp, low, high) - zp
-        if which == "v" and self.min_v is not None:
-            # clamp then quantize equals quantize then clamp: both are non-decreasing.
-            code = torch.maximum(code, self.min_v)
-        back = multiply_shift(
-            code, getattr(self, f"{which}_back_multiplier"), getattr(self, f"{which}_back_shift")
-        )
-        return back
+            steps = multiply_shift(rounding_right_shift(x, fine), multiplier, shift, rounding)
+        return torch.clamp(steps, getattr(self, f"{which}_low"), getattr(self, f"{which}_high"))
+
+    def _from_grid(self, steps: Tensor, which: str) -> Tensor:
+        multiplier = getattr(self, f"{which}_back_multiplier")
+        return multiply_shift(steps, multiplier, getattr(self, f"{which}_back_shift"))
+
+    def _decay_rule(self, x: Tensor, which: str) -> Tensor:
+        """The chip's decay of state ``x`` (units of u) on its grid, back in units of u."""
+        steps = self._grid(x, 0, which)  # decay_state rounds half to even, then saturates
+        codes = getattr(self, f"{which}_rule_codes")
+        if getattr(self, f"{which}_rule") == "bitshift":
+            decayed = bitshift_decay(steps, codes)
+        else:
+            decayed = multiplicative_decay(steps, codes, getattr(self, f"{which}_rule_bits"))
+        return self._from_grid(decayed, which)
 
     def _check(self, x: Tensor, what: str) -> None:
         if self.state_limit is not None and x.numel() and int(x.abs().max()) > self.state_limit:
@@ -213,28 +249,33 @@ class IntegerNeuron(IntegerModule):
         v = torch.zeros(batch_shape, dtype=torch.int64)
         i = torch.zeros(batch_shape, dtype=torch.int64) if self.syn_num is not None else None
         spikes = torch.zeros(batch_shape, dtype=torch.int64)
-        in_mult = along(self.input_multiplier, self.input_axis)
+        in_multiplier = along(self.input_multiplier, self.input_axis)
         in_shift = along(self.input_shift, self.input_axis)
         outputs = []
         for x in codes.unbind(1):
-            x = multiply_shift(x, in_mult, in_shift)
+            x = multiply_shift(x, in_multiplier, in_shift)
             if self.rec_weight is not None:
                 recurrent = torch.matmul(spikes, self.rec_weight.T)
                 x = self._f32(x + multiply_shift(recurrent, self.rec_multiplier, self.rec_shift))
+            current = x if i is None else self._synapse(i, x)
             if i is not None:
-                product = self._f32(self._f32(i + x) * self.syn_num)
-                if self.i_multiplier is not None:
-                    i = self._quantize(product, self.syn_exp, "i")
-                else:
-                    i = rounding_right_shift(product, self.syn_exp)
-                    self._check(i, "synaptic current")
-                current = i
-            else:
-                current = x
+                i = current
             v, spikes = self._membrane(v, current)
             outputs.append(spikes if self.spiking else v)
         dtype = torch.int32 if self.spiking else torch.int64
         return torch.stack(outputs, 1).to(dtype)
+
+    def _synapse(self, i: Tensor, x: Tensor) -> Tensor:
+        total = self._f32(i + x)
+        if self.i_rule is not None:
+            value, exp = self._decay_rule(total, "i"), 0
+        else:
+            value, exp = self._f32(total * self.syn_num), self.syn_exp
+        if self.i_multiplier is not None:
+            return self._from_grid(self._grid(value, exp, "i", self.i_rounding), "i")
+        i = rounding_right_shift(value, exp)
+        self._check(i, "synaptic current")
+        return i
 
     def _membrane(self, v: Tensor, current: Tensor):
         drive, drive_exp = current, 0
@@ -242,12 +283,18 @@ class IntegerNeuron(IntegerModule):
             drive, drive_exp = self._f32(current * self.norm_num), self.norm_exp
         if self.bias is not None:
             drive = self._f32(drive + torch.bitwise_left_shift(self.bias, drive_exp))
-        decayed = self._f32(v * self.mem_num)
-        fine = max(self.mem_exp, drive_exp)
+        if self.v_rule is not None:
+            decayed, decay_exp = self._decay_rule(v, "v"), 0
+        else:
+            decayed, decay_exp = self._f32(v * self.mem_num), self.mem_exp
+        fine = max(decay_exp, drive_exp)
         v = self._f32(
-            torch.bitwise_left_shift(decayed, fine - self.mem_exp)
+            torch.bitwise_left_shift(decayed, fine - decay_exp)
             + torch.bitwise_left_shift(drive, fine - drive_exp)
         )
+        if self.v_multiplier is not None:
+            # Quantized before the spike decision, which sees the quantized membrane.
+            v, fine = self._from_grid(self._grid(v, fine, "v", self.v_rounding), "v"), 0
         spikes = None
         if self.spiking:
             threshold = torch.bitwise_left_shift(self.threshold, fine)
@@ -263,11 +310,10 @@ class IntegerNeuron(IntegerModule):
                 v = self._f32(v - reset)
             else:
                 v = torch.where(fired, torch.zeros_like(v), v)
-        if self.v_multiplier is not None:
-            v = self._quantize(v, fine, "v")
-        else:
+        if self.min_v is not None:
+            v = torch.maximum(v, torch.bitwise_left_shift(self.min_v, fine))
+        if fine:  # a membrane in float: keep it in units of u
             v = rounding_right_shift(v, fine)
-            if self.min_v is not None:
-                v = torch.maximum(v, self.min_v)
+        if self.v_multiplier is None:
             self._check(v, "membrane")
         return v, spikes

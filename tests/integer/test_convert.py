@@ -366,3 +366,11 @@ def test_moving_average_observer_ranges_are_used_as_frozen():
     x = torch.randint(-64, 64, (50, 6)) / 8.0
     fake, codes = run_both(model, integer_model, x)
     assert torch.equal(integer_model.dequantize_output(codes), fake)
+
+
+def test_fake_quantization_switched_off_is_refused():
+    model = nn.Sequential(qnn.Linear(4, 3, qconfig=aquatic.qconfig.int8))
+    calibrate(model, torch.rand(8, 4))
+    aquatic.disable_fake_quant(model)
+    with pytest.raises(ValueError, match="enable_fake_quant"):
+        aquatic.convert(model, input_scale=1 / 16)
