@@ -133,8 +133,10 @@ def bitshift_decrement(input: Tensor, dash: IntLike) -> Tensor:
         tensor([-1, -1,  0,  1,  1,  6])
     """
     check_integer(input)
+    # max(x >> dash, min(x, 1)): for x > 0 that is max(x >> dash, 1); for x = 0, 0; for
+    # x < 0, x <= x >> dash <= -1 already. Three passes instead of six.
     shifted = torch.bitwise_right_shift(input, dash)
-    return torch.where((shifted == 0) & (input != 0), torch.sign(input), shifted)
+    return torch.maximum(shifted, torch.clamp(input, max=1))
 
 
 def bitshift_decay(input: Tensor, dash: IntLike) -> Tensor:

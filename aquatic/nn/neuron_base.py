@@ -303,6 +303,16 @@ class NeuronModule(QuantizedModule):
 
         ``alpha_{kind}``'s quantizer when there is one (it is applied last), else the
         quantizer of ``tau_{kind}``.
+
+        Example:
+            >>> from aquatic import QConfig
+            >>> from aquatic.nn import LIF
+            >>> from aquatic.quantizers import BitShiftDecay
+            >>> q = QConfig(tau=BitShiftDecay.with_args(bits=4, param="tau"))
+            >>> LIF(tau_mem=10.0, qconfig=q).decay_quantizer("mem")
+            BitShiftDecay(bits=4, param='tau')
+            >>> print(LIF(tau_mem=10.0).decay_quantizer("mem"))
+            None
         """
         for name in (f"alpha_{kind}", f"tau_{kind}"):
             if name in self.quantizers:
@@ -317,7 +327,23 @@ class NeuronModule(QuantizedModule):
         return GridDecay(decay_quantizer, state_quantizer)
 
     def state_ops(self) -> StateOps:
-        """The state quantizers and decay functions a forward pass hands to the neurons."""
+        """The state quantizers and decay functions a forward pass hands to the neurons.
+
+        A decay function is there for a decay whose quantizer has an integer rule
+        (``decay_state``) when its state is quantized (see the module docstring).
+
+        Example:
+            >>> from aquatic import QConfig
+            >>> from aquatic.nn import LIF
+            >>> from aquatic.quantizers import BitShiftDecay, UniformQuantizer
+            >>> q = QConfig(
+            ...     alpha=BitShiftDecay.with_args(bits=4),
+            ...     state=UniformQuantizer.with_args(bits=16, scale=0.25),
+            ... )
+            >>> ops = LIF(tau_mem=10.0, qconfig=q).state_ops()
+            >>> ops.quantize_v_mem is not None, ops.decay_v_mem is not None, ops.decay_i_syn
+            (True, True, None)
+        """
         return StateOps(
             quantize_v_mem=self._state_quantizer("v_mem"),
             quantize_i_syn=self._state_quantizer("i_syn"),

@@ -69,6 +69,17 @@ def _as_bound(bound: Optional[Union[int, Tensor]]) -> Optional[Tensor]:
     return None if bound is None else torch.as_tensor(bound).to(torch.int64)
 
 
+_INT32 = torch.iinfo(torch.int32)
+
+
+def _code_dtype(quant_min: Any, quant_max: Any) -> torch.dtype:
+    """int32 for codes known to fit it (faster), int64 otherwise."""
+    if quant_min is None or quant_max is None:
+        return torch.int64
+    low, high = int(torch.as_tensor(quant_min).min()), int(torch.as_tensor(quant_max).max())
+    return torch.int32 if _INT32.min <= low and high <= _INT32.max else torch.int64
+
+
 class _DecayQuantizer(Quantizer):
     """Shared parts: the ``alpha``/``tau`` conversions, codes, export and state.
 
@@ -250,9 +261,11 @@ class _DecayQuantizer(Quantizer):
         _check_alpha_type(alpha)
         if not isinstance(alpha, Tensor):
             alpha = torch.tensor(float(alpha), dtype=state.dtype, device=state.device)
-        codes = torch.round(state.detach() / scale).to(torch.int64)
+        codes = torch.round(state.detach() / scale)
         if quant_min is not None or quant_max is not None:
-            codes = torch.clamp(codes, _as_bound(quant_min), _as_bound(quant_max))
+            low, high = _as_bound(quant_min), _as_bound(quant_max)
+            codes = torch.clamp(codes, low, high)
+        codes = codes.to(_code_dtype(quant_min, quant_max))
         value = self.integer_decay(codes, alpha).to(state.dtype) * scale
         return straight_through(value, alpha * state)
 

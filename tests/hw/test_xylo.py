@@ -427,6 +427,53 @@ def test_fake_quant_model_spikes_exactly_like_simulate_on_its_export():
     assert bool((chip != nearest).any())
 
 
+def test_saturating_states_match_the_chip():
+    # Input 4 x 15 events of weight 127 per step (7620 per step, all positive, so adding
+    # them at once saturates as adding them one by one does) into a current with dash 4:
+    # i + x passes 32767, which the chip saturates before the decay (and so does the
+    # model: decay_state saturates to the state's range first), and the membranes
+    # saturate too. Then silence: everything decays back from the limit.
+    from aquatic import nn as ann
+
+    qh, qo = xylo.qconfig(power_of_two=True), xylo.qconfig(power_of_two=True)
+    model = torch.nn.Sequential(
+        ann.Linear(4, 3, bias=False, qconfig=qh),
+        ann.LIF(
+            alpha_mem=1 - 2**-4,
+            alpha_syn=1 - 2**-4,
+            threshold=[4.0, 64.0, 500.0],
+            bias=-2.0,
+            max_spikes=31,
+            record_states=True,
+            qconfig=qh,
+        ),
+        ann.Linear(3, 2, bias=False, qconfig=qo),
+        ann.LIF(alpha_mem=0.5, alpha_syn=0.5, threshold=[1.0, 400.0], qconfig=qo),
+    )
+    with torch.no_grad():
+        model[0].weight.fill_(127 / 64)  # the largest int8 weight at the scale 2**-6
+        model[2].weight.copy_(torch.tensor([[1.0, 0.5, 0.25], [2.0, 1.0, 0.5]]))
+    x = torch.zeros(2, 40, 4)
+    x[:, :20] = 15.0
+    x[1, :20, 2:] = 7.0
+    model(x)  # the quantizers observe the parameters (training mode)
+    model.eval()
+    with torch.no_grad():
+        output = model(x)
+    out, rec = xylo.simulate(xylo.export(model), x.long(), record=True)
+    hidden = model[1].recordings
+    grid = model[1].quantizers["v_mem"]
+    assert torch.equal(rec["i_syn"][..., 0], codes(hidden["i_syn"], grid))
+    assert torch.equal(rec["v_mem"], codes(hidden["v_mem"], grid))
+    assert torch.equal(out[:, 1:], output[:, :-1].long())
+    # the limits were reached, by the current before its decay and by the membranes
+    i = rec["i_syn"][..., 0]
+    before_decay = torch.cat([torch.zeros_like(i[:, :1]), i[:, :-1]], 1) + 7620
+    assert bool((before_decay[0] > 32767).any())
+    assert int(i.max()) == 32767 - (32767 >> 4)
+    assert int((rec["v_mem"] + rec["spikes"] * torch.tensor([256, 4096, 32000])).max()) == 32767
+
+
 def test_the_float_leak_would_not_be_exact():
     # The same trained model with alpha * v in place of the chip's integer leak (the state
     # still quantized before the spike decision) drifts from the chip: the rule matters.
