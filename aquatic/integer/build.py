@@ -139,7 +139,7 @@ def build_accumulator(name: str, layer: nn.Module, spec: QSpec):
         )
     # Values first: quantizers such as BinaryQuantizer record the scale they last used.
     values = layer.quantize_params()
-    affine = affine_params(layer.quantizers["weight"], f"{where}, quantizer 'weight'")
+    affine = affine_params(layer.quantizers["weight"], f"{where}, quantizer 'weight'", rounds=False)
     notes = list(affine.notes)
     w_scale, out_axis = _out_channel_scale(layer, affine, where)
     # (code - zero_point) of every weight: what the accumulator multiplies by.

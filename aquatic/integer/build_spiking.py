@@ -78,7 +78,7 @@ def _param_affine(layer, name: str, where: str) -> Optional[Affine]:
     if quantizer is None:
         return None
     try:
-        affine = affine_params(quantizer, f"{where}, quantizer {name!r}")
+        affine = affine_params(quantizer, f"{where}, quantizer {name!r}", rounds=False)
     except ValueError:
         return None  # not an affine quantizer: use the value itself
     if affine.scale.dim() != 0 or int(affine.zero_point.abs().max()) != 0:
@@ -129,7 +129,7 @@ def _recurrent(layer, where: str):
             "layer a QConfig with a weight quantizer"
         )
     value = layer.quantize_params()["rec_weight"]  # first: it may record the scale
-    affine = affine_params(layer.quantizers["rec_weight"], f"{where}, 'rec_weight'")
+    affine = affine_params(layer.quantizers["rec_weight"], f"{where}, 'rec_weight'", rounds=False)
     if affine.scale.dim() == 1 and affine.ch_axis not in (0, -2):
         raise ValueError(
             f"{where}: rec_weight is quantized per input neuron (ch_axis={affine.ch_axis}); "
@@ -188,10 +188,11 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
     unit_scales = [spec.scale] + [a.scale for a in (vq, iq) if a is not None]
     if rec is not None:
         unit_scales.append(rec[1])
-    exact = all(is_power_of_two(s) for s in unit_scales)
+    power_of_two = all(is_power_of_two(s) for s in unit_scales)
     if "activation" in layer.quantizers:
         act = affine_params(layer.quantizers["activation"], f"{where}, 'activation'")
-        exact = exact and act.power_of_two
+        power_of_two = power_of_two and act.power_of_two
+    exact = power_of_two
     if exact:
         needed = [_exponent(s) for s in unit_scales]
         for value in (threshold, bias, min_v):
@@ -206,6 +207,7 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
     if not exact:
         base = float(vq.scale) if vq is not None else float(spec.scale.min())
         unit = base * 2.0**-state_frac_bits
+    if not power_of_two:
         notes.append(
             f"{where}: its scales are not all powers of two, so the integer twin rounds "
             "where the float model does not; spikes may differ near the threshold"

@@ -38,17 +38,28 @@ class Affine:
         return is_power_of_two(self.scale)
 
 
-def affine_params(quantizer: nn.Module, where: str) -> Affine:
+def affine_params(quantizer: nn.Module, where: str, rounds: bool = True) -> Affine:
     """The affine parameters of ``quantizer`` (from its ``qparams()``), or a clear error.
 
     Args:
         quantizer: any aquatic quantizer whose ``qparams()`` has ``scale``,
             ``zero_point``, ``quant_min`` and ``quant_max``.
         where: how to name it in messages, e.g. ``"layer '0' (Linear), quantizer 'activation'"``.
+        rounds: the integer model will quantize with it (activations, states, the input),
+            so it must round to a uniform grid; ``False`` when only the scale of values
+            it already produced is needed (weights).
 
     Raises:
         ValueError: it has no range yet, or it is not an affine quantizer.
     """
+    from aquatic.quantizers.binary import BinaryQuantizer, TernaryQuantizer
+
+    if rounds and isinstance(quantizer, (BinaryQuantizer, TernaryQuantizer)):
+        raise ValueError(
+            f"{where} is a {type(quantizer).__name__}, which thresholds rather than rounds "
+            "to a uniform grid; the integer model requantizes with uniform quantizers only "
+            "(e.g. aquatic.quantizers.UniformQuantizer)"
+        )
     if not getattr(quantizer, "fake_quant_enabled", True):
         raise ValueError(
             f"{where} has fake quantization switched off, so the model computes in float "

@@ -374,3 +374,15 @@ def test_fake_quantization_switched_off_is_refused():
     aquatic.disable_fake_quant(model)
     with pytest.raises(ValueError, match="enable_fake_quant"):
         aquatic.convert(model, input_scale=1 / 16)
+
+
+def test_binary_activation_quantizer_is_refused():
+    from aquatic.quantizers import BinaryQuantizer
+
+    qconfig = aquatic.QConfig(
+        weight=POW2_WEIGHT, activation=BinaryQuantizer.with_args(ch_axis=None)
+    )
+    model = nn.Sequential(qnn.Linear(4, 3, qconfig=qconfig))
+    calibrate(model, torch.rand(8, 4))
+    with pytest.raises(ValueError, match="thresholds rather than rounds"):
+        aquatic.convert(model, input_scale=1 / 16)
