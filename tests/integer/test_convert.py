@@ -386,3 +386,20 @@ def test_binary_activation_quantizer_is_refused():
     calibrate(model, torch.rand(8, 4))
     with pytest.raises(ValueError, match="thresholds rather than rounds"):
         aquatic.convert(model, input_scale=1 / 16)
+
+
+def test_conv3d_flatten_unflatten_are_bit_exact():
+    torch.manual_seed(6)
+    q = aquatic.QConfig(weight=POW2_WEIGHT, activation=POW2_ACT)
+    model = nn.Sequential(
+        qnn.Conv3d(1, 2, 2, bias=False, qconfig=q),
+        nn.Flatten(),
+        nn.Unflatten(1, (2, 27)),
+        qnn.Conv1d(2, 2, 3, stride=2, bias=False, qconfig=q),
+    )
+    x = torch.randint(0, 16, (4, 1, 4, 4, 4)) / 16.0
+    calibrate(model, x)
+    integer_model = aquatic.convert(model, input_scale=1 / 16, input_range=(0, 15))
+    fake, codes = run_both(model, integer_model, x)
+    assert integer_model.exact, integer_model.notes
+    assert torch.equal(integer_model.dequantize_output(codes), fake)
