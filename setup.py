@@ -8,6 +8,12 @@ for line in (here / "aquatic" / "__init__.py").read_text().splitlines():
     if line.startswith("__version__"):
         exec(line, version)
 
+DEMO = ["scikit-learn>=1.2", "tqdm>=4.60", "matplotlib>=3.6"]
+NIR = ["nir>=1.0"]
+ONNX = ["onnx>=1.14", "onnxruntime>=1.16"]
+# The tests exercise the demo and both interop formats, so dev installs them all.
+DEV = ["pytest>=7", "hypothesis>=6", "black>=24", "pre-commit>=3", "sphinx>=7"]
+
 setup(
     name="aquatic",
     version=version["__version__"],
@@ -19,20 +25,11 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "numpy"],
     extras_require={
-        "dev": [
-            "pytest>=7",
-            "hypothesis>=6",
-            "black>=24",
-            "pre-commit>=3",
-            "sphinx>=7",
-            "nir>=1.0",
-            "onnx>=1.14",
-            "onnxruntime>=1.16",
-        ],
-        "demo": ["scikit-learn>=1.2", "tqdm>=4.60", "matplotlib>=3.6"],
+        "dev": DEV + DEMO + NIR + ONNX,
+        "demo": DEMO,
         "bench": ["brevitas", "snntorch", "sinabs", "norse"],
-        "nir": ["nir>=1.0"],
-        "onnx": ["onnx>=1.14", "onnxruntime>=1.16"],
+        "nir": NIR,
+        "onnx": ONNX,
     },
     classifiers=[
         "Programming Language :: Python :: 3",
