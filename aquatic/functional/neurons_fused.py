@@ -51,7 +51,7 @@ from aquatic.functional.neurons import (
     Number,
     prepare,
 )
-from aquatic.functional.surrogate import Surrogate
+from aquatic.functional.surrogate import spike_values, Surrogate
 
 __all__ = ["lif_fused"]
 
@@ -67,12 +67,10 @@ def _block_steps(x: Tensor) -> int:
 
 
 def _spikes_into(out: Tensor, v: Tensor, threshold: Tensor, max_spikes: int) -> None:
-    # Same arithmetic as aquatic.functional.surrogate.spike_values.
     if max_spikes == 1:
         torch.ge(v, threshold, out=out)
     else:
-        torch.div(v, threshold, out=out)
-        out.floor_().clamp_(0, max_spikes)
+        out.copy_(spike_values(v, threshold, max_spikes))
 
 
 def _counts(v: Tensor, threshold: Tensor, max_spikes: int) -> Tensor:

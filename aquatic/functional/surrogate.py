@@ -249,7 +249,16 @@ def spike_values(v: Tensor, threshold: Tensor, max_spikes: int = 1) -> Tensor:
     """
     if max_spikes == 1:
         return torch.ge(v, threshold).to(v.dtype)
-    return torch.clamp(torch.floor(v / threshold), 0, max_spikes)
+    count = torch.floor(v / threshold)
+    # On-grid values v = a s and threshold = b s must count floor(a / b), as integer chips
+    # do, but float32 rounds: v / threshold can land just below an integer
+    # (771 s / 257 s -> 2.9999998) and n * threshold just above a v it equals. Grid
+    # values that differ do so by at least s, far more than float32's few ulps, so
+    # comparing with a relative slack of 2**-21 settles the count by at most one.
+    slack = v.abs() * 2.0**-21
+    count += torch.ge(v + slack, (count + 1) * threshold).to(v.dtype)
+    count -= torch.lt(v + slack, count * threshold).to(v.dtype)
+    return torch.clamp(count, 0, max_spikes)
 
 
 def _reduce(grad: Tensor, like: Tensor) -> Tensor:

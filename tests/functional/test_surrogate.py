@@ -140,3 +140,19 @@ def test_repr_equality_hash():
     assert len({Triangle(), Triangle()}) == 1
     with pytest.raises(NotImplementedError):
         Surrogate().derivative(torch.zeros(1))
+
+
+def test_spike_count_of_on_grid_values_equals_integer_division():
+    # v = a s and threshold = b s on one grid: the count must be floor(a / b), as an
+    # integer chip computes it, although v / threshold in float32 can round across an
+    # integer (771 s / 257 s with s = 0.0123 gives 2.9999998).
+    from aquatic.functional.surrogate import spike_values
+
+    s = torch.tensor(0.0123)
+    assert spike_values(771 * s, 257 * s, max_spikes=31).item() == 3.0
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-40000, 40000, (200000,), generator=generator)
+    b = torch.randint(1, 30000, (200000,), generator=generator)
+    expected = torch.clamp(torch.div(a, b, rounding_mode="floor"), 0, 31).float()
+    counts = spike_values(a.float() * s, b.float() * s, max_spikes=31)
+    assert torch.equal(counts, expected)

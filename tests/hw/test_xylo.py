@@ -1,5 +1,6 @@
 """Tests of the Xylo profile: simulator (golden traces, a scalar reference, xylosim)."""
 
+import math
 import numpy as np
 import pytest
 import torch
@@ -524,3 +525,29 @@ def test_dash_of():
         xylo.dash_of(torch.tensor([0.9]))
     with pytest.raises(DoesNotFitError, match="no leak"):
         xylo.dash_of(torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_without_a_power_of_two_scale(seed):
+    # Any shared scale: states are codes times a float32 scale, and the spike count
+    # floor(v / threshold) of on-grid values must still be the chip's integer division.
+    from aquatic import nn as ann
+
+    torch.manual_seed(seed)
+    qh, qo = xylo.qconfig(), xylo.qconfig()
+    model = torch.nn.Sequential(
+        ann.Linear(4, 16, bias=False, qconfig=qh),
+        ann.LIFRecurrent(16, tau_mem=8.0, tau_syn=4.0, max_spikes=31, qconfig=qh),
+        ann.Linear(16, 3, bias=False, qconfig=qo),
+        ann.LIF(tau_mem=8.0, tau_syn=4.0, qconfig=qo),
+    )
+    x = (torch.rand(8, 60, 4) < 0.3).float()
+    model = trained(model, x)
+    scale = model[0].quantizers["weight"].qparams()["scale"].item()
+    assert scale != 2.0 ** round(math.log2(scale))
+    with torch.no_grad():
+        hidden = model[1](model[0](x))
+        output = model(x)
+    chip, rec = xylo.simulate(xylo.export(model), x.long(), record=True)
+    assert torch.equal(rec["spikes"], hidden.long()) and hidden.max() > 1
+    assert torch.equal(chip[:, 1:], output[:, :-1].long())
