@@ -134,18 +134,20 @@ class RangeObserver(nn.Module):
         else:  # the first per-channel batch fixes the number of channels
             self.min_val = new_min.clone()
             self.max_val = new_max.clone()
-        self.initialized = True
+        if not self.initialized:  # nn.Module.__setattr__ is slow: set it once
+            self.initialized = True
         return cur_min, cur_max
 
     def _scalar_path(self, input: Tensor) -> bool:
-        """Whether :meth:`_update_float` applies: one range, CPU, eager, and a
+        """Whether :meth:`_update_float` applies: one float32 range, CPU, eager, and a
         ``_combine`` with a float twin defined next to it (a subclass that changes
         ``_combine`` alone keeps the tensor path)."""
-        if self.ch_axis is not None or self.min_val.dim() != 0 or input.device.type != "cpu":
+        # self._buffers rather than self.min_val: nn.Module.__getattr__ costs about a
+        # microsecond, and this runs for every quantizer on every step.
+        min_val = self._buffers["min_val"]
+        if self.ch_axis is not None or min_val.dim() != 0 or min_val.dtype != torch.float32:
             return False
-        if self.min_val.dtype != torch.float32:
-            return False
-        if torch.compiler.is_compiling():
+        if input.device.type != "cpu" or torch.compiler.is_compiling():
             return False
         cls = type(self)
         if cls not in _SCALAR_CLASSES:
@@ -166,17 +168,24 @@ class RangeObserver(nn.Module):
         lo, hi = cur_min.item(), cur_max.item()
         if not (math.isfinite(lo) and math.isfinite(hi)):
             raise ValueError(_NONFINITE.format(type(self).__name__))
+        buffers = self._buffers
         if self.initialized:
-            new_lo, new_hi = self._combine_float(lo, hi, *self._range_float())
+            old_lo, old_hi = buffers["min_val"].item(), buffers["max_val"].item()
+            new_lo, new_hi = self._combine_float(lo, hi, old_lo, old_hi)
+            # An unchanged running extremum (the usual case for min/max) is not written.
+            if new_lo != old_lo:
+                buffers["min_val"].fill_(new_lo)
+            if new_hi != old_hi:
+                buffers["max_val"].fill_(new_hi)
         else:
             new_lo, new_hi = lo, hi
-        self.min_val.fill_(new_lo)
-        self.max_val.fill_(new_hi)
-        self.initialized = True
+            buffers["min_val"].fill_(new_lo)
+            buffers["max_val"].fill_(new_hi)
+            self.initialized = True
         return lo, hi, new_lo, new_hi
 
     def _range_float(self) -> Tuple[float, float]:
-        return self.min_val.item(), self.max_val.item()
+        return self._buffers["min_val"].item(), self._buffers["max_val"].item()
 
     def _extrema(self, input: Tensor) -> Tuple[Tensor, Tensor]:
         if input.numel() == 0:

@@ -166,35 +166,37 @@ class _FakeQuantizeInRange(torch.autograd.Function):
         return grad_output, None, None, None, None, None, None
 
 
+# Above this size, the extra tensor that input.clone() or input * mask makes (a pass,
+# and on the CPU often fresh pages) costs more than a Python autograd.Function.
+_CLONE_LIMIT = 1 << 16
+
+
 def _apply(input, scale, inv_scale, zero_point, quant_min, quant_max, per_channel, clips):
     if not input.requires_grad or not torch.is_grad_enabled():
         value, _ = _fake_quantize_values(
             input, scale, inv_scale, zero_point, quant_min, quant_max, per_channel, clips
         )
         return value
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or input.numel() >= _CLONE_LIMIT:
         function = _FakeQuantizeNearest if clips else _FakeQuantizeInRange
         return function.apply(
             input, scale, inv_scale, zero_point, quant_min, quant_max, per_channel
         )
-    # Eager: a built-in op carries the gradient, its result is then overwritten with
-    # the quantized value. input * mask has the gradient grad * mask, input.clone() the
+    # Eager: a built-in op carries the gradient, and its result is then overwritten,
+    # through a detached alias (no autograd recording, no no_grad block), with the
+    # quantized value. input * mask has the gradient grad * mask, input.clone() the
     # identity; both are C++ autograd nodes, cheaper than a Python autograd.Function.
+    detached = input.detach()
     if clips:
-        codes, mask = _codes(
-            input.detach(), inv_scale, zero_point, quant_min, quant_max, True, True
-        )
+        codes, mask = _codes(detached, inv_scale, zero_point, quant_min, quant_max, True, True)
         output = input * mask
-        with torch.no_grad():
-            _dequantize(codes, scale, zero_point, input.dtype, per_channel, out=output)
+        _dequantize(codes, scale, zero_point, input.dtype, per_channel, out=output.detach())
         return output
     output = input.clone()
-    with torch.no_grad():
-        buffer = output if input.dtype == torch.float32 else None
-        codes, _ = _codes(
-            input.detach(), inv_scale, zero_point, quant_min, quant_max, False, False, buffer
-        )
-        _dequantize(codes, scale, zero_point, input.dtype, per_channel, out=output)
+    target = output.detach()
+    buffer = target if input.dtype == torch.float32 else None
+    codes, _ = _codes(detached, inv_scale, zero_point, quant_min, quant_max, False, False, buffer)
+    _dequantize(codes, scale, zero_point, input.dtype, per_channel, out=target)
     return output
 
 
@@ -261,4 +263,8 @@ def fake_quantize_nearest_scalar(
         tensor([-1.0000,  0.3000, 12.7000])
     """
     inv_scale = to_float32(1.0 / scale)
-    return _apply(input, scale, inv_scale, zero_point or None, quant_min, quant_max, False, clips)
+    # clamp(r + z, qmin, qmax) - z == clamp(r, qmin - z, qmax - z) for the integral
+    # floats involved: the zero point moves into the range, two passes fewer.
+    return _apply(
+        input, scale, inv_scale, None, quant_min - zero_point, quant_max - zero_point, False, clips
+    )

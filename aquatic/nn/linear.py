@@ -73,10 +73,10 @@ class Linear(TorchTwin, nn.Linear):
         )
 
     def forward(self, input: Tensor) -> Tensor:
-        if not self.quantizers:
+        if not self._modules["quantizers"]._modules:
             return super().forward(input)
         weight, bias = self.quantized_weight_and_bias(input)
-        return self.quantize_output(F.linear(input, weight, bias))
+        return self._quantize_output(F.linear(input, weight, bias))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._quant_repr()

@@ -114,15 +114,26 @@ class TorchTwin(QuantizedModule):
         A bias quantizer with ``follows_input_scale`` gets the input and the weight scale
         (see :class:`aquatic.quantizers.AccumulatorBiasQuantizer`).
         """
-        weight = self.quantized("weight")
-        bias = self.bias
-        if bias is not None and "bias" in self.quantizers:
-            quantizer = self.quantizers["bias"]
+        # Dictionary lookups rather than attribute access (nn.Module.__getattr__ costs
+        # about a microsecond each): this runs on every forward.
+        quantizers = self._modules["quantizers"]._modules
+        weight, bias = self._parameters.get("weight"), self._parameters.get("bias")
+        if weight is None:  # parametrized from outside
+            weight, bias = self.weight, self.bias
+        quantizer = quantizers.get("weight")
+        if quantizer is not None:
+            weight = quantizer(weight)
+        quantizer = quantizers.get("bias")
+        if bias is not None and quantizer is not None:
             if getattr(quantizer, "follows_input_scale", False):
                 bias = quantizer.quantize_bias(bias, input, self._weight_scale())
             else:
                 bias = quantizer(bias)
         return weight, bias
+
+    def _quantize_output(self, output: Tensor) -> Tensor:
+        quantizer = self._modules["quantizers"]._modules.get("activation")
+        return output if quantizer is None else quantizer(output)
 
     # -- state_dict -------------------------------------------------------------------
 

@@ -238,8 +238,14 @@ class UniformQuantizer(Quantizer):
             min_val, max_val, observer.quant_min, observer.quant_max, observer.symmetric
         )
         clips = True
-        if batch is not None and input.dtype != torch.float64:
-            clips = _codes_clip_float(batch, scale, zero_point, self.quant_min, self.quant_max)
+        if input.dtype != torch.float64:
+            if batch is None and input.requires_grad and input.numel() >= 4096:
+                # No fresh extrema (frozen range): one pass to find them is cheaper than
+                # the clamp, mask and masked gradient it usually saves.
+                low, high = torch.aminmax(input.detach())
+                batch = (low.item(), high.item())
+            if batch is not None:
+                clips = _codes_clip_float(batch, scale, zero_point, self.quant_min, self.quant_max)
         return fake_quantize_nearest_scalar(
             input, scale, zero_point, self.quant_min, self.quant_max, clips
         )
