@@ -67,11 +67,30 @@ picks the fused one unless state quantizers or decay functions are given.
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
+from aquatic.functional.neuron_checks import (
+    as_param,
+    check_input,
+    check_max_spikes,
+    check_reset,
+    check_state,
+    prepare,
+)
+from aquatic.functional.neuron_types import (
+    METHODS,
+    RESET_MODES,
+    LIFOutput,
+    LIFState,
+    Number,
+    Options,
+    StateDecay,
+    StateOps,
+    StateQuantizer,
+)
 from aquatic.functional.surrogate import Surrogate, check_surrogate, spike
 
 __all__ = [
@@ -84,117 +103,6 @@ __all__ = [
     "lif",
     "exp_leak",
 ]
-
-#: Reset modes: subtract the threshold per spike, or set the membrane to zero.
-RESET_MODES = ("subtract", "zero")
-#: Implementations :func:`lif` can run.
-METHODS = ("auto", "loop", "fused")
-
-Number = Union[float, Tensor]
-StateQuantizer = Optional[Callable[[Tensor], Tensor]]
-#: ``decay(state, alpha) -> decayed state``, replacing ``alpha * state``.
-StateDecay = Optional[Callable[[Tensor, Tensor], Tensor]]
-
-
-class LIFState(NamedTuple):
-    """Neuron state after a step, each ``(N, *)``.
-
-    Attributes:
-        v_mem: membrane potential after the reset.
-        i_syn: synaptic current (``None`` without a synaptic state).
-        spikes: the last spikes (recurrent layers only, ``None`` otherwise).
-    """
-
-    v_mem: Tensor
-    i_syn: Optional[Tensor] = None
-    spikes: Optional[Tensor] = None
-
-
-class LIFOutput(NamedTuple):
-    """Result of a whole sequence.
-
-    Attributes:
-        output: spikes ``(N, T, *)``; for :func:`exp_leak` the membrane trace.
-        state: the final :class:`LIFState`.
-        v_mem: the membrane after each step's reset, ``(N, T, *)``, when recorded.
-        i_syn: the synaptic current of each step, ``(N, T, *)``, when recorded.
-    """
-
-    output: Tensor
-    state: LIFState
-    v_mem: Optional[Tensor] = None
-    i_syn: Optional[Tensor] = None
-
-
-def check_reset(reset: str) -> str:
-    if reset not in RESET_MODES:
-        raise ValueError(
-            f"unknown reset mode {reset!r}; use one of {', '.join(map(repr, RESET_MODES))}"
-        )
-    return reset
-
-
-def check_max_spikes(max_spikes: int) -> int:
-    if isinstance(max_spikes, bool) or not isinstance(max_spikes, int) or max_spikes < 1:
-        raise ValueError(
-            f"max_spikes must be an int >= 1 (1 for binary spikes), got {max_spikes!r}"
-        )
-    return max_spikes
-
-
-def check_input(input: Tensor, min_dim: int, layout: str) -> None:
-    if not isinstance(input, Tensor):
-        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
-    if not input.is_floating_point():
-        raise TypeError(f"input must be floating point, got {input.dtype}; use input.float()")
-    if input.dim() < min_dim:
-        hint = " (add a time axis with input.unsqueeze(1))" if "T" in layout else ""
-        raise ValueError(
-            f"expected input of shape {layout} with at least {min_dim} dimensions, got "
-            f"shape {tuple(input.shape)}{hint}"
-        )
-
-
-def as_param(name: str, value: Optional[Number], like: Tensor, step_shape) -> Optional[Tensor]:
-    """``value`` as a tensor of ``like``'s dtype and device that broadcasts to ``step_shape``."""
-    if value is None:
-        return None
-    if not isinstance(value, Tensor):
-        return torch.tensor(float(value), dtype=like.dtype, device=like.device)
-    try:
-        broadcast = torch.broadcast_shapes(value.shape, step_shape)
-    except RuntimeError:
-        broadcast = None
-    if broadcast != torch.Size(step_shape):
-        raise ValueError(
-            f"{name} of shape {tuple(value.shape)} does not broadcast to the neurons of the "
-            f"input, shape {tuple(step_shape)}; give a scalar or one value per neuron"
-        )
-    return value.to(dtype=like.dtype, device=like.device)
-
-
-def check_state(state, batch_shape, synaptic: bool, like: Tensor) -> LIFState:
-    """A :class:`LIFState` of zeros, or ``state`` checked against the batch shape."""
-    if state is None:
-        zeros = torch.zeros(batch_shape, dtype=like.dtype, device=like.device)
-        return LIFState(zeros, zeros.clone() if synaptic else None)
-    if isinstance(state, Tensor):
-        state = LIFState(state)
-    if not isinstance(state, tuple) or not isinstance(state[0], Tensor):
-        raise TypeError(f"state must be a LIFState(v_mem, i_syn), got {type(state).__name__}")
-    state = LIFState(*state)
-    for name, value in (("v_mem", state.v_mem), ("i_syn", state.i_syn)):
-        if value is not None and tuple(value.shape) != tuple(batch_shape):
-            raise ValueError(
-                f"state.{name} has shape {tuple(value.shape)}, but this input needs "
-                f"{tuple(batch_shape)} (batch, *neurons)"
-            )
-    if state.i_syn is not None and not synaptic:
-        raise ValueError("state.i_syn was given, but these neurons have no synaptic state")
-    i_syn = state.i_syn
-    if synaptic and i_syn is None:
-        i_syn = torch.zeros(batch_shape, dtype=like.dtype, device=like.device)
-    return LIFState(state.v_mem.to(like.dtype), None if i_syn is None else i_syn.to(like.dtype))
 
 
 def lif_step(
@@ -268,30 +176,6 @@ def lif_step(
     return _step(input, state, params, options, ops)
 
 
-class Options(NamedTuple):
-    """The non-tensor options of a neuron, as the step and sequence functions take them."""
-
-    reset: str
-    surrogate: Surrogate
-    max_spikes: int
-    min_v_mem: Optional[float]
-    norm_input: bool
-    detach_reset: bool
-    spiking: bool
-
-
-class StateOps(NamedTuple):
-    """What a step does to its state besides the float arithmetic (``None``: nothing)."""
-
-    quantize_v_mem: StateQuantizer = None
-    quantize_i_syn: StateQuantizer = None
-    decay_v_mem: StateDecay = None
-    decay_i_syn: StateDecay = None
-
-    def any(self) -> bool:
-        return any(op is not None for op in self)
-
-
 def _step(x, state, params, options, ops: StateOps):
     # Without state ops, the order of operations here is the one lif_fused uses, so both
     # give the same bits.
@@ -330,39 +214,6 @@ def _step(x, state, params, options, ops: StateOps):
     if not spiking:
         out = v
     return out, LIFState(v, i_syn if alpha_syn is not None else None)
-
-
-def prepare(
-    input,
-    alpha_mem,
-    alpha_syn,
-    threshold,
-    bias,
-    state,
-    reset,
-    surrogate,
-    max_spikes,
-    min_v_mem,
-    norm_input,
-    detach_reset,
-    spiking,
-):
-    """Check the arguments of a sequence function; ``(params, state, options)``."""
-    check_input(input, 3, "(N, T, *)")
-    check_reset(reset)
-    check_max_spikes(max_spikes)
-    surrogate = check_surrogate(surrogate)
-    step_shape = input.shape[2:]
-    params = (
-        as_param("alpha_mem", alpha_mem, input, step_shape),
-        as_param("alpha_syn", alpha_syn, input, step_shape),
-        as_param("threshold", threshold, input, step_shape),
-        as_param("bias", bias, input, step_shape),
-    )
-    batch_shape = (input.shape[0],) + tuple(step_shape)
-    state = check_state(state, batch_shape, alpha_syn is not None, input)
-    options = Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
-    return params, state, options
 
 
 def lif_loop(

@@ -45,12 +45,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from aquatic.functional.neurons import (
-    LIFOutput,
-    LIFState,
-    Number,
-    prepare,
-)
+from aquatic.functional.neuron_checks import prepare
+from aquatic.functional.neuron_types import LIFOutput, LIFState, Number
 from aquatic.functional.surrogate import spike_values, Surrogate
 
 __all__ = ["lif_fused"]

@@ -41,14 +41,8 @@ from typing import Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from aquatic.functional.neurons import (
-    METHODS,
-    LIFOutput,
-    LIFState,
-    StateOps,
-    check_max_spikes,
-    check_reset,
-)
+from aquatic.functional.neuron_checks import check_max_spikes, check_reset
+from aquatic.functional.neuron_types import METHODS, LIFOutput, LIFState, StateOps
 from aquatic.functional.surrogate import Surrogate, check_surrogate
 from aquatic.nn.base import QuantizedModule
 from aquatic.qconfig import QConfig

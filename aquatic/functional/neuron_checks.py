@@ -1,0 +1,128 @@
+"""Checks of the arguments of the neuron functions in :mod:`aquatic.functional.neurons`.
+
+Each check raises a ``ValueError`` or ``TypeError`` that names the bad value and the
+fix, and returns the value in the form the step functions use.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from aquatic.functional.neuron_types import RESET_MODES, LIFState, Number, Options
+from aquatic.functional.surrogate import check_surrogate
+
+__all__ = [
+    "check_reset",
+    "check_max_spikes",
+    "check_input",
+    "as_param",
+    "check_state",
+    "prepare",
+]
+
+
+def check_reset(reset: str) -> str:
+    if reset not in RESET_MODES:
+        raise ValueError(
+            f"unknown reset mode {reset!r}; use one of {', '.join(map(repr, RESET_MODES))}"
+        )
+    return reset
+
+
+def check_max_spikes(max_spikes: int) -> int:
+    if isinstance(max_spikes, bool) or not isinstance(max_spikes, int) or max_spikes < 1:
+        raise ValueError(
+            f"max_spikes must be an int >= 1 (1 for binary spikes), got {max_spikes!r}"
+        )
+    return max_spikes
+
+
+def check_input(input: Tensor, min_dim: int, layout: str) -> None:
+    if not isinstance(input, Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(input).__name__}")
+    if not input.is_floating_point():
+        raise TypeError(f"input must be floating point, got {input.dtype}; use input.float()")
+    if input.dim() < min_dim:
+        hint = " (add a time axis with input.unsqueeze(1))" if "T" in layout else ""
+        raise ValueError(
+            f"expected input of shape {layout} with at least {min_dim} dimensions, got "
+            f"shape {tuple(input.shape)}{hint}"
+        )
+
+
+def as_param(name: str, value: Optional[Number], like: Tensor, step_shape) -> Optional[Tensor]:
+    """``value`` as a tensor of ``like``'s dtype and device that broadcasts to ``step_shape``."""
+    if value is None:
+        return None
+    if not isinstance(value, Tensor):
+        return torch.tensor(float(value), dtype=like.dtype, device=like.device)
+    try:
+        broadcast = torch.broadcast_shapes(value.shape, step_shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != torch.Size(step_shape):
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} does not broadcast to the neurons of the "
+            f"input, shape {tuple(step_shape)}; give a scalar or one value per neuron"
+        )
+    return value.to(dtype=like.dtype, device=like.device)
+
+
+def check_state(state, batch_shape, synaptic: bool, like: Tensor) -> LIFState:
+    """A :class:`LIFState` of zeros, or ``state`` checked against the batch shape."""
+    if state is None:
+        zeros = torch.zeros(batch_shape, dtype=like.dtype, device=like.device)
+        return LIFState(zeros, zeros.clone() if synaptic else None)
+    if isinstance(state, Tensor):
+        state = LIFState(state)
+    if not isinstance(state, tuple) or not isinstance(state[0], Tensor):
+        raise TypeError(f"state must be a LIFState(v_mem, i_syn), got {type(state).__name__}")
+    state = LIFState(*state)
+    for name, value in (("v_mem", state.v_mem), ("i_syn", state.i_syn)):
+        if value is not None and tuple(value.shape) != tuple(batch_shape):
+            raise ValueError(
+                f"state.{name} has shape {tuple(value.shape)}, but this input needs "
+                f"{tuple(batch_shape)} (batch, *neurons)"
+            )
+    if state.i_syn is not None and not synaptic:
+        raise ValueError("state.i_syn was given, but these neurons have no synaptic state")
+    i_syn = state.i_syn
+    if synaptic and i_syn is None:
+        i_syn = torch.zeros(batch_shape, dtype=like.dtype, device=like.device)
+    return LIFState(state.v_mem.to(like.dtype), None if i_syn is None else i_syn.to(like.dtype))
+
+
+def prepare(
+    input,
+    alpha_mem,
+    alpha_syn,
+    threshold,
+    bias,
+    state,
+    reset,
+    surrogate,
+    max_spikes,
+    min_v_mem,
+    norm_input,
+    detach_reset,
+    spiking,
+):
+    """Check the arguments of a sequence function; ``(params, state, options)``."""
+    check_input(input, 3, "(N, T, *)")
+    check_reset(reset)
+    check_max_spikes(max_spikes)
+    surrogate = check_surrogate(surrogate)
+    step_shape = input.shape[2:]
+    params = (
+        as_param("alpha_mem", alpha_mem, input, step_shape),
+        as_param("alpha_syn", alpha_syn, input, step_shape),
+        as_param("threshold", threshold, input, step_shape),
+        as_param("bias", bias, input, step_shape),
+    )
+    batch_shape = (input.shape[0],) + tuple(step_shape)
+    state = check_state(state, batch_shape, alpha_syn is not None, input)
+    options = Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
+    return params, state, options
