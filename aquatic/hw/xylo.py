@@ -123,7 +123,7 @@ def qconfig(group: Optional[Any] = None, power_of_two: bool = False):
     :math:`\\alpha = 1 - 2^{-dash}`; the states (synaptic currents and membranes) are
     int16 on the same scale (:class:`SharedStateQuantizer`), so the spiking layers
     decide spikes on the 16-bit membrane and decay it as Xylo does
-    (``v - max(v >> dash, 1)``, see :mod:`aquatic.nn.neuron_base`).
+    (``v - max(v >> dash, 1)``, see :mod:`aquatic.nn.grid_decay`).
 
     Every layer built with one returned QConfig shares one scale. Xylo needs one scale
     per neuron population: the input ``Linear``, the hidden ``LIF`` (threshold, bias,

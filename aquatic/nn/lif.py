@@ -22,7 +22,7 @@ so spikes are decided on the quantized membrane, as on a chip. :math:`\alpha \od
 is :math:`\alpha y`, or, when the decay's quantizer knows the chip's integer rule
 (``BitShiftDecay``, ``UniformDecay``) and the state is quantized, that rule applied on
 the state's integer grid with the gradient of :math:`\alpha y` (see
-:mod:`aquatic.nn.neuron_base`). The spike's gradient is a surrogate
+:mod:`aquatic.nn.grid_decay`). The spike's gradient is a surrogate
 (:mod:`aquatic.functional.surrogate`). See :mod:`aquatic.functional.neurons` for the
 details, including how this differs from snnTorch's ``Leaky`` (reset timing).
 

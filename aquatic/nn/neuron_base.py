@@ -16,18 +16,9 @@ Quantizers (from the :class:`~aquatic.QConfig`):
   before the spike decision, the synaptic current after its update (see
   :mod:`aquatic.functional.neurons`).
 
-Decays on a quantized state. When the quantizer that decides a decay (``alpha_mem`` /
-``alpha_syn`` if ``QConfig.alpha`` is set, else ``tau_mem`` / ``tau_syn``) knows how a
-chip applies it to an integer state (it has a ``decay_state`` method, as
-:class:`~aquatic.quantizers.BitShiftDecay` and
-:class:`~aquatic.quantizers.UniformDecay` do) and that state's quantizer has a grid
-(``qparams()`` gives a ``scale``), the layer decays the state as the chip does:
-:math:`s \\cdot \\mathrm{rule}(\\mathrm{clamp}(\\mathrm{round}(v / s)))` on the state's
-integer grid and range, with the gradient of :math:`\\alpha v`. The rule lives with the
-decay quantizer; the layer only asks for it. Otherwise (no state quantizer, a scale not
-known yet, an ``alpha`` quantizer without a rule, or fake quantization switched off) it
-multiplies by :math:`\\alpha`. The grid is read at every step, so a state quantizer
-whose observer moves its scale is followed.
+Decays on a quantized state: when the decay's quantizer knows how a chip applies it to
+an integer state and the state is quantized, the layer decays the state by that rule
+on the state's grid (see :mod:`aquatic.nn.grid_decay`).
 
 While training, decays are kept in ``[0, 1]`` (time constants below ``1e-3`` steps act
 as ``1e-3``).
@@ -36,7 +27,7 @@ as ``1e-3``).
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +36,7 @@ from aquatic.functional.neuron_checks import check_max_spikes, check_reset
 from aquatic.functional.neuron_types import METHODS, LIFOutput, LIFState, StateOps
 from aquatic.functional.surrogate import Surrogate, check_surrogate
 from aquatic.nn.base import QuantizedModule
+from aquatic.nn.grid_decay import GridDecay
 from aquatic.qconfig import QConfig
 
 __all__ = ["NeuronModule"]
@@ -69,64 +61,6 @@ def _as_tensor(name: str, value: Value) -> Tensor:
 
 def _describe(value: Tensor) -> str:
     return f"{value.item():g}" if value.numel() == 1 else f"shape {tuple(value.shape)}"
-
-
-Grid = Tuple[Tensor, Optional[Tensor], Optional[Tensor]]
-
-
-def state_grid(quantizer: nn.Module, like: Tensor) -> Optional[Grid]:
-    """``(scale, low, high)`` of a state quantizer's grid, broadcastable to ``like``.
-
-    ``low``/``high`` bound ``state / scale`` (the integer range less the zero point;
-    ``None`` when the quantizer does not say). ``None`` when the quantizer has no
-    scale, has seen nothing yet, or does not quantize (``fake_quant_enabled=False``).
-    """
-    if not getattr(quantizer, "fake_quant_enabled", True):
-        return None
-    qparams = getattr(quantizer, "qparams", None)
-    if not callable(qparams):
-        return None
-    try:
-        params = qparams()
-    except RuntimeError:  # an observer that has seen nothing: no grid so far
-        return None
-    scale = params.get("scale")
-    if scale is None:
-        return None
-    scale = torch.as_tensor(scale).detach()
-    zero_point = torch.as_tensor(params.get("zero_point", 0)).detach().to(torch.int64)
-    quant_min, quant_max = params.get("quant_min"), params.get("quant_max")
-    if scale.numel() > 1 or zero_point.numel() > 1:
-        axis = params.get("ch_axis")
-        if axis is None:
-            return None
-        shape = [1] * like.dim()
-        shape[axis] = -1
-        scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
-    low = None if quant_min is None else quant_min - zero_point
-    high = None if quant_max is None else quant_max - zero_point
-    return scale.to(device=like.device), low, high
-
-
-class GridDecay:
-    """``decay(state, alpha)``: a decay quantizer's integer rule on a state quantizer's grid.
-
-    Falls back to ``alpha * state`` whenever the rule does not apply (see the module
-    docstring). Built by the layers for the functions of :mod:`aquatic.functional.neurons`.
-    """
-
-    def __init__(self, decay_quantizer: nn.Module, state_quantizer: nn.Module) -> None:
-        self.decay_quantizer = decay_quantizer
-        self.state_quantizer = state_quantizer
-
-    def __call__(self, state: Tensor, alpha: Tensor) -> Tensor:
-        grid = None
-        if getattr(self.decay_quantizer, "fake_quant_enabled", True):
-            grid = state_grid(self.state_quantizer, state)
-        if grid is None:
-            return alpha * state
-        scale, low, high = grid
-        return self.decay_quantizer.decay_state(state, alpha, scale, low, high)
 
 
 class NeuronModule(QuantizedModule):
@@ -324,7 +258,7 @@ class NeuronModule(QuantizedModule):
         """The state quantizers and decay functions a forward pass hands to the neurons.
 
         A decay function is there for a decay whose quantizer has an integer rule
-        (``decay_state``) when its state is quantized (see the module docstring).
+        (``decay_state``) when its state is quantized (see :mod:`aquatic.nn.grid_decay`).
 
         Example:
             >>> from aquatic import QConfig
