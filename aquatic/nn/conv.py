@@ -30,10 +30,12 @@ _DOC = """:class:`torch.nn.{name}` whose weight, bias and output are quantized b
     ``qconfig=None``, or a QConfig whose fields are all ``None``, the forward pass is
     :class:`torch.nn.{name}`'s own code, bit for bit.
 
+    It takes the arguments of :class:`torch.nn.{name}` (same names, order and
+    defaults) and, keyword only, ``qconfig``.
+
     Args:
-        *args, **kwargs: as :class:`torch.nn.{name}` (same names, order and defaults).
         qconfig: which of ``weight``, ``bias`` and ``activation`` (the output) are
-            quantized, and how; keyword only.
+            quantized, and how.
 
     Shape:
         As :class:`torch.nn.{name}`.
