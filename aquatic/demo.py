@@ -277,10 +277,23 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Result]:
     parser.add_argument("--quick", action="store_true", help="a short run (under 30 s)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: these small models gain nothing from more)",
+    )
+    parser.add_argument(
         "--out", type=Path, default=Path("aquatic_demo.png"), help="where to save the plot"
     )
     args = parser.parse_args(argv)
-    return run(quick=args.quick, seed=args.seed, out=args.out)
+    if args.threads < 1:
+        parser.error(f"--threads must be at least 1, got {args.threads}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(args.threads)
+    try:
+        return run(quick=args.quick, seed=args.seed, out=args.out)
+    finally:
+        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
