@@ -169,3 +169,12 @@ def test_quantize_parameter_embedding_instance_and_errors():
         aquatic.quantize_parameter(nn.Embedding(3, 2), "weight", 8)
     with pytest.raises(TypeError, match="nn.Module"):
         aquatic.quantize_parameter("emb", "weight", UniformQuantizer)
+
+
+def test_quantize_parameter_on_an_aquatic_layer_bias():
+    layer = aquatic.nn.Linear(3, 2, qconfig=aquatic.QConfig(weight=UniformQuantizer))
+    aquatic.quantize_parameter(layer, "bias", UniformQuantizer(bits=2, scale=10.0))
+    x = torch.randn(4, 3)
+    weight = layer.quantizers["weight"](layer.weight)
+    assert torch.equal(layer.bias, torch.zeros(2))  # small biases round to 0 on a 10 grid
+    assert torch.equal(layer(x), x @ weight.t())

@@ -255,8 +255,19 @@ def fake_quantize_nearest_scalar(
 ) -> Tensor:
     """:func:`fake_quantize_nearest`, per tensor, with the scale and zero point as numbers.
 
-    ``scale`` must hold a float32 value (as :func:`calculate_qparams_float` returns);
-    no tensor is made for it, which saves several small ops per call.
+    No tensor is made for the scale or zero point, which saves several small ops per
+    call in eager mode; values and gradients are the same.
+
+    Args:
+        input: floating-point tensor.
+        scale: the scale, a Python float holding a float32 value (as
+            :func:`~aquatic.functional.qparams.calculate_qparams_float` returns).
+        zero_point: the integer zero point.
+        quant_min, quant_max: the integer range.
+        clips: as :func:`fake_quantize_nearest`.
+
+    Shape:
+        - input: any shape; output: the same shape and dtype.
 
     Example:
         >>> fake_quantize_nearest_scalar(torch.tensor([-1.0, 0.26, 13.0]), 0.1, 0, -128, 127)

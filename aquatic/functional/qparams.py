@@ -98,6 +98,10 @@ def to_float32(value: float) -> float:
     float32 result exactly for ``+ - * /`` (53 >= 2 * 24 + 2 bits; Figueroa 1995,
     "When is double rounding innocuous?"), which lets the scalar paths below reproduce
     float32 tensor arithmetic bit for bit.
+
+    Example:
+        >>> to_float32(0.1), to_float32(1e39)
+        (0.10000000149011612, inf)
     """
     try:
         return _UNPACK(_PACK(value))[0]
@@ -119,6 +123,16 @@ def calculate_qparams_float(
     dozen tiny tensor ops would cost more than the quantization itself. ``min_val`` and
     ``max_val`` must be float32 values; ``power_of_two`` is not supported here (float32
     ``log2`` has no exact scalar twin).
+
+    Args:
+        min_val, max_val: the range, float32 values as Python floats.
+        quant_min, quant_max: the integer range.
+        symmetric: whether the zero point is fixed at 0.
+        eps: the smallest scale returned.
+
+    Returns:
+        ``(scale, zero_point)``: a float holding a float32 value, and an int; equal to
+        ``calculate_qparams``'s tensors.
 
     Example:
         >>> calculate_qparams_float(-1.0, 2.0, 0, 255, False)  # as calculate_qparams

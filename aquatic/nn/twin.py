@@ -117,9 +117,9 @@ class TorchTwin(QuantizedModule):
         # Dictionary lookups rather than attribute access (nn.Module.__getattr__ costs
         # about a microsecond each): this runs on every forward.
         quantizers = self._modules["quantizers"]._modules
-        weight, bias = self._parameters.get("weight"), self._parameters.get("bias")
-        if weight is None:  # parametrized from outside
-            weight, bias = self.weight, self.bias
+        params = self._parameters  # a parametrized weight or bias is not in there
+        weight = params["weight"] if "weight" in params else self.weight
+        bias = params["bias"] if "bias" in params else self.bias
         quantizer = quantizers.get("weight")
         if quantizer is not None:
             weight = quantizer(weight)
