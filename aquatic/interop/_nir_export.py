@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -13,14 +11,11 @@ from torch import Tensor, nn
 
 from aquatic.interop._common import active, affine_params, layer_sequence, parameter_values
 from aquatic.interop._nir_modules import NIRModule, Scale, SumPool2d
+from aquatic.interop._nir_neurons import Chain, NeuronExporter, Shape, per_neuron
 from aquatic.nn.activation import ActivationQuantizer
 from aquatic.nn.exp_leak import ExpLeak
 from aquatic.nn.iaf import IAF
 from aquatic.nn.lif import LIF, LIFCell, LIFRecurrent
-from aquatic.nn.neuron_base import NeuronModule
-
-Shape = Tuple[int, ...]
-Chain = List[Tuple[str, Any]]
 
 SUPPORTED = (
     "Linear, Conv1d, Conv2d, Flatten, AvgPool2d, SumPool2d, LPPool2d(norm_type=1), "
@@ -30,48 +25,11 @@ SUPPORTED = (
 _IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 
 
-def tau_of(alpha: np.ndarray, dt: float, discretization: str) -> np.ndarray:
-    """NIR time constants of per-step decays ``alpha`` in ``(0, 1)`` (0 gives tau 0 / dt)."""
-    with np.errstate(divide="ignore"):
-        if discretization == "exact":
-            return -dt / np.log(alpha)
-        return dt / (1.0 - alpha)
-
-
 def _numpy(value: Tensor, dtype=np.float32) -> np.ndarray:
     return value.detach().cpu().to(torch.float64).numpy().astype(dtype)
 
 
-def _per_neuron(value: Any, shape: Shape, what: str) -> np.ndarray:
-    """``value`` (scalar or tensor broadcasting to the neurons) as a float64 array of ``shape``."""
-    tensor = torch.as_tensor(value).detach().cpu().to(torch.float64)
-    for target in (shape, (1,) + shape):
-        try:
-            return torch.broadcast_to(tensor, target).reshape(shape).numpy().copy()
-        except RuntimeError:
-            continue
-    raise ValueError(
-        f"{what} has shape {tuple(tensor.shape)}, which does not broadcast to the layer's "
-        f"neurons {shape}"
-    )
-
-
-@contextmanager
-def _eval_quantizers(module: nn.Module) -> Iterator[None]:
-    quantizers = getattr(module, "quantizers", None)
-    modes = [q.training for q in quantizers.values()] if quantizers is not None else []
-    if quantizers is not None:
-        quantizers.train(False)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        if quantizers is not None:
-            for quantizer, mode in zip(quantizers.values(), modes):
-                quantizer.train(mode)
-
-
-class Exporter:
+class Exporter(NeuronExporter):
     """Converts one layer at a time; collects the aquatic metadata on the way."""
 
     def __init__(self, nir: Any, dt: float, discretization: str) -> None:
@@ -100,7 +58,7 @@ class Exporter:
         if isinstance(module, (nn.AvgPool2d, SumPool2d, nn.LPPool2d)):
             return self._pool(name, module, shape)
         if isinstance(module, Scale):
-            scale = _per_neuron(module.scale, shape, f"layer {name!r} (Scale)")
+            scale = per_neuron(module.scale, shape, f"layer {name!r} (Scale)")
             return [(name, self.nir.Scale(scale=scale.astype(np.float32)))], shape
         if isinstance(module, (LIFCell, LIFRecurrent)):
             kind = "one time step" if isinstance(module, LIFCell) else "recurrent weights"
@@ -263,114 +221,6 @@ class Exporter:
         probe = torch.empty((1,) + shape, device="meta")
         out = F.avg_pool2d(probe, kernel, stride, padding)
         return [(name, node)], tuple(out.shape[1:])
-
-    # -- neurons -------------------------------------------------------------------------
-    def _neuron_fields(self, node_type: Any, shape: Shape) -> Dict[str, np.ndarray]:
-        """``v_reset = 0`` for the NIR versions that have it (reset to ``v_reset``)."""
-        names = {field.name for field in dataclasses.fields(node_type)}
-        return {"v_reset": np.zeros(shape)} if "v_reset" in names else {}
-
-    def _neuron(self, name: str, module: NeuronModule, shape: Shape) -> Chain:
-        kind = type(module).__name__
-        if getattr(module, "max_spikes", 1) != 1:
-            raise ValueError(
-                f"layer {name!r} ({kind}) emits up to max_spikes={module.max_spikes} spikes per "
-                "step; NIR neurons emit one: use max_spikes=1"
-            )
-        if module.min_v_mem is not None:
-            raise ValueError(
-                f"layer {name!r} ({kind}) bounds its membrane below (min_v_mem="
-                f"{module.min_v_mem:g}); NIR neurons have no such bound: use min_v_mem=None"
-            )
-        for state in module._quantized_states:
-            if active(module, state) is not None:
-                raise ValueError(
-                    f"layer {name!r} ({kind}) quantizes its state {state!r} after every step "
-                    "(QConfig.state), which NIR neurons cannot express; export a model "
-                    "without state quantizers"
-                )
-        with _eval_quantizers(module):
-            params = module.neuron_params()
-        what = f"layer {name!r} ({kind})"
-        alpha = _per_neuron(params["alpha_mem"], shape, f"{what}: alpha_mem")
-        bias = params["bias"]
-        bias = np.zeros(shape) if bias is None else _per_neuron(bias, shape, f"{what}: bias")
-        gain = (1.0 - alpha) if getattr(module, "norm_input", False) else np.ones(shape)
-        syn = None
-        if params["alpha_syn"] is not None:
-            syn = _per_neuron(params["alpha_syn"], shape, f"{what}: alpha_syn")
-            if bool(((syn <= 0) | (syn >= 1)).any()):
-                raise ValueError(
-                    f"{what}: alpha_syn must lie strictly between 0 and 1 for NIR (a synaptic "
-                    f"current that never decays or never receives input), got values in "
-                    f"[{syn.min():g}, {syn.max():g}]"
-                )
-        leaky = alpha < 1
-        if leaky.any() and not leaky.all():
-            raise ValueError(
-                f"{what} mixes neurons without leak (alpha_mem = 1) and leaky ones; NIR has "
-                "one node type per layer: split the layer or make every alpha_mem < 1"
-            )
-        if isinstance(module, ExpLeak):
-            self._record_activation(name, module)
-        else:
-            self.resets[name] = module.reset
-        threshold = None
-        if not isinstance(module, ExpLeak):
-            threshold = _per_neuron(params["threshold"], shape, f"{what}: threshold")
-        if not leaky.all():
-            return self._integrator(name, module, shape, gain, bias, syn, threshold)
-        tau = tau_of(alpha, self.dt, self.discretization)
-        r = gain / (1.0 - alpha)
-        v_leak = bias / (1.0 - alpha)
-        if isinstance(module, ExpLeak):
-            return [(name, self.nir.LI(tau=tau, r=r, v_leak=v_leak))]
-        if syn is None:
-            fields = self._neuron_fields(self.nir.LIF, shape)
-            node = self.nir.LIF(tau=tau, r=r, v_leak=v_leak, v_threshold=threshold, **fields)
-            return [(name, node)]
-        # With w_in = 1 the NIR current is I = i (1 - alpha_syn) / alpha_syn.
-        fields = self._neuron_fields(self.nir.CubaLIF, shape)
-        node = self.nir.CubaLIF(
-            tau_syn=tau_of(syn, self.dt, self.discretization),
-            tau_mem=tau,
-            r=r * syn / (1.0 - syn),
-            v_leak=v_leak,
-            v_threshold=threshold,
-            w_in=np.ones(shape),
-            **fields,
-        )
-        return [(name, node)]
-
-    def _integrator(
-        self,
-        name: str,
-        module: NeuronModule,
-        shape: Shape,
-        gain: np.ndarray,
-        bias: np.ndarray,
-        syn: Optional[np.ndarray],
-        threshold: Optional[np.ndarray],
-    ) -> Chain:
-        kind = type(module).__name__
-        if bool((bias != 0).any()):
-            raise ValueError(
-                f"layer {name!r} ({kind}) has a bias but no membrane leak (alpha_mem = 1); "
-                "NIR's IF and I nodes have no leak voltage to carry it: fold the bias into "
-                "the previous layer's bias, or give the layer a leak"
-            )
-        r = gain / self.dt
-        if isinstance(module, ExpLeak):
-            return [(name, self.nir.I(r=r))]
-        node = self.nir.IF(r=r, v_threshold=threshold, **self._neuron_fields(self.nir.IF, shape))
-        if syn is None:
-            return [(name, node)]
-        current = self.nir.LI(
-            tau=tau_of(syn, self.dt, self.discretization),
-            r=syn / (1.0 - syn),
-            v_leak=np.zeros(shape),
-        )
-        return [(f"{name}.syn", current), (name, node)]
 
 
 def graph_of(model: nn.Module) -> Tuple[List[Tuple[str, nn.Module]], List[Tuple[str, str]]]:
