@@ -26,8 +26,7 @@ of opposite signs pass the 16-bit limit).
 
 from __future__ import annotations
 
-import math
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
@@ -53,7 +52,7 @@ from aquatic.hw._xylo_sim import (
     check_spec,
     simulate,
 )
-from aquatic.quantizers.shared import ScaleGroup, SharedScaleQuantizer
+from aquatic.quantizers.shared import ScaleGroup, SharedScaleQuantizer, SharedStateQuantizer
 
 __all__ = [
     "SPEC_KEYS",
@@ -68,51 +67,6 @@ __all__ = [
 ]
 
 
-class SharedStateQuantizer(SharedScaleQuantizer):
-    """A neuron state on its :class:`~aquatic.quantizers.ScaleGroup`'s grid, ``bits`` wide.
-
-    A :class:`~aquatic.quantizers.SharedScaleQuantizer` that follows the group's scale
-    and never widens it: it observes nothing, so the weights, biases and thresholds set
-    the unit and the state counts in it, saturating at the signed ``bits``-bit range
-    (Xylo's 16-bit synaptic currents and membranes). Arguments as
-    :class:`~aquatic.quantizers.SharedScaleQuantizer`.
-
-    Example:
-        >>> from aquatic.quantizers import ScaleGroup, SharedScaleQuantizer
-        >>> group = ScaleGroup(power_of_two=True)
-        >>> weight = SharedScaleQuantizer(bits=8, group=group, power_of_two=True)
-        >>> state = SharedStateQuantizer(bits=16, group=group, power_of_two=True)
-        >>> _ = weight(torch.tensor([0.5, -1.0]))  # scale 2**-6
-        >>> state(torch.tensor([1.0, 1.01, 1000.0]))  # 1.01 rounds; 1000 saturates
-        tensor([  1.0000,   1.0156, 511.9844])
-        >>> group.scale()  # unchanged by the state
-        tensor(0.0156)
-    """
-
-    def __init__(
-        self,
-        bits: int = STATE_BITS,
-        narrow_range: bool = False,
-        group: Union[str, ScaleGroup] = "layer",
-        rounding: str = "nearest",
-        power_of_two: bool = False,
-    ) -> None:
-        super().__init__(bits, narrow_range, group, _NoObserver, rounding, power_of_two)
-
-    def observe(self, input: Tensor) -> None:
-        """Nothing: the state follows the scale that the other members set."""
-
-
-class _NoObserver(nn.Module):
-    """The observer of a :class:`SharedStateQuantizer`: it never has a range of its own,
-    so its group leaves it out of the shared scale."""
-
-    initialized = False
-
-    def __init__(self, quant_min: int, quant_max: int, symmetric: bool = True) -> None:
-        super().__init__()
-
-
 def qconfig(group: Optional[Any] = None, power_of_two: bool = False):
     """A QConfig that trains against Xylo's constraints.
 
@@ -121,8 +75,8 @@ def qconfig(group: Optional[Any] = None, power_of_two: bool = False):
     :class:`~aquatic.quantizers.ScaleGroup`); ``tau`` and ``alpha`` are bit-shift decays
     with a 4-bit ``dash`` (:class:`~aquatic.quantizers.BitShiftDecay`), so
     :math:`\\alpha = 1 - 2^{-dash}`; the states (synaptic currents and membranes) are
-    int16 on the same scale (:class:`SharedStateQuantizer`), so the spiking layers
-    decide spikes on the 16-bit membrane and decay it as Xylo does
+    int16 on the same scale (:class:`~aquatic.quantizers.SharedStateQuantizer`), so the
+    spiking layers decide spikes on the 16-bit membrane and decay it as Xylo does
     (``v - max(v >> dash, 1)``, see :mod:`aquatic.nn.grid_decay`).
 
     Every layer built with one returned QConfig shares one scale. Xylo needs one scale

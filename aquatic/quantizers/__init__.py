@@ -5,7 +5,12 @@ from aquatic.quantizers.bias import AccumulatorBiasQuantizer
 from aquatic.quantizers.binary import BinaryQuantizer, TernaryQuantizer
 from aquatic.quantizers.decay import BitShiftDecay, UniformDecay
 from aquatic.quantizers.learned import LSQPlusQuantizer, LSQQuantizer, PACTQuantizer
-from aquatic.quantizers.shared import ScaleGroup, SharedScaleQuantizer, link_shared_scales
+from aquatic.quantizers.shared import (
+    ScaleGroup,
+    SharedScaleQuantizer,
+    SharedStateQuantizer,
+    link_shared_scales,
+)
 from aquatic.quantizers.uniform import FixedPointQuantizer, UniformQuantizer
 
 __all__ = [
@@ -19,6 +24,7 @@ __all__ = [
     "Quantizer",
     "ScaleGroup",
     "SharedScaleQuantizer",
+    "SharedStateQuantizer",
     "TernaryQuantizer",
     "UniformDecay",
     "UniformQuantizer",

@@ -7,7 +7,9 @@ observed range into that member's own integer range,
 
 .. math::  s = \\max_i \\frac{\\max |x_i|}{q_{max,i}}
 
-so 8-bit weights and 16-bit thresholds can share it.
+so 8-bit weights and 16-bit thresholds can share it. A :class:`SharedStateQuantizer`
+puts a neuron state on that grid without taking part in the scale: the state counts in
+the unit the parameters set, as on the chip.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from aquatic.functional.rounding import check_rounding
 from aquatic.observers import MinMaxObserver, RangeObserver
 from aquatic.quantizers.base import Quantizer, integer_range
 
-__all__ = ["ScaleGroup", "SharedScaleQuantizer", "link_shared_scales"]
+__all__ = ["ScaleGroup", "SharedScaleQuantizer", "SharedStateQuantizer", "link_shared_scales"]
 
 
 class ScaleGroup:
@@ -187,6 +189,51 @@ class SharedScaleQuantizer(Quantizer):
         if self.power_of_two:
             parts.append("power_of_two=True")
         return ", ".join(parts) + self._switch_repr()
+
+
+class SharedStateQuantizer(SharedScaleQuantizer):
+    """A neuron state on its :class:`ScaleGroup`'s grid, ``bits`` wide.
+
+    A :class:`SharedScaleQuantizer` that follows the group's scale and never widens it:
+    it observes nothing, so the weights, biases and thresholds set the unit and the state
+    counts in it, saturating at the signed ``bits``-bit range (e.g. Xylo's 16-bit
+    synaptic currents and membranes, :func:`aquatic.hw.xylo.qconfig`). Arguments as
+    :class:`SharedScaleQuantizer`.
+
+    Example:
+        >>> from aquatic.quantizers import ScaleGroup, SharedScaleQuantizer
+        >>> group = ScaleGroup(power_of_two=True)
+        >>> weight = SharedScaleQuantizer(bits=8, group=group, power_of_two=True)
+        >>> state = SharedStateQuantizer(bits=16, group=group, power_of_two=True)
+        >>> _ = weight(torch.tensor([0.5, -1.0]))  # scale 2**-6
+        >>> state(torch.tensor([1.0, 1.01, 1000.0]))  # 1.01 rounds; 1000 saturates
+        tensor([  1.0000,   1.0156, 511.9844])
+        >>> group.scale()  # unchanged by the state
+        tensor(0.0156)
+    """
+
+    def __init__(
+        self,
+        bits: int = 16,
+        narrow_range: bool = False,
+        group: Union[str, ScaleGroup] = "layer",
+        rounding: str = "nearest",
+        power_of_two: bool = False,
+    ) -> None:
+        super().__init__(bits, narrow_range, group, _NoObserver, rounding, power_of_two)
+
+    def observe(self, input: Tensor) -> None:
+        """Nothing: the state follows the scale that the other members set."""
+
+
+class _NoObserver(nn.Module):
+    """The observer of a :class:`SharedStateQuantizer`: it never has a range of its own,
+    so its group leaves it out of the shared scale."""
+
+    initialized = False
+
+    def __init__(self, quant_min: int, quant_max: int, symmetric: bool = True) -> None:
+        super().__init__()
 
 
 def link_shared_scales(quantizers: Iterable[nn.Module]) -> None:
