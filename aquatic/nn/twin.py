@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from aquatic.nn.base import QuantizedModule
@@ -102,9 +101,10 @@ class TorchTwin(QuantizedModule):
             if axis % self.weight.dim() != self._weight_out_axis or scale.numel() != len(self.bias):
                 raise ValueError(
                     f"{type(self).__name__}: the bias follows the weight scale, but the "
-                    f"weight is quantized per channel along ch_axis={axis}, not along the "
-                    f"output channels (axis {self._weight_out_axis}); use "
-                    f"ch_axis={self._weight_out_axis} or a per-tensor weight quantizer"
+                    f"weight is quantized per channel along ch_axis={axis}, which gives "
+                    f"{scale.numel()} scales for {len(self.bias)} output channels; use "
+                    f"ch_axis={self._weight_out_axis} (and groups=1 for a transposed "
+                    "convolution) or a per-tensor weight quantizer"
                 )
         return scale
 
@@ -151,6 +151,8 @@ class TorchTwin(QuantizedModule):
             axis = getattr(quantizer, "ch_axis", None)
             if name == "activation" or param is None or axis is None:
                 continue
+            if not -param.dim() <= axis < param.dim():
+                continue  # the quantizer reports a bad ch_axis on its first forward
             channels = param.shape[axis]
             for field in ("min_val", "max_val", "scale", "zero_point"):
                 for key in (

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from aquatic.functional.fast import fake_quantize_nearest
 from aquatic.observers import MovingAverageMinMaxObserver, RangeObserver
-from aquatic.quantizers.base import Quantizer
+from aquatic.quantizers.base import Quantizer, check_bits
 
 __all__ = ["AccumulatorBiasQuantizer"]
 
@@ -104,6 +104,7 @@ class AccumulatorBiasQuantizer(Quantizer):
             self.register_buffer("input_scale", torch.tensor(float(input_scale)))
         else:
             self.input_scale = None
+            check_bits(input_bits)
             if input_signed:
                 low, high = -(2 ** (input_bits - 1)), 2 ** (input_bits - 1) - 1
             else:

@@ -217,6 +217,8 @@ def test_bias_quantizer_errors():
         AccumulatorBiasQuantizer(bits=40)
     with pytest.raises(ValueError, match="input_scale"):
         AccumulatorBiasQuantizer(input_scale=-1.0)
+    with pytest.raises(ValueError, match="bits=20"):
+        AccumulatorBiasQuantizer(input_bits=20)
     with pytest.raises(TypeError, match="qparams"):
         AccumulatorBiasQuantizer().follow_input(nn.ReLU())
 
