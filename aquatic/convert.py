@@ -31,8 +31,11 @@ TWINS: Dict[Type[nn.Module], Type[nn.Module]] = {
 }
 
 Key = Union[str, Type[nn.Module]]
-_CLASS_SLOTS = ("__dict__", "__weakref__")
 QConfigLike = Union[QConfig, Mapping[Key, Optional[QConfig]]]
+
+
+# Attributes of a class that a new class with the same namespace must not copy.
+_CLASS_SLOTS = ("__dict__", "__weakref__")
 
 
 class _Resolver:
@@ -187,10 +190,10 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
             stacklevel=2,
         )
     if not plan:
-        return model if inplace else copy.deepcopy(model)
+        return model if inplace else _deepcopy(model)
     if not inplace:
         memo: Dict[int, Any] = {}
-        model = copy.deepcopy(model, memo)
+        model = _deepcopy(model, memo)
         plan = [(name, memo[id(module)], config) for name, module, config in plan]
     # Build every replacement first: if one fails, nothing has been swapped yet.
     replacements: Dict[int, nn.Module] = {}
@@ -199,7 +202,7 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
     return _replace(model, replacements)
 
 
-def _deepcopy(model: nn.Module) -> nn.Module:
+def _deepcopy(model: nn.Module, memo: Optional[Dict[int, Any]] = None) -> nn.Module:
     # A parametrized RNN caches its last computed (non-leaf) weights in _flat_weights,
     # which deepcopy refuses; they are recomputed on every forward, so the copy may
     # start from detached ones.
@@ -209,7 +212,7 @@ def _deepcopy(model: nn.Module) -> nn.Module:
             saved.append((module, module._flat_weights))
             module._flat_weights = [w if w is None else w.detach() for w in module._flat_weights]
     try:
-        return copy.deepcopy(model)
+        return copy.deepcopy(model, memo)
     finally:
         for module, flat_weights in saved:
             module._flat_weights = flat_weights

@@ -178,3 +178,12 @@ def test_quantize_parameter_on_an_aquatic_layer_bias():
     weight = layer.quantizers["weight"](layer.weight)
     assert torch.equal(layer.bias, torch.zeros(2))  # small biases round to 0 on a 10 grid
     assert torch.equal(layer(x), x @ weight.t())
+
+
+def test_quantize_a_model_holding_a_parametrized_lstm():
+    model = nn.ModuleDict({"lstm": nn.LSTM(3, 4), "head": nn.Linear(4, 2)})
+    aquatic.quantize_parameter(model["lstm"], "weight_ih_l0", UniformQuantizer)
+    model["lstm"](torch.randn(5, 1, 3))  # caches non-leaf flat weights
+    qmodel = aquatic.quantize(model, int8)
+    assert isinstance(qmodel["head"], aquatic.nn.Linear) and type(model["head"]) is nn.Linear
+    assert torch.equal(qmodel["lstm"].weight_ih_l0, model["lstm"].weight_ih_l0)
