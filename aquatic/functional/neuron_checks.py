@@ -6,17 +6,18 @@ fix, and returns the value in the form the step functions use.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
 
-from aquatic.functional.neuron_types import RESET_MODES, LIFState, Number, Options
+from aquatic.functional.neuron_types import METHODS, RESET_MODES, LIFState, Number, Options
 from aquatic.functional.surrogate import check_surrogate
 
 __all__ = [
     "check_reset",
     "check_max_spikes",
+    "check_method",
     "check_input",
     "as_param",
     "check_state",
@@ -38,6 +39,12 @@ def check_max_spikes(max_spikes: int) -> int:
             f"max_spikes must be an int >= 1 (1 for binary spikes), got {max_spikes!r}"
         )
     return max_spikes
+
+
+def check_method(method: str) -> str:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(map(repr, METHODS))}")
+    return method
 
 
 def check_input(input: Tensor, min_dim: int, layout: str) -> None:
@@ -96,33 +103,31 @@ def check_state(state, batch_shape, synaptic: bool, like: Tensor) -> LIFState:
 
 
 def prepare(
-    input,
-    alpha_mem,
-    alpha_syn,
-    threshold,
-    bias,
-    state,
-    reset,
-    surrogate,
-    max_spikes,
-    min_v_mem,
-    norm_input,
-    detach_reset,
-    spiking,
-):
-    """Check the arguments of a sequence function; ``(params, state, options)``."""
-    check_input(input, 3, "(N, T, *)")
-    check_reset(reset)
-    check_max_spikes(max_spikes)
-    surrogate = check_surrogate(surrogate)
-    step_shape = input.shape[2:]
-    params = (
-        as_param("alpha_mem", alpha_mem, input, step_shape),
-        as_param("alpha_syn", alpha_syn, input, step_shape),
-        as_param("threshold", threshold, input, step_shape),
-        as_param("bias", bias, input, step_shape),
-    )
+    input: Tensor,
+    state: Optional[LIFState],
+    params: Tuple[Optional[Number], ...],
+    options: Options,
+    sequence: bool = True,
+) -> Tuple[Tuple[Optional[Tensor], ...], LIFState, Options]:
+    """Check the arguments of a neuron function; ``(params, state, options)`` as checked.
+
+    Args:
+        input: ``(N, T, *)`` for a sequence function, ``(N, *)`` for one step
+            (``sequence=False``).
+        state: the initial :class:`LIFState`, or ``None`` for zeros.
+        params: ``(alpha_mem, alpha_syn, threshold, bias)`` as given.
+        options: the :class:`Options` as given (``surrogate`` ``None`` for the default).
+    """
+    if sequence:
+        check_input(input, 3, "(N, T, *)")
+    else:
+        check_input(input, 2, "(N, *)")
+    check_reset(options.reset)
+    check_max_spikes(options.max_spikes)
+    options = options._replace(surrogate=check_surrogate(options.surrogate))
+    step_shape = input.shape[2:] if sequence else input.shape[1:]
+    names = ("alpha_mem", "alpha_syn", "threshold", "bias")
+    params = tuple(as_param(name, value, input, step_shape) for name, value in zip(names, params))
     batch_shape = (input.shape[0],) + tuple(step_shape)
-    state = check_state(state, batch_shape, alpha_syn is not None, input)
-    options = Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
+    state = check_state(state, batch_shape, params[1] is not None, input)
     return params, state, options

@@ -72,14 +72,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from aquatic.functional.neuron_checks import (
-    as_param,
-    check_input,
-    check_max_spikes,
-    check_reset,
-    check_state,
-    prepare,
-)
+from aquatic.functional.neuron_checks import check_method, prepare
 from aquatic.functional.neuron_types import (
     METHODS,
     RESET_MODES,
@@ -91,7 +84,7 @@ from aquatic.functional.neuron_types import (
     StateOps,
     StateQuantizer,
 )
-from aquatic.functional.surrogate import Surrogate, check_surrogate, spike
+from aquatic.functional.surrogate import Surrogate, spike
 
 __all__ = [
     "LIFState",
@@ -160,18 +153,13 @@ def lif_step(
         >>> s, state.v_mem
         (tensor([[0., 0.]]), tensor([[0.9000, 0.1000]]))
     """
-    check_input(input, 2, "(N, *)")
-    check_reset(reset)
-    check_max_spikes(max_spikes)
-    surrogate = check_surrogate(surrogate)
-    step_shape = input.shape[1:]
-    alpha_mem = as_param("alpha_mem", alpha_mem, input, step_shape)
-    alpha_syn = as_param("alpha_syn", alpha_syn, input, step_shape)
-    threshold = as_param("threshold", threshold, input, step_shape)
-    bias = as_param("bias", bias, input, step_shape)
-    state = check_state(state, input.shape, alpha_syn is not None, input)
-    options = Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
-    params = (alpha_mem, alpha_syn, threshold, bias)
+    params, state, options = prepare(
+        input,
+        state,
+        (alpha_mem, alpha_syn, threshold, bias),
+        Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking),
+        sequence=False,
+    )
     ops = StateOps(quantize_v_mem, quantize_i_syn, decay_v_mem, decay_i_syn)
     return _step(input, state, params, options, ops)
 
@@ -249,18 +237,9 @@ def lif_loop(
     """
     params, state, options = prepare(
         input,
-        alpha_mem,
-        alpha_syn,
-        threshold,
-        bias,
         state,
-        reset,
-        surrogate,
-        max_spikes,
-        min_v_mem,
-        norm_input,
-        detach_reset,
-        spiking,
+        (alpha_mem, alpha_syn, threshold, bias),
+        Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking),
     )
     ops = StateOps(quantize_v_mem, quantize_i_syn, decay_v_mem, decay_i_syn)
     outputs, v_trace, i_trace = [], [], []
@@ -315,8 +294,7 @@ def lif(
         >>> lif(x, 0.5, method="loop").output.flatten()
         tensor([0., 1., 0.])
     """
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; use one of {', '.join(map(repr, METHODS))}")
+    check_method(method)
     ops = StateOps(quantize_v_mem, quantize_i_syn, decay_v_mem, decay_i_syn)
     quantized = ops.any()
     if method == "fused" and quantized:

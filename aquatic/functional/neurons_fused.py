@@ -46,7 +46,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from aquatic.functional.neuron_checks import prepare
-from aquatic.functional.neuron_types import LIFOutput, LIFState, Number
+from aquatic.functional.neuron_types import LIFOutput, LIFState, Number, Options
 from aquatic.functional.surrogate import spike_values, Surrogate
 
 __all__ = ["lif_fused"]
@@ -345,18 +345,9 @@ def lif_fused(
     """
     params, state, options = prepare(
         input,
-        alpha_mem,
-        alpha_syn,
-        threshold,
-        bias,
         state,
-        reset,
-        surrogate,
-        max_spikes,
-        min_v_mem,
-        norm_input,
-        detach_reset,
-        spiking,
+        (alpha_mem, alpha_syn, threshold, bias),
+        Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking),
     )
     alpha_mem, alpha_syn, threshold, bias = params
     output, v_trace, i_trace, v_final, i_final = _LIFSequence.apply(

@@ -24,7 +24,7 @@ from typing import Dict, Optional
 import torch
 from torch import Tensor
 
-from aquatic.functional.neurons import LIFState, lif
+from aquatic.functional.neurons import LIFState
 from aquatic.functional.surrogate import Surrogate
 from aquatic.nn.lif import Bias
 from aquatic.nn.neuron_base import NeuronModule, Value
@@ -94,26 +94,4 @@ class IAF(NeuronModule):
 
     def forward(self, input: Tensor, state: Optional[LIFState] = None) -> Tensor:
         """Spikes for ``input`` ``(N, T, *)``, from ``state`` if given."""
-        params = self.neuron_params()
-        result = lif(
-            input,
-            params["alpha_mem"],
-            params["alpha_syn"],
-            params["threshold"],
-            state=self._initial_state(input, state),
-            record_states=self.record_states,
-            reset=self.reset,
-            surrogate=self.surrogate,
-            max_spikes=self.max_spikes,
-            min_v_mem=self.min_v_mem,
-            bias=params["bias"],
-            detach_reset=self.detach_reset,
-            **self.state_ops()._asdict(),
-            method=self.method,
-        )
-        self._store(result)
-        return result.output
-
-    def extra_repr(self) -> str:
-        params = self._params_repr()
-        return f"{params + ', ' if params else ''}{self._options_repr()}{self._quant_repr()}"
+        return self._run_sequence(input, state)

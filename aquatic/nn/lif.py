@@ -43,7 +43,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as torch_functional
 
-from aquatic.functional.neurons import LIFState, lif, lif_step
+from aquatic.functional.neurons import LIFState, lif_step
 from aquatic.functional.surrogate import Surrogate
 from aquatic.nn.neuron_base import NeuronModule, Value
 from aquatic.qconfig import QConfig
@@ -134,30 +134,7 @@ class LIF(NeuronModule):
 
     def forward(self, input: Tensor, state: Optional[LIFState] = None) -> Tensor:
         """Spikes for ``input`` ``(N, T, *)``, from ``state`` (a :class:`LIFState`) if given."""
-        params = self.neuron_params()
-        result = lif(
-            input,
-            params["alpha_mem"],
-            params["alpha_syn"],
-            params["threshold"],
-            state=self._initial_state(input, state),
-            record_states=self.record_states,
-            reset=self.reset,
-            surrogate=self.surrogate,
-            max_spikes=self.max_spikes,
-            min_v_mem=self.min_v_mem,
-            norm_input=self.norm_input,
-            bias=params["bias"],
-            detach_reset=self.detach_reset,
-            **self.state_ops()._asdict(),
-            method=self.method,
-        )
-        self._store(result)
-        return result.output
-
-    def extra_repr(self) -> str:
-        extra = ", norm_input=True" if self.norm_input else ""
-        return f"{self._params_repr()}, {self._options_repr()}{extra}{self._quant_repr()}"
+        return self._run_sequence(input, state)
 
 
 class LIFCell(NeuronModule):
@@ -218,19 +195,8 @@ class LIFCell(NeuronModule):
             params["alpha_mem"],
             params["alpha_syn"],
             params["threshold"],
-            reset=self.reset,
-            surrogate=self.surrogate,
-            max_spikes=self.max_spikes,
-            min_v_mem=self.min_v_mem,
-            norm_input=self.norm_input,
-            bias=params["bias"],
-            detach_reset=self.detach_reset,
-            **self.state_ops()._asdict(),
+            **self._neuron_kwargs(params),
         )
-
-    def extra_repr(self) -> str:
-        extra = ", norm_input=True" if self.norm_input else ""
-        return f"{self._params_repr()}, {self._options_repr()}{extra}{self._quant_repr()}"
 
 
 class LIFRecurrent(LIF):
@@ -312,7 +278,7 @@ class LIFRecurrent(LIF):
         state, previous = self._start(input, state)
         params = self.neuron_params()
         weight = self.quantized("rec_weight").to(input.dtype)
-        ops = self.state_ops()._asdict()
+        kwargs = self._neuron_kwargs(params)
         outputs, v_trace, i_trace = [], [], []
         for x in input.unbind(1):
             recurrent = torch_functional.linear(previous, weight)
@@ -322,14 +288,7 @@ class LIFRecurrent(LIF):
                 params["alpha_mem"],
                 params["alpha_syn"],
                 params["threshold"],
-                reset=self.reset,
-                surrogate=self.surrogate,
-                max_spikes=self.max_spikes,
-                min_v_mem=self.min_v_mem,
-                norm_input=self.norm_input,
-                bias=params["bias"],
-                detach_reset=self.detach_reset,
-                **ops,
+                **kwargs,
             )
             outputs.append(previous)
             if self.record_states:

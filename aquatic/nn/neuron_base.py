@@ -27,13 +27,14 @@ as ``1e-3``).
 from __future__ import annotations
 
 import math
-from typing import Callable, Dict, Optional, Sequence, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
-from aquatic.functional.neuron_checks import check_max_spikes, check_reset
-from aquatic.functional.neuron_types import METHODS, LIFOutput, LIFState, StateOps
+from aquatic.functional.neuron_checks import check_max_spikes, check_method, check_reset
+from aquatic.functional.neuron_types import LIFOutput, LIFState, StateOps
+from aquatic.functional.neurons import lif
 from aquatic.functional.surrogate import Surrogate, check_surrogate
 from aquatic.nn.base import QuantizedModule
 from aquatic.nn.grid_decay import GridDecay
@@ -172,11 +173,7 @@ class NeuronModule(QuantizedModule):
         return float(min_v_mem)
 
     def _setup_stream(self, persistent_state: bool, record_states: bool, method: str) -> None:
-        if method not in METHODS:
-            raise ValueError(
-                f"unknown method {method!r}; use one of {', '.join(map(repr, METHODS))}"
-            )
-        self.method = method
+        self.method = check_method(method)
         self.persistent_state = bool(persistent_state)
         self.record_states = bool(record_states)
         self.register_buffer("v_mem", None, persistent=False)
@@ -279,6 +276,38 @@ class NeuronModule(QuantizedModule):
             decay_i_syn=self._state_decay("syn", "i_syn"),
         )
 
+    def _neuron_kwargs(self, params: Dict[str, Optional[Tensor]]) -> Dict[str, Any]:
+        """The layer's options, ``bias`` and state operations as keyword arguments of
+        :func:`~aquatic.functional.neurons.lif` and
+        :func:`~aquatic.functional.neurons.lif_step`."""
+        return dict(
+            reset=self.reset,
+            surrogate=self.surrogate,
+            max_spikes=self.max_spikes,
+            min_v_mem=self.min_v_mem,
+            norm_input=getattr(self, "norm_input", False),
+            bias=params["bias"],
+            detach_reset=self.detach_reset,
+            **self.state_ops()._asdict(),
+        )
+
+    def _run_sequence(self, input: Tensor, state: Optional[LIFState]) -> Tensor:
+        """Spikes for ``input`` ``(N, T, *)`` from ``state`` (or the stored state), which
+        is then stored."""
+        params = self.neuron_params()
+        result = lif(
+            input,
+            params["alpha_mem"],
+            params["alpha_syn"],
+            params["threshold"],
+            state=self._initial_state(input, state),
+            record_states=self.record_states,
+            method=self.method,
+            **self._neuron_kwargs(params),
+        )
+        self._store(result)
+        return result.output
+
     @torch.no_grad()
     def quantize_params(self) -> Dict[str, Tensor]:
         """The quantized values of every quantized parameter, as ``forward`` uses them.
@@ -344,4 +373,10 @@ class NeuronModule(QuantizedModule):
             parts.append(f"min_v_mem={self.min_v_mem:g}")
         if self.detach_reset:
             parts.append("detach_reset=True")
+        if getattr(self, "norm_input", False):
+            parts.append("norm_input=True")
         return ", ".join(parts)
+
+    def extra_repr(self) -> str:
+        params = self._params_repr()
+        return f"{params + ', ' if params else ''}{self._options_repr()}{self._quant_repr()}"
