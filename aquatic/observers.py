@@ -158,11 +158,14 @@ class RangeObserver(nn.Module):
     def _update_float(self, input: Tensor) -> Tuple[float, float, float, float]:
         """:meth:`update` for one range on the CPU, with Python floats for the scalars.
 
+        Args:
+            input: the tensor to observe, already detached.
+
         Returns:
             ``(batch_min, batch_max, new_min_val, new_max_val)``; the buffers are
             updated as :meth:`update` would, bit for bit.
         """
-        cur_min, cur_max = self._extrema(input.detach())
+        cur_min, cur_max = self._extrema(input)
         if self.training and _distributed():
             cur_min, cur_max = _all_reduce_range(cur_min, cur_max)
         lo, hi = cur_min.item(), cur_max.item()
