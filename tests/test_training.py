@@ -1,6 +1,7 @@
 """Training integration: torch.compile, autocast, DistributedDataParallel, serialization."""
 
 import copy
+import datetime
 import io
 import os
 import pickle
@@ -145,7 +146,11 @@ def _ddp_worker(rank, world_size, init_file, out_prefix):
 
     torch.set_num_threads(1)
     torch.distributed.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+        "gloo",
+        init_method=f"file://{init_file}",
+        rank=rank,
+        world_size=world_size,
+        timeout=datetime.timedelta(seconds=60),  # fail rather than hang
     )
     try:
         torch.manual_seed(0)  # the same initial weights on every rank
