@@ -5,7 +5,6 @@ import torch
 from torch import nn
 
 import aquatic
-from aquatic import QConfig
 from aquatic.quantizers import UniformQuantizer
 
 int8, int4 = aquatic.qconfig.int8, aquatic.qconfig.int4_weight

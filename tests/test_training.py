@@ -3,7 +3,6 @@
 import copy
 import datetime
 import io
-import os
 import pickle
 
 import pytest
