@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Iterator, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -15,6 +15,7 @@ __all__ = [
     "check_spikes",
     "grid_codes",
     "quantized_param",
+    "spec_layers",
 ]
 
 
@@ -64,6 +65,27 @@ def check_range(tensor: Tensor, name: str, low: int, high: int, what: str = "") 
         detail = f" ({what})" if what else ""
         raise DoesNotFitError(f"{name} holds {bad}, outside the range {low}..{high}{detail}")
     return tensor
+
+
+def spec_layers(spec: Any, chip: str) -> Iterator[Tuple[str, Mapping[str, Any]]]:
+    """The ``(name, layer)`` pairs of a ``{"layers": [...]}`` specification for ``chip``.
+
+    Each layer is checked to be a mapping as it is reached; its name is ``layer["name"]``
+    or ``layers[i]``.
+
+    Raises:
+        TypeError, ValueError: ``spec`` is not such a mapping, its list of layers is empty,
+            or a layer is not a mapping.
+    """
+    if not isinstance(spec, Mapping) or "layers" not in spec:
+        raise TypeError(f"spec must be a mapping {{'layers': [...]}} of {chip} layers")
+    layers = spec["layers"]
+    if not isinstance(layers, Sequence) or isinstance(layers, (str, bytes)) or not layers:
+        raise ValueError("spec['layers'] must be a non-empty list of layers")
+    for index, layer in enumerate(layers):
+        if not isinstance(layer, Mapping):
+            raise TypeError(f"layer {index} must be a mapping, got {type(layer).__name__}")
+        yield str(layer.get("name", f"layers[{index}]")), layer
 
 
 def check_spikes(spikes: Any, num_inputs: int, name: str = "spikes") -> Tensor:

@@ -20,14 +20,14 @@ is clamped at :math:`\\vartheta_{low} \\ge -2^{15}`.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence, Union
+from typing import Any, Dict, List, Mapping, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from aquatic.functional.integer import int_range
-from aquatic.hw._common import DoesNotFitError, as_int_tensor, check_range
+from aquatic.hw._common import DoesNotFitError, as_int_tensor, check_range, spec_layers
 
 __all__ = ["check_spec", "simulate", "WEIGHT_BITS", "STATE_BITS"]
 
@@ -66,16 +66,8 @@ def check_spec(spec: Mapping[str, Any]) -> List[Dict[str, Any]]:
         TypeError, ValueError: malformed specification.
         DoesNotFitError: a value or a kernel DYNAP-CNN cannot represent.
     """
-    if not isinstance(spec, Mapping) or "layers" not in spec:
-        raise TypeError("spec must be a mapping {'layers': [...]} of DYNAP-CNN layers")
-    layers = spec["layers"]
-    if not isinstance(layers, Sequence) or isinstance(layers, (str, bytes)) or not layers:
-        raise ValueError("spec['layers'] must be a non-empty list of layers")
     checked = []
-    for index, layer in enumerate(layers):
-        if not isinstance(layer, Mapping):
-            raise TypeError(f"layer {index} must be a mapping, got {type(layer).__name__}")
-        name = str(layer.get("name", f"layers[{index}]"))
+    for name, layer in spec_layers(spec, "DYNAP-CNN"):
         weight = as_int_tensor(layer.get("weight"), f"{name}.weight")
         if weight.dim() not in (2, 4):
             raise ValueError(

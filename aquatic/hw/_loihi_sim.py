@@ -23,13 +23,19 @@ layer, rather than wrapping as the chip would.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence, Union
+from typing import Any, Dict, List, Mapping, Union
 
 import torch
 from torch import Tensor
 
 from aquatic.functional.integer import int_range, multiplicative_decay
-from aquatic.hw._common import DoesNotFitError, as_int_tensor, check_range, check_spikes
+from aquatic.hw._common import (
+    DoesNotFitError,
+    as_int_tensor,
+    check_range,
+    check_spikes,
+    spec_layers,
+)
 
 __all__ = ["check_spec", "simulate", "W_SCALE", "DECAY_BITS", "STATE_BITS"]
 
@@ -72,17 +78,9 @@ def check_spec(spec: Mapping[str, Any]) -> List[Dict[str, Any]]:
         TypeError, ValueError: malformed specification.
         DoesNotFitError: a value that Loihi cannot represent.
     """
-    if not isinstance(spec, Mapping) or "layers" not in spec:
-        raise TypeError("spec must be a mapping {'layers': [...]} of Loihi CUBA layers")
-    layers = spec["layers"]
-    if not isinstance(layers, Sequence) or isinstance(layers, (str, bytes)) or not layers:
-        raise ValueError("spec['layers'] must be a non-empty list of layers")
     checked = []
     previous = None
-    for index, layer in enumerate(layers):
-        if not isinstance(layer, Mapping):
-            raise TypeError(f"layer {index} must be a mapping, got {type(layer).__name__}")
-        name = str(layer.get("name", f"layers[{index}]"))
+    for name, layer in spec_layers(spec, "Loihi CUBA"):
         weight = as_int_tensor(layer.get("weight"), f"{name}.weight", (None, None))
         n_out, n_in = weight.shape
         if previous is not None and n_in != previous:
