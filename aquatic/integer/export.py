@@ -7,6 +7,8 @@ from typing import Any, Dict
 import torch
 from torch import nn
 
+from aquatic.nn.base import eval_mode
+
 __all__ = ["layer_to_int"]
 
 
@@ -38,20 +40,17 @@ def layer_to_int(layer: nn.Module) -> Dict[str, Dict[str, Any]]:
             if values is None:
                 values = layer.quantize_params()
             value = values[name]
-        training = quantizer.training
-        quantizer.train(False)
         try:
             # A forward pass first, as the layer's own in eval mode: observers fill a range
             # never observed, and quantizers that record their scale record it.
-            quantizer(value.detach())
-            codes = quantizer.to_int(value.detach())
-            params = quantizer.qparams()
+            with eval_mode([quantizer]):
+                quantizer(value.detach())
+                codes = quantizer.to_int(value.detach())
+                params = quantizer.qparams()
         except RuntimeError as error:
             raise ValueError(
                 f"{type(layer).__name__}.to_int: the {name!r} quantizer has no range yet "
                 f"({error}); run a forward pass (in training mode) first"
             ) from None
-        finally:
-            quantizer.train(training)
         result[name] = {"codes": codes, **params}
     return result

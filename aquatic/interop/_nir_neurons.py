@@ -6,14 +6,13 @@ The conventions (time constants, gains, resets) are in :mod:`aquatic.interop.nir
 from __future__ import annotations
 
 import dataclasses
-from contextlib import contextmanager
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from aquatic.interop._common import active
+from aquatic.nn.base import eval_mode
 from aquatic.nn.exp_leak import ExpLeak
 from aquatic.nn.neuron_base import NeuronModule
 
@@ -41,21 +40,6 @@ def per_neuron(value: Any, shape: Shape, what: str) -> np.ndarray:
         f"{what} has shape {tuple(tensor.shape)}, which does not broadcast to the layer's "
         f"neurons {shape}"
     )
-
-
-@contextmanager
-def _eval_quantizers(module: nn.Module) -> Iterator[None]:
-    quantizers = getattr(module, "quantizers", None)
-    modes = [q.training for q in quantizers.values()] if quantizers is not None else []
-    if quantizers is not None:
-        quantizers.train(False)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        if quantizers is not None:
-            for quantizer, mode in zip(quantizers.values(), modes):
-                quantizer.train(mode)
 
 
 class NeuronExporter:
@@ -94,7 +78,7 @@ class NeuronExporter:
                     "(QConfig.state), which NIR neurons cannot express; export a model "
                     "without state quantizers"
                 )
-        with _eval_quantizers(module):
+        with eval_mode(module.quantizers.values()), torch.no_grad():
             params = module.neuron_params()
         what = f"layer {name!r} ({kind})"
         alpha = per_neuron(params["alpha_mem"], shape, f"{what}: alpha_mem")

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional, Tuple
+from contextlib import contextmanager
+from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from aquatic.qconfig import QConfig
 
-__all__ = ["QuantizedModule", "check_qconfig"]
+__all__ = ["QuantizedModule", "check_qconfig", "eval_mode"]
 
 
 def check_qconfig(qconfig: Optional[QConfig]) -> Optional[QConfig]:
@@ -20,6 +21,25 @@ def check_qconfig(qconfig: Optional[QConfig]) -> Optional[QConfig]:
             "build one with aquatic.QConfig(weight=..., activation=...)"
         )
     return qconfig
+
+
+@contextmanager
+def eval_mode(modules: Iterable[nn.Module]) -> Iterator[None]:
+    """Run the block with ``modules`` in eval mode; each gets its own mode back after it.
+
+    Used to read quantized values as ``forward`` uses them at inference: observers only
+    fill a range never observed. Restoring is ``module.train(mode)``, as ``train`` sets
+    a module and everything in it.
+    """
+    modules = list(modules)
+    modes = [module.training for module in modules]
+    for module in modules:
+        module.train(False)
+    try:
+        yield
+    finally:
+        for module, mode in zip(modules, modes):
+            module.train(mode)
 
 
 class QuantizedModule(nn.Module):
@@ -88,12 +108,8 @@ class QuantizedModule(nn.Module):
         for name, quantizer in self.quantizers.items():
             if name == "activation" or name in self._quantized_states:
                 continue
-            training = quantizer.training
-            quantizer.train(False)
-            try:
+            with eval_mode([quantizer]):
                 result[name] = quantizer(getattr(self, name))
-            finally:
-                quantizer.train(training)
         return result
 
     def to_int(self) -> Dict[str, Dict[str, Any]]:

@@ -36,7 +36,7 @@ from aquatic.functional.neuron_checks import check_max_spikes, check_method, che
 from aquatic.functional.neuron_types import LIFOutput, LIFState, StateOps
 from aquatic.functional.neurons import lif
 from aquatic.functional.surrogate import Surrogate, check_surrogate
-from aquatic.nn.base import QuantizedModule
+from aquatic.nn.base import QuantizedModule, eval_mode
 from aquatic.nn.grid_decay import GridDecay
 from aquatic.qconfig import QConfig
 
@@ -315,10 +315,8 @@ class NeuronModule(QuantizedModule):
         Decays computed from quantized time constants are listed as ``alpha_mem`` /
         ``alpha_syn`` when ``QConfig.alpha`` quantizes them. Quantizers run in eval mode.
         """
-        modes = {name: quantizer.training for name, quantizer in self.quantizers.items()}
-        self.quantizers.train(False)
-        try:
-            result = {}
+        result = {}
+        with eval_mode(self.quantizers.values()):
             for name in self.quantizers:
                 if name == "activation" or name in self._quantized_states:
                     continue
@@ -326,10 +324,7 @@ class NeuronModule(QuantizedModule):
                     result[name] = self.decay(name[len("alpha_") :])
                 else:
                     result[name] = self.quantized(name)
-            return result
-        finally:
-            for name, quantizer in self.quantizers.items():
-                quantizer.train(modes[name])
+        return result
 
     # -- state -------------------------------------------------------------------------
     def reset_states(self) -> None:
