@@ -274,7 +274,9 @@ class MovingAverageMinMaxObserver(RangeObserver):
     """Exponential moving average of the per-batch minimum and maximum.
 
     ``min_val <- min_val + c * (batch_min - min_val)`` (likewise ``max_val``), with
-    ``c = averaging_constant``; the first batch sets the range directly.
+    ``c = averaging_constant``; the first batch sets the range directly. For
+    ``c >= 0.5`` it is computed as ``batch_min - (1 - c) * (batch_min - min_val)``, so
+    that ``c = 1`` keeps exactly the last batch's range.
 
     Args:
         averaging_constant: weight ``c`` of the new batch, in ``(0, 1]``.
@@ -302,19 +304,32 @@ class MovingAverageMinMaxObserver(RangeObserver):
         self.averaging_constant = float(averaging_constant)
 
     def _combine(self, cur_min: Tensor, cur_max: Tensor) -> Tuple[Tensor, Tensor]:
-        # m + c (x - m) as three rounded float32 ops (torch.lerp may fuse them), which
-        # the scalar path below reproduces exactly.
+        # m + c (x - m), or x - (1 - c) (x - m) for c >= 0.5 (so that c = 1 gives x
+        # exactly, as torch.lerp does), as separate rounded float32 ops (torch.lerp may
+        # fuse them), which the scalar path below reproduces exactly.
         c = self.averaging_constant
+        if c < 0.5:
+            return (
+                self.min_val + (cur_min - self.min_val) * c,
+                self.max_val + (cur_max - self.max_val) * c,
+            )
         return (
-            self.min_val + (cur_min - self.min_val) * c,
-            self.max_val + (cur_max - self.max_val) * c,
+            cur_min - (cur_min - self.min_val) * (1.0 - c),
+            cur_max - (cur_max - self.max_val) * (1.0 - c),
         )
 
     def _combine_float(self, cur_min: float, cur_max: float, old_min: float, old_max: float):
-        c = to_float32(self.averaging_constant)
+        c = self.averaging_constant
+        if c < 0.5:
+            c32 = to_float32(c)
+            return (
+                to_float32(old_min + to_float32(to_float32(cur_min - old_min) * c32)),
+                to_float32(old_max + to_float32(to_float32(cur_max - old_max) * c32)),
+            )
+        k32 = to_float32(1.0 - c)
         return (
-            to_float32(old_min + to_float32(to_float32(cur_min - old_min) * c)),
-            to_float32(old_max + to_float32(to_float32(cur_max - old_max) * c)),
+            to_float32(cur_min - to_float32(to_float32(cur_min - old_min) * k32)),
+            to_float32(cur_max - to_float32(to_float32(cur_max - old_max) * k32)),
         )
 
     def extra_repr(self) -> str:

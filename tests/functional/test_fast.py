@@ -109,6 +109,12 @@ def test_scalar_qparams_equal_tensor_qparams():
             observer=MovingAverageMinMaxObserver.with_args(averaging_constant=0.3),
         ),
         UniformQuantizer.with_args(bits=6, narrow_range=True, observer=MinMaxObserver),
+        UniformQuantizer.with_args(
+            observer=MovingAverageMinMaxObserver.with_args(averaging_constant=0.7)
+        ),
+        UniformQuantizer.with_args(
+            observer=MovingAverageMinMaxObserver.with_args(averaging_constant=1.0)
+        ),
     ],
 )
 def test_scalar_path_equals_tensor_path(factory):
@@ -139,3 +145,14 @@ def test_scalar_path_rejects_non_finite_input_and_keeps_range():
     with pytest.raises(ValueError, match="NaN or inf"):
         quantizer(torch.tensor([0.0, float("nan")]))
     assert quantizer.observer.max_val.item() == 1.0
+
+
+def test_moving_average_of_one_keeps_the_last_batch_exactly():
+    for scalar in (True, False):
+        observer = MovingAverageMinMaxObserver(averaging_constant=1.0)
+        quantizer = UniformQuantizer(observer=lambda **kw: observer)
+        if not scalar:
+            observer._scalar_path = lambda input: False
+        quantizer(torch.tensor([-1e8, 1e8]))
+        quantizer(torch.tensor([-1.0, 3.0]))
+        assert (observer.min_val.item(), observer.max_val.item()) == (-1.0, 3.0)
