@@ -32,20 +32,20 @@ advances as :math:`v[t] = v[t-1] + dt\, R\, I[t]`, so :math:`R = g / dt`.
 
 Layer by layer (``torch.nn`` layers work as well as their aquatic twins):
 
-======================  ===============================================================
-aquatic                 NIR
-======================  ===============================================================
-``Linear``              ``Affine`` (``Linear`` without bias)
-``Conv1d``, ``Conv2d``  ``Conv1d``, ``Conv2d`` (zero padding)
-``Flatten``             ``Flatten`` (NIR counts dims without the batch axis)
-``AvgPool2d``           ``AvgPool2d``; :class:`SumPool2d` and ``LPPool2d(1, ...)``:
-                        ``SumPool2d``
-``LIF``                 ``LIF``; ``CubaLIF`` with ``tau_syn``
-``IAF``                 ``IF``; ``LI`` (the synaptic current) then ``IF`` with ``tau_syn``
-``ExpLeak``             ``LI``; ``I`` when :math:`\alpha = 1`
-``ActivationQuantizer`` ``Scale`` of ones, its quantizer in the metadata
-``Identity``, dropout   nothing (an edge)
-======================  ===============================================================
+=======================  ==================================================================
+aquatic                  NIR
+=======================  ==================================================================
+``Linear``               ``Affine`` (``Linear`` without bias)
+``Conv1d``, ``Conv2d``   ``Conv1d``, ``Conv2d`` (zero padding)
+``Flatten``              ``Flatten`` (NIR counts dims without the batch axis)
+``AvgPool2d``            ``AvgPool2d``; :class:`SumPool2d` and ``LPPool2d(1, ...)``:
+                         ``SumPool2d``
+``LIF``                  ``LIF``; ``CubaLIF`` with ``tau_syn``
+``IAF``                  ``IF``; ``LI`` (the synaptic current) then ``IF`` with ``tau_syn``
+``ExpLeak``              ``LI``; ``I`` when :math:`\alpha = 1`
+``ActivationQuantizer``  ``Scale`` of ones, its quantizer in the metadata
+``Identity``, dropout    nothing (an edge)
+=======================  ==================================================================
 
 Synaptic currents: aquatic's :math:`i[t] = \alpha_s (i[t-1] + x[t])` is, advanced before
 the membrane and held over the step, NIR's :math:`\tau_{syn} \dot I = -I + w_{in} x`

@@ -41,7 +41,8 @@ class IAF(NeuronModule):
         reset: ``"subtract"`` or ``"zero"``.
         tau_syn: synaptic time constant in time steps, or ``None`` (no synaptic state).
         alpha_syn: synaptic decay per step, instead of ``tau_syn``.
-        surrogate, max_spikes, min_v_mem, bias, train_threshold, detach_reset,
+        surrogate, max_spikes, min_v_mem, bias: as :class:`~aquatic.nn.LIF`.
+        train_threshold, detach_reset: as :class:`~aquatic.nn.LIF`.
         persistent_state, record_states, method: as :class:`~aquatic.nn.LIF`.
         train_decay: make ``tau_syn`` (or ``alpha_syn``) trainable.
         qconfig: quantizers for ``tau``/``alpha`` (synaptic), ``threshold``, ``bias``
