@@ -13,9 +13,10 @@ activations, and prints the median times and the ratios QAT / float:
   and output quantizers.
 
 Variants are timed in interleaved rounds, so that a change of machine load affects all
-of them alike. Usage::
+of them alike; the ratio printed is the median over rounds of each round's ratio of
+median step times. Usage::
 
-    python benchmarks/qat_overhead.py [--threads 2] [--rounds 30] [--steps 10]
+    python benchmarks/qat_overhead.py [--threads 2] [--rounds 60] [--steps 5]
 """
 
 from __future__ import annotations
@@ -126,40 +127,53 @@ def variants(float_model: nn.Module) -> Dict[str, nn.Module]:
     return result
 
 
-def measure(models: Dict[str, nn.Module], rounds: int, steps: int) -> Dict[str, float]:
-    """Median step time (seconds) of each model, timed in interleaved rounds."""
+def measure(models: Dict[str, nn.Module], rounds: int, steps: int) -> Dict[str, tuple]:
+    """Median step time (seconds) of each model and its median per-round ratio to float.
+
+    Each round times ``steps`` steps of every model in turn; the ratio of a round is
+    the ratio of its medians, so a burst of load on the machine that hits one round
+    moves one of many ratios, not the result.
+    """
     runners = {name: make_step(model) for name, model in models.items()}
     for run in runners.values():  # warm-up: allocator, observers' first batch
         for _ in range(10):
             run()
     times: Dict[str, List[float]] = {name: [] for name in runners}
+    ratios: Dict[str, List[float]] = {name: [] for name in runners}
     for _ in range(rounds):
+        medians = {}
         for name, run in runners.items():
+            samples = []
             for _ in range(steps):
                 start = time.perf_counter()
                 run()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+                samples.append(time.perf_counter() - start)
+            times[name].extend(samples)
+            medians[name] = statistics.median(samples)
+        for name in runners:
+            ratios[name].append(medians[name] / medians["float"])
+    return {
+        name: (statistics.median(times[name]), statistics.median(ratios[name])) for name in runners
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=10, help="steps per round and variant")
+    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=5, help="steps per round and variant")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, aquatic {aquatic.__version__}, {args.threads} threads, "
-        f"batch 64, median of {args.rounds * args.steps} steps per variant"
+        f"batch 64, {args.rounds} rounds of {args.steps} steps per variant"
     )
-    print(f"{'model':<6} {'variant':<15} {'step (ms)':>10} {'QAT/float':>10}")
+    print(f"{'model':<6} {'variant':<15} {'median step (ms)':>17} {'QAT/float':>10}")
     for name, build in (("mlp", mlp), ("cnn", cnn)):
         torch.manual_seed(0)
-        medians = measure(variants(build()), args.rounds, args.steps)
-        for variant, seconds in medians.items():
-            ratio = seconds / medians["float"]
-            print(f"{name:<6} {variant:<15} {seconds * 1e3:>10.3f} {ratio:>9.2f}x")
+        results = measure(variants(build()), args.rounds, args.steps)
+        for variant, (seconds, ratio) in results.items():
+            print(f"{name:<6} {variant:<15} {seconds * 1e3:>17.3f} {ratio:>9.2f}x")
 
 
 if __name__ == "__main__":
