@@ -12,6 +12,15 @@ from aquatic.qconfig import QConfig
 
 __all__ = ["TorchTwin"]
 
+# Forward hooks (and their flags) that from_float carries over to the new layer.
+_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+
 
 class TorchTwin(QuantizedModule):
     """Mixin for aquatic layers that subclass a ``torch.nn`` layer (their *twin*).
@@ -65,8 +74,8 @@ class TorchTwin(QuantizedModule):
         new.weight = module.weight
         new.bias = module.bias
         new.quantizers.to(module.weight.device)
-        new._forward_pre_hooks.update(module._forward_pre_hooks)
-        new._forward_hooks.update(module._forward_hooks)
+        for hooks in _HOOK_DICTS:
+            getattr(new, hooks).update(getattr(module, hooks, {}))
         new.train(module.training)
         return new
 

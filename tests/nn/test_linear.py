@@ -91,13 +91,14 @@ def test_from_float_shares_parameters_hooks_and_mode():
     ref.bias.requires_grad_(False)
     calls = []
     ref.register_forward_hook(lambda *args: calls.append(1))
+    ref.register_forward_pre_hook(lambda m, args, kwargs: calls.append(0), with_kwargs=True)
     layer = aquatic.nn.Linear.from_float(ref, aquatic.qconfig.int8)
     assert type(layer) is aquatic.nn.Linear
     assert layer.weight is ref.weight and layer.bias is ref.bias
     assert layer.weight.dtype == torch.float64 and not layer.bias.requires_grad
     assert not layer.training
     layer(torch.randn(2, 4, dtype=torch.float64))
-    assert calls == [1]
+    assert calls == [0, 1]
     with pytest.raises(TypeError, match="torch.nn.Linear"):
         aquatic.nn.Linear.from_float(nn.Conv1d(1, 1, 1), None)
 
