@@ -11,7 +11,10 @@ for line in (here / "aquatic" / "__init__.py").read_text().splitlines():
 DEMO = ["scikit-learn>=1.2", "tqdm>=4.60", "matplotlib>=3.6"]
 NIR = ["nir>=1.0"]
 ONNX = ["onnx>=1.14", "onnxruntime>=1.16"]
-# The tests exercise the demo and both interop formats, so dev installs them all.
+# Reference implementations the tests compare against: SynSense's Xylo simulator, and
+# the snnTorch and sinabs neuron conventions.
+REFERENCE = ["xylosim", "snntorch", "sinabs"]
+# The tests exercise the demo, both interop formats and the references: dev has them all.
 DEV = ["pytest>=7", "hypothesis>=6", "black>=24", "pre-commit>=3", "sphinx>=7"]
 
 setup(
@@ -25,7 +28,8 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "numpy"],
     extras_require={
-        "dev": DEV + DEMO + NIR + ONNX,
+        "dev": DEV + DEMO + NIR + ONNX + REFERENCE,
+        "reference": REFERENCE,
         "demo": DEMO,
         "bench": ["brevitas", "snntorch", "sinabs", "norse"],
         "nir": NIR,
