@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.factory import Factory
-from aquatic.functional.fake_quant import _check_axis, check_range
+from aquatic.functional.fake_quant import _check_axis, check_ch_axis, check_range
 from aquatic.functional.qparams import calculate_qparams, to_float32
 
 __all__ = ["RangeObserver", "MinMaxObserver", "MovingAverageMinMaxObserver"]
@@ -83,8 +83,7 @@ class RangeObserver(nn.Module):
     ) -> None:
         super().__init__()
         check_range(quant_min, quant_max)
-        if ch_axis is not None and not isinstance(ch_axis, int):
-            raise TypeError(f"ch_axis must be an int or None, got {ch_axis!r}")
+        check_ch_axis(ch_axis)
         self.quant_min = quant_min
         self.quant_max = quant_max
         self.symmetric = bool(symmetric)

@@ -31,6 +31,7 @@ __all__ = [
     "grad_scale",
     "int_dtype",
     "check_range",
+    "check_ch_axis",
 ]
 
 Number = Union[int, float]
@@ -44,6 +45,15 @@ def check_range(quant_min: int, quant_max: int) -> None:
         )
     if quant_min >= quant_max:
         raise ValueError(f"quant_min ({quant_min}) must be smaller than quant_max ({quant_max})")
+
+
+def check_ch_axis(ch_axis) -> Optional[int]:
+    """Return ``ch_axis`` if it is an int or ``None``, else raise a ``TypeError``."""
+    if ch_axis is not None and (isinstance(ch_axis, bool) or not isinstance(ch_axis, int)):
+        raise TypeError(
+            f"ch_axis must be an int (the channel axis) or None (per tensor), got {ch_axis!r}"
+        )
+    return ch_axis
 
 
 def int_dtype(quant_min: int, quant_max: int) -> torch.dtype:

@@ -25,6 +25,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from aquatic.functional.fake_quant import _broadcast
 from aquatic.functional.qparams import to_float32
 
 __all__ = ["fake_quantize_nearest", "fake_quantize_nearest_scalar"]
@@ -43,14 +44,6 @@ def _zero(like: Tensor) -> Tensor:
     if zero is None:
         zero = _ZEROS[key] = torch.zeros((), dtype=like.dtype, device=like.device)
     return zero
-
-
-def _per_channel_view(param: Tensor, input: Tensor, ch_axis: Optional[int]) -> Tensor:
-    if ch_axis is None or param.dim() == 0:
-        return param
-    shape = [1] * input.dim()
-    shape[ch_axis] = -1
-    return param.reshape(shape)
 
 
 def _codes(
@@ -238,10 +231,10 @@ def fake_quantize_nearest(
         tensor([1., 1., 0.])
     """
     per_channel = ch_axis is not None and scale.dim() > 0
-    inv_scale = _per_channel_view(torch.reciprocal(scale), input, ch_axis)
-    scale = _per_channel_view(scale, input, ch_axis)
+    inv_scale = _broadcast(torch.reciprocal(scale), input, ch_axis)
+    scale = _broadcast(scale, input, ch_axis)
     if zero_point is not None:
-        zero_point = _per_channel_view(zero_point, input, ch_axis)
+        zero_point = _broadcast(zero_point, input, ch_axis)
     return _apply(input, scale, inv_scale, zero_point, quant_min, quant_max, per_channel, clips)
 
 

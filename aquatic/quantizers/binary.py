@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from aquatic.functional.fake_quant import _broadcast, _check_axis
+from aquatic.functional.fake_quant import _broadcast, _check_axis, check_ch_axis
 from aquatic.functional.rounding import sign_ste, straight_through
 from aquatic.quantizers.base import Quantizer
 
@@ -25,18 +25,12 @@ def _mean_abs(input: Tensor, ch_axis: Optional[int], mask: Optional[Tensor] = No
     return total / torch.clamp(count, min=1)
 
 
-def _check_ch_axis(ch_axis: Optional[int]) -> Optional[int]:
-    if ch_axis is not None and (isinstance(ch_axis, bool) or not isinstance(ch_axis, int)):
-        raise TypeError(f"ch_axis must be an int or None, got {ch_axis!r}")
-    return ch_axis
-
-
 class _ScaledCodes(Quantizer):
     """Shared parts of binary and ternary quantizers: a scale buffer and qparams."""
 
     def __init__(self, ch_axis: Optional[int]) -> None:
         super().__init__()
-        self.ch_axis = _check_ch_axis(ch_axis)
+        self.ch_axis = check_ch_axis(ch_axis)
         # The scale of the last tensor quantized, for qparams() and integer export.
         self.register_buffer("scale", torch.tensor(1.0))
 

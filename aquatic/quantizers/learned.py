@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from aquatic.functional.fake_quant import (
     _broadcast,
     _check_axis,
+    check_ch_axis,
     fake_quantize_affine,
     fake_quantize_learnable,
     grad_scale,
@@ -31,7 +32,6 @@ from aquatic.functional.fake_quant import (
 from aquatic.functional.qparams import calculate_qparams
 from aquatic.functional.rounding import straight_through
 from aquatic.quantizers.base import Quantizer, integer_range
-from aquatic.quantizers.binary import _check_ch_axis
 
 __all__ = ["LSQQuantizer", "LSQPlusQuantizer", "PACTQuantizer"]
 
@@ -120,7 +120,7 @@ class LSQQuantizer(Quantizer):
         super().__init__()
         self.quant_min, self.quant_max = integer_range(bits, signed, narrow_range)
         self.bits = bits
-        self.ch_axis = _check_ch_axis(ch_axis)
+        self.ch_axis = check_ch_axis(ch_axis)
         if grad_factor is not None:
             if isinstance(grad_factor, bool) or not isinstance(grad_factor, (int, float)):
                 raise TypeError(f"grad_factor must be a number or None, got {grad_factor!r}")

@@ -10,6 +10,7 @@ from torch import Tensor
 
 from aquatic.functional.fake_quant import (
     _check_axis,
+    check_ch_axis,
     check_range,
     fake_quantize_affine,
     quantize_affine,
@@ -135,8 +136,7 @@ class UniformQuantizer(Quantizer):
         else:
             check_range(quant_min, quant_max)
             bits = check_bits(math.ceil(math.log2(quant_max - quant_min + 1)))
-        if ch_axis is not None and (isinstance(ch_axis, bool) or not isinstance(ch_axis, int)):
-            raise TypeError(f"ch_axis must be an int or None, got {ch_axis!r}")
+        check_ch_axis(ch_axis)
         self.bits = bits
         self.quant_min = quant_min
         self.quant_max = quant_max
