@@ -10,7 +10,19 @@ from aquatic.functional.fake_quant import (
 )
 from aquatic.functional.qparams import calculate_qparams, round_to_power_of_two
 from aquatic.functional.rounding import ROUNDING_MODES, round_ste, sign_ste, straight_through
-from aquatic.functional.neurons import LIFOutput, LIFState, exp_leak, lif, lif_loop, lif_step
+from aquatic.functional.neurons import (
+    LIFOutput,
+    LIFState,
+    NeuronSpec,
+    StateOps,
+    exp_leak,
+    lif,
+    lif_loop,
+    lif_recurrent,
+    lif_step,
+    neuron_sequence,
+    neuron_step,
+)
 from aquatic.functional.neurons_fused import lif_fused
 from aquatic.functional.surrogate import spike
 
@@ -29,10 +41,15 @@ __all__ = [
     "straight_through",
     "LIFOutput",
     "LIFState",
+    "NeuronSpec",
+    "StateOps",
     "exp_leak",
     "lif",
     "lif_fused",
     "lif_loop",
+    "lif_recurrent",
     "lif_step",
+    "neuron_sequence",
+    "neuron_step",
     "spike",
 ]

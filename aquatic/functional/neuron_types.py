@@ -1,9 +1,9 @@
 """The types the neuron functions of :mod:`aquatic.functional.neurons` take and return.
 
-:class:`LIFState` and :class:`LIFOutput` are public (re-exported by
-:mod:`aquatic.functional.neurons` and :mod:`aquatic.functional`); :class:`Options` and
-:class:`StateOps` bundle a neuron's non-tensor options and state operations for the
-step and sequence functions.
+:class:`LIFState`, :class:`LIFOutput`, :class:`NeuronSpec` and :class:`StateOps` are
+public (re-exported by :mod:`aquatic.functional.neurons` and :mod:`aquatic.functional`);
+:class:`Options` bundles a neuron's non-tensor options for the step and sequence
+functions.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from aquatic.functional.surrogate import Surrogate
 __all__ = [
     "LIFState",
     "LIFOutput",
+    "NeuronSpec",
     "Options",
     "StateOps",
     "RESET_MODES",
@@ -80,7 +81,16 @@ class Options(NamedTuple):
 
 
 class StateOps(NamedTuple):
-    """What a step does to its state besides the float arithmetic (``None``: nothing)."""
+    """What a step does to its state besides the float arithmetic (``None``: nothing).
+
+    Attributes:
+        quantize_v_mem: :math:`Q_v`, applied to the membrane after the integration,
+            before the spike decision and the reset (``QConfig.state``).
+        quantize_i_syn: :math:`Q_i`, applied to the synaptic current after its update.
+        decay_v_mem: ``decay(v, alpha_mem)`` in place of ``alpha_mem * v`` (a chip's
+            integer leak on the state's grid, see :mod:`aquatic.nn.grid_decay`).
+        decay_i_syn: the same for the synaptic current, applied to ``i[t-1] + x[t]``.
+    """
 
     quantize_v_mem: StateQuantizer = None
     quantize_i_syn: StateQuantizer = None
@@ -88,4 +98,76 @@ class StateOps(NamedTuple):
     decay_i_syn: StateDecay = None
 
     def any(self) -> bool:
+        """Whether any operation is given (then only the step-by-step loop runs them)."""
         return any(op is not None for op in self)
+
+
+class NeuronSpec(NamedTuple):
+    """Everything that defines what a layer of neurons computes, as one value.
+
+    :meth:`aquatic.nn.NeuronModule.spec` builds it from a layer (quantized values, once
+    per forward); :func:`~aquatic.functional.neurons.neuron_sequence`,
+    :func:`~aquatic.functional.neurons.neuron_step` and
+    :func:`~aquatic.functional.neurons.lif_recurrent` run it; the integer conversion,
+    NIR and the hardware exports read it. The symbols are those of the equations in
+    :mod:`aquatic.functional.neurons`.
+
+    Attributes:
+        alpha_mem: membrane decay :math:`\\alpha_{mem}` per step in ``[0, 1]`` (a number,
+            or a tensor broadcasting to the neurons); ``1.0`` for neurons without leak
+            (``IAF``).
+        alpha_syn: synaptic decay :math:`\\alpha_{syn}`; ``None``: no synaptic state
+            (:math:`i[t] = x[t]`).
+        threshold: firing threshold :math:`\\vartheta > 0`; ``None`` for neurons that
+            do not spike.
+        bias: constant input :math:`b` per step, or ``None``.
+        reset: ``"subtract"`` (the threshold per spike) or ``"zero"``.
+        surrogate: the spike's surrogate gradient (``None``: the default,
+            :class:`~aquatic.nn.SingleExponential`).
+        max_spikes: most spikes per neuron and step (1: binary spikes).
+        min_v_mem: lower bound :math:`v_{min}` of the membrane after the reset, or ``None``.
+        norm_input: scale the input by :math:`1 - \\alpha_{mem}`.
+        detach_reset: no gradient through the spikes in the reset term.
+        spiking: ``False`` for a leaky integrator (``ExpLeak``): no spikes and no reset;
+            the output is the membrane. ``reset`` to ``detach_reset`` then do nothing.
+        state_ops: the state quantizers :math:`Q_v, Q_i` and decay functions
+            (:class:`StateOps`; all ``None`` by default).
+
+    A recurrent layer's weight is not part of the spec: it connects neurons, and
+    :func:`~aquatic.functional.neurons.lif_recurrent` takes it as an argument.
+
+    Example:
+        >>> spec = NeuronSpec(alpha_mem=0.5, threshold=1.0, max_spikes=2)
+        >>> spec.synaptic, spec.max_spikes, spec.state_ops.any()
+        (False, 2, False)
+    """
+
+    alpha_mem: Number
+    alpha_syn: Optional[Number] = None
+    threshold: Optional[Number] = 1.0
+    bias: Optional[Number] = None
+    reset: str = "subtract"
+    surrogate: Optional[Surrogate] = None
+    max_spikes: int = 1
+    min_v_mem: Optional[float] = None
+    norm_input: bool = False
+    detach_reset: bool = False
+    spiking: bool = True
+    state_ops: StateOps = StateOps()
+
+    @property
+    def synaptic(self) -> bool:
+        """Whether the neurons have a synaptic current state (``alpha_syn`` given)."""
+        return self.alpha_syn is not None
+
+    def options(self) -> Options:
+        """The non-tensor options, as the step and sequence functions check them."""
+        return Options(
+            self.reset,
+            self.surrogate,
+            self.max_spikes,
+            self.min_v_mem,
+            self.norm_input,
+            self.detach_reset,
+            self.spiking,
+        )

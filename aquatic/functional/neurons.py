@@ -63,28 +63,36 @@ functions), and :func:`lif_fused` runs the whole sequence in one autograd functi
 a hand-written backward pass (about twice as fast as the loop, with less memory; see
 ``benchmarks/lif_speed.py``), without state quantizers or decay functions. :func:`lif`
 picks the fused one unless state quantizers or decay functions are given.
+
+Two ways to call them. The keyword functions here (:func:`lif`, :func:`lif_step`,
+:func:`lif_loop`, :func:`exp_leak`) take each parameter and option as an argument.
+They build a :class:`NeuronSpec` (one value holding all of them, as
+:meth:`aquatic.nn.NeuronModule.spec` returns for a layer) and run it with
+:func:`neuron_sequence` or :func:`neuron_step` (in
+:mod:`aquatic.functional.neurons_spec`), which the layers call directly;
+:func:`lif_recurrent` runs a spec with recurrent weights.
 """
 
 from __future__ import annotations
 
 from typing import Optional, Tuple
 
-import torch
+import torch  # the examples use it
 from torch import Tensor
 
-from aquatic.functional.neuron_checks import check_method, prepare
 from aquatic.functional.neuron_types import (
     METHODS,
     RESET_MODES,
     LIFOutput,
     LIFState,
+    NeuronSpec,
     Number,
-    Options,
     StateDecay,
     StateOps,
     StateQuantizer,
 )
-from aquatic.functional.surrogate import Surrogate, spike
+from aquatic.functional.neurons_spec import lif_recurrent, neuron_sequence, neuron_step
+from aquatic.functional.surrogate import Surrogate
 
 __all__ = [
     "LIFState",
@@ -95,6 +103,11 @@ __all__ = [
     "lif_loop",
     "lif",
     "exp_leak",
+    "NeuronSpec",
+    "StateOps",
+    "neuron_step",
+    "neuron_sequence",
+    "lif_recurrent",
 ]
 
 
@@ -153,55 +166,21 @@ def lif_step(
         >>> s, state.v_mem
         (tensor([[0., 0.]]), tensor([[0.9000, 0.1000]]))
     """
-    params, state, options = prepare(
-        input,
-        state,
-        (alpha_mem, alpha_syn, threshold, bias),
-        Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking),
-        sequence=False,
+    spec = NeuronSpec(
+        alpha_mem,
+        alpha_syn,
+        threshold,
+        bias,
+        reset,
+        surrogate,
+        max_spikes,
+        min_v_mem,
+        norm_input,
+        detach_reset,
+        spiking,
+        StateOps(quantize_v_mem, quantize_i_syn, decay_v_mem, decay_i_syn),
     )
-    ops = StateOps(quantize_v_mem, quantize_i_syn, decay_v_mem, decay_i_syn)
-    return _step(input, state, params, options, ops)
-
-
-def _step(x, state, params, options, ops: StateOps):
-    # Without state ops, the order of operations here is the one lif_fused uses, so both
-    # give the same bits.
-    alpha_mem, alpha_syn, threshold, bias = params
-    reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking = options
-    if alpha_syn is not None:
-        total = state.i_syn + x
-        if ops.decay_i_syn is None:
-            i_syn = alpha_syn * total
-        else:
-            i_syn = ops.decay_i_syn(total, alpha_syn)
-        if ops.quantize_i_syn is not None:
-            i_syn = ops.quantize_i_syn(i_syn)
-    else:
-        i_syn = x
-    drive = (1 - alpha_mem) * i_syn if norm_input else i_syn
-    if bias is not None:
-        drive = drive + bias
-    if ops.decay_v_mem is None:
-        v = alpha_mem * state.v_mem + drive
-    else:
-        v = ops.decay_v_mem(state.v_mem, alpha_mem) + drive
-    # The state quantizer runs before the spike decision: spikes are decided on the
-    # quantized membrane, as a chip decides them on its integer one.
-    if ops.quantize_v_mem is not None:
-        v = ops.quantize_v_mem(v)
-    if spiking:
-        out = spike(v, threshold, surrogate, max_spikes)
-        if reset == "subtract":
-            v = v - threshold * (out.detach() if detach_reset else out)
-        else:
-            fired = out if max_spikes == 1 else spike(v, threshold, surrogate, 1)
-            v = v * (1 - (fired.detach() if detach_reset else fired))
-    if min_v_mem is not None:
-        v = torch.clamp(v, min=min_v_mem)
-    if not spiking:
-        out = v
-    return out, LIFState(v, i_syn if alpha_syn is not None else None)
+    return neuron_step(input, spec, state)
 
 
 def lif_loop(
@@ -235,25 +214,21 @@ def lif_loop(
         >>> out.output.flatten(), out.state.v_mem
         (tensor([0., 1., 0.]), tensor([[0.9000]]))
     """
-    params, state, options = prepare(
-        input,
-        state,
-        (alpha_mem, alpha_syn, threshold, bias),
-        Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking),
+    spec = NeuronSpec(
+        alpha_mem,
+        alpha_syn,
+        threshold,
+        bias,
+        reset,
+        surrogate,
+        max_spikes,
+        min_v_mem,
+        norm_input,
+        detach_reset,
+        spiking,
+        StateOps(quantize_v_mem, quantize_i_syn, decay_v_mem, decay_i_syn),
     )
-    ops = StateOps(quantize_v_mem, quantize_i_syn, decay_v_mem, decay_i_syn)
-    outputs, v_trace, i_trace = [], [], []
-    # unbind, not input[:, t]: one backward node for all steps instead of one full-size
-    # zero-filled gradient per step.
-    for x in input.unbind(1):
-        out, state = _step(x, state, params, options, ops)
-        outputs.append(out)
-        if record_states:
-            v_trace.append(state.v_mem)
-            i_trace.append(state.i_syn)
-    v_mem = torch.stack(v_trace, 1) if record_states else None
-    i_syn = torch.stack(i_trace, 1) if record_states and params[1] is not None else None
-    return LIFOutput(torch.stack(outputs, 1), state, v_mem, i_syn)
+    return neuron_sequence(input, spec, state=state, record_states=record_states, method="loop")
 
 
 def lif(
@@ -294,41 +269,21 @@ def lif(
         >>> lif(x, 0.5, method="loop").output.flatten()
         tensor([0., 1., 0.])
     """
-    check_method(method)
-    ops = StateOps(quantize_v_mem, quantize_i_syn, decay_v_mem, decay_i_syn)
-    quantized = ops.any()
-    if method == "fused" and quantized:
-        raise ValueError(
-            "the fused method does not run state quantizers or decay functions; use "
-            "method='loop' or 'auto'"
-        )
-    kwargs = dict(
-        state=state,
-        record_states=record_states,
-        reset=reset,
-        surrogate=surrogate,
-        max_spikes=max_spikes,
-        min_v_mem=min_v_mem,
-        norm_input=norm_input,
-        bias=bias,
-        detach_reset=detach_reset,
-        spiking=spiking,
+    spec = NeuronSpec(
+        alpha_mem,
+        alpha_syn,
+        threshold,
+        bias,
+        reset,
+        surrogate,
+        max_spikes,
+        min_v_mem,
+        norm_input,
+        detach_reset,
+        spiking,
+        StateOps(quantize_v_mem, quantize_i_syn, decay_v_mem, decay_i_syn),
     )
-    if method == "loop" or quantized:
-        return lif_loop(
-            input,
-            alpha_mem,
-            alpha_syn,
-            threshold,
-            quantize_v_mem=quantize_v_mem,
-            quantize_i_syn=quantize_i_syn,
-            decay_v_mem=decay_v_mem,
-            decay_i_syn=decay_i_syn,
-            **kwargs,
-        )
-    from aquatic.functional.neurons_fused import lif_fused
-
-    return lif_fused(input, alpha_mem, alpha_syn, threshold, **kwargs)
+    return neuron_sequence(input, spec, state=state, record_states=record_states, method=method)
 
 
 def exp_leak(
@@ -353,17 +308,14 @@ def exp_leak(
         >>> exp_leak(torch.tensor([[[1.0], [0.0], [1.0]]]), alpha_mem=0.5).output.flatten()
         tensor([1.0000, 0.5000, 1.2500])
     """
-    return lif(
-        input,
+    spec = NeuronSpec(
         alpha_mem,
         None,
-        1.0,
-        state=state,
-        norm_input=norm_input,
-        bias=bias,
+        None,
+        bias,
         min_v_mem=min_v_mem,
+        norm_input=norm_input,
         spiking=False,
-        quantize_v_mem=quantize_v_mem,
-        decay_v_mem=decay_v_mem,
-        method=method,
+        state_ops=StateOps(quantize_v_mem=quantize_v_mem, decay_v_mem=decay_v_mem),
     )
+    return neuron_sequence(input, spec, state=state, method=method)

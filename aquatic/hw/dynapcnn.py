@@ -157,8 +157,9 @@ def export(
             isinstance(iaf, IAF),
             f"layer {iaf_name!r} is a {type(iaf).__name__}; DYNAP-CNN neurons are integrate-and-fire (aquatic.nn.IAF)",
         )
+        neurons = iaf.spec()
         require(
-            not iaf.synaptic,
+            not neurons.synaptic,
             f"layer {iaf_name!r}: DYNAP-CNN neurons have no synaptic current; drop tau_syn",
         )
         scale = weight_scale(syn, syn_name, "dynapcnn")
@@ -182,23 +183,26 @@ def export(
                 k, s, p = syn.kernel_size[0], entry["stride"], entry["padding"]
                 out_hw = tuple((size + 2 * p - k) // s + 1 for size in shape[1:])
                 shape = (n_out, *out_hw)
-        params = iaf.neuron_params()
         weight = grid_codes(quantized_param(syn, "weight"), scale, f"{syn_name}.weight")
         bias = per_neuron(quantized_param(syn, "bias"), n_out, f"{syn_name}.bias")
-        bias = bias + per_neuron(params["bias"], n_out, f"{iaf_name}.bias")
-        threshold = per_neuron(params["threshold"], n_out, iaf_name)
+        bias = bias + per_neuron(neurons.bias, n_out, f"{iaf_name}.bias")
+        threshold = per_neuron(neurons.threshold, n_out, iaf_name)
         require(
             bool((threshold == threshold[0]).all()),
             f"layer {iaf_name!r}: DYNAP-CNN has one threshold per layer, got several",
         )
-        low = -(2 ** (STATE_BITS - 1)) * scale if iaf.min_v_mem is None else float(iaf.min_v_mem)
+        low = (
+            -(2 ** (STATE_BITS - 1)) * scale
+            if neurons.min_v_mem is None
+            else float(neurons.min_v_mem)
+        )
         entry.update(
             weight=weight,
             bias=grid_codes(bias, scale, f"{syn_name}.bias + {iaf_name}.bias"),
             threshold=int(grid_codes(threshold[:1], scale, f"{iaf_name}.threshold")),
             threshold_low=int(grid_codes(torch.tensor([low]), scale, f"{iaf_name}.min_v_mem")),
-            reset=iaf.reset,
-            max_spikes=iaf.max_spikes,
+            reset=neurons.reset,
+            max_spikes=neurons.max_spikes,
         )
         _memory_check(syn_name, weight, out_hw, index)
         spec.append(entry)

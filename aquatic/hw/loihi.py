@@ -193,24 +193,24 @@ def export(model: nn.Module) -> Dict[str, Any]:
             isinstance(lif, LIF) and not isinstance(lif, LIFRecurrent),
             f"layer {lif_name!r} is a {type(lif).__name__}; Loihi's CUBA neurons are an aquatic.nn.LIF",
         )
+        neurons = lif.spec()
         require(
-            lif.reset == "zero",
+            neurons.reset == "zero",
             f"layer {lif_name!r}: Loihi resets the voltage to zero; use reset='zero'",
         )
         require(
-            lif.max_spikes == 1,
+            neurons.max_spikes == 1,
             f"layer {lif_name!r}: Loihi neurons spike once per step; use max_spikes=1",
         )
         require(
-            lif.min_v_mem is None and not lif.norm_input,
+            neurons.min_v_mem is None and not neurons.norm_input,
             f"layer {lif_name!r}: Loihi has no min_v_mem or norm_input",
         )
         n_out = linear.out_features
-        params = lif.neuron_params()
         weight = quantized_param(linear, "weight").detach().double()
         lin_bias = per_neuron(quantized_param(linear, "bias"), n_out, f"{lin_name}.bias")
-        if params["alpha_syn"] is not None:
-            weight = weight * per_neuron(params["alpha_syn"], n_out, lif_name).unsqueeze(1)
+        if neurons.alpha_syn is not None:
+            weight = weight * per_neuron(neurons.alpha_syn, n_out, lif_name).unsqueeze(1)
             require(
                 not bool(lin_bias.ne(0).any()),
                 f"layer {lin_name!r} has a bias, which cannot enter Loihi's synaptic current exactly; use bias=False",
@@ -220,15 +220,15 @@ def export(model: nn.Module) -> Dict[str, Any]:
             "weight": grid_codes(
                 weight,
                 step,
-                f"{lin_name}.weight" + (" * alpha_syn" if params["alpha_syn"] is not None else ""),
+                f"{lin_name}.weight" + (" * alpha_syn" if neurons.alpha_syn is not None else ""),
             ),
-            "current_decay": _decay_code(params["alpha_syn"], n_out, f"{lif_name}.alpha_syn"),
-            "voltage_decay": _decay_code(params["alpha_mem"], n_out, f"{lif_name}.alpha_mem"),
+            "current_decay": _decay_code(neurons.alpha_syn, n_out, f"{lif_name}.alpha_syn"),
+            "voltage_decay": _decay_code(neurons.alpha_mem, n_out, f"{lif_name}.alpha_mem"),
             "threshold": grid_codes(
-                per_neuron(params["threshold"], n_out, lif_name), step, f"{lif_name}.threshold"
+                per_neuron(neurons.threshold, n_out, lif_name), step, f"{lif_name}.threshold"
             ),
             "bias": grid_codes(
-                per_neuron(params["bias"], n_out, lif_name) + lin_bias, step, f"{lif_name}.bias"
+                per_neuron(neurons.bias, n_out, lif_name) + lin_bias, step, f"{lif_name}.bias"
             ),
         }
         spec.append(entry)

@@ -170,38 +170,34 @@ def _population(linear, neuron, names, max_spikes: int, role: str) -> Dict[str, 
         f"layer {lin_name!r} has a bias, which Xylo's synapses lack; build it with "
         "bias=False and give the LIF a bias instead",
     )
+    spec = neuron.spec()
     require(
-        neuron.reset == "subtract",
+        spec.reset == "subtract",
         f"layer {lif_name!r}: Xylo resets by subtraction; use reset='subtract'",
     )
     require(
-        neuron.max_spikes == max_spikes,
-        f"layer {lif_name!r} has max_spikes={neuron.max_spikes}; Xylo's {role} neurons emit "
+        spec.max_spikes == max_spikes,
+        f"layer {lif_name!r} has max_spikes={spec.max_spikes}; Xylo's {role} neurons emit "
         f"up to {max_spikes} spike(s) per step: build it with max_spikes={max_spikes}",
     )
-    require(neuron.min_v_mem is None, f"layer {lif_name!r}: Xylo has no min_v_mem; use None")
-    require(not neuron.norm_input, f"layer {lif_name!r}: Xylo has no norm_input; use False")
+    require(spec.min_v_mem is None, f"layer {lif_name!r}: Xylo has no min_v_mem; use None")
+    require(not spec.norm_input, f"layer {lif_name!r}: Xylo has no norm_input; use False")
     require(
-        neuron.synaptic,
+        spec.synaptic,
         f"layer {lif_name!r} has no synaptic state, but every Xylo neuron's input current "
         "decays (i = alpha_syn * (i + x)); give it tau_syn or alpha_syn",
     )
     scale = weight_scale(linear, lin_name, "xylo")
     n_out = linear.out_features
-    params = neuron.neuron_params()
     weight = grid_codes(quantized_param(linear, "weight"), scale, f"{lin_name}.weight")
     result = {
         "weight": weight.T,
-        "dash_mem": dash_of(
-            per_neuron(params["alpha_mem"], n_out, lif_name), f"{lif_name}.alpha_mem"
-        ),
-        "dash_syn": dash_of(
-            per_neuron(params["alpha_syn"], n_out, lif_name), f"{lif_name}.alpha_syn"
-        ),
+        "dash_mem": dash_of(per_neuron(spec.alpha_mem, n_out, lif_name), f"{lif_name}.alpha_mem"),
+        "dash_syn": dash_of(per_neuron(spec.alpha_syn, n_out, lif_name), f"{lif_name}.alpha_syn"),
         "threshold": grid_codes(
-            per_neuron(params["threshold"], n_out, lif_name), scale, f"{lif_name}.threshold"
+            per_neuron(spec.threshold, n_out, lif_name), scale, f"{lif_name}.threshold"
         ),
-        "bias": grid_codes(per_neuron(params["bias"], n_out, lif_name), scale, f"{lif_name}.bias"),
+        "bias": grid_codes(per_neuron(spec.bias, n_out, lif_name), scale, f"{lif_name}.bias"),
     }
     if isinstance(neuron, LIFRecurrent):
         rec = quantized_param(neuron, "rec_weight")

@@ -8,6 +8,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import Tensor
 
+from aquatic.functional.neuron_types import NeuronSpec
 from aquatic.integer.base import QSpec
 from aquatic.integer.inspect import Affine, affine_params, describe, grid_codes
 from aquatic.integer.requant import dyadic_exponent, is_power_of_two, quantize_multiplier
@@ -99,14 +100,13 @@ def _state(layer, state: str, where: str) -> Optional[Affine]:
     return affine
 
 
-def _decay_rule(layer, kind: str, alpha, affine: Optional[Affine], where: str):
+def _decay_rule(layer, kind: str, neurons: NeuronSpec, affine: Optional[Affine], where: str):
     """``(rule, bits, codes)`` when the layer decays state ``kind`` by an integer rule."""
     from aquatic.quantizers.decay import BitShiftDecay, UniformDecay
 
-    if affine is None or alpha is None or not hasattr(layer, "state_ops"):
-        return None
-    ops = layer.state_ops()
-    if getattr(ops, "decay_v_mem" if kind == "mem" else "decay_i_syn", None) is None:
+    alpha = neurons.alpha_mem if kind == "mem" else neurons.alpha_syn
+    decay = neurons.state_ops.decay_v_mem if kind == "mem" else neurons.state_ops.decay_i_syn
+    if affine is None or alpha is None or decay is None:
         return None
     quantizer = layer.decay_quantizer(kind)
     if not getattr(quantizer, "fake_quant_enabled", True):
@@ -145,44 +145,42 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
     Returns:
         ``(module, output_spec)``.
     """
-    from aquatic.nn import ExpLeak, LIFRecurrent
+    from aquatic.nn import LIFRecurrent
 
     where = describe(name, layer)
-    params = layer.neuron_params()
-    spiking = not isinstance(layer, ExpLeak)
+    neurons = layer.spec()
+    spiking = neurons.spiking
     notes: List[str] = []
-    max_spikes = getattr(layer, "max_spikes", 1) if spiking else 1
+    max_spikes = neurons.max_spikes if spiking else 1
     if max_spikes > _MAX_SPIKES:
         raise ValueError(f"{where}: max_spikes={max_spikes} is above {_MAX_SPIKES}")
-    if getattr(layer, "persistent_state", False):
+    if layer.persistent_state:
         notes.append(f"{where}: persistent_state is ignored; the integer twin starts from zero")
     vq = _state(layer, "v_mem", where)
-    iq = _state(layer, "i_syn", where) if layer.synaptic else None
+    iq = _state(layer, "i_syn", where) if neurons.synaptic else None
     for affine in (vq, iq):
         if affine is not None:
             notes += affine.notes
     rules = {
-        "v": _decay_rule(layer, "mem", params["alpha_mem"], vq, where),
-        "i": _decay_rule(layer, "syn", params["alpha_syn"], iq, where),
+        "v": _decay_rule(layer, "mem", neurons, vq, where),
+        "i": _decay_rule(layer, "syn", neurons, iq, where),
     }
     rec = _recurrent(layer, where) if isinstance(layer, LIFRecurrent) else None
-    threshold, bias = params["threshold"], params["bias"]
+    threshold, bias = neurons.threshold, neurons.bias
     if spiking and bool((torch.as_tensor(threshold) <= 0).any()):
         raise ValueError(f"{where}: the quantized threshold is {threshold}; it must be > 0")
-    min_v = getattr(layer, "min_v_mem", None)
+    min_v = neurons.min_v_mem
     min_v = None if min_v is None else torch.tensor(min_v, dtype=torch.float32)
 
     decays = {
-        "mem": _dyadic(params["alpha_mem"], "alpha_mem", where),
+        "mem": _dyadic(neurons.alpha_mem, "alpha_mem", where),
         "syn": (
-            None
-            if params["alpha_syn"] is None
-            else _dyadic(params["alpha_syn"], "alpha_syn", where)
+            None if neurons.alpha_syn is None else _dyadic(neurons.alpha_syn, "alpha_syn", where)
         ),
     }
     norm = None
-    if getattr(layer, "norm_input", False):
-        norm = _dyadic(1 - torch.as_tensor(params["alpha_mem"]), "1 - alpha_mem", where)
+    if neurons.norm_input:
+        norm = _dyadic(1 - torch.as_tensor(neurons.alpha_mem), "1 - alpha_mem", where)
     fine = max(decays["mem"][1], norm[1] if norm else 0, decays["syn"][1] if decays["syn"] else 0)
 
     unit_scales = [spec.scale] + [a.scale for a in (vq, iq) if a is not None]
@@ -218,7 +216,7 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
             f"quantization-aware model keeps it in float32, the integer twin with "
             f"{state_frac_bits} fractional bits"
         )
-    if layer.synaptic and iq is None:
+    if neurons.synaptic and iq is None:
         notes.append(f"{where}: the synaptic current is not quantized (QConfig.state is None)")
 
     tensors: Dict[str, Optional[Tensor]] = {"input_zero_point": spec.zero_point}
@@ -247,7 +245,7 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
 
     config = dict(
         spiking=spiking,
-        reset=getattr(layer, "reset", "subtract"),
+        reset=neurons.reset,
         max_spikes=max_spikes,
         emulate_float32=exact,
         mem_exp=decays["mem"][1],
@@ -276,7 +274,7 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
                 config[f"{which}_rule_bits"],
                 tensors[f"{which}_rule_codes"],
             ) = rules[which]
-    if vq is None or (layer.synaptic and iq is None):
+    if vq is None or (neurons.synaptic and iq is None):
         config["state_limit"] = int(_INT64_ROOM // 2 ** (fine + 4))
     module = IntegerNeuron(name=name, notes=notes, source=type(layer).__name__, **config, **tensors)
 

@@ -13,7 +13,6 @@ import torch
 
 from aquatic.interop._common import active
 from aquatic.nn.base import eval_mode
-from aquatic.nn.exp_leak import ExpLeak
 from aquatic.nn.neuron_base import NeuronModule
 
 Shape = Tuple[int, ...]
@@ -61,15 +60,17 @@ class NeuronExporter:
 
     def _neuron(self, name: str, module: NeuronModule, shape: Shape) -> Chain:
         kind = type(module).__name__
-        if getattr(module, "max_spikes", 1) != 1:
+        with eval_mode(module.quantizers.values()), torch.no_grad():
+            spec = module.spec()
+        if spec.max_spikes != 1:
             raise ValueError(
-                f"layer {name!r} ({kind}) emits up to max_spikes={module.max_spikes} spikes per "
+                f"layer {name!r} ({kind}) emits up to max_spikes={spec.max_spikes} spikes per "
                 "step; NIR neurons emit one: use max_spikes=1"
             )
-        if module.min_v_mem is not None:
+        if spec.min_v_mem is not None:
             raise ValueError(
                 f"layer {name!r} ({kind}) bounds its membrane below (min_v_mem="
-                f"{module.min_v_mem:g}); NIR neurons have no such bound: use min_v_mem=None"
+                f"{spec.min_v_mem:g}); NIR neurons have no such bound: use min_v_mem=None"
             )
         for state in module._quantized_states:
             if active(module, state) is not None:
@@ -78,16 +79,14 @@ class NeuronExporter:
                     "(QConfig.state), which NIR neurons cannot express; export a model "
                     "without state quantizers"
                 )
-        with eval_mode(module.quantizers.values()), torch.no_grad():
-            params = module.neuron_params()
         what = f"layer {name!r} ({kind})"
-        alpha = per_neuron(params["alpha_mem"], shape, f"{what}: alpha_mem")
-        bias = params["bias"]
+        alpha = per_neuron(spec.alpha_mem, shape, f"{what}: alpha_mem")
+        bias = spec.bias
         bias = np.zeros(shape) if bias is None else per_neuron(bias, shape, f"{what}: bias")
-        gain = (1.0 - alpha) if getattr(module, "norm_input", False) else np.ones(shape)
+        gain = (1.0 - alpha) if spec.norm_input else np.ones(shape)
         syn = None
-        if params["alpha_syn"] is not None:
-            syn = per_neuron(params["alpha_syn"], shape, f"{what}: alpha_syn")
+        if spec.alpha_syn is not None:
+            syn = per_neuron(spec.alpha_syn, shape, f"{what}: alpha_syn")
             if bool(((syn <= 0) | (syn >= 1)).any()):
                 raise ValueError(
                     f"{what}: alpha_syn must lie strictly between 0 and 1 for NIR (a synaptic "
@@ -100,19 +99,18 @@ class NeuronExporter:
                 f"{what} mixes neurons without leak (alpha_mem = 1) and leaky ones; NIR has "
                 "one node type per layer: split the layer or make every alpha_mem < 1"
             )
-        if isinstance(module, ExpLeak):
-            self._record_activation(name, module)
-        else:
-            self.resets[name] = module.reset
         threshold = None
-        if not isinstance(module, ExpLeak):
-            threshold = per_neuron(params["threshold"], shape, f"{what}: threshold")
+        if spec.spiking:
+            self.resets[name] = spec.reset
+            threshold = per_neuron(spec.threshold, shape, f"{what}: threshold")
+        else:
+            self._record_activation(name, module)
         if not leaky.all():
-            return self._integrator(name, module, shape, gain, bias, syn, threshold)
+            return self._integrator(name, kind, shape, gain, bias, syn, threshold)
         tau = tau_of(alpha, self.dt, self.discretization)
         r = gain / (1.0 - alpha)
         v_leak = bias / (1.0 - alpha)
-        if isinstance(module, ExpLeak):
+        if threshold is None:
             return [(name, self.nir.LI(tau=tau, r=r, v_leak=v_leak))]
         if syn is None:
             fields = self._neuron_fields(self.nir.LIF, shape)
@@ -134,14 +132,13 @@ class NeuronExporter:
     def _integrator(
         self,
         name: str,
-        module: NeuronModule,
+        kind: str,
         shape: Shape,
         gain: np.ndarray,
         bias: np.ndarray,
         syn: Optional[np.ndarray],
         threshold: Optional[np.ndarray],
     ) -> Chain:
-        kind = type(module).__name__
         if bool((bias != 0).any()):
             raise ValueError(
                 f"layer {name!r} ({kind}) has a bias but no membrane leak (alpha_mem = 1); "
@@ -149,7 +146,7 @@ class NeuronExporter:
                 "the previous layer's bias, or give the layer a leak"
             )
         r = gain / self.dt
-        if isinstance(module, ExpLeak):
+        if threshold is None:  # no spikes: an integrator
             return [(name, self.nir.I(r=r))]
         node = self.nir.IF(r=r, v_threshold=threshold, **self._neuron_fields(self.nir.IF, shape))
         if syn is None:

@@ -64,7 +64,7 @@ installed NIR (subtract without ``v_reset``; reset to zero with it, which must t
 
 Quantization: the exported weights, biases, thresholds and decays are the quantized
 values that ``forward`` uses (:meth:`~aquatic.nn.QuantizedModule.quantize_params`,
-:meth:`~aquatic.nn.NeuronModule.neuron_params`). NIR has no quantization node, so
+:meth:`~aquatic.nn.NeuronModule.spec`). NIR has no quantization node, so
 per-tensor activation quantizers go into ``graph.metadata["aquatic"]["quantizers"]``
 (``scale``, ``zero_point``, ``quant_min``, ``quant_max`` per node); :func:`load`
 rebuilds them with fixed scales, so that a loaded model computes what the fake-quantized

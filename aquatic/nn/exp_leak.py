@@ -20,28 +20,30 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from aquatic.functional.neurons import LIFState, exp_leak
-from aquatic.nn.lif import Bias
-from aquatic.nn.neuron_base import NeuronModule, Value
+from aquatic.functional.neurons import LIFState, neuron_sequence
+from aquatic.nn.neuron_base import NeuronModule
+from aquatic.nn.neuron_options import Bias, Value, document_neuron_args
 from aquatic.qconfig import QConfig
 
 __all__ = ["ExpLeak"]
 
 
+@document_neuron_args(
+    tau_mem="time constant in time steps (> 0), a number or one per neuron.",
+    alpha_mem="decay per step in ``[0, 1]``, instead of ``tau_mem``.",
+    norm_input=r"scale the input by :math:`1 - \alpha` (unit gain for constant input).",
+    bias="constant input per step (``True`` for a trainable scalar from 0, or its "
+    "initial value).",
+    min_v_mem="lower bound of the membrane.",
+    train_decay="make ``tau_mem`` (or ``alpha_mem``) trainable.",
+    qconfig="quantizers for ``tau``/``alpha``, ``bias``, ``state`` (the membrane after "
+    "each step) and ``activation`` (the returned membrane).",
+)
 class ExpLeak(NeuronModule):
     """Leaky integrator: returns the membrane potential of every step.
 
     Args:
-        tau_mem: time constant in time steps (> 0), a number or one per neuron.
-        alpha_mem: decay per step in ``[0, 1]``, instead of ``tau_mem``.
-        norm_input: scale the input by :math:`1 - \\alpha` (unit gain for constant input).
-        bias: constant input per step (``True`` for a trainable scalar from 0, or its
-            initial value).
-        min_v_mem: lower bound of the membrane.
-        train_decay: make ``tau_mem`` (or ``alpha_mem``) trainable.
-        persistent_state, method: as :class:`~aquatic.nn.LIF`.
-        qconfig: quantizers for ``tau``/``alpha``, ``bias``, ``state`` (the membrane
-            after each step) and ``activation`` (the returned membrane).
+        %(neuron_args)s
 
     Shape:
         - Input: ``(N, T, *)``.
@@ -53,6 +55,7 @@ class ExpLeak(NeuronModule):
         tensor([1.0000, 0.5000, 1.2500])
     """
 
+    _spiking = False
     _quantizes_output = True
 
     def __init__(
@@ -69,28 +72,22 @@ class ExpLeak(NeuronModule):
         qconfig: Optional[QConfig] = None,
     ) -> None:
         super().__init__()
-        self._setup_decay("mem", tau_mem, alpha_mem, train_decay, required=True)
-        self._setup_decay("syn", None, None, False, required=False)
-        self.register_buffer("threshold", None)
-        self._setup_bias(bias)
-        self.min_v_mem = self._check_min_v_mem(min_v_mem)
-        self.norm_input = bool(norm_input)
-        self._setup_stream(persistent_state, False, method)
-        self._setup_quantizers(qconfig)
+        self._setup_neuron(
+            tau_mem=tau_mem,
+            alpha_mem=alpha_mem,
+            norm_input=norm_input,
+            bias=bias,
+            min_v_mem=min_v_mem,
+            train_decay=train_decay,
+            persistent_state=persistent_state,
+            method=method,
+            qconfig=qconfig,
+        )
 
     def forward(self, input: Tensor, state: Optional[LIFState] = None) -> Tensor:
         """The membrane for ``input`` ``(N, T, *)``, from ``state`` if given."""
-        params = self.neuron_params()
-        result = exp_leak(
-            input,
-            params["alpha_mem"],
-            state=self._initial_state(input, state),
-            norm_input=self.norm_input,
-            bias=params["bias"],
-            min_v_mem=self.min_v_mem,
-            quantize_v_mem=self._state_quantizer("v_mem"),
-            decay_v_mem=self._state_decay("mem", "v_mem"),
-            method=self.method,
+        result = neuron_sequence(
+            input, self.spec(), state=self._initial_state(input, state), method=self.method
         )
         self._store(result)
         return self.quantize_output(result.output)

@@ -19,34 +19,32 @@ the fused sequence function unless ``QConfig.state`` quantizes the state (see
 
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from aquatic.functional.neurons import LIFState
+from aquatic.functional.neurons import LIFState, neuron_sequence
 from aquatic.functional.surrogate import Surrogate
-from aquatic.nn.lif import Bias
-from aquatic.nn.neuron_base import NeuronModule, Value
+from aquatic.nn.neuron_base import NeuronModule
+from aquatic.nn.neuron_options import Bias, Value, document_neuron_args
 from aquatic.qconfig import QConfig
 
 __all__ = ["IAF"]
 
 
+@document_neuron_args(
+    tau_syn="synaptic time constant in time steps, or ``None`` (no synaptic state).",
+    alpha_syn="synaptic decay per step, instead of ``tau_syn``.",
+    train_decay="make ``tau_syn`` (or ``alpha_syn``) trainable.",
+    qconfig="quantizers for ``tau``/``alpha`` (synaptic), ``threshold``, ``bias`` and "
+    "``state``.",
+)
 class IAF(NeuronModule):
     """Integrate-and-fire neurons (no membrane leak), optionally with a synaptic current.
 
     Args:
-        threshold: firing threshold (> 0), a number or one per neuron.
-        reset: ``"subtract"`` or ``"zero"``.
-        tau_syn: synaptic time constant in time steps, or ``None`` (no synaptic state).
-        alpha_syn: synaptic decay per step, instead of ``tau_syn``.
-        surrogate, max_spikes, min_v_mem, bias: as :class:`~aquatic.nn.LIF`.
-        train_threshold, detach_reset: as :class:`~aquatic.nn.LIF`.
-        persistent_state, record_states, method: as :class:`~aquatic.nn.LIF`.
-        train_decay: make ``tau_syn`` (or ``alpha_syn``) trainable.
-        qconfig: quantizers for ``tau``/``alpha`` (synaptic), ``threshold``, ``bias``
-            and ``state``.
+        %(neuron_args)s
 
     Shape:
         - Input: ``(N, T, *)``.
@@ -59,6 +57,8 @@ class IAF(NeuronModule):
         >>> iaf.v_mem
         tensor([[0.]])
     """
+
+    _leaky = False
 
     def __init__(
         self,
@@ -80,19 +80,32 @@ class IAF(NeuronModule):
         qconfig: Optional[QConfig] = None,
     ) -> None:
         super().__init__()
-        self._setup_decay("mem", None, None, False, required=False)
-        self._setup_decay("syn", tau_syn, alpha_syn, train_decay, required=False)
-        self._setup_threshold(threshold, train_threshold)
-        self._setup_bias(bias)
-        self._setup_options(reset, surrogate, max_spikes, min_v_mem, detach_reset)
-        self._setup_stream(persistent_state, record_states, method)
-        self._setup_quantizers(qconfig)
-
-    def neuron_params(self) -> Dict[str, Optional[Tensor]]:
-        params = super().neuron_params()
-        params["alpha_mem"] = 1.0
-        return params
+        self._setup_neuron(
+            threshold=threshold,
+            reset=reset,
+            tau_syn=tau_syn,
+            alpha_syn=alpha_syn,
+            surrogate=surrogate,
+            max_spikes=max_spikes,
+            min_v_mem=min_v_mem,
+            bias=bias,
+            train_decay=train_decay,
+            train_threshold=train_threshold,
+            detach_reset=detach_reset,
+            persistent_state=persistent_state,
+            record_states=record_states,
+            method=method,
+            qconfig=qconfig,
+        )
 
     def forward(self, input: Tensor, state: Optional[LIFState] = None) -> Tensor:
         """Spikes for ``input`` ``(N, T, *)``, from ``state`` if given."""
-        return self._run_sequence(input, state)
+        result = neuron_sequence(
+            input,
+            self.spec(),
+            state=self._initial_state(input, state),
+            record_states=self.record_states,
+            method=self.method,
+        )
+        self._store(result)
+        return result.output

@@ -32,54 +32,43 @@ the state, or ``method="loop"``; then it runs one step at a time under autograd 
 quantizers are arbitrary modules, and the chip's decay rules need the quantized state
 of each step). ``LIFRecurrent`` always runs step by step (its input depends on its
 previous spikes).
+
+Each forward builds the layer's :class:`~aquatic.functional.NeuronSpec` once
+(:meth:`~aquatic.nn.NeuronModule.spec`: the quantized decays, threshold and bias, the
+options and the state operations) and runs it with
+:func:`~aquatic.functional.neurons.neuron_sequence`,
+:func:`~aquatic.functional.neurons.neuron_step` (``LIFCell``) or
+:func:`~aquatic.functional.neurons.lif_recurrent`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as torch_functional
 
-from aquatic.functional.neurons import LIFState, lif_step
+from aquatic.functional.neurons import (
+    LIFState,
+    lif_recurrent,
+    neuron_sequence,
+    neuron_step,
+)
 from aquatic.functional.surrogate import Surrogate
-from aquatic.nn.neuron_base import NeuronModule, Value
+from aquatic.nn.neuron_base import NeuronModule
+from aquatic.nn.neuron_options import Bias, Value, document_neuron_args
 from aquatic.qconfig import QConfig
 
 __all__ = ["LIF", "LIFCell", "LIFRecurrent"]
 
-Bias = Union[bool, Value, None]
 
-
+@document_neuron_args()
 class LIF(NeuronModule):
     """Leaky integrate-and-fire neurons, optionally current-based (``tau_syn``).
 
     Args:
-        tau_mem: membrane time constant in time steps (> 0), a number or one per neuron.
-        tau_syn: synaptic time constant in time steps; ``None`` for no synaptic state.
-        threshold: firing threshold (> 0), a number or one per neuron.
-        reset: ``"subtract"`` (subtract the threshold per spike) or ``"zero"``.
-        alpha_mem: membrane decay per step in ``[0, 1]``, instead of ``tau_mem``.
-        alpha_syn: synaptic decay per step, instead of ``tau_syn``.
-        surrogate: surrogate gradient, e.g. ``aquatic.nn.FastSigmoid(slope=10)``
-            (default :class:`~aquatic.nn.SingleExponential`).
-        max_spikes: most spikes per neuron and step; above 1 a neuron emits
-            :math:`\\lfloor v/\\vartheta \\rfloor` spikes, capped.
-        min_v_mem: lower bound of the membrane potential after the reset.
-        norm_input: scale the input by :math:`1 - \\alpha_{mem}` (sinabs' default).
-        bias: constant input per step: ``True`` for a trainable scalar starting at 0, or
-            its initial value (a number or one per neuron); trainable.
-        train_decay: make the given time constants (or decays) trainable parameters.
-        train_threshold: make the threshold a trainable parameter.
-        detach_reset: no gradient through the spikes in the reset term (snnTorch's rule).
-        persistent_state: start each forward from the state the previous one ended in
-            (streaming); otherwise from zero. A new batch size starts from zero.
-        record_states: keep the membrane (and synaptic current) of every step in
-            ``self.recordings``.
-        method: ``"auto"``, ``"fused"`` or ``"loop"`` (see the module docstring).
-        qconfig: quantizers for ``tau``, ``alpha``, ``threshold``, ``bias`` and ``state``.
+        %(neuron_args)s
 
     Shape:
         - Input: ``(N, T, *)``, batch first, then time, then any neuron shape.
@@ -123,25 +112,49 @@ class LIF(NeuronModule):
         qconfig: Optional[QConfig] = None,
     ) -> None:
         super().__init__()
-        self._setup_decay("mem", tau_mem, alpha_mem, train_decay, required=True)
-        self._setup_decay("syn", tau_syn, alpha_syn, train_decay, required=False)
-        self._setup_threshold(threshold, train_threshold)
-        self._setup_bias(bias)
-        self._setup_options(reset, surrogate, max_spikes, min_v_mem, detach_reset)
-        self.norm_input = bool(norm_input)
-        self._setup_stream(persistent_state, record_states, method)
-        self._setup_quantizers(qconfig)
+        self._setup_neuron(
+            tau_mem=tau_mem,
+            tau_syn=tau_syn,
+            threshold=threshold,
+            reset=reset,
+            alpha_mem=alpha_mem,
+            alpha_syn=alpha_syn,
+            surrogate=surrogate,
+            max_spikes=max_spikes,
+            min_v_mem=min_v_mem,
+            norm_input=norm_input,
+            bias=bias,
+            train_decay=train_decay,
+            train_threshold=train_threshold,
+            detach_reset=detach_reset,
+            persistent_state=persistent_state,
+            record_states=record_states,
+            method=method,
+            qconfig=qconfig,
+        )
 
     def forward(self, input: Tensor, state: Optional[LIFState] = None) -> Tensor:
         """Spikes for ``input`` ``(N, T, *)``, from ``state`` (a :class:`LIFState`) if given."""
-        return self._run_sequence(input, state)
+        result = neuron_sequence(
+            input,
+            self.spec(),
+            state=self._initial_state(input, state),
+            record_states=self.record_states,
+            method=self.method,
+        )
+        self._store(result)
+        return result.output
 
 
+@document_neuron_args()
 class LIFCell(NeuronModule):
     """One time step of :class:`LIF`, with the state passed in and returned explicitly.
 
-    Arguments as :class:`LIF`, without the options about sequences
-    (``persistent_state``, ``record_states``, ``method``). The cell keeps no state.
+    Arguments as :class:`LIF`, without the options about sequences. The cell keeps no
+    state.
+
+    Args:
+        %(neuron_args)s
 
     Shape:
         - Input: ``(N, *)``; state: a :class:`~aquatic.functional.neurons.LIFState` of
@@ -157,6 +170,8 @@ class LIFCell(NeuronModule):
         >>> s, state.v_mem
         (tensor([[1.]]), tensor([[0.2000]]))
     """
+
+    _sequence = False
 
     def __init__(
         self,
@@ -178,38 +193,44 @@ class LIFCell(NeuronModule):
         qconfig: Optional[QConfig] = None,
     ) -> None:
         super().__init__()
-        self._setup_decay("mem", tau_mem, alpha_mem, train_decay, required=True)
-        self._setup_decay("syn", tau_syn, alpha_syn, train_decay, required=False)
-        self._setup_threshold(threshold, train_threshold)
-        self._setup_bias(bias)
-        self._setup_options(reset, surrogate, max_spikes, min_v_mem, detach_reset)
-        self.norm_input = bool(norm_input)
-        self._setup_quantizers(qconfig)
+        self._setup_neuron(
+            tau_mem=tau_mem,
+            tau_syn=tau_syn,
+            threshold=threshold,
+            reset=reset,
+            alpha_mem=alpha_mem,
+            alpha_syn=alpha_syn,
+            surrogate=surrogate,
+            max_spikes=max_spikes,
+            min_v_mem=min_v_mem,
+            norm_input=norm_input,
+            bias=bias,
+            train_decay=train_decay,
+            train_threshold=train_threshold,
+            detach_reset=detach_reset,
+            qconfig=qconfig,
+        )
 
     def forward(self, input: Tensor, state: Optional[LIFState] = None) -> Tuple[Tensor, LIFState]:
         """Spikes and the new state after one step with input ``(N, *)``."""
-        params = self.neuron_params()
-        return lif_step(
-            input,
-            state,
-            params["alpha_mem"],
-            params["alpha_syn"],
-            params["threshold"],
-            **self._neuron_kwargs(params),
-        )
+        return neuron_step(input, self.spec(), state)
 
 
+@document_neuron_args(
+    num_neurons="number of neurons ``C``; ``rec_weight`` is ``(C, C)``.",
+    qconfig="quantizers for ``tau``, ``alpha``, ``threshold``, ``bias``, ``state`` and "
+    "``weight`` (``rec_weight``).",
+)
 class LIFRecurrent(LIF):
     """:class:`LIF` neurons that also receive their own previous spikes through weights.
 
     The input of step :math:`t` is :math:`x[t] + W s[t-1]` (before the synaptic
     current), with the recurrent weight :math:`W` (``rec_weight``, quantized by
     ``QConfig.weight``) initialized like ``torch.nn.Linear``. It runs step by step
-    under autograd.
+    under autograd (:func:`~aquatic.functional.neurons.lif_recurrent`).
 
     Args:
-        num_neurons: number of neurons ``C``; ``rec_weight`` is ``(C, C)``.
-        others: as :class:`LIF` (``method`` is always ``"loop"``).
+        %(neuron_args)s
 
     Shape:
         - Input: ``(N, T, C)``.
@@ -249,20 +270,32 @@ class LIFRecurrent(LIF):
     ) -> None:
         if isinstance(num_neurons, bool) or not isinstance(num_neurons, int) or num_neurons < 1:
             raise ValueError(f"num_neurons must be a positive int, got {num_neurons!r}")
-        nn.Module.__init__(self)
+        NeuronModule.__init__(self)
         self.num_neurons = num_neurons
         self.rec_weight = nn.Parameter(torch.empty(num_neurons, num_neurons))
         # torch.nn.Linear's initialization.
         nn.init.kaiming_uniform_(self.rec_weight, a=math.sqrt(5))
-        self._setup_decay("mem", tau_mem, alpha_mem, train_decay, required=True)
-        self._setup_decay("syn", tau_syn, alpha_syn, train_decay, required=False)
-        self._setup_threshold(threshold, train_threshold)
-        self._setup_bias(bias)
-        self._setup_options(reset, surrogate, max_spikes, min_v_mem, detach_reset)
-        self.norm_input = bool(norm_input)
-        self._setup_stream(persistent_state, record_states, "loop")
+        self._setup_neuron(
+            tau_mem=tau_mem,
+            tau_syn=tau_syn,
+            threshold=threshold,
+            reset=reset,
+            alpha_mem=alpha_mem,
+            alpha_syn=alpha_syn,
+            surrogate=surrogate,
+            max_spikes=max_spikes,
+            min_v_mem=min_v_mem,
+            norm_input=norm_input,
+            bias=bias,
+            train_decay=train_decay,
+            train_threshold=train_threshold,
+            detach_reset=detach_reset,
+            persistent_state=persistent_state,
+            record_states=record_states,
+            method="loop",
+            qconfig=qconfig,
+        )
         self.register_buffer("spikes", None, persistent=False)
-        self._setup_quantizers(qconfig)
 
     def reset_states(self) -> None:
         super().reset_states()
@@ -275,50 +308,26 @@ class LIFRecurrent(LIF):
             raise ValueError(
                 f"LIFRecurrent expects input of shape (N, T, {self.num_neurons}), got {shape}"
             )
-        state, previous = self._start(input, state)
-        params = self.neuron_params()
-        weight = self.quantized("rec_weight").to(input.dtype)
-        kwargs = self._neuron_kwargs(params)
-        outputs, v_trace, i_trace = [], [], []
-        for x in input.unbind(1):
-            recurrent = torch_functional.linear(previous, weight)
-            previous, state = lif_step(
-                x + recurrent,
-                state,
-                params["alpha_mem"],
-                params["alpha_syn"],
-                params["threshold"],
-                **kwargs,
-            )
-            outputs.append(previous)
-            if self.record_states:
-                v_trace.append(state.v_mem)
-                i_trace.append(state.i_syn)
-        self.v_mem = state.v_mem.detach()
-        self.i_syn = None if state.i_syn is None else state.i_syn.detach()
-        self.spikes = previous.detach()
-        if self.record_states:
-            self.recordings = {"v_mem": torch.stack(v_trace, 1)}
-            if self.synaptic:
-                self.recordings["i_syn"] = torch.stack(i_trace, 1)
-        return torch.stack(outputs, 1)
+        result = lif_recurrent(
+            input,
+            self.spec(),
+            self.quantized("rec_weight"),
+            state=self._start(input, state),
+            record_states=self.record_states,
+        )
+        self._store(result)
+        self.spikes = result.state.spikes.detach()
+        return result.output
 
-    def _start(self, input: Tensor, state) -> Tuple[Optional[LIFState], Tensor]:
-        """The initial state and the spikes of the step before the first."""
-        zeros = input.new_zeros(input[:, 0].shape)
-        if state is None:
-            state = self._initial_state(input, None)
-            stored = state is not None and self.spikes is not None
-            return state, self.spikes.to(input.dtype) if stored else zeros
-        if isinstance(state, tuple) and len(state) > 2 and state[2] is not None:
-            spikes = state[2]
-            if tuple(spikes.shape) != tuple(zeros.shape):
-                raise ValueError(
-                    f"state.spikes has shape {tuple(spikes.shape)}, but this input needs "
-                    f"{tuple(zeros.shape)} (batch, neurons)"
-                )
-            return state, spikes.to(input.dtype)
-        return state, zeros
+    def _start(self, input: Tensor, state: Optional[LIFState]) -> Optional[LIFState]:
+        """The initial state, with the stored spikes of the step before the first when
+        the state is carried over (``persistent_state``)."""
+        if state is not None:
+            return state
+        state = self._initial_state(input, None)
+        if state is None or self.spikes is None:
+            return state
+        return LIFState(state.v_mem, state.i_syn, self.spikes)
 
     def extra_repr(self) -> str:
         return f"num_neurons={self.num_neurons}, " + super().extra_repr()

@@ -26,51 +26,52 @@ as ``1e-3``).
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Dict, Optional, Sequence, Union
+import warnings
+from typing import Callable, Dict, Optional
 
 import torch
 from torch import Tensor, nn
 
 from aquatic.functional.neuron_checks import check_max_spikes, check_method, check_reset
-from aquatic.functional.neuron_types import LIFOutput, LIFState, StateOps
-from aquatic.functional.neurons import lif
+from aquatic.functional.neuron_types import LIFOutput, LIFState, NeuronSpec, StateOps
 from aquatic.functional.surrogate import Surrogate, check_surrogate
 from aquatic.nn.base import QuantizedModule, eval_mode
 from aquatic.nn.grid_decay import GridDecay
+from aquatic.nn.neuron_options import (
+    Bias,
+    Value,
+    as_value_tensor,
+    check_min_v_mem,
+    describe,
+)
 from aquatic.qconfig import QConfig
 
 __all__ = ["NeuronModule"]
-
-Value = Union[float, Sequence[float], Tensor]
 
 #: Smallest time constant used in forward: alpha = exp(-1/tau) is 0 below it anyway.
 TAU_MIN = 1e-3
 
 
-def _as_tensor(name: str, value: Value) -> Tensor:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number or a tensor, got {value!r}")
-    try:
-        tensor = torch.as_tensor(value, dtype=torch.get_default_dtype())
-    except (TypeError, ValueError, RuntimeError):
-        raise TypeError(f"{name} must be a number, a sequence or a tensor, got {value!r}")
-    if isinstance(value, Tensor) and value.is_floating_point():
-        tensor = value.detach().to(value.dtype)
-    return tensor.clone()
-
-
-def _describe(value: Tensor) -> str:
-    return f"{value.item():g}" if value.numel() == 1 else f"shape {tuple(value.shape)}"
-
-
 class NeuronModule(QuantizedModule):
     """Base class of the spiking layers (``LIF``, ``IAF``, ``ExpLeak``, ...).
 
-    Subclasses call :meth:`_setup_decay`, :meth:`_setup_threshold`, :meth:`_setup_bias`
-    and :meth:`_setup_quantizers`; :meth:`neuron_params` then returns the values a
-    forward pass uses, quantized.
+    A subclass's constructor passes its arguments to :meth:`_setup_neuron`, which
+    checks and stores them; three class attributes say what kind of neurons it has.
+    :meth:`spec` then returns what a forward pass computes with, quantized, as one
+    :class:`~aquatic.functional.NeuronSpec` that the functions of
+    :mod:`aquatic.functional.neurons` run.
     """
+
+    #: Whether the membrane leaks (``tau_mem``/``alpha_mem``); without, ``alpha_mem = 1``.
+    _leaky = True
+    #: Whether the neurons spike (threshold, reset, surrogate, ...); without, the layer
+    #: returns the membrane.
+    _spiking = True
+    #: Whether the layer runs whole sequences (``persistent_state``, ``record_states``,
+    #: ``method``, the final state kept on the layer).
+    _sequence = True
+    #: Overridden by the argument of layers that run sequences.
+    persistent_state = False
 
     _quantized_params = {
         "tau_mem": "tau",
@@ -107,19 +108,19 @@ class NeuronModule(QuantizedModule):
             self.register_buffer(alpha_name, None)
             return
         if tau is not None:
-            value = _as_tensor(tau_name, tau)
+            value = as_value_tensor(tau_name, tau)
             if bool(torch.isnan(value).any()) or bool((value <= 0).any()):
                 raise ValueError(
                     f"{tau_name} must be > 0 (a time constant in time steps), got "
-                    f"{_describe(value)}; for a neuron without leak use IAF or {alpha_name}=1.0"
+                    f"{describe(value)}; for a neuron without leak use IAF or {alpha_name}=1.0"
                 )
             name, other = tau_name, alpha_name
         else:
-            value = _as_tensor(alpha_name, alpha)
+            value = as_value_tensor(alpha_name, alpha)
             if not bool(((value >= 0) & (value <= 1)).all()):
                 raise ValueError(
                     f"{alpha_name} must lie in [0, 1] (the fraction kept per step), got "
-                    f"{_describe(value)}; to give a time constant use {tau_name}= instead"
+                    f"{describe(value)}; to give a time constant use {tau_name}= instead"
                 )
             name, other = alpha_name, tau_name
         self.register_buffer(other, None)
@@ -129,10 +130,10 @@ class NeuronModule(QuantizedModule):
             self.register_buffer(name, value)
 
     def _setup_threshold(self, threshold: Value, trainable: bool) -> None:
-        value = _as_tensor("threshold", threshold)
+        value = as_value_tensor("threshold", threshold)
         if not bool(torch.isfinite(value).all()) or bool((value <= 0).any()):
             raise ValueError(
-                f"threshold must be positive and finite, got {_describe(value)}; "
+                f"threshold must be positive and finite, got {describe(value)}; "
                 "scale the input instead of using a negative threshold"
             )
         if trainable:
@@ -140,37 +141,64 @@ class NeuronModule(QuantizedModule):
         else:
             self.register_buffer("threshold", value)
 
-    def _setup_bias(self, bias: Union[bool, Value, None]) -> None:
+    def _setup_bias(self, bias: Bias) -> None:
         if bias is None or bias is False:
             self.register_parameter("bias", None)
         elif bias is True:
             self.bias = nn.Parameter(torch.zeros(()))
         else:
-            self.bias = nn.Parameter(_as_tensor("bias", bias))
+            self.bias = nn.Parameter(as_value_tensor("bias", bias))
 
-    def _setup_options(
+    def _setup_neuron(
         self,
-        reset: str,
-        surrogate: Optional[Surrogate],
-        max_spikes: int,
-        min_v_mem: Optional[float],
-        detach_reset: bool,
+        *,
+        tau_mem: Optional[Value] = None,
+        tau_syn: Optional[Value] = None,
+        threshold: Value = 1.0,
+        reset: str = "subtract",
+        alpha_mem: Optional[Value] = None,
+        alpha_syn: Optional[Value] = None,
+        surrogate: Optional[Surrogate] = None,
+        max_spikes: int = 1,
+        min_v_mem: Optional[float] = None,
+        norm_input: bool = False,
+        bias: Bias = None,
+        train_decay: bool = False,
+        train_threshold: bool = False,
+        detach_reset: bool = False,
+        persistent_state: bool = False,
+        record_states: bool = False,
+        method: str = "auto",
+        qconfig: Optional[QConfig] = None,
     ) -> None:
-        self.reset = check_reset(reset)
-        self.surrogate = check_surrogate(surrogate)
-        self.max_spikes = check_max_spikes(max_spikes)
-        self.min_v_mem = self._check_min_v_mem(min_v_mem)
-        self.detach_reset = bool(detach_reset)
+        """Check and store the constructor arguments the neuron layers share.
 
-    @staticmethod
-    def _check_min_v_mem(min_v_mem: Optional[float]) -> Optional[float]:
-        if min_v_mem is None:
-            return None
-        if isinstance(min_v_mem, bool) or not isinstance(min_v_mem, (int, float)):
-            raise TypeError(f"min_v_mem must be a number or None, got {min_v_mem!r}")
-        if math.isnan(min_v_mem):
-            raise ValueError("min_v_mem must be a number or None, got nan")
-        return float(min_v_mem)
+        The arguments are those of the layers' constructors (described in
+        :data:`~aquatic.nn.neuron_options.NEURON_ARGS`); what a layer does not take
+        keeps its default here. The class attributes ``_leaky``, ``_spiking`` and
+        ``_sequence`` say which of them apply: ``tau_mem``/``alpha_mem`` is required
+        when leaky; threshold and spike options are stored when spiking; the sequence
+        options when the layer runs sequences. Quantizers are built last, from what
+        the layer holds.
+        """
+        self._setup_decay("mem", tau_mem, alpha_mem, train_decay, required=self._leaky)
+        self._setup_decay("syn", tau_syn, alpha_syn, train_decay, required=False)
+        if self._spiking:
+            self._setup_threshold(threshold, train_threshold)
+        else:
+            self.register_buffer("threshold", None)
+        self._setup_bias(bias)
+        if self._spiking:
+            self.reset = check_reset(reset)
+            self.surrogate = check_surrogate(surrogate)
+            self.max_spikes = check_max_spikes(max_spikes)
+        self.min_v_mem = check_min_v_mem(min_v_mem)
+        if self._spiking:
+            self.detach_reset = bool(detach_reset)
+        self.norm_input = bool(norm_input)
+        if self._sequence:
+            self._setup_stream(persistent_state, record_states, method)
+        self._setup_quantizers(qconfig)
 
     def _setup_stream(self, persistent_state: bool, record_states: bool, method: str) -> None:
         self.method = check_method(method)
@@ -181,14 +209,12 @@ class NeuronModule(QuantizedModule):
         self.recordings: Dict[str, Tensor] = {}
 
     def _setup_quantizers(self, qconfig: Optional[QConfig]) -> None:
-        synaptic = getattr(self, "tau_syn", None) is not None
-        synaptic = synaptic or getattr(self, "alpha_syn", None) is not None
-        self._quantized_states = ("v_mem", "i_syn") if synaptic else ("v_mem",)
+        self._quantized_states = ("v_mem", "i_syn") if self.synaptic else ("v_mem",)
         self._init_quantizers(qconfig)
         if qconfig is not None and qconfig.alpha is not None:
             # Decays computed from time constants are quantized as decays too.
             for kind in ("mem", "syn"):
-                if getattr(self, f"tau_{kind}", None) is not None:
+                if getattr(self, f"tau_{kind}") is not None:
                     self.quantizers[f"alpha_{kind}"] = qconfig.alpha()
 
     # -- values used by forward --------------------------------------------------------
@@ -199,25 +225,94 @@ class NeuronModule(QuantizedModule):
 
     def decay(self, kind: str = "mem") -> Optional[Tensor]:
         """The decay ``alpha_mem`` or ``alpha_syn`` as forward uses it (quantized), or ``None``."""
-        tau = getattr(self, f"tau_{kind}", None)
+        if kind not in ("mem", "syn"):
+            raise ValueError(f"kind must be 'mem' or 'syn', got {kind!r}")
+        tau = getattr(self, f"tau_{kind}")
         name = f"alpha_{kind}"
         if tau is not None:
             alpha = torch.exp(-1.0 / self.quantized(f"tau_{kind}").clamp(min=TAU_MIN))
             if name in self.quantizers:
                 alpha = self.quantizers[name](alpha)
-        elif getattr(self, name, None) is not None:
+        elif getattr(self, name) is not None:
             alpha = self.quantized(name)
         else:
             return None
         return alpha.clamp(0.0, 1.0)
 
+    def spec(self) -> NeuronSpec:
+        """What a forward pass computes with, quantized: a
+        :class:`~aquatic.functional.NeuronSpec`.
+
+        The decays (:meth:`decay`; ``alpha_mem = 1`` without a leak), threshold and bias
+        passed through their quantizers, the options, and the state operations
+        (:meth:`state_ops`). Forward builds it once per call and runs it with
+        :func:`~aquatic.functional.neurons.neuron_sequence` (or
+        :func:`~aquatic.functional.neurons.neuron_step`,
+        :func:`~aquatic.functional.neurons.lif_recurrent`); the integer conversion and
+        the exports read it. Quantizers run as in forward: in training mode, their
+        observers see the parameters (use ``eval()`` or :func:`aquatic.nn.base.eval_mode`
+        to read without that).
+
+        Example:
+            >>> from aquatic.functional import neuron_sequence
+            >>> from aquatic.nn import LIF
+            >>> lif = LIF(alpha_mem=0.5, threshold=0.8, max_spikes=2)
+            >>> spec = lif.spec()
+            >>> spec.alpha_mem, spec.threshold, spec.max_spikes, spec.synaptic
+            (tensor(0.5000), tensor(0.8000), 2, False)
+            >>> x = torch.rand(2, 5, 3)
+            >>> torch.equal(neuron_sequence(x, spec).output, lif(x))
+            True
+        """
+        alpha_mem = self.decay("mem") if self._leaky else 1.0
+        alpha_syn = self.decay("syn")
+        threshold = self.quantized("threshold")
+        bias = self.quantized("bias")
+        ops = self.state_ops()
+        if not self._spiking:
+            return NeuronSpec(
+                alpha_mem,
+                alpha_syn,
+                None,
+                bias,
+                min_v_mem=self.min_v_mem,
+                norm_input=self.norm_input,
+                spiking=False,
+                state_ops=ops,
+            )
+        return NeuronSpec(
+            alpha_mem,
+            alpha_syn,
+            threshold,
+            bias,
+            reset=self.reset,
+            surrogate=self.surrogate,
+            max_spikes=self.max_spikes,
+            min_v_mem=self.min_v_mem,
+            norm_input=self.norm_input,
+            detach_reset=self.detach_reset,
+            spiking=True,
+            state_ops=ops,
+        )
+
     def neuron_params(self) -> Dict[str, Optional[Tensor]]:
-        """``alpha_mem``, ``alpha_syn``, ``threshold`` and ``bias`` as forward uses them."""
+        """``alpha_mem``, ``alpha_syn``, ``threshold`` and ``bias`` as forward uses them.
+
+        .. deprecated::
+            Use :meth:`spec`, whose fields of these names hold the same values.
+        """
+        warnings.warn(
+            "NeuronModule.neuron_params() is deprecated; use spec() (its fields alpha_mem, "
+            "alpha_syn, threshold and bias hold the same values)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        spec = self.spec()
         return {
-            "alpha_mem": self.decay("mem"),
-            "alpha_syn": self.decay("syn"),
-            "threshold": self.quantized("threshold"),
-            "bias": self.quantized("bias"),
+            "alpha_mem": spec.alpha_mem,
+            "alpha_syn": spec.alpha_syn,
+            "threshold": spec.threshold,
+            "bias": spec.bias,
         }
 
     def _state_quantizer(self, name: str):
@@ -276,38 +371,6 @@ class NeuronModule(QuantizedModule):
             decay_i_syn=self._state_decay("syn", "i_syn"),
         )
 
-    def _neuron_kwargs(self, params: Dict[str, Optional[Tensor]]) -> Dict[str, Any]:
-        """The layer's options, ``bias`` and state operations as keyword arguments of
-        :func:`~aquatic.functional.neurons.lif` and
-        :func:`~aquatic.functional.neurons.lif_step`."""
-        return dict(
-            reset=self.reset,
-            surrogate=self.surrogate,
-            max_spikes=self.max_spikes,
-            min_v_mem=self.min_v_mem,
-            norm_input=getattr(self, "norm_input", False),
-            bias=params["bias"],
-            detach_reset=self.detach_reset,
-            **self.state_ops()._asdict(),
-        )
-
-    def _run_sequence(self, input: Tensor, state: Optional[LIFState]) -> Tensor:
-        """Spikes for ``input`` ``(N, T, *)`` from ``state`` (or the stored state), which
-        is then stored."""
-        params = self.neuron_params()
-        result = lif(
-            input,
-            params["alpha_mem"],
-            params["alpha_syn"],
-            params["threshold"],
-            state=self._initial_state(input, state),
-            record_states=self.record_states,
-            method=self.method,
-            **self._neuron_kwargs(params),
-        )
-        self._store(result)
-        return result.output
-
     @torch.no_grad()
     def quantize_params(self) -> Dict[str, Tensor]:
         """The quantized values of every quantized parameter, as ``forward`` uses them.
@@ -357,7 +420,7 @@ class NeuronModule(QuantizedModule):
             value = getattr(self, name, None)
             if value is not None:
                 trained = " (trained)" if isinstance(value, nn.Parameter) else ""
-                parts.append(f"{name}={_describe(value.detach())}{trained}")
+                parts.append(f"{name}={describe(value.detach())}{trained}")
         return ", ".join(parts)
 
     def _options_repr(self) -> str:
@@ -368,7 +431,7 @@ class NeuronModule(QuantizedModule):
             parts.append(f"min_v_mem={self.min_v_mem:g}")
         if self.detach_reset:
             parts.append("detach_reset=True")
-        if getattr(self, "norm_input", False):
+        if self.norm_input:
             parts.append("norm_input=True")
         return ", ".join(parts)
 

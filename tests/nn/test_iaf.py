@@ -51,7 +51,7 @@ def test_no_membrane_decay_to_quantize():
     )
     layer = IAF(threshold=1.1, tau_syn=4.0, qconfig=qconfig)
     assert set(layer.quantizers) == {"tau_syn", "alpha_syn", "threshold"}
-    assert layer.neuron_params()["alpha_mem"] == 1.0
+    assert layer.spec().alpha_mem == 1.0
     assert layer.quantize_params()["threshold"] == 1.0
     assert set(dict(IAF(tau_syn=4.0, train_decay=True).named_parameters())) == {"tau_syn"}
 

@@ -1,0 +1,253 @@
+"""Running a :class:`~aquatic.functional.neuron_types.NeuronSpec`: one step, a sequence,
+a recurrent sequence.
+
+The equations are those of :mod:`aquatic.functional.neurons`, whose keyword functions
+(:func:`~aquatic.functional.neurons.lif`, ...) build a spec and call these. The layers
+of :mod:`aquatic.nn` call these with their own :meth:`~aquatic.nn.NeuronModule.spec`.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.nn import functional as torch_functional
+
+from aquatic.functional.neuron_checks import check_method, prepare
+from aquatic.functional.neuron_types import LIFOutput, LIFState, NeuronSpec, StateOps
+from aquatic.functional.neurons_fused import lif_fused
+from aquatic.functional.surrogate import spike
+
+__all__ = ["check_spec", "neuron_step", "neuron_sequence", "lif_recurrent"]
+
+
+def check_spec(spec: NeuronSpec) -> NeuronSpec:
+    """``spec`` if it is a :class:`NeuronSpec` a neuron function can run.
+
+    Raises:
+        TypeError: ``spec`` is not a :class:`NeuronSpec`.
+        ValueError: a spiking spec without a threshold.
+    """
+    if not isinstance(spec, NeuronSpec):
+        raise TypeError(
+            f"spec must be a NeuronSpec (e.g. layer.spec() of an aquatic.nn neuron layer), "
+            f"got {type(spec).__name__}"
+        )
+    if spec.spiking and spec.threshold is None:
+        raise ValueError(
+            "a spiking NeuronSpec needs a threshold, got threshold=None; give one, or "
+            "spiking=False for a leaky integrator"
+        )
+    return spec
+
+
+def _params(spec: NeuronSpec) -> Tuple:
+    # A leaky integrator never reads its threshold; 1.0 keeps the fused function's
+    # arguments tensors.
+    threshold = 1.0 if spec.threshold is None else spec.threshold
+    return spec.alpha_mem, spec.alpha_syn, threshold, spec.bias
+
+
+def _step(x, state, params, options, ops: StateOps):
+    # Without state ops, the order of operations here is the one lif_fused uses, so both
+    # give the same bits.
+    alpha_mem, alpha_syn, threshold, bias = params
+    reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking = options
+    if alpha_syn is not None:
+        total = state.i_syn + x
+        if ops.decay_i_syn is None:
+            i_syn = alpha_syn * total
+        else:
+            i_syn = ops.decay_i_syn(total, alpha_syn)
+        if ops.quantize_i_syn is not None:
+            i_syn = ops.quantize_i_syn(i_syn)
+    else:
+        i_syn = x
+    drive = (1 - alpha_mem) * i_syn if norm_input else i_syn
+    if bias is not None:
+        drive = drive + bias
+    if ops.decay_v_mem is None:
+        v = alpha_mem * state.v_mem + drive
+    else:
+        v = ops.decay_v_mem(state.v_mem, alpha_mem) + drive
+    # The state quantizer runs before the spike decision: spikes are decided on the
+    # quantized membrane, as a chip decides them on its integer one.
+    if ops.quantize_v_mem is not None:
+        v = ops.quantize_v_mem(v)
+    if spiking:
+        out = spike(v, threshold, surrogate, max_spikes)
+        if reset == "subtract":
+            v = v - threshold * (out.detach() if detach_reset else out)
+        else:
+            fired = out if max_spikes == 1 else spike(v, threshold, surrogate, 1)
+            v = v * (1 - (fired.detach() if detach_reset else fired))
+    if min_v_mem is not None:
+        v = torch.clamp(v, min=min_v_mem)
+    if not spiking:
+        out = v
+    return out, LIFState(v, i_syn if alpha_syn is not None else None)
+
+
+def neuron_step(
+    input: Tensor, spec: NeuronSpec, state: Optional[LIFState] = None
+) -> Tuple[Tensor, LIFState]:
+    """One time step of the neurons ``spec`` describes, under autograd.
+
+    Args:
+        input: input current :math:`x[t]`, shape ``(N, *)``.
+        spec: the neurons (e.g. ``layer.spec()``).
+        state: the previous :class:`LIFState`, or ``None`` for zeros.
+
+    Returns:
+        ``(spikes, new_state)``; for a spec with ``spiking=False`` ``(membrane, new_state)``.
+
+    Example:
+        >>> spec = NeuronSpec(alpha_mem=0.5)
+        >>> s, state = neuron_step(torch.tensor([[0.6, 1.2]]), spec)
+        >>> s, state.v_mem
+        (tensor([[0., 1.]]), tensor([[0.6000, 0.2000]]))
+    """
+    check_spec(spec)
+    params, state, options = prepare(input, state, _params(spec), spec.options(), sequence=False)
+    return _step(input, state, params, options, spec.state_ops)
+
+
+def _loop(input: Tensor, spec: NeuronSpec, state, record_states: bool) -> LIFOutput:
+    params, state, options = prepare(input, state, _params(spec), spec.options())
+    outputs, v_trace, i_trace = [], [], []
+    # unbind, not input[:, t]: one backward node for all steps instead of one full-size
+    # zero-filled gradient per step.
+    for x in input.unbind(1):
+        out, state = _step(x, state, params, options, spec.state_ops)
+        outputs.append(out)
+        if record_states:
+            v_trace.append(state.v_mem)
+            i_trace.append(state.i_syn)
+    v_mem = torch.stack(v_trace, 1) if record_states else None
+    i_syn = torch.stack(i_trace, 1) if record_states and params[1] is not None else None
+    return LIFOutput(torch.stack(outputs, 1), state, v_mem, i_syn)
+
+
+def neuron_sequence(
+    input: Tensor,
+    spec: NeuronSpec,
+    *,
+    state: Optional[LIFState] = None,
+    record_states: bool = False,
+    method: str = "auto",
+) -> LIFOutput:
+    """A whole sequence ``(N, T, *)`` of the neurons ``spec`` describes.
+
+    ``method="auto"`` runs :func:`~aquatic.functional.neurons_fused.lif_fused` unless
+    ``spec.state_ops`` has a state quantizer or a decay function (arbitrary modules and
+    functions, run step by step under autograd); then it runs one step at a time.
+    ``"loop"`` and ``"fused"`` force one; ``"fused"`` with state operations is an error.
+
+    Args:
+        input: ``(N, T, *)``, batch first, then time.
+        spec: the neurons (e.g. ``layer.spec()``).
+        state: the initial :class:`LIFState`, or ``None`` for zeros.
+        record_states: also return the membrane and synaptic traces.
+        method: ``"auto"``, ``"loop"`` or ``"fused"``.
+
+    Example:
+        >>> x = torch.tensor([[[0.8], [0.8], [0.8]]])
+        >>> neuron_sequence(x, NeuronSpec(alpha_mem=0.5)).output.flatten()
+        tensor([0., 1., 0.])
+    """
+    check_method(method)
+    check_spec(spec)
+    quantized = spec.state_ops.any()
+    if method == "fused" and quantized:
+        raise ValueError(
+            "the fused method does not run state quantizers or decay functions; use "
+            "method='loop' or 'auto'"
+        )
+    if method == "loop" or quantized:
+        return _loop(input, spec, state, record_states)
+    alpha_mem, alpha_syn, threshold, bias = _params(spec)
+    return lif_fused(
+        input,
+        alpha_mem,
+        alpha_syn,
+        threshold,
+        state=state,
+        record_states=record_states,
+        reset=spec.reset,
+        surrogate=spec.surrogate,
+        max_spikes=spec.max_spikes,
+        min_v_mem=spec.min_v_mem,
+        norm_input=spec.norm_input,
+        bias=bias,
+        detach_reset=spec.detach_reset,
+        spiking=spec.spiking,
+    )
+
+
+def lif_recurrent(
+    input: Tensor,
+    spec: NeuronSpec,
+    rec_weight: Tensor,
+    *,
+    state: Optional[LIFState] = None,
+    record_states: bool = False,
+) -> LIFOutput:
+    """A sequence of neurons that also receive their own previous spikes.
+
+    The input of step :math:`t` is :math:`x[t] + W s[t-1]` (before the synaptic
+    current), then one :func:`neuron_step`; :math:`s[-1]` is ``state.spikes`` (zeros
+    when ``None``). It runs step by step under autograd (each step's input depends on
+    the previous step's spikes).
+
+    Args:
+        input: ``(N, T, C)``.
+        spec: the neurons (e.g. ``layer.spec()``).
+        rec_weight: the (quantized) recurrent weight :math:`W`, ``(C, C)``: row ``i``
+            holds the weights into neuron ``i``, as in ``torch.nn.Linear``.
+        state: the initial :class:`LIFState` (with ``spikes``, the spikes of the step
+            before the first), or ``None`` for zeros.
+        record_states: also return the membrane and synaptic traces.
+
+    Returns:
+        A :class:`LIFOutput` whose final state holds the last spikes in ``spikes``.
+
+    Example:
+        >>> w = torch.tensor([[0.0, 1.0], [0.0, 0.0]])  # neuron 1 feeds neuron 0
+        >>> x = torch.tensor([[[0.0, 1.2], [0.0, 0.0]]])
+        >>> lif_recurrent(x, NeuronSpec(alpha_mem=0.5), w).output[0]
+        tensor([[0., 1.],
+                [1., 0.]])
+    """
+    check_spec(spec)
+    if not isinstance(input, Tensor) or input.dim() != 3:
+        shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
+        raise ValueError(f"lif_recurrent expects input of shape (N, T, C), got {shape}")
+    neurons = input.shape[2]
+    if not isinstance(rec_weight, Tensor) or tuple(rec_weight.shape) != (neurons, neurons):
+        shape = tuple(rec_weight.shape) if isinstance(rec_weight, Tensor) else rec_weight
+        raise ValueError(
+            f"rec_weight must be a ({neurons}, {neurons}) tensor for input with {neurons} "
+            f"neurons, got {shape!r}"
+        )
+    weight = rec_weight.to(input.dtype)
+    previous = input.new_zeros(input[:, 0].shape)
+    if isinstance(state, tuple) and len(state) > 2 and state[2] is not None:
+        spikes = state[2]
+        if tuple(spikes.shape) != tuple(previous.shape):
+            raise ValueError(
+                f"state.spikes has shape {tuple(spikes.shape)}, but this input needs "
+                f"{tuple(previous.shape)} (batch, neurons)"
+            )
+        previous = spikes.to(input.dtype)
+    outputs, v_trace, i_trace = [], [], []
+    for x in input.unbind(1):
+        previous, state = neuron_step(x + torch_functional.linear(previous, weight), spec, state)
+        outputs.append(previous)
+        if record_states:
+            v_trace.append(state.v_mem)
+            i_trace.append(state.i_syn)
+    v_mem = torch.stack(v_trace, 1) if record_states else None
+    i_syn = torch.stack(i_trace, 1) if record_states and spec.synaptic else None
+    final = LIFState(state.v_mem, state.i_syn, previous)
+    return LIFOutput(torch.stack(outputs, 1), final, v_mem, i_syn)

@@ -1,0 +1,129 @@
+r"""The constructor arguments the spiking layers share: their checks and their documentation.
+
+:meth:`aquatic.nn.NeuronModule._setup_neuron` stores and checks them (with the helpers
+here); :func:`document_neuron_args` writes each layer's ``Args:`` section from
+:data:`NEURON_ARGS`, in the order of the layer's signature, so a shared argument is
+described in one place.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import textwrap
+from typing import Callable, Dict, Optional, Sequence, Type, TypeVar, Union
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Value",
+    "Bias",
+    "NEURON_ARGS",
+    "document_neuron_args",
+    "as_value_tensor",
+    "describe",
+    "check_min_v_mem",
+]
+
+#: A neuron parameter as users give it: a number, one per neuron, or a tensor.
+Value = Union[float, Sequence[float], Tensor]
+#: ``bias=``: ``None``/``False`` (none), ``True`` (a trainable scalar from 0) or a value.
+Bias = Union[bool, Value, None]
+
+#: The description of each shared constructor argument (Google style, without the name).
+NEURON_ARGS: Dict[str, str] = {
+    "tau_mem": "membrane time constant in time steps (> 0), a number or one per neuron.",
+    "tau_syn": "synaptic time constant in time steps; ``None`` for no synaptic state.",
+    "threshold": "firing threshold (> 0), a number or one per neuron.",
+    "reset": '``"subtract"`` (subtract the threshold per spike) or ``"zero"``.',
+    "alpha_mem": "membrane decay per step in ``[0, 1]``, instead of ``tau_mem``.",
+    "alpha_syn": "synaptic decay per step, instead of ``tau_syn``.",
+    "surrogate": "surrogate gradient, e.g. ``aquatic.nn.FastSigmoid(slope=10)`` "
+    "(default :class:`~aquatic.nn.SingleExponential`).",
+    "max_spikes": "most spikes per neuron and step; above 1 a neuron emits "
+    r":math:`\lfloor v/\vartheta \rfloor` spikes, capped.",
+    "min_v_mem": "lower bound of the membrane potential after the reset.",
+    "norm_input": r"scale the input by :math:`1 - \alpha_{mem}` (sinabs' default).",
+    "bias": "constant input per step: ``True`` for a trainable scalar starting at 0, or "
+    "its initial value (a number or one per neuron); trainable.",
+    "train_decay": "make the given time constants (or decays) trainable parameters.",
+    "train_threshold": "make the threshold a trainable parameter.",
+    "detach_reset": "no gradient through the spikes in the reset term (snnTorch's rule).",
+    "persistent_state": "start each forward from the state the previous one ended in "
+    "(streaming); otherwise from zero. A new batch size starts from zero.",
+    "record_states": "keep the membrane (and synaptic current) of every step in "
+    "``self.recordings``.",
+    "method": '``"auto"``, ``"fused"`` or ``"loop"``: which implementation runs (see '
+    ":mod:`aquatic.nn.lif`).",
+    "qconfig": "quantizers for ``tau``, ``alpha``, ``threshold``, ``bias`` and ``state``.",
+}
+
+#: The line of a layer's docstring that :func:`document_neuron_args` replaces.
+ARGS_MARKER = "%(neuron_args)s"
+
+_Class = TypeVar("_Class", bound=type)
+
+
+def document_neuron_args(**own: str) -> Callable[[Type], Type]:
+    """Class decorator: fill the ``%(neuron_args)s`` line of the docstring with the
+    ``Args:`` lines of the class's constructor, in signature order.
+
+    Each argument is described by ``own`` (the class's own wording or arguments), else
+    by :data:`NEURON_ARGS`. An argument described in neither is an error at import.
+    """
+
+    def decorate(cls: _Class) -> _Class:
+        names = list(inspect.signature(cls.__init__).parameters)[1:]
+        lines = []
+        for name in names:
+            text = own.get(name, NEURON_ARGS.get(name))
+            if text is None:
+                raise TypeError(f"{cls.__name__}: argument {name!r} has no description")
+            lines += textwrap.wrap(
+                f"{name}: {text}",
+                width=88,
+                initial_indent=" " * 8,
+                subsequent_indent=" " * 12,
+                break_long_words=False,
+                break_on_hyphens=False,
+            )
+        unknown = set(own) - set(names)
+        if unknown or cls.__doc__ is None or ARGS_MARKER not in cls.__doc__:
+            raise TypeError(
+                f"{cls.__name__}: the docstring needs an {ARGS_MARKER} line and own "
+                f"descriptions only of its arguments (unknown: {sorted(unknown)})"
+            )
+        cls.__doc__ = cls.__doc__.replace(" " * 8 + ARGS_MARKER, "\n".join(lines))
+        return cls
+
+    return decorate
+
+
+def as_value_tensor(name: str, value: Value) -> Tensor:
+    """``value`` as a new tensor of the default float dtype (a float tensor keeps its dtype)."""
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be a number or a tensor, got {value!r}")
+    try:
+        tensor = torch.as_tensor(value, dtype=torch.get_default_dtype())
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"{name} must be a number, a sequence or a tensor, got {value!r}")
+    if isinstance(value, Tensor) and value.is_floating_point():
+        tensor = value.detach().to(value.dtype)
+    return tensor.clone()
+
+
+def describe(value: Tensor) -> str:
+    """A number, or the shape of a tensor of several, for messages and ``repr``."""
+    return f"{value.item():g}" if value.numel() == 1 else f"shape {tuple(value.shape)}"
+
+
+def check_min_v_mem(min_v_mem: Optional[float]) -> Optional[float]:
+    """``min_v_mem`` as a float, or ``None``."""
+    if min_v_mem is None:
+        return None
+    if isinstance(min_v_mem, bool) or not isinstance(min_v_mem, (int, float)):
+        raise TypeError(f"min_v_mem must be a number or None, got {min_v_mem!r}")
+    if math.isnan(min_v_mem):
+        raise ValueError("min_v_mem must be a number or None, got nan")
+    return float(min_v_mem)
