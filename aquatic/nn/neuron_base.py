@@ -40,9 +40,11 @@ from aquatic.nn.grid_decay import GridDecay
 from aquatic.nn.neuron_options import (
     Bias,
     Value,
-    as_value_tensor,
     check_min_v_mem,
     describe,
+    register_bias,
+    register_decay,
+    register_threshold,
 )
 from aquatic.qconfig import QConfig
 
@@ -84,71 +86,6 @@ class NeuronModule(QuantizedModule):
     _quantizes_output = False
 
     # -- construction ----------------------------------------------------------------
-    def _setup_decay(
-        self,
-        kind: str,
-        tau: Optional[Value],
-        alpha: Optional[Value],
-        trainable: bool,
-        required: bool,
-    ) -> None:
-        tau_name, alpha_name = f"tau_{kind}", f"alpha_{kind}"
-        if tau is not None and alpha is not None:
-            raise ValueError(
-                f"give either {tau_name} (time constant in steps) or {alpha_name} "
-                f"(decay per step), not both"
-            )
-        if tau is None and alpha is None:
-            if required:
-                raise ValueError(
-                    f"{type(self).__name__} needs {tau_name}= (time constant in time steps) "
-                    f"or {alpha_name}= (decay per step, exp(-1/{tau_name}))"
-                )
-            self.register_buffer(tau_name, None)
-            self.register_buffer(alpha_name, None)
-            return
-        if tau is not None:
-            value = as_value_tensor(tau_name, tau)
-            if bool(torch.isnan(value).any()) or bool((value <= 0).any()):
-                raise ValueError(
-                    f"{tau_name} must be > 0 (a time constant in time steps), got "
-                    f"{describe(value)}; for a neuron without leak use IAF or {alpha_name}=1.0"
-                )
-            name, other = tau_name, alpha_name
-        else:
-            value = as_value_tensor(alpha_name, alpha)
-            if not bool(((value >= 0) & (value <= 1)).all()):
-                raise ValueError(
-                    f"{alpha_name} must lie in [0, 1] (the fraction kept per step), got "
-                    f"{describe(value)}; to give a time constant use {tau_name}= instead"
-                )
-            name, other = alpha_name, tau_name
-        self.register_buffer(other, None)
-        if trainable:
-            self.register_parameter(name, nn.Parameter(value))
-        else:
-            self.register_buffer(name, value)
-
-    def _setup_threshold(self, threshold: Value, trainable: bool) -> None:
-        value = as_value_tensor("threshold", threshold)
-        if not bool(torch.isfinite(value).all()) or bool((value <= 0).any()):
-            raise ValueError(
-                f"threshold must be positive and finite, got {describe(value)}; "
-                "scale the input instead of using a negative threshold"
-            )
-        if trainable:
-            self.threshold = nn.Parameter(value)
-        else:
-            self.register_buffer("threshold", value)
-
-    def _setup_bias(self, bias: Bias) -> None:
-        if bias is None or bias is False:
-            self.register_parameter("bias", None)
-        elif bias is True:
-            self.bias = nn.Parameter(torch.zeros(()))
-        else:
-            self.bias = nn.Parameter(as_value_tensor("bias", bias))
-
     def _setup_neuron(
         self,
         *,
@@ -181,13 +118,13 @@ class NeuronModule(QuantizedModule):
         options when the layer runs sequences. Quantizers are built last, from what
         the layer holds.
         """
-        self._setup_decay("mem", tau_mem, alpha_mem, train_decay, required=self._leaky)
-        self._setup_decay("syn", tau_syn, alpha_syn, train_decay, required=False)
+        register_decay(self, "mem", tau_mem, alpha_mem, train_decay, required=self._leaky)
+        register_decay(self, "syn", tau_syn, alpha_syn, train_decay, required=False)
         if self._spiking:
-            self._setup_threshold(threshold, train_threshold)
+            register_threshold(self, threshold, train_threshold)
         else:
             self.register_buffer("threshold", None)
-        self._setup_bias(bias)
+        register_bias(self, bias)
         if self._spiking:
             self.reset = check_reset(reset)
             self.surrogate = check_surrogate(surrogate)

@@ -1,7 +1,8 @@
 r"""The constructor arguments the spiking layers share: their checks and their documentation.
 
-:meth:`aquatic.nn.NeuronModule._setup_neuron` stores and checks them (with the helpers
-here); :func:`document_neuron_args` writes each layer's ``Args:`` section from
+:meth:`aquatic.nn.NeuronModule._setup_neuron` takes them all; the functions here check
+them and register the decays, threshold and bias on the layer.
+:func:`document_neuron_args` writes each layer's ``Args:`` section from
 :data:`NEURON_ARGS`, in the order of the layer's signature, so a shared argument is
 described in one place.
 """
@@ -14,7 +15,7 @@ import textwrap
 from typing import Callable, Dict, Optional, Sequence, Type, TypeVar, Union
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
     "Value",
@@ -24,6 +25,9 @@ __all__ = [
     "as_value_tensor",
     "describe",
     "check_min_v_mem",
+    "register_decay",
+    "register_threshold",
+    "register_bias",
 ]
 
 #: A neuron parameter as users give it: a number, one per neuron, or a tensor.
@@ -116,6 +120,79 @@ def as_value_tensor(name: str, value: Value) -> Tensor:
 def describe(value: Tensor) -> str:
     """A number, or the shape of a tensor of several, for messages and ``repr``."""
     return f"{value.item():g}" if value.numel() == 1 else f"shape {tuple(value.shape)}"
+
+
+def register_decay(
+    module: nn.Module,
+    kind: str,
+    tau: Optional[Value],
+    alpha: Optional[Value],
+    trainable: bool,
+    required: bool,
+) -> None:
+    """Register decay ``kind`` (``"mem"``/``"syn"``) on ``module`` as ``tau_{kind}`` or
+    ``alpha_{kind}``, whichever was given (the other is ``None``), checked; a parameter
+    when ``trainable``, else a buffer. Neither given: both ``None``, unless ``required``."""
+    tau_name, alpha_name = f"tau_{kind}", f"alpha_{kind}"
+    if tau is not None and alpha is not None:
+        raise ValueError(
+            f"give either {tau_name} (time constant in steps) or {alpha_name} "
+            f"(decay per step), not both"
+        )
+    if tau is None and alpha is None:
+        if required:
+            raise ValueError(
+                f"{type(module).__name__} needs {tau_name}= (time constant in time steps) "
+                f"or {alpha_name}= (decay per step, exp(-1/{tau_name}))"
+            )
+        module.register_buffer(tau_name, None)
+        module.register_buffer(alpha_name, None)
+        return
+    if tau is not None:
+        value = as_value_tensor(tau_name, tau)
+        if bool(torch.isnan(value).any()) or bool((value <= 0).any()):
+            raise ValueError(
+                f"{tau_name} must be > 0 (a time constant in time steps), got "
+                f"{describe(value)}; for a neuron without leak use IAF or {alpha_name}=1.0"
+            )
+        name, other = tau_name, alpha_name
+    else:
+        value = as_value_tensor(alpha_name, alpha)
+        if not bool(((value >= 0) & (value <= 1)).all()):
+            raise ValueError(
+                f"{alpha_name} must lie in [0, 1] (the fraction kept per step), got "
+                f"{describe(value)}; to give a time constant use {tau_name}= instead"
+            )
+        name, other = alpha_name, tau_name
+    module.register_buffer(other, None)
+    if trainable:
+        module.register_parameter(name, nn.Parameter(value))
+    else:
+        module.register_buffer(name, value)
+
+
+def register_threshold(module: nn.Module, threshold: Value, trainable: bool) -> None:
+    """Register the (positive, finite) ``threshold``: a parameter when ``trainable``."""
+    value = as_value_tensor("threshold", threshold)
+    if not bool(torch.isfinite(value).all()) or bool((value <= 0).any()):
+        raise ValueError(
+            f"threshold must be positive and finite, got {describe(value)}; "
+            "scale the input instead of using a negative threshold"
+        )
+    if trainable:
+        module.threshold = nn.Parameter(value)
+    else:
+        module.register_buffer("threshold", value)
+
+
+def register_bias(module: nn.Module, bias: Bias) -> None:
+    """Register ``bias`` as a parameter (a scalar 0 for ``True``), or ``None``."""
+    if bias is None or bias is False:
+        module.register_parameter("bias", None)
+    elif bias is True:
+        module.bias = nn.Parameter(torch.zeros(()))
+    else:
+        module.bias = nn.Parameter(as_value_tensor("bias", bias))
 
 
 def check_min_v_mem(min_v_mem: Optional[float]) -> Optional[float]:
