@@ -260,7 +260,9 @@ def lif(
     autograd), in which case it runs :func:`lif_loop`. ``"loop"`` and ``"fused"`` force
     one; ``"fused"`` with state quantizers or decay functions is an error.
 
-    Arguments otherwise as :func:`lif_loop`.
+    Arguments otherwise as :func:`lif_loop`. It builds a :class:`NeuronSpec` from them
+    and runs :func:`neuron_sequence`, which runs a spec as given (e.g. ``layer.spec()``
+    of an :mod:`aquatic.nn` neuron layer).
 
     Example:
         >>> x = torch.tensor([[[0.8], [0.8], [0.8]]])

@@ -35,7 +35,7 @@ def _keywords(spec):
     return kwargs
 
 
-def test_spec_defaults_and_helpers():
+def test_spec_defaults_synaptic_and_options():
     spec = NeuronSpec(0.5)
     assert spec.alpha_syn is None and spec.threshold == 1.0 and spec.spiking
     assert not spec.synaptic and not spec.state_ops.any()
