@@ -63,9 +63,7 @@ def test_instances_stay_refused(value):
         QConfig(weight=value)
 
 
-@pytest.mark.parametrize(
-    "result", [nn.ReLU(), MinMaxObserver(), None, 3, torch.zeros(1)], ids=type
-)
+@pytest.mark.parametrize("result", [nn.ReLU(), MinMaxObserver(), None, 3, torch.zeros(1)], ids=type)
 def test_callables_are_checked_when_the_layer_is_built(result):
     qconfig = QConfig(weight=lambda: result)  # undecidable until called: accepted here
     with pytest.raises(TypeError, match=r"QConfig.weight is <function .*, which built a") as info:
