@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 from aquatic import nn as qnn
 from aquatic.nn.activation import ActivationQuantizer
 from aquatic.nn.base import QuantizedModule
+from aquatic._requantize import _float_twin, _warn_requantized
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.base import Quantizer
 
@@ -29,6 +30,9 @@ TWINS: Dict[Type[nn.Module], Type[nn.Module]] = {
     nn.ConvTranspose2d: qnn.ConvTranspose2d,
     nn.ConvTranspose3d: qnn.ConvTranspose3d,
 }
+
+#: The aquatic twins that :func:`quantize` builds (and can rebuild with another QConfig).
+_AQUATIC_TWINS = tuple(TWINS.values())
 
 Key = Union[str, Type[nn.Module]]
 QConfigLike = Union[QConfig, Mapping[Key, Optional[QConfig]]]
@@ -145,6 +149,17 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
     else); other modules are left alone. Everything is checked before anything changes,
     so an error leaves the model as it was.
 
+    Layers that are already aquatic twins (from an earlier :func:`quantize`, or built
+    from :mod:`aquatic.nn`) follow the same rule. With the QConfig they already have
+    (compared with ``==``), or ``None``, they are left as they are: quantizing twice
+    with the same QConfig changes nothing. With a different QConfig they are
+    *re-quantized*: rebuilt with the new QConfig around the same float parameters
+    (their old quantizers, observed ranges and learned quantizer parameters are
+    dropped), with a ``UserWarning`` naming them. Map a layer's name to ``None`` to
+    keep its quantizers. Subclasses of the twins, and twins with parametrized
+    parameters (:func:`quantize_parameter`), cannot be rebuilt: they keep their
+    quantizers, with a ``UserWarning`` naming them.
+
     Args:
         model: the model to convert.
         qconfig: a QConfig, or a mapping as above.
@@ -160,7 +175,9 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
         ValueError: a string key is neither a module name nor a regular expression.
 
     Warns:
-        UserWarning: listing mapping keys that match no module of the model.
+        UserWarning: listing mapping keys that match no module of the model; listing
+            layers already quantized with another QConfig (re-quantized, or kept where
+            they cannot be rebuilt).
 
     Example:
         >>> import torch, aquatic
@@ -171,17 +188,40 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
         ['aquatic.nn.linear.Linear', 'torch.nn.modules.activation.ReLU', 'torch.nn.modules.linear.Linear']
         >>> torch.equal(qmodel[0].weight, model[0].weight)
         True
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     again = aquatic.quantize(qmodel, aquatic.qconfig.int4_weight)
+        >>> print(caught[0].message)  # doctest: +ELLIPSIS
+        aquatic.quantize: re-quantized with the new QConfig, as they were already quantized with another one: 0 (...
+        >>> again[0].qconfig == aquatic.qconfig.int4_weight, torch.equal(again[0].weight, model[0].weight)
+        (True, True)
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     named = list(model.named_modules())
     resolver = _Resolver(qconfig, [name for name, _ in named], [module for _, module in named])
     plan: List[Tuple[str, nn.Module, QConfig]] = []
+    requantized: List[str] = []
+    kept: List[str] = []
     for name, module in named:
         if type(module) in TWINS:
             config = resolver.resolve(name, module)
             if config is not None:
                 plan.append((name, module, config))
+        elif isinstance(module, _AQUATIC_TWINS):
+            config = resolver.resolve(name, module)
+            old = module.qconfig
+            if config is None or config == old:
+                continue
+            quantized = old is not None and not old.is_empty()
+            if type(module) not in _AQUATIC_TWINS or parametrize.is_parametrized(module):
+                if quantized:
+                    kept.append(name or "(the model itself)")
+                continue
+            plan.append((name, module, config))
+            if quantized:
+                requantized.append(name or "(the model itself)")
     if resolver.unmatched:
         warnings.warn(
             "aquatic.quantize: these qconfig keys match no module of the model: "
@@ -189,6 +229,7 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
             UserWarning,
             stacklevel=2,
         )
+    _warn_requantized(requantized, kept)
     if not plan:
         return model if inplace else _deepcopy(model)
     if not inplace:
@@ -198,7 +239,10 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
     # Build every replacement first: if one fails, nothing has been swapped yet.
     replacements: Dict[int, nn.Module] = {}
     for name, module, config in plan:
-        replacements[id(module)] = TWINS[type(module)].from_float(module, config)
+        if type(module) in _AQUATIC_TWINS:
+            replacements[id(module)] = type(module).from_float(_float_twin(module), config)
+        else:
+            replacements[id(module)] = TWINS[type(module)].from_float(module, config)
     return _replace(model, replacements)
 
 

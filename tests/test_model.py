@@ -113,12 +113,16 @@ def test_shared_module_is_converted_everywhere():
     assert qmodel[0] is qmodel[2] and isinstance(qmodel[0], aquatic.nn.Linear)
 
 
-def test_already_quantized_layers_are_left_alone():
+def test_already_quantized_layers_keep_their_quantizers_only_when_asked():
     layer = aquatic.nn.Linear(2, 2, qconfig=int4)
     model = nn.Sequential(layer, nn.Linear(2, 2))
-    qmodel = aquatic.quantize(model, int8, inplace=True)
+    qmodel = aquatic.quantize(model, {nn.Module: int8, "0": None}, inplace=True)
     assert qmodel[0] is layer and set(layer.quantizers) == {"weight"}
     assert isinstance(qmodel[1], aquatic.nn.Linear)
+    with pytest.warns(UserWarning, match="re-quantized with the new QConfig.*: 0 "):
+        qmodel = aquatic.quantize(model, int8, inplace=True)
+    assert set(qmodel[0].quantizers) == {"weight", "activation"}
+    assert qmodel[0].weight is layer.weight
 
 
 def test_dequantize_bakes_values():

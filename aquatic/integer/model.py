@@ -109,14 +109,22 @@ class IntegerModel(nn.Module):
         """Float ``input`` to int32 codes at the input scale (as the input quantizer does).
 
         Raises:
-            ValueError: with an assumed input scale (``input_scale=`` or spikes), for
-                values off the input grid or outside the input range: the
-                quantization-aware model saw them unrounded.
+            ValueError: for NaN values (they have no code); with an assumed input scale
+                (``input_scale=`` or spikes), for values off the input grid or outside the
+                input range: the quantization-aware model saw them unrounded.
         """
         if not isinstance(input, Tensor) or not input.is_floating_point():
             raise TypeError(
                 "quantize_input takes a floating-point tensor, got "
                 f"{getattr(input, 'dtype', type(input).__name__)}"
+            )
+        nan = torch.isnan(input)
+        if bool(nan.any()):
+            where = tuple(int(i) for i in nan.nonzero()[0])
+            raise ValueError(
+                f"quantize_input got NaN ({int(nan.sum())} of {input.numel()} values, the "
+                f"first at index {where}); NaN has no integer code: replace or drop those "
+                "values (e.g. torch.nan_to_num) before quantizing"
             )
         spec = self.input_spec
         # As the quantizers compute it: x * (1 / s) in float32 for nearest rounding (the

@@ -10,10 +10,13 @@ layer its ``kind`` and constructor configuration; tensor ``"3.weight"`` is argum
 from __future__ import annotations
 
 import json
-from typing import Any, Dict
+import pickle
+from typing import Any, Dict, List
 
 import torch
 
+from aquatic.integer._schema import check_header, fail
+from aquatic.integer._schema_tensors import certify, check_layer
 from aquatic.integer.base import KINDS, QSpec
 from aquatic.integer.model import IntegerModel
 
@@ -62,33 +65,100 @@ def save(model: IntegerModel, f) -> None:
     torch.save({"header": json.dumps(header), "tensors": tensors}, f)
 
 
+def _read(f) -> Dict[str, Any]:
+    """``torch.load`` with ``weights_only=True`` (no code runs), its failures explained."""
+    try:
+        data = torch.load(f, weights_only=True)
+    except OSError:  # a missing file, a directory...: not about the contents
+        raise
+    except EOFError:
+        raise ValueError("aquatic.integer.load: the file is empty (or ends early)") from None
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            "aquatic.integer.load: the file holds something other than tensors and plain "
+            "values, which load refuses (it never runs code from a file): "
+            f"{str(error).splitlines()[0]}"
+        ) from None
+    except Exception as error:  # the archive reader's own errors: RuntimeError, ValueError
+        raise ValueError(
+            "aquatic.integer.load: the file is truncated or not a torch.save archive "
+            f"({str(error).splitlines()[0]})"
+        ) from None
+    if not isinstance(data, dict) or "header" not in data or "tensors" not in data:
+        raise ValueError("not an aquatic integer model file (no header and tensors)")
+    if set(data) != {"header", "tensors"}:
+        raise fail("the file", f"has unknown entries {sorted(set(data) - {'header', 'tensors'})}")
+    if not isinstance(data["header"], str):
+        raise fail("header", f"must be a JSON string, got {type(data['header']).__name__}")
+    if not isinstance(data["tensors"], dict):
+        raise fail("tensors", f"must be a dict, got {type(data['tensors']).__name__}")
+    return data
+
+
+def _header(text: str) -> Dict[str, Any]:
+    try:
+        header = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise fail("header", f"is not valid JSON ({error})") from None
+    if not isinstance(header, dict):
+        raise fail("header", f"must be a JSON object, got {type(header).__name__}")
+    if header.get("format") != FORMAT:
+        raise ValueError(f"not an aquatic integer model file (format {header.get('format')!r})")
+    version = header.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise fail("header.version", f"must be an int >= 1, got {version!r}")
+    if version > VERSION:
+        raise ValueError(
+            f"the file has format version {version}, newer than this aquatic reads "
+            f"({VERSION}); update aquatic"
+        )
+    check_header(header, KINDS, VERSION)
+    return header
+
+
+def _layer_tensors(tensors: Dict[Any, Any], count: int) -> List[Dict[str, Any]]:
+    """The tensors of each layer, from names ``"<index>.<argument>"``."""
+    result: List[Dict[str, Any]] = [{} for _ in range(count)]
+    for key, value in tensors.items():
+        index, _, name = key.partition(".") if isinstance(key, str) else ("", "", "")
+        if not (index.isdigit() and name and int(index) < count):
+            raise fail(
+                f"tensors[{key!r}]",
+                f"is not named '<layer index>.<argument>' with a layer index below {count}",
+            )
+        result[int(index)][name] = value
+    return result
+
+
 def load(f) -> IntegerModel:
     """Load an integer model saved by :func:`save` (``weights_only``: no code is unpickled).
 
+    Everything in the file is checked before the model is rebuilt: the header's fields
+    and their types, every layer's configuration (known rounding names, ``low <= high``,
+    one entry per dimension...), every tensor (integer dtype, shape against the header,
+    multipliers, shifts and decays in range, thresholds positive), and the range each
+    integer accumulator can reach from the input range, which must stay in int32 as
+    :func:`aquatic.convert` certified it (weights edited out of range are refused).
+
     Raises:
-        ValueError: the file is not an aquatic integer model, or of a newer version.
+        ValueError: the file is empty, truncated, not an aquatic integer model, of a
+            newer version, or malformed; the message names the field.
     """
-    data = torch.load(f, weights_only=True)
-    if not isinstance(data, dict) or "header" not in data or "tensors" not in data:
-        raise ValueError("not an aquatic integer model file (no header and tensors)")
-    header: Dict[str, Any] = json.loads(data["header"])
-    if header.get("format") != FORMAT:
-        raise ValueError(f"not an aquatic integer model file (format {header.get('format')!r})")
-    if header.get("version", 0) > VERSION:
-        raise ValueError(
-            f"the file has format version {header['version']}, newer than this aquatic "
-            f"reads ({VERSION}); update aquatic"
-        )
-    tensors = data["tensors"]
+    data = _read(f)
+    header = _header(data["header"])
+    entries = header["layers"]
     layers = []
-    for index, entry in enumerate(header["layers"]):
-        kind = entry["kind"]
-        if kind not in KINDS:
-            raise ValueError(f"layer {index} has unknown kind {kind!r}")
-        prefix = f"{index}."
-        own = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        layers.append(KINDS[kind](**entry["config"], **own))
+    for index, (entry, own) in enumerate(
+        zip(entries, _layer_tensors(data["tensors"], len(entries)))
+    ):
+        kind, config = entry["kind"], entry["config"]
+        check_layer(index, kind, config, own, KINDS[kind]._tensor_keys)
+        try:
+            layers.append(KINDS[kind](**config, **own))
+        except (TypeError, ValueError) as error:
+            raise fail(f"header.layers[{index}] ({kind})", f"does not build: {error}") from None
     spec = header["input"]
+    certify(layers, spec["low"], spec["high"])
     return IntegerModel(
         layers,
         QSpec.from_header(spec),

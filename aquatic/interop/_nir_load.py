@@ -63,16 +63,25 @@ class Loader:
         self.quantizers = metadata.get("quantizers", {}) or {}
         self.resets = metadata.get("resets", {}) or {}
 
-    def alpha_of(self, tau: Any, what: str) -> np.ndarray:
+    def alpha_of(self, tau: Any, what: str, param: str = "tau") -> np.ndarray:
         """Per-step decays (float32 values, held in float64) of NIR time constants."""
         tau = _array(tau)
         if bool((tau < 0).any()) or bool(np.isnan(tau).any()):
             raise ValueError(f"{what}: time constants must be >= 0, got min {tau.min():g}")
-        with np.errstate(divide="ignore"):
+        with np.errstate(divide="ignore", under="ignore"):
             if self.discretization == "exact":
                 alpha = np.exp(-self.dt / tau)
             else:
                 alpha = 1.0 - self.dt / tau
+        underflow = (tau > 0) & (alpha.astype(np.float32) == 0)
+        if self.discretization == "exact" and bool(underflow.any()):
+            short = float(tau[underflow].max())
+            raise ValueError(
+                f"{what}: {param}={short:g} is so short against dt={self.dt:g} that the decay "
+                f"exp(-dt/{param}) = exp(-{self.dt / short:.3g}) underflows to 0 in float32; "
+                "the time constants are likely in seconds while dt is not (dt defaults to 1). "
+                "Load with dt in the unit of the time constants, e.g. dt=1e-3 for 1 ms steps"
+            )
         if bool((alpha < 0).any()):
             raise ValueError(
                 f"{what}: a time constant below dt={self.dt:g} gives a negative decay under "
@@ -203,12 +212,12 @@ class Loader:
             layer = qnn.IAF(threshold=_value(node.v_threshold), reset=self.reset_of(name, node))
             return layer, None if _is_one(gain) else gain
         tau = node.tau_mem if isinstance(node, nir.CubaLIF) else node.tau
-        alpha = self.alpha_of(tau, what)
+        alpha = self.alpha_of(tau, what, "tau_mem" if isinstance(node, nir.CubaLIF) else "tau")
         leak = 1.0 - alpha
         gain = leak * r
         syn = None
         if isinstance(node, nir.CubaLIF):
-            syn = self.alpha_of(node.tau_syn, what)
+            syn = self.alpha_of(node.tau_syn, what, "tau_syn")
             if bool(((syn <= 0) | (syn >= 1)).any()):
                 raise ValueError(f"{what}: tau_syn must be positive and finite")
             # aquatic's current is i = I alpha_syn / ((1 - alpha_syn) w_in).
@@ -255,7 +264,10 @@ class Loader:
             return False
         if bool((_array(current.v_leak) != 0).any()):
             return False
-        syn = self.alpha_of(current.tau, "LI")
+        try:
+            syn = self.alpha_of(current.tau, "LI")
+        except ValueError:  # not fusable; building the LI node on its own names the problem
+            return False
         return (
             bool(((syn > 0) & (syn < 1)).all())
             and _array(current.tau).shape == _array(node.r).shape

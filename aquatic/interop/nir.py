@@ -86,6 +86,7 @@ from torch import nn
 
 from aquatic.interop._common import require
 from aquatic.interop._nir_export import Exporter, graph_of
+from aquatic.interop._nir_check import check_graph, check_metadata
 from aquatic.interop._nir_load import Loader, metadata_of, text
 from aquatic.interop._nir_modules import NIRModule, Scale, SumPool2d
 
@@ -275,7 +276,9 @@ def load(
         ImportError: the ``nir`` package is missing (``pip install 'aquatic[nir]'``).
         TypeError: a node type aquatic lacks (the message names the node).
         ValueError: a graph aquatic cannot run (cycles, several inputs, parameters out
-            of range; the message names the node).
+            of range, NaN or inf parameters, shapes that disagree along an edge, time
+            constants so short against ``dt`` that the decay underflows to 0; the message
+            names the node), or malformed aquatic metadata (the message names the key).
 
     Example:
         >>> import pytest; _ = pytest.importorskip("nir")  # needs aquatic[nir]
@@ -291,6 +294,7 @@ def load(
         graph = nir.read(graph)
     if not isinstance(graph, nir.NIRGraph):
         raise TypeError(f"graph must be a nir.NIRGraph or a file path, got {type(graph).__name__}")
+    check_metadata(graph, text)
     metadata = metadata_of(graph)
     if dt is None:
         dt = float(metadata.get("dt", 1.0))
@@ -305,6 +309,7 @@ def load(
             f"outputs {outputs}"
         )
     order, sources = _topological(graph)
+    check_graph(nir, graph, sources)
     targets: Dict[str, List[str]] = {name: [] for name in graph.nodes}
     for name, incoming in sources.items():
         for source in incoming:
