@@ -61,14 +61,15 @@ class Grid(NamedTuple):
     Returned by every quantizer's ``grid()`` (see :class:`aquatic.quantizers.Quantizer`)
     and read by integer conversion, the hardware exports and the ONNX and NIR exports.
 
-    Attributes:
-        scale: float32, as the quantizer uses it: 0-dim per tensor, ``(C,)`` per channel.
-        zero_point: integer dtype, shaped like ``scale``.
-        quant_min, quant_max: the range of the codes.
-        ch_axis: the axis that per-channel ``scale`` runs along; ``None`` per tensor.
-        rounding: how the quantizer reaches the grid: ``"nearest"``, ``"floor"`` or
-            ``"stochastic"``; quantizers that do not round use names of their own
-            (``"sign"``, ``"threshold"``, ``"ceil"``).
+    The fields, in order:
+
+    - ``scale``: float32, as the quantizer uses it: 0-dim per tensor, ``(C,)`` per channel.
+    - ``zero_point``: integer dtype, shaped like ``scale``.
+    - ``quant_min``, ``quant_max``: the range of the codes.
+    - ``ch_axis``: the axis that a per-channel ``scale`` runs along; ``None`` per tensor.
+    - ``rounding``: how the quantizer reaches the grid: ``"nearest"``, ``"floor"`` or
+      ``"stochastic"``; quantizers that do not round name their own way (``"sign"``,
+      ``"threshold"``, ``"ceil"``).
 
     Example:
         >>> grid = Grid(torch.tensor(0.25), torch.tensor(0), -128, 127)
