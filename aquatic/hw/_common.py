@@ -171,7 +171,8 @@ def layer_sequence(model: nn.Module, target: str) -> list:
 
 
 def weight_grid(module: nn.Module, name: str, target: str, param: str = "weight") -> Grid:
-    """The per-tensor, symmetric grid of the quantizer of ``module``'s ``param``, or a clear error."""
+    """The grid of the quantizer of ``module``'s ``param``: per tensor and symmetric, or
+    a ``DoesNotFitError`` naming the layer."""
     quantizers = getattr(module, "quantizers", None)
     if quantizers is None or param not in quantizers:
         raise DoesNotFitError(

@@ -5,10 +5,10 @@ if ``QConfig.alpha`` is set, else ``tau_mem`` / ``tau_syn``) knows how a chip ap
 it to an integer state (it has a ``decay_state`` method, as
 :class:`~aquatic.quantizers.BitShiftDecay` and
 :class:`~aquatic.quantizers.UniformDecay` do) and that state's quantizer has a grid
-(``grid()`` gives one, :class:`~aquatic.functional.grid.Grid`), the layer decays the state as the chip does:
-:math:`s \\cdot \\mathrm{rule}(\\mathrm{clamp}(\\mathrm{round}(v / s)))` on the state's
-integer grid and range, with the gradient of :math:`\\alpha v`. The rule lives with the
-decay quantizer; the layer only asks for it (:class:`GridDecay`). Otherwise (no state
+(its ``grid()``, a :class:`~aquatic.functional.Grid`), the layer decays the state as
+the chip does: :math:`s \\cdot \\mathrm{rule}(\\mathrm{clamp}(\\mathrm{round}(v / s)))`
+on the state's integer grid and range, with the gradient of :math:`\\alpha v`. The rule
+lives with the decay quantizer; the layer only asks for it (:class:`GridDecay`). Otherwise (no state
 quantizer, a scale not known yet, an ``alpha`` quantizer without a rule, or fake
 quantization switched off) it multiplies by :math:`\\alpha`. The grid is read at every
 step, so a state quantizer whose observer moves its scale is followed.
