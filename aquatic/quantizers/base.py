@@ -83,6 +83,17 @@ class Quantizer(nn.Module):
         Raises:
             ValueError: the quantizer's values do not lie on a uniform grid, or it has no
                 range yet (:class:`~aquatic.functional.grid.NoRangeError`).
+
+        Example:
+            >>> from aquatic.quantizers import UniformQuantizer
+            >>> grid = UniformQuantizer(bits=4, scale=0.5).grid()
+            >>> grid.scale, grid.zero_point, grid.quant_min, grid.quant_max, grid.ch_axis
+            (tensor(0.5000), tensor(0, dtype=torch.int32), -8, 7, None)
+            >>> try:
+            ...     UniformQuantizer().grid()
+            ... except ValueError as error:
+            ...     print(error)
+            UniformQuantizer has no range yet; run data through it (...)
         """
         if type(self).qparams is not Quantizer.qparams:
             # A subclass that predates grid() and describes itself through qparams().
