@@ -1,4 +1,4 @@
-"""Pure functions, no state: STE rounding, fake quantization, qparams, spiking neurons."""
+"""Pure functions, no state: STE rounding, fake quantization, grids, qparams, spiking neurons."""
 
 from aquatic.functional.fake_quant import (
     dequantize_affine,
@@ -8,6 +8,7 @@ from aquatic.functional.fake_quant import (
     int_dtype,
     quantize_affine,
 )
+from aquatic.functional.grid import Grid
 from aquatic.functional.qparams import calculate_qparams, round_to_power_of_two
 from aquatic.functional.rounding import ROUNDING_MODES, round_ste, sign_ste, straight_through
 from aquatic.functional.neurons import (
@@ -27,6 +28,7 @@ from aquatic.functional.neurons_fused import lif_fused
 from aquatic.functional.surrogate import spike
 
 __all__ = [
+    "Grid",
     "ROUNDING_MODES",
     "calculate_qparams",
     "dequantize_affine",

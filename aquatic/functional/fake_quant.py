@@ -32,6 +32,7 @@ __all__ = [
     "int_dtype",
     "check_range",
     "check_ch_axis",
+    "broadcast_along",
 ]
 
 Number = Union[int, float]
@@ -93,11 +94,30 @@ def _check_axis(input: Tensor, ch_axis: Optional[int]) -> Optional[int]:
     return ch_axis % input.dim()
 
 
-def _broadcast(param: Tensor, input: Tensor, ch_axis: Optional[int]) -> Tensor:
-    """Reshape a per-channel parameter so it broadcasts along ``ch_axis``."""
+def broadcast_along(param: Tensor, ch_axis: Optional[int], ndim: Optional[int] = None) -> Tensor:
+    """View a per-channel ``param`` (1-D) so that it broadcasts along ``ch_axis``.
+
+    A 0-dim ``param`` or ``ch_axis=None`` (per tensor) returns ``param`` itself. With
+    ``ndim``, the number of dimensions of the tensor that ``param`` meets, the view has
+    ``ndim`` dimensions. Without it, ``ch_axis`` must count from the end (negative),
+    which keeps it valid whatever leading batch and time dimensions that tensor has.
+
+    Example:
+        >>> broadcast_along(torch.tensor([1, 2]), 1, ndim=3).shape
+        torch.Size([1, 2, 1])
+        >>> broadcast_along(torch.tensor([1, 2]), -3).shape
+        torch.Size([2, 1, 1])
+    """
     if ch_axis is None or param.dim() == 0:
         return param
-    shape = [1] * input.dim()
+    if ndim is None:
+        if ch_axis >= 0:
+            raise ValueError(
+                f"ch_axis={ch_axis} counts from the front, so broadcast_along needs ndim "
+                "(the dimensions of the tensor it meets); or give a negative ch_axis"
+            )
+        return param.reshape([-1] + [1] * (-ch_axis - 1))
+    shape = [1] * ndim
     shape[ch_axis] = -1
     return param.reshape(shape)
 
@@ -152,12 +172,12 @@ def _divide(input: Tensor, scale: Tensor, ch_axis: Optional[int], rounding: str)
     changes nothing (``x * (1/s)`` can land an ulp below ``k`` and floor to ``k - 1``).
     """
     if rounding == "nearest":
-        return input * _broadcast(1.0 / scale, input, ch_axis)
-    return input / _broadcast(scale, input, ch_axis)
+        return input * broadcast_along(1.0 / scale, ch_axis, input.dim())
+    return input / broadcast_along(scale, ch_axis, input.dim())
 
 
 def _codes(input, scale, zero_point, quant_min, quant_max, ch_axis, rounding, generator):
-    zp = _broadcast(zero_point, input, ch_axis)
+    zp = broadcast_along(zero_point, ch_axis, input.dim())
     scaled = _divide(input.float(), scale.float(), ch_axis, rounding)
     return torch.clamp(round_values(scaled, rounding, generator) + zp, quant_min, quant_max)
 
@@ -173,8 +193,10 @@ def dequantize_affine(
         tensor([-5.0000,  1.5000, 45.0000])
     """
     ch_axis = _check_axis(codes, ch_axis)
-    zp = _broadcast(zero_point, codes, ch_axis)
-    return (codes.to(torch.int64) - zp).float() * _broadcast(scale.float(), codes, ch_axis)
+    zp = broadcast_along(zero_point, ch_axis, codes.dim())
+    return (codes.to(torch.int64) - zp).float() * broadcast_along(
+        scale.float(), ch_axis, codes.dim()
+    )
 
 
 def fake_quantize_affine(
@@ -230,10 +252,12 @@ def fake_quantize_affine(
             input, scale, zero_point, ch_axis, quant_min, quant_max
         )
     check_rounding(rounding)
-    zp = _broadcast(zero_point, input, ch_axis)
+    zp = broadcast_along(zero_point, ch_axis, input.dim())
     shifted = round_values(_divide(input, scale, ch_axis, rounding), rounding, generator) + zp
     inside = (shifted >= quant_min) & (shifted <= quant_max)
-    value = (torch.clamp(shifted, quant_min, quant_max) - zp) * _broadcast(scale, input, ch_axis)
+    value = (torch.clamp(shifted, quant_min, quant_max) - zp) * broadcast_along(
+        scale, ch_axis, input.dim()
+    )
     passthrough = torch.where(inside, input, torch.zeros_like(input))
     return straight_through(value.to(input.dtype), passthrough)
 
@@ -289,7 +313,7 @@ def fake_quantize_learnable(
     _check_input(input)
     check_range(quant_min, quant_max)
     ch_axis = _check_axis(input, ch_axis)
-    s = _broadcast(grad_scale(scale, grad_factor), input, ch_axis)
-    z = _broadcast(round_ste(zero_point.to(s.dtype)), input, ch_axis)
+    s = broadcast_along(grad_scale(scale, grad_factor), ch_axis, input.dim())
+    z = broadcast_along(round_ste(zero_point.to(s.dtype)), ch_axis, input.dim())
     codes = round_ste(torch.clamp(input * s.reciprocal() + z, quant_min, quant_max))
     return (codes - z) * s

@@ -25,7 +25,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
-from aquatic.functional.fake_quant import _broadcast
+from aquatic.functional.fake_quant import broadcast_along
 from aquatic.functional.qparams import to_float32
 
 __all__ = ["fake_quantize_nearest", "fake_quantize_nearest_scalar"]
@@ -231,10 +231,10 @@ def fake_quantize_nearest(
         tensor([1., 1., 0.])
     """
     per_channel = ch_axis is not None and scale.dim() > 0
-    inv_scale = _broadcast(torch.reciprocal(scale), input, ch_axis)
-    scale = _broadcast(scale, input, ch_axis)
+    inv_scale = broadcast_along(torch.reciprocal(scale), ch_axis, input.dim())
+    scale = broadcast_along(scale, ch_axis, input.dim())
     if zero_point is not None:
-        zero_point = _broadcast(zero_point, input, ch_axis)
+        zero_point = broadcast_along(zero_point, ch_axis, input.dim())
     return _apply(input, scale, inv_scale, zero_point, quant_min, quant_max, per_channel, clips)
 
 

@@ -8,14 +8,17 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from aquatic.functional.grid import Grid, NoRangeError
+
 __all__ = [
     "DoesNotFitError",
     "as_int_tensor",
     "check_range",
     "check_spikes",
-    "grid_codes",
+    "on_grid",
     "quantized_param",
     "spec_layers",
+    "weight_grid",
 ]
 
 
@@ -101,25 +104,22 @@ def check_spikes(spikes: Any, num_inputs: int, name: str = "spikes") -> Tensor:
     return tensor
 
 
-def grid_codes(value: Tensor, scale: float, name: str, tolerance: float = 1e-3) -> Tensor:
-    """Integer codes ``value / scale`` of values that must lie on the grid of ``scale``.
+def on_grid(value: Tensor, grid: Grid, name: str) -> Tensor:
+    """Integer codes ``value / grid.scale`` (``int64``) of values that must lie on ``grid``.
 
-    Raises a ``DoesNotFitError`` naming the worst value when some value is further than
-    ``tolerance`` (in steps) from the grid: the model was not trained (or not frozen)
-    with the quantizer the target needs, and rounding it would silently change it.
+    :meth:`Grid.steps <aquatic.functional.grid.Grid.steps>`, raising a
+    ``DoesNotFitError`` naming the worst value when some value is off the grid: the
+    model was not trained (or not frozen) with the quantizer the target needs, and
+    rounding it would silently change it.
     """
-    steps = value.detach().double() / float(scale)
-    codes = torch.round(steps)
-    error = (steps - codes).abs()
-    if error.numel() and float(error.max()) > tolerance:
-        index = int(error.flatten().argmax())
-        raise DoesNotFitError(
-            f"{name} is not on the grid of the shared scale {float(scale):.6g}: "
-            f"{float(value.flatten()[index]):.6g} is {float(steps.flatten()[index]):.4f} "
-            "steps; quantize it with the target's qconfig() (and train or run a forward "
-            "pass) before exporting"
-        )
-    return codes.to(torch.int64)
+    return grid.steps(
+        value,
+        name,
+        error=DoesNotFitError,
+        scale_name="shared scale",
+        hint="quantize it with the target's qconfig() (and train or run a forward pass) "
+        "before exporting",
+    )
 
 
 def quantized_param(module: nn.Module, name: str) -> Optional[Tensor]:
@@ -170,8 +170,9 @@ def layer_sequence(model: nn.Module, target: str) -> list:
     return layers
 
 
-def weight_scale(module: nn.Module, name: str, target: str, param: str = "weight") -> float:
-    """The scale of the quantizer of ``module``'s ``param``, or a clear error."""
+def weight_grid(module: nn.Module, name: str, target: str, param: str = "weight") -> Grid:
+    """The grid of the quantizer of ``module``'s ``param``: per tensor and symmetric, or
+    a ``DoesNotFitError`` naming the layer."""
     quantizers = getattr(module, "quantizers", None)
     if quantizers is None or param not in quantizers:
         raise DoesNotFitError(
@@ -179,19 +180,25 @@ def weight_scale(module: nn.Module, name: str, target: str, param: str = "weight
             f"integer grid is unknown; build the model with qconfig=aquatic.hw.{target}.qconfig() "
             "(or aquatic.quantize(model, ...)) and train it before exporting"
         )
-    qparams = quantizers[param].qparams()
-    scale = qparams.get("scale")
-    if scale is None or torch.as_tensor(scale).numel() != 1:
+    quantizer = quantizers[param]
+    try:
+        grid = quantizer.grid()
+    except NoRangeError as error:
+        raise NoRangeError(f"layer {name!r}, {param} quantizer: {error}") from None
+    except ValueError:
+        grid = None
+    if grid is None or grid.scale.numel() != 1:
         raise DoesNotFitError(
-            f"layer {name!r}: the {param} quantizer ({type(quantizers[param]).__name__}) has "
+            f"layer {name!r}: the {param} quantizer ({type(quantizer).__name__}) has "
             f"no single scale; {target} needs one per-tensor scale"
         )
-    zero_point = qparams.get("zero_point")
-    if zero_point is not None and bool(torch.as_tensor(zero_point).ne(0).any()):
+    if bool(grid.zero_point.ne(0).any()):
         raise DoesNotFitError(
             f"layer {name!r}: {target} needs symmetric quantization (zero point 0)"
         )
-    return float(scale)
+    return grid._replace(
+        scale=grid.scale.reshape(()), zero_point=grid.zero_point.reshape(()), ch_axis=None
+    )
 
 
 def require(condition: bool, message: str) -> None:

@@ -16,12 +16,12 @@ from torch import nn
 
 from aquatic.hw._common import (
     DoesNotFitError,
-    grid_codes,
     layer_sequence,
+    on_grid,
     per_neuron,
     quantized_param,
     require,
-    weight_scale,
+    weight_grid,
 )
 from aquatic.hw._dynapcnn_sim import STATE_BITS, WEIGHT_BITS, check_spec, simulate
 
@@ -162,7 +162,7 @@ def export(
             not neurons.synaptic,
             f"layer {iaf_name!r}: DYNAP-CNN neurons have no synaptic current; drop tau_syn",
         )
-        scale = weight_scale(syn, syn_name, "dynapcnn")
+        grid = weight_grid(syn, syn_name, "dynapcnn")
         entry: Dict[str, Any] = {"name": syn_name}
         n_out = syn.weight.shape[0]
         out_hw = None
@@ -183,7 +183,7 @@ def export(
                 k, s, p = syn.kernel_size[0], entry["stride"], entry["padding"]
                 out_hw = tuple((size + 2 * p - k) // s + 1 for size in shape[1:])
                 shape = (n_out, *out_hw)
-        weight = grid_codes(quantized_param(syn, "weight"), scale, f"{syn_name}.weight")
+        weight = on_grid(quantized_param(syn, "weight"), grid, f"{syn_name}.weight")
         bias = per_neuron(quantized_param(syn, "bias"), n_out, f"{syn_name}.bias")
         bias = bias + per_neuron(neurons.bias, n_out, f"{iaf_name}.bias")
         threshold = per_neuron(neurons.threshold, n_out, iaf_name)
@@ -192,15 +192,15 @@ def export(
             f"layer {iaf_name!r}: DYNAP-CNN has one threshold per layer, got several",
         )
         low = (
-            -(2 ** (STATE_BITS - 1)) * scale
+            -(2 ** (STATE_BITS - 1)) * float(grid.scale)
             if neurons.min_v_mem is None
             else float(neurons.min_v_mem)
         )
         entry.update(
             weight=weight,
-            bias=grid_codes(bias, scale, f"{syn_name}.bias + {iaf_name}.bias"),
-            threshold=int(grid_codes(threshold[:1], scale, f"{iaf_name}.threshold")),
-            threshold_low=int(grid_codes(torch.tensor([low]), scale, f"{iaf_name}.min_v_mem")),
+            bias=on_grid(bias, grid, f"{syn_name}.bias + {iaf_name}.bias"),
+            threshold=int(on_grid(threshold[:1], grid, f"{iaf_name}.threshold")),
+            threshold_low=int(on_grid(torch.tensor([low]), grid, f"{iaf_name}.min_v_mem")),
             reset=neurons.reset,
             max_spikes=neurons.max_spikes,
         )

@@ -22,13 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.functional.fake_quant import fake_quantize_affine, quantize_affine
+from aquatic.functional.grid import Grid
 from aquatic.functional.integer import int_range
 from aquatic.quantizers.base import Quantizer
 
 from aquatic.hw._common import (
     DoesNotFitError,
-    grid_codes,
     layer_sequence,
+    on_grid,
     per_neuron,
     quantized_param,
     require,
@@ -89,15 +90,13 @@ class StateQuantizer(Quantizer):
         """The integer states (codes) of ``input``."""
         return quantize_affine(input, self.scale, self.zero_point, self.quant_min, self.quant_max)
 
+    def grid(self) -> Grid:
+        """The state unit ``scale``, zero point 0, the signed ``bits``-bit range."""
+        return Grid(self.scale, self.zero_point, self.quant_min, self.quant_max)
+
     def qparams(self) -> Dict[str, Any]:
         """``scale``, ``zero_point`` (0), ``quant_min``, ``quant_max``, ``ch_axis`` (None)."""
-        return {
-            "scale": self.scale,
-            "zero_point": self.zero_point,
-            "quant_min": self.quant_min,
-            "quant_max": self.quant_max,
-            "ch_axis": None,
-        }
+        return self.grid().qparams()
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, scale={self.scale.item():g}" + self._switch_repr()
@@ -133,12 +132,19 @@ def qconfig():
     )
 
 
+def _state_grid() -> Grid:
+    """The chip's state grid: units of 1/64, 24-bit (weights, thresholds and biases too)."""
+    return StateQuantizer().grid()
+
+
 def _decay_code(alpha, size: int, name: str) -> torch.Tensor:
     """``d = (1 - alpha) * 4096`` as integers, or a clear error."""
     if alpha is None:
         return torch.full((size,), 2**DECAY_BITS, dtype=torch.int64)
     leak = 1.0 - per_neuron(alpha, size, name)
-    return grid_codes(leak, 2.0**-DECAY_BITS, f"{name} (as 1 - alpha)")
+    # The leak 1 - alpha on its 12-bit grid: d in 0..4096.
+    grid = Grid(torch.tensor(2.0**-DECAY_BITS), torch.tensor(0), 0, 2**DECAY_BITS)
+    return on_grid(leak, grid, f"{name} (as 1 - alpha)")
 
 
 def export(model: nn.Module) -> Dict[str, Any]:
@@ -182,7 +188,7 @@ def export(model: nn.Module) -> Dict[str, Any]:
         "Loihi takes (Linear -> LIF) pairs; got "
         + " -> ".join(f"{type(m).__name__} ({n})" for n, m in layers),
     )
-    step = 1.0 / W_SCALE
+    grid = _state_grid()
     spec: List[Dict[str, Any]] = []
     for (lin_name, linear), (lif_name, lif) in zip(layers[::2], layers[1::2]):
         require(
@@ -217,18 +223,18 @@ def export(model: nn.Module) -> Dict[str, Any]:
             )
         entry = {
             "name": lif_name,
-            "weight": grid_codes(
+            "weight": on_grid(
                 weight,
-                step,
+                grid,
                 f"{lin_name}.weight" + (" * alpha_syn" if neurons.alpha_syn is not None else ""),
             ),
             "current_decay": _decay_code(neurons.alpha_syn, n_out, f"{lif_name}.alpha_syn"),
             "voltage_decay": _decay_code(neurons.alpha_mem, n_out, f"{lif_name}.alpha_mem"),
-            "threshold": grid_codes(
-                per_neuron(neurons.threshold, n_out, lif_name), step, f"{lif_name}.threshold"
+            "threshold": on_grid(
+                per_neuron(neurons.threshold, n_out, lif_name), grid, f"{lif_name}.threshold"
             ),
-            "bias": grid_codes(
-                per_neuron(neurons.bias, n_out, lif_name) + lin_bias, step, f"{lif_name}.bias"
+            "bias": on_grid(
+                per_neuron(neurons.bias, n_out, lif_name) + lin_bias, grid, f"{lif_name}.bias"
             ),
         }
         spec.append(entry)

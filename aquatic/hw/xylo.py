@@ -34,12 +34,12 @@ from torch import Tensor, nn
 
 from aquatic.hw._common import (
     DoesNotFitError,
-    grid_codes,
     layer_sequence,
+    on_grid,
     per_neuron,
     quantized_param,
     require,
-    weight_scale,
+    weight_grid,
 )
 from aquatic.hw._xylo_sim import (
     DASH_MAX,
@@ -187,21 +187,21 @@ def _population(linear, neuron, names, max_spikes: int, role: str) -> Dict[str, 
         f"layer {lif_name!r} has no synaptic state, but every Xylo neuron's input current "
         "decays (i = alpha_syn * (i + x)); give it tau_syn or alpha_syn",
     )
-    scale = weight_scale(linear, lin_name, "xylo")
+    grid = weight_grid(linear, lin_name, "xylo")
     n_out = linear.out_features
-    weight = grid_codes(quantized_param(linear, "weight"), scale, f"{lin_name}.weight")
+    weight = on_grid(quantized_param(linear, "weight"), grid, f"{lin_name}.weight")
     result = {
         "weight": weight.T,
         "dash_mem": dash_of(per_neuron(spec.alpha_mem, n_out, lif_name), f"{lif_name}.alpha_mem"),
         "dash_syn": dash_of(per_neuron(spec.alpha_syn, n_out, lif_name), f"{lif_name}.alpha_syn"),
-        "threshold": grid_codes(
-            per_neuron(spec.threshold, n_out, lif_name), scale, f"{lif_name}.threshold"
+        "threshold": on_grid(
+            per_neuron(spec.threshold, n_out, lif_name), grid, f"{lif_name}.threshold"
         ),
-        "bias": grid_codes(per_neuron(spec.bias, n_out, lif_name), scale, f"{lif_name}.bias"),
+        "bias": on_grid(per_neuron(spec.bias, n_out, lif_name), grid, f"{lif_name}.bias"),
     }
     if isinstance(neuron, LIFRecurrent):
         rec = quantized_param(neuron, "rec_weight")
-        result["weights_rec"] = grid_codes(rec, scale, f"{lif_name}.rec_weight").T
+        result["weights_rec"] = on_grid(rec, grid, f"{lif_name}.rec_weight").T
     return result
 
 

@@ -21,7 +21,6 @@ __all__ = [
     "IntegerModule",
     "IntegerOverflowError",
     "QSpec",
-    "along",
     "KINDS",
     "INT32_MAX",
 ]
@@ -34,21 +33,6 @@ KINDS: Dict[str, Type["IntegerModule"]] = {}
 
 class IntegerOverflowError(ValueError):
     """An integer accumulator or state could exceed its range; the message names the layer."""
-
-
-def along(param: Tensor, axis: Optional[int]) -> Tensor:
-    """View a per-channel ``param`` so that it broadcasts along the negative ``axis``.
-
-    Counting the channel axis from the end keeps it valid whatever leading batch and
-    time dimensions the input has.
-
-    Example:
-        >>> along(torch.tensor([1, 2]), -3).shape
-        torch.Size([2, 1, 1])
-    """
-    if axis is None or param.dim() == 0:
-        return param
-    return param.reshape([-1] + [1] * (-axis - 1))
 
 
 @dataclass

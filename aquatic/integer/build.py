@@ -9,7 +9,8 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.integer.base import INT32_MAX, IntegerOverflowError, QSpec
-from aquatic.integer.inspect import Affine, affine_params, describe, grid_codes
+from aquatic.functional.grid import Grid
+from aquatic.integer.inspect import describe, grid_steps, read_grid
 from aquatic.integer.layers import IntegerConv, IntegerLinear, IntegerRequantize
 from aquatic.integer.requant import is_power_of_two, quantize_multiplier
 
@@ -33,14 +34,14 @@ def build_requantize(
     name: str, quantizer: nn.Module, spec: QSpec, where: str, source: str = ""
 ) -> Tuple[IntegerRequantize, QSpec]:
     """Requantize codes described by ``spec`` onto ``quantizer``'s grid."""
-    affine = affine_params(quantizer, where)
-    if affine.scale.dim() != 0 or affine.zero_point.dim() != 0:
+    notes: List[str] = []
+    grid = read_grid(quantizer, where, notes)
+    if grid.scale.dim() != 0 or grid.zero_point.dim() != 0:
         raise ValueError(
             f"{where} quantizes per channel; the integer model supports per-tensor "
             "activation quantizers only (use ch_axis=None)"
         )
-    notes = list(affine.notes)
-    ratio = spec.scale / affine.scale
+    ratio = spec.scale / grid.scale
     multiplier, shift = quantize_multiplier(ratio, precision_for(spec.magnitude()))
     exact = is_power_of_two(ratio)
     if not exact:
@@ -52,32 +53,32 @@ def build_requantize(
         multiplier,
         shift,
         spec.zero_point,
-        affine.zero_point,
-        affine.low,
-        affine.high,
-        affine.rounding,
+        grid.zero_point,
+        grid.quant_min,
+        grid.quant_max,
+        grid.rounding,
         spec.axis,
         name=name,
         notes=notes,
         source=source,
     )
-    return module, QSpec(affine.scale, affine.zero_point, None, affine.low, affine.high)
+    return module, QSpec(grid.scale, grid.zero_point, None, grid.quant_min, grid.quant_max)
 
 
-def _out_channel_scale(layer: nn.Module, affine: Affine, where: str) -> Tuple[Tensor, int]:
+def _out_channel_scale(layer: nn.Module, grid: Grid, where: str) -> Tuple[Tensor, int]:
     """The weight scale of every output channel, and the weight's output axis."""
     weight = layer.weight
     out_axis = getattr(layer, "_weight_out_axis", 0)
     channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-    if affine.scale.dim() == 0:
-        return affine.scale, out_axis
-    if affine.ch_axis is None or affine.ch_axis % weight.dim() != out_axis:
+    if grid.scale.dim() == 0:
+        return grid.scale, out_axis
+    if grid.ch_axis is None or grid.ch_axis % weight.dim() != out_axis:
         raise ValueError(
-            f"{where}: the weight is quantized per channel along ch_axis={affine.ch_axis}, not "
+            f"{where}: the weight is quantized per channel along ch_axis={grid.ch_axis}, not "
             f"along the output channels (axis {out_axis}); an integer accumulator needs one "
             f"scale per output channel: use ch_axis={out_axis} or one scale"
         )
-    scale = affine.scale
+    scale = grid.scale
     if scale.numel() != channels:  # transposed convolutions: (in, out / groups, ...)
         scale = scale.repeat(channels // scale.numel())
     return scale, out_axis
@@ -139,11 +140,13 @@ def build_accumulator(name: str, layer: nn.Module, spec: QSpec):
         )
     # Values first: quantizers such as BinaryQuantizer record the scale they last used.
     values = layer.quantize_params()
-    affine = affine_params(layer.quantizers["weight"], f"{where}, quantizer 'weight'", rounds=False)
-    notes = list(affine.notes)
-    w_scale, out_axis = _out_channel_scale(layer, affine, where)
+    notes: List[str] = []
+    grid = read_grid(
+        layer.quantizers["weight"], f"{where}, quantizer 'weight'", notes, rounds=False
+    )
+    w_scale, out_axis = _out_channel_scale(layer, grid, where)
     # (code - zero_point) of every weight: what the accumulator multiplies by.
-    codes = grid_codes(values["weight"], affine, out_axis, f"{where}, 'weight'")
+    codes = grid_steps(values["weight"], grid, f"{where}, 'weight'")
     transposed = getattr(layer, "transposed", False)
     channel_dims = tuple(d for d in range(codes.dim()) if d != out_axis)
     weight_sum = codes.abs().sum(dim=channel_dims)

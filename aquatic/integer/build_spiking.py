@@ -10,7 +10,8 @@ from torch import Tensor
 
 from aquatic.functional.neuron_types import NeuronSpec
 from aquatic.integer.base import QSpec
-from aquatic.integer.inspect import Affine, affine_params, describe, grid_codes
+from aquatic.functional.grid import Grid
+from aquatic.integer.inspect import describe, grid_steps, read_grid
 from aquatic.integer.requant import dyadic_exponent, is_power_of_two, quantize_multiplier
 from aquatic.integer.spiking import IntegerNeuron
 
@@ -48,18 +49,17 @@ def _ratio(ratio, bound: float) -> Tuple[Tensor, Tensor]:
 
 
 def _in_units(
-    value, unit: float, what: str, where: str, notes: List[str], affine: Optional[Affine] = None
+    value, unit: float, what: str, where: str, notes: List[str], grid: Optional[Grid] = None
 ) -> Tensor:
-    """``value`` in units of ``unit`` (int64); from its codes when ``affine`` quantized it.
+    """``value`` in units of ``unit`` (int64); from its codes when ``grid``'s quantizer made it.
 
     Codes times the ratio of the scales are exact where the float value is not (a
     quantized value ``k * s`` is ``k * s`` rounded to float32).
     """
     value = torch.as_tensor(value, dtype=torch.float32).detach()
-    if affine is not None:
-        axis = 0 if affine.scale.dim() == 1 else None
-        steps = grid_codes(value, affine, axis, f"{where}, {what!r}").double()
-        scale = affine.scale if affine.scale.dim() == 0 else affine.scale.reshape(-1)
+    if grid is not None:
+        steps = grid_steps(value, grid, f"{where}, {what!r}").double()
+        scale = grid.scale if grid.scale.dim() == 0 else grid.scale.reshape(-1)
         steps = steps * (scale / unit)
     else:
         steps = value.double() / unit
@@ -74,33 +74,33 @@ def _in_units(
     return rounded.to(torch.int64)
 
 
-def _param_affine(layer, name: str, where: str) -> Optional[Affine]:
+def _param_grid(layer, name: str, where: str) -> Optional[Grid]:
     quantizer = layer.quantizers[name] if name in layer.quantizers else None
     if quantizer is None:
         return None
     try:
-        affine = affine_params(quantizer, f"{where}, quantizer {name!r}", rounds=False)
+        grid = read_grid(quantizer, f"{where}, quantizer {name!r}", [], rounds=False)
     except ValueError:
-        return None  # not an affine quantizer: use the value itself
-    if affine.scale.dim() != 0 or int(affine.zero_point.abs().max()) != 0:
+        return None  # not on a uniform grid: use the value itself
+    if grid.scale.dim() != 0 or int(grid.zero_point.abs().max()) != 0:
         return None
-    return affine
+    return grid
 
 
-def _state(layer, state: str, where: str) -> Optional[Affine]:
+def _state(layer, state: str, where: str, notes: List[str]) -> Optional[Grid]:
     quantizer = layer.quantizers[state] if state in layer.quantizers else None
     if quantizer is None or not getattr(quantizer, "fake_quant_enabled", True):
         return None
-    affine = affine_params(quantizer, f"{where}, state quantizer {state!r}")
-    if affine.scale.dim() != 0 or affine.zero_point.dim() != 0:
+    grid = read_grid(quantizer, f"{where}, state quantizer {state!r}", notes)
+    if grid.scale.dim() != 0 or grid.zero_point.dim() != 0:
         raise ValueError(
             f"{where}: the {state} quantizer is per channel; the integer model needs one "
             "scale and zero point per state (ch_axis=None)"
         )
-    return affine
+    return grid
 
 
-def _decay_rule(layer, kind: str, neurons: NeuronSpec, affine: Optional[Affine], where: str):
+def _decay_rule(layer, kind: str, neurons: NeuronSpec, affine: Optional[Grid], where: str):
     """``(rule, bits, codes)`` when the layer decays state ``kind`` by an integer rule."""
     from aquatic.quantizers.decay import BitShiftDecay, UniformDecay
 
@@ -129,13 +129,13 @@ def _recurrent(layer, where: str):
             "layer a QConfig with a weight quantizer"
         )
     value = layer.quantize_params()["rec_weight"]  # first: it may record the scale
-    affine = affine_params(layer.quantizers["rec_weight"], f"{where}, 'rec_weight'", rounds=False)
-    if affine.scale.dim() == 1 and affine.ch_axis not in (0, -2):
+    grid = read_grid(layer.quantizers["rec_weight"], f"{where}, 'rec_weight'", [], rounds=False)
+    if grid.scale.dim() == 1 and grid.ch_axis not in (0, -2):
         raise ValueError(
-            f"{where}: rec_weight is quantized per input neuron (ch_axis={affine.ch_axis}); "
+            f"{where}: rec_weight is quantized per input neuron (ch_axis={grid.ch_axis}); "
             "use ch_axis=0 or one scale"
         )
-    return grid_codes(value, affine, 0, f"{where}, 'rec_weight'"), affine.scale
+    return grid_steps(value, grid, f"{where}, 'rec_weight'"), grid.scale
 
 
 @torch.no_grad()
@@ -156,11 +156,8 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
         raise ValueError(f"{where}: max_spikes={max_spikes} is above {_MAX_SPIKES}")
     if layer.persistent_state:
         notes.append(f"{where}: persistent_state is ignored; the integer twin starts from zero")
-    vq = _state(layer, "v_mem", where)
-    iq = _state(layer, "i_syn", where) if neurons.synaptic else None
-    for affine in (vq, iq):
-        if affine is not None:
-            notes += affine.notes
+    vq = _state(layer, "v_mem", where, notes)
+    iq = _state(layer, "i_syn", where, notes) if neurons.synaptic else None
     rules = {
         "v": _decay_rule(layer, "mem", neurons, vq, where),
         "i": _decay_rule(layer, "syn", neurons, iq, where),
@@ -188,7 +185,7 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
         unit_scales.append(rec[1])
     power_of_two = all(is_power_of_two(s) for s in unit_scales)
     if "activation" in layer.quantizers:
-        act = affine_params(layer.quantizers["activation"], f"{where}, 'activation'")
+        act = read_grid(layer.quantizers["activation"], f"{where}, 'activation'", [])
         power_of_two = power_of_two and act.power_of_two
     exact = power_of_two
     if exact:
@@ -233,13 +230,13 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
     if norm is not None:
         tensors["norm_num"] = norm[0]
     if spiking:
-        affine = _param_affine(layer, "threshold", where)
-        tensors["threshold"] = _in_units(threshold, unit, "threshold", where, notes, affine)
+        grid = _param_grid(layer, "threshold", where)
+        tensors["threshold"] = _in_units(threshold, unit, "threshold", where, notes, grid)
         if bool((tensors["threshold"] <= 0).any()):
             raise ValueError(f"{where}: the threshold rounds to 0 at the integer unit {unit:g}")
     if bias is not None:
-        affine = _param_affine(layer, "bias", where)
-        tensors["bias"] = _in_units(bias, unit, "bias", where, notes, affine)
+        grid = _param_grid(layer, "bias", where)
+        tensors["bias"] = _in_units(bias, unit, "bias", where, notes, grid)
     if min_v is not None:
         tensors["min_v"] = _in_units(min_v, unit, "min_v_mem", where, notes)
 
@@ -258,14 +255,14 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
         if affine is None:
             continue
         zero_point = int(affine.zero_point)
-        steps = max(abs(affine.low - zero_point), abs(affine.high - zero_point))
+        steps = max(abs(affine.quant_min - zero_point), abs(affine.quant_max - zero_point))
         to_steps, back = float(unit / affine.scale), float(affine.scale / unit)
         bound = steps * back * 2.0**fine
         tensors[f"{which}_multiplier"], tensors[f"{which}_shift"] = _ratio(to_steps, bound)
         tensors[f"{which}_back_multiplier"], tensors[f"{which}_back_shift"] = _ratio(back, steps)
         config[f"{which}_low"], config[f"{which}_high"] = (
-            affine.low - zero_point,
-            affine.high - zero_point,
+            affine.quant_min - zero_point,
+            affine.quant_max - zero_point,
         )
         config[f"{which}_rounding"] = affine.rounding
         if rules[which] is not None:
@@ -283,7 +280,7 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
     high = None
     if vq is not None:
         zero_point = int(vq.zero_point)
-        steps = max(abs(vq.low - zero_point), abs(vq.high - zero_point))
+        steps = max(abs(vq.quant_min - zero_point), abs(vq.quant_max - zero_point))
         high = int(math.ceil(steps * float(vq.scale) / unit))
     low = None if high is None else -high
     return module, QSpec(torch.tensor(unit), torch.tensor(0), None, low, high)
@@ -295,7 +292,7 @@ def _magnitude(spec, vq, iq, rec, threshold, bias, max_spikes, unit) -> Optional
     for affine in (vq, iq):
         if affine is not None:
             zero_point = int(affine.zero_point)
-            steps = max(abs(affine.low - zero_point), abs(affine.high - zero_point))
+            steps = max(abs(affine.quant_min - zero_point), abs(affine.quant_max - zero_point))
             parts.append(steps * float(affine.scale) / unit)
     magnitude = spec.magnitude()
     if magnitude is None or vq is None:

@@ -11,7 +11,7 @@ from torch import nn
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build import build_accumulator, build_requantize
 from aquatic.integer.build_spiking import build_neuron
-from aquatic.integer.inspect import affine_params, check_observed, describe
+from aquatic.integer.inspect import check_observed, describe, read_grid
 from aquatic.integer.layers import IntegerReLU
 from aquatic.integer.pooling import IntegerMaxPool, IntegerReshape, IntegerSum, IntegerSumPool
 from aquatic.integer.model import IntegerModel
@@ -73,11 +73,12 @@ def _input_spec(first: nn.Module, layers, input_scale, input_zero_point, input_r
                 "do not pass input_scale as well"
             )
         where = f"{describe(layers[0][0], first)}, quantizer 'activation'"
-        affine = affine_params(first.quantizers["activation"], where)
-        if affine.scale.dim() != 0 or affine.zero_point.dim() != 0:
+        notes: List[str] = []
+        grid = read_grid(first.quantizers["activation"], where, notes)
+        if grid.scale.dim() != 0 or grid.zero_point.dim() != 0:
             raise ValueError(f"{where} quantizes per channel; the input needs one scale")
-        spec = QSpec(affine.scale, affine.zero_point, None, affine.low, affine.high)
-        return spec, affine.rounding, False, list(affine.notes), True
+        spec = QSpec(grid.scale, grid.zero_point, None, grid.quant_min, grid.quant_max)
+        return spec, grid.rounding, False, notes, True
     if input_scale is not None:
         if isinstance(input_scale, bool) or not isinstance(input_scale, (int, float)):
             raise TypeError(f"input_scale must be a number, got {input_scale!r}")

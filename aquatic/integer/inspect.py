@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List
 
 import torch
 from torch import Tensor, nn
 
-from aquatic.integer.requant import is_power_of_two
+from aquatic.functional.grid import Grid, NoRangeError
 
-__all__ = ["Affine", "affine_params", "check_observed", "grid_codes", "describe"]
+__all__ = ["check_observed", "describe", "grid_steps", "read_grid"]
 
-#: How far from the grid (in steps) a quantized value may lie and still count as on it.
-GRID_TOLERANCE = 1e-3
+#: Rounding modes the integer model reproduces (stochastic rounding becomes nearest).
+_ROUNDS = ("nearest", "floor", "stochastic")
 
 
 def describe(name: str, module: nn.Module) -> str:
@@ -21,109 +20,72 @@ def describe(name: str, module: nn.Module) -> str:
     return f"layer {name!r} ({type(module).__name__})"
 
 
-@dataclass
-class Affine:
-    """A quantizer read as uniform affine: codes ``clamp(round(x / scale) + zp, low, high)``."""
+def read_grid(quantizer: nn.Module, where: str, notes: List[str], rounds: bool = True) -> Grid:
+    """``quantizer.grid()`` as the integer model computes with it, or a clear error.
 
-    scale: Tensor  # float64, scalar or (C,)
-    zero_point: Tensor  # int64, scalar or (C,)
-    low: int
-    high: int
-    ch_axis: Optional[int]
-    rounding: str
-    notes: List[str] = field(default_factory=list)
-
-    @property
-    def power_of_two(self) -> bool:
-        return is_power_of_two(self.scale)
-
-
-def affine_params(quantizer: nn.Module, where: str, rounds: bool = True) -> Affine:
-    """The affine parameters of ``quantizer`` (from its ``qparams()``), or a clear error.
+    The scale comes back as float64 and the zero point as int64 (exact arithmetic);
+    stochastic rounding becomes nearest, with a note appended to ``notes``.
 
     Args:
-        quantizer: any aquatic quantizer whose ``qparams()`` has ``scale``,
-            ``zero_point``, ``quant_min`` and ``quant_max``.
+        quantizer: any aquatic quantizer.
         where: how to name it in messages, e.g. ``"layer '0' (Linear), quantizer 'activation'"``.
+        notes: where to add why the integer model may differ from the float one.
         rounds: the integer model will quantize with it (activations, states, the input),
             so it must round to a uniform grid; ``False`` when only the scale of values
             it already produced is needed (weights).
 
     Raises:
-        ValueError: it has no range yet, or it is not an affine quantizer.
+        ValueError: it has no range yet, it is not on a uniform grid, or it does not
+            round (binary and ternary quantizers threshold).
     """
-    from aquatic.quantizers.binary import BinaryQuantizer, TernaryQuantizer
-
-    if rounds and isinstance(quantizer, (BinaryQuantizer, TernaryQuantizer)):
+    grid, failure = None, None
+    try:
+        grid = quantizer.grid()
+    except ValueError as error:
+        failure = error
+    if rounds and grid is not None and grid.rounding not in _ROUNDS:
+        what = (
+            "thresholds rather than rounds to a uniform grid"
+            if grid.rounding in ("sign", "threshold")
+            else f"reaches its grid by {grid.rounding!r} rounding, which it cannot reproduce"
+        )
         raise ValueError(
-            f"{where} is a {type(quantizer).__name__}, which thresholds rather than rounds "
-            "to a uniform grid; the integer model requantizes with uniform quantizers only "
-            "(e.g. aquatic.quantizers.UniformQuantizer)"
+            f"{where} is a {type(quantizer).__name__}, which {what}; the integer model "
+            "requantizes with uniform quantizers only (e.g. aquatic.quantizers.UniformQuantizer)"
         )
     if not getattr(quantizer, "fake_quant_enabled", True):
         raise ValueError(
             f"{where} has fake quantization switched off, so the model computes in float "
             "there; switch it back on (aquatic.enable_fake_quant(model)) before converting"
         )
-    try:
-        params = quantizer.qparams()
-    except RuntimeError as error:
+    if isinstance(failure, NoRangeError):
         raise ValueError(
-            f"{where} has no range yet ({error}); run the model on representative data "
-            "in training mode before aquatic.convert"
+            f"{where}: {failure}; run the model on representative data in training mode "
+            "before aquatic.convert"
         ) from None
-    missing = [k for k in ("scale", "zero_point", "quant_min", "quant_max") if k not in params]
-    if missing:
+    if failure is not None:
         raise ValueError(
-            f"{where} is a {type(quantizer).__name__}, which has no scale and zero point "
-            f"(no {', '.join(missing)}); the integer model needs a uniform affine quantizer "
-            "here (e.g. aquatic.quantizers.UniformQuantizer)"
-        )
-    scale = torch.as_tensor(params["scale"]).detach().to(torch.float64)
-    zero_point = torch.as_tensor(params["zero_point"]).detach().to(torch.int64)
-    if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
-        raise ValueError(
-            f"{where} has the scale {scale.tolist()}; scales must be positive and finite "
-            "(run a forward pass so that the quantizer has a range)"
-        )
-    notes = []
-    rounding = getattr(quantizer, "rounding", "nearest")
+            f"{where}: {failure}; the integer model needs a uniform affine quantizer here "
+            "(e.g. aquatic.quantizers.UniformQuantizer)"
+        ) from None
+    grid.check_scale(where)
+    rounding = grid.rounding
     if rounding == "stochastic":
         notes.append(f"{where} rounds stochastically; the integer model rounds to nearest instead")
         rounding = "nearest"
-    axis = params.get("ch_axis") if scale.dim() == 1 else None
-    return Affine(
-        scale,
-        zero_point,
-        int(params["quant_min"]),
-        int(params["quant_max"]),
-        axis,
-        rounding,
-        notes,
+    return grid._replace(
+        scale=grid.scale.detach().to(torch.float64),
+        zero_point=grid.zero_point.detach().to(torch.int64),
+        ch_axis=grid.ch_axis if grid.per_channel else None,
+        rounding=rounding,
     )
 
 
-def grid_codes(value: Tensor, affine: Affine, axis: Optional[int], where: str) -> Tensor:
-    """``(code - zero_point)`` of quantized values ``value`` (``int64``), checked on the grid.
-
-    ``axis`` is the (non-negative) axis of ``value`` that per-channel parameters run along.
-    """
-    shape = [1] * value.dim()
-    scale = affine.scale
-    if scale.dim() == 1 and value.dim() > 0:
-        shape[axis] = -1
-        scale = scale.reshape(shape)
-    steps = value.detach().to(torch.float64) / scale
-    codes = torch.round(steps)
-    # float32 values (q - z) * s carry a relative error of 2**-24: allow for it.
-    error = (steps - codes).abs() - codes.abs() * 2.0**-20
-    if error.numel() and float(error.max()) > GRID_TOLERANCE:
-        raise ValueError(
-            f"{where}: the quantized values are not on their quantizer's grid (a value is "
-            f"{float(error.max()):.3g} steps off); the quantizer's qparams() do not describe "
-            "its forward pass"
-        )
-    return codes.to(torch.int64)
+def grid_steps(value: Tensor, grid: Grid, where: str) -> Tensor:
+    """``(code - zero_point)`` (``int64``) of quantized values ``value``, checked on ``grid``."""
+    return grid.steps(
+        value, where, hint="the quantizer's grid() does not describe its forward pass"
+    )
 
 
 def check_observed(model: nn.Module) -> None:

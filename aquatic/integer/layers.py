@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from aquatic.functional.fake_quant import broadcast_along
 from aquatic.functional.integer import check_integer
-from aquatic.integer.base import INT32_MAX, IntegerModule, IntegerOverflowError, along
+from aquatic.integer.base import INT32_MAX, IntegerModule, IntegerOverflowError
 from aquatic.integer.requant import multiply_shift
 
 __all__ = ["IntegerConv", "IntegerLinear", "IntegerReLU", "IntegerRequantize"]
@@ -51,9 +52,9 @@ class _Accumulator(IntegerModule):
         self.check_overflow = bool(check_overflow)
 
     def _finish(self, acc: Tensor, channel_axis: int) -> Tensor:
-        acc = torch.bitwise_left_shift(acc, along(self.pre_shift, channel_axis))
+        acc = torch.bitwise_left_shift(acc, broadcast_along(self.pre_shift, channel_axis))
         if self.bias is not None:
-            acc = acc + along(self.bias, channel_axis)
+            acc = acc + broadcast_along(self.bias, channel_axis)
         if self.check_overflow and acc.numel() and int(acc.abs().max()) > INT32_MAX:
             raise IntegerOverflowError(
                 f"{self._where()}: the accumulator reached {int(acc.abs().max())}, beyond "
@@ -63,7 +64,7 @@ class _Accumulator(IntegerModule):
         return acc.to(torch.int32)
 
     def _centered(self, input: Tensor) -> Tensor:
-        return _codes(self, input) - along(self.input_zero_point, self.input_axis)
+        return _codes(self, input) - broadcast_along(self.input_zero_point, self.input_axis)
 
 
 class IntegerLinear(_Accumulator):
@@ -242,9 +243,11 @@ class IntegerRequantize(IntegerModule):
         self.axis = axis
 
     def forward(self, input: Tensor) -> Tensor:
-        x = _codes(self, input) - along(self.input_zero_point, self.axis)
-        multiplier, shift = along(self.multiplier, self.axis), along(self.shift, self.axis)
-        y = multiply_shift(x, multiplier, shift, self.rounding) + along(
+        x = _codes(self, input) - broadcast_along(self.input_zero_point, self.axis)
+        multiplier, shift = broadcast_along(self.multiplier, self.axis), broadcast_along(
+            self.shift, self.axis
+        )
+        y = multiply_shift(x, multiplier, shift, self.rounding) + broadcast_along(
             self.output_zero_point, self.axis
         )
         return torch.clamp(y, self.low, self.high).to(torch.int32)
@@ -276,4 +279,4 @@ class IntegerReLU(IntegerModule):
 
     def forward(self, input: Tensor) -> Tensor:
         x = _codes(self, input)
-        return torch.maximum(x, along(self.zero_point, self.axis)).to(input.dtype)
+        return torch.maximum(x, broadcast_along(self.zero_point, self.axis)).to(input.dtype)

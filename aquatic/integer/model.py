@@ -7,8 +7,9 @@ from typing import List, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from aquatic.functional.fake_quant import broadcast_along
 from aquatic.functional.integer import check_integer
-from aquatic.integer.base import IntegerModule, QSpec, along
+from aquatic.integer.base import IntegerModule, QSpec
 
 __all__ = ["IntegerModel"]
 
@@ -158,9 +159,9 @@ class IntegerModel(nn.Module):
         """Integer output ``codes`` to float32 real values ``(codes - z) * s``."""
         check_integer(codes, "dequantize_output's input")
         spec = self.output_spec
-        centered = codes.to(torch.int64) - along(spec.zero_point, spec.axis)
+        centered = codes.to(torch.int64) - broadcast_along(spec.zero_point, spec.axis)
         # (q - z) * s in float32, as a quantizer dequantizes.
-        return centered.float() * along(spec.scale.float(), spec.axis)
+        return centered.float() * broadcast_along(spec.scale.float(), spec.axis)
 
     def save(self, f) -> None:
         """Save to a file name or file object (see :func:`aquatic.integer.save`)."""

@@ -29,6 +29,7 @@ from typing import Tuple, Union
 import torch
 from torch import Tensor
 
+from aquatic.functional.grid import is_power_of_two
 from aquatic.functional.integer import check_integer
 
 __all__ = [
@@ -198,20 +199,6 @@ def multiply_shift(
         return rounding_right_shift(product, shift, rounding)
     left = torch.bitwise_left_shift(product, (-shift).clamp(min=0))
     return torch.where(shift < 0, left, rounding_right_shift(product, shift.clamp(min=0), rounding))
-
-
-def is_power_of_two(input: Tensor) -> bool:
-    """Whether every element of ``input`` is a positive power of two (``2**k``, any ``k``).
-
-    Example:
-        >>> is_power_of_two(torch.tensor([0.25, 4.0])), is_power_of_two(torch.tensor(0.3))
-        (True, False)
-    """
-    values = torch.as_tensor(input, dtype=torch.float64)
-    if values.numel() == 0:
-        return True
-    mantissa, _ = torch.frexp(values)
-    return bool(((values > 0) & (mantissa == 0.5)).all())
 
 
 def dyadic_exponent(input: Tensor, limit: int = 160) -> int:

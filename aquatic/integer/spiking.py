@@ -39,8 +39,9 @@ from typing import List, Optional
 import torch
 from torch import Tensor
 
+from aquatic.functional.fake_quant import broadcast_along
 from aquatic.functional.integer import bitshift_decay, check_integer, multiplicative_decay
-from aquatic.integer.base import IntegerModule, IntegerOverflowError, along
+from aquatic.integer.base import IntegerModule, IntegerOverflowError
 from aquatic.integer.requant import (
     bit_length,
     multiply_shift,
@@ -244,13 +245,13 @@ class IntegerNeuron(IntegerModule):
             shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
             raise ValueError(f"{self._where()} expects codes of shape (N, T, *), got {shape}")
         codes = check_integer(input, f"the input of {self._where()}").to(torch.int64)
-        codes = codes - along(self.input_zero_point, self.input_axis)
+        codes = codes - broadcast_along(self.input_zero_point, self.input_axis)
         batch_shape = (codes.shape[0],) + tuple(codes.shape[2:])
         v = torch.zeros(batch_shape, dtype=torch.int64)
         i = torch.zeros(batch_shape, dtype=torch.int64) if self.syn_num is not None else None
         spikes = torch.zeros(batch_shape, dtype=torch.int64)
-        in_multiplier = along(self.input_multiplier, self.input_axis)
-        in_shift = along(self.input_shift, self.input_axis)
+        in_multiplier = broadcast_along(self.input_multiplier, self.input_axis)
+        in_shift = broadcast_along(self.input_shift, self.input_axis)
         outputs = []
         for x in codes.unbind(1):
             x = multiply_shift(x, in_multiplier, in_shift)

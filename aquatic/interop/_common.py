@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
-from typing import Any, Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
-__all__ = ["require", "AffineParams", "affine_params", "layer_sequence", "parameter_values"]
+from aquatic.functional.grid import Grid, NoRangeError
+
+__all__ = ["require", "export_grid", "layer_sequence", "parameter_values"]
 
 
 def require(package: str, extra: str, purpose: str) -> ModuleType:
@@ -23,52 +24,22 @@ def require(package: str, extra: str, purpose: str) -> ModuleType:
         ) from error
 
 
-class AffineParams(NamedTuple):
-    """A uniform affine quantizer's grid: codes ``quant_min..quant_max``, value
-    ``(code - zero_point) * scale``; per channel along ``ch_axis`` when that is set."""
+def export_grid(quantizer: nn.Module, where: str) -> Grid:
+    """``quantizer.grid()``, or a ValueError naming ``where`` and what to do.
 
-    scale: Tensor
-    zero_point: Tensor
-    quant_min: int
-    quant_max: int
-    ch_axis: Optional[int]
-
-
-def affine_params(quantizer: nn.Module, where: str) -> AffineParams:
-    """The grid of ``quantizer`` (from its ``qparams()``), or a ValueError naming ``where``.
-
-    Quantizers whose ``qparams()`` hold no ``scale``/``zero_point`` (bit-shift decays,
-    for example) are not on an affine grid.
+    Quantizers not on a uniform grid (bit-shift decays, for example) have no scale and
+    zero point to export.
     """
     try:
-        params: Dict[str, Any] = quantizer.qparams()
-    except RuntimeError as error:
+        grid = quantizer.grid()
+    except NoRangeError as error:
         raise ValueError(
-            f"{where}: the quantizer ({type(quantizer).__name__}) has no scale yet ({error}); "
-            "run the model on some data (calibration) before exporting"
+            f"{where}: the quantizer has no scale yet ({error}); run the model on some data "
+            "(calibration) before exporting"
         ) from None
-    missing = [key for key in ("scale", "quant_min", "quant_max") if key not in params]
-    if missing:
-        raise ValueError(
-            f"{where}: {type(quantizer).__name__} is not a uniform affine quantizer (its "
-            f"qparams() lack {', '.join(missing)}), so it has no scale and zero point to export"
-        )
-    scale = torch.as_tensor(params["scale"]).detach().float()
-    zero_point = params.get("zero_point")
-    if zero_point is None:
-        zero_point = torch.zeros_like(scale)
-    zero_point = torch.as_tensor(zero_point).detach().round().to(torch.int64)
-    if not bool(torch.isfinite(scale).all()) or bool((scale <= 0).any()):
-        raise ValueError(
-            f"{where}: the quantizer's scale is not positive and finite ({scale.tolist()}); "
-            "run the model on some data (calibration) before exporting"
-        )
-    ch_axis = params.get("ch_axis")
-    if scale.dim() == 0 or scale.numel() == 1 and ch_axis is None:
-        scale, zero_point, ch_axis = scale.reshape(()), zero_point.reshape(()), None
-    return AffineParams(
-        scale, zero_point, int(params["quant_min"]), int(params["quant_max"]), ch_axis
-    )
+    except ValueError as error:
+        raise ValueError(f"{where}: {error}; it has no scale and zero point to export") from None
+    return grid.check_scale(where)
 
 
 def active(module: nn.Module, name: str) -> Optional[nn.Module]:

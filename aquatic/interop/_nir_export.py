@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aquatic.interop._common import active, affine_params, layer_sequence, parameter_values
+from aquatic.interop._common import active, export_grid, layer_sequence, parameter_values
 from aquatic.interop._nir_modules import NIRModule, Scale, SumPool2d
 from aquatic.interop._nir_neurons import Chain, NeuronExporter, Shape, per_neuron
 from aquatic.nn.activation import ActivationQuantizer
@@ -77,7 +77,7 @@ class Exporter(NeuronExporter):
         quantizer = active(module, "activation")
         if quantizer is None:
             return
-        grid = affine_params(quantizer, f"layer {name!r}: activation quantizer")
+        grid = export_grid(quantizer, f"layer {name!r}: activation quantizer")
         if grid.ch_axis is not None:
             raise ValueError(
                 f"layer {name!r}: its activation quantizer is per channel; NIR export records "

@@ -47,7 +47,9 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
-from aquatic.interop._common import AffineParams, affine_params, require
+from aquatic.functional.fake_quant import broadcast_along
+from aquatic.functional.grid import Grid
+from aquatic.interop._common import export_grid, require
 from aquatic.nn.base import QuantizedModule
 from aquatic.nn.neuron_base import NeuronModule
 from aquatic.quantizers.base import Quantizer
@@ -59,7 +61,7 @@ UINT8 = (0, 255)
 INT8 = (-128, 127)
 
 
-def _container(grid: AffineParams, where: str) -> Tuple[int, int]:
+def _container(grid: Grid, where: str) -> Tuple[int, int]:
     for low, high in (UINT8, INT8):
         if low <= grid.quant_min and grid.quant_max <= high:
             return low, high
@@ -79,7 +81,7 @@ class QuantDequant(nn.Module):
     zero point and range.
 
     Args:
-        grid: scale, zero point, range and channel axis (from the quantizer's ``qparams()``).
+        grid: scale, zero point, range and channel axis (a quantizer's ``grid()``).
         where: what the quantizer quantizes, for error messages.
         clip: clip to the grid's range when it is narrower than the container; ``False``
             for values known to lie on the grid already (baked weights).
@@ -98,7 +100,7 @@ class QuantDequant(nn.Module):
         (tensor([-4.0000,  0.5000,  1.0000,  3.5000]), tensor([-4.0000,  0.5000,  1.0000,  3.5000]))
     """
 
-    def __init__(self, grid: AffineParams, where: str = "quantizer", clip: bool = True) -> None:
+    def __init__(self, grid: Grid, where: str = "quantizer", clip: bool = True) -> None:
         super().__init__()
         self.container = _container(grid, where)
         self.clips = bool(clip) and (grid.quant_min, grid.quant_max) != self.container
@@ -118,15 +120,11 @@ class QuantDequant(nn.Module):
     def from_quantizer(
         cls, quantizer: nn.Module, where: str = "quantizer", clip: bool = True
     ) -> "QuantDequant":
-        """The Q/DQ of a uniform affine ``quantizer`` with its current ``qparams()``."""
-        return cls(affine_params(quantizer, where), where, clip)
+        """The Q/DQ of a uniform affine ``quantizer`` with its current ``grid()``."""
+        return cls(export_grid(quantizer, where), where, clip)
 
     def _view(self, value: Tensor, input: Tensor) -> Tensor:
-        if self.ch_axis is None:
-            return value
-        shape = [1] * input.dim()
-        shape[self.ch_axis % input.dim()] = -1
-        return value.reshape(shape)
+        return broadcast_along(value, self.ch_axis, input.dim())
 
     def forward(self, input: Tensor) -> Tensor:
         if self.clips:

@@ -102,11 +102,9 @@ class TorchTwin(QuantizedModule):
     # -- forward ----------------------------------------------------------------------
 
     def _weight_scale(self) -> Tensor:
-        quantizer = self.quantizers["weight"]
-        params = quantizer.qparams()
-        scale = params["scale"]
-        axis = params.get("ch_axis")
-        if scale.dim() == 1 and axis is not None:
+        grid = self.quantizers["weight"].grid()
+        scale, axis = grid.scale, grid.ch_axis
+        if grid.per_channel:
             if axis % self.weight.dim() != self._weight_out_axis or scale.numel() != len(self.bias):
                 raise ValueError(
                     f"{type(self).__name__}: the bias follows the weight scale, but the "

@@ -1,5 +1,6 @@
 """Quantizer modules: ``forward`` fake-quantizes with a straight-through gradient."""
 
+from aquatic.functional.grid import Grid
 from aquatic.quantizers.base import Quantizer, integer_range
 from aquatic.quantizers.bias import AccumulatorBiasQuantizer
 from aquatic.quantizers.binary import BinaryQuantizer, TernaryQuantizer
@@ -18,6 +19,7 @@ __all__ = [
     "BinaryQuantizer",
     "BitShiftDecay",
     "FixedPointQuantizer",
+    "Grid",
     "LSQPlusQuantizer",
     "LSQQuantizer",
     "PACTQuantizer",

@@ -8,6 +8,8 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.factory import Factory
+from aquatic.functional.grid import Grid, NoRangeError
+from aquatic.functional.integer import int_range
 
 __all__ = ["Quantizer", "check_bits", "integer_range"]
 
@@ -33,8 +35,9 @@ class Quantizer(nn.Module):
     - ``fake_quant_enabled``: whether ``forward`` quantizes; when ``False`` the input
       passes through unchanged.
 
-    Subclasses implement :meth:`observe`, :meth:`fake_quantize`, :meth:`to_int` and
-    :meth:`qparams`.
+    Subclasses implement :meth:`observe`, :meth:`fake_quantize`, :meth:`to_int` and,
+    when their values lie on a uniform grid, :meth:`grid` (:meth:`qparams` follows from
+    it).
     """
 
     def __init__(self) -> None:
@@ -70,9 +73,76 @@ class Quantizer(nn.Module):
         """Integer codes (an integer dtype) of ``input`` under the current parameters."""
         raise NotImplementedError
 
+    def grid(self) -> Grid:
+        """The uniform grid that ``forward``'s values lie on now.
+
+        ``forward(x)`` is :math:`(q - z)\\, s` for codes ``q`` in the grid's range, with
+        the grid's scale and zero point: what integer conversion, the hardware exports
+        and interop read.
+
+        Raises:
+            ValueError: the quantizer's values do not lie on a uniform grid, or it has no
+                range yet (:class:`~aquatic.functional.grid.NoRangeError`).
+
+        Example:
+            >>> from aquatic.quantizers import UniformQuantizer
+            >>> grid = UniformQuantizer(bits=4, scale=0.5).grid()
+            >>> grid.scale, grid.zero_point, grid.quant_min, grid.quant_max, grid.ch_axis
+            (tensor(0.5000), tensor(0, dtype=torch.int32), -8, 7, None)
+            >>> try:
+            ...     UniformQuantizer().grid()
+            ... except ValueError as error:
+            ...     print(error)
+            UniformQuantizer has no range yet; run data through it (...)
+        """
+        if type(self).qparams is not Quantizer.qparams:
+            # A subclass that predates grid() and describes itself through qparams().
+            return self._grid_from_qparams()
+        raise ValueError(
+            f"{type(self).__name__} is not on a uniform grid (it has no scale and zero "
+            "point); read its integer codes with to_int(), or use a uniform quantizer "
+            "(e.g. aquatic.quantizers.UniformQuantizer) where a grid is needed"
+        )
+
     def qparams(self) -> Dict[str, Any]:
-        """The parameters that map :meth:`to_int` codes back to real values."""
+        """The parameters that map :meth:`to_int` codes back to real values.
+
+        For a quantizer on a uniform grid: ``scale``, ``zero_point``, ``quant_min``,
+        ``quant_max`` and ``ch_axis`` of :meth:`grid`.
+
+        Raises:
+            RuntimeError: no range yet (run data through the quantizer first).
+        """
+        if type(self).grid is not Quantizer.grid:
+            return self.grid().qparams()
         raise NotImplementedError
+
+    def _no_range(self, detail: str) -> NoRangeError:
+        """The error of a quantizer that has seen no data yet; ``detail`` says why."""
+        return NoRangeError(
+            f"{type(self).__name__} has no range yet; run data through it ({detail})"
+        )
+
+    def _grid_from_qparams(self) -> Grid:
+        try:
+            params = self.qparams()
+        except RuntimeError as error:
+            raise self._no_range(str(error)) from None
+        missing = [k for k in ("scale", "quant_min", "quant_max") if k not in params]
+        if missing:
+            raise ValueError(
+                f"{type(self).__name__} is not on a uniform grid (its qparams() lack "
+                f"{', '.join(missing)}); read its integer codes with to_int()"
+            )
+        scale = torch.as_tensor(params["scale"]).detach()
+        zero_point = params.get("zero_point")
+        zero_point = torch.zeros_like(scale) if zero_point is None else zero_point
+        zero_point = torch.as_tensor(zero_point).detach().round().to(torch.int64)
+        ch_axis = params.get("ch_axis") if scale.dim() == 1 else None
+        rounding = getattr(self, "rounding", "nearest")
+        return Grid(
+            scale, zero_point, int(params["quant_min"]), int(params["quant_max"]), ch_axis, rounding
+        )
 
     def _switch_repr(self) -> str:
         off = [
@@ -100,6 +170,6 @@ def integer_range(bits: int, signed: bool, narrow_range: bool = False) -> tuple:
                 "a signed 1-bit range holds only {-1, 0}; use signed=False or "
                 "aquatic.quantizers.BinaryQuantizer for {-1, +1}"
             )
-        low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+        low, high = int_range(bits)
         return (low + 1 if narrow_range else low), high
     return 0, 2**bits - 1

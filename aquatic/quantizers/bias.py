@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.functional.fast import fake_quantize_nearest
+from aquatic.functional.grid import Grid
 from aquatic.observers import MovingAverageMinMaxObserver, RangeObserver
 from aquatic.quantizers.base import Quantizer, check_bits
 
@@ -122,11 +123,12 @@ class AccumulatorBiasQuantizer(Quantizer):
         again. ``None`` removes the link. Returns ``self``.
 
         Raises:
-            TypeError: if ``quantizer`` has no ``qparams()`` giving a ``scale``.
+            TypeError: if ``quantizer`` has no ``grid()`` (nor ``qparams()``) giving a scale.
         """
-        if quantizer is not None and not callable(getattr(quantizer, "qparams", None)):
+        if quantizer is not None and not callable(getattr(quantizer, "grid", None)):
             raise TypeError(
-                f"follow_input needs a quantizer with qparams(), got {type(quantizer).__name__}"
+                "follow_input needs a quantizer with a grid() (and qparams()) giving its "
+                f"scale, got {type(quantizer).__name__}"
             )
         # Stored outside _modules so that the other layer's quantizer is not registered
         # (and saved, and moved) twice.
@@ -135,7 +137,7 @@ class AccumulatorBiasQuantizer(Quantizer):
 
     def _current_input_scale(self, input: Tensor) -> Tensor:
         if self._input_quantizer is not None:
-            return self._input_quantizer.qparams()["scale"].detach()
+            return self._input_quantizer.grid().scale.detach()
         if self.input_scale is not None:
             return self.input_scale
         observer = self.input_observer
@@ -186,16 +188,19 @@ class AccumulatorBiasQuantizer(Quantizer):
         codes = torch.round(input.float() * (inv if scale.dim() == 0 else inv.reshape(-1)))
         return codes.to(torch.int64).clamp_(self.quant_min, self.quant_max).to(torch.int32)
 
+    def grid(self) -> Grid:
+        """The bias grid of the last forward: zero point 0, the int range, per output
+        channel (``ch_axis`` 0) when the weight scale is."""
+        try:
+            scale = self._scale()
+        except RuntimeError as error:
+            raise self._no_range(str(error)) from None
+        zero_point = torch.zeros_like(scale, dtype=torch.int32)
+        return Grid(scale, zero_point, self.quant_min, self.quant_max, 0 if scale.dim() else None)
+
     def qparams(self) -> Dict[str, Any]:
         """``scale`` (of the last forward), zero point 0, the int range, ``ch_axis``."""
-        scale = self._scale()
-        return {
-            "scale": scale,
-            "zero_point": torch.zeros_like(scale, dtype=torch.int32),
-            "quant_min": self.quant_min,
-            "quant_max": self.quant_max,
-            "ch_axis": 0 if scale.dim() == 1 else None,
-        }
+        return self.grid().qparams()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         saved = state_dict.get(prefix + "scale")

@@ -7,7 +7,8 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from aquatic.functional.fake_quant import _broadcast, _check_axis, check_ch_axis
+from aquatic.functional.fake_quant import _check_axis, broadcast_along, check_ch_axis
+from aquatic.functional.grid import Grid
 from aquatic.functional.rounding import sign_ste, straight_through
 from aquatic.quantizers.base import Quantizer
 
@@ -26,7 +27,10 @@ def _mean_abs(input: Tensor, ch_axis: Optional[int], mask: Optional[Tensor] = No
 
 
 class _ScaledCodes(Quantizer):
-    """Shared parts of binary and ternary quantizers: a scale buffer and qparams."""
+    """Shared parts of binary and ternary quantizers: a scale buffer and the grid."""
+
+    #: How codes are chosen, for :class:`~aquatic.functional.grid.Grid`'s ``rounding``.
+    _rounding = "sign"
 
     def __init__(self, ch_axis: Optional[int]) -> None:
         super().__init__()
@@ -46,15 +50,21 @@ class _ScaledCodes(Quantizer):
             self.scale = torch.empty_like(saved)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
+    def grid(self) -> Grid:
+        """The scale of the last tensor quantized, zero point 0, codes ``-1..1``.
+
+        Values are :math:`a\\,t` with codes :math:`t` in ``{-1, +1}`` (binary) or
+        ``{-1, 0, +1}`` (ternary): a uniform grid, reached by thresholding rather than
+        rounding (``rounding`` is ``"sign"`` or ``"threshold"``). Before any tensor is
+        quantized the scale is 1.
+        """
+        ch_axis = self.ch_axis if self.scale.dim() == 1 else None
+        zero_point = torch.zeros_like(self.scale, dtype=torch.int32)
+        return Grid(self.scale, zero_point, -1, 1, ch_axis, self._rounding)
+
     def qparams(self) -> Dict[str, Any]:
         """``scale`` of the last tensor quantized, zero point 0, codes ``-1..1``."""
-        return {
-            "scale": self.scale,
-            "zero_point": torch.zeros_like(self.scale, dtype=torch.int32),
-            "quant_min": -1,
-            "quant_max": 1,
-            "ch_axis": self.ch_axis if self.scale.dim() == 1 else None,
-        }
+        return self.grid().qparams()
 
 
 class BinaryQuantizer(_ScaledCodes):
@@ -105,7 +115,7 @@ class BinaryQuantizer(_ScaledCodes):
     def fake_quantize(self, input: Tensor) -> Tensor:
         scale = self._scale(input)
         self._remember(scale)
-        return sign_ste(input, self.clip) * _broadcast(scale, input, self._axis(input))
+        return sign_ste(input, self.clip) * broadcast_along(scale, self._axis(input), input.dim())
 
     @torch.no_grad()
     def to_int(self, input: Tensor) -> Tensor:
@@ -138,6 +148,8 @@ class TernaryQuantizer(_ScaledCodes):
         tensor([ 0.9500, -0.9500,  0.0000,  0.0000])
     """
 
+    _rounding = "threshold"
+
     def __init__(self, threshold_factor: float = 0.7, ch_axis: Optional[int] = 0) -> None:
         super().__init__(ch_axis)
         if not threshold_factor >= 0:
@@ -147,7 +159,7 @@ class TernaryQuantizer(_ScaledCodes):
     def _codes_and_scale(self, input: Tensor) -> Tuple[Tensor, Tensor, Optional[int]]:
         axis = _check_axis(input, self.ch_axis)
         delta = self.threshold_factor * _mean_abs(input, axis)
-        mask = (input.abs() > _broadcast(delta, input, axis)).to(input.dtype)
+        mask = (input.abs() > broadcast_along(delta, axis, input.dim())).to(input.dtype)
         scale = _mean_abs(input, axis, mask)
         codes = torch.sign(input) * mask
         return codes, scale, axis
@@ -155,7 +167,7 @@ class TernaryQuantizer(_ScaledCodes):
     def fake_quantize(self, input: Tensor) -> Tensor:
         codes, scale, axis = self._codes_and_scale(input.detach())
         self._remember(scale)
-        value = codes * _broadcast(scale, input, axis)
+        value = codes * broadcast_along(scale, axis, input.dim())
         return straight_through(value, input)
 
     @torch.no_grad()

@@ -35,6 +35,7 @@ from typing import Any, Dict, Optional
 import torch
 from torch import Tensor
 
+from aquatic.functional.grid import Grid
 from aquatic.functional.integer import bitshift_decay, multiplicative_decay
 from aquatic.functional.rounding import check_rounding, round_ste
 from aquatic.quantizers.decay_base import _DecayQuantizer
@@ -176,6 +177,22 @@ class UniformDecay(_DecayQuantizer):
 
     def _integer_rule(self, input: Tensor, codes: Tensor) -> Tensor:
         return multiplicative_decay(input, codes, self.bits)
+
+    def grid(self) -> Grid:
+        """With ``param="alpha"``: :math:`\\alpha_q = a\\, 2^{-bits}` for the codes
+        :math:`a = 2^{bits} - d` in ``1..2**bits``, a uniform grid.
+
+        Its codes count retention, not leak (:meth:`to_int` returns :math:`d`). Rounding
+        ``d`` down rounds :math:`\\alpha` up, so ``rounding="floor"`` reads ``"ceil"``.
+        ``param="tau"`` has no uniform grid: a ``ValueError``.
+        """
+        if self.param != "alpha":
+            return super().grid()
+        rounding = {"floor": "ceil"}.get(self.rounding, self.rounding)
+        device = self.decrement.device
+        scale = torch.tensor(2.0**-self.bits, device=device)
+        zero_point = torch.zeros((), dtype=torch.int32, device=device)
+        return Grid(scale, zero_point, 1, 2**self.bits, None, rounding)
 
     def qparams(self) -> Dict[str, Any]:
         """``decrement``, ``bits``, ``param``, range, and ``scale`` (``2**-bits``)."""

@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from aquatic.functional.fake_quant import int_dtype
+from aquatic.functional.grid import Grid
 from aquatic.functional.integer import check_integer
 from aquatic.functional.rounding import straight_through
 from aquatic.quantizers.base import Quantizer, check_bits
@@ -250,6 +251,14 @@ class _DecayQuantizer(Quantizer):
         codes = codes.to(_code_dtype(quant_min, quant_max))
         value = self.integer_decay(codes, alpha).to(state.dtype) * scale
         return straight_through(value, alpha * state)
+
+    def grid(self) -> Grid:
+        """Raises a ``ValueError``: these decays are not evenly spaced (see subclasses)."""
+        raise ValueError(
+            f"{type(self).__name__}(param={self.param!r}) is not on a uniform grid: its "
+            f"values {'alpha' if self.param == 'alpha' else 'tau'}_q are not evenly spaced; "
+            f"read its integer codes ({self._code_name}) with to_int() or decay_codes()"
+        )
 
     def qparams(self) -> Dict[str, Any]:
         """The codes of the last tensor quantized (empty before any), ``bits``, ``param``

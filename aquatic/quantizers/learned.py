@@ -20,7 +20,6 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.functional.fake_quant import (
-    _broadcast,
     _check_axis,
     check_ch_axis,
     fake_quantize_affine,
@@ -29,6 +28,7 @@ from aquatic.functional.fake_quant import (
     int_dtype,
     quantize_affine,
 )
+from aquatic.functional.grid import Grid
 from aquatic.functional.qparams import calculate_qparams
 from aquatic.functional.rounding import straight_through
 from aquatic.quantizers.base import Quantizer, integer_range
@@ -185,36 +185,24 @@ class LSQQuantizer(Quantizer):
             grad_factor,
         )
 
-    def _check_initialized(self) -> None:
+    def grid(self) -> Grid:
+        """The grid of the learned scale (and zero point); raises until initialized."""
         if not self.initialized:
-            raise RuntimeError(
-                f"{type(self).__name__} has not been initialized: run a forward pass (or "
-                "load a state_dict) before asking for integer codes or qparams"
+            raise self._no_range(
+                "it initializes from the first forward pass, or from a loaded state_dict"
             )
+        scale = self.scale.detach()
+        zero_point = torch.round(self._zero_point().detach()).to(torch.int32)
+        zero_point = zero_point.expand_as(scale).contiguous()
+        return Grid(scale, zero_point, self.quant_min, self.quant_max, self._axis())
 
     @torch.no_grad()
     def to_int(self, input: Tensor) -> Tensor:
         """Integer codes ``q`` with ``(q - zero_point) * scale`` equal to ``forward(input)``."""
-        params = self.qparams()
+        scale, zero_point = self.grid().along(input)
         # Read the codes off the forward value, so both always agree bit for bit.
-        value = self.fake_quantize(input)
-        axis = _check_axis(input, params["ch_axis"])
-        scale = _broadcast(params["scale"], input, axis)
-        codes = torch.round(value / scale) + _broadcast(params["zero_point"], input, axis)
+        codes = torch.round(self.fake_quantize(input) / scale) + zero_point
         return codes.to(int_dtype(self.quant_min, self.quant_max))
-
-    def qparams(self) -> Dict[str, Any]:
-        """``scale``, integer ``zero_point``, ``quant_min``, ``quant_max`` and ``ch_axis``."""
-        self._check_initialized()
-        scale = self.scale.detach()
-        zero_point = torch.round(self._zero_point().detach()).to(torch.int32)
-        return {
-            "scale": scale,
-            "zero_point": zero_point.expand_as(scale).contiguous(),
-            "quant_min": self.quant_min,
-            "quant_max": self.quant_max,
-            "ch_axis": self._axis(),
-        }
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # The saved tensors may be per channel while this instance is still shape ().
@@ -382,16 +370,13 @@ class PACTQuantizer(Quantizer):
         """Codes in ``0..2**bits - 1`` with ``code * scale`` equal to ``forward(input)``."""
         return quantize_affine(input, self._scale(), self._zero(), self.quant_min, self.quant_max)
 
+    def grid(self) -> Grid:
+        """Step ``alpha / (2**bits - 1)``, zero point 0, codes ``0..2**bits - 1``."""
+        return Grid(self._scale(), self._zero(), self.quant_min, self.quant_max)
+
     def qparams(self) -> Dict[str, Any]:
         """``scale`` (``alpha / (2**bits - 1)``), ``zero_point`` 0, range, and ``alpha``."""
-        return {
-            "scale": self._scale(),
-            "zero_point": self._zero(),
-            "quant_min": self.quant_min,
-            "quant_max": self.quant_max,
-            "ch_axis": None,
-            "alpha": self.alpha.detach(),
-        }
+        return {**self.grid().qparams(), "alpha": self.alpha.detach()}
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, alpha={self.alpha.item():g}" + self._switch_repr()

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.functional.fake_quant import fake_quantize_affine, quantize_affine
+from aquatic.functional.grid import Grid
 from aquatic.functional.qparams import round_to_power_of_two
 from aquatic.functional.rounding import check_rounding
 from aquatic.observers import MinMaxObserver, RangeObserver
@@ -170,16 +171,17 @@ class SharedScaleQuantizer(Quantizer):
             input, scale, zero_point, self.quant_min, self.quant_max, rounding=rounding
         )
 
+    def grid(self) -> Grid:
+        """The shared scale, zero point 0, this member's range, per tensor."""
+        try:
+            scale, zero_point = self.calculate_qparams()
+        except RuntimeError as error:
+            raise self._no_range(str(error)) from None
+        return Grid(scale, zero_point, self.quant_min, self.quant_max, None, self.rounding)
+
     def qparams(self) -> Dict[str, Any]:
         """The shared ``scale``, ``zero_point`` 0, this member's range, ``ch_axis`` None."""
-        scale, zero_point = self.calculate_qparams()
-        return {
-            "scale": scale,
-            "zero_point": zero_point,
-            "quant_min": self.quant_min,
-            "quant_max": self.quant_max,
-            "ch_axis": None,
-        }
+        return self.grid().qparams()
 
     def extra_repr(self) -> str:
         group = repr(self.group_name) if self.group_name is not None else repr(self.group)

@@ -16,6 +16,7 @@ from aquatic.functional.fake_quant import (
     quantize_affine,
 )
 from aquatic.functional.fast import fake_quantize_nearest, fake_quantize_nearest_scalar
+from aquatic.functional.grid import Grid
 from aquatic.functional.qparams import calculate_qparams_float, to_float32
 from aquatic.functional.rounding import check_rounding
 from aquatic.observers import MinMaxObserver, RangeObserver
@@ -312,16 +313,17 @@ class UniformQuantizer(Quantizer):
             input, scale, zero_point, self.quant_min, self.quant_max, self.ch_axis, rounding
         )
 
+    def grid(self) -> Grid:
+        """The grid in use now: fixed, or from the observer's range (see :class:`Grid`)."""
+        try:
+            scale, zero_point = self.calculate_qparams()
+        except RuntimeError as error:
+            raise self._no_range(str(error)) from None
+        return Grid(scale, zero_point, self.quant_min, self.quant_max, self.ch_axis, self.rounding)
+
     def qparams(self) -> Dict[str, Any]:
         """``scale``, ``zero_point``, ``quant_min``, ``quant_max`` and ``ch_axis``."""
-        scale, zero_point = self.calculate_qparams()
-        return {
-            "scale": scale,
-            "zero_point": zero_point,
-            "quant_min": self.quant_min,
-            "quant_max": self.quant_max,
-            "ch_axis": self.ch_axis,
-        }
+        return self.grid().qparams()
 
     def extra_repr(self) -> str:
         parts = [f"bits={self.bits}", f"quant_min={self.quant_min}", f"quant_max={self.quant_max}"]
