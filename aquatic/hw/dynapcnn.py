@@ -24,6 +24,9 @@ from aquatic.hw._common import (
     weight_grid,
 )
 from aquatic.hw._dynapcnn_sim import STATE_BITS, WEIGHT_BITS, check_spec, simulate
+from aquatic.nn import IAF
+from aquatic.qconfig import QConfig
+from aquatic.quantizers.shared import ScaleGroup, SharedScaleQuantizer
 
 __all__ = ["STATE_BITS", "WEIGHT_BITS", "NUM_CORES", "check_spec", "export", "qconfig", "simulate"]
 
@@ -53,9 +56,6 @@ def qconfig(group: Optional[Any] = None, power_of_two: bool = True):
         >>> q.weight.kwargs["bits"], q.bias.kwargs["bits"], q.threshold.kwargs["bits"]
         (8, 8, 16)
     """
-    from aquatic.qconfig import QConfig
-    from aquatic.quantizers.shared import ScaleGroup, SharedScaleQuantizer
-
     if group is None:
         group = ScaleGroup(power_of_two=power_of_two)
     elif not isinstance(group, ScaleGroup):
@@ -137,8 +137,6 @@ def export(
             a layer too large for a core (names the layer).
         OverflowError: a layer whose 16-bit membrane can overflow in one step.
     """
-    from aquatic.nn import IAF
-
     layers = layer_sequence(model, "DYNAP-CNN")
     require(
         len(layers) % 2 == 0 and len(layers) // 2 <= NUM_CORES,

@@ -35,6 +35,10 @@ from aquatic.hw._common import (
     require,
 )
 from aquatic.hw._loihi_sim import DECAY_BITS, STATE_BITS, W_SCALE, check_spec, simulate
+from aquatic.nn import LIF, LIFRecurrent
+from aquatic.qconfig import QConfig
+from aquatic.quantizers.decay import UniformDecay
+from aquatic.quantizers.uniform import UniformQuantizer
 
 __all__ = [
     "DECAY_BITS",
@@ -117,10 +121,6 @@ def qconfig():
         >>> q.weight.kwargs["scale"], q.alpha.kwargs["bits"], q.state.kwargs["bits"]
         (0.03125, 12, 24)
     """
-    from aquatic.qconfig import QConfig
-    from aquatic.quantizers.decay import UniformDecay
-    from aquatic.quantizers.uniform import UniformQuantizer
-
     step = 1.0 / W_SCALE
     return QConfig(
         weight=UniformQuantizer.with_args(bits=8, scale=2 * step),
@@ -180,8 +180,6 @@ def export(model: nn.Module) -> Dict[str, Any]:
     Raises:
         DoesNotFitError: a layer type Loihi lacks or a value off its grid (names the layer).
     """
-    from aquatic.nn import LIF, LIFRecurrent
-
     layers = layer_sequence(model, "Loihi")
     require(
         len(layers) % 2 == 0,

@@ -53,6 +53,9 @@ from aquatic.hw._xylo_sim import (
     simulate,
 )
 from aquatic.quantizers.shared import ScaleGroup, SharedScaleQuantizer, SharedStateQuantizer
+from aquatic.nn import LIF, LIFRecurrent
+from aquatic.qconfig import QConfig
+from aquatic.quantizers.decay import BitShiftDecay
 
 __all__ = [
     "SPEC_KEYS",
@@ -96,9 +99,6 @@ def qconfig(group: Optional[Any] = None, power_of_two: bool = False):
         >>> q.state.cls.__name__, q.state.kwargs["bits"]
         ('SharedStateQuantizer', 16)
     """
-    from aquatic.qconfig import QConfig
-    from aquatic.quantizers.decay import BitShiftDecay
-
     if group is None:
         group = ScaleGroup(power_of_two=power_of_two)
     elif not isinstance(group, ScaleGroup):
@@ -147,8 +147,6 @@ def dash_of(alpha: Tensor, name: str = "alpha") -> Tensor:
 
 def _population(linear, neuron, names, max_spikes: int, role: str) -> Dict[str, Any]:
     """Integer parameters of one Linear -> LIF pair (one shared scale)."""
-    from aquatic.nn import LIF, LIFRecurrent
-
     lin_name, lif_name = names
     require(
         isinstance(linear, nn.Linear),

@@ -14,6 +14,8 @@ from aquatic.functional.grid import Grid
 from aquatic.integer.inspect import describe, grid_steps, read_grid
 from aquatic.integer.requant import dyadic_exponent, is_power_of_two, quantize_multiplier
 from aquatic.integer.spiking import IntegerNeuron
+from aquatic.nn import LIFRecurrent
+from aquatic.quantizers.decay import BitShiftDecay, UniformDecay
 
 __all__ = ["build_neuron"]
 
@@ -102,8 +104,6 @@ def _state(layer, state: str, where: str, notes: List[str]) -> Optional[Grid]:
 
 def _decay_rule(layer, kind: str, neurons: NeuronSpec, affine: Optional[Grid], where: str):
     """``(rule, bits, codes)`` when the layer decays state ``kind`` by an integer rule."""
-    from aquatic.quantizers.decay import BitShiftDecay, UniformDecay
-
     alpha = neurons.alpha_mem if kind == "mem" else neurons.alpha_syn
     decay = neurons.state_ops.decay_v_mem if kind == "mem" else neurons.state_ops.decay_i_syn
     if affine is None or alpha is None or decay is None:
@@ -145,8 +145,6 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
     Returns:
         ``(module, output_spec)``.
     """
-    from aquatic.nn import LIFRecurrent
-
     where = describe(name, layer)
     neurons = layer.spec()
     spiking = neurons.spiking

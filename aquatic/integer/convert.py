@@ -16,6 +16,8 @@ from aquatic.integer.layers import IntegerReLU
 from aquatic.integer.pooling import IntegerMaxPool, IntegerReshape, IntegerSum, IntegerSumPool
 from aquatic.integer.model import IntegerModel
 from aquatic.integer.requant import is_power_of_two
+from aquatic.nn import ActivationQuantizer, LIFCell, NeuronModule
+from aquatic.nn.twin import TorchTwin
 
 __all__ = ["convert"]
 
@@ -64,8 +66,6 @@ def _find_sum_dim(module: nn.Module) -> Optional[int]:
 
 def _input_spec(first: nn.Module, layers, input_scale, input_zero_point, input_range):
     """``(spec, rounding, on_grid, notes, consumed)`` for the model's input."""
-    from aquatic.nn import ActivationQuantizer, NeuronModule
-
     if isinstance(first, ActivationQuantizer) and "activation" in first.quantizers:
         if input_scale is not None:
             raise ValueError(
@@ -116,9 +116,6 @@ def _input_spec(first: nn.Module, layers, input_scale, input_zero_point, input_r
 
 def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int):
     """``(modules, spec)`` for one leaf module of the walk."""
-    from aquatic.nn import ActivationQuantizer, LIFCell, NeuronModule
-    from aquatic.nn.twin import TorchTwin
-
     where = describe(name, module)
     source = type(module).__name__
     if isinstance(module, _PASSIVE):

@@ -8,6 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.functional.grid import Grid, NoRangeError
+from aquatic.observers import RangeObserver
+from aquatic.quantizers.bias import AccumulatorBiasQuantizer
+from aquatic.quantizers.learned import LSQQuantizer
 
 __all__ = ["check_observed", "describe", "grid_steps", "read_grid"]
 
@@ -95,10 +98,6 @@ def check_observed(model: nn.Module) -> None:
     range would take it from the first batch that the quantization-aware model sees in
     eval mode, which the integer model cannot know.
     """
-    from aquatic.observers import RangeObserver
-    from aquatic.quantizers.bias import AccumulatorBiasQuantizer
-    from aquatic.quantizers.learned import LSQQuantizer
-
     unused = set()
     for module in model.modules():
         if isinstance(module, AccumulatorBiasQuantizer):

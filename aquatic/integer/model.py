@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from aquatic.functional.fake_quant import broadcast_along
 from aquatic.functional.integer import check_integer
+from aquatic.integer import archive
 from aquatic.integer.base import IntegerModule, QSpec
 
 __all__ = ["IntegerModel"]
@@ -165,20 +166,24 @@ class IntegerModel(nn.Module):
 
     def save(self, f) -> None:
         """Save to a file name or file object (see :func:`aquatic.integer.save`)."""
-        from aquatic.integer.serialize import save
-
-        save(self, f)
+        input_header = {
+            **self.input_spec.header(),
+            "rounding": self.input_rounding,
+            "on_grid": self.input_on_grid,
+            "notes": self.input_notes,
+        }
+        archive.write(list(self.layers), input_header, self.output_spec.header(), f)
 
     @classmethod
     def load(cls, f) -> "IntegerModel":
         """Load a model saved by :meth:`save` (see :func:`aquatic.integer.load`)."""
-        from aquatic.integer.serialize import load
-
-        return load(f)
-
-    def extra_repr(self) -> str:
-        spec = self.input_spec
-        return (
-            f"input_scale={float(spec.scale):g}, input_zero_point={int(spec.zero_point)}, "
-            f"input_range=({spec.low}, {spec.high}), exact={self.exact}"
+        header, layers = archive.read(f)
+        spec = header["input"]
+        return cls(
+            layers,
+            QSpec.from_header(spec),
+            QSpec.from_header(header["output"]),
+            input_rounding=spec["rounding"],
+            input_on_grid=spec["on_grid"],
+            input_notes=spec["notes"],
         )

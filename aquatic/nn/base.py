@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.qconfig import QConfig
+from aquatic.quantizers.shared import link_shared_scales
 
 __all__ = ["QuantizedModule", "check_qconfig", "eval_mode"]
 
@@ -68,8 +69,6 @@ class QuantizedModule(nn.Module):
     _quantized_states: Tuple[str, ...] = ()
 
     def _init_quantizers(self, qconfig: Optional[QConfig]) -> None:
-        from aquatic.quantizers.shared import link_shared_scales
-
         self.qconfig = check_qconfig(qconfig)
         self.quantizers = nn.ModuleDict()
         if qconfig is None:
@@ -115,9 +114,20 @@ class QuantizedModule(nn.Module):
     def to_int(self) -> Dict[str, Dict[str, Any]]:
         """Integer codes of every quantized parameter, with what maps them back to values.
 
-        For each parameter name, ``{"codes": <integer tensor>, **quantizer.qparams()}``:
-        ``scale`` and ``zero_point`` (value ``(codes - zero_point) * scale``), or ``dash``
-        for bit-shift decays; see :func:`aquatic.integer.layer_to_int`.
+        For each parameter name (``"weight"``, ``"bias"``, ``"tau_mem"``, ``"alpha_mem"``,
+        ``"threshold"``, ...), ``{"codes": <integer tensor>, **quantizer.qparams()}``:
+        the codes come from the quantizer's ``to_int`` (the same word for the same
+        thing: a quantizer's ``to_int(x)`` gives the codes of ``x``, a layer's the codes
+        of its own parameters), with ``scale``, ``zero_point``, ``quant_min``,
+        ``quant_max``, ``ch_axis`` for uniform quantizers (value
+        ``(codes - zero_point) * scale``), or ``dash`` for bit-shift decays
+        (:math:`\\alpha = 1 - 2^{-dash}`). A decay computed from a quantized time
+        constant (``alpha_mem`` of a layer built with ``tau_mem``) is listed under its
+        ``alpha`` name. Quantizers run in eval mode, so observers only fill a range
+        never observed.
+
+        Raises:
+            ValueError: a quantizer has no range yet (never saw data).
 
         Example:
             >>> import aquatic
@@ -130,9 +140,31 @@ class QuantizedModule(nn.Module):
             >>> ints["codes"], ints["scale"]
             (tensor([[ 2, -1]], dtype=torch.int8), tensor(0.5000))
         """
-        from aquatic.integer.export import layer_to_int
-
-        return layer_to_int(self)
+        states = set(self._quantized_states)
+        values = None
+        result: Dict[str, Dict[str, Any]] = {}
+        for name, quantizer in self.quantizers.items():
+            if name == "activation" or name in states:
+                continue
+            value = getattr(self, name, None)
+            if value is None:  # a decay computed from a time constant
+                if values is None:
+                    values = self.quantize_params()
+                value = values[name]
+            try:
+                # A forward pass first, as the layer's own in eval mode: observers fill a
+                # range never observed, and quantizers that record their scale record it.
+                with torch.no_grad(), eval_mode([quantizer]):
+                    quantizer(value.detach())
+                    codes = quantizer.to_int(value.detach())
+                    params = quantizer.qparams()
+            except RuntimeError as error:
+                raise ValueError(
+                    f"{type(self).__name__}.to_int: the {name!r} quantizer has no range yet "
+                    f"({error}); run a forward pass (in training mode) first"
+                ) from None
+            result[name] = {"codes": codes, **params}
+        return result
 
     def _quant_repr(self) -> str:
         if not self.quantizers:
