@@ -32,6 +32,7 @@ __all__ = [
     "int_dtype",
     "check_range",
     "check_ch_axis",
+    "check_axis",
 ]
 
 Number = Union[int, float]
@@ -82,7 +83,16 @@ def _check_input(input: Tensor) -> None:
         )
 
 
-def _check_axis(input: Tensor, ch_axis: Optional[int]) -> Optional[int]:
+def check_axis(input: Tensor, ch_axis: Optional[int]) -> Optional[int]:
+    """``ch_axis`` as a non-negative axis of ``input`` (``None`` stays ``None``).
+
+    Raises:
+        ValueError: if ``ch_axis`` is not an axis of ``input``.
+
+    Example:
+        >>> check_axis(torch.zeros(2, 3), -1), check_axis(torch.zeros(2, 3), None)
+        (1, None)
+    """
     if ch_axis is None:
         return None
     if not -input.dim() <= ch_axis < max(input.dim(), 1):
@@ -91,6 +101,9 @@ def _check_axis(input: Tensor, ch_axis: Optional[int]) -> Optional[int]:
             f"dimensions; use an axis in [{-input.dim()}, {input.dim() - 1}]"
         )
     return ch_axis % input.dim()
+
+
+_check_axis = check_axis  # the former name, for modules that still import it
 
 
 def _broadcast(param: Tensor, input: Tensor, ch_axis: Optional[int]) -> Tensor:
@@ -136,7 +149,7 @@ def quantize_affine(
     _check_input(input)
     check_range(quant_min, quant_max)
     check_rounding(rounding)
-    ch_axis = _check_axis(input, ch_axis)
+    ch_axis = check_axis(input, ch_axis)
     codes = _codes(
         input.detach(), scale, zero_point, quant_min, quant_max, ch_axis, rounding, generator
     )
@@ -172,7 +185,7 @@ def dequantize_affine(
         ...                   torch.tensor(0.5), torch.tensor(0))
         tensor([-5.0000,  1.5000, 45.0000])
     """
-    ch_axis = _check_axis(codes, ch_axis)
+    ch_axis = check_axis(codes, ch_axis)
     zp = _broadcast(zero_point, codes, ch_axis)
     return (codes.to(torch.int64) - zp).float() * _broadcast(scale.float(), codes, ch_axis)
 
@@ -218,7 +231,7 @@ def fake_quantize_affine(
     """
     _check_input(input)
     check_range(quant_min, quant_max)
-    ch_axis = _check_axis(input, ch_axis)
+    ch_axis = check_axis(input, ch_axis)
     scale = scale.to(torch.float32)
     zero_point = zero_point.to(torch.int32)
     if rounding == "nearest":
@@ -288,7 +301,7 @@ def fake_quantize_learnable(
     """
     _check_input(input)
     check_range(quant_min, quant_max)
-    ch_axis = _check_axis(input, ch_axis)
+    ch_axis = check_axis(input, ch_axis)
     s = _broadcast(grad_scale(scale, grad_factor), input, ch_axis)
     z = _broadcast(round_ste(zero_point.to(s.dtype)), input, ch_axis)
     codes = round_ste(torch.clamp(input * s.reciprocal() + z, quant_min, quant_max))
