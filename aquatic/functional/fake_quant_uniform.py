@@ -107,8 +107,11 @@ def fake_quantize_uniform(
         ...                       rounding="floor")
         tensor([-1.0000,  0.2000, 12.7000])
     """
-    _check_input(input)
-    check_range(quant_min, quant_max)
+    # The checks run on every call: the usual case costs two tests, not four calls.
+    if not (isinstance(input, Tensor) and input.is_floating_point()):
+        _check_input(input)
+    if not (type(quant_min) is int and type(quant_max) is int and quant_min < quant_max):
+        check_range(quant_min, quant_max)
     tensor_scale = isinstance(scale, Tensor)
     if not tensor_scale and ch_axis is not None:
         raise ValueError(
