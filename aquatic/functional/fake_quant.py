@@ -95,7 +95,12 @@ def check_axis(input: Tensor, ch_axis: Optional[int]) -> Optional[int]:
     """
     if ch_axis is None:
         return None
-    if not -input.dim() <= ch_axis < max(input.dim(), 1):
+    if input.dim() == 0:
+        raise ValueError(
+            f"ch_axis={ch_axis} asks for one scale per channel, but the tensor is a "
+            "scalar (0 dimensions); quantize it per tensor (ch_axis=None)"
+        )
+    if not -input.dim() <= ch_axis < input.dim():
         raise ValueError(
             f"ch_axis={ch_axis} is out of range for a tensor with {input.dim()} "
             f"dimensions; use an axis in [{-input.dim()}, {input.dim() - 1}]"
