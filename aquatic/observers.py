@@ -14,8 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.factory import Factory
-from aquatic.functional.fake_quant import _check_axis, check_ch_axis, check_range
-from aquatic.functional.qparams import calculate_qparams, to_float32
+from aquatic.functional.fake_quant import check_axis, check_ch_axis, check_range
+from aquatic.functional.qparams import calculate_qparams, calculate_qparams_float, to_float32
 
 __all__ = ["RangeObserver", "MinMaxObserver", "MovingAverageMinMaxObserver"]
 
@@ -37,7 +37,7 @@ def _has_nonfinite(cur_min: Tensor, cur_max: Tensor) -> bool:
     return not math.isfinite(probe.item())
 
 
-# observer class -> whether its _combine has a float twin (see _scalar_path)
+# observer class -> whether its _combine has a float twin (see supports_scalars)
 _SCALAR_CLASSES: dict = {}
 
 
@@ -137,16 +137,19 @@ class RangeObserver(nn.Module):
             self.initialized = True
         return cur_min, cur_max
 
-    def _scalar_path(self, input: Tensor) -> bool:
-        """Whether :meth:`_update_float` applies: one float32 range, CPU, eager, and a
-        ``_combine`` with a float twin defined next to it (a subclass that changes
-        ``_combine`` alone keeps the tensor path)."""
+    def supports_scalars(self, input: Tensor) -> bool:
+        """Whether :meth:`update_scalar` and :meth:`calculate_qparams_scalar` apply.
+
+        They do for one float32 range (``ch_axis=None``), a CPU ``input``, eager mode,
+        no ``power_of_two``, and a merge rule with a Python-float twin (a subclass that
+        overrides ``_combine`` alone keeps the tensor methods).
+        """
         # self._buffers rather than self.min_val: nn.Module.__getattr__ costs about a
         # microsecond, and this runs for every quantizer on every step.
         min_val = self._buffers["min_val"]
         if self.ch_axis is not None or min_val.dim() != 0 or min_val.dtype != torch.float32:
             return False
-        if input.device.type != "cpu" or torch.compiler.is_compiling():
+        if self.power_of_two or not input.is_cpu or torch.compiler.is_compiling():
             return False
         cls = type(self)
         if cls not in _SCALAR_CLASSES:
@@ -154,16 +157,26 @@ class RangeObserver(nn.Module):
             _SCALAR_CLASSES[cls] = "_combine_float" in owner.__dict__
         return _SCALAR_CLASSES[cls]
 
-    def _update_float(self, input: Tensor) -> Tuple[float, float, float, float]:
-        """:meth:`update` for one range on the CPU, with Python floats for the scalars.
+    def update_scalar(self, input: Tensor) -> Tuple[float, float]:
+        """:meth:`update` with the batch extrema as Python floats (see :meth:`supports_scalars`).
+
+        A dozen tiny tensor ops per step would cost more than quantizing a small tensor,
+        so the merge is computed on Python floats with float32 arithmetic; the buffers
+        end up as :meth:`update` leaves them, bit for bit.
 
         Args:
-            input: the tensor to observe, already detached.
+            input: the tensor to observe.
 
         Returns:
-            ``(batch_min, batch_max, new_min_val, new_max_val)``; the buffers are
-            updated as :meth:`update` would, bit for bit.
+            ``(batch_min, batch_max)``: float32 values as Python floats.
+
+        Example:
+            >>> obs = MinMaxObserver()
+            >>> obs.update_scalar(torch.tensor([-1.0, 0.5])), obs.calculate_qparams_scalar()
+            ((-1.0, 0.5), (0.007874015718698502, 0))
         """
+        if input.requires_grad:  # a quantizer hands over a detached input already
+            input = input.detach()
         cur_min, cur_max = self._extrema(input)
         if self.training and _distributed():
             cur_min, cur_max = _all_reduce_range(cur_min, cur_max)
@@ -180,14 +193,31 @@ class RangeObserver(nn.Module):
             if new_hi != old_hi:
                 buffers["max_val"].fill_(new_hi)
         else:
-            new_lo, new_hi = lo, hi
-            buffers["min_val"].fill_(new_lo)
-            buffers["max_val"].fill_(new_hi)
+            buffers["min_val"].fill_(lo)
+            buffers["max_val"].fill_(hi)
             self.initialized = True
-        return lo, hi, new_lo, new_hi
+        return lo, hi
 
-    def _range_float(self) -> Tuple[float, float]:
-        return self._buffers["min_val"].item(), self._buffers["max_val"].item()
+    def calculate_qparams_scalar(self) -> Tuple[float, int]:
+        """:meth:`calculate_qparams` as Python numbers (see :meth:`supports_scalars`).
+
+        Returns:
+            ``(scale, zero_point)``: a float holding the float32 scale, and an int;
+            equal to :meth:`calculate_qparams`'s tensors.
+
+        Raises:
+            RuntimeError: if nothing has been observed yet.
+        """
+        if not self.initialized:
+            return self.calculate_qparams()  # raises, with the message
+        buffers = self._buffers
+        return calculate_qparams_float(
+            buffers["min_val"].item(),
+            buffers["max_val"].item(),
+            self.quant_min,
+            self.quant_max,
+            self.symmetric,
+        )
 
     def _extrema(self, input: Tensor) -> Tuple[Tensor, Tensor]:
         if input.numel() == 0:
@@ -196,7 +226,7 @@ class RangeObserver(nn.Module):
             input = input.float()
         if self.ch_axis is None:
             return torch.aminmax(input)
-        axis = _check_axis(input, self.ch_axis)
+        axis = check_axis(input, self.ch_axis)
         dims = tuple(d for d in range(input.dim()) if d != axis)
         if not dims:
             return input, input

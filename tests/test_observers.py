@@ -104,3 +104,48 @@ def test_with_args_factory():
     assert obs.averaging_constant == 0.5 and obs.quant_max == 15
     with pytest.raises(TypeError, match="averaging_const"):
         MovingAverageMinMaxObserver.with_args(averaging_const=0.5)
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        MinMaxObserver,
+        MovingAverageMinMaxObserver.with_args(averaging_constant=0.3),
+        MovingAverageMinMaxObserver.with_args(averaging_constant=0.8, symmetric=False),
+    ],
+)
+def test_scalar_update_and_qparams_equal_the_tensor_ones(factory):
+    scalar, tensor = factory(), factory()
+    generator = torch.Generator().manual_seed(0)
+    for step in range(6):
+        x = torch.randn(50, generator=generator) * (1 + step)
+        assert scalar.supports_scalars(x)
+        batch = scalar.update_scalar(x)
+        assert batch == tuple(t.item() for t in tensor.update(x))
+        assert torch.equal(scalar.min_val, tensor.min_val)
+        assert torch.equal(scalar.max_val, tensor.max_val)
+        scale, zero_point = tensor.calculate_qparams()
+        assert scalar.calculate_qparams_scalar() == (scale.item(), zero_point.item())
+
+
+class CombineOnly(MinMaxObserver):
+    def _combine(self, cur_min, cur_max):
+        return super()._combine(cur_min, cur_max)
+
+
+@pytest.mark.parametrize(
+    "observer",
+    [
+        MinMaxObserver(ch_axis=0),
+        MinMaxObserver(power_of_two=True),
+        CombineOnly(),  # a new merge rule without a Python-float twin
+    ],
+)
+def test_scalar_methods_apply_only_to_one_plain_range(observer):
+    assert not observer.supports_scalars(torch.randn(3, 3))
+    assert MinMaxObserver().supports_scalars(torch.randn(3, 3))
+
+
+def test_scalar_qparams_before_observing_raise():
+    with pytest.raises(RuntimeError, match="observed no data"):
+        MinMaxObserver().calculate_qparams_scalar()

@@ -9,6 +9,11 @@ from aquatic.functional.fake_quant import (
     quantize_affine,
 )
 from aquatic.functional.grid import Grid
+from aquatic.functional.fake_quant_nearest import (
+    fake_quantize_nearest,
+    fake_quantize_nearest_scalar,
+)
+from aquatic.functional.fake_quant_uniform import fake_quantize_uniform
 from aquatic.functional.qparams import calculate_qparams, round_to_power_of_two
 from aquatic.functional.rounding import ROUNDING_MODES, round_ste, sign_ste, straight_through
 from aquatic.functional.neurons import (
@@ -34,6 +39,9 @@ __all__ = [
     "dequantize_affine",
     "fake_quantize_affine",
     "fake_quantize_learnable",
+    "fake_quantize_nearest",
+    "fake_quantize_nearest_scalar",
+    "fake_quantize_uniform",
     "grad_scale",
     "int_dtype",
     "quantize_affine",

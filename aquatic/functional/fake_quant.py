@@ -33,6 +33,7 @@ __all__ = [
     "check_range",
     "check_ch_axis",
     "broadcast_along",
+    "check_axis",
 ]
 
 Number = Union[int, float]
@@ -83,10 +84,24 @@ def _check_input(input: Tensor) -> None:
         )
 
 
-def _check_axis(input: Tensor, ch_axis: Optional[int]) -> Optional[int]:
+def check_axis(input: Tensor, ch_axis: Optional[int]) -> Optional[int]:
+    """``ch_axis`` as a non-negative axis of ``input`` (``None`` stays ``None``).
+
+    Raises:
+        ValueError: if ``ch_axis`` is not an axis of ``input``.
+
+    Example:
+        >>> check_axis(torch.zeros(2, 3), -1), check_axis(torch.zeros(2, 3), None)
+        (1, None)
+    """
     if ch_axis is None:
         return None
-    if not -input.dim() <= ch_axis < max(input.dim(), 1):
+    if input.dim() == 0:
+        raise ValueError(
+            f"ch_axis={ch_axis} asks for one scale per channel, but the tensor is a "
+            "scalar (0 dimensions); quantize it per tensor (ch_axis=None)"
+        )
+    if not -input.dim() <= ch_axis < input.dim():
         raise ValueError(
             f"ch_axis={ch_axis} is out of range for a tensor with {input.dim()} "
             f"dimensions; use an axis in [{-input.dim()}, {input.dim() - 1}]"
@@ -156,7 +171,7 @@ def quantize_affine(
     _check_input(input)
     check_range(quant_min, quant_max)
     check_rounding(rounding)
-    ch_axis = _check_axis(input, ch_axis)
+    ch_axis = check_axis(input, ch_axis)
     codes = _codes(
         input.detach(), scale, zero_point, quant_min, quant_max, ch_axis, rounding, generator
     )
@@ -192,7 +207,7 @@ def dequantize_affine(
         ...                   torch.tensor(0.5), torch.tensor(0))
         tensor([-5.0000,  1.5000, 45.0000])
     """
-    ch_axis = _check_axis(codes, ch_axis)
+    ch_axis = check_axis(codes, ch_axis)
     zp = broadcast_along(zero_point, ch_axis, codes.dim())
     return (codes.to(torch.int64) - zp).float() * broadcast_along(
         scale.float(), ch_axis, codes.dim()
@@ -240,7 +255,7 @@ def fake_quantize_affine(
     """
     _check_input(input)
     check_range(quant_min, quant_max)
-    ch_axis = _check_axis(input, ch_axis)
+    ch_axis = check_axis(input, ch_axis)
     scale = scale.to(torch.float32)
     zero_point = zero_point.to(torch.int32)
     if rounding == "nearest":
@@ -312,7 +327,7 @@ def fake_quantize_learnable(
     """
     _check_input(input)
     check_range(quant_min, quant_max)
-    ch_axis = _check_axis(input, ch_axis)
+    ch_axis = check_axis(input, ch_axis)
     s = broadcast_along(grad_scale(scale, grad_factor), ch_axis, input.dim())
     z = broadcast_along(round_ste(zero_point.to(s.dtype)), ch_axis, input.dim())
     codes = round_ste(torch.clamp(input * s.reciprocal() + z, quant_min, quant_max))

@@ -22,7 +22,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple, Type
 import torch
 from torch import Tensor
 
-from aquatic.functional.fake_quant import _check_axis, broadcast_along, dequantize_affine
+from aquatic.functional.fake_quant import check_axis, broadcast_along, dequantize_affine
 
 __all__ = ["Grid", "NoRangeError", "TOLERANCE", "is_power_of_two"]
 
@@ -106,7 +106,7 @@ class Grid(NamedTuple):
         """
         if not self.per_channel or input.dim() == 0:
             return self.scale, self.zero_point
-        axis = _check_axis(input, self.ch_axis)
+        axis = check_axis(input, self.ch_axis)
         ndim = input.dim()
         return broadcast_along(self.scale, axis, ndim), broadcast_along(self.zero_point, axis, ndim)
 

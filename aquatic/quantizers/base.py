@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -27,7 +27,16 @@ class Quantizer(nn.Module):
     """Base class of every aquatic quantizer.
 
     ``forward(input)`` returns the fake-quantized ``input`` (float, on the quantization
-    grid) with a straight-through gradient. Two switches control it:
+    grid) with a straight-through gradient. It is the same template for every
+    quantizer, as in torch.ao's ``FakeQuantize``:
+
+    1. check that ``input`` is a floating-point tensor;
+    2. if ``observer_enabled``, and in training mode or not yet :attr:`observed`:
+       :meth:`observe` the (detached) input;
+    3. if ``fake_quant_enabled``: return :meth:`fake_quantize` of the input, else the
+       input unchanged.
+
+    Two switches control it:
 
     - ``observer_enabled``: whether ``forward`` updates ranges or initial values from
       its input. Observers update in training mode, like batch-norm statistics; in
@@ -37,7 +46,11 @@ class Quantizer(nn.Module):
 
     Subclasses implement :meth:`observe`, :meth:`fake_quantize`, :meth:`to_int` and,
     when their values lie on a uniform grid, :meth:`grid` (:meth:`qparams` follows from
-    it).
+    it); they do not override ``forward``. :meth:`observe` may return the extrema of
+    the batch it observed; ``forward`` then hands them to
+    ``fake_quantize(input, extrema)``, which may use them to skip work (see
+    :func:`aquatic.functional.fake_quant_uniform.fake_quantize_uniform`). An
+    :meth:`observe` that returns ``None`` gets ``fake_quantize(input)``.
     """
 
     def __init__(self) -> None:
@@ -56,16 +69,40 @@ class Quantizer(nn.Module):
                 f"{type(self).__name__} quantizes floating-point tensors, got "
                 f"{getattr(input, 'dtype', type(input).__name__)}; convert with .float()"
             )
-        if self.observer_enabled:
-            self.observe(input.detach())
+        extrema = None
+        if self.observer_enabled and (self.training or not self.observed):
+            extrema = self.observe(input.detach())
         if not self.fake_quant_enabled:
             return input
-        return self.fake_quantize(input)
+        if extrema is None:
+            return self.fake_quantize(input)
+        return self.fake_quantize(input, extrema)
 
-    def observe(self, input: Tensor) -> None:
-        """Update ranges or initial values from ``input`` (no-op by default)."""
+    @property
+    def observed(self) -> bool:
+        """Whether ranges or initial values are set, so eval mode need not observe.
 
-    def fake_quantize(self, input: Tensor) -> Tensor:
+        ``True`` also when there is nothing to observe. The default, ``False``, has
+        ``forward`` call :meth:`observe` in eval mode too, which then decides itself.
+        """
+        return False
+
+    def observe(self, input: Tensor) -> Optional[Tuple[Any, Any]]:
+        """Update ranges or initial values from ``input`` (no-op by default).
+
+        Returns:
+            ``None``, or the ``(min, max)`` of ``input`` when computing them was part of
+            observing it (tensors, per channel where the quantizer is, or Python floats).
+        """
+        return None
+
+    def fake_quantize(self, input: Tensor, extrema: Optional[Tuple[Any, Any]] = None) -> Tensor:
+        """The fake-quantized ``input`` with a straight-through gradient.
+
+        Args:
+            input: floating-point tensor.
+            extrema: what :meth:`observe` returned for this ``input``, if anything.
+        """
         raise NotImplementedError
 
     @torch.no_grad()

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from aquatic.functional.fast import fake_quantize_nearest
+from aquatic.functional.fake_quant_uniform import fake_quantize_uniform
 from aquatic.functional.grid import Grid
 from aquatic.observers import MovingAverageMinMaxObserver, RangeObserver
 from aquatic.quantizers.base import Quantizer, check_bits
@@ -175,7 +175,7 @@ class AccumulatorBiasQuantizer(Quantizer):
 
     def _fake_quantize(self, input: Tensor, scale: Tensor) -> Tensor:
         ch_axis = 0 if scale.dim() == 1 else None
-        return fake_quantize_nearest(input, scale, None, self.quant_min, self.quant_max, ch_axis)
+        return fake_quantize_uniform(input, scale, None, self.quant_min, self.quant_max, ch_axis)
 
     def fake_quantize(self, input: Tensor) -> Tensor:
         return self._fake_quantize(input, self._scale())

@@ -7,7 +7,7 @@ from typing import Any, Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
-from aquatic.functional.fake_quant import _check_axis, broadcast_along, check_ch_axis
+from aquatic.functional.fake_quant import check_axis, broadcast_along, check_ch_axis
 from aquatic.functional.grid import Grid
 from aquatic.functional.rounding import sign_ste, straight_through
 from aquatic.quantizers.base import Quantizer
@@ -105,7 +105,7 @@ class BinaryQuantizer(_ScaledCodes):
         self.clip = clip
 
     def _axis(self, input: Tensor) -> Optional[int]:
-        return _check_axis(input, self.ch_axis) if self.scale_mode == "mean" else None
+        return check_axis(input, self.ch_axis) if self.scale_mode == "mean" else None
 
     def _scale(self, input: Tensor) -> Tensor:
         if self.scale_mode is None:
@@ -157,7 +157,7 @@ class TernaryQuantizer(_ScaledCodes):
         self.threshold_factor = float(threshold_factor)
 
     def _codes_and_scale(self, input: Tensor) -> Tuple[Tensor, Tensor, Optional[int]]:
-        axis = _check_axis(input, self.ch_axis)
+        axis = check_axis(input, self.ch_axis)
         delta = self.threshold_factor * _mean_abs(input, axis)
         mask = (input.abs() > broadcast_along(delta, axis, input.dim())).to(input.dtype)
         scale = _mean_abs(input, axis, mask)

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.functional.fake_quant import (
-    _check_axis,
+    check_axis,
     check_ch_axis,
     fake_quantize_affine,
     fake_quantize_learnable,
@@ -42,7 +42,7 @@ def _rows(input: Tensor, ch_axis: Optional[int]) -> Tensor:
     """``input`` as a 2-D ``(channels, elements)`` tensor; a single row per tensor."""
     if ch_axis is None:
         return input.reshape(1, -1)
-    axis = _check_axis(input, ch_axis)
+    axis = check_axis(input, ch_axis)
     return input.movedim(axis, 0).reshape(input.shape[axis], -1)
 
 

@@ -8,16 +8,9 @@ from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from aquatic.functional.fake_quant import (
-    _check_axis,
-    check_ch_axis,
-    check_range,
-    fake_quantize_affine,
-    quantize_affine,
-)
-from aquatic.functional.fast import fake_quantize_nearest, fake_quantize_nearest_scalar
+from aquatic.functional.fake_quant import check_ch_axis, check_range, quantize_affine
+from aquatic.functional.fake_quant_uniform import fake_quantize_uniform
 from aquatic.functional.grid import Grid
-from aquatic.functional.qparams import calculate_qparams_float, to_float32
 from aquatic.functional.rounding import check_rounding
 from aquatic.observers import MinMaxObserver, RangeObserver
 from aquatic.quantizers.base import Quantizer, check_bits, integer_range
@@ -37,38 +30,6 @@ def _as_tensor(value: ScaleLike, dtype: torch.dtype, name: str) -> Tensor:
             f"{name} must be a scalar or 1-D (one per channel), got shape {tuple(tensor.shape)}"
         )
     return tensor
-
-
-def _codes_clip(
-    extrema: Tuple[Tensor, Tensor],
-    scale: Tensor,
-    zero_point: Optional[Tensor],
-    quant_min: int,
-    quant_max: int,
-) -> bool:
-    """Whether any code of a tensor with these (float32) extrema leaves the range.
-
-    Codes ``round(x * (1/s)) + z`` are monotonic in ``x``, so the extreme codes are
-    those of the extrema, computed with the same float32 arithmetic.
-    """
-    ends = torch.stack(extrema).mul_(torch.reciprocal(scale)).round_()
-    if zero_point is not None:
-        ends.add_(zero_point)
-    if ends.dim() > 1:
-        ends = torch.stack(torch.aminmax(ends))
-    low, high = ends.tolist()
-    return not (quant_min <= low and high <= quant_max)
-
-
-def _codes_clip_float(
-    extrema: Tuple[float, float], scale: float, zero_point: int, quant_min: int, quant_max: int
-) -> bool:
-    """:func:`_codes_clip` with Python floats (float32 values), the same arithmetic."""
-    inv_scale = to_float32(1.0 / scale)
-    low, high = to_float32(extrema[0] * inv_scale), to_float32(extrema[1] * inv_scale)
-    if not (math.isfinite(low) and math.isfinite(high)):
-        return True
-    return not (quant_min <= round(low) + zero_point and round(high) + zero_point <= quant_max)
 
 
 class UniformQuantizer(Quantizer):
@@ -190,70 +151,38 @@ class UniformQuantizer(Quantizer):
         self.register_buffer("scale", scale_t.float().contiguous())
         self.register_buffer("zero_point", zp_t.to(torch.int32).contiguous())
 
-    def forward(self, input: Tensor) -> Tensor:
-        # Quantizer.forward, keeping the batch extrema that the observer computes: they
-        # tell whether any code clips, and if none does, the clamp and the gradient
-        # mask (three passes over the tensor) can be skipped.
-        if not isinstance(input, Tensor) or not input.is_floating_point():
-            raise TypeError(
-                f"{type(self).__name__} quantizes floating-point tensors, got "
-                f"{getattr(input, 'dtype', type(input).__name__)}; convert with .float()"
-            )
-        observer = self._modules.get("observer")
-        if (
-            observer is not None
-            and self.rounding == "nearest"
-            and not self.power_of_two
+    def _scalars(self, observer: Any, input: Tensor) -> bool:
+        # One range on the CPU in eager mode: the observer works on Python floats (see
+        # RangeObserver.supports_scalars), cheaper than a dozen tiny tensor ops a step.
+        return (
+            self.rounding == "nearest"
             and isinstance(observer, RangeObserver)
-            and observer._scalar_path(input)
-        ):
-            return self._forward_scalar(input, observer)
-        extrema = None
-        if self.observer_enabled and observer is not None:
-            if self.training or not observer.initialized:
-                update = getattr(observer, "update", None)
-                if update is None:
-                    observer(input.detach())
-                else:
-                    extrema = update(input.detach())
-        if not self.fake_quant_enabled:
-            return input
-        return self._fake_quantize(input, extrema)
-
-    def _forward_scalar(self, input: Tensor, observer: RangeObserver) -> Tensor:
-        # One range on the CPU in eager mode: the range, scale and zero point travel as
-        # Python floats, computed with the tensor path's float32 arithmetic bit for bit
-        # (aquatic.functional.qparams.calculate_qparams_float); a dozen tiny tensor ops
-        # per call would cost more than the quantization of a small tensor.
-        batch = None
-        if self.observer_enabled and (self.training or not observer.initialized):
-            low, high, min_val, max_val = observer._update_float(input.detach())
-            batch = (low, high)
-        elif not observer.initialized:
-            observer.calculate_qparams()  # raises: nothing observed
-        else:
-            min_val, max_val = observer._range_float()
-        if not self.fake_quant_enabled:
-            return input
-        scale, zero_point = calculate_qparams_float(
-            min_val, max_val, observer.quant_min, observer.quant_max, observer.symmetric
-        )
-        clips = True
-        if input.dtype != torch.float64:
-            if batch is None and input.requires_grad and input.numel() >= 4096:
-                # No fresh extrema (frozen range): one pass to find them is cheaper than
-                # the clamp, mask and masked gradient it usually saves.
-                low, high = torch.aminmax(input.detach())
-                batch = (low.item(), high.item())
-            if batch is not None:
-                clips = _codes_clip_float(batch, scale, zero_point, self.quant_min, self.quant_max)
-        return fake_quantize_nearest_scalar(
-            input, scale, zero_point, self.quant_min, self.quant_max, clips
+            and observer.supports_scalars(input)
         )
 
-    def observe(self, input: Tensor) -> None:
-        if self.observer is not None and (self.training or not self.observer.initialized):
-            self.observer(input)
+    @property
+    def observed(self) -> bool:
+        """Whether the observer has a range (always ``True`` for a fixed scale)."""
+        observer = self._modules.get("observer")
+        return observer is None or observer.initialized
+
+    def observe(self, input: Tensor) -> Optional[Tuple[Any, Any]]:
+        """Update the observer's range with ``input``.
+
+        Returns:
+            The batch extrema that the observer computed (Python floats for one range
+            on the CPU), for :meth:`fake_quantize`; ``None`` for a fixed scale.
+        """
+        observer = self._modules.get("observer")
+        if observer is None:
+            return None
+        if self._scalars(observer, input):
+            return observer.update_scalar(input)
+        update = getattr(observer, "update", None)
+        if update is None:  # an observer module without update(): just call it
+            observer(input)
+            return None
+        return update(input)
 
     def calculate_qparams(self):
         """``(scale, zero_point)`` in use now: fixed, or from the observer's range."""
@@ -261,47 +190,39 @@ class UniformQuantizer(Quantizer):
             return self.scale, self.zero_point
         return self.observer.calculate_qparams()
 
-    def fake_quantize(self, input: Tensor) -> Tensor:
-        return self._fake_quantize(input, None)
+    def fake_quantize(self, input: Tensor, extrema: Optional[Tuple[Any, Any]] = None) -> Tensor:
+        """Fake-quantize with the current scale and zero point.
 
-    def _fake_quantize(self, input: Tensor, extrema: Optional[Tuple[Tensor, Tensor]]) -> Tensor:
-        scale, zero_point = self.calculate_qparams()
-        if self.rounding != "nearest":
-            return fake_quantize_affine(
-                input,
-                scale,
-                zero_point,
-                self.quant_min,
-                self.quant_max,
-                self.ch_axis,
-                self.rounding,
-                self.generator,
-            )
-        # The same bits as torch's fake-quantize kernels, several times faster in eager
-        # mode (see aquatic.functional.fast); a symmetric observer's zero point is known
-        # to be 0, which saves two passes over the tensor.
-        if self.observer is not None and getattr(self.observer, "symmetric", False):
-            zero_point = None
-        if scale.dtype != torch.float32:
-            scale = scale.float()
-        clips = True
-        if (
-            extrema is not None
-            and input.device.type == "cpu"
-            and input.dtype != torch.float64
-            and not torch.compiler.is_compiling()
-        ):
-            # One sync, cheap on the CPU (on a GPU or in a compiled graph the masked
-            # path costs less than a sync).
-            clips = _codes_clip(extrema, scale, zero_point, self.quant_min, self.quant_max)
-        return fake_quantize_nearest(
+        Args:
+            input: floating-point tensor.
+            extrema: the batch extrema :meth:`observe` returned, which let
+                :func:`~aquatic.functional.fake_quant_uniform.fake_quantize_uniform` skip
+                the clamp when no code clips.
+        """
+        observer = self._modules.get("observer")
+        if extrema is not None:
+            # Python floats come from the observer's scalar update: no need to ask again.
+            scalars = type(extrema[0]) is float
+        else:
+            scalars = observer is not None and self._scalars(observer, input)
+        if observer is None:
+            scale, zero_point = self._buffers["scale"], self._buffers["zero_point"]
+        elif scalars:
+            scale, zero_point = observer.calculate_qparams_scalar()
+        else:
+            scale, zero_point = observer.calculate_qparams()
+            if getattr(observer, "symmetric", False):
+                zero_point = None  # known to be 0: saves two passes over the tensor
+        return fake_quantize_uniform(
             input,
             scale,
             zero_point,
             self.quant_min,
             self.quant_max,
-            _check_axis(input, self.ch_axis),
-            clips,
+            self.ch_axis,
+            self.rounding,
+            self.generator,
+            extrema,
         )
 
     @torch.no_grad()

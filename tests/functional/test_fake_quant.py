@@ -15,6 +15,7 @@ from aquatic.functional import (
     int_dtype,
     quantize_affine,
 )
+from aquatic.functional.fake_quant import check_axis
 
 
 def reference_fake_quant(x, scale, zero_point, qmin, qmax, rounder=torch.round):
@@ -162,6 +163,13 @@ def test_bad_input(kwargs, error, match):
         fake_quantize_affine(
             torch.randn(4, 4), scale, torch.zeros_like(scale, dtype=torch.int32), **args
         )
+
+
+@pytest.mark.parametrize("ch_axis", [0, -1])
+def test_per_channel_axis_of_a_scalar_is_a_value_error(ch_axis):
+    with pytest.raises(ValueError, match=f"ch_axis={ch_axis} .* scalar .*ch_axis=None"):
+        check_axis(torch.tensor(1.0), ch_axis)
+    assert check_axis(torch.zeros(2, 3), -1) == 1 and check_axis(torch.zeros(()), None) is None
 
 
 def test_integer_input_rejected():

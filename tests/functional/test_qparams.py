@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from aquatic.functional import calculate_qparams, round_to_power_of_two
+from aquatic.functional.qparams import calculate_qparams_float, to_float32
 
 
 def test_symmetric_signed_maps_absmax_to_qmax():
@@ -50,3 +51,25 @@ def test_power_of_two_rounds_up():
     assert s.tolist() == [0.5, 0.25, 0.5, 8.0]
     scale, _ = calculate_qparams(torch.tensor(-1.0), torch.tensor(1.0), -128, 127, True, True)
     assert scale.item() == 2.0**-6  # 1/127 = 0.00787 -> 1/64
+
+
+RANGES = [(-128, 127), (0, 255), (-8, 7), (0, 65535), (-127, 127), (0, 1)]
+
+
+def test_scalar_qparams_equal_tensor_qparams():
+    generator = torch.Generator().manual_seed(0)
+    values = torch.randn(400, generator=generator) * torch.logspace(-6, 6, 400)
+    specials = torch.tensor([0.0, -0.0, 1e-40, -1e-40, 3.0, -3.0])
+    values = torch.cat([values, specials])
+    for i in range(0, len(values) - 1, 2):
+        lo, hi = sorted(values[i : i + 2].tolist())
+        lo, hi = to_float32(lo), to_float32(hi)
+        for qmin, qmax in RANGES:
+            for symmetric in (True, False):
+                scale, zp = calculate_qparams(
+                    torch.tensor(lo), torch.tensor(hi), qmin, qmax, symmetric
+                )
+                assert calculate_qparams_float(lo, hi, qmin, qmax, symmetric) == (
+                    scale.item(),
+                    zp.item(),
+                )

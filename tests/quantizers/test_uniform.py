@@ -7,7 +7,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aquatic.observers import MovingAverageMinMaxObserver
+from aquatic.observers import MinMaxObserver, MovingAverageMinMaxObserver
 from aquatic.quantizers import FixedPointQuantizer, UniformQuantizer
 
 
@@ -188,3 +188,83 @@ def test_bad_forward_input():
         q(torch.arange(3))
     with pytest.raises(ValueError, match="ch_axis=2 is out of range"):
         UniformQuantizer(ch_axis=2)(torch.randn(3, 3))
+
+
+def bits(t):
+    return t.float().view(torch.int32)
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        UniformQuantizer.with_args(bits=8),
+        UniformQuantizer.with_args(bits=8, signed=False, symmetric=False),
+        UniformQuantizer.with_args(
+            bits=4,
+            symmetric=False,
+            observer=MovingAverageMinMaxObserver.with_args(averaging_constant=0.3),
+        ),
+        UniformQuantizer.with_args(bits=6, narrow_range=True, observer=MinMaxObserver),
+        UniformQuantizer.with_args(
+            observer=MovingAverageMinMaxObserver.with_args(averaging_constant=0.7)
+        ),
+        UniformQuantizer.with_args(
+            observer=MovingAverageMinMaxObserver.with_args(averaging_constant=1.0)
+        ),
+    ],
+)
+def test_scalar_path_equals_tensor_path(factory):
+    """The per-tensor CPU path (Python floats) gives the tensor path's bits and state."""
+    fast, general = factory(), factory()
+    assert fast.observer.supports_scalars(torch.zeros(1))
+    general.observer.supports_scalars = lambda input: False
+    generator = torch.Generator().manual_seed(1)
+    for step in range(12):
+        if step == 8:
+            fast.eval(), general.eval()
+        if step == 10:
+            fast.observer_enabled = general.observer_enabled = False
+        x = torch.randn(32, 9, generator=generator) * (1 + step % 4)
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya, yb = fast(xa), general(xb)
+        assert torch.equal(bits(ya), bits(yb))
+        g = torch.randn(x.shape, generator=generator)
+        ya.backward(g)
+        yb.backward(g)
+        assert torch.equal(xa.grad, xb.grad)
+        for name in ("min_val", "max_val"):
+            assert torch.equal(getattr(fast.observer, name), getattr(general.observer, name))
+
+
+def test_scalar_path_rejects_non_finite_input_and_keeps_range():
+    quantizer = UniformQuantizer()
+    quantizer(torch.tensor([1.0, -1.0]))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        quantizer(torch.tensor([0.0, float("nan")]))
+    assert quantizer.observer.max_val.item() == 1.0
+
+
+def test_moving_average_of_one_keeps_the_last_batch_exactly():
+    for scalar in (True, False):
+        observer = MovingAverageMinMaxObserver(averaging_constant=1.0)
+        quantizer = UniformQuantizer(observer=lambda **kw: observer)
+        if not scalar:
+            observer.supports_scalars = lambda input: False
+        quantizer(torch.tensor([-1e8, 1e8]))
+        quantizer(torch.tensor([-1.0, 3.0]))
+        assert (observer.min_val.item(), observer.max_val.item()) == (-1.0, 3.0)
+
+
+def test_frozen_range_on_a_large_tensor_gives_the_tensor_paths_bits():
+    """A frozen range gives no batch extrema; a large input finds its own (one pass)."""
+    fast, general = UniformQuantizer(), UniformQuantizer()
+    general.observer.supports_scalars = lambda input: False
+    x = torch.randn(64, 80)
+    fast(x), general(x)
+    fast.eval(), general.eval()
+    for scale in (0.5, 3.0):  # no code clips, then many clip
+        xa, xb = (x * scale).requires_grad_(), (x * scale).requires_grad_()
+        ya, yb = fast(xa), general(xb)
+        assert torch.equal(bits(ya), bits(yb))
+        ya.sum().backward(), yb.sum().backward()
+        assert torch.equal(xa.grad, xb.grad)

@@ -1,4 +1,8 @@
-"""A faster eager path for nearest-rounding affine fake quantization.
+"""Nearest-rounding affine fake quantization as vectorised tensor ops: torch's bits, faster.
+
+Quantizers reach these kernels through
+:func:`aquatic.functional.fake_quant_uniform.fake_quantize_uniform`, which decides when
+they apply.
 
 ``torch.fake_quantize_per_tensor_affine`` and ``_per_channel_affine`` run a scalar
 loop on the CPU (several nanoseconds per element) and their backward multiplies by a
