@@ -14,7 +14,6 @@ from torch.nn.utils import parametrize
 from aquatic import nn as qnn
 from aquatic.nn.activation import ActivationQuantizer
 from aquatic.nn.base import QuantizedModule
-from aquatic._requantize import _float_twin, _warn_requantized
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.base import Quantizer
 
@@ -132,6 +131,28 @@ def _replace(model: nn.Module, replacements: Dict[int, nn.Module]) -> nn.Module:
     return replacements.get(id(model), model)
 
 
+def _warn_requantized(requantized: List[str], kept: List[str]) -> None:
+    if requantized:
+        warnings.warn(
+            "aquatic.quantize: re-quantized with the new QConfig, as they were already "
+            f"quantized with another one: {', '.join(requantized)} (float weights kept; old "
+            "quantizers, observed ranges and learned quantizer parameters dropped). To keep "
+            "a layer's quantizers, map its name to None: aquatic.quantize(model, "
+            "{nn.Module: qconfig, 'name': None})",
+            UserWarning,
+            stacklevel=3,
+        )
+    if kept:
+        warnings.warn(
+            "aquatic.quantize: kept their quantizers although already quantized with another "
+            f"QConfig: {', '.join(kept)}; a subclass of an aquatic layer, or one with "
+            "parametrized parameters (quantize_parameter), cannot be rebuilt. Rebuild it "
+            "yourself, or map its name to None to silence this",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
 def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> nn.Module:
     """Replace every ``torch.nn`` layer that has an aquatic twin by the twin, weights kept.
 
@@ -240,7 +261,7 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
     replacements: Dict[int, nn.Module] = {}
     for name, module, config in plan:
         if type(module) in _AQUATIC_TWINS:
-            replacements[id(module)] = type(module).from_float(_float_twin(module), config)
+            replacements[id(module)] = type(module).from_float(module.to_float(baked=False), config)
         else:
             replacements[id(module)] = TWINS[type(module)].from_float(module, config)
     return _replace(model, replacements)

@@ -37,7 +37,7 @@ def _has_nonfinite(cur_min: Tensor, cur_max: Tensor) -> bool:
     return not math.isfinite(probe.item())
 
 
-# observer class -> whether its _combine has a float twin (see supports_scalars)
+# observer class -> whether its _combine has a Python-float version (see supports_scalars)
 _SCALAR_CLASSES: dict = {}
 
 
@@ -141,7 +141,7 @@ class RangeObserver(nn.Module):
         """Whether :meth:`update_scalar` and :meth:`calculate_qparams_scalar` apply.
 
         They do for one float32 range (``ch_axis=None``), a CPU ``input``, eager mode,
-        no ``power_of_two``, and a merge rule with a Python-float twin (a subclass that
+        no ``power_of_two``, and a merge rule with a Python-float version (a subclass that
         overrides ``_combine`` alone keeps the tensor methods).
         """
         # self._buffers rather than self.min_val: nn.Module.__getattr__ costs about a

@@ -7,7 +7,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 from torch import nn
 
-from aquatic.factory import Factory as _Factory
+from aquatic.factory import Factory
 from aquatic.observers import MovingAverageMinMaxObserver, RangeObserver
 from aquatic.quantizers.base import Quantizer
 from aquatic.quantizers.binary import BinaryQuantizer
@@ -15,24 +15,25 @@ from aquatic.quantizers.uniform import UniformQuantizer
 
 __all__ = ["QConfig", "int8", "int4_weight", "binary_weight"]
 
-Factory = Callable[[], nn.Module]
+#: What a QConfig field holds: a callable that builds a new quantizer on each call.
+QuantizerFactory = Callable[[], nn.Module]
 
 
 class _QConfigFields(NamedTuple):
-    activation: Optional[Factory] = None
-    weight: Optional[Factory] = None
-    bias: Optional[Factory] = None
-    tau: Optional[Factory] = None
-    alpha: Optional[Factory] = None
-    threshold: Optional[Factory] = None
-    state: Optional[Factory] = None
+    activation: Optional[QuantizerFactory] = None
+    weight: Optional[QuantizerFactory] = None
+    bias: Optional[QuantizerFactory] = None
+    tau: Optional[QuantizerFactory] = None
+    alpha: Optional[QuantizerFactory] = None
+    threshold: Optional[QuantizerFactory] = None
+    state: Optional[QuantizerFactory] = None
 
 
 def _target_class(value: Any) -> Optional[type]:
     """The class a field value builds, where that is known without calling it."""
     if isinstance(value, type):
         return value
-    if isinstance(value, _Factory):
+    if isinstance(value, Factory):
         return value.cls
     if isinstance(value, functools.partial) and isinstance(value.func, type):
         return value.func
@@ -168,13 +169,13 @@ class QConfig(_QConfigFields):
 
     def __new__(
         cls,
-        activation: Optional[Factory] = None,
-        weight: Optional[Factory] = None,
-        bias: Optional[Factory] = None,
-        tau: Optional[Factory] = None,
-        alpha: Optional[Factory] = None,
-        threshold: Optional[Factory] = None,
-        state: Optional[Factory] = None,
+        activation: Optional[QuantizerFactory] = None,
+        weight: Optional[QuantizerFactory] = None,
+        bias: Optional[QuantizerFactory] = None,
+        tau: Optional[QuantizerFactory] = None,
+        alpha: Optional[QuantizerFactory] = None,
+        threshold: Optional[QuantizerFactory] = None,
+        state: Optional[QuantizerFactory] = None,
     ) -> "QConfig":
         values = (activation, weight, bias, tau, alpha, threshold, state)
         checked = [_check_factory(field, value) for field, value in zip(cls._fields, values)]

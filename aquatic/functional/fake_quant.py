@@ -74,7 +74,8 @@ def int_dtype(quant_min: int, quant_max: int) -> torch.dtype:
     return torch.int64
 
 
-def _check_input(input: Tensor) -> None:
+def check_input(input: Tensor) -> None:
+    """Raise a ``TypeError`` unless ``input`` is a floating-point tensor."""
     if not isinstance(input, Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(input).__name__}")
     if not input.is_floating_point():
@@ -168,7 +169,7 @@ def quantize_affine(
         ...                 torch.tensor(0), -128, 127)
         tensor([-10,   3,  90], dtype=torch.int8)
     """
-    _check_input(input)
+    check_input(input)
     check_range(quant_min, quant_max)
     check_rounding(rounding)
     ch_axis = check_axis(input, ch_axis)
@@ -253,7 +254,7 @@ def fake_quantize_affine(
         >>> y.sum().backward(); x.grad
         tensor([1., 1., 0.])
     """
-    _check_input(input)
+    check_input(input)
     check_range(quant_min, quant_max)
     ch_axis = check_axis(input, ch_axis)
     scale = scale.to(torch.float32)
@@ -325,7 +326,7 @@ def fake_quantize_learnable(
         >>> y.sum().backward(); round(s.grad.item(), 4)  # (3 - 2.6) + 7
         7.4
     """
-    _check_input(input)
+    check_input(input)
     check_range(quant_min, quant_max)
     ch_axis = check_axis(input, ch_axis)
     s = broadcast_along(grad_scale(scale, grad_factor), ch_axis, input.dim())

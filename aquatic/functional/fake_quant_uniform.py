@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from aquatic.functional.fake_quant import (
-    _check_input,
+    check_input,
     check_axis,
     check_range,
     fake_quantize_affine,
@@ -109,7 +109,7 @@ def fake_quantize_uniform(
     """
     # The checks run on every call: the usual case costs two tests, not four calls.
     if not (isinstance(input, Tensor) and input.is_floating_point()):
-        _check_input(input)
+        check_input(input)
     if not (type(quant_min) is int and type(quant_max) is int and quant_min < quant_max):
         check_range(quant_min, quant_max)
     tensor_scale = isinstance(scale, Tensor)

@@ -23,8 +23,9 @@ __all__ = [
     "RESET_MODES",
     "METHODS",
     "Number",
-    "StateQuantizer",
+    "StateTransform",
     "StateDecay",
+    "TAU_MIN",
 ]
 
 #: Reset modes: subtract the threshold per spike, or set the membrane to zero.
@@ -32,8 +33,14 @@ RESET_MODES = ("subtract", "zero")
 #: Implementations :func:`~aquatic.functional.neurons.lif` can run.
 METHODS = ("auto", "loop", "fused")
 
+#: Smallest time constant (in steps) that forward uses: :math:`e^{-1/\tau}` is 0 in
+#: float32 below it anyway, and :math:`d\alpha/d\tau = \alpha/\tau^2` would be
+#: :math:`0 \cdot \infty`.
+TAU_MIN = 1e-3
+
 Number = Union[float, Tensor]
-StateQuantizer = Optional[Callable[[Tensor], Tensor]]
+#: ``transform(state) -> state``: a state quantizer's forward (:math:`Q_v`, :math:`Q_i`).
+StateTransform = Optional[Callable[[Tensor], Tensor]]
 #: ``decay(state, alpha) -> decayed state``, replacing ``alpha * state``.
 StateDecay = Optional[Callable[[Tensor, Tensor], Tensor]]
 
@@ -92,8 +99,8 @@ class StateOps(NamedTuple):
         decay_i_syn: the same for the synaptic current, applied to ``i[t-1] + x[t]``.
     """
 
-    quantize_v_mem: StateQuantizer = None
-    quantize_i_syn: StateQuantizer = None
+    quantize_v_mem: StateTransform = None
+    quantize_i_syn: StateTransform = None
     decay_v_mem: StateDecay = None
     decay_i_syn: StateDecay = None
 
@@ -171,3 +178,17 @@ class NeuronSpec(NamedTuple):
             self.detach_reset,
             self.spiking,
         )
+
+
+def __getattr__(name: str):
+    # The former name of StateTransform; hw.loihi.StateQuantizer is a quantizer class.
+    if name == "StateQuantizer":
+        import warnings
+
+        warnings.warn(
+            "aquatic.functional.neuron_types.StateQuantizer is deprecated; use StateTransform",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return StateTransform
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -89,7 +89,7 @@ from aquatic.functional.neuron_types import (
     Number,
     StateDecay,
     StateOps,
-    StateQuantizer,
+    StateTransform,
 )
 from aquatic.functional.neurons_spec import lif_recurrent, neuron_sequence, neuron_step
 from aquatic.functional.surrogate import Surrogate
@@ -126,8 +126,8 @@ def lif_step(
     bias: Optional[Number] = None,
     detach_reset: bool = False,
     spiking: bool = True,
-    quantize_v_mem: StateQuantizer = None,
-    quantize_i_syn: StateQuantizer = None,
+    quantize_v_mem: StateTransform = None,
+    quantize_i_syn: StateTransform = None,
     decay_v_mem: StateDecay = None,
     decay_i_syn: StateDecay = None,
 ) -> Tuple[Tensor, LIFState]:
@@ -199,8 +199,8 @@ def lif_loop(
     bias: Optional[Number] = None,
     detach_reset: bool = False,
     spiking: bool = True,
-    quantize_v_mem: StateQuantizer = None,
-    quantize_i_syn: StateQuantizer = None,
+    quantize_v_mem: StateTransform = None,
+    quantize_i_syn: StateTransform = None,
     decay_v_mem: StateDecay = None,
     decay_i_syn: StateDecay = None,
 ) -> LIFOutput:
@@ -247,8 +247,8 @@ def lif(
     bias: Optional[Number] = None,
     detach_reset: bool = False,
     spiking: bool = True,
-    quantize_v_mem: StateQuantizer = None,
-    quantize_i_syn: StateQuantizer = None,
+    quantize_v_mem: StateTransform = None,
+    quantize_i_syn: StateTransform = None,
     decay_v_mem: StateDecay = None,
     decay_i_syn: StateDecay = None,
     method: str = "auto",
@@ -296,7 +296,7 @@ def exp_leak(
     norm_input: bool = False,
     bias: Optional[Number] = None,
     min_v_mem: Optional[float] = None,
-    quantize_v_mem: StateQuantizer = None,
+    quantize_v_mem: StateTransform = None,
     decay_v_mem: StateDecay = None,
     method: str = "auto",
 ) -> LIFOutput:

@@ -17,6 +17,8 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple, Type
 import torch
 from torch import Tensor, nn
 
+from aquatic.functional.integer import check_integer
+
 __all__ = [
     "IntegerModule",
     "IntegerOverflowError",
@@ -113,7 +115,7 @@ def output_dtype(low: Optional[int], high: Optional[int]) -> torch.dtype:
 
 
 class IntegerModule(nn.Module):
-    """Base class of the integer twins: integer tensors in, integer tensors out.
+    """Base class of the integer models: integer tensors in, integer tensors out.
 
     A subclass sets ``kind`` (its name in saved files), ``_config_keys`` (constructor
     arguments that are plain JSON values) and ``_tensor_keys`` (constructor arguments
@@ -163,6 +165,12 @@ class IntegerModule(nn.Module):
 
     def _where(self) -> str:
         return f"layer {self.name!r} ({self.source or type(self).__name__})"
+
+    def _input_codes(self, input: Tensor) -> Tensor:
+        """``input`` checked to be a tensor of integer codes, as ``int64``."""
+        if not isinstance(input, Tensor):
+            raise TypeError(f"{self._where()} takes a tensor of integer codes, got {input!r}")
+        return check_integer(input, f"the input of {self._where()}").to(torch.int64)
 
     def extra_repr(self) -> str:
         parts = [f"name={self.name!r}"] if self.name else []

@@ -1,4 +1,4 @@
-"""Building the integer twins of conventional layers (accumulators and requantizers)."""
+"""Building the integer models of conventional layers (accumulators and requantizers)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from aquatic.integer.base import INT32_MAX, IntegerOverflowError, QSpec
 from aquatic.functional.grid import Grid
-from aquatic.integer.inspect import describe, grid_steps, read_grid
+from aquatic.integer.reading import describe, grid_steps, read_grid
 from aquatic.integer.layers import IntegerConv, IntegerLinear, IntegerRequantize
 from aquatic.integer.requant import is_power_of_two, quantize_multiplier
 
@@ -119,7 +119,7 @@ def _bias_codes(bias: Tensor, unit: Tensor, acc_bound: Optional[int], where: str
 
 @torch.no_grad()
 def build_accumulator(name: str, layer: nn.Module, spec: QSpec):
-    """The integer twin of an aquatic ``Linear``/``Conv*``/``ConvTranspose*`` layer.
+    """The integer module of an aquatic ``Linear``/``Conv*``/``ConvTranspose*`` layer.
 
     Returns:
         ``(modules, output_spec)``: the accumulator and, when the layer quantizes its

@@ -11,7 +11,7 @@ from torch import Tensor
 from aquatic.functional.neuron_types import NeuronSpec
 from aquatic.integer.base import QSpec
 from aquatic.functional.grid import Grid
-from aquatic.integer.inspect import describe, grid_steps, read_grid
+from aquatic.integer.reading import describe, grid_steps, read_grid
 from aquatic.integer.requant import dyadic_exponent, is_power_of_two, quantize_multiplier
 from aquatic.integer.spiking import IntegerNeuron
 from aquatic.nn import LIFRecurrent
@@ -140,7 +140,7 @@ def _recurrent(layer, where: str):
 
 @torch.no_grad()
 def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
-    """The integer twin of spiking ``layer`` for input codes described by ``spec``.
+    """The integer module of spiking ``layer`` for input codes described by ``spec``.
 
     Returns:
         ``(module, output_spec)``.
@@ -153,7 +153,7 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
     if max_spikes > _MAX_SPIKES:
         raise ValueError(f"{where}: max_spikes={max_spikes} is above {_MAX_SPIKES}")
     if layer.persistent_state:
-        notes.append(f"{where}: persistent_state is ignored; the integer twin starts from zero")
+        notes.append(f"{where}: persistent_state is ignored; the integer model starts from zero")
     vq = _state(layer, "v_mem", where, notes)
     iq = _state(layer, "i_syn", where, notes) if neurons.synaptic else None
     rules = {
@@ -202,13 +202,13 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
         unit = base * 2.0**-state_frac_bits
     if not power_of_two:
         notes.append(
-            f"{where}: its scales are not all powers of two, so the integer twin rounds "
+            f"{where}: its scales are not all powers of two, so the integer model rounds "
             "where the float model does not; spikes may differ near the threshold"
         )
     if vq is None:
         notes.append(
             f"{where}: the membrane is not quantized (QConfig.state is None): the "
-            f"quantization-aware model keeps it in float32, the integer twin with "
+            f"quantization-aware model keeps it in float32, the integer model with "
             f"{state_frac_bits} fractional bits"
         )
     if neurons.synaptic and iq is None:

@@ -11,7 +11,7 @@ from torch import nn
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build import build_accumulator, build_requantize
 from aquatic.integer.build_spiking import build_neuron
-from aquatic.integer.inspect import check_observed, describe, read_grid
+from aquatic.integer.reading import check_observed, describe, read_grid
 from aquatic.integer.layers import IntegerReLU
 from aquatic.integer.pooling import IntegerMaxPool, IntegerReshape, IntegerSum, IntegerSumPool
 from aquatic.integer.model import IntegerModel
@@ -152,7 +152,7 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
         )
     if isinstance(module, nn.modules.batchnorm._BatchNorm):
         raise TypeError(
-            f"{where} has no integer twin; fold it into the layer before it with "
+            f"{where} has no integer counterpart; fold it into the layer before it with "
             "aquatic.fold_batch_norm, then train (or calibrate) and convert"
         )
     if type(module) is nn.ReLU:
@@ -205,7 +205,7 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
                 "input symmetrically per tensor first"
             )
         return [IntegerSum(dim, name=name, source=source)], QSpec(spec.scale, spec.zero_point, None)
-    raise TypeError(f"{where} has no integer twin. Supported: {_SUPPORTED}")
+    raise TypeError(f"{where} has no integer counterpart. Supported: {_SUPPORTED}")
 
 
 def _sum_pool(name: str, module: nn.Module, spec: QSpec, where: str):
@@ -247,7 +247,7 @@ def convert(
     state_frac_bits: int = 16,
     require_exact: bool = False,
 ) -> IntegerModel:
-    """An integer-arithmetic twin of a trained quantization-aware ``model``.
+    """An integer-arithmetic counterpart of a trained quantization-aware ``model``.
 
     ``model`` is an ``nn.Sequential`` (nested ones are walked) of aquatic layers and the
     modules between them (see the ``TypeError`` below for the list). Each becomes an
@@ -288,7 +288,7 @@ def convert(
         An :class:`~aquatic.integer.IntegerModel`.
 
     Raises:
-        TypeError: a layer has no integer twin (named, with the supported list), or a
+        TypeError: a layer has no integer counterpart (named, with the supported list), or a
             float ``torch.nn`` layer with weights.
         ValueError: a quantizer never saw data (no range), the input scale is unknown, or
             a layer's quantization has no integer form (named with the fix).

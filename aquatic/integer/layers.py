@@ -1,4 +1,4 @@
-"""Integer twins of the conventional layers and of the modules between them.
+"""Integer modules of the conventional layers and of the modules between them.
 
 - :class:`IntegerLinear` and :class:`IntegerConv`: integer accumulators
   :math:`\\sum_k (q_{x,k} - z_x)\\, q_{w,k}` (plus the bias on the accumulator grid),
@@ -19,19 +19,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from aquatic.functional.fake_quant import broadcast_along
-from aquatic.functional.integer import check_integer
 from aquatic.integer.base import INT32_MAX, IntegerModule, IntegerOverflowError
 from aquatic.integer.requant import multiply_shift
 
 __all__ = ["IntegerConv", "IntegerLinear", "IntegerReLU", "IntegerRequantize"]
 
 _DTYPES = {"int32": torch.int32, "int64": torch.int64}
-
-
-def _codes(module: IntegerModule, input: Tensor) -> Tensor:
-    if not isinstance(input, Tensor):
-        raise TypeError(f"{module._where()} takes a tensor of integer codes, got {input!r}")
-    return check_integer(input, f"the input of {module._where()}").to(torch.int64)
 
 
 class _Accumulator(IntegerModule):
@@ -64,7 +57,7 @@ class _Accumulator(IntegerModule):
         return acc.to(torch.int32)
 
     def _centered(self, input: Tensor) -> Tensor:
-        return _codes(self, input) - broadcast_along(self.input_zero_point, self.input_axis)
+        return self._input_codes(input) - broadcast_along(self.input_zero_point, self.input_axis)
 
 
 class IntegerLinear(_Accumulator):
@@ -243,7 +236,7 @@ class IntegerRequantize(IntegerModule):
         self.axis = axis
 
     def forward(self, input: Tensor) -> Tensor:
-        x = _codes(self, input) - broadcast_along(self.input_zero_point, self.axis)
+        x = self._input_codes(input) - broadcast_along(self.input_zero_point, self.axis)
         multiplier, shift = broadcast_along(self.multiplier, self.axis), broadcast_along(
             self.shift, self.axis
         )
@@ -278,5 +271,5 @@ class IntegerReLU(IntegerModule):
         self.axis = axis
 
     def forward(self, input: Tensor) -> Tensor:
-        x = _codes(self, input)
+        x = self._input_codes(input)
         return torch.maximum(x, broadcast_along(self.zero_point, self.axis)).to(input.dtype)

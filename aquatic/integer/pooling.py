@@ -1,4 +1,4 @@
-"""Integer twins of the operations that commute with quantization.
+"""Integer modules of the operations that commute with quantization.
 
 Max pooling commutes with any increasing affine map, so it runs on the codes as they
 are; average pooling becomes sum pooling of ``q - z`` with the scale divided by the
@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from aquatic.integer.base import IntegerModule
-from aquatic.integer.layers import _codes
 
 __all__ = ["IntegerMaxPool", "IntegerReshape", "IntegerSum", "IntegerSumPool"]
 
@@ -51,7 +50,7 @@ class IntegerMaxPool(IntegerModule):
 
     def forward(self, input: Tensor) -> Tensor:
         # float64 holds the codes exactly (and pads with -inf, as max pooling must).
-        x = _codes(self, input).double()
+        x = self._input_codes(input).double()
         fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[self.dim - 1]
         out = fn(x, self.kernel_size, self.stride, self.padding, self.dilation, self.ceil_mode)
         return out.to(input.dtype)
@@ -92,7 +91,7 @@ class IntegerSumPool(IntegerModule):
         self._set_tensors({"zero_point": torch.as_tensor(zero_point, dtype=torch.int64)})
 
     def forward(self, input: Tensor) -> Tensor:
-        x = _codes(self, input) - self.zero_point
+        x = self._input_codes(input) - self.zero_point
         # A sum of small integers in float64 is exact (the bound is checked at conversion).
         window = torch.ones([1, 1] + self.kernel_size, dtype=torch.float64)
         shape = x.shape
@@ -155,4 +154,4 @@ class IntegerSum(IntegerModule):
         self.dim = int(dim)
 
     def forward(self, input: Tensor) -> Tensor:
-        return _codes(self, input).sum(dim=self.dim)
+        return self._input_codes(input).sum(dim=self.dim)

@@ -1,4 +1,4 @@
-r"""The integer twin of the spiking layers (``LIF``, ``LIFRecurrent``, ``IAF``, ``ExpLeak``).
+r"""The integer modules of the spiking layers (``LIF``, ``LIFRecurrent``, ``IAF``, ``ExpLeak``).
 
 :class:`IntegerNeuron` runs the step of :mod:`aquatic.functional.neurons` on integers:
 the synaptic current :math:`i = Q_i(\alpha_{syn} \odot (i + x))`, the membrane
@@ -20,7 +20,7 @@ Every value is an ``int64`` numerator :math:`N` of a fixed unit :math:`u` of the
 Exact mode (every scale a power of two, and ``QConfig.state`` quantizing the membrane
 and the synaptic current): :math:`u = 2^{-K}` holds every input, threshold, bias and
 bound exactly. The float model computes each step in float32, which rounds a result to
-24 significant bits; the integer twin rounds each exact intermediate the same way
+24 significant bits; the integer model rounds each exact intermediate the same way
 (:func:`~aquatic.integer.requant.round_to_float32`), rounds to the state grid as the
 state quantizer does, and emulates the float32 division in the spike count
 :math:`\lfloor v / \vartheta \rfloor` of ``max_spikes > 1``: spikes and states agree bit

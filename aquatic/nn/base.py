@@ -44,7 +44,7 @@ def eval_mode(modules: Iterable[nn.Module]) -> Iterator[None]:
 
 
 class QuantizedModule(nn.Module):
-    """Mixin for layers whose parameters and output are quantized by a QConfig.
+    """Base class of the layers whose parameters and output are quantized by a QConfig.
 
     A subclass lists in ``_quantized_params`` which of its parameters each QConfig
     field governs (``{"weight": "weight", "tau_mem": "tau", ...}``) and calls
@@ -93,9 +93,9 @@ class QuantizedModule(nn.Module):
 
     def quantize_output(self, output: Tensor) -> Tensor:
         """The layer's output passed through the activation quantizer, if any."""
-        if "activation" in self.quantizers:
-            return self.quantizers["activation"](output)
-        return output
+        # Straight to the dicts: this runs on every forward of every layer.
+        quantizer = self._modules["quantizers"]._modules.get("activation")
+        return output if quantizer is None else quantizer(output)
 
     @torch.no_grad()
     def quantize_params(self) -> Dict[str, Tensor]:

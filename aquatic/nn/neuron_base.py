@@ -33,7 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.functional.neuron_checks import check_max_spikes, check_method, check_reset
-from aquatic.functional.neuron_types import LIFOutput, LIFState, NeuronSpec, StateOps
+from aquatic.functional.neuron_types import TAU_MIN, LIFOutput, LIFState, NeuronSpec, StateOps
 from aquatic.functional.surrogate import Surrogate, check_surrogate
 from aquatic.nn.base import QuantizedModule, eval_mode
 from aquatic.nn.grid_decay import GridDecay
@@ -49,9 +49,6 @@ from aquatic.nn.neuron_options import (
 from aquatic.qconfig import QConfig
 
 __all__ = ["NeuronModule"]
-
-#: Smallest time constant used in forward: alpha = exp(-1/tau) is 0 below it anyway.
-TAU_MIN = 1e-3
 
 
 class NeuronModule(QuantizedModule):
@@ -279,7 +276,11 @@ class NeuronModule(QuantizedModule):
     def _state_decay(self, kind: str, state: str) -> Optional[Callable]:
         decay_quantizer = self.decay_quantizer(kind)
         state_quantizer = self._state_quantizer(state)
-        if state_quantizer is None or not callable(getattr(decay_quantizer, "decay_state", None)):
+        if (
+            state_quantizer is None
+            or decay_quantizer is None
+            or decay_quantizer.decay_state is None
+        ):
             return None
         return GridDecay(decay_quantizer, state_quantizer)
 

@@ -23,7 +23,7 @@ _HOOK_DICTS = (
 
 
 class TorchTwin(QuantizedModule):
-    """Mixin for aquatic layers that subclass a ``torch.nn`` layer (their *twin*).
+    """Base class of the aquatic layers that subclass a ``torch.nn`` layer (their *twin*).
 
     A subclass sets ``_float_module`` (the twin class) and ``_weight_out_axis`` (the
     weight axis of output channels) and implements :meth:`_twin_kwargs`, the
@@ -38,7 +38,11 @@ class TorchTwin(QuantizedModule):
 
     def _check_bias_quantizer(self) -> None:
         quantizer = self.quantizers["bias"] if "bias" in self.quantizers else None
-        if getattr(quantizer, "follows_input_scale", False) and "weight" not in self.quantizers:
+        if (
+            quantizer is not None
+            and quantizer.follows_input_scale
+            and "weight" not in self.quantizers
+        ):
             raise ValueError(
                 f"{type(self).__name__}: QConfig.bias is {type(quantizer).__name__}, whose "
                 "scale is input scale times weight scale, but QConfig.weight is None; "
@@ -79,16 +83,29 @@ class TorchTwin(QuantizedModule):
         new.train(module.training)
         return new
 
-    def to_float(self) -> nn.Module:
-        """The torch twin with the quantized parameter values baked in.
+    def to_float(self, baked: bool = True) -> nn.Module:
+        """The torch twin of this layer.
 
-        Parameters come from :meth:`quantize_params`: with fake quantization disabled
-        (:func:`aquatic.disable_fake_quant`) they are the float values. The activation
-        quantizer has no place in the twin and is dropped.
+        Args:
+            baked: ``True``: the twin holds copies of the quantized parameter values, from
+                :meth:`quantize_params` (with fake quantization disabled,
+                :func:`aquatic.disable_fake_quant`, the float values). ``False``: it holds
+                this layer's own float parameters (shared, not copied) and its hooks, so
+                that the layer can be rebuilt around them with another QConfig
+                (``type(layer).from_float(layer.to_float(baked=False), qconfig)``).
+
+        The activation quantizer has no place in the twin and is dropped.
         """
         module = self._float_module(
             **self._twin_kwargs(self), device="meta", dtype=self.weight.dtype
         )
+        if not baked:
+            module.weight = self.weight
+            module.bias = self.bias
+            for hooks in _HOOK_DICTS:
+                getattr(module, hooks).update(getattr(self, hooks, {}))
+            module.train(self.training)
+            return module
         values = self.quantize_params()
         for name in ("weight", "bias"):
             param = getattr(self, name)
@@ -132,15 +149,11 @@ class TorchTwin(QuantizedModule):
             weight = quantizer(weight)
         quantizer = quantizers.get("bias")
         if bias is not None and quantizer is not None:
-            if getattr(quantizer, "follows_input_scale", False):
+            if quantizer.follows_input_scale:
                 bias = quantizer.quantize_bias(bias, input, self._weight_scale())
             else:
                 bias = quantizer(bias)
         return weight, bias
-
-    def _quantize_output(self, output: Tensor) -> Tensor:
-        quantizer = self._modules["quantizers"]._modules.get("activation")
-        return output if quantizer is None else quantizer(output)
 
     # -- state_dict -------------------------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,15 @@ class Quantizer(nn.Module):
     :func:`aquatic.functional.fake_quant_uniform.fake_quantize_uniform`). An
     :meth:`observe` that returns ``None`` gets ``fake_quantize(input)``.
     """
+
+    #: Capabilities a layer asks of its quantizers, declared rather than probed:
+    #: a bias quantizer whose scale follows the layer's input and weight scales
+    #: (:class:`~aquatic.quantizers.AccumulatorBiasQuantizer`) ...
+    follows_input_scale: bool = False
+    #: ... and a decay quantizer's integer rule for decaying a state on its grid,
+    #: ``decay_state(state, alpha, scale, low, high)``, or ``None`` (the layer then
+    #: multiplies by alpha; see :mod:`aquatic.nn.grid_decay`).
+    decay_state: Optional[Callable[..., Tensor]] = None
 
     def __init__(self) -> None:
         super().__init__()

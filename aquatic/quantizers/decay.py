@@ -18,11 +18,11 @@ and return the quantized value in the form they got it: :math:`\\alpha_q`, or
 Each quantizer also knows how its chip applies the decay to an *integer* state, which
 is not :math:`\\alpha_q v` rounded to the nearest integer:
 
-- :meth:`~_DecayQuantizer.integer_decay` applies it to integer codes
+- :meth:`~DecayQuantizer.integer_decay` applies it to integer codes
   (:func:`aquatic.functional.integer.bitshift_decay`, ``x - max(x >> dash, 1)`` toward
   zero, and :func:`~aquatic.functional.integer.multiplicative_decay`,
   ``(2**bits - d) * x >> bits`` rounded toward zero);
-- :meth:`~_DecayQuantizer.decay_state` applies it to a float state on a grid of step
+- :meth:`~DecayQuantizer.decay_state` applies it to a float state on a grid of step
   ``scale``, :math:`s \\cdot \\mathrm{rule}(v / s)`, with the gradient of
   :math:`\\alpha_q v` (straight through). The spiking layers use it for the decay of a
   quantized state (``QConfig.state``), so that they compute what the chip computes.
@@ -38,12 +38,12 @@ from torch import Tensor
 from aquatic.functional.grid import Grid
 from aquatic.functional.integer import bitshift_decay, multiplicative_decay
 from aquatic.functional.rounding import check_rounding, round_ste
-from aquatic.quantizers.decay_base import _DecayQuantizer
+from aquatic.quantizers.decay_base import DecayQuantizer
 
 __all__ = ["BitShiftDecay", "UniformDecay"]
 
 
-class BitShiftDecay(_DecayQuantizer):
+class BitShiftDecay(DecayQuantizer):
     """Bit-shift decay :math:`\\alpha_q = 1 - 2^{-dash}` (``v -= v >> dash``).
 
     .. math::
@@ -106,7 +106,7 @@ class BitShiftDecay(_DecayQuantizer):
         return bitshift_decay(input, codes)
 
 
-class UniformDecay(_DecayQuantizer):
+class UniformDecay(DecayQuantizer):
     """Decay on a uniform grid: :math:`\\alpha_q = 1 - d / 2^{bits}` (Loihi's ``du``).
 
     .. math::

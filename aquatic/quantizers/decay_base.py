@@ -1,9 +1,9 @@
 """What the decay quantizers of :mod:`aquatic.quantizers.decay` share.
 
-:class:`_DecayQuantizer` holds the ``alpha``/``tau`` conversions through the leak
+:class:`DecayQuantizer` holds the ``alpha``/``tau`` conversions through the leak
 :math:`1 - \\alpha`, the integer codes and their export, and the chip's decay of an
-integer state (:meth:`~_DecayQuantizer.integer_decay`) and of a float state on a grid
-(:meth:`~_DecayQuantizer.decay_state`). Subclasses say how a leak becomes a code and
+integer state (:meth:`~DecayQuantizer.integer_decay`) and of a float state on a grid
+(:meth:`~DecayQuantizer.decay_state`). Subclasses say how a leak becomes a code and
 back, and which integer rule the chip applies.
 """
 
@@ -17,14 +17,12 @@ from torch import Tensor
 from aquatic.functional.fake_quant import int_dtype
 from aquatic.functional.grid import Grid
 from aquatic.functional.integer import check_integer
+from aquatic.functional.neuron_types import TAU_MIN
 from aquatic.functional.rounding import straight_through
 from aquatic.quantizers.base import Quantizer, check_bits
 
-__all__ = ["_DecayQuantizer"]
+__all__ = ["DecayQuantizer"]
 
-#: Taus are clamped to at least this many steps. Below it alpha = exp(-1/tau) is 0
-#: in float32 anyway, and d alpha / d tau = alpha / tau**2 would be 0 * inf = NaN.
-_TAU_MIN = 1e-3
 #: Leaks below this give tau ~ 1/leak > 1e18 steps; d tau / d leak ~ 1/leak**2 would
 #: overflow float32, so there tau is 1/leak without a gradient.
 _LEAK_MIN = 2.0**-60
@@ -60,7 +58,7 @@ def _code_dtype(quant_min: Any, quant_max: Any) -> torch.dtype:
     return torch.int32 if _INT32.min <= low and high <= _INT32.max else torch.int64
 
 
-class _DecayQuantizer(Quantizer):
+class DecayQuantizer(Quantizer):
     """Shared parts: the ``alpha``/``tau`` conversions, codes, export and state.
 
     Subclasses set ``_code_name`` and implement :meth:`_codes` (leak -> integer-valued
@@ -104,7 +102,7 @@ class _DecayQuantizer(Quantizer):
             # clamping them keeps an infinite alpha from turning into NaN when rounded.
             return torch.clamp(1.0 - input, -1.0, 2.0)
         # 1 - exp(-1/tau) as -expm1(-1/tau): exact to the last bits even for long taus.
-        return -torch.expm1(-1.0 / torch.clamp(input, min=_TAU_MIN))
+        return -torch.expm1(-1.0 / torch.clamp(input, min=TAU_MIN))
 
     def _value(self, leak: Tensor) -> Tensor:
         """``alpha_q = 1 - leak`` or ``tau_q = -1 / log(1 - leak)``, as ``param`` says."""

@@ -260,7 +260,7 @@ def test_observers_never_run_are_named():
 def test_layer_without_integer_twin_is_named():
     model = nn.Sequential(qnn.Linear(4, 3, qconfig=aquatic.qconfig.int8), nn.Sigmoid())
     calibrate(model, torch.rand(8, 4))
-    with pytest.raises(TypeError, match=r"layer '1' \(Sigmoid\) has no integer twin"):
+    with pytest.raises(TypeError, match=r"layer '1' \(Sigmoid\) has no integer counterpart"):
         aquatic.convert(model, input_scale=1 / 16)
 
 

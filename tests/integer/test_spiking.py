@@ -256,7 +256,7 @@ def test_spike_count_module_is_recognised_and_other_modules_refused():
         qnn.Linear(20, 4, bias=False, qconfig=q), qnn.LIF(tau_mem=4.0, qconfig=q), SpikeMean()
     )
     calibrate(model, spikes_in(0))
-    with pytest.raises(TypeError, match=r"layer '2' \(SpikeMean\) has no integer twin"):
+    with pytest.raises(TypeError, match=r"layer '2' \(SpikeMean\) has no integer counterpart"):
         aquatic.convert(model)
 
 

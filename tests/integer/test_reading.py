@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from aquatic.integer.inspect import grid_steps, read_grid
+from aquatic.integer.reading import grid_steps, read_grid
 from aquatic.quantizers import BinaryQuantizer, BitShiftDecay, UniformQuantizer
 
 
