@@ -4,9 +4,8 @@ any single parameter of any module."""
 from __future__ import annotations
 
 import copy
-import re
 import warnings
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
 
 from torch import nn
 from torch.nn.utils import parametrize
@@ -14,6 +13,7 @@ from torch.nn.utils import parametrize
 from aquatic import nn as qnn
 from aquatic.nn.activation import ActivationQuantizer
 from aquatic.nn.base import QuantizedModule
+from aquatic.mapping import QConfigLike, QConfigResolver
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.base import Quantizer
 
@@ -33,93 +33,9 @@ TWINS: Dict[Type[nn.Module], Type[nn.Module]] = {
 #: The aquatic twins that :func:`quantize` builds (and can rebuild with another QConfig).
 _AQUATIC_TWINS = tuple(TWINS.values())
 
-Key = Union[str, Type[nn.Module]]
-QConfigLike = Union[QConfig, Mapping[Key, Optional[QConfig]]]
-
 
 # Attributes of a class that a new class with the same namespace must not copy.
 _CLASS_SLOTS = ("__dict__", "__weakref__")
-
-
-class _Resolver:
-    """Picks the QConfig of each module from a mapping; remembers which keys matched."""
-
-    def __init__(self, qconfig: QConfigLike, names: List[str], modules: List[nn.Module]) -> None:
-        self.single: Optional[QConfig] = None
-        self.names: Dict[str, Optional[QConfig]] = {}
-        self.patterns: List[Tuple["re.Pattern[str]", Optional[QConfig]]] = []
-        self.types: List[Tuple[type, Optional[QConfig]]] = []
-        self.unmatched: List[str] = []
-        if isinstance(qconfig, QConfig):
-            self.single = qconfig
-            return
-        if not isinstance(qconfig, Mapping):
-            raise TypeError(
-                f"qconfig must be an aquatic.QConfig or a mapping from module types, names "
-                f"or regular expressions to QConfig (or None), got {type(qconfig).__name__}; "
-                "e.g. aquatic.quantize(model, aquatic.qconfig.int8) or "
-                "aquatic.quantize(model, {nn.Linear: aquatic.qconfig.int8, 'head': None})"
-            )
-        known = set(names)
-        for key, value in qconfig.items():
-            if value is not None and not isinstance(value, QConfig):
-                raise TypeError(
-                    f"qconfig[{key!r}] must be an aquatic.QConfig or None (to leave the "
-                    f"module in float), got {type(value).__name__}"
-                )
-            if isinstance(key, type) and issubclass(key, nn.Module):
-                if not any(issubclass(twin, key) for twin in TWINS):
-                    supported = ", ".join(f"nn.{twin.__name__}" for twin in TWINS)
-                    raise TypeError(
-                        f"qconfig key {key.__module__}.{key.__qualname__} has no aquatic twin "
-                        f"(supported: {supported}); quantize its parameters with "
-                        "aquatic.quantize_parameter(module, name, quantizer) instead"
-                    )
-                self.types.append((key, value))
-                matched = any(isinstance(module, key) for module in modules)
-            elif isinstance(key, str) and key in known:
-                self.names[key] = value
-                matched = True
-            elif isinstance(key, str):
-                try:
-                    pattern = re.compile(key)
-                except re.error as error:
-                    raise ValueError(
-                        f"qconfig key {key!r} is neither the name of a module in this model "
-                        f"nor a valid regular expression ({error})"
-                    ) from None
-                self.patterns.append((pattern, value))
-                matched = any(pattern.fullmatch(name) for name in names)
-            else:
-                raise TypeError(
-                    f"qconfig keys must be nn.Module types or strings (qualified names or "
-                    f"regular expressions), got {key!r}"
-                )
-            if not matched:
-                self.unmatched.append(key.__name__ if isinstance(key, type) else repr(key))
-
-    def resolve(self, name: str, module: nn.Module) -> Optional[QConfig]:
-        """The QConfig for ``module`` at ``name``: the most specific key wins.
-
-        Order: the module's own name, then the nearest enclosing module's name, then the
-        first regular expression (in mapping order) matching the whole name, then the
-        nearest class in the module's class hierarchy among the type keys.
-        """
-        if self.single is not None:
-            return self.single
-        parts = name.split(".") if name else []
-        for depth in range(len(parts), -1, -1):
-            prefix = ".".join(parts[:depth])
-            if prefix in self.names:
-                return self.names[prefix]
-        for pattern, value in self.patterns:
-            if pattern.fullmatch(name):
-                return value
-        types = dict(self.types)
-        for klass in type(module).__mro__:
-            if klass in types:
-                return types[klass]
-        return None
 
 
 def _replace(model: nn.Module, replacements: Dict[int, nn.Module]) -> nn.Module:
@@ -148,6 +64,32 @@ def _warn_requantized(requantized: List[str], kept: List[str]) -> None:
             f"QConfig: {', '.join(kept)}; a subclass of an aquatic layer, or one with "
             "parametrized parameters (quantize_parameter), cannot be rebuilt. Rebuild it "
             "yourself, or map its name to None to silence this",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+#: Modules whose float parameters are expected: BatchNorm folds into the layer before it
+#: (aquatic.fold_batch_norm, and aquatic.convert).
+_FOLDED = (nn.modules.batchnorm._BatchNorm,)
+
+
+def _warn_float_parameters(named: List[Tuple[str, nn.Module]], resolver: QConfigResolver) -> None:
+    """Warn, naming them, about parameters that :func:`quantize` leaves in float."""
+    left = []
+    for name, module in named:
+        skip = (QuantizedModule, Quantizer, parametrize.ParametrizationList) + _FOLDED
+        if type(module) in TWINS or isinstance(module, skip):
+            continue
+        if resolver.names_explicitly(name):
+            continue  # the user mapped it (to None): float by choice
+        for param_name, _ in module.named_parameters(recurse=False):
+            left.append(f"{name + '.' if name else ''}{param_name} ({type(module).__name__})")
+    if left:
+        warnings.warn(
+            "aquatic.quantize: these parameters stay in float (their modules have no aquatic "
+            f"twin): {', '.join(left)}. Quantize one with aquatic.quantize_parameter(module, "
+            "name, quantizer), or map the module's name to None to keep it in float silently",
             UserWarning,
             stacklevel=3,
         )
@@ -198,7 +140,11 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
     Warns:
         UserWarning: listing mapping keys that match no module of the model; listing
             layers already quantized with another QConfig (re-quantized, or kept where
-            they cannot be rebuilt).
+            they cannot be rebuilt); naming every parameter left in float because its
+            module has no aquatic twin (``Embedding``, ``LayerNorm``, ...), with the fix
+            (:func:`quantize_parameter`, or map the module's name to ``None`` to keep it
+            in float by choice). BatchNorm parameters are not named: they fold into the
+            layer before them (:func:`aquatic.fold_batch_norm`).
 
     Example:
         >>> import torch, aquatic
@@ -221,7 +167,9 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     named = list(model.named_modules())
-    resolver = _Resolver(qconfig, [name for name, _ in named], [module for _, module in named])
+    resolver = QConfigResolver(
+        qconfig, [name for name, _ in named], [module for _, module in named], TWINS
+    )
     plan: List[Tuple[str, nn.Module, QConfig]] = []
     requantized: List[str] = []
     kept: List[str] = []
@@ -251,6 +199,7 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
             stacklevel=2,
         )
     _warn_requantized(requantized, kept)
+    _warn_float_parameters(named, resolver)
     if not plan:
         return model if inplace else _deepcopy(model)
     if not inplace:

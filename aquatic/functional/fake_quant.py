@@ -16,7 +16,7 @@ where :math:`\\mathrm{round}(x/s) + z` lies in :math:`[q_{min}, q_{max}]`, zero 
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 import torch
 from torch import Tensor

@@ -10,7 +10,7 @@ corrupt or hand-edited file never loads into a model that computes something els
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 
 from aquatic.integer.requant import ROUNDINGS
