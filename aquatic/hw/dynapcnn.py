@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from aquatic._layers import refuse_shared_layers
 from aquatic.hw._common import (
     DoesNotFitError,
     grid_codes,
@@ -139,6 +140,7 @@ def export(
     """
     from aquatic.nn import IAF
 
+    refuse_shared_layers(model, "DYNAP-CNN export")
     layers = layer_sequence(model, "DYNAP-CNN")
     require(
         len(layers) % 2 == 0 and len(layers) // 2 <= NUM_CORES,

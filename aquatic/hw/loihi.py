@@ -21,6 +21,7 @@ from typing import Any, Dict, List
 import torch
 from torch import Tensor, nn
 
+from aquatic._layers import refuse_shared_layers
 from aquatic.functional.fake_quant import fake_quantize_affine, quantize_affine
 from aquatic.functional.integer import int_range
 from aquatic.quantizers.base import Quantizer
@@ -176,6 +177,7 @@ def export(model: nn.Module) -> Dict[str, Any]:
     """
     from aquatic.nn import LIF, LIFRecurrent
 
+    refuse_shared_layers(model, "Loihi export")
     layers = layer_sequence(model, "Loihi")
     require(
         len(layers) % 2 == 0,

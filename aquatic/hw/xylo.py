@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from aquatic._layers import refuse_shared_layers
 from aquatic.hw._common import (
     DoesNotFitError,
     grid_codes,
@@ -237,6 +238,7 @@ def export(model: nn.Module, limits: Optional[XyloLimits] = XYLO_AUDIO_2) -> Dic
             its range (e.g. 9-bit weights), or a network over ``limits``; the message
             names the layer.
     """
+    refuse_shared_layers(model, "Xylo export")
     layers = layer_sequence(model, "Xylo")
     require(
         len(layers) == 4,

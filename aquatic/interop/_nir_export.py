@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aquatic.interop._common import active, affine_params, layer_sequence, parameter_values
+from aquatic._layers import sequential_layers
+from aquatic.interop._common import active, affine_params, parameter_values
 from aquatic.interop._nir_modules import NIRModule, Scale, SumPool2d
 from aquatic.interop._nir_neurons import Chain, NeuronExporter, Shape, per_neuron
 from aquatic.nn.activation import ActivationQuantizer
@@ -243,7 +244,8 @@ def graph_of(model: nn.Module) -> Tuple[List[Tuple[str, nn.Module]], List[Tuple[
                 f"{type(model).__name__} whose forward it cannot see; put the layers in an "
                 "nn.Sequential"
             )
-    layers = layer_sequence(model)
+    # each use of a shared layer is a node of its own (its weights written again)
+    layers = sequential_layers(model, default=type(model).__name__.lower())
     names = []
     for index, (name, _) in enumerate(layers):
         names.append(f"{name}_{index}" if name in ("input", "output") else name)
