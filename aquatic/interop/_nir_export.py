@@ -89,6 +89,8 @@ class Exporter(NeuronExporter):
             "zero_point": int(grid.zero_point),
             "quant_min": grid.quant_min,
             "quant_max": grid.quant_max,
+            # floor and stochastic rounding load back as they were trained
+            "rounding": str(getattr(quantizer, "rounding", "nearest")),
         }
 
     # -- stateless layers ----------------------------------------------------------------
