@@ -230,8 +230,9 @@ def export(
     subtracting = [name for name, reset in exporter.resets.items() if reset == "subtract"]
     if subtracting:
         warnings.warn(
-            f"layers {', '.join(map(repr, subtracting))} reset by subtracting the threshold, "
-            "which NIR cannot express: NIR nodes with v_reset reset to it (written as 0, so "
+            f"{'layers' if len(subtracting) > 1 else 'layer'} "
+            f"{', '.join(map(repr, subtracting))} reset{'' if len(subtracting) > 1 else 's'} "
+            "by subtracting the threshold, which NIR cannot express: NIR nodes with v_reset reset to it (written as 0, so "
             "other NIR tools reset to zero). aquatic.interop.nir.load restores the "
             "subtraction from graph.metadata['aquatic']['resets']; for other tools, train "
             "with reset='zero'",

@@ -102,3 +102,9 @@ def test_an_unknown_rounding_in_the_metadata_is_refused_by_key(bad):
         match=r"\['quantizers'\]\['1'\]\['rounding'\] must be one of 'nearest', 'floor', 'stochastic'",
     ):
         anir.load(graph)
+
+
+def test_one_subtracting_layer_is_named_in_the_singular():
+    model = nn.Sequential(aquatic.nn.Linear(3, 3), aquatic.nn.IAF())
+    with pytest.warns(UserWarning, match=r"^layer '1' resets by subtracting the threshold"):
+        anir.export(model)
