@@ -240,13 +240,8 @@ def check_surrogate(surrogate: Optional[Surrogate]) -> Surrogate:
     return surrogate
 
 
-def _ulp(wide: Tensor, dtype: torch.dtype) -> Tensor:
-    """The spacing of ``dtype``'s values at ``wide`` (a float64 tensor holding such values)."""
-    info = torch.finfo(dtype)
-    _, exponent = torch.frexp(wide)  # wide = m 2**e with m in [0.5, 1): spacing eps 2**(e-1)
-    ulp = torch.ldexp(torch.full_like(wide, info.eps / 2), exponent)
-    ulp = torch.clamp(ulp, min=info.smallest_normal * info.eps)
-    return torch.where(wide == 0, torch.zeros_like(ulp), ulp)
+#: Half the machine epsilon, and a little more for the rounding of the bound itself.
+_SLACK = 0.5 * (1 + 2.0**-16)
 
 
 def spike_values(v: Tensor, threshold: Tensor, max_spikes: int = 1) -> Tensor:
@@ -256,16 +251,18 @@ def spike_values(v: Tensor, threshold: Tensor, max_spikes: int = 1) -> Tensor:
     :math:`\\vartheta = b s`, is the integer division :math:`\\lfloor a/b \\rfloor`
     (capped to ``[0, max_spikes]``), as integer chips count. The float values are
     :math:`fl(a s)` and :math:`fl(b s)`, rounded unless :math:`s` is a power of two, so
-    :math:`n` spikes are counted when :math:`n \\vartheta - v` (exact) is at most the
-    rounding that :math:`a = n b` allows, :math:`(ulp(v) + n\\, ulp(\\vartheta)) / 2`
-    (nothing for :math:`n \\le 1`: one spike is :math:`v \\ge \\vartheta`, as with
-    ``max_spikes=1``). With ``p`` the significand bits of ``v``'s dtype (24 for float32,
-    whose spacing ``ulp`` is used), this is :math:`\\lfloor a/b \\rfloor` exactly for
+    :math:`n` spikes are counted when :math:`n \\vartheta - v` is at most a bound of
+    the rounding that :math:`a = n b` allows,
+    :math:`(|v| + n \\vartheta)\\, \\epsilon / 2` with the machine epsilon of ``v``'s
+    dtype (nothing for :math:`n \\le 1`: one spike is :math:`v \\ge \\vartheta`, as with
+    ``max_spikes=1``). With ``p`` the significand bits of that dtype (24 for float32),
+    this is :math:`\\lfloor a/b \\rfloor` exactly for
     :math:`|a| < 2^{p-2}` on any grid and :math:`|a| < 2^{p-1}` on a power-of-two grid;
     above, the float values cannot tell neighbouring grid values apart on every grid,
-    and the rule is the definition. The integer twin evaluates the same rule on its exact
-    values (:class:`aquatic.integer.IntegerNeuron`), so the two agree over the whole
-    range.
+    and the rule is the definition (for counts below :math:`2^{22}`). The rule is
+    computed in ``v``'s dtype and is invariant under power-of-two scaling; the integer
+    twin evaluates it on its exact values (:class:`aquatic.integer.IntegerNeuron`), so
+    the two agree over the whole range.
 
     Example:
         >>> spike_values(torch.tensor([0.5, 1.0, 3.7, -2.0]), torch.tensor(1.0), max_spikes=3)
@@ -273,18 +270,18 @@ def spike_values(v: Tensor, threshold: Tensor, max_spikes: int = 1) -> Tensor:
     """
     if max_spikes == 1:
         return torch.ge(v, threshold).to(v.dtype)
-    # The exact floor of the stored quotient first: in float64 it is off by at most one
-    # below 2**29, and n * threshold is exact there for float32 (and narrower) values.
-    wide = v.to(torch.float64)
-    step = torch.as_tensor(threshold, device=v.device).to(torch.float64)
-    count = torch.floor(wide / step).clamp(-1, max_spikes)
-    count += torch.ge(wide, (count + 1) * step).to(count.dtype)
-    count -= torch.lt(wide, count * step).to(count.dtype)
-    # Then the grid: a = n b stored as fl(a s) can lie a rounding below n fl(b s).
+    # fmod is exact: v = q threshold + r with q = trunc(v / threshold), so the count of
+    # the stored values is q = (v - r) / threshold, an integer that rounding recovers
+    # below 2**22 (v / threshold itself rounds: 771 s / 257 s -> 2.9999998).
+    remainder = torch.fmod(v, threshold)
+    count = torch.round((v - remainder) / threshold)
+    # Then the grid: a = n b, stored as fl(a s), can lie a rounding below n fl(b s), by
+    # at most (ulp(v) + n ulp(threshold)) / 2 <= (|v| + n threshold) eps / 2; the gap
+    # threshold - r is exact where it is that small (Sterbenz).
     following = count + 1
-    rounding = (_ulp(wide, v.dtype) + following * _ulp(step, v.dtype)) / 2
-    count += ((following >= 2) & (following * step - wide <= rounding)).to(count.dtype)
-    return torch.clamp(count, 0, max_spikes).to(v.dtype)
+    slack = (v.abs() + following * threshold) * (torch.finfo(v.dtype).eps * _SLACK)
+    count = count + ((threshold - remainder <= slack) & (following >= 2)).to(v.dtype)
+    return torch.clamp(count, 0, max_spikes)
 
 
 def _reduce(grad: Tensor, like: Tensor) -> Tensor:
