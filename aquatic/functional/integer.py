@@ -13,7 +13,7 @@ building blocks of the chip simulators in :mod:`aquatic.hw`:
 - :func:`multiplicative_decay` is Intel Loihi's leak
   ``x = (2**bits - d) * x >> bits``, rounded toward zero.
 - :func:`spike_count` is the count of spikes ``floor(v / threshold)``, capped, that
-  :func:`aquatic.functional.spike_values` computes on the same grid in float.
+  :func:`aquatic.functional.surrogate.spike_values` computes on the same grid in float.
 """
 
 from __future__ import annotations
@@ -184,7 +184,7 @@ def spike_count(v: Tensor, threshold: IntLike, max_spikes: int) -> Tensor:
     """Spikes per step of an integer membrane: ``clamp(floor(v / threshold), 0, max_spikes)``.
 
     The one definition of the spike count with ``max_spikes > 1``: the float path
-    (:func:`aquatic.functional.spike_values`) computes the same count of ``v * s`` and
+    (:func:`aquatic.functional.surrogate.spike_values`) computes the same count of ``v * s`` and
     ``threshold * s`` for any grid step ``s`` (float32 values; see there).
 
     Args:

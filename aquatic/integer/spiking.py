@@ -23,7 +23,7 @@ bound exactly. The float model computes each step in float32, which rounds a res
 24 significant bits; the integer twin rounds each exact intermediate the same way
 (:func:`~aquatic.integer.requant.round_to_float32`), rounds to the state grid as the
 state quantizer does, and counts the spikes of ``max_spikes > 1`` by the float model's
-rule (:func:`~aquatic.functional.spike_values`, :math:`\lfloor v / \vartheta \rfloor` of
+rule (:func:`~aquatic.functional.surrogate.spike_values`, :math:`\lfloor v / \vartheta \rfloor` of
 the grid values) on its exact values: spikes and states agree bit for bit. Otherwise
 the count is the integer division :func:`~aquatic.functional.integer.spike_count`.
 
