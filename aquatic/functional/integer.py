@@ -184,8 +184,9 @@ def spike_count(v: Tensor, threshold: IntLike, max_spikes: int) -> Tensor:
     """Spikes per step of an integer membrane: ``clamp(floor(v / threshold), 0, max_spikes)``.
 
     The one definition of the spike count with ``max_spikes > 1``: the float path
-    (:func:`aquatic.functional.surrogate.spike_values`) computes the same count of ``v * s`` and
-    ``threshold * s`` for any grid step ``s`` (float32 values; see there).
+    (:func:`aquatic.functional.surrogate.spike_values`) computes the same count of
+    ``v * s`` and ``threshold * s`` for any grid step ``s`` (within the ranges stated
+    there).
 
     Args:
         v: integer membrane.

@@ -17,11 +17,12 @@ spike decision, and the bit-shift decays are applied as the chip applies them
 (``qconfig(power_of_two=True)``, so that every float sum is exact) the model's hidden
 spikes equal ``simulate(export(model), x)``'s, and without a readout bias its output
 spikes equal the chip's one step later (the readout delay; with a readout bias, the
-exact relation is in :func:`export`), as long as no intermediate sum saturates. Saturation is modelled where it acts on the final value: a state is clamped
-to 16 bits before it decays and after each update, as on the chip; the chip also
-saturates after every single input event and between the terms of the membrane update,
-which the model, adding them at once, does not (that matters only where input events
-of opposite signs pass the 16-bit limit).
+exact relation is in :func:`export`), as long as no intermediate sum saturates.
+Saturation is modelled where it acts on the final value: a state is clamped to 16 bits
+before it decays and after each update, as on the chip; the chip also saturates after
+every single input event and between the terms of the membrane update, which the model,
+adding them at once, does not (that matters only where input events of opposite signs
+pass the 16-bit limit).
 """
 
 from __future__ import annotations

@@ -158,8 +158,8 @@ class IntegerConv(_Accumulator):
 
     Arguments (``check_overflow`` included) as :class:`IntegerLinear`, plus the
     convolution's own (``stride``, ``padding``, ``dilation``, ``groups``,
-    ``output_padding`` for transposed ones) and ``dim`` (1, 2 or 3). Zero padding pads real zeros: it is applied after the input
-    zero point is subtracted.
+    ``output_padding`` for transposed ones) and ``dim`` (1, 2 or 3). Zero padding pads
+    real zeros: it is applied after the input zero point is subtracted.
 
     Shape:
         - Input: ``(N, C_in, *)`` integer codes. Output: ``(N, C_out, *)`` int32.

@@ -23,9 +23,10 @@ bound exactly. The float model computes each step in float32, which rounds a res
 24 significant bits; the integer twin rounds each exact intermediate the same way
 (:func:`~aquatic.integer.requant.round_to_float32`), rounds to the state grid as the
 state quantizer does, and counts the spikes of ``max_spikes > 1`` by the float model's
-rule (:func:`~aquatic.functional.surrogate.spike_values`, :math:`\lfloor v / \vartheta \rfloor` of
-the grid values) on its exact values: spikes and states agree bit for bit. Otherwise
-the count is the integer division :func:`~aquatic.functional.integer.spike_count`.
+rule (:func:`~aquatic.functional.surrogate.spike_values`,
+:math:`\lfloor v / \vartheta \rfloor` of the grid values) on its exact values: spikes
+and states agree bit for bit. Otherwise the count is the integer division
+:func:`~aquatic.functional.integer.spike_count`.
 
 Otherwise (scales that are not powers of two, or a state left in float): the unit is
 the state scale (or the input scale) divided by :math:`2^F` (``state_frac_bits``),

@@ -70,8 +70,9 @@ values that ``forward`` uses (:meth:`~aquatic.nn.QuantizedModule.quantize_params
 :meth:`~aquatic.nn.NeuronModule.spec`). NIR has no quantization node, so
 per-tensor activation quantizers go into ``graph.metadata["aquatic"]["quantizers"]``
 (``scale``, ``zero_point``, ``quant_min``, ``quant_max`` and ``rounding`` per node);
-:func:`load` rebuilds them with fixed scales and their rounding, so that a loaded model computes what the fake-quantized
-model computed. Other NIR tools ignore that metadata, and :func:`export` warns about it.
+:func:`load` rebuilds them with fixed scales and their rounding, so that a loaded
+model computes what the fake-quantized model computed. Other NIR tools ignore that
+metadata, and :func:`export` warns about it.
 State quantizers (``QConfig.state``), several spikes per step (``max_spikes``) and
 ``min_v_mem`` have no NIR equivalent: :func:`export` raises a ``ValueError``.
 """
@@ -232,8 +233,9 @@ def export(
         warnings.warn(
             f"{'layers' if len(subtracting) > 1 else 'layer'} "
             f"{', '.join(map(repr, subtracting))} reset{'' if len(subtracting) > 1 else 's'} "
-            "by subtracting the threshold, which NIR cannot express: NIR nodes with v_reset reset to it (written as 0, so "
-            "other NIR tools reset to zero). aquatic.interop.nir.load restores the "
+            "by subtracting the threshold, which NIR cannot express: NIR nodes with v_reset "
+            "reset to it (written as 0, so other NIR tools reset to zero). "
+            "aquatic.interop.nir.load restores the "
             "subtraction from graph.metadata['aquatic']['resets']; for other tools, train "
             "with reset='zero'",
             UserWarning,

@@ -201,8 +201,8 @@ def check_quantized_threshold(module: nn.Module, threshold: Tensor, quantized: T
         f"{type(module).__name__}: its threshold quantizer ({type(quantizer).__name__}) "
         f"rounds threshold{where} = {float(threshold.flatten()[index]):g} to "
         f"{float(quantized.flatten()[index]):g}, which is not positive (a neuron would fire "
-        "at every step). Quantize thresholds on a finer grid (more bits, a smaller shared scale, or "
-        "per neuron), or raise the smallest threshold above half a step of that grid"
+        "at every step). Quantize thresholds on a finer grid (more bits, a smaller shared "
+        "scale, or per neuron), or raise the smallest threshold above half a step of that grid"
     )
 
 

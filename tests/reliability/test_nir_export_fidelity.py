@@ -99,7 +99,8 @@ def test_an_unknown_rounding_in_the_metadata_is_refused_by_key(bad):
     graph.metadata["aquatic"]["quantizers"]["1"]["rounding"] = bad
     with pytest.raises(
         ValueError,
-        match=r"\['quantizers'\]\['1'\]\['rounding'\] must be one of 'nearest', 'floor', 'stochastic'",
+        match=r"\['quantizers'\]\['1'\]\['rounding'\] must be one of 'nearest', 'floor', "
+        "'stochastic'",
     ):
         anir.load(graph)
 

@@ -47,7 +47,8 @@ def test_floor_rounded_activations_are_refused(kind, tmp_path):
     model, name = where_quantized(kind, "floor")
     with pytest.raises(
         ValueError,
-        match=rf"{name} rounds down \(rounding='floor'\), but ONNX QuantizeLinear rounds half to even",
+        match=rf"{name} rounds down \(rounding='floor'\), but ONNX QuantizeLinear rounds "
+        "half to even",
     ):
         aonnx.export(model, torch.randn(1, 4), tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()

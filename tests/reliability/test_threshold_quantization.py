@@ -38,7 +38,8 @@ def test_a_quantized_threshold_is_positive_or_refused(small, large, bits, layer,
     elif min(small, large) < 0.49 * step:  # rounds to 0
         with pytest.raises(
             ValueError,
-            match=rf"{layer}: its threshold quantizer .* rounds threshold\[\d\] = .* to 0, which is not positive",
+            match=rf"{layer}: its threshold quantizer .* rounds threshold\[\d\] = .* to 0, "
+            "which is not positive",
         ):
             neuron(x)
 
