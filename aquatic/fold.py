@@ -19,12 +19,17 @@ then the ones that run) or before export.
 from __future__ import annotations
 
 import copy
-from typing import Iterable, List, Optional, Tuple
+import warnings
+from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
+
+from aquatic.walk import shared_uses
+from aquatic.observers import RangeObserver
+from aquatic.quantizers.learned import LSQQuantizer
 
 __all__ = ["fold_batch_norm"]
 
@@ -47,6 +52,53 @@ def _check_pair(conv: nn.Module, bn: nn.Module, where: str) -> None:
         raise ValueError(
             f"{where}: the batch norm has {bn.num_features} features but the layer before "
             f"it has {out_channels} output channels"
+        )
+
+
+def _check_not_shared(
+    shared: Dict[int, List[str]], module: nn.Module, name: str, where: str
+) -> None:
+    # Folding rewrites the layer's weights (or removes the batch norm) at every place
+    # the module object is used, while the batch norm applies after one use only.
+    uses = shared.get(id(module))
+    if uses:
+        raise ValueError(
+            f"{where}: {name!r} ({type(module).__name__}) is one module used {len(uses)} "
+            f"times (as {', '.join(map(repr, uses))}); folding would change all its uses "
+            "but the batch norm follows one. Use two separate layers (e.g. a "
+            "copy.deepcopy for each use) before folding"
+        )
+
+
+@torch.no_grad()
+def _reset_quantizers(conv: nn.Module, name: str) -> None:
+    """Make the quantizers of a folded aquatic layer forget what they saw before the fold:
+    range observers and LSQ scales re-observe on the next forward pass."""
+    quantizers = getattr(conv, "quantizers", None)
+    if not isinstance(quantizers, nn.ModuleDict):
+        return
+    kept = []
+    for field, quantizer in quantizers.items():
+        reset = False
+        for module in quantizer.modules():
+            if isinstance(module, RangeObserver):
+                module.min_val.fill_(float("inf"))
+                module.max_val.fill_(float("-inf"))
+                module.initialized = False
+                reset = True
+            elif isinstance(module, LSQQuantizer):
+                module.initialized = False  # re-initializes its scale from the next batch
+                reset = True
+        fixed = getattr(quantizer, "observer", True) is None  # a scale given by hand
+        if not reset and (fixed or any(True for _ in quantizer.parameters())):
+            kept.append(f"{field} ({type(quantizer).__name__})")
+    if kept:
+        warnings.warn(
+            f"fold_batch_norm: layer {name!r} keeps the fixed or learned scales of its "
+            f"quantizers {', '.join(kept)}, chosen for the values before the fold; "
+            "fine-tune (or rebuild them) before converting",
+            UserWarning,
+            stacklevel=3,
         )
 
 
@@ -83,7 +135,8 @@ def _sequential_pairs(model: nn.Module) -> List[Tuple[str, str]]:
     for name, module in model.named_modules():
         if not isinstance(module, nn.Sequential):
             continue
-        children = list(module.named_children())
+        # _modules, not named_children: the second use of a shared layer counts too
+        children = [(n, m) for n, m in module._modules.items() if m is not None]
         for (first_name, first), (second_name, second) in zip(children, children[1:]):
             if isinstance(first, (_ConvNd, nn.Linear)) and isinstance(second, _BatchNorm):
                 prefix = name + "." if name else ""
@@ -104,6 +157,17 @@ def fold_batch_norm(
     to float rounding. Works for ``torch.nn`` and ``aquatic.nn`` convolutions (also
     transposed, any ``groups``) and linear layers.
 
+    Folding an already quantized ``aquatic.nn`` layer resets what its quantizers
+    (weight, bias, activation) observed before the fold: range observers and LSQ
+    scales start afresh and re-observe on the next forward pass (in training mode, or
+    the first one in eval mode), so run a calibration pass (or keep training) before
+    :func:`aquatic.convert`. Quantizers with a scale set by hand or learned (PACT) keep
+    it, with a ``UserWarning`` naming them.
+
+    A layer or batch norm used more than once in the model (the same module object
+    twice, e.g. in ``nn.Sequential(conv, bn, conv, bn)``) is refused: the fold would
+    change every use of the layer while the batch norm follows one of them.
+
     Args:
         model: the model.
         pairs: ``(layer_name, batch_norm_name)`` qualified names to fold; ``None``
@@ -116,8 +180,9 @@ def fold_batch_norm(
 
     Raises:
         TypeError, ValueError: a pair names the wrong kinds of module, a batch norm
-            without running statistics, or mismatched channel counts; all pairs are
-            checked before anything changes.
+            without running statistics, mismatched channel counts, or a layer or batch
+            norm that is used more than once; all pairs are checked before anything
+            changes.
 
     Example:
         >>> import torch, aquatic
@@ -147,6 +212,7 @@ def fold_batch_norm(
                 )
     if not inplace:
         model = copy.deepcopy(model)
+    shared = shared_uses(model)
     resolved = []
     for conv_name, bn_name in pairs:
         where = f"fold_batch_norm({conv_name!r}, {bn_name!r})"
@@ -155,9 +221,12 @@ def fold_batch_norm(
         except AttributeError as error:
             raise ValueError(f"{where}: {error}") from None
         _check_pair(conv, bn, where)
-        resolved.append((conv, bn_name, bn))
-    for conv, bn_name, bn in resolved:
+        _check_not_shared(shared, conv, conv_name, where)
+        _check_not_shared(shared, bn, bn_name, where)
+        resolved.append((conv, conv_name, bn_name, bn))
+    for conv, conv_name, bn_name, bn in resolved:
         _fold(conv, bn)
+        _reset_quantizers(conv, conv_name)
         parent_name, _, child = bn_name.rpartition(".")
         setattr(model.get_submodule(parent_name), child, nn.Identity())
     return model

@@ -28,6 +28,7 @@ LAYERS: Dict[str, int] = {
     "switches": 3,
     "nn": 4,
     "model": 5,
+    "walk": 5,
     "mapping": 5,
     "fold": 5,
     "integer": 5,

@@ -12,6 +12,8 @@ building blocks of the chip simulators in :mod:`aquatic.hw`:
   of at least one toward zero for non-zero ``x``.
 - :func:`multiplicative_decay` is Intel Loihi's leak
   ``x = (2**bits - d) * x >> bits``, rounded toward zero.
+- :func:`spike_count` is the count of spikes ``floor(v / threshold)``, capped, that
+  :func:`aquatic.functional.surrogate.spike_values` computes on the same grid in float.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "bitshift_decrement",
     "bitshift_decay",
     "multiplicative_decay",
+    "spike_count",
 ]
 
 IntLike = Union[int, Tensor]
@@ -175,3 +178,24 @@ def multiplicative_decay(input: Tensor, decrement: IntLike, bits: int = 12) -> T
     check_integer(input)
     product = input.to(torch.int64) * (2**bits - torch.as_tensor(decrement, dtype=torch.int64))
     return shift_right_toward_zero(product, bits).to(input.dtype)
+
+
+def spike_count(v: Tensor, threshold: IntLike, max_spikes: int) -> Tensor:
+    """Spikes per step of an integer membrane: ``clamp(floor(v / threshold), 0, max_spikes)``.
+
+    The one definition of the spike count with ``max_spikes > 1``: the float path
+    (:func:`aquatic.functional.surrogate.spike_values`) computes the same count of
+    ``v * s`` and ``threshold * s`` for any grid step ``s`` (within the ranges stated
+    there).
+
+    Args:
+        v: integer membrane.
+        threshold: positive integer threshold on the same grid (broadcasts to ``v``).
+        max_spikes: the cap on the count.
+
+    Example:
+        >>> spike_count(torch.tensor([-3, 0, 770, 771, 13760255]), torch.tensor(257), 31)
+        tensor([ 0,  0,  2,  3, 31])
+    """
+    v = check_integer(v, "v")
+    return torch.div(v, threshold, rounding_mode="floor").clamp(0, max_spikes)

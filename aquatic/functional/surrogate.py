@@ -240,8 +240,29 @@ def check_surrogate(surrogate: Optional[Surrogate]) -> Surrogate:
     return surrogate
 
 
+#: Half the machine epsilon, and a little more for the rounding of the bound itself.
+_SLACK = 0.5 * (1 + 2.0**-16)
+
+
 def spike_values(v: Tensor, threshold: Tensor, max_spikes: int = 1) -> Tensor:
     """The spike count of membrane ``v`` (no gradient rule): the forward half of :func:`spike`.
+
+    With ``max_spikes > 1`` the count of values on one grid, :math:`v = a s` and
+    :math:`\\vartheta = b s`, is the integer division :math:`\\lfloor a/b \\rfloor`
+    (capped to ``[0, max_spikes]``), as integer chips count. The float values are
+    :math:`fl(a s)` and :math:`fl(b s)`, rounded unless :math:`s` is a power of two, so
+    :math:`n` spikes are counted when :math:`n \\vartheta - v` is at most a bound of
+    the rounding that :math:`a = n b` allows,
+    :math:`(|v| + n \\vartheta)\\, \\epsilon / 2` with the machine epsilon of ``v``'s
+    dtype (nothing for :math:`n \\le 1`: one spike is :math:`v \\ge \\vartheta`, as with
+    ``max_spikes=1``). With ``p`` the significand bits of that dtype (24 for float32),
+    this is :math:`\\lfloor a/b \\rfloor` exactly for
+    :math:`|a| < 2^{p-2}` on any grid and :math:`|a| < 2^{p-1}` on a power-of-two grid;
+    above, the float values cannot tell neighbouring grid values apart on every grid,
+    and the rule is the definition (for counts below :math:`2^{22}`). The rule is
+    computed in ``v``'s dtype and is invariant under power-of-two scaling; the integer
+    twin evaluates it on its exact values (:class:`aquatic.integer.IntegerNeuron`), so
+    the two agree over the whole range.
 
     Example:
         >>> spike_values(torch.tensor([0.5, 1.0, 3.7, -2.0]), torch.tensor(1.0), max_spikes=3)
@@ -249,15 +270,17 @@ def spike_values(v: Tensor, threshold: Tensor, max_spikes: int = 1) -> Tensor:
     """
     if max_spikes == 1:
         return torch.ge(v, threshold).to(v.dtype)
-    count = torch.floor(v / threshold)
-    # On-grid values v = a s and threshold = b s must count floor(a / b), as integer chips
-    # do, but float32 rounds: v / threshold can land just below an integer
-    # (771 s / 257 s -> 2.9999998) and n * threshold just above a v it equals. Grid
-    # values that differ do so by at least s, far more than float32's few ulps, so
-    # comparing with a relative slack of 2**-21 settles the count by at most one.
-    slack = v.abs() * 2.0**-21
-    count += torch.ge(v + slack, (count + 1) * threshold).to(v.dtype)
-    count -= torch.lt(v + slack, count * threshold).to(v.dtype)
+    # fmod is exact: v = q threshold + r with q = trunc(v / threshold), so the count of
+    # the stored values is q = (v - r) / threshold, an integer that rounding recovers
+    # below 2**22 (v / threshold itself rounds: 771 s / 257 s -> 2.9999998).
+    remainder = torch.fmod(v, threshold)
+    count = torch.round((v - remainder) / threshold)
+    # Then the grid: a = n b, stored as fl(a s), can lie a rounding below n fl(b s), by
+    # at most (ulp(v) + n ulp(threshold)) / 2 <= (|v| + n threshold) eps / 2; the gap
+    # threshold - r is exact where it is that small (Sterbenz).
+    following = count + 1
+    slack = (v.abs() + following * threshold) * (torch.finfo(v.dtype).eps * _SLACK)
+    count = count + ((threshold - remainder <= slack) & (following >= 2)).to(v.dtype)
     return torch.clamp(count, 0, max_spikes)
 
 

@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 from torch import nn
 
+from aquatic.walk import refuse_shared_layers
 from aquatic.hw._common import (
     DoesNotFitError,
     layer_sequence,
@@ -137,6 +138,7 @@ def export(
             a layer too large for a core (names the layer).
         OverflowError: a layer whose 16-bit membrane can overflow in one step.
     """
+    refuse_shared_layers(model, "DYNAP-CNN export")
     layers = layer_sequence(model, "DYNAP-CNN")
     require(
         len(layers) % 2 == 0 and len(layers) // 2 <= NUM_CORES,

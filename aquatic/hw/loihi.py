@@ -21,6 +21,7 @@ from typing import Any, Dict, List
 import torch
 from torch import Tensor, nn
 
+from aquatic.walk import refuse_shared_layers
 from aquatic.functional.fake_quant import fake_quantize_affine, quantize_affine
 from aquatic.functional.grid import Grid
 from aquatic.functional.integer import int_range
@@ -180,6 +181,7 @@ def export(model: nn.Module) -> Dict[str, Any]:
     Raises:
         DoesNotFitError: a layer type Loihi lacks or a value off its grid (names the layer).
     """
+    refuse_shared_layers(model, "Loihi export")
     layers = layer_sequence(model, "Loihi")
     require(
         len(layers) % 2 == 0,

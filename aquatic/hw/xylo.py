@@ -15,23 +15,26 @@ arithmetic in float: the states are 16-bit on the shared grid and quantized befo
 spike decision, and the bit-shift decays are applied as the chip applies them
 (:meth:`aquatic.quantizers.BitShiftDecay.decay_state`). With a power-of-two scale
 (``qconfig(power_of_two=True)``, so that every float sum is exact) the model's hidden
-spikes equal ``simulate(export(model), x)``'s, and its output spikes equal the chip's
-one step later (the readout delay, see :func:`export`), as long as no intermediate sum
-saturates. Saturation is modelled where it acts on the final value: a state is clamped
-to 16 bits before it decays and after each update, as on the chip; the chip also
-saturates after every single input event and between the terms of the membrane update,
-which the model, adding them at once, does not (that matters only where input events
-of opposite signs pass the 16-bit limit).
+spikes equal ``simulate(export(model), x)``'s, and without a readout bias its output
+spikes equal the chip's one step later (the readout delay; with a readout bias, the
+exact relation is in :func:`export`), as long as no intermediate sum saturates.
+Saturation is modelled where it acts on the final value: a state is clamped to 16 bits
+before it decays and after each update, as on the chip; the chip also saturates after
+every single input event and between the terms of the membrane update, which the model,
+adding them at once, does not (that matters only where input events of opposite signs
+pass the 16-bit limit).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, Optional
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from aquatic.walk import refuse_shared_layers
 from aquatic.hw._common import (
     DoesNotFitError,
     layer_sequence,
@@ -214,8 +217,15 @@ def export(model: nn.Module, limits: Optional[XyloLimits] = XYLO_AUDIO_2) -> Dic
     (hidden) and ``max_spikes=1`` (readout). Only synapse 1 of the hidden neurons is used.
 
     The readout on Xylo receives the hidden spikes one step later than the model's
-    output ``Linear`` does, so ``simulate(export(model), x)[:, t + 1]`` corresponds to
-    the model's output at step ``t``.
+    output ``Linear`` does, while it integrates its own bias from step 0. Exactly (with
+    :func:`qconfig` and a power-of-two scale): the chip's readout is the model's readout
+    run on the hidden spikes delayed by one step, with a first step without input,
+    ``model[3](model[2](cat([0, h[:, :-1]], 1)))`` for hidden spikes
+    ``h = model[1](model[0](x))``. Without a readout bias that first step leaves the
+    readout at rest, so ``simulate(export(model), x)[:, t + 1]`` is the model's output
+    at step ``t`` (and step 0 is silent). With a readout bias the chip's readout starts
+    one bias step ahead, and the output at ``t + 1`` may differ from the model's at
+    ``t``: export warns (``UserWarning``).
 
     Args:
         model: the trained network.
@@ -235,6 +245,7 @@ def export(model: nn.Module, limits: Optional[XyloLimits] = XYLO_AUDIO_2) -> Dic
             its range (e.g. 9-bit weights), or a network over ``limits``; the message
             names the layer.
     """
+    refuse_shared_layers(model, "Xylo export")
     layers = layer_sequence(model, "Xylo")
     require(
         len(layers) == 4,
@@ -244,6 +255,16 @@ def export(model: nn.Module, limits: Optional[XyloLimits] = XYLO_AUDIO_2) -> Dic
     (n0, lin_in), (n1, hidden), (n2, lin_out), (n3, readout) = layers
     pop = _population(lin_in, hidden, (n0, n1), MAX_HIDDEN_SPIKES, "hidden")
     out = _population(lin_out, readout, (n2, n3), MAX_OUTPUT_SPIKES, "readout")
+    if bool(out["bias"].ne(0).any()):
+        warnings.warn(
+            f"layer {n3!r} has a bias: Xylo's readout integrates it from step 0, one step "
+            "before the hidden spikes reach it, so the chip's output is not the model's "
+            "output one step later but the readout run on the hidden spikes delayed by one "
+            "step (a first step without input); see aquatic.hw.xylo.export. Train without "
+            "a readout bias for the plain one-step relation",
+            UserWarning,
+            stacklevel=2,
+        )
     n_hid = pop["weight"].shape[1]
     require(
         lin_out.in_features == n_hid,

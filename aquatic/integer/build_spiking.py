@@ -21,7 +21,7 @@ __all__ = ["build_neuron"]
 
 #: Magnitude that every intermediate of the integer arithmetic must stay below.
 _INT64_ROOM = 2**61
-#: The largest spike count per step whose float32 division is emulated.
+#: The largest spike count per step (spike_values counts exactly far beyond it, to 2**29).
 _MAX_SPIKES = 2**22
 #: Fractional bits of a decay (its float32 value) that int64 arithmetic can carry.
 _MAX_DECAY_BITS = 40

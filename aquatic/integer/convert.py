@@ -8,6 +8,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from aquatic.walk import sequential_layers
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build import build_accumulator, build_requantize
 from aquatic.integer.build_spiking import build_neuron
@@ -32,14 +33,10 @@ _SUPPORTED = (
 )
 
 
-def _layers(model: nn.Module, prefix: str = "") -> List[Tuple[str, nn.Module]]:
-    """The leaf modules of (nested) ``nn.Sequential`` containers, with qualified names."""
-    if not isinstance(model, nn.Sequential):
-        return [(prefix or type(model).__name__, model)]
-    result = []
-    for name, child in model.named_children():
-        result += _layers(child, f"{prefix}.{name}" if prefix else name)
-    return result
+def _layers(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """The leaf modules of (nested) ``nn.Sequential`` containers, with qualified names; a
+    layer used twice is converted at each use (each use has an input grid of its own)."""
+    return sequential_layers(model, default=type(model).__name__)
 
 
 def _tuple(value, dim: int) -> List[int]:

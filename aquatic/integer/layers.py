@@ -25,6 +25,7 @@ from aquatic.integer.requant import multiply_shift
 __all__ = ["IntegerConv", "IntegerLinear", "IntegerReLU", "IntegerRequantize"]
 
 _DTYPES = {"int32": torch.int32, "int64": torch.int64}
+INT32_MIN = -INT32_MAX - 1
 
 
 class _Accumulator(IntegerModule):
@@ -48,16 +49,47 @@ class _Accumulator(IntegerModule):
         acc = torch.bitwise_left_shift(acc, broadcast_along(self.pre_shift, channel_axis))
         if self.bias is not None:
             acc = acc + broadcast_along(self.bias, channel_axis)
-        if self.check_overflow and acc.numel() and int(acc.abs().max()) > INT32_MAX:
-            raise IntegerOverflowError(
-                f"{self._where()}: the accumulator reached {int(acc.abs().max())}, beyond "
-                f"int32 ({INT32_MAX}); its input had no bound at conversion (e.g. a sum over "
-                "time). Quantize that input with an activation quantizer"
-            )
+        if self.check_overflow and acc.numel():
+            low, high = (int(v) for v in torch.aminmax(acc))
+            if low < INT32_MIN or high > INT32_MAX:
+                value = low if low < INT32_MIN else high
+                raise IntegerOverflowError(
+                    f"{self._where()}: the accumulator reached {value}, beyond int32 "
+                    f"[{INT32_MIN}, {INT32_MAX}]; its input had no bound at conversion (e.g. a "
+                    "sum over time). Quantize that input with an activation quantizer"
+                )
+        # Without check_overflow, a value beyond int32 wraps here (two's complement, as an
+        # int32 accumulator does); aquatic.convert certified that inputs in range cannot.
         return acc.to(torch.int32)
 
     def _centered(self, input: Tensor) -> Tensor:
-        return self._input_codes(input) - broadcast_along(self.input_zero_point, self.input_axis)
+        codes = self._input_codes(input)
+        if self.check_overflow:
+            self._check_int64(codes)
+        return codes - broadcast_along(self.input_zero_point, self.input_axis)
+
+    def _check_int64(self, codes: Tensor) -> None:
+        """Refuse, before the products, inputs for which the int64 accumulation itself
+        could wrap: a bound from the largest sum of |weights| of one output and the
+        largest |input - zero point| (float64, with a margin above its rounding error)."""
+        if not codes.numel() or not self.weight.numel():
+            return
+        low, high = (int(v) for v in torch.aminmax(codes))
+        zero_point = self.input_zero_point
+        magnitude = max(high - int(zero_point.min()), int(zero_point.max()) - low, 0)
+        out_axis = 1 if getattr(self, "transposed", False) else 0
+        dims = tuple(d for d in range(self.weight.dim()) if d != out_axis)
+        weight_sum = float(self.weight.double().abs().sum(dim=dims).max())
+        shift = int(self.pre_shift.max()) if self.pre_shift.numel() else 0
+        bias = 0.0 if self.bias is None else float(self.bias.double().abs().max())
+        bound = (weight_sum * float(magnitude) * 2.0**shift + bias) * (1 + 1e-6)
+        if bound >= 2.0**63:
+            raise IntegerOverflowError(
+                f"{self._where()}: input codes {magnitude} away from the zero point, times "
+                f"|weight codes| summing to {weight_sum:.6g}, could reach {bound:.6g}, beyond "
+                "int64, where the accumulation itself would wrap; quantize that input with "
+                "an activation quantizer"
+            )
 
 
 class IntegerLinear(_Accumulator):
@@ -71,8 +103,17 @@ class IntegerLinear(_Accumulator):
         pre_shift: left shift of the products (per output feature or one), so that a
             bias on a finer power-of-two grid adds exactly.
         input_axis: ``-1`` when the input zero point is per feature, else ``None``.
-        check_overflow: check the int32 range at run time (when the input had no bound
-            at conversion).
+        check_overflow: check at run time (for an input that had no bound at conversion)
+            that the accumulator stays within int32, in both directions, and that the
+            int64 accumulation cannot wrap (a bound from the largest ``|input - zero
+            point|`` and the largest sum of ``|weight|`` of one output, checked before the
+            products); either failure raises
+            :class:`~aquatic.integer.IntegerOverflowError`. Without it the accumulator is
+            computed in int64 and cast to int32, so a value beyond int32 wraps (two's
+            complement, as an int32 accumulator on a chip would): :func:`aquatic.convert`
+            leaves it off only where it certified that inputs within the converted range
+            cannot get there. Feeding codes outside that range is then outside the
+            guarantee.
         name, notes: see :class:`~aquatic.integer.base.IntegerModule`.
 
     Shape:
@@ -109,10 +150,10 @@ class IntegerLinear(_Accumulator):
 class IntegerConv(_Accumulator):
     """Integer convolution (1-3 d, plain or transposed) into an int32 accumulator.
 
-    Arguments as :class:`IntegerLinear`, plus the convolution's own (``stride``,
-    ``padding``, ``dilation``, ``groups``, ``output_padding`` for transposed ones) and
-    ``dim`` (1, 2 or 3). Zero padding pads real zeros: it is applied after the input
-    zero point is subtracted.
+    Arguments (``check_overflow`` included) as :class:`IntegerLinear`, plus the
+    convolution's own (``stride``, ``padding``, ``dilation``, ``groups``,
+    ``output_padding`` for transposed ones) and ``dim`` (1, 2 or 3). Zero padding pads
+    real zeros: it is applied after the input zero point is subtracted.
 
     Shape:
         - Input: ``(N, C_in, *)`` integer codes. Output: ``(N, C_out, *)`` int32.

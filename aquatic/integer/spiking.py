@@ -22,9 +22,11 @@ and the synaptic current): :math:`u = 2^{-K}` holds every input, threshold, bias
 bound exactly. The float model computes each step in float32, which rounds a result to
 24 significant bits; the integer model rounds each exact intermediate the same way
 (:func:`~aquatic.integer.requant.round_to_float32`), rounds to the state grid as the
-state quantizer does, and emulates the float32 division in the spike count
-:math:`\lfloor v / \vartheta \rfloor` of ``max_spikes > 1``: spikes and states agree bit
-for bit.
+state quantizer does, and counts the spikes of ``max_spikes > 1`` by the float model's
+rule (:func:`~aquatic.functional.surrogate.spike_values`,
+:math:`\lfloor v / \vartheta \rfloor` of the grid values) on its exact values: spikes
+and states agree bit for bit. Otherwise the count is the integer division
+:func:`~aquatic.functional.integer.spike_count`.
 
 Otherwise (scales that are not powers of two, or a state left in float): the unit is
 the state scale (or the input scale) divided by :math:`2^F` (``state_frac_bits``),
@@ -40,35 +42,21 @@ import torch
 from torch import Tensor
 
 from aquatic.functional.fake_quant import broadcast_along
-from aquatic.functional.integer import bitshift_decay, check_integer, multiplicative_decay
+from aquatic.functional.surrogate import spike_values
+from aquatic.functional.integer import (
+    bitshift_decay,
+    check_integer,
+    multiplicative_decay,
+    spike_count,
+)
 from aquatic.integer.base import IntegerModule, IntegerOverflowError
 from aquatic.integer.requant import (
-    bit_length,
     multiply_shift,
     round_to_float32,
     rounding_right_shift,
 )
 
 __all__ = ["IntegerNeuron"]
-
-
-def _spike_count_float32(v: Tensor, threshold: Tensor, max_spikes: int) -> Tensor:
-    """``clamp(floor(fl32(v / threshold)), 0, max_spikes)`` for integer ``v``, ``threshold > 0``.
-
-    The quotient :math:`q = v / \\vartheta` lies in :math:`[r, r + 1)` with
-    :math:`r = \\lfloor q \\rfloor`; its float32 rounding reaches :math:`m = r + 1` when
-    :math:`m - q` is at most half the gap below :math:`m`, :math:`2^{-J}` (ties go to
-    :math:`m`, whose significand is even for :math:`m < 2^{23}`).
-    """
-    r = torch.div(v, threshold, rounding_mode="floor")
-    remainder = v - r * threshold
-    m = (r + 1).clamp(min=1, max=2**22)
-    j = bit_length(m) - 1
-    power = torch.bitwise_and(m, m - 1) == 0
-    half_gap = torch.where(power, 25 - j, 24 - j)  # J
-    rounds_up = (threshold - remainder) <= torch.bitwise_right_shift(threshold, half_gap)
-    count = r + (rounds_up & (r >= 0) & (r < max_spikes)).to(torch.int64)
-    return count.clamp(0, max_spikes)
 
 
 class IntegerNeuron(IntegerModule):
@@ -303,9 +291,14 @@ class IntegerNeuron(IntegerModule):
             if self.max_spikes == 1:
                 spikes = fired.to(torch.int64)
             elif self.emulate_float32:
-                spikes = _spike_count_float32(v, threshold, self.max_spikes)
+                # v and threshold are float32 values times a power of two: the float
+                # model's rule (spike_values) on them gives the float model's count.
+                counts = spike_values(
+                    v.to(torch.float32), threshold.to(torch.float32), self.max_spikes
+                )
+                spikes = counts.to(torch.int64)
             else:
-                spikes = torch.div(v, threshold, rounding_mode="floor").clamp(0, self.max_spikes)
+                spikes = spike_count(v, threshold, self.max_spikes)
             if self.reset == "subtract":
                 reset = torch.bitwise_left_shift(self._f32(self.threshold * spikes), fine)
                 v = self._f32(v - reset)

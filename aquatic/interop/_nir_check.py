@@ -178,6 +178,10 @@ def _integer(value: Any, key: str) -> int:
     return int(number)
 
 
+#: Rounding modes of the activation quantizers that the aquatic metadata records.
+_ROUNDINGS = ("nearest", "floor", "stochastic")
+
+
 def check_metadata(graph: Any, text: Any) -> None:
     """The aquatic metadata :func:`~aquatic.interop.nir.export` writes, checked by key
     (other keys are left alone: they may come from a newer aquatic)."""
@@ -211,10 +215,10 @@ def check_metadata(graph: Any, text: Any) -> None:
                         f"{_key(group, name)} must be 'subtract' or 'zero', got {entry!r}"
                     )
             elif entry:
-                _check_quantizer(entry, (group, name))
+                _check_quantizer(entry, (group, name), text)
 
 
-def _check_quantizer(entry: Any, path: Tuple[str, str]) -> None:
+def _check_quantizer(entry: Any, path: Tuple[str, str], text: Any) -> None:
     if not isinstance(entry, dict):
         raise ValueError(f"{_key(*path)} must be a dict, got {type(entry).__name__}")
     missing = [k for k in ("scale", "zero_point", "quant_min", "quant_max") if k not in entry]
@@ -232,4 +236,9 @@ def _check_quantizer(entry: Any, path: Tuple[str, str]) -> None:
         raise ValueError(
             f"{_key(*path, 'zero_point')}={zero_point} lies outside [quant_min, quant_max] = "
             f"[{low}, {high}]"
+        )
+    if "rounding" in entry and text(entry["rounding"]) not in _ROUNDINGS:
+        raise ValueError(
+            f"{_key(*path, 'rounding')} must be one of {', '.join(map(repr, _ROUNDINGS))}, "
+            f"got {entry['rounding']!r}"
         )

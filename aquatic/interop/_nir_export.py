@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aquatic.interop._common import active, export_grid, layer_sequence, parameter_values
+from aquatic.walk import sequential_layers
+from aquatic.interop._common import active, export_grid, parameter_values
 from aquatic.interop._nir_modules import NIRModule, Scale, SumPool2d
 from aquatic.interop._nir_neurons import Chain, NeuronExporter, Shape, per_neuron
 from aquatic.nn.activation import ActivationQuantizer
@@ -88,6 +89,8 @@ class Exporter(NeuronExporter):
             "zero_point": int(grid.zero_point),
             "quant_min": grid.quant_min,
             "quant_max": grid.quant_max,
+            # floor and stochastic rounding load back as they were trained
+            "rounding": str(getattr(quantizer, "rounding", "nearest")),
         }
 
     # -- stateless layers ----------------------------------------------------------------
@@ -243,7 +246,8 @@ def graph_of(model: nn.Module) -> Tuple[List[Tuple[str, nn.Module]], List[Tuple[
                 f"{type(model).__name__} whose forward it cannot see; put the layers in an "
                 "nn.Sequential"
             )
-    layers = layer_sequence(model)
+    # each use of a shared layer is a node of its own (its weights written again)
+    layers = sequential_layers(model, default=type(model).__name__.lower())
     names = []
     for index, (name, _) in enumerate(layers):
         names.append(f"{name}_{index}" if name in ("input", "output") else name)

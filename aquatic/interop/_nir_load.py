@@ -98,6 +98,7 @@ class Loader:
             zero_point=int(np.asarray(spec["zero_point"])),
             quant_min=int(np.asarray(spec["quant_min"])),
             quant_max=int(np.asarray(spec["quant_max"])),
+            rounding=text(spec.get("rounding", "nearest")),  # absent in older files
         )
         return QConfig(activation=factory)
 

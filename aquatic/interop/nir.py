@@ -61,14 +61,18 @@ reset as subtracting the threshold; later versions add ``v_reset`` and reset to 
 :func:`export` writes ``v_reset = 0`` where the node has that field and records each
 layer's ``reset`` in the graph's metadata; :func:`load` reads it there, else follows the
 installed NIR (subtract without ``v_reset``; reset to zero with it, which must then be 0).
+NIR has no field for a subtractive reset, so other tools read ``reset="subtract"``
+layers as resetting to zero: :func:`export` warns (``UserWarning``) naming them. Use
+``reset="zero"`` for a graph that every NIR reader runs as trained.
 
 Quantization: the exported weights, biases, thresholds and decays are the quantized
 values that ``forward`` uses (:meth:`~aquatic.nn.QuantizedModule.quantize_params`,
 :meth:`~aquatic.nn.NeuronModule.spec`). NIR has no quantization node, so
 per-tensor activation quantizers go into ``graph.metadata["aquatic"]["quantizers"]``
-(``scale``, ``zero_point``, ``quant_min``, ``quant_max`` per node); :func:`load`
-rebuilds them with fixed scales, so that a loaded model computes what the fake-quantized
-model computed. Other NIR tools ignore that metadata, and :func:`export` warns about it.
+(``scale``, ``zero_point``, ``quant_min``, ``quant_max`` and ``rounding`` per node);
+:func:`load` rebuilds them with fixed scales and their rounding, so that a loaded
+model computes what the fake-quantized model computed. Other NIR tools ignore that
+metadata, and :func:`export` warns about it.
 State quantizers (``QConfig.state``), several spikes per step (``max_spikes``) and
 ``min_v_mem`` have no NIR equivalent: :func:`export` raises a ``ValueError``.
 """
@@ -224,6 +228,19 @@ def export(
                 final.append(pair)
     final += internal
     metadata: Dict[str, Any] = {"dt": dt, "discretization": discretization}
+    subtracting = [name for name, reset in exporter.resets.items() if reset == "subtract"]
+    if subtracting:
+        warnings.warn(
+            f"{'layers' if len(subtracting) > 1 else 'layer'} "
+            f"{', '.join(map(repr, subtracting))} reset{'' if len(subtracting) > 1 else 's'} "
+            "by subtracting the threshold, which NIR cannot express: NIR nodes with v_reset "
+            "reset to it (written as 0, so other NIR tools reset to zero). "
+            "aquatic.interop.nir.load restores the "
+            "subtraction from graph.metadata['aquatic']['resets']; for other tools, train "
+            "with reset='zero'",
+            UserWarning,
+            stacklevel=2,
+        )
     if exporter.resets:
         metadata["resets"] = dict(exporter.resets)
     if exporter.quantizers:

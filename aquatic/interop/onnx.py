@@ -12,6 +12,10 @@ integer kernels. In detail:
   scale).
 - **Activations** (``QConfig.activation``, :class:`~aquatic.nn.ActivationQuantizer` and
   quantizers placed anywhere in the model) become Q/DQ pairs on the activation.
+  ``QuantizeLinear`` rounds half to even, as ``rounding="nearest"`` does: an activation
+  quantizer with ``rounding="floor"`` is refused (``ValueError``), and one with
+  ``rounding="stochastic"`` exports as nearest, with a ``UserWarning`` (as the integer
+  model of :func:`aquatic.convert` does).
 - **Biases** are kept as float constants holding their quantized values (on the
   quantizer's grid, e.g. :class:`~aquatic.quantizers.AccumulatorBiasQuantizer`'s int32
   grid), which integer back ends requantize themselves.
@@ -153,7 +157,24 @@ def _active(quantizer: nn.Module) -> bool:
     return getattr(quantizer, "fake_quant_enabled", True)
 
 
-def _prepare_layer(name: str, module: QuantizedModule) -> None:
+def _activation_qdq(quantizer: nn.Module, where: str, stochastic: list) -> "QuantDequant":
+    """The Q/DQ of an activation quantizer, which rounds what it receives: ONNX's
+    QuantizeLinear rounds half to even, so floor rounding is refused and stochastic
+    rounding is noted (in ``stochastic``) to export as nearest."""
+    rounding = getattr(quantizer, "rounding", "nearest")
+    if rounding == "floor":
+        raise ValueError(
+            f"{where} rounds down (rounding='floor'), but ONNX QuantizeLinear rounds half "
+            "to even, so the exported graph would compute other codes. Quantize this "
+            "activation with rounding='nearest' (and fine-tune), or run the integer model "
+            "(aquatic.convert), which rounds down as trained"
+        )
+    if rounding == "stochastic":
+        stochastic.append(where)
+    return QuantDequant.from_quantizer(quantizer, where)
+
+
+def _prepare_layer(name: str, module: QuantizedModule, stochastic: list) -> None:
     """Bake quantized parameters into ``module`` and put Q/DQ modules in its quantizers."""
     try:
         values = module.quantize_params()
@@ -168,7 +189,7 @@ def _prepare_layer(name: str, module: QuantizedModule) -> None:
             del module.quantizers[key]
             continue
         if key == "activation":
-            module.quantizers[key] = QuantDequant.from_quantizer(quantizer, where)
+            module.quantizers[key] = _activation_qdq(quantizer, where, stochastic)
             continue
         param = getattr(module, key, None)
         if not isinstance(param, Tensor):
@@ -210,10 +231,11 @@ def _export_copy(model: nn.Module) -> nn.Module:
                 "aquatic.interop.nir.export"
             )
     model = copy.deepcopy(model).eval()
+    stochastic: list = []
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantizedModule):
             with torch.no_grad():
-                _prepare_layer(name, module)
+                _prepare_layer(name, module, stochastic)
         elif parametrize.is_parametrized(module):
             with torch.no_grad():
                 _prepare_parametrizations(name, module)
@@ -224,8 +246,16 @@ def _export_copy(model: nn.Module) -> nn.Module:
                 full = f"{name}.{child_name}" if name else child_name
                 replacement: nn.Module = nn.Identity()
                 if _active(child):
-                    replacement = QuantDequant.from_quantizer(child, full)
+                    replacement = _activation_qdq(child, f"quantizer {full!r}", stochastic)
                 setattr(module, child_name, replacement)
+    if stochastic:
+        warnings.warn(
+            f"{'; '.join(stochastic)}: rounding='stochastic' is for training; the ONNX "
+            "export rounds to nearest (half to even), as the integer model of aquatic.convert "
+            "does",
+            UserWarning,
+            stacklevel=3,
+        )
     return model
 
 
@@ -262,7 +292,7 @@ def export(
         ImportError: ``onnx`` is missing (``pip install 'aquatic[onnx]'``).
         TypeError: a spiking layer (use :mod:`aquatic.interop.nir`), or a bad argument.
         ValueError: a quantizer that ONNX cannot express (wider than 8 bits, not affine,
-            no scale yet); the message names it.
+            no scale yet, an activation rounded down); the message names it.
 
     Example:
         >>> import pytest; _ = pytest.importorskip("onnx")  # needs aquatic[onnx]

@@ -45,6 +45,7 @@ from aquatic.nn.neuron_options import (
     register_bias,
     register_decay,
     register_threshold,
+    check_quantized_threshold,
 )
 from aquatic.qconfig import QConfig
 
@@ -201,6 +202,8 @@ class NeuronModule(QuantizedModule):
         alpha_mem = self.decay("mem") if self._leaky else 1.0
         alpha_syn = self.decay("syn")
         threshold = self.quantized("threshold")
+        if self._spiking and "threshold" in self.quantizers:
+            check_quantized_threshold(self, self.threshold, threshold)
         bias = self.quantized("bias")
         ops = self.state_ops()
         if not self._spiking:

@@ -27,6 +27,7 @@ __all__ = [
     "check_min_v_mem",
     "register_decay",
     "register_threshold",
+    "check_quantized_threshold",
     "register_bias",
 ]
 
@@ -183,6 +184,26 @@ def register_threshold(module: nn.Module, threshold: Value, trainable: bool) -> 
         module.threshold = nn.Parameter(value)
     else:
         module.register_buffer("threshold", value)
+
+
+def check_quantized_threshold(module: nn.Module, threshold: Tensor, quantized: Tensor) -> None:
+    """Raise a ``ValueError`` if the threshold quantizer turned a (positive) threshold into
+    one that is not positive: a threshold of 0 fires at every step (and divides by zero
+    in the spike count of ``max_spikes > 1``). Skipped while ``torch.compile`` traces."""
+    if torch.compiler.is_compiling() or bool((quantized > 0).all()):
+        return
+    quantizer = module.quantizers["threshold"]
+    quantized = quantized.detach()
+    threshold = threshold.detach().expand_as(quantized) if threshold.numel() == 1 else threshold
+    index = int((quantized.flatten() > 0).logical_not().nonzero()[0])
+    where = "" if quantized.numel() == 1 else f"[{index}]"
+    raise ValueError(
+        f"{type(module).__name__}: its threshold quantizer ({type(quantizer).__name__}) "
+        f"rounds threshold{where} = {float(threshold.flatten()[index]):g} to "
+        f"{float(quantized.flatten()[index]):g}, which is not positive (a neuron would fire "
+        "at every step). Quantize thresholds on a finer grid (more bits, a smaller shared "
+        "scale, or per neuron), or raise the smallest threshold above half a step of that grid"
+    )
 
 
 def register_bias(module: nn.Module, bias: Bias) -> None:

@@ -174,22 +174,35 @@ def test_float32_rounding_of_the_decay_product_is_reproduced():
     assert not torch.equal(integer_trace(), fake_v.double())
 
 
-def test_spike_count_division_is_emulated_in_float32():
+def test_spike_count_follows_the_float_rule_in_exact_mode():
+    from aquatic.functional.surrogate import spike_values
     from aquatic.integer.requant import round_to_float32
-    from aquatic.integer.spiking import _spike_count_float32
+    from aquatic.integer.spiking import IntegerNeuron
 
     # When k * threshold needs more than float32's 24 bits, a float32 membrane can lie
-    # less than an ulp below it, and float32 division rounds the quotient up to k.
+    # less than an ulp below it; the integer twin counts as spike_values does.
     generator = torch.Generator().manual_seed(0)
     threshold = torch.randint(2**23, 2**24, (4000,), generator=generator) | 1
     count = torch.randint(2, 7, (4000,), generator=generator)
     v = round_to_float32(count * threshold - torch.randint(1, 4, (4000,), generator=generator))
-    assert torch.equal(v.double().float().double(), v.double())  # exact in float32
-    quotient = v.double().float() / threshold.double().float()
-    want = torch.clamp(torch.floor(quotient), 0, 6).to(torch.int64)
-    assert torch.equal(_spike_count_float32(v, threshold, 6), want)
+    one, zero = torch.tensor(1), torch.tensor(0)
+
+    def counts(emulate_float32):
+        neuron = IntegerNeuron(
+            max_spikes=6,
+            emulate_float32=emulate_float32,
+            input_multiplier=one,
+            input_shift=zero,
+            mem_num=one,
+            threshold=threshold,
+        )
+        return neuron(v.reshape(1, 1, -1)).flatten().to(torch.int64)
+
+    want = spike_values(v.float(), threshold.float(), 6).to(torch.int64)
+    assert torch.equal(counts(True), want)
     exact = torch.div(v, threshold, rounding_mode="floor").clamp(0, 6)
-    assert not torch.equal(exact, want)  # the emulation matters here
+    assert torch.equal(counts(False), exact)
+    assert not torch.equal(exact, want)  # the rule matters here
 
 
 # -- the Xylo preset and the demo -----------------------------------------------------

@@ -237,6 +237,7 @@ def test_quantized_model_exports_quantized_values_and_round_trips():
         "zero_point": 0,
         "quant_min": -128,
         "quant_max": 127,
+        "rounding": "nearest",
     }
     loaded = anir.load(graph)
     assert torch.equal(loaded(x), expected)

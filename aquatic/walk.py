@@ -1,0 +1,57 @@
+"""The layers of a (nested) ``nn.Sequential`` in running order, a layer used twice at each use.
+
+``nn.Module.named_children`` lists a module once however often it appears, so a walk over
+it drops the second use of a shared (tied) layer; ``nn.Sequential.forward`` runs
+``_modules`` in order, duplicates included. Walks that mean to follow ``forward`` use
+:func:`sequential_layers`.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+from torch import nn
+
+__all__ = ["refuse_shared_layers", "sequential_layers", "shared_uses"]
+
+
+def sequential_layers(
+    model: nn.Module, prefix: str = "", default: str = ""
+) -> List[Tuple[str, nn.Module]]:
+    """``(qualified name, module)`` of the leaves of nested ``nn.Sequential`` containers in
+    the order ``forward`` runs them; a module used twice appears at each use, under the
+    name of each slot. A model that is no ``nn.Sequential`` is one leaf named ``default``."""
+    if not isinstance(model, nn.Sequential):
+        return [(prefix or default, model)]
+    layers: List[Tuple[str, nn.Module]] = []
+    for name, child in model._modules.items():
+        if child is None:
+            continue
+        layers += sequential_layers(child, f"{prefix}.{name}" if prefix else name, default)
+    return layers
+
+
+def shared_uses(model: nn.Module) -> Dict[int, List[str]]:
+    """``id(module) -> [names]`` for each module of ``model`` reachable under more than
+    one name (a shared, tied module), with every name it has."""
+    names: Dict[int, List[str]] = {}
+    modules: Dict[int, nn.Module] = {}
+    for name, module in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(module), []).append(name)
+        modules[id(module)] = module
+    return {key: value for key, value in names.items() if len(value) > 1}
+
+
+def refuse_shared_layers(model: nn.Module, target: str) -> None:
+    """Raise a ``ValueError`` if one layer object appears more than once in the walk of
+    :func:`sequential_layers`; ``target`` names the export that maps each layer once."""
+    seen: Dict[int, List[str]] = {}
+    for name, module in sequential_layers(model, default=type(model).__name__):
+        seen.setdefault(id(module), []).append(name)
+        if len(seen[id(module)]) == 2:
+            uses = seen[id(module)]
+            raise ValueError(
+                f"layer {uses[0]!r} ({type(module).__name__}) is used again as {uses[1]!r}: "
+                f"{target} maps each layer object once and would drop its second use. "
+                "Use two separate layers (e.g. copy.deepcopy(layer) for the second use)"
+            )
