@@ -17,6 +17,7 @@ from aquatic.integer.pooling import IntegerMaxPool, IntegerReshape, IntegerSum, 
 from aquatic.integer.model import IntegerModel
 from aquatic.integer.requant import is_power_of_two
 from aquatic.nn import ActivationQuantizer, LIFCell, NeuronModule
+from aquatic.nn import AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d, SumPool1d, SumPool2d
 from aquatic.nn.twin import TorchTwin
 
 __all__ = ["convert"]
@@ -25,9 +26,13 @@ __all__ = ["convert"]
 _PASSIVE = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _MAXPOOL = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
 _AVGPOOL = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
+# The aquatic pooling twins (time axis, output quantizer) and sum pooling.
+_MAXPOOL.update({MaxPool1d: 1, MaxPool2d: 2})
+_AVGPOOL.update({AvgPool1d: 1, AvgPool2d: 2})
+_SUMPOOL = {SumPool1d: 1, SumPool2d: 2}
 _SUPPORTED = (
     "aquatic.nn Linear, Conv1d-3d, ConvTranspose1d-3d, ActivationQuantizer, LIF, "
-    "LIFRecurrent, IAF, ExpLeak; torch.nn ReLU, MaxPool1d-3d, AvgPool1d-3d, Flatten, "
+    "LIFRecurrent, IAF, ExpLeak, AvgPool1d/2d, MaxPool1d/2d, SumPool1d/2d; torch.nn ReLU, MaxPool1d-3d, AvgPool1d-3d, Flatten, "
     "Unflatten, Identity, Dropout; and parameter-free modules that sum over one dimension"
 )
 
@@ -175,9 +180,11 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
             name=name,
             source=source,
         )
-        return [pool], spec
+        return _then_output_quantizer(name, module, [pool], spec, where)
     if type(module) in _AVGPOOL:
-        return _sum_pool(name, module, spec, where)
+        return _then_output_quantizer(name, module, *_sum_pool(name, module, spec, where), where)
+    if type(module) in _SUMPOOL:
+        return _then_output_quantizer(name, module, *_window_sum(name, module, spec, where), where)
     if isinstance(module, (nn.Flatten, nn.Unflatten)):
         if spec.scale.dim() == 1 or spec.zero_point.dim() == 1:
             raise ValueError(
@@ -206,6 +213,37 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
             )
         return [IntegerSum(dim, name=name, source=source)], QSpec(spec.scale, spec.zero_point, None)
     raise TypeError(f"{where} has no integer counterpart. Supported: {_SUPPORTED}")
+
+
+def _then_output_quantizer(name: str, module: nn.Module, modules, spec: QSpec, where: str):
+    """``(modules, spec)``, with the requantizer of an aquatic pooling layer's output quantizer."""
+    quantizers = getattr(module, "quantizers", {})
+    if "activation" not in quantizers:
+        return modules, spec
+    source = type(module).__name__
+    requant, spec = build_requantize(
+        f"{name}.activation", quantizers["activation"], spec, f"{where}, 'activation'", source
+    )
+    return modules + [requant], spec
+
+
+def _window_sum(name: str, module: nn.Module, spec: QSpec, where: str):
+    """Sum pooling (:class:`aquatic.nn.SumPool2d`): the codes' window sums, same scale."""
+    dim = _SUMPOOL[type(module)]
+    if module.ceil_mode:
+        raise ValueError(
+            f"{where} sums partial windows (ceil_mode=True); the integer model needs "
+            "ceil_mode=False"
+        )
+    kernel = _tuple(module.kernel_size, dim)
+    stride = _tuple(module.stride if module.stride else module.kernel_size, dim)
+    pool = IntegerSumPool(
+        dim, kernel, stride, [0] * dim, spec.zero_point, name=name, source=type(module).__name__
+    )
+    magnitude = spec.magnitude()
+    bound = None if magnitude is None else magnitude * math.prod(kernel)
+    low = None if bound is None else -bound
+    return [pool], QSpec(spec.scale, torch.tensor(0), spec.axis, low, bound)
 
 
 def _sum_pool(name: str, module: nn.Module, spec: QSpec, where: str):
