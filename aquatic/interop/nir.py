@@ -143,6 +143,7 @@ def export(
     *,
     dt: float = 1.0,
     discretization: str = "exact",
+    time_axis: bool = False,
 ) -> Any:
     """The trained ``model`` as a NIR graph (:class:`nir.NIRGraph`).
 
@@ -157,6 +158,12 @@ def export(
             e.g. ``(2, 34, 34)``; may be left out when the first layer is a ``Linear``.
         dt: the time step, in the unit of NIR's time constants.
         discretization: ``"exact"`` or ``"euler"``.
+        time_axis: ``True`` for a model whose convolutions, pooling and ``Flatten`` take
+            the sequence ``(N, T, *)`` as its neurons do (a spiking convolutional
+            network as one ``nn.Sequential``, with ``nn.Flatten(start_dim=2)``): the
+            dimensions of ``Flatten`` then count the batch and time axes. ``False``
+            (default): they count the batch axis only, as in a model whose stateless
+            layers run on each step ``(N, *)``.
 
     Returns:
         nir.NIRGraph: nodes named after the layers (``"0"``, ``"1"``, ... in an
@@ -189,6 +196,9 @@ def export(
     if not layers:
         raise ValueError("the model has no layers to export")
     exporter = Exporter(nir, dt, discretization)
+    if not isinstance(time_axis, bool):
+        raise TypeError(f"time_axis must be True or False, got {time_axis!r}")
+    exporter.time_axis = time_axis
     shapes: Dict[str, Tuple[int, ...]] = {"input": _input_shape(input_shape, layers[0][1])}
     sources: Dict[str, List[str]] = {}
     for source, target in edges:

@@ -97,3 +97,42 @@ def test_average_pooling_and_pooling_output_quantizer_convert():
     partial(x)
     with pytest.raises(ValueError, match="'2' \\(SumPool2d\\) sums partial windows"):
         aquatic.convert(partial.eval())
+
+
+def test_nir_round_trip(trained):
+    nir = pytest.importorskip("nir")
+    from aquatic.interop import nir as anir
+
+    model, x, _ = trained
+    plain = conv_snn(aquatic.QConfig())  # NIR has no state quantizers
+    plain.load_state_dict(model.state_dict(), strict=False)
+    for layer, source in zip(plain, model):
+        if hasattr(source, "quantize_params"):
+            with torch.no_grad():
+                for name, value in source.quantize_params().items():
+                    getattr(layer, name).copy_(value)
+    with torch.no_grad():
+        expected = plain(x)
+    graph = anir.export(plain, input_shape=(2, 8, 8), time_axis=True)
+    assert type(graph.nodes["2"]).__name__ == "SumPool2d"
+    assert type(graph.nodes["5"]).__name__ == "Flatten" and graph.nodes["5"].start_dim == 0
+    assert list(graph.nodes["output"].output_type["output"]) == [3]
+    loaded = anir.load(graph)
+    assert torch.equal(loaded(x), expected) and expected.sum() > 0
+    reread = anir.load(nir.NIRGraph.from_dict(graph.to_dict()))
+    assert torch.equal(reread(x), expected)
+    with pytest.raises(ValueError, match="merges the batch and time axes"):
+        anir.export(nn.Sequential(nn.Flatten(1)), input_shape=(2, 3), time_axis=True)
+
+
+def test_nir_pooling_output_quantizer_round_trip():
+    pytest.importorskip("nir")
+    from aquatic.interop import nir as anir
+
+    act = aquatic.QConfig(activation=UniformQuantizer.with_args(bits=8, scale=2**-2))
+    model = nn.Sequential(ann.AvgPool2d(2, qconfig=act), ann.IAF(threshold=0.5))
+    x = torch.rand(2, 5, 1, 4, 4)
+    with pytest.warns(UserWarning, match="'0.activation'"):
+        graph = anir.export(model, input_shape=(1, 4, 4), time_axis=True)
+    assert type(graph.nodes["0.activation"]).__name__ == "Scale"
+    assert torch.equal(anir.load(graph)(x), model(x))
