@@ -117,3 +117,40 @@ def test_conv_quantized_time_axis_and_transposed_output_size():
     up = ann.ConvTranspose2d(2, 2, 3, stride=2)
     out = up(torch.randn(2, 4, 2, 3, 3), output_size=[8, 8])
     assert out.shape == (2, 4, 2, 8, 8)
+
+
+def test_quantized_pooling_backward_is_straight_through_inside_the_range():
+    q = aquatic.QConfig(activation=UniformQuantizer.with_args(bits=4, scale=0.5))
+    x = torch.tensor([[[[0.2, 0.4], [0.6, 9.0]], [[0.1, 0.1], [0.1, 0.1]]]], requires_grad=True)
+    ann.AvgPool2d(2, qconfig=q)(x.unsqueeze(1)).sum().backward()  # (N, T=1, C, H, W)
+    # channel 0 averages to 2.55 (inside the 4-bit range up to 3.5), channel 1 to 0.1
+    assert torch.equal(x.grad, torch.full_like(x, 0.25))
+    x.grad = None
+    ann.SumPool2d(2, qconfig=q)(x).sum().backward()  # channel 0 sums to 10.2 > 3.5: clipped
+    assert x.grad[0, 0].abs().sum() == 0 and torch.equal(x.grad[0, 1], torch.ones(2, 2))
+
+
+def test_onnx_export_of_pooling_and_normalisation(tmp_path):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from aquatic.interop import onnx as aonnx
+
+    q = aquatic.qconfig.int8
+    model = nn.Sequential(
+        ann.Conv2d(1, 2, 3, qconfig=q),
+        ann.BatchNorm2d(2),
+        ann.AvgPool2d(2, qconfig=q),
+        ann.MaxPool2d(2),
+        nn.Flatten(),
+        ann.Linear(8, 2, qconfig=q),
+    )
+    x = torch.randn(3, 1, 10, 10)
+    model(x)
+    model.eval()
+    path = tmp_path / "m.onnx"
+    aonnx.export(model, x, str(path))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    assert torch.equal(torch.from_numpy(out), model(x).detach())
