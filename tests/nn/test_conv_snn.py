@@ -93,6 +93,12 @@ def test_average_pooling_and_pooling_output_quantizer_convert():
     assert integer_model.exact, integer_model.notes
     out = integer_model(integer_model.quantize_input(x))
     assert torch.equal(integer_model.dequantize_output(out), model(x).detach())
+    maxed = conv_snn(pool=ann.MaxPool2d(2))
+    train(maxed, x, y, steps=2)
+    integer_model = aquatic.convert(maxed.eval())
+    assert "maxpool" in [m.kind for m in integer_model.layers]
+    out = integer_model(integer_model.quantize_input(x))
+    assert torch.equal(integer_model.dequantize_output(out), maxed(x).detach())
     partial = conv_snn(pool=ann.SumPool2d(2, ceil_mode=True))
     partial(x)
     with pytest.raises(ValueError, match="'2' \\(SumPool2d\\) sums partial windows"):
