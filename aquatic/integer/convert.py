@@ -10,6 +10,7 @@ from torch import nn
 
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build import build_accumulator, build_requantize
+from aquatic.integer.build_pooling import build_window_sum, with_output_quantizer
 from aquatic.integer.build_spiking import build_neuron
 from aquatic.integer.reading import check_observed, describe, read_grid
 from aquatic.integer.layers import IntegerReLU
@@ -32,7 +33,8 @@ _AVGPOOL.update({AvgPool1d: 1, AvgPool2d: 2})
 _SUMPOOL = {SumPool1d: 1, SumPool2d: 2}
 _SUPPORTED = (
     "aquatic.nn Linear, Conv1d-3d, ConvTranspose1d-3d, ActivationQuantizer, LIF, "
-    "LIFRecurrent, IAF, ExpLeak, AvgPool1d/2d, MaxPool1d/2d, SumPool1d/2d; torch.nn ReLU, MaxPool1d-3d, AvgPool1d-3d, Flatten, "
+    "LIFRecurrent, IAF, ExpLeak, AvgPool1d/2d, MaxPool1d/2d, SumPool1d/2d; torch.nn ReLU, "
+    "MaxPool1d-3d, AvgPool1d-3d, Flatten, "
     "Unflatten, Identity, Dropout; and parameter-free modules that sum over one dimension"
 )
 
@@ -180,11 +182,16 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
             name=name,
             source=source,
         )
-        return _then_output_quantizer(name, module, [pool], spec, where)
+        return with_output_quantizer(name, module, [pool], spec, where)
     if type(module) in _AVGPOOL:
-        return _then_output_quantizer(name, module, *_sum_pool(name, module, spec, where), where)
+        return with_output_quantizer(name, module, *_sum_pool(name, module, spec, where), where)
     if type(module) in _SUMPOOL:
-        return _then_output_quantizer(name, module, *_window_sum(name, module, spec, where), where)
+        return with_output_quantizer(
+            name,
+            module,
+            *build_window_sum(name, module, spec, where, _SUMPOOL[type(module)]),
+            where,
+        )
     if isinstance(module, (nn.Flatten, nn.Unflatten)):
         if spec.scale.dim() == 1 or spec.zero_point.dim() == 1:
             raise ValueError(
@@ -213,37 +220,6 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
             )
         return [IntegerSum(dim, name=name, source=source)], QSpec(spec.scale, spec.zero_point, None)
     raise TypeError(f"{where} has no integer counterpart. Supported: {_SUPPORTED}")
-
-
-def _then_output_quantizer(name: str, module: nn.Module, modules, spec: QSpec, where: str):
-    """``(modules, spec)``, with the requantizer of an aquatic pooling layer's output quantizer."""
-    quantizers = getattr(module, "quantizers", {})
-    if "activation" not in quantizers:
-        return modules, spec
-    source = type(module).__name__
-    requant, spec = build_requantize(
-        f"{name}.activation", quantizers["activation"], spec, f"{where}, 'activation'", source
-    )
-    return modules + [requant], spec
-
-
-def _window_sum(name: str, module: nn.Module, spec: QSpec, where: str):
-    """Sum pooling (:class:`aquatic.nn.SumPool2d`): the codes' window sums, same scale."""
-    dim = _SUMPOOL[type(module)]
-    if module.ceil_mode:
-        raise ValueError(
-            f"{where} sums partial windows (ceil_mode=True); the integer model needs "
-            "ceil_mode=False"
-        )
-    kernel = _tuple(module.kernel_size, dim)
-    stride = _tuple(module.stride if module.stride else module.kernel_size, dim)
-    pool = IntegerSumPool(
-        dim, kernel, stride, [0] * dim, spec.zero_point, name=name, source=type(module).__name__
-    )
-    magnitude = spec.magnitude()
-    bound = None if magnitude is None else magnitude * math.prod(kernel)
-    low = None if bound is None else -bound
-    return [pool], QSpec(spec.scale, torch.tensor(0), spec.axis, low, bound)
 
 
 def _sum_pool(name: str, module: nn.Module, spec: QSpec, where: str):
