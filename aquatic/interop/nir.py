@@ -158,12 +158,9 @@ def export(
             e.g. ``(2, 34, 34)``; may be left out when the first layer is a ``Linear``.
         dt: the time step, in the unit of NIR's time constants.
         discretization: ``"exact"`` or ``"euler"``.
-        time_axis: ``True`` for a model whose convolutions, pooling and ``Flatten`` take
-            the sequence ``(N, T, *)`` as its neurons do (a spiking convolutional
-            network as one ``nn.Sequential``, with ``nn.Flatten(start_dim=2)``): the
-            dimensions of ``Flatten`` then count the batch and time axes. ``False``
-            (default): they count the batch axis only, as in a model whose stateless
-            layers run on each step ``(N, *)``.
+        time_axis: ``True`` for a model whose stateless layers take ``(N, T, *)`` as its
+            neurons do (one ``nn.Sequential`` with ``nn.Flatten(start_dim=2)``): ``Flatten``
+            dims then count the batch and time axes; ``False``: the batch axis only.
 
     Returns:
         nir.NIRGraph: nodes named after the layers (``"0"``, ``"1"``, ... in an
