@@ -154,3 +154,13 @@ def test_onnx_export_of_pooling_and_normalisation(tmp_path):
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     assert torch.equal(torch.from_numpy(out), model(x).detach())
+
+
+def test_dequantize_gives_the_torch_twins():
+    q = aquatic.qconfig.int8
+    model = nn.Sequential(ann.AvgPool2d(2, qconfig=q), ann.SumPool2d(2), ann.BatchNorm2d(1))
+    model(torch.rand(1, 1, 8, 8))
+    plain = aquatic.dequantize(model)
+    assert [type(m) for m in plain] == [nn.AvgPool2d, nn.LPPool2d, nn.BatchNorm2d]
+    assert plain[1].norm_type == 1
+    assert torch.equal(plain[2].running_mean, model[2].running_mean)
