@@ -16,6 +16,11 @@ step, as sinabs' ``IAF`` computes it (``layers/functional/lif.py``, ``MultiSpike
 
 A membrane above the 16-bit range raises ``OverflowError`` naming the layer; below, it
 is clamped at :math:`\\vartheta_{low} \\ge -2^{15}`.
+
+A convolutional core can sum-pool its output spikes on the way to the next core
+(sinabs' ``DynapcnnLayer``: convolution, then spiking, then pooling): square windows of
+:data:`POOL_SIZES`, stride equal to the window, no padding; the next core receives the
+window sums :math:`\\sum_{window} n`.
 """
 
 from __future__ import annotations
@@ -29,13 +34,15 @@ from torch import Tensor
 from aquatic.functional.integer import int_range
 from aquatic.hw._common import DoesNotFitError, as_int_tensor, check_range, spec_layers
 
-__all__ = ["check_spec", "simulate", "WEIGHT_BITS", "STATE_BITS"]
+__all__ = ["check_spec", "simulate", "WEIGHT_BITS", "STATE_BITS", "POOL_SIZES"]
 
 WEIGHT_BITS = 8
 STATE_BITS = 16
 _W_LOW, _W_HIGH = int_range(WEIGHT_BITS)
 _LOW, _HIGH = int_range(STATE_BITS)
 RESETS = ("subtract", "zero")
+#: Sum-pooling window sizes a core's output can take (square, stride = size).
+POOL_SIZES = (1, 2, 4)
 
 
 def _int_option(layer: Mapping[str, Any], key: str, default: int, name: str) -> int:
@@ -57,7 +64,9 @@ def check_spec(spec: Mapping[str, Any]) -> List[Dict[str, Any]]:
     Args:
         spec: ``{"layers": [layer, ...]}``; each layer has ``"weight"``, either
             ``(Cout, Cin, k, k)`` (convolution, square kernel; ``"stride"`` and
-            ``"padding"`` ints, default 1 and 0) or ``(Nout, Nin)`` (dense), int8;
+            ``"padding"`` ints, default 1 and 0; ``"pool"``, the sum pooling of its
+            output spikes, one of :data:`POOL_SIZES`, default 1) or ``(Nout, Nin)``
+            (dense), int8;
             ``"bias"`` ``(Cout,)`` int8 (default 0); ``"threshold"`` (1..32767) and
             ``"threshold_low"`` (default -32768), int16 scalars; ``"reset"``
             (``"subtract"`` or ``"zero"``); optional ``"max_spikes"`` and ``"name"``.
@@ -100,9 +109,17 @@ def check_spec(spec: Mapping[str, Any]) -> List[Dict[str, Any]]:
             isinstance(max_spikes, bool) or not isinstance(max_spikes, int) or max_spikes < 1
         ):
             raise ValueError(f"{name}.max_spikes must be None or an int >= 1, got {max_spikes!r}")
+        pool = _int_option(layer, "pool", 1, name)
+        if pool not in POOL_SIZES:
+            raise DoesNotFitError(
+                f"{name}.pool={pool}: DYNAP-CNN sum-pools over {POOL_SIZES} (square windows)"
+            )
+        if pool > 1 and weight.dim() != 4:
+            raise DoesNotFitError(f"{name}: only convolutional layers pool their output")
         checked.append(
             {
                 "name": name,
+                "pool": pool,
                 "weight": weight,
                 "bias": bias,
                 "threshold": threshold,
@@ -133,6 +150,14 @@ def _drive(layer: Dict[str, Any], spikes: Tensor) -> Tensor:
     return out.round().to(torch.int64) + bias
 
 
+def _sum_pool(counts: Tensor, size: int) -> Tensor:
+    if size == 1:
+        return counts
+    # Window sums of spike counts: exact in float64.
+    summed = F.avg_pool2d(counts.double(), size, size, divisor_override=1)
+    return summed.round().to(torch.int64)
+
+
 def simulate(spec: Mapping[str, Any], spikes: Any, record: bool = False) -> Union[Tensor, tuple]:
     """Run a DYNAP-CNN specification on input spike counts.
 
@@ -140,7 +165,8 @@ def simulate(spec: Mapping[str, Any], spikes: Any, record: bool = False) -> Unio
         spec: see :func:`check_spec`, e.g. from :func:`aquatic.hw.dynapcnn.export`.
         spikes: non-negative spike counts ``(N, T, C, H, W)`` (or ``(N, T, F)`` when
             the first layer is dense).
-        record: also return each layer's spikes and membrane (after the reset).
+        record: also return each layer's spikes (before its pooling) and membrane
+            (after the reset).
 
     Returns:
         Tensor: spikes of the last layer, ``(N, T, *)`` (``int64``); with ``record``,
@@ -183,7 +209,7 @@ def simulate(spec: Mapping[str, Any], spikes: Any, record: bool = False) -> Unio
                 v = torch.where(count > 0, torch.zeros_like(v), v)
             v = v.clamp(min=layer["threshold_low"])
             v_mem[k] = v
-            s = count
+            s = _sum_pool(count, layer["pool"])
             if record:
                 traces[k]["spikes"].append(count)
                 traces[k]["v_mem"].append(v)

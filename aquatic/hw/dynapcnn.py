@@ -9,7 +9,7 @@ layer, as sinabs' ``discretize_conv_spike`` maps them. See
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -24,12 +24,21 @@ from aquatic.hw._common import (
     require,
     weight_grid,
 )
-from aquatic.hw._dynapcnn_sim import STATE_BITS, WEIGHT_BITS, check_spec, simulate
+from aquatic.hw._dynapcnn_sim import POOL_SIZES, STATE_BITS, WEIGHT_BITS, check_spec, simulate
 from aquatic.nn import IAF
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.shared import ScaleGroup, SharedScaleQuantizer
 
-__all__ = ["STATE_BITS", "WEIGHT_BITS", "NUM_CORES", "check_spec", "export", "qconfig", "simulate"]
+__all__ = [
+    "STATE_BITS",
+    "WEIGHT_BITS",
+    "NUM_CORES",
+    "POOL_SIZES",
+    "check_spec",
+    "export",
+    "qconfig",
+    "simulate",
+]
 
 #: Cores of DYNAP-CNN (one layer each) and their memories (sinabs' ``get_constraints``).
 NUM_CORES = 9
@@ -112,6 +121,77 @@ def _check_accumulator(name: str, weight, bias, threshold: int, low: int, events
         )
 
 
+def _is_pool(module: nn.Module) -> bool:
+    # aquatic.nn.SumPool2d is an LPPool2d; aquatic.interop.nir.SumPool2d is named so.
+    return isinstance(module, (nn.AvgPool2d, nn.LPPool2d)) or type(module).__name__ == "SumPool2d"
+
+
+def _pool(name: str, module: nn.Module) -> Tuple[int, int]:
+    """``(window, divisor)`` of a pooling layer DYNAP-CNN can run: sum pooling
+    (divisor 1), or average pooling (divisor: the window area), square, stride equal
+    to the window, no padding."""
+    kind = type(module).__name__
+    if isinstance(module, nn.LPPool2d):
+        require(
+            module.norm_type == 1,
+            f"layer {name!r} ({kind}) has norm_type={module.norm_type}; DYNAP-CNN sum-pools "
+            "(norm_type=1)",
+        )
+    window = _single(module.kernel_size, "pooling window", name)
+    stride = _single(module.stride if module.stride else window, "pooling stride", name)
+    require(
+        stride == window,
+        f"layer {name!r} ({kind}): DYNAP-CNN pools non-overlapping windows; use stride="
+        f"{window} (the window), got {stride}",
+    )
+    require(
+        _single(getattr(module, "padding", 0), "padding", name) == 0,
+        f"layer {name!r} ({kind}): DYNAP-CNN pools without padding",
+    )
+    require(
+        not getattr(module, "ceil_mode", False),
+        f"layer {name!r} ({kind}): DYNAP-CNN drops partial windows; use ceil_mode=False",
+    )
+    quantizers = getattr(module, "quantizers", {})
+    require(
+        "activation" not in quantizers,
+        f"layer {name!r} ({kind}) quantizes its output; DYNAP-CNN pools spike counts as "
+        "they are: build it with qconfig=None",
+    )
+    divisor = 1
+    if isinstance(module, nn.AvgPool2d):
+        divisor = module.divisor_override or window * window
+    return window, divisor
+
+
+def _cores(layers: List[Tuple[str, nn.Module]]) -> List[Tuple[Any, Any, List[Any]]]:
+    """``(synapse, neurons, poolings)`` per core: ``(name, module)`` pairs."""
+    got = " -> ".join(f"{type(m).__name__} ({n})" for n, m in layers)
+    shape = (
+        f"DYNAP-CNN takes up to {NUM_CORES} cores of (Conv2d or Linear) -> IAF, each "
+        f"optionally followed by sum or average pooling; got {got}"
+    )
+    cores: List[Tuple[Any, Any, List[Any]]] = []
+    index = 0
+    while index < len(layers):
+        name, module = layers[index]
+        require(
+            isinstance(module, (nn.Conv2d, nn.Linear)),
+            f"layer {name!r} is a {type(module).__name__}; DYNAP-CNN cores take Conv2d or "
+            "Linear, then IAF, then optionally sum or average pooling",
+        )
+        require(index + 1 < len(layers), shape)
+        synapse, neurons = layers[index], layers[index + 1]
+        index += 2
+        pools = []
+        while index < len(layers) and _is_pool(layers[index][1]):
+            pools.append(layers[index])
+            index += 1
+        cores.append((synapse, neurons, pools))
+    require(len(cores) <= NUM_CORES, shape)
+    return cores
+
+
 def export(
     model: nn.Module,
     input_shape: Optional[Sequence[int]] = None,
@@ -120,9 +200,19 @@ def export(
     """The trained ``model`` as DYNAP-CNN layers (a spec for :func:`simulate`).
 
     ``model`` is ``(Conv2d or Linear) -> IAF`` repeated (an ``nn.Sequential``; ``Flatten``
-    is allowed), quantized with :func:`qconfig`. Each pair shares one scale: the weight
-    and bias codes are 8-bit, the threshold and ``min_v_mem`` (``threshold_low``) 16-bit.
-    The ``IAF`` bias joins the convolution's bias.
+    is allowed), quantized with :func:`qconfig`, each ``IAF`` optionally followed by
+    pooling (convolutional cores only). Each pair shares one scale: the weight and bias
+    codes are 8-bit, the threshold and ``min_v_mem`` (``threshold_low``) 16-bit. The
+    ``IAF`` bias joins the convolution's bias.
+
+    Pooling: the chip sums its output spikes over square windows of
+    :data:`POOL_SIZES` (stride equal to the window, no padding) on the way to the next
+    core. Sum pooling (:class:`aquatic.nn.SumPool2d`) is that; consecutive pooling
+    layers multiply their windows. Average pooling over a window of area :math:`A` is
+    sum pooling with the next core's bias, threshold and ``min_v_mem`` multiplied by
+    :math:`A` (its membrane is then :math:`A` times the model's, and it spikes at the
+    same steps), so it fits where those stay within 8 and 16 bits; after the last
+    core it would give fractions of spikes, which the chip lacks.
 
     Args:
         model: the trained network.
@@ -131,7 +221,8 @@ def export(
 
     Returns:
         dict: ``{"layers": [...]}``, each with ``weight``, ``bias``, ``threshold``,
-        ``threshold_low``, ``reset``, ``max_spikes``, ``stride``, ``padding``, ``name``.
+        ``threshold_low``, ``reset``, ``max_spikes``, ``stride``, ``padding``, ``pool``,
+        ``name``.
 
     Raises:
         DoesNotFitError: a layer type DYNAP-CNN lacks, a value off its grid or range, or
@@ -140,15 +231,11 @@ def export(
     """
     refuse_shared_layers(model, "DYNAP-CNN export")
     layers = layer_sequence(model, "DYNAP-CNN")
-    require(
-        len(layers) % 2 == 0 and len(layers) // 2 <= NUM_CORES,
-        f"DYNAP-CNN takes up to {NUM_CORES} (Conv2d or Linear) -> IAF pairs; got "
-        + " -> ".join(f"{type(m).__name__} ({n})" for n, m in layers),
-    )
     shape = tuple(input_shape) if input_shape is not None else None
     events = max_input_spikes
     spec: List[Dict[str, Any]] = []
-    for index, ((syn_name, syn), (iaf_name, iaf)) in enumerate(zip(layers[::2], layers[1::2])):
+    scale_up, pooled_by = 1, ""  # average pooling before this core: its area, its name
+    for index, ((syn_name, syn), (iaf_name, iaf), pools) in enumerate(_cores(layers)):
         require(
             isinstance(syn, (nn.Conv2d, nn.Linear)),
             f"layer {syn_name!r} is a {type(syn).__name__}; DYNAP-CNN cores take Conv2d or Linear",
@@ -183,6 +270,24 @@ def export(
                 k, s, p = syn.kernel_size[0], entry["stride"], entry["padding"]
                 out_hw = tuple((size + 2 * p - k) // s + 1 for size in shape[1:])
                 shape = (n_out, *out_hw)
+        window, divisor = 1, 1
+        for pool_name, pool in pools:
+            size, area = _pool(pool_name, pool)
+            window, divisor = window * size, divisor * area
+        if pools:
+            names = ", ".join(repr(n) for n, _ in pools)
+            require(
+                isinstance(syn, nn.Conv2d),
+                f"layer {names} pools the output of the dense layer {syn_name!r}; DYNAP-CNN "
+                "pools convolutional cores only",
+            )
+            require(
+                window in POOL_SIZES,
+                f"layer {names} pools over {window}x{window} windows; DYNAP-CNN pools over "
+                f"{', '.join(f'{p}x{p}' for p in POOL_SIZES)}",
+            )
+            if shape is not None and len(shape) == 3:
+                shape = (shape[0], shape[1] // window, shape[2] // window)
         weight = on_grid(quantized_param(syn, "weight"), grid, f"{syn_name}.weight")
         bias = per_neuron(quantized_param(syn, "bias"), n_out, f"{syn_name}.bias")
         bias = bias + per_neuron(neurons.bias, n_out, f"{iaf_name}.bias")
@@ -191,21 +296,32 @@ def export(
             bool((threshold == threshold[0]).all()),
             f"layer {iaf_name!r}: DYNAP-CNN has one threshold per layer, got several",
         )
-        low = (
-            -(2 ** (STATE_BITS - 1)) * float(grid.scale)
-            if neurons.min_v_mem is None
-            else float(neurons.min_v_mem)
-        )
+        bias = on_grid(bias, grid, f"{syn_name}.bias + {iaf_name}.bias") * scale_up
+        threshold = int(on_grid(threshold[:1], grid, f"{iaf_name}.threshold")) * scale_up
+        if neurons.min_v_mem is None:
+            low = -(2 ** (STATE_BITS - 1))  # no floor in the model: the chip's range
+        else:
+            floor = torch.tensor([float(neurons.min_v_mem)])
+            low = int(on_grid(floor, grid, f"{iaf_name}.min_v_mem")) * scale_up
+        if scale_up > 1:
+            _check_scaled(syn_name, iaf_name, pooled_by, scale_up, bias, threshold, low)
         entry.update(
             weight=weight,
-            bias=on_grid(bias, grid, f"{syn_name}.bias + {iaf_name}.bias"),
-            threshold=int(on_grid(threshold[:1], grid, f"{iaf_name}.threshold")),
-            threshold_low=int(on_grid(torch.tensor([low]), grid, f"{iaf_name}.min_v_mem")),
+            bias=bias,
+            threshold=threshold,
+            threshold_low=low,
             reset=neurons.reset,
             max_spikes=neurons.max_spikes,
+            pool=window,
         )
         _memory_check(syn_name, weight, out_hw, index)
         spec.append(entry)
+        scale_up, pooled_by = divisor, ", ".join(repr(n) for n, _ in pools)
+    require(
+        scale_up == 1,
+        f"layer {pooled_by} averages the last core's spikes into fractions, which DYNAP-CNN "
+        "lacks; use sum pooling (aquatic.nn.SumPool2d) there",
+    )
     try:
         checked = check_spec({"layers": spec})
     except DoesNotFitError as error:
@@ -220,4 +336,25 @@ def export(
             events,
         )
         events = entry["max_spikes"]
+        if events is not None:  # a pooled input sums the spikes of a window
+            events *= entry["pool"] ** 2
     return {"layers": spec}
+
+
+def _check_scaled(syn_name, iaf_name, pooled_by, area, bias, threshold, low) -> None:
+    """Average pooling before a core multiplies its bias and thresholds: they must fit."""
+    fix = (
+        f"layer {pooled_by} averages over windows of area {area}, which DYNAP-CNN runs as "
+        f"sum pooling with the bias and thresholds of the next core times {area}"
+    )
+    limit = 2 ** (WEIGHT_BITS - 1)
+    require(
+        bool(bias.abs().max() < limit) if bias.numel() else True,
+        f"{fix}; {syn_name}.bias then reaches {int(bias.abs().max())}, beyond 8 bits: use "
+        "sum pooling (aquatic.nn.SumPool2d) and train with it, or a smaller bias",
+    )
+    require(
+        threshold < 2 ** (STATE_BITS - 1) and low >= -(2 ** (STATE_BITS - 1)),
+        f"{fix}; {iaf_name}.threshold then reaches {threshold} (min_v_mem {low}), beyond 16 "
+        "bits: use sum pooling (aquatic.nn.SumPool2d) and train with it, or a smaller threshold",
+    )

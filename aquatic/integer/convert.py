@@ -11,6 +11,7 @@ from torch import nn
 from aquatic.walk import sequential_layers
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build import build_accumulator, build_requantize
+from aquatic.integer.build_pooling import build_window_sum, with_output_quantizer
 from aquatic.integer.build_spiking import build_neuron
 from aquatic.integer.reading import check_observed, describe, read_grid
 from aquatic.integer.layers import IntegerReLU
@@ -18,6 +19,7 @@ from aquatic.integer.pooling import IntegerMaxPool, IntegerReshape, IntegerSum, 
 from aquatic.integer.model import IntegerModel
 from aquatic.integer.requant import is_power_of_two
 from aquatic.nn import ActivationQuantizer, LIFCell, NeuronModule
+from aquatic.nn import AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d, SumPool1d, SumPool2d
 from aquatic.nn.twin import TorchTwin
 
 __all__ = ["convert"]
@@ -26,9 +28,14 @@ __all__ = ["convert"]
 _PASSIVE = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
 _MAXPOOL = {nn.MaxPool1d: 1, nn.MaxPool2d: 2, nn.MaxPool3d: 3}
 _AVGPOOL = {nn.AvgPool1d: 1, nn.AvgPool2d: 2, nn.AvgPool3d: 3}
+# The aquatic pooling twins (time axis, output quantizer) and sum pooling.
+_MAXPOOL.update({MaxPool1d: 1, MaxPool2d: 2})
+_AVGPOOL.update({AvgPool1d: 1, AvgPool2d: 2})
+_SUMPOOL = {SumPool1d: 1, SumPool2d: 2}
 _SUPPORTED = (
     "aquatic.nn Linear, Conv1d-3d, ConvTranspose1d-3d, ActivationQuantizer, LIF, "
-    "LIFRecurrent, IAF, ExpLeak; torch.nn ReLU, MaxPool1d-3d, AvgPool1d-3d, Flatten, "
+    "LIFRecurrent, IAF, ExpLeak, AvgPool1d/2d, MaxPool1d/2d, SumPool1d/2d; torch.nn ReLU, "
+    "MaxPool1d-3d, AvgPool1d-3d, Flatten, "
     "Unflatten, Identity, Dropout; and parameter-free modules that sum over one dimension"
 )
 
@@ -172,9 +179,16 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
             name=name,
             source=source,
         )
-        return [pool], spec
+        return with_output_quantizer(name, module, [pool], spec, where)
     if type(module) in _AVGPOOL:
-        return _sum_pool(name, module, spec, where)
+        return with_output_quantizer(name, module, *_sum_pool(name, module, spec, where), where)
+    if type(module) in _SUMPOOL:
+        return with_output_quantizer(
+            name,
+            module,
+            *build_window_sum(name, module, spec, where, _SUMPOOL[type(module)]),
+            where,
+        )
     if isinstance(module, (nn.Flatten, nn.Unflatten)):
         if spec.scale.dim() == 1 or spec.zero_point.dim() == 1:
             raise ValueError(

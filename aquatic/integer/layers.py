@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from aquatic.functional.fake_quant import broadcast_along
+from aquatic.functional.time_steps import has_time_axis, per_step
 from aquatic.integer.base import INT32_MAX, IntegerModule, IntegerOverflowError
 from aquatic.integer.requant import multiply_shift
 
@@ -156,7 +157,8 @@ class IntegerConv(_Accumulator):
     real zeros: it is applied after the input zero point is subtracted.
 
     Shape:
-        - Input: ``(N, C_in, *)`` integer codes. Output: ``(N, C_out, *)`` int32.
+        - Input: ``(N, C_in, *)`` integer codes, or ``(N, T, C_in, *)`` with a time axis.
+          Output: ``(N, C_out, *)`` (or ``(N, T, C_out, *)``) int32.
 
     Example:
         >>> conv = IntegerConv(torch.ones(1, 1, 3, dtype=torch.int64), dim=1, padding=[1])
@@ -207,6 +209,8 @@ class IntegerConv(_Accumulator):
         self.groups = int(groups)
 
     def forward(self, input: Tensor) -> Tensor:
+        if has_time_axis(input, self.dim + 2):  # (N, T, C, *): each step on its own
+            return per_step(self.forward, input)
         x = self._centered(input)
         if self.transposed:
             fn = (F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d)[self.dim - 1]

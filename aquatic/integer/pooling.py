@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from aquatic.functional.time_steps import has_time_axis, per_step
 from aquatic.integer.base import IntegerModule
 
 __all__ = ["IntegerMaxPool", "IntegerReshape", "IntegerSum", "IntegerSumPool"]
@@ -49,6 +50,8 @@ class IntegerMaxPool(IntegerModule):
         self.ceil_mode = bool(ceil_mode)
 
     def forward(self, input: Tensor) -> Tensor:
+        if has_time_axis(input, self.dim + 2):  # (N, T, C, *): each step on its own
+            return per_step(self.forward, input)
         # float64 holds the codes exactly (and pads with -inf, as max pooling must).
         x = self._input_codes(input).double()
         fn = (F.max_pool1d, F.max_pool2d, F.max_pool3d)[self.dim - 1]

@@ -10,7 +10,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["check_graph", "check_metadata"]
+from aquatic.interop._nir_load import text
+
+__all__ = ["check_graph", "check_metadata", "is_input_node", "topological_order"]
 
 Shape = Optional[Tuple[Optional[int], ...]]  # None: unknown; a None entry: any size
 
@@ -242,3 +244,36 @@ def _check_quantizer(entry: Any, path: Tuple[str, str], text: Any) -> None:
             f"{_key(*path, 'rounding')} must be one of {', '.join(map(repr, _ROUNDINGS))}, "
             f"got {entry['rounding']!r}"
         )
+
+
+def topological_order(graph: Any) -> Tuple[List[str], Dict[str, List[str]]]:
+    """Node names with every node after its sources, and each node's sources."""
+    sources: Dict[str, List[str]] = {name: [] for name in graph.nodes}
+    for edge in graph.edges:
+        source, target = (text(v) for v in edge)
+        if source not in graph.nodes or target not in graph.nodes:
+            raise ValueError(f"edge ({source!r}, {target!r}) names a node the graph lacks")
+        sources[target].append(source)
+    order: List[str] = []
+    placed = set()
+    remaining = list(graph.nodes)
+    while remaining:
+        ready = [name for name in remaining if all(s in placed for s in sources[name])]
+        if not ready:
+            raise ValueError(
+                f"the graph has a cycle through {remaining}; load supports feed-forward graphs "
+                "(no recurrent edges)"
+            )
+        for name in ready:
+            order.append(name)
+            placed.add(name)
+        remaining = [name for name in remaining if name not in placed]
+    for name in order:
+        if not sources[name] and not is_input_node(graph.nodes[name]):
+            raise ValueError(f"node {name!r} has no incoming edge")
+    return order, sources
+
+
+def is_input_node(node: Any) -> bool:
+    """Whether ``node`` is a NIR ``Input`` node."""
+    return type(node).__name__ == "Input"

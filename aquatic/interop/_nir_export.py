@@ -39,6 +39,8 @@ class Exporter(NeuronExporter):
         self.discretization = discretization
         self.quantizers: Dict[str, Dict[str, Any]] = {}
         self.resets: Dict[str, str] = {}
+        #: whether the model's stateless layers take (N, T, *) too: Flatten counts 2 axes
+        self.time_axis = False
 
     # -- dispatch ------------------------------------------------------------------------
     def convert(self, name: str, module: nn.Module, shape: Shape) -> Tuple[Chain, Shape]:
@@ -176,19 +178,23 @@ class Exporter(NeuronExporter):
         return [(name, node)], tuple(out.shape[1:])
 
     def _flatten(self, name: str, module: nn.Flatten, shape: Shape) -> Tuple[Chain, Shape]:
-        # torch counts the batch axis, NIR does not: (N, C, H, W) dims 1..3 are 0..2 here.
-        full = len(shape) + 1
+        # torch counts the batch axis (and the time axis, with time_axis), NIR does not:
+        # (N, C, H, W) dims 1..3 are 0..2 here, as are (N, T, C, H, W) dims 2..4.
+        outer = 2 if self.time_axis else 1
+        full = len(shape) + outer
         start = module.start_dim % full
         end = module.end_dim % full
-        if start == 0:
+        if start < outer:
+            axes = "batch and time axes" if self.time_axis else "batch axis"
             raise ValueError(
-                f"layer {name!r} (Flatten) merges the batch axis (start_dim="
-                f"{module.start_dim}); NIR flattens within one sample: use start_dim >= 1"
+                f"layer {name!r} (Flatten) merges the {axes} (start_dim={module.start_dim}); "
+                f"NIR flattens within one sample: use start_dim >= {outer}"
             )
         node = self.nir.Flatten(
-            input_type={"input": np.array(shape)}, start_dim=start - 1, end_dim=end - 1
+            input_type={"input": np.array(shape)}, start_dim=start - outer, end_dim=end - outer
         )
-        out = tuple(int(v) for v in module(torch.empty((1,) + shape, device="meta")).shape[1:])
+        probe = torch.empty((1,) * outer + shape, device="meta")
+        out = tuple(int(v) for v in module(probe).shape[outer:])
         return [(name, node)], out
 
     def _pool(self, name: str, module: nn.Module, shape: Shape) -> Tuple[Chain, Shape]:
@@ -223,7 +229,14 @@ class Exporter(NeuronExporter):
         )
         probe = torch.empty((1,) + shape, device="meta")
         out = F.avg_pool2d(probe, kernel, stride, padding)
-        return [(name, node)], tuple(out.shape[1:])
+        chain = [(name, node)]
+        if active(module, "activation") is not None:
+            # An aquatic pooling layer's output quantizer: a Scale of ones after the
+            # pooling node, recorded as an ActivationQuantizer's is.
+            quantized = f"{name}.activation"
+            self._record_activation(quantized, module)
+            chain.append((quantized, self.nir.Scale(scale=np.ones(out.shape[1:], np.float32))))
+        return chain, tuple(out.shape[1:])
 
 
 def graph_of(model: nn.Module) -> Tuple[List[Tuple[str, nn.Module]], List[Tuple[str, str]]]:

@@ -90,7 +90,7 @@ from torch import nn
 
 from aquatic.interop._common import require
 from aquatic.interop._nir_export import Exporter, graph_of
-from aquatic.interop._nir_check import check_graph, check_metadata
+from aquatic.interop._nir_check import check_graph, check_metadata, topological_order
 from aquatic.interop._nir_load import Loader, metadata_of, text
 from aquatic.interop._nir_modules import NIRModule, Scale, SumPool2d
 
@@ -147,6 +147,7 @@ def export(
     *,
     dt: float = 1.0,
     discretization: str = "exact",
+    time_axis: bool = False,
 ) -> Any:
     """The trained ``model`` as a NIR graph (:class:`nir.NIRGraph`).
 
@@ -161,6 +162,9 @@ def export(
             e.g. ``(2, 34, 34)``; may be left out when the first layer is a ``Linear``.
         dt: the time step, in the unit of NIR's time constants.
         discretization: ``"exact"`` or ``"euler"``.
+        time_axis: ``True`` for a model whose stateless layers take ``(N, T, *)`` as its
+            neurons do (one ``nn.Sequential`` with ``nn.Flatten(start_dim=2)``): ``Flatten``
+            dims then count the batch and time axes; ``False``: the batch axis only.
 
     Returns:
         nir.NIRGraph: nodes named after the layers (``"0"``, ``"1"``, ... in an
@@ -193,6 +197,9 @@ def export(
     if not layers:
         raise ValueError("the model has no layers to export")
     exporter = Exporter(nir, dt, discretization)
+    if not isinstance(time_axis, bool):
+        raise TypeError(f"time_axis must be True or False, got {time_axis!r}")
+    exporter.time_axis = time_axis
     shapes: Dict[str, Tuple[int, ...]] = {"input": _input_shape(input_shape, layers[0][1])}
     sources: Dict[str, List[str]] = {}
     for source, target in edges:
@@ -325,7 +332,7 @@ def load(
             f"load takes graphs with one Input and one Output node, got inputs {inputs} and "
             f"outputs {outputs}"
         )
-    order, sources = _topological(graph)
+    order, sources = topological_order(graph)
     check_graph(nir, graph, sources)
     targets: Dict[str, List[str]] = {name: [] for name in graph.nodes}
     for name, incoming in sources.items():
@@ -361,35 +368,3 @@ def load(
         edges += [(source, name) for source in incoming]
     edges += [(source, outputs[0]) for source in sources[outputs[0]]]
     return NIRModule(nodes, edges, input_name=inputs[0], output_name=outputs[0])
-
-
-def _topological(graph: Any) -> Tuple[List[str], Dict[str, List[str]]]:
-    """Node names with every node after its sources, and each node's sources."""
-    sources: Dict[str, List[str]] = {name: [] for name in graph.nodes}
-    for edge in graph.edges:
-        source, target = (text(v) for v in edge)
-        if source not in graph.nodes or target not in graph.nodes:
-            raise ValueError(f"edge ({source!r}, {target!r}) names a node the graph lacks")
-        sources[target].append(source)
-    order: List[str] = []
-    placed = set()
-    remaining = list(graph.nodes)
-    while remaining:
-        ready = [name for name in remaining if all(s in placed for s in sources[name])]
-        if not ready:
-            raise ValueError(
-                f"the graph has a cycle through {remaining}; load supports feed-forward graphs "
-                "(no recurrent edges)"
-            )
-        for name in ready:
-            order.append(name)
-            placed.add(name)
-        remaining = [name for name in remaining if name not in placed]
-    for name in order:
-        if not sources[name] and not _is_input(graph.nodes[name]):
-            raise ValueError(f"node {name!r} has no incoming edge")
-    return order, sources
-
-
-def _is_input(node: Any) -> bool:
-    return type(node).__name__ == "Input"

@@ -46,6 +46,17 @@ from aquatic.functional.surrogate import (
     Surrogate,
     Triangle,
 )
+from aquatic.nn.normalization import BatchNorm1d, BatchNorm2d
+from aquatic.nn.pooling import (
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    AvgPool1d,
+    AvgPool2d,
+    MaxPool1d,
+    MaxPool2d,
+    SumPool1d,
+    SumPool2d,
+)
 
 __all__ = [
     "ActivationQuantizer",
@@ -69,6 +80,16 @@ __all__ = [
     "SingleExponential",
     "Surrogate",
     "Triangle",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AvgPool1d",
+    "AvgPool2d",
+    "BatchNorm1d",
+    "BatchNorm2d",
+    "MaxPool1d",
+    "MaxPool2d",
+    "SumPool1d",
+    "SumPool2d",
 ]
 
 

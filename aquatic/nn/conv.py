@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aquatic.functional.time_steps import has_time_axis, per_step
 from aquatic.nn.twin import TorchTwin
 from aquatic.qconfig import QConfig
 
@@ -38,7 +39,10 @@ _DOC = """:class:`torch.nn.{name}` whose weight, bias and output are quantized b
             quantized, and how.
 
     Shape:
-        As :class:`torch.nn.{name}`.
+        As :class:`torch.nn.{name}`, and with a time axis after the batch,
+        ``(N, T, C, *)`` (one dimension more than torch's batched input, which torch
+        refuses): each step is convolved on its own (batch and time merged, then split),
+        so that a spiking network on sequences is one ``nn.Sequential``.
 
     Attributes:
         quantizers: ``nn.ModuleDict`` from ``"weight"``, ``"bias"``, ``"activation"`` to
@@ -92,6 +96,11 @@ class _QuantConvNd(TorchTwin):
             raise TypeError(
                 f"{type(self).__name__}.forward takes no output_size (ConvTranspose does)"
             )
+        if has_time_axis(input, len(self.kernel_size) + 2):
+            return per_step(lambda step: self._step(step, output_size), input)
+        return self._step(input, output_size)
+
+    def _step(self, input: Tensor, output_size: Optional[List[int]]) -> Tensor:
         if not self._modules["quantizers"]._modules:
             if self.transposed:
                 return super().forward(input, output_size)

@@ -182,3 +182,99 @@ def test_export_detects_accumulator_overflow():
         OverflowError, match="layer '0': the 16-bit membrane accumulator can overflow"
     ):
         dynapcnn.export(torch.nn.Sequential(lin, iaf))
+
+
+# --- Pooling --------------------------------------------------------------------------
+
+
+def test_sum_pooling_between_cores_by_hand():
+    # Core 0: a 1x1 identity convolution, threshold 1, then 2x2 sum pooling; core 1 (dense)
+    # sees the four window sums of a 4x4 spike map.
+    x = torch.zeros(1, 1, 1, 4, 4, dtype=torch.long)
+    x[..., 0, 0] = x[..., 0, 1] = x[..., 1, 1] = x[..., 3, 2] = 1
+    identity = {"weight": torch.ones(1, 1, 1, 1, dtype=torch.long), "threshold": 1, "pool": 2}
+    dense_sum = {"weight": torch.eye(4, dtype=torch.long), "threshold": 1, "max_spikes": 9}
+    out, rec = dynapcnn.simulate({"layers": [identity, dense_sum]}, x, record=True)
+    assert rec[0]["spikes"].shape == (1, 1, 1, 4, 4)  # the neurons' own spikes
+    assert out.flatten().tolist() == [3, 0, 0, 1]
+    with pytest.raises(DoesNotFitError, match="pool=3: DYNAP-CNN sum-pools over \\(1, 2, 4\\)"):
+        dynapcnn.check_spec({"layers": [dict(identity, pool=3)]})
+    with pytest.raises(DoesNotFitError, match="only convolutional layers pool"):
+        dynapcnn.check_spec({"layers": [dict(dense_sum, pool=2)]})
+
+
+def conv_snn(q, pool):
+    from aquatic import nn as ann
+
+    return torch.nn.Sequential(
+        ann.Conv2d(2, 4, 3, padding=1, qconfig=q),
+        ann.IAF(threshold=1.0, max_spikes=2, min_v_mem=-1.0, qconfig=q),
+        pool,
+        ann.Conv2d(4, 4, 3, padding=1, bias=False, qconfig=q),
+        ann.IAF(threshold=1.0, qconfig=q),
+        torch.nn.Flatten(start_dim=2),
+        ann.Linear(4 * 3 * 3, 3, qconfig=q),
+        ann.IAF(threshold=0.5, qconfig=q),
+    )
+
+
+def trained_conv_snn(pool, seed=0):
+    torch.manual_seed(seed)
+    model = conv_snn(dynapcnn.qconfig(), pool)
+    x = (torch.rand(4, 10, 2, 6, 6) < 0.4).float()
+    y = torch.arange(4) % 3
+    opt = torch.optim.Adam(model.parameters(), lr=0.02)
+    for _ in range(5):
+        loss = torch.nn.functional.cross_entropy(model(x).sum(1), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model.eval(), x
+
+
+@pytest.mark.parametrize("kind", ["sum", "avg"])
+def test_conv_snn_with_pooling_spikes_exactly_like_its_export(kind):
+    from aquatic import nn as ann
+
+    pool = ann.SumPool2d(2) if kind == "sum" else ann.AvgPool2d(2)
+    model, x = trained_conv_snn(pool)
+    with torch.no_grad():
+        expected = model(x)
+    spec = dynapcnn.export(model, input_shape=(2, 6, 6), max_input_spikes=1)
+    first, second = spec["layers"][:2]
+    assert [layer["name"] for layer in spec["layers"]] == ["0", "3", "6"]
+    assert first["pool"] == 2 and second["pool"] == 1
+    one = int(model[4].spec().threshold / model[0].quantizers["weight"].grid().scale)
+    assert second["threshold"] == (one if kind == "sum" else 4 * one)
+    out, rec = dynapcnn.simulate(spec, x.long(), record=True)
+    assert torch.equal(out, expected.long())
+    assert rec[0]["spikes"].sum() > 0 and rec[1]["spikes"].sum() > 0 and out.sum() > 0
+
+
+def test_pooling_export_names_what_does_not_fit():
+    from aquatic import nn as ann
+
+    q = dynapcnn.qconfig()
+    cases = [
+        (ann.SumPool2d(3), "'2' pools over 3x3 windows; DYNAP-CNN pools over 1x1, 2x2, 4x4"),
+        (ann.SumPool2d(2, stride=1), "'2' \\(SumPool2d\\): DYNAP-CNN pools non-overlapping"),
+        (ann.AvgPool2d(2, padding=1), "'2' \\(AvgPool2d\\): DYNAP-CNN pools without padding"),
+        (torch.nn.MaxPool2d(2), "layer '2' is a MaxPool2d; DYNAP-CNN cores take Conv2d"),
+        (torch.nn.LPPool2d(2, 2), "norm_type=2; DYNAP-CNN sum-pools"),
+    ]
+    for pool, message in cases:
+        model = conv_snn(q, pool)
+        with pytest.raises(DoesNotFitError, match=message):
+            dynapcnn.export(model)
+    model, _ = trained_conv_snn(ann.SumPool2d(2))
+    tail = torch.nn.Sequential(*list(model)[:5], ann.AvgPool2d(2))
+    with pytest.raises(DoesNotFitError, match="'5' averages the last core's spikes"):
+        dynapcnn.export(tail)
+    dense_pool = torch.nn.Sequential(*list(model)[5:], ann.SumPool2d(2))
+    with pytest.raises(DoesNotFitError, match="pools the output of the dense layer '1'"):
+        dynapcnn.export(dense_pool)
+    with torch.no_grad():
+        model[4].threshold.fill_(200.0)  # times 4 after average pooling: beyond 16 bits
+    model[2] = ann.AvgPool2d(2)
+    with pytest.raises(DoesNotFitError, match="area 4, .* 4.threshold then reaches"):
+        dynapcnn.export(model)
