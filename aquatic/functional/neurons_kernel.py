@@ -107,28 +107,38 @@ def sequence_forward(
         fired = torch.empty(v0.shape, dtype=torch.bool, device=v0.device)
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
     i, state = i0, v0
+    subtract = spiking and options.reset == "subtract"
+    binary = options.max_spikes == 1
     for start in range(0, n_steps, block):
         stop = min(start + block, n_steps)
+        # The views of every step of the block at once (unbind): cheaper than indexing
+        # each step.
         if synaptic:
             cur = current[:, start:stop] if keep_current else syn_block[:, : stop - start]
-            for t in range(start, stop):
-                torch.add(i, x[:, t], out=buf)
-                torch.mul(buf, alpha_syn, out=cur[:, t - start])
-                i = cur[:, t - start]
+            for x_t, cur_t in zip(x[:, start:stop].unbind(1), cur.unbind(1)):
+                torch.add(i, x_t, out=buf)
+                torch.mul(buf, alpha_syn, out=cur_t)
+                i = cur_t
         else:
             cur = x[:, start:stop]
         drive = (1 - alpha_mem) * cur if options.norm_input else cur
         if bias is not None:
             drive = drive + bias
-        for t in range(start, stop):
-            v = v_pre[:, t] if v_pre is not None else step_v
+        n = stop - start
+        pres = v_pre[:, start:stop].unbind(1) if v_pre is not None else (step_v,) * n
+        targets = trace[:, start:stop].unbind(1) if trace is not None else (post,) * n
+        steps = spikes[:, start:stop].unbind(1) if spiking else (None,) * n
+        for v, drive_t, target, s in zip(pres, drive.unbind(1), targets, steps):
             torch.mul(state, alpha_mem, out=buf)
-            torch.add(buf, drive[:, t - start], out=v)
-            target = trace[:, t] if trace is not None else post
+            torch.add(buf, drive_t, out=v)
             if spiking:
-                s = spikes[:, t]
                 _spikes_into(s, v, threshold, options.max_spikes)
-                if options.reset == "subtract":
+                if subtract and binary:
+                    # s is 0 or 1, so threshold * s is exact and v - threshold * s
+                    # rounds once, fused multiply-add or not: the loop's bits, one
+                    # operation fewer.
+                    torch.addcmul(v, s, threshold, value=-1, out=target)
+                elif subtract:
                     torch.mul(threshold, s, out=buf)
                     torch.sub(v, buf, out=target)
                 else:
