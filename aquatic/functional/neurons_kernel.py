@@ -238,8 +238,9 @@ def sequence_backward(
         else:
             coef.mul_(alpha_mem)
             factors = coef.unbind(1)
-        for t in range(min(stop, n_steps - 1) - 1, start - 1, -1):
-            grad_v[:, t].addcmul_(grad_v[:, t + 1], factors[t - start])
+        steps = grad_v[:, start : min(stop + 1, n_steps)].unbind(1)
+        for k in range(len(steps) - 2, -1, -1):
+            steps[k].addcmul_(steps[k + 1], factors[k])
         del coef, factors
 
         if grad_threshold:
@@ -287,8 +288,9 @@ def sequence_backward(
             grad_i.add_(g_itrace)
         if g_ifinal is not None:
             grad_i[:, -1].add_(g_ifinal)
+        steps = grad_i.unbind(1)
         for t in range(n_steps - 2, -1, -1):
-            grad_i[:, t].addcmul_(grad_i[:, t + 1], alpha_syn)
+            steps[t].addcmul_(steps[t + 1], alpha_syn)
         if needs[2]:
             g_i0 = grad_i[:, 0] * alpha_syn
         if needs[4]:
