@@ -565,12 +565,16 @@ def _as_operator(input, alpha_mem, alpha_syn=None, threshold=1.0, *, state=None,
 
     record = kwargs.pop("record_states", False)
     bias = kwargs.pop("bias", None)
-    options = Options(**{**Options(*_OPTION_DEFAULTS)._asdict(), **kwargs})
+    defaults = dict(reset="subtract", surrogate=None, max_spikes=1, min_v_mem=None)
+    defaults.update(norm_input=False, detach_reset=False, spiking=True)
+    options = Options(**{**defaults, **kwargs})
     params, state, options = prepare(input, state, (alpha_mem, alpha_syn, threshold, bias), options)
     return fused_ops._compiled(input, state, params, options, record)
 
 
-_OPTION_DEFAULTS = ("subtract", None, 1, None, False, False, True)
+def _tensors(result):
+    """The tensors of a LIFOutput, its state's included (None where absent)."""
+    return [result.output, *result.state, result.v_mem, result.i_syn]
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=str)
@@ -581,14 +585,9 @@ def test_compiled_operator_is_bitwise_the_autograd_function(config):
         leaves = {k: v.requires_grad_() for k, v in tensors.items()}
         result = _run(function, config, leaves)
         grads = torch.autograd.grad(_loss(result), list(leaves.values()), allow_unused=True)
-        results.append((result, grads))
-    (result, grads), (result_op, grads_op) = results
-    for a, b in zip(
-        list(result[:1]) + list(result[1]) + list(result[2:]),
-        list(result_op[:1]) + list(result_op[1]) + list(result_op[2:]),
-    ):
-        assert (a is None and b is None) or torch.equal(a, b)
-    for a, b in zip(grads, grads_op):
+        results.append((_tensors(result), grads))
+    (values, grads), (values_op, grads_op) = results
+    for a, b in zip(values + list(grads), values_op + list(grads_op)):
         assert (a is None and b is None) or torch.equal(a, b)
 
 
