@@ -31,7 +31,7 @@ setup(
         "dev": DEV + DEMO + NIR + ONNX + REFERENCE,
         "reference": REFERENCE,
         "demo": DEMO,
-        "bench": ["brevitas", "snntorch", "sinabs", "norse"],
+        "bench": ["brevitas", "snntorch", "sinabs", "norse", "spikingjelly"],
         "nir": NIR,
         "onnx": ONNX,
     },

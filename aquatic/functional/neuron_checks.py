@@ -66,11 +66,13 @@ def as_param(name: str, value: Optional[Number], like: Tensor, step_shape) -> Op
         return None
     if not isinstance(value, Tensor):
         return torch.tensor(float(value), dtype=like.dtype, device=like.device)
-    try:
-        broadcast = torch.broadcast_shapes(value.shape, step_shape)
-    except RuntimeError:
-        broadcast = None
-    if broadcast != torch.Size(step_shape):
+    # torch.broadcast_shapes(value.shape, step_shape) == step_shape, without its cost
+    # (tens of microseconds, on every call of a layer).
+    shape, step = tuple(value.shape), tuple(step_shape)
+    fits = len(shape) <= len(step) and all(
+        size == 1 or size == full for size, full in zip(reversed(shape), reversed(step))
+    )
+    if not fits:
         raise ValueError(
             f"{name} of shape {tuple(value.shape)} does not broadcast to the neurons of the "
             f"input, shape {tuple(step_shape)}; give a scalar or one value per neuron"

@@ -35,11 +35,17 @@ The forward values are bit for bit those of the loop (the same operations in the
 order); gradients agree to rounding. State quantizers and decay functions
 (``QConfig.state`` and a chip's integer decay rule) are not run here: with them the
 loop runs, one step at a time under autograd.
+
+The loops themselves are in :mod:`aquatic.functional.neurons_kernel`. Eagerly they
+run as one ``torch.autograd.Function``; under ``torch.compile`` as the custom operators
+``aquatic::lif_sequence`` and ``aquatic::lif_sequence_backward``, which the compiler
+keeps whole (one node each, the same loops, so the same bits as eagerly) instead of
+tracing thousands of small in-place steps.
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -47,122 +53,41 @@ from torch.autograd.function import once_differentiable
 
 from aquatic.functional.neuron_checks import prepare
 from aquatic.functional.neuron_types import LIFOutput, LIFState, Number, Options
-from aquatic.functional.surrogate import spike_values, Surrogate
+from aquatic.functional.neurons_kernel import sequence_backward, sequence_forward
+from aquatic.functional.surrogate import Surrogate
 
 __all__ = ["lif_fused"]
 
 
-#: Elements per block of time steps. Work on whole blocks keeps the per-step Python
-#: overhead low; bounding their size keeps the backward pass's temporaries small.
-BLOCK_ELEMENTS = 1 << 18
-
-
-def _block_steps(x: Tensor) -> int:
-    step_numel = max(x[:, 0].numel(), 1)
-    return max(1, BLOCK_ELEMENTS // step_numel)
-
-
-def _spikes_into(out: Tensor, v: Tensor, threshold: Tensor, max_spikes: int) -> None:
-    if max_spikes == 1:
-        torch.ge(v, threshold, out=out)
-    else:
-        out.copy_(spike_values(v, threshold, max_spikes))
-
-
-def _counts(v: Tensor, threshold: Tensor, max_spikes: int) -> Tensor:
-    out = torch.empty_like(v)
-    _spikes_into(out, v, threshold, max_spikes)
-    return out
-
-
-def _reset(v: Tensor, threshold: Tensor, options, counts: Optional[Tensor] = None) -> Tensor:
-    """The membrane after the reset and before the clamp (as the forward pass computes it)."""
-    if not options.spiking:
-        return v
-    if options.reset == "subtract":
-        if counts is None:
-            counts = _counts(v, threshold, options.max_spikes)
-        return v - threshold * counts
-    return torch.where(v >= threshold, torch.zeros((), dtype=v.dtype, device=v.device), v)
-
-
-def _add(total: Optional[Tensor], grad: Tensor, like: Tensor) -> Tensor:
-    grad = grad.sum_to_size(like.shape)
-    return grad if total is None else total + grad
+def _keeps(options: Options, synaptic: bool, record: bool, needs) -> Tuple[bool, bool]:
+    """Whether forward keeps the current of every step, and whether it keeps the input."""
+    keep_current = synaptic and (record or needs[4] or (options.norm_input and needs[3]))
+    keep_x = (synaptic and needs[4]) or (not synaptic and options.norm_input and needs[3])
+    return keep_current, keep_x
 
 
 class _LIFSequence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, v0, i0, alpha_mem, alpha_syn, threshold, bias, options, record, grad):
         ctx.set_materialize_grads(False)
-        n_steps = x.shape[1]
-        block = _block_steps(x)
         needs = ctx.needs_input_grad
         need_grad = grad and any(needs[:7])  # nothing is kept for inference
-        synaptic = alpha_syn is not None
-        spiking = options.spiking
-        min_v_mem = options.min_v_mem
-
-        keep_current = synaptic and (record or needs[4] or (options.norm_input and needs[3]))
-        current = torch.empty_like(x) if keep_current else None
-        # trace: membrane after reset (and clamp), kept when recorded and as the output of
-        # a non-spiking neuron; v_pre: membrane before the reset, kept for backward.
-        trace = torch.empty_like(x) if record or not spiking else None
-        if not spiking and min_v_mem is None:
-            v_pre = trace
-        else:
-            v_pre = torch.empty_like(x) if need_grad else None
-        spikes = torch.empty_like(x) if spiking else None
-        step_v = torch.empty_like(v0) if v_pre is None else None
-        post = torch.empty_like(v0) if trace is None else None
-        buf = torch.empty_like(v0)
-        if synaptic:
-            syn_block = None if keep_current else x.new_empty((x.shape[0], block) + x.shape[2:])
-        if spiking and options.reset == "zero":
-            fired = torch.empty(v0.shape, dtype=torch.bool, device=v0.device)
-            zero = torch.zeros((), dtype=x.dtype, device=x.device)
-        i, state = i0, v0
-        for start in range(0, n_steps, block):
-            stop = min(start + block, n_steps)
-            if synaptic:
-                cur = current[:, start:stop] if keep_current else syn_block[:, : stop - start]
-                for t in range(start, stop):
-                    torch.add(i, x[:, t], out=buf)
-                    torch.mul(buf, alpha_syn, out=cur[:, t - start])
-                    i = cur[:, t - start]
-            else:
-                cur = x[:, start:stop]
-            drive = (1 - alpha_mem) * cur if options.norm_input else cur
-            if bias is not None:
-                drive = drive + bias
-            for t in range(start, stop):
-                v = v_pre[:, t] if v_pre is not None else step_v
-                torch.mul(state, alpha_mem, out=buf)
-                torch.add(buf, drive[:, t - start], out=v)
-                target = trace[:, t] if trace is not None else post
-                if spiking:
-                    s = spikes[:, t]
-                    _spikes_into(s, v, threshold, options.max_spikes)
-                    if options.reset == "subtract":
-                        torch.mul(threshold, s, out=buf)
-                        torch.sub(v, buf, out=target)
-                    else:
-                        torch.ge(v, threshold, out=fired)
-                        torch.where(fired, zero, v, out=target)
-                    if min_v_mem is not None:
-                        target.clamp_(min=min_v_mem)
-                    state = target
-                elif min_v_mem is not None:
-                    torch.clamp(v, min=min_v_mem, out=target)
-                    state = target
-                else:
-                    state = v
-        v_final = state.clone()
-        i_final = i.clone() if synaptic else None
-
+        keep_current, keep_x = _keeps(options, alpha_syn is not None, record, needs)
+        output, v_trace, current, v_pre, v_final, i_final = sequence_forward(
+            x,
+            v0,
+            i0,
+            alpha_mem,
+            alpha_syn,
+            threshold,
+            bias,
+            options,
+            record,
+            need_grad,
+            keep_current,
+        )
         ctx.options = options
         if need_grad:
-            keep_x = (synaptic and needs[4]) or (not synaptic and options.norm_input and needs[3])
             ctx.save_for_backward(
                 v_pre,
                 current if keep_current else None,
@@ -174,139 +99,232 @@ class _LIFSequence(torch.autograd.Function):
                 threshold,
                 bias,
             )
-        output = spikes if spiking else trace
-        v_trace = trace if spiking and record else None
-        i_trace = current if synaptic and record else None
+        i_trace = current if alpha_syn is not None and record else None
         return output, v_trace, i_trace, v_final, i_final
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal):
-        v, current, x, v0, i0, alpha_mem, alpha_syn, threshold, bias = ctx.saved_tensors
-        options = ctx.options
-        needs = ctx.needs_input_grad
-        n_steps = v.shape[1]
-        spiking, reset, min_v_mem = options.spiking, options.reset, options.min_v_mem
-        g_spikes, g_trace = (g_out, g_vtrace) if spiking else (None, g_out)
-        grad_threshold = spiking and needs[5]
-        grad_v = torch.empty_like(v)
-        g_alpha = g_threshold = g_bias = None
+        grads = sequence_backward(
+            ctx.options,
+            ctx.needs_input_grad[:7],
+            ctx.saved_tensors,
+            (g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal),
+        )
+        return grads + (None, None, None)
 
-        # Blocks of steps from the last one back: everything nonlinear is computed for a
-        # whole block at once, then the linear scan g_t = A_t alpha g_{t+1} + B_t runs
-        # step by step (see the module docstring).
-        block = _block_steps(v)
-        for start in reversed(range(0, n_steps, block)):
-            stop = min(start + block, n_steps)
-            vb = v[:, start:stop]
-            gb = grad_v[:, start:stop]
-            counts = v_reset = clamp_mask = None
-            if spiking and reset == "subtract" and (grad_threshold or min_v_mem is not None):
-                counts = _counts(vb, threshold, options.max_spikes)
-            if min_v_mem is not None:
-                v_reset = _reset(vb, threshold, options, counts)
-                clamp_mask = v_reset >= min_v_mem
-                del v_reset
-            keep = (vb < threshold) if spiking and reset == "zero" else None  # R_t
 
-            # B_t, then A_t = m_t (R_t + psi_t K_t) in the same buffer (None stands for 1).
-            coef = None
-            if spiking:
-                slope = options.surrogate.derivative_(vb - threshold)
-                if g_spikes is not None:
-                    torch.mul(slope, g_spikes[:, start:stop], out=gb)
-                else:
-                    gb.zero_()
-                if options.detach_reset:
-                    coef = keep.to(v.dtype) if keep is not None else None
-                elif reset == "subtract":
-                    coef = slope.mul_(-threshold).add_(1)
-                else:
-                    coef = slope.mul_(vb).neg_().add_(keep)
-                del slope
-            else:
-                gb.zero_()
-            if clamp_mask is not None:
-                coef = clamp_mask.to(v.dtype) if coef is None else coef.mul_(clamp_mask)
-            if g_trace is not None:
-                if coef is None:
-                    gb.add_(g_trace[:, start:stop])
-                else:
-                    gb.addcmul_(coef, g_trace[:, start:stop])
-            if stop == n_steps and g_vfinal is not None:
-                gb[:, -1].add_(g_vfinal if coef is None else coef[:, -1] * g_vfinal)
-            if coef is None:
-                factors = [alpha_mem] * (stop - start)
-            else:
-                coef.mul_(alpha_mem)
-                factors = coef.unbind(1)
-            for t in range(min(stop, n_steps - 1) - 1, start - 1, -1):
-                grad_v[:, t].addcmul_(grad_v[:, t + 1], factors[t - start])
-            del coef, factors
+# -- under torch.compile: the same loops as two custom operators ------------------------
 
-            if grad_threshold:
-                # dL/d(reset membrane) g_hat, then sum((R - s_sub) g_hat - g).
-                g_hat = torch.empty_like(gb)
-                torch.mul(
-                    grad_v[:, start + 1 : stop + 1], alpha_mem, out=g_hat[:, : n_steps - 1 - start]
-                )
-                if stop == n_steps:
-                    g_hat[:, -1] = 0 if g_vfinal is None else g_vfinal
-                if g_trace is not None:
-                    g_hat.add_(g_trace[:, start:stop])
-                if clamp_mask is not None:
-                    g_hat.mul_(clamp_mask)
-                factor = counts.neg_().add_(1) if reset == "subtract" else keep
-                g_threshold = _add(g_threshold, g_hat.mul_(factor).sub_(gb), threshold)
-                del g_hat, factor
-            if needs[3]:
-                # sum_t g_t v_post[t-1]: the membranes after the previous steps' resets.
-                if start == 0:
-                    g_alpha = _add(g_alpha, gb[:, 0] * v0, alpha_mem)
-                prev = v[:, max(start - 1, 0) : stop - 1]
-                if prev.shape[1]:
-                    v_post = _reset(prev, threshold, options)
-                    if min_v_mem is not None:
-                        v_post = v_post.clamp(min=min_v_mem)
-                    first = 1 if start == 0 else 0
-                    g_alpha = _add(g_alpha, gb[:, first:] * v_post, alpha_mem)
-                    del v_post
-                if options.norm_input:
-                    inflow = (current if current is not None else x)[:, start:stop]
-                    g_alpha = _add(g_alpha, -(gb * inflow), alpha_mem)
-            if needs[6]:
-                g_bias = _add(g_bias, gb, bias)
-            del counts, clamp_mask, keep
+#: Surrogates by key: the operators take a string where the function takes an object.
+_SURROGATES: Dict[str, Surrogate] = {}
 
-        g_x = g_v0 = g_i0 = g_syn = None
-        if needs[1]:
-            g_v0 = grad_v[:, 0] * alpha_mem
-        grad_i = grad_v.mul_(1 - alpha_mem) if options.norm_input else grad_v
-        if alpha_syn is None:
-            g_x = grad_i if needs[0] else None
-        else:
-            if g_itrace is not None:
-                grad_i.add_(g_itrace)
-            if g_ifinal is not None:
-                grad_i[:, -1].add_(g_ifinal)
-            for t in range(n_steps - 2, -1, -1):
-                grad_i[:, t].addcmul_(grad_i[:, t + 1], alpha_syn)
-            if needs[2]:
-                g_i0 = grad_i[:, 0] * alpha_syn
-            if needs[4]:
-                # i[t] = alpha_syn (i[t-1] + x[t]): the factor is the sum before the decay.
-                for start in range(0, n_steps, block):
-                    stop = min(start + block, n_steps)
-                    pre = x[:, start:stop].clone()
-                    if start == 0:
-                        pre[:, 0].add_(i0)
-                        pre[:, 1:].add_(current[:, : stop - 1])
-                    else:
-                        pre.add_(current[:, start - 1 : stop - 1])
-                    g_syn = _add(g_syn, pre.mul_(grad_i[:, start:stop]), alpha_syn)
-            if needs[0]:
-                g_x = grad_i.mul_(alpha_syn)
-        return g_x, g_v0, g_i0, g_alpha, g_syn, g_threshold, g_bias, None, None, None
+_Tensors6 = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+_Tensors7 = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+@torch.compiler.assume_constant_result
+def _surrogate_key(surrogate: Surrogate) -> str:
+    # Runs while a graph is traced; the key is a constant of the graph (another
+    # surrogate object makes torch.compile trace again).
+    cls = type(surrogate)
+    try:
+        args = repr(surrogate._args())
+    except NotImplementedError:  # a subclass without _args: this very object
+        args = f"@{id(surrogate)}"
+    key = f"{cls.__module__}.{cls.__qualname__}{args}"
+    _SURROGATES[key] = surrogate
+    return key
+
+
+def _op_options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking):
+    surrogate = _SURROGATES[surrogate] if surrogate else None
+    return Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
+
+
+def _fresh(tensor: Optional[Tensor], like: Tensor) -> Tensor:
+    # An operator's outputs may not be views: a missing one is an empty tensor, a view
+    # (a gradient summed to a shape it already had) is copied.
+    if tensor is None:
+        return like.new_empty(0)
+    return tensor.clone() if tensor._base is not None else tensor
+
+
+@torch.library.custom_op("aquatic::lif_sequence", mutates_args=())
+def _sequence_op(
+    x: Tensor,
+    v0: Tensor,
+    i0: Optional[Tensor],
+    alpha_mem: Tensor,
+    alpha_syn: Optional[Tensor],
+    threshold: Tensor,
+    bias: Optional[Tensor],
+    reset: str,
+    surrogate: str,
+    max_spikes: int,
+    min_v_mem: Optional[float],
+    norm_input: bool,
+    detach_reset: bool,
+    spiking: bool,
+    record: bool,
+    grad: bool,
+    needs: List[bool],
+) -> _Tensors6:
+    """``(output, v_trace, current, v_pre, v_final, i_final)`` of ``sequence_forward``;
+    empty tensors stand for ``None`` (and ``v_pre`` is empty when it is ``output``)."""
+    options = Options(reset, None, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
+    keep_current = _keeps(options, alpha_syn is not None, record, needs)[0]
+    results = sequence_forward(
+        x,
+        v0,
+        i0,
+        alpha_mem,
+        alpha_syn,
+        threshold,
+        bias,
+        options,
+        record,
+        grad and any(needs),
+        keep_current,
+    )
+    output, v_trace, current, v_pre, v_final, i_final = results
+    v_pre = None if v_pre is output else v_pre
+    finals = (v_final.contiguous(), None if i_final is None else i_final.contiguous())
+    return tuple(_fresh(t, x) for t in (output, v_trace, current, v_pre) + finals)
+
+
+@_sequence_op.register_fake
+def _(
+    x,
+    v0,
+    i0,
+    alpha_mem,
+    alpha_syn,
+    threshold,
+    bias,
+    reset,
+    surrogate,
+    max_spikes,
+    min_v_mem,
+    norm_input,
+    detach_reset,
+    spiking,
+    record,
+    grad,
+    needs,
+):
+    options = Options(reset, None, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
+    keep_current = _keeps(options, alpha_syn is not None, record, needs)[0]
+    keep_v = grad and any(needs) and (spiking or min_v_mem is not None)
+    full = [True, spiking and record, keep_current, keep_v]
+    finals = [v0.new_empty(v0.shape), x.new_empty(v0.shape if alpha_syn is not None else 0)]
+    return tuple(torch.empty_like(x) if f else x.new_empty(0) for f in full) + tuple(finals)
+
+
+@torch.library.custom_op("aquatic::lif_sequence_backward", mutates_args=())
+def _sequence_backward_op(
+    saved: List[Optional[Tensor]],
+    grads: List[Optional[Tensor]],
+    reset: str,
+    surrogate: str,
+    max_spikes: int,
+    min_v_mem: Optional[float],
+    norm_input: bool,
+    detach_reset: bool,
+    spiking: bool,
+    needs: List[bool],
+) -> _Tensors7:
+    """The gradients of ``sequence_backward``; empty tensors stand for ``None``."""
+    options = _op_options(
+        reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking
+    )
+    results = sequence_backward(options, tuple(needs), tuple(saved), tuple(grads))
+    return tuple(_fresh(g, saved[0]) for g in results)
+
+
+@_sequence_backward_op.register_fake
+def _(
+    saved, grads, reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking, needs
+):
+    v, _, _, v0, i0, alpha_mem, alpha_syn, threshold, bias = saved
+    likes = (v, v0, i0, alpha_mem, alpha_syn, threshold, bias)
+    return tuple(
+        (
+            (torch.empty_like(like) if like is v else like.new_empty(like.shape))
+            if need
+            else v.new_empty(0)
+        )
+        for need, like in zip(needs, likes)
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, v0, i0, alpha_mem, alpha_syn, threshold, bias = inputs[:7]
+    ctx.options_args = inputs[7:14]
+    record, grad, needs = inputs[14:]
+    options = Options(*inputs[7:14])
+    # A neuron that does not spike never reads its threshold: no gradient, as eagerly.
+    ctx.needs = [need and (k != 5 or options.spiking) for k, need in enumerate(needs)]
+    # Outputs that stand for None get no gradient (the compiler may pass empty ones).
+    ctx.real = (options.spiking and record, alpha_syn is not None and record, alpha_syn is not None)
+    keep_current, keep_x = _keeps(options, alpha_syn is not None, record, needs)
+    _, _, current, v_pre, _, _ = output
+    v_pre = output[0] if not options.spiking and options.min_v_mem is None else v_pre
+    ctx.save_for_backward(
+        v_pre,
+        current if keep_current else None,
+        x if keep_x else None,
+        v0,
+        i0,
+        alpha_mem,
+        alpha_syn,
+        threshold,
+        bias,
+    )
+
+
+def _backward(ctx, g_out, g_vtrace, g_current, g_vpre, g_vfinal, g_ifinal):
+    # current is the recorded i_trace (or internal, then without a gradient)
+    traced, recorded, synaptic = ctx.real
+    grads = [
+        g_out,
+        g_vtrace if traced else None,
+        g_current if recorded else None,
+        g_vfinal,
+        g_ifinal if synaptic else None,
+    ]
+    results = _sequence_backward_op(
+        list(ctx.saved_tensors), grads, *ctx.options_args, list(ctx.needs)
+    )
+    grads = tuple(g if need else None for g, need in zip(results, ctx.needs))
+    return grads + (None,) * 10
+
+
+_sequence_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _compiled(input, state, params, options, record) -> LIFOutput:
+    alpha_mem, alpha_syn, threshold, bias = params
+    tensors = (input, state.v_mem, state.i_syn, alpha_mem, alpha_syn, threshold, bias)
+    needs = [t is not None and t.requires_grad for t in tensors]
+    key = _surrogate_key(options.surrogate) if options.spiking else ""
+    output, v_trace, current, _, v_final, i_final = _sequence_op(
+        *tensors,
+        options.reset,
+        key,
+        options.max_spikes,
+        options.min_v_mem,
+        options.norm_input,
+        options.detach_reset,
+        options.spiking,
+        record,
+        torch.is_grad_enabled(),
+        needs,
+    )
+    synaptic = alpha_syn is not None
+    state = LIFState(v_final, i_final if synaptic else None)
+    v_trace = v_trace if options.spiking and record else None
+    return LIFOutput(output, state, v_trace, current if synaptic and record else None)
 
 
 def lif_fused(
@@ -350,6 +368,8 @@ def lif_fused(
         Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking),
     )
     alpha_mem, alpha_syn, threshold, bias = params
+    if torch.compiler.is_compiling():
+        return _compiled(input, state, params, options, record_states)
     output, v_trace, i_trace, v_final, i_final = _LIFSequence.apply(
         input,
         state.v_mem,

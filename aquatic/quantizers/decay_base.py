@@ -38,7 +38,8 @@ def _as_alpha(alpha: Union[float, Tensor]) -> Tensor:
     alpha = torch.as_tensor(alpha, dtype=torch.float64)
     if not alpha.is_floating_point():
         alpha = alpha.double()
-    if bool(torch.isnan(alpha).any()):
+    # Reads the values: eager only (a compiled graph has no data-dependent branches).
+    if not torch.compiler.is_compiling() and bool(torch.isnan(alpha).any()):
         raise ValueError("alpha holds NaN; a decay per step lies in [0, 1]")
     return alpha
 
@@ -54,6 +55,8 @@ def _code_dtype(quant_min: Any, quant_max: Any) -> torch.dtype:
     """int32 for codes known to fit it (faster), int64 otherwise."""
     if quant_min is None or quant_max is None:
         return torch.int64
+    if torch.compiler.is_compiling() and any(isinstance(b, Tensor) for b in (quant_min, quant_max)):
+        return torch.int64  # bounds held in tensors are not read in a compiled graph
     low, high = int(torch.as_tensor(quant_min).min()), int(torch.as_tensor(quant_max).max())
     return torch.int32 if _INT32.min <= low and high <= _INT32.max else torch.int64
 
@@ -237,7 +240,11 @@ class DecayQuantizer(Quantizer):
                 f"{getattr(state, 'dtype', type(state).__name__)}; use state.float()"
             )
         scale = torch.as_tensor(scale, dtype=state.dtype, device=state.device)
-        if not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all()):
+        # The check reads the values (a device sync, a data-dependent branch): eager only,
+        # so that a compiled step stays one graph.
+        if not torch.compiler.is_compiling() and (
+            not bool((scale > 0).all()) or not bool(torch.isfinite(scale).all())
+        ):
             raise ValueError(f"scale must be positive and finite, got {scale}")
         _check_alpha_type(alpha)
         if not isinstance(alpha, Tensor):

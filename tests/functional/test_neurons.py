@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-import aquatic.functional.neurons_fused as fused_module
+import aquatic.functional.neurons_fused as fused_ops
+import aquatic.functional.neurons_kernel as fused_module
 from aquatic.functional.neurons import LIFState, exp_leak, lif, lif_loop, lif_step
 from aquatic.functional.neurons_fused import lif_fused
 from aquatic.functional.surrogate import ArcTan, FastSigmoid, Triangle
@@ -555,3 +556,48 @@ def test_inference_without_autograd_gives_the_same_result():
     for name in ("output", "v_mem", "i_syn"):
         assert torch.equal(getattr(result, name), getattr(expected, name))
     assert torch.equal(result.state.v_mem, expected.state.v_mem)
+
+
+def _as_operator(input, alpha_mem, alpha_syn=None, threshold=1.0, *, state=None, **kwargs):
+    # lif_fused as it runs under torch.compile: the custom operators, called eagerly.
+    from aquatic.functional.neuron_checks import prepare
+    from aquatic.functional.neuron_types import Options
+
+    record = kwargs.pop("record_states", False)
+    bias = kwargs.pop("bias", None)
+    defaults = dict(reset="subtract", surrogate=None, max_spikes=1, min_v_mem=None)
+    defaults.update(norm_input=False, detach_reset=False, spiking=True)
+    options = Options(**{**defaults, **kwargs})
+    params, state, options = prepare(input, state, (alpha_mem, alpha_syn, threshold, bias), options)
+    return fused_ops._compiled(input, state, params, options, record)
+
+
+def _tensors(result):
+    """The tensors of a LIFOutput, its state's included (None where absent)."""
+    return [result.output, *result.state, result.v_mem, result.i_syn]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_compiled_operator_is_bitwise_the_autograd_function(config):
+    results = []
+    for function in (lif_fused, _as_operator):
+        tensors = _inputs(config, torch.float32)
+        leaves = {k: v.requires_grad_() for k, v in tensors.items()}
+        result = _run(function, config, leaves)
+        grads = torch.autograd.grad(_loss(result), list(leaves.values()), allow_unused=True)
+        results.append((_tensors(result), grads))
+    (values, grads), (values_op, grads_op) = results
+    for a, b in zip(values + list(grads), values_op + list(grads_op)):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def test_compiled_operators_pass_opcheck():
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    alpha = torch.full((3,), 0.8, requires_grad=True)
+    syn, threshold = torch.tensor(0.5), torch.tensor(1.0)
+    v0, i0 = torch.zeros(2, 3), torch.zeros(2, 3)
+    key = fused_ops._surrogate_key(FastSigmoid())
+    options = ["subtract", key, 2, -0.5, True, False, True]
+    needs = [True, False, False, True, False, False, False]  # x and alpha
+    args = (x, v0, i0, alpha, syn, threshold, None, *options, True, True, needs)
+    torch.library.opcheck(torch.ops.aquatic.lif_sequence, args)
