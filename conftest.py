@@ -1,5 +1,9 @@
 import os
 
+# torch.compile in tests compiles in this process: no pool of compile workers to start
+# (or to wait for) on a loaded 2-core machine.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
 import pytest
 import torch
 from hypothesis import settings
