@@ -23,6 +23,9 @@ from aquatic.functional.surrogate import (
     Surrogate,
     Triangle,
 )
+from aquatic.nn.recurrent import GRU, LSTM, RNN
+from aquatic.nn.recurrent_base import RecurrentTwin
+from aquatic.nn.recurrent_cells import GRUCell, LSTMCell, RNNCell
 
 __all__ = [
     "ActivationQuantizer",
@@ -46,4 +49,11 @@ __all__ = [
     "SingleExponential",
     "Surrogate",
     "Triangle",
+    "GRU",
+    "GRUCell",
+    "LSTM",
+    "LSTMCell",
+    "RNN",
+    "RNNCell",
+    "RecurrentTwin",
 ]
