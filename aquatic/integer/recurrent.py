@@ -1,0 +1,213 @@
+"""The integer GRU: integer matmuls, sums of differently scaled integers requantized
+with fixed-point multipliers, and sigmoid / tanh as lookup tables.
+
+One step of :func:`aquatic.functional.recurrent.gru_cell`, on codes:
+
+1. :math:`A_i = (q_x - z_x) W_{ih}^T` and :math:`A_h = (q_h - z_h) W_{hh}^T`, integer
+   matmuls of codes (zero points subtracted);
+2. each gate pre-activation, a sum of terms with different real scales (the two
+   accumulators, the biases, and for the candidate gate the product of the reset gate's
+   code and the hidden contribution), goes onto the ``gates`` grid as
+   :math:`\\mathrm{round}(2^{-S} \\sum_k m_k t_k)` with integer multipliers
+   :math:`m_k \\approx 2^S s_k / s_{out}` (:class:`FixedSum`; Jacob et al. 2018,
+   section 2.2, for one term);
+3. sigmoid and tanh are lookup tables from every code of the ``gates`` grid to a code
+   of the ``gate_outputs`` grid, computed at conversion by the quantization-aware
+   model's own float functions and quantizer, as TensorFlow Lite Micro's int8 logistic
+   and tanh kernels and torch.ao's quantized activations tabulate them;
+4. :math:`h' = (1 - z) n + z h`, expanded into three integer products, goes onto the
+   ``hidden`` grid by a :class:`FixedSum` as well.
+
+The codes equal the quantization-aware model's except where its float32 sums land next
+to a rounding boundary; a step of difference there carries on through later time steps
+(tested: 99% of the hidden codes equal, and argmax agreement of at least 99%, on a
+keyword-spotting GRU).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from aquatic.integer.base import IntegerModule
+from aquatic.integer.requant import rounding_right_shift
+
+__all__ = ["FixedSum", "IntegerGRU"]
+
+#: Every multiplier-times-term product (and their sum) stays below this.
+_PRODUCT_LIMIT = 2**61
+#: The largest shift a FixedSum uses: more adds no precision that float32 had.
+_MAX_SHIFT = 48
+
+
+class FixedSum(nn.Module):
+    """``round(sum_k t_k * s_k / s_out)`` in integer arithmetic, with integer multipliers.
+
+    Args:
+        scales: the real scale :math:`s_k` of each term (a scalar, or one per feature of
+            the last dimension), float64.
+        bounds: the largest :math:`|t_k|` of each term.
+        out_scale: the scale of the result.
+
+    The shift :math:`S` is the largest (up to 48) with every
+    :math:`|m_k| \\cdot \\mathrm{bound}_k` below :math:`2^{61} / K`, so nothing overflows
+    ``int64``.
+
+    Example:
+        >>> fs = FixedSum([torch.tensor(0.25), torch.tensor(-0.5)], [100, 100], 1.0)
+        >>> fs([torch.tensor([6]), torch.tensor([3])])  # 6 * 0.25 - 3 * 0.5 = 0
+        tensor([0])
+    """
+
+    def __init__(self, scales: Sequence[Tensor], bounds: Sequence[int], out_scale: float) -> None:
+        super().__init__()
+        ratios = [torch.as_tensor(s, dtype=torch.float64) / float(out_scale) for s in scales]
+        limit = _PRODUCT_LIMIT // max(len(ratios), 1)
+        shift = _MAX_SHIFT
+        for ratio, bound in zip(ratios, bounds):
+            largest = float(ratio.abs().max()) * max(int(bound), 1)
+            if largest > 0:
+                shift = min(shift, math.floor(math.log2(limit / largest)) - 1)
+        if shift < 0:
+            raise ValueError(
+                f"FixedSum: the terms (bounds {list(bounds)}) are too large for int64 "
+                "arithmetic; use fewer bits"
+            )
+        self.shift = shift
+        for k, ratio in enumerate(ratios):
+            self.register_buffer(f"m{k}", torch.round(ratio * 2.0**shift).to(torch.int64))
+        self.count = len(ratios)
+
+    def forward(self, terms: Sequence[Tensor], constant: Optional[Tensor] = None) -> Tensor:
+        total = constant
+        for k, term in enumerate(terms):
+            product = term.to(torch.int64) * getattr(self, f"m{k}")
+            total = product if total is None else total + product
+        return rounding_right_shift(total, self.shift)
+
+
+def _bound(weight: Tensor, magnitude: int) -> int:
+    """The largest ``|accumulator|`` of ``(codes) @ weight.T`` with codes up to ``magnitude``."""
+    return int(weight.abs().sum(1).max()) * magnitude
+
+
+class IntegerGRU(IntegerModule):
+    """One GRU layer (one direction) on integer codes; see the module docstring.
+
+    Args:
+        weight_ih, weight_hh: weight codes minus their zero points, ``(3H, in)`` and
+            ``(3H, H)``.
+        bias_ih, bias_hh: real biases (float64), or ``None``; folded into the sums'
+            constants at construction.
+        scales: float64 tensors: ``input``, ``weight_ih``, ``weight_hh`` (scalar or one
+            per row), ``gates``, ``gate_outputs``, ``hidden``.
+        grids: ``(zero_point, low, high)`` of ``input``, ``gates``, ``gate_outputs``,
+            ``hidden``.
+        sigmoid, tanh: lookup tables, the ``gate_outputs`` code of each ``gates`` code
+            from ``gates`` low to high.
+        batch_first: as :class:`torch.nn.GRU`.
+
+    Shape:
+        - Input: :math:`(L, N, H_{in})` codes (:math:`(N, L, H_{in})` with ``batch_first``).
+        - Output: ``(output, h_n)``: the hidden codes of every step, shaped as the input
+          with :math:`H` features, and the last ones, :math:`(1, N, H)`; ``int64``.
+    """
+
+    def __init__(
+        self,
+        weight_ih: Tensor,
+        weight_hh: Tensor,
+        bias_ih: Optional[Tensor],
+        bias_hh: Optional[Tensor],
+        scales: dict,
+        grids: dict,
+        sigmoid: Tensor,
+        tanh: Tensor,
+        batch_first: bool = False,
+        name: str = "",
+        notes: Optional[List[str]] = None,
+        source: str = "",
+    ) -> None:
+        super().__init__(name, notes, source)
+        size = weight_hh.shape[1]
+        self.hidden_size, self.batch_first, self.grids = size, bool(batch_first), dict(grids)
+        self.register_buffer("weight_ih", weight_ih.to(torch.int64))
+        self.register_buffer("weight_hh", weight_hh.to(torch.int64))
+        self.register_buffer("sigmoid", sigmoid.to(torch.int64))
+        self.register_buffer("tanh", tanh.to(torch.int64))
+        s = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in scales.items()}
+        zx, lx, hx = grids["input"]
+        zg, lg, hg = grids["gates"]
+        zo, lo, ho = grids["gate_outputs"]
+        zh, lh, hh = grids["hidden"]
+        x_mag = max(abs(lx - zx), abs(hx - zx))
+        h_mag = max(abs(lh - zh), abs(hh - zh))
+        o_mag = max(abs(lo - zo), abs(ho - zo))
+        a_i = (s["input"] * s["weight_ih"]).expand(3 * size)
+        a_h = (s["hidden"] * s["weight_hh"]).expand(3 * size)
+        acc_i, acc_h = _bound(self.weight_ih, x_mag), _bound(self.weight_hh, h_mag)
+        zero = torch.zeros(3 * size, dtype=torch.float64)
+        b_i = zero if bias_ih is None else bias_ih.to(torch.float64)
+        b_h = zero if bias_hh is None else bias_hh.to(torch.float64)
+        rz, n = slice(0, 2 * size), slice(2 * size, 3 * size)
+        # r, z: both accumulators and both biases onto the gates grid.
+        self.rz = FixedSum([a_i[rz], a_h[rz]], [acc_i, acc_h], float(s["gates"]))
+        self.register_buffer("rz_bias", _on(self.rz, b_i[rz] + b_h[rz], s["gates"]))
+        # n: the hidden contribution on a grid 2**-12 finer than the gates grid, then
+        # multiplied by the reset gate's code.
+        fine = float(s["gates"]) * 2.0**-12
+        gh_bound = math.ceil((acc_h * float(a_h[n].abs().max()) + float(b_h[n].abs().max())) / fine)
+        self.hn = FixedSum([a_h[n]], [acc_h], fine)
+        self.register_buffer("hn_bias", _on(self.hn, b_h[n], fine))
+        self.n = FixedSum(
+            [a_i[n], s["gate_outputs"] * fine * torch.ones(size, dtype=torch.float64)],
+            [acc_i, o_mag * (gh_bound + 1)],
+            float(s["gates"]),
+        )
+        self.register_buffer("n_bias", _on(self.n, b_i[n], s["gates"]))
+        # h' = n + z (h - n) = N s_o - Z N s_o**2 + Z H s_o s_h.
+        so, sh = s["gate_outputs"], s["hidden"]
+        self.h = FixedSum([so, -so * so, so * sh], [o_mag, o_mag * o_mag, o_mag * h_mag], float(sh))
+
+    def _onto(self, total: Tensor, grid: str) -> Tensor:
+        zero, low, high = self.grids[grid]
+        return (total + zero).clamp(low, high)
+
+    def _lookup(self, table: Tensor, codes: Tensor) -> Tensor:
+        return table[codes - self.grids["gates"][1]]
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        x = self._input_codes(input)
+        if x.dim() != 3:
+            raise ValueError(f"{self._where()} takes 3-D codes, got shape {tuple(x.shape)}")
+        steps = x.transpose(0, 1) if self.batch_first else x
+        zh = self.grids["hidden"][0]
+        zo = self.grids["gate_outputs"][0]
+        size = self.hidden_size
+        h = torch.full((steps.shape[1], size), zh, dtype=torch.int64) if hx is None else hx[0]
+        outputs = []
+        for step in steps:
+            acc_i = (step - self.grids["input"][0]) @ self.weight_ih.T
+            centered = h - zh
+            acc_h = centered @ self.weight_hh.T
+            rz = self._onto(
+                self.rz([acc_i[:, : 2 * size], acc_h[:, : 2 * size]], self.rz_bias), "gates"
+            )
+            gates_rz = self._lookup(self.sigmoid, rz) - zo
+            r, z = gates_rz[:, :size], gates_rz[:, size:]
+            hn = self.hn([acc_h[:, 2 * size :]], self.hn_bias)
+            n_pre = self._onto(self.n([acc_i[:, 2 * size :], r * hn], self.n_bias), "gates")
+            n = self._lookup(self.tanh, n_pre) - zo
+            h = self._onto(self.h([n, z * n, z * centered]), "hidden")
+            outputs.append(h)
+        output = torch.stack(outputs, 1 if self.batch_first else 0)
+        return output, h.unsqueeze(0)
+
+
+def _on(fixed: FixedSum, value: Tensor, out_scale) -> Tensor:
+    """A real constant on ``fixed``'s fine grid (units of ``out_scale * 2**-shift``)."""
+    scaled = torch.as_tensor(value, dtype=torch.float64) / float(out_scale) * 2.0**fixed.shift
+    return torch.round(scaled).to(torch.int64)
