@@ -167,7 +167,7 @@ def _prepare_layer(name: str, module: QuantizedModule) -> None:
         if not _active(quantizer):
             del module.quantizers[key]
             continue
-        if key == "activation":
+        if key == "activation" or key in module._quantized_states:  # signals, not parameters
             module.quantizers[key] = QuantDequant.from_quantizer(quantizer, where)
             continue
         param = getattr(module, key, None)
