@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from aquatic.integer.base import IntegerModule
 from aquatic.integer.requant import rounding_right_shift
 
-__all__ = ["FixedSum", "IntegerGRU"]
+__all__ = ["FixedSum", "IntegerGRU", "IntegerLSTM", "TANH_BITS"]
 
 #: Every multiplier-times-term product (and their sum) stays below this.
 _PRODUCT_LIMIT = 2**61
@@ -94,27 +94,92 @@ def _bound(weight: Tensor, magnitude: int) -> int:
     return int(weight.abs().sum(1).max()) * magnitude
 
 
-class IntegerGRU(IntegerModule):
-    """One GRU layer (one direction) on integer codes; see the module docstring.
+class _IntegerRecurrent(IntegerModule):
+    """What the integer GRU and LSTM share: weights, tables, the accumulators' terms."""
 
+    _gates = 1
+
+    def _setup(self, weight_ih, weight_hh, bias_ih, bias_hh, scales, grids, tables, batch_first):
+        size = weight_hh.shape[1]
+        self.hidden_size, self.batch_first, self.grids = size, bool(batch_first), dict(grids)
+        self.register_buffer("weight_ih", weight_ih.to(torch.int64))
+        self.register_buffer("weight_hh", weight_hh.to(torch.int64))
+        for key, table in tables.items():
+            self.register_buffer(key, table.to(torch.int64))
+        s = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in scales.items()}
+        self.magnitude = {
+            key: max(abs(low - zero), abs(high - zero)) for key, (zero, low, high) in grids.items()
+        }
+        rows = self._gates * size
+        a_i = (s["input"] * s["weight_ih"]).expand(rows)
+        a_h = (s["hidden"] * s["weight_hh"]).expand(rows)
+        bounds = (
+            _bound(self.weight_ih, self.magnitude["input"]),
+            _bound(self.weight_hh, self.magnitude["hidden"]),
+        )
+        zero = torch.zeros(rows, dtype=torch.float64)
+        b_i = zero if bias_ih is None else bias_ih.to(torch.float64)
+        b_h = zero if bias_hh is None else bias_hh.to(torch.float64)
+        return s, a_i, a_h, bounds, b_i, b_h
+
+    def _onto(self, total: Tensor, grid: str) -> Tensor:
+        zero, low, high = self.grids[grid]
+        return (total + zero).clamp(low, high)
+
+    def _lookup(self, table: Tensor, codes: Tensor, grid: str = "gates") -> Tensor:
+        return table[codes - self.grids[grid][1]]
+
+    def _steps(self, input: Tensor) -> Tensor:
+        x = self._input_codes(input)
+        if x.dim() != 3:
+            raise ValueError(f"{self._where()} takes 3-D codes, got shape {tuple(x.shape)}")
+        return x.transpose(0, 1) if self.batch_first else x
+
+    def _start(self, steps: Tensor, grid: str) -> Tensor:
+        """The codes of a zero state."""
+        return torch.full(
+            (steps.shape[1], self.hidden_size), self.grids[grid][0], dtype=torch.int64
+        )
+
+    def _accumulate(self, step: Tensor, h: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        centered = h - self.grids["hidden"][0]
+        acc_i = (step - self.grids["input"][0]) @ self.weight_ih.T
+        return acc_i, centered @ self.weight_hh.T, centered
+
+    def _stack(self, outputs: List[Tensor]) -> Tensor:
+        return torch.stack(outputs, 1 if self.batch_first else 0)
+
+
+_ARGS = """
     Args:
-        weight_ih, weight_hh: weight codes minus their zero points, ``(3H, in)`` and
-            ``(3H, H)``.
+        weight_ih, weight_hh: weight codes minus their zero points, ``(G H, in)`` and
+            ``(G H, H)`` (:math:`G` gates).
         bias_ih, bias_hh: real biases (float64), or ``None``; folded into the sums'
             constants at construction.
         scales: float64 tensors: ``input``, ``weight_ih``, ``weight_hh`` (scalar or one
-            per row), ``gates``, ``gate_outputs``, ``hidden``.
+            per row), ``gates``, ``gate_outputs``, ``hidden`` (and an LSTM's ``cell``).
         grids: ``(zero_point, low, high)`` of ``input``, ``gates``, ``gate_outputs``,
-            ``hidden``.
+            ``hidden`` (and ``cell``).
         sigmoid, tanh: lookup tables, the ``gate_outputs`` code of each ``gates`` code
             from ``gates`` low to high.
-        batch_first: as :class:`torch.nn.GRU`.
+        batch_first: as torch's layer.
+"""
 
+
+class IntegerGRU(_IntegerRecurrent):
+    __doc__ = (
+        """One GRU layer (one direction) on integer codes; see the module docstring.
+"""
+        + _ARGS
+        + """
     Shape:
         - Input: :math:`(L, N, H_{in})` codes (:math:`(N, L, H_{in})` with ``batch_first``).
         - Output: ``(output, h_n)``: the hidden codes of every step, shaped as the input
           with :math:`H` features, and the last ones, :math:`(1, N, H)`; ``int64``.
     """
+    )
+
+    _gates = 3
 
     def __init__(
         self,
@@ -132,26 +197,12 @@ class IntegerGRU(IntegerModule):
         source: str = "",
     ) -> None:
         super().__init__(name, notes, source)
-        size = weight_hh.shape[1]
-        self.hidden_size, self.batch_first, self.grids = size, bool(batch_first), dict(grids)
-        self.register_buffer("weight_ih", weight_ih.to(torch.int64))
-        self.register_buffer("weight_hh", weight_hh.to(torch.int64))
-        self.register_buffer("sigmoid", sigmoid.to(torch.int64))
-        self.register_buffer("tanh", tanh.to(torch.int64))
-        s = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in scales.items()}
-        zx, lx, hx = grids["input"]
-        zg, lg, hg = grids["gates"]
-        zo, lo, ho = grids["gate_outputs"]
-        zh, lh, hh = grids["hidden"]
-        x_mag = max(abs(lx - zx), abs(hx - zx))
-        h_mag = max(abs(lh - zh), abs(hh - zh))
-        o_mag = max(abs(lo - zo), abs(ho - zo))
-        a_i = (s["input"] * s["weight_ih"]).expand(3 * size)
-        a_h = (s["hidden"] * s["weight_hh"]).expand(3 * size)
-        acc_i, acc_h = _bound(self.weight_ih, x_mag), _bound(self.weight_hh, h_mag)
-        zero = torch.zeros(3 * size, dtype=torch.float64)
-        b_i = zero if bias_ih is None else bias_ih.to(torch.float64)
-        b_h = zero if bias_hh is None else bias_hh.to(torch.float64)
+        tables = {"sigmoid": sigmoid, "tanh": tanh}
+        s, a_i, a_h, (acc_i, acc_h), b_i, b_h = self._setup(
+            weight_ih, weight_hh, bias_ih, bias_hh, scales, grids, tables, batch_first
+        )
+        size, mag = self.hidden_size, self.magnitude
+        o_mag, h_mag = mag["gate_outputs"], mag["hidden"]
         rz, n = slice(0, 2 * size), slice(2 * size, 3 * size)
         # r, z: both accumulators and both biases onto the gates grid.
         self.rz = FixedSum([a_i[rz], a_h[rz]], [acc_i, acc_h], float(s["gates"]))
@@ -172,27 +223,13 @@ class IntegerGRU(IntegerModule):
         so, sh = s["gate_outputs"], s["hidden"]
         self.h = FixedSum([so, -so * so, so * sh], [o_mag, o_mag * o_mag, o_mag * h_mag], float(sh))
 
-    def _onto(self, total: Tensor, grid: str) -> Tensor:
-        zero, low, high = self.grids[grid]
-        return (total + zero).clamp(low, high)
-
-    def _lookup(self, table: Tensor, codes: Tensor) -> Tensor:
-        return table[codes - self.grids["gates"][1]]
-
-    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        x = self._input_codes(input)
-        if x.dim() != 3:
-            raise ValueError(f"{self._where()} takes 3-D codes, got shape {tuple(x.shape)}")
-        steps = x.transpose(0, 1) if self.batch_first else x
-        zh = self.grids["hidden"][0]
-        zo = self.grids["gate_outputs"][0]
-        size = self.hidden_size
-        h = torch.full((steps.shape[1], size), zh, dtype=torch.int64) if hx is None else hx[0]
+    def forward(self, input: Tensor) -> Tuple[Tensor, Tensor]:
+        steps = self._steps(input)
+        zo, size = self.grids["gate_outputs"][0], self.hidden_size
+        h = self._start(steps, "hidden")
         outputs = []
         for step in steps:
-            acc_i = (step - self.grids["input"][0]) @ self.weight_ih.T
-            centered = h - zh
-            acc_h = centered @ self.weight_hh.T
+            acc_i, acc_h, centered = self._accumulate(step, h)
             rz = self._onto(
                 self.rz([acc_i[:, : 2 * size], acc_h[:, : 2 * size]], self.rz_bias), "gates"
             )
@@ -203,8 +240,82 @@ class IntegerGRU(IntegerModule):
             n = self._lookup(self.tanh, n_pre) - zo
             h = self._onto(self.h([n, z * n, z * centered]), "hidden")
             outputs.append(h)
-        output = torch.stack(outputs, 1 if self.batch_first else 0)
-        return output, h.unsqueeze(0)
+        return self._stack(outputs), h.unsqueeze(0)
+
+
+#: Fractional bits of tanh(c) in the integer LSTM: float32's precision, so that h' follows
+#: the quantization-aware layer (TensorFlow Lite's int16 kernels keep 15).
+TANH_BITS = 24
+
+
+class IntegerLSTM(_IntegerRecurrent):
+    __doc__ = (
+        """One LSTM layer (one direction, no projection) on integer codes.
+
+    As :class:`IntegerGRU`: the gate pre-activations go onto the ``gates`` grid, sigmoid
+    and tanh are tables onto the ``gate_outputs`` grid; then :math:`c' = f c + i g` goes
+    onto the ``cell`` grid (:class:`FixedSum` of two integer products), :math:`\\tanh(c')`
+    is a table from each ``cell`` code to a fixed-point value with ``TANH_BITS`` (24)
+    fractional bits (the quantization-aware layer does not quantize it; 24 bits are
+    float32's own precision), and :math:`h' = o \\tanh(c')` goes onto the ``hidden`` grid.
+"""
+        + _ARGS
+        + """        cell_tanh: the fixed-point value (``TANH_BITS`` fractional bits) of
+            :math:`\\tanh` of each ``cell`` code.
+
+    Shape:
+        - Input: as :class:`IntegerGRU`.
+        - Output: ``(output, (h_n, c_n))``, codes, ``int64``.
+    """
+    )
+
+    _gates = 4
+
+    def __init__(
+        self,
+        weight_ih: Tensor,
+        weight_hh: Tensor,
+        bias_ih: Optional[Tensor],
+        bias_hh: Optional[Tensor],
+        scales: dict,
+        grids: dict,
+        sigmoid: Tensor,
+        tanh: Tensor,
+        cell_tanh: Tensor,
+        batch_first: bool = False,
+        name: str = "",
+        notes: Optional[List[str]] = None,
+        source: str = "",
+    ) -> None:
+        super().__init__(name, notes, source)
+        tables = {"sigmoid": sigmoid, "tanh": tanh, "cell_tanh": cell_tanh}
+        s, a_i, a_h, bounds, b_i, b_h = self._setup(
+            weight_ih, weight_hh, bias_ih, bias_hh, scales, grids, tables, batch_first
+        )
+        o_mag, c_mag = self.magnitude["gate_outputs"], self.magnitude["cell"]
+        self.gates = FixedSum([a_i, a_h], list(bounds), float(s["gates"]))
+        self.register_buffer("gates_bias", _on(self.gates, b_i + b_h, s["gates"]))
+        so, sc = s["gate_outputs"], s["cell"]
+        # c' = F C s_o s_c + I G s_o**2 (codes minus zero points).
+        self.c = FixedSum([so * sc, so * so], [o_mag * c_mag, o_mag * o_mag], float(sc))
+        # h' = O T s_o 2**-TANH_BITS, with T the fixed-point tanh(c').
+        self.h = FixedSum([so * 2.0**-TANH_BITS], [o_mag * 2**TANH_BITS], float(s["hidden"]))
+
+    def forward(self, input: Tensor) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+        steps = self._steps(input)
+        zo, zc, size = self.grids["gate_outputs"][0], self.grids["cell"][0], self.hidden_size
+        h, c = self._start(steps, "hidden"), self._start(steps, "cell")
+        outputs = []
+        for step in steps:
+            acc_i, acc_h, _ = self._accumulate(step, h)
+            pre = self._onto(self.gates([acc_i, acc_h], self.gates_bias), "gates")
+            sig = self._lookup(self.sigmoid, pre) - zo
+            i, f, o = sig[:, :size], sig[:, size : 2 * size], sig[:, 3 * size :]
+            g = self._lookup(self.tanh, pre[:, 2 * size : 3 * size]) - zo
+            c = self._onto(self.c([f * (c - zc), i * g]), "cell")
+            h = self._onto(self.h([o * self._lookup(self.cell_tanh, c, "cell")]), "hidden")
+            outputs.append(h)
+        return self._stack(outputs), (h.unsqueeze(0), c.unsqueeze(0))
 
 
 def _on(fixed: FixedSum, value: Tensor, out_scale) -> Tensor:
