@@ -9,7 +9,7 @@ quantizers it is torch's own ``forward``, bit for bit.
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,9 @@ from aquatic.nn.recurrent_base import RecurrentTwin
 from aquatic.qconfig import QConfig
 
 __all__ = ["RNN", "LSTM", "GRU"]
+
+#: An initial state: ``h_0``, or ``(h_0, c_0)`` for an LSTM.
+State = Union[Tensor, Tuple[Tensor, Tensor]]
 
 _DOC = """:class:`torch.nn.{name}` whose weights, biases and internal signals are quantized by
     ``qconfig``.
@@ -81,7 +84,8 @@ class _QuantRNNBase(RecurrentTwin):
             bidirectional=module.bidirectional,
         )
 
-    def forward(self, input, hx=None):
+    def forward(self, input: Union[Tensor, PackedSequence], hx: Optional[State] = None):
+        """As torch's ``forward``: ``(output, h_n)``, or ``(output, (h_n, c_n))`` for an LSTM."""
         if not self._modules["quantizers"]._modules:
             return super().forward(input, hx)
         name = type(self).__name__
@@ -115,12 +119,11 @@ class _QuantRNNBase(RecurrentTwin):
             hx = (zeros, sequence.new_zeros(zeros.shape[:2] + (self.hidden_size,)))
             hx = hx if is_lstm else zeros
         elif not batched:
-            wanted = 2
-            given = [h.dim() for h in (hx if is_lstm else (hx,))]
-            if any(d != wanted for d in given):
+            dims = [h.dim() for h in (hx if is_lstm else (hx,))]
+            if any(d != 2 for d in dims):
                 raise ValueError(
                     f"{name}: for unbatched 2-D input, the initial state must be 2-D too, "
-                    f"got {given}-D"
+                    f"got {' and '.join(f'{d}-D' for d in dims)}"
                 )
             hx = tuple(h.unsqueeze(1) for h in hx) if is_lstm else hx.unsqueeze(1)
         # torch's own checks of the input and state sizes, with torch's messages.

@@ -185,6 +185,31 @@ def test_quantized_cell_matches_quantized_layer(cls, kwargs):
     assert torch.equal(state[0] if isinstance(state, tuple) else state, expected)
 
 
+def test_given_initial_states_are_read_on_their_grids():
+    torch.manual_seed(0)
+    cell = aquatic.nn.LSTMCell(5, 6, qconfig=FIXED)
+    x, h, c = torch.randn(3, 5), torch.randn(3, 6), torch.randn(3, 6)
+    on_grid = (fq(h, A_SCALE, 8), fq(c, S_SCALE, 12))
+    assert all(torch.equal(a, b) for a, b in zip(cell(x, (h, c)), cell(x, on_grid)))
+    single = cell(x[0], (h[0], c[0]))
+    assert single[0].shape == (6,)
+    # one row or three: the same step, up to a float rounding that may move one step
+    assert torch.allclose(single[1], cell(x, (h, c))[1][0], rtol=0, atol=S_SCALE)
+    layer = aquatic.nn.GRU(5, 6, qconfig=FIXED)
+    seq, h0 = torch.randn(4, 3, 5), torch.randn(1, 3, 6)
+    assert torch.equal(layer(seq, h0)[0], layer(seq, fq(h0, A_SCALE, 8))[0])
+    assert torch.equal(
+        layer(seq, h0)[0][0],
+        aquatic.nn.GRUCell.from_float(layer_as_cell(layer), FIXED)(seq[0], h0[0]),
+    )
+
+
+def layer_as_cell(layer):
+    cell = nn.GRUCell(layer.input_size, layer.hidden_size)
+    cell.load_state_dict({k[: -len("_l0")]: v for k, v in layer.named_parameters()})
+    return cell
+
+
 def test_quantized_bidirectional_two_layers_and_packed_sequences():
     torch.manual_seed(0)
     layer = aquatic.nn.LSTM(5, 6, num_layers=2, bidirectional=True, qconfig=FIXED)
@@ -320,7 +345,7 @@ def test_bad_arguments_and_inputs_are_named():
         layer(torch.randn(2, 2, 5))
     with pytest.raises(RuntimeError, match="Expected hidden size"):
         layer(torch.randn(2, 2, 3), torch.zeros(1, 3, 4))
-    with pytest.raises(ValueError, match="initial state must be 2-D"):
+    with pytest.raises(ValueError, match="initial state must be 2-D too, got 3-D"):
         layer(torch.randn(2, 3), torch.zeros(1, 1, 4))
     cell = aquatic.nn.LSTMCell(3, 4, qconfig=aquatic.qconfig.int8)
     with pytest.raises(ValueError, match="input has 5 features, but input_size is 3"):
