@@ -22,6 +22,11 @@ The codes equal the quantization-aware model's except where its float32 sums lan
 to a rounding boundary; a step of difference there carries on through later time steps
 (tested: 99% of the hidden codes equal, and argmax agreement of at least 99%, on a
 keyword-spotting GRU).
+
+:func:`aquatic.integer.build_gru` and :func:`~aquatic.integer.build_lstm` build these
+modules from a trained layer. They start from zero states, and are not (yet) placed by
+:func:`aquatic.convert`, which follows ``nn.Sequential`` models (a recurrent layer
+returns a tuple), nor saved by :func:`aquatic.integer.save`.
 """
 
 from __future__ import annotations
