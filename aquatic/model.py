@@ -28,6 +28,8 @@ TWINS: Dict[Type[nn.Module], Type[nn.Module]] = {
     nn.ConvTranspose1d: qnn.ConvTranspose1d,
     nn.ConvTranspose2d: qnn.ConvTranspose2d,
     nn.ConvTranspose3d: qnn.ConvTranspose3d,
+    **{getattr(nn, name): getattr(qnn, name) for name in ("RNN", "LSTM", "GRU")},
+    **{getattr(nn, name): getattr(qnn, name) for name in ("RNNCell", "LSTMCell", "GRUCell")},
 }
 
 #: The aquatic twins that :func:`quantize` builds (and can rebuild with another QConfig).

@@ -94,7 +94,7 @@ def test_unmatched_warning_lists_all_keys():
         (None, TypeError, "QConfig or a mapping"),
         ("int8", TypeError, "QConfig or a mapping"),
         ({nn.Linear: "int8"}, TypeError, "must be an aquatic.QConfig or None"),
-        ({nn.LSTM: int8}, TypeError, "LSTM has no aquatic twin.*quantize_parameter"),
+        ({nn.Bilinear: int8}, TypeError, "Bilinear has no aquatic twin.*quantize_parameter"),
         ({3: int8}, TypeError, "types or strings"),
         ({"head[": int8}, ValueError, "neither the name of a module"),
     ],

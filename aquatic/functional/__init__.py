@@ -31,6 +31,8 @@ from aquatic.functional.neurons import (
 )
 from aquatic.functional.neurons_fused import lif_fused
 from aquatic.functional.surrogate import spike
+from aquatic.functional.recurrent import CellQuantizers, CellWeights, gru_cell, lstm_cell, rnn_cell
+from aquatic.functional.recurrent_sequence import recurrent_sequence
 
 __all__ = [
     "Grid",
@@ -62,4 +64,10 @@ __all__ = [
     "neuron_sequence",
     "neuron_step",
     "spike",
+    "CellQuantizers",
+    "CellWeights",
+    "gru_cell",
+    "lstm_cell",
+    "recurrent_sequence",
+    "rnn_cell",
 ]

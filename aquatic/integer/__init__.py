@@ -6,6 +6,9 @@
   trained model in integer arithmetic, with ``quantize_input`` / ``dequantize_output``
   at the edges, and that reports whether it is bit-exact (``exact``, ``notes``).
 - :func:`save` / :func:`load`: plain tensors and a JSON header; no pickled code.
+- :func:`build_gru`, :func:`build_lstm`: the :class:`IntegerGRU` / :class:`IntegerLSTM`
+  of a quantization-aware ``aquatic.nn.GRU`` / ``LSTM`` (integer matmuls, sigmoid and
+  tanh as lookup tables).
 """
 
 from aquatic.integer.base import IntegerModule, IntegerOverflowError, QSpec
@@ -16,6 +19,8 @@ from aquatic.integer.pooling import IntegerMaxPool, IntegerReshape, IntegerSum, 
 from aquatic.integer.model import IntegerModel
 from aquatic.integer.serialize import load, save
 from aquatic.integer.spiking import IntegerNeuron
+from aquatic.integer.recurrent import FixedSum, IntegerGRU, IntegerLSTM
+from aquatic.integer.build_recurrent import build_gru, build_lstm
 
 __all__ = [
     "IntegerConv",
@@ -35,4 +40,9 @@ __all__ = [
     "layer_to_int",
     "load",
     "save",
+    "FixedSum",
+    "IntegerGRU",
+    "IntegerLSTM",
+    "build_gru",
+    "build_lstm",
 ]

@@ -188,7 +188,7 @@ def _prepare_layer(name: str, module: QuantizedModule, stochastic: list) -> None
         if not _active(quantizer):
             del module.quantizers[key]
             continue
-        if key == "activation":
+        if key == "activation" or key in module._quantized_states:  # signals, not parameters
             module.quantizers[key] = _activation_qdq(quantizer, where, stochastic)
             continue
         param = getattr(module, key, None)

@@ -57,6 +57,9 @@ from aquatic.nn.pooling import (
     SumPool1d,
     SumPool2d,
 )
+from aquatic.nn.recurrent import GRU, LSTM, RNN
+from aquatic.nn.recurrent_base import RecurrentTwin
+from aquatic.nn.recurrent_cells import GRUCell, LSTMCell, RNNCell
 
 __all__ = [
     "ActivationQuantizer",
@@ -90,6 +93,13 @@ __all__ = [
     "MaxPool2d",
     "SumPool1d",
     "SumPool2d",
+    "GRU",
+    "GRUCell",
+    "LSTM",
+    "LSTMCell",
+    "RNN",
+    "RNNCell",
+    "RecurrentTwin",
 ]
 
 

@@ -1,0 +1,140 @@
+"""The integer GRU against the quantization-aware GRU it was built from."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import aquatic
+from aquatic.integer import FixedSum, QSpec, build_gru, build_lstm
+from aquatic.quantizers import UniformQuantizer
+from aquatic.integer.build import build_accumulator
+
+INT8 = aquatic.qconfig.int8
+WITH_STATE = INT8._replace(state=UniformQuantizer.with_args(bits=12))
+
+
+class KeywordSpotter(nn.Module):
+    """Quantized input, a GRU over feature frames, a linear classifier on the last state."""
+
+    def __init__(self, layer=aquatic.nn.GRU, qconfig=INT8):
+        super().__init__()
+        self.quant = aquatic.nn.ActivationQuantizer(qconfig=qconfig)
+        self.gru = layer(8, 16, batch_first=True, qconfig=qconfig)
+        self.head = aquatic.nn.Linear(16, 3, qconfig=qconfig)
+
+    def forward(self, x):
+        _, h = self.gru(self.quant(x))
+        return self.head((h[0] if isinstance(h, tuple) else h)[-1])
+
+
+def keywords(generator, count, classes=3, steps=12, features=8):
+    """Synthetic 'keywords': each class is a fixed sequence of frames, plus noise."""
+    templates = torch.randn(classes, steps, features, generator=torch.Generator().manual_seed(7))
+    labels = torch.randint(0, classes, (count,), generator=generator)
+    noise = 0.8 * torch.randn(count, steps, features, generator=generator)
+    return templates[labels] + noise, labels
+
+
+def input_spec(model):
+    grid = model.quant.quantizers["activation"].grid()
+    return QSpec(grid.scale, grid.zero_point, None, grid.quant_min, grid.quant_max)
+
+
+def train(layer, qconfig):
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    model = KeywordSpotter(layer, qconfig)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
+    x, y = keywords(generator, 96)
+    for _ in range(30):
+        optimizer.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model.eval(), generator
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return train(aquatic.nn.GRU, INT8)
+
+
+def test_integer_gru_agrees_with_the_quantization_aware_model(trained):
+    model, generator = trained
+    x, y = keywords(generator, 300)  # held out
+    with torch.no_grad():
+        logits = model(x)
+        _, h_qat = model.gru(model.quant(x))
+    gru, hidden = build_gru("gru", model.gru, input_spec(model))
+    codes = model.quant.quantizers["activation"].to_int(x).to(torch.int64)
+    output, h_n = gru(codes)
+    assert output.shape == (300, 12, 16) and h_n.shape == (1, 300, 16)
+    assert torch.equal(output[:, -1], h_n[0])
+    expected = model.gru.quantizers["hidden_l0"].to_int(h_qat[0]).to(torch.int64)
+    assert (h_n[0] == expected).float().mean() >= 0.99
+    head, _ = build_accumulator("head", model.head, hidden)
+    out = h_n[0]
+    for module in head:
+        out = module(out)
+    agreement = (out.argmax(1) == logits.argmax(1)).float().mean().item()
+    assert agreement >= 0.99
+    assert (logits.argmax(1) == y).float().mean() > 0.8  # and it learned something
+
+
+def test_integer_lstm_agrees_with_the_quantization_aware_model():
+    model, generator = train(aquatic.nn.LSTM, WITH_STATE)
+    x, y = keywords(generator, 300)  # held out
+    with torch.no_grad():
+        logits = model(x)
+        _, (h_qat, c_qat) = model.gru(model.quant(x))
+    lstm, hidden = build_lstm("lstm", model.gru, input_spec(model))
+    codes = model.quant.quantizers["activation"].to_int(x).to(torch.int64)
+    output, (h_n, c_n) = lstm(codes)
+    assert output.shape == (300, 12, 16) and c_n.shape == (1, 300, 16)
+    expected = model.gru.quantizers["hidden_l0"].to_int(h_qat[0]).to(torch.int64)
+    assert (h_n[0] == expected).float().mean() >= 0.99
+    cells = model.gru.quantizers["cell_l0"].to_int(c_qat[0]).to(torch.int64)
+    assert (c_n[0] == cells).float().mean() >= 0.99
+    head, _ = build_accumulator("head", model.head, hidden)
+    out = h_n[0]
+    for module in head:
+        out = module(out)
+    assert (out.argmax(1) == logits.argmax(1)).float().mean() >= 0.99
+    assert (logits.argmax(1) == y).float().mean() > 0.8
+    with pytest.raises(ValueError, match="QConfig.state for the cell state"):
+        build_lstm("lstm", aquatic.nn.LSTM(8, 4, qconfig=INT8), input_spec(model))
+
+
+def test_sigmoid_and_tanh_tables_cover_the_gates_grid(trained):
+    model, _ = trained
+    gru, _ = build_gru("gru", model.gru, input_spec(model))
+    zero, low, high = gru.grids["gates"]
+    assert gru.sigmoid.shape == gru.tanh.shape == (high - low + 1,)
+    assert bool((gru.sigmoid[1:] >= gru.sigmoid[:-1]).all())  # monotone, as sigmoid
+    zo = gru.grids["gate_outputs"][0]
+    assert gru.tanh[zero - low] == zo  # tanh(0) = 0
+
+
+def test_fixed_sum_is_the_rounded_real_sum():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randint(-1000, 1000, (50,), generator=generator)
+    b = torch.randint(-1000, 1000, (50,), generator=generator)
+    fs = FixedSum([torch.tensor(0.013), torch.tensor(-0.0021)], [1000, 1000], 0.05)
+    expected = torch.round((a * 0.013 - b * 0.0021) / 0.05).to(torch.int64)
+    assert torch.equal(fs([a, b]), expected)
+    with pytest.raises(ValueError, match="too large for int64"):
+        FixedSum([torch.tensor(1.0)], [2**62], 2.0**-10)
+
+
+def test_build_gru_names_what_is_missing():
+    spec = QSpec(torch.tensor(0.1), torch.tensor(0), None, -128, 127)
+    with pytest.raises(TypeError, match="aquatic.nn.GRU"):
+        build_gru("x", aquatic.nn.LSTM(2, 2, qconfig=INT8), spec)
+    with pytest.raises(ValueError, match="one layer in one direction without projection"):
+        build_gru("x", aquatic.nn.GRU(2, 2, bidirectional=True, qconfig=INT8), spec)
+    weights_only = aquatic.nn.GRU(2, 2, qconfig=aquatic.qconfig.int4_weight)
+    with pytest.raises(ValueError, match="no quantizer gates_l0, gate_outputs_l0, hidden_l0"):
+        build_gru("x", weights_only, spec)
+    per_channel = QSpec(torch.ones(2), torch.zeros(2), -1, -128, 127)
+    with pytest.raises(ValueError, match="one scale and a range"):
+        build_gru("x", aquatic.nn.GRU(2, 2, qconfig=INT8), per_channel)
