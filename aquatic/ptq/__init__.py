@@ -1,0 +1,14 @@
+"""Post-training quantization: calibration, bias correction, sensitivity, mixed precision.
+
+The road from a trained float model to one that fits a budget, in four calls::
+
+    qmodel = aquatic.quantize(model, qconfig)
+    aquatic.calibrate(qmodel, loader)                       # ranges from data, frozen
+    table = aquatic.sensitivity(model, (2, 4, 8), loader)   # which layer suffers
+    mapping = aquatic.mixed_precision(model, loader, budget=aquatic.ptq.WeightBytes(4096))
+"""
+
+from aquatic.ptq.bias_correction import correct_bias
+from aquatic.ptq.calibration import calibrate
+
+__all__ = ["calibrate", "correct_bias"]
