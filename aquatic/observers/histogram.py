@@ -18,7 +18,7 @@ class HistogramObserver(RangeObserver):
     """TensorRT's entropy calibration (Migacz 2017), per tensor or per channel.
 
     Keeps a histogram of :math:`|x|` over every batch observed (``bins`` equal bins
-    from 0; when a batch exceeds the covered range, the bin width doubles, merging
+    from 0, the first batch's largest magnitude half a bin below the top; when a batch exceeds the covered range, the bin width doubles, merging
     pairs of bins exactly, until it covers it). After each batch the threshold
     :math:`t` minimising :math:`KL(P \\| Q)` between the histogram and its quantized
     version (:func:`aquatic.functional.ranges.kl_threshold`) sets the range
@@ -98,10 +98,11 @@ class HistogramObserver(RangeObserver):
         top = float(magnitudes.max())
         width = float(self.bin_width[c])
         if width == 0.0:
-            # The first data (or all zeros so far) fixes the bin width.
-            width = max(top, torch.finfo(torch.float32).tiny) / self.bins
+            # The first data (or all zeros so far) fixes the bin width; the bins cover
+            # [0, bins * width), with the largest value half a bin inside.
+            width = max(top, torch.finfo(torch.float32).tiny) / (self.bins - 0.5)
         hist = self.histogram[c]
-        while top > width * self.bins:
+        while top >= width * self.bins:
             # Double the width: bins 2k and 2k+1 merge into bin k, exactly.
             merged = hist.reshape(-1, 2).sum(dim=1)
             hist = torch.cat([merged, torch.zeros_like(merged)])
