@@ -62,6 +62,16 @@ def _twins(layer: TorchTwin) -> Tuple[nn.Module, nn.Module]:
     return float_twin, quant_twin
 
 
+def _observe_bias_again(layer: TorchTwin) -> None:
+    # A bias quantizer with a range of its own observed the old bias; its observer is
+    # frozen, so it is refilled here from the corrected one.
+    quantizer = layer.quantizers["bias"] if "bias" in layer.quantizers else None
+    observer = getattr(quantizer, "observer", None)
+    if observer is not None and hasattr(observer, "initialized"):
+        observer.initialized = False
+        quantizer.observe(layer.bias.detach())
+
+
 @torch.no_grad()
 def correct_bias(model: nn.Module, batches: List[Any], progress: bool = False) -> nn.Module:
     """Add to each quantized layer's bias the mean output shift its weight quantization causes.
@@ -101,6 +111,7 @@ def correct_bias(model: nn.Module, batches: List[Any], progress: bool = False) -
                 handle.remove()
             if total[0] is not None and count[0]:
                 layer.bias.add_((total[0] / count[0]).to(layer.bias.dtype))
+                _observe_bias_again(layer)
             reset = getattr(model, "reset_states", None)
             if callable(reset):
                 reset()
