@@ -10,5 +10,16 @@ The road from a trained float model to one that fits a budget, in four calls::
 
 from aquatic.ptq.bias_correction import correct_bias
 from aquatic.ptq.calibration import calibrate
+from aquatic.ptq.candidates import weight_qconfig
+from aquatic.ptq.layer_sensitivity import LayerRunner, sensitivity
+from aquatic.ptq.records import SensitivityRecord, SensitivityTable
 
-__all__ = ["calibrate", "correct_bias"]
+__all__ = [
+    "calibrate",
+    "correct_bias",
+    "sensitivity",
+    "weight_qconfig",
+    "LayerRunner",
+    "SensitivityRecord",
+    "SensitivityTable",
+]

@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import importlib
 import itertools
+from types import ModuleType
 from typing import Any, Iterable, List, Optional
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["take_batches", "model_input", "target_of", "device_of", "progress_bar", "check_model"]
+__all__ = [
+    "take_batches",
+    "model_input",
+    "target_of",
+    "device_of",
+    "progress_bar",
+    "check_model",
+    "optional_import",
+]
 
 
 def check_model(model: Any, who: str) -> nn.Module:
@@ -78,6 +87,17 @@ def device_of(model: nn.Module) -> Optional[torch.device]:
     for tensor in itertools.chain(model.parameters(), model.buffers()):
         return tensor.device
     return None
+
+
+def optional_import(package: str, purpose: str) -> ModuleType:
+    """Import the optional ``package``, or raise an ImportError that says how to install it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError as error:
+        raise ImportError(
+            f"{purpose} needs the optional package {package!r}, which is not installed: "
+            f"pip install {package}"
+        ) from error
 
 
 def progress_bar(iterable: Iterable, enabled: bool, desc: str, total: Optional[int] = None):

@@ -116,8 +116,10 @@ def calibrate(
             quantizer.train()  # observers update in training mode only
             quantizer.observer_enabled = True
         with torch.no_grad():
-            for batch in progress_bar(batches, progress, "calibrate"):
+            for i, batch in enumerate(progress_bar(batches, progress, "calibrate")):
                 model(model_input(batch, device))
+                if i == 0:
+                    _stop_parameter_observers(model)
     finally:
         for module, mode in modes:
             module.training = mode
@@ -131,6 +133,23 @@ def calibrate(
     if bias_correction:
         correct_bias(model, batches, progress)
     return model
+
+
+def _stop_parameter_observers(model: nn.Module) -> None:
+    """Back to eval mode for the quantizers of parameters (weights, thresholds, ...).
+
+    A parameter is the same tensor in every batch, and every observer gives the same
+    range from the same tensor seen once or many times (a running extremum, a moving
+    average or a mean of equal values stays put): once observed, it need not be again.
+    """
+    for module in model.modules():
+        quantizers = getattr(module, "quantizers", None)
+        names = getattr(type(module), "_quantized_params", None)
+        if not isinstance(quantizers, nn.ModuleDict) or not names:
+            continue
+        for name in names:
+            if name in quantizers and getattr(quantizers[name], "observed", False):
+                quantizers[name].train(False)
 
 
 def _watch_learned(quantizers: List[Quantizer]) -> List[Tuple[Quantizer, RangeObserver, Any]]:
