@@ -4,7 +4,7 @@ from aquatic import functional, hw, integer, interop, nn, observers, ptq, quanti
 from aquatic.fold import fold_batch_norm
 from aquatic.integer import convert
 from aquatic.model import dequantize, quantize, quantize_parameter
-from aquatic.ptq import calibrate, sensitivity
+from aquatic.ptq import calibrate, mixed_precision, sensitivity
 from aquatic.qconfig import QConfig
 from aquatic.switches import (
     disable_fake_quant,
@@ -30,6 +30,7 @@ __all__ = [
     "hw",
     "integer",
     "interop",
+    "mixed_precision",
     "nn",
     "observers",
     "ptq",

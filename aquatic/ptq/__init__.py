@@ -8,7 +8,9 @@ The road from a trained float model to one that fits a budget, in four calls::
     mapping = aquatic.mixed_precision(model, loader, budget=aquatic.ptq.WeightBytes(4096))
 """
 
+from aquatic.ptq.allocation import MixedPrecision, allocate, mixed_precision
 from aquatic.ptq.bias_correction import correct_bias
+from aquatic.ptq.budgets import BitOps, WeightBytes
 from aquatic.ptq.calibration import calibrate
 from aquatic.ptq.candidates import weight_qconfig
 from aquatic.ptq.layer_sensitivity import LayerRunner, sensitivity
@@ -18,6 +20,11 @@ __all__ = [
     "calibrate",
     "correct_bias",
     "sensitivity",
+    "mixed_precision",
+    "allocate",
+    "MixedPrecision",
+    "WeightBytes",
+    "BitOps",
     "weight_qconfig",
     "LayerRunner",
     "SensitivityRecord",
