@@ -167,7 +167,7 @@ def mixed_precision(
         data: calibration batches, as for :func:`aquatic.calibrate`.
         budget: weight bytes (an int, or :class:`aquatic.ptq.WeightBytes`), or
             bit-operations per sample (:class:`aquatic.ptq.BitOps`).
-        candidates: the weight bit widths to choose from (ints, 2 to 16).
+        candidates: the weight bit widths to choose from (ints, 1 to 16; 1 is binary).
         metric: as for :func:`aquatic.sensitivity` (``None``: output MSE).
         qconfig_for: the QConfig of a bit width (default
             :func:`aquatic.ptq.weight_qconfig`: symmetric per-channel weights with

@@ -7,6 +7,7 @@ from typing import Any, List, Mapping, Tuple, Type
 from aquatic.observers import MSEObserver, RangeObserver
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.base import check_bits
+from aquatic.quantizers.binary import BinaryQuantizer
 from aquatic.quantizers.uniform import UniformQuantizer
 
 __all__ = ["weight_qconfig", "candidate_list", "bits_of"]
@@ -17,12 +18,16 @@ def weight_qconfig(bits: int, observer: Type[RangeObserver] = MSEObserver) -> QC
 
     The range comes from ``observer`` (by default the clip with the least squared
     error, :class:`~aquatic.observers.MSEObserver`, which matters most at low bits).
+    One bit means binary weights :math:`\\pm s` with :math:`s` the mean magnitude of
+    each output channel (:class:`~aquatic.quantizers.BinaryQuantizer`, XNOR-Net).
 
     Example:
         >>> weight_qconfig(4).weight
         UniformQuantizer.with_args(bits=4, signed=True, symmetric=True, narrow_range=True, ch_axis=0, observer=<class 'aquatic.observers.clipping.MSEObserver'>)
     """
-    check_bits(bits, low=2)
+    check_bits(bits, low=1)
+    if bits == 1:
+        return QConfig(weight=BinaryQuantizer.with_args(scale="mean", ch_axis=0))
     return QConfig(
         weight=UniformQuantizer.with_args(
             bits=bits,
@@ -47,7 +52,7 @@ def _one(value: Any, label: Any, who: str) -> Tuple[Any, QConfig]:
         return (value if label is None else label), weight_qconfig(value)
     except ValueError:
         raise ValueError(
-            f"{who}: unknown candidate {value!r}; bit widths run from 2 to 16"
+            f"{who}: unknown candidate {value!r}; bit widths run from 1 to 16"
         ) from None
 
 
@@ -83,4 +88,4 @@ def bits_of(qconfig: QConfig) -> int:
     """The weight bit width a QConfig gives (its weight quantizer's ``bits``)."""
     if qconfig.weight is None:
         raise ValueError(f"the QConfig {qconfig} does not quantize weights")
-    return int(qconfig.weight().bits)
+    return int(getattr(qconfig.weight(), "bits", 1))
