@@ -18,6 +18,7 @@ __all__ = [
     "progress_bar",
     "check_model",
     "optional_import",
+    "reset_states",
 ]
 
 
@@ -113,3 +114,11 @@ def progress_bar(iterable: Iterable, enabled: bool, desc: str, total: Optional[i
     except ImportError:
         return iterable
     return tqdm.tqdm(iterable, desc=desc, total=total, leave=False)
+
+
+def reset_states(model: nn.Module) -> None:
+    """Forget the neuron states that spiking layers keep between calls."""
+    for module in model.modules():
+        reset = getattr(module, "reset_states", None)
+        if callable(reset):
+            reset()

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from aquatic.nn.base import eval_mode
 from aquatic.nn.twin import TorchTwin
-from aquatic.ptq.batches import device_of, model_input, progress_bar
+from aquatic.ptq.batches import device_of, model_input, progress_bar, reset_states
 from aquatic.switches import disable_fake_quant
 
 __all__ = ["correct_bias", "correctable_layers"]
@@ -112,9 +112,7 @@ def correct_bias(model: nn.Module, batches: List[Any], progress: bool = False) -
             if total[0] is not None and count[0]:
                 layer.bias.add_((total[0] / count[0]).to(layer.bias.dtype))
                 _observe_bias_again(layer)
-            reset = getattr(model, "reset_states", None)
-            if callable(reset):
-                reset()
+            reset_states(model)
     finally:
         for module, mode in modes:
             module.training = mode

@@ -8,7 +8,14 @@ import torch
 from torch import nn
 
 from aquatic.observers import RangeObserver
-from aquatic.ptq.batches import check_model, device_of, model_input, progress_bar, take_batches
+from aquatic.ptq.batches import (
+    check_model,
+    device_of,
+    model_input,
+    progress_bar,
+    reset_states,
+    take_batches,
+)
 from aquatic.ptq.bias_correction import correct_bias
 from aquatic.quantizers.base import Quantizer
 from aquatic.quantizers.learned_init import calibration_observer, initialize_from
@@ -20,14 +27,6 @@ __all__ = ["calibrate", "quantizers_of"]
 def quantizers_of(model: nn.Module) -> List[Quantizer]:
     """Every aquatic quantizer in ``model``, each once."""
     return [module for module in model.modules() if isinstance(module, Quantizer)]
-
-
-def reset_states(model: nn.Module) -> None:
-    """Forget the neuron states that spiking layers keep between calls."""
-    for module in model.modules():
-        reset = getattr(module, "reset_states", None)
-        if callable(reset):
-            reset()
 
 
 def calibrate(
