@@ -27,6 +27,8 @@ class HistogramObserver(RangeObserver):
     symmetrically (128 for int8, as TensorRT), every code for non-negative data.
     torch.ao's ``HistogramObserver`` shares the histogram idea but searches the
     clip by L2 error; :class:`~aquatic.observers.MSEObserver` is that criterion here.
+    The search runs after every batch, once per channel: for large per-channel
+    tensors, fewer ``bins`` keep it quick.
 
     Args:
         bins: number of histogram bins (TensorRT uses 2048).

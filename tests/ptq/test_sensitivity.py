@@ -126,3 +126,28 @@ def test_bad_input():
         aquatic.sensitivity(nn.Sequential(nn.ReLU()), (4,), _batches(), progress=False)
     with pytest.raises(ValueError, match="no candidates"):
         aquatic.sensitivity(model, (), _batches(), progress=False)
+
+
+class SpikeCount(nn.Module):
+    def forward(self, x):
+        return x.sum(dim=1)
+
+
+def test_spiking_model():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(8, 16),
+        aquatic.nn.LIF(tau_mem=4.0, threshold=0.5),
+        nn.Linear(16, 4),
+        aquatic.nn.LIF(tau_mem=4.0, threshold=0.5),
+        SpikeCount(),
+    )
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.rand(4, 12, 8, generator=gen) for _ in range(2)]
+    table = aquatic.sensitivity(model, (2, 8), batches, progress=False).as_dict()
+    assert set(table) == {"0", "2"}
+    assert all(row[2] > row[8] for row in table.values())  # spike counts change at 2 bits
+    mapping = aquatic.mixed_precision(model, batches, budget=80, candidates=(2, 8), progress=False)
+    assert mapping.cost <= 80
+    qmodel = aquatic.calibrate(aquatic.quantize(model, mapping), batches, progress=False)
+    assert qmodel(batches[0]).shape == (4, 4)
