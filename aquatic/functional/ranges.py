@@ -117,7 +117,7 @@ def kl_threshold(histogram: Tensor, bin_width: float, levels: int, chunk: int = 
         >>> kl_threshold(hist, bin_width=0.1, levels=4)  # the far outlier is clipped
         0.4
     """
-    hist = histogram.double()
+    hist = histogram.detach().double().cpu()  # a few thousand bins: the CPU is quickest
     bins = hist.numel()
     if levels >= bins:
         return bins * bin_width
