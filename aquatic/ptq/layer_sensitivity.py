@@ -55,8 +55,11 @@ class LayerRunner:
         self.model = model
         self.batches = batches
         self.device = device_of(model)
+        # Layers with one weight tensor (Linear, convolutions): what the costs count.
         self.layers: List[Tuple[str, nn.Module]] = [
-            (name, module) for name, module in model.named_modules() if type(module) in TWINS
+            (name, module)
+            for name, module in model.named_modules()
+            if type(module) in TWINS and isinstance(getattr(module, "weight", None), Tensor)
         ]
         if not self.layers:
             supported = ", ".join(f"nn.{cls.__name__}" for cls in TWINS)
