@@ -3,7 +3,7 @@
 The layers, lowest first (docs/architecture.rst draws them)::
 
     functional, factory  <  observers  <  quantizers  <  qconfig, switches  <  nn
-        <  model, fold, integer  <  hw, interop  <  demo  <  aquatic (the package root)
+        <  model, fold, integer, ptq  <  hw, interop  <  demo  <  aquatic (the package root)
 
 A module may import from its own layer and those below, never from above, and never
 inside a function (an import that defers nothing only hides a cycle).
@@ -32,6 +32,7 @@ LAYERS: Dict[str, int] = {
     "mapping": 5,
     "fold": 5,
     "integer": 5,
+    "ptq": 5,
     "hw": 6,
     "interop": 6,
     "demo": 9,  # the main job: it uses the package as a user does
