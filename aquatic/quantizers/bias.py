@@ -202,11 +202,10 @@ class AccumulatorBiasQuantizer(Quantizer):
         """``scale`` (of the last forward), zero point 0, the int range, ``ch_axis``."""
         return self.grid().qparams()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _prepare_load(self, state_dict, prefix):
         saved = state_dict.get(prefix + "scale")
         if saved is not None and saved.shape != self.scale.shape:
             self.scale = torch.empty_like(saved, device=self.scale.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         if self._input_quantizer is not None:
