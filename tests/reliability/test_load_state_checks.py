@@ -6,6 +6,7 @@ import torch
 import aquatic
 from aquatic.nn import IAF, LIF, ExpLeak
 from aquatic.quantizers import (
+    AccumulatorBiasQuantizer,
     BitShiftDecay,
     LSQPlusQuantizer,
     LSQQuantizer,
@@ -129,22 +130,28 @@ def test_decay_codes_in_range(cls, name):
         q.load_state_dict(state)
 
 
-def test_valid_quantizer_state_dicts_still_load():
-    for q in (
-        UniformQuantizer(bits=8, scale=[0.5, 0.25], zero_point=[0, 1], ch_axis=0),
-        PACTQuantizer(bits=4, alpha=3.0),
-    ):
-        fresh = type(q)(
-            **(
-                {"bits": 4, "alpha": 10.0}
-                if isinstance(q, PACTQuantizer)
-                else {"bits": 8, "scale": [1.0, 1.0], "ch_axis": 0}
-            )
-        )
-        fresh.load_state_dict(q.state_dict())
-        assert all(
-            torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), q.state_dict().values())
-        )
+@pytest.mark.parametrize(
+    "saved, fresh",
+    [
+        (
+            UniformQuantizer(bits=8, scale=[0.5, 0.25], zero_point=[0, 1], ch_axis=0),
+            UniformQuantizer(bits=8, scale=[1.0, 1.0], ch_axis=0),
+        ),
+        (PACTQuantizer(bits=4, alpha=3.0), PACTQuantizer(bits=4)),
+        (AccumulatorBiasQuantizer(input_scale=0.5), AccumulatorBiasQuantizer(input_scale=1.0)),
+    ],
+)
+def test_valid_quantizer_state_dicts_still_load(saved, fresh):
+    fresh.load_state_dict(saved.state_dict())
+    for key, value in saved.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value) or torch.isnan(value).all(), key
+
+
+@pytest.mark.parametrize("bad", [0.0, -2.0, NAN, INF])
+def test_fixed_input_scale_of_a_bias_quantizer_positive(bad):
+    q = AccumulatorBiasQuantizer(input_scale=0.5)
+    with pytest.raises(ValueError, match=r"\['input_scale'\]: input_scale must be positive"):
+        q.load_state_dict(_corrupt(q, "input_scale", bad))
 
 
 @pytest.mark.parametrize("bad", [0.0, -0.5, NAN, INF])
