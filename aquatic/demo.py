@@ -72,11 +72,11 @@ def rate_code(x: Tensor, steps: int, generator: Optional[torch.Generator] = None
     return torch.bernoulli(probabilities, generator=generator)
 
 
-class SpikeCount(nn.Module):
+class SpikeCount(qnn.Sum):
     """Sum spikes over time: ``(N, T, C) -> (N, C)``, the logits of a rate readout."""
 
-    def forward(self, input: Tensor) -> Tensor:
-        return input.sum(dim=1)
+    def __init__(self) -> None:
+        super().__init__(dim=1)
 
 
 def mlp(qconfig: Optional[QConfig], hidden: int = 64) -> nn.Module:

@@ -58,6 +58,7 @@ from aquatic.nn.pooling import (
     SumPool2d,
 )
 from aquatic.nn.recurrent import GRU, LSTM, RNN
+from aquatic.nn.sum import Sum
 from aquatic.nn.recurrent_base import RecurrentTwin
 from aquatic.nn.recurrent_cells import GRUCell, LSTMCell, RNNCell
 
@@ -93,6 +94,7 @@ __all__ = [
     "MaxPool2d",
     "SumPool1d",
     "SumPool2d",
+    "Sum",
     "GRU",
     "GRUCell",
     "LSTM",

@@ -40,6 +40,7 @@ from aquatic.nn.grid_decay import GridDecay
 from aquatic.nn.neuron_options import (
     Bias,
     Value,
+    check_loaded_neuron,
     check_min_v_mem,
     describe,
     register_bias,
@@ -329,6 +330,10 @@ class NeuronModule(QuantizedModule):
                 else:
                     result[name] = self.quantized(name)
         return result
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        check_loaded_neuron(self, state_dict, prefix)  # before anything is copied
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- state -------------------------------------------------------------------------
     def reset_states(self) -> None:

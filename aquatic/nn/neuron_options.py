@@ -25,6 +25,10 @@ __all__ = [
     "as_value_tensor",
     "describe",
     "check_min_v_mem",
+    "check_decay",
+    "check_threshold",
+    "check_bias",
+    "check_loaded_neuron",
     "register_decay",
     "register_threshold",
     "check_quantized_threshold",
@@ -123,6 +127,69 @@ def describe(value: Tensor) -> str:
     return f"{value.item():g}" if value.numel() == 1 else f"shape {tuple(value.shape)}"
 
 
+def check_decay(name: str, value: Tensor, trained: bool = False) -> None:
+    """Raise a ``ValueError`` unless ``value`` is a valid ``tau_*`` (> 0) or ``alpha_*``
+    (in ``[0, 1]``). A ``trained`` value need only be a number (not NaN, and a finite
+    alpha): forward keeps decays in ``[0, 1]`` and time constants at least ``1e-3``."""
+    kind = name.split("_", 1)[1]
+    value = value.detach()
+    if name.startswith("tau_"):
+        if bool(torch.isnan(value).any()) or (not trained and bool((value <= 0).any())):
+            raise ValueError(
+                f"{name} must be > 0 (a time constant in time steps), got "
+                f"{describe(value)}; for a neuron without leak use IAF or alpha_{kind}=1.0"
+            )
+    elif not (
+        bool(torch.isfinite(value).all()) if trained else bool(((value >= 0) & (value <= 1)).all())
+    ):
+        raise ValueError(
+            f"{name} must lie in [0, 1] (the fraction kept per step), got "
+            f"{describe(value)}; to give a time constant use tau_{kind}= instead"
+        )
+
+
+def check_threshold(value: Tensor) -> None:
+    """Raise a ``ValueError`` unless every threshold is positive and finite."""
+    value = value.detach()
+    if not bool(torch.isfinite(value).all()) or bool((value <= 0).any()):
+        raise ValueError(
+            f"threshold must be positive and finite, got {describe(value)}; "
+            "scale the input instead of using a negative threshold"
+        )
+
+
+def check_bias(value: Tensor) -> None:
+    """Raise a ``ValueError`` if a bias holds NaN or inf."""
+    if not bool(torch.isfinite(value.detach()).all()):
+        raise ValueError(f"bias must be finite, got {describe(value.detach())} holding NaN or inf")
+
+
+def check_loaded_neuron(module: nn.Module, state_dict: Dict[str, Tensor], prefix: str) -> None:
+    """Check the decays, threshold and bias ``module`` is about to load from ``state_dict``
+    as its constructor checks them, raising a ``ValueError`` that names the key.
+
+    Trained decays (parameters) are checked as forward uses them: it keeps alphas in
+    ``[0, 1]`` and time constants at least ``1e-3``, so there only NaN (and an infinite
+    alpha) is refused."""
+    for name in ("tau_mem", "tau_syn", "alpha_mem", "alpha_syn", "threshold", "bias"):
+        value = state_dict.get(prefix + name)
+        if not isinstance(value, Tensor):
+            continue
+        try:
+            if name == "threshold":
+                check_threshold(value)
+            elif name == "bias":
+                check_bias(value)
+            else:
+                check_decay(name, value, trained=name in module._parameters)
+        except ValueError as error:
+            raise ValueError(
+                f"{type(module).__name__} cannot load state_dict[{prefix + name!r}]: {error}. "
+                "The checkpoint holds a value the constructor refuses: fix or drop that "
+                "entry, or load a state_dict saved from a working model"
+            ) from None
+
+
 def register_decay(
     module: nn.Module,
     kind: str,
@@ -151,19 +218,11 @@ def register_decay(
         return
     if tau is not None:
         value = as_value_tensor(tau_name, tau)
-        if bool(torch.isnan(value).any()) or bool((value <= 0).any()):
-            raise ValueError(
-                f"{tau_name} must be > 0 (a time constant in time steps), got "
-                f"{describe(value)}; for a neuron without leak use IAF or {alpha_name}=1.0"
-            )
+        check_decay(tau_name, value)
         name, other = tau_name, alpha_name
     else:
         value = as_value_tensor(alpha_name, alpha)
-        if not bool(((value >= 0) & (value <= 1)).all()):
-            raise ValueError(
-                f"{alpha_name} must lie in [0, 1] (the fraction kept per step), got "
-                f"{describe(value)}; to give a time constant use {tau_name}= instead"
-            )
+        check_decay(alpha_name, value)
         name, other = alpha_name, tau_name
     module.register_buffer(other, None)
     if trainable:
@@ -175,11 +234,7 @@ def register_decay(
 def register_threshold(module: nn.Module, threshold: Value, trainable: bool) -> None:
     """Register the (positive, finite) ``threshold``: a parameter when ``trainable``."""
     value = as_value_tensor("threshold", threshold)
-    if not bool(torch.isfinite(value).all()) or bool((value <= 0).any()):
-        raise ValueError(
-            f"threshold must be positive and finite, got {describe(value)}; "
-            "scale the input instead of using a negative threshold"
-        )
+    check_threshold(value)
     if trainable:
         module.threshold = nn.Parameter(value)
     else:

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from aquatic.factory import Factory
 from aquatic.functional.grid import Grid, NoRangeError
 from aquatic.functional.integer import int_range
+from aquatic.quantizers.state_checks import loaded_error
 
 __all__ = ["Quantizer", "check_bits", "integer_range"]
 
@@ -189,6 +190,29 @@ class Quantizer(nn.Module):
         return Grid(
             scale, zero_point, int(params["quant_min"]), int(params["quant_max"]), ch_axis, rounding
         )
+
+    def _check_loaded(self, name: str, value: Tensor, own: Dict[str, Tensor]) -> None:
+        """Raise a ``ValueError`` if the loaded ``value`` of this quantizer's tensor
+        ``name`` is one the constructor would refuse (``own``: all its loaded tensors)."""
+
+    def _prepare_load(self, state_dict: Dict[str, Any], prefix: str) -> None:
+        """Make room for the loaded tensors (e.g. per-channel shapes) before they are copied."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Check every loaded value before anything changes, so a refused checkpoint
+        # leaves the quantizer as it was.
+        own = {}
+        for name in (*self._parameters, *self._buffers):
+            value = state_dict.get(prefix + name)
+            if isinstance(value, Tensor):
+                own[name] = value
+        for name, value in own.items():
+            try:
+                self._check_loaded(name, value, own)
+            except ValueError as error:
+                raise loaded_error(self, prefix + name, error) from None
+        self._prepare_load(state_dict, prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _switch_repr(self) -> str:
         off = [

@@ -35,6 +35,7 @@ from aquatic.functional.fake_quant_uniform import fake_quantize_uniform
 from aquatic.functional.grid import Grid
 from aquatic.observers import MovingAverageMinMaxObserver, RangeObserver
 from aquatic.quantizers.base import Quantizer, check_bits
+from aquatic.quantizers.state_checks import check_scale, describe
 
 __all__ = ["AccumulatorBiasQuantizer"]
 
@@ -202,11 +203,14 @@ class AccumulatorBiasQuantizer(Quantizer):
         """``scale`` (of the last forward), zero point 0, the int range, ``ch_axis``."""
         return self.grid().qparams()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _check_loaded(self, name, value, own):
+        if name == "input_scale":
+            check_scale(value, describe(value), name="input_scale")
+
+    def _prepare_load(self, state_dict, prefix):
         saved = state_dict.get(prefix + "scale")
         if saved is not None and saved.shape != self.scale.shape:
             self.scale = torch.empty_like(saved, device=self.scale.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         if self._input_quantizer is not None:

@@ -44,11 +44,10 @@ class _ScaledCodes(Quantizer):
         else:
             self.scale = scale.detach().float().clone()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _prepare_load(self, state_dict, prefix):
         saved = state_dict.get(prefix + "scale")
         if saved is not None and saved.shape != self.scale.shape:
             self.scale = torch.empty_like(saved)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def grid(self) -> Grid:
         """The scale of the last tensor quantized, zero point 0, codes ``-1..1``.

@@ -20,6 +20,7 @@ from aquatic.functional.integer import check_integer
 from aquatic.functional.neuron_types import TAU_MIN
 from aquatic.functional.rounding import straight_through
 from aquatic.quantizers.base import Quantizer, check_bits
+from aquatic.quantizers.state_checks import check_codes, describe
 
 __all__ = ["DecayQuantizer"]
 
@@ -276,13 +277,18 @@ class DecayQuantizer(Quantizer):
             "quant_max": self.quant_max,
         }
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _check_loaded(self, name, value, own):
+        if name == self._code_name:
+            check_codes(
+                value, describe(value), self.quant_min, self.quant_max, name=self._code_name
+            )
+
+    def _prepare_load(self, state_dict, prefix):
         # The codes buffer takes the shape of the tensor last quantized; follow the saved one.
         saved = state_dict.get(prefix + self._code_name)
         current = getattr(self, self._code_name)
         if saved is not None and saved.shape != current.shape:
             setattr(self, self._code_name, torch.empty_like(saved, device=current.device))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}, param={self.param!r}" + self._switch_repr()

@@ -32,6 +32,7 @@ from aquatic.functional.grid import Grid
 from aquatic.functional.qparams import calculate_qparams
 from aquatic.functional.rounding import straight_through
 from aquatic.quantizers.base import Quantizer, integer_range
+from aquatic.quantizers.state_checks import check_channels, check_scale, describe
 
 __all__ = ["LSQQuantizer", "LSQPlusQuantizer", "PACTQuantizer"]
 
@@ -204,20 +205,23 @@ class LSQQuantizer(Quantizer):
         codes = torch.round(self.fake_quantize(input) / scale) + zero_point
         return codes.to(int_dtype(self.quant_min, self.quant_max))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _check_loaded(self, name, value, own):
+        if name == "scale":
+            check_scale(value, describe(value))
+            check_channels(value, own.get("zero_point"), self.ch_axis)
+        elif name == "zero_point" and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"zero_point must be finite, got {describe(value)}")
+
+    def _prepare_load(self, state_dict, prefix):
         # The saved tensors may be per channel while this instance is still shape ().
-        found = False
         for name in self._learned:
             saved = state_dict.get(prefix + name)
             if saved is None:
                 continue
-            found = True
+            self.initialized = True
             param = getattr(self, name)
             if saved.shape != param.shape:
                 param.data = torch.empty(saved.shape, dtype=param.dtype, device=param.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if found:
-            self.initialized = True
 
     def extra_repr(self) -> str:
         parts = [f"bits={self.bits}", f"quant_min={self.quant_min}", f"quant_max={self.quant_max}"]
@@ -355,6 +359,10 @@ class PACTQuantizer(Quantizer):
 
     def _zero(self) -> Tensor:
         return torch.zeros((), dtype=torch.int32, device=self.alpha.device)
+
+    def _check_loaded(self, name, value, own):
+        if name == "alpha":
+            check_scale(value, describe(value), fix="; PACT uses 10.0", name="alpha")
 
     def fake_quantize(self, input: Tensor) -> Tensor:
         alpha = self.alpha.to(input.dtype)

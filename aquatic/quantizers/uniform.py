@@ -14,6 +14,7 @@ from aquatic.functional.grid import Grid
 from aquatic.functional.rounding import check_rounding
 from aquatic.observers import MinMaxObserver, RangeObserver
 from aquatic.quantizers.base import Quantizer, check_bits, integer_range
+from aquatic.quantizers.state_checks import check_channels, check_codes, check_scale, describe
 
 __all__ = ["UniformQuantizer", "FixedPointQuantizer"]
 
@@ -125,22 +126,9 @@ class UniformQuantizer(Quantizer):
 
     def _set_fixed_qparams(self, scale: ScaleLike, zero_point: Any) -> None:
         scale_t = _as_tensor(scale, torch.float32, "scale")
-        if not bool(torch.isfinite(scale_t).all()) or bool((scale_t <= 0).any()):
-            raise ValueError(f"scale must be positive and finite, got {scale!r}")
-        if self.power_of_two and not bool(
-            (torch.exp2(torch.round(torch.log2(scale_t))) == scale_t).all()
-        ):
-            raise ValueError(
-                f"scale {scale!r} is not a power of two; pass e.g. scale=2**-4, or power_of_two=False"
-            )
+        check_scale(scale_t, repr(scale), self.power_of_two)
         zp_t = _as_tensor(0 if zero_point is None else zero_point, torch.float32, "zero_point")
-        if bool((zp_t != torch.round(zp_t)).any()):
-            raise ValueError(f"zero_point must hold integers, got {zero_point!r}")
-        if bool(((zp_t < self.quant_min) | (zp_t > self.quant_max)).any()):
-            raise ValueError(
-                f"zero_point {zero_point!r} lies outside the integer range "
-                f"[{self.quant_min}, {self.quant_max}]; choose one inside it"
-            )
+        check_codes(zp_t, repr(zero_point), self.quant_min, self.quant_max)
         per_channel = scale_t.dim() == 1 or zp_t.dim() == 1
         if per_channel and self.ch_axis is None:
             raise ValueError("a per-channel scale or zero_point needs ch_axis= (the channel axis)")
@@ -150,6 +138,18 @@ class UniformQuantizer(Quantizer):
             scale_t, zp_t = torch.broadcast_tensors(scale_t.reshape(-1), zp_t.reshape(-1))
         self.register_buffer("scale", scale_t.float().contiguous())
         self.register_buffer("zero_point", zp_t.to(torch.int32).contiguous())
+
+    def _check_loaded(self, name: str, value: Tensor, own: Dict[str, Tensor]) -> None:
+        # The fixed scale and zero point; an observer's range is its own to check.
+        if name == "scale":
+            check_scale(value, describe(value), self.power_of_two)
+            check_channels(value, own.get("zero_point"), self.ch_axis)
+            if self.ch_axis is not None and value.dim() == 0:
+                raise ValueError(
+                    f"ch_axis={self.ch_axis} needs one scale per channel (a 1-D scale)"
+                )
+        elif name == "zero_point":
+            check_codes(value, describe(value), self.quant_min, self.quant_max)
 
     def _scalars(self, observer: Any, input: Tensor) -> bool:
         # One range on the CPU in eager mode: the observer works on Python floats (see
