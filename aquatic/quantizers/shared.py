@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 import torch
 from torch import Tensor, nn
 
-from aquatic.functional.fake_quant import fake_quantize_affine, quantize_affine
+from aquatic.functional.fake_quant import fake_quantize_affine_kernel, quantize_affine
 from aquatic.functional.grid import Grid
 from aquatic.functional.qparams import round_to_power_of_two
 from aquatic.functional.rounding import check_rounding
@@ -188,7 +188,8 @@ class SharedScaleQuantizer(Quantizer):
 
     def fake_quantize(self, input: Tensor) -> Tensor:
         scale, zero_point = self.calculate_qparams()
-        return fake_quantize_affine(
+        # The observers' scales are finite and positive: skip the public entry's checks.
+        return fake_quantize_affine_kernel(
             input, scale, zero_point, self.quant_min, self.quant_max, rounding=self.rounding
         )
 
