@@ -7,6 +7,7 @@ An observer's ``forward`` returns its input unchanged and updates ``min_val`` an
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -33,6 +34,7 @@ _TOO_LARGE = (
 )
 
 
+@functools.lru_cache(maxsize=None)  # runs on every step; torch.finfo is not free
 def _range_limit(dtype: torch.dtype, quant_min: int, quant_max: int) -> float:
     """The largest magnitude whose fake-quantized values stay finite in ``dtype``.
 
