@@ -21,10 +21,12 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from aquatic.functional.qparam_checks import check_qparams
 from aquatic.functional.rounding import check_rounding, round_ste, round_values, straight_through
 
 __all__ = [
     "fake_quantize_affine",
+    "fake_quantize_affine_kernel",
     "fake_quantize_learnable",
     "quantize_affine",
     "dequantize_affine",
@@ -173,6 +175,7 @@ def quantize_affine(
     check_range(quant_min, quant_max)
     check_rounding(rounding)
     ch_axis = check_axis(input, ch_axis)
+    check_qparams(input, scale, zero_point, quant_min, quant_max, ch_axis)
     codes = _codes(
         input.detach(), scale, zero_point, quant_min, quant_max, ch_axis, rounding, generator
     )
@@ -208,7 +211,10 @@ def dequantize_affine(
         ...                   torch.tensor(0.5), torch.tensor(0))
         tensor([-5.0000,  1.5000, 45.0000])
     """
+    if not isinstance(codes, Tensor):
+        raise TypeError(f"codes must be a torch.Tensor, got {type(codes).__name__}")
     ch_axis = check_axis(codes, ch_axis)
+    check_qparams(codes, scale, zero_point, None, None, ch_axis)
     zp = broadcast_along(zero_point, ch_axis, codes.dim())
     return (codes.to(torch.int64) - zp).float() * broadcast_along(
         scale.float(), ch_axis, codes.dim()
@@ -257,6 +263,28 @@ def fake_quantize_affine(
     check_input(input)
     check_range(quant_min, quant_max)
     ch_axis = check_axis(input, ch_axis)
+    check_qparams(input, scale, zero_point, quant_min, quant_max, ch_axis)
+    return fake_quantize_affine_kernel(
+        input, scale, zero_point, quant_min, quant_max, ch_axis, rounding, generator
+    )
+
+
+def fake_quantize_affine_kernel(
+    input: Tensor,
+    scale: Tensor,
+    zero_point: Tensor,
+    quant_min: int,
+    quant_max: int,
+    ch_axis: Optional[int] = None,
+    rounding: str = "nearest",
+    generator: Optional[torch.Generator] = None,
+) -> Tensor:
+    """:func:`fake_quantize_affine` without its checks, for callers that made them.
+
+    ``ch_axis`` must be ``None`` or a non-negative axis of ``input``, ``scale`` finite and
+    positive and ``zero_point`` integers in the range, shaped as ``fake_quantize_affine``
+    requires: nothing here checks them.
+    """
     scale = scale.to(torch.float32)
     zero_point = zero_point.to(torch.int32)
     if rounding == "nearest":
@@ -329,6 +357,7 @@ def fake_quantize_learnable(
     check_input(input)
     check_range(quant_min, quant_max)
     ch_axis = check_axis(input, ch_axis)
+    check_qparams(input, scale, zero_point, quant_min, quant_max, ch_axis, True)
     s = broadcast_along(grad_scale(scale, grad_factor), ch_axis, input.dim())
     z = broadcast_along(round_ste(zero_point.to(s.dtype)), ch_axis, input.dim())
     codes = round_ste(torch.clamp(input * s.reciprocal() + z, quant_min, quant_max))

@@ -39,7 +39,7 @@ from aquatic.functional.fake_quant import (
     check_input,
     check_axis,
     check_range,
-    fake_quantize_affine,
+    fake_quantize_affine_kernel,
 )
 from aquatic.functional.fake_quant_nearest import (
     fake_quantize_nearest,
@@ -119,13 +119,13 @@ def fake_quantize_uniform(
             "given; pass one scale per channel as a tensor, or ch_axis=None"
         )
     if rounding != "nearest":
-        return fake_quantize_affine(
+        return fake_quantize_affine_kernel(
             input,
             scale if tensor_scale else torch.tensor(scale, dtype=torch.float32),
             _zero_point_tensor(zero_point, scale if tensor_scale else None),
             quant_min,
             quant_max,
-            ch_axis,
+            check_axis(input, ch_axis),
             rounding,
             generator,
         )

@@ -48,7 +48,10 @@ def calculate_qparams(
       :math:`z = q_{min} - \\mathrm{round}(min / s)`, clamped to the range.
 
     The scale is at least ``eps``, so an all-zero or constant tensor still gets a
-    usable scale; ``power_of_two`` rounds it up to :math:`2^k`.
+    usable scale; ``power_of_two`` rounds it up to :math:`2^k`. It is finite for every
+    finite range: where :math:`max - min` overflows float32 (ranges near
+    :math:`\\pm 3.4 \\cdot 10^{38}`), it is :math:`max / n - min / n` with
+    :math:`n = q_{max} - q_{min}`.
 
     Args:
         min_val, max_val: observed minimum and maximum (scalars or per channel).
@@ -82,7 +85,13 @@ def calculate_qparams(
         return scale, zero_point
     min_neg = torch.clamp(_float32(min_val), max=0.0)
     max_pos = torch.clamp(_float32(max_val), min=0.0)
-    scale = torch.sub(max_pos, min_neg).div_(quant_max - quant_min).clamp_(min=eps)
+    levels = quant_max - quant_min
+    scale = torch.sub(max_pos, min_neg).div_(levels)
+    # max - min overflows float32 for ranges such as +-3e38: then divide each end first,
+    # which keeps the scale finite (and leaves every other range's scale as it was).
+    scale = torch.where(
+        torch.isinf(scale), torch.sub(max_pos.div(levels), min_neg.div(levels)), scale
+    ).clamp_(min=eps)
     if power_of_two:
         scale = round_to_power_of_two(scale)
     # quant_min - round(min_neg / scale), clamped to the range
@@ -147,6 +156,10 @@ def calculate_qparams_float(
         return max(scale, eps), 0
     min_neg = min(min_val, 0.0)
     max_pos = max(max_val, 0.0)
-    scale = max(to_float32(to_float32(max_pos - min_neg) / (quant_max - quant_min)), eps)
+    levels = quant_max - quant_min
+    scale = to_float32(to_float32(max_pos - min_neg) / levels)
+    if math.isinf(scale):  # max - min overflows float32: as calculate_qparams
+        scale = to_float32(to_float32(max_pos / levels) - to_float32(min_neg / levels))
+    scale = max(scale, eps)
     zero_point = quant_min - round(to_float32(min_neg / scale))
     return scale, min(max(zero_point, quant_min), quant_max)

@@ -13,6 +13,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from aquatic.functional.qparam_checks import check_float_input
+
 __all__ = ["ROUNDING_MODES", "round_ste", "sign_ste", "check_rounding", "straight_through"]
 
 #: Rounding modes understood by every quantizer.
@@ -80,6 +82,10 @@ def round_ste(
         A tensor of the same shape and dtype holding integral values; its gradient with
         respect to ``input`` is the identity.
 
+    Raises:
+        TypeError: if ``input`` is not a floating-point tensor.
+        ValueError: for an unknown rounding mode.
+
     Example:
         >>> x = torch.tensor([0.5, 1.5, -0.7], requires_grad=True)
         >>> y = round_ste(x)
@@ -88,6 +94,9 @@ def round_ste(
         >>> y.sum().backward(); x.grad
         tensor([1., 1., 1.])
     """
+    if not (isinstance(input, Tensor) and input.is_floating_point()):
+        check_float_input(input)
+    check_rounding(rounding)
     # Plain tensor ops keep torch.compile graphs free of custom autograd functions.
     return straight_through(round_values(input, rounding, generator), input)
 

@@ -14,12 +14,13 @@ the unit the parameters set, as on the chip.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
 
-from aquatic.functional.fake_quant import fake_quantize_affine, quantize_affine
+from aquatic.functional.fake_quant import fake_quantize_affine_kernel, quantize_affine
 from aquatic.functional.grid import Grid
 from aquatic.functional.qparams import round_to_power_of_two
 from aquatic.functional.rounding import check_rounding
@@ -33,8 +34,9 @@ class ScaleGroup:
     """A set of :class:`SharedScaleQuantizer` that use one scale.
 
     Pass the same group to quantizers of several layers (for example one group in a
-    QConfig applied to a whole network) to share the scale across them. Members stay
-    referenced by the group as long as it lives.
+    QConfig applied to a whole network) to share the scale across them. The group holds
+    its members weakly: a member that is no longer referenced elsewhere (its layer was
+    deleted) leaves the group and no longer sets the scale.
 
     Args:
         power_of_two: round the shared scale up to a power of two.
@@ -52,7 +54,35 @@ class ScaleGroup:
 
     def __init__(self, power_of_two: bool = False) -> None:
         self.power_of_two = bool(power_of_two)
-        self.members: List["SharedScaleQuantizer"] = []
+        # Weak references: members hold the group, not the other way round, so a deleted
+        # layer's quantizer is collected instead of widening the shared scale forever.
+        self._refs: List["weakref.ref[SharedScaleQuantizer]"] = []
+
+    @property
+    def members(self) -> List["SharedScaleQuantizer"]:
+        """The live members, in the order they joined (a new list)."""
+        alive = [ref() for ref in self._refs]
+        if len(alive) != sum(member is not None for member in alive):
+            self._refs = [ref for ref in self._refs if ref() is not None]
+        return [member for member in alive if member is not None]
+
+    def add(self, member: "SharedScaleQuantizer") -> None:
+        """Add ``member`` (held weakly); adding a member twice keeps it once."""
+        if not any(ref() is member for ref in self._refs):
+            self._refs.append(weakref.ref(member))
+
+    def discard(self, member: "SharedScaleQuantizer") -> None:
+        """Remove ``member`` if it belongs to the group."""
+        self._refs = [ref for ref in self._refs if ref() is not None and ref() is not member]
+
+    def __getstate__(self) -> Dict[str, Any]:
+        # Weak references cannot be pickled or deep-copied into the copy's members:
+        # store the live members, which the copy (or the pickle) shares with its model.
+        return {"power_of_two": self.power_of_two, "members": self.members}
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.power_of_two = state["power_of_two"]
+        self._refs = [weakref.ref(member) for member in state["members"]]
 
     def scale(self) -> Tensor:
         """The shared scale from the members' current ranges."""
@@ -141,7 +171,7 @@ class SharedScaleQuantizer(Quantizer):
 
     def _join(self, group: ScaleGroup) -> None:
         self.group = group
-        group.members.append(self)
+        group.add(self)
 
     def _own_scale(self) -> Tensor:
         scale, _ = self.observer.calculate_qparams()
@@ -158,7 +188,8 @@ class SharedScaleQuantizer(Quantizer):
 
     def fake_quantize(self, input: Tensor) -> Tensor:
         scale, zero_point = self.calculate_qparams()
-        return fake_quantize_affine(
+        # The observers' scales are finite and positive: skip the public entry's checks.
+        return fake_quantize_affine_kernel(
             input, scale, zero_point, self.quant_min, self.quant_max, rounding=self.rounding
         )
 
@@ -273,5 +304,5 @@ def link_shared_scales(quantizers: Iterable[nn.Module]) -> None:
         group = members[0].group
         for quantizer in members[1:]:
             if quantizer.group is not group:
-                quantizer.group.members.remove(quantizer)
+                quantizer.group.discard(quantizer)
                 quantizer._join(group)

@@ -24,11 +24,16 @@ from aquatic.quantizers import (
     UniformQuantizer,
 )
 
+# A ScaleGroup holds its members weakly, as a model's layers would hold them strongly:
+# the weight that sets the state's scale must stay referenced.
+_SCALE_SETTERS = []
+
 
 def shared_pair():
     group = ScaleGroup(power_of_two=True)
     weight = SharedScaleQuantizer(bits=8, group=group, power_of_two=True)
     weight(torch.tensor([0.7, -1.3]))  # sets the group's scale
+    _SCALE_SETTERS.append(weight)
     return SharedStateQuantizer(bits=16, group=group, power_of_two=True)
 
 
