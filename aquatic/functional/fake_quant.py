@@ -21,7 +21,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from aquatic.functional.qparam_checks import check_qparams
+from aquatic.functional.qparam_checks import check_float_input, check_qparams
 from aquatic.functional.rounding import check_rounding, round_ste, round_values, straight_through
 
 __all__ = [
@@ -74,17 +74,6 @@ def int_dtype(quant_min: int, quant_max: int) -> torch.dtype:
         if info.min <= quant_min and quant_max <= info.max:
             return dtype
     return torch.int64
-
-
-def check_input(input: Tensor) -> None:
-    """Raise a ``TypeError`` unless ``input`` is a floating-point tensor."""
-    if not isinstance(input, Tensor):
-        raise TypeError(f"expected a torch.Tensor, got {type(input).__name__}")
-    if not input.is_floating_point():
-        raise TypeError(
-            f"fake quantization needs a floating-point tensor, got dtype {input.dtype}; "
-            "convert it with .float() first"
-        )
 
 
 def check_axis(input: Tensor, ch_axis: Optional[int]) -> Optional[int]:
@@ -171,7 +160,7 @@ def quantize_affine(
         ...                 torch.tensor(0), -128, 127)
         tensor([-10,   3,  90], dtype=torch.int8)
     """
-    check_input(input)
+    check_float_input(input)
     check_range(quant_min, quant_max)
     check_rounding(rounding)
     ch_axis = check_axis(input, ch_axis)
@@ -260,7 +249,7 @@ def fake_quantize_affine(
         >>> y.sum().backward(); x.grad
         tensor([1., 1., 0.])
     """
-    check_input(input)
+    check_float_input(input)
     check_range(quant_min, quant_max)
     ch_axis = check_axis(input, ch_axis)
     check_qparams(input, scale, zero_point, quant_min, quant_max, ch_axis)
@@ -354,7 +343,7 @@ def fake_quantize_learnable(
         >>> y.sum().backward(); round(s.grad.item(), 4)  # (3 - 2.6) + 7
         7.4
     """
-    check_input(input)
+    check_float_input(input)
     check_range(quant_min, quant_max)
     ch_axis = check_axis(input, ch_axis)
     check_qparams(input, scale, zero_point, quant_min, quant_max, ch_axis, True)

@@ -36,11 +36,11 @@ import torch
 from torch import Tensor
 
 from aquatic.functional.fake_quant import (
-    check_input,
     check_axis,
     check_range,
     fake_quantize_affine_kernel,
 )
+from aquatic.functional.qparam_checks import check_float_input
 from aquatic.functional.fake_quant_nearest import (
     fake_quantize_nearest,
     fake_quantize_nearest_scalar,
@@ -109,7 +109,7 @@ def fake_quantize_uniform(
     """
     # The checks run on every call: the usual case costs two tests, not four calls.
     if not (isinstance(input, Tensor) and input.is_floating_point()):
-        check_input(input)
+        check_float_input(input)
     if not (type(quant_min) is int and type(quant_max) is int and quant_min < quant_max):
         check_range(quant_min, quant_max)
     tensor_scale = isinstance(scale, Tensor)
