@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.shared import link_shared_scales
 
-__all__ = ["QuantizedModule", "check_qconfig", "eval_mode"]
+__all__ = ["QuantizedModule", "check_qconfig", "copy_forward_hooks", "eval_mode"]
 
 
 def check_qconfig(qconfig: Optional[QConfig]) -> Optional[QConfig]:
@@ -22,6 +22,23 @@ def check_qconfig(qconfig: Optional[QConfig]) -> Optional[QConfig]:
             "build one with aquatic.QConfig(weight=..., activation=...)"
         )
     return qconfig
+
+
+# Forward hooks (and their flags) that a twin built from a module carries over.
+_HOOK_DICTS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+
+
+def copy_forward_hooks(source: nn.Module, target: nn.Module) -> None:
+    """Give ``target`` the forward (pre-)hooks of ``source``, as ``from_float`` and
+    ``to_float`` do so that converting a layer keeps what was registered on it."""
+    for hooks in _HOOK_DICTS:
+        getattr(target, hooks).update(getattr(source, hooks, {}))
 
 
 @contextmanager
@@ -165,6 +182,24 @@ class QuantizedModule(nn.Module):
                 ) from None
             result[name] = {"codes": codes, **params}
         return result
+
+    @classmethod
+    def _check_float_twin(cls, module: nn.Module) -> None:
+        """Raise a ``TypeError`` unless ``module`` is exactly the torch twin class (a
+        subclass may compute something else)."""
+        float_module = getattr(cls, "_float_module", None)
+        if type(module) is not float_module:
+            raise TypeError(
+                f"{cls.__name__}.from_float expects a torch.nn.{float_module.__name__}, "
+                f"got {type(module).__name__}"
+            )
+
+    def _keep_quantizer_state(self, state_dict: Dict[str, Any], prefix: str) -> None:
+        """Let a checkpoint of the torch twin (no quantizer state at all) load: the
+        quantizers keep their own state. ``state_dict`` is the loader's own copy."""
+        quantizer_prefix = prefix + "quantizers."
+        if not any(key.startswith(quantizer_prefix) for key in state_dict):
+            state_dict.update(self.quantizers.state_dict(prefix=quantizer_prefix, keep_vars=True))
 
     def _quant_repr(self) -> str:
         if not self.quantizers:

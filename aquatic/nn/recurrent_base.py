@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from torch import Tensor, nn
 
 from aquatic.functional.recurrent import CellQuantizers, CellWeights
-from aquatic.nn.base import QuantizedModule
+from aquatic.nn.base import QuantizedModule, copy_forward_hooks
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.shared import link_shared_scales
 
@@ -105,11 +105,7 @@ class RecurrentTwin(QuantizedModule):
         Raises:
             TypeError: if ``module`` is not exactly the twin class.
         """
-        if type(module) is not cls._float_module:
-            raise TypeError(
-                f"{cls.__name__}.from_float expects a torch.nn.{cls._float_module.__name__}, "
-                f"got {type(module).__name__}"
-            )
+        cls._check_float_twin(module)
         first = "weight_ih_l0" if isinstance(module, nn.RNNBase) else "weight_ih"
         dtype = getattr(module, first).dtype
         # Built on the meta device: the parameters are replaced by the module's own.
@@ -180,11 +176,7 @@ class RecurrentTwin(QuantizedModule):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        quantizer_prefix = prefix + "quantizers."
-        if not any(key.startswith(quantizer_prefix) for key in state_dict):
-            # A checkpoint of the float twin (no quantizer state at all) loads into a
-            # quantized layer, whose quantizers keep their state.
-            state_dict.update(self.quantizers.state_dict(prefix=quantizer_prefix, keep_vars=True))
+        self._keep_quantizer_state(state_dict, prefix)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )
@@ -199,11 +191,4 @@ def _share(source: nn.Module, target: nn.Module, names: List[str]) -> None:
         setattr(target, name, getattr(source, name))
     if isinstance(target, nn.RNNBase):
         target._init_flat_weights()
-    for hooks in (
-        "_forward_pre_hooks",
-        "_forward_pre_hooks_with_kwargs",
-        "_forward_hooks",
-        "_forward_hooks_with_kwargs",
-        "_forward_hooks_always_called",
-    ):
-        getattr(target, hooks).update(getattr(source, hooks, {}))
+    copy_forward_hooks(source, target)

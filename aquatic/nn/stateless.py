@@ -8,19 +8,10 @@ from typing import Any, Dict, Optional
 from torch import Tensor, nn
 
 from aquatic.functional.time_steps import has_time_axis, per_step
-from aquatic.nn.base import QuantizedModule
+from aquatic.nn.base import QuantizedModule, copy_forward_hooks
 from aquatic.qconfig import QConfig
 
 __all__ = ["StatelessTwin"]
-
-# Forward hooks (and their flags) that from_float carries over to the new layer.
-_HOOK_DICTS = (
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-)
 
 
 class StatelessTwin(QuantizedModule):
@@ -70,18 +61,13 @@ class StatelessTwin(QuantizedModule):
         Raises:
             TypeError: if ``module`` is not exactly the twin class.
         """
-        if type(module) is not cls._float_module:
-            raise TypeError(
-                f"{cls.__name__}.from_float expects a torch.nn.{cls._float_module.__name__}, "
-                f"got {type(module).__name__}"
-            )
+        cls._check_float_twin(module)
         new = cls(**cls._twin_kwargs(module), qconfig=qconfig)
         _share(module, new)
         param = next(iter(module.parameters()), None)
         if param is not None:
             new.quantizers.to(param.device)
-        for hooks in _HOOK_DICTS:
-            getattr(new, hooks).update(getattr(module, hooks, {}))
+        copy_forward_hooks(module, new)
         new.train(module.training)
         return new
 
@@ -102,18 +88,14 @@ class StatelessTwin(QuantizedModule):
                 module._buffers[name] = None if buffer is None else buffer.clone()
         else:
             _share(self, module)
-            for hooks in _HOOK_DICTS:
-                getattr(module, hooks).update(getattr(self, hooks, {}))
+            copy_forward_hooks(self, module)
         module.train(self.training)
         return module
 
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        quantizer_prefix = prefix + "quantizers."
-        if not any(key.startswith(quantizer_prefix) for key in state_dict):
-            # A checkpoint of the torch twin loads; the quantizers keep their state.
-            state_dict.update(self.quantizers.state_dict(prefix=quantizer_prefix, keep_vars=True))
+        self._keep_quantizer_state(state_dict, prefix)
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

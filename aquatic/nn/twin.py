@@ -7,19 +7,10 @@ from typing import Any, Dict, Optional, Tuple
 
 from torch import Tensor, nn
 
-from aquatic.nn.base import QuantizedModule
+from aquatic.nn.base import QuantizedModule, copy_forward_hooks
 from aquatic.qconfig import QConfig
 
 __all__ = ["TorchTwin"]
-
-# Forward hooks (and their flags) that from_float carries over to the new layer.
-_HOOK_DICTS = (
-    "_forward_pre_hooks",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-)
 
 
 class TorchTwin(QuantizedModule):
@@ -66,11 +57,7 @@ class TorchTwin(QuantizedModule):
         Raises:
             TypeError: if ``module`` is not exactly the twin class.
         """
-        if type(module) is not cls._float_module:
-            raise TypeError(
-                f"{cls.__name__}.from_float expects a torch.nn.{cls._float_module.__name__}, "
-                f"got {type(module).__name__}"
-            )
+        cls._check_float_twin(module)
         # Built on the meta device: the parameters are replaced by the module's own.
         new = cls(
             **cls._twin_kwargs(module), device="meta", dtype=module.weight.dtype, qconfig=qconfig
@@ -78,8 +65,7 @@ class TorchTwin(QuantizedModule):
         new.weight = module.weight
         new.bias = module.bias
         new.quantizers.to(module.weight.device)
-        for hooks in _HOOK_DICTS:
-            getattr(new, hooks).update(getattr(module, hooks, {}))
+        copy_forward_hooks(module, new)
         new.train(module.training)
         return new
 
@@ -102,8 +88,7 @@ class TorchTwin(QuantizedModule):
         if not baked:
             module.weight = self.weight
             module.bias = self.bias
-            for hooks in _HOOK_DICTS:
-                getattr(module, hooks).update(getattr(self, hooks, {}))
+            copy_forward_hooks(self, module)
             module.train(self.training)
             return module
         values = self.quantize_params()
@@ -160,12 +145,8 @@ class TorchTwin(QuantizedModule):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
+        self._keep_quantizer_state(state_dict, prefix)
         quantizer_prefix = prefix + "quantizers."
-        if not any(key.startswith(quantizer_prefix) for key in state_dict):
-            # A checkpoint of the float twin (no quantizer state at all) loads into a
-            # quantized layer, whose quantizers keep their state. (state_dict is the
-            # loader's own copy.)
-            state_dict.update(self.quantizers.state_dict(prefix=quantizer_prefix, keep_vars=True))
         for name, quantizer in self.quantizers.items():
             param = getattr(self, name, None)
             axis = getattr(quantizer, "ch_axis", None)
