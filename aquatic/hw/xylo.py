@@ -182,6 +182,11 @@ def _population(linear, neuron, names, max_spikes: int, role: str) -> Dict[str, 
         f"up to {max_spikes} spike(s) per step: build it with max_spikes={max_spikes}",
     )
     require(spec.min_v_mem is None, f"layer {lif_name!r}: Xylo has no min_v_mem; use None")
+    require(
+        not (spec.strict_threshold or spec.input_after_decay or spec.input_delay),
+        f"layer {lif_name!r} uses Loihi's neuron options (strict_threshold, "
+        "input_after_decay, input_delay), which Xylo lacks; build the LIF without them",
+    )
     require(not spec.norm_input, f"layer {lif_name!r}: Xylo has no norm_input; use False")
     require(
         spec.synaptic,

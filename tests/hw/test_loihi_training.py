@@ -220,3 +220,32 @@ def test_live_netx_file_in_lava_nc(tau_syn, tmp_path):
     loihi.export(model, path=tmp_path / "model.net")
     lava = [reference.run_netx(str(tmp_path / "model.net"), s.long().numpy()) for s in x]
     assert torch.equal(torch.from_numpy(np.stack(lava)), expected) and expected.sum() > 20
+
+
+def test_other_exports_refuse_loihi_neuron_options():
+    from aquatic.hw import xylo
+    from aquatic.integer import convert
+    from aquatic.qconfig import int8 as aquatic_int8
+
+    # Xylo's hidden neurons need max_spikes=31 (so no strict threshold) and subtraction
+    xylo_options = dict(input_after_decay=True, input_delay=True, max_spikes=31)
+    for q in (aquatic_int8, xylo.qconfig()):
+        options = loihi.neuron_options() if q is aquatic_int8 else xylo_options
+        model = torch.nn.Sequential(
+            ann.Linear(2, 2, bias=False, qconfig=q),
+            ann.LIF(tau_mem=4.0, tau_syn=4.0, qconfig=q, **options),
+            ann.Linear(2, 2, bias=False, qconfig=q),
+            ann.LIF(tau_mem=4.0, tau_syn=4.0, qconfig=q),
+        )
+        model(torch.zeros(1, 2, 2))
+        export = convert if q is aquatic_int8 else xylo.export
+        with pytest.raises(ValueError, match="Loihi's neuron options"):
+            export(model)
+    pytest.importorskip("nir")
+    from aquatic.interop import nir as aquatic_nir
+
+    model = torch.nn.Sequential(
+        torch.nn.Linear(2, 2), ann.LIF(tau_mem=4.0, **loihi.neuron_options())
+    )
+    with pytest.raises(ValueError, match="Loihi's neuron options"):
+        aquatic_nir.export(model, input_shape=(2,))
