@@ -29,7 +29,7 @@ import copy
 import math
 import time
 import warnings
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +38,9 @@ import aquatic
 from aquatic.demo import load_digits
 from aquatic.observers import MinMaxObserver, MSEObserver
 from aquatic.ptq import weight_qconfig
+
+Row = Tuple[str, str, float]
+QatRow = Tuple[str, float, float]
 
 
 def make_mlp() -> nn.Sequential:
@@ -98,22 +101,14 @@ def torch_ao_ptq(model: nn.Module, calib: List[Tensor], x: Tensor, y: Tensor) ->
         return None
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--qat-epochs", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    x_train, y_train, x_test, y_test = load_digits(seed=args.seed)
-    torch.manual_seed(args.seed)
+def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
+    """Every row of the tables for one seed (data split, float training, fine-tune)."""
+    x_train, y_train, x_test, y_test = load_digits(seed=seed)
+    torch.manual_seed(seed)
     model = make_mlp()
-    train(model, x_train, y_train, args.epochs, 1e-3, args.seed)
+    train(model, x_train, y_train, args.epochs, 1e-3, seed)
     calib = [x_train[i : i + 64] for i in range(0, 640, 64)]
-    labelled = [(x_train[i : i + 64], y_train[i : i + 64]) for i in range(0, 640, 64)]
-    rows: List[Tuple[str, str, float]] = []
+    rows: List[Row] = []
     float_acc = accuracy(model, x_test, y_test)
     all_bytes = {n: 32 for n in ("0", "2", "4")}
     rows.append(("float32", f"{weight_bytes(model, all_bytes)}", float_acc))
@@ -135,40 +130,65 @@ def main(argv: Optional[List[str]] = None) -> None:
             (f"{bits}-bit weights, MSE + bias corr.", size, accuracy(corrected, x_test, y_test))
         )
 
-    qat_rows = []
+    qat_rows: List[QatRow] = []
     for bits, candidates in ((3, (2, 4, 8)), (3, (1, 2, 3, 4, 8)), (2, (1, 2, 3, 4, 8))):
         budget = weight_bytes(model, {n: bits for n in ("0", "2", "4")})
         same = uniform(model, bits, MSEObserver, calib, bias_correction=True)
-        t = time.perf_counter()
         mapping = aquatic.mixed_precision(
             model, calib, budget=budget, candidates=candidates, progress=False
         )
-        seconds = time.perf_counter() - t
         mixed = aquatic.calibrate(
             aquatic.quantize(model, mapping), calib, progress=False, bias_correction=True
         )
-        label = "/".join(str(mapping.bits[n]) for n in ("0", "2", "4"))
         choices = ",".join(map(str, candidates))
-        rows.append(
-            (
-                f"mixed {label} of {{{choices}}} (<= {bits}-bit, {seconds:.1f} s)",
-                str(mapping.cost),
-                accuracy(mixed, x_test, y_test),
-            )
-        )
-        for name, qmodel in ((f"uniform {bits}-bit", same), (f"mixed {label}", mixed)):
+        label = f"mixed of {{{choices}}} at {bits}-bit size"
+        rows.append((label, str(mapping.cost), accuracy(mixed, x_test, y_test)))
+        print(f"seed {seed}: {label}: bits {mapping.bits}")
+        for name, qmodel in ((f"uniform {bits}-bit", same), (label, mixed)):
             before = accuracy(qmodel, x_test, y_test)
-            train(qmodel, x_train, y_train, args.qat_epochs, 1e-4, args.seed)
+            train(qmodel, x_train, y_train, args.qat_epochs, args.qat_lr, seed)
             qat_rows.append((name, before, accuracy(qmodel, x_test, y_test)))
+    return rows, qat_rows
 
-    print(f"\nDigits MLP 64-128-128-10, test set of {len(x_test)} images")
-    print(f"{'model':<50} {'weight bytes':>12} {'accuracy %':>10}")
-    for name, size, acc in rows:
-        print(f"{name:<50} {size:>12} {acc:>10.2f}")
-    print(f"\nQAT fine-tune ({args.qat_epochs} epochs, Adam lr 1e-4, ranges frozen)")
-    print(f"{'model':<50} {'PTQ %':>8} {'QAT %':>8}")
-    for name, before, after in qat_rows:
-        print(f"{name:<50} {before:>8.2f} {after:>8.2f}")
+
+def _mean_std(values: List[float]) -> str:
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.2f} +- {std:.2f}"
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds averaged")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--qat-epochs", type=int, default=2)
+    parser.add_argument("--qat-lr", type=float, default=1e-4)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    results = [run(seed, args) for seed in range(args.seed, args.seed + args.seeds)]
+    rows: Dict[Tuple[str, str], List[float]] = {}
+    qat: Dict[str, Tuple[List[float], List[float]]] = {}
+    for seed_rows, seed_qat in results:
+        for name, size, acc in seed_rows:
+            rows.setdefault((name, size), []).append(acc)
+        for name, before, after in seed_qat:
+            pair = qat.setdefault(name, ([], []))
+            pair[0].append(before)
+            pair[1].append(after)
+    seeds = f"seeds {args.seed}..{args.seed + args.seeds - 1}, mean +- std"
+    print(f"\nDigits MLP 64-128-128-10, test set of 449 images, {seeds}")
+    print(f"{'model':<44} {'weight bytes':>12} {'accuracy %':>16}")
+    for (name, size), accs in rows.items():
+        print(f"{name:<44} {size:>12} {_mean_std(accs):>16}")
+    print(f"\nQAT fine-tune ({args.qat_epochs} epochs, Adam lr {args.qat_lr:g}, ranges frozen)")
+    print(f"{'model':<44} {'PTQ %':>16} {'QAT %':>16}")
+    for name, (before, after) in qat.items():
+        print(f"{name:<44} {_mean_std(before):>16} {_mean_std(after):>16}")
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
 
 
