@@ -135,20 +135,23 @@ def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
         )
 
     qat_rows: List[QatRow] = []
-    for bits, candidates in ((3, (2, 4, 8)), (3, (1, 2, 3, 4, 8)), (2, (1, 2, 3, 4, 8))):
+    for bits, configurations in ((3, ((2, 4, 8), (1, 2, 3, 4, 8))), (2, ((1, 2, 3, 4, 8),))):
         budget = weight_bytes(model, {n: bits for n in ("0", "2", "4")})
         same = uniform(model, bits, MSEObserver, calib, bias_correction=True)
-        mapping = aquatic.mixed_precision(
-            model, calib, budget=budget, candidates=candidates, progress=False
-        )
-        mixed = aquatic.calibrate(
-            aquatic.quantize(model, mapping), calib, progress=False, bias_correction=True
-        )
-        choices = ",".join(map(str, candidates))
-        label = f"mixed of {{{choices}}} at {bits}-bit size"
-        rows.append((label, str(mapping.cost), accuracy(mixed, x_test, y_test)))
-        print(f"seed {seed}: {label}: bits {mapping.bits}")
-        for name, qmodel in ((f"uniform {bits}-bit", same), (label, mixed)):
+        variants = [(f"uniform {bits}-bit", same)]
+        for candidates in configurations:
+            mapping = aquatic.mixed_precision(
+                model, calib, budget=budget, candidates=candidates, progress=False
+            )
+            mixed = aquatic.calibrate(
+                aquatic.quantize(model, mapping), calib, progress=False, bias_correction=True
+            )
+            choices = ",".join(map(str, candidates))
+            label = f"mixed of {{{choices}}} at {bits}-bit size"
+            rows.append((label, str(mapping.cost), accuracy(mixed, x_test, y_test)))
+            print(f"seed {seed}: {label}: bits {mapping.bits}")
+            variants.append((label, mixed))
+        for name, qmodel in variants:
             before = accuracy(qmodel, x_test, y_test)
             train(qmodel, x_train, y_train, args.qat_epochs, args.qat_lr, seed)
             qat_rows.append((name, before, accuracy(qmodel, x_test, y_test)))
