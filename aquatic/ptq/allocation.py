@@ -192,7 +192,7 @@ def mixed_precision(
         qconfig_for: the QConfig of a bit width (default
             :func:`aquatic.ptq.weight_qconfig`: symmetric per-channel weights with
             MSE-optimal ranges); give one that also quantizes activations for a fully
-            quantized model. Ignored for a chip budget (the chip's quantizer is used).
+            quantized model. Not with a chip budget (its own quantizer is measured).
         num_batches, progress: as for :func:`aquatic.sensitivity`.
 
     Returns:
@@ -201,6 +201,7 @@ def mixed_precision(
 
     Raises:
         ValueError: no batches; an unknown candidate, or one the chip cannot hold;
+            ``qconfig_for`` given with a chip budget;
             the budget is below the cost of every layer at its cheapest candidate; a
             network that does not fit the chip (:class:`aquatic.hw.DoesNotFitError`, a
             ``ValueError``, naming the layer and the limit).
@@ -229,6 +230,12 @@ def mixed_precision(
     batches = take_batches(data, num_batches, "mixed_precision")
     chip = isinstance(budget, ChipBudget)
     if chip:
+        if qconfig_for is not weight_qconfig:
+            raise ValueError(
+                f"mixed_precision: qconfig_for cannot be combined with a chip budget "
+                f"({budget!r}): the chip's own weight quantizer is measured; leave "
+                "qconfig_for at its default"
+            )
         budget.check_candidates(bits)
         qconfig_for = budget.weight_qconfig
         # Whether the network fits at all, before the analysis: the chip's own check.

@@ -121,6 +121,14 @@ def test_bad_chip_budgets_get_clear_errors():
         aquatic.mixed_precision(model, data, budget=xylo, candidates=(1, 4, 16), progress=False)
     with pytest.raises(TypeError, match="hardware profile"):
         aquatic.mixed_precision(model, data, budget=aquatic.hw, progress=False)
+    with pytest.raises(ValueError, match="qconfig_for cannot be combined with a chip"):
+        aquatic.mixed_precision(
+            model,
+            data,
+            budget=xylo,
+            qconfig_for=aquatic.ptq.weight_qconfig.__call__,
+            progress=False,
+        )
     with pytest.raises(TypeError, match="hardware profile"):
         aquatic.mixed_precision(model, data, budget=types.SimpleNamespace(), progress=False)
     float_neurons = _xylo_model()
