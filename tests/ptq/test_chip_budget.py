@@ -126,7 +126,7 @@ def test_bad_chip_budgets_get_clear_errors():
             model,
             data,
             budget=xylo,
-            qconfig_for=aquatic.ptq.weight_qconfig.__call__,
+            qconfig_for=lambda b: aquatic.ptq.weight_qconfig(b),
             progress=False,
         )
     with pytest.raises(TypeError, match="hardware profile"):
