@@ -22,6 +22,7 @@ seeds differ by more than the effects measured.
 Usage::
 
     python benchmarks/ptq.py [--epochs 40] [--seed 0] [--seeds 10] [--threads 1]
+    python benchmarks/ptq.py --allocations   # every allocation at the 3-bit size
 
 Needs scikit-learn (``pip install -e '.[demo]'``).
 """
@@ -158,6 +159,37 @@ def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
     return rows, qat_rows
 
 
+#: Every allocation at the weight-byte size of uniform 3-bit weights that no other
+#: allocation of that size dominates (each layer as wide or wider), widths 1 to 8: what mixed
+#: precision could choose there.
+THREE_BIT_SIZE = ((3, 3, 3), (2, 3, 8), (4, 2, 8), (5, 2, 3), (1, 4, 3), (6, 1, 8), (7, 1, 3))
+
+
+def allocations(seeds: range, args: argparse.Namespace) -> None:
+    """Accuracy after calibration of each allocation of the 3-bit size, against 3/3/3."""
+    accs = []
+    for seed in seeds:
+        x_train, y_train, x_test, y_test = load_digits(seed=seed)
+        torch.manual_seed(seed)
+        model = make_mlp()
+        train(model, x_train, y_train, args.epochs, 1e-3, seed)
+        calib = [x_train[i : i + 64] for i in range(0, 640, 64)]
+        row = []
+        for widths in THREE_BIT_SIZE:
+            mapping = {n: weight_qconfig(b) for n, b in zip(("0", "2", "4"), widths)}
+            qmodel = aquatic.quantize(model, mapping)
+            qmodel = aquatic.calibrate(qmodel, calib, progress=False, bias_correction=True)
+            row.append(accuracy(qmodel, x_test, y_test))
+        accs.append(row)
+    print("\nEvery allocation at the 3-bit size (MSE + bias corr.), minus uniform 3-bit")
+    for k, widths in enumerate(THREE_BIT_SIZE):
+        size = weight_bytes(make_mlp(), dict(zip(("0", "2", "4"), widths)))
+        column = [row[k] for row in accs]
+        paired = _paired(column, [row[0] for row in accs])
+        label = "/".join(map(str, widths))
+        print(f"{label:<8} {size:>6} bytes {_mean_std(column):>16} {paired:>24}")
+
+
 def _mean_std(values: List[float]) -> str:
     mean = sum(values) / len(values)
     if len(values) == 1:
@@ -185,10 +217,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--qat-epochs", type=int, default=5)
     parser.add_argument("--qat-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--allocations",
+        action="store_true",
+        help="only compare every allocation at the 3-bit size with uniform 3-bit",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    results = [run(seed, args) for seed in range(args.seed, args.seed + args.seeds)]
+    seeds = range(args.seed, args.seed + args.seeds)
+    if args.allocations:
+        allocations(seeds, args)
+        return
+    results = [run(seed, args) for seed in seeds]
     rows: Dict[Tuple[str, str], List[float]] = {}
     qat: Dict[str, Tuple[List[float], List[float]]] = {}
     for seed_rows, seed_qat in results:
