@@ -54,6 +54,7 @@ from aquatic.hw._loihi_sim import (
     simulate,
 )
 from aquatic.nn import LIF, LIFRecurrent
+from aquatic.ptq.chip_budget import ChipBudget
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.decay import UniformDecay
 from aquatic.quantizers.uniform import UniformQuantizer
@@ -67,6 +68,7 @@ __all__ = [
     "V_MAX",
     "W_SCALE",
     "StateQuantizer",
+    "budget",
     "check_spec",
     "export",
     "export_netx",
@@ -314,3 +316,23 @@ def export_netx(spec: Mapping[str, Any], path: Union[str, os.PathLike]) -> List[
         ImportError: h5py is missing (``pip install 'aquatic[loihi]'``).
     """
     return write_netx(spec, path)
+
+
+def _fixed_step_weights(bits: int) -> QConfig:
+    """``bits``-bit weights on Loihi's fixed weight step (2/64): fewer bits clip."""
+    return QConfig(weight=UniformQuantizer.with_args(bits=bits, scale=2.0 / W_SCALE))
+
+
+def budget() -> ChipBudget:
+    """Loihi as the budget of :func:`aquatic.mixed_precision` (``budget=loihi`` is this).
+
+    Weights of 2 to 8 bits on the fixed step of 2/64 (fewer bits hold a smaller range,
+    -2**(bits-1) .. 2**(bits-1) - 1 steps), in the QConfig each ``LIF`` carries (from
+    :func:`qconfig`), checked by :func:`export`; see :class:`aquatic.ptq.ChipBudget`.
+
+    Example:
+        >>> from aquatic.hw import loihi
+        >>> loihi.budget().weight_qconfig(4).weight
+        UniformQuantizer.with_args(bits=4, scale=0.03125)
+    """
+    return ChipBudget("Loihi", check=export, weight_qconfig=_fixed_step_weights)
