@@ -30,12 +30,12 @@ def _xylo_model(inputs=4):
 
 def _loihi_model():
     torch.manual_seed(0)
-    q = loihi.qconfig()
+    q, options = loihi.qconfig(), loihi.neuron_options()
     return nn.Sequential(
-        nn.Linear(4, 8),
-        ann.LIF(tau_mem=4.0, reset="zero", threshold=0.5, qconfig=q),
-        nn.Linear(8, 3),
-        ann.LIF(alpha_mem=0.875, reset="zero", threshold=0.5, qconfig=q),
+        nn.Linear(4, 8, bias=False),
+        ann.LIF(tau_mem=4.0, threshold=0.5, qconfig=q, **options),
+        nn.Linear(8, 3, bias=False),
+        ann.LIF(alpha_mem=0.875, threshold=0.5, qconfig=q, **options),
     )
 
 
