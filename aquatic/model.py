@@ -28,6 +28,8 @@ TWINS: Dict[Type[nn.Module], Type[nn.Module]] = {
     nn.ConvTranspose1d: qnn.ConvTranspose1d,
     nn.ConvTranspose2d: qnn.ConvTranspose2d,
     nn.ConvTranspose3d: qnn.ConvTranspose3d,
+    nn.Embedding: qnn.Embedding,
+    nn.EmbeddingBag: qnn.EmbeddingBag,
     **{getattr(nn, name): getattr(qnn, name) for name in ("RNN", "LSTM", "GRU")},
     **{getattr(nn, name): getattr(qnn, name) for name in ("RNNCell", "LSTMCell", "GRUCell")},
 }
@@ -143,7 +145,7 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
         UserWarning: listing mapping keys that match no module of the model; listing
             layers already quantized with another QConfig (re-quantized, or kept where
             they cannot be rebuilt); naming every parameter left in float because its
-            module has no aquatic twin (``Embedding``, ``LayerNorm``, ...), with the fix
+            module has no aquatic twin (``LayerNorm``, ...), with the fix
             (:func:`quantize_parameter`, or map the module's name to ``None`` to keep it
             in float by choice). BatchNorm parameters are not named: they fold into the
             layer before them (:func:`aquatic.fold_batch_norm`).
