@@ -30,6 +30,9 @@ TWINS: Dict[Type[nn.Module], Type[nn.Module]] = {
     nn.ConvTranspose3d: qnn.ConvTranspose3d,
     nn.Embedding: qnn.Embedding,
     nn.EmbeddingBag: qnn.EmbeddingBag,
+    nn.MultiheadAttention: qnn.MultiheadAttention,
+    nn.TransformerEncoderLayer: qnn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer: qnn.TransformerDecoderLayer,
     **{getattr(nn, name): getattr(qnn, name) for name in ("RNN", "LSTM", "GRU")},
     **{getattr(nn, name): getattr(qnn, name) for name in ("RNNCell", "LSTMCell", "GRUCell")},
 }
@@ -76,13 +79,17 @@ def _warn_requantized(requantized: List[str], kept: List[str]) -> None:
 #: Modules whose float parameters are expected: BatchNorm folds into the layer before it
 #: (aquatic.fold_batch_norm, and aquatic.convert).
 _FOLDED = (nn.modules.batchnorm._BatchNorm,)
+#: The output projection of a MultiheadAttention, which its twin quantizes.
+_INSIDE_TWINS = (nn.modules.linear.NonDynamicallyQuantizableLinear,)
 
 
 def _warn_float_parameters(named: List[Tuple[str, nn.Module]], resolver: QConfigResolver) -> None:
     """Warn, naming them, about parameters that :func:`quantize` leaves in float."""
     left = []
     for name, module in named:
-        skip = (QuantizedModule, Quantizer, parametrize.ParametrizationList) + _FOLDED
+        skip = (
+            (QuantizedModule, Quantizer, parametrize.ParametrizationList) + _FOLDED + _INSIDE_TWINS
+        )
         if type(module) in TWINS or isinstance(module, skip):
             continue
         if resolver.names_explicitly(name):

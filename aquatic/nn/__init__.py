@@ -35,6 +35,8 @@ from aquatic.nn.conv import (
 )
 from aquatic.nn.linear import Linear
 from aquatic.nn.embedding import Embedding, EmbeddingBag
+from aquatic.nn.multihead import MultiheadAttention
+from aquatic.nn.transformer import TransformerDecoderLayer, TransformerEncoderLayer
 from aquatic.nn.exp_leak import ExpLeak
 from aquatic.nn.iaf import IAF
 from aquatic.nn.lif import LIF, LIFCell, LIFRecurrent
@@ -75,6 +77,9 @@ __all__ = [
     "Linear",
     "Embedding",
     "EmbeddingBag",
+    "MultiheadAttention",
+    "TransformerDecoderLayer",
+    "TransformerEncoderLayer",
     "QuantizedModule",
     "ArcTan",
     "ExpLeak",
