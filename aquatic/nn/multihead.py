@@ -197,11 +197,23 @@ class MultiheadAttention(QuantizedModule, nn.MultiheadAttention):
     def is_quantized(self) -> bool:
         """Whether any quantizer is set (here or in ``out_proj``): then ``forward`` is
         the explicit quantized computation, never torch's fused path."""
-        out = self.out_proj._modules.get("quantizers")
-        return bool(self._modules["quantizers"]._modules) or bool(out is not None and len(out))
+        own, out = self._modules.get("quantizers"), self._modules.get("out_proj")
+        out = None if out is None else out._modules.get("quantizers")
+        return bool(own is not None and len(own)) or bool(out is not None and len(out))
+
+    # torch's TransformerEncoderLayer and TransformerEncoder take their fused paths,
+    # which read in_proj_weight in float, only where this is true: never with quantizers,
+    # even inside torch's own layers.
+    @property
+    def _qkv_same_embed_dim(self) -> bool:
+        return self.__dict__.get("_same_dims", True) and not self.is_quantized()
+
+    @_qkv_same_embed_dim.setter
+    def _qkv_same_embed_dim(self, value: bool) -> None:
+        self.__dict__["_same_dims"] = value
 
     def _projections(self) -> Tuple[Tensor, Tensor, Tensor]:
-        if self._qkv_same_embed_dim:
+        if self.__dict__.get("_same_dims", True):
             return self.quantized("in_proj_weight").chunk(3)
         return tuple(self.quantized(f"{n}_proj_weight") for n in "qkv")
 

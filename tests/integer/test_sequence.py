@@ -125,3 +125,15 @@ def test_embedding_lookup_is_bit_exact_and_errors_are_named():
         aquatic.nn.SelectOutput(0)(x)
     with pytest.raises(TypeError, match="SelectOutput"):
         aquatic.nn.LastStep(1)((x, x))
+
+
+def test_embedding_models_save_and_load(tmp_path):
+    torch.manual_seed(4)
+    bag = aquatic.nn.EmbeddingBag(20, 6, mode="sum", padding_idx=0, qconfig=PER_ROW)
+    model = nn.Sequential(bag, aquatic.nn.Linear(6, 3, qconfig=INT8))
+    x = torch.randint(0, 20, (5, 4))
+    model(x)
+    integer_model = aquatic.convert(model.eval())
+    integer_model.save(tmp_path / "bag.aqt")
+    loaded = aquatic.integer.load(tmp_path / "bag.aqt")
+    assert torch.equal(loaded(x), integer_model(x))

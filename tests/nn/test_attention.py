@@ -194,3 +194,18 @@ def test_bad_input_is_named():
         mha(x, x, x, key_padding_mask=torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(TypeError, match="torch.nn.MultiheadAttention"):
         aquatic.nn.MultiheadAttention.from_float(nn.Linear(2, 2))
+
+
+def test_a_quantized_attention_inside_torch_layers_never_runs_float():
+    torch.manual_seed(6)
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32, batch_first=True), 2)
+    model = aquatic.quantize(encoder, {nn.MultiheadAttention: aquatic.qconfig.int8})
+    assert type(model.layers[0]) is nn.TransformerEncoderLayer  # torch's own layer
+    x = torch.randn(3, 5, 16)
+    model(x)
+    model.eval()
+    quantized = model(x)
+    with torch.no_grad():
+        assert torch.equal(model(x), quantized)
+    plain = aquatic.nn.MultiheadAttention(16, 4, kdim=8)
+    assert not plain._qkv_same_embed_dim and plain.q_proj_weight.shape == (16, 16)
