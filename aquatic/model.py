@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 from aquatic import nn as qnn
 from aquatic.nn.activation import ActivationQuantizer
 from aquatic.nn.base import QuantizedModule
+from aquatic.nn.transformer import fused_layers_left_in_float
 from aquatic.mapping import QConfigLike, QConfigResolver
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.base import Quantizer
@@ -211,6 +212,16 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
         )
     _warn_requantized(requantized, kept)
     _warn_float_parameters(named, resolver)
+    fused = fused_layers_left_in_float(named, {id(m) for _, m, _ in plan})
+    if fused:
+        warnings.warn(
+            f"aquatic.quantize: {', '.join(fused)} stay torch.nn.TransformerEncoderLayer while "
+            "their linear layers are quantized: in eval under no_grad torch's fused path "
+            "would read the float weights. Quantize the layers too: "
+            "{nn.TransformerEncoderLayer: qconfig, ...}",
+            UserWarning,
+            stacklevel=2,
+        )
     if not plan:
         return model if inplace else _deepcopy(model)
     if not inplace:

@@ -10,7 +10,7 @@ them as they are (they copy the layer they are given).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +21,7 @@ from aquatic.nn.base import QuantizedModule, copy_forward_hooks
 from aquatic.nn.linear import Linear
 from aquatic.qconfig import QConfig
 
-__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer"]
+__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "fused_layers_left_in_float"]
 
 Activation = Union[str, Callable[[Tensor], Tensor]]
 
@@ -253,3 +253,34 @@ class TransformerDecoderLayer(_LayerTwin, nn.TransformerDecoderLayer):
             dtype,
         )
         self._quantize_children(qconfig)
+
+
+def fused_layers_left_in_float(
+    named: Iterable[Tuple[str, nn.Module]], converted: Set[int]
+) -> List[str]:
+    """Torch ``TransformerEncoderLayer`` modules that stay torch's own while their
+    feed-forward layers are quantized.
+
+    torch's fused inference path (eval under ``no_grad``) would read those layers' float
+    weights; :func:`aquatic.quantize` warns about them. (A quantized attention block
+    turns the fused path off by itself.)
+
+    Args:
+        named: ``(name, module)`` pairs, as ``model.named_modules()`` gives them.
+        converted: the ``id`` of every module being quantized.
+
+    Returns:
+        The names of those layers.
+
+    Example:
+        >>> layer = torch.nn.TransformerEncoderLayer(8, 2, 16)
+        >>> fused_layers_left_in_float([("enc", layer)], {id(layer.linear1)})
+        ['enc']
+    """
+    return [
+        name or "(the model itself)"
+        for name, module in named
+        if type(module) is nn.TransformerEncoderLayer
+        and id(module) not in converted
+        and (id(module.linear1) in converted or id(module.linear2) in converted)
+    ]

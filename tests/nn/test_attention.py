@@ -209,3 +209,12 @@ def test_a_quantized_attention_inside_torch_layers_never_runs_float():
         assert torch.equal(model(x), quantized)
     plain = aquatic.nn.MultiheadAttention(16, 4, kdim=8)
     assert not plain._qkv_same_embed_dim and plain.q_proj_weight.shape == (16, 16)
+
+
+def test_quantize_warns_about_torch_layers_whose_linears_alone_are_quantized():
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32), 2)
+    with pytest.warns(UserWarning, match="layers.0, layers.1 stay torch.nn.TransformerEncoder"):
+        aquatic.quantize(encoder, {nn.Linear: aquatic.qconfig.int8})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        aquatic.quantize(encoder, {nn.Module: aquatic.qconfig.int8, r".*norm\d": None})
