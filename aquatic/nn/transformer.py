@@ -118,7 +118,9 @@ class TransformerEncoderLayer(_LayerTwin, nn.TransformerEncoderLayer):
     path), which reads the float weights, never runs: the layer computes as in training
     (without dropout), so eval under ``no_grad`` gives what eval with gradients gives.
     Nested-tensor input (from a ``TransformerEncoder`` built on torch's layers and
-    quantized afterwards) is padded, run, and returned nested.
+    quantized afterwards) is padded, run, and returned nested. A ``TransformerEncoder``
+    built on a quantized layer warns that it turns nested tensors off; pass
+    ``enable_nested_tensor=False`` to say so.
 
     Args:
         qconfig: what to quantize, and how; keyword only.
