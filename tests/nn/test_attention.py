@@ -218,3 +218,18 @@ def test_quantize_warns_about_torch_layers_whose_linears_alone_are_quantized():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         aquatic.quantize(encoder, {nn.Module: aquatic.qconfig.int8, r".*norm\d": None})
+
+
+def test_a_torch_checkpoint_loads_into_quantized_layers():
+    torch.manual_seed(7)
+    ref = nn.TransformerEncoderLayer(16, 4, 32)
+    layer = aquatic.nn.TransformerEncoderLayer(16, 4, 32, qconfig=aquatic.qconfig.int8)
+    layer.load_state_dict(ref.state_dict())  # strict: no quantizer state needed
+    assert torch.equal(layer.self_attn.in_proj_weight, ref.self_attn.in_proj_weight)
+    assert torch.equal(layer.self_attn.out_proj.weight, ref.self_attn.out_proj.weight)
+    assert torch.equal(layer.linear2.bias, ref.linear2.bias)
+    again = aquatic.nn.TransformerEncoderLayer(16, 4, 32, qconfig=aquatic.qconfig.int8)
+    layer(torch.randn(5, 2, 16))
+    again.load_state_dict(layer.state_dict())
+    observed = layer.self_attn.quantizers["q"].observer.max_val
+    assert torch.equal(again.self_attn.quantizers["q"].observer.max_val, observed)
