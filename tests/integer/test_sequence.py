@@ -31,7 +31,7 @@ def sentences(generator, count, classes=3, steps=8, vocab=24):
     return torch.multinomial(words[labels], steps, replacement=True, generator=generator), labels
 
 
-def fit(model, x, y, steps=30):
+def fit(model, x, y, steps=20):
     optimizer = torch.optim.Adam(model.parameters(), lr=0.02)
     for _ in range(steps):
         optimizer.zero_grad()
@@ -50,7 +50,7 @@ def test_keyword_spotting_gru_converts_and_agrees():
         aquatic.nn.LastStep(1),
         aquatic.nn.Linear(16, 3, qconfig=INT8),
     )
-    fit(model, *keywords(generator, 96))
+    fit(model, *keywords(generator, 64))
     x, y = keywords(generator, 300)  # held out
     with torch.no_grad():
         logits = model(x)
@@ -72,7 +72,7 @@ def test_embedding_lstm_classifier_converts_and_agrees():
         aquatic.nn.LastStep(1),
         aquatic.nn.Linear(16, 3, qconfig=INT8),
     )
-    fit(model, *sentences(generator, 96))
+    fit(model, *sentences(generator, 64))
     x, y = sentences(generator, 300)
     with torch.no_grad():
         logits = model(x)
