@@ -41,6 +41,27 @@ class _LayerTwin(QuantizedModule):
         for name in self._linears:
             setattr(self, name, Linear.from_float(getattr(self, name), qconfig))
 
+    def child_names(self) -> Tuple[str, ...]:
+        """The children built as twins: attention blocks, then feed-forward layers."""
+        return self._attention + self._linears
+
+    def set_child_qconfigs(self, qconfigs: Dict[str, Optional[QConfig]]) -> None:
+        """Rebuild the named children (see :meth:`child_names`) with a QConfig of their
+        own (``None``: unquantized), around the same float parameters; others are kept.
+        :func:`aquatic.quantize` calls it for children that its mapping names.
+
+        Raises:
+            ValueError: a name that is not one of :meth:`child_names`.
+        """
+        for name, qconfig in qconfigs.items():
+            if name not in self.child_names():
+                raise ValueError(
+                    f"{type(self).__name__}: {name!r} is not one of {list(self.child_names())}"
+                )
+            child = getattr(self, name)
+            if child.qconfig != qconfig:
+                setattr(self, name, type(child).from_float(child.to_float(baked=False), qconfig))
+
     def is_quantized(self) -> bool:
         """Whether any attention block or feed-forward layer has a quantizer."""
         return any(getattr(self, name).is_quantized() for name in self._attention) or any(

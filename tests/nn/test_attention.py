@@ -233,3 +233,22 @@ def test_a_torch_checkpoint_loads_into_quantized_layers():
     again.load_state_dict(layer.state_dict())
     observed = layer.self_attn.quantizers["q"].observer.max_val
     assert torch.equal(again.self_attn.quantizers["q"].observer.max_val, observed)
+
+
+def test_a_name_key_decides_a_child_of_a_quantized_transformer_layer():
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32), 2)
+    int4 = aquatic.qconfig.int4_weight
+    mapping = {
+        nn.Module: aquatic.qconfig.int8,
+        r".*norm\d": None,
+        "layers.0.linear1": None,
+        "layers.1.self_attn": int4,
+    }
+    model = aquatic.quantize(encoder, mapping)
+    first, second = model.layers
+    assert first.linear1.qconfig is None and not first.linear1.quantizers
+    assert first.linear2.qconfig == aquatic.qconfig.int8
+    assert second.self_attn.qconfig == int4 and second.linear1.qconfig == aquatic.qconfig.int8
+    assert torch.equal(first.linear1.weight, encoder.layers[0].linear1.weight)
+    with pytest.raises(ValueError, match="not one of"):
+        first.set_child_qconfigs({"norm1": None})
