@@ -13,7 +13,7 @@ from torch.nn.utils import parametrize
 from aquatic import nn as qnn
 from aquatic.nn.activation import ActivationQuantizer
 from aquatic.nn.base import QuantizedModule
-from aquatic.nn.transformer import fused_layers_left_in_float
+from aquatic.nn.transformer import follow_mapping, fused_layers_left_in_float
 from aquatic.mapping import QConfigLike, QConfigResolver
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.base import Quantizer
@@ -235,19 +235,8 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
             replacements[id(module)] = type(module).from_float(module.to_float(baked=False), config)
         else:
             replacements[id(module)] = TWINS[type(module)].from_float(module, config)
-    # A transformer layer builds its children with its own QConfig; where the mapping
-    # decides a child (a name key: None included), the child follows the mapping.
-    for name, module, _ in plan:
-        new = replacements[id(module)]
-        if isinstance(new, (qnn.TransformerEncoderLayer, qnn.TransformerDecoderLayer)):
-            named_children = {c: (f"{name}.{c}" if name else c) for c in new.child_names()}
-            new.set_child_qconfigs(
-                {
-                    c: resolver.resolve(n, getattr(module, c))
-                    for c, n in named_children.items()
-                    if resolver.names_explicitly(n)
-                }
-            )
+    for name, module, _ in plan:  # children of transformer layers that the mapping names
+        follow_mapping(replacements[id(module)], name, module, resolver)
     return _replace(model, replacements)
 
 

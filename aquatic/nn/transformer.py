@@ -21,7 +21,12 @@ from aquatic.nn.base import QuantizedModule, copy_forward_hooks
 from aquatic.nn.linear import Linear
 from aquatic.qconfig import QConfig
 
-__all__ = ["TransformerEncoderLayer", "TransformerDecoderLayer", "fused_layers_left_in_float"]
+__all__ = [
+    "TransformerEncoderLayer",
+    "TransformerDecoderLayer",
+    "follow_mapping",
+    "fused_layers_left_in_float",
+]
 
 Activation = Union[str, Callable[[Tensor], Tensor]]
 
@@ -307,3 +312,25 @@ def fused_layers_left_in_float(
         and id(module) not in converted
         and (id(module.linear1) in converted or id(module.linear2) in converted)
     ]
+
+
+def follow_mapping(new: nn.Module, name: str, original: nn.Module, resolver: Any) -> None:
+    """Give the children of a transformer layer twin ``new`` (built by
+    :func:`aquatic.quantize` from ``original`` at ``name``) the QConfig that the
+    mapping gives them, where a name key decides them (``None`` included); the others
+    keep the layer's QConfig. Any other module is left alone.
+
+    Args:
+        new: the module built for ``original``.
+        name: the qualified name of ``original``.
+        original: the module it replaces, whose children the mapping names.
+        resolver: :class:`aquatic.mapping.QConfigResolver` of the mapping.
+    """
+    if not isinstance(new, _LayerTwin):
+        return
+    qconfigs = {}
+    for child in new.child_names():
+        qualified = f"{name}.{child}" if name else child
+        if resolver.names_explicitly(qualified):
+            qconfigs[child] = resolver.resolve(qualified, getattr(original, child))
+    new.set_child_qconfigs(qconfigs)
