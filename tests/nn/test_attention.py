@@ -252,3 +252,32 @@ def test_a_name_key_decides_a_child_of_a_quantized_transformer_layer():
     assert torch.equal(first.linear1.weight, encoder.layers[0].linear1.weight)
     with pytest.raises(ValueError, match="not one of"):
         first.set_child_qconfigs({"norm1": None})
+
+
+FINE = aquatic.QConfig(
+    weight=UniformQuantizer.with_args(bits=16, scale=2.0**-14),
+    activation=UniformQuantizer.with_args(bits=16, scale=2.0**-12),
+)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"batch_first": True}, {"kdim": 5, "vdim": 3}, {"add_bias_kv": True, "add_zero_attn": True}],
+)
+def test_on_a_fine_grid_the_quantized_path_follows_torch(kwargs):
+    """Every option of the explicit computation, against torch's own forward."""
+    torch.manual_seed(8)
+    ref = nn.MultiheadAttention(E, H, **kwargs)
+    mha = aquatic.nn.MultiheadAttention.from_float(ref, FINE)
+    q = torch.randn(4, 3, E)
+    k = torch.randn(4, 3, kwargs.get("kdim", E))
+    v = torch.randn(4, 3, kwargs.get("vdim", E))
+    batch, keys = (4, 3) if kwargs.get("batch_first") else (3, 4)
+    padding = torch.zeros(batch, keys, dtype=torch.bool)
+    padding[0, -1] = True
+    causal = nn.Transformer.generate_square_subsequent_mask(keys) if keys == 4 else None
+    args = dict(key_padding_mask=padding, attn_mask=causal, average_attn_weights=False)
+    (out, weights), (ref_out, ref_weights) = mha(q, k, v, **args), ref(q, k, v, **args)
+    assert torch.allclose(out, ref_out, atol=2e-3) and torch.allclose(
+        weights, ref_weights, atol=2e-3
+    )
