@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 from aquatic import nn as qnn
 from aquatic.nn.activation import ActivationQuantizer
 from aquatic.nn.base import QuantizedModule
+from aquatic.nn.transformer import follow_mapping, fused_layers_left_in_float
 from aquatic.mapping import QConfigLike, QConfigResolver
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.base import Quantizer
@@ -28,6 +29,11 @@ TWINS: Dict[Type[nn.Module], Type[nn.Module]] = {
     nn.ConvTranspose1d: qnn.ConvTranspose1d,
     nn.ConvTranspose2d: qnn.ConvTranspose2d,
     nn.ConvTranspose3d: qnn.ConvTranspose3d,
+    nn.Embedding: qnn.Embedding,
+    nn.EmbeddingBag: qnn.EmbeddingBag,
+    nn.MultiheadAttention: qnn.MultiheadAttention,
+    nn.TransformerEncoderLayer: qnn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer: qnn.TransformerDecoderLayer,
     **{getattr(nn, name): getattr(qnn, name) for name in ("RNN", "LSTM", "GRU")},
     **{getattr(nn, name): getattr(qnn, name) for name in ("RNNCell", "LSTMCell", "GRUCell")},
 }
@@ -74,13 +80,17 @@ def _warn_requantized(requantized: List[str], kept: List[str]) -> None:
 #: Modules whose float parameters are expected: BatchNorm folds into the layer before it
 #: (aquatic.fold_batch_norm, and aquatic.convert).
 _FOLDED = (nn.modules.batchnorm._BatchNorm,)
+#: The output projection of a MultiheadAttention, which its twin quantizes.
+_INSIDE_TWINS = (nn.modules.linear.NonDynamicallyQuantizableLinear,)
 
 
 def _warn_float_parameters(named: List[Tuple[str, nn.Module]], resolver: QConfigResolver) -> None:
     """Warn, naming them, about parameters that :func:`quantize` leaves in float."""
     left = []
     for name, module in named:
-        skip = (QuantizedModule, Quantizer, parametrize.ParametrizationList) + _FOLDED
+        skip = (
+            (QuantizedModule, Quantizer, parametrize.ParametrizationList) + _FOLDED + _INSIDE_TWINS
+        )
         if type(module) in TWINS or isinstance(module, skip):
             continue
         if resolver.names_explicitly(name):
@@ -143,7 +153,7 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
         UserWarning: listing mapping keys that match no module of the model; listing
             layers already quantized with another QConfig (re-quantized, or kept where
             they cannot be rebuilt); naming every parameter left in float because its
-            module has no aquatic twin (``Embedding``, ``LayerNorm``, ...), with the fix
+            module has no aquatic twin (``LayerNorm``, ...), with the fix
             (:func:`quantize_parameter`, or map the module's name to ``None`` to keep it
             in float by choice). BatchNorm parameters are not named: they fold into the
             layer before them (:func:`aquatic.fold_batch_norm`).
@@ -202,6 +212,16 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
         )
     _warn_requantized(requantized, kept)
     _warn_float_parameters(named, resolver)
+    fused = fused_layers_left_in_float(named, {id(m) for _, m, _ in plan})
+    if fused:
+        warnings.warn(
+            f"aquatic.quantize: {', '.join(fused)} stay torch.nn.TransformerEncoderLayer while "
+            "their linear layers are quantized: in eval under no_grad torch's fused path "
+            "would read the float weights. Quantize the layers too: "
+            "{nn.TransformerEncoderLayer: qconfig, ...}",
+            UserWarning,
+            stacklevel=2,
+        )
     if not plan:
         return model if inplace else _deepcopy(model)
     if not inplace:
@@ -215,6 +235,8 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
             replacements[id(module)] = type(module).from_float(module.to_float(baked=False), config)
         else:
             replacements[id(module)] = TWINS[type(module)].from_float(module, config)
+    for name, module, _ in plan:  # children of transformer layers that the mapping names
+        follow_mapping(replacements[id(module)], name, module, resolver)
     return _replace(model, replacements)
 
 
