@@ -54,11 +54,12 @@ from torch.nn.utils import parametrize
 from aquatic.functional.fake_quant import broadcast_along
 from aquatic.functional.grid import Grid
 from aquatic.interop._common import export_grid, require
+from aquatic.interop.onnx_integer import export_integer
 from aquatic.nn.base import QuantizedModule
 from aquatic.nn.neuron_base import NeuronModule
 from aquatic.quantizers.base import Quantizer
 
-__all__ = ["export", "QuantDequant"]
+__all__ = ["export", "export_integer", "QuantDequant"]
 
 #: The integer containers of opset 13's QuantizeLinear: (quant_min, quant_max).
 UINT8 = (0, 255)
