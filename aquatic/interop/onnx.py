@@ -230,6 +230,23 @@ def _prepare_parametrizations(name: str, module: nn.Module) -> None:
             chain[0] = nn.Identity()
 
 
+def _copy(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, also after a forward pass with gradients through
+    parametrized weights (:func:`aquatic.quantize_parameter`): modules that cache the
+    computed weights (``nn.LSTM``'s ``_flat_weights``) then hold tensors that are not
+    graph leaves, which deepcopy refuses. The copy gets them detached (modules recompute
+    them from the parametrization on their next forward), and copying without gradients
+    keeps the weights that ``__getstate__`` recomputes leaves too."""
+    memo: dict = {}
+    for module in model.modules():
+        for value in vars(module).values():
+            for item in value if isinstance(value, (list, tuple)) else (value,):
+                if isinstance(item, Tensor) and not item.is_leaf:
+                    memo[id(item)] = item.detach().clone()
+    with torch.no_grad():
+        return copy.deepcopy(model, memo)
+
+
 def _export_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (eval mode) with every quantizer as a :class:`QuantDequant`."""
     for name, module in model.named_modules():
@@ -239,7 +256,7 @@ def _export_copy(model: nn.Module) -> nn.Module:
                 "covers conventional layers: export spiking models with "
                 "aquatic.interop.nir.export"
             )
-    model = copy.deepcopy(model).eval()
+    model = _copy(model).eval()
     stochastic: list = []
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantizedModule):
