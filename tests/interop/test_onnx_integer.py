@@ -228,3 +228,32 @@ def test_conv_beyond_float32_exact_integers_is_refused(tmp_path):
     codes = integer_model.quantize_input(torch.randn(2, 4, 5, 5))
     with pytest.raises(ValueError, match=r"layer '1'.*2\*\*24"):
         aonnx.export_integer(integer_model, tmp_path / "m.onnx", codes)
+
+
+def test_reshapes_max_pooling_and_sums(tmp_path):
+    # Unflatten, MaxPool1d on codes, a sum over a dimension (int64) feeding a Linear
+    torch.manual_seed(0)
+    q = QConfig(
+        activation=UniformQuantizer.with_args(bits=8, signed=True, symmetric=True),
+        weight=UniformQuantizer.with_args(bits=8),
+    )
+    model = nn.Sequential(
+        aquatic.nn.ActivationQuantizer(qconfig=q),
+        aquatic.nn.Linear(6, 12, qconfig=q),
+        nn.ReLU(),
+        nn.Unflatten(1, (3, 4)),
+        nn.MaxPool1d(2),
+        aquatic.nn.Sum(dim=1),
+        nn.Flatten(),
+        aquatic.nn.Linear(2, 3, qconfig=q),
+    )
+    model = calibrate(model, (16, 6))
+    integer_model = aquatic.convert(model)
+    kinds = [type(layer).__name__ for layer in integer_model.layers]
+    assert {"IntegerReshape", "IntegerMaxPool", "IntegerSum"} <= set(kinds)
+    codes = integer_model.quantize_input(torch.randn(40, 6) * 2)
+    proto, expected = export_and_compare(tmp_path, integer_model, codes)
+    ops = Counter(node.op_type for node in proto.graph.node)
+    # the summed codes span more than 8 bits: the second Linear multiplies in int64
+    assert ops["MatMulInteger"] == 1 and ops["MatMul"] == 1 and ops["ReduceSum"] == 1
+    assert expected.unique().numel() > 20
