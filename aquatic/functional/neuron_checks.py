@@ -12,6 +12,12 @@ import torch
 from torch import Tensor
 
 from aquatic.functional.neuron_types import METHODS, RESET_MODES, LIFState, Number, Options
+from aquatic.functional.neuron_values import (
+    check_min_v_mem,
+    check_scalar_values,
+    check_steps,
+    check_tensor_values,
+)
 from aquatic.functional.surrogate import check_surrogate
 
 __all__ = [
@@ -110,6 +116,7 @@ def prepare(
     params: Tuple[Optional[Number], ...],
     options: Options,
     sequence: bool = True,
+    values: bool = True,
 ) -> Tuple[Tuple[Optional[Tensor], ...], LIFState, Options]:
     """Check the arguments of a neuron function; ``(params, state, options)`` as checked.
 
@@ -119,17 +126,26 @@ def prepare(
         state: the initial :class:`LIFState`, or ``None`` for zeros.
         params: ``(alpha_mem, alpha_syn, threshold, bias)`` as given.
         options: the :class:`Options` as given (``surrogate`` ``None`` for the default).
+        values: check the parameters' values (:mod:`aquatic.functional.neuron_values`);
+            ``False`` where the same values were checked already (later steps of a loop).
     """
     if sequence:
         check_input(input, 3, "(N, T, *)")
+        check_steps(input)
     else:
         check_input(input, 2, "(N, *)")
     check_reset(options.reset)
     check_max_spikes(options.max_spikes)
+    if values:
+        check_min_v_mem(options.min_v_mem)
+        check_scalar_values(params, options.spiking)
     options = options._replace(surrogate=check_surrogate(options.surrogate))
     step_shape = input.shape[2:] if sequence else input.shape[1:]
     names = ("alpha_mem", "alpha_syn", "threshold", "bias")
+    given = params
     params = tuple(as_param(name, value, input, step_shape) for name, value in zip(names, params))
+    if values:
+        check_tensor_values(given, params, options.spiking)
     batch_shape = (input.shape[0],) + tuple(step_shape)
     state = check_state(state, batch_shape, params[1] is not None, input)
     return params, state, options

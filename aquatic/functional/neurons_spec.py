@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.nn import functional as torch_functional
 
 from aquatic.functional.neuron_checks import check_method, prepare
+from aquatic.functional.neuron_values import check_steps
 from aquatic.functional.neuron_types import LIFOutput, LIFState, NeuronSpec, StateOps
 from aquatic.functional.neurons_fused import lif_fused
 from aquatic.functional.surrogate import spike
@@ -125,7 +126,13 @@ def neuron_step(
             "input_delay delays the input by one step of a sequence; run the spec with "
             "neuron_sequence, or delay the input yourself and use input_delay=False"
         )
-    params, state, options = prepare(input, state, _params(spec), spec.options(), sequence=False)
+    return _checked_step(input, spec, state, True)
+
+
+def _checked_step(input: Tensor, spec: NeuronSpec, state, values: bool):
+    params, state, options = prepare(
+        input, state, _params(spec), spec.options(), sequence=False, values=values
+    )
     return _step(input, state, params, options, spec.state_ops, *_order(spec))
 
 
@@ -258,6 +265,7 @@ def lif_recurrent(
     if not isinstance(input, Tensor) or input.dim() != 3:
         shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
         raise ValueError(f"lif_recurrent expects input of shape (N, T, C), got {shape}")
+    check_steps(input)
     neurons = input.shape[2]
     if not isinstance(rec_weight, Tensor) or tuple(rec_weight.shape) != (neurons, neurons):
         shape = tuple(rec_weight.shape) if isinstance(rec_weight, Tensor) else rec_weight
@@ -276,8 +284,10 @@ def lif_recurrent(
             )
         previous = spikes.to(input.dtype)
     outputs, v_trace, i_trace = [], [], []
-    for x in input.unbind(1):
-        previous, state = neuron_step(x + torch_functional.linear(previous, weight), spec, state)
+    for step, x in enumerate(input.unbind(1)):
+        # the parameters' values are checked at the first step only: they do not change
+        current = x + torch_functional.linear(previous, weight)
+        previous, state = _checked_step(current, spec, state, step == 0)
         outputs.append(previous)
         if record_states:
             v_trace.append(state.v_mem)

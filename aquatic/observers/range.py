@@ -7,8 +7,6 @@ An observer's ``forward`` returns its input unchanged and updates ``min_val`` an
 
 from __future__ import annotations
 
-import functools
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -17,56 +15,15 @@ from torch import Tensor, nn
 from aquatic.factory import Factory
 from aquatic.functional.fake_quant import check_axis, check_ch_axis, check_range
 from aquatic.functional.qparams import calculate_qparams, calculate_qparams_float, to_float32
+from aquatic.observers.range_checks import (
+    NONFINITE,
+    check_loaded_range,
+    out_of_range,
+    range_error,
+    range_limit,
+)
 
 __all__ = ["RangeObserver", "MinMaxObserver", "MovingAverageMinMaxObserver"]
-
-
-_NONFINITE = (
-    "{} got a tensor containing NaN or inf; its range would be meaningless. Find where "
-    "the non-finite values come from (e.g. torch.autograd.set_detect_anomaly) or clean "
-    "the input"
-)
-
-
-_TOO_LARGE = (
-    "{} observed values up to {:g}, too close to the largest {} ({:g}): the quantized "
-    "values at the ends of the range would overflow to inf. Scale or clip the input{}"
-)
-
-
-@functools.lru_cache(maxsize=None)  # runs on every step; torch.finfo is not free
-def _range_limit(dtype: torch.dtype, quant_min: int, quant_max: int) -> float:
-    """The largest magnitude whose fake-quantized values stay finite in ``dtype``.
-
-    A value moves by at most half a step when rounded, and a step is at most
-    ``2 * amax / (quant_max - quant_min)`` (twice that rounded up to a power of two),
-    so ``amax * (1 + 4 / levels)`` bounds every quantized value of the range.
-    """
-    if dtype not in (torch.float16, torch.bfloat16):
-        dtype = torch.float32  # observers compute in float32
-    return torch.finfo(dtype).max / (1 + 4 / (quant_max - quant_min))
-
-
-def _out_of_range(cur_min: Tensor, cur_max: Tensor, limit: float) -> bool:
-    """Whether the extrema hold NaN, inf, or a magnitude above ``limit``."""
-    # This runs on every training step, so it is kept to a few small ops.
-    if cur_min.dim() == 0 and cur_min.device.type == "cpu":
-        return not max(cur_max.item(), -cur_min.item()) <= limit  # NaN compares False
-    # max(max, -min) >= 0 is the largest magnitude; floor(amax / limit) is 0 when it is
-    # in range and NaN, inf or >= 1 otherwise: one sync for every channel.
-    probe = torch.maximum(cur_max, torch.neg(cur_min)).div_(limit).floor_().sum()
-    return not probe.item() == 0
-
-
-def _range_error(observer: nn.Module, cur_min: Tensor, cur_max: Tensor, dtype) -> ValueError:
-    lo, hi = cur_min.min().item(), cur_max.max().item()
-    name = type(observer).__name__
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return ValueError(_NONFINITE.format(name))
-    big = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
-    hint = "" if big == torch.float32 else ", or quantize it in float32 (input.float())"
-    largest = torch.finfo(big).max
-    return ValueError(_TOO_LARGE.format(name, max(hi, -lo), big, largest, hint))
 
 
 # observer class -> whether its _combine has a Python-float version (see supports_scalars)
@@ -88,7 +45,7 @@ def _all_reduce_range(cur_min: Tensor, cur_max: Tensor) -> Tuple[Tensor, Tensor]
     packed = torch.cat([torch.neg(flat_min), flat_max, flag.reshape(1)])
     torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.MAX)
     if not torch.compiler.is_compiling() and packed[-1].item() != 0:
-        raise ValueError(_NONFINITE.format("an observer on some rank"))
+        raise ValueError(NONFINITE.format("an observer on some rank"))
     n = flat_min.numel()
     return torch.neg(packed[:n]).reshape(cur_min.shape), packed[n : 2 * n].reshape(cur_max.shape)
 
@@ -155,9 +112,9 @@ class RangeObserver(nn.Module):
         if self.training and _distributed():
             cur_min, cur_max = _all_reduce_range(cur_min, cur_max)
         elif not torch.compiler.is_compiling():
-            limit = _range_limit(input.dtype, self.quant_min, self.quant_max)
-            if _out_of_range(cur_min, cur_max, limit):
-                raise _range_error(self, cur_min, cur_max, input.dtype)
+            limit = range_limit(input.dtype, self.quant_min, self.quant_max)
+            if out_of_range(cur_min, cur_max, limit):
+                raise range_error(self, cur_min, cur_max, input.dtype)
         new_min, new_max = (
             self._combine(cur_min, cur_max) if self.initialized else (cur_min, cur_max)
         )
@@ -215,8 +172,8 @@ class RangeObserver(nn.Module):
         if self.training and _distributed():
             cur_min, cur_max = _all_reduce_range(cur_min, cur_max)
         lo, hi = cur_min.item(), cur_max.item()
-        if not max(hi, -lo) <= _range_limit(input.dtype, self.quant_min, self.quant_max):
-            raise _range_error(self, cur_min, cur_max, input.dtype)
+        if not max(hi, -lo) <= range_limit(input.dtype, self.quant_min, self.quant_max):
+            raise range_error(self, cur_min, cur_max, input.dtype)
         buffers = self._buffers
         if self.initialized:
             old_lo, old_hi = buffers["min_val"].item(), buffers["max_val"].item()
@@ -291,6 +248,7 @@ class RangeObserver(nn.Module):
         )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        check_loaded_range(self, state_dict, prefix)  # before anything changes
         # Per-channel buffers start empty; take the saved length before copying. Any
         # other shape is left for torch to report as a size mismatch.
         for name in ("min_val", "max_val"):
