@@ -11,6 +11,7 @@ from torch import nn
 from aquatic.walk import sequential_layers
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build import build_accumulator, build_requantize
+from aquatic.integer.build_activation import CLAMPS, build_activation, settle_clamp
 from aquatic.integer.build_pooling import build_window_sum, with_output_quantizer
 from aquatic.integer.build_spiking import build_neuron
 from aquatic.integer.reading import check_observed, describe, read_grid
@@ -35,6 +36,7 @@ _SUMPOOL = {SumPool1d: 1, SumPool2d: 2}
 _SUPPORTED = (
     "aquatic.nn Linear, Conv1d-3d, ConvTranspose1d-3d, ActivationQuantizer, LIF, "
     "LIFRecurrent, IAF, ExpLeak, AvgPool1d/2d, MaxPool1d/2d, SumPool1d/2d; torch.nn ReLU, "
+    "ReLU6, Hardtanh, "
     "MaxPool1d-3d, AvgPool1d-3d, Flatten, "
     "Unflatten, Identity, Dropout, aquatic.nn.Sum (a sum over one dimension, e.g. spike "
     "counts over time: use it instead of a module of one's own that sums)"
@@ -150,6 +152,8 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
             f"{where} has no integer counterpart; fold it into the layer before it with "
             "aquatic.fold_batch_norm, then train (or calibrate) and convert"
         )
+    if type(module) in CLAMPS:
+        return build_activation(name, module, spec, where)
     if type(module) is nn.ReLU:
         low = None if spec.low is None else max(spec.low, int(spec.zero_point.min()))
         out = QSpec(spec.scale, spec.zero_point, spec.axis, low, spec.high)
@@ -345,7 +349,7 @@ def convert(
             modules: List[IntegerModule] = []
             for name, module in layers[1:] if consumed else layers:
                 new, spec = _convert_one(name, module, spec, state_frac_bits)
-                modules += new
+                modules, spec = settle_clamp(modules, new, spec)
     finally:
         for m in model.modules():
             m.training = modes[id(m)]
