@@ -21,6 +21,7 @@ from aquatic.integer.model import IntegerModel
 from aquatic.integer.requant import is_power_of_two
 from aquatic.nn import ActivationQuantizer, LIFCell, NeuronModule
 from aquatic.nn import AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d, Sum, SumPool1d, SumPool2d
+from aquatic.nn.fused_bn import FusedBatchNorm
 from aquatic.nn.twin import TorchTwin
 
 __all__ = ["convert"]
@@ -124,6 +125,8 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
             name, module.quantizers["activation"], spec, f"{where}, quantizer 'activation'", source
         )
         return [requant], spec
+    if isinstance(module, FusedBatchNorm):  # eval: folded weight and bias, quantized
+        return build_accumulator(name, module.folded(), spec)
     if isinstance(module, TorchTwin):
         return build_accumulator(name, module, spec)
     if isinstance(module, LIFCell):

@@ -34,6 +34,8 @@ from aquatic.nn.conv import (
     ConvTranspose3d,
 )
 from aquatic.nn.linear import Linear
+from aquatic.nn.conv_bn import ConvBn1d, ConvBn2d, ConvBn3d, LinearBn1d
+from aquatic.nn.fused_bn import FusedBatchNorm, freeze_bn, unfreeze_bn
 from aquatic.nn.exp_leak import ExpLeak
 from aquatic.nn.iaf import IAF
 from aquatic.nn.lif import LIF, LIFCell, LIFRecurrent
@@ -71,6 +73,13 @@ __all__ = [
     "ConvTranspose2d",
     "ConvTranspose3d",
     "Linear",
+    "ConvBn1d",
+    "ConvBn2d",
+    "ConvBn3d",
+    "FusedBatchNorm",
+    "LinearBn1d",
+    "freeze_bn",
+    "unfreeze_bn",
     "QuantizedModule",
     "ArcTan",
     "ExpLeak",
