@@ -15,6 +15,7 @@ from aquatic.nn.activation import ActivationQuantizer
 from aquatic.nn.base import QuantizedModule
 from aquatic.fuse import fused_pair, sequential_bn_pairs
 from aquatic.mapping import QConfigLike, QConfigResolver
+from aquatic.walk import output_layers
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.base import Quantizer
 
@@ -103,6 +104,7 @@ def quantize(
     qconfig: QConfigLike,
     inplace: bool = False,
     fuse_batch_norm: bool = True,
+    quantize_output: bool = False,
 ) -> nn.Module:
     """Replace every ``torch.nn`` layer that has an aquatic twin by the twin, weights kept.
 
@@ -145,6 +147,13 @@ def quantize(
         fuse_batch_norm: fuse layer and batch-norm pairs as above; ``False`` leaves the
             batch norm in float after the layer (fold it with
             :func:`aquatic.fold_batch_norm` before converting).
+        quantize_output: also quantize the output of the layer(s) whose output is the
+            model's output (:func:`aquatic.walk.output_layers`). By default their
+            ``QConfig.activation`` is left off (weights and bias are still quantized):
+            an activation quantizer on the logits, whose range a moving average tracks
+            slowly, stalls training, and :func:`aquatic.convert` returns those layers'
+            int32 accumulators with their scale, which is exact. A layer named in
+            ``qconfig`` (a name or regular-expression key) gets its QConfig as it is.
 
     Returns:
         The converted model (``model`` itself when ``inplace``, unless ``model`` is
@@ -191,13 +200,21 @@ def quantize(
     plan: List[Tuple[str, nn.Module, QConfig]] = []
     requantized: List[str] = []
     kept: List[str] = []
+    outputs = set() if quantize_output else set(output_layers(model))
+
+    def resolve(name: str, module: nn.Module) -> Optional[QConfig]:
+        config = resolver.resolve(name, module)
+        if config is not None and name in outputs and not resolver.names_explicitly(name):
+            config = config._replace(activation=None)
+        return config
+
     for name, module in named:
         if type(module) in TWINS:
-            config = resolver.resolve(name, module)
+            config = resolve(name, module)
             if config is not None:
                 plan.append((name, module, config))
         elif isinstance(module, _AQUATIC_TWINS):
-            config = resolver.resolve(name, module)
+            config = resolve(name, module)
             old = module.qconfig
             if config is None or config == old:
                 continue
