@@ -14,6 +14,7 @@
 from aquatic.integer.base import IntegerModule, IntegerOverflowError, QSpec
 from aquatic.integer.convert import convert
 from aquatic.integer.export import layer_to_int
+from aquatic.integer.average import IntegerAverage
 from aquatic.integer.clamp import IntegerClamp
 from aquatic.integer.layers import IntegerConv, IntegerLinear, IntegerReLU, IntegerRequantize
 from aquatic.integer.pooling import IntegerMaxPool, IntegerReshape, IntegerSum, IntegerSumPool
@@ -24,6 +25,7 @@ from aquatic.integer.recurrent import FixedSum, IntegerGRU, IntegerLSTM
 from aquatic.integer.build_recurrent import build_gru, build_lstm
 
 __all__ = [
+    "IntegerAverage",
     "IntegerClamp",
     "IntegerConv",
     "IntegerLinear",

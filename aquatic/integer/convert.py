@@ -12,7 +12,12 @@ from aquatic.walk import sequential_layers
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build import build_accumulator, build_requantize
 from aquatic.integer.build_activation import CLAMPS, build_activation, settle_clamp
-from aquatic.integer.build_pooling import build_window_sum, with_output_quantizer
+from aquatic.integer.build_pooling import (
+    build_adaptive_pool,
+    build_window_sum,
+    with_output_quantizer,
+)
+from aquatic.integer.build_reshape import build_common_scale
 from aquatic.integer.build_spiking import build_neuron
 from aquatic.integer.reading import check_observed, describe, read_grid
 from aquatic.integer.layers import IntegerReLU
@@ -21,6 +26,7 @@ from aquatic.integer.model import IntegerModel
 from aquatic.integer.requant import is_power_of_two
 from aquatic.nn import ActivationQuantizer, LIFCell, NeuronModule
 from aquatic.nn import AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d, Sum, SumPool1d, SumPool2d
+from aquatic.nn import AdaptiveAvgPool1d, AdaptiveAvgPool2d
 from aquatic.nn.fused_bn import FusedBatchNorm
 from aquatic.nn.twin import TorchTwin
 
@@ -37,7 +43,7 @@ _SUMPOOL = {SumPool1d: 1, SumPool2d: 2}
 _SUPPORTED = (
     "aquatic.nn Linear, Conv1d-3d, ConvTranspose1d-3d, ActivationQuantizer, LIF, "
     "LIFRecurrent, IAF, ExpLeak, AvgPool1d/2d, MaxPool1d/2d, SumPool1d/2d; torch.nn ReLU, "
-    "ReLU6, Hardtanh, "
+    "ReLU6, Hardtanh, AdaptiveAvgPool1d/2d, "
     "MaxPool1d-3d, AvgPool1d-3d, Flatten, "
     "Unflatten, Identity, Dropout, aquatic.nn.Sum (a sum over one dimension, e.g. spike "
     "counts over time: use it instead of a module of one's own that sums)"
@@ -187,12 +193,12 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
             *build_window_sum(name, module, spec, where, _SUMPOOL[type(module)]),
             where,
         )
+    if type(module) in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d) or isinstance(
+        module, (AdaptiveAvgPool1d, AdaptiveAvgPool2d)
+    ):
+        return build_adaptive_pool(name, module, spec, where)
     if isinstance(module, (nn.Flatten, nn.Unflatten)):
-        if spec.scale.dim() == 1 or spec.zero_point.dim() == 1:
-            raise ValueError(
-                f"{where} reshapes codes that have one scale per channel; quantize them per "
-                "tensor before it (QConfig.activation or an aquatic.nn.ActivationQuantizer)"
-            )
+        common, spec = build_common_scale(name, spec, where, source)
         if isinstance(module, nn.Flatten):
             op = IntegerReshape(
                 "flatten", module.start_dim, module.end_dim, name=name, source=source
@@ -205,7 +211,7 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
                 name=name,
                 source=source,
             )
-        return [op], spec
+        return common + [op], spec
     dim = _sum_dim(module)
     if dim is not None:
         if spec.scale.dim() == 1 or int(spec.zero_point.abs().max()) != 0:
