@@ -57,7 +57,8 @@ class IntegerAverage(IntegerModule):
     Args:
         mode: ``"adaptive"`` (``output_size`` over the last ``len(output_size)`` axes) or
             ``"mean"`` (over ``dims``, with ``keepdim``).
-        ratio: :math:`s_{in} / s_{out}` (float64; one, or per channel along ``axis``).
+        ratio: :math:`s_{in} / s_{out}` (a float, or a list with one per channel along
+            ``axis``).
         input_zero_point, output_zero_point: zero points.
         low, high: the output code range (saturation).
         rounding: ``"nearest"`` (half to even) or ``"floor"``.
@@ -75,8 +76,18 @@ class IntegerAverage(IntegerModule):
     """
 
     kind = "average"
-    _config_keys = ("mode", "low", "high", "rounding", "axis", "output_size", "dims", "keepdim")
-    _tensor_keys = ("ratio", "input_zero_point", "output_zero_point")
+    _config_keys = (
+        "mode",
+        "ratio",
+        "low",
+        "high",
+        "rounding",
+        "axis",
+        "output_size",
+        "dims",
+        "keepdim",
+    )
+    _tensor_keys = ("input_zero_point", "output_zero_point")
 
     def __init__(
         self,
@@ -98,9 +109,10 @@ class IntegerAverage(IntegerModule):
         super().__init__(name, notes, source)
         if mode not in ("adaptive", "mean"):
             raise ValueError(f"mode must be 'adaptive' or 'mean', got {mode!r}")
+        # A float (or one per channel), kept in the JSON configuration: exact there.
+        self.ratio = torch.as_tensor(ratio, dtype=torch.float64).tolist()
         self._set_tensors(
             {
-                "ratio": torch.as_tensor(ratio, dtype=torch.float64),
                 "input_zero_point": torch.as_tensor(input_zero_point, dtype=torch.int64),
                 "output_zero_point": torch.as_tensor(output_zero_point, dtype=torch.int64),
             }
@@ -128,7 +140,7 @@ class IntegerAverage(IntegerModule):
         sums, count = self._sums(x)
         if sums.numel() == 0:
             return sums.to(torch.int32)
-        ratio = broadcast_along(self.ratio, self.axis)
+        ratio = broadcast_along(torch.tensor(self.ratio, dtype=torch.float64), self.axis)
         bound = int(sums.abs().max())
         bits = math.ceil(math.log2(bound + 1)) if bound else 0
         multiplier, shift = quantize_multiplier(ratio / count, int(min(31, max(1, 62 - bits))))

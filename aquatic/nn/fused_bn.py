@@ -193,8 +193,14 @@ class FusedBatchNorm:
         return layer.train(self.training)
 
     def quantize_params(self) -> Dict[str, Tensor]:
-        """The quantized folded weight and bias, as the layer uses them in eval mode."""
-        return self.folded().quantize_params()
+        """The folded weight and bias as the layer uses them in eval mode: quantized where
+        a quantizer governs them, the float folded values otherwise (never the unfolded
+        parameters, which the layer does not use as they are)."""
+        folded = self.folded()
+        values = folded.quantize_params()
+        values.setdefault("weight", folded.weight.detach())
+        values.setdefault("bias", folded.bias.detach())
+        return values
 
     def to_int(self) -> Dict[str, Dict[str, Any]]:
         """Integer codes of the folded weight and bias (see ``QuantizedModule.to_int``)."""

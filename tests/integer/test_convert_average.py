@@ -195,3 +195,18 @@ def test_grouped_and_depthwise_convolutions_are_bit_exact(groups):
     integer_model = aquatic.convert(model, require_exact=True)
     fake, out = run(model, integer_model, x)
     assert torch.equal(out, fake)
+
+
+def test_average_and_common_scale_survive_save_and_load(tmp_path):
+    pool = qnn.AdaptiveAvgPool2d(1, qconfig=aquatic.QConfig(activation=POW2_ACT))
+    model = _global_pool_model(pool, 3)
+    model.insert(3, nn.Hardtanh(-0.3, 0.7))
+    x = torch.randn(16, 3, 4, 4)
+    calibrate(model, x)
+    integer_model = aquatic.convert(model)
+    integer_model.save(tmp_path / "m.aqi")
+    loaded = aquatic.integer.load(tmp_path / "m.aqi")
+    codes = integer_model.quantize_input(x)
+    assert torch.equal(loaded(codes), integer_model(codes))
+    kinds = {type(m).__name__ for m in loaded.layers}
+    assert {"IntegerAverage", "IntegerClamp"} <= kinds
