@@ -7,15 +7,17 @@ calls :func:`fuse_conv_bn` for each.
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Dict, List, Optional, Tuple
 
 from torch import nn
 
 from aquatic.nn.conv_bn import ConvBn1d, ConvBn2d, ConvBn3d, LinearBn1d
+from aquatic.nn.fused_bn import FusedBatchNorm
 from aquatic.qconfig import QConfig
 from aquatic.walk import shared_uses
 
-__all__ = ["FUSED", "fuse_conv_bn", "fused_pair", "sequential_bn_pairs"]
+__all__ = ["FUSED", "fold_fused", "fuse_conv_bn", "fused_pair", "sequential_bn_pairs"]
 
 #: (torch layer type, torch batch norm type) -> the fused aquatic layer.
 FUSED: Dict[Tuple[type, type], type] = {
@@ -98,3 +100,38 @@ def fuse_conv_bn(
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, new)
     return fused
+
+
+def fold_fused(model: nn.Module, inplace: bool = False) -> nn.Module:
+    """Replace every fused layer by :meth:`~aquatic.nn.FusedBatchNorm.folded`: the plain
+    aquatic layer with the running statistics folded into its weight and bias, and the
+    same quantizers. It computes what the fused layer computes in eval mode, and every
+    export that knows ``aquatic.nn.Conv2d`` or ``Linear`` then reads the folded values.
+
+    Args:
+        model: a model with fused layers (after :func:`aquatic.quantize`).
+        inplace: change ``model`` itself rather than a copy.
+
+    Returns:
+        The model, in the training mode it had.
+
+    Example:
+        >>> import torch, aquatic
+        >>> from torch import nn
+        >>> qmodel = aquatic.quantize(nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2)),
+        ...                           aquatic.qconfig.int8)
+        >>> _ = qmodel(torch.randn(4, 1, 5, 5))
+        >>> type(fold_fused(qmodel)[0]).__name__
+        'Conv2d'
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if not inplace:
+        model = copy.deepcopy(model)
+    if isinstance(model, FusedBatchNorm):
+        return model.folded()
+    for parent in list(model.modules()):
+        for name, child in list(parent._modules.items()):
+            if isinstance(child, FusedBatchNorm):
+                parent._modules[name] = child.folded()
+    return model

@@ -9,6 +9,7 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from torch import Tensor, nn
 
+from aquatic.nn.base import copy_forward_hooks
 from aquatic.qconfig import QConfig
 
 __all__ = ["FusedBatchNorm", "freeze_bn", "unfreeze_bn"]
@@ -175,6 +176,7 @@ class FusedBatchNorm:
         new.weight, new.bias, new.bn = layer.weight, layer.bias, bn
         new.bn_frozen = torch.tensor(False, device=layer.weight.device)
         new.quantizers.to(layer.weight.device)
+        copy_forward_hooks(layer, new)
         new.train(layer.training)
         return new
 

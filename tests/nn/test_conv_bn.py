@@ -238,3 +238,15 @@ def test_state_dict_round_trip_keeps_frozen_and_statistics():
     x = torch.rand(4, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(second.eval()(x), first.eval()(x))
+
+
+def test_fold_fused_computes_what_the_fused_model_computes_in_eval():
+    qmodel = aquatic.quantize(_model(), aquatic.qconfig.int8)
+    qmodel.train()(torch.rand(8, 1, 8, 8))
+    qmodel.eval()
+    folded = aquatic.fuse.fold_fused(qmodel)
+    assert [type(m).__name__ for m in folded][:4] == ["Conv2d", "Identity", "ReLU", "Conv2d"]
+    assert type(qmodel[0]).__name__ == "ConvBn2d"  # a copy by default
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(folded(x), qmodel(x))
