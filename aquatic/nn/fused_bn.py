@@ -112,6 +112,13 @@ class FusedBatchNorm:
         return weight, bias
 
     def _fused(self, input: Tensor, run: Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]):
+        if torch.onnx.is_in_onnx_export():
+            raise TypeError(
+                f"{type(self).__name__} folds its batch norm in forward, which an export that "
+                "bakes parameters layer by layer would fold twice; export "
+                "aquatic.fuse.fold_fused(model) instead (the same model, each fused layer "
+                "replaced by its folded layer)"
+            )
         if self.training:
             self._maybe_freeze()
         if not self.training or bool(self.bn_frozen):

@@ -250,3 +250,13 @@ def test_fold_fused_computes_what_the_fused_model_computes_in_eval():
     x = torch.rand(4, 1, 8, 8)
     with torch.no_grad():
         assert torch.equal(folded(x), qmodel(x))
+
+
+def test_onnx_export_of_a_fused_layer_names_fold_fused(tmp_path):
+    pytest.importorskip("onnx")
+    onnx_export = aquatic.interop.onnx.export
+    qmodel = aquatic.quantize(_model(), aquatic.qconfig.int8)
+    qmodel.train()(torch.rand(8, 1, 8, 8))
+    qmodel.eval()
+    with pytest.raises(TypeError, match="fold_fused"):
+        onnx_export(qmodel, torch.rand(2, 1, 8, 8), str(tmp_path / "fused.onnx"))
