@@ -14,7 +14,9 @@ from aquatic import nn as qnn
 from aquatic.nn.activation import ActivationQuantizer
 from aquatic.nn.base import QuantizedModule
 from aquatic.nn.transformer import follow_mapping, fused_layers_left_in_float
+from aquatic.fuse import fused_pair, sequential_bn_pairs
 from aquatic.mapping import QConfigLike, QConfigResolver
+from aquatic.walk import output_layers
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.base import Quantizer
 
@@ -107,7 +109,13 @@ def _warn_float_parameters(named: List[Tuple[str, nn.Module]], resolver: QConfig
         )
 
 
-def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> nn.Module:
+def quantize(
+    model: nn.Module,
+    qconfig: QConfigLike,
+    inplace: bool = False,
+    fuse_batch_norm: bool = True,
+    quantize_output: bool = False,
+) -> nn.Module:
     """Replace every ``torch.nn`` layer that has an aquatic twin by the twin, weights kept.
 
     ``qconfig`` is one :class:`~aquatic.QConfig` for every supported layer, or a mapping
@@ -135,10 +143,27 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
     parameters (:func:`quantize_parameter`), cannot be rebuilt: they keep their
     quantizers, with a ``UserWarning`` naming them.
 
+    A ``Conv1d/2d/3d`` or ``Linear`` directly followed by its ``BatchNorm1d/2d/3d`` in an
+    ``nn.Sequential`` becomes one fused layer (:class:`aquatic.nn.ConvBn2d` ...; the batch
+    norm's slot becomes ``nn.Identity``): the weight is quantized with the batch norm
+    folded in and the activation quantizer sits after the batch norm, as in the integer
+    model. Train, call :func:`aquatic.nn.freeze_bn` for the last steps, then
+    :func:`aquatic.convert`.
+
     Args:
         model: the model to convert.
         qconfig: a QConfig, or a mapping as above.
         inplace: convert ``model`` itself rather than a copy.
+        fuse_batch_norm: fuse layer and batch-norm pairs as above; ``False`` leaves the
+            batch norm in float after the layer (fold it with
+            :func:`aquatic.fold_batch_norm` before converting).
+        quantize_output: also quantize the output of the layer(s) whose output is the
+            model's output (:func:`aquatic.walk.output_layers`). By default their
+            ``QConfig.activation`` is left off (weights and bias are still quantized):
+            an activation quantizer on the logits, whose range a moving average tracks
+            slowly, stalls training, and :func:`aquatic.convert` returns those layers'
+            int32 accumulators with their scale, which is exact. A layer named in
+            ``qconfig`` (a name or regular-expression key) gets its QConfig as it is.
 
     Returns:
         The converted model (``model`` itself when ``inplace``, unless ``model`` is
@@ -185,13 +210,21 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
     plan: List[Tuple[str, nn.Module, QConfig]] = []
     requantized: List[str] = []
     kept: List[str] = []
+    outputs = set() if quantize_output else set(output_layers(model))
+
+    def resolve(name: str, module: nn.Module) -> Optional[QConfig]:
+        config = resolver.resolve(name, module)
+        if config is not None and name in outputs and not resolver.names_explicitly(name):
+            config = config._replace(activation=None)
+        return config
+
     for name, module in named:
         if type(module) in TWINS:
-            config = resolver.resolve(name, module)
+            config = resolve(name, module)
             if config is not None:
                 plan.append((name, module, config))
         elif isinstance(module, _AQUATIC_TWINS):
-            config = resolver.resolve(name, module)
+            config = resolve(name, module)
             old = module.qconfig
             if config is None or config == old:
                 continue
@@ -230,14 +263,29 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
         plan = [(name, memo[id(module)], config) for name, module, config in plan]
     # Build every replacement first: if one fails, nothing has been swapped yet.
     replacements: Dict[int, nn.Module] = {}
+    batch_norms = _batch_norms_after(model, fuse_batch_norm)
     for name, module, config in plan:
-        if type(module) in _AQUATIC_TWINS:
+        if id(module) in batch_norms:
+            bn = batch_norms[id(module)]
+            replacements[id(module)] = fused_pair(module, bn, config)
+            replacements[id(bn)] = nn.Identity()
+        elif type(module) in _AQUATIC_TWINS:
             replacements[id(module)] = type(module).from_float(module.to_float(baked=False), config)
         else:
             replacements[id(module)] = TWINS[type(module)].from_float(module, config)
     for name, module, _ in plan:  # children of transformer layers that the mapping names
         follow_mapping(replacements[id(module)], name, module, resolver)
     return _replace(model, replacements)
+
+
+def _batch_norms_after(model: nn.Module, fuse: bool) -> Dict[int, nn.Module]:
+    """``id(layer) -> the batch norm after it``, for the pairs :func:`quantize` fuses."""
+    if not fuse:
+        return {}
+    return {
+        id(model.get_submodule(layer)): model.get_submodule(bn)
+        for layer, bn in sequential_bn_pairs(model)
+    }
 
 
 def _deepcopy(model: nn.Module, memo: Optional[Dict[int, Any]] = None) -> nn.Module:

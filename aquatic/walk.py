@@ -12,7 +12,7 @@ from typing import Dict, List, Tuple
 
 from torch import nn
 
-__all__ = ["refuse_shared_layers", "sequential_layers", "shared_uses"]
+__all__ = ["output_layers", "refuse_shared_layers", "sequential_layers", "shared_uses"]
 
 
 def sequential_layers(
@@ -55,3 +55,34 @@ def refuse_shared_layers(model: nn.Module, target: str) -> None:
                 f"{target} maps each layer object once and would drop its second use. "
                 "Use two separate layers (e.g. copy.deepcopy(layer) for the second use)"
             )
+
+
+def _passes_through(module: nn.Module) -> bool:
+    """A module without parameters of its own or below that quantizes nothing (ReLU,
+    Flatten, Dropout, pooling, softmax...): the layer before it still makes the output."""
+    quantizers = getattr(module, "quantizers", None)
+    if isinstance(quantizers, nn.ModuleDict) and len(quantizers):
+        return False
+    return next(module.parameters(), None) is None and not hasattr(module, "quantizers")
+
+
+def output_layers(model: nn.Module) -> List[str]:
+    """Qualified names of the layers whose output is the model's output.
+
+    For (nested) ``nn.Sequential`` models: the last layer of the walk
+    (:func:`sequential_layers`), stepping back over modules that only pass values on
+    (no parameters, no quantizers: ``ReLU``, ``Flatten``, ``Dropout``, pooling...). A
+    model with a forward of its own is one layer, ``""``, unless it is followed through
+    its graph. :func:`aquatic.quantize` leaves the activation quantizer off these layers
+    unless asked (its ``quantize_output``).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2), nn.Dropout())
+        >>> output_layers(model)
+        ['2']
+    """
+    layers = sequential_layers(model)
+    for name, module in reversed(layers):
+        if not _passes_through(module):
+            return [name]
+    return []

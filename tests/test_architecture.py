@@ -31,6 +31,7 @@ LAYERS: Dict[str, int] = {
     "walk": 5,
     "mapping": 5,
     "fold": 5,
+    "fuse": 5,
     "integer": 5,
     "ptq": 5,
     "hw": 6,

@@ -67,7 +67,7 @@ def test_explicit_pairs_in_a_non_sequential_model_and_requires_grad():
 def test_fold_into_aquatic_conv_before_qat():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 3, 3), randomize_bn(nn.BatchNorm2d(3)))
-    qmodel = aquatic.quantize(model, aquatic.qconfig.int8)
+    qmodel = aquatic.quantize(model, aquatic.qconfig.int8, fuse_batch_norm=False)
     with aquatic.disable_fake_quant(qmodel):
         check_folded(qmodel, torch.randn(2, 1, 5, 5))
 

@@ -68,7 +68,7 @@ def assert_same_state(a, b):
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_compile_fullgraph_training_equals_eager(name):
     torch.manual_seed(0)
-    model = aquatic.quantize(mlp() if name == "mlp" else cnn(), int8)
+    model = aquatic.quantize(mlp() if name == "mlp" else cnn(), int8, quantize_output=True)
     eager = copy.deepcopy(model)
     torch._dynamo.reset()
     # fullgraph=True raises on any graph break; aot_eager traces forward and backward
@@ -84,7 +84,7 @@ def test_compile_fullgraph_training_equals_eager(name):
 @pytest.mark.slow
 def test_compile_inductor_equals_eager():
     torch.manual_seed(0)
-    model = aquatic.quantize(mlp(), int8)
+    model = aquatic.quantize(mlp(), int8, quantize_output=True)
     eager = copy.deepcopy(model)
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True)
@@ -102,7 +102,7 @@ def test_compile_inductor_equals_eager():
 
 def test_autocast_bfloat16_trains_and_observers_stay_float32():
     torch.manual_seed(0)
-    model = aquatic.quantize(cnn(), int8)
+    model = aquatic.quantize(cnn(), int8, quantize_output=True)
     before = copy.deepcopy(model)
     generator = torch.Generator().manual_seed(0)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
@@ -157,7 +157,7 @@ def _ddp_worker(rank, world_size, init_file, out_prefix):
         stub = aquatic.nn.ActivationQuantizer(
             qconfig=QConfig(activation=UniformQuantizer.with_args(observer=MinMaxObserver))
         )
-        model = nn.Sequential(stub, aquatic.quantize(mlp(), int8))
+        model = nn.Sequential(stub, aquatic.quantize(mlp(), int8, quantize_output=True))
         ddp = DistributedDataParallel(model)
         optimizer = torch.optim.SGD(ddp.parameters(), lr=0.05)
         generator = torch.Generator().manual_seed(100 + rank)  # different data per rank

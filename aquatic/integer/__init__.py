@@ -17,6 +17,8 @@
 from aquatic.integer.base import IntegerModule, IntegerOverflowError, QSpec
 from aquatic.integer.convert import convert
 from aquatic.integer.export import layer_to_int
+from aquatic.integer.average import IntegerAverage
+from aquatic.integer.clamp import IntegerClamp
 from aquatic.integer.layers import IntegerConv, IntegerLinear, IntegerReLU, IntegerRequantize
 from aquatic.integer.pooling import IntegerMaxPool, IntegerReshape, IntegerSum, IntegerSumPool
 from aquatic.integer.model import IntegerModel
@@ -29,6 +31,8 @@ from aquatic.integer.build_sequence import build_embedding
 from aquatic.integer.sequence import IntegerLastStep, IntegerSelectOutput
 
 __all__ = [
+    "IntegerAverage",
+    "IntegerClamp",
     "IntegerConv",
     "IntegerLinear",
     "IntegerMaxPool",

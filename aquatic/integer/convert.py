@@ -12,7 +12,13 @@ from aquatic.walk import sequential_layers
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build import build_accumulator, build_requantize
 from aquatic.integer.build_sequence import SEQUENCE_LAYERS, build_sequence_layer, index_spec
-from aquatic.integer.build_pooling import build_window_sum, with_output_quantizer
+from aquatic.integer.build_activation import CLAMPS, build_activation, settle_clamp
+from aquatic.integer.build_pooling import (
+    build_adaptive_pool,
+    build_window_sum,
+    with_output_quantizer,
+)
+from aquatic.integer.build_reshape import build_common_scale
 from aquatic.integer.build_spiking import build_neuron
 from aquatic.integer.reading import check_observed, describe, read_grid
 from aquatic.integer.layers import IntegerReLU
@@ -21,6 +27,8 @@ from aquatic.integer.model import IntegerModel
 from aquatic.integer.requant import is_power_of_two
 from aquatic.nn import ActivationQuantizer, Embedding, EmbeddingBag, LIFCell, NeuronModule
 from aquatic.nn import AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d, Sum, SumPool1d, SumPool2d
+from aquatic.nn import AdaptiveAvgPool1d, AdaptiveAvgPool2d
+from aquatic.nn.fused_bn import FusedBatchNorm
 from aquatic.nn.twin import TorchTwin
 
 __all__ = ["convert"]
@@ -37,6 +45,7 @@ _SUPPORTED = (
     "aquatic.nn Linear, Conv1d-3d, ConvTranspose1d-3d, ActivationQuantizer, LIF, "
     "LIFRecurrent, IAF, ExpLeak, GRU, LSTM, Embedding, EmbeddingBag, SelectOutput, "
     "LastStep, AvgPool1d/2d, MaxPool1d/2d, SumPool1d/2d; torch.nn ReLU, "
+    "ReLU6, Hardtanh, AdaptiveAvgPool1d/2d, "
     "MaxPool1d-3d, AvgPool1d-3d, Flatten, "
     "Unflatten, Identity, Dropout, aquatic.nn.Sum (a sum over one dimension, e.g. spike "
     "counts over time: use it instead of a module of one's own that sums)"
@@ -128,6 +137,8 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
         return [requant], spec
     if isinstance(module, SEQUENCE_LAYERS):
         return build_sequence_layer(name, module, spec)
+    if isinstance(module, FusedBatchNorm):  # eval: folded weight and bias, quantized
+        return build_accumulator(name, module.folded(), spec)
     if isinstance(module, TorchTwin):
         return build_accumulator(name, module, spec)
     if isinstance(module, LIFCell):
@@ -156,6 +167,8 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
             f"{where} has no integer counterpart; fold it into the layer before it with "
             "aquatic.fold_batch_norm, then train (or calibrate) and convert"
         )
+    if type(module) in CLAMPS:
+        return build_activation(name, module, spec, where)
     if type(module) is nn.ReLU:
         low = None if spec.low is None else max(spec.low, int(spec.zero_point.min()))
         out = QSpec(spec.scale, spec.zero_point, spec.axis, low, spec.high)
@@ -186,12 +199,12 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
             *build_window_sum(name, module, spec, where, _SUMPOOL[type(module)]),
             where,
         )
+    if type(module) in (nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d) or isinstance(
+        module, (AdaptiveAvgPool1d, AdaptiveAvgPool2d)
+    ):
+        return build_adaptive_pool(name, module, spec, where)
     if isinstance(module, (nn.Flatten, nn.Unflatten)):
-        if spec.scale.dim() == 1 or spec.zero_point.dim() == 1:
-            raise ValueError(
-                f"{where} reshapes codes that have one scale per channel; quantize them per "
-                "tensor before it (QConfig.activation or an aquatic.nn.ActivationQuantizer)"
-            )
+        common, spec = build_common_scale(name, spec, where, source)
         if isinstance(module, nn.Flatten):
             op = IntegerReshape(
                 "flatten", module.start_dim, module.end_dim, name=name, source=source
@@ -204,7 +217,7 @@ def _convert_one(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int
                 name=name,
                 source=source,
             )
-        return [op], spec
+        return common + [op], spec
     dim = _sum_dim(module)
     if dim is not None:
         if spec.scale.dim() == 1 or int(spec.zero_point.abs().max()) != 0:
@@ -351,7 +364,7 @@ def convert(
             modules: List[IntegerModule] = []
             for name, module in layers[1:] if consumed else layers:
                 new, spec = _convert_one(name, module, spec, state_frac_bits)
-                modules += new
+                modules, spec = settle_clamp(modules, new, spec)
     finally:
         for m in model.modules():
             m.training = modes[id(m)]

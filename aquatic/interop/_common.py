@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Tuple
 from torch import Tensor, nn
 
 from aquatic.functional.grid import Grid, NoRangeError
+from aquatic.nn.fused_bn import FusedBatchNorm
 
 __all__ = ["require", "export_grid", "layer_sequence", "parameter_values"]
 
@@ -52,7 +53,10 @@ def active(module: nn.Module, name: str) -> Optional[nn.Module]:
 
 
 def parameter_values(module: nn.Module) -> Dict[str, Tensor]:
-    """``weight`` and ``bias`` of ``module`` as its forward uses them (quantized)."""
+    """``weight`` and ``bias`` of ``module`` as its forward uses them (quantized); for a
+    layer fused with its batch norm, the folded ones."""
+    if isinstance(module, FusedBatchNorm):
+        module = module.folded()
     values = {}
     quantized = module.quantize_params() if hasattr(module, "quantize_params") else {}
     for name in ("weight", "bias"):

@@ -59,6 +59,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from aquatic.fuse import fold_fused
 from aquatic.functional.fake_quant import broadcast_along
 from aquatic.functional.grid import Grid
 from aquatic.interop._common import export_grid, require
@@ -256,7 +257,8 @@ def _export_copy(model: nn.Module) -> nn.Module:
                 "covers conventional layers: export spiking models with "
                 "aquatic.interop.nir.export"
             )
-    model = _copy(model).eval()
+    # A fused batch-norm layer exports as its folded layer (what it computes in eval).
+    model = fold_fused(_copy(model), inplace=True).eval()
     stochastic: list = []
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantizedModule):

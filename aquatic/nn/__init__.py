@@ -37,6 +37,8 @@ from aquatic.nn.linear import Linear
 from aquatic.nn.embedding import Embedding, EmbeddingBag
 from aquatic.nn.multihead import MultiheadAttention
 from aquatic.nn.transformer import TransformerDecoderLayer, TransformerEncoderLayer
+from aquatic.nn.conv_bn import ConvBn1d, ConvBn2d, ConvBn3d, LinearBn1d
+from aquatic.nn.fused_bn import FusedBatchNorm, freeze_bn, unfreeze_bn
 from aquatic.nn.exp_leak import ExpLeak
 from aquatic.nn.iaf import IAF
 from aquatic.nn.lif import LIF, LIFCell, LIFRecurrent
@@ -80,6 +82,13 @@ __all__ = [
     "MultiheadAttention",
     "TransformerDecoderLayer",
     "TransformerEncoderLayer",
+    "ConvBn1d",
+    "ConvBn2d",
+    "ConvBn3d",
+    "FusedBatchNorm",
+    "LinearBn1d",
+    "freeze_bn",
+    "unfreeze_bn",
     "QuantizedModule",
     "ArcTan",
     "ExpLeak",

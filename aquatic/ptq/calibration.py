@@ -87,7 +87,9 @@ def calibrate(
     Example:
         >>> import torch, aquatic
         >>> from torch import nn
-        >>> model = aquatic.quantize(nn.Sequential(nn.Linear(4, 3)), aquatic.qconfig.int8)
+        >>> model = aquatic.quantize(
+        ...     nn.Sequential(nn.Linear(4, 3)), aquatic.qconfig.int8, quantize_output=True
+        ... )
         >>> batches = [torch.randn(8, 4, generator=torch.Generator().manual_seed(i)) for i in range(3)]
         >>> model = aquatic.calibrate(model, batches, progress=False)
         >>> model[0].quantizers["activation"].observer_enabled

@@ -298,23 +298,23 @@ def test_quantize_swaps_recurrent_layers_and_dequantize_bakes_them():
     torch.manual_seed(0)
     model = nn.Sequential(nn.LSTM(4, 8, batch_first=True))
     cells = nn.ModuleList([nn.GRUCell(4, 4), nn.RNNCell(4, 4), nn.LSTMCell(4, 4), nn.RNN(4, 4)])
-    qcells = aquatic.quantize(cells, aquatic.qconfig.int4_weight)
+    qcells = aquatic.quantize(cells, aquatic.qconfig.int4_weight, quantize_output=True)
     assert [type(m) for m in qcells] == [
         aquatic.nn.GRUCell,
         aquatic.nn.RNNCell,
         aquatic.nn.LSTMCell,
         aquatic.nn.RNN,
     ]
-    qmodel = aquatic.quantize(model, aquatic.qconfig.int8)
+    qmodel = aquatic.quantize(model, aquatic.qconfig.int8, quantize_output=True)
     assert type(qmodel[0]) is aquatic.nn.LSTM and qmodel[0].weight_ih_l0 is not None
     assert torch.equal(qmodel[0].weight_ih_l0, model[0].weight_ih_l0)
     qmodel(torch.randn(2, 3, 4))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        same = aquatic.quantize(qmodel, aquatic.qconfig.int8)
+        same = aquatic.quantize(qmodel, aquatic.qconfig.int8, quantize_output=True)
     assert same[0].quantizers["hidden_l0"] is not None
     with pytest.warns(UserWarning, match="re-quantized"):
-        again = aquatic.quantize(qmodel, aquatic.qconfig.int4_weight)
+        again = aquatic.quantize(qmodel, aquatic.qconfig.int4_weight, quantize_output=True)
     assert set(again[0].quantizers) == {"weight_ih_l0", "weight_hh_l0"}
     plain = aquatic.dequantize(qmodel)
     assert type(plain[0]) is nn.LSTM

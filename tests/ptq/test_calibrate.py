@@ -20,7 +20,7 @@ def _batches(n=4, shape=(16, 6), seed=0):
 def _model(qconfig=aquatic.qconfig.int8):
     torch.manual_seed(0)
     float_model = nn.Sequential(nn.Linear(6, 8), nn.Dropout(0.5), nn.ReLU(), nn.Linear(8, 3))
-    return aquatic.quantize(float_model, qconfig)
+    return aquatic.quantize(float_model, qconfig, quantize_output=True)
 
 
 ACT_MINMAX = QConfig(
@@ -149,7 +149,9 @@ def test_spiking_threshold_and_state_ranges():
     ],
 )
 def test_learned_scales_start_from_calibration(factory, symmetric):
-    model = aquatic.quantize(nn.Sequential(nn.Linear(6, 8)), QConfig(activation=factory))
+    model = aquatic.quantize(
+        nn.Sequential(nn.Linear(6, 8)), QConfig(activation=factory), quantize_output=True
+    )
     batches = _batches()
     aquatic.calibrate(model, batches, progress=False)
     q = model[0].quantizers["activation"]
@@ -172,7 +174,9 @@ def test_learned_scales_start_from_calibration(factory, symmetric):
 
 def test_pact_alpha_from_calibration():
     model = aquatic.quantize(
-        nn.Sequential(nn.Linear(6, 8)), QConfig(activation=PACTQuantizer.with_args(bits=3))
+        nn.Sequential(nn.Linear(6, 8)),
+        QConfig(activation=PACTQuantizer.with_args(bits=3)),
+        quantize_output=True,
     )
     batches = _batches()
     aquatic.calibrate(model, batches, progress=False)

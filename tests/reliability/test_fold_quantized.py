@@ -48,18 +48,31 @@ def calibrate(model, x):
 @given(seed=st.integers(0, 10_000), name=st.sampled_from(sorted(QCONFIGS)))
 def test_fold_then_reobserve_equals_quantize_after_the_fold(seed, name):
     x = torch.randn(16, 2, 5, 5, generator=torch.Generator().manual_seed(seed))
-    quantized = calibrate(aquatic.quantize(float_model(seed), QCONFIGS[name]), x)
+    quantized = calibrate(
+        aquatic.quantize(
+            float_model(seed), QCONFIGS[name], fuse_batch_norm=False, quantize_output=True
+        ),
+        x,
+    )
     folded = aquatic.fold_batch_norm(quantized)
     calibrate(folded, x)
     reference = calibrate(
-        aquatic.quantize(aquatic.fold_batch_norm(float_model(seed)), QCONFIGS[name]), x
+        aquatic.quantize(
+            aquatic.fold_batch_norm(float_model(seed)), QCONFIGS[name], quantize_output=True
+        ),
+        x,
     )
     assert torch.equal(folded(x), reference(x))
 
 
 def test_the_folded_layer_forgets_its_ranges_and_reobserves_in_eval_mode():
     x = torch.randn(16, 2, 5, 5)
-    quantized = calibrate(aquatic.quantize(float_model(0), aquatic.qconfig.int8), x)
+    quantized = calibrate(
+        aquatic.quantize(
+            float_model(0), aquatic.qconfig.int8, fuse_batch_norm=False, quantize_output=True
+        ),
+        x,
+    )
     folded = aquatic.fold_batch_norm(quantized)
     for field in ("weight", "activation"):
         observer = folded[0].quantizers[field].observer
@@ -67,7 +80,10 @@ def test_the_folded_layer_forgets_its_ranges_and_reobserves_in_eval_mode():
         assert torch.isinf(observer.min_val).all()
     folded(x)  # eval mode: the first batch sets the range
     reference = calibrate(
-        aquatic.quantize(aquatic.fold_batch_norm(float_model(0)), aquatic.qconfig.int8), x
+        aquatic.quantize(
+            aquatic.fold_batch_norm(float_model(0)), aquatic.qconfig.int8, quantize_output=True
+        ),
+        x,
     )
     assert torch.equal(folded(x), reference(x))
     # the original, quantized model is untouched (fold copies by default)
@@ -77,7 +93,10 @@ def test_the_folded_layer_forgets_its_ranges_and_reobserves_in_eval_mode():
 def test_a_hand_set_scale_is_kept_with_a_warning():
     fixed = UniformQuantizer.with_args(scale=0.05, zero_point=0)
     qconfig = aquatic.QConfig(weight=fixed, activation=UniformQuantizer)
-    quantized = calibrate(aquatic.quantize(float_model(1), qconfig), torch.randn(4, 2, 5, 5))
+    quantized = calibrate(
+        aquatic.quantize(float_model(1), qconfig, fuse_batch_norm=False, quantize_output=True),
+        torch.randn(4, 2, 5, 5),
+    )
     with pytest.warns(UserWarning, match=r"layer '0' keeps .* weight \(UniformQuantizer\)"):
         folded = aquatic.fold_batch_norm(quantized)
     assert float(folded[0].quantizers["weight"].scale) == pytest.approx(0.05)

@@ -82,5 +82,7 @@ def test_factories_still_copy_pickle_compare_and_hash():
     for clone in (copy.copy(factory), copy.deepcopy(factory), pickle.loads(pickle.dumps(factory))):
         assert clone == factory and hash(clone) == hash(factory)
         assert clone.kwargs == factory.kwargs
-    model = aquatic.quantize(torch.nn.Sequential(torch.nn.Linear(2, 2)), aquatic.qconfig.int8)
+    model = aquatic.quantize(
+        torch.nn.Sequential(torch.nn.Linear(2, 2)), aquatic.qconfig.int8, quantize_output=True
+    )
     assert copy.deepcopy(model)[0].qconfig == aquatic.qconfig.int8

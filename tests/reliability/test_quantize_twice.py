@@ -31,18 +31,18 @@ def float_model():
 @given(first=st.sampled_from(sorted(QCONFIGS)), second=st.sampled_from(sorted(QCONFIGS)))
 def test_quantize_twice_equals_quantize_once_with_the_second(first, second):
     model = float_model()
-    once = aquatic.quantize(model, QCONFIGS[first])
+    once = aquatic.quantize(model, QCONFIGS[first], quantize_output=True)
     x = torch.randn(2, 1, 4, 4)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        twice = aquatic.quantize(once, QCONFIGS[second])
+        twice = aquatic.quantize(once, QCONFIGS[second], quantize_output=True)
     messages = [str(w.message) for w in caught]
     if QCONFIGS[first] == QCONFIGS[second]:
         assert messages == []
     else:
         assert len(messages) == 1 and "re-quantized with the new QConfig" in messages[0]
         assert ": 0, 3 (float weights kept" in messages[0]
-    direct = aquatic.quantize(model, QCONFIGS[second])
+    direct = aquatic.quantize(model, QCONFIGS[second], quantize_output=True)
     for index in (0, 3):
         assert twice[index].qconfig == QCONFIGS[second]
         assert torch.equal(twice[index].weight, model[index].weight)  # float, not baked in
@@ -51,7 +51,7 @@ def test_quantize_twice_equals_quantize_once_with_the_second(first, second):
 
 
 def test_same_qconfig_again_changes_nothing_in_place():
-    model = aquatic.quantize(float_model(), aquatic.qconfig.int8)
+    model = aquatic.quantize(float_model(), aquatic.qconfig.int8, quantize_output=True)
     x = torch.randn(2, 1, 4, 4)
     model(x)  # observe ranges
     layers = list(model)
@@ -61,7 +61,7 @@ def test_same_qconfig_again_changes_nothing_in_place():
     before = model.eval()(x)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        same = aquatic.quantize(model, aquatic.qconfig.int8, inplace=True)
+        same = aquatic.quantize(model, aquatic.qconfig.int8, inplace=True, quantize_output=True)
     assert same is model and list(same) == layers
     for layer, old in zip(same, quantizers):
         if old is not None:
@@ -76,7 +76,7 @@ def test_requantize_keeps_parameters_hooks_mode_and_sharing():
     shared.register_forward_hook(lambda module, args, output: calls.append(1))
     model = nn.Sequential(shared, nn.ReLU(), shared).eval()
     with pytest.warns(UserWarning, match=r"another one: 0 \("):
-        qmodel = aquatic.quantize(model, aquatic.qconfig.int8, inplace=True)
+        qmodel = aquatic.quantize(model, aquatic.qconfig.int8, inplace=True, quantize_output=True)
     assert qmodel[0] is qmodel[2] and qmodel[0] is not shared
     assert qmodel[0].weight is shared.weight and qmodel[0].bias is shared.bias
     assert not qmodel[0].weight.requires_grad and not qmodel[0].training
@@ -93,8 +93,10 @@ def test_mapping_to_none_keeps_a_layer_and_float_layers_are_converted_silently()
     old = model[0]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        qmodel = aquatic.quantize(model, {nn.Module: aquatic.qconfig.int8, "0": None})
-        kept = aquatic.quantize(model, {"1": aquatic.qconfig.int8})
+        qmodel = aquatic.quantize(
+            model, {nn.Module: aquatic.qconfig.int8, "0": None}, quantize_output=True
+        )
+        kept = aquatic.quantize(model, {"1": aquatic.qconfig.int8}, quantize_output=True)
     assert qmodel[0].qconfig == aquatic.qconfig.int4_weight
     assert qmodel[1].qconfig == aquatic.qconfig.int8
     assert kept[0].qconfig == aquatic.qconfig.int4_weight
@@ -109,7 +111,7 @@ def test_layers_that_cannot_be_rebuilt_warn_that_they_keep_their_quantizers():
     aquatic.quantize_parameter(parametrized, "bias", UniformQuantizer)
     model = nn.Sequential(MyLinear(2, 2, qconfig=aquatic.qconfig.int4_weight), parametrized)
     with pytest.warns(UserWarning, match=r"kept their quantizers .*: 0, 1; a subclass"):
-        qmodel = aquatic.quantize(model, aquatic.qconfig.int8)
+        qmodel = aquatic.quantize(model, aquatic.qconfig.int8, quantize_output=True)
     assert type(qmodel[0]) is MyLinear
     assert qmodel[0].qconfig == aquatic.qconfig.int4_weight
     assert parametrize.is_parametrized(qmodel[1], "bias")
