@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from aquatic import nn as qnn
+from aquatic.graph.capture import capture, follows_graph
 from aquatic.nn.activation import ActivationQuantizer
 from aquatic.nn.base import QuantizedModule
 from aquatic.mapping import QConfigLike, QConfigResolver
@@ -58,7 +59,7 @@ def _warn_requantized(requantized: List[str], kept: List[str]) -> None:
             "a layer's quantizers, map its name to None: aquatic.quantize(model, "
             "{nn.Module: qconfig, 'name': None})",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     if kept:
         warnings.warn(
@@ -67,7 +68,7 @@ def _warn_requantized(requantized: List[str], kept: List[str]) -> None:
             "parametrized parameters (quantize_parameter), cannot be rebuilt. Rebuild it "
             "yourself, or map its name to None to silence this",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -93,7 +94,7 @@ def _warn_float_parameters(named: List[Tuple[str, nn.Module]], resolver: QConfig
             f"twin): {', '.join(left)}. Quantize one with aquatic.quantize_parameter(module, "
             "name, quantizer), or map the module's name to None to keep it in float silently",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -166,6 +167,16 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
         >>> again[0].qconfig == aquatic.qconfig.int4_weight, torch.equal(again[0].weight, model[0].weight)
         (True, True)
     """
+    result, resolver = _swap_twins(model, qconfig, inplace)
+    if not follows_graph(model):
+        return result
+    return capture(result, lambda name: resolver.resolve(name, result.get_submodule(name)))
+
+
+def _swap_twins(
+    model: nn.Module, qconfig: QConfigLike, inplace: bool
+) -> Tuple[nn.Module, QConfigResolver]:
+    """The layer swap of :func:`quantize`, and the resolver it used."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     named = list(model.named_modules())
@@ -198,12 +209,12 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
             "aquatic.quantize: these qconfig keys match no module of the model: "
             + ", ".join(resolver.unmatched),
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     _warn_requantized(requantized, kept)
     _warn_float_parameters(named, resolver)
     if not plan:
-        return model if inplace else _deepcopy(model)
+        return (model if inplace else _deepcopy(model)), resolver
     if not inplace:
         memo: Dict[int, Any] = {}
         model = _deepcopy(model, memo)
@@ -215,7 +226,7 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
             replacements[id(module)] = type(module).from_float(module.to_float(baked=False), config)
         else:
             replacements[id(module)] = TWINS[type(module)].from_float(module, config)
-    return _replace(model, replacements)
+    return _replace(model, replacements), resolver
 
 
 def _deepcopy(model: nn.Module, memo: Optional[Dict[int, Any]] = None) -> nn.Module:

@@ -32,6 +32,7 @@ LAYERS: Dict[str, int] = {
     "mapping": 5,
     "fold": 5,
     "integer": 5,
+    "graph": 5,
     "ptq": 5,
     "hw": 6,
     "interop": 6,
