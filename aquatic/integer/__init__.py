@@ -17,13 +17,18 @@ from aquatic.integer.export import layer_to_int
 from aquatic.integer.layers import IntegerConv, IntegerLinear, IntegerReLU, IntegerRequantize
 from aquatic.integer.pooling import IntegerMaxPool, IntegerReshape, IntegerSum, IntegerSumPool
 from aquatic.integer.model import IntegerModel
+from aquatic.integer.graph import IntegerGraph
+from aquatic.integer.graph_ops import IntegerClamp, IntegerCombine, IntegerReduceSum
 from aquatic.integer.serialize import load, save
 from aquatic.integer.spiking import IntegerNeuron
 from aquatic.integer.recurrent import FixedSum, IntegerGRU, IntegerLSTM
 from aquatic.integer.build_recurrent import build_gru, build_lstm
 
 __all__ = [
+    "IntegerClamp",
+    "IntegerCombine",
     "IntegerConv",
+    "IntegerGraph",
     "IntegerLinear",
     "IntegerMaxPool",
     "IntegerModel",
@@ -31,6 +36,7 @@ __all__ = [
     "IntegerNeuron",
     "IntegerOverflowError",
     "IntegerReLU",
+    "IntegerReduceSum",
     "IntegerRequantize",
     "IntegerReshape",
     "IntegerSum",

@@ -28,6 +28,12 @@ def save(model: IntegerModel, f) -> None:
     if not isinstance(model, IntegerModel):
         raise TypeError(
             f"save takes an IntegerModel (from aquatic.convert), got {type(model).__name__}"
+            + (
+                "; the integer graph of a model that is not nn.Sequential cannot be saved yet "
+                "(save the quantization-aware model's state_dict and convert after loading)"
+                if type(model).__name__ == "IntegerGraph"
+                else ""
+            )
         )
     model.save(f)
 
