@@ -46,9 +46,10 @@ class IntegerCombine(IntegerModule):
           shape but along ``dim`` (``cat``). Output: the result's shape.
 
     Example:
-        >>> add = IntegerCombine("add", [0, 0], [2, 1], [1, 1])  # a/1 + b/2: scales 1 and 0.5 to 1
+        >>> # a + b / 2 (scales 1 and 0.5 onto scale 1), rounded half to even, int8 range
+        >>> add = IntegerCombine("add", [0, 0], [2, 1], [1, 1], low=-128, high=127)
         >>> add(torch.tensor([3, 4]), torch.tensor([5, -2]))
-        tensor([4, 3], dtype=torch.int32)
+        tensor([6, 3], dtype=torch.int32)
     """
 
     kind = "combine"
@@ -121,7 +122,7 @@ class IntegerClamp(IntegerModule):
         axis: the channel axis (from the end) of per-channel bounds, else ``None``.
 
     Example:
-        >>> IntegerClamp(torch.tensor(0), torch.tensor(12))(torch.tensor([-3, 5, 20]))
+        >>> IntegerClamp(torch.tensor(0), torch.tensor(12))(torch.tensor([-3, 5, 20], dtype=torch.int32))
         tensor([ 0,  5, 12], dtype=torch.int32)
     """
 
