@@ -168,8 +168,10 @@ def _build(gm, placeholders, input_scale, input_zero_point, input_range, state_f
     for node in placeholders:
         quant = _input_quantizer(gm, node)
         first = gm.get_submodule(quant.target) if quant is not None else nn.Identity()
+        # input_scale is for the inputs that no quantizer takes first
+        scale = None if quant is not None else input_scale
         spec, rounding, on_grid, notes, _ = input_spec(
-            first, layers, input_scale, input_zero_point, input_range
+            first, layers, scale, input_zero_point, input_range
         )
         edges.append((node.name, spec, rounding, on_grid, notes))
         builder.specs[node.name] = spec
