@@ -126,14 +126,36 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
     parameters (:func:`quantize_parameter`), cannot be rebuilt: they keep their
     quantizers, with a ``UserWarning`` naming them.
 
+    A model of one's own (not ``nn.Sequential``, not a single layer) is then followed as
+    a graph (:func:`aquatic.graph.trace`, ``torch.fx`` with every layer kept as a
+    module) and comes back as an ``fx.GraphModule`` that holds the same modules under
+    the same names (``model.layer1[0].conv1`` still works; the containers and the
+    ``state_dict`` are the model's), with, each built from the QConfig's ``activation``:
+
+    - an :class:`aquatic.nn.ActivationQuantizer` at each graph input (``input_quantizer``,
+      from the QConfig of the model itself), unless one already takes that input, so
+      that :func:`aquatic.convert` needs no input scale;
+    - an :class:`aquatic.nn.Add` / :class:`~aquatic.nn.Mul` / :class:`~aquatic.nn.Cat`
+      wherever ``forward`` adds (``+``, ``+=``, ``torch.add``), multiplies or concatenates
+      tensors, named after the module whose ``forward`` does it (``layer1.0.add``) and
+      with that module's QConfig (by name, or by type through the mapping).
+
+    ``nn.Sequential`` models (and single layers) are not traced and get no input
+    quantizer: put an :class:`~aquatic.nn.ActivationQuantizer` first, or give
+    :func:`aquatic.convert` the ``input_scale``. A ``forward`` that cannot be traced
+    (control flow on tensor values) keeps its swapped layers, with a ``UserWarning``
+    naming the line; :func:`aquatic.convert` cannot follow it then.
+
     Args:
         model: the model to convert.
         qconfig: a QConfig, or a mapping as above.
-        inplace: convert ``model`` itself rather than a copy.
+        inplace: convert ``model`` itself rather than a copy (for a traced model, its
+            layers are swapped in place and the returned graph shares them).
 
     Returns:
         The converted model (``model`` itself when ``inplace``, unless ``model`` is
-        itself a supported layer, which cannot be converted in place of itself).
+        itself a supported layer, which cannot be converted in place of itself, or is
+        followed as a graph, which returns the ``fx.GraphModule``).
 
     Raises:
         TypeError: ``qconfig`` is neither a QConfig nor a mapping, a value is not a

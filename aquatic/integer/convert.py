@@ -56,10 +56,21 @@ def convert(
     ``forward`` takes and returns integer codes; :meth:`IntegerModel.quantize_input` and
     :meth:`IntegerModel.dequantize_output` convert at the edges.
 
+    Any other model whose ``forward`` can be traced (a module of one's own with layers
+    inside, an ``fx.GraphModule`` from :func:`aquatic.quantize`, or an ``nn.Sequential``
+    holding one) is followed as a graph (:func:`aquatic.graph.trace`) and becomes an
+    :class:`~aquatic.integer.IntegerGraph` with the same edge API; it needs
+    ``example_input`` for its shapes. Residual additions, products and concatenations
+    are requantized onto the grid of their :class:`aquatic.nn.Add` /
+    :class:`~aquatic.nn.Mul` / :class:`~aquatic.nn.Cat` (or, without one, combined on a
+    common grid of the inputs); see the deployment guide for the operations supported.
+
     The scale of the input comes from, in this order:
 
-    1. a leading :class:`aquatic.nn.ActivationQuantizer`: ``quantize_input`` quantizes
-       as it does, so the integer model sees exactly the codes the float model saw;
+    1. a leading :class:`aquatic.nn.ActivationQuantizer` (in a graph: one that takes
+       the input first, as :func:`aquatic.quantize` places it): ``quantize_input``
+       quantizes as it does, so the integer model sees exactly the codes the float
+       model saw;
     2. ``input_scale`` (with ``input_zero_point`` and ``input_range``, default
        ``(-128, 127)``): for data already on a grid, e.g. ``1/16`` for values ``k/16``;
     3. a model with spiking layers takes spike counts: scale 1, range ``(0, 255)``.
@@ -75,6 +86,9 @@ def convert(
 
     Args:
         model: the trained model, quantized (aquatic layers with qconfigs).
+        example_input: for a model that is not a chain: one batch of inputs (a tensor,
+            or a tuple with one tensor per ``forward`` argument), run once in eval mode
+            to read the graph's shapes. Not needed for ``nn.Sequential``.
         input_scale: scale of the input grid when no ``ActivationQuantizer`` leads.
         input_zero_point: zero point of the input codes (with ``input_scale``).
         input_range: ``(low, high)`` of the input codes, used to bound the accumulators.
@@ -84,13 +98,17 @@ def convert(
             model is exact.
 
     Returns:
-        An :class:`~aquatic.integer.IntegerModel`.
+        An :class:`~aquatic.integer.IntegerModel` (``nn.Sequential``), or an
+        :class:`~aquatic.integer.IntegerGraph`.
 
     Raises:
-        TypeError: a layer has no integer counterpart (named, with the supported list), or a
-            float ``torch.nn`` layer with weights.
-        ValueError: a quantizer never saw data (no range), the input scale is unknown, or
-            a layer's quantization has no integer form (named with the fix).
+        TypeError: a layer or operation has no integer counterpart (named, with the
+            supported list), or a float ``torch.nn`` layer with weights.
+        aquatic.graph.GraphCaptureError: (a ``TypeError``) the ``forward`` cannot be
+            traced; names the file, line and source, and the fixes.
+        ValueError: a quantizer never saw data (no range), the input scale is unknown,
+            ``example_input`` is missing for a graph, or a layer's quantization has no
+            integer form (named with the fix).
         aquatic.integer.IntegerOverflowError: an accumulator could exceed int32 for some
             input in range (names the layer and the bound).
 
