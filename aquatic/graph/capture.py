@@ -18,6 +18,8 @@ def follows_graph(model: nn.Module) -> bool:
     and single layers keep the layer-by-layer path."""
     if isinstance(model, (nn.Sequential, nn.ModuleList, nn.ModuleDict)) or is_leaf(model):
         return False
+    if type(model).forward is nn.Module.forward:
+        return False  # a holder of layers without a forward of its own
     return isinstance(model, fx.GraphModule) or any(True for _ in model.children())
 
 

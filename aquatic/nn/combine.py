@@ -51,6 +51,10 @@ class Add(QuantizedModule):
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         return self.quantize_output(a + b)
 
+    def to_float(self) -> "Add":
+        """The same operation without quantization (what :func:`aquatic.dequantize` uses)."""
+        return Add()
+
     def extra_repr(self) -> str:
         return self._quant_repr().lstrip(", ")
 
@@ -79,6 +83,10 @@ class Mul(QuantizedModule):
 
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
         return self.quantize_output(a * b)
+
+    def to_float(self) -> "Mul":
+        """The same operation without quantization (what :func:`aquatic.dequantize` uses)."""
+        return Mul()
 
     def extra_repr(self) -> str:
         return self._quant_repr().lstrip(", ")
@@ -120,6 +128,10 @@ class Cat(QuantizedModule):
                 f"Cat takes a list or tuple of tensors (as torch.cat), got {type(tensors).__name__}"
             )
         return self.quantize_output(torch.cat(list(tensors), dim=self.dim))
+
+    def to_float(self) -> "Cat":
+        """The same operation without quantization (what :func:`aquatic.dequantize` uses)."""
+        return Cat(self.dim)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}" + self._quant_repr()

@@ -202,3 +202,13 @@ def test_qconfig_mapping_by_name_decides_the_inserted_quantizers():
         plain = aquatic.quantize(Res(), {nn.Linear: POW2})  # the model's own add: no key
     names = {name for name, _ in plain.named_modules()}
     assert "add" not in names and "input_quantizer" not in names
+
+
+def test_dequantize_and_switches_reach_the_inserted_modules():
+    qmodel, x = _quantized(Ops())
+    aquatic.freeze_observers(qmodel)
+    assert not qmodel.mul.quantizers["activation"].observer_enabled
+    plain = aquatic.dequantize(qmodel)
+    assert not plain.mul.quantizers and not plain.cat.quantizers and plain.cat.dim == 1
+    assert type(plain.input_quantizer) is nn.Identity
+    assert plain(x).shape == (16, 3)
