@@ -3,7 +3,7 @@
 The layers, lowest first (docs/architecture.rst draws them)::
 
     functional, factory  <  observers  <  quantizers  <  qconfig, switches  <  nn
-        <  model, fold, integer, ptq  <  hw, interop  <  demo  <  aquatic (the package root)
+        <  model, fold, graph, integer, ptq  <  hw, interop  <  demo  <  aquatic (the package root)
 
 A module may import from its own layer and those below, never from above, and never
 inside a function (an import that defers nothing only hides a cycle).
