@@ -76,6 +76,10 @@ def _combine(node: fx.Node, name: str, non_tensor: set):
 def insert_quantizers(gm: fx.GraphModule, qconfig_for: QConfigFor) -> List[str]:
     """Insert input quantizers and ``Add``/``Mul``/``Cat`` modules into ``gm`` (in place).
 
+    Each ``forward`` argument without a default gets an input quantizer (unless an
+    :class:`~aquatic.nn.ActivationQuantizer` already takes it); arguments with a default
+    (``state=None``) are left as they come.
+
     Args:
         gm: a traced model (:func:`aquatic.graph.trace`).
         qconfig_for: the QConfig of the module at a qualified name (``""`` for the model
@@ -108,9 +112,10 @@ def insert_quantizers(gm: fx.GraphModule, qconfig_for: QConfigFor) -> List[str]:
         if len(users) == 1 and users[0].op == "call_module":
             if isinstance(gm.get_submodule(users[0].target), ActivationQuantizer):
                 continue
-        if root is None or root.activation is None or not users:
-            continue
-        base = "input_quantizer" if len(placeholders) == 1 else f"input_quantizer_{node.name}"
+        if root is None or root.activation is None or not users or node.args:
+            continue  # (an argument with a default, such as state=None, is left alone)
+        required = [p for p in placeholders if not p.args]
+        base = "input_quantizer" if len(required) == 1 else f"input_quantizer_{node.name}"
         name = _add_module(
             gm, base, ActivationQuantizer(qconfig=QConfig(activation=root.activation))
         )

@@ -16,7 +16,7 @@ from torch import fx
 
 from aquatic.integer.base import QSpec
 from aquatic.integer.build_graph import build_clamp, build_combine
-from aquatic.integer.graph import Ref, Step, TENSOR_FUNCTIONS
+from aquatic.integer.graph import Step, TENSOR_FUNCTIONS
 from aquatic.integer.graph_ops import IntegerReduceSum
 from aquatic.integer.layers import IntegerReLU
 from aquatic.integer.pooling import IntegerMaxPool, IntegerSumPool
