@@ -16,10 +16,11 @@ operators (the module boundaries aquatic converts by are gone) and needs inputs.
 
 from __future__ import annotations
 
+import inspect
 import linecache
 import os
 import traceback
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import fx, nn
@@ -67,6 +68,20 @@ def _user_frame(error: BaseException) -> Optional[traceback.FrameSummary]:
     return found
 
 
+def _defaults(model: nn.Module) -> Dict[str, Any]:
+    """The ``forward`` arguments that have a default, with it (fixed while tracing)."""
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    try:
+        parameters = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    return {
+        p.name: p.default
+        for p in parameters
+        if p.kind in kinds and p.default is not inspect.Parameter.empty
+    }
+
+
 def trace(model: nn.Module, what: str = "aquatic") -> fx.GraphModule:
     """The ``torch.fx`` graph of ``model``'s ``forward``, layers kept as leaves.
 
@@ -74,7 +89,9 @@ def trace(model: nn.Module, what: str = "aquatic") -> fx.GraphModule:
     submodules, parameters and buffers (the objects, not copies) under the same names
     (``gm.layer1[0].conv1``), so its ``state_dict`` is the model's. Attributes that are
     not modules, parameters or buffers, and methods other than ``forward``, are not
-    carried over.
+    carried over. ``forward`` arguments with a default (``state=None``) are fixed to
+    it (``torch.fx``'s ``concrete_args``): the graph is the one that runs when they are
+    left out, and passing another value raises.
 
     Args:
         model: any module whose ``forward`` can be traced symbolically.
@@ -103,7 +120,7 @@ def trace(model: nn.Module, what: str = "aquatic") -> fx.GraphModule:
     if not isinstance(model, nn.Module):
         raise TypeError(f"{what} takes an nn.Module, got {type(model).__name__}")
     try:
-        graph = _Tracer().trace(model)
+        graph = _Tracer().trace(model, concrete_args=_defaults(model))
     except Exception as error:  # fx raises TraceError, TypeError, RuntimeError...
         frame = _user_frame(error)
         where = "its forward"

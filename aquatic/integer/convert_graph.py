@@ -144,7 +144,8 @@ def convert_graph(
 ) -> IntegerGraph:
     """The :class:`IntegerGraph` of ``model`` (see :func:`aquatic.convert`)."""
     gm = model if isinstance(model, fx.GraphModule) else trace(model, "aquatic.convert")
-    placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
+    # Arguments with a default were fixed to it when tracing: they are no inputs.
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder" and not n.args]
     inputs = _example(example_input, len(placeholders))
     check_observed(gm)
     modes = {id(m): m.training for m in gm.modules()}
@@ -182,7 +183,15 @@ def _build(gm, placeholders, input_scale, input_zero_point, input_range, state_f
     context = NodeContext(builder)
     non_tensor: set = set()
     output = None
+    fixed = set()  # arguments fixed to their default, and the checks fx adds for them
     for node in gm.graph.nodes:
+        if node.op == "placeholder" and node.args:
+            fixed.add(node.name)
+            continue
+        inputs = node.all_input_nodes
+        if node.op != "output" and inputs and all(n.name in fixed for n in inputs):
+            fixed.add(node.name)
+            continue
         if node.op == "placeholder" or node.name in consumed:
             continue
         if node.op == "output":

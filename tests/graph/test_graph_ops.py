@@ -212,3 +212,25 @@ def test_dequantize_and_switches_reach_the_inserted_modules():
     assert not plain.mul.quantizers and not plain.cat.quantizers and plain.cat.dim == 1
     assert type(plain.input_quantizer) is nn.Identity
     assert plain(x).shape == (16, 3)
+
+
+def test_arguments_with_defaults_are_left_alone_and_inplace_shares_layers():
+    class WithState(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+
+        def forward(self, x, h=None):
+            return self.fc(x) if h is None else self.fc(x) + h
+
+    model = WithState()
+    qmodel = aquatic.quantize(model, POW2, inplace=True)
+    assert [name for name, _ in qmodel.named_children()] == ["fc", "input_quantizer"]
+    assert qmodel.fc is model.fc and isinstance(model.fc, aquatic.nn.Linear)
+    x = torch.randn(8, 3)
+    qmodel(x)
+    with pytest.raises(Exception, match="specialized to have value None"):
+        qmodel(x, torch.zeros(3))  # h was fixed to its default when tracing
+    integer = aquatic.convert(qmodel.eval(), example_input=x)
+    out = integer.dequantize_output(integer(integer.quantize_input(x)))
+    assert torch.equal(out, qmodel(x))
