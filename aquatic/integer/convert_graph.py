@@ -180,6 +180,11 @@ def _build(gm, placeholders, input_scale, input_zero_point, input_range, state_f
             consumed.add(quant.name)
             builder.alias[quant.name] = node.name
             builder.specs[quant.name] = spec
+    if input_scale is not None and placeholders and len(consumed) == len(placeholders):
+        raise ValueError(
+            "every input of the model is taken by an ActivationQuantizer, which sets its "
+            "scale; do not pass input_scale as well"
+        )
     context = NodeContext(builder)
     non_tensor: set = set()
     output = None

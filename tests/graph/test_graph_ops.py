@@ -163,6 +163,8 @@ def test_unsupported_operation_and_missing_example_input_are_named():
     model(torch.randn(4, 3))
     with pytest.raises(ValueError, match="needs example_input"):
         aquatic.convert(model.eval())
+    with pytest.raises(ValueError, match="do not pass input_scale"):
+        aquatic.convert(model, example_input=torch.randn(4, 3), input_scale=0.5)
     with pytest.raises(TypeError, match="'exp'.*no integer counterpart.*Supported"):
         aquatic.convert(model, example_input=torch.randn(4, 3))
 
