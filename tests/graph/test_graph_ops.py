@@ -236,3 +236,24 @@ def test_arguments_with_defaults_are_left_alone_and_inplace_shares_layers():
     integer = aquatic.convert(qmodel.eval(), example_input=x)
     out = integer.dequantize_output(integer(integer.quantize_input(x)))
     assert torch.equal(out, qmodel(x))
+
+
+def test_sequential_holding_a_block_of_ones_own_converts_as_a_graph():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = aquatic.nn.Linear(4, 4, qconfig=POW2)
+            self.add = aquatic.nn.Add(qconfig=aquatic.QConfig(activation=ACT))
+
+        def forward(self, x):
+            return self.add(torch.relu(self.fc(x)), x)
+
+    torch.manual_seed(2)
+    model = nn.Sequential(aquatic.nn.ActivationQuantizer(qconfig=POW2), Block(), nn.Flatten())
+    x = torch.randn(16, 4)
+    model(x)
+    model.eval()
+    integer = aquatic.convert(model, example_input=x)
+    assert isinstance(integer, aquatic.integer.IntegerGraph)
+    out = integer.dequantize_output(integer(integer.quantize_input(x)))
+    assert torch.equal(out, model(x))
