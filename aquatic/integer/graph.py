@@ -3,8 +3,7 @@ that are not ``nn.Sequential``."""
 
 from __future__ import annotations
 
-import operator
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -12,62 +11,11 @@ from torch import Tensor, nn
 from aquatic.functional.fake_quant import broadcast_along
 from aquatic.functional.integer import check_integer
 from aquatic.integer.base import IntegerModule, QSpec
+from aquatic.integer.graph_archive import read_graph, write_graph
+from aquatic.integer.graph_steps import TENSOR_FUNCTIONS, Ref, Step
 from aquatic.integer.model import IntegerModel
 
 __all__ = ["IntegerGraph", "Ref", "Step", "TENSOR_FUNCTIONS"]
-
-
-class Ref(str):
-    """The name of an earlier value of the graph, inside a step's arguments."""
-
-
-class Step(NamedTuple):
-    """One step of an :class:`IntegerGraph`: ``module`` (a key of ``ops``) or ``function``
-    (a key of :data:`TENSOR_FUNCTIONS`) applied to ``args`` and ``kwargs``, in which every
-    :class:`Ref` stands for an earlier value; the result is stored under ``name``."""
-
-    name: str
-    module: Optional[str]
-    function: Optional[str]
-    args: Tuple[Any, ...]
-    kwargs: Dict[str, Any]
-
-
-def _method(name: str):
-    return lambda self, *args, **kwargs: getattr(self, name)(*args, **kwargs)
-
-
-#: The functions a step may apply: they move codes or read shapes, never compute values.
-TENSOR_FUNCTIONS = {
-    **{
-        name: _method(name)
-        for name in (
-            "flatten",
-            "reshape",
-            "view",
-            "permute",
-            "transpose",
-            "squeeze",
-            "unsqueeze",
-            "contiguous",
-            "size",
-            "dim",
-        )
-    },
-    "torch.flatten": torch.flatten,
-    "torch.reshape": torch.reshape,
-    "torch.permute": torch.permute,
-    "torch.transpose": torch.transpose,
-    "torch.squeeze": torch.squeeze,
-    "torch.unsqueeze": torch.unsqueeze,
-    "getitem": operator.getitem,
-    "getattr": getattr,
-    "add": operator.add,
-    "sub": operator.sub,
-    "mul": operator.mul,
-    "floordiv": operator.floordiv,
-    "identity": lambda value: value,
-}
 
 
 def _fill(value: Any, env: Dict[str, Any]) -> Any:
@@ -92,8 +40,8 @@ class IntegerGraph(nn.Module):
     The counterpart of :class:`~aquatic.integer.IntegerModel` for a model whose
     ``forward`` is not a chain (residual additions, concatenations, reshapes...), with
     the same edge API: :meth:`quantize_input`, :meth:`dequantize_output`, :attr:`exact`
-    and :attr:`notes`. Every step either runs an integer module (``ops``) or moves codes
-    without computing (a reshape, an index, a size query).
+    and :attr:`notes`, :meth:`save` and :meth:`load`. Every step either runs an integer
+    module (``ops``) or moves codes without computing (a reshape, an index, a size query).
 
     Args:
         ops: the integer modules, by step name.
@@ -192,12 +140,19 @@ class IntegerGraph(nn.Module):
         return codes  # a value that is no tensor of codes (a shape, a number)
 
     def save(self, f) -> None:
-        """Not available yet for graphs: raises a ``NotImplementedError`` saying so."""
-        raise NotImplementedError(
-            "an IntegerGraph (the integer model of a model that is not nn.Sequential) cannot "
-            "be saved yet; save the quantization-aware model's state_dict and convert again "
-            "after loading it"
-        )
+        """Save to a file name or file object: plain tensors and a JSON header, no
+        pickled code (see :mod:`aquatic.integer.graph_archive`)."""
+        inputs = [
+            (name, edge.input_spec, edge.input_rounding, edge.input_on_grid, edge.input_notes)
+            for name, edge in zip(self.input_names, self._edges)
+        ]
+        write_graph(dict(self.ops), self.steps, inputs, self.output, self.output_specs, f)
+
+    @classmethod
+    def load(cls, f) -> "IntegerGraph":
+        """Load a graph saved by :meth:`save`; every field and tensor is checked first,
+        and the accumulators check for int32 overflow as they run."""
+        return cls(*read_graph(f))
 
     def extra_repr(self) -> str:
         return f"inputs={self.input_names}, steps={len(self.steps)}, exact={self.exact}"

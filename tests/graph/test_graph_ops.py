@@ -169,13 +169,33 @@ def test_unsupported_operation_and_missing_example_input_are_named():
         aquatic.convert(model, example_input=torch.randn(4, 3))
 
 
-def test_integer_graph_cannot_be_saved_yet(tmp_path):
+def test_integer_graph_saves_and_loads_as_plain_tensors(tmp_path):
     qmodel, x = _quantized(Ops())
     integer = aquatic.convert(qmodel, example_input=x)
-    with pytest.raises(TypeError, match="cannot be saved yet"):
-        aquatic.integer.save(integer, tmp_path / "m.pt")
-    with pytest.raises(NotImplementedError, match="cannot be saved yet"):
-        integer.save(tmp_path / "m.pt")
+    path = tmp_path / "graph.pt"
+    aquatic.integer.save(integer, path)
+    assert set(torch.load(path, weights_only=True)) == {"header", "tensors"}
+    loaded = aquatic.integer.IntegerGraph.load(path)
+    codes = integer.quantize_input(x)
+    assert torch.equal(loaded(codes), integer(codes))
+    assert torch.equal(loaded.dequantize_output(loaded(codes)), qmodel(x))
+    with pytest.raises(ValueError, match="IntegerGraph.load|graph file"):
+        aquatic.integer.load(path)  # a chain's loader refuses it, naming the right one
+
+
+def test_edited_graph_files_are_refused(tmp_path):
+    import json
+
+    qmodel, x = _quantized(Ops())
+    path = tmp_path / "graph.pt"
+    aquatic.convert(qmodel, example_input=x).save(path)
+    data = torch.load(path, weights_only=True)
+    header = json.loads(data["header"])
+    index = next(i for i, step in enumerate(header["steps"]) if step["function"])
+    header["steps"][index]["function"] = "eval"
+    torch.save({"header": json.dumps(header), "tensors": data["tensors"]}, path)
+    with pytest.raises(ValueError, match=rf"steps\[{index}\].*'eval' is not an allowed function"):
+        aquatic.integer.IntegerGraph.load(path)
 
 
 def test_sequential_keeps_the_chain_path():
