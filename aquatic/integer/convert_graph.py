@@ -134,6 +134,17 @@ class _Builder:
         self.chain(node, modules, spec, node.args[0])
 
 
+def _check_used_observed(gm: fx.GraphModule) -> None:
+    """:func:`check_observed` for the layers the graph runs (a layer the ``forward``
+    never calls, such as an auxiliary head, need not have seen data)."""
+    used = sorted({node.target for node in gm.graph.nodes if node.op == "call_module"})
+    for target in used:
+        try:
+            check_observed(gm.get_submodule(target))
+        except ValueError as error:
+            raise ValueError(f"layer {target!r}: {error}") from None
+
+
 def convert_graph(
     model: nn.Module,
     example_input: Any,
@@ -147,7 +158,7 @@ def convert_graph(
     # Arguments with a default were fixed to it when tracing: they are no inputs.
     placeholders = [n for n in gm.graph.nodes if n.op == "placeholder" and not n.args]
     inputs = _example(example_input, len(placeholders))
-    check_observed(gm)
+    _check_used_observed(gm)
     modes = {id(m): m.training for m in gm.modules()}
     gm.eval()
     try:

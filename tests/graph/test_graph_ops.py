@@ -277,3 +277,21 @@ def test_sequential_holding_a_block_of_ones_own_converts_as_a_graph():
     assert isinstance(integer, aquatic.integer.IntegerGraph)
     out = integer.dequantize_output(integer(integer.quantize_input(x)))
     assert torch.equal(out, model(x))
+
+
+def test_only_the_layers_the_forward_runs_need_ranges():
+    class WithAux(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 3)
+            self.aux = nn.Linear(3, 2)  # never called by forward
+
+        def forward(self, x):
+            return self.fc(x)
+
+    qmodel, x = _quantized(WithAux(), x=torch.randn(8, 3))
+    integer = aquatic.convert(qmodel, example_input=x)
+    assert torch.equal(integer.dequantize_output(integer(integer.quantize_input(x))), qmodel(x))
+    fresh = aquatic.quantize(WithAux(), POW2).eval()
+    with pytest.raises(ValueError, match="layer 'fc': .*never seen data"):
+        aquatic.convert(fresh, example_input=x)
