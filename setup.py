@@ -11,6 +11,8 @@ for line in (here / "aquatic" / "__init__.py").read_text().splitlines():
 DEMO = ["scikit-learn>=1.2", "tqdm>=4.60", "matplotlib>=3.6"]
 NIR = ["nir>=1.0"]
 ONNX = ["onnx>=1.14", "onnxruntime>=1.16"]
+# Writing lava-dl's netx HDF5 networks (aquatic.hw.loihi.export(model, path=...)).
+LOIHI = ["h5py>=3"]
 # Reference implementations the tests compare against: SynSense's Xylo simulator, and
 # the snnTorch and sinabs neuron conventions.
 REFERENCE = ["xylosim", "snntorch", "sinabs"]
@@ -28,12 +30,13 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "numpy"],
     extras_require={
-        "dev": DEV + DEMO + NIR + ONNX + REFERENCE,
+        "dev": DEV + DEMO + NIR + ONNX + REFERENCE + LOIHI,
         "reference": REFERENCE,
         "demo": DEMO,
         "bench": ["brevitas", "snntorch", "sinabs", "norse", "spikingjelly"],
         "nir": NIR,
         "onnx": ONNX,
+        "loihi": LOIHI,
     },
     classifiers=[
         "Programming Language :: Python :: 3",

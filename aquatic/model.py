@@ -14,6 +14,7 @@ from aquatic import nn as qnn
 from aquatic.graph.capture import capture, follows_graph
 from aquatic.nn.activation import ActivationQuantizer
 from aquatic.nn.base import QuantizedModule
+from aquatic.nn.transformer import follow_mapping, fused_layers_left_in_float
 from aquatic.mapping import QConfigLike, QConfigResolver
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.base import Quantizer
@@ -29,6 +30,11 @@ TWINS: Dict[Type[nn.Module], Type[nn.Module]] = {
     nn.ConvTranspose1d: qnn.ConvTranspose1d,
     nn.ConvTranspose2d: qnn.ConvTranspose2d,
     nn.ConvTranspose3d: qnn.ConvTranspose3d,
+    nn.Embedding: qnn.Embedding,
+    nn.EmbeddingBag: qnn.EmbeddingBag,
+    nn.MultiheadAttention: qnn.MultiheadAttention,
+    nn.TransformerEncoderLayer: qnn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer: qnn.TransformerDecoderLayer,
     **{getattr(nn, name): getattr(qnn, name) for name in ("RNN", "LSTM", "GRU")},
     **{getattr(nn, name): getattr(qnn, name) for name in ("RNNCell", "LSTMCell", "GRUCell")},
 }
@@ -75,13 +81,17 @@ def _warn_requantized(requantized: List[str], kept: List[str]) -> None:
 #: Modules whose float parameters are expected: BatchNorm folds into the layer before it
 #: (aquatic.fold_batch_norm, and aquatic.convert).
 _FOLDED = (nn.modules.batchnorm._BatchNorm,)
+#: The output projection of a MultiheadAttention, which its twin quantizes.
+_INSIDE_TWINS = (nn.modules.linear.NonDynamicallyQuantizableLinear,)
 
 
 def _warn_float_parameters(named: List[Tuple[str, nn.Module]], resolver: QConfigResolver) -> None:
     """Warn, naming them, about parameters that :func:`quantize` leaves in float."""
     left = []
     for name, module in named:
-        skip = (QuantizedModule, Quantizer, parametrize.ParametrizationList) + _FOLDED
+        skip = (
+            (QuantizedModule, Quantizer, parametrize.ParametrizationList) + _FOLDED + _INSIDE_TWINS
+        )
         if type(module) in TWINS or isinstance(module, skip):
             continue
         if resolver.names_explicitly(name):
@@ -126,25 +136,17 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
     parameters (:func:`quantize_parameter`), cannot be rebuilt: they keep their
     quantizers, with a ``UserWarning`` naming them.
 
-    A model of one's own (not ``nn.Sequential``, not a single layer) is then followed as
-    a graph (:func:`aquatic.graph.trace`, ``torch.fx`` with every layer kept as a
-    module) and comes back as an ``fx.GraphModule`` that holds the same modules under
-    the same names (``model.layer1[0].conv1`` still works; the containers and the
-    ``state_dict`` are the model's), with, each built from the QConfig's ``activation``:
-
-    - an :class:`aquatic.nn.ActivationQuantizer` at each graph input (``input_quantizer``,
-      from the QConfig of the model itself), unless one already takes that input, so
-      that :func:`aquatic.convert` needs no input scale;
-    - an :class:`aquatic.nn.Add` / :class:`~aquatic.nn.Mul` / :class:`~aquatic.nn.Cat`
-      wherever ``forward`` adds (``+``, ``+=``, ``torch.add``), multiplies or concatenates
-      tensors, named after the module whose ``forward`` does it (``layer1.0.add``) and
-      with that module's QConfig (by name, or by type through the mapping).
-
-    ``nn.Sequential`` models (and single layers) are not traced and get no input
-    quantizer: put an :class:`~aquatic.nn.ActivationQuantizer` first, or give
-    :func:`aquatic.convert` the ``input_scale``. A ``forward`` that cannot be traced
-    (control flow on tensor values) keeps its swapped layers, with a ``UserWarning``
-    naming the line; :func:`aquatic.convert` cannot follow it then.
+    A model of one's own (not ``nn.Sequential``, not a single layer) is then traced
+    (:func:`aquatic.graph.trace`) and comes back as an ``fx.GraphModule`` holding the same
+    modules under the same names (``model.layer1[0].conv1``; the ``state_dict`` is the
+    model's), with quantizers built from the QConfig's ``activation``: an
+    :class:`aquatic.nn.ActivationQuantizer` at each graph input (``input_quantizer``,
+    unless one already takes it), so that :func:`aquatic.convert` needs no input scale,
+    and an :class:`aquatic.nn.Add` / :class:`~aquatic.nn.Mul` / :class:`~aquatic.nn.Cat`
+    wherever ``forward`` adds (``+``, ``+=``), multiplies or concatenates tensors, named
+    after the module whose ``forward`` does it (``layer1.0.add``), with its QConfig.
+    ``nn.Sequential`` models are not traced and get no input quantizer. A ``forward``
+    that cannot be traced keeps its swapped layers, with a ``UserWarning`` naming the line.
 
     Args:
         model: the model to convert.
@@ -166,7 +168,7 @@ def quantize(model: nn.Module, qconfig: QConfigLike, inplace: bool = False) -> n
         UserWarning: listing mapping keys that match no module of the model; listing
             layers already quantized with another QConfig (re-quantized, or kept where
             they cannot be rebuilt); naming every parameter left in float because its
-            module has no aquatic twin (``Embedding``, ``LayerNorm``, ...), with the fix
+            module has no aquatic twin (``LayerNorm``, ...), with the fix
             (:func:`quantize_parameter`, or map the module's name to ``None`` to keep it
             in float by choice). BatchNorm parameters are not named: they fold into the
             layer before them (:func:`aquatic.fold_batch_norm`).
@@ -235,6 +237,16 @@ def _swap_twins(
         )
     _warn_requantized(requantized, kept)
     _warn_float_parameters(named, resolver)
+    fused = fused_layers_left_in_float(named, {id(m) for _, m, _ in plan})
+    if fused:
+        warnings.warn(
+            f"aquatic.quantize: {', '.join(fused)} stay torch.nn.TransformerEncoderLayer while "
+            "their linear layers are quantized: in eval under no_grad torch's fused path "
+            "would read the float weights. Quantize the layers too: "
+            "{nn.TransformerEncoderLayer: qconfig, ...}",
+            UserWarning,
+            stacklevel=3,
+        )
     if not plan:
         return (model if inplace else _deepcopy(model)), resolver
     if not inplace:
@@ -248,6 +260,8 @@ def _swap_twins(
             replacements[id(module)] = type(module).from_float(module.to_float(baked=False), config)
         else:
             replacements[id(module)] = TWINS[type(module)].from_float(module, config)
+    for name, module, _ in plan:  # children of transformer layers that the mapping names
+        follow_mapping(replacements[id(module)], name, module, resolver)
     return _replace(model, replacements), resolver
 
 

@@ -9,15 +9,20 @@ images, reports test accuracy for:
   ranges, MSE-optimal ranges, and MSE ranges + bias correction;
 - mixed precision (``aquatic.mixed_precision``, candidates 2, 4, 8 bits, or 1 (binary),
   2, 3, 4, 8 bits; MSE ranges + bias correction) at the weight-byte size of uniform
-  3-bit and of uniform 2-bit weights, against
-  uniform weights of that size, straight after calibration and after the same short
-  QAT fine-tune (2 epochs, Adam, lr 1e-4, ranges frozen);
+  3-bit and of uniform 2-bit weights, against uniform weights of that size, straight
+  after calibration and after the same short QAT fine-tune (5 epochs, Adam, lr 1e-3,
+  ranges frozen), with the paired differences (mixed minus uniform, seed by seed);
 - torch.ao eager-mode PTQ (x86 default qconfig: per-channel int8 weights, histogram
   int8 activations) as a reference row, when the quantized engine is available.
 
+Every figure is the mean over ``--seeds`` seeds (each its own data split, float
+training and fine-tune order): one test image is 0.22 percentage points, and single
+seeds differ by more than the effects measured.
+
 Usage::
 
-    python benchmarks/ptq.py [--epochs 40] [--seed 0] [--threads 1]
+    python benchmarks/ptq.py [--epochs 40] [--seed 0] [--seeds 10] [--threads 1]
+    python benchmarks/ptq.py --allocations   # every allocation at the 3-bit size
 
 Needs scikit-learn (``pip install -e '.[demo]'``).
 """
@@ -29,7 +34,7 @@ import copy
 import math
 import time
 import warnings
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -38,6 +43,9 @@ import aquatic
 from aquatic.demo import load_digits
 from aquatic.observers import MinMaxObserver, MSEObserver
 from aquatic.ptq import weight_qconfig
+
+Row = Tuple[str, str, float]
+QatRow = Tuple[str, float, float]
 
 
 def make_mlp() -> nn.Sequential:
@@ -98,22 +106,14 @@ def torch_ao_ptq(model: nn.Module, calib: List[Tensor], x: Tensor, y: Tensor) ->
         return None
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--qat-epochs", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    start = time.perf_counter()
-    x_train, y_train, x_test, y_test = load_digits(seed=args.seed)
-    torch.manual_seed(args.seed)
+def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
+    """Every row of the tables for one seed (data split, float training, fine-tune)."""
+    x_train, y_train, x_test, y_test = load_digits(seed=seed)
+    torch.manual_seed(seed)
     model = make_mlp()
-    train(model, x_train, y_train, args.epochs, 1e-3, args.seed)
+    train(model, x_train, y_train, args.epochs, 1e-3, seed)
     calib = [x_train[i : i + 64] for i in range(0, 640, 64)]
-    labelled = [(x_train[i : i + 64], y_train[i : i + 64]) for i in range(0, 640, 64)]
-    rows: List[Tuple[str, str, float]] = []
+    rows: List[Row] = []
     float_acc = accuracy(model, x_test, y_test)
     all_bytes = {n: 32 for n in ("0", "2", "4")}
     rows.append(("float32", f"{weight_bytes(model, all_bytes)}", float_acc))
@@ -135,40 +135,125 @@ def main(argv: Optional[List[str]] = None) -> None:
             (f"{bits}-bit weights, MSE + bias corr.", size, accuracy(corrected, x_test, y_test))
         )
 
-    qat_rows = []
-    for bits, candidates in ((3, (2, 4, 8)), (3, (1, 2, 3, 4, 8)), (2, (1, 2, 3, 4, 8))):
+    qat_rows: List[QatRow] = []
+    for bits, configurations in ((3, ((2, 4, 8), (1, 2, 3, 4, 8))), (2, ((1, 2, 3, 4, 8),))):
         budget = weight_bytes(model, {n: bits for n in ("0", "2", "4")})
         same = uniform(model, bits, MSEObserver, calib, bias_correction=True)
-        t = time.perf_counter()
-        mapping = aquatic.mixed_precision(
-            model, calib, budget=budget, candidates=candidates, progress=False
-        )
-        seconds = time.perf_counter() - t
-        mixed = aquatic.calibrate(
-            aquatic.quantize(model, mapping), calib, progress=False, bias_correction=True
-        )
-        label = "/".join(str(mapping.bits[n]) for n in ("0", "2", "4"))
-        choices = ",".join(map(str, candidates))
-        rows.append(
-            (
-                f"mixed {label} of {{{choices}}} (<= {bits}-bit, {seconds:.1f} s)",
-                str(mapping.cost),
-                accuracy(mixed, x_test, y_test),
+        variants = [(f"uniform {bits}-bit", same)]
+        for candidates in configurations:
+            mapping = aquatic.mixed_precision(
+                model, calib, budget=budget, candidates=candidates, progress=False
             )
-        )
-        for name, qmodel in ((f"uniform {bits}-bit", same), (f"mixed {label}", mixed)):
+            mixed = aquatic.calibrate(
+                aquatic.quantize(model, mapping), calib, progress=False, bias_correction=True
+            )
+            choices = ",".join(map(str, candidates))
+            label = f"mixed of {{{choices}}} at {bits}-bit size"
+            rows.append((label, str(mapping.cost), accuracy(mixed, x_test, y_test)))
+            print(f"seed {seed}: {label}: bits {mapping.bits}")
+            variants.append((label, mixed))
+        for name, qmodel in variants:
             before = accuracy(qmodel, x_test, y_test)
-            train(qmodel, x_train, y_train, args.qat_epochs, 1e-4, args.seed)
+            train(qmodel, x_train, y_train, args.qat_epochs, args.qat_lr, seed)
             qat_rows.append((name, before, accuracy(qmodel, x_test, y_test)))
+    return rows, qat_rows
 
-    print(f"\nDigits MLP 64-128-128-10, test set of {len(x_test)} images")
-    print(f"{'model':<50} {'weight bytes':>12} {'accuracy %':>10}")
-    for name, size, acc in rows:
-        print(f"{name:<50} {size:>12} {acc:>10.2f}")
-    print(f"\nQAT fine-tune ({args.qat_epochs} epochs, Adam lr 1e-4, ranges frozen)")
-    print(f"{'model':<50} {'PTQ %':>8} {'QAT %':>8}")
-    for name, before, after in qat_rows:
-        print(f"{name:<50} {before:>8.2f} {after:>8.2f}")
+
+#: Every allocation at the weight-byte size of uniform 3-bit weights that no other
+#: allocation of that size dominates (each layer as wide or wider), widths 1 to 8: what mixed
+#: precision could choose there.
+THREE_BIT_SIZE = ((3, 3, 3), (2, 3, 8), (4, 2, 8), (5, 2, 3), (1, 4, 3), (6, 1, 8), (7, 1, 3))
+
+
+def allocations(seeds: range, args: argparse.Namespace) -> None:
+    """Accuracy after calibration of each allocation of the 3-bit size, against 3/3/3."""
+    accs = []
+    for seed in seeds:
+        x_train, y_train, x_test, y_test = load_digits(seed=seed)
+        torch.manual_seed(seed)
+        model = make_mlp()
+        train(model, x_train, y_train, args.epochs, 1e-3, seed)
+        calib = [x_train[i : i + 64] for i in range(0, 640, 64)]
+        row = []
+        for widths in THREE_BIT_SIZE:
+            mapping = {n: weight_qconfig(b) for n, b in zip(("0", "2", "4"), widths)}
+            qmodel = aquatic.quantize(model, mapping)
+            qmodel = aquatic.calibrate(qmodel, calib, progress=False, bias_correction=True)
+            row.append(accuracy(qmodel, x_test, y_test))
+        accs.append(row)
+    print("\nEvery allocation at the 3-bit size (MSE + bias corr.), minus uniform 3-bit")
+    for k, widths in enumerate(THREE_BIT_SIZE):
+        size = weight_bytes(make_mlp(), dict(zip(("0", "2", "4"), widths)))
+        column = [row[k] for row in accs]
+        paired = _paired(column, [row[0] for row in accs])
+        label = "/".join(map(str, widths))
+        print(f"{label:<8} {size:>6} bytes {_mean_std(column):>16} {paired:>24}")
+
+
+def _mean_std(values: List[float]) -> str:
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.2f} +- {std:.2f}"
+
+
+def _paired(mixed: List[float], uniform: List[float]) -> str:
+    """Mean and standard error of the paired differences, with wins/losses."""
+    diffs = [m - u for m, u in zip(mixed, uniform)]
+    mean = sum(diffs) / len(diffs)
+    sem = 0.0
+    if len(diffs) > 1:
+        sem = (sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs)) ** 0.5
+    wins, losses = sum(d > 0 for d in diffs), sum(d < 0 for d in diffs)
+    return f"{mean:+.2f} +- {sem:.2f} ({wins}W/{losses}L)"
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--epochs", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds averaged")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--qat-epochs", type=int, default=5)
+    parser.add_argument("--qat-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--allocations",
+        action="store_true",
+        help="only compare every allocation at the 3-bit size with uniform 3-bit",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    seeds = range(args.seed, args.seed + args.seeds)
+    if args.allocations:
+        allocations(seeds, args)
+        return
+    results = [run(seed, args) for seed in seeds]
+    rows: Dict[Tuple[str, str], List[float]] = {}
+    qat: Dict[str, Tuple[List[float], List[float]]] = {}
+    for seed_rows, seed_qat in results:
+        for name, size, acc in seed_rows:
+            rows.setdefault((name, size), []).append(acc)
+        for name, before, after in seed_qat:
+            pair = qat.setdefault(name, ([], []))
+            pair[0].append(before)
+            pair[1].append(after)
+    seeds = f"seeds {args.seed}..{args.seed + args.seeds - 1}, mean +- std"
+    print(f"\nDigits MLP 64-128-128-10, test set of 449 images, {seeds}")
+    print(f"{'model':<44} {'weight bytes':>12} {'accuracy %':>16}")
+    for (name, size), accs in rows.items():
+        print(f"{name:<44} {size:>12} {_mean_std(accs):>16}")
+    print(f"\nQAT fine-tune ({args.qat_epochs} epochs, Adam lr {args.qat_lr:g}, ranges frozen)")
+    print(f"{'model':<44} {'PTQ %':>16} {'QAT %':>16}")
+    for name, (before, after) in qat.items():
+        print(f"{name:<44} {_mean_std(before):>16} {_mean_std(after):>16}")
+    print("\nMixed minus uniform at the same size, paired by seed (mean +- standard error)")
+    print(f"{'model':<44} {'PTQ':>22} {'QAT':>22}")
+    for name, (before, after) in qat.items():
+        if name.startswith("mixed"):
+            same = qat[f"uniform {name.split(' at ')[1].split('-')[0]}-bit"]
+            print(f"{name:<44} {_paired(before, same[0]):>22} {_paired(after, same[1]):>22}")
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
 
 

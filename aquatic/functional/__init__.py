@@ -33,8 +33,11 @@ from aquatic.functional.neurons_fused import lif_fused
 from aquatic.functional.surrogate import spike
 from aquatic.functional.recurrent import CellQuantizers, CellWeights, gru_cell, lstm_cell, rnn_cell
 from aquatic.functional.recurrent_sequence import recurrent_sequence
+from aquatic.functional.attention import additive_mask, quantized_attention
 
 __all__ = [
+    "additive_mask",
+    "quantized_attention",
     "Grid",
     "ROUNDING_MODES",
     "calculate_qparams",

@@ -139,6 +139,13 @@ class NeuronSpec(NamedTuple):
             the output is the membrane. ``reset`` to ``detach_reset`` then do nothing.
         state_ops: the state quantizers :math:`Q_v, Q_i` and decay functions
             (:class:`StateOps`; all ``None`` by default).
+        strict_threshold: spike when :math:`v > \\vartheta` rather than
+            :math:`v \\ge \\vartheta` (Loihi's test; binary spikes only).
+        input_after_decay: add the input to the synaptic current after its decay,
+            :math:`i[t] = Q_i(\\alpha_{syn} \\odot i[t-1] + x[t])` (Loihi's CUBA order),
+            rather than decaying it in its arrival step.
+        input_delay: the neurons receive the input one step late, :math:`x[t-1]` at
+            step :math:`t` (zero at step 0), as a Loihi connection delivers it.
 
     A recurrent layer's weight is not part of the spec: it connects neurons, and
     :func:`~aquatic.functional.neurons.lif_recurrent` takes it as an argument.
@@ -161,6 +168,9 @@ class NeuronSpec(NamedTuple):
     detach_reset: bool = False
     spiking: bool = True
     state_ops: StateOps = StateOps()
+    strict_threshold: bool = False
+    input_after_decay: bool = False
+    input_delay: bool = False
 
     @property
     def synaptic(self) -> bool:

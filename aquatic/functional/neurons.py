@@ -48,6 +48,13 @@ state has a grid (:meth:`aquatic.quantizers.BitShiftDecay.decay_state`:
 decay then computes Xylo's ``y - max(y >> dash, 1)`` on the state's integer grid
 rather than :math:`\alpha y` rounded to the nearest point.
 
+Loihi's conventions. Three :class:`NeuronSpec` fields (off by default; ``LIF`` takes
+them as arguments, :func:`aquatic.hw.loihi.neuron_options` sets them) change the
+equations to Loihi's CUBA neuron as lava-nc computes it: ``strict_threshold`` spikes on
+:math:`v[t] > \vartheta`; ``input_after_decay`` adds the input after the current's
+decay, :math:`i[t] = Q_i(\alpha_{syn} \odot i[t-1] + x[t])`; ``input_delay`` feeds
+:math:`x[t-1]` at step :math:`t` (zero at step 0). They run step by step.
+
 Relation to snnTorch's ``Leaky`` (default ``reset_delay=True``): snnTorch computes
 :math:`U[t] = \beta U[t-1] + x[t] - \vartheta\, S[t-1]` with :math:`S[t] = H(U[t] -
 \vartheta)` (strictly above the threshold) and returns the membrane before the reset.

@@ -39,6 +39,11 @@ def check_spec(spec: NeuronSpec) -> NeuronSpec:
             "a spiking NeuronSpec needs a threshold, got threshold=None; give one, or "
             "spiking=False for a leaky integrator"
         )
+    if spec.strict_threshold and spec.max_spikes != 1:
+        raise ValueError(
+            f"strict_threshold decides binary spikes (v > threshold); got max_spikes="
+            f"{spec.max_spikes}: use max_spikes=1 or strict_threshold=False"
+        )
     return spec
 
 
@@ -49,17 +54,20 @@ def _params(spec: NeuronSpec) -> Tuple:
     return spec.alpha_mem, spec.alpha_syn, threshold, spec.bias
 
 
-def _step(x, state, params, options, ops: StateOps):
+def _step(x, state, params, options, ops: StateOps, strict=False, after_decay=False):
     # Without state ops, the order of operations here is the one lif_fused uses, so both
     # give the same bits.
     alpha_mem, alpha_syn, threshold, bias = params
     reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking = options
     if alpha_syn is not None:
-        total = state.i_syn + x
+        # Loihi decays the current, then adds the input; the default decays both.
+        total = state.i_syn if after_decay else state.i_syn + x
         if ops.decay_i_syn is None:
             i_syn = alpha_syn * total
         else:
             i_syn = ops.decay_i_syn(total, alpha_syn)
+        if after_decay:
+            i_syn = i_syn + x
         if ops.quantize_i_syn is not None:
             i_syn = ops.quantize_i_syn(i_syn)
     else:
@@ -77,6 +85,9 @@ def _step(x, state, params, options, ops: StateOps):
         v = ops.quantize_v_mem(v)
     if spiking:
         out = spike(v, threshold, surrogate, max_spikes)
+        if strict:
+            # v > threshold: no spike where v equals it (the surrogate gradient stays).
+            out = out - (v == threshold).to(out.dtype).detach()
         if reset == "subtract":
             v = v - threshold * (out.detach() if detach_reset else out)
         else:
@@ -109,17 +120,32 @@ def neuron_step(
         (tensor([[0., 1.]]), tensor([[0.6000, 0.2000]]))
     """
     check_spec(spec)
+    if spec.input_delay:
+        raise ValueError(
+            "input_delay delays the input by one step of a sequence; run the spec with "
+            "neuron_sequence, or delay the input yourself and use input_delay=False"
+        )
     params, state, options = prepare(input, state, _params(spec), spec.options(), sequence=False)
-    return _step(input, state, params, options, spec.state_ops)
+    return _step(input, state, params, options, spec.state_ops, *_order(spec))
+
+
+def _order(spec: NeuronSpec) -> Tuple[bool, bool]:
+    return spec.strict_threshold, spec.input_after_decay
+
+
+def _delayed(input: Tensor) -> Tensor:
+    """``input`` one step late along time (dim 1): zeros at step 0, the last step dropped."""
+    return torch.cat([torch.zeros_like(input[:, :1]), input[:, :-1]], 1)
 
 
 def _loop(input: Tensor, spec: NeuronSpec, state, record_states: bool) -> LIFOutput:
     params, state, options = prepare(input, state, _params(spec), spec.options())
+    order = _order(spec)
     outputs, v_trace, i_trace = [], [], []
     # unbind, not input[:, t]: one backward node for all steps instead of one full-size
     # zero-filled gradient per step.
     for x in input.unbind(1):
-        out, state = _step(x, state, params, options, spec.state_ops)
+        out, state = _step(x, state, params, options, spec.state_ops, *order)
         outputs.append(out)
         if record_states:
             v_trace.append(state.v_mem)
@@ -143,6 +169,8 @@ def neuron_sequence(
     ``spec.state_ops`` has a state quantizer or a decay function (arbitrary modules and
     functions, run step by step under autograd); then it runs one step at a time.
     ``"loop"`` and ``"fused"`` force one; ``"fused"`` with state operations is an error.
+    ``strict_threshold`` and ``input_after_decay`` run step by step too;
+    ``input_delay`` shifts the input one step along time before either runs.
 
     Args:
         input: ``(N, T, *)``, batch first, then time.
@@ -158,12 +186,14 @@ def neuron_sequence(
     """
     check_method(method)
     check_spec(spec)
-    quantized = spec.state_ops.any()
+    quantized = spec.state_ops.any() or any(_order(spec))
     if method == "fused" and quantized:
         raise ValueError(
-            "the fused method does not run state quantizers or decay functions; use "
-            "method='loop' or 'auto'"
+            "the fused method does not run state quantizers, decay functions, "
+            "strict_threshold or input_after_decay; use method='loop' or 'auto'"
         )
+    if spec.input_delay and input.dim() >= 2:
+        input = _delayed(input)
     if method == "loop" or quantized:
         return _loop(input, spec, state, record_states)
     alpha_mem, alpha_syn, threshold, bias = _params(spec)
@@ -220,6 +250,11 @@ def lif_recurrent(
                 [1., 0.]])
     """
     check_spec(spec)
+    if spec.input_delay:
+        raise ValueError(
+            "lif_recurrent does not delay its input (input_delay=True); give a spec with "
+            "input_delay=False"
+        )
     if not isinstance(input, Tensor) or input.dim() != 3:
         shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
         raise ValueError(f"lif_recurrent expects input of shape (N, T, C), got {shape}")

@@ -70,23 +70,28 @@ def mse_range(
         (tensor([-0.3000]), tensor([3.]))
     """
     rows = rows.float()
+    channels, size = rows.shape
     low, high = rows.amin(dim=1), rows.amax(dim=1)
-    best_err = torch.full_like(low, float("inf"))
-    best_low, best_high = low.clone(), high.clone()
-    # From the full range down, so that a tie keeps the wider range (clips least).
-    for k in range(steps, 0, -1):
-        f = k / steps
-        cand_low, cand_high = low * f, high * f
+    # From the full range down, so that a tie keeps the wider range (clips least):
+    # argmin returns the first minimum. The candidates are evaluated in chunks of
+    # stacked copies of the rows (one fake-quantize call each, about 2**22 values).
+    factors = torch.arange(steps, 0, -1, dtype=torch.float32, device=rows.device) / steps
+    chunk = max(1, min(steps, 2**22 // max(rows.numel(), 1)))
+    errors = []
+    for start in range(0, steps, chunk):
+        f = factors[start : start + chunk, None]  # (k, 1)
+        cand_low, cand_high = (low * f).reshape(-1), (high * f).reshape(-1)
         scale, zero_point = calculate_qparams(
             cand_low, cand_high, quant_min, quant_max, symmetric, power_of_two
         )
-        quantized = fake_quantize_affine(rows, scale, zero_point, quant_min, quant_max, ch_axis=0)
-        err = (quantized - rows).pow(2).sum(dim=1)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_low = torch.where(better, cand_low, best_low)
-        best_high = torch.where(better, cand_high, best_high)
-    return best_low, best_high
+        stacked = rows.repeat(len(f), 1)  # (k * channels, size)
+        quantized = fake_quantize_affine(
+            stacked, scale, zero_point, quant_min, quant_max, ch_axis=0
+        )
+        errors.append((quantized - stacked).pow(2).sum(dim=1).reshape(len(f), channels))
+    best = torch.cat(errors).argmin(dim=0)  # (channels,)
+    chosen = factors[best]
+    return low * chosen, high * chosen
 
 
 def kl_levels(quant_min: int, quant_max: int, signed_data: bool) -> int:

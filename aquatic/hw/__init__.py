@@ -8,7 +8,7 @@ chip's limits. Errors for what a chip cannot hold are
 
 - :mod:`aquatic.hw.xylo`: SynSense Xylo (Xylo Audio 2), bit-exact with ``xylosim``.
 - :mod:`aquatic.hw.dynapcnn`: SynSense DYNAP-CNN / Speck, as sinabs discretises it.
-- :mod:`aquatic.hw.loihi`: Intel Loihi CUBA neurons, as lava-dl computes them.
+- :mod:`aquatic.hw.loihi`: Intel Loihi CUBA neurons, as lava-nc's bit-accurate models compute them (netx export).
 """
 
 from aquatic.hw import dynapcnn, loihi, xylo

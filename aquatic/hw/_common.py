@@ -9,12 +9,15 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.functional.grid import Grid, NoRangeError
+from aquatic.qconfig import QConfig
+from aquatic.quantizers.uniform import UniformQuantizer
 
 __all__ = [
     "DoesNotFitError",
     "as_int_tensor",
     "check_range",
     "check_spikes",
+    "per_tensor_weights",
     "on_grid",
     "quantized_param",
     "spec_layers",
@@ -217,3 +220,10 @@ def per_neuron(value: Optional[Tensor], size: int, name: str) -> Tensor:
     if value.numel() != size:
         raise DoesNotFitError(f"{name} has {value.numel()} values for {size} neurons")
     return value
+
+
+def per_tensor_weights(bits: int) -> QConfig:
+    """``bits``-bit symmetric weights with one scale per tensor, from their min/max: a
+    synapse layer alone as a shared-scale chip quantizes it (the population's
+    thresholds and biases may widen the shared scale further)."""
+    return QConfig(weight=UniformQuantizer.with_args(bits=bits, signed=True, symmetric=True))

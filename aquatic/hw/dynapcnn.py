@@ -20,12 +20,14 @@ from aquatic.hw._common import (
     layer_sequence,
     on_grid,
     per_neuron,
+    per_tensor_weights,
     quantized_param,
     require,
     weight_grid,
 )
 from aquatic.hw._dynapcnn_sim import POOL_SIZES, STATE_BITS, WEIGHT_BITS, check_spec, simulate
 from aquatic.nn import IAF
+from aquatic.ptq.chip_budget import ChipBudget
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.shared import ScaleGroup, SharedScaleQuantizer
 
@@ -34,6 +36,7 @@ __all__ = [
     "WEIGHT_BITS",
     "NUM_CORES",
     "POOL_SIZES",
+    "budget",
     "check_spec",
     "export",
     "qconfig",
@@ -357,4 +360,25 @@ def _check_scaled(syn_name, iaf_name, pooled_by, area, bias, threshold, low) -> 
         threshold < 2 ** (STATE_BITS - 1) and low >= -(2 ** (STATE_BITS - 1)),
         f"{fix}; {iaf_name}.threshold then reaches {threshold} (min_v_mem {low}), beyond 16 "
         "bits: use sum pooling (aquatic.nn.SumPool2d) and train with it, or a smaller threshold",
+    )
+
+
+def budget(input_shape: Optional[Sequence[int]] = None, max_input_spikes: int = 1) -> ChipBudget:
+    """DYNAP-CNN as the budget of :func:`aquatic.mixed_precision` (``budget=dynapcnn``).
+
+    Weights of 2 to 8 bits, each core on its ``IAF``'s shared scale (from
+    :func:`qconfig`), checked by ``export(model, input_shape, max_input_spikes)``
+    (cores, kernel and neuron memory, ranges, accumulator overflow); see
+    :class:`aquatic.ptq.ChipBudget`.
+
+    Example:
+        >>> from aquatic.hw import dynapcnn
+        >>> dynapcnn.budget(input_shape=(2, 16, 16)).max_bits
+        8
+    """
+    return ChipBudget(
+        "DYNAP-CNN",
+        check=lambda model: export(model, input_shape, max_input_spikes),
+        weight_qconfig=per_tensor_weights,
+        max_bits=WEIGHT_BITS,
     )

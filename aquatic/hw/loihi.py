@@ -1,22 +1,28 @@
-"""Intel Loihi (CUBA neurons, as lava-dl trains them): QAT preset, simulator and export.
+"""Intel Loihi (CUBA neurons, as lava-nc's bit-accurate models compute them): QAT preset,
+simulator and export (a spec for :func:`simulate`, and lava-dl's netx HDF5).
 
-States are integers in units of 1/64 (lava-dl's ``w_scale``): weights lie on a grid of
-2/64 with 8 bits (-4 .. 3.97), thresholds are ``theta * 64``, and the 12-bit decays
-``du``/``dv`` give :math:`\\alpha = 1 - d / 4096`. See :mod:`aquatic.hw._loihi_sim` for
-the arithmetic of :func:`simulate`.
+Registers are integers in units of 1/64 (lava-dl's ``w_scale``): weights lie on a grid
+of 2/64 with 8 bits (-4 .. 3.97), thresholds are ``theta * 64`` and biases
+``b * 64``; the 12-bit decays ``du``/``dv`` give :math:`\\alpha = 1 - d / 4096`. The
+chip holds its states in units of 1/4096 (registers shifted left by 6 bits); see
+:mod:`aquatic.hw._loihi_sim` for the arithmetic of :func:`simulate`, which is lava-nc's.
 
-Exactness: with :func:`qconfig` the states are quantized to the 24-bit grid of 1/64
-before the spike decision, and the 12-bit decays are applied as Loihi applies them
+Exactness: with :func:`qconfig` the states are quantized to the chip's 24-bit grid of
+1/4096 (the voltage saturating at :math:`\\pm(2^{23} - 1)`) before the spike
+decision, and the 12-bit decays are applied as Loihi applies them
 (``(4096 - d) * x >> 12`` rounded toward zero,
-:meth:`aquatic.quantizers.UniformDecay.decay_state`). A trained ``Linear -> LIF``
-stack with a leaky (or no) voltage decay and no synaptic state then spikes exactly as
-``simulate(export(model), x)``. With ``tau_syn`` it cannot in general, whatever the
-export does; see :func:`export`.
+:meth:`aquatic.quantizers.UniformDecay.decay_state`). With the neuron options of
+:func:`neuron_options` (reset to zero, spike on :math:`v > \\vartheta`, input added
+after the current decay, one step of delay per connection) a trained ``Linear -> LIF``
+stack then spikes exactly as ``simulate(export(model), x)`` and as its netx file run in
+lava-nc, with or without ``tau_syn``. One difference remains: the chip wraps a current
+that leaves its 24 bits, training saturates it (both are a failure of scaling).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List
+import os
+from typing import Any, Dict, List, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
@@ -35,19 +41,38 @@ from aquatic.hw._common import (
     quantized_param,
     require,
 )
-from aquatic.hw._loihi_sim import DECAY_BITS, STATE_BITS, W_SCALE, check_spec, simulate
+from aquatic.hw._loihi_netx import write_netx
+from aquatic.hw._loihi_sim import (
+    BIAS_MAX,
+    DECAY_BITS,
+    STATE_BITS,
+    STATE_SHIFT,
+    THRESHOLD_MAX,
+    V_MAX,
+    W_SCALE,
+    check_spec,
+    simulate,
+)
 from aquatic.nn import LIF, LIFRecurrent
+from aquatic.ptq.chip_budget import ChipBudget
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.decay import UniformDecay
 from aquatic.quantizers.uniform import UniformQuantizer
 
 __all__ = [
+    "BIAS_MAX",
     "DECAY_BITS",
     "STATE_BITS",
+    "STATE_SHIFT",
+    "THRESHOLD_MAX",
+    "V_MAX",
     "W_SCALE",
     "StateQuantizer",
+    "budget",
     "check_spec",
     "export",
+    "export_netx",
+    "neuron_options",
     "qconfig",
     "simulate",
 ]
@@ -65,6 +90,8 @@ class StateQuantizer(Quantizer):
     Args:
         bits: width of the signed integer state, 2 to 32.
         scale: the state unit (positive).
+        narrow_range: saturate at :math:`\\pm(2^{bits-1} - 1)` (Loihi's voltage) rather
+            than at :math:`-2^{bits-1}` and :math:`2^{bits-1} - 1`.
 
     Example:
         >>> q = StateQuantizer()
@@ -74,7 +101,9 @@ class StateQuantizer(Quantizer):
         tensor([     64, 8388607], dtype=torch.int32)
     """
 
-    def __init__(self, bits: int = STATE_BITS, scale: float = 1.0 / W_SCALE) -> None:
+    def __init__(
+        self, bits: int = STATE_BITS, scale: float = 1.0 / W_SCALE, narrow_range: bool = False
+    ) -> None:
         super().__init__()
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 32:
             raise ValueError(f"bits must be an int in 2..32, got {bits!r}")
@@ -82,6 +111,9 @@ class StateQuantizer(Quantizer):
             raise ValueError(f"scale must be a positive number, got {scale!r}")
         self.bits = bits
         self.quant_min, self.quant_max = int_range(bits)
+        self.narrow_range = bool(narrow_range)
+        if self.narrow_range:
+            self.quant_min += 1
         self.register_buffer("scale", torch.tensor(float(scale)))
         self.register_buffer("zero_point", torch.zeros((), dtype=torch.int32))
 
@@ -104,38 +136,66 @@ class StateQuantizer(Quantizer):
         return self.grid().qparams()
 
     def extra_repr(self) -> str:
-        return f"bits={self.bits}, scale={self.scale.item():g}" + self._switch_repr()
+        narrow = ", narrow_range=True" if self.narrow_range else ""
+        return f"bits={self.bits}, scale={self.scale.item():g}{narrow}" + self._switch_repr()
 
 
 def qconfig():
-    """A QConfig that trains against Loihi's grids (lava-dl's conventions).
+    """A QConfig that trains against Loihi's registers and states.
 
-    Weights: 8 bits with a fixed step of 2/64; biases and thresholds: 16 bits on a grid
-    of 1/64; ``tau``/``alpha``: 12-bit uniform decays
+    Weights: 8 bits with a fixed step of 2/64; biases: the chip's 13-bit mantissa on a
+    grid of 1/64; thresholds: 16 bits unsigned on a grid of 1/64 (the chip's ``vth``
+    has 17); ``tau``/``alpha``: 12-bit uniform decays
     (:class:`~aquatic.quantizers.UniformDecay`, :math:`\\alpha = 1 - d/4096`); states:
-    24 bits on the grid of 1/64 (:class:`StateQuantizer`), so the spiking layers decide
-    spikes on the integer voltage and decay the states as Loihi does.
+    24 bits on the chip's grid of 1/4096, saturating at :math:`\\pm(2^{23} - 1)`
+    (:class:`StateQuantizer`), so the spiking layers decide spikes on the chip's voltage
+    and decay the states as the chip does. Give the ``LIF`` layers
+    :func:`neuron_options` too.
 
     Example:
         >>> from aquatic.hw import loihi
         >>> q = loihi.qconfig()
-        >>> q.weight.kwargs["scale"], q.alpha.kwargs["bits"], q.state.kwargs["bits"]
-        (0.03125, 12, 24)
+        >>> q.weight.kwargs["scale"], q.alpha.kwargs["bits"], q.state.kwargs["scale"]
+        (0.03125, 12, 0.000244140625)
     """
     step = 1.0 / W_SCALE
     return QConfig(
         weight=UniformQuantizer.with_args(bits=8, scale=2 * step),
-        bias=UniformQuantizer.with_args(bits=16, scale=step),
+        bias=UniformQuantizer.with_args(bits=13, scale=step),
         threshold=UniformQuantizer.with_args(bits=16, signed=False, scale=step),
         tau=UniformDecay.with_args(bits=DECAY_BITS, param="tau"),
         alpha=UniformDecay.with_args(bits=DECAY_BITS, param="alpha"),
-        state=StateQuantizer.with_args(bits=STATE_BITS, scale=step),
+        state=StateQuantizer.with_args(
+            bits=STATE_BITS, scale=step / 2**STATE_SHIFT, narrow_range=True
+        ),
     )
 
 
-def _state_grid() -> Grid:
-    """The chip's state grid: units of 1/64, 24-bit (weights, thresholds and biases too)."""
-    return StateQuantizer().grid()
+def neuron_options() -> Dict[str, Any]:
+    """The :class:`~aquatic.nn.LIF` options of Loihi's CUBA neuron, as keyword arguments.
+
+    ``reset="zero"``; ``strict_threshold`` (spike on :math:`v > \\vartheta`);
+    ``input_after_decay`` (:math:`u[t] = R(u[t-1]) + x[t]`); ``input_delay`` (every
+    connection delivers its spikes one step late, the input's too, as lava-nc's Dense).
+
+    Example:
+        >>> from aquatic import nn as ann
+        >>> from aquatic.hw import loihi
+        >>> lif = ann.LIF(tau_mem=4.0, qconfig=loihi.qconfig(), **loihi.neuron_options())
+        >>> lif.strict_threshold, lif.input_after_decay, lif.input_delay, lif.reset
+        (True, True, True, 'zero')
+    """
+    return {
+        "reset": "zero",
+        "strict_threshold": True,
+        "input_after_decay": True,
+        "input_delay": True,
+    }
+
+
+def _register_grid() -> Grid:
+    """The grid of the registers: units of 1/64 (weights, thresholds and biases)."""
+    return StateQuantizer(scale=1.0 / W_SCALE).grid()
 
 
 def _decay_code(alpha, size: int, name: str) -> torch.Tensor:
@@ -148,38 +208,30 @@ def _decay_code(alpha, size: int, name: str) -> torch.Tensor:
     return on_grid(leak, grid, f"{name} (as 1 - alpha)")
 
 
-def export(model: nn.Module) -> Dict[str, Any]:
+def export(model: nn.Module, path: Optional[Union[str, os.PathLike]] = None) -> Dict[str, Any]:
     """The trained ``model`` as Loihi CUBA layers (a spec for :func:`simulate`).
 
     ``model`` is ``Linear -> LIF`` repeated (an ``nn.Sequential``), quantized with
-    :func:`qconfig`. Each ``LIF`` needs ``reset="zero"`` and ``max_spikes=1``, as
-    lava-dl's CUBA neurons. Without ``tau_syn``, ``du = 4096`` (:math:`u = x`) and the
-    ``Linear`` bias joins the neuron bias; the voltage decay ``dv`` is the model's, and
-    the exported network spikes exactly as the model does (see the module docstring).
+    :func:`qconfig`, each ``LIF`` built with :func:`neuron_options`. Each ``LIF`` needs
+    ``max_spikes=1``. Without ``tau_syn`` the current takes the input as it is
+    (``current_decay = 4096``); with it, ``current_decay`` is the model's. The voltage
+    decay ``dv`` is the model's. The ``LIF`` bias is the chip's bias; a ``Linear``
+    bias is refused (the chip delays what a connection delivers, and a bias inside the
+    connection would be delayed with it: give the ``LIF`` a bias instead). The exported
+    network then spikes exactly as the model does (see the module docstring).
 
-    With ``tau_syn``: aquatic's synaptic current decays the input in its arrival step,
-    :math:`i[t] = R(i[t-1] + x[t])`, while Loihi adds the input after the decay,
-    :math:`u[t] = R(u[t-1]) + W' x[t]` (:math:`R` the decay rounded toward zero). In
-    real numbers the two agree for :math:`W' = \\alpha_s W`, which is what this export
-    writes, so a ``LIF`` with ``tau_syn`` exports only if :math:`\\alpha_s W` lies on the
-    weight grid. In integers they still differ by one state unit wherever the rounding
-    toward zero of :math:`\\alpha_s u` alone and of :math:`\\alpha_s u + \\alpha_s W x`
-    disagree (e.g. :math:`\\alpha_s = 3/4`, :math:`u = -1`, :math:`\\alpha_s W x = 3`:
-    aquatic gets :math:`\\lfloor 2.25 \\rfloor = 2`, Loihi :math:`0 + 3 = 3`), and no
-    export can remove that: Loihi's membrane sees :math:`u[t]`, so :math:`u[t]` must be
-    aquatic's :math:`i[t] = R(i[t-1] + x[t])`, and Loihi can only form it as
-    :math:`R(u[t-1]) + (\\text{integer weights}) \\cdot x[t]`; since :math:`R(a + b) \\ne
-    R(a) + R'(b)` for a rounded decay, that needs :math:`\\alpha_s \\in \\{0, 1\\}`.
-    (Keeping :math:`u` as aquatic's pre-decay sum :math:`i[t-1] + x[t]` makes the
-    current exact, but then the membrane receives it undecayed.) So synaptic decays
-    are exact for :math:`\\alpha_s = 1` (``du = 0``) and otherwise close, not exact.
+    Args:
+        model: the trained ``nn.Sequential``.
+        path: also write the network there in lava-dl's netx HDF5 format
+            (:func:`export_netx`), which needs h5py (``pip install 'aquatic[loihi]'``).
 
     Returns:
-        dict: ``{"layers": [...]}``, each with ``weight`` ``(Nout, Nin)`` (state units,
+        dict: ``{"layers": [...]}``, each with ``weight`` ``(Nout, Nin)`` (units of 1/64,
         even), ``current_decay``, ``voltage_decay``, ``threshold``, ``bias`` and ``name``.
 
     Raises:
-        DoesNotFitError: a layer type Loihi lacks or a value off its grid (names the layer).
+        DoesNotFitError: a layer type or option Loihi lacks, or a value off its grid or
+            outside its field (names the layer, the value and the limit).
     """
     refuse_shared_layers(model, "Loihi export")
     layers = layer_sequence(model, "Loihi")
@@ -188,7 +240,7 @@ def export(model: nn.Module) -> Dict[str, Any]:
         "Loihi takes (Linear -> LIF) pairs; got "
         + " -> ".join(f"{type(m).__name__} ({n})" for n, m in layers),
     )
-    grid = _state_grid()
+    grid = _register_grid()
     spec: List[Dict[str, Any]] = []
     for (lin_name, linear), (lif_name, lif) in zip(layers[::2], layers[1::2]):
         require(
@@ -200,10 +252,13 @@ def export(model: nn.Module) -> Dict[str, Any]:
             f"layer {lif_name!r} is a {type(lif).__name__}; Loihi's CUBA neurons are an aquatic.nn.LIF",
         )
         neurons = lif.spec()
-        require(
-            neurons.reset == "zero",
-            f"layer {lif_name!r}: Loihi resets the voltage to zero; use reset='zero'",
-        )
+        for option, value in neuron_options().items():
+            actual = neurons.reset if option == "reset" else getattr(neurons, option)
+            require(
+                actual == value,
+                f"layer {lif_name!r}: Loihi's neurons need {option}={value!r}, got "
+                f"{actual!r}; build the LIF with **loihi.neuron_options()",
+            )
         require(
             neurons.max_spikes == 1,
             f"layer {lif_name!r}: Loihi neurons spike once per step; use max_spikes=1",
@@ -213,33 +268,71 @@ def export(model: nn.Module) -> Dict[str, Any]:
             f"layer {lif_name!r}: Loihi has no min_v_mem or norm_input",
         )
         n_out = linear.out_features
-        weight = quantized_param(linear, "weight").detach().double()
         lin_bias = per_neuron(quantized_param(linear, "bias"), n_out, f"{lin_name}.bias")
-        if neurons.alpha_syn is not None:
-            weight = weight * per_neuron(neurons.alpha_syn, n_out, lif_name).unsqueeze(1)
-            require(
-                not bool(lin_bias.ne(0).any()),
-                f"layer {lin_name!r} has a bias, which cannot enter Loihi's synaptic current exactly; use bias=False",
-            )
+        require(
+            not bool(lin_bias.ne(0).any()),
+            f"layer {lin_name!r} has a bias, which Loihi's connection would deliver one step "
+            f"late; use Linear(bias=False) and give {lif_name!r} a bias (bias=True)",
+        )
+        weight = quantized_param(linear, "weight").detach().double()
+        current_decay = (
+            _decay_code(neurons.alpha_syn, n_out, f"{lif_name}.alpha_syn")
+            if neurons.alpha_syn is not None
+            else torch.full((n_out,), 2**DECAY_BITS, dtype=torch.int64)
+        )
         entry = {
             "name": lif_name,
-            "weight": on_grid(
-                weight,
-                grid,
-                f"{lin_name}.weight" + (" * alpha_syn" if neurons.alpha_syn is not None else ""),
-            ),
-            "current_decay": _decay_code(neurons.alpha_syn, n_out, f"{lif_name}.alpha_syn"),
+            "weight": on_grid(weight, grid, f"{lin_name}.weight"),
+            "current_decay": current_decay,
             "voltage_decay": _decay_code(neurons.alpha_mem, n_out, f"{lif_name}.alpha_mem"),
             "threshold": on_grid(
                 per_neuron(neurons.threshold, n_out, lif_name), grid, f"{lif_name}.threshold"
             ),
-            "bias": on_grid(
-                per_neuron(neurons.bias, n_out, lif_name) + lin_bias, grid, f"{lif_name}.bias"
-            ),
+            "bias": on_grid(per_neuron(neurons.bias, n_out, lif_name), grid, f"{lif_name}.bias"),
         }
         spec.append(entry)
     try:
         check_spec({"layers": spec})
     except DoesNotFitError as error:
         raise DoesNotFitError(f"the model does not fit Loihi: {error}") from None
+    if path is not None:
+        export_netx({"layers": spec}, path)
     return {"layers": spec}
+
+
+def export_netx(spec: Mapping[str, Any], path: Union[str, os.PathLike]) -> List[str]:
+    """Write a Loihi ``spec`` (from :func:`export`) as lava-dl's netx HDF5 network.
+
+    ``lava.lib.dl.netx.hdf5.Network(net_config=path)`` loads it; run in lava-nc with
+    ``Loihi2SimCfg(select_tag="fixed_pt")`` it spikes as :func:`simulate` does (the
+    layout: :mod:`aquatic.hw._loihi_netx`). netx holds one decay and one threshold per
+    layer: per-neuron values are refused.
+
+    Returns:
+        list: the names of the layers written.
+
+    Raises:
+        DoesNotFitError: a value the chip or netx cannot hold (names the field).
+        ImportError: h5py is missing (``pip install 'aquatic[loihi]'``).
+    """
+    return write_netx(spec, path)
+
+
+def _fixed_step_weights(bits: int) -> QConfig:
+    """``bits``-bit weights on Loihi's fixed weight step (2/64): fewer bits clip."""
+    return QConfig(weight=UniformQuantizer.with_args(bits=bits, scale=2.0 / W_SCALE))
+
+
+def budget() -> ChipBudget:
+    """Loihi as the budget of :func:`aquatic.mixed_precision` (``budget=loihi`` is this).
+
+    Weights of 2 to 8 bits on the fixed step of 2/64 (fewer bits hold a smaller range,
+    -2**(bits-1) .. 2**(bits-1) - 1 steps), in the QConfig each ``LIF`` carries (from
+    :func:`qconfig`), checked by :func:`export`; see :class:`aquatic.ptq.ChipBudget`.
+
+    Example:
+        >>> from aquatic.hw import loihi
+        >>> loihi.budget().weight_qconfig(4).weight
+        UniformQuantizer.with_args(bits=4, scale=0.03125)
+    """
+    return ChipBudget("Loihi", check=export, weight_qconfig=_fixed_step_weights)

@@ -40,6 +40,7 @@ from aquatic.hw._common import (
     layer_sequence,
     on_grid,
     per_neuron,
+    per_tensor_weights,
     quantized_param,
     require,
     weight_grid,
@@ -57,11 +58,13 @@ from aquatic.hw._xylo_sim import (
 )
 from aquatic.quantizers.shared import ScaleGroup, SharedScaleQuantizer, SharedStateQuantizer
 from aquatic.nn import LIF, LIFRecurrent
+from aquatic.ptq.chip_budget import ChipBudget
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.decay import BitShiftDecay
 
 __all__ = [
     "SPEC_KEYS",
+    "budget",
     "XYLO_AUDIO_2",
     "SharedStateQuantizer",
     "XyloLimits",
@@ -182,6 +185,11 @@ def _population(linear, neuron, names, max_spikes: int, role: str) -> Dict[str, 
         f"up to {max_spikes} spike(s) per step: build it with max_spikes={max_spikes}",
     )
     require(spec.min_v_mem is None, f"layer {lif_name!r}: Xylo has no min_v_mem; use None")
+    require(
+        not (spec.strict_threshold or spec.input_after_decay or spec.input_delay),
+        f"layer {lif_name!r} uses Loihi's neuron options (strict_threshold, "
+        "input_after_decay, input_delay), which Xylo lacks; build the LIF without them",
+    )
     require(not spec.norm_input, f"layer {lif_name!r}: Xylo has no norm_input; use False")
     require(
         spec.synaptic,
@@ -302,3 +310,20 @@ def export(model: nn.Module, limits: Optional[XyloLimits] = XYLO_AUDIO_2) -> Dic
             kind = next(k for k in dtypes if key.startswith(k))
             result[key] = value.numpy().astype(dtypes[kind])
     return result
+
+
+def budget(limits: Optional[XyloLimits] = XYLO_AUDIO_2) -> ChipBudget:
+    """Xylo as the budget of :func:`aquatic.mixed_precision` (``budget=xylo`` is this).
+
+    Weights of 2 to 8 bits, each synapse layer on its population's shared scale (the
+    QConfig its ``LIF`` carries, from :func:`qconfig`), checked by
+    ``export(model, limits)``; see :class:`aquatic.ptq.ChipBudget`.
+
+    Example:
+        >>> from aquatic.hw import xylo
+        >>> xylo.budget()
+        ChipBudget(Xylo, weights 2..8 bits)
+    """
+    return ChipBudget(
+        "Xylo", check=lambda model: export(model, limits), weight_qconfig=per_tensor_weights
+    )

@@ -8,7 +8,10 @@
 - :func:`save` / :func:`load`: plain tensors and a JSON header; no pickled code.
 - :func:`build_gru`, :func:`build_lstm`: the :class:`IntegerGRU` / :class:`IntegerLSTM`
   of a quantization-aware ``aquatic.nn.GRU`` / ``LSTM`` (integer matmuls, sigmoid and
-  tanh as lookup tables).
+  tanh as lookup tables); :func:`convert` places them in ``nn.Sequential`` models with
+  :class:`aquatic.nn.SelectOutput` and :class:`aquatic.nn.LastStep`.
+- :func:`build_embedding`: the :class:`IntegerEmbedding` (a lookup of codes) or
+  :class:`IntegerEmbeddingBag` (sum, mean, max in integer) of an aquatic embedding.
 """
 
 from aquatic.integer.base import IntegerModule, IntegerOverflowError, QSpec
@@ -23,6 +26,9 @@ from aquatic.integer.serialize import load, save
 from aquatic.integer.spiking import IntegerNeuron
 from aquatic.integer.recurrent import FixedSum, IntegerGRU, IntegerLSTM
 from aquatic.integer.build_recurrent import build_gru, build_lstm
+from aquatic.integer.embedding import IntegerEmbedding, IntegerEmbeddingBag
+from aquatic.integer.build_sequence import build_embedding
+from aquatic.integer.sequence import IntegerLastStep, IntegerSelectOutput
 
 __all__ = [
     "IntegerClamp",
@@ -51,4 +57,9 @@ __all__ = [
     "IntegerLSTM",
     "build_gru",
     "build_lstm",
+    "IntegerEmbedding",
+    "IntegerEmbeddingBag",
+    "IntegerLastStep",
+    "IntegerSelectOutput",
+    "build_embedding",
 ]

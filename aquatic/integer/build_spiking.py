@@ -152,6 +152,12 @@ def build_neuron(name: str, layer, spec: QSpec, state_frac_bits: int):
     max_spikes = neurons.max_spikes if spiking else 1
     if max_spikes > _MAX_SPIKES:
         raise ValueError(f"{where}: max_spikes={max_spikes} is above {_MAX_SPIKES}")
+    if spiking and (neurons.strict_threshold or neurons.input_after_decay or neurons.input_delay):
+        raise ValueError(
+            f"{where}: the integer conversion does not run Loihi's neuron options "
+            "(strict_threshold, input_after_decay, input_delay); run the model on "
+            "aquatic.hw.loihi.simulate(aquatic.hw.loihi.export(model)) instead"
+        )
     if layer.persistent_state:
         notes.append(f"{where}: persistent_state is ignored; the integer model starts from zero")
     vq = _state(layer, "v_mem", where, notes)

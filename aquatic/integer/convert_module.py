@@ -14,13 +14,14 @@ from torch import nn
 
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build import build_accumulator, build_requantize
+from aquatic.integer.build_sequence import SEQUENCE_LAYERS, build_sequence_layer, index_spec
 from aquatic.integer.build_pooling import build_window_sum, with_output_quantizer
 from aquatic.integer.build_spiking import build_neuron
 from aquatic.integer.reading import describe, read_grid
 from aquatic.integer.layers import IntegerReLU
 from aquatic.integer.pooling import IntegerMaxPool, IntegerReshape, IntegerSum, IntegerSumPool
 from aquatic.integer.requant import is_power_of_two
-from aquatic.nn import ActivationQuantizer, LIFCell, NeuronModule
+from aquatic.nn import ActivationQuantizer, Embedding, EmbeddingBag, LIFCell, NeuronModule
 from aquatic.nn import AvgPool1d, AvgPool2d, MaxPool1d, MaxPool2d, Sum, SumPool1d, SumPool2d
 from aquatic.nn.twin import TorchTwin
 
@@ -36,7 +37,8 @@ _AVGPOOL.update({AvgPool1d: 1, AvgPool2d: 2})
 _SUMPOOL = {SumPool1d: 1, SumPool2d: 2}
 _SUPPORTED = (
     "aquatic.nn Linear, Conv1d-3d, ConvTranspose1d-3d, ActivationQuantizer, LIF, "
-    "LIFRecurrent, IAF, ExpLeak, AvgPool1d/2d, MaxPool1d/2d, SumPool1d/2d; torch.nn ReLU, "
+    "LIFRecurrent, IAF, ExpLeak, GRU, LSTM, Embedding, EmbeddingBag, SelectOutput, "
+    "LastStep, AvgPool1d/2d, MaxPool1d/2d, SumPool1d/2d; torch.nn ReLU, "
     "MaxPool1d-3d, AvgPool1d-3d, Flatten, "
     "Unflatten, Identity, Dropout, aquatic.nn.Sum (a sum over one dimension, e.g. spike "
     "counts over time: use it instead of a module of one's own that sums)"
@@ -57,6 +59,8 @@ def _sum_dim(module: nn.Module) -> Optional[int]:
 
 def input_spec(first: nn.Module, layers, input_scale, input_zero_point, input_range):
     """``(spec, rounding, on_grid, notes, consumed)`` for the model's input."""
+    if isinstance(first, (Embedding, EmbeddingBag)):  # row indices
+        return index_spec(first), "nearest", True, [], False
     if isinstance(first, ActivationQuantizer) and "activation" in first.quantizers:
         if input_scale is not None:
             raise ValueError(
@@ -118,6 +122,8 @@ def convert_module(name: str, module: nn.Module, spec: QSpec, state_frac_bits: i
             name, module.quantizers["activation"], spec, f"{where}, quantizer 'activation'", source
         )
         return [requant], spec
+    if isinstance(module, SEQUENCE_LAYERS):
+        return build_sequence_layer(name, module, spec)
     if isinstance(module, TorchTwin):
         return build_accumulator(name, module, spec)
     if isinstance(module, LIFCell):

@@ -24,9 +24,10 @@ to a rounding boundary; a step of difference there carries on through later time
 keyword-spotting GRU).
 
 :func:`aquatic.integer.build_gru` and :func:`~aquatic.integer.build_lstm` build these
-modules from a trained layer. They start from zero states, and are not (yet) placed by
-:func:`aquatic.convert`, which follows ``nn.Sequential`` models (a recurrent layer
-returns a tuple), nor saved by :func:`aquatic.integer.save`.
+modules from a trained layer. They start from zero states. :func:`aquatic.convert`
+places them in ``nn.Sequential`` models, where :class:`aquatic.nn.SelectOutput` picks
+an element of the tuple a recurrent layer returns and :class:`aquatic.nn.LastStep` a
+time step; :func:`aquatic.integer.save` does not save them (yet).
 """
 
 from __future__ import annotations

@@ -67,6 +67,12 @@ class NeuronExporter:
                 f"layer {name!r} ({kind}) emits up to max_spikes={spec.max_spikes} spikes per "
                 "step; NIR neurons emit one: use max_spikes=1"
             )
+        if spec.strict_threshold or spec.input_after_decay or spec.input_delay:
+            raise ValueError(
+                f"layer {name!r} ({kind}) uses Loihi's neuron options (strict_threshold, "
+                "input_after_decay, input_delay), which NIR neurons cannot express; export "
+                "it with aquatic.hw.loihi.export instead"
+            )
         if spec.min_v_mem is not None:
             raise ValueError(
                 f"layer {name!r} ({kind}) bounds its membrane below (min_v_mem="

@@ -35,6 +35,9 @@ from aquatic.nn.conv import (
     ConvTranspose3d,
 )
 from aquatic.nn.linear import Linear
+from aquatic.nn.embedding import Embedding, EmbeddingBag
+from aquatic.nn.multihead import MultiheadAttention
+from aquatic.nn.transformer import TransformerDecoderLayer, TransformerEncoderLayer
 from aquatic.nn.exp_leak import ExpLeak
 from aquatic.nn.iaf import IAF
 from aquatic.nn.lif import LIF, LIFCell, LIFRecurrent
@@ -60,6 +63,7 @@ from aquatic.nn.pooling import (
 )
 from aquatic.nn.recurrent import GRU, LSTM, RNN
 from aquatic.nn.sum import Sum
+from aquatic.nn.select import LastStep, SelectOutput
 from aquatic.nn.recurrent_base import RecurrentTwin
 from aquatic.nn.recurrent_cells import GRUCell, LSTMCell, RNNCell
 
@@ -75,6 +79,11 @@ __all__ = [
     "ConvTranspose2d",
     "ConvTranspose3d",
     "Linear",
+    "Embedding",
+    "EmbeddingBag",
+    "MultiheadAttention",
+    "TransformerDecoderLayer",
+    "TransformerEncoderLayer",
     "QuantizedModule",
     "ArcTan",
     "ExpLeak",
@@ -106,6 +115,8 @@ __all__ = [
     "RNN",
     "RNNCell",
     "RecurrentTwin",
+    "LastStep",
+    "SelectOutput",
 ]
 
 

@@ -109,9 +109,25 @@ class LIF(NeuronModule):
         persistent_state: bool = False,
         record_states: bool = False,
         method: str = "auto",
+        strict_threshold: bool = False,
+        input_after_decay: bool = False,
+        input_delay: bool = False,
         qconfig: Optional[QConfig] = None,
     ) -> None:
         super().__init__()
+        self.strict_threshold = bool(strict_threshold)
+        self.input_after_decay = bool(input_after_decay)
+        self.input_delay = bool(input_delay)
+        if self.input_delay and persistent_state:
+            raise ValueError(
+                "input_delay drops the last input step of each forward, which "
+                "persistent_state would need in the next one; use one of them"
+            )
+        if self.strict_threshold and max_spikes != 1:
+            raise ValueError(
+                f"strict_threshold decides binary spikes; got max_spikes={max_spikes!r}, "
+                "use max_spikes=1"
+            )
         self._setup_neuron(
             tau_mem=tau_mem,
             tau_syn=tau_syn,

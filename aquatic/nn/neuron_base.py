@@ -73,6 +73,11 @@ class NeuronModule(QuantizedModule):
     _sequence = True
     #: Overridden by the argument of layers that run sequences.
     persistent_state = False
+    #: Loihi's conventions (see :class:`~aquatic.functional.NeuronSpec`); ``LIF`` takes
+    #: them as arguments, the other layers keep these defaults.
+    strict_threshold = False
+    input_after_decay = False
+    input_delay = False
 
     _quantized_params = {
         "tau_mem": "tau",
@@ -231,6 +236,9 @@ class NeuronModule(QuantizedModule):
             detach_reset=self.detach_reset,
             spiking=True,
             state_ops=ops,
+            strict_threshold=self.strict_threshold,
+            input_after_decay=self.input_after_decay,
+            input_delay=self.input_delay,
         )
 
     def neuron_params(self) -> Dict[str, Optional[Tensor]]:
@@ -379,6 +387,9 @@ class NeuronModule(QuantizedModule):
             parts.append("detach_reset=True")
         if self.norm_input:
             parts.append("norm_input=True")
+        for name in ("strict_threshold", "input_after_decay", "input_delay"):
+            if getattr(self, name):
+                parts.append(f"{name}=True")
         return ", ".join(parts)
 
     def extra_repr(self) -> str:

@@ -65,6 +65,13 @@ NEURON_ARGS: Dict[str, str] = {
     "``self.recordings``.",
     "method": '``"auto"``, ``"fused"`` or ``"loop"``: which implementation runs (see '
     ":mod:`aquatic.nn.lif`).",
+    "strict_threshold": r"spike when :math:`v > \vartheta` (Loihi's test) rather than "
+    r":math:`v \ge \vartheta`; binary spikes only.",
+    "input_after_decay": "add the input to the synaptic current after its decay, as "
+    "Loihi's CUBA neuron does, instead of decaying it in its arrival step.",
+    "input_delay": "receive the input one step late (zero at the first step), as a Loihi "
+    "connection delivers it (lava-nc's Dense; lava-dl's ``delay_shift`` delays the output "
+    "instead, which differs with a bias); not with ``persistent_state``.",
     "qconfig": "quantizers for ``tau``, ``alpha``, ``threshold``, ``bias`` and ``state``.",
 }
 

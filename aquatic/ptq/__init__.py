@@ -12,6 +12,7 @@ from aquatic.ptq.allocation import MixedPrecision, allocate, mixed_precision
 from aquatic.ptq.bias_correction import correct_bias
 from aquatic.ptq.budgets import BitOps, WeightBytes
 from aquatic.ptq.calibration import calibrate
+from aquatic.ptq.chip_budget import ChipBudget
 from aquatic.ptq.candidates import weight_qconfig
 from aquatic.ptq.layer_sensitivity import LayerRunner, sensitivity
 from aquatic.ptq.records import SensitivityRecord, SensitivityTable
@@ -25,6 +26,7 @@ __all__ = [
     "MixedPrecision",
     "WeightBytes",
     "BitOps",
+    "ChipBudget",
     "weight_qconfig",
     "LayerRunner",
     "SensitivityRecord",

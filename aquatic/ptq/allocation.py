@@ -11,7 +11,9 @@ from torch import nn
 
 from aquatic.ptq.batches import check_model, take_batches
 from aquatic.ptq.budgets import as_budget, costs, macs_per_sample
+from aquatic.model import TWINS, quantize
 from aquatic.ptq.candidates import candidate_list, weight_qconfig
+from aquatic.ptq.chip_budget import ChipBudget
 from aquatic.ptq.layer_sensitivity import sensitivity
 from aquatic.ptq.records import SensitivityTable
 from aquatic.qconfig import QConfig
@@ -36,6 +38,14 @@ class MixedPrecision(Dict[str, QConfig]):
         self.cost: int = cost
         self.budget = budget
         self.table: SensitivityTable = table
+
+    def quantize(self, model: nn.Module) -> nn.Module:
+        """A quantized copy of ``model`` with this mapping: :func:`aquatic.quantize`,
+        or for a chip budget :meth:`aquatic.ptq.ChipBudget.quantize` (each population
+        on the copy's shared scale)."""
+        if isinstance(self.budget, ChipBudget):
+            return self.budget.quantize(model, self)
+        return quantize(model, self)
 
     def __repr__(self) -> str:
         return f"MixedPrecision(bits={self.bits}, cost={self.cost} of {self.budget})"
@@ -162,17 +172,27 @@ def mixed_precision(
 
     The result is never over the budget: every step checks the exact cost.
 
+    With a hardware profile as the budget (``budget=aquatic.hw.xylo``, ``dynapcnn``,
+    ``loihi``, or their ``budget(...)`` with export options), the candidates must be
+    widths the chip holds, the network is checked by the chip's export before the
+    analysis (a network that cannot fit is named, with the export's message), the
+    sensitivity uses the chip's weight quantizer, each synapse layer gets its
+    population's QConfig, and the result is quantized, calibrated on ``data`` and
+    exported once more, so it deploys; see :class:`aquatic.ptq.ChipBudget`. Quantize
+    with :meth:`MixedPrecision.quantize <aquatic.ptq.MixedPrecision.quantize>`.
+
     Args:
         model: the trained float model (left unchanged).
         data: calibration batches, as for :func:`aquatic.calibrate`.
-        budget: weight bytes (an int, or :class:`aquatic.ptq.WeightBytes`), or
-            bit-operations per sample (:class:`aquatic.ptq.BitOps`).
+        budget: weight bytes (an int, or :class:`aquatic.ptq.WeightBytes`),
+            bit-operations per sample (:class:`aquatic.ptq.BitOps`), or a hardware
+            profile (a module of :mod:`aquatic.hw`, or a :class:`aquatic.ptq.ChipBudget`).
         candidates: the weight bit widths to choose from (ints, 1 to 16; 1 is binary).
         metric: as for :func:`aquatic.sensitivity` (``None``: output MSE).
         qconfig_for: the QConfig of a bit width (default
             :func:`aquatic.ptq.weight_qconfig`: symmetric per-channel weights with
             MSE-optimal ranges); give one that also quantizes activations for a fully
-            quantized model.
+            quantized model. Not with a chip budget (its own quantizer is measured).
         num_batches, progress: as for :func:`aquatic.sensitivity`.
 
     Returns:
@@ -180,8 +200,11 @@ def mixed_precision(
         :func:`aquatic.quantize`, with ``.bits``, ``.cost`` and ``.table``.
 
     Raises:
-        ValueError: no batches; an unknown candidate; the budget is below the cost
-            of every layer at its cheapest candidate.
+        ValueError: no batches; an unknown candidate, or one the chip cannot hold;
+            ``qconfig_for`` given with a chip budget;
+            the budget is below the cost of every layer at its cheapest candidate; a
+            network that does not fit the chip (:class:`aquatic.hw.DoesNotFitError`, a
+            ``ValueError``, naming the layer and the limit).
         TypeError: a candidate is not a bit width; a budget of another kind.
 
     Example:
@@ -205,14 +228,49 @@ def mixed_precision(
     pairs = candidate_list(list(candidates), "mixed_precision")
     bits = [label for label, _ in pairs]
     batches = take_batches(data, num_batches, "mixed_precision")
+    chip = isinstance(budget, ChipBudget)
+    if chip:
+        if qconfig_for is not weight_qconfig:
+            raise ValueError(
+                f"mixed_precision: qconfig_for cannot be combined with a chip budget "
+                f"({budget!r}): the chip's own weight quantizer is measured; leave "
+                "qconfig_for at its default"
+            )
+        budget.check_candidates(bits)
+        qconfig_for = budget.weight_qconfig
+        # Whether the network fits at all, before the analysis: the chip's own check.
+        budget.verify(model, budget.mapping(model, _synapses(model, max(bits))), batches[:1])
     labelled = {b: qconfig_for(b) for b in bits}
     table = sensitivity(model, labelled, batches, metric, progress=progress)
     layers = [(name, dict(model.named_modules())[name]) for name in table.as_dict()]
     cost = costs(budget, layers, bits, _macs(model, layers, batches))
-    choice = allocate(table.as_dict(), cost, budget.limit)
+    limit = budget.limit
+    if limit is None:  # a chip: every held candidate costs one word per weight
+        limit = sum(max(options.values()) for options in cost.values())
+    choice = allocate(table.as_dict(), cost, limit)
     total = sum(cost[name][b] for name, b in choice.items())
-    qconfigs = {name: labelled[b] for name, b in choice.items()}
+    if chip:
+        # The chip stores one word per weight whatever its width: among candidates that
+        # lose no more, the widest costs nothing extra.
+        change = table.as_dict()
+        choice = {
+            name: max(b for b in bits if change[name][b] <= change[name][width])
+            for name, width in choice.items()
+        }
+        qconfigs = budget.mapping(model, choice)
+        budget.verify(model, qconfigs, batches)
+    else:
+        qconfigs = {name: labelled[b] for name, b in choice.items()}
     return MixedPrecision(qconfigs, choice, total, budget, table)
+
+
+def _synapses(model: nn.Module, bits: int) -> Dict[str, int]:
+    """``{layer: bits}`` for every layer that sensitivity analyses (a Linear, a conv)."""
+    return {
+        name: bits
+        for name, module in model.named_modules()
+        if type(module) in TWINS and isinstance(getattr(module, "weight", None), torch.Tensor)
+    }
 
 
 def _macs(model: nn.Module, layers: List[Tuple[str, nn.Module]], batches: List[Any]):

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
+from types import ModuleType
 from typing import Any, Dict, List, Tuple
 
 from torch import Tensor, nn
+
+from aquatic.ptq.chip_budget import ChipBudget
 
 __all__ = ["WeightBytes", "BitOps", "as_budget", "macs_per_sample", "costs"]
 
@@ -65,14 +68,19 @@ class BitOps:
 
 
 def as_budget(budget: Any) -> Any:
-    """A :class:`WeightBytes` for an int; a budget object as it is; else a TypeError."""
-    if isinstance(budget, (WeightBytes, BitOps)):
+    """A :class:`WeightBytes` for an int; a hardware profile module (one with a
+    ``budget()``, e.g. ``aquatic.hw.xylo``) as its default
+    :class:`~aquatic.ptq.ChipBudget`; a budget object as it is; else a TypeError."""
+    if isinstance(budget, ModuleType) and callable(getattr(budget, "budget", None)):
+        budget = budget.budget()
+    if isinstance(budget, (WeightBytes, BitOps, ChipBudget)):
         return budget
     if isinstance(budget, int) and not isinstance(budget, bool):
         return WeightBytes(budget)
     raise TypeError(
-        f"budget must be a number of weight bytes (an int), aquatic.ptq.WeightBytes(n) or "
-        f"aquatic.ptq.BitOps(n), got {budget!r}"
+        f"budget must be a number of weight bytes (an int), aquatic.ptq.WeightBytes(n), "
+        f"aquatic.ptq.BitOps(n) or a hardware profile (aquatic.hw.xylo, dynapcnn, loihi, "
+        f"or their budget(...)), got {budget!r}"
     )
 
 

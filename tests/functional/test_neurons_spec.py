@@ -32,6 +32,9 @@ def _keywords(spec):
     """The keyword arguments of lif / lif_step that say what ``spec`` says."""
     kwargs = spec._asdict()
     kwargs.update(kwargs.pop("state_ops")._asdict())
+    # Loihi's conventions are spec fields only (the keyword functions keep the defaults).
+    for name in ("strict_threshold", "input_after_decay", "input_delay"):
+        assert kwargs.pop(name) is False
     return kwargs
 
 
