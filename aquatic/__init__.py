@@ -1,6 +1,6 @@
 """aquatic: quantization-aware training for conventional and spiking networks."""
 
-from aquatic import functional, hw, integer, interop, nn, observers, ptq, quantizers
+from aquatic import functional, graph, hw, integer, interop, nn, observers, ptq, quantizers
 from aquatic.fold import fold_batch_norm
 from aquatic.integer import convert
 from aquatic.model import dequantize, quantize, quantize_parameter
@@ -27,6 +27,7 @@ __all__ = [
     "enable_observers",
     "freeze_observers",
     "functional",
+    "graph",
     "hw",
     "integer",
     "interop",

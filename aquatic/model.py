@@ -3,20 +3,20 @@ any single parameter of any module."""
 
 from __future__ import annotations
 
-import copy
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type, Union
+from typing import Any, Dict, List, Optional, Tuple, Type
 
 from torch import nn
 from torch.nn.utils import parametrize
 
 from aquatic import nn as qnn
-from aquatic.nn.activation import ActivationQuantizer
+from aquatic.graph.capture import capture, follows_graph
 from aquatic.nn.base import QuantizedModule
 from aquatic.nn.transformer import follow_mapping, fused_layers_left_in_float
-from aquatic.fuse import fused_pair, sequential_bn_pairs
+from aquatic.fuse import fused_pair
+from aquatic.model_float import copy_model, dequantize, quantize_parameter, replace_modules
+from aquatic.graph.structure import bn_pairs, output_layers
 from aquatic.mapping import QConfigLike, QConfigResolver
-from aquatic.walk import output_layers
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.base import Quantizer
 
@@ -44,19 +44,6 @@ TWINS: Dict[Type[nn.Module], Type[nn.Module]] = {
 _AQUATIC_TWINS = tuple(TWINS.values())
 
 
-# Attributes of a class that a new class with the same namespace must not copy.
-_CLASS_SLOTS = ("__dict__", "__weakref__")
-
-
-def _replace(model: nn.Module, replacements: Dict[int, nn.Module]) -> nn.Module:
-    """Swap every occurrence of the replaced modules (shared modules included)."""
-    for parent in list(model.modules()):
-        for child_name, child in list(parent._modules.items()):
-            if child is not None and id(child) in replacements:
-                parent._modules[child_name] = replacements[id(child)]
-    return replacements.get(id(model), model)
-
-
 def _warn_requantized(requantized: List[str], kept: List[str]) -> None:
     if requantized:
         warnings.warn(
@@ -66,7 +53,7 @@ def _warn_requantized(requantized: List[str], kept: List[str]) -> None:
             "a layer's quantizers, map its name to None: aquatic.quantize(model, "
             "{nn.Module: qconfig, 'name': None})",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     if kept:
         warnings.warn(
@@ -75,7 +62,7 @@ def _warn_requantized(requantized: List[str], kept: List[str]) -> None:
             "parametrized parameters (quantize_parameter), cannot be rebuilt. Rebuild it "
             "yourself, or map its name to None to silence this",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -105,7 +92,7 @@ def _warn_float_parameters(named: List[Tuple[str, nn.Module]], resolver: QConfig
             f"twin): {', '.join(left)}. Quantize one with aquatic.quantize_parameter(module, "
             "name, quantizer), or map the module's name to None to keep it in float silently",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
 
 
@@ -143,22 +130,35 @@ def quantize(
     parameters (:func:`quantize_parameter`), cannot be rebuilt: they keep their
     quantizers, with a ``UserWarning`` naming them.
 
-    A ``Conv1d/2d/3d`` or ``Linear`` directly followed by its ``BatchNorm1d/2d/3d`` in an
-    ``nn.Sequential`` becomes one fused layer (:class:`aquatic.nn.ConvBn2d` ...; the batch
+    A ``Conv1d/2d/3d`` or ``Linear`` directly followed by its ``BatchNorm1d/2d/3d`` (in an
+    ``nn.Sequential``, or along a traced ``forward``) becomes one fused layer (:class:`aquatic.nn.ConvBn2d` ...; the batch
     norm's slot becomes ``nn.Identity``): the weight is quantized with the batch norm
     folded in and the activation quantizer sits after the batch norm, as in the integer
     model. Train, call :func:`aquatic.nn.freeze_bn` for the last steps, then
     :func:`aquatic.convert`.
 
+    A model of one's own (not ``nn.Sequential``, not a single layer) is then traced
+    (:func:`aquatic.graph.trace`) and comes back as an ``fx.GraphModule`` holding the same
+    modules under the same names (``model.layer1[0].conv1``; the ``state_dict`` is the
+    model's), with quantizers built from the QConfig's ``activation``: an
+    :class:`aquatic.nn.ActivationQuantizer` at each graph input (``input_quantizer``,
+    unless one already takes it), so that :func:`aquatic.convert` needs no input scale,
+    and an :class:`aquatic.nn.Add` / :class:`~aquatic.nn.Mul` / :class:`~aquatic.nn.Cat`
+    wherever ``forward`` adds (``+``, ``+=``), multiplies or concatenates tensors, named
+    after the module whose ``forward`` does it (``layer1.0.add``), with its QConfig.
+    ``nn.Sequential`` models are not traced and get no input quantizer. A ``forward``
+    that cannot be traced keeps its swapped layers, with a ``UserWarning`` naming the line.
+
     Args:
         model: the model to convert.
         qconfig: a QConfig, or a mapping as above.
-        inplace: convert ``model`` itself rather than a copy.
+        inplace: convert ``model`` itself rather than a copy (for a traced model, its
+            layers are swapped in place and the returned graph shares them).
         fuse_batch_norm: fuse layer and batch-norm pairs as above; ``False`` leaves the
             batch norm in float after the layer (fold it with
             :func:`aquatic.fold_batch_norm` before converting).
         quantize_output: also quantize the output of the layer(s) whose output is the
-            model's output (:func:`aquatic.walk.output_layers`). By default their
+            model's output (:func:`aquatic.graph.structure.output_layers`). By default their
             ``QConfig.activation`` is left off (weights and bias are still quantized):
             an activation quantizer on the logits, whose range a moving average tracks
             slowly, stalls training, and :func:`aquatic.convert` returns those layers'
@@ -167,7 +167,8 @@ def quantize(
 
     Returns:
         The converted model (``model`` itself when ``inplace``, unless ``model`` is
-        itself a supported layer, which cannot be converted in place of itself).
+        itself a supported layer, which cannot be converted in place of itself, or is
+        followed as a graph, which returns the ``fx.GraphModule``).
 
     Raises:
         TypeError: ``qconfig`` is neither a QConfig nor a mapping, a value is not a
@@ -201,6 +202,20 @@ def quantize(
         >>> again[0].qconfig == aquatic.qconfig.int4_weight, torch.equal(again[0].weight, model[0].weight)
         (True, True)
     """
+    result, resolver = _swap_twins(model, qconfig, inplace, fuse_batch_norm, quantize_output)
+    if not follows_graph(model):
+        return result
+    return capture(result, lambda name: resolver.resolve(name, result.get_submodule(name)))
+
+
+def _swap_twins(
+    model: nn.Module,
+    qconfig: QConfigLike,
+    inplace: bool,
+    fuse_batch_norm: bool,
+    quantize_output: bool,
+) -> Tuple[nn.Module, QConfigResolver]:
+    """The layer swap of :func:`quantize`, and the resolver it used."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     named = list(model.named_modules())
@@ -241,7 +256,7 @@ def quantize(
             "aquatic.quantize: these qconfig keys match no module of the model: "
             + ", ".join(resolver.unmatched),
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     _warn_requantized(requantized, kept)
     _warn_float_parameters(named, resolver)
@@ -253,13 +268,13 @@ def quantize(
             "would read the float weights. Quantize the layers too: "
             "{nn.TransformerEncoderLayer: qconfig, ...}",
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     if not plan:
-        return model if inplace else _deepcopy(model)
+        return (model if inplace else copy_model(model)), resolver
     if not inplace:
         memo: Dict[int, Any] = {}
-        model = _deepcopy(model, memo)
+        model = copy_model(model, memo)
         plan = [(name, memo[id(module)], config) for name, module, config in plan]
     # Build every replacement first: if one fails, nothing has been swapped yet.
     replacements: Dict[int, nn.Module] = {}
@@ -275,7 +290,7 @@ def quantize(
             replacements[id(module)] = TWINS[type(module)].from_float(module, config)
     for name, module, _ in plan:  # children of transformer layers that the mapping names
         follow_mapping(replacements[id(module)], name, module, resolver)
-    return _replace(model, replacements)
+    return replace_modules(model, replacements), resolver
 
 
 def _batch_norms_after(model: nn.Module, fuse: bool) -> Dict[int, nn.Module]:
@@ -283,135 +298,5 @@ def _batch_norms_after(model: nn.Module, fuse: bool) -> Dict[int, nn.Module]:
     if not fuse:
         return {}
     return {
-        id(model.get_submodule(layer)): model.get_submodule(bn)
-        for layer, bn in sequential_bn_pairs(model)
+        id(model.get_submodule(layer)): model.get_submodule(bn) for layer, bn in bn_pairs(model)
     }
-
-
-def _deepcopy(model: nn.Module, memo: Optional[Dict[int, Any]] = None) -> nn.Module:
-    # A parametrized RNN caches its last computed (non-leaf) weights in _flat_weights,
-    # which deepcopy refuses; they are recomputed on every forward, so the copy may
-    # start from detached ones.
-    saved = []
-    for module in model.modules():
-        if isinstance(module, nn.RNNBase) and parametrize.is_parametrized(module):
-            saved.append((module, module._flat_weights))
-            module._flat_weights = [w if w is None else w.detach() for w in module._flat_weights]
-    try:
-        return copy.deepcopy(model, memo)
-    finally:
-        for module, flat_weights in saved:
-            module._flat_weights = flat_weights
-
-
-def dequantize(model: nn.Module, inplace: bool = False) -> nn.Module:
-    """Back to plain ``torch.nn``: quantized parameter values baked in, quantizers gone.
-
-    Every aquatic layer becomes its torch twin (:meth:`to_float`) holding the values
-    its quantizers give (:meth:`quantize_params`), every :class:`~aquatic.nn.ActivationQuantizer`
-    becomes ``nn.Identity``, and parameters quantized with :func:`quantize_parameter`
-    keep their quantized value as a plain parameter. Activation quantization has no
-    ``torch.nn`` equivalent and is dropped, so outputs may differ from the quantized
-    model's where it quantized activations.
-
-    Args:
-        model: a model converted with :func:`quantize` or built from ``aquatic.nn``.
-        inplace: change ``model`` itself rather than a copy.
-
-    Returns:
-        The float model.
-
-    Example:
-        >>> import torch, aquatic
-        >>> layer = aquatic.nn.Linear(3, 2, qconfig=aquatic.qconfig.int4_weight)
-        >>> plain = aquatic.dequantize(torch.nn.Sequential(layer))
-        >>> type(plain[0]).__name__, torch.equal(plain[0].weight, layer.quantize_params()["weight"])
-        ('Linear', True)
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    if not inplace:
-        model = _deepcopy(model)
-    replacements: Dict[int, nn.Module] = {}
-    for module in model.modules():
-        if isinstance(module, ActivationQuantizer):
-            replacements[id(module)] = nn.Identity()
-        elif isinstance(module, QuantizedModule) and callable(getattr(module, "to_float", None)):
-            replacements[id(module)] = module.to_float()
-    for module in list(model.modules()):
-        if not parametrize.is_parametrized(module):
-            continue
-        if not inplace:
-            # A deep copy shares the parametrized class (and its properties) with the
-            # original; removing a parametrization edits that class, so give the copy
-            # its own first.
-            cls = type(module)
-            namespace = {k: v for k, v in cls.__dict__.items() if k not in _CLASS_SLOTS}
-            module.__class__ = type(cls.__name__, cls.__bases__, namespace)
-        for name in list(module.parametrizations.keys()):
-            if any(isinstance(p, Quantizer) for p in module.parametrizations[name]):
-                parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    return _replace(model, replacements)
-
-
-def quantize_parameter(
-    module: nn.Module, name: str, quantizer: Union[nn.Module, Callable[[], nn.Module]]
-) -> nn.Module:
-    """Quantize parameter ``name`` of any module, through ``torch.nn.utils.parametrize``.
-
-    Every access to ``module.<name>`` then returns the fake-quantized value (straight-
-    through gradient to the float value, kept as ``module.parametrizations.<name>.original``).
-    Works for modules without an aquatic twin: ``nn.LSTM`` (``"weight_hh_l0"``),
-    ``nn.Embedding`` (``"weight"``), ``nn.LayerNorm``... :func:`aquatic.freeze_observers`
-    and the other switches reach the quantizer, and :func:`dequantize` bakes it in.
-
-    Args:
-        module: the module that owns the parameter (changed in place).
-        name: the parameter's name in ``module``.
-        quantizer: a quantizer (an instance) or a factory such as
-            ``UniformQuantizer.with_args(bits=4)``.
-
-    Returns:
-        ``module``.
-
-    Raises:
-        ValueError: ``module`` has no parameter ``name``.
-        TypeError: ``quantizer`` is not a quantizer or a factory of one.
-
-    Example:
-        >>> import torch, aquatic
-        >>> from aquatic.quantizers import UniformQuantizer
-        >>> emb = torch.nn.Embedding(10, 4)
-        >>> _ = aquatic.quantize_parameter(emb, "weight", UniformQuantizer.with_args(bits=2))
-        >>> torch.unique(emb.weight).numel() <= 4
-        True
-    """
-    if not isinstance(module, nn.Module):
-        raise TypeError(f"module must be an nn.Module, got {type(module).__name__}")
-    if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {name!r}")
-    own = dict(module.named_parameters(recurse=False))
-    if parametrize.is_parametrized(module, name):
-        raise ValueError(
-            f"{type(module).__name__}.{name} is already parametrized; remove it with "
-            f"torch.nn.utils.parametrize.remove_parametrizations(module, {name!r}) first"
-        )
-    if name not in own:
-        available = ", ".join(sorted(own)) or "none"
-        raise ValueError(
-            f"{type(module).__name__} has no parameter {name!r} of its own "
-            f"(its parameters: {available}); pass the submodule that owns it"
-        )
-    if not isinstance(quantizer, nn.Module):
-        if not callable(quantizer):
-            raise TypeError(
-                f"quantizer must be a quantizer or a factory such as "
-                f"UniformQuantizer.with_args(bits=8), got {quantizer!r}"
-            )
-        quantizer = quantizer()
-    if not isinstance(quantizer, nn.Module):
-        raise TypeError(f"the quantizer factory returned {type(quantizer).__name__}, not a module")
-    parameter = own[name]
-    quantizer.to(parameter.device)
-    parametrize.register_parametrization(module, name, quantizer)
-    return module

@@ -3,7 +3,7 @@
 The layers, lowest first (docs/architecture.rst draws them)::
 
     functional, factory  <  observers  <  quantizers  <  qconfig, switches  <  nn
-        <  model, fold, integer, ptq  <  hw, interop  <  demo  <  aquatic (the package root)
+        <  model, fold, graph, integer, ptq  <  hw, interop  <  demo  <  aquatic (the package root)
 
 A module may import from its own layer and those below, never from above, and never
 inside a function (an import that defers nothing only hides a cycle).
@@ -28,11 +28,13 @@ LAYERS: Dict[str, int] = {
     "switches": 3,
     "nn": 4,
     "model": 5,
+    "model_float": 5,
     "walk": 5,
     "mapping": 5,
     "fold": 5,
     "fuse": 5,
     "integer": 5,
+    "graph": 5,
     "ptq": 5,
     "hw": 6,
     "interop": 6,

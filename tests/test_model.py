@@ -45,9 +45,12 @@ def test_single_qconfig_converts_every_supported_layer_and_keeps_weights():
 def test_dtype_and_mode_kept_and_inplace():
     model = Net().double().eval()
     same = aquatic.quantize(model, int8, inplace=True)
-    assert same is model and isinstance(model.head[1], aquatic.nn.Linear)
+    # A model of one's own comes back as its graph (with an input quantizer), sharing
+    # the layers swapped in place.
+    assert isinstance(model.head[1], aquatic.nn.Linear) and same.head[1] is model.head[1]
     assert model.head[1].weight.dtype == torch.float64 and not model.head[1].training
-    assert model(torch.randn(1, 1, 8, 8, dtype=torch.float64)).dtype == torch.float64
+    assert not same.training and not same.input_quantizer.training
+    assert same(torch.randn(1, 1, 8, 8, dtype=torch.float64)).dtype == torch.float64
 
 
 def test_mapping_precedence():

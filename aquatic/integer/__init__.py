@@ -22,6 +22,8 @@ from aquatic.integer.clamp import IntegerClamp
 from aquatic.integer.layers import IntegerConv, IntegerLinear, IntegerReLU, IntegerRequantize
 from aquatic.integer.pooling import IntegerMaxPool, IntegerReshape, IntegerSum, IntegerSumPool
 from aquatic.integer.model import IntegerModel
+from aquatic.integer.graph import IntegerGraph
+from aquatic.integer.graph_ops import IntegerCombine, IntegerReduceSum
 from aquatic.integer.serialize import load, save
 from aquatic.integer.spiking import IntegerNeuron
 from aquatic.integer.recurrent import FixedSum, IntegerGRU, IntegerLSTM
@@ -33,7 +35,9 @@ from aquatic.integer.sequence import IntegerLastStep, IntegerSelectOutput
 __all__ = [
     "IntegerAverage",
     "IntegerClamp",
+    "IntegerCombine",
     "IntegerConv",
+    "IntegerGraph",
     "IntegerLinear",
     "IntegerMaxPool",
     "IntegerModel",
@@ -41,6 +45,7 @@ __all__ = [
     "IntegerNeuron",
     "IntegerOverflowError",
     "IntegerReLU",
+    "IntegerReduceSum",
     "IntegerRequantize",
     "IntegerReshape",
     "IntegerSum",

@@ -84,6 +84,11 @@ def _header(text: str) -> Dict[str, Any]:
         raise fail("header", f"is not valid JSON ({error})") from None
     if not isinstance(header, dict):
         raise fail("header", f"must be a JSON object, got {type(header).__name__}")
+    if header.get("format") == "aquatic.integer.graph":
+        raise ValueError(
+            "the file holds an integer graph (of a model that is not nn.Sequential): load it "
+            "with aquatic.integer.IntegerGraph.load"
+        )
     if header.get("format") != FORMAT:
         raise ValueError(f"not an aquatic integer model file (format {header.get('format')!r})")
     version = header.get("version")

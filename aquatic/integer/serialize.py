@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-import torch
+from typing import Union
+
 
 from aquatic.integer.archive import FORMAT, VERSION
-from aquatic.integer.base import QSpec
+from aquatic.integer.graph import IntegerGraph
 from aquatic.integer.model import IntegerModel
 
 __all__ = ["FORMAT", "VERSION", "save", "load"]
 
 
-def save(model: IntegerModel, f) -> None:
-    """Save ``model`` to ``f`` (a path or a writable binary file).
+def save(model: Union[IntegerModel, IntegerGraph], f) -> None:
+    """Save ``model`` to ``f`` (a path or a writable binary file). An integer graph is
+    saved in its own format (:mod:`aquatic.integer.graph_archive`) and loads with
+    :meth:`aquatic.integer.IntegerGraph.load`.
 
     Example:
         >>> import io
@@ -25,9 +28,10 @@ def save(model: IntegerModel, f) -> None:
         >>> _ = buffer.seek(0); load(buffer)(torch.tensor([[3, -4]]))
         tensor([[10]], dtype=torch.int32)
     """
-    if not isinstance(model, IntegerModel):
+    if not isinstance(model, (IntegerModel, IntegerGraph)):
         raise TypeError(
-            f"save takes an IntegerModel (from aquatic.convert), got {type(model).__name__}"
+            "save takes an IntegerModel or IntegerGraph (from aquatic.convert), got "
+            f"{type(model).__name__}"
         )
     model.save(f)
 

@@ -50,7 +50,6 @@ dynamo=False)``), which needs no extra packages and maps fake quantization to Q/
 
 from __future__ import annotations
 
-import copy
 import os
 import warnings
 from typing import Any, Optional, Sequence, Tuple, Union
@@ -60,6 +59,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from aquatic.fuse import fold_fused
+from aquatic.model_float import copy_model
 from aquatic.functional.fake_quant import broadcast_along
 from aquatic.functional.grid import Grid
 from aquatic.interop._common import export_grid, require
@@ -231,23 +231,6 @@ def _prepare_parametrizations(name: str, module: nn.Module) -> None:
             chain[0] = nn.Identity()
 
 
-def _copy(model: nn.Module) -> nn.Module:
-    """``copy.deepcopy(model)``, also after a forward pass with gradients through
-    parametrized weights (:func:`aquatic.quantize_parameter`): modules that cache the
-    computed weights (``nn.LSTM``'s ``_flat_weights``) then hold tensors that are not
-    graph leaves, which deepcopy refuses. The copy gets them detached (modules recompute
-    them from the parametrization on their next forward), and copying without gradients
-    keeps the weights that ``__getstate__`` recomputes leaves too."""
-    memo: dict = {}
-    for module in model.modules():
-        for value in vars(module).values():
-            for item in value if isinstance(value, (list, tuple)) else (value,):
-                if isinstance(item, Tensor) and not item.is_leaf:
-                    memo[id(item)] = item.detach().clone()
-    with torch.no_grad():
-        return copy.deepcopy(model, memo)
-
-
 def _export_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` (eval mode) with every quantizer as a :class:`QuantDequant`."""
     for name, module in model.named_modules():
@@ -258,7 +241,7 @@ def _export_copy(model: nn.Module) -> nn.Module:
                 "aquatic.interop.nir.export"
             )
     # A fused batch-norm layer exports as its folded layer (what it computes in eval).
-    model = fold_fused(_copy(model), inplace=True).eval()
+    model = fold_fused(copy_model(model), inplace=True).eval()
     stochastic: list = []
     for name, module in list(model.named_modules()):
         if isinstance(module, QuantizedModule):

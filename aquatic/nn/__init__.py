@@ -24,6 +24,7 @@ from typing import Any as _Any, List as _List
 import torch.nn as _torch_nn
 
 from aquatic.nn.activation import ActivationQuantizer
+from aquatic.nn.combine import Add, Cat, Mul
 from aquatic.nn.base import QuantizedModule
 from aquatic.nn.conv import (
     Conv1d,
@@ -70,6 +71,9 @@ from aquatic.nn.recurrent_cells import GRUCell, LSTMCell, RNNCell
 
 __all__ = [
     "ActivationQuantizer",
+    "Add",
+    "Cat",
+    "Mul",
     "Conv1d",
     "Conv2d",
     "Conv3d",

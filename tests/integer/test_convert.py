@@ -275,7 +275,7 @@ def test_float_torch_layer_and_batch_norm_are_refused():
         aquatic.convert(model, input_scale=1 / 16)
 
 
-def test_custom_container_is_refused():
+def test_custom_container_is_converted_as_a_graph_and_needs_a_grid_for_its_add():
     class Residual(nn.Module):
         def __init__(self):
             super().__init__()
@@ -286,8 +286,12 @@ def test_custom_container_is_refused():
 
     model = nn.Sequential(Residual())
     calibrate(model, torch.rand(8, 4))
-    with pytest.raises(TypeError, match="container with its own forward"):
+    with pytest.raises(ValueError, match="needs example_input"):
         aquatic.convert(model, input_scale=1 / 16)
+    # The input's grid (1/16) and the layer's (not a power of two) share no grid: the
+    # addition needs an output quantizer, as aquatic.nn.Add gives it.
+    with pytest.raises(ValueError, match="share no common grid.*aquatic.nn.Add"):
+        aquatic.convert(model, torch.rand(8, 4), input_scale=1 / 16)
 
 
 def test_accumulator_overflow_is_detected_with_the_layer_name():

@@ -1,0 +1,239 @@
+""":func:`aquatic.convert` for models that are not ``nn.Sequential``: a traced graph
+(:func:`aquatic.graph.trace`) becomes an :class:`~aquatic.integer.graph.IntegerGraph`.
+
+Layers (``call_module`` nodes) convert as in a chain (:func:`convert_module`); the
+operations between them are handled here (:mod:`aquatic.integer.convert_nodes`). Every
+value of the graph carries a :class:`~aquatic.integer.base.QSpec` (the meaning of its
+codes) or, for shapes and numbers, ``None``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from aquatic.graph import trace
+from aquatic.graph.ops import is_tensor_op, kind
+from aquatic.integer.base import IntegerModule, QSpec
+from aquatic.integer.build_graph import build_combine
+from aquatic.integer.convert_module import convert_module, input_spec
+from aquatic.integer.convert_nodes import NodeContext, convert_node
+from aquatic.integer.graph import IntegerGraph, Ref, Step
+from aquatic.integer.reading import check_observed, describe
+from aquatic.nn import ActivationQuantizer, Add, Cat, Mul
+
+__all__ = ["convert_graph"]
+
+_COMBINE = {Add: "add", Mul: "mul", Cat: "cat"}
+
+
+def _example(example_input: Any, count: int) -> Tuple[Any, ...]:
+    if example_input is None:
+        raise ValueError(
+            "aquatic.convert needs example_input= for a model that is not nn.Sequential: "
+            "one batch of inputs (a tensor, or a tuple with one tensor per forward "
+            "argument), from which the graph's shapes are read"
+        )
+    inputs = example_input if isinstance(example_input, tuple) else (example_input,)
+    if len(inputs) != count:
+        raise ValueError(
+            f"the model's forward takes {count} inputs, but example_input holds {len(inputs)}; "
+            "pass a tuple with one tensor per forward argument"
+        )
+    return inputs
+
+
+def _shapes(gm: fx.GraphModule, inputs: Tuple[Any, ...]) -> None:
+    """Run the model once on ``inputs`` (eval mode), recording each node's shape."""
+    try:
+        ShapeProp(gm).propagate(*inputs)
+    except Exception as error:
+        raise ValueError(
+            f"the model does not run on example_input ({type(error).__name__}: {error}); pass "
+            "a batch shaped as the model expects"
+        ) from error
+
+
+def _input_quantizer(gm: fx.GraphModule, node: fx.Node) -> Optional[fx.Node]:
+    users = list(node.users)
+    if len(users) == 1 and users[0].op == "call_module":
+        module = gm.get_submodule(users[0].target)
+        if isinstance(module, ActivationQuantizer) and "activation" in module.quantizers:
+            return users[0]
+    return None
+
+
+class _Builder:
+    """Walks the graph, collecting integer modules and steps."""
+
+    def __init__(self, gm: fx.GraphModule, state_frac_bits: int) -> None:
+        self.gm = gm
+        self.state_frac_bits = state_frac_bits
+        self.ops: Dict[str, IntegerModule] = {}
+        self.steps: List[Step] = []
+        self.specs: Dict[str, Optional[QSpec]] = {}
+        self.alias: Dict[str, str] = {}
+
+    def ref(self, node: fx.Node) -> Ref:
+        name = node.name
+        while name in self.alias:
+            name = self.alias[name]
+        return Ref(name)
+
+    def refs(self, value: Any) -> Any:
+        return fx.node.map_arg(value, self.ref)
+
+    def spec(self, node: Any, where: str) -> QSpec:
+        if not isinstance(node, fx.Node) or self.specs.get(node.name) is None:
+            raise TypeError(f"{where} takes {node!r}, which is not a tensor of the graph")
+        return self.specs[node.name]
+
+    def chain(self, node: fx.Node, modules: List[IntegerModule], spec: QSpec, first: Any) -> None:
+        """Run ``modules`` one after the other on ``first``; the last result is ``node``."""
+        if not modules:
+            self.alias[node.name] = first.name if isinstance(first, fx.Node) else str(first)
+            self.specs[node.name] = spec
+            return
+        source: Any = self.refs(first)
+        for index, module in enumerate(modules):
+            key = node.name if index == len(modules) - 1 else f"{node.name}_{index}"
+            self.ops[key] = module
+            self.steps.append(Step(key, key, None, (source,), {}))
+            source = Ref(key)
+        self.specs[node.name] = spec
+
+    def module_node(self, node: fx.Node) -> None:
+        module = self.gm.get_submodule(node.target)
+        where = describe(node.target, module)
+        if type(module) in _COMBINE:
+            op = _COMBINE[type(module)]
+            tensors = list(node.args[0]) if op == "cat" else list(node.args)
+            specs = [self.spec(t, where) for t in tensors]
+            combine, spec = build_combine(
+                op,
+                node.target,
+                specs,
+                module.quantizers["activation"] if "activation" in module.quantizers else None,
+                where,
+                getattr(module, "dim", 0),
+            )
+            self.ops[node.name] = combine
+            self.steps.append(Step(node.name, node.name, None, tuple(self.refs(tensors)), {}))
+            self.specs[node.name] = spec
+            return
+        if len(node.args) != 1 or node.kwargs:
+            raise TypeError(
+                f"{where} is called with {len(node.args)} arguments and {len(node.kwargs)} "
+                "keyword arguments; the integer model converts layers that take one tensor"
+            )
+        spec = self.spec(node.args[0], where)
+        modules, spec = convert_module(node.target, module, spec, self.state_frac_bits)
+        self.chain(node, modules, spec, node.args[0])
+
+
+def _check_used_observed(gm: fx.GraphModule) -> None:
+    """:func:`check_observed` for the layers the graph runs (a layer the ``forward``
+    never calls, such as an auxiliary head, need not have seen data)."""
+    used = sorted({node.target for node in gm.graph.nodes if node.op == "call_module"})
+    for target in used:
+        try:
+            check_observed(gm.get_submodule(target))
+        except ValueError as error:
+            raise ValueError(f"layer {target!r}: {error}") from None
+
+
+def convert_graph(
+    model: nn.Module,
+    example_input: Any,
+    input_scale: Optional[float],
+    input_zero_point: int,
+    input_range: Optional[Sequence[int]],
+    state_frac_bits: int,
+) -> IntegerGraph:
+    """The :class:`IntegerGraph` of ``model`` (see :func:`aquatic.convert`)."""
+    gm = model if isinstance(model, fx.GraphModule) else trace(model, "aquatic.convert")
+    # Arguments with a default were fixed to it when tracing: they are no inputs.
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder" and not n.args]
+    inputs = _example(example_input, len(placeholders))
+    _check_used_observed(gm)
+    modes = {id(m): m.training for m in gm.modules()}
+    gm.eval()
+    try:
+        with torch.no_grad():
+            _shapes(gm, inputs)
+            return _build(
+                gm, placeholders, input_scale, input_zero_point, input_range, state_frac_bits
+            )
+    finally:
+        for m in gm.modules():
+            m.training = modes[id(m)]
+
+
+def _build(gm, placeholders, input_scale, input_zero_point, input_range, state_frac_bits):
+    builder = _Builder(gm, state_frac_bits)
+    layers = [(name, m) for name, m in gm.named_modules() if name]
+    edges = []
+    consumed = set()
+    for node in placeholders:
+        quant = _input_quantizer(gm, node)
+        first = gm.get_submodule(quant.target) if quant is not None else nn.Identity()
+        # input_scale is for the inputs that no quantizer takes first
+        scale = None if quant is not None else input_scale
+        spec, rounding, on_grid, notes, _ = input_spec(
+            first, layers, scale, input_zero_point, input_range
+        )
+        edges.append((node.name, spec, rounding, on_grid, notes))
+        builder.specs[node.name] = spec
+        if quant is not None:
+            consumed.add(quant.name)
+            builder.alias[quant.name] = node.name
+            builder.specs[quant.name] = spec
+    if input_scale is not None and placeholders and len(consumed) == len(placeholders):
+        raise ValueError(
+            "every input of the model is taken by an ActivationQuantizer, which sets its "
+            "scale; do not pass input_scale as well"
+        )
+    context = NodeContext(builder)
+    non_tensor: set = set()
+    output = None
+    fixed = set()  # arguments fixed to their default, and the checks fx adds for them
+    for node in gm.graph.nodes:
+        if node.op == "placeholder" and node.args:
+            fixed.add(node.name)
+            continue
+        inputs = node.all_input_nodes
+        if node.op != "output" and inputs and all(n.name in fixed for n in inputs):
+            fixed.add(node.name)
+            continue
+        if node.op == "placeholder" or node.name in consumed:
+            continue
+        if node.op == "output":
+            output = node.args[0]
+            continue
+        if node.op == "get_attr":
+            raise TypeError(
+                f"the forward uses the tensor attribute {node.target!r} directly; the integer "
+                "model converts layers only: move the computation with it into a layer"
+            )
+        if node.op == "call_module":
+            builder.module_node(node)
+            continue
+        if not is_tensor_op(node, non_tensor):
+            non_tensor.add(node.name)
+        convert_node(context, node, kind(node), node.name in non_tensor)
+    specs = _output_specs(builder, output)
+    return IntegerGraph(builder.ops, builder.steps, edges, builder.refs(output), specs)
+
+
+def _output_specs(builder: _Builder, output: Any) -> Any:
+    if isinstance(output, fx.Node):
+        return builder.specs.get(builder.ref(output))
+    if isinstance(output, (list, tuple)):
+        return type(output)(_output_specs(builder, value) for value in output)
+    raise TypeError(
+        f"the model returns {type(output).__name__}; the integer graph returns a tensor, or "
+        "a tuple or list of them"
+    )

@@ -1,0 +1,64 @@
+"""The steps of an integer graph: references to earlier values, and the functions that
+move codes without computing (reshapes, indexing, shape queries)."""
+
+from __future__ import annotations
+
+import operator
+from typing import Any, Dict, NamedTuple, Optional, Tuple
+
+import torch
+
+__all__ = ["Ref", "Step", "TENSOR_FUNCTIONS"]
+
+
+class Ref(str):
+    """The name of an earlier value of the graph, inside a step's arguments."""
+
+
+class Step(NamedTuple):
+    """One step of an :class:`IntegerGraph`: ``module`` (a key of ``ops``) or ``function``
+    (a key of :data:`TENSOR_FUNCTIONS`) applied to ``args`` and ``kwargs``, in which every
+    :class:`Ref` stands for an earlier value; the result is stored under ``name``."""
+
+    name: str
+    module: Optional[str]
+    function: Optional[str]
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any]
+
+
+def _method(name: str):
+    return lambda self, *args, **kwargs: getattr(self, name)(*args, **kwargs)
+
+
+#: The functions a step may apply: they move codes or read shapes, never compute values.
+TENSOR_FUNCTIONS = {
+    **{
+        name: _method(name)
+        for name in (
+            "flatten",
+            "reshape",
+            "view",
+            "permute",
+            "transpose",
+            "squeeze",
+            "unsqueeze",
+            "contiguous",
+            "size",
+            "dim",
+        )
+    },
+    "torch.flatten": torch.flatten,
+    "torch.reshape": torch.reshape,
+    "torch.permute": torch.permute,
+    "torch.transpose": torch.transpose,
+    "torch.squeeze": torch.squeeze,
+    "torch.unsqueeze": torch.unsqueeze,
+    "getitem": operator.getitem,
+    "getattr": getattr,
+    "add": operator.add,
+    "sub": operator.sub,
+    "mul": operator.mul,
+    "floordiv": operator.floordiv,
+    "identity": lambda value: value,
+}
