@@ -7,8 +7,6 @@ An observer's ``forward`` returns its input unchanged and updates ``min_val`` an
 
 from __future__ import annotations
 
-import functools
-import math
 from typing import Optional, Tuple
 
 import torch
@@ -17,80 +15,30 @@ from torch import Tensor, nn
 from aquatic.factory import Factory
 from aquatic.functional.fake_quant import check_axis, check_ch_axis, check_range
 from aquatic.functional.qparams import calculate_qparams, calculate_qparams_float, to_float32
+from aquatic.observers.range_checks import (
+    all_reduce_range,
+    distributed,
+    out_of_range,
+    range_error,
+    range_limit,
+)
 
 __all__ = ["RangeObserver", "MinMaxObserver", "MovingAverageMinMaxObserver"]
 
 
-_NONFINITE = (
-    "{} got a tensor containing NaN or inf; its range would be meaningless. Find where "
-    "the non-finite values come from (e.g. torch.autograd.set_detect_anomaly) or clean "
-    "the input"
-)
-
-
-_TOO_LARGE = (
-    "{} observed values up to {:g}, too close to the largest {} ({:g}): the quantized "
-    "values at the ends of the range would overflow to inf. Scale or clip the input{}"
-)
-
-
-@functools.lru_cache(maxsize=None)  # runs on every step; torch.finfo is not free
-def _range_limit(dtype: torch.dtype, quant_min: int, quant_max: int) -> float:
-    """The largest magnitude whose fake-quantized values stay finite in ``dtype``.
-
-    A value moves by at most half a step when rounded, and a step is at most
-    ``2 * amax / (quant_max - quant_min)`` (twice that rounded up to a power of two),
-    so ``amax * (1 + 4 / levels)`` bounds every quantized value of the range.
-    """
-    if dtype not in (torch.float16, torch.bfloat16):
-        dtype = torch.float32  # observers compute in float32
-    return torch.finfo(dtype).max / (1 + 4 / (quant_max - quant_min))
-
-
-def _out_of_range(cur_min: Tensor, cur_max: Tensor, limit: float) -> bool:
-    """Whether the extrema hold NaN, inf, or a magnitude above ``limit``."""
-    # This runs on every training step, so it is kept to a few small ops.
-    if cur_min.dim() == 0 and cur_min.device.type == "cpu":
-        return not max(cur_max.item(), -cur_min.item()) <= limit  # NaN compares False
-    # max(max, -min) >= 0 is the largest magnitude; floor(amax / limit) is 0 when it is
-    # in range and NaN, inf or >= 1 otherwise: one sync for every channel.
-    probe = torch.maximum(cur_max, torch.neg(cur_min)).div_(limit).floor_().sum()
-    return not probe.item() == 0
-
-
-def _range_error(observer: nn.Module, cur_min: Tensor, cur_max: Tensor, dtype) -> ValueError:
-    lo, hi = cur_min.min().item(), cur_max.max().item()
-    name = type(observer).__name__
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return ValueError(_NONFINITE.format(name))
-    big = dtype if dtype in (torch.float16, torch.bfloat16) else torch.float32
-    hint = "" if big == torch.float32 else ", or quantize it in float32 (input.float())"
-    largest = torch.finfo(big).max
-    return ValueError(_TOO_LARGE.format(name, max(hi, -lo), big, largest, hint))
-
-
 # observer class -> whether its _combine has a Python-float version (see supports_scalars)
 _SCALAR_CLASSES: dict = {}
+# observer class -> whether its range always holds the last batch (see covers_last_batch)
+_COVERING_CLASSES: dict = {}
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _all_reduce_range(cur_min: Tensor, cur_max: Tensor) -> Tuple[Tensor, Tensor]:
-    """Minimum of the minima and maximum of the maxima over all ranks, in one collective.
-
-    Packs ``[-min, max, nonfinite]`` and reduces with MAX; the flag makes every rank
-    raise together when any rank saw NaN or inf (rather than the others waiting).
-    """
-    flat_min, flat_max = cur_min.reshape(-1), cur_max.reshape(-1)
-    flag = ((flat_min * 0 + flat_max * 0).sum() != 0).to(flat_min.dtype)
-    packed = torch.cat([torch.neg(flat_min), flat_max, flag.reshape(1)])
-    torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.MAX)
-    if not torch.compiler.is_compiling() and packed[-1].item() != 0:
-        raise ValueError(_NONFINITE.format("an observer on some rank"))
-    n = flat_min.numel()
-    return torch.neg(packed[:n]).reshape(cur_min.shape), packed[n : 2 * n].reshape(cur_max.shape)
+def _own_rules(cls: type) -> bool:
+    """Whether ``cls`` observes and computes qparams with :class:`RangeObserver`'s methods
+    (so that their Python-float twins and the promises built on them hold)."""
+    return all(
+        getattr(cls, name) is getattr(RangeObserver, name)
+        for name in ("update", "_extrema", "calculate_qparams")
+    )
 
 
 class RangeObserver(nn.Module):
@@ -152,12 +100,12 @@ class RangeObserver(nn.Module):
             into the running range.
         """
         cur_min, cur_max = self._extrema(input.detach())
-        if self.training and _distributed():
-            cur_min, cur_max = _all_reduce_range(cur_min, cur_max)
+        if self.training and distributed():
+            cur_min, cur_max = all_reduce_range(cur_min, cur_max)
         elif not torch.compiler.is_compiling():
-            limit = _range_limit(input.dtype, self.quant_min, self.quant_max)
-            if _out_of_range(cur_min, cur_max, limit):
-                raise _range_error(self, cur_min, cur_max, input.dtype)
+            limit = range_limit(input.dtype, self.quant_min, self.quant_max)
+            if out_of_range(cur_min, cur_max, limit):
+                raise range_error(self, cur_min, cur_max, input.dtype)
         new_min, new_max = (
             self._combine(cur_min, cur_max) if self.initialized else (cur_min, cur_max)
         )
@@ -176,7 +124,8 @@ class RangeObserver(nn.Module):
 
         They do for one float32 range (``ch_axis=None``), a CPU ``input``, eager mode,
         no ``power_of_two``, and a merge rule with a Python-float version (a subclass that
-        overrides ``_combine`` alone keeps the tensor methods).
+        overrides ``_combine`` alone, or ``update``, ``_extrema`` or
+        ``calculate_qparams``, keeps the tensor methods).
         """
         # self._buffers rather than self.min_val: nn.Module.__getattr__ costs about a
         # microsecond, and this runs for every quantizer on every step.
@@ -188,8 +137,30 @@ class RangeObserver(nn.Module):
         cls = type(self)
         if cls not in _SCALAR_CLASSES:
             owner = next(k for k in cls.__mro__ if "_combine" in k.__dict__)
-            _SCALAR_CLASSES[cls] = "_combine_float" in owner.__dict__
+            _SCALAR_CLASSES[cls] = "_combine_float" in owner.__dict__ and _own_rules(cls)
         return _SCALAR_CLASSES[cls]
+
+    def covers_last_batch(self) -> bool:
+        """Whether the range, after :meth:`update`, always holds the batch just observed.
+
+        True for a merge rule that only widens the range (:class:`MinMaxObserver`):
+        every value of that batch then lies in ``[min_val, max_val]``, which lets a
+        symmetric signed quantizer skip the clamp (no code can leave its range). Decided
+        by the class that defines ``_combine``, and only where ``update``, ``_extrema``
+        and ``calculate_qparams`` are this class's own: a subclass that changes any of
+        them is not taken at its parent's word.
+
+        Example:
+            >>> MinMaxObserver().covers_last_batch(), MovingAverageMinMaxObserver().covers_last_batch()
+            (True, False)
+        """
+        cls = type(self)
+        covers = _COVERING_CLASSES.get(cls)
+        if covers is None:
+            owner = next(k for k in cls.__mro__ if "_combine" in k.__dict__)
+            covers = bool(owner.__dict__.get("_widens_only", False)) and _own_rules(cls)
+            _COVERING_CLASSES[cls] = covers
+        return covers
 
     def update_scalar(self, input: Tensor) -> Tuple[float, float]:
         """:meth:`update` with the batch extrema as Python floats (see :meth:`supports_scalars`).
@@ -212,11 +183,11 @@ class RangeObserver(nn.Module):
         if input.requires_grad:  # a quantizer hands over a detached input already
             input = input.detach()
         cur_min, cur_max = self._extrema(input)
-        if self.training and _distributed():
-            cur_min, cur_max = _all_reduce_range(cur_min, cur_max)
+        if self.training and distributed():
+            cur_min, cur_max = all_reduce_range(cur_min, cur_max)
         lo, hi = cur_min.item(), cur_max.item()
-        if not max(hi, -lo) <= _range_limit(input.dtype, self.quant_min, self.quant_max):
-            raise _range_error(self, cur_min, cur_max, input.dtype)
+        if not max(hi, -lo) <= range_limit(input.dtype, self.quant_min, self.quant_max):
+            raise range_error(self, cur_min, cur_max, input.dtype)
         buffers = self._buffers
         if self.initialized:
             old_lo, old_hi = buffers["min_val"].item(), buffers["max_val"].item()
@@ -326,8 +297,14 @@ class MinMaxObserver(RangeObserver):
         (tensor(0.0200), tensor(0, dtype=torch.int32))
     """
 
+    # The merge below only widens the range (see RangeObserver.covers_last_batch).
+    _widens_only = True
+
     def _combine(self, cur_min: Tensor, cur_max: Tensor) -> Tuple[Tensor, Tensor]:
-        return torch.minimum(self.min_val, cur_min), torch.maximum(self.max_val, cur_max)
+        buffers = self._buffers
+        return torch.minimum(buffers["min_val"], cur_min), torch.maximum(
+            buffers["max_val"], cur_max
+        )
 
     def _combine_float(self, cur_min: float, cur_max: float, old_min: float, old_max: float):
         return min(old_min, cur_min), max(old_max, cur_max)
