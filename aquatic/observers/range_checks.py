@@ -73,9 +73,12 @@ def range_error(observer: nn.Module, cur_min: Tensor, cur_max: Tensor, dtype) ->
     return ValueError(TOO_LARGE.format(name, max(hi, -lo), big, largest, hint))
 
 
+_DISTRIBUTED_BUILT = torch.distributed.is_available()
+
+
 def distributed() -> bool:
     """Whether ``torch.distributed`` runs (observers then reduce extrema across ranks)."""
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
+    return _DISTRIBUTED_BUILT and torch.distributed.is_initialized()
 
 
 def all_reduce_range(cur_min: Tensor, cur_max: Tensor) -> Tuple[Tensor, Tensor]:
