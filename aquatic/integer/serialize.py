@@ -19,6 +19,7 @@ def save(model: Union[IntegerModel, IntegerGraph], f) -> None:
 
     Example:
         >>> import io, torch
+        >>> from aquatic.integer.base import QSpec
         >>> from aquatic.integer.layers import IntegerLinear
         >>> model = IntegerModel([IntegerLinear(torch.tensor([[2, -1]]))],
         ...                      QSpec(0.5, 0, low=-8, high=7), QSpec(0.25, 0))

@@ -227,7 +227,7 @@ class UniformQuantizer(Quantizer):
         )
 
     def _covers(self, observer: Any) -> bool:
-        """Whether no code of the input just observed can leave the range.
+        r"""Whether no code of the input just observed can leave the range.
 
         Holds for nearest rounding when the observer's range holds that input
         (:meth:`~aquatic.observers.RangeObserver.covers_last_batch`) and its scale is
