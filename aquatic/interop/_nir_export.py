@@ -14,13 +14,14 @@ from aquatic.interop._common import active, export_grid, parameter_values
 from aquatic.interop._nir_modules import NIRModule, Scale, SumPool2d
 from aquatic.interop._nir_neurons import Chain, NeuronExporter, Shape, per_neuron
 from aquatic.nn.activation import ActivationQuantizer
+from aquatic.nn.combine import Add
 from aquatic.nn.exp_leak import ExpLeak
 from aquatic.nn.iaf import IAF
 from aquatic.nn.lif import LIF, LIFCell, LIFRecurrent
 
 SUPPORTED = (
     "Linear, Conv1d, Conv2d, Flatten, AvgPool2d, SumPool2d, LPPool2d(norm_type=1), "
-    "LIF, IAF, ExpLeak, ActivationQuantizer, Identity, Dropout"
+    "LIF, LIFRecurrent, IAF, ExpLeak, ActivationQuantizer, Add, Identity, Dropout"
 )
 #: Layers that pass their input on unchanged at inference.
 _IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
@@ -41,13 +42,17 @@ class Exporter(NeuronExporter):
         self.resets: Dict[str, str] = {}
         #: whether the model's stateless layers take (N, T, *) too: Flatten counts 2 axes
         self.time_axis = False
+        #: nodes and edges outside the chains (a recurrent layer's weights and its loop)
+        self.side_nodes: List[Tuple[str, Any]] = []
+        self.side_edges: List[Tuple[str, str]] = []
 
     # -- dispatch ------------------------------------------------------------------------
     def convert(self, name: str, module: nn.Module, shape: Shape) -> Tuple[Chain, Shape]:
         """The NIR nodes (a chain, maybe empty) of ``module`` and its per-step output shape."""
         if isinstance(module, _IDENTITY):
             return [], shape
-        if isinstance(module, ActivationQuantizer):
+        if isinstance(module, (ActivationQuantizer, Add)):
+            # Add: NIR sums the edges into a node; the sum's quantizer is a Scale of ones.
             if active(module, "activation") is None:
                 return [], shape
             self._record_activation(name, module)
@@ -63,18 +68,44 @@ class Exporter(NeuronExporter):
         if isinstance(module, Scale):
             scale = per_neuron(module.scale, shape, f"layer {name!r} (Scale)")
             return [(name, self.nir.Scale(scale=scale.astype(np.float32)))], shape
-        if isinstance(module, (LIFCell, LIFRecurrent)):
-            kind = "one time step" if isinstance(module, LIFCell) else "recurrent weights"
+        if isinstance(module, LIFCell):
             raise TypeError(
-                f"layer {name!r} is a {type(module).__name__} ({kind}), which NIR export does "
-                "not support; use aquatic.nn.LIF for feed-forward spiking layers"
+                f"layer {name!r} is a LIFCell (one time step), which NIR export does not "
+                "support; use aquatic.nn.LIF (or LIFRecurrent) for spiking layers"
             )
+        if isinstance(module, LIFRecurrent):
+            return self._recurrent(name, module, shape), shape
         if isinstance(module, (LIF, IAF, ExpLeak)):
             return self._neuron(name, module, shape), shape
         raise TypeError(
             f"layer {name!r} is a {type(module).__name__}, which has no NIR counterpart; "
             f"NIR export supports {SUPPORTED} (in nn.Sequential containers)"
         )
+
+    def _recurrent(self, name: str, module: LIFRecurrent, shape: Shape) -> Chain:
+        """The neuron node, and a ``Linear`` node ``"<name>.rec"`` of the recurrent weights
+        on an edge from the neurons back into them: NIR sums the edges into a node, and a
+        cycle delays by one step, so the neurons receive :math:`x[t] + W s[t-1]` (the
+        layout snnTorch's ``import_from_nir`` reads as ``RLeaky``/``RSynaptic``)."""
+        if shape != (module.num_neurons,):
+            raise ValueError(
+                f"layer {name!r} (LIFRecurrent) has {module.num_neurons} neurons but receives "
+                f"steps of shape {shape}"
+            )
+        chain = self._neuron(name, module, shape)
+        if not isinstance(chain[-1][1], (self.nir.LIF, self.nir.CubaLIF)):
+            raise ValueError(
+                f"layer {name!r} (LIFRecurrent) has neurons without leak (alpha_mem = 1); NIR "
+                "export writes recurrent layers as LIF or CubaLIF nodes: give every neuron a "
+                "leak (alpha_mem < 1)"
+            )
+        weight = module.rec_weight
+        if active(module, "rec_weight") is not None:
+            weight = module.quantize_params()["rec_weight"]
+        rec = f"{name}.rec"
+        self.side_nodes.append((rec, self.nir.Linear(weight=_numpy(weight))))
+        self.side_edges += [(chain[-1][0], rec), (rec, chain[0][0])]
+        return chain
 
     def _record_activation(self, name: str, module: nn.Module) -> None:
         quantizer = active(module, "activation")

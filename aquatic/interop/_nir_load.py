@@ -62,6 +62,8 @@ class Loader:
         self.discretization = discretization
         self.quantizers = metadata.get("quantizers", {}) or {}
         self.resets = metadata.get("resets", {}) or {}
+        #: neuron node -> the weights of its recurrent loop (see :func:`recurrent_loops`)
+        self.recurrent: Dict[str, np.ndarray] = {}
 
     def alpha_of(self, tau: Any, what: str, param: str = "tau") -> np.ndarray:
         """Per-step decays (float32 values, held in float64) of NIR time constants."""
@@ -240,9 +242,21 @@ class Loader:
             return qnn.ExpLeak(**kwargs, qconfig=qconfig), gain
         if syn is not None:
             kwargs["alpha_syn"] = _value(syn)
-        layer = qnn.LIF(
-            threshold=_value(node.v_threshold), reset=self.reset_of(name, node), **kwargs
-        )
+        threshold, reset = _value(node.v_threshold), self.reset_of(name, node)
+        if name not in self.recurrent:
+            return qnn.LIF(threshold=threshold, reset=reset, **kwargs), gain
+        weight = self.recurrent[name]
+        if weight.shape != (r.size, r.size) or r.ndim != 1:
+            raise ValueError(
+                f"{what}: its recurrent weights have shape {weight.shape}, but the node "
+                f"holds neurons of shape {r.shape}; a recurrent loop needs (n, n) weights "
+                "on a 1-D layer"
+            )
+        layer = qnn.LIFRecurrent(r.size, threshold=threshold, reset=reset, **kwargs)
+        # The node's input gain scales the loop's input as well as x: W -> diag(g) W.
+        scaled = weight if gain is None else weight * np.broadcast_to(gain, (r.size,))[:, None]
+        with torch.no_grad():
+            layer.rec_weight.copy_(torch.from_numpy(np.asarray(scaled, dtype=np.float32)))
         return layer, gain
 
     def synaptic_iaf(
@@ -273,6 +287,39 @@ class Loader:
             bool(((syn > 0) & (syn < 1)).all())
             and _array(current.tau).shape == _array(node.r).shape
         )
+
+
+def recurrent_loops(nir: Any, graph: Any) -> Dict[str, Tuple[str, np.ndarray]]:
+    """``{neuron node: (weight node, weights)}`` for each ``LIF``/``CubaLIF`` node with a
+    ``Linear`` (or ``Affine`` with zero bias) node on a loop back into it, the layout of
+    recurrent layers (aquatic's ``LIFRecurrent``, snnTorch's ``RLeaky``/``RSynaptic``)."""
+    sources: Dict[str, List[str]] = {name: [] for name in graph.nodes}
+    targets: Dict[str, List[str]] = {name: [] for name in graph.nodes}
+    for edge in graph.edges:
+        source, target = (text(v) for v in edge)
+        if source in graph.nodes and target in graph.nodes:
+            sources[target].append(source)
+            targets[source].append(target)
+    loops: Dict[str, Tuple[str, np.ndarray]] = {}
+    for name, node in graph.nodes.items():
+        if not isinstance(node, (nir.Linear, nir.Affine)):
+            continue
+        if len(sources[name]) != 1 or targets[name] != sources[name]:
+            continue
+        neuron = sources[name][0]
+        if not isinstance(graph.nodes[neuron], (nir.LIF, nir.CubaLIF)):
+            continue
+        if neuron in loops:
+            raise ValueError(
+                f"node {neuron!r} has two recurrent loops ({loops[neuron][0]!r}, {name!r})"
+            )
+        if isinstance(node, nir.Affine) and bool((_array(node.bias) != 0).any()):
+            raise ValueError(
+                f"node {name!r} (Affine) on the recurrent loop of {neuron!r} has a bias, which "
+                "aquatic's LIFRecurrent lacks; move the bias into the neurons' v_leak"
+            )
+        loops[neuron] = (name, np.asarray(node.weight, dtype=np.float64))
+    return loops
 
 
 def metadata_of(graph: Any) -> Dict[str, Any]:

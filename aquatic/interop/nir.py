@@ -82,6 +82,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -91,7 +92,7 @@ from torch import nn
 from aquatic.interop._common import require
 from aquatic.interop._nir_export import Exporter, graph_of
 from aquatic.interop._nir_check import check_graph, check_metadata, topological_order
-from aquatic.interop._nir_load import Loader, metadata_of, text
+from aquatic.interop._nir_load import Loader, metadata_of, recurrent_loops, text
 from aquatic.interop._nir_modules import NIRModule, Scale, SumPool2d
 
 __all__ = ["export", "load", "NIRModule", "Scale", "SumPool2d", "DISCRETIZATIONS"]
@@ -234,6 +235,11 @@ def export(
             if pair not in final:
                 final.append(pair)
     final += internal
+    for node_name, node in exporter.side_nodes:
+        if node_name in nodes:
+            raise ValueError(f"two nodes would be named {node_name!r}; rename a layer")
+        nodes[node_name] = node
+    final += exporter.side_edges
     metadata: Dict[str, Any] = {"dt": dt, "discretization": discretization}
     subtracting = [name for name, reset in exporter.resets.items() if reset == "subtract"]
     if subtracting:
@@ -332,6 +338,14 @@ def load(
             f"load takes graphs with one Input and one Output node, got inputs {inputs} and "
             f"outputs {outputs}"
         )
+    loops = recurrent_loops(nir, graph)
+    if loops:  # the rest of the graph without the loops; each loop joins its neurons
+        loop_nodes = {weights for weights, _ in loops.values()}
+        graph = SimpleNamespace(
+            nodes={k: v for k, v in graph.nodes.items() if k not in loop_nodes},
+            edges=[e for e in graph.edges if not loop_nodes & {text(v) for v in e}],
+        )
+        loader.recurrent = {neuron: weights for neuron, (_, weights) in loops.items()}
     order, sources = topological_order(graph)
     check_graph(nir, graph, sources)
     targets: Dict[str, List[str]] = {name: [] for name in graph.nodes}

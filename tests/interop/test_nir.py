@@ -354,7 +354,7 @@ def test_foreign_graph_with_other_gains_and_a_branch():
     [
         (nn.MaxPool2d(2), "'1' is a MaxPool2d, which has no NIR counterpart"),
         (nn.Conv3d(2, 2, 1), "'1' is a Conv3d"),
-        (aquatic.nn.LIFRecurrent(4, tau_mem=3.0), "LIFRecurrent \\(recurrent weights\\)"),
+        (aquatic.nn.LIFCell(tau_mem=3.0), "LIFCell \\(one time step\\)"),
         (nn.LSTM(4, 4), "LSTM"),
         (nn.LPPool2d(2, 2), "norm_type=2"),
     ],
