@@ -9,8 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aquatic.graph.capture import follows_graph
 from aquatic.walk import sequential_layers
 from aquatic.interop._common import active, export_grid, parameter_values
+from aquatic.interop._nir_graph import traced_layers
 from aquatic.interop._nir_modules import NIRModule, Scale, SumPool2d
 from aquatic.interop._nir_neurons import Chain, NeuronExporter, Shape, per_neuron
 from aquatic.nn.activation import ActivationQuantizer
@@ -79,7 +81,7 @@ class Exporter(NeuronExporter):
             return self._neuron(name, module, shape), shape
         raise TypeError(
             f"layer {name!r} is a {type(module).__name__}, which has no NIR counterpart; "
-            f"NIR export supports {SUPPORTED} (in nn.Sequential containers)"
+            f"NIR export supports {SUPPORTED}"
         )
 
     def _recurrent(self, name: str, module: LIFRecurrent, shape: Shape) -> Chain:
@@ -282,14 +284,9 @@ def graph_of(model: nn.Module) -> Tuple[List[Tuple[str, nn.Module]], List[Tuple[
             raise ValueError("a NIRModule with nodes named 'input' or 'output' cannot be exported")
         edges = [(rename.get(a, a), rename.get(b, b)) for a, b in model.edges]
         return nodes, edges
-    # A container with a forward of its own (aquatic layers hold only their quantizers).
-    if not isinstance(model, nn.Sequential) and list(model.children()):
-        if not hasattr(model, "quantizers"):
-            raise TypeError(
-                f"NIR export walks nn.Sequential models (and NIRModule graphs), not a "
-                f"{type(model).__name__} whose forward it cannot see; put the layers in an "
-                "nn.Sequential"
-            )
+    # A model with a forward of its own: follow its traced graph.
+    if follows_graph(model):
+        return traced_layers(model)
     # each use of a shared layer is a node of its own (its weights written again)
     layers = sequential_layers(model, default=type(model).__name__.lower())
     names = []

@@ -94,6 +94,7 @@ from aquatic.interop._nir_export import Exporter, graph_of
 from aquatic.interop._nir_check import check_graph, check_metadata, topological_order
 from aquatic.interop._nir_load import Loader, metadata_of, recurrent_loops, text
 from aquatic.interop._nir_modules import NIRModule, Scale, SumPool2d
+from aquatic.nn.activation import ActivationQuantizer
 
 __all__ = ["export", "load", "NIRModule", "Scale", "SumPool2d", "DISCRETIZATIONS"]
 
@@ -201,7 +202,9 @@ def export(
     if not isinstance(time_axis, bool):
         raise TypeError(f"time_axis must be True or False, got {time_axis!r}")
     exporter.time_axis = time_axis
-    shapes: Dict[str, Tuple[int, ...]] = {"input": _input_shape(input_shape, layers[0][1])}
+    # the first layer that changes shapes (an input quantizer keeps them)
+    first = next((m for _, m in layers if not isinstance(m, ActivationQuantizer)), layers[0][1])
+    shapes: Dict[str, Tuple[int, ...]] = {"input": _input_shape(input_shape, first)}
     sources: Dict[str, List[str]] = {}
     for source, target in edges:
         sources.setdefault(target, []).append(source)

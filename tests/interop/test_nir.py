@@ -407,9 +407,10 @@ class Residual(nn.Module):
         return x + self.fc(x)
 
 
-def test_custom_containers_are_refused():
-    with pytest.raises(TypeError, match="not a Residual whose forward it cannot see"):
-        anir.export(Residual())
+def test_custom_containers_follow_their_forward():
+    # x + fc(x): the input feeds the output directly and through fc (NIR sums edges).
+    graph = anir.export(Residual())
+    assert sorted(graph.edges) == [("fc", "output"), ("input", "fc"), ("input", "output")]
 
 
 def test_load_errors():
