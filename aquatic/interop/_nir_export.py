@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
@@ -13,6 +14,7 @@ from aquatic.graph.capture import follows_graph
 from aquatic.walk import sequential_layers
 from aquatic.interop._common import active, export_grid, parameter_values
 from aquatic.interop._nir_graph import traced_layers
+from aquatic.interop._nir_quant import param_records
 from aquatic.interop._nir_modules import NIRModule, Scale, SumPool2d
 from aquatic.interop._nir_neurons import Chain, NeuronExporter, Shape, per_neuron
 from aquatic.nn.activation import ActivationQuantizer
@@ -42,15 +44,71 @@ class Exporter(NeuronExporter):
         self.discretization = discretization
         self.quantizers: Dict[str, Dict[str, Any]] = {}
         self.resets: Dict[str, str] = {}
+        #: per node: parameter grids and state quantizers (see aquatic.interop._nir_quant)
+        self.params: Dict[str, Dict[str, Any]] = {}
+        self.states: Dict[str, Dict[str, Any]] = {}
+        self.max_spikes: Dict[str, int] = {}
         #: whether the model's stateless layers take (N, T, *) too: Flatten counts 2 axes
         self.time_axis = False
         #: nodes and edges outside the chains (a recurrent layer's weights and its loop)
         self.side_nodes: List[Tuple[str, Any]] = []
         self.side_edges: List[Tuple[str, str]] = []
 
+    def metadata(self) -> Dict[str, Any]:
+        """``graph.metadata["aquatic"]``; warns about what other NIR tools will not read."""
+        metadata: Dict[str, Any] = {"dt": self.dt, "discretization": self.discretization}
+        subtracting = [name for name, reset in self.resets.items() if reset == "subtract"]
+        if subtracting:
+            warnings.warn(
+                f"{'layers' if len(subtracting) > 1 else 'layer'} "
+                f"{', '.join(map(repr, subtracting))} reset{'' if len(subtracting) > 1 else 's'} "
+                "by subtracting the threshold, which NIR cannot express: NIR nodes with v_reset "
+                "reset to it (written as 0, so other NIR tools reset to zero). "
+                "aquatic.interop.nir.load restores the "
+                "subtraction from graph.metadata['aquatic']['resets']; for other tools, train "
+                "with reset='zero'",
+                UserWarning,
+                stacklevel=3,
+            )
+        if self.resets:
+            metadata["resets"] = dict(self.resets)
+        if self.max_spikes:
+            warnings.warn(
+                f"NIR neurons emit one spike per step: the max_spikes of "
+                f"{', '.join(f'{k!r} ({v})' for k, v in self.max_spikes.items())} are recorded "
+                "in graph.metadata['aquatic']['max_spikes'], which aquatic.interop.nir.load uses "
+                "and other NIR tools ignore",
+                UserWarning,
+                stacklevel=3,
+            )
+        for key in ("quantizers", "params", "states", "max_spikes"):
+            if getattr(self, key):
+                metadata[key] = dict(getattr(self, key))
+        if self.quantizers or self.states:
+            parts = [
+                f"the {what} quantizers of {', '.join(map(repr, names))}"
+                for what, names in (("activation", self.quantizers), ("state", self.states))
+                if names
+            ]
+            warnings.warn(
+                f"NIR has no quantization nodes: {' and '.join(parts)} are recorded in "
+                "graph.metadata['aquatic'], which aquatic.interop.nir.load uses and other NIR "
+                "tools ignore",
+                UserWarning,
+                stacklevel=3,
+            )
+        return metadata
+
     # -- dispatch ------------------------------------------------------------------------
     def convert(self, name: str, module: nn.Module, shape: Shape) -> Tuple[Chain, Shape]:
         """The NIR nodes (a chain, maybe empty) of ``module`` and its per-step output shape."""
+        chain, out = self._convert(name, module, shape)
+        params = param_records(module)
+        if params and any(node_name == name for node_name, _ in chain):
+            self.params[name] = params
+        return chain, out
+
+    def _convert(self, name: str, module: nn.Module, shape: Shape) -> Tuple[Chain, Shape]:
         if isinstance(module, _IDENTITY):
             return [], shape
         if isinstance(module, (ActivationQuantizer, Add)):

@@ -11,6 +11,7 @@ from torch import nn
 
 from aquatic import nn as qnn
 from aquatic.interop._nir_modules import Scale, SumPool2d
+from aquatic.interop._nir_quant import layer_qconfig, set_state_grids
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.uniform import UniformQuantizer
 
@@ -62,6 +63,9 @@ class Loader:
         self.discretization = discretization
         self.quantizers = metadata.get("quantizers", {}) or {}
         self.resets = metadata.get("resets", {}) or {}
+        self.params = metadata.get("params", {}) or {}
+        self.states = metadata.get("states", {}) or {}
+        self.max_spikes = metadata.get("max_spikes", {}) or {}
         #: neuron node -> the weights of its recurrent loop (see :func:`recurrent_loops`)
         self.recurrent: Dict[str, np.ndarray] = {}
 
@@ -91,18 +95,15 @@ class Loader:
             )
         return alpha.astype(np.float32).astype(np.float64)
 
-    def activation_qconfig(self, name: str) -> Optional[QConfig]:
-        spec = self.quantizers.get(name)
-        if not spec:
-            return None
-        factory = UniformQuantizer.with_args(
-            scale=float(np.asarray(spec["scale"])),
-            zero_point=int(np.asarray(spec["zero_point"])),
-            quant_min=int(np.asarray(spec["quant_min"])),
-            quant_max=int(np.asarray(spec["quant_max"])),
-            rounding=text(spec.get("rounding", "nearest")),  # absent in older files
+    def qconfig_of(self, name: str) -> Optional[QConfig]:
+        """The recorded quantizers of node ``name`` (activation, parameters, states)."""
+        return layer_qconfig(
+            self.quantizers.get(name), self.params.get(name), self.states.get(name)
         )
-        return QConfig(activation=factory)
+
+    def spikes_of(self, name: str) -> int:
+        """The spikes per step a neuron node may emit (recorded by export; else NIR's 1)."""
+        return int(np.asarray(self.max_spikes.get(name, 1)))
 
     def reset_of(self, name: str, node: Any) -> str:
         """From the metadata; else the convention of the installed NIR version."""
@@ -125,7 +126,7 @@ class Loader:
     def build(self, name: str, node: Any) -> Tuple[nn.Module, Optional[np.ndarray]]:
         """The layer of ``node``, and an input gain to apply before it (``None``: none)."""
         nir = self.nir
-        qconfig = self.activation_qconfig(name)
+        qconfig = self.qconfig_of(name)
         if isinstance(node, (nir.Affine, nir.Linear)):
             weight = np.asarray(node.weight, dtype=np.float32)
             if weight.ndim != 2:
@@ -155,7 +156,7 @@ class Loader:
             )
         if isinstance(node, nir.Scale):
             scale = _array(node.scale)
-            if qconfig is not None and bool((scale == 1).all()):
+            if qconfig is not None and qconfig.activation is not None and bool((scale == 1).all()):
                 return qnn.ActivationQuantizer(qconfig=qconfig), None
             return Scale(torch.from_numpy(scale.astype(np.float32))), None
         if isinstance(node, (nir.LIF, nir.CubaLIF, nir.IF, nir.LI, nir.I)):
@@ -212,7 +213,13 @@ class Loader:
             gain = self.dt * r
             if isinstance(node, nir.I):
                 return qnn.ExpLeak(alpha_mem=1.0, qconfig=qconfig), None if _is_one(gain) else gain
-            layer = qnn.IAF(threshold=_value(node.v_threshold), reset=self.reset_of(name, node))
+            layer = qnn.IAF(
+                threshold=_value(node.v_threshold),
+                reset=self.reset_of(name, node),
+                qconfig=qconfig,
+                max_spikes=self.spikes_of(name),
+            )
+            set_state_grids(layer, self.states.get(name))
             return layer, None if _is_one(gain) else gain
         tau = node.tau_mem if isinstance(node, nir.CubaLIF) else node.tau
         alpha = self.alpha_of(tau, what, "tau_mem" if isinstance(node, nir.CubaLIF) else "tau")
@@ -244,7 +251,15 @@ class Loader:
             kwargs["alpha_syn"] = _value(syn)
         threshold, reset = _value(node.v_threshold), self.reset_of(name, node)
         if name not in self.recurrent:
-            return qnn.LIF(threshold=threshold, reset=reset, **kwargs), gain
+            layer = qnn.LIF(
+                threshold=threshold,
+                reset=reset,
+                qconfig=qconfig,
+                max_spikes=self.spikes_of(name),
+                **kwargs,
+            )
+            set_state_grids(layer, self.states.get(name))
+            return layer, gain
         weight = self.recurrent[name]
         if weight.shape != (r.size, r.size) or r.ndim != 1:
             raise ValueError(
@@ -252,7 +267,15 @@ class Loader:
                 f"holds neurons of shape {r.shape}; a recurrent loop needs (n, n) weights "
                 "on a 1-D layer"
             )
-        layer = qnn.LIFRecurrent(r.size, threshold=threshold, reset=reset, **kwargs)
+        layer = qnn.LIFRecurrent(
+            r.size,
+            threshold=threshold,
+            reset=reset,
+            qconfig=qconfig,
+            max_spikes=self.spikes_of(name),
+            **kwargs,
+        )
+        set_state_grids(layer, self.states.get(name))
         # The node's input gain scales the loop's input as well as x: W -> diag(g) W.
         scaled = weight if gain is None else weight * np.broadcast_to(gain, (r.size,))[:, None]
         with torch.no_grad():
@@ -270,7 +293,10 @@ class Loader:
             threshold=_value(node.v_threshold),
             reset=self.reset_of(name, node),
             alpha_syn=_value(syn),
+            qconfig=self.qconfig_of(name),
+            max_spikes=self.spikes_of(name),
         )
+        set_state_grids(layer, self.states.get(name))
         return layer, None if _is_one(gain) else gain
 
     def fusable(self, current: Any, node: Any) -> bool:

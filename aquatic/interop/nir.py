@@ -243,32 +243,7 @@ def export(
             raise ValueError(f"two nodes would be named {node_name!r}; rename a layer")
         nodes[node_name] = node
     final += exporter.side_edges
-    metadata: Dict[str, Any] = {"dt": dt, "discretization": discretization}
-    subtracting = [name for name, reset in exporter.resets.items() if reset == "subtract"]
-    if subtracting:
-        warnings.warn(
-            f"{'layers' if len(subtracting) > 1 else 'layer'} "
-            f"{', '.join(map(repr, subtracting))} reset{'' if len(subtracting) > 1 else 's'} "
-            "by subtracting the threshold, which NIR cannot express: NIR nodes with v_reset "
-            "reset to it (written as 0, so other NIR tools reset to zero). "
-            "aquatic.interop.nir.load restores the "
-            "subtraction from graph.metadata['aquatic']['resets']; for other tools, train "
-            "with reset='zero'",
-            UserWarning,
-            stacklevel=2,
-        )
-    if exporter.resets:
-        metadata["resets"] = dict(exporter.resets)
-    if exporter.quantizers:
-        metadata["quantizers"] = dict(exporter.quantizers)
-        warnings.warn(
-            "NIR has no quantization nodes: the activation quantizers of "
-            f"{', '.join(map(repr, exporter.quantizers))} are recorded in "
-            "graph.metadata['aquatic'], which aquatic.interop.nir.load uses and other NIR "
-            "tools ignore",
-            UserWarning,
-            stacklevel=2,
-        )
+    metadata = exporter.metadata()
     return nir.NIRGraph(nodes=nodes, edges=final, metadata={"aquatic": metadata})
 
 
