@@ -143,7 +143,7 @@ class Exporter(NeuronExporter):
         )
 
     def _recurrent(self, name: str, module: LIFRecurrent, shape: Shape) -> Chain:
-        """The neuron node, and a ``Linear`` node ``"<name>.rec"`` of the recurrent weights
+        """The neuron node, and a ``Linear`` node ``"<name>_rec"`` of the recurrent weights
         on an edge from the neurons back into them: NIR sums the edges into a node, and a
         cycle delays by one step, so the neurons receive :math:`x[t] + W s[t-1]` (the
         layout snnTorch's ``import_from_nir`` reads as ``RLeaky``/``RSynaptic``)."""
@@ -162,7 +162,7 @@ class Exporter(NeuronExporter):
         weight = module.rec_weight
         if active(module, "rec_weight") is not None:
             weight = module.quantize_params()["rec_weight"]
-        rec = f"{name}.rec"
+        rec = f"{name}_rec"
         self.side_nodes.append((rec, self.nir.Linear(weight=_numpy(weight))))
         self.side_edges += [(chain[-1][0], rec), (rec, chain[0][0])]
         return chain

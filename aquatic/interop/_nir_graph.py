@@ -81,9 +81,11 @@ def traced_layers(model: nn.Module) -> Tuple[Layers, Edges]:
             edges.extend((source, "output") for source in sources(node, node.args[0]))
         elif node.op == "call_module":
             module = gm.get_submodule(node.target)
-            count = uses.get(node.target, 0)
-            uses[node.target] = count + 1
-            name = node.target if not count else f"{node.target}_{count}"
+            # "layer1.0.conv" -> "layer1_0_conv": nirtorch names torch modules after nodes
+            base = str(node.target).replace(".", "_")
+            count = uses.get(base, 0)
+            uses[base] = count + 1
+            name = base if not count else f"{base}_{count}"
             if name in ("input", "output"):
                 name = f"{name}_{count}"
             if node.kwargs or isinstance(module, (Cat, Mul)):

@@ -41,11 +41,25 @@ aquatic                  NIR
 ``AvgPool2d``            ``AvgPool2d``; :class:`SumPool2d` and ``LPPool2d(1, ...)``:
                          ``SumPool2d``
 ``LIF``                  ``LIF``; ``CubaLIF`` with ``tau_syn``
+``LIFRecurrent``         ``LIF``/``CubaLIF`` node ``n`` and a ``Linear`` node ``n_rec`` of the
+                         recurrent weights, with edges ``n -> n_rec -> n`` (a loop delays
+                         by one step: :math:`x[t] + W s[t-1]`)
 ``IAF``                  ``IF``; ``LI`` (the synaptic current) then ``IF`` with ``tau_syn``
 ``ExpLeak``              ``LI``; ``I`` when :math:`\alpha = 1`
 ``ActivationQuantizer``  ``Scale`` of ones, its quantizer in the metadata
+``Add``, ``x + y``       edges into one node (NIR sums them); a quantized
+                         :class:`~aquatic.nn.Add` is a ``Scale`` of ones receiving both
+``torch.flatten``        ``Flatten``
 ``Identity``, dropout    nothing (an edge)
 =======================  ==================================================================
+
+Models with a ``forward`` of their own are traced (:func:`aquatic.graph.trace`): each
+layer call is a node (named after the layer, ``.`` written ``_``), and the dataflow
+gives the edges. A sum of two tensors becomes two edges into the node that uses it:
+NIR adds the edges into a node, as :func:`load` does (nirtorch 2.0's interpreter
+instead passes them to the node as separate arguments, so its readers need a node that
+takes them). Concatenation, products, activation functions, indexing and reshapes
+other than flattening have no NIR node and are refused with the operation named.
 
 Synaptic currents: aquatic's :math:`i[t] = \alpha_s (i[t-1] + x[t])` is, advanced before
 the membrane and held over the step, NIR's :math:`\tau_{syn} \dot I = -I + w_{in} x`
@@ -73,8 +87,14 @@ per-tensor activation quantizers go into ``graph.metadata["aquatic"]["quantizers
 :func:`load` rebuilds them with fixed scales and their rounding, so that a loaded
 model computes what the fake-quantized model computed. Other NIR tools ignore that
 metadata, and :func:`export` warns about it.
-State quantizers (``QConfig.state``), several spikes per step (``max_spikes``) and
-``min_v_mem`` have no NIR equivalent: :func:`export` raises a ``ValueError``.
+The per-tensor grids of the quantized parameters (``"params"``), the state quantizers
+(``QConfig.state``) with the integer decay rule they run under (``"states"``, see
+:mod:`aquatic.nn.grid_decay`) and several spikes per step (``"max_spikes"``) are
+recorded the same way and rebuilt by :func:`load`, so that a Xylo model
+(:func:`aquatic.hw.xylo.qconfig`) loads spiking as trained and exports to the chip
+unchanged; other NIR tools run the nodes in float with one spike per step, and
+:func:`export` warns. ``min_v_mem`` has no NIR equivalent: :func:`export` raises a
+``ValueError``.
 """
 
 from __future__ import annotations
@@ -158,6 +178,7 @@ def export(
 
     Args:
         model: an ``nn.Sequential`` (nested ones are walked) of the supported layers, a
+            model with a ``forward`` of its own (traced; see the module docstring), a
             single layer, or a :class:`NIRModule`. Quantized layers export the values
             their ``forward`` uses.
         input_shape: the shape of one time step of one sample (no batch or time axis),
@@ -175,7 +196,9 @@ def export(
 
     Raises:
         ImportError: the ``nir`` package is missing (``pip install 'aquatic[nir]'``).
-        TypeError: a layer type NIR lacks (the message names the layer).
+        TypeError: a layer type or an operation NIR lacks (the message names it);
+            :class:`aquatic.graph.GraphCaptureError` for a ``forward`` that cannot be
+            traced (the message names the line).
         ValueError: a layer setting NIR cannot express (the message names the layer).
 
     Example:

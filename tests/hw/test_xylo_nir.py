@@ -46,9 +46,9 @@ def test_recurrent_xylo_snn_round_trips_through_nir(power_of_two, tmp_path):
         graph = anir.export(model)
     # the recurrent layer: a CubaLIF node with a Linear loop of the quantized weights
     assert isinstance(graph.nodes["1"], nir.CubaLIF)
-    assert ("1", "1.rec") in graph.edges and ("1.rec", "1") in graph.edges
+    assert ("1", "1_rec") in graph.edges and ("1_rec", "1") in graph.edges
     rec = model[1].quantize_params()["rec_weight"].numpy()
-    np.testing.assert_array_equal(graph.nodes["1.rec"].weight, rec)
+    np.testing.assert_array_equal(graph.nodes["1_rec"].weight, rec)
     meta = graph.metadata["aquatic"]
     assert meta["states"]["1"]["decay_mem"] == {"class": "BitShiftDecay", "bits": 4}
     assert set(meta["params"]["1"]) == {"threshold", "rec_weight"}

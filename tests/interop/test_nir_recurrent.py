@@ -48,9 +48,9 @@ def test_recurrent_layer_is_a_neuron_node_with_a_loop(tau_syn):
     graph = anir.export(model)
     kind = nir.CubaLIF if tau_syn else nir.LIF
     assert isinstance(graph.nodes["1"], kind)
-    assert isinstance(graph.nodes["1.rec"], nir.Linear)
-    assert ("1", "1.rec") in graph.edges and ("1.rec", "1") in graph.edges
-    np.testing.assert_array_equal(graph.nodes["1.rec"].weight, model[1].rec_weight.detach().numpy())
+    assert isinstance(graph.nodes["1_rec"], nir.Linear)
+    assert ("1", "1_rec") in graph.edges and ("1_rec", "1") in graph.edges
+    np.testing.assert_array_equal(graph.nodes["1_rec"].weight, model[1].rec_weight.detach().numpy())
     # the loop means what the reference recurrence computes
     x = 2 * torch.rand(2, 30, 3)
     drive = model[0](x).detach()
