@@ -5,7 +5,9 @@ Each layer call is a node; a sum of two tensors (``x + y``, ``torch.add``,
 :class:`aquatic.nn.Add`) becomes edges into the node that uses it, since NIR sums the
 edges into a node (Pedersen et al. 2024, NIR's graph semantics; ``nirtorch`` and the
 simulators reading NIR add incoming edges the same way). ``torch.flatten`` becomes a
-``Flatten`` node; dropout and ``contiguous`` pass their input on. Everything else
+``Flatten`` node; dropout, ``contiguous`` and folding the time axis into the batch
+(``x.flatten(0, 1)`` ... ``.unflatten(0, (n, t))``, with ``x.shape`` read for the
+sizes) pass their input on. Everything else
 (concatenation, products, ``F.relu``, indexing, reshapes) has no NIR node and is refused
 with the operation named.
 """
@@ -17,6 +19,7 @@ from typing import Dict, List, Tuple
 from torch import fx, nn
 
 from aquatic.graph import kind, trace
+from aquatic.graph.ops import is_tensor_op
 from aquatic.nn.combine import Add, Cat, Mul
 
 Layers = List[Tuple[str, nn.Module]]
@@ -24,6 +27,19 @@ Edges = List[Tuple[str, str]]
 
 #: Operations that pass their (one tensor) input on unchanged at inference.
 _PASS = ("dropout", "contiguous")
+
+
+def _folds_time(node: fx.Node) -> bool:
+    """``x.flatten(0, 1)`` or ``x.unflatten(0, (n, t))``: batch and time axes merged for
+    per-step layers and split again, which NIR's per-step nodes do implicitly."""
+    args = list(node.args[1:])
+    if kind(node) == "flatten":
+        start = args[0] if args else node.kwargs.get("start_dim", 0)
+        end = args[1] if len(args) > 1 else node.kwargs.get("end_dim", -1)
+        return start == 0 and end == 1
+    if node.op == "call_method" and node.target == "unflatten":
+        return (args[0] if args else node.kwargs.get("dim")) == 0
+    return False
 
 
 def _refuse(model: nn.Module, node: fx.Node, why: str) -> TypeError:
@@ -70,7 +86,13 @@ def traced_layers(model: nn.Module) -> Tuple[Layers, Edges]:
         edges.extend((source, name) for source in incoming)
         feeds[node] = [name]
 
+    sizes: set = set()  # nodes that yield shapes or numbers (x.shape[:2]), no data
     for node in gm.graph.nodes:
+        if node.op not in ("placeholder", "output") and not is_tensor_op(node, sizes):
+            sizes.add(node.name)
+    for node in gm.graph.nodes:
+        if node.name in sizes:
+            continue
         if node.op == "placeholder":
             feeds[node] = ["input"]
         elif node.op == "output":
@@ -102,7 +124,7 @@ def traced_layers(model: nn.Module) -> Tuple[Layers, Edges]:
                 if len(set(summed)) != len(summed):
                     raise _refuse(model, node, "it adds a tensor to itself")
                 feeds[node] = summed
-            elif op in _PASS and tensors and tensors[0] is node.args[0]:
+            elif (op in _PASS or _folds_time(node)) and tensors and tensors[0] is node.args[0]:
                 feeds[node] = sources(node, node.args[0])
             elif op == "flatten" and len(tensors) == 1 and tensors[0] is node.args[0]:
                 start = node.args[1] if len(node.args) > 1 else node.kwargs.get("start_dim", 0)

@@ -187,3 +187,38 @@ def test_layers_nir_lacks_and_untraceable_forwards_are_named():
 
     with pytest.raises(GraphCaptureError, match="line .* in forward"):
         anir.export(Branching())
+
+
+class TimeFoldedConvSNN(nn.Module):
+    """Conv -> IAF -> sum pooling -> Flatten -> Linear -> IAF on (N, T, C, H, W), the
+    time axis folded into the batch around the per-step layers."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.iaf1 = aquatic.nn.IAF(threshold=0.5, reset="zero")
+        self.pool = anir.SumPool2d(2)
+        self.flat = nn.Flatten()
+        self.fc = nn.Linear(4 * 3 * 3, 5)
+        self.iaf2 = aquatic.nn.IAF(threshold=0.5, reset="zero")
+
+    def forward(self, x):
+        n, t = x.shape[:2]
+        h = self.iaf1(self.conv(x.flatten(0, 1)).unflatten(0, (n, t)))
+        h = self.fc(self.flat(self.pool(h.flatten(0, 1))))
+        return self.iaf2(h.unflatten(0, (n, t)))
+
+
+def test_time_folded_conv_snn_with_sum_pooling_round_trips():
+    torch.manual_seed(2)
+    model = TimeFoldedConvSNN()
+    graph = anir.export(model, input_shape=(2, 6, 6))
+    chain = ["input", "conv", "iaf1", "pool", "flat", "fc", "iaf2", "output"]
+    assert sorted(graph.edges) == sorted(zip(chain[:-1], chain[1:]))
+    assert isinstance(graph.nodes["pool"], nir.SumPool2d)
+    x = (torch.rand(2, 12, 2, 6, 6) < 0.5).float()
+    loaded = anir.load(graph)
+    with torch.no_grad():
+        expected = model(x)
+        assert expected.sum() > 5
+        assert torch.equal(loaded(x), expected)
