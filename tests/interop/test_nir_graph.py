@@ -222,3 +222,37 @@ def test_time_folded_conv_snn_with_sum_pooling_round_trips():
         expected = model(x)
         assert expected.sum() > 5
         assert torch.equal(loaded(x), expected)
+
+
+class TwoLayerSNN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.lif1 = nn.Linear(4, 6), LIF(tau_mem=5.0, threshold=0.5, reset="zero")
+        self.fc2, self.lif2 = nn.Linear(6, 3), LIF(tau_mem=4.0, threshold=0.5, reset="zero")
+
+    def forward(self, x):
+        return self.lif2(self.fc2(self.lif1(self.fc1(x))))
+
+
+def test_snntorch_reads_a_traced_model_and_spikes_as_it_does():
+    # snnTorch's importer (on nirtorch) maps tau to beta = 1 - dt / tau with dt = 1e-4
+    # (forward Euler), so the graph is written with that step and discretisation.
+    import_nir = pytest.importorskip("snntorch.import_nir")
+    torch.manual_seed(0)
+    model = TwoLayerSNN()
+    with torch.no_grad():
+        model.fc1.weight.mul_(2.0)
+    graph = anir.export(model, dt=1e-4, discretization="euler")
+    net = import_nir.import_from_nir(graph)
+    x = 2 * torch.rand(3, 40, 4)
+    with torch.no_grad():
+        for module in net.modules():
+            if hasattr(module, "reset_mem"):
+                module.reset_mem()
+        steps = []
+        for t in range(x.shape[1]):
+            out = net(x[:, t])
+            steps.append(out[0] if isinstance(out, tuple) else out)
+        expected = model(x)
+        assert model.lif1(model.fc1(x)).sum() > 100 and expected.sum() > 10
+    assert torch.equal(torch.stack(steps, 1), expected)
