@@ -146,7 +146,7 @@ class Exporter(NeuronExporter):
         """The neuron node, and a ``Linear`` node ``"<name>_rec"`` of the recurrent weights
         on an edge from the neurons back into them: NIR sums the edges into a node, and a
         cycle delays by one step, so the neurons receive :math:`x[t] + W s[t-1]` (the
-        layout snnTorch's ``import_from_nir`` reads as ``RLeaky``/``RSynaptic``)."""
+        layout snnTorch's ``import_from_nir`` looks for as ``RLeaky``/``RSynaptic``)."""
         if shape != (module.num_neurons,):
             raise ValueError(
                 f"layer {name!r} (LIFRecurrent) has {module.num_neurons} neurons but receives "
