@@ -16,6 +16,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from aquatic.graph import trace
+from aquatic.graph.insert import takes_indices
 from aquatic.graph.ops import is_tensor_op, kind
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build_graph import build_combine
@@ -23,6 +24,7 @@ from aquatic.integer.convert_module import convert_module, input_spec
 from aquatic.integer.convert_nodes import NodeContext, convert_node
 from aquatic.integer.graph import IntegerGraph, Ref, Step
 from aquatic.integer.reading import check_observed, describe
+from aquatic.integer.recurrent import IntegerGRU, IntegerLSTM
 from aquatic.nn import ActivationQuantizer, Add, Cat, Mul
 
 __all__ = ["convert_graph"]
@@ -89,7 +91,13 @@ class _Builder:
     def spec(self, node: Any, where: str) -> QSpec:
         if not isinstance(node, fx.Node) or self.specs.get(node.name) is None:
             raise TypeError(f"{where} takes {node!r}, which is not a tensor of the graph")
-        return self.specs[node.name]
+        found = self.specs[node.name]
+        if not isinstance(found, QSpec):
+            raise TypeError(
+                f"{where} takes {node.name!r}, the tuple a recurrent layer returns; index "
+                "it first (out, h = self.gru(x), or _, (h, c) = self.lstm(x))"
+            )
+        return found
 
     def chain(self, node: fx.Node, modules: List[IntegerModule], spec: QSpec, first: Any) -> None:
         """Run ``modules`` one after the other on ``first``; the last result is ``node``."""
@@ -132,6 +140,12 @@ class _Builder:
         spec = self.spec(node.args[0], where)
         modules, spec = convert_module(node.target, module, spec, self.state_frac_bits)
         self.chain(node, modules, spec, node.args[0])
+        if modules and isinstance(modules[-1], (IntegerGRU, IntegerLSTM)):
+            # (output, h_n) or (output, (h_n, c_n)): the forward indexes the tuple.
+            states = modules[-1].state_specs()
+            hidden = states["hidden"]
+            last = (hidden, states["cell"]) if "cell" in states else hidden
+            self.specs[node.name] = (hidden, last)
 
 
 def _check_used_observed(gm: fx.GraphModule) -> None:
@@ -180,6 +194,8 @@ def _build(gm, placeholders, input_scale, input_zero_point, input_range, state_f
     for node in placeholders:
         quant = _input_quantizer(gm, node)
         first = gm.get_submodule(quant.target) if quant is not None else nn.Identity()
+        if quant is None and takes_indices(gm, node):  # row indices of an embedding
+            first = gm.get_submodule(next(iter(node.users)).target)
         # input_scale is for the inputs that no quantizer takes first
         scale = None if quant is not None else input_scale
         spec, rounding, on_grid, notes, _ = input_spec(
