@@ -265,6 +265,8 @@ def certify(layers: Any, input_low: int, input_high: int) -> None:
     codes: Range = (input_low, input_high)
     for index, layer in enumerate(layers):
         kind = layer.kind
+        if codes is not None and isinstance(codes[0], tuple) and kind != "select_output":
+            codes = None  # a recurrent layer's tuple, not selected: no bound to follow
         if kind in ("linear", "conv"):
             codes = _accumulator_bound(index, layer, codes)
         elif kind == "requantize":
@@ -272,8 +274,15 @@ def certify(layers: Any, input_low: int, input_high: int) -> None:
         elif kind == "relu":
             if codes is not None:
                 codes = (max(codes[0], int(layer.zero_point.min())), codes[1])
-        elif kind in ("maxpool", "reshape"):
+        elif kind in ("maxpool", "reshape", "last_step"):
             pass
+        elif kind in ("gru", "lstm"):  # (output, h_n) or (output, (h_n, c_n)) codes
+            hidden = tuple(layer.grids["hidden"][1:])
+            cell = tuple(layer.grids["cell"][1:]) if "cell" in layer.grids else None
+            codes = (hidden, (hidden, cell) if cell else hidden)  # type: ignore[assignment]
+        elif kind == "select_output":
+            nested = codes is not None and isinstance(codes[0], tuple)
+            codes = codes[layer.index] if nested and -2 <= layer.index < 2 else None
         elif kind == "sumpool":
             magnitude = _magnitude(codes, layer.zero_point)
             bound = None if magnitude is None else magnitude * math.prod(layer.kernel_size)
