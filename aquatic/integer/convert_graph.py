@@ -24,12 +24,18 @@ from aquatic.integer.convert_module import convert_module, input_spec
 from aquatic.integer.convert_nodes import NodeContext, convert_node
 from aquatic.integer.graph import IntegerGraph, Ref, Step
 from aquatic.integer.reading import check_observed, describe
+from aquatic.integer.build_recurrent import build_gru, build_lstm
 from aquatic.integer.recurrent import IntegerGRU, IntegerLSTM
-from aquatic.nn import ActivationQuantizer, Add, Cat, Mul
+from aquatic.nn import GRU, LSTM, ActivationQuantizer, Add, Cat, Mul
 
 __all__ = ["convert_graph"]
 
 _COMBINE = {Add: "add", Mul: "mul", Cat: "cat"}
+
+
+class LayerSpecs(list):
+    """The grids of the stacked final states of a multi-layer recurrent layer, one per
+    layer: ``h_n[k]`` has the spec of layer ``k``."""
 
 
 def _example(example_input: Any, count: int) -> Tuple[Any, ...]:
@@ -138,6 +144,9 @@ class _Builder:
                 "keyword arguments; the integer model converts layers that take one tensor"
             )
         spec = self.spec(node.args[0], where)
+        if isinstance(module, (GRU, LSTM)) and module.num_layers > 1:
+            self.stacked(node, module, spec)
+            return
         modules, spec = convert_module(node.target, module, spec, self.state_frac_bits)
         self.chain(node, modules, spec, node.args[0])
         if modules and isinstance(modules[-1], (IntegerGRU, IntegerLSTM)):
@@ -146,6 +155,47 @@ class _Builder:
             hidden = states["hidden"]
             last = (hidden, states["cell"]) if "cell" in states else hidden
             self.specs[node.name] = (hidden, last)
+
+    def stacked(self, node: fx.Node, layer: nn.Module, spec: QSpec) -> None:
+        """A recurrent layer with ``num_layers > 1``: one integer layer each, layer
+        :math:`k` reading the hidden codes of layer :math:`k - 1`; the node's value is
+        ``(output, h_n)`` (``(output, (h_n, c_n))``) with the final states of all layers
+        stacked, each layer's on its own grid (:class:`LayerSpecs`)."""
+        build = build_lstm if isinstance(layer, LSTM) else build_gru
+        source: Any = self.refs(node.args[0])
+        finals: Dict[str, List[Ref]] = {"hidden": [], "cell": []}
+        specs: Dict[str, LayerSpecs] = {"hidden": LayerSpecs(), "cell": LayerSpecs()}
+        for index in range(layer.num_layers):
+            key = f"{node.name}_l{index}"
+            module, spec = build(f"{node.target}.l{index}", layer, spec, index)
+            self.ops[key] = module
+            self.steps.append(Step(key, key, None, (source,), {}))
+            self._function(f"{key}_out", "getitem", (Ref(key), 0))
+            state = Ref(key)
+            if isinstance(layer, LSTM):
+                self._function(f"{key}_state", "getitem", (Ref(key), 1))
+                state = Ref(f"{key}_state")
+            for which, position in (("hidden", 0), ("cell", 1)):
+                if which in module.grids:
+                    name = f"{key}_{which}"
+                    self._function(name, "getitem", (state, position if state != key else 1))
+                    finals[which].append(Ref(name))
+                    specs[which].append(module.state_specs()[which])
+            source = Ref(f"{key}_out")
+        for which in ("hidden", "cell"):
+            if finals[which]:
+                self._function(f"{node.name}_{which}", "torch.cat", (finals[which], 0))
+        hidden = Ref(f"{node.name}_hidden")
+        if isinstance(layer, LSTM):
+            self._function(f"{node.name}_states", "tuple", (hidden, Ref(f"{node.name}_cell")))
+            self._function(node.name, "tuple", (source, Ref(f"{node.name}_states")))
+            self.specs[node.name] = (spec, (specs["hidden"], specs["cell"]))
+        else:
+            self._function(node.name, "tuple", (source, hidden))
+            self.specs[node.name] = (spec, specs["hidden"])
+
+    def _function(self, name: str, function: str, args: tuple) -> None:
+        self.steps.append(Step(name, None, function, args, {}))
 
 
 def _check_used_observed(gm: fx.GraphModule) -> None:
@@ -246,7 +296,15 @@ def _build(gm, placeholders, input_scale, input_zero_point, input_range, state_f
 
 def _output_specs(builder: _Builder, output: Any) -> Any:
     if isinstance(output, fx.Node):
-        return builder.specs.get(builder.ref(output))
+        found = builder.specs.get(builder.ref(output))
+        if isinstance(found, LayerSpecs) or (
+            isinstance(found, tuple) and any(isinstance(f, LayerSpecs) for f in found)
+        ):
+            raise TypeError(
+                f"the model returns {output.name!r}, the final states of all layers of a "
+                "stacked recurrent layer, each on its own grid; return one layer's (h[-1])"
+            )
+        return found
     if isinstance(output, (list, tuple)):
         return type(output)(_output_specs(builder, value) for value in output)
     raise TypeError(

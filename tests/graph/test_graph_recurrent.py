@@ -192,3 +192,77 @@ def test_integer_graph_with_recurrent_layers_saves_and_loads():
     for a, b in zip(integer(held_out), loaded(held_out)):
         assert torch.equal(a, b)
     assert isinstance(loaded.ops["lstm"], aquatic.integer.IntegerLSTM)
+
+
+class Stacked(nn.Module):
+    """A 3-layer GRU or LSTM: logits from the last layer's state, and the first layer's
+    final hidden state and the output sequence returned as well."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.lstm = layer is nn.LSTM
+        self.rnn = layer(8, 12, num_layers=3, batch_first=True)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x):
+        out, h = self.rnn(x)
+        if self.lstm:
+            return self.fc(h[0][-1]), h[1][0], out  # (logits, first layer's cell, output)
+        return self.fc(h[-1]), h[0], out
+
+
+@pytest.mark.parametrize("layer", [nn.GRU, nn.LSTM])
+def test_stacked_recurrent_layers_convert_layer_by_layer(layer):
+    qmodel = aquatic.quantize(Stacked(layer), WITH_STATE)
+    x, _ = keywords(torch.Generator().manual_seed(3), 64, steps=6)
+    qmodel(x)  # calibrates every range
+    qmodel.eval()
+    integer = aquatic.convert(qmodel, example_input=x)
+    assert [key for key in integer.ops if key.startswith("rnn")] == ["rnn_l0", "rnn_l1", "rnn_l2"]
+    outputs = integer.dequantize_output(integer(integer.quantize_input(x)))
+    with torch.no_grad():
+        expected = qmodel(x)
+    # each returned state on its own layer's grid: the QAT model's quantizer of that layer
+    state = "cell_l0" if layer is nn.LSTM else "hidden_l0"
+    first_grid = qmodel.rnn.quantizers[state].grid()
+    assert float(integer.output_specs[1].scale) == pytest.approx(float(first_grid.scale))
+    for out, reference, spec in zip(outputs[1:], expected[1:], integer.output_specs[1:]):
+        assert ((out - reference).abs() <= float(spec.scale) + 1e-6).float().mean() >= 0.99
+    assert (outputs[0].argmax(1) == expected[0].argmax(1)).float().mean() >= 0.99
+    loaded = aquatic.integer.IntegerGraph.load(saved(integer))
+    codes = integer.quantize_input(x)
+    for a, b in zip(integer(codes), loaded(codes)):
+        assert torch.equal(a, b)
+
+
+def saved(integer):
+    buffer = io.BytesIO()
+    integer.save(buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_stacked_states_of_several_grids_are_not_returned_whole():
+    class AllStates(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(8, 12, num_layers=2)
+
+        def forward(self, x):
+            return self.gru(x)[1]
+
+    qmodel = aquatic.quantize(AllStates(), INT8)
+    x = torch.randn(5, 4, 8)
+    qmodel(x)
+    with pytest.raises(TypeError, match=r"each on its own grid; return one layer's \(h\[-1\]\)"):
+        aquatic.convert(qmodel.eval(), example_input=x)
+
+
+def test_a_stacked_layer_in_a_sequential_names_the_way_out():
+    gru = aquatic.nn.GRU(8, 12, num_layers=2, qconfig=INT8)
+    model = nn.Sequential(
+        aquatic.nn.ActivationQuantizer(qconfig=INT8), gru, aquatic.nn.SelectOutput(0)
+    )
+    model(torch.randn(5, 4, 8))
+    with pytest.raises(ValueError, match="converts num_layers > 1"):
+        aquatic.convert(model.eval())
