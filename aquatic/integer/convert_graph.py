@@ -171,16 +171,15 @@ class _Builder:
             self.ops[key] = module
             self.steps.append(Step(key, key, None, (source,), {}))
             self._function(f"{key}_out", "getitem", (Ref(key), 0))
-            state = Ref(key)
+            # GRU: (output, h_n); LSTM: (output, (h_n, c_n))
+            places = {"hidden": (Ref(key), 1)}
             if isinstance(layer, LSTM):
                 self._function(f"{key}_state", "getitem", (Ref(key), 1))
-                state = Ref(f"{key}_state")
-            for which, position in (("hidden", 0), ("cell", 1)):
-                if which in module.grids:
-                    name = f"{key}_{which}"
-                    self._function(name, "getitem", (state, position if state != key else 1))
-                    finals[which].append(Ref(name))
-                    specs[which].append(module.state_specs()[which])
+                places = {"hidden": (Ref(f"{key}_state"), 0), "cell": (Ref(f"{key}_state"), 1)}
+            for which, place in places.items():
+                self._function(f"{key}_{which}", "getitem", place)
+                finals[which].append(Ref(f"{key}_{which}"))
+                specs[which].append(module.state_specs()[which])
             source = Ref(f"{key}_out")
         for which in ("hidden", "cell"):
             if finals[which]:
@@ -245,7 +244,8 @@ def _build(gm, placeholders, input_scale, input_zero_point, input_range, state_f
         quant = _input_quantizer(gm, node)
         first = gm.get_submodule(quant.target) if quant is not None else nn.Identity()
         if quant is None and takes_indices(gm, node):  # row indices of an embedding
-            first = gm.get_submodule(next(iter(node.users)).target)
+            tables = [gm.get_submodule(user.target) for user in node.users]
+            first = min(tables, key=lambda table: table.num_embeddings)
         # input_scale is for the inputs that no quantizer takes first
         scale = None if quant is not None else input_scale
         spec, rounding, on_grid, notes, _ = input_spec(
@@ -294,12 +294,16 @@ def _build(gm, placeholders, input_scale, input_zero_point, input_range, state_f
     return IntegerGraph(builder.ops, builder.steps, edges, builder.refs(output), specs)
 
 
+def _stacked_states(specs: Any) -> bool:
+    if isinstance(specs, LayerSpecs):
+        return True
+    return isinstance(specs, tuple) and any(_stacked_states(s) for s in specs)
+
+
 def _output_specs(builder: _Builder, output: Any) -> Any:
     if isinstance(output, fx.Node):
         found = builder.specs.get(builder.ref(output))
-        if isinstance(found, LayerSpecs) or (
-            isinstance(found, tuple) and any(isinstance(f, LayerSpecs) for f in found)
-        ):
+        if _stacked_states(found):
             raise TypeError(
                 f"the model returns {output.name!r}, the final states of all layers of a "
                 "stacked recurrent layer, each on its own grid; return one layer's (h[-1])"

@@ -242,16 +242,17 @@ def saved(integer):
     return buffer
 
 
-def test_stacked_states_of_several_grids_are_not_returned_whole():
+@pytest.mark.parametrize("layer", [nn.GRU, nn.LSTM])
+def test_stacked_states_of_several_grids_are_not_returned_whole(layer):
     class AllStates(nn.Module):
         def __init__(self):
             super().__init__()
-            self.gru = nn.GRU(8, 12, num_layers=2)
+            self.gru = layer(8, 12, num_layers=2)
 
         def forward(self, x):
-            return self.gru(x)[1]
+            return self.gru(x)[1]  # h_n, or (h_n, c_n)
 
-    qmodel = aquatic.quantize(AllStates(), INT8)
+    qmodel = aquatic.quantize(AllStates(), WITH_STATE)
     x = torch.randn(5, 4, 8)
     qmodel(x)
     with pytest.raises(TypeError, match=r"each on its own grid; return one layer's \(h\[-1\]\)"):
