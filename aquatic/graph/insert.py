@@ -16,11 +16,15 @@ from torch import fx, nn
 from aquatic.graph.ops import is_tensor_op, kind
 from aquatic.nn.activation import ActivationQuantizer
 from aquatic.nn.combine import Add, Cat, Mul
+from aquatic.nn.embedding import Embedding, EmbeddingBag
 from aquatic.qconfig import QConfig
 
-__all__ = ["insert_quantizers", "scope"]
+__all__ = ["INDEX_LAYERS", "insert_quantizers", "scope", "takes_indices"]
 
 QConfigFor = Callable[[str], Optional[QConfig]]
+
+#: Layers whose input is row indices (integers), which no quantizer may touch.
+INDEX_LAYERS = (Embedding, EmbeddingBag, nn.Embedding, nn.EmbeddingBag)
 
 
 def scope(node: fx.Node) -> str:
@@ -53,6 +57,15 @@ def _add_module(gm: fx.GraphModule, base: str, module: nn.Module) -> str:
     return name
 
 
+def takes_indices(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether every user of ``node`` is an embedding layer (it holds row indices)."""
+    users = list(node.users)
+    return bool(users) and all(
+        user.op == "call_module" and isinstance(gm.get_submodule(user.target), INDEX_LAYERS)
+        for user in users
+    )
+
+
 def _combine(node: fx.Node, name: str, non_tensor: set):
     """``(module class, args, kwargs)`` for a node that combines tensors, else ``None``."""
     if name in ("add", "mul"):
@@ -78,7 +91,8 @@ def insert_quantizers(gm: fx.GraphModule, qconfig_for: QConfigFor) -> List[str]:
 
     Each ``forward`` argument without a default gets an input quantizer (unless an
     :class:`~aquatic.nn.ActivationQuantizer` already takes it); arguments with a default
-    (``state=None``) are left as they come.
+    (``state=None``) are left as they come, and so are arguments that only embedding
+    layers take (row indices, integers).
 
     Args:
         gm: a traced model (:func:`aquatic.graph.trace`).
@@ -114,6 +128,8 @@ def insert_quantizers(gm: fx.GraphModule, qconfig_for: QConfigFor) -> List[str]:
                 continue
         if root is None or root.activation is None or not users or node.args:
             continue  # (an argument with a default, such as state=None, is left alone)
+        if takes_indices(gm, node):
+            continue
         required = [p for p in placeholders if not p.args]
         base = "input_quantizer" if len(required) == 1 else f"input_quantizer_{node.name}"
         name = _add_module(

@@ -92,7 +92,9 @@ def output_layers(model: nn.Module) -> List[str]:
     ``nn.Sequential``, :func:`aquatic.walk.output_layers`; for a model of one's own, the
     layers that feed its ``return`` through operations that only pass values on
     (``torch.flatten``, ``relu``, ``x[:, -1]``...). :func:`aquatic.quantize` leaves their
-    activation quantizer off unless asked.
+    activation quantizer off unless asked. A recurrent layer (``nn.RNNBase``) is never
+    one: its activation quantizers are inside it (gates, hidden state), which its
+    integer model needs.
 
     Example:
         >>> class Net(nn.Module):
@@ -116,7 +118,8 @@ def output_layers(model: nn.Module) -> List[str]:
             current: Optional[fx.Node] = start
             while current is not None and current.op != "placeholder":
                 if current.op == "call_module" and _passes_on(gm, current) is None:
-                    if current.target not in names:
+                    recurrent = isinstance(gm.get_submodule(current.target), nn.RNNBase)
+                    if current.target not in names and not recurrent:
                         names.append(current.target)
                     break
                 current = _passes_on(gm, current)

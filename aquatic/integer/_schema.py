@@ -107,6 +107,49 @@ def number_or_list(positive: bool) -> Check:
     return check
 
 
+def floats(value: Any) -> Optional[str]:
+    if isinstance(value, list) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+    ):
+        return None
+    return f"must be a list of finite numbers, got {value!r}"
+
+
+def keyed(keys: tuple, check: Check) -> Check:
+    """An object with exactly ``keys``, each value passing ``check``."""
+
+    def check_all(value: Any) -> Optional[str]:
+        if not isinstance(value, dict) or set(value) != set(keys):
+            return f"must be an object with the keys {sorted(keys)}, got {value!r}"
+        for key in keys:
+            problem = check(value[key])
+            if problem:
+                return f"[{key!r}] {problem}"
+        return None
+
+    return check_all
+
+
+def grid(value: Any) -> Optional[str]:
+    """``[zero_point, low, high]`` with ``low <= zero_point <= high``."""
+    if not (isinstance(value, list) and len(value) == 3 and all(is_int(v) for v in value)):
+        return f"must be [zero_point, low, high] (ints), got {value!r}"
+    if not value[1] <= value[0] <= value[2]:
+        return f"must have low <= zero_point <= high, got {value!r}"
+    return None
+
+
+def _recurrent(signals: tuple) -> Dict[str, Check]:
+    """The configuration of an integer GRU or LSTM (:mod:`aquatic.integer.recurrent`)."""
+    return {
+        "scales": keyed(("input", "weight_ih", "weight_hh") + signals, number_or_list(True)),
+        "grids": keyed(("input",) + signals, grid),
+        "bias_ih": optional(floats),
+        "bias_hh": optional(floats),
+        "batch_first": boolean,
+    }
+
+
 AXIS = optional(integer(high=-1))
 ROUNDING = choice(*ROUNDINGS)
 COMMON: Dict[str, Check] = {"name": string, "notes": strings, "source": string}
@@ -154,6 +197,8 @@ CONFIG: Dict[str, Dict[str, Check]] = {
         "sizes": ints(-1),
     },
     "sum": {"dim": integer()},
+    "gru": _recurrent(("gates", "gate_outputs", "hidden")),
+    "lstm": _recurrent(("gates", "gate_outputs", "cell", "hidden")),
     "neuron": {
         "spiking": boolean,
         "reset": choice("subtract", "zero"),

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from aquatic.integer._schema import fail
 from aquatic.integer.base import INT32_MAX
+from aquatic.integer.recurrent import TANH_BITS
 
 __all__ = ["check_layer", "certify"]
 
@@ -166,7 +167,52 @@ def _neuron(name: Callable[[str], str], config: Dict[str, Any], t: Dict[str, Ten
             in_range(name(f"{which}_rule_codes"), codes, 0, high)
 
 
+def _recurrent(name: Callable[[str], str], config: Dict[str, Any], t: Dict[str, Tensor]):
+    """Weights ``(G H, in)`` and ``(G H, H)``, biases and per-row scales of ``G H``, and
+    tables that cover the ``gates`` (and ``cell``) grid with codes on their target grid."""
+    lstm = "cell" in config.get("grids", {})
+    keys = ("weight_ih", "weight_hh", "sigmoid", "tanh") + (("cell_tanh",) if lstm else ())
+    for key in keys:
+        if key not in t:
+            raise fail(name(key), "is missing")
+    w_ih, w_hh = t["weight_ih"], t["weight_hh"]
+    gates = 4 if lstm else 3
+    if w_hh.dim() != 2 or w_hh.shape[1] == 0 or w_hh.shape[0] != gates * w_hh.shape[1]:
+        raise fail(name("weight_hh"), f"must be ({gates} H, H), got shape {tuple(w_hh.shape)}")
+    rows = w_hh.shape[0]
+    if w_ih.dim() != 2 or w_ih.shape[0] != rows:
+        raise fail(name("weight_ih"), f"must be ({rows}, in), got shape {tuple(w_ih.shape)}")
+    for key in ("weight_ih", "weight_hh"):
+        in_range(name(key), t[key], -INT32_MAX - 1, INT32_MAX)
+    for key in ("bias_ih", "bias_hh"):
+        if config.get(key) is not None and len(config[key]) != rows:
+            raise fail(f"the config's {key}", f"must hold {rows} numbers, got {len(config[key])}")
+    for key, scale in config.get("scales", {}).items():
+        if isinstance(scale, list) and len(scale) not in (1, rows):
+            raise fail(f"the config's scales[{key!r}]", f"must be a number or hold {rows}")
+    grids = config.get("grids", {})
+    tables = [("sigmoid", "gates", "gate_outputs"), ("tanh", "gates", "gate_outputs")]
+    if lstm:
+        tables.append(("cell_tanh", "cell", None))
+    for key, source, target in tables:
+        table = t[key]
+        if source not in grids or (target is not None and target not in grids):
+            continue  # the header check names the missing grid
+        _, low, high = grids[source]
+        if table.dim() != 1 or table.numel() != high - low + 1:
+            raise fail(
+                name(key),
+                f"must hold one code per {source} code ({high - low + 1}), got shape {tuple(table.shape)}",
+            )
+        if target is None:
+            in_range(name(key), table, -(2**TANH_BITS), 2**TANH_BITS)
+        else:
+            in_range(name(key), table, grids[target][1], grids[target][2])
+
+
 _LAYER_CHECKS: Dict[str, Callable[..., None]] = {
+    "gru": _recurrent,
+    "lstm": _recurrent,
     "linear": _accumulator,
     "conv": _accumulator,
     "requantize": _requantize,
@@ -219,6 +265,8 @@ def certify(layers: Any, input_low: int, input_high: int) -> None:
     codes: Range = (input_low, input_high)
     for index, layer in enumerate(layers):
         kind = layer.kind
+        if codes is not None and isinstance(codes[0], tuple) and kind != "select_output":
+            codes = None  # a recurrent layer's tuple, not selected: no bound to follow
         if kind in ("linear", "conv"):
             codes = _accumulator_bound(index, layer, codes)
         elif kind == "requantize":
@@ -226,8 +274,15 @@ def certify(layers: Any, input_low: int, input_high: int) -> None:
         elif kind == "relu":
             if codes is not None:
                 codes = (max(codes[0], int(layer.zero_point.min())), codes[1])
-        elif kind in ("maxpool", "reshape"):
+        elif kind in ("maxpool", "reshape", "last_step"):
             pass
+        elif kind in ("gru", "lstm"):  # (output, h_n) or (output, (h_n, c_n)) codes
+            hidden = tuple(layer.grids["hidden"][1:])
+            cell = tuple(layer.grids["cell"][1:]) if "cell" in layer.grids else None
+            codes = (hidden, (hidden, cell) if cell else hidden)  # type: ignore[assignment]
+        elif kind == "select_output":
+            nested = codes is not None and isinstance(codes[0], tuple)
+            codes = codes[layer.index] if nested and -2 <= layer.index < 2 else None
         elif kind == "sumpool":
             magnitude = _magnitude(codes, layer.zero_point)
             bound = None if magnitude is None else magnitude * math.prod(layer.kernel_size)

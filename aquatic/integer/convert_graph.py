@@ -16,6 +16,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from aquatic.graph import trace
+from aquatic.graph.insert import takes_indices
 from aquatic.graph.ops import is_tensor_op, kind
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build_graph import build_combine
@@ -23,11 +24,18 @@ from aquatic.integer.convert_module import convert_module, input_spec
 from aquatic.integer.convert_nodes import NodeContext, convert_node
 from aquatic.integer.graph import IntegerGraph, Ref, Step
 from aquatic.integer.reading import check_observed, describe
-from aquatic.nn import ActivationQuantizer, Add, Cat, Mul
+from aquatic.integer.build_recurrent import build_gru, build_lstm
+from aquatic.integer.recurrent import IntegerGRU, IntegerLSTM
+from aquatic.nn import GRU, LSTM, ActivationQuantizer, Add, Cat, Mul
 
 __all__ = ["convert_graph"]
 
 _COMBINE = {Add: "add", Mul: "mul", Cat: "cat"}
+
+
+class LayerSpecs(list):
+    """The grids of the stacked final states of a multi-layer recurrent layer, one per
+    layer: ``h_n[k]`` has the spec of layer ``k``."""
 
 
 def _example(example_input: Any, count: int) -> Tuple[Any, ...]:
@@ -89,7 +97,13 @@ class _Builder:
     def spec(self, node: Any, where: str) -> QSpec:
         if not isinstance(node, fx.Node) or self.specs.get(node.name) is None:
             raise TypeError(f"{where} takes {node!r}, which is not a tensor of the graph")
-        return self.specs[node.name]
+        found = self.specs[node.name]
+        if not isinstance(found, QSpec):
+            raise TypeError(
+                f"{where} takes {node.name!r}, the tuple a recurrent layer returns; index "
+                "it first (out, h = self.gru(x), or _, (h, c) = self.lstm(x))"
+            )
+        return found
 
     def chain(self, node: fx.Node, modules: List[IntegerModule], spec: QSpec, first: Any) -> None:
         """Run ``modules`` one after the other on ``first``; the last result is ``node``."""
@@ -130,8 +144,57 @@ class _Builder:
                 "keyword arguments; the integer model converts layers that take one tensor"
             )
         spec = self.spec(node.args[0], where)
+        if isinstance(module, (GRU, LSTM)) and module.num_layers > 1:
+            self.stacked(node, module, spec)
+            return
         modules, spec = convert_module(node.target, module, spec, self.state_frac_bits)
         self.chain(node, modules, spec, node.args[0])
+        if modules and isinstance(modules[-1], (IntegerGRU, IntegerLSTM)):
+            # (output, h_n) or (output, (h_n, c_n)): the forward indexes the tuple.
+            states = modules[-1].state_specs()
+            hidden = states["hidden"]
+            last = (hidden, states["cell"]) if "cell" in states else hidden
+            self.specs[node.name] = (hidden, last)
+
+    def stacked(self, node: fx.Node, layer: nn.Module, spec: QSpec) -> None:
+        """A recurrent layer with ``num_layers > 1``: one integer layer each, layer
+        :math:`k` reading the hidden codes of layer :math:`k - 1`; the node's value is
+        ``(output, h_n)`` (``(output, (h_n, c_n))``) with the final states of all layers
+        stacked, each layer's on its own grid (:class:`LayerSpecs`)."""
+        build = build_lstm if isinstance(layer, LSTM) else build_gru
+        source: Any = self.refs(node.args[0])
+        finals: Dict[str, List[Ref]] = {"hidden": [], "cell": []}
+        specs: Dict[str, LayerSpecs] = {"hidden": LayerSpecs(), "cell": LayerSpecs()}
+        for index in range(layer.num_layers):
+            key = f"{node.name}_l{index}"
+            module, spec = build(f"{node.target}.l{index}", layer, spec, index)
+            self.ops[key] = module
+            self.steps.append(Step(key, key, None, (source,), {}))
+            self._function(f"{key}_out", "getitem", (Ref(key), 0))
+            # GRU: (output, h_n); LSTM: (output, (h_n, c_n))
+            places = {"hidden": (Ref(key), 1)}
+            if isinstance(layer, LSTM):
+                self._function(f"{key}_state", "getitem", (Ref(key), 1))
+                places = {"hidden": (Ref(f"{key}_state"), 0), "cell": (Ref(f"{key}_state"), 1)}
+            for which, place in places.items():
+                self._function(f"{key}_{which}", "getitem", place)
+                finals[which].append(Ref(f"{key}_{which}"))
+                specs[which].append(module.state_specs()[which])
+            source = Ref(f"{key}_out")
+        for which in ("hidden", "cell"):
+            if finals[which]:
+                self._function(f"{node.name}_{which}", "torch.cat", (finals[which], 0))
+        hidden = Ref(f"{node.name}_hidden")
+        if isinstance(layer, LSTM):
+            self._function(f"{node.name}_states", "tuple", (hidden, Ref(f"{node.name}_cell")))
+            self._function(node.name, "tuple", (source, Ref(f"{node.name}_states")))
+            self.specs[node.name] = (spec, (specs["hidden"], specs["cell"]))
+        else:
+            self._function(node.name, "tuple", (source, hidden))
+            self.specs[node.name] = (spec, specs["hidden"])
+
+    def _function(self, name: str, function: str, args: tuple) -> None:
+        self.steps.append(Step(name, None, function, args, {}))
 
 
 def _check_used_observed(gm: fx.GraphModule) -> None:
@@ -180,6 +243,9 @@ def _build(gm, placeholders, input_scale, input_zero_point, input_range, state_f
     for node in placeholders:
         quant = _input_quantizer(gm, node)
         first = gm.get_submodule(quant.target) if quant is not None else nn.Identity()
+        if quant is None and takes_indices(gm, node):  # row indices of an embedding
+            tables = [gm.get_submodule(user.target) for user in node.users]
+            first = min(tables, key=lambda table: table.num_embeddings)
         # input_scale is for the inputs that no quantizer takes first
         scale = None if quant is not None else input_scale
         spec, rounding, on_grid, notes, _ = input_spec(
@@ -228,9 +294,21 @@ def _build(gm, placeholders, input_scale, input_zero_point, input_range, state_f
     return IntegerGraph(builder.ops, builder.steps, edges, builder.refs(output), specs)
 
 
+def _stacked_states(specs: Any) -> bool:
+    if isinstance(specs, LayerSpecs):
+        return True
+    return isinstance(specs, tuple) and any(_stacked_states(s) for s in specs)
+
+
 def _output_specs(builder: _Builder, output: Any) -> Any:
     if isinstance(output, fx.Node):
-        return builder.specs.get(builder.ref(output))
+        found = builder.specs.get(builder.ref(output))
+        if _stacked_states(found):
+            raise TypeError(
+                f"the model returns {output.name!r}, the final states of all layers of a "
+                "stacked recurrent layer, each on its own grid; return one layer's (h[-1])"
+            )
+        return found
     if isinstance(output, (list, tuple)):
         return type(output)(_output_specs(builder, value) for value in output)
     raise TypeError(

@@ -114,6 +114,14 @@ def convert_node(context: NodeContext, node: fx.Node, name: Optional[str], is_me
     if name is None:
         raise TypeError(f"{where} has no integer counterpart. Supported: {SUPPORTED}")
     first = node.args[0] if node.args else next(iter(node.kwargs.values()), None)
+    if name == "getitem" and isinstance(first, fx.Node):
+        found = builder.specs.get(first.name)
+        if isinstance(found, (tuple, list)):  # the (output, state) tuple of a recurrent layer
+            index = node.args[1]
+            if not isinstance(index, int) or isinstance(index, bool):
+                raise TypeError(f"{where} indexes a tuple with {index!r}; use a constant int")
+            context.function(node, "getitem", found[index])
+            return
     if name in ("add", "mul"):
         tensors = _tensor_args(context, node)
         if len(tensors) != 2 or len(node.args) != 2 or node.kwargs:

@@ -61,4 +61,6 @@ TENSOR_FUNCTIONS = {
     "mul": operator.mul,
     "floordiv": operator.floordiv,
     "identity": lambda value: value,
+    "tuple": lambda *values: tuple(values),
+    "torch.cat": torch.cat,
 }

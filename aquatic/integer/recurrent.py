@@ -27,7 +27,11 @@ keyword-spotting GRU).
 modules from a trained layer. They start from zero states. :func:`aquatic.convert`
 places them in ``nn.Sequential`` models, where :class:`aquatic.nn.SelectOutput` picks
 an element of the tuple a recurrent layer returns and :class:`aquatic.nn.LastStep` a
-time step; :func:`aquatic.integer.save` does not save them (yet).
+time step, and in traced graphs, where the ``forward`` indexes that tuple itself
+(``out, h = self.gru(x)``). :func:`aquatic.integer.save` and
+:meth:`aquatic.integer.IntegerGraph.save` save them: the integer weights and tables as
+tensors, the scales and real biases as JSON numbers (float64, exact), from which loading
+recomputes the same multipliers.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from aquatic.integer.base import IntegerModule
+from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.requant import rounding_right_shift
 
 __all__ = ["FixedSum", "IntegerGRU", "IntegerLSTM", "TANH_BITS"]
@@ -107,12 +111,20 @@ class _IntegerRecurrent(IntegerModule):
 
     def _setup(self, weight_ih, weight_hh, bias_ih, bias_hh, scales, grids, tables, batch_first):
         size = weight_hh.shape[1]
-        self.hidden_size, self.batch_first, self.grids = size, bool(batch_first), dict(grids)
-        self.register_buffer("weight_ih", weight_ih.to(torch.int64))
-        self.register_buffer("weight_hh", weight_hh.to(torch.int64))
+        self.hidden_size, self.batch_first = size, bool(batch_first)
+        self.grids = {key: tuple(int(v) for v in grid) for key, grid in grids.items()}
+        self.register_buffer("weight_ih", torch.as_tensor(weight_ih).to(torch.int64))
+        self.register_buffer("weight_hh", torch.as_tensor(weight_hh).to(torch.int64))
         for key, table in tables.items():
-            self.register_buffer(key, table.to(torch.int64))
+            self.register_buffer(key, torch.as_tensor(table).to(torch.int64))
         s = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in scales.items()}
+        # Kept for saving: JSON numbers hold float64 exactly, so a loaded layer computes
+        # the same multipliers as the converted one.
+        self.scales = {k: v.tolist() for k, v in s.items()}
+        self.biases = tuple(
+            None if b is None else torch.as_tensor(b, dtype=torch.float64).tolist()
+            for b in (bias_ih, bias_hh)
+        )
         self.magnitude = {
             key: max(abs(low - zero), abs(high - zero)) for key, (zero, low, high) in grids.items()
         }
@@ -124,9 +136,31 @@ class _IntegerRecurrent(IntegerModule):
             _bound(self.weight_hh, self.magnitude["hidden"]),
         )
         zero = torch.zeros(rows, dtype=torch.float64)
-        b_i = zero if bias_ih is None else bias_ih.to(torch.float64)
-        b_h = zero if bias_hh is None else bias_hh.to(torch.float64)
+        b_i = zero if bias_ih is None else torch.as_tensor(bias_ih, dtype=torch.float64)
+        b_h = zero if bias_hh is None else torch.as_tensor(bias_hh, dtype=torch.float64)
         return s, a_i, a_h, bounds, b_i, b_h
+
+    def config(self) -> dict:
+        """The constructor's JSON arguments: scales and biases as float64 numbers, the
+        grids as ``[zero_point, low, high]``."""
+        result = super().config()
+        result.update(
+            scales=dict(self.scales),
+            grids={key: list(grid) for key, grid in self.grids.items()},
+            bias_ih=self.biases[0],
+            bias_hh=self.biases[1],
+            batch_first=self.batch_first,
+        )
+        return result
+
+    def state_specs(self) -> dict:
+        """The :class:`~aquatic.integer.base.QSpec` of the ``hidden`` (and an LSTM's
+        ``cell``) codes it returns."""
+        return {
+            key: QSpec(torch.tensor(self.scales[key]), zero, None, low, high)
+            for key, (zero, low, high) in self.grids.items()
+            if key in ("hidden", "cell")
+        }
 
     def _onto(self, total: Tensor, grid: str) -> Tensor:
         zero, low, high = self.grids[grid]
@@ -160,9 +194,9 @@ _ARGS = """
     Args:
         weight_ih, weight_hh: weight codes minus their zero points, ``(G H, in)`` and
             ``(G H, H)`` (:math:`G` gates).
-        bias_ih, bias_hh: real biases (float64), or ``None``; folded into the sums'
-            constants at construction.
-        scales: float64 tensors: ``input``, ``weight_ih``, ``weight_hh`` (scalar or one
+        bias_ih, bias_hh: real biases (float64, a tensor or a list), or ``None``; folded
+            into the sums' constants at construction.
+        scales: float64 tensors (or numbers and lists): ``input``, ``weight_ih``, ``weight_hh`` (scalar or one
             per row), ``gates``, ``gate_outputs``, ``hidden`` (and an LSTM's ``cell``).
         grids: ``(zero_point, low, high)`` of ``input``, ``gates``, ``gate_outputs``,
             ``hidden`` (and ``cell``).
@@ -185,6 +219,8 @@ class IntegerGRU(_IntegerRecurrent):
     """
     )
 
+    kind = "gru"
+    _tensor_keys = ("weight_ih", "weight_hh", "sigmoid", "tanh")
     _gates = 3
 
     def __init__(
@@ -275,6 +311,8 @@ class IntegerLSTM(_IntegerRecurrent):
     """
     )
 
+    kind = "lstm"
+    _tensor_keys = ("weight_ih", "weight_hh", "sigmoid", "tanh", "cell_tanh")
     _gates = 4
 
     def __init__(

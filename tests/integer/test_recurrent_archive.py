@@ -1,0 +1,131 @@
+"""Saving and loading integer GRU and LSTM layers: in a chain (aquatic.integer.save)
+and in a graph (IntegerGraph.save); a loaded layer computes the same codes, and a
+corrupt file is refused naming the field."""
+
+import io
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import aquatic
+from aquatic.quantizers import UniformQuantizer
+
+INT8 = aquatic.qconfig.int8
+WITH_STATE = INT8._replace(state=UniformQuantizer.with_args(bits=12))
+PER_ROW = WITH_STATE._replace(weight=UniformQuantizer.with_args(ch_axis=0))
+
+
+def chain(layer, qconfig):
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        aquatic.nn.ActivationQuantizer(qconfig=qconfig),
+        layer(6, 10, batch_first=True, qconfig=qconfig),
+        aquatic.nn.SelectOutput(0),
+        aquatic.nn.LastStep(1),
+        aquatic.nn.Linear(10, 3, qconfig=qconfig),
+    )
+    x = torch.randn(16, 7, 6)
+    model(x)  # calibrates every range
+    return aquatic.convert(model.eval()), x
+
+
+def saved(model):
+    buffer = io.BytesIO()
+    model.save(buffer)
+    buffer.seek(0)
+    return buffer
+
+
+@pytest.mark.parametrize(
+    "layer, qconfig",
+    [(aquatic.nn.GRU, INT8), (aquatic.nn.LSTM, WITH_STATE), (aquatic.nn.GRU, PER_ROW)],
+)
+def test_chains_with_recurrent_layers_save_and_load(layer, qconfig):
+    integer, x = chain(layer, qconfig)
+    loaded = aquatic.integer.load(saved(integer))
+    codes = integer.quantize_input(x)
+    assert torch.equal(loaded(codes), integer(codes))
+    original, copy = integer.layers[0], loaded.layers[0]
+    assert type(copy) is type(original)
+    for key, value in original.state_dict().items():  # multipliers, shifts, tables
+        assert torch.equal(copy.state_dict()[key], value), key
+    header = json.loads(torch.load(saved(integer), weights_only=True)["header"])
+    assert header["layers"][0]["kind"] == ("lstm" if layer is aquatic.nn.LSTM else "gru")
+
+
+def corrupt(integer, edit):
+    data = torch.load(saved(integer), weights_only=True)
+    header = json.loads(data["header"])
+    edit(header["layers"][0]["config"], data["tensors"])
+    data["header"] = json.dumps(header)
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def _set(mapping, key, value):
+    mapping[key] = value
+
+
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda c, t: c["grids"]["gates"].reverse(), r"grids.*low <= zero_point <= high"),
+        (lambda c, t: c["scales"].pop("cell"), r"scales.*keys"),
+        (lambda c, t: _set(c["scales"], "hidden", -0.5), r"scales.*finite numbers > 0"),
+        (lambda c, t: _set(c, "bias_ih", c["bias_ih"][:-1]), r"bias_ih.*must hold 40"),
+        (lambda c, t: _set(t, "0.sigmoid", t["0.sigmoid"][:-1]), r"'0.sigmoid'.*one code per"),
+        (lambda c, t: _set(t, "0.tanh", t["0.tanh"] + 1000), r"'0.tanh'.*outside"),
+        (lambda c, t: _set(t, "0.cell_tanh", t["0.cell_tanh"] * 4), r"'0.cell_tanh'.*outside"),
+        (lambda c, t: _set(t, "0.weight_hh", t["0.weight_hh"][:, :-1]), r"weight_hh.*\(4 H, H\)"),
+        (lambda c, t: _set(t, "0.weight_ih", t["0.weight_ih"].float()), r"weight_ih.*integers"),
+        (lambda c, t: t.pop("0.tanh"), r"'0.tanh'.*missing"),
+    ],
+)
+def test_a_corrupt_recurrent_layer_is_refused_naming_the_field(edit, match):
+    integer, _ = chain(aquatic.nn.LSTM, WITH_STATE)
+    with pytest.raises(ValueError, match=match):
+        aquatic.integer.load(corrupt(integer, edit))
+
+
+def test_a_graph_file_with_a_corrupt_gru_is_refused():
+    class Spotter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = nn.GRU(6, 10, batch_first=True)
+            self.fc = nn.Linear(10, 3)
+
+        def forward(self, x):
+            out, _ = self.gru(x)
+            return self.fc(out[:, -1])
+
+    torch.manual_seed(2)
+    qmodel = aquatic.quantize(Spotter(), INT8)
+    x = torch.randn(8, 5, 6)
+    qmodel(x)
+    integer = aquatic.convert(qmodel.eval(), example_input=x)
+    loaded = aquatic.integer.IntegerGraph.load(saved(integer))
+    codes = integer.quantize_input(x)
+    assert torch.equal(loaded(codes), integer(codes))
+    data = torch.load(saved(integer), weights_only=True)
+    data["tensors"]["gru.sigmoid"] = data["tensors"]["gru.sigmoid"][1:]
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    buffer.seek(0)
+    with pytest.raises(ValueError, match="sigmoid.*one code per gates code"):
+        aquatic.integer.IntegerGraph.load(buffer)
+
+
+def test_the_layer_after_a_recurrent_one_is_certified_from_the_hidden_grid():
+    integer, _ = chain(aquatic.nn.GRU, INT8)
+    data = torch.load(saved(integer), weights_only=True)
+    index = [k for k in data["tensors"] if k.endswith(".weight")][-1].split(".")[0]
+    data["tensors"][f"{index}.weight"] = data["tensors"][f"{index}.weight"] * 2**24
+    buffer = io.BytesIO()
+    torch.save(data, buffer)
+    buffer.seek(0)
+    with pytest.raises(ValueError, match="beyond int32"):
+        aquatic.integer.load(buffer)
