@@ -11,12 +11,24 @@ from __future__ import annotations
 
 import re
 from types import ModuleType
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
-__all__ = ["MIN_OPSET", "check_opset", "required_opset", "needed_by_exporter"]
+from torch.onnx.errors import UnsupportedOperatorError
+
+__all__ = [
+    "MIN_OPSET",
+    "TORCHSCRIPT_MAX_OPSET",
+    "check_opset",
+    "required_opset",
+    "needed_by_exporter",
+    "write_lowest",
+]
 
 #: The lowest opset either export writes.
 MIN_OPSET = 13
+
+#: The newest opset torch's TorchScript-based exporter writes (torch 2.x documents 20).
+TORCHSCRIPT_MAX_OPSET = 20
 
 
 def check_opset(opset: Optional[int], what: str) -> Optional[int]:
@@ -67,3 +79,30 @@ def needed_by_exporter(error: Exception) -> Optional[int]:
     """The opset torch's exporter names in an "unsupported operator" ``error``, or ``None``."""
     match = _ADDED.search(str(error))
     return int(match.group(1)) if match else None
+
+
+def write_lowest(write: Callable[[int], None], opset: Optional[int]) -> int:
+    """Call ``write(version)`` (torch's exporter) at ``opset``, or, for ``None``, at the
+    lowest opset from 13 on that holds every operator: when torch names a newer opset for
+    an operator it cannot write, the export is tried again there. Returns the opset
+    written.
+
+    Raises:
+        ValueError: an explicit ``opset`` older than an operator of the model needs; the
+            message names the operator and the opset to use.
+    """
+    version = MIN_OPSET if opset is None else opset
+    while True:
+        try:
+            write(version)
+            return version
+        except UnsupportedOperatorError as error:
+            needed = needed_by_exporter(error)
+            if needed is None or needed <= version or needed > TORCHSCRIPT_MAX_OPSET:
+                raise
+            if opset is not None:
+                raise ValueError(
+                    f"opset {opset} is too old for this model: {error}. Use opset={needed}, "
+                    "or opset=None to choose the lowest opset that holds the model"
+                ) from None
+            version = needed
