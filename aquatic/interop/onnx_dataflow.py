@@ -63,12 +63,34 @@ def flat_values(structure: Any) -> List[Any]:
     return [structure]
 
 
-def _reshape(builder: GraphBuilder, x: Value, out: Tensor, batch: bool, hint: str) -> str:
+def _reshape(builder: GraphBuilder, x: Value, out: Tensor, other: Any, hint: str) -> str:
+    """``Reshape`` to ``out``'s shape; ``other`` is the step's shape for one more batch
+    row (``None`` for a fixed batch): the one axis that differs is written as ``-1``."""
     shape = list(out.shape)
-    if batch and shape and x.shape and shape[0] == x.shape[0]:
-        shape[0] = 0  # Reshape: copy the input's first axis
+    if other is not None:
+        varying = [i for i, (a, b) in enumerate(zip(shape, other)) if a != b]
+        if len(varying) > 1:
+            raise ValueError(
+                f"step {hint!r} reshapes codes so that the batch spreads over several axes; "
+                "export with dynamic_batch=False"
+            )
+        for i in varying:
+            shape[i] = -1
     target = builder.constant(np.array(shape, np.int64), f"{hint}_shape")
     return builder.node("Reshape", [x.name, target], hint)
+
+
+def _run(graph: IntegerGraph, codes: Sequence[Tensor]) -> Dict[str, Any]:
+    """Every value the graph computes for ``codes``, by step name."""
+    tensors: Dict[str, Any] = dict(zip(graph.input_names, codes))
+    with torch.no_grad():
+        for step in graph.steps:
+            args, kwargs = _fill(step.args, tensors), _fill(step.kwargs, tensors)
+            if step.module is not None:
+                tensors[step.name] = graph.ops[step.module](*args, **kwargs)
+            else:
+                tensors[step.name] = TENSOR_FUNCTIONS[step.function](*args, **kwargs)
+    return tensors
 
 
 def _permutation(function: str, args: Tuple[Any, ...], rank: int) -> List[int]:
@@ -125,7 +147,7 @@ def _index(builder: GraphBuilder, x: Value, index: Any, hint: str) -> str:
     return name
 
 
-def _move(builder: GraphBuilder, step: Step, args: Tuple[Any, ...], out: Any, batch: bool) -> Any:
+def _move(builder: GraphBuilder, step: Step, args: Tuple[Any, ...], out: Any, other: Any) -> Any:
     """The ONNX value (or Python value) of a step that runs a function."""
     function = step.function
     tensors = [a for a in flat_values(list(args)) if isinstance(a, Value)]
@@ -142,7 +164,7 @@ def _move(builder: GraphBuilder, step: Step, args: Tuple[Any, ...], out: Any, ba
     if function in _IDENTITIES:
         name = x.name
     elif function in _RESHAPES:
-        name = _reshape(builder, x, out, batch, step.name)
+        name = _reshape(builder, x, out, other, step.name)
     elif function in _TRANSPOSES:
         perm = _permutation(function, args[1:], len(x.shape))
         name = builder.node("Transpose", [x.name], step.name, perm=perm)
@@ -165,31 +187,27 @@ def write_dataflow(
 ) -> Tuple[Any, Any]:
     """Write every step of ``graph``; returns the output structure as ONNX :class:`Value`
     s and as the tensors the graph computed for ``codes``."""
-    values: Dict[str, Any] = {}
-    tensors: Dict[str, Any] = {}
-    for name, value, x in zip(graph.input_names, inputs, codes):
-        values[name], tensors[name] = value, x
-    with torch.no_grad():
-        for step in graph.steps:
-            real_args, real_kwargs = _fill(step.args, tensors), _fill(step.kwargs, tensors)
-            args = _fill(step.args, values)
-            if step.module is not None:
-                module = graph.ops[step.module]
-                out = module(*real_args, **real_kwargs)
-                operands = flat_values(list(args))
-                if step.kwargs or not all(isinstance(a, Value) for a in operands):
-                    raise TypeError(
-                        f"step {step.name!r} passes values other than tensors of codes to "
-                        f"{type(module).__name__}, which the integer ONNX export cannot write"
-                    )
-                values[step.name] = emit(builder, module, operands, tuple(out.shape))
-            else:
-                out = TENSOR_FUNCTIONS[step.function](*real_args, **real_kwargs)
-                if step.kwargs and any(
-                    isinstance(v, Value)
-                    for v in flat_values(list(_fill(step.kwargs, values).values()))
-                ):
-                    raise TypeError(f"step {step.name!r} passes a tensor by keyword")
-                values[step.name] = _move(builder, step, args, out, batch)
-            tensors[step.name] = out
+    tensors = _run(graph, codes)
+    grown = _run(graph, [torch.cat([x, x[:1]]) for x in codes]) if batch else {}
+    values: Dict[str, Any] = dict(zip(graph.input_names, inputs))
+    for step in graph.steps:
+        args = _fill(step.args, values)
+        out = tensors[step.name]
+        if step.module is not None:
+            module = graph.ops[step.module]
+            operands = flat_values(list(args))
+            if step.kwargs or not all(isinstance(a, Value) for a in operands):
+                raise TypeError(
+                    f"step {step.name!r} passes values other than tensors of codes to "
+                    f"{type(module).__name__}, which the integer ONNX export cannot write"
+                )
+            values[step.name] = emit(builder, module, operands, tuple(out.shape))
+        else:
+            if any(
+                isinstance(v, Value) for v in flat_values(list(_fill(step.kwargs, values).values()))
+            ):
+                raise TypeError(f"step {step.name!r} passes a tensor by keyword")
+            other = grown.get(step.name)
+            other = tuple(other.shape) if isinstance(other, Tensor) else None
+            values[step.name] = _move(builder, step, args, out, other)
     return _fill(graph.output, values), _fill(graph.output, tensors)
