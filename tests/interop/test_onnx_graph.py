@@ -41,7 +41,7 @@ def run(path, feeds, level="off"):
 
 def model_case(name, qname):
     if (name, qname) not in _CACHE:
-        qmodel, x = trained(MODELS[name](), {"pow2": POW2, "int8": INT8}[qname])
+        qmodel, x = trained(MODELS[name](), {"pow2": POW2, "int8": INT8}[qname], steps=1)
         _CACHE[name, qname] = qmodel, x, aquatic.convert(qmodel, example_input=x)
     return _CACHE[name, qname]
 
