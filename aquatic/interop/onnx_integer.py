@@ -1,6 +1,8 @@
 r"""Export the integer model of :func:`aquatic.convert` to ONNX with integer operators.
 
-:func:`export_integer` writes an :class:`~aquatic.integer.IntegerModel` so that
+:func:`export_integer` writes an :class:`~aquatic.integer.IntegerModel` (a chain) or an
+:class:`~aquatic.integer.IntegerGraph` (a traced forward, see
+:mod:`aquatic.interop.onnx_dataflow`) so that
 onnxruntime computes exactly what the integer model computes, element for element, with
 graph optimizations off and with its default optimizations: the graph takes the input
 codes (``int32``, as :meth:`~aquatic.integer.IntegerModel.quantize_input` returns them)
@@ -18,6 +20,9 @@ rounding could differ:
   with ``Mod``/``Div``/``Equal`` on ``int64`` (half to even or floor, as
   :func:`~aquatic.integer.requant.multiply_shift`), saturation with ``Max``/``Min``
   (see :mod:`aquatic.interop.onnx_requant`).
+- additions, products and concatenations of codes on different grids, clamps, sums
+  and averages over axes: ``int64`` arithmetic with the same rounding shift
+  (:mod:`aquatic.interop.onnx_combine`, :mod:`aquatic.interop.onnx_average`).
 - ReLU on codes ``Max``; max pooling as float64 (exact for every ``int32``); sum pooling,
   flatten/unflatten and sums over a dimension (:mod:`aquatic.interop.onnx_pooling`).
 

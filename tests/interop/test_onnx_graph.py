@@ -13,7 +13,9 @@ import aquatic
 from aquatic.integer import IntegerGraph
 from aquatic.integer.average import IntegerAverage
 from aquatic.integer.base import QSpec
+from aquatic.integer.clamp import IntegerClamp
 from aquatic.integer.graph import Ref, Step
+from aquatic.integer.graph_ops import IntegerCombine
 from aquatic.interop.onnx import export, export_integer
 
 onnx = pytest.importorskip("onnx")
@@ -217,3 +219,77 @@ def test_integer_export_opset_errors(tmp_path):
         export_integer(integer, tmp_path / "m.onnx", x[:2])
     proto = export_integer(integer, tmp_path / "m.onnx", codes, opset=15)
     assert proto.opset_import[0].version == 15
+
+
+def _spec(low, high):
+    return QSpec(torch.tensor(0.5, dtype=torch.float64), torch.tensor(0), None, low, high)
+
+
+def _two_input_graph(op, steps):
+    inputs = [(name, _spec(-100, 100), "nearest", True, []) for name in ("a", "b")]
+    return IntegerGraph({"op": op}, steps, inputs, Ref(steps[-1].name), _spec(None, None))
+
+
+@pytest.mark.parametrize(
+    "combine",
+    [
+        # a left shift (negative shift), zero points, no saturation: int64 codes out
+        IntegerCombine("add", [3, -2], [5, -7], [-2, -2], output_zero_point=4, name="add"),
+        IntegerCombine("mul", [1, 0], [3, 1], [5, 5], low=-50, high=60, rounding="floor"),
+        IntegerCombine("cat", [0, 2], [3, 11], [1, 4], output_zero_point=-3, low=-9, high=9, dim=1),
+    ],
+    ids=lambda c: c.op,
+)
+def test_combine_rounding_and_zero_points(tmp_path, combine):
+    torch.manual_seed(4)
+    steps = [
+        Step("op", "op", None, (Ref("a"), Ref("b")), {}),
+        Step("clamped", None, "identity", (Ref("op"),), {}),
+    ]
+    graph = _two_input_graph(combine, steps)
+    a, b = (torch.randint(-100, 101, (9, 6), dtype=torch.int32) for _ in range(2))
+    export_integer(graph, tmp_path / "c.onnx", (a[:2], b[:2]))
+    expected = graph(a, b)
+    for level in LEVELS:
+        (out,) = run(tmp_path / "c.onnx", [a, b], level)
+        assert out.dtype == expected.dtype and torch.equal(out, expected)
+    # against a short reference of the requantization (round half to even, floor)
+    ref_a, ref_b = a.long() - combine.input_zero_points[0], b.long() - combine.input_zero_points[1]
+    m, s = combine.multipliers.tolist(), combine.shifts.tolist()
+    if combine.op == "add":
+        ref = (ref_a * m[0] + ref_b * m[1]) * 2 ** -s[0]  # a left shift: exact
+    elif combine.op == "mul":
+        ref = torch.floor((ref_a * ref_b * m[0]).double() / 2 ** s[0])
+    else:
+        ref = torch.cat(
+            [
+                torch.round((ref_a * m[0]).double() / 2 ** s[0]),
+                torch.round((ref_b * m[1]).double() / 2 ** s[1]),
+            ],
+            dim=1,
+        )
+    ref = ref + combine.output_zero_point
+    if combine.low is not None:
+        ref = ref.clamp(combine.low, combine.high)
+    assert torch.equal(out.long(), ref.long())
+
+
+def test_per_channel_clamp_and_errors_that_name_the_step(tmp_path):
+    clamp = IntegerClamp([-3, 0, 2], [5, 7, 4], axis=-1, name="clamp")
+    graph = _graph(clamp, [Step("clamp", "op", None, (Ref("x"),), {})])
+    x = torch.randint(-8, 8, (5, 3), dtype=torch.int32)
+    export_integer(graph, tmp_path / "clamp.onnx", x)
+    (out,) = run(tmp_path / "clamp.onnx", [x])
+    ref = torch.minimum(torch.maximum(x, torch.tensor([-3, 0, 2])), torch.tensor([5, 7, 4]))
+    assert torch.equal(out, ref.int())
+    # a tensor sum outside an integer module has no exact form: refused, named
+    steps = [Step("twice", None, "add", (Ref("a"), Ref("b")), {})]
+    graph = _two_input_graph(None, steps)
+    graph.ops = nn.ModuleDict()
+    a = torch.zeros(2, 3, dtype=torch.int32)
+    with pytest.raises(TypeError, match="step 'twice'.*combines tensors"):
+        export_integer(graph, tmp_path / "bad.onnx", (a, a))
+    # indexing with a tensor: refused, named
+    steps = [Step("pick", None, "getitem", (Ref("x"), torch.tensor([0, 1])), {})]
+    with pytest.raises(TypeError, match="step 'pick': indexing with Tensor"):
+        export_integer(_graph(None, steps), tmp_path / "bad.onnx", x)
