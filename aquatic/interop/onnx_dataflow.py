@@ -188,7 +188,15 @@ def write_dataflow(
     """Write every step of ``graph``; returns the output structure as ONNX :class:`Value`
     s and as the tensors the graph computed for ``codes``."""
     tensors = _run(graph, codes)
-    grown = _run(graph, [torch.cat([x, x[:1]]) for x in codes]) if batch else {}
+    grown: Dict[str, Any] = {}
+    if batch:
+        try:
+            grown = _run(graph, [torch.cat([x, x[:1]]) for x in codes])
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(
+                f"the integer graph does not run with one more batch row ({error}); its "
+                "forward fixes the batch size: export with dynamic_batch=False"
+            ) from None
     values: Dict[str, Any] = dict(zip(graph.input_names, inputs))
     for step in graph.steps:
         args = _fill(step.args, values)
@@ -209,5 +217,6 @@ def write_dataflow(
                 raise TypeError(f"step {step.name!r} passes a tensor by keyword")
             other = grown.get(step.name)
             other = tuple(other.shape) if isinstance(other, Tensor) else None
-            values[step.name] = _move(builder, step, args, out, other)
+            kwargs = tuple(_fill(step.kwargs, values).values())
+            values[step.name] = _move(builder, step, tuple(args) + kwargs, out, other)
     return _fill(graph.output, values), _fill(graph.output, tensors)

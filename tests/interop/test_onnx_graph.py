@@ -293,3 +293,17 @@ def test_per_channel_clamp_and_errors_that_name_the_step(tmp_path):
     steps = [Step("pick", None, "getitem", (Ref("x"), torch.tensor([0, 1])), {})]
     with pytest.raises(TypeError, match="step 'pick': indexing with Tensor"):
         export_integer(_graph(None, steps), tmp_path / "bad.onnx", x)
+
+
+def test_keyword_permutation_and_a_forward_that_fixes_the_batch(tmp_path):
+    x = torch.randint(-8, 8, (5, 3, 2), dtype=torch.int32)
+    steps = [Step("p", None, "torch.permute", (Ref("x"),), {"dims": (2, 0, 1)})]
+    export_integer(_graph(None, steps), tmp_path / "p.onnx", x[:2])
+    (out,) = run(tmp_path / "p.onnx", [x])
+    assert torch.equal(out, x.permute(2, 0, 1))
+    steps = [Step("r", None, "reshape", (Ref("x"), 5, 6), {})]  # the batch of 5 written in
+    with pytest.raises(ValueError, match="dynamic_batch=False"):
+        export_integer(_graph(None, steps), tmp_path / "r.onnx", x)
+    export_integer(_graph(None, steps), tmp_path / "r.onnx", x, dynamic_batch=False)
+    (out,) = run(tmp_path / "r.onnx", [x])
+    assert torch.equal(out, x.reshape(5, 6))
