@@ -1,48 +1,69 @@
 """What quantization-aware training costs: training-step time of int8 QAT models / float.
 
-For an MLP (784-256-256-10) and a small CNN (two 3x3 convolutions and a linear layer
-on 28x28 inputs), times one training step (forward, cross-entropy, backward, SGD step;
-batch 64) of the float model and of the same model with int8 per-tensor weights and
-activations, and prints the median times and the ratios QAT / float:
+For three models, an MLP (784-256-256-10), a wider MLP (784-512-512-10) and a small CNN
+(two 3x3 convolutions and a linear layer on 28x28 inputs), times one training step
+(forward, cross-entropy, backward, SGD step; batch 64) of the float model and of QAT
+versions of it, and prints the median step times and the ratios QAT / float.
+
+Per-tensor int8 weights and activations:
 
 - aquatic: ``aquatic.quantize(model, aquatic.qconfig.int8)``;
-- torch.ao eager QAT: ``prepare_qat`` with ``default_qat_qconfig`` (per-tensor weights
-  and activations) and with ``default_qat_qconfig_v2`` (the same, fused observer and
-  fake quantization);
-- Brevitas, when installed: ``QuantLinear``/``QuantConv2d`` with int8 per-tensor weight
-  and output quantizers.
+- torch.ao eager QAT: ``prepare_qat`` with ``default_qat_qconfig`` and with
+  ``default_qat_qconfig_v2`` (the same, fused observer and fake quantization);
+- Brevitas: ``QuantLinear``/``QuantConv2d`` with int8 per-tensor weight and output
+  quantizers.
 
-Variants are timed in interleaved rounds, so that a change of machine load affects all
-of them alike; the ratio printed is the median over rounds of each round's ratio of
-median step times. Usage::
+Per-channel int8 weights (per-tensor activations as above):
+
+- aquatic: ``aquatic.qconfig.int8`` with ``weight=UniformQuantizer.with_args(bits=8,
+  ch_axis=0)``;
+- torch.ao: ``default_per_channel_weight_fake_quant``, and the fused
+  ``default_fused_per_channel_wt_fake_quant`` with ``default_fused_act_fake_quant``;
+- Brevitas: ``Int8WeightPerChannelFloat`` weights;
+- torchao: ``QATConfig`` with int8 dynamic per-token activations and int8 per-channel
+  symmetric weights (``IntxFakeQuantizeConfig``). torchao fake-quantizes ``nn.Linear``
+  only: on the CNN its convolutions stay in float, which its row says.
+
+Compiled: ``torch.compile`` of the float model and of the aquatic QAT models, each
+ratio taken to the compiled float model (``--no-compile`` leaves them out). On a small
+CPU model, compiled steps can be slower than eager ones for float too; the compiled
+float row gives its ratio to eager float.
+
+A peer that is not installed gets a row that says so. Variants are timed in interleaved
+rounds, so that a change of machine load affects all of them alike; the ratio printed is
+the median over rounds of each round's ratio of median step times, with the spread
+(10th to 90th percentile of the per-round ratios). Usage::
 
     python benchmarks/qat_overhead.py [--threads 2] [--rounds 60] [--steps 5]
+        [--models mlp,mlp512,cnn] [--no-compile]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import statistics
 import time
 import warnings
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, NamedTuple, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import aquatic
+from aquatic.quantizers import UniformQuantizer
 
 
-def mlp() -> nn.Module:
+def mlp(width: int = 256) -> nn.Module:
     return nn.Sequential(
         nn.Flatten(),
-        nn.Linear(784, 256),
+        nn.Linear(784, width),
         nn.ReLU(),
-        nn.Linear(256, 256),
+        nn.Linear(width, width),
         nn.ReLU(),
-        nn.Linear(256, 10),
+        nn.Linear(width, 10),
     )
 
 
@@ -59,25 +80,66 @@ def cnn() -> nn.Module:
     )
 
 
-def torch_ao(model: nn.Module, fused: bool) -> nn.Module:
-    import torch.ao.quantization as tq
+MODELS: Dict[str, Callable[[], nn.Module]] = {
+    "mlp": mlp,
+    "mlp512": lambda: mlp(512),
+    "cnn": cnn,
+}
 
+#: aquatic's int8 preset with per-output-channel weights.
+INT8_PER_CHANNEL = aquatic.qconfig.int8._replace(
+    weight=UniformQuantizer.with_args(bits=8, signed=True, symmetric=True, ch_axis=0)
+)
+
+
+class Variant(NamedTuple):
+    """A model to time, the variant its ratio is taken to, and a note for its row."""
+
+    model: Optional[nn.Module]
+    reference: str = "float"
+    note: str = ""
+
+
+def _optional(name: str):
+    """The module ``name``, or ``None`` when it is not installed."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def torch_ao(model: nn.Module, fused: bool, per_channel: bool) -> nn.Module:
+    tq = importlib.import_module("torch.ao.quantization")
     model = copy.deepcopy(model).train()
-    model.qconfig = tq.default_qat_qconfig_v2 if fused else tq.default_qat_qconfig
+    if not per_channel:
+        model.qconfig = tq.default_qat_qconfig_v2 if fused else tq.default_qat_qconfig
+    elif fused:
+        model.qconfig = tq.QConfig(
+            activation=tq.default_fused_act_fake_quant,
+            weight=tq.default_fused_per_channel_wt_fake_quant,
+        )
+    else:
+        model.qconfig = tq.QConfig(
+            activation=tq.default_fake_quant, weight=tq.default_per_channel_weight_fake_quant
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return tq.prepare_qat(model)
 
 
-def brevitas(model: nn.Module) -> nn.Module:
-    import brevitas.nn as bnn
-    from brevitas.quant import Int8ActPerTensorFloat, Int8WeightPerTensorFloat
-
+def brevitas(model: nn.Module, per_channel: bool) -> Optional[nn.Module]:
+    bnn = _optional("brevitas.nn")
+    if bnn is None:
+        return None
+    quant = importlib.import_module("brevitas.quant")
+    weight = quant.Int8WeightPerChannelFloat if per_channel else quant.Int8WeightPerTensorFloat
     layers = []
     for module in model:
         kwargs = dict(
-            weight_quant=Int8WeightPerTensorFloat,
-            output_quant=Int8ActPerTensorFloat,
+            weight_quant=weight,
+            output_quant=quant.Int8ActPerTensorFloat,
             return_quant_tensor=False,
         )
         if isinstance(module, nn.Linear):
@@ -99,6 +161,54 @@ def brevitas(model: nn.Module) -> nn.Module:
     return nn.Sequential(*layers).train()
 
 
+def torchao(model: nn.Module) -> Optional[nn.Module]:
+    """torchao QAT: int8 dynamic per-token activations, int8 per-channel weights."""
+    quantization = _optional("torchao.quantization")
+    if quantization is None:
+        return None
+    qat = importlib.import_module("torchao.quantization.qat")
+    model = copy.deepcopy(model).train()
+    config = qat.QATConfig(
+        activation_config=qat.IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False),
+        weight_config=qat.IntxFakeQuantizeConfig(torch.int8, "per_channel", is_symmetric=True),
+        step="prepare",
+    )
+    quantization.quantize_(model, config)
+    return model
+
+
+def compiled(model: nn.Module) -> nn.Module:
+    return torch.compile(model)
+
+
+def variants(float_model: nn.Module, compile_rows: bool) -> Dict[str, Variant]:
+    convs = any(isinstance(m, nn.Conv2d) for m in float_model.modules())
+    result = {
+        "float": Variant(float_model),
+        "aquatic": Variant(aquatic.quantize(float_model, aquatic.qconfig.int8)),
+        "torch.ao": Variant(torch_ao(float_model, fused=False, per_channel=False)),
+        "torch.ao fused": Variant(torch_ao(float_model, fused=True, per_channel=False)),
+        "brevitas": Variant(brevitas(float_model, per_channel=False)),
+        "aquatic pc": Variant(aquatic.quantize(float_model, INT8_PER_CHANNEL)),
+        "torch.ao pc": Variant(torch_ao(float_model, fused=False, per_channel=True)),
+        "torch.ao fused pc": Variant(torch_ao(float_model, fused=True, per_channel=True)),
+        "brevitas pc": Variant(brevitas(float_model, per_channel=True)),
+        "torchao pc": Variant(
+            torchao(float_model),
+            note="Linear layers only; Conv2d left in float" if convs else "",
+        ),
+    }
+    if compile_rows:
+        result["float compiled"] = Variant(compiled(float_model), note="ratio to eager float")
+        result["aquatic compiled"] = Variant(
+            compiled(aquatic.quantize(float_model, aquatic.qconfig.int8)), "float compiled"
+        )
+        result["aquatic pc compiled"] = Variant(
+            compiled(aquatic.quantize(float_model, INT8_PER_CHANNEL)), "float compiled"
+        )
+    return result
+
+
 def make_step(model: nn.Module) -> Callable[[], None]:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(64, 1, 28, 28, generator=generator)
@@ -113,29 +223,27 @@ def make_step(model: nn.Module) -> Callable[[], None]:
     return step
 
 
-def variants(float_model: nn.Module) -> Dict[str, nn.Module]:
-    result = {
-        "float": float_model,
-        "aquatic": aquatic.quantize(float_model, aquatic.qconfig.int8),
-        "torch.ao": torch_ao(float_model, fused=False),
-        "torch.ao fused": torch_ao(float_model, fused=True),
-    }
-    try:
-        result["brevitas"] = brevitas(float_model)
-    except ImportError:
-        pass
-    return result
+class Result(NamedTuple):
+    seconds: float  # median step time
+    ratio: float  # median over rounds of the per-round ratio to the reference
+    low: float  # 10th percentile of the per-round ratios
+    high: float  # 90th percentile
 
 
-def measure(models: Dict[str, nn.Module], rounds: int, steps: int) -> Dict[str, tuple]:
-    """Median step time (seconds) of each model and its median per-round ratio to float.
+def _quantile(values: List[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure(models: Dict[str, Variant], rounds: int, steps: int) -> Dict[str, Result]:
+    """Median step time (seconds) of each model and its median per-round ratio.
 
     Each round times ``steps`` steps of every model in turn; the ratio of a round is
-    the ratio of its medians, so a burst of load on the machine that hits one round
-    moves one of many ratios, not the result.
+    the ratio of its medians (model / its reference variant), so a burst of load on the
+    machine that hits one round moves one of many ratios, not the result.
     """
-    runners = {name: make_step(model) for name, model in models.items()}
-    for run in runners.values():  # warm-up: allocator, observers' first batch
+    runners = {name: make_step(v.model) for name, v in models.items()}
+    for run in runners.values():  # warm-up: allocator, observers' first batch, compiling
         for _ in range(10):
             run()
     times: Dict[str, List[float]] = {name: [] for name in runners}
@@ -150,10 +258,16 @@ def measure(models: Dict[str, nn.Module], rounds: int, steps: int) -> Dict[str, 
                 samples.append(time.perf_counter() - start)
             times[name].extend(samples)
             medians[name] = statistics.median(samples)
-        for name in runners:
-            ratios[name].append(medians[name] / medians["float"])
+        for name, variant in models.items():
+            ratios[name].append(medians[name] / medians[variant.reference])
     return {
-        name: (statistics.median(times[name]), statistics.median(ratios[name])) for name in runners
+        name: Result(
+            statistics.median(times[name]),
+            statistics.median(ratios[name]),
+            _quantile(ratios[name], 0.1),
+            _quantile(ratios[name], 0.9),
+        )
+        for name in runners
     }
 
 
@@ -162,18 +276,39 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=60)
     parser.add_argument("--steps", type=int, default=5, help="steps per round and variant")
+    parser.add_argument("--models", default="mlp,mlp512,cnn", help="comma-separated")
+    parser.add_argument("--no-compile", action="store_true", help="leave out compiled rows")
     args = parser.parse_args()
+    names = [name for name in args.models.split(",") if name]
+    unknown = sorted(set(names) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {sorted(MODELS)}")
     torch.set_num_threads(args.threads)
     print(
         f"torch {torch.__version__}, aquatic {aquatic.__version__}, {args.threads} threads, "
         f"batch 64, {args.rounds} rounds of {args.steps} steps per variant"
     )
-    print(f"{'model':<6} {'variant':<15} {'median step (ms)':>17} {'QAT/float':>10}")
-    for name, build in (("mlp", mlp), ("cnn", cnn)):
+    print(
+        f"{'model':<7} {'variant':<20} {'median step (ms)':>17} {'ratio':>7} "
+        f"{'p10-p90':>12}  reference"
+    )
+    for name in names:
         torch.manual_seed(0)
-        results = measure(variants(build()), args.rounds, args.steps)
-        for variant, (seconds, ratio) in results.items():
-            print(f"{name:<6} {variant:<15} {seconds * 1e3:>17.3f} {ratio:>9.2f}x")
+        every = variants(MODELS[name](), not args.no_compile)
+        present = {k: v for k, v in every.items() if v.model is not None}
+        results = measure(present, args.rounds, args.steps)
+        for variant, spec in every.items():
+            if spec.model is None:
+                print(f"{name:<7} {variant:<20} {'not installed':>17}")
+                continue
+            r = results[variant]
+            spread = f"{r.low:.2f}-{r.high:.2f}"
+            reference = "" if variant == "float" else spec.reference
+            note = f"  ({spec.note})" if spec.note else ""
+            print(
+                f"{name:<7} {variant:<20} {r.seconds * 1e3:>17.3f} {r.ratio:>6.2f}x "
+                f"{spread:>12}  {reference}{note}"
+            )
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ def fake_quantize_uniform(
     rounding: str = "nearest",
     generator: Optional[torch.Generator] = None,
     extrema: Optional[Sequence[Union[Tensor, Number]]] = None,
+    in_range: bool = False,
 ) -> Tensor:
     """Fake-quantize ``input`` on a uniform affine grid, with the fastest exact kernel.
 
@@ -87,6 +88,12 @@ def fake_quantize_uniform(
             where ``scale`` is; Python floats holding float32 values for a float
             ``scale``), so that nearest rounding can skip the clamp when no code clips.
             They must bound ``input``'s values, or the result may leave the range.
+        in_range: ``True`` promises that no code of ``input`` leaves
+            ``[quant_min, quant_max]`` (nearest rounding only), so that neither the
+            clamp nor the check for it runs: a quantizer knows it when its scale was
+            just computed to cover this very input (see
+            :meth:`aquatic.observers.RangeObserver.covers_last_batch`). A false promise
+            gives values outside the range.
 
     Shape:
         - input: any shape; output: the same shape and dtype.
@@ -130,13 +137,19 @@ def fake_quantize_uniform(
             generator,
         )
     if not tensor_scale:
+        if in_range:
+            zero_point = 0 if zero_point is None else int(zero_point)
+            return fake_quantize_nearest_scalar(
+                input, float(scale), zero_point, quant_min, quant_max, False
+            )
         return _per_tensor_scalar(input, scale, zero_point, quant_min, quant_max, extrema)
     ch_axis = check_axis(input, ch_axis)
     if scale.dtype != torch.float32:
         scale = scale.float()
-    clips = True
+    clips = not in_range
     if (
-        extrema is not None
+        clips
+        and extrema is not None
         and input.is_cpu
         and input.dtype != torch.float64
         and not torch.compiler.is_compiling()

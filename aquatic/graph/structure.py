@@ -47,6 +47,7 @@ def bn_pairs(model: nn.Module) -> List[Tuple[str, str]]:
         ...         self.conv, self.bn = nn.Conv2d(2, 2, 3, padding=1), nn.BatchNorm2d(2)
         ...     def forward(self, x):
         ...         return torch.relu(self.bn(self.conv(x))) + x
+        >>> Block.__module__ = "my_models"  # a class of one's own, not one of aquatic's
         >>> bn_pairs(Block())
         [('conv', 'bn')]
     """
@@ -100,6 +101,7 @@ def output_layers(model: nn.Module) -> List[str]:
         ...         self.body, self.head = nn.Linear(4, 8), nn.Linear(8, 2)
         ...     def forward(self, x):
         ...         return self.head(self.body(x).relu()).flatten(1)
+        >>> Net.__module__ = "my_models"  # a class of one's own, not one of aquatic's
         >>> output_layers(Net())
         ['head']
     """

@@ -9,6 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.functional.grid import Grid, NoRangeError
+from aquatic.graph.capture import follows_graph
+from aquatic.hw._chain import chain_layers
+from aquatic.interop.nir import NIRModule
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.uniform import UniformQuantizer
 
@@ -151,13 +154,15 @@ def layer_sequence(model: nn.Module, target: str) -> list:
     """The leaf layers of ``model`` in order, as ``[(name, module), ...]``.
 
     ``nn.Sequential`` containers are walked recursively; ``Identity``, ``Flatten``,
-    ``Unflatten`` and ``Dropout`` (inactive at inference) are skipped.
+    ``Unflatten`` and ``Dropout`` (inactive at inference) are skipped. A model with a
+    ``forward`` of its own, or a :class:`~aquatic.interop.nir.NIRModule`, is followed
+    along its graph, which must be a chain (else a ``DoesNotFitError`` names the op).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"export takes a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(model, nn.Sequential) and list(model.children()):
-        # A custom container: only its children's registration order is known.
-        children = list(model.named_children())
+    if isinstance(model, NIRModule) or follows_graph(model):
+        # A model with a forward of its own: its traced graph must be a chain.
+        children = chain_layers(model, target, DoesNotFitError)
     else:
         children = (
             list(model.named_children()) if isinstance(model, nn.Sequential) else [("", model)]

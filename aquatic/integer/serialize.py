@@ -18,7 +18,8 @@ def save(model: Union[IntegerModel, IntegerGraph], f) -> None:
     :meth:`aquatic.integer.IntegerGraph.load`.
 
     Example:
-        >>> import io
+        >>> import io, torch
+        >>> from aquatic.integer.base import QSpec
         >>> from aquatic.integer.layers import IntegerLinear
         >>> model = IntegerModel([IntegerLinear(torch.tensor([[2, -1]]))],
         ...                      QSpec(0.5, 0, low=-8, high=7), QSpec(0.25, 0))

@@ -218,6 +218,21 @@ def check_metadata(graph: Any, text: Any) -> None:
                     )
             elif entry:
                 _check_quantizer(entry, (group, name), text)
+    for name, count in (raw.get("max_spikes") or {}).items():
+        if name not in nodes or _integer(count, _key("max_spikes", name)) < 1:
+            raise ValueError(f"{_key('max_spikes', name)} must be a positive int for a node")
+    for group in ("params", "states"):
+        entries = raw.get(group) or {}
+        if not isinstance(entries, dict):
+            raise ValueError(f"{_key(group)} must be a dict, got {type(entries).__name__}")
+        for name, entry in entries.items():
+            if name not in nodes or not isinstance(entry, dict):
+                raise ValueError(f"{_key(group, name)} must be a dict for a node of the graph")
+            for key, record in entry.items():
+                if not key.startswith("decay_"):
+                    _check_quantizer(record, (group, name, key), text)
+                elif not isinstance(record, dict) or {"class", "bits"} - set(record):
+                    raise ValueError(f"{_key(group, name, key)} must hold 'class' and 'bits'")
 
 
 def _check_quantizer(entry: Any, path: Tuple[str, str], text: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
@@ -9,18 +10,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from aquatic.graph.capture import follows_graph
 from aquatic.walk import sequential_layers
 from aquatic.interop._common import active, export_grid, parameter_values
+from aquatic.interop._nir_graph import traced_layers
+from aquatic.interop._nir_quant import param_records
 from aquatic.interop._nir_modules import NIRModule, Scale, SumPool2d
 from aquatic.interop._nir_neurons import Chain, NeuronExporter, Shape, per_neuron
 from aquatic.nn.activation import ActivationQuantizer
+from aquatic.nn.combine import Add
 from aquatic.nn.exp_leak import ExpLeak
 from aquatic.nn.iaf import IAF
 from aquatic.nn.lif import LIF, LIFCell, LIFRecurrent
 
 SUPPORTED = (
     "Linear, Conv1d, Conv2d, Flatten, AvgPool2d, SumPool2d, LPPool2d(norm_type=1), "
-    "LIF, IAF, ExpLeak, ActivationQuantizer, Identity, Dropout"
+    "LIF, LIFRecurrent, IAF, ExpLeak, ActivationQuantizer, Add, Identity, Dropout"
 )
 #: Layers that pass their input on unchanged at inference.
 _IDENTITY = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
@@ -39,15 +44,75 @@ class Exporter(NeuronExporter):
         self.discretization = discretization
         self.quantizers: Dict[str, Dict[str, Any]] = {}
         self.resets: Dict[str, str] = {}
+        #: per node: parameter grids and state quantizers (see aquatic.interop._nir_quant)
+        self.params: Dict[str, Dict[str, Any]] = {}
+        self.states: Dict[str, Dict[str, Any]] = {}
+        self.max_spikes: Dict[str, int] = {}
         #: whether the model's stateless layers take (N, T, *) too: Flatten counts 2 axes
         self.time_axis = False
+        #: nodes and edges outside the chains (a recurrent layer's weights and its loop)
+        self.side_nodes: List[Tuple[str, Any]] = []
+        self.side_edges: List[Tuple[str, str]] = []
+
+    def metadata(self) -> Dict[str, Any]:
+        """``graph.metadata["aquatic"]``; warns about what other NIR tools will not read."""
+        metadata: Dict[str, Any] = {"dt": self.dt, "discretization": self.discretization}
+        subtracting = [name for name, reset in self.resets.items() if reset == "subtract"]
+        if subtracting:
+            warnings.warn(
+                f"{'layers' if len(subtracting) > 1 else 'layer'} "
+                f"{', '.join(map(repr, subtracting))} reset{'' if len(subtracting) > 1 else 's'} "
+                "by subtracting the threshold, which NIR cannot express: NIR nodes with v_reset "
+                "reset to it (written as 0, so other NIR tools reset to zero). "
+                "aquatic.interop.nir.load restores the "
+                "subtraction from graph.metadata['aquatic']['resets']; for other tools, train "
+                "with reset='zero'",
+                UserWarning,
+                stacklevel=3,
+            )
+        if self.resets:
+            metadata["resets"] = dict(self.resets)
+        if self.max_spikes:
+            warnings.warn(
+                f"NIR neurons emit one spike per step: the max_spikes of "
+                f"{', '.join(f'{k!r} ({v})' for k, v in self.max_spikes.items())} are recorded "
+                "in graph.metadata['aquatic']['max_spikes'], which aquatic.interop.nir.load uses "
+                "and other NIR tools ignore",
+                UserWarning,
+                stacklevel=3,
+            )
+        for key in ("quantizers", "params", "states", "max_spikes"):
+            if getattr(self, key):
+                metadata[key] = dict(getattr(self, key))
+        if self.quantizers or self.states:
+            parts = [
+                f"the {what} quantizers of {', '.join(map(repr, names))}"
+                for what, names in (("activation", self.quantizers), ("state", self.states))
+                if names
+            ]
+            warnings.warn(
+                f"NIR has no quantization nodes: {' and '.join(parts)} are recorded in "
+                "graph.metadata['aquatic'], which aquatic.interop.nir.load uses and other NIR "
+                "tools ignore",
+                UserWarning,
+                stacklevel=3,
+            )
+        return metadata
 
     # -- dispatch ------------------------------------------------------------------------
     def convert(self, name: str, module: nn.Module, shape: Shape) -> Tuple[Chain, Shape]:
         """The NIR nodes (a chain, maybe empty) of ``module`` and its per-step output shape."""
+        chain, out = self._convert(name, module, shape)
+        params = param_records(module)
+        if params and any(node_name == name for node_name, _ in chain):
+            self.params[name] = params
+        return chain, out
+
+    def _convert(self, name: str, module: nn.Module, shape: Shape) -> Tuple[Chain, Shape]:
         if isinstance(module, _IDENTITY):
             return [], shape
-        if isinstance(module, ActivationQuantizer):
+        if isinstance(module, (ActivationQuantizer, Add)):
+            # Add: NIR sums the edges into a node; the sum's quantizer is a Scale of ones.
             if active(module, "activation") is None:
                 return [], shape
             self._record_activation(name, module)
@@ -63,18 +128,44 @@ class Exporter(NeuronExporter):
         if isinstance(module, Scale):
             scale = per_neuron(module.scale, shape, f"layer {name!r} (Scale)")
             return [(name, self.nir.Scale(scale=scale.astype(np.float32)))], shape
-        if isinstance(module, (LIFCell, LIFRecurrent)):
-            kind = "one time step" if isinstance(module, LIFCell) else "recurrent weights"
+        if isinstance(module, LIFCell):
             raise TypeError(
-                f"layer {name!r} is a {type(module).__name__} ({kind}), which NIR export does "
-                "not support; use aquatic.nn.LIF for feed-forward spiking layers"
+                f"layer {name!r} is a LIFCell (one time step), which NIR export does not "
+                "support; use aquatic.nn.LIF (or LIFRecurrent) for spiking layers"
             )
+        if isinstance(module, LIFRecurrent):
+            return self._recurrent(name, module, shape), shape
         if isinstance(module, (LIF, IAF, ExpLeak)):
             return self._neuron(name, module, shape), shape
         raise TypeError(
             f"layer {name!r} is a {type(module).__name__}, which has no NIR counterpart; "
-            f"NIR export supports {SUPPORTED} (in nn.Sequential containers)"
+            f"NIR export supports {SUPPORTED}"
         )
+
+    def _recurrent(self, name: str, module: LIFRecurrent, shape: Shape) -> Chain:
+        """The neuron node, and a ``Linear`` node ``"<name>_rec"`` of the recurrent weights
+        on an edge from the neurons back into them: NIR sums the edges into a node, and a
+        cycle delays by one step, so the neurons receive :math:`x[t] + W s[t-1]` (the
+        layout snnTorch's ``import_from_nir`` looks for as ``RLeaky``/``RSynaptic``)."""
+        if shape != (module.num_neurons,):
+            raise ValueError(
+                f"layer {name!r} (LIFRecurrent) has {module.num_neurons} neurons but receives "
+                f"steps of shape {shape}"
+            )
+        chain = self._neuron(name, module, shape)
+        if not isinstance(chain[-1][1], (self.nir.LIF, self.nir.CubaLIF)):
+            raise ValueError(
+                f"layer {name!r} (LIFRecurrent) has neurons without leak (alpha_mem = 1); NIR "
+                "export writes recurrent layers as LIF or CubaLIF nodes: give every neuron a "
+                "leak (alpha_mem < 1)"
+            )
+        weight = module.rec_weight
+        if active(module, "rec_weight") is not None:
+            weight = module.quantize_params()["rec_weight"]
+        rec = f"{name}_rec"
+        self.side_nodes.append((rec, self.nir.Linear(weight=_numpy(weight))))
+        self.side_edges += [(chain[-1][0], rec), (rec, chain[0][0])]
+        return chain
 
     def _record_activation(self, name: str, module: nn.Module) -> None:
         quantizer = active(module, "activation")
@@ -251,14 +342,9 @@ def graph_of(model: nn.Module) -> Tuple[List[Tuple[str, nn.Module]], List[Tuple[
             raise ValueError("a NIRModule with nodes named 'input' or 'output' cannot be exported")
         edges = [(rename.get(a, a), rename.get(b, b)) for a, b in model.edges]
         return nodes, edges
-    # A container with a forward of its own (aquatic layers hold only their quantizers).
-    if not isinstance(model, nn.Sequential) and list(model.children()):
-        if not hasattr(model, "quantizers"):
-            raise TypeError(
-                f"NIR export walks nn.Sequential models (and NIRModule graphs), not a "
-                f"{type(model).__name__} whose forward it cannot see; put the layers in an "
-                "nn.Sequential"
-            )
+    # A model with a forward of its own: follow its traced graph.
+    if follows_graph(model):
+        return traced_layers(model)
     # each use of a shared layer is a node of its own (its weights written again)
     layers = sequential_layers(model, default=type(model).__name__.lower())
     names = []

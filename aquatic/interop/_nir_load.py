@@ -11,6 +11,7 @@ from torch import nn
 
 from aquatic import nn as qnn
 from aquatic.interop._nir_modules import Scale, SumPool2d
+from aquatic.interop._nir_quant import layer_qconfig, set_state_grids
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.uniform import UniformQuantizer
 
@@ -62,6 +63,11 @@ class Loader:
         self.discretization = discretization
         self.quantizers = metadata.get("quantizers", {}) or {}
         self.resets = metadata.get("resets", {}) or {}
+        self.params = metadata.get("params", {}) or {}
+        self.states = metadata.get("states", {}) or {}
+        self.max_spikes = metadata.get("max_spikes", {}) or {}
+        #: neuron node -> the weights of its recurrent loop (see :func:`recurrent_loops`)
+        self.recurrent: Dict[str, np.ndarray] = {}
 
     def alpha_of(self, tau: Any, what: str, param: str = "tau") -> np.ndarray:
         """Per-step decays (float32 values, held in float64) of NIR time constants."""
@@ -89,18 +95,15 @@ class Loader:
             )
         return alpha.astype(np.float32).astype(np.float64)
 
-    def activation_qconfig(self, name: str) -> Optional[QConfig]:
-        spec = self.quantizers.get(name)
-        if not spec:
-            return None
-        factory = UniformQuantizer.with_args(
-            scale=float(np.asarray(spec["scale"])),
-            zero_point=int(np.asarray(spec["zero_point"])),
-            quant_min=int(np.asarray(spec["quant_min"])),
-            quant_max=int(np.asarray(spec["quant_max"])),
-            rounding=text(spec.get("rounding", "nearest")),  # absent in older files
+    def qconfig_of(self, name: str) -> Optional[QConfig]:
+        """The recorded quantizers of node ``name`` (activation, parameters, states)."""
+        return layer_qconfig(
+            self.quantizers.get(name), self.params.get(name), self.states.get(name)
         )
-        return QConfig(activation=factory)
+
+    def spikes_of(self, name: str) -> int:
+        """The spikes per step a neuron node may emit (recorded by export; else NIR's 1)."""
+        return int(np.asarray(self.max_spikes.get(name, 1)))
 
     def reset_of(self, name: str, node: Any) -> str:
         """From the metadata; else the convention of the installed NIR version."""
@@ -123,7 +126,7 @@ class Loader:
     def build(self, name: str, node: Any) -> Tuple[nn.Module, Optional[np.ndarray]]:
         """The layer of ``node``, and an input gain to apply before it (``None``: none)."""
         nir = self.nir
-        qconfig = self.activation_qconfig(name)
+        qconfig = self.qconfig_of(name)
         if isinstance(node, (nir.Affine, nir.Linear)):
             weight = np.asarray(node.weight, dtype=np.float32)
             if weight.ndim != 2:
@@ -153,7 +156,7 @@ class Loader:
             )
         if isinstance(node, nir.Scale):
             scale = _array(node.scale)
-            if qconfig is not None and bool((scale == 1).all()):
+            if qconfig is not None and qconfig.activation is not None and bool((scale == 1).all()):
                 return qnn.ActivationQuantizer(qconfig=qconfig), None
             return Scale(torch.from_numpy(scale.astype(np.float32))), None
         if isinstance(node, (nir.LIF, nir.CubaLIF, nir.IF, nir.LI, nir.I)):
@@ -210,7 +213,13 @@ class Loader:
             gain = self.dt * r
             if isinstance(node, nir.I):
                 return qnn.ExpLeak(alpha_mem=1.0, qconfig=qconfig), None if _is_one(gain) else gain
-            layer = qnn.IAF(threshold=_value(node.v_threshold), reset=self.reset_of(name, node))
+            layer = qnn.IAF(
+                threshold=_value(node.v_threshold),
+                reset=self.reset_of(name, node),
+                qconfig=qconfig,
+                max_spikes=self.spikes_of(name),
+            )
+            set_state_grids(layer, self.states.get(name))
             return layer, None if _is_one(gain) else gain
         tau = node.tau_mem if isinstance(node, nir.CubaLIF) else node.tau
         alpha = self.alpha_of(tau, what, "tau_mem" if isinstance(node, nir.CubaLIF) else "tau")
@@ -240,9 +249,37 @@ class Loader:
             return qnn.ExpLeak(**kwargs, qconfig=qconfig), gain
         if syn is not None:
             kwargs["alpha_syn"] = _value(syn)
-        layer = qnn.LIF(
-            threshold=_value(node.v_threshold), reset=self.reset_of(name, node), **kwargs
+        threshold, reset = _value(node.v_threshold), self.reset_of(name, node)
+        if name not in self.recurrent:
+            layer = qnn.LIF(
+                threshold=threshold,
+                reset=reset,
+                qconfig=qconfig,
+                max_spikes=self.spikes_of(name),
+                **kwargs,
+            )
+            set_state_grids(layer, self.states.get(name))
+            return layer, gain
+        weight = self.recurrent[name]
+        if weight.shape != (r.size, r.size) or r.ndim != 1:
+            raise ValueError(
+                f"{what}: its recurrent weights have shape {weight.shape}, but the node "
+                f"holds neurons of shape {r.shape}; a recurrent loop needs (n, n) weights "
+                "on a 1-D layer"
+            )
+        layer = qnn.LIFRecurrent(
+            r.size,
+            threshold=threshold,
+            reset=reset,
+            qconfig=qconfig,
+            max_spikes=self.spikes_of(name),
+            **kwargs,
         )
+        set_state_grids(layer, self.states.get(name))
+        # The node's input gain scales the loop's input as well as x: W -> diag(g) W.
+        scaled = weight if gain is None else weight * np.broadcast_to(gain, (r.size,))[:, None]
+        with torch.no_grad():
+            layer.rec_weight.copy_(torch.from_numpy(np.asarray(scaled, dtype=np.float32)))
         return layer, gain
 
     def synaptic_iaf(
@@ -256,7 +293,10 @@ class Loader:
             threshold=_value(node.v_threshold),
             reset=self.reset_of(name, node),
             alpha_syn=_value(syn),
+            qconfig=self.qconfig_of(name),
+            max_spikes=self.spikes_of(name),
         )
+        set_state_grids(layer, self.states.get(name))
         return layer, None if _is_one(gain) else gain
 
     def fusable(self, current: Any, node: Any) -> bool:
@@ -273,6 +313,39 @@ class Loader:
             bool(((syn > 0) & (syn < 1)).all())
             and _array(current.tau).shape == _array(node.r).shape
         )
+
+
+def recurrent_loops(nir: Any, graph: Any) -> Dict[str, Tuple[str, np.ndarray]]:
+    """``{neuron node: (weight node, weights)}`` for each ``LIF``/``CubaLIF`` node with a
+    ``Linear`` (or ``Affine`` with zero bias) node on a loop back into it, the layout of
+    recurrent layers (aquatic's ``LIFRecurrent``, snnTorch's ``RLeaky``/``RSynaptic``)."""
+    sources: Dict[str, List[str]] = {name: [] for name in graph.nodes}
+    targets: Dict[str, List[str]] = {name: [] for name in graph.nodes}
+    for edge in graph.edges:
+        source, target = (text(v) for v in edge)
+        if source in graph.nodes and target in graph.nodes:
+            sources[target].append(source)
+            targets[source].append(target)
+    loops: Dict[str, Tuple[str, np.ndarray]] = {}
+    for name, node in graph.nodes.items():
+        if not isinstance(node, (nir.Linear, nir.Affine)):
+            continue
+        if len(sources[name]) != 1 or targets[name] != sources[name]:
+            continue
+        neuron = sources[name][0]
+        if not isinstance(graph.nodes[neuron], (nir.LIF, nir.CubaLIF)):
+            continue
+        if neuron in loops:
+            raise ValueError(
+                f"node {neuron!r} has two recurrent loops ({loops[neuron][0]!r}, {name!r})"
+            )
+        if isinstance(node, nir.Affine) and bool((_array(node.bias) != 0).any()):
+            raise ValueError(
+                f"node {name!r} (Affine) on the recurrent loop of {neuron!r} has a bias, which "
+                "aquatic's LIFRecurrent lacks; move the bias into the neurons' v_leak"
+            )
+        loops[neuron] = (name, np.asarray(node.weight, dtype=np.float64))
+    return loops
 
 
 def metadata_of(graph: Any) -> Dict[str, Any]:

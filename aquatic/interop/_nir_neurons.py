@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from aquatic.interop._common import active
+from aquatic.interop._nir_quant import state_records
 from aquatic.nn.base import eval_mode
 from aquatic.nn.neuron_base import NeuronModule
 
@@ -52,6 +53,8 @@ class NeuronExporter:
     dt: float
     discretization: str
     resets: Dict[str, str]
+    states: Dict[str, Dict[str, Any]]
+    max_spikes: Dict[str, int]
 
     def _neuron_fields(self, node_type: Any, shape: Shape) -> Dict[str, np.ndarray]:
         """``v_reset = 0`` for the NIR versions that have it (reset to ``v_reset``)."""
@@ -62,11 +65,8 @@ class NeuronExporter:
         kind = type(module).__name__
         with eval_mode(module.quantizers.values()), torch.no_grad():
             spec = module.spec()
-        if spec.max_spikes != 1:
-            raise ValueError(
-                f"layer {name!r} ({kind}) emits up to max_spikes={spec.max_spikes} spikes per "
-                "step; NIR neurons emit one: use max_spikes=1"
-            )
+        if spec.max_spikes != 1:  # NIR neurons emit one spike: recorded in the metadata
+            self.max_spikes[name] = int(spec.max_spikes)
         if spec.strict_threshold or spec.input_after_decay or spec.input_delay:
             raise ValueError(
                 f"layer {name!r} ({kind}) uses Loihi's neuron options (strict_threshold, "
@@ -78,13 +78,9 @@ class NeuronExporter:
                 f"layer {name!r} ({kind}) bounds its membrane below (min_v_mem="
                 f"{spec.min_v_mem:g}); NIR neurons have no such bound: use min_v_mem=None"
             )
-        for state in module._quantized_states:
-            if active(module, state) is not None:
-                raise ValueError(
-                    f"layer {name!r} ({kind}) quantizes its state {state!r} after every step "
-                    "(QConfig.state), which NIR neurons cannot express; export a model "
-                    "without state quantizers"
-                )
+        states = state_records(module, name, module._quantized_states)
+        if states:
+            self.states[name] = states
         what = f"layer {name!r} ({kind})"
         alpha = per_neuron(spec.alpha_mem, shape, f"{what}: alpha_mem")
         bias = spec.bias

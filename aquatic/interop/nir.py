@@ -41,11 +41,25 @@ aquatic                  NIR
 ``AvgPool2d``            ``AvgPool2d``; :class:`SumPool2d` and ``LPPool2d(1, ...)``:
                          ``SumPool2d``
 ``LIF``                  ``LIF``; ``CubaLIF`` with ``tau_syn``
+``LIFRecurrent``         ``LIF``/``CubaLIF`` node ``n`` and a ``Linear`` node ``n_rec`` of the
+                         recurrent weights, with edges ``n -> n_rec -> n`` (a loop delays
+                         by one step: :math:`x[t] + W s[t-1]`)
 ``IAF``                  ``IF``; ``LI`` (the synaptic current) then ``IF`` with ``tau_syn``
 ``ExpLeak``              ``LI``; ``I`` when :math:`\alpha = 1`
 ``ActivationQuantizer``  ``Scale`` of ones, its quantizer in the metadata
+``Add``, ``x + y``       edges into one node (NIR sums them); a quantized
+                         :class:`~aquatic.nn.Add` is a ``Scale`` of ones receiving both
+``torch.flatten``        ``Flatten``
 ``Identity``, dropout    nothing (an edge)
 =======================  ==================================================================
+
+Models with a ``forward`` of their own are traced (:func:`aquatic.graph.trace`): each
+layer call is a node (named after the layer, ``.`` written ``_``), and the dataflow
+gives the edges. A sum of two tensors becomes two edges into the node that uses it:
+NIR adds the edges into a node, as :func:`load` does (nirtorch 2.0's interpreter
+instead passes them to the node as separate arguments, so its readers need a node that
+takes them). Concatenation, products, activation functions, indexing and reshapes
+other than flattening have no NIR node and are refused with the operation named.
 
 Synaptic currents: aquatic's :math:`i[t] = \alpha_s (i[t-1] + x[t])` is, advanced before
 the membrane and held over the step, NIR's :math:`\tau_{syn} \dot I = -I + w_{in} x`
@@ -73,8 +87,14 @@ per-tensor activation quantizers go into ``graph.metadata["aquatic"]["quantizers
 :func:`load` rebuilds them with fixed scales and their rounding, so that a loaded
 model computes what the fake-quantized model computed. Other NIR tools ignore that
 metadata, and :func:`export` warns about it.
-State quantizers (``QConfig.state``), several spikes per step (``max_spikes``) and
-``min_v_mem`` have no NIR equivalent: :func:`export` raises a ``ValueError``.
+The per-tensor grids of the quantized parameters (``"params"``), the state quantizers
+(``QConfig.state``) with the integer decay rule they run under (``"states"``, see
+:mod:`aquatic.nn.grid_decay`) and several spikes per step (``"max_spikes"``) are
+recorded the same way and rebuilt by :func:`load`, so that a Xylo model
+(:func:`aquatic.hw.xylo.qconfig`) loads spiking as trained and exports to the chip
+unchanged; other NIR tools run the nodes in float with one spike per step, and
+:func:`export` warns. ``min_v_mem`` has no NIR equivalent: :func:`export` raises a
+``ValueError``.
 """
 
 from __future__ import annotations
@@ -82,6 +102,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
+from types import SimpleNamespace
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -91,8 +112,9 @@ from torch import nn
 from aquatic.interop._common import require
 from aquatic.interop._nir_export import Exporter, graph_of
 from aquatic.interop._nir_check import check_graph, check_metadata, topological_order
-from aquatic.interop._nir_load import Loader, metadata_of, text
+from aquatic.interop._nir_load import Loader, metadata_of, recurrent_loops, text
 from aquatic.interop._nir_modules import NIRModule, Scale, SumPool2d
+from aquatic.nn.activation import ActivationQuantizer
 
 __all__ = ["export", "load", "NIRModule", "Scale", "SumPool2d", "DISCRETIZATIONS"]
 
@@ -156,6 +178,7 @@ def export(
 
     Args:
         model: an ``nn.Sequential`` (nested ones are walked) of the supported layers, a
+            model with a ``forward`` of its own (traced; see the module docstring), a
             single layer, or a :class:`NIRModule`. Quantized layers export the values
             their ``forward`` uses.
         input_shape: the shape of one time step of one sample (no batch or time axis),
@@ -173,7 +196,9 @@ def export(
 
     Raises:
         ImportError: the ``nir`` package is missing (``pip install 'aquatic[nir]'``).
-        TypeError: a layer type NIR lacks (the message names the layer).
+        TypeError: a layer type or an operation NIR lacks (the message names it);
+            :class:`aquatic.graph.GraphCaptureError` for a ``forward`` that cannot be
+            traced (the message names the line).
         ValueError: a layer setting NIR cannot express (the message names the layer).
 
     Example:
@@ -200,7 +225,9 @@ def export(
     if not isinstance(time_axis, bool):
         raise TypeError(f"time_axis must be True or False, got {time_axis!r}")
     exporter.time_axis = time_axis
-    shapes: Dict[str, Tuple[int, ...]] = {"input": _input_shape(input_shape, layers[0][1])}
+    # the first layer that changes shapes (an input quantizer keeps them)
+    first = next((m for _, m in layers if not isinstance(m, ActivationQuantizer)), layers[0][1])
+    shapes: Dict[str, Tuple[int, ...]] = {"input": _input_shape(input_shape, first)}
     sources: Dict[str, List[str]] = {}
     for source, target in edges:
         sources.setdefault(target, []).append(source)
@@ -234,32 +261,12 @@ def export(
             if pair not in final:
                 final.append(pair)
     final += internal
-    metadata: Dict[str, Any] = {"dt": dt, "discretization": discretization}
-    subtracting = [name for name, reset in exporter.resets.items() if reset == "subtract"]
-    if subtracting:
-        warnings.warn(
-            f"{'layers' if len(subtracting) > 1 else 'layer'} "
-            f"{', '.join(map(repr, subtracting))} reset{'' if len(subtracting) > 1 else 's'} "
-            "by subtracting the threshold, which NIR cannot express: NIR nodes with v_reset "
-            "reset to it (written as 0, so other NIR tools reset to zero). "
-            "aquatic.interop.nir.load restores the "
-            "subtraction from graph.metadata['aquatic']['resets']; for other tools, train "
-            "with reset='zero'",
-            UserWarning,
-            stacklevel=2,
-        )
-    if exporter.resets:
-        metadata["resets"] = dict(exporter.resets)
-    if exporter.quantizers:
-        metadata["quantizers"] = dict(exporter.quantizers)
-        warnings.warn(
-            "NIR has no quantization nodes: the activation quantizers of "
-            f"{', '.join(map(repr, exporter.quantizers))} are recorded in "
-            "graph.metadata['aquatic'], which aquatic.interop.nir.load uses and other NIR "
-            "tools ignore",
-            UserWarning,
-            stacklevel=2,
-        )
+    for node_name, node in exporter.side_nodes:
+        if node_name in nodes:
+            raise ValueError(f"two nodes would be named {node_name!r}; rename a layer")
+        nodes[node_name] = node
+    final += exporter.side_edges
+    metadata = exporter.metadata()
     return nir.NIRGraph(nodes=nodes, edges=final, metadata={"aquatic": metadata})
 
 
@@ -332,6 +339,14 @@ def load(
             f"load takes graphs with one Input and one Output node, got inputs {inputs} and "
             f"outputs {outputs}"
         )
+    loops = recurrent_loops(nir, graph)
+    if loops:  # the rest of the graph without the loops; each loop joins its neurons
+        loop_nodes = {weights for weights, _ in loops.values()}
+        graph = SimpleNamespace(
+            nodes={k: v for k, v in graph.nodes.items() if k not in loop_nodes},
+            edges=[e for e in graph.edges if not loop_nodes & {text(v) for v in e}],
+        )
+        loader.recurrent = {neuron: weights for neuron, (_, weights) in loops.items()}
     order, sources = topological_order(graph)
     check_graph(nir, graph, sources)
     targets: Dict[str, List[str]] = {name: [] for name in graph.nodes}

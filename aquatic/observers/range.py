@@ -16,8 +16,9 @@ from aquatic.factory import Factory
 from aquatic.functional.fake_quant import check_axis, check_ch_axis, check_range
 from aquatic.functional.qparams import calculate_qparams, calculate_qparams_float, to_float32
 from aquatic.observers.range_checks import (
-    NONFINITE,
+    all_reduce_range,
     check_loaded_range,
+    distributed,
     out_of_range,
     range_error,
     range_limit,
@@ -28,26 +29,17 @@ __all__ = ["RangeObserver", "MinMaxObserver", "MovingAverageMinMaxObserver"]
 
 # observer class -> whether its _combine has a Python-float version (see supports_scalars)
 _SCALAR_CLASSES: dict = {}
+# observer class -> whether its range always holds the last batch (see covers_last_batch)
+_COVERING_CLASSES: dict = {}
 
 
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _all_reduce_range(cur_min: Tensor, cur_max: Tensor) -> Tuple[Tensor, Tensor]:
-    """Minimum of the minima and maximum of the maxima over all ranks, in one collective.
-
-    Packs ``[-min, max, nonfinite]`` and reduces with MAX; the flag makes every rank
-    raise together when any rank saw NaN or inf (rather than the others waiting).
-    """
-    flat_min, flat_max = cur_min.reshape(-1), cur_max.reshape(-1)
-    flag = ((flat_min * 0 + flat_max * 0).sum() != 0).to(flat_min.dtype)
-    packed = torch.cat([torch.neg(flat_min), flat_max, flag.reshape(1)])
-    torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.MAX)
-    if not torch.compiler.is_compiling() and packed[-1].item() != 0:
-        raise ValueError(NONFINITE.format("an observer on some rank"))
-    n = flat_min.numel()
-    return torch.neg(packed[:n]).reshape(cur_min.shape), packed[n : 2 * n].reshape(cur_max.shape)
+def _own_rules(cls: type) -> bool:
+    """Whether ``cls`` observes and computes qparams with :class:`RangeObserver`'s methods
+    (so that their Python-float twins and the promises built on them hold)."""
+    return all(
+        getattr(cls, name) is getattr(RangeObserver, name)
+        for name in ("update", "_extrema", "calculate_qparams")
+    )
 
 
 class RangeObserver(nn.Module):
@@ -108,9 +100,11 @@ class RangeObserver(nn.Module):
             is, reduced across ranks under ``torch.distributed``), before they are merged
             into the running range.
         """
-        cur_min, cur_max = self._extrema(input.detach())
-        if self.training and _distributed():
-            cur_min, cur_max = _all_reduce_range(cur_min, cur_max)
+        # A quantizer hands over a detached input already; self._buffers rather than
+        # self.min_val below: nn.Module.__getattr__ costs about a microsecond each.
+        cur_min, cur_max = self._extrema(input.detach() if input.requires_grad else input)
+        if self.training and distributed():
+            cur_min, cur_max = all_reduce_range(cur_min, cur_max)
         elif not torch.compiler.is_compiling():
             limit = range_limit(input.dtype, self.quant_min, self.quant_max)
             if out_of_range(cur_min, cur_max, limit):
@@ -118,9 +112,10 @@ class RangeObserver(nn.Module):
         new_min, new_max = (
             self._combine(cur_min, cur_max) if self.initialized else (cur_min, cur_max)
         )
-        if self.min_val.shape == new_min.shape:
-            self.min_val.copy_(new_min)
-            self.max_val.copy_(new_max)
+        buffers = self._buffers
+        if buffers["min_val"].shape == new_min.shape:
+            buffers["min_val"].copy_(new_min)
+            buffers["max_val"].copy_(new_max)
         else:  # the first per-channel batch fixes the number of channels
             self.min_val = new_min.clone()
             self.max_val = new_max.clone()
@@ -133,7 +128,8 @@ class RangeObserver(nn.Module):
 
         They do for one float32 range (``ch_axis=None``), a CPU ``input``, eager mode,
         no ``power_of_two``, and a merge rule with a Python-float version (a subclass that
-        overrides ``_combine`` alone keeps the tensor methods).
+        overrides ``_combine`` alone, or ``update``, ``_extrema`` or
+        ``calculate_qparams``, keeps the tensor methods).
         """
         # self._buffers rather than self.min_val: nn.Module.__getattr__ costs about a
         # microsecond, and this runs for every quantizer on every step.
@@ -145,8 +141,30 @@ class RangeObserver(nn.Module):
         cls = type(self)
         if cls not in _SCALAR_CLASSES:
             owner = next(k for k in cls.__mro__ if "_combine" in k.__dict__)
-            _SCALAR_CLASSES[cls] = "_combine_float" in owner.__dict__
+            _SCALAR_CLASSES[cls] = "_combine_float" in owner.__dict__ and _own_rules(cls)
         return _SCALAR_CLASSES[cls]
+
+    def covers_last_batch(self) -> bool:
+        """Whether the range, after :meth:`update`, always holds the batch just observed.
+
+        True for a merge rule that only widens the range (:class:`MinMaxObserver`):
+        every value of that batch then lies in ``[min_val, max_val]``, which lets a
+        symmetric signed quantizer skip the clamp (no code can leave its range). Decided
+        by the class that defines ``_combine``, and only where ``update``, ``_extrema``
+        and ``calculate_qparams`` are this class's own: a subclass that changes any of
+        them is not taken at its parent's word.
+
+        Example:
+            >>> MinMaxObserver().covers_last_batch(), MovingAverageMinMaxObserver().covers_last_batch()
+            (True, False)
+        """
+        cls = type(self)
+        covers = _COVERING_CLASSES.get(cls)
+        if covers is None:
+            owner = next(k for k in cls.__mro__ if "_combine" in k.__dict__)
+            covers = bool(owner.__dict__.get("_widens_only", False)) and _own_rules(cls)
+            _COVERING_CLASSES[cls] = covers
+        return covers
 
     def update_scalar(self, input: Tensor) -> Tuple[float, float]:
         """:meth:`update` with the batch extrema as Python floats (see :meth:`supports_scalars`).
@@ -169,8 +187,8 @@ class RangeObserver(nn.Module):
         if input.requires_grad:  # a quantizer hands over a detached input already
             input = input.detach()
         cur_min, cur_max = self._extrema(input)
-        if self.training and _distributed():
-            cur_min, cur_max = _all_reduce_range(cur_min, cur_max)
+        if self.training and distributed():
+            cur_min, cur_max = all_reduce_range(cur_min, cur_max)
         lo, hi = cur_min.item(), cur_max.item()
         if not max(hi, -lo) <= range_limit(input.dtype, self.quant_min, self.quant_max):
             raise range_error(self, cur_min, cur_max, input.dtype)
@@ -226,9 +244,11 @@ class RangeObserver(nn.Module):
     def _combine(self, cur_min: Tensor, cur_max: Tensor) -> Tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    @torch.no_grad()
     def calculate_qparams(self) -> Tuple[Tensor, Tensor]:
         """Scale (float32) and zero point (int32) for the observed range.
+
+        No gradient: the range lives in buffers (no ``torch.no_grad()`` block, which
+        would cost more than the arithmetic on every training step).
 
         Raises:
             RuntimeError: if nothing has been observed yet.
@@ -238,9 +258,10 @@ class RangeObserver(nn.Module):
                 f"{type(self).__name__} has observed no data yet, so it has no range: "
                 "run a forward pass (in training mode) before asking for qparams"
             )
+        buffers = self._buffers
         return calculate_qparams(
-            self.min_val,
-            self.max_val,
+            buffers["min_val"],
+            buffers["max_val"],
             self.quant_min,
             self.quant_max,
             self.symmetric,
@@ -284,8 +305,14 @@ class MinMaxObserver(RangeObserver):
         (tensor(0.0200), tensor(0, dtype=torch.int32))
     """
 
+    # The merge below only widens the range (see RangeObserver.covers_last_batch).
+    _widens_only = True
+
     def _combine(self, cur_min: Tensor, cur_max: Tensor) -> Tuple[Tensor, Tensor]:
-        return torch.minimum(self.min_val, cur_min), torch.maximum(self.max_val, cur_max)
+        buffers = self._buffers
+        return torch.minimum(buffers["min_val"], cur_min), torch.maximum(
+            buffers["max_val"], cur_max
+        )
 
     def _combine_float(self, cur_min: float, cur_max: float, old_min: float, old_max: float):
         return min(old_min, cur_min), max(old_max, cur_max)

@@ -1,28 +1,33 @@
-"""Checks of observed ranges: a batch's extrema on every update, and a range loaded from
-a ``state_dict``.
+"""Checks and collectives that every range observer's update runs.
 
-A range is either not observed yet (``min_val = +inf``, ``max_val = -inf``, as a new
-observer starts) or finite with ``min_val <= max_val``, per tensor or per channel;
-:meth:`~aquatic.observers.RangeObserver._load_from_state_dict` refuses anything else
-(NaN, an infinite end, ``min_val > max_val``, shapes that differ) before it copies.
+- :func:`range_limit` and :func:`out_of_range`: an observed range must be finite and
+  leave room for the quantized values at its ends (see :func:`range_error`);
+- :func:`all_reduce_range`: the batch extrema of all ranks under ``torch.distributed``;
+- :func:`check_loaded_range`: a range loaded from a ``state_dict`` is either not observed
+  yet (``min_val = +inf``, ``max_val = -inf``) or finite with ``min_val <= max_val``, per
+  tensor or per channel, with the shapes the observer has; anything else is refused
+  before it is copied.
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
     "NONFINITE",
-    "TOO_LARGE",
     "range_limit",
     "out_of_range",
     "range_error",
+    "distributed",
+    "all_reduce_range",
     "check_loaded_range",
 ]
+
 
 NONFINITE = (
     "{} got a tensor containing NaN or inf; its range would be meaningless. Find where "
@@ -55,13 +60,14 @@ def out_of_range(cur_min: Tensor, cur_max: Tensor, limit: float) -> bool:
     # This runs on every training step, so it is kept to a few small ops.
     if cur_min.dim() == 0 and cur_min.device.type == "cpu":
         return not max(cur_max.item(), -cur_min.item()) <= limit  # NaN compares False
-    # max(max, -min) >= 0 is the largest magnitude; floor(amax / limit) is 0 when it is
-    # in range and NaN, inf or >= 1 otherwise: one sync for every channel.
-    probe = torch.maximum(cur_max, torch.neg(cur_min)).div_(limit).floor_().sum()
-    return not probe.item() == 0
+    # The largest magnitude over all channels, NaN if any extremum is NaN (torch.max
+    # propagates it): one sync for every channel.
+    return not torch.maximum(cur_max, torch.neg(cur_min)).max().item() <= limit
 
 
 def range_error(observer: nn.Module, cur_min: Tensor, cur_max: Tensor, dtype) -> ValueError:
+    """The error for extrema that :func:`out_of_range` refused: non-finite, or too large
+    for ``dtype`` (with the fix)."""
     lo, hi = cur_min.min().item(), cur_max.max().item()
     name = type(observer).__name__
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -70,6 +76,30 @@ def range_error(observer: nn.Module, cur_min: Tensor, cur_max: Tensor, dtype) ->
     hint = "" if big == torch.float32 else ", or quantize it in float32 (input.float())"
     largest = torch.finfo(big).max
     return ValueError(TOO_LARGE.format(name, max(hi, -lo), big, largest, hint))
+
+
+_DISTRIBUTED_BUILT = torch.distributed.is_available()
+
+
+def distributed() -> bool:
+    """Whether ``torch.distributed`` runs (observers then reduce extrema across ranks)."""
+    return _DISTRIBUTED_BUILT and torch.distributed.is_initialized()
+
+
+def all_reduce_range(cur_min: Tensor, cur_max: Tensor) -> Tuple[Tensor, Tensor]:
+    """Minimum of the minima and maximum of the maxima over all ranks, in one collective.
+
+    Packs ``[-min, max, nonfinite]`` and reduces with MAX; the flag makes every rank
+    raise together when any rank saw NaN or inf (rather than the others waiting).
+    """
+    flat_min, flat_max = cur_min.reshape(-1), cur_max.reshape(-1)
+    flag = ((flat_min * 0 + flat_max * 0).sum() != 0).to(flat_min.dtype)
+    packed = torch.cat([torch.neg(flat_min), flat_max, flag.reshape(1)])
+    torch.distributed.all_reduce(packed, op=torch.distributed.ReduceOp.MAX)
+    if not torch.compiler.is_compiling() and packed[-1].item() != 0:
+        raise ValueError(NONFINITE.format("an observer on some rank"))
+    n = flat_min.numel()
+    return torch.neg(packed[:n]).reshape(cur_min.shape), packed[n : 2 * n].reshape(cur_max.shape)
 
 
 def check_loaded_range(observer: nn.Module, state_dict: dict, prefix: str) -> None:

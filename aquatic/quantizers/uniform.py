@@ -223,6 +223,30 @@ class UniformQuantizer(Quantizer):
             self.rounding,
             self.generator,
             extrema,
+            extrema is not None and self._covers(observer),
+        )
+
+    def _covers(self, observer: Any) -> bool:
+        r"""Whether no code of the input just observed can leave the range.
+
+        Holds for nearest rounding when the observer's range holds that input
+        (:meth:`~aquatic.observers.RangeObserver.covers_last_batch`) and its scale is
+        symmetric for this signed range: codes are then at most
+        :math:`|x| \cdot \mathrm{fl}(1/s) \le n (1 + 4u)` in magnitude, with
+        :math:`n = \min(q_{max}, -q_{min})`, :math:`s \ge a / n` for the largest
+        magnitude :math:`a`, and float32 rounding error :math:`u = 2^{-24}` (Higham 2002,
+        "Accuracy and Stability of Numerical Algorithms", sec. 2.2); that rounds to at
+        most :math:`n`, inside the range, for every range up to :math:`2^{21}` codes.
+        """
+        return (
+            self.rounding == "nearest"
+            and self.quant_min < 0
+            and self.quant_max - self.quant_min < (1 << 21)
+            and isinstance(observer, RangeObserver)
+            and observer.symmetric
+            and observer.quant_min == self.quant_min
+            and observer.quant_max == self.quant_max
+            and observer.covers_last_batch()
         )
 
     @torch.no_grad()

@@ -354,7 +354,7 @@ def test_foreign_graph_with_other_gains_and_a_branch():
     [
         (nn.MaxPool2d(2), "'1' is a MaxPool2d, which has no NIR counterpart"),
         (nn.Conv3d(2, 2, 1), "'1' is a Conv3d"),
-        (aquatic.nn.LIFRecurrent(4, tau_mem=3.0), "LIFRecurrent \\(recurrent weights\\)"),
+        (aquatic.nn.LIFCell(tau_mem=3.0), "LIFCell \\(one time step\\)"),
         (nn.LSTM(4, 4), "LSTM"),
         (nn.LPPool2d(2, 2), "norm_type=2"),
     ],
@@ -367,12 +367,11 @@ def test_unsupported_layers_are_type_errors(layer, message):
 @pytest.mark.parametrize(
     "layer, message",
     [
-        (LIF(tau_mem=3.0, max_spikes=2), "max_spikes=2.*use max_spikes=1"),
         (LIF(tau_mem=3.0, min_v_mem=-1.0), "min_v_mem=-1.*use min_v_mem=None"),
         (IAF(bias=0.5), "has a bias but no membrane leak"),
         (
-            LIF(tau_mem=3.0, qconfig=QConfig(state=UniformQuantizer.with_args(scale=0.1))),
-            "quantizes its state 'v_mem'",
+            LIF(tau_mem=3.0, qconfig=QConfig(state=UniformQuantizer.with_args(bits=8))),
+            "the state quantizer of 'v_mem': the quantizer has no scale yet",
         ),
         (LIF(alpha_mem=torch.tensor([1.0, 0.5, 0.5, 0.5])), "mixes neurons without leak"),
         (LIF(tau_mem=3.0, alpha_syn=1.0), "alpha_syn must lie strictly between 0 and 1"),
@@ -407,9 +406,10 @@ class Residual(nn.Module):
         return x + self.fc(x)
 
 
-def test_custom_containers_are_refused():
-    with pytest.raises(TypeError, match="not a Residual whose forward it cannot see"):
-        anir.export(Residual())
+def test_custom_containers_follow_their_forward():
+    # x + fc(x): the input feeds the output directly and through fc (NIR sums edges).
+    graph = anir.export(Residual())
+    assert sorted(graph.edges) == [("fc", "output"), ("input", "fc"), ("input", "output")]
 
 
 def test_load_errors():
@@ -449,3 +449,19 @@ def test_nirmodule_checks_its_graph():
         )
     with pytest.raises(ValueError, match="expects input of shape \\(N, T, \\*\\)"):
         anir.NIRModule([("a", nn.Identity())], [("input", "a"), ("a", "output")])(torch.ones(3))
+
+
+def test_several_spikes_per_step_are_recorded_and_restored():
+    torch.manual_seed(5)
+    model = nn.Sequential(aquatic.nn.Linear(3, 4), LIF(tau_mem=4.0, threshold=0.3, max_spikes=3))
+    with torch.no_grad():
+        model[0].weight.mul_(4.0)
+    with pytest.warns(UserWarning, match="max_spikes of '1' \\(3\\)"):
+        graph = anir.export(model)
+    assert graph.metadata["aquatic"]["max_spikes"] == {"1": 3}
+    loaded = anir.load(graph)
+    x = torch.rand(2, 20, 3)
+    with torch.no_grad():
+        expected = model(x)
+        assert expected.max() > 1
+        assert loaded["1"].max_spikes == 3 and torch.equal(loaded(x), expected)
