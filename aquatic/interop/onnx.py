@@ -64,6 +64,7 @@ from aquatic.functional.fake_quant import broadcast_along
 from aquatic.functional.grid import Grid
 from aquatic.interop._common import export_grid, require
 from aquatic.interop.onnx_integer import export_integer
+from aquatic.interop.onnx_opset import check_opset, write_lowest
 from aquatic.nn.base import QuantizedModule
 from aquatic.nn.neuron_base import NeuronModule
 from aquatic.quantizers.base import Quantizer
@@ -274,7 +275,7 @@ def export(
     model: nn.Module,
     example_input: Union[Tensor, Tuple[Tensor, ...]],
     path: Union[str, os.PathLike],
-    opset: int = 13,
+    opset: Optional[int] = None,
     *,
     input_names: Optional[Sequence[str]] = None,
     output_names: Optional[Sequence[str]] = None,
@@ -291,7 +292,9 @@ def export(
             parameters quantized with :func:`aquatic.quantize_parameter`).
         example_input: an input (or a tuple of inputs) to trace the model with.
         path: the ``.onnx`` file to write.
-        opset: the ONNX opset, 13 or newer (per-axis QuantizeLinear needs 13).
+        opset: the ONNX opset, 13 or newer (per-axis QuantizeLinear needs 13); ``None``
+            (default) writes the lowest opset from 13 on that holds every operator of
+            the model (e.g. 14 for ``torch.tril``, whose ``Trilu`` appeared in opset 14).
         input_names: names of the graph's inputs (default ``input``, ``input_1``, ...).
         output_names: names of the graph's outputs (default ``output``, ...).
         dynamic_batch: let the first axis of every input and output vary.
@@ -303,7 +306,8 @@ def export(
         ImportError: ``onnx`` is missing (``pip install 'aquatic[onnx]'``).
         TypeError: a spiking layer (use :mod:`aquatic.interop.nir`), or a bad argument.
         ValueError: a quantizer that ONNX cannot express (wider than 8 bits, not affine,
-            no scale yet, an activation rounded down); the message names it.
+            no scale yet, an activation rounded down), or an ``opset`` older than an
+            operator of the model needs; the message names it.
 
     Example:
         >>> import pytest; _ = pytest.importorskip("onnx")  # needs aquatic[onnx]
@@ -320,13 +324,7 @@ def export(
     onnx = require("onnx", "onnx", "aquatic.interop.onnx")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(opset, bool) or not isinstance(opset, int):
-        raise TypeError(f"opset must be an int, got {opset!r}")
-    if opset < 13:
-        raise ValueError(
-            f"opset {opset} is too old: per-axis QuantizeLinear/DequantizeLinear needs "
-            "opset 13 or newer; use opset=13"
-        )
+    opset = check_opset(opset, "the Q/DQ export")
     inputs = (example_input,) if isinstance(example_input, Tensor) else tuple(example_input)
     if not inputs or not all(isinstance(x, Tensor) for x in inputs):
         raise TypeError("example_input must be a tensor or a tuple of tensors")
@@ -341,21 +339,25 @@ def export(
         output_names or [f"output{'_' + str(i) if i else ''}" for i in range(count)]
     )
     axes = {name: {0: "batch"} for name in input_names + output_names} if dynamic_batch else None
-    with warnings.catch_warnings():
-        # torch marks its TorchScript-based exporter as deprecated; it is the one that
-        # maps fake quantization to Q/DQ without extra packages.
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
-        warnings.filterwarnings("ignore", message="The feature will be removed")
-        torch.onnx.export(
-            exported,
-            inputs,
-            os.fspath(path),
-            opset_version=opset,
-            dynamo=False,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_axes=axes,
-        )
+
+    def write(version: int) -> None:
+        with warnings.catch_warnings():
+            # torch marks its TorchScript-based exporter as deprecated; it is the one that
+            # maps fake quantization to Q/DQ without extra packages.
+            warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
+            warnings.filterwarnings("ignore", message="The feature will be removed")
+            torch.onnx.export(
+                exported,
+                inputs,
+                os.fspath(path),
+                opset_version=version,
+                dynamo=False,
+                input_names=input_names,
+                output_names=output_names,
+                dynamic_axes=axes,
+            )
+
+    write_lowest(write, opset)
     proto = onnx.load(os.fspath(path))
     onnx.checker.check_model(proto)
     return proto

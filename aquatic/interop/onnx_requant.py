@@ -28,7 +28,7 @@ from aquatic.functional.fake_quant import broadcast_along
 from aquatic.integer.layers import IntegerReLU, IntegerRequantize
 from aquatic.interop.onnx_graph import GraphBuilder, Value, register_emitter
 
-__all__ = ["channel_constant", "rounding_shift", "emit_requantize", "emit_relu"]
+__all__ = ["channel_constant", "rounding_shift", "normalize_shift", "emit_requantize", "emit_relu"]
 
 #: The largest shift written as a division: ``2**62`` still fits ``int64``.
 MAX_SHIFT = 62
@@ -74,18 +74,25 @@ def rounding_shift(
     return builder.node("Add", [floor, builder.cast(up, torch.int64, f"{hint}_up")], hint)
 
 
-def _normalized(module: IntegerRequantize) -> Tuple[Tensor, Tensor]:
-    """``(multiplier, shift)`` with ``0 <= shift <= 62``, computing what the module does:
-    a negative shift is a left shift (folded into the multiplier), and a shift beyond 62
-    leaves ``|p| / 2**n < 1/2`` for the products the module allows (``|p| < 2**62``)."""
-    multiplier, shift = module.multiplier.clone(), module.shift.clone()
+def normalize_shift(multiplier: Tensor, shift: Tensor, rounding: str) -> Tuple[Tensor, Tensor]:
+    """``(multiplier, shift)`` with ``0 <= shift <= 62`` that
+    :func:`~aquatic.integer.requant.multiply_shift` maps every product ``|p| < 2**62`` to
+    as the given pair does: a negative shift is a left shift (folded into the multiplier),
+    and a shift beyond 62 leaves ``|p| / 2**n < 1/2`` (nearest rounding gives 0; floor
+    rounding gives the same 0 or -1 as a shift by 62)."""
+    multiplier = torch.as_tensor(multiplier, dtype=torch.int64).clone()
+    shift = torch.as_tensor(shift, dtype=torch.int64).clone()
     left = (-shift).clamp(min=0)
     multiplier = torch.bitwise_left_shift(multiplier, left)
     shift = shift.clamp(min=0)
-    if module.rounding == "nearest":
+    if rounding == "nearest":
         multiplier = torch.where(shift > MAX_SHIFT, 0, multiplier)
     shift = shift.clamp(max=MAX_SHIFT)
     return torch.broadcast_tensors(multiplier, shift)
+
+
+def _normalized(module: IntegerRequantize) -> Tuple[Tensor, Tensor]:
+    return normalize_shift(module.multiplier, module.shift, module.rounding)
 
 
 @register_emitter(IntegerRequantize)
