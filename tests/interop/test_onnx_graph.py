@@ -307,3 +307,33 @@ def test_keyword_permutation_and_a_forward_that_fixes_the_batch(tmp_path):
     export_integer(_graph(None, steps), tmp_path / "r.onnx", x, dynamic_batch=False)
     (out,) = run(tmp_path / "r.onnx", [x])
     assert torch.equal(out, x.reshape(5, 6))
+
+
+class ChannelShuffle(nn.Module):
+    """ShuffleNet's channel shuffle (view, transpose, reshape) before a residual add."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(2, 8, 3, padding=1)
+        self.b = nn.Conv2d(8, 8, 1, groups=2)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.a(x))
+        n, c, h, w = x.shape
+        x = x.view(n, 2, 4, h, w).transpose(1, 2).reshape(n, c, h, w)
+        x = x + torch.clamp(self.b(x), 0.0, 6.0)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_channel_shuffle_int8_at_another_batch_size(tmp_path):
+    torch.manual_seed(5)
+    qmodel = aquatic.quantize(ChannelShuffle(), aquatic.qconfig.int8)
+    x = torch.randn(16, 2, 8, 8)
+    qmodel(x)
+    integer = aquatic.convert(qmodel.eval(), example_input=x)
+    export_integer(integer, tmp_path / "shuffle.onnx", integer.quantize_input(x[:3]))
+    codes = integer.quantize_input(torch.randn(11, 2, 8, 8))
+    for level in LEVELS:
+        (out,) = run(tmp_path / "shuffle.onnx", [codes], level)
+        assert torch.equal(out, integer(codes))
