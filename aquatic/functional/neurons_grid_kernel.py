@@ -1,0 +1,267 @@
+r"""The loops of the fused sequence with quantized states: forward and backward, no autograd.
+
+Forward runs, step by step, the operations of the reference loop
+(:func:`~aquatic.functional.neurons_spec.neuron_step`) with the state quantizers and
+decays of :class:`~aquatic.functional.neurons_grid.GridRules` in place of the modules,
+so it computes the loop's bits. It keeps the membrane before the reset of every step,
+the synaptic current, and where each state quantizer saturated (one byte per value).
+
+Backward follows the gradient rules of the loop: a state quantizer passes the gradient
+straight through inside its range and stops it where it saturated (mask :math:`q_t`);
+a decay on a grid has the gradient of :math:`\alpha y`
+(:meth:`aquatic.quantizers.DecayQuantizer.decay_state`). With :math:`G_t` the gradient
+of the membrane before its quantizer, :math:`u_t` (the notation of
+:mod:`aquatic.functional.neurons_fused`, where :math:`G_t = g_t` without a quantizer):
+
+.. math::
+
+    G_t = q_t\,\big(B_t + C_t\, \alpha_{mem}\, G_{t+1}\big), \qquad
+    H_t = p_t\,\big(c\, G_t + \partial_{i[t]} L + \alpha_{syn} H_{t+1}\big)
+
+with :math:`B_t` the gradient that reaches :math:`v[t]` from this step's spikes and
+recorded values, :math:`C_t = m_t (R_t + \psi_t K_t)` the reset's factor,
+:math:`c = 1 - \alpha_{mem}` with ``norm_input`` (else 1), :math:`p_t` the current's
+quantizer mask and :math:`H_t` the gradient of the current before its quantizer. The
+input gets :math:`\alpha_{syn} H_t` (:math:`H_t` when the input is added after the
+decay), :math:`\alpha_{syn}` gets :math:`\sum_t H_t (i[t-1] + x[t])` (:math:`\sum_t H_t
+i[t-1]`), :math:`\alpha_{mem}` gets :math:`\sum_t G_t \tilde v[t-1]`. ``strict_threshold``
+spikes on :math:`v > \vartheta`; its reset terms follow those spikes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from aquatic.functional.neuron_types import Options
+from aquatic.functional.neurons_grid import GridRules, decay_on_grid, fake_quantize_masked
+from aquatic.functional.surrogate import spike_values
+
+__all__ = ["grid_forward", "grid_backward"]
+
+
+def _spikes(v: Tensor, threshold: Tensor, options: Options, strict: bool) -> Tensor:
+    if strict:
+        return torch.gt(v, threshold).to(v.dtype)
+    return spike_values(v, threshold, options.max_spikes)
+
+
+def _reset(v: Tensor, threshold: Tensor, options: Options, strict: bool) -> Tensor:
+    """The membrane after the reset and the clamp, as forward computes it."""
+    if options.spiking:
+        spikes = _spikes(v, threshold, options, strict)
+        if options.reset == "subtract":
+            v = v - threshold * spikes
+        else:
+            fired = spikes if options.max_spikes == 1 else spike_values(v, threshold, 1)
+            v = torch.where(fired > 0, torch.zeros((), dtype=v.dtype, device=v.device), v)
+    if options.min_v_mem is not None:
+        v = torch.clamp(v, min=options.min_v_mem)
+    return v
+
+
+def grid_forward(
+    x: Tensor,
+    v0: Tensor,
+    i0: Optional[Tensor],
+    params: Tuple[Tensor, Optional[Tensor], Tensor, Optional[Tensor]],
+    options: Options,
+    rules: GridRules,
+    need_grad: bool,
+) -> Tuple[Tensor, ...]:
+    """The whole sequence, step by step, without autograd.
+
+    Returns:
+        ``(output, v_trace, current, v_pre, v_mask, i_mask, v_final, i_final)``: spikes
+        (the membrane for a non-spiking neuron), the membrane after each step's reset,
+        the current of each step (``None`` without a synaptic state), the membrane
+        before each reset (``None`` unless ``need_grad``), the in-range masks of the
+        membrane's and the current's quantizers (``None`` without them or a gradient),
+        and the final state.
+    """
+    alpha_mem, alpha_syn, threshold, bias = params
+    synaptic = alpha_syn is not None
+    spiking = options.spiking
+    v_grid, i_grid = rules.v_mem, rules.i_syn
+    outputs, trace, currents, pres, v_masks, i_masks = [], [], [], [], [], []
+    i, state = i0, v0
+    for x_t in x.unbind(1):
+        if synaptic:
+            total = i if rules.after_decay else i + x_t
+            i = alpha_syn * total if i_grid is None else decay_on_grid(total, alpha_syn, i_grid)
+            if rules.after_decay:
+                i = i + x_t
+            if i_grid is not None:
+                i, mask = fake_quantize_masked(i, i_grid)
+                if need_grad:
+                    i_masks.append(mask)
+            currents.append(i)
+            drive = i
+        else:
+            drive = x_t
+        if options.norm_input:
+            drive = (1 - alpha_mem) * drive
+        if bias is not None:
+            drive = drive + bias
+        decayed = alpha_mem * state if v_grid is None else decay_on_grid(state, alpha_mem, v_grid)
+        v = decayed + drive
+        if v_grid is not None:
+            v, mask = fake_quantize_masked(v, v_grid)
+            if need_grad:
+                v_masks.append(mask)
+        if need_grad:
+            pres.append(v)
+        state = _reset(v, threshold, options, rules.strict)
+        trace.append(state)
+        if spiking:
+            outputs.append(_spikes(v, threshold, options, rules.strict))
+    stack = lambda items: torch.stack(items, 1) if items else None  # noqa: E731
+    v_trace = stack(trace)
+    output = stack(outputs) if spiking else v_trace
+    v_final = state.clone()
+    i_final = i.clone() if synaptic else None
+    return (
+        output,
+        v_trace,
+        stack(currents),
+        stack(pres),
+        stack(v_masks),
+        stack(i_masks),
+        v_final,
+        i_final,
+    )
+
+
+def _sum(grad: Tensor, like: Optional[Tensor]) -> Optional[Tensor]:
+    return None if like is None else grad.sum_to_size(like.shape)
+
+
+def _membrane_factors(v, threshold, options, rules, g_spikes):
+    """``(B, C)`` of the module docstring before the recorded gradients; ``C`` is
+    ``None`` where it is 1."""
+    if not options.spiking:
+        return torch.zeros_like(v), None
+    slope = options.surrogate.derivative_(v - threshold)
+    gb = slope * g_spikes if g_spikes is not None else torch.zeros_like(v)
+    zero_reset = options.reset == "zero"
+    keep = None
+    if zero_reset:
+        keep = (v <= threshold) if rules.strict else (v < threshold)
+        keep = keep.to(v.dtype)
+    if options.detach_reset:
+        coef = keep
+    elif zero_reset:
+        coef = keep - v * slope
+    else:
+        coef = 1 - threshold * slope
+    return gb, coef
+
+
+def grid_backward(
+    options: Options,
+    rules: GridRules,
+    needs: Tuple[bool, ...],
+    saved: Tuple[Optional[Tensor], ...],
+    grads: Tuple[Optional[Tensor], ...],
+) -> Tuple[Optional[Tensor], ...]:
+    """The gradients of :func:`grid_forward`'s inputs.
+
+    Args:
+        options, rules: as forward got them.
+        needs: whether each of ``x, v0, i0, alpha_mem, alpha_syn, threshold, bias``
+            needs its gradient.
+        saved: ``(v_pre, current, v_mask, i_mask, x, v0, i0, alpha_mem, alpha_syn,
+            threshold, bias)``.
+        grads: the gradients of ``(output, v_trace, i_trace, v_final, i_final)``
+            (``None`` for zero).
+
+    Returns:
+        The gradients of ``x, v0, i0, alpha_mem, alpha_syn, threshold, bias`` (``None``
+        where not needed).
+    """
+    v, current, v_mask, i_mask, x, v0, i0, alpha_mem, alpha_syn, threshold, bias = saved
+    g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal = grads
+    spiking, min_v_mem = options.spiking, options.min_v_mem
+    g_spikes, g_trace = (g_out, g_vtrace) if spiking else (None, g_out)
+    n_steps = v.shape[1]
+
+    gb, coef = _membrane_factors(v, threshold, options, rules, g_spikes)
+    clamp = None
+    if min_v_mem is not None:
+        clamp = _reset(v, threshold, options._replace(min_v_mem=None), rules.strict) >= min_v_mem
+        clamp = clamp.to(v.dtype)
+        coef = clamp if coef is None else coef * clamp
+    if g_trace is not None:
+        gb = gb + (g_trace if coef is None else coef * g_trace)
+    if g_vfinal is not None:
+        gb[:, -1] += g_vfinal if coef is None else coef[:, -1] * g_vfinal
+    unmasked = gb.clone() if spiking and needs[5] and v_mask is not None else None
+    factors = alpha_mem.expand_as(v) if coef is None else coef * alpha_mem
+    if v_mask is not None:
+        gb.mul_(v_mask)
+        factors = factors * v_mask
+    steps, step_factors = gb.unbind(1), factors.unbind(1)
+    for t in range(n_steps - 2, -1, -1):
+        steps[t].addcmul_(steps[t + 1], step_factors[t])
+    # gb is now G (the gradient of each step's membrane before its quantizer).
+
+    g_threshold = g_alpha = None
+    following = torch.zeros_like(v)  # alpha_mem G_{t+1}: the gradient of the reset membrane
+    following[:, :-1] = gb[:, 1:] * alpha_mem
+    if spiking and needs[5]:
+        g_hat = following.clone()
+        if g_vfinal is not None:
+            g_hat[:, -1] = g_vfinal
+        if g_trace is not None:
+            g_hat += g_trace
+        if clamp is not None:
+            g_hat *= clamp
+        # g_t, the gradient of the quantized membrane: G_t where the quantizer passed it.
+        g_v = gb
+        if unmasked is not None:
+            coef_next = 1 if coef is None else coef
+            g_v = unmasked + coef_next * following
+        if options.reset == "subtract":
+            factor = 1 - _spikes(v, threshold, options, rules.strict)
+        else:
+            factor = (v <= threshold) if rules.strict else (v < threshold)
+            factor = factor.to(v.dtype)
+        g_threshold = _sum(g_hat * factor - g_v, threshold)
+    if needs[3]:
+        previous = torch.cat(
+            [v0.unsqueeze(1), _reset(v[:, :-1], threshold, options, rules.strict)], 1
+        )
+        total = gb * previous
+        if options.norm_input:
+            total = total - gb * (current if current is not None else x)
+        g_alpha = _sum(total, alpha_mem)
+    g_bias = _sum(gb, bias) if needs[6] else None
+    g_v0 = gb[:, 0] * alpha_mem if needs[1] else None
+
+    grad_i = gb * (1 - alpha_mem) if options.norm_input else gb
+    g_x = g_i0 = g_syn = None
+    if alpha_syn is None:
+        return (grad_i if needs[0] else None), g_v0, None, g_alpha, None, g_threshold, g_bias
+    if g_itrace is not None:
+        grad_i = grad_i + g_itrace
+    if g_ifinal is not None:
+        grad_i[:, -1] += g_ifinal
+    factors = alpha_syn.expand_as(grad_i)
+    if i_mask is not None:
+        grad_i = grad_i * i_mask
+        factors = factors * i_mask
+    steps, step_factors = grad_i.unbind(1), factors.unbind(1)
+    for t in range(n_steps - 2, -1, -1):
+        steps[t].addcmul_(steps[t + 1], step_factors[t])
+    if needs[2]:
+        g_i0 = grad_i[:, 0] * alpha_syn
+    if needs[4]:
+        pre = torch.cat([i0.unsqueeze(1), current[:, :-1]], 1)
+        if not rules.after_decay:
+            pre = pre + x
+        g_syn = _sum(grad_i * pre, alpha_syn)
+    if needs[0]:
+        g_x = grad_i if rules.after_decay else grad_i * alpha_syn
+    return g_x, g_v0, g_i0, g_alpha, g_syn, g_threshold, g_bias
