@@ -50,7 +50,8 @@ class _GridSequence(torch.autograd.Function):
         if any(needs):
             tensors = (v0, i0, alpha_mem, alpha_syn, threshold, bias)
             ctx.save_for_backward(*_saved(results, x, tensors, options, rules, needs))
-        v_trace = v_trace if options.spiking and record else None
+        # The loop records the membrane of a non-spiking neuron too: its output, copied.
+        v_trace = (v_trace if options.spiking else v_trace.clone()) if record else None
         i_trace = current if alpha_syn is not None and record else None
         return output, v_trace, i_trace, v_final, i_final
 
@@ -341,5 +342,5 @@ def _compiled(input, params, state, options, rules, record) -> LIFOutput:
     output, v_trace, current, _, _, _, v_final, i_final = results
     synaptic = params[1] is not None
     state = LIFState(v_final, i_final if synaptic else None)
-    v_trace = v_trace if options.spiking and record else None
+    v_trace = (v_trace if options.spiking else output.clone()) if record else None
     return LIFOutput(output, state, v_trace, current if synaptic and record else None)

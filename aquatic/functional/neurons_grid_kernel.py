@@ -134,6 +134,10 @@ def grid_forward(
     )
 
 
+def _plus(a: Optional[Tensor], b: Tensor) -> Tensor:
+    return b if a is None else a + b
+
+
 def _sum(grad: Tensor, like: Optional[Tensor]) -> Optional[Tensor]:
     return None if like is None else grad.sum_to_size(like.shape)
 
@@ -184,7 +188,9 @@ def grid_backward(
     v, current, v_mask, i_mask, x, v0, i0, alpha_mem, alpha_syn, threshold, bias = saved
     g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal = grads
     spiking, min_v_mem = options.spiking, options.min_v_mem
-    g_spikes, g_trace = (g_out, g_vtrace) if spiking else (None, g_out)
+    g_spikes, g_trace = g_out, g_vtrace
+    if not spiking:  # the output is the membrane, and so is a recorded trace
+        g_spikes, g_trace = None, g_out if g_vtrace is None else _plus(g_out, g_vtrace)
     n_steps = v.shape[1]
 
     gb, coef = _membrane_factors(v, threshold, options, rules, g_spikes)
