@@ -30,13 +30,13 @@ spikes on :math:`v > \vartheta`; its reset terms follow those spikes.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from aquatic.functional.neuron_types import Options
-from aquatic.functional.neurons_grid import GridRules, decay_on_grid, fake_quantize_masked
+from aquatic.functional.neurons_grid import GridRules, StateGrid, decay_on_grid
 from aquatic.functional.surrogate import spike_values
 
 __all__ = ["grid_forward", "grid_backward"]
@@ -48,18 +48,65 @@ def _spikes(v: Tensor, threshold: Tensor, options: Options, strict: bool) -> Ten
     return spike_values(v, threshold, options.max_spikes)
 
 
-def _reset(v: Tensor, threshold: Tensor, options: Options, strict: bool) -> Tensor:
+def _reset(
+    v: Tensor, threshold: Tensor, options: Options, strict: bool, spikes: Optional[Tensor] = None
+) -> Tensor:
     """The membrane after the reset and the clamp, as forward computes it."""
     if options.spiking:
-        spikes = _spikes(v, threshold, options, strict)
+        if spikes is None:
+            spikes = _spikes(v, threshold, options, strict)
         if options.reset == "subtract":
             v = v - threshold * spikes
         else:
-            fired = spikes if options.max_spikes == 1 else spike_values(v, threshold, 1)
-            v = torch.where(fired > 0, torch.zeros((), dtype=v.dtype, device=v.device), v)
+            fired = spikes if options.max_spikes == 1 else torch.ge(v, threshold)
+            v = torch.where(fired.bool(), torch.zeros((), dtype=v.dtype, device=v.device), v)
     if options.min_v_mem is not None:
         v = torch.clamp(v, min=options.min_v_mem)
     return v
+
+
+def _decayer(grid: Optional[StateGrid], alpha: Tensor, dtype: torch.dtype) -> Callable:
+    """``decay(y)`` for one sequence: the value of
+    :func:`~aquatic.functional.neurons_grid.decay_on_grid`, with the rule evaluated in
+    floating point where that is exact (integers below :math:`2^{p}`, ``p`` the
+    significand bits, and products by powers of two): fewer operations per step."""
+    if grid is None or not grid.rule:
+        return lambda y: alpha * y
+    zero_point = int(grid.zero_point)
+    low, high = grid.quant_min - zero_point, grid.quant_max - zero_point
+    scale = grid.scale
+    exact = 2.0 / torch.finfo(dtype).eps  # 2**p: every integer below it is exact
+    if max(abs(low), abs(high)) >= exact:
+        return lambda y: decay_on_grid(y, alpha, grid)
+    if grid.rule == "bitshift":
+        # x >> dash = floor(x 2**-dash); the decrement is at least 1 toward zero.
+        factor = torch.exp2(-grid.codes.to(dtype))
+
+        def bitshift(y: Tensor) -> Tensor:
+            codes = torch.round(y / scale).clamp_(low, high)
+            shifted = torch.floor(codes * factor)
+            return codes.sub_(torch.maximum(shifted, codes.clamp(max=1))).mul_(scale)
+
+        return bitshift
+    # (2**bits - d) x >> bits toward zero: exact in float64 below 2**53.
+    keep = (2**grid.bits - grid.codes).to(torch.float64)
+    shift = 2.0**-grid.bits
+
+    def multiplicative(y: Tensor) -> Tensor:
+        codes = torch.round(y / scale).clamp_(low, high).to(torch.float64)
+        return codes.mul_(keep).mul_(shift).trunc_().to(y.dtype).mul_(scale)
+
+    return multiplicative
+
+
+def _quantizer(grid: Optional[StateGrid], device: torch.device) -> Optional[Callable]:
+    if grid is None:
+        return None
+    enabled = torch.ones(1, dtype=torch.long, device=device)
+    low, high = grid.quant_min, grid.quant_max
+    return lambda y: torch._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
+        y, grid.scale, grid.zero_point, enabled, low, high
+    )
 
 
 def grid_forward(
@@ -84,17 +131,19 @@ def grid_forward(
     alpha_mem, alpha_syn, threshold, bias = params
     synaptic = alpha_syn is not None
     spiking = options.spiking
-    v_grid, i_grid = rules.v_mem, rules.i_syn
+    decay_v = _decayer(rules.v_mem, alpha_mem, x.dtype)
+    quantize_v = _quantizer(rules.v_mem, x.device)
+    if synaptic:
+        decay_i = _decayer(rules.i_syn, alpha_syn, x.dtype)
+        quantize_i = _quantizer(rules.i_syn, x.device)
+    after, strict = rules.after_decay, rules.strict
     outputs, trace, currents, pres, v_masks, i_masks = [], [], [], [], [], []
     i, state = i0, v0
     for x_t in x.unbind(1):
         if synaptic:
-            total = i if rules.after_decay else i + x_t
-            i = alpha_syn * total if i_grid is None else decay_on_grid(total, alpha_syn, i_grid)
-            if rules.after_decay:
-                i = i + x_t
-            if i_grid is not None:
-                i, mask = fake_quantize_masked(i, i_grid)
+            i = decay_i(i) + x_t if after else decay_i(i + x_t)
+            if quantize_i is not None:
+                i, mask = quantize_i(i)
                 if need_grad:
                     i_masks.append(mask)
             currents.append(i)
@@ -105,18 +154,18 @@ def grid_forward(
             drive = (1 - alpha_mem) * drive
         if bias is not None:
             drive = drive + bias
-        decayed = alpha_mem * state if v_grid is None else decay_on_grid(state, alpha_mem, v_grid)
-        v = decayed + drive
-        if v_grid is not None:
-            v, mask = fake_quantize_masked(v, v_grid)
+        v = decay_v(state) + drive
+        if quantize_v is not None:
+            v, mask = quantize_v(v)
             if need_grad:
                 v_masks.append(mask)
         if need_grad:
             pres.append(v)
-        state = _reset(v, threshold, options, rules.strict)
+        spikes = _spikes(v, threshold, options, strict) if spiking else None
+        state = _reset(v, threshold, options, strict, spikes)
         trace.append(state)
         if spiking:
-            outputs.append(_spikes(v, threshold, options, rules.strict))
+            outputs.append(spikes)
     stack = lambda items: torch.stack(items, 1) if items else None  # noqa: E731
     v_trace = stack(trace)
     output = stack(outputs) if spiking else v_trace
