@@ -99,14 +99,34 @@ def _decayer(grid: Optional[StateGrid], alpha: Tensor, dtype: torch.dtype) -> Ca
     return multiplicative
 
 
-def _quantizer(grid: Optional[StateGrid], device: torch.device) -> Optional[Callable]:
+def _quantizer(grid: Optional[StateGrid], dtype: torch.dtype) -> Optional[Callable]:
+    """``quantize(y) -> (value, in-range mask)``: torch's per-tensor fake quantization.
+
+    The arithmetic of its CPU kernel (``FakeQuantizeCore``: ``q = z + nearbyint(y *
+    (1 / s))``, clamped, times ``s`` in float32), written with fewer, vectorized passes;
+    the mask is where ``q`` was in range.
+    """
     if grid is None:
         return None
-    enabled = torch.ones(1, dtype=torch.long, device=device)
+    scale = grid.scale
+    inverse = torch.reciprocal(scale)  # 1.0f / scale, as the kernel computes it
+    zero_point = int(grid.zero_point)
     low, high = grid.quant_min, grid.quant_max
-    return lambda y: torch._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
-        y, grid.scale, grid.zero_point, enabled, low, high
-    )
+    wide = dtype != torch.float32  # the kernel multiplies the codes by s in float32
+
+    def quantize(y: Tensor) -> Tuple[Tensor, Tensor]:
+        codes = torch.round(y * inverse)
+        if zero_point:
+            codes += zero_point
+        clamped = torch.clamp(codes, low, high)
+        mask = torch.eq(codes, clamped)
+        if zero_point:
+            clamped -= zero_point
+        if wide:
+            return clamped.float().mul_(scale).to(dtype), mask
+        return clamped.mul_(scale), mask
+
+    return quantize
 
 
 def grid_forward(
@@ -132,10 +152,10 @@ def grid_forward(
     synaptic = alpha_syn is not None
     spiking = options.spiking
     decay_v = _decayer(rules.v_mem, alpha_mem, x.dtype)
-    quantize_v = _quantizer(rules.v_mem, x.device)
+    quantize_v = _quantizer(rules.v_mem, x.dtype)
     if synaptic:
         decay_i = _decayer(rules.i_syn, alpha_syn, x.dtype)
-        quantize_i = _quantizer(rules.i_syn, x.device)
+        quantize_i = _quantizer(rules.i_syn, x.dtype)
     after, strict = rules.after_decay, rules.strict
     outputs, trace, currents, pres, v_masks, i_masks = [], [], [], [], [], []
     i, state = i0, v0
