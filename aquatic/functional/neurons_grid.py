@@ -20,9 +20,9 @@ themselves through two optional methods (duck typing; anything else runs step by
   ``"multiplicative"`` (Loihi, :func:`~aquatic.functional.integer.multiplicative_decay`
   with ``bits``), ``codes`` the integer ``dash`` or ``d`` of ``alpha``; or ``None``.
 
-:func:`fake_quantize_masked` and :func:`decay_on_grid` compute what those quantizers and
-decays compute, bit for bit (the same torch operations), and the gradient masks that the
-backward pass needs.
+:func:`decay_on_grid` computes what those decays compute, bit for bit (the same torch
+operations); :mod:`aquatic.functional.neurons_grid_kernel` has the forms that the fused
+loop runs.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from torch import Tensor
 from aquatic.functional.integer import bitshift_decay, multiplicative_decay
 from aquatic.functional.neuron_types import StateOps
 
-__all__ = ["StateGrid", "GridRules", "grid_rules", "fake_quantize_masked", "decay_on_grid"]
+__all__ = ["StateGrid", "GridRules", "grid_rules", "decay_on_grid"]
 
 #: The decay rules a grid may carry (``""``: the product ``alpha * state``).
 RULES = ("", "bitshift", "multiplicative")
@@ -124,23 +124,6 @@ def grid_rules(
     if not (known_v and known_i):
         return None
     return GridRules(v_grid, i_grid, bool(strict), bool(after_decay))
-
-
-def fake_quantize_masked(input: Tensor, grid: StateGrid) -> Tuple[Tensor, Tensor]:
-    """``(fake-quantized input, in-range mask)``, as ``torch.fake_quantize_per_tensor_affine``.
-
-    The values are those of torch's per-tensor fake quantization with tensor qparams (it
-    runs this same operator); the mask is where its straight-through gradient passes.
-
-    Example:
-        >>> grid = StateGrid(torch.tensor(0.25), torch.tensor(0, dtype=torch.int32), -4, 3)
-        >>> fake_quantize_masked(torch.tensor([0.3, 2.0]), grid)
-        (tensor([0.2500, 0.7500]), tensor([ True, False]))
-    """
-    enabled = torch.ones(1, dtype=torch.long, device=input.device)
-    return torch._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
-        input, grid.scale, grid.zero_point, enabled, grid.quant_min, grid.quant_max
-    )
 
 
 def decay_on_grid(state: Tensor, alpha: Tensor, grid: StateGrid) -> Tensor:

@@ -39,7 +39,7 @@ from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons_grid import GridRules, StateGrid, decay_on_grid
 from aquatic.functional.surrogate import spike_values
 
-__all__ = ["grid_forward", "grid_backward"]
+__all__ = ["grid_forward", "grid_backward", "grid_decayer", "grid_quantizer"]
 
 
 def _spikes(v: Tensor, threshold: Tensor, options: Options, strict: bool) -> Tensor:
@@ -65,7 +65,7 @@ def _reset(
     return v
 
 
-def _decayer(grid: Optional[StateGrid], alpha: Tensor, dtype: torch.dtype) -> Callable:
+def grid_decayer(grid: Optional[StateGrid], alpha: Tensor, dtype: torch.dtype) -> Callable:
     """``decay(y)`` for one sequence: the value of
     :func:`~aquatic.functional.neurons_grid.decay_on_grid`, with the rule evaluated in
     floating point where that is exact (integers below :math:`2^{p}`, ``p`` the
@@ -85,7 +85,7 @@ def _decayer(grid: Optional[StateGrid], alpha: Tensor, dtype: torch.dtype) -> Ca
         def bitshift(y: Tensor) -> Tensor:
             codes = torch.round(y / scale).clamp_(low, high)
             shifted = torch.floor(codes * factor)
-            return codes.sub_(torch.maximum(shifted, codes.clamp(max=1))).mul_(scale)
+            return torch.sub(codes, torch.maximum(shifted, codes.clamp(max=1))).mul_(scale)
 
         return bitshift
     # (2**bits - d) x >> bits toward zero: exact in float64 below 2**53.
@@ -94,12 +94,12 @@ def _decayer(grid: Optional[StateGrid], alpha: Tensor, dtype: torch.dtype) -> Ca
 
     def multiplicative(y: Tensor) -> Tensor:
         codes = torch.round(y / scale).clamp_(low, high).to(torch.float64)
-        return codes.mul_(keep).mul_(shift).trunc_().to(y.dtype).mul_(scale)
+        return torch.mul(codes, keep).mul_(shift).trunc_().to(y.dtype).mul_(scale)
 
     return multiplicative
 
 
-def _quantizer(grid: Optional[StateGrid], dtype: torch.dtype) -> Optional[Callable]:
+def grid_quantizer(grid: Optional[StateGrid], dtype: torch.dtype) -> Optional[Callable]:
     """``quantize(y) -> (value, in-range mask)``: torch's per-tensor fake quantization.
 
     The arithmetic of its CPU kernel (``FakeQuantizeCore``: ``q = z + nearbyint(y *
@@ -151,11 +151,11 @@ def grid_forward(
     alpha_mem, alpha_syn, threshold, bias = params
     synaptic = alpha_syn is not None
     spiking = options.spiking
-    decay_v = _decayer(rules.v_mem, alpha_mem, x.dtype)
-    quantize_v = _quantizer(rules.v_mem, x.dtype)
+    decay_v = grid_decayer(rules.v_mem, alpha_mem, x.dtype)
+    quantize_v = grid_quantizer(rules.v_mem, x.dtype)
     if synaptic:
-        decay_i = _decayer(rules.i_syn, alpha_syn, x.dtype)
-        quantize_i = _quantizer(rules.i_syn, x.dtype)
+        decay_i = grid_decayer(rules.i_syn, alpha_syn, x.dtype)
+        quantize_i = grid_quantizer(rules.i_syn, x.dtype)
     after, strict = rules.after_decay, rules.strict
     outputs, trace, currents, pres, v_masks, i_masks = [], [], [], [], [], []
     i, state = i0, v0

@@ -15,6 +15,7 @@ from aquatic import QConfig
 from aquatic import nn as ann
 from aquatic.functional import Grid, LIFState, NeuronSpec, StateOps, neuron_sequence
 from aquatic.functional.neurons_grid import GridRules, StateGrid, decay_on_grid, grid_rules
+from aquatic.functional.neurons_grid_kernel import grid_decayer, grid_quantizer
 from aquatic.hw import loihi, xylo
 from aquatic.quantizers import BitShiftDecay, UniformDecay, UniformQuantizer
 
@@ -218,3 +219,41 @@ def test_presets_train_as_the_loop(preset, kwargs):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * float(a.abs().max()) + 1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("zero_point", [0, 3])
+def test_grid_quantizer_is_torch_fake_quantization(dtype, zero_point):
+    scale = torch.tensor(0.1)  # not a power of two: products round
+    grid = StateGrid(scale, torch.tensor(zero_point, dtype=torch.int32), -100, 100)
+    ties = (torch.arange(-250, 250) + 0.5) * 0.1  # halfway between grid points, and beyond
+    values = torch.cat([ties, torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 8])
+    values = values.to(dtype)
+    value, mask = grid_quantizer(grid, dtype)(values)
+    enabled = torch.ones(1, dtype=torch.long)
+    expected, expected_mask = torch._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
+        values, scale, grid.zero_point, enabled, -100, 100
+    )
+    assert torch.equal(value, expected) and torch.equal(mask, expected_mask)
+    assert not mask.all() and mask.any()
+
+
+@pytest.mark.parametrize("rule", ["bitshift", "multiplicative"])
+def test_grid_decayer_is_the_integer_rule(rule):
+    quantizer = BitShiftDecay() if rule == "bitshift" else UniformDecay()
+    alpha = quantizer(torch.tensor([0.5, 0.9, 0.999]))
+    codes = quantizer.decay_codes(alpha)
+    low, high = -(2**23) + 1, 2**23 - 1  # Loihi's 24-bit range: the float32 limit
+    grid = StateGrid(
+        torch.tensor(0.3),
+        torch.tensor(0, dtype=torch.int32),
+        low,
+        high,
+        rule,
+        12 if rule == "multiplicative" else 0,
+        codes,
+    )
+    states = torch.cat([torch.arange(-40, 40), torch.tensor([low, high, low + 7, high - 9])])
+    states = states.unsqueeze(1).float() * torch.tensor(0.3)
+    expected = quantizer.decay_state(states, alpha, torch.tensor(0.3), low, high)
+    assert torch.equal(grid_decayer(grid, alpha, torch.float32)(states), expected)
