@@ -6,7 +6,7 @@ step). Variants:
 
 - ``float``: aquatic without a QConfig;
 - ``xylo``: :func:`aquatic.hw.xylo.qconfig` (one per population: 16-bit states on the
-  shared scale, bit-shift decays, multi-spike output up to 31 spikes);
+  shared scale, bit-shift decays);
 - ``loihi``: :func:`aquatic.hw.loihi.qconfig` with :func:`aquatic.hw.loihi.neuron_options`
   (24-bit states on the grid 1/4096, 12-bit uniform decays, strict threshold, input after
   decay, input delay);
@@ -48,7 +48,7 @@ def aquatic_net(preset: Optional[str], method: str = "auto") -> nn.Module:
     def pair(inputs: int, outputs: int) -> List[nn.Module]:
         if preset == "xylo":
             q = xylo.qconfig()
-            neuron = ann.LIF(tau_mem=TAU_MEM, tau_syn=TAU_SYN, max_spikes=31, qconfig=q)
+            neuron = ann.LIF(tau_mem=TAU_MEM, tau_syn=TAU_SYN, qconfig=q)
         elif preset == "loihi":
             q = loihi.qconfig()
             options = loihi.neuron_options()

@@ -65,6 +65,25 @@ def _reset(
     return v
 
 
+def _rounder(dtype: torch.dtype, bound: float) -> Callable[[Tensor], Tensor]:
+    r"""``round_(t)``: round a fresh tensor in place to the nearest integer, ties to even,
+    exactly where its values lie within ``bound`` (beyond it, to a value beyond it).
+
+    Below :math:`2^{p-2}` (``p`` significand bits) this adds and subtracts
+    :math:`1.5 \cdot 2^{p-1}`: the sum lies where the spacing of floats is 1, and IEEE 754
+    addition rounds to nearest, ties to even (Goldberg 1991, "What every computer
+    scientist should know about floating-point arithmetic", section 1.2). Two passes
+    that torch does not spread over threads, where ``torch.round`` does: on small
+    tensors of a busy machine waiting for a second core costs far more than the pass.
+    The result may be a zero of the other sign; values are equal.
+    """
+    bits = {torch.float32: 24, torch.float64: 53}.get(dtype)
+    if bits is None or bound + 2 >= 2.0 ** (bits - 2):
+        return torch.round_
+    magic = 1.5 * 2.0 ** (bits - 1)
+    return lambda t: t.add_(magic).sub_(magic)
+
+
 def grid_decayer(grid: Optional[StateGrid], alpha: Tensor, dtype: torch.dtype) -> Callable:
     """``decay(y)`` for one sequence: the value of
     :func:`~aquatic.functional.neurons_grid.decay_on_grid`, with the rule evaluated in
@@ -78,22 +97,32 @@ def grid_decayer(grid: Optional[StateGrid], alpha: Tensor, dtype: torch.dtype) -
     exact = 2.0 / torch.finfo(dtype).eps  # 2**p: every integer below it is exact
     if max(abs(low), abs(high)) >= exact:
         return lambda y: decay_on_grid(y, alpha, grid)
+    round_ = _rounder(dtype, max(abs(low), abs(high)))
     if grid.rule == "bitshift":
-        # x >> dash = floor(x 2**-dash); the decrement is at least 1 toward zero.
+        # x >> dash = floor(x 2**-dash); the decrement is at least 1 toward zero. The
+        # floor of x 2**-dash (dash fractional bits) is the nearest integer to
+        # x 2**-dash - 1/2 + 2**-(dash + 1), which is never a tie and is exact while
+        # |x| < 2**(p - 2).
         factor = torch.exp2(-grid.codes.to(dtype))
+        offset = torch.exp2(-grid.codes.to(dtype) - 1) - 0.5
 
         def bitshift(y: Tensor) -> Tensor:
-            codes = torch.round(y / scale).clamp_(low, high)
+            codes = round_(y / scale).clamp_(low, high)
+            shifted = round_(torch.addcmul(offset, codes, factor))
+            return torch.sub(codes, torch.maximum(shifted, codes.clamp(max=1))).mul_(scale)
+
+        def bitshift_wide(y: Tensor) -> Tensor:
+            codes = round_(y / scale).clamp_(low, high)
             shifted = torch.floor(codes * factor)
             return torch.sub(codes, torch.maximum(shifted, codes.clamp(max=1))).mul_(scale)
 
-        return bitshift
+        return bitshift if round_ is not torch.round_ else bitshift_wide
     # (2**bits - d) x >> bits toward zero: exact in float64 below 2**53.
     keep = (2**grid.bits - grid.codes).to(torch.float64)
     shift = 2.0**-grid.bits
 
     def multiplicative(y: Tensor) -> Tensor:
-        codes = torch.round(y / scale).clamp_(low, high).to(torch.float64)
+        codes = round_(y / scale).clamp_(low, high).to(torch.float64)
         return torch.mul(codes, keep).mul_(shift).trunc_().to(y.dtype).mul_(scale)
 
     return multiplicative
@@ -113,9 +142,10 @@ def grid_quantizer(grid: Optional[StateGrid], dtype: torch.dtype) -> Optional[Ca
     zero_point = int(grid.zero_point)
     low, high = grid.quant_min, grid.quant_max
     wide = dtype != torch.float32  # the kernel multiplies the codes by s in float32
+    round_ = _rounder(dtype, max(abs(low), abs(high)) + abs(zero_point))
 
     def quantize(y: Tensor) -> Tuple[Tensor, Tensor]:
-        codes = torch.round(y * inverse)
+        codes = round_(y * inverse)
         if zero_point:
             codes += zero_point
         clamped = torch.clamp(codes, low, high)
@@ -157,6 +187,9 @@ def grid_forward(
         decay_i = grid_decayer(rules.i_syn, alpha_syn, x.dtype)
         quantize_i = grid_quantizer(rules.i_syn, x.dtype)
     after, strict = rules.after_decay, rules.strict
+    binary = spiking and options.max_spikes == 1
+    subtract, min_v_mem = options.reset == "subtract", options.min_v_mem
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
     outputs, trace, currents, pres, v_masks, i_masks = [], [], [], [], [], []
     i, state = i0, v0
     for x_t in x.unbind(1):
@@ -181,8 +214,20 @@ def grid_forward(
                 v_masks.append(mask)
         if need_grad:
             pres.append(v)
-        spikes = _spikes(v, threshold, options, strict) if spiking else None
-        state = _reset(v, threshold, options, strict, spikes)
+        if binary:
+            # One comparison decides the spikes and the reset; threshold * s is exact for
+            # s in {0, 1}, so v - threshold * s rounds once, fused or not (the loop's bits).
+            fired = torch.gt(v, threshold) if strict else torch.ge(v, threshold)
+            spikes = fired.to(v.dtype)
+            if subtract:
+                state = torch.addcmul(v, spikes, threshold, value=-1)
+            else:
+                state = torch.where(fired, zero, v)
+            if min_v_mem is not None:
+                state = torch.clamp(state, min=min_v_mem)
+        else:
+            spikes = _spikes(v, threshold, options, strict) if spiking else None
+            state = _reset(v, threshold, options, strict, spikes)
         trace.append(state)
         if spiking:
             outputs.append(spikes)

@@ -223,27 +223,30 @@ def test_presets_train_as_the_loop(preset, kwargs):
 
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 @pytest.mark.parametrize("zero_point", [0, 3])
-def test_grid_quantizer_is_torch_fake_quantization(dtype, zero_point):
+@pytest.mark.parametrize("high", [100, 2**23 - 1])  # rounded by additions, by torch.round
+def test_grid_quantizer_is_torch_fake_quantization(dtype, zero_point, high):
     scale = torch.tensor(0.1)  # not a power of two: products round
-    grid = StateGrid(scale, torch.tensor(zero_point, dtype=torch.int32), -100, 100)
-    ties = (torch.arange(-250, 250) + 0.5) * 0.1  # halfway between grid points, and beyond
-    values = torch.cat([ties, torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 8])
-    values = values.to(dtype)
+    grid = StateGrid(scale, torch.tensor(zero_point, dtype=torch.int32), -high, high)
+    steps = torch.cat([torch.arange(-250, 250), torch.arange(-250, 250) + high - 100])
+    ties = (steps + 0.5) * 0.1  # halfway between grid points, and beyond the range
+    noise = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 8
+    values = torch.cat([ties, noise, torch.tensor([1e30, -1e30, 4.2e6, -4.3e6])]).to(dtype)
     value, mask = grid_quantizer(grid, dtype)(values)
     enabled = torch.ones(1, dtype=torch.long)
     expected, expected_mask = torch._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
-        values, scale, grid.zero_point, enabled, -100, 100
+        values, scale, grid.zero_point, enabled, -high, high
     )
     assert torch.equal(value, expected) and torch.equal(mask, expected_mask)
     assert not mask.all() and mask.any()
 
 
+@pytest.mark.parametrize("high", [2**15 - 1, 2**23 - 1])  # Xylo's, Loihi's states
 @pytest.mark.parametrize("rule", ["bitshift", "multiplicative"])
-def test_grid_decayer_is_the_integer_rule(rule):
+def test_grid_decayer_is_the_integer_rule(rule, high):
     quantizer = BitShiftDecay() if rule == "bitshift" else UniformDecay()
-    alpha = quantizer(torch.tensor([0.5, 0.9, 0.999]))
+    alpha = quantizer(torch.tensor([0.0, 0.5, 0.9, 0.999, 1.0]))
     codes = quantizer.decay_codes(alpha)
-    low, high = -(2**23) + 1, 2**23 - 1  # Loihi's 24-bit range: the float32 limit
+    low = -high
     grid = StateGrid(
         torch.tensor(0.3),
         torch.tensor(0, dtype=torch.int32),
@@ -253,7 +256,8 @@ def test_grid_decayer_is_the_integer_rule(rule):
         12 if rule == "multiplicative" else 0,
         codes,
     )
-    states = torch.cat([torch.arange(-40, 40), torch.tensor([low, high, low + 7, high - 9])])
+    edges = torch.tensor([low, high, low + 7, high - 9, 2 * high, -3 * high])
+    states = torch.cat([torch.arange(-40, 40), edges])
     states = states.unsqueeze(1).float() * torch.tensor(0.3)
     expected = quantizer.decay_state(states, alpha, torch.tensor(0.3), low, high)
     assert torch.equal(grid_decayer(grid, alpha, torch.float32)(states), expected)
