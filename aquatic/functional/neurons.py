@@ -53,7 +53,8 @@ them as arguments, :func:`aquatic.hw.loihi.neuron_options` sets them) change the
 equations to Loihi's CUBA neuron as lava-nc computes it: ``strict_threshold`` spikes on
 :math:`v[t] > \vartheta`; ``input_after_decay`` adds the input after the current's
 decay, :math:`i[t] = Q_i(\alpha_{syn} \odot i[t-1] + x[t])`; ``input_delay`` feeds
-:math:`x[t-1]` at step :math:`t` (zero at step 0). They run step by step.
+:math:`x[t-1]` at step :math:`t` (zero at step 0). The fused sequence runs them
+(:mod:`aquatic.functional.neurons_grid_fused`).
 
 Relation to snnTorch's ``Leaky`` (default ``reset_delay=True``): snnTorch computes
 :math:`U[t] = \beta U[t-1] + x[t] - \vartheta\, S[t-1]` with :math:`S[t] = H(U[t] -
@@ -69,7 +70,10 @@ once per step under autograd (the reference; runs state quantizers and decay
 functions), and :func:`lif_fused` runs the whole sequence in one autograd function with
 a hand-written backward pass (about twice as fast as the loop, with less memory; see
 ``benchmarks/lif_speed.py``), without state quantizers or decay functions. :func:`lif`
-picks the fused one unless state quantizers or decay functions are given.
+picks the fused one unless state quantizers or decay functions are given; those that
+describe a fixed grid and a chip's integer rule (the layers' quantizers, see
+:mod:`aquatic.functional.neurons_grid`) run in a fused sequence of their own
+(:mod:`aquatic.functional.neurons_grid_fused`), the others in the loop.
 
 Two ways to call them. The keyword functions here (:func:`lif`, :func:`lif_step`,
 :func:`lif_loop`, :func:`exp_leak`) take each parameter and option as an argument.

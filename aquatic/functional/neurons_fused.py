@@ -56,7 +56,7 @@ from aquatic.functional.neuron_types import LIFOutput, LIFState, Number, Options
 from aquatic.functional.neurons_kernel import sequence_backward, sequence_forward
 from aquatic.functional.surrogate import Surrogate
 
-__all__ = ["lif_fused"]
+__all__ = ["lif_fused", "surrogate_key", "surrogate_of"]
 
 
 def _keeps(options: Options, synaptic: bool, record: bool, needs) -> Tuple[bool, bool]:
@@ -124,9 +124,12 @@ _Tensors7 = Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 @torch.compiler.assume_constant_result
-def _surrogate_key(surrogate: Surrogate) -> str:
-    # Runs while a graph is traced; the key is a constant of the graph (another
-    # surrogate object makes torch.compile trace again).
+def surrogate_key(surrogate: Surrogate) -> str:
+    """A string that names ``surrogate`` for the custom operators (:func:`surrogate_of`).
+
+    Runs while a graph is traced; the key is a constant of the graph (another surrogate
+    object makes torch.compile trace again).
+    """
     cls = type(surrogate)
     try:
         args = repr(surrogate._args())
@@ -135,6 +138,14 @@ def _surrogate_key(surrogate: Surrogate) -> str:
     key = f"{cls.__module__}.{cls.__qualname__}{args}"
     _SURROGATES[key] = surrogate
     return key
+
+
+_surrogate_key = surrogate_key  # the former name
+
+
+def surrogate_of(key: str) -> Optional[Surrogate]:
+    """The surrogate that :func:`surrogate_key` named ``key`` (``None`` for ``""``)."""
+    return _SURROGATES[key] if key else None
 
 
 def _op_options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking):
@@ -307,7 +318,7 @@ def _compiled(input, state, params, options, record) -> LIFOutput:
     alpha_mem, alpha_syn, threshold, bias = params
     tensors = (input, state.v_mem, state.i_syn, alpha_mem, alpha_syn, threshold, bias)
     needs = [t is not None and t.requires_grad for t in tensors]
-    key = _surrogate_key(options.surrogate) if options.spiking else ""
+    key = surrogate_key(options.surrogate) if options.spiking else ""
     output, v_trace, current, _, v_final, i_final = _sequence_op(
         *tensors,
         options.reset,

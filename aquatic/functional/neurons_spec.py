@@ -18,6 +18,8 @@ from aquatic.functional.neuron_checks import check_method, prepare
 from aquatic.functional.neuron_values import check_steps
 from aquatic.functional.neuron_types import LIFOutput, LIFState, NeuronSpec, StateOps
 from aquatic.functional.neurons_fused import lif_fused
+from aquatic.functional.neurons_grid import grid_rules
+from aquatic.functional.neurons_grid_fused import lif_grid_fused
 from aquatic.functional.surrogate import spike
 
 __all__ = ["check_spec", "neuron_step", "neuron_sequence", "lif_recurrent"]
@@ -172,11 +174,14 @@ def neuron_sequence(
 ) -> LIFOutput:
     """A whole sequence ``(N, T, *)`` of the neurons ``spec`` describes.
 
-    ``method="auto"`` runs :func:`~aquatic.functional.neurons_fused.lif_fused` unless
-    ``spec.state_ops`` has a state quantizer or a decay function (arbitrary modules and
-    functions, run step by step under autograd); then it runs one step at a time.
-    ``"loop"`` and ``"fused"`` force one; ``"fused"`` with state operations is an error.
-    ``strict_threshold`` and ``input_after_decay`` run step by step too;
+    ``method="auto"`` runs :func:`~aquatic.functional.neurons_fused.lif_fused`. With
+    state quantizers or decay functions in ``spec.state_ops``, or ``strict_threshold``
+    or ``input_after_decay``, it runs
+    :func:`~aquatic.functional.neurons_grid_fused.lif_grid_fused` when every state
+    operation describes itself as a fixed grid and an integer rule (a layer's quantizers
+    with a fixed range: :mod:`aquatic.functional.neurons_grid`), else one step at a time
+    under autograd (arbitrary modules and functions). ``"loop"`` and ``"fused"`` force
+    one; ``"fused"`` with state operations that do not describe themselves is an error.
     ``input_delay`` shifts the input one step along time before either runs.
 
     Args:
@@ -194,13 +199,20 @@ def neuron_sequence(
     check_method(method)
     check_spec(spec)
     quantized = spec.state_ops.any() or any(_order(spec))
-    if method == "fused" and quantized:
+    rules = None
+    if quantized and method != "loop":
+        rules = grid_rules(spec.state_ops, spec.alpha_mem, spec.alpha_syn, *_order(spec))
+    if method == "fused" and quantized and rules is None:
         raise ValueError(
-            "the fused method does not run state quantizers, decay functions, "
-            "strict_threshold or input_after_decay; use method='loop' or 'auto'"
+            "the fused method runs state quantizers and decay functions only on fixed grids (a "
+            "layer's quantizers with a fixed range, see aquatic.functional.neurons_grid), "
+            "not arbitrary functions; use method='loop' or 'auto'"
         )
     if spec.input_delay and input.dim() >= 2:
         input = _delayed(input)
+    if rules is not None:
+        params, state, options = prepare(input, state, _params(spec), spec.options())
+        return lif_grid_fused(input, params, state, options, rules, record_states)
     if method == "loop" or quantized:
         return _loop(input, spec, state, record_states)
     alpha_mem, alpha_syn, threshold, bias = _params(spec)

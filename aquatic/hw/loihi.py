@@ -101,6 +101,10 @@ class StateQuantizer(Quantizer):
         tensor([     64, 8388607], dtype=torch.int32)
     """
 
+    #: It observes nothing and fake-quantizes with torch's per-tensor operator on
+    #: :meth:`grid`: the fused neuron sequence may run it (:mod:`aquatic.nn.grid_decay`).
+    fixed_state_grid = True
+
     def __init__(
         self, bits: int = STATE_BITS, scale: float = 1.0 / W_SCALE, narrow_range: bool = False
     ) -> None:

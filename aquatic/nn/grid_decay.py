@@ -16,10 +16,63 @@ step, so a state quantizer whose observer moves its scale is followed.
 
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GridDecay"]
+from aquatic.functional.grid import Grid
+from aquatic.quantizers.base import Quantizer
+from aquatic.quantizers.decay import BitShiftDecay, UniformDecay
+from aquatic.quantizers.shared import SharedStateQuantizer
+
+__all__ = ["GridDecay", "GridState"]
+
+
+def fixed_grid(quantizer: nn.Module) -> Optional[Grid]:
+    """The grid a state quantizer puts a whole sequence on, or ``None`` when it may move
+    or is not torch's per-tensor fake quantization with nearest rounding.
+
+    Known fixed: a :class:`~aquatic.quantizers.SharedStateQuantizer` (it observes
+    nothing; the group's scale is set before the sequence runs) and quantizers that
+    declare ``fixed_state_grid = True`` (e.g. :class:`aquatic.hw.loihi.StateQuantizer`).
+    Learned scales, observers, switched-off fake quantization and hooks keep the loop.
+    """
+    declared = isinstance(quantizer, SharedStateQuantizer) or getattr(
+        type(quantizer), "fixed_state_grid", False
+    )
+    if not declared or not isinstance(quantizer, Quantizer):
+        return None
+    if not quantizer.fake_quant_enabled or quantizer._forward_hooks:
+        return None
+    if quantizer._forward_pre_hooks or any(p.requires_grad for p in quantizer.parameters()):
+        return None
+    try:
+        grid = quantizer.grid()
+    except ValueError:
+        return None
+    if grid.scale.numel() != 1 or grid.rounding != "nearest":
+        return None
+    return grid
+
+
+class GridState:
+    """A layer's state quantizer as a neuron function's ``quantize_v_mem``/``quantize_i_syn``.
+
+    Calling it runs the quantizer; :meth:`fixed_grid` tells the fused sequence the grid
+    when it stays fixed (:func:`fixed_grid`), so that the sequence need not run step by
+    step.
+    """
+
+    def __init__(self, quantizer: nn.Module) -> None:
+        self.quantizer = quantizer
+
+    def __call__(self, state: Tensor) -> Tensor:
+        return self.quantizer(state)
+
+    def fixed_grid(self) -> Optional[Grid]:
+        """The quantizer's fixed grid, or ``None``."""
+        return fixed_grid(self.quantizer)
 
 
 class GridDecay:
@@ -49,3 +102,22 @@ class GridDecay:
         low, high = grid.quant_min - zero_point, grid.quant_max - zero_point
         scale = scale.detach().to(device=state.device)
         return self.decay_quantizer.decay_state(state, alpha, scale, low, high)
+
+    def fixed_rule(self, alpha: Tensor) -> Optional[Tuple[str, int, Tensor]]:
+        """``(rule, bits, codes)`` of this decay on its state's fixed grid, or ``None``.
+
+        ``"bitshift"`` for a :class:`~aquatic.quantizers.BitShiftDecay`,
+        ``"multiplicative"`` with ``bits`` for a :class:`~aquatic.quantizers.UniformDecay`,
+        and the integer codes of ``alpha``; ``None`` where :meth:`__call__` would not
+        apply a rule, or applies one the fused sequence does not know.
+        """
+        quantizer = self.decay_quantizer
+        if not getattr(quantizer, "fake_quant_enabled", True):
+            return None
+        if fixed_grid(self.state_quantizer) is None or not isinstance(alpha, Tensor):
+            return None
+        if isinstance(quantizer, BitShiftDecay):
+            return "bitshift", 0, quantizer.decay_codes(alpha.detach())
+        if isinstance(quantizer, UniformDecay):
+            return "multiplicative", quantizer.bits, quantizer.decay_codes(alpha.detach())
+        return None

@@ -27,10 +27,11 @@ the state's integer grid with the gradient of :math:`\alpha y` (see
 details, including how this differs from snnTorch's ``Leaky`` (reset timing).
 
 Which implementation runs: ``LIF`` uses the fused whole-sequence autograd function
-(:func:`~aquatic.functional.neurons_fused.lif_fused`) unless ``QConfig.state`` quantizes
-the state, or ``method="loop"``; then it runs one step at a time under autograd (state
-quantizers are arbitrary modules, and the chip's decay rules need the quantized state
-of each step). ``LIFRecurrent`` always runs step by step (its input depends on its
+(:func:`~aquatic.functional.neurons_fused.lif_fused`); with ``QConfig.state`` on a fixed
+grid (the hardware presets) the fused sequence with quantized states
+(:mod:`aquatic.functional.neurons_grid`: the same values as the loop, bit for bit).
+A state quantizer whose grid may move during a sequence (an observer, a learned scale)
+or ``method="loop"`` runs one step at a time under autograd. ``LIFRecurrent`` always runs step by step (its input depends on its
 previous spikes).
 
 Each forward builds the layer's :class:`~aquatic.functional.NeuronSpec` once

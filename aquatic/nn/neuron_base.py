@@ -36,7 +36,7 @@ from aquatic.functional.neuron_checks import check_max_spikes, check_method, che
 from aquatic.functional.neuron_types import TAU_MIN, LIFOutput, LIFState, NeuronSpec, StateOps
 from aquatic.functional.surrogate import Surrogate, check_surrogate
 from aquatic.nn.base import QuantizedModule, eval_mode
-from aquatic.nn.grid_decay import GridDecay
+from aquatic.nn.grid_decay import GridDecay, GridState
 from aquatic.nn.neuron_options import (
     Bias,
     Value,
@@ -314,9 +314,10 @@ class NeuronModule(QuantizedModule):
             >>> ops.quantize_v_mem is not None, ops.decay_v_mem is not None, ops.decay_i_syn
             (True, True, None)
         """
+        v_mem, i_syn = self._state_quantizer("v_mem"), self._state_quantizer("i_syn")
         return StateOps(
-            quantize_v_mem=self._state_quantizer("v_mem"),
-            quantize_i_syn=self._state_quantizer("i_syn"),
+            quantize_v_mem=None if v_mem is None else GridState(v_mem),
+            quantize_i_syn=None if i_syn is None else GridState(i_syn),
             decay_v_mem=self._state_decay("mem", "v_mem"),
             decay_i_syn=self._state_decay("syn", "i_syn"),
         )

@@ -173,9 +173,11 @@ def test_neuron_option_errors():
         ann.LIF(tau_mem=2.0, strict_threshold=True, max_spikes=2)
     with pytest.raises(ValueError, match="input_delay drops the last input step"):
         ann.LIF(tau_mem=2.0, input_delay=True, persistent_state=True)
-    lif = ann.LIF(tau_mem=2.0, strict_threshold=True, method="fused")
-    with pytest.raises(ValueError, match="fused method does not run .*strict_threshold"):
-        lif(torch.zeros(1, 2, 1))
+    fused = ann.LIF(tau_mem=2.0, threshold=0.5, strict_threshold=True, method="fused")
+    loop = ann.LIF(tau_mem=2.0, threshold=0.5, strict_threshold=True, method="loop")
+    steps = torch.tensor([[[0.5], [0.0], [1.0]]])  # v = 0.5 does not fire; above it does
+    assert torch.equal(fused(steps), loop(steps))
+    assert fused(steps).flatten().tolist() == [0.0, 0.0, 1.0]
     x = torch.rand(2, 6, 3, requires_grad=True)
     out = ann.LIF(tau_mem=2.0, threshold=0.3, strict_threshold=True)(x)
     out.sum().backward()

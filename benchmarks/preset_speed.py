@@ -1,0 +1,164 @@
+"""Training for a chip at float speed: the training-step time of each hardware preset / float.
+
+The network: ``Linear 16->256 -> LIF(tau_mem, tau_syn) -> Linear 256->8 -> LIF``,
+batch 64, T=100 steps, one training step (forward, mean-squared error, backward, Adam
+step). Variants:
+
+- ``float``: aquatic without a QConfig;
+- ``xylo``: :func:`aquatic.hw.xylo.qconfig` (one per population: 16-bit states on the
+  shared scale, bit-shift decays);
+- ``loihi``: :func:`aquatic.hw.loihi.qconfig` with :func:`aquatic.hw.loihi.neuron_options`
+  (24-bit states on the grid 1/4096, 12-bit uniform decays, strict threshold, input after
+  decay, input delay);
+- ``dynapcnn``: :func:`aquatic.hw.dynapcnn.qconfig` with ``IAF`` neurons in place of
+  ``LIF`` (the chip's neurons), against the same ``IAF`` network in float (``float-iaf``);
+- ``*-loop``: the same preset forced to run step by step (``method="loop"``), what every
+  preset ran before the fused path covered quantized states;
+- ``rockpool``: rockpool's ``LIFTorch`` (float, ``torch.nn.Linear`` between), when installed.
+  Importing rockpool probes for ``samna``; the probe is answered "not installed" here
+  (``sys.modules["samna"] = None``) so that nothing is imported or installed.
+
+Variants are timed in interleaved rounds (a change of machine load affects all alike);
+each figure is the median over rounds of the median step time, and each ratio the median
+over rounds of that round's ratio to its float reference.
+
+Run: ``python benchmarks/preset_speed.py [--threads 2] [--rounds 7] [--steps 3] [--no-loop]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from aquatic import nn as ann
+from aquatic.hw import dynapcnn, loihi, xylo
+
+BATCH, T, INPUTS, HIDDEN, OUTPUTS = 64, 100, 16, 256, 8
+TAU_MEM, TAU_SYN = 10.0, 5.0
+
+
+def aquatic_net(preset: Optional[str], method: str = "auto") -> nn.Module:
+    def pair(inputs: int, outputs: int) -> List[nn.Module]:
+        if preset == "xylo":
+            q = xylo.qconfig()
+            neuron = ann.LIF(tau_mem=TAU_MEM, tau_syn=TAU_SYN, qconfig=q)
+        elif preset == "loihi":
+            q = loihi.qconfig()
+            options = loihi.neuron_options()
+            neuron = ann.LIF(tau_mem=TAU_MEM, tau_syn=TAU_SYN, qconfig=q, **options)
+        elif preset == "dynapcnn":
+            q = dynapcnn.qconfig()
+            neuron = ann.IAF(qconfig=q)
+        elif preset == "float-iaf":
+            q, neuron = None, ann.IAF()
+        else:
+            q, neuron = None, ann.LIF(tau_mem=TAU_MEM, tau_syn=TAU_SYN)
+        neuron.method = method
+        return [ann.Linear(inputs, outputs, qconfig=q), neuron]
+
+    return nn.Sequential(*pair(INPUTS, HIDDEN), *pair(HIDDEN, OUTPUTS))
+
+
+def rockpool_net() -> Optional[nn.Module]:
+    # rockpool asks whether samna is installed when imported; answer "no" without
+    # importing it (the samna package here would try to install itself).
+    sys.modules.setdefault("samna", None)
+    try:
+        lif = importlib.import_module("rockpool.nn.modules.torch.lif_torch")
+    except ImportError:
+        return None
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1, self.l2 = nn.Linear(INPUTS, HIDDEN), nn.Linear(HIDDEN, OUTPUTS)
+            self.n1 = lif.LIFTorch(HIDDEN, tau_mem=TAU_MEM * 1e-3, tau_syn=TAU_SYN * 1e-3)
+            self.n2 = lif.LIFTorch(OUTPUTS, tau_mem=TAU_MEM * 1e-3, tau_syn=TAU_SYN * 1e-3)
+
+        def forward(self, x):
+            out, _, _ = self.n1(self.l1(x), record=False)
+            out, _, _ = self.n2(self.l2(out), record=False)
+            return out
+
+    return Net()
+
+
+def make_step(model: nn.Module) -> Callable[[], None]:
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(BATCH, T, INPUTS, generator=generator) * 2
+    target = torch.rand(BATCH, T, OUTPUTS, generator=generator)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step() -> None:
+        optimizer.zero_grad()
+        loss = ((model(x) - target) ** 2).mean()
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up (and the observers' first ranges)
+    return step
+
+
+def median_ms(step: Callable[[], None], steps: int) -> float:
+    times = []
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--no-loop", action="store_true", help="skip the *-loop variants")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    references = {"xylo": "float", "loihi": "float", "dynapcnn": "float-iaf"}
+    variants: Dict[str, nn.Module] = {"float": aquatic_net(None)}
+    variants["float-iaf"] = aquatic_net("float-iaf")
+    for preset in references:
+        variants[preset] = aquatic_net(preset)
+        if not args.no_loop:
+            variants[f"{preset}-loop"] = aquatic_net(preset, method="loop")
+    peer = rockpool_net()
+    if peer is not None:
+        variants["rockpool"] = peer
+    steps = {name: make_step(model) for name, model in variants.items()}
+
+    times: Dict[str, List[float]] = {name: [] for name in steps}
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            times[name].append(median_ms(step, args.steps))
+
+    def ratio(name: str, reference: str) -> float:
+        return statistics.median(a / b for a, b in zip(times[name], times[reference]))
+
+    print(
+        f"Training step (fwd + MSE + bwd + Adam), Linear {INPUTS}->{HIDDEN} -> neurons -> "
+        f"Linear {HIDDEN}->{OUTPUTS} -> neurons, batch {BATCH}, T={T}, "
+        f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps"
+    )
+    print(f"{'variant':<16}{'ms':>10}{'x float':>10}")
+    for name in steps:
+        reference = references.get(name.replace("-loop", ""), "float")
+        if name == "float-iaf":
+            reference = "float-iaf"
+        median = statistics.median(times[name])
+        print(f"{name:<16}{median:>10.1f}{ratio(name, reference):>10.2f}")
+    print("(presets against their float network: xylo, loihi vs float; dynapcnn vs float-iaf)")
+
+
+if __name__ == "__main__":
+    main()

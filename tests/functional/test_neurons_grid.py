@@ -1,0 +1,263 @@
+"""The fused sequence with quantized states equals the step-by-step loop.
+
+Values bit for bit, gradients to float32 rounding, over the hardware presets, their
+options (Loihi's orderings, multi-spike counts, resets, floors, saturation) and state
+operations written here from their definitions (a fixed grid, Xylo's and Loihi's decay
+rules).
+"""
+
+import copy
+
+import pytest
+import torch
+
+from aquatic import QConfig
+from aquatic import nn as ann
+from aquatic.functional import Grid, LIFState, NeuronSpec, StateOps, neuron_sequence
+from aquatic.functional.neurons_grid import GridRules, StateGrid, decay_on_grid, grid_rules
+from aquatic.functional.neurons_grid_kernel import grid_decayer, grid_quantizer
+from aquatic.hw import loihi, xylo
+from aquatic.quantizers import BitShiftDecay, UniformDecay, UniformQuantizer
+
+FUSED = "_GridSequenceBackward"
+F64 = torch.float64
+
+
+class FixedGrid:
+    """A state quantizer written from its definition: round to the grid, saturate."""
+
+    def __init__(self, scale, low, high):
+        self.grid = Grid(torch.tensor(scale), torch.tensor(0, dtype=torch.int32), low, high)
+
+    def __call__(self, v):
+        codes = torch.clamp(
+            torch.round(v / self.grid.scale), self.grid.quant_min, self.grid.quant_max
+        )
+        inside = (torch.round(v / self.grid.scale) >= self.grid.quant_min) & (
+            torch.round(v / self.grid.scale) <= self.grid.quant_max
+        )
+        value = codes * self.grid.scale
+        return value.detach() + (v - v.detach()) * inside  # straight through inside the range
+
+    def fixed_grid(self):
+        return self.grid
+
+
+class RuleDecay:
+    """A chip's decay written from its definition (Xylo: x - max(x >> dash, 1) toward
+    zero; Loihi: (4096 - d) x >> 12 toward zero) on a grid, gradient of alpha * y."""
+
+    def __init__(self, rule, grid):
+        self.rule, self.grid = rule, grid
+
+    def _codes(self, alpha):
+        leak = 1 - alpha.detach().double()
+        if self.rule == "bitshift":
+            return torch.round(-torch.log2(leak)).long()
+        return torch.round(leak * 4096).long()
+
+    def __call__(self, y, alpha):
+        scale = self.grid.scale
+        q = torch.clamp(torch.round(y.detach() / scale), self.grid.quant_min, self.grid.quant_max)
+        q = q.long()
+        codes = self._codes(alpha)
+        if self.rule == "bitshift":
+            shifted = q >> codes
+            decayed = q - torch.where(q > 0, torch.clamp(shifted, min=1), shifted)
+        else:
+            product = q * (4096 - codes)
+            decayed = torch.sign(product) * (product.abs() >> 12)
+        value = decayed.to(y.dtype) * scale
+        return value + (alpha * y - (alpha * y).detach())
+
+    def fixed_rule(self, alpha):
+        return self.rule, 12 if self.rule == "multiplicative" else 0, self._codes(alpha)
+
+
+def _loss(result, generator):
+    loss = (result.output * torch.randn(result.output.shape, generator=generator)).sum()
+    loss = loss + (result.state.v_mem**2).sum()
+    for trace in (result.v_mem, result.i_syn):
+        if trace is not None:
+            loss = loss + (trace * torch.randn(trace.shape, generator=generator)).sum()
+    return loss
+
+
+def _compare(spec, x, state=None, record=True, tolerance=1e-5):
+    results, grads = [], []
+    for method in ("loop", "auto"):
+        leaves = [x.clone().requires_grad_()]
+        params = [p for p in (spec.alpha_mem, spec.alpha_syn, spec.threshold, spec.bias)]
+        params = [p.clone().requires_grad_() if isinstance(p, torch.Tensor) else p for p in params]
+        leaves += [p for p in params if isinstance(p, torch.Tensor)]
+        run = spec._replace(
+            alpha_mem=params[0], alpha_syn=params[1], threshold=params[2], bias=params[3]
+        )
+        result = neuron_sequence(leaves[0], run, state=state, record_states=record, method=method)
+        results.append(result)
+        loss = _loss(result, torch.Generator().manual_seed(3))
+        grads.append(torch.autograd.grad(loss, leaves, allow_unused=True))
+    loop, fused = results
+    assert type(fused.output.grad_fn).__name__ == FUSED
+    assert type(loop.output.grad_fn).__name__ != FUSED
+    for a, b in zip(loop, fused):
+        for c, d in zip(a, b) if isinstance(a, tuple) else [(a, b)]:
+            assert (c is None and d is None) or torch.equal(c, d)
+    for a, b in zip(*grads):
+        assert (a is None) == (b is None)
+        if a is not None:
+            atol = tolerance * float(a.abs().max()) + tolerance * 1e-2
+            torch.testing.assert_close(b, a, rtol=tolerance, atol=atol)
+    return loop
+
+
+GRID = FixedGrid(1 / 64, -512, 511)  # saturates at about +-8
+
+CASES = [
+    dict(),
+    dict(reset="zero"),
+    dict(max_spikes=31),
+    dict(max_spikes=4, reset="zero", min_v_mem=-0.5),
+    dict(detach_reset=True, norm_input=True, bias=0.05),
+    dict(strict_threshold=True),
+    dict(strict_threshold=True, reset="zero", input_after_decay=True),
+    dict(strict_threshold=True, input_after_decay=True, input_delay=True, reset="zero"),
+    dict(spiking=False, threshold=None, min_v_mem=-1.0),
+]
+
+
+@pytest.mark.parametrize("rule", ["", "bitshift", "multiplicative"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_grid_states_fused_equal_the_loop(case, rule):
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 25, 6, generator=generator, dtype=F64) * 6 + 2  # reaches the range
+    case = dict(case)
+    synaptic = not case.get("spiking", True) is False
+    decay = RuleDecay(rule, GRID.grid) if rule else None
+    ops = StateOps(GRID, GRID if synaptic else None, decay, decay if synaptic else None)
+    alpha_mem = torch.tensor(0.875, dtype=F64)  # 1 - 2**-3 = 1 - 512 / 4096
+    spec = NeuronSpec(
+        alpha_mem,
+        torch.tensor(0.96875, dtype=F64) if synaptic else None,  # 1 - 2**-5 = 1 - 128 / 4096
+        case.pop("threshold", torch.tensor(0.75, dtype=F64)),
+        state_ops=ops,
+        **case,
+    )
+    v0 = torch.randint(-100, 100, (4, 6), generator=generator).to(F64) / 64
+    loop = _compare(spec, x, LIFState(v0, v0.flip(0) if synaptic else None), tolerance=1e-10)
+    states = loop.i_syn if synaptic else loop.v_mem
+    assert states.abs().max() >= 7.5  # the states reach the end of their range
+    assert torch.equal(torch.round(states * 64) / 64, states)  # on the grid
+
+
+def test_decay_on_grid_is_the_quantizers_rule():
+    grid = UniformQuantizer(bits=12, scale=0.125).grid()
+    states = torch.arange(-300, 300, dtype=torch.float32) * 0.125
+    for quantizer, rule, bits in (
+        (BitShiftDecay(), "bitshift", 0),
+        (UniformDecay(), "multiplicative", 12),
+    ):
+        alpha = quantizer(torch.tensor(0.9))
+        codes = quantizer.decay_codes(alpha)
+        state_grid = StateGrid(grid.scale, grid.zero_point, -2048, 2047, rule, bits, codes)
+        expected = quantizer.decay_state(states, alpha, 0.125, -2048, 2047)
+        assert torch.equal(decay_on_grid(states, alpha, state_grid), expected)
+
+
+def test_undescribed_operations_run_the_loop():
+    x = torch.rand(2, 5, 3, requires_grad=True)
+    plain = StateOps(quantize_v_mem=lambda v: torch.round(v * 8) / 8)
+    assert grid_rules(plain, 0.9, None, False, False) is None
+    out = neuron_sequence(x, NeuronSpec(0.9, state_ops=plain)).output
+    assert type(out.grad_fn).__name__ != FUSED
+    # An observing quantizer moves its grid during a sequence: the loop runs it.
+    observed = ann.LIF(tau_mem=4.0, qconfig=QConfig(state=UniformQuantizer.with_args(bits=8)))
+    assert type(observed(x).grad_fn).__name__ != FUSED
+    assert grid_rules(StateOps(), 0.9, None, True, False) == GridRules(strict=True)
+
+
+def _preset_pair(preset, **kwargs):
+    torch.manual_seed(0)
+    if preset == "xylo":
+        q = xylo.qconfig()
+        neuron = ann.LIF(tau_mem=8.0, tau_syn=4.0, max_spikes=31, qconfig=q, **kwargs)
+    else:
+        q = loihi.qconfig()
+        neuron = ann.LIF(tau_mem=8.0, tau_syn=4.0, qconfig=q, **loihi.neuron_options(), **kwargs)
+    return torch.nn.Sequential(ann.Linear(6, 5, qconfig=q), neuron)
+
+
+@pytest.mark.parametrize(
+    "preset, kwargs",
+    [
+        ("xylo", dict(train_threshold=True, train_decay=True)),
+        ("xylo", dict(reset="zero", record_states=True)),
+        ("loihi", dict(train_threshold=True, train_decay=True)),
+        ("loihi", dict(record_states=True)),
+    ],
+    ids=str,
+)
+def test_presets_train_as_the_loop(preset, kwargs):
+    model = _preset_pair(preset, **kwargs)
+    x = torch.rand(3, 20, 6, generator=torch.Generator().manual_seed(2)) * 4
+    results = []
+    for method in ("loop", "auto"):
+        copy_ = copy.deepcopy(model)
+        copy_[1].method = method
+        inputs = x.clone().requires_grad_()
+        out = copy_(inputs)
+        ((out - 0.5) ** 2).sum().backward()
+        grads = [inputs.grad] + [p.grad for p in copy_.parameters()]
+        results.append((out, grads, copy_[1].recordings))
+    (out_l, grads_l, rec_l), (out_f, grads_f, rec_f) = results
+    assert type(out_f.grad_fn).__name__ == FUSED
+    assert torch.equal(out_l, out_f) and out_l.sum() > 0
+    assert rec_l.keys() == rec_f.keys()
+    for key in rec_l:
+        assert torch.equal(rec_l[key], rec_f[key])
+    for a, b in zip(grads_l, grads_f):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-5 * float(a.abs().max()) + 1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("zero_point", [0, 3])
+@pytest.mark.parametrize("high", [100, 2**23 - 1])  # rounded by additions, by torch.round
+def test_grid_quantizer_is_torch_fake_quantization(dtype, zero_point, high):
+    scale = torch.tensor(0.1)  # not a power of two: products round
+    grid = StateGrid(scale, torch.tensor(zero_point, dtype=torch.int32), -high, high)
+    steps = torch.cat([torch.arange(-250, 250), torch.arange(-250, 250) + high - 100])
+    ties = (steps + 0.5) * 0.1  # halfway between grid points, and beyond the range
+    noise = torch.randn(1000, generator=torch.Generator().manual_seed(0)) * 8
+    values = torch.cat([ties, noise, torch.tensor([1e30, -1e30, 4.2e6, -4.3e6])]).to(dtype)
+    value, mask = grid_quantizer(grid, dtype)(values)
+    enabled = torch.ones(1, dtype=torch.long)
+    expected, expected_mask = torch._fake_quantize_per_tensor_affine_cachemask_tensor_qparams(
+        values, scale, grid.zero_point, enabled, -high, high
+    )
+    assert torch.equal(value, expected) and torch.equal(mask, expected_mask)
+    assert not mask.all() and mask.any()
+
+
+@pytest.mark.parametrize("high", [2**15 - 1, 2**23 - 1])  # Xylo's, Loihi's states
+@pytest.mark.parametrize("rule", ["bitshift", "multiplicative"])
+def test_grid_decayer_is_the_integer_rule(rule, high):
+    quantizer = BitShiftDecay() if rule == "bitshift" else UniformDecay()
+    alpha = quantizer(torch.tensor([0.0, 0.5, 0.9, 0.999, 1.0]))
+    codes = quantizer.decay_codes(alpha)
+    low = -high
+    grid = StateGrid(
+        torch.tensor(0.3),
+        torch.tensor(0, dtype=torch.int32),
+        low,
+        high,
+        rule,
+        12 if rule == "multiplicative" else 0,
+        codes,
+    )
+    edges = torch.tensor([low, high, low + 7, high - 9, 2 * high, -3 * high])
+    states = torch.cat([torch.arange(-40, 40), edges])
+    states = states.unsqueeze(1).float() * torch.tensor(0.3)
+    expected = quantizer.decay_state(states, alpha, torch.tensor(0.3), low, high)
+    assert torch.equal(grid_decayer(grid, alpha, torch.float32)(states), expected)
