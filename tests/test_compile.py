@@ -128,3 +128,40 @@ def test_compiled_training_is_bitwise_eager(name):
     assert list(state) == list(state_e)
     for key in state:
         assert torch.equal(state[key], state_e[key]), key
+
+
+def test_compiled_qat_does_not_recompile_while_it_trains():
+    """Training a compiled int8 QAT model recompiles once (observers go from empty to
+    initialised after the first step), not on every step: no Python state that the
+    compiled graph guards on may change while it trains."""
+    import aquatic
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = aquatic.quantize(
+        nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4)),
+        aquatic.qconfig.int8,
+    )
+    counter = CompileCounter()
+    compiled = torch.compile(model, backend=counter)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def train(steps):
+        for _ in range(steps):
+            loss = compiled(torch.randn(4, 8)).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    train(3)
+    # Observers of classes not seen before, built meanwhile, must not recompile it.
+    from aquatic.observers import PercentileObserver
+    from aquatic.quantizers import UniformQuantizer
+
+    percentile = UniformQuantizer.with_args(bits=8, observer=PercentileObserver)
+    other = aquatic.quantize(nn.Linear(8, 4), aquatic.QConfig(weight=percentile))
+    other(torch.randn(4, 8))
+    train(3)
+    assert counter.frame_count <= 2
+    torch._dynamo.reset()

@@ -27,12 +27,6 @@ from aquatic.observers.range_checks import (
 __all__ = ["RangeObserver", "MinMaxObserver", "MovingAverageMinMaxObserver"]
 
 
-# observer class -> whether its _combine has a Python-float version (see supports_scalars)
-_SCALAR_CLASSES: dict = {}
-# observer class -> whether its range always holds the last batch (see covers_last_batch)
-_COVERING_CLASSES: dict = {}
-
-
 def _own_rules(cls: type) -> bool:
     """Whether ``cls`` observes and computes qparams with :class:`RangeObserver`'s methods
     (so that their Python-float twins and the promises built on them hold)."""
@@ -40,6 +34,23 @@ def _own_rules(cls: type) -> bool:
         getattr(cls, name) is getattr(RangeObserver, name)
         for name in ("update", "_extrema", "calculate_qparams")
     )
+
+
+def _classify(cls: type) -> Tuple[bool, bool]:
+    """``(supports_scalars, covers_last_batch)`` of observer class ``cls``: whether its
+    ``_combine`` has a Python-float version, and whether its range always holds the last
+    batch. Computed once per class and kept on the class itself (``_class_rules`` in its
+    own ``__dict__``), when an observer is built: never while ``torch.compile`` traces, and
+    not in a shared dict whose change would invalidate compiled graphs of other classes."""
+    rules = cls.__dict__.get("_class_rules")
+    if rules is None:
+        owner = next(k for k in cls.__mro__ if "_combine" in k.__dict__)
+        own = _own_rules(cls)
+        scalars = "_combine_float" in owner.__dict__ and own
+        covers = bool(owner.__dict__.get("_widens_only", False)) and own
+        rules = (scalars, covers)
+        type.__setattr__(cls, "_class_rules", rules)
+    return rules
 
 
 class RangeObserver(nn.Module):
@@ -63,6 +74,7 @@ class RangeObserver(nn.Module):
         power_of_two: bool = False,
     ) -> None:
         super().__init__()
+        _classify(type(self))  # before any compiled graph reads it
         check_range(quant_min, quant_max)
         check_ch_axis(ch_axis)
         self.quant_min = quant_min
@@ -138,11 +150,7 @@ class RangeObserver(nn.Module):
             return False
         if self.power_of_two or not input.is_cpu or torch.compiler.is_compiling():
             return False
-        cls = type(self)
-        if cls not in _SCALAR_CLASSES:
-            owner = next(k for k in cls.__mro__ if "_combine" in k.__dict__)
-            _SCALAR_CLASSES[cls] = "_combine_float" in owner.__dict__ and _own_rules(cls)
-        return _SCALAR_CLASSES[cls]
+        return _classify(type(self))[0]
 
     def covers_last_batch(self) -> bool:
         """Whether the range, after :meth:`update`, always holds the batch just observed.
@@ -158,13 +166,7 @@ class RangeObserver(nn.Module):
             >>> MinMaxObserver().covers_last_batch(), MovingAverageMinMaxObserver().covers_last_batch()
             (True, False)
         """
-        cls = type(self)
-        covers = _COVERING_CLASSES.get(cls)
-        if covers is None:
-            owner = next(k for k in cls.__mro__ if "_combine" in k.__dict__)
-            covers = bool(owner.__dict__.get("_widens_only", False)) and _own_rules(cls)
-            _COVERING_CLASSES[cls] = covers
-        return covers
+        return _classify(type(self))[1]
 
     def update_scalar(self, input: Tensor) -> Tuple[float, float]:
         """:meth:`update` with the batch extrema as Python floats (see :meth:`supports_scalars`).
