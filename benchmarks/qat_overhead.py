@@ -178,6 +178,11 @@ def torchao(model: nn.Module) -> Optional[nn.Module]:
 
 
 def compiled(model: nn.Module) -> nn.Module:
+    # The compiled variants share code objects (nn.Sequential.forward, the quantizer
+    # template), and dynamo keeps at most `recompile_limit` graphs per code object before
+    # it falls back to eager: with several compiled models in one process that limit, not
+    # aquatic, would decide which steps run compiled.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
     return torch.compile(model)
 
 
