@@ -116,9 +116,19 @@ class IntegerModel(nn.Module):
                 input range: the quantization-aware model saw them unrounded.
         """
         if not isinstance(input, Tensor) or not input.is_floating_point():
+            hint = ""
+            if (
+                isinstance(input, Tensor)
+                and not input.dtype.is_complex
+                and input.dtype != torch.bool
+            ):
+                hint = (
+                    "; integer inputs such as the row indices of an embedding are already "
+                    "what the integer model takes: pass them to it directly"
+                )
             raise TypeError(
                 "quantize_input takes a floating-point tensor, got "
-                f"{getattr(input, 'dtype', type(input).__name__)}"
+                f"{getattr(input, 'dtype', type(input).__name__)}{hint}"
             )
         nan = torch.isnan(input)
         if bool(nan.any()):

@@ -145,6 +145,8 @@ def test_embedding_lstm_classifier_converts_and_agrees():
     integer = aquatic.convert(qmodel, example_input=x)
     spec = integer.input_specs[0]
     assert (float(spec.scale), int(spec.zero_point), spec.low, spec.high) == (1.0, 0, 0, 23)
+    with pytest.raises(TypeError, match="row indices of an embedding"):
+        integer.quantize_input(held_out)  # indices go to the integer model as they are
     (logits, cell), (expected, expected_cell) = agree(integer, qmodel, held_out)
     close, agreement = within_two_steps(logits, expected, integer.output_specs[0])
     assert close >= 0.99 and agreement >= 0.99
