@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.modules.conv import _ConvNd
 
-from aquatic.walk import shared_uses
+from aquatic.walk import adjacent_pairs, shared_uses
 from aquatic.observers import RangeObserver
 from aquatic.quantizers.learned import LSQQuantizer
 
@@ -131,17 +131,9 @@ def _fold(conv: nn.Module, bn: _BatchNorm) -> None:
 
 
 def _sequential_pairs(model: nn.Module) -> List[Tuple[str, str]]:
-    pairs = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        # _modules, not named_children: the second use of a shared layer counts too
-        children = [(n, m) for n, m in module._modules.items() if m is not None]
-        for (first_name, first), (second_name, second) in zip(children, children[1:]):
-            if isinstance(first, (_ConvNd, nn.Linear)) and isinstance(second, _BatchNorm):
-                prefix = name + "." if name else ""
-                pairs.append((prefix + first_name, prefix + second_name))
-    return pairs
+    return adjacent_pairs(
+        model, lambda a, b: isinstance(a, (_ConvNd, nn.Linear)) and isinstance(b, _BatchNorm)
+    )
 
 
 def fold_batch_norm(

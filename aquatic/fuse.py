@@ -15,7 +15,7 @@ from torch import nn
 from aquatic.nn.conv_bn import ConvBn1d, ConvBn2d, ConvBn3d, LinearBn1d
 from aquatic.nn.fused_bn import FusedBatchNorm
 from aquatic.qconfig import QConfig
-from aquatic.walk import shared_uses
+from aquatic.walk import adjacent_pairs, shared_uses
 
 __all__ = ["FUSED", "fold_fused", "fuse_conv_bn", "fused_pair", "sequential_bn_pairs"]
 
@@ -37,16 +37,10 @@ def sequential_bn_pairs(model: nn.Module) -> List[Tuple[str, str]]:
     by its batch norm inside an ``nn.Sequential`` (exact types, see :data:`FUSED`),
     neither used anywhere else in the model."""
     shared = shared_uses(model)
-    pairs = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        children = [(n, m) for n, m in module._modules.items() if m is not None]
-        for (first_name, first), (second_name, second) in zip(children, children[1:]):
-            if _fusable(first, second) and id(first) not in shared and id(second) not in shared:
-                prefix = name + "." if name else ""
-                pairs.append((prefix + first_name, prefix + second_name))
-    return pairs
+    return adjacent_pairs(
+        model,
+        lambda a, b: _fusable(a, b) and id(a) not in shared and id(b) not in shared,
+    )
 
 
 def fused_pair(

@@ -8,11 +8,17 @@ it drops the second use of a shared (tied) layer; ``nn.Sequential.forward`` runs
 
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple
 
 from torch import nn
 
-__all__ = ["output_layers", "refuse_shared_layers", "sequential_layers", "shared_uses"]
+__all__ = [
+    "adjacent_pairs",
+    "output_layers",
+    "refuse_shared_layers",
+    "sequential_layers",
+    "shared_uses",
+]
 
 
 def sequential_layers(
@@ -29,6 +35,30 @@ def sequential_layers(
             continue
         layers += sequential_layers(child, f"{prefix}.{name}" if prefix else name, default)
     return layers
+
+
+def adjacent_pairs(
+    model: nn.Module, accept: Callable[[nn.Module, nn.Module], bool]
+) -> List[Tuple[str, str]]:
+    """Qualified names ``(first, second)`` of every two modules that follow each other in
+    an ``nn.Sequential`` of ``model`` (nested ones included) and that ``accept`` takes;
+    a layer used twice is looked at in each slot (``_modules``, not ``named_children``).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Sequential(nn.Linear(2, 2), nn.ReLU()))
+        >>> adjacent_pairs(model, lambda a, b: isinstance(b, nn.ReLU))
+        [('0', '1'), ('2.0', '2.1')]
+    """
+    pairs = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        children = [(n, m) for n, m in module._modules.items() if m is not None]
+        prefix = name + "." if name else ""
+        for (first_name, first), (second_name, second) in zip(children, children[1:]):
+            if accept(first, second):
+                pairs.append((prefix + first_name, prefix + second_name))
+    return pairs
 
 
 def shared_uses(model: nn.Module) -> Dict[int, List[str]]:
