@@ -51,6 +51,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from aquatic.functional.custom_ops import fake_gradients, op_output
 from aquatic.functional.neuron_checks import prepare
 from aquatic.functional.neuron_types import LIFOutput, LIFState, Number, Options
 from aquatic.functional.neurons_kernel import sequence_backward, sequence_forward
@@ -153,14 +154,6 @@ def _op_options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_rese
     return Options(reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
 
 
-def _fresh(tensor: Optional[Tensor], like: Tensor) -> Tensor:
-    # An operator's outputs may not be views: a missing one is an empty tensor, a view
-    # (a gradient summed to a shape it already had) is copied.
-    if tensor is None:
-        return like.new_empty(0)
-    return tensor.clone() if tensor._base is not None else tensor
-
-
 @torch.library.custom_op("aquatic::lif_sequence", mutates_args=())
 def _sequence_op(
     x: Tensor,
@@ -201,7 +194,7 @@ def _sequence_op(
     output, v_trace, current, v_pre, v_final, i_final = results
     v_pre = None if v_pre is output else v_pre
     finals = (v_final.contiguous(), None if i_final is None else i_final.contiguous())
-    return tuple(_fresh(t, x) for t in (output, v_trace, current, v_pre) + finals)
+    return tuple(op_output(t, x) for t in (output, v_trace, current, v_pre) + finals)
 
 
 @_sequence_op.register_fake
@@ -250,7 +243,7 @@ def _sequence_backward_op(
         reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking
     )
     results = sequence_backward(options, tuple(needs), tuple(saved), tuple(grads))
-    return tuple(_fresh(g, saved[0]) for g in results)
+    return tuple(op_output(g, saved[0]) for g in results)
 
 
 @_sequence_backward_op.register_fake
@@ -258,15 +251,7 @@ def _(
     saved, grads, reset, surrogate, max_spikes, min_v_mem, norm_input, detach_reset, spiking, needs
 ):
     v, _, _, v0, i0, alpha_mem, alpha_syn, threshold, bias = saved
-    likes = (v, v0, i0, alpha_mem, alpha_syn, threshold, bias)
-    return tuple(
-        (
-            (torch.empty_like(like) if like is v else like.new_empty(like.shape))
-            if need
-            else v.new_empty(0)
-        )
-        for need, like in zip(needs, likes)
-    )
+    return tuple(fake_gradients(v, (v0, i0, alpha_mem, alpha_syn, threshold, bias), needs))
 
 
 def _setup_context(ctx, inputs, output):

@@ -18,6 +18,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from aquatic.functional.neuron_types import LIFOutput, LIFState, Options
+from aquatic.functional.custom_ops import fake_gradients, op_output
 from aquatic.functional.neurons_fused import surrogate_key, surrogate_of
 from aquatic.functional.neurons_grid import GridRules, StateGrid
 from aquatic.functional.neurons_grid_kernel import grid_backward, grid_forward
@@ -104,12 +105,6 @@ def _options(settings: List, surrogate: str) -> Options:
     )
 
 
-def _empty(tensor: Optional[Tensor], like: Tensor) -> Tensor:
-    if tensor is None:
-        return like.new_empty(0)
-    return tensor.clone() if tensor._base is not None else tensor
-
-
 @torch.library.custom_op("aquatic::lif_grid_sequence", mutates_args=())
 def _grid_op(
     x: Tensor,
@@ -135,7 +130,7 @@ def _grid_op(
     options = Options(reset, None, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
     rules = _rules_of(rule_tensors, ints, names)
     results = grid_forward(x, v0, i0, (alpha_mem, alpha_syn, threshold, bias), options, rules, grad)
-    return tuple(_empty(t, x) for t in results)
+    return tuple(op_output(t, x) for t in results)
 
 
 @_grid_op.register_fake
@@ -196,7 +191,7 @@ def _grid_backward_op(
     options = _options(settings, surrogate)
     rules = _rules_of(rule_tensors, ints, names)
     results = grid_backward(options, rules, tuple(needs), tuple(saved), tuple(grads))
-    return tuple(_empty(g, saved[0]) for g in results)
+    return tuple(op_output(g, saved[0]) for g in results)
 
 
 @_grid_backward_op.register_fake
@@ -215,16 +210,7 @@ def _(
     spiking,
     needs,
 ):
-    v = saved[0]
-    likes = [v] + list(saved[5:])
-    return [
-        (
-            (torch.empty_like(like) if like is v else like.new_empty(like.shape))
-            if need
-            else v.new_empty(0)
-        )
-        for need, like in zip(needs, likes)
-    ]
+    return fake_gradients(saved[0], saved[5:], needs)
 
 
 def _none(tensor: Tensor, real: bool) -> Optional[Tensor]:
