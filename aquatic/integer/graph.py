@@ -12,20 +12,10 @@ from aquatic.functional.fake_quant import broadcast_along
 from aquatic.functional.integer import check_integer
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.graph_archive import read_graph, write_graph
-from aquatic.integer.graph_steps import TENSOR_FUNCTIONS, Ref, Step
+from aquatic.integer.graph_steps import TENSOR_FUNCTIONS, Ref, Step, fill_refs
 from aquatic.integer.model import IntegerModel
 
 __all__ = ["IntegerGraph", "Ref", "Step", "TENSOR_FUNCTIONS"]
-
-
-def _fill(value: Any, env: Dict[str, Any]) -> Any:
-    if isinstance(value, Ref):
-        return env[value]
-    if isinstance(value, (list, tuple)):
-        return type(value)(_fill(v, env) for v in value)
-    if isinstance(value, dict):
-        return {k: _fill(v, env) for k, v in value.items()}
-    return value
 
 
 def _map(value: Any, fn) -> Any:
@@ -109,12 +99,12 @@ class IntegerGraph(nn.Module):
                 )
             env[name] = codes
         for step in self.steps:
-            args, kwargs = _fill(step.args, env), _fill(step.kwargs, env)
+            args, kwargs = fill_refs(step.args, env), fill_refs(step.kwargs, env)
             if step.module is not None:
                 env[step.name] = self.ops[step.module](*args, **kwargs)
             else:
                 env[step.name] = TENSOR_FUNCTIONS[step.function](*args, **kwargs)
-        return _fill(self.output, env)
+        return fill_refs(self.output, env)
 
     @torch.no_grad()
     def quantize_input(self, *inputs: Tensor) -> Union[Tensor, Tuple[Tensor, ...]]:

@@ -8,7 +8,7 @@ from typing import Any, Dict, NamedTuple, Optional, Tuple
 
 import torch
 
-__all__ = ["Ref", "Step", "TENSOR_FUNCTIONS"]
+__all__ = ["Ref", "Step", "TENSOR_FUNCTIONS", "fill_refs"]
 
 
 class Ref(str):
@@ -25,6 +25,23 @@ class Step(NamedTuple):
     function: Optional[str]
     args: Tuple[Any, ...]
     kwargs: Dict[str, Any]
+
+
+def fill_refs(value: Any, env: Dict[str, Any]) -> Any:
+    """``value`` (a step's arguments: nested lists, tuples and dicts) with every
+    :class:`Ref` replaced by what ``env`` holds under its name.
+
+    Example:
+        >>> fill_refs((Ref("a"), [1, {"k": Ref("b")}]), {"a": 10, "b": 20})
+        (10, [1, {'k': 20}])
+    """
+    if isinstance(value, Ref):
+        return env[value]
+    if isinstance(value, (list, tuple)):
+        return type(value)(fill_refs(v, env) for v in value)
+    if isinstance(value, dict):
+        return {k: fill_refs(v, env) for k, v in value.items()}
+    return value
 
 
 def _method(name: str):

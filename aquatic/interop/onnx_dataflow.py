@@ -24,7 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aquatic.integer.graph import IntegerGraph, Ref, Step, TENSOR_FUNCTIONS
+from aquatic.integer.graph import IntegerGraph, Step, TENSOR_FUNCTIONS
+from aquatic.integer.graph_steps import fill_refs
 from aquatic.interop.onnx_graph import GraphBuilder, Value, emit
 
 __all__ = ["write_dataflow", "flat_values"]
@@ -44,16 +45,6 @@ _TRANSPOSES = {"permute", "transpose", "torch.permute", "torch.transpose"}
 _IDENTITIES = {"contiguous", "identity"}
 _INT64_MAX = np.iinfo(np.int64).max
 _INT64_MIN = np.iinfo(np.int64).min
-
-
-def _fill(value: Any, env: Dict[str, Any]) -> Any:
-    if isinstance(value, Ref):
-        return env[value]
-    if isinstance(value, (list, tuple)):
-        return type(value)(_fill(v, env) for v in value)
-    if isinstance(value, dict):
-        return {k: _fill(v, env) for k, v in value.items()}
-    return value
 
 
 def flat_values(structure: Any) -> List[Any]:
@@ -85,7 +76,7 @@ def _run(graph: IntegerGraph, codes: Sequence[Tensor]) -> Dict[str, Any]:
     tensors: Dict[str, Any] = dict(zip(graph.input_names, codes))
     with torch.no_grad():
         for step in graph.steps:
-            args, kwargs = _fill(step.args, tensors), _fill(step.kwargs, tensors)
+            args, kwargs = fill_refs(step.args, tensors), fill_refs(step.kwargs, tensors)
             if step.module is not None:
                 tensors[step.name] = graph.ops[step.module](*args, **kwargs)
             else:
@@ -199,7 +190,7 @@ def write_dataflow(
             ) from None
     values: Dict[str, Any] = dict(zip(graph.input_names, inputs))
     for step in graph.steps:
-        args = _fill(step.args, values)
+        args = fill_refs(step.args, values)
         out = tensors[step.name]
         if step.module is not None:
             module = graph.ops[step.module]
@@ -212,11 +203,12 @@ def write_dataflow(
             values[step.name] = emit(builder, module, operands, tuple(out.shape))
         else:
             if any(
-                isinstance(v, Value) for v in flat_values(list(_fill(step.kwargs, values).values()))
+                isinstance(v, Value)
+                for v in flat_values(list(fill_refs(step.kwargs, values).values()))
             ):
                 raise TypeError(f"step {step.name!r} passes a tensor by keyword")
             other = grown.get(step.name)
             other = tuple(other.shape) if isinstance(other, Tensor) else None
-            kwargs = tuple(_fill(step.kwargs, values).values())
+            kwargs = tuple(fill_refs(step.kwargs, values).values())
             values[step.name] = _move(builder, step, tuple(args) + kwargs, out, other)
-    return _fill(graph.output, values), _fill(graph.output, tensors)
+    return fill_refs(graph.output, values), fill_refs(graph.output, tensors)
