@@ -4,7 +4,7 @@ means, and the requantizer of a pooling layer's output quantizer."""
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -16,7 +16,7 @@ from aquatic.integer.pooling import IntegerSumPool
 from aquatic.integer.reading import read_grid
 from aquatic.integer.requant import is_power_of_two
 
-__all__ = ["build_adaptive_pool", "build_mean", "build_window_sum", "with_output_quantizer"]
+__all__ = ["build_adaptive_pool", "build_window_sum", "with_output_quantizer"]
 
 
 def _tuple(value, dim: int) -> List[int]:
@@ -147,43 +147,4 @@ def build_adaptive_pool(
         window,
         mode="adaptive",
         output_size=sizes,
-    )
-
-
-def build_mean(
-    name: str,
-    spec: QSpec,
-    dims: Sequence[int],
-    keepdim: bool,
-    where: str,
-    quantizer: Optional[nn.Module] = None,
-    window: Optional[int] = None,
-    source: str = "mean",
-) -> Tuple[List[IntegerModule], QSpec]:
-    """``x.mean(dims, keepdim)`` on codes, requantized onto ``quantizer``'s grid (or the
-    input's grid without one); see :func:`build_adaptive_pool` for ``window``.
-
-    Raises:
-        ValueError: the input has one scale per channel (a mean may mix channels).
-
-    Example:
-        >>> (mean,), out = build_mean("m", QSpec(0.5, 0, low=-8, high=7), [-1], False, "m")
-        >>> mean(torch.tensor([[1, 2, 4, 5]]))  # 3, on the input grid
-        tensor([3], dtype=torch.int32)
-    """
-    if spec.scale.dim() != 0 or spec.zero_point.dim() != 0:
-        raise ValueError(
-            f"{where} averages codes with one scale per channel; quantize its input per "
-            "tensor first (QConfig.activation or an aquatic.nn.ActivationQuantizer)"
-        )
-    return _average(
-        name,
-        spec,
-        where,
-        source,
-        quantizer,
-        window,
-        mode="mean",
-        dims=list(dims),
-        keepdim=keepdim,
     )

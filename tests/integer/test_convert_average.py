@@ -9,9 +9,7 @@ from torch import nn
 
 import aquatic
 import aquatic.nn as qnn
-from aquatic.integer import QSpec
 from aquatic.integer.average import IntegerAverage, adaptive_windows
-from aquatic.integer.build_pooling import build_mean
 from aquatic.quantizers import UniformQuantizer
 
 POW2_IN = UniformQuantizer.with_args(bits=8, power_of_two=True)
@@ -79,18 +77,25 @@ def test_integer_average_is_the_rounded_exact_mean():
                         assert got == round_half_even(mean)
 
 
-def test_build_mean_against_the_exact_mean():
-    spec = QSpec(0.5, 3, low=0, high=255)
-    quantizer = UniformQuantizer(bits=8, scale=0.25, zero_point=10, signed=False)
-    (mean,), out = build_mean("m", spec, [1, 2], True, "m", quantizer=quantizer, window=6)
+def test_integer_average_mean_mode_against_the_exact_mean():
+    """IntegerAverage's mean mode (the window sum, then ratio / count by integer
+    multiplier and shift, half to even) against exact fractions."""
     codes = torch.randint(0, 256, (4, 2, 3))
+    mean = IntegerAverage(
+        "mean",
+        ratio=2.0,
+        input_zero_point=3,
+        output_zero_point=10,
+        low=0,
+        high=255,
+        dims=[1, 2],
+        keepdim=True,
+    )
     got = mean(codes)
-    assert got.shape == (4, 1, 1) and (out.scale, int(out.zero_point)) == (0.25, 10)
+    assert got.shape == (4, 1, 1)
     for n in range(4):
         exact = Fraction(int((codes[n] - 3).sum()), 6) * 2  # ratio 0.5 / 0.25
         assert int(got[n, 0, 0]) == min(255, max(0, round_half_even(exact) + 10))
-    with pytest.raises(ValueError, match="per channel"):
-        build_mean("m", QSpec(torch.tensor([1.0, 2.0]), 0, axis=-1), [-1], False, "m")
 
 
 def _global_pool_model(pool, seed, act=POW2_ACT):
