@@ -26,6 +26,11 @@ def _check_steps(value: Optional[int]) -> Optional[int]:
     return value
 
 
+def _mirror_loaded_frozen(module: nn.Module, incompatible_keys) -> None:
+    """After ``load_state_dict``: the Python mirror follows the loaded ``bn_frozen``."""
+    module._frozen = bool(module.bn_frozen)
+
+
 class FusedBatchNorm:
     """What the fused layers share (a mixin before their aquatic layer class).
 
@@ -45,6 +50,10 @@ class FusedBatchNorm:
         self.bn = self._bn_class(channels, eps=eps, momentum=momentum, device=device, dtype=dtype)
         self.freeze_bn_after = _check_steps(freeze_bn_after)
         self.register_buffer("bn_frozen", torch.tensor(False, device=device))
+        # forward branches on this Python mirror of the buffer, never on the tensor: a
+        # branch on a tensor's value cannot be traced by torch.compile(fullgraph=True).
+        self._frozen = False
+        self.register_load_state_dict_post_hook(_mirror_loaded_frozen)
         qconfig = self.qconfig
         if qconfig is not None and qconfig.bias is not None and "bias" not in self.quantizers:
             # The folded bias exists even where the layer has none of its own.
@@ -55,14 +64,23 @@ class FusedBatchNorm:
     def freeze_bn(self, frozen: bool = True) -> "FusedBatchNorm":
         """Use the running statistics from now on (``frozen=False``: batch statistics again)."""
         self.bn_frozen.fill_(bool(frozen))
+        self._frozen = bool(frozen)
         return self
 
     def _maybe_freeze(self) -> None:
         after = self.freeze_bn_after
-        if after is not None and not bool(self.bn_frozen):
-            tracked = self.bn.num_batches_tracked
-            if tracked is not None and int(tracked) >= after:
-                self.bn_frozen.fill_(True)
+        if after is None or self._frozen:
+            return
+        if torch.compiler.is_compiling():
+            raise ValueError(
+                f"{type(self).__name__}(freeze_bn_after={after}) counts training steps "
+                "in eager forward, which torch.compile cannot trace; under torch.compile "
+                "build it with freeze_bn_after=None and call aquatic.nn.freeze_bn(model) "
+                "at the step of your choice"
+            )
+        tracked = self.bn.num_batches_tracked
+        if tracked is not None and int(tracked) >= after:
+            self.freeze_bn(True)
 
     # -- folding ----------------------------------------------------------------------
 
@@ -121,7 +139,7 @@ class FusedBatchNorm:
             )
         if self.training:
             self._maybe_freeze()
-        if not self.training or bool(self.bn_frozen):
+        if not self.training or self._frozen:
             weight, bias = self.quantized_weight_and_bias(input)
             return self.quantize_output(run(input, weight, bias))
         # Batch statistics: the weight folded with the running statistics is quantized,
@@ -182,6 +200,7 @@ class FusedBatchNorm:
         )
         new.weight, new.bias, new.bn = layer.weight, layer.bias, bn
         new.bn_frozen = torch.tensor(False, device=layer.weight.device)
+        new._frozen = False
         new.quantizers.to(layer.weight.device)
         copy_forward_hooks(layer, new)
         new.train(layer.training)

@@ -274,3 +274,38 @@ def test_onnx_export_of_a_fused_layer_runs_the_folded_layer_in_onnxruntime(tmp_p
         expected = qmodel(x)
     assert qmodel.training is False and isinstance(qmodel[0], aquatic.nn.FusedBatchNorm)
     assert np.abs(got - expected.numpy()).max() <= 1e-5
+
+
+def test_fused_layer_compiles_with_fullgraph_and_equals_eager():
+    """forward branches on a Python mirror of bn_frozen, not on the tensor, so
+    torch.compile(fullgraph=True) traces both phases; outputs equal eager."""
+    torch.manual_seed(0)
+    eager = aquatic.quantize(_model(), aquatic.qconfig.int8)
+    compiled_copy = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_copy, fullgraph=True, backend="aot_eager")
+    for frozen in (False, True):
+        if frozen:
+            aquatic.nn.freeze_bn(eager), aquatic.nn.freeze_bn(compiled_copy)
+        x = torch.rand(4, 1, 8, 8)
+        assert torch.equal(compiled(x), eager(x))
+    torch._dynamo.reset()
+
+
+def test_loaded_bn_frozen_steers_forward():
+    """A state_dict saved after freeze_bn makes the loading layer use running statistics."""
+    torch.manual_seed(0)
+    source = aquatic.quantize(_model(), aquatic.qconfig.int8)
+    source.train()(torch.rand(8, 1, 8, 8))
+    aquatic.nn.freeze_bn(source)
+    target = aquatic.quantize(_model(), aquatic.qconfig.int8)
+    target.load_state_dict(source.state_dict())
+    x = torch.rand(4, 1, 8, 8)
+    assert torch.equal(target.train()(x), source.train()(x))
+
+
+def test_freeze_bn_after_under_compile_names_the_fix():
+    layer = qnn.ConvBn2d(1, 2, 3, qconfig=aquatic.qconfig.int8, freeze_bn_after=2)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match="freeze_bn_after=None"):
+        compiled(torch.rand(4, 1, 6, 6))
+    torch._dynamo.reset()
