@@ -27,7 +27,22 @@ def copy_model(model: nn.Module, memo: Optional[Dict[int, Any]] = None) -> nn.Mo
     computed weights (``nn.LSTM``'s ``_flat_weights``) then hold tensors that are not
     graph leaves, which deepcopy refuses. The copy gets them detached (modules recompute
     them from the parametrization on their next forward), and copying without gradients
-    keeps the weights that ``__getstate__`` recomputes leaves too."""
+    keeps the weights that ``__getstate__`` recomputes leaves too.
+
+    Args:
+        model: the model to copy.
+        memo: ``copy.deepcopy``'s memo, to map objects of ``model`` to their copies.
+
+    Example:
+        >>> import torch, aquatic
+        >>> from aquatic.quantizers import UniformQuantizer
+        >>> lstm = aquatic.quantize_parameter(torch.nn.LSTM(2, 3), "weight_hh_l0",
+        ...                                   UniformQuantizer.with_args(bits=4))
+        >>> lstm(torch.rand(5, 1, 2))[0].sum().backward()  # caches non-leaf weights
+        >>> twin = copy_model(lstm)
+        >>> torch.equal(twin.weight_hh_l0, lstm.weight_hh_l0)
+        True
+    """
     memo = {} if memo is None else memo
     for module in model.modules():
         for value in vars(module).values():
@@ -39,7 +54,22 @@ def copy_model(model: nn.Module, memo: Optional[Dict[int, Any]] = None) -> nn.Mo
 
 
 def replace_modules(model: nn.Module, replacements: Dict[int, nn.Module]) -> nn.Module:
-    """Swap every occurrence of the replaced modules (shared modules included)."""
+    """Swap every occurrence of the replaced modules (shared modules included).
+
+    Args:
+        model: the model whose children are swapped in place.
+        replacements: ``id(old module) -> new module``.
+
+    Returns:
+        ``model``, or its replacement where ``model`` itself is replaced.
+
+    Example:
+        >>> from torch import nn
+        >>> relu = nn.ReLU()
+        >>> model = nn.Sequential(relu, nn.Linear(2, 2), relu)
+        >>> [type(m).__name__ for m in replace_modules(model, {id(relu): nn.Tanh()})]
+        ['Tanh', 'Linear', 'Tanh']
+    """
     for parent in list(model.modules()):
         for child_name, child in list(parent._modules.items()):
             if child is not None and id(child) in replacements:
