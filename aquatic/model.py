@@ -20,7 +20,7 @@ from aquatic.mapping import QConfigLike, QConfigResolver
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.base import Quantizer
 
-__all__ = ["quantize", "dequantize", "quantize_parameter", "TWINS"]
+__all__ = ["quantize", "dequantize", "quantize_parameter", "TWINS", "in_float", "twin_of"]
 
 #: torch.nn layer type -> its aquatic twin; :func:`quantize` replaces exactly these types.
 TWINS: Dict[Type[nn.Module], Type[nn.Module]] = {
@@ -42,6 +42,41 @@ TWINS: Dict[Type[nn.Module], Type[nn.Module]] = {
 
 #: The aquatic twins that :func:`quantize` builds (and can rebuild with another QConfig).
 _AQUATIC_TWINS = tuple(TWINS.values())
+
+
+def in_float(module: nn.Module) -> bool:
+    """Whether ``module`` is a float layer that :func:`quantize` converts: exactly a type
+    of :data:`TWINS`, or an aquatic twin without quantizers (built with
+    ``qconfig=None``, e.g. ``aquatic.nn.Conv2d`` for its time axis) that it can rebuild.
+
+    Example:
+        >>> import aquatic
+        >>> in_float(nn.Conv2d(2, 4, 3)), in_float(aquatic.nn.Conv2d(2, 4, 3))
+        (True, True)
+        >>> in_float(aquatic.nn.Conv2d(2, 4, 3, qconfig=aquatic.qconfig.int8))
+        False
+    """
+    if type(module) in TWINS:
+        return True
+    if type(module) not in _AQUATIC_TWINS or parametrize.is_parametrized(module):
+        return False
+    return module.qconfig is None or module.qconfig.is_empty()
+
+
+def twin_of(module: nn.Module, qconfig: Optional[QConfig]) -> nn.Module:
+    """The aquatic twin of ``module`` (a torch layer of :data:`TWINS`, or an aquatic twin
+    to rebuild) with ``qconfig``, sharing its parameters.
+
+    Example:
+        >>> import aquatic
+        >>> conv = aquatic.nn.Conv2d(2, 4, 3)
+        >>> twin = twin_of(conv, aquatic.qconfig.int8)
+        >>> type(twin).__name__, twin.weight is conv.weight, conv.qconfig is None
+        ('Conv2d', True, True)
+    """
+    if type(module) in _AQUATIC_TWINS:
+        return type(module).from_float(module.to_float(baked=False), qconfig)
+    return TWINS[type(module)].from_float(module, qconfig)
 
 
 def _warn_requantized(requantized: List[str], kept: List[str]) -> None:
@@ -284,10 +319,8 @@ def _swap_twins(
             bn = batch_norms[id(module)]
             replacements[id(module)] = fused_pair(module, bn, config)
             replacements[id(bn)] = nn.Identity()
-        elif type(module) in _AQUATIC_TWINS:
-            replacements[id(module)] = type(module).from_float(module.to_float(baked=False), config)
         else:
-            replacements[id(module)] = TWINS[type(module)].from_float(module, config)
+            replacements[id(module)] = twin_of(module, config)
     for name, module, _ in plan:  # children of transformer layers that the mapping names
         follow_mapping(replacements[id(module)], name, module, resolver)
     return replace_modules(model, replacements), resolver

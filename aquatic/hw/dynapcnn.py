@@ -369,7 +369,10 @@ def budget(input_shape: Optional[Sequence[int]] = None, max_input_spikes: int = 
     Weights of 2 to 8 bits, each core on its ``IAF``'s shared scale (from
     :func:`qconfig`), checked by ``export(model, input_shape, max_input_spikes)``
     (cores, kernel and neuron memory, ranges, accumulator overflow); see
-    :class:`aquatic.ptq.ChipBudget`.
+    :class:`aquatic.ptq.ChipBudget`. The synapse layers analysed are the model's float
+    ``Linear`` and ``Conv2d`` layers: in a spiking convolutional network on
+    ``(N, T, C, H, W)``, ``aquatic.nn.Conv2d`` built with ``qconfig=None`` (it runs each
+    time step); give ``input_shape`` for the neuron-memory check of each core.
 
     Example:
         >>> from aquatic.hw import dynapcnn

@@ -11,10 +11,10 @@ from torch import nn
 
 from aquatic.ptq.batches import check_model, take_batches
 from aquatic.ptq.budgets import as_budget, costs, macs_per_sample
-from aquatic.model import TWINS, quantize
+from aquatic.model import quantize
 from aquatic.ptq.candidates import candidate_list, weight_qconfig
 from aquatic.ptq.chip_budget import ChipBudget
-from aquatic.ptq.layer_sensitivity import sensitivity
+from aquatic.ptq.layer_sensitivity import analysed, sensitivity
 from aquatic.ptq.records import SensitivityTable
 from aquatic.qconfig import QConfig
 
@@ -266,11 +266,7 @@ def mixed_precision(
 
 def _synapses(model: nn.Module, bits: int) -> Dict[str, int]:
     """``{layer: bits}`` for every layer that sensitivity analyses (a Linear, a conv)."""
-    return {
-        name: bits
-        for name, module in model.named_modules()
-        if type(module) in TWINS and isinstance(getattr(module, "weight", None), torch.Tensor)
-    }
+    return {name: bits for name, module in model.named_modules() if analysed(module)}
 
 
 def _macs(model: nn.Module, layers: List[Tuple[str, nn.Module]], batches: List[Any]):

@@ -13,9 +13,10 @@ from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from torch import nn
 
-from aquatic.model import TWINS, quantize
+from aquatic.model import quantize
 from aquatic.nn.neuron_base import NeuronModule
 from aquatic.ptq.calibration import calibrate
+from aquatic.ptq.layer_sensitivity import analysed
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.shared import ScaleGroup
 
@@ -46,7 +47,11 @@ class ChipBudget:
     allocation takes, for each layer, the candidate that loses least (the narrowest
     among equals). The model's spiking layers must already carry the chip's QConfig
     (``qconfig=aquatic.hw.xylo.qconfig()`` and so on, as the chip's workflow builds
-    them); its synapse layers are the float ``torch.nn`` layers to choose bits for.
+    them); its synapse layers are the float layers to choose bits for: ``torch.nn``
+    layers, or aquatic twins built without a QConfig, as a spiking convolutional
+    network on ``(N, T, C, H, W)`` holds them (``aquatic.nn.Conv2d(..., qconfig=None)``
+    runs each time step; :func:`aquatic.model.in_float`). A synapse layer already
+    quantized keeps its QConfig and is not analysed.
 
     Because a population's QConfig holds its :class:`~aquatic.quantizers.ScaleGroup`,
     quantize with :meth:`quantize` (or :meth:`aquatic.ptq.MixedPrecision.quantize`),
@@ -165,7 +170,7 @@ def _following_neurons(model: nn.Module) -> Dict[str, Any]:
     result: Dict[str, Any] = {}
     pending: List[str] = []
     for name, module in model.named_modules():
-        if type(module) in TWINS and getattr(module, "weight", None) is not None:
+        if analysed(module):
             pending = [name]
         elif isinstance(module, NeuronModule):
             for synapse in pending:

@@ -7,7 +7,8 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from aquatic.model import TWINS
+from aquatic.functional.time_steps import has_time_axis
+from aquatic.model import TWINS, in_float, twin_of
 from aquatic.ptq.batches import (
     check_model,
     device_of,
@@ -21,7 +22,7 @@ from aquatic.ptq.candidates import candidate_list
 from aquatic.ptq.records import SensitivityRecord, SensitivityTable
 from aquatic.qconfig import QConfig
 
-__all__ = ["sensitivity", "LayerRunner"]
+__all__ = ["sensitivity", "LayerRunner", "analysed"]
 
 Metric = Callable[[Tensor, Any], Any]
 
@@ -37,6 +38,27 @@ def _steps(model: nn.Module) -> Optional[List[nn.Module]]:
     return steps
 
 
+def analysed(module: nn.Module) -> bool:
+    """Whether :func:`sensitivity` analyses ``module``: a float layer that
+    :func:`aquatic.quantize` converts (:func:`aquatic.model.in_float`: a ``torch.nn``
+    layer, or an aquatic twin built with ``qconfig=None``) with one weight tensor
+    (``Linear``, convolutions)."""
+    return in_float(module) and isinstance(getattr(module, "weight", None), Tensor)
+
+
+def _refuse_time_axis(name: str, module: nn.Module, input: Any) -> None:
+    """A ``torch.nn`` convolution handed ``(N, T, C, *)``: name the layer and the fix."""
+    size = getattr(module, "kernel_size", None)
+    if type(module) in TWINS and isinstance(size, tuple) and isinstance(input, Tensor):
+        if has_time_axis(input, len(size) + 2):
+            kind = type(module).__name__
+            raise ValueError(
+                f"layer {name!r} (torch.nn.{kind}) got an input with a time axis, "
+                f"{tuple(input.shape)}, which torch's convolution refuses; build it as "
+                f"aquatic.nn.{kind} (qconfig=None keeps it float), which runs each step"
+            )
+
+
 class LayerRunner:
     """Runs a float model once, caching each layer's input, then replays from a layer on.
 
@@ -45,8 +67,8 @@ class LayerRunner:
     whole model runs with the layer's output replaced (correct, but without the saving).
 
     Args:
-        model: the float model (its layers of the types in :data:`aquatic.model.TWINS`
-            are the ones analysed).
+        model: the float model (the layers :func:`analysed` accepts are the ones
+            analysed).
         batches: the data, as for :func:`aquatic.calibrate`.
         progress: tqdm bar for the caching pass.
     """
@@ -57,15 +79,14 @@ class LayerRunner:
         self.device = device_of(model)
         # Layers with one weight tensor (Linear, convolutions): what the costs count.
         self.layers: List[Tuple[str, nn.Module]] = [
-            (name, module)
-            for name, module in model.named_modules()
-            if type(module) in TWINS and isinstance(getattr(module, "weight", None), Tensor)
+            (name, module) for name, module in model.named_modules() if analysed(module)
         ]
         if not self.layers:
             supported = ", ".join(f"nn.{cls.__name__}" for cls in TWINS)
             raise ValueError(
-                f"the model has no layers to quantize (supported: {supported}); pass the "
-                "float model, before aquatic.quantize"
+                f"the model has no layers to quantize (supported: {supported}, and their "
+                "aquatic.nn twins built with qconfig=None); pass the float model, before "
+                "aquatic.quantize"
             )
         steps = _steps(model)
         self.index: Dict[str, int] = {}
@@ -79,6 +100,7 @@ class LayerRunner:
         for name, module in self.layers:
 
             def hook(module: nn.Module, args: Tuple[Any, ...], name: str = name) -> None:
+                _refuse_time_axis(name, module, args[0])
                 if len(self.inputs[name]) < len(self.outputs) + 1:
                     self.inputs[name].append(args[0].detach())
 
@@ -116,8 +138,7 @@ class LayerRunner:
 
     def quantized_layer(self, name: str, qconfig: QConfig) -> nn.Module:
         """Layer ``name`` quantized with ``qconfig`` and calibrated on its cached inputs."""
-        layer = dict(self.layers)[name]
-        quantized = TWINS[type(layer)].from_float(layer, qconfig)
+        quantized = twin_of(dict(self.layers)[name], qconfig)
         quantized.eval()
         if any(True for _ in quantized.quantizers.modules()):
             calibrate(quantized, self.inputs[name], progress=False)
@@ -148,7 +169,9 @@ def sensitivity(
 ) -> SensitivityTable:
     """Quantize one layer at a time, with each candidate, and measure the damage.
 
-    For each layer of ``model`` that :func:`aquatic.quantize` would convert and each
+    For each layer of ``model`` that :func:`aquatic.quantize` would convert (a
+    ``torch.nn`` layer, or an aquatic twin built with ``qconfig=None``, such as the
+    ``aquatic.nn.Conv2d`` of a spiking network on ``(N, T, C, H, W)``) and each
     candidate, that layer alone is quantized (calibrated on its own inputs,
     :func:`aquatic.calibrate`), the rest stays float, and the change of the metric
     against the float model is recorded. The float model runs once, caching each
@@ -174,7 +197,9 @@ def sensitivity(
         ``.plot()`` for bars.
 
     Raises:
-        ValueError: no batches; no layer to quantize; an unknown candidate.
+        ValueError: no batches; no layer to quantize; an unknown candidate; a
+            ``torch.nn`` convolution given a time axis (build it as its ``aquatic.nn``
+            twin, which runs each step).
         TypeError: a candidate is neither a bit width nor a QConfig.
 
     Example:
