@@ -115,3 +115,18 @@ def test_a_torch_conv_given_a_time_axis_names_the_time_aware_layer():
     model = _conv_snn(conv=nn.Conv2d)
     with pytest.raises(ValueError, match=r"layer '0' \(torch.nn.Conv2d\).*aquatic.nn.Conv2d"):
         aquatic.sensitivity(model, 4, [_spikes()], progress=False)
+
+
+def test_a_byte_budget_quantizes_the_time_aware_convolutions():
+    model, data = _conv_snn(), [_spikes()]
+    sizes = {"0": 2 * 4 * 9, "3": 4 * 4 * 9, "6": 64 * 3}
+    limit = sum(sizes.values()) // 2  # 4 bits per weight on average
+    mapping = aquatic.mixed_precision(model, data, budget=limit, progress=False)
+    assert sorted(mapping.bits) == ["0", "3", "6"]
+    assert mapping.cost == sum(-(-sizes[n] * b // 8) for n, b in mapping.bits.items()) <= limit
+    quantized = mapping.quantize(model)
+    for name in ("0", "3"):
+        weight = quantized.get_submodule(name).quantizers["weight"]
+        assert weight.bits == mapping.bits[name]
+    assert quantized(data[0]).shape == (4, 5, 3)
+    assert model[0].qconfig is None  # the float model is unchanged
