@@ -8,7 +8,8 @@
 - :func:`save` / :func:`load`: plain tensors and a JSON header; no pickled code.
 - :func:`build_gru`, :func:`build_lstm`: the :class:`IntegerGRU` / :class:`IntegerLSTM`
   of a quantization-aware ``aquatic.nn.GRU`` / ``LSTM`` (integer matmuls, sigmoid and
-  tanh as lookup tables); :func:`convert` places them in ``nn.Sequential`` models with
+  tanh as lookup tables; an :class:`IntegerRecurrentStack` of them for stacked and
+  bidirectional layers); :func:`convert` places them in ``nn.Sequential`` models with
   :class:`aquatic.nn.SelectOutput` and :class:`aquatic.nn.LastStep`.
 - :func:`build_embedding`: the :class:`IntegerEmbedding` (a lookup of codes) or
   :class:`IntegerEmbeddingBag` (sum, mean, max in integer) of an aquatic embedding.
@@ -27,6 +28,7 @@ from aquatic.integer.graph_ops import IntegerCombine, IntegerReduceSum
 from aquatic.integer.serialize import load, save
 from aquatic.integer.spiking import IntegerNeuron
 from aquatic.integer.recurrent import FixedSum, IntegerGRU, IntegerLSTM
+from aquatic.integer.recurrent_stack import IntegerRecurrentStack
 from aquatic.integer.build_recurrent import build_gru, build_lstm
 from aquatic.integer.embedding import IntegerEmbedding, IntegerEmbeddingBag
 from aquatic.integer.build_sequence import build_embedding
@@ -58,6 +60,7 @@ __all__ = [
     "FixedSum",
     "IntegerGRU",
     "IntegerLSTM",
+    "IntegerRecurrentStack",
     "build_gru",
     "build_lstm",
     "IntegerEmbedding",

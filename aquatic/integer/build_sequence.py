@@ -6,6 +6,7 @@ the modules that place a recurrent layer in a ``Sequential``
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import List, Tuple
 
 import torch
@@ -142,18 +143,62 @@ def build_embedding(name: str, layer: nn.Module) -> Tuple[IntegerModule, QSpec]:
     return module, spec
 
 
+@dataclass
+class TupleSpec(QSpec):
+    """The meaning of a tuple of codes in a chain (a recurrent layer's ``(output, h_n)``,
+    an LSTM's ``(h_n, c_n)``): ``parts`` holds the spec of each element, a list for
+    stacked final states (one spec per layer and direction); the inherited fields are
+    those of the first element's codes."""
+
+    parts: tuple = ()
+
+    @classmethod
+    def of(cls, parts: tuple) -> "TupleSpec":
+        first = parts[0][0] if isinstance(parts[0], list) else parts[0]
+        return cls(
+            first.scale, first.zero_point, first.axis, first.low, first.high, [], parts=parts
+        )
+
+    def select(self, index: int, where: str) -> QSpec:
+        """The spec of element ``index``."""
+        if not -len(self.parts) <= index < len(self.parts):
+            raise ValueError(f"{where} selects element {index} of a {len(self.parts)}-tuple")
+        part = self.parts[index]
+        if not isinstance(part, list):
+            return part
+        grids = {(float(s.scale), int(s.zero_point), s.low, s.high) for s in part}
+        if len(grids) > 1:
+            raise ValueError(
+                f"{where} selects the final states of a stacked recurrent layer, which hold "
+                "each layer's codes on that layer's own grid; in an nn.Sequential select "
+                "the output (SelectOutput(0)) and its last step (LastStep), or convert a "
+                "model with a forward of its own that indexes one layer (h[-1])"
+            )
+        return part[0]
+
+
+def _recurrent_spec(module: IntegerModule, spec: QSpec) -> TupleSpec:
+    """The :class:`TupleSpec` of what an integer recurrent layer returns."""
+    states = module.state_specs()
+    hidden = states["hidden"]
+    finals = hidden if "cell" not in states else TupleSpec.of((hidden, states["cell"]))
+    return TupleSpec.of((spec, finals))
+
+
 def build_sequence_layer(name: str, layer: nn.Module, spec: QSpec):
     """``(modules, spec)`` for one layer of :data:`SEQUENCE_LAYERS` whose input ``spec``
     describes (an embedding ignores it: its input is row indices)."""
     source = type(layer).__name__
     if isinstance(layer, (Embedding, EmbeddingBag)):
         module, spec = build_embedding(name, layer)
-    elif isinstance(layer, GRU):
-        module, spec = build_gru(name, layer, spec)
-    elif isinstance(layer, LSTM):
-        module, spec = build_lstm(name, layer, spec)
+    elif isinstance(layer, (GRU, LSTM)):
+        build = build_gru if isinstance(layer, GRU) else build_lstm
+        module, spec = build(name, layer, spec)
+        spec = _recurrent_spec(module, spec)
     elif isinstance(layer, SelectOutput):
         module = IntegerSelectOutput(layer.index, name=name, source=source)
+        if isinstance(spec, TupleSpec):
+            spec = spec.select(layer.index, describe(name, layer))
     elif isinstance(layer, LastStep):
         module = IntegerLastStep(layer.dim, name=name, source=source)
     else:

@@ -220,7 +220,9 @@ def test_stacked_recurrent_layers_convert_layer_by_layer(layer):
     qmodel(x)  # calibrates every range
     qmodel.eval()
     integer = aquatic.convert(qmodel, example_input=x)
-    assert [key for key in integer.ops if key.startswith("rnn")] == ["rnn_l0", "rnn_l1", "rnn_l2"]
+    stack = integer.ops["rnn"]
+    assert isinstance(stack, aquatic.integer.IntegerRecurrentStack)
+    assert [layer.name for layer in stack.layers] == ["rnn_l0", "rnn_l1", "rnn_l2"]
     outputs = integer.dequantize_output(integer(integer.quantize_input(x)))
     with torch.no_grad():
         expected = qmodel(x)
@@ -261,11 +263,21 @@ def test_stacked_states_of_several_grids_are_not_returned_whole(layer):
         aquatic.convert(qmodel.eval(), example_input=x)
 
 
-def test_a_stacked_layer_in_a_sequential_names_the_way_out():
+def test_a_stacked_layer_in_a_sequential_converts_and_its_states_are_refused_whole():
+    torch.manual_seed(4)
     gru = aquatic.nn.GRU(8, 12, num_layers=2, qconfig=INT8)
     model = nn.Sequential(
         aquatic.nn.ActivationQuantizer(qconfig=INT8), gru, aquatic.nn.SelectOutput(0)
     )
-    model(torch.randn(5, 4, 8))
-    with pytest.raises(ValueError, match="converts num_layers > 1"):
+    x = torch.randn(5, 4, 8)
+    model(x)
+    integer = aquatic.convert(model.eval())
+    out = integer.dequantize_output(integer(integer.quantize_input(x)))
+    with torch.no_grad():
+        expected = model(x)
+    step = float(gru.quantizers["hidden_l1"].grid().scale)
+    assert float(integer.output_spec.scale) == pytest.approx(step)
+    assert ((out - expected).abs() <= step + 1e-6).float().mean() >= 0.99
+    model[2] = aquatic.nn.SelectOutput(1)  # h_n: each layer's codes on its own grid
+    with pytest.raises(ValueError, match=r"own grid; in an nn.Sequential select the output"):
         aquatic.convert(model.eval())

@@ -130,8 +130,6 @@ def test_build_gru_names_what_is_missing():
     spec = QSpec(torch.tensor(0.1), torch.tensor(0), None, -128, 127)
     with pytest.raises(TypeError, match="aquatic.nn.GRU"):
         build_gru("x", aquatic.nn.LSTM(2, 2, qconfig=INT8), spec)
-    with pytest.raises(ValueError, match="one direction without projection"):
-        build_gru("x", aquatic.nn.GRU(2, 2, bidirectional=True, qconfig=INT8), spec)
     weights_only = aquatic.nn.GRU(2, 2, qconfig=aquatic.qconfig.int4_weight)
     with pytest.raises(ValueError, match="no quantizer gates_l0, gate_outputs_l0, hidden_l0"):
         build_gru("x", weights_only, spec)
