@@ -142,7 +142,7 @@ def grid(value: Any) -> Optional[str]:
 
 
 def _recurrent(signals: tuple) -> Dict[str, Check]:
-    """The configuration of an integer GRU or LSTM (:mod:`aquatic.integer.recurrent`)."""
+    """The configuration of an integer RNN, GRU or LSTM (:mod:`aquatic.integer.recurrent`)."""
     states = tuple(key for key in ("hidden", "cell") if key in signals)
     projection = ("weight_hr",) if "cell" in signals else ()
     return {
@@ -206,6 +206,7 @@ CONFIG: Dict[str, Dict[str, Check]] = {
         "sizes": ints(-1),
     },
     "sum": {"dim": integer()},
+    "rnn": _recurrent(("gates", "hidden")),
     "gru": _recurrent(("gates", "gate_outputs", "hidden")),
     "lstm": _recurrent(("gates", "gate_outputs", "cell", "hidden")),
     "recurrent_stack": {
@@ -327,8 +328,10 @@ def check_config(field: str, kind: str, config: Dict[str, Any]) -> None:
             where = f"{field}.layers[{position}]"
             if not isinstance(entry, dict) or set(entry) != {"kind", "config"}:
                 raise fail(where, f"must be an object with 'kind' and 'config', got {entry!r}")
-            if entry["kind"] not in ("gru", "lstm"):
-                raise fail(f"{where}.kind", f"must be 'gru' or 'lstm', got {entry['kind']!r}")
+            if entry["kind"] not in ("rnn", "gru", "lstm"):
+                raise fail(
+                    f"{where}.kind", f"must be 'rnn', 'gru' or 'lstm', got {entry['kind']!r}"
+                )
             checks = {**COMMON, **CONFIG[entry["kind"]]}
             check_fields(f"{where}.config", entry["config"], checks, False)
     if kind == "neuron":

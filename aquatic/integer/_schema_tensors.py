@@ -184,12 +184,18 @@ def _recurrent(name: Callable[[str], str], config: Dict[str, Any], t: Dict[str, 
     """Weights ``(G H, in)`` and ``(G H, H)``, biases and per-row scales of ``G H``, and
     tables that cover the ``gates`` (and ``cell``) grid with codes on their target grid."""
     lstm = "cell" in config.get("grids", {})
-    keys = ("weight_ih", "weight_hh", "sigmoid", "tanh") + (("cell_tanh",) if lstm else ())
+    rnn = "gate_outputs" not in config.get("grids", {})  # the header check named the kind's
+    tables = [("activation", "gates", "hidden")] if rnn else []
+    if not rnn:
+        tables = [("sigmoid", "gates", "gate_outputs"), ("tanh", "gates", "gate_outputs")]
+    if lstm:
+        tables.append(("cell_tanh", "cell", None))
+    keys = ("weight_ih", "weight_hh") + tuple(key for key, _, _ in tables)
     for key in keys:
         if key not in t:
             raise fail(name(key), "is missing")
     w_ih, w_hh, w_hr = t["weight_ih"], t["weight_hh"], t.get("weight_hr")
-    gates = 4 if lstm else 3
+    gates = 4 if lstm else 1 if rnn else 3
     if w_hr is None:
         if w_hh.dim() != 2 or w_hh.shape[1] == 0 or w_hh.shape[0] != gates * w_hh.shape[1]:
             raise fail(name("weight_hh"), f"must be ({gates} H, H), got shape {tuple(w_hh.shape)}")
@@ -217,9 +223,6 @@ def _recurrent(name: Callable[[str], str], config: Dict[str, Any], t: Dict[str, 
         if isinstance(scale, list) and len(scale) not in (1, count):
             raise fail(f"the config's scales[{key!r}]", f"must be a number or hold {count}")
     grids = config.get("grids", {})
-    tables = [("sigmoid", "gates", "gate_outputs"), ("tanh", "gates", "gate_outputs")]
-    if lstm:
-        tables.append(("cell_tanh", "cell", None))
     for key, source, target in tables:
         table = t[key]
         if source not in grids or (target is not None and target not in grids):
@@ -237,6 +240,7 @@ def _recurrent(name: Callable[[str], str], config: Dict[str, Any], t: Dict[str, 
 
 
 _LAYER_CHECKS: Dict[str, Callable[..., None]] = {
+    "rnn": _recurrent,
     "gru": _recurrent,
     "lstm": _recurrent,
     "linear": _accumulator,
@@ -302,7 +306,7 @@ def certify(layers: Any, input_low: int, input_high: int) -> None:
                 codes = (max(codes[0], int(layer.zero_point.min())), codes[1])
         elif kind in ("maxpool", "reshape", "last_step"):
             pass
-        elif kind in ("gru", "lstm"):  # (output, h_n) or (output, (h_n, c_n)) codes
+        elif kind in ("rnn", "gru", "lstm"):  # (output, h_n) or (output, (h_n, c_n)) codes
             hidden = tuple(layer.grids["hidden"][1:])
             cell = tuple(layer.grids["cell"][1:]) if "cell" in layer.grids else None
             codes = (hidden, (hidden, cell) if cell else hidden)  # type: ignore[assignment]

@@ -13,12 +13,12 @@ from torch import nn
 
 from aquatic.integer.base import QSpec
 from aquatic.integer.reading import describe, grid_steps, read_grid
-from aquatic.integer.recurrent import TANH_BITS, IntegerGRU, IntegerLSTM
+from aquatic.integer.recurrent import TANH_BITS, IntegerGRU, IntegerLSTM, IntegerRNN
 from aquatic.integer.recurrent_stack import IntegerRecurrentStack
-from aquatic.nn import GRU, LSTM
+from aquatic.nn import GRU, LSTM, RNN
 from aquatic.nn.base import eval_mode
 
-__all__ = ["build_gru", "build_lstm"]
+__all__ = ["build_rnn", "build_gru", "build_lstm"]
 
 
 def _read(
@@ -63,15 +63,6 @@ def _read(
     bias_ih, bias_hh = (
         values.get(k, getattr(layer, k)) for k in ("bias_ih" + suffix, "bias_hh" + suffix)
     )
-    # The tables: every gates code through the float function and the quantizer, as
-    # the quantization-aware layer computes them.
-    outputs = quantizers["gate_outputs" + suffix]
-    tables = []
-    with eval_mode([outputs]):
-        grid = read_grid(outputs, where, [])
-        for function in (torch.sigmoid, torch.tanh):
-            real = _reals(scales["gates"], grids["gates"])
-            tables.append(grid_steps(outputs(function(real)), grid, where) + grid.zero_point)
     args = dict(
         weight_ih=codes["weight_ih"],
         weight_hh=codes["weight_hh"],
@@ -79,8 +70,7 @@ def _read(
         bias_hh=None if bias_hh is None else bias_hh.detach(),
         scales=scales,
         grids=grids,
-        sigmoid=tables[0],
-        tanh=tables[1],
+        **_tables(where, layer, quantizers, suffix, scales, grids),
         batch_first=layer.batch_first,
         reverse=suffix.endswith("_reverse"),
         name=name,
@@ -90,6 +80,25 @@ def _read(
     if "weight_hr" in codes:
         args["weight_hr"] = codes["weight_hr"]
     return args
+
+
+def _tables(where, layer, quantizers, suffix, scales, grids) -> Dict[str, torch.Tensor]:
+    """The lookup tables: every ``gates`` code through the float function and the
+    quantizer after it, as the quantization-aware layer computes them (sigmoid and tanh
+    onto ``gate_outputs``; an RNN's nonlinearity onto ``hidden``)."""
+    real = _reals(scales["gates"], grids["gates"])
+    if "gate_outputs" in grids:
+        functions = {"sigmoid": torch.sigmoid, "tanh": torch.tanh}
+        after = quantizers["gate_outputs" + suffix]
+    else:
+        functions = {"activation": torch.tanh if layer.nonlinearity == "tanh" else torch.relu}
+        after = quantizers["hidden" + suffix]
+    with eval_mode([after]):
+        grid = read_grid(after, where, [])
+        return {
+            key: grid_steps(after(function(real)), grid, where) + grid.zero_point
+            for key, function in functions.items()
+        }
 
 
 def _projects(layer: nn.Module) -> bool:
@@ -167,6 +176,23 @@ def _reals(scale: torch.Tensor, grid: Tuple[int, int, int]) -> torch.Tensor:
     """The float32 value of every code of a grid, low to high."""
     zero, low, high = grid
     return ((torch.arange(low, high + 1) - zero).double() * scale).float()
+
+
+@torch.no_grad()
+def build_rnn(
+    name: str, layer: RNN, spec: QSpec, index: Optional[int] = None, state: Any = None
+) -> Tuple[Union[IntegerRNN, IntegerRecurrentStack], QSpec]:
+    """The integer model of an aquatic ``RNN`` (tanh or ReLU) whose input codes ``spec``
+    describes: as :func:`build_gru`, with the ``gates`` and ``hidden`` quantizers
+    (``QConfig.activation``).
+
+    Returns:
+        ``(module, spec)``: the integer RNN (or a stack of them) and the meaning of its
+        output codes.
+    """
+    if not isinstance(layer, RNN):
+        raise TypeError(f"build_rnn takes an aquatic.nn.RNN, got {type(layer).__name__}")
+    return _build(name, layer, spec, index, state, lambda a: IntegerRNN(**a), ("gates", "hidden"))
 
 
 @torch.no_grad()

@@ -14,11 +14,11 @@ from torch import Tensor, nn
 
 from aquatic.functional.grid import Grid
 from aquatic.integer.base import IntegerModule, QSpec
-from aquatic.integer.build_recurrent import build_gru, build_lstm
+from aquatic.integer.build_recurrent import build_gru, build_lstm, build_rnn
 from aquatic.integer.embedding import IntegerEmbedding, IntegerEmbeddingBag
 from aquatic.integer.reading import describe, grid_steps, read_grid
 from aquatic.integer.sequence import IntegerLastStep, IntegerSelectOutput
-from aquatic.nn import GRU, LSTM, Embedding, EmbeddingBag, LastStep, SelectOutput
+from aquatic.nn import GRU, LSTM, RNN, Embedding, EmbeddingBag, LastStep, SelectOutput
 from aquatic.nn.base import eval_mode
 
 __all__ = [
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 #: The layer types :func:`build_sequence_layer` converts.
-SEQUENCE_LAYERS = (GRU, LSTM, Embedding, EmbeddingBag, SelectOutput, LastStep)
+SEQUENCE_LAYERS = (RNN, GRU, LSTM, Embedding, EmbeddingBag, SelectOutput, LastStep)
 
 #: The largest |weight step * multiplier| of a bag table: 2**22 rows per bag stay in int64.
 _TABLE_LIMIT = 2**40
@@ -143,6 +143,10 @@ def build_embedding(name: str, layer: nn.Module) -> Tuple[IntegerModule, QSpec]:
     return module, spec
 
 
+#: The builder of each recurrent layer type.
+RECURRENT_BUILDERS = {RNN: build_rnn, GRU: build_gru, LSTM: build_lstm}
+
+
 @dataclass
 class TupleSpec(QSpec):
     """The meaning of a tuple of codes in a chain (a recurrent layer's ``(output, h_n)``,
@@ -191,9 +195,8 @@ def build_sequence_layer(name: str, layer: nn.Module, spec: QSpec):
     source = type(layer).__name__
     if isinstance(layer, (Embedding, EmbeddingBag)):
         module, spec = build_embedding(name, layer)
-    elif isinstance(layer, (GRU, LSTM)):
-        build = build_gru if isinstance(layer, GRU) else build_lstm
-        module, spec = build(name, layer, spec)
+    elif isinstance(layer, (RNN, GRU, LSTM)):
+        module, spec = RECURRENT_BUILDERS[type(layer)](name, layer, spec)
         spec = _recurrent_spec(module, spec)
     elif isinstance(layer, SelectOutput):
         module = IntegerSelectOutput(layer.index, name=name, source=source)

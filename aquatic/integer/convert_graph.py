@@ -20,12 +20,12 @@ from aquatic.graph.insert import takes_indices
 from aquatic.graph.ops import is_tensor_op, kind
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build_graph import build_combine
+from aquatic.integer.build_sequence import RECURRENT_BUILDERS
 from aquatic.integer.convert_module import convert_module, input_spec
 from aquatic.integer.convert_nodes import NodeContext, convert_node
 from aquatic.integer.graph import IntegerGraph, Ref, Step
 from aquatic.integer.reading import check_observed, describe
-from aquatic.integer.build_recurrent import build_gru, build_lstm
-from aquatic.nn import GRU, LSTM, ActivationQuantizer, Add, Cat, Mul
+from aquatic.nn import LSTM, ActivationQuantizer, Add, Cat, Mul
 
 __all__ = ["convert_graph"]
 
@@ -137,7 +137,7 @@ class _Builder:
             self.steps.append(Step(node.name, node.name, None, tuple(self.refs(tensors)), {}))
             self.specs[node.name] = spec
             return
-        if isinstance(module, (GRU, LSTM)):
+        if type(module) in RECURRENT_BUILDERS:
             self.recurrent(node, module, where)
             return
         if len(node.args) != 1 or node.kwargs:
@@ -150,7 +150,7 @@ class _Builder:
         self.chain(node, modules, spec, node.args[0])
 
     def recurrent(self, node: fx.Node, layer: nn.Module, where: str) -> None:
-        """A GRU or LSTM, given an initial state or not: one integer module, whose value
+        """An RNN, GRU or LSTM, given an initial state or not: one integer module, whose value
         is ``(output, h_n)`` (``(output, (h_n, c_n))``); stacked final states hold each
         layer's codes on that layer's grid (:class:`LayerSpecs`)."""
         args = list(node.args) + [node.kwargs[k] for k in ("hx",) if k in node.kwargs]
@@ -163,7 +163,7 @@ class _Builder:
         spec = self.spec(args[0], where)
         lstm = isinstance(layer, LSTM)
         state = None if len(args) == 1 or args[1] is None else self.state_spec(args[1], lstm, where)
-        build = build_lstm if lstm else build_gru
+        build = RECURRENT_BUILDERS[type(layer)]
         module, spec = build(node.target, layer, spec, state=state)
         self.ops[node.name] = module
         inputs = (args[0],) if state is None else (args[0], args[1])

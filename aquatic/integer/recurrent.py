@@ -23,17 +23,22 @@ to a rounding boundary; a step of difference there carries on through later time
 (tested: 99% of the hidden codes equal, and argmax agreement of at least 99%, on a
 keyword-spotting GRU).
 
+:class:`IntegerRNN` is the Elman RNN: its pre-activation goes onto the ``gates`` grid
+as in step 2, and tanh or ReLU with the ``hidden`` quantizer is a table as in step 3.
+
 Each module is one layer in one direction (``reverse=True``: it reads the sequence
 from its last step, as the second direction of a bidirectional torch layer); an LSTM
 may project its hidden state (``proj_size``). They start from zero states, or from
 given codes (``forward(input, hx)``), requantized onto their own grids when the
 layer was built with ``state_scales``. Stacked and bidirectional layers are
 :class:`~aquatic.integer.recurrent_stack.IntegerRecurrentStack` of them.
-:func:`aquatic.integer.build_gru` and :func:`~aquatic.integer.build_lstm` build these
-modules from a trained layer. :func:`aquatic.convert` places them in ``nn.Sequential``
-models, where :class:`aquatic.nn.SelectOutput` picks an element of the tuple a
-recurrent layer returns and :class:`aquatic.nn.LastStep` a time step, and in traced
-graphs, where the ``forward`` indexes that tuple itself (``out, h = self.gru(x)``). :func:`aquatic.integer.save` and
+:func:`aquatic.integer.build_gru`, :func:`~aquatic.integer.build_lstm` and
+:func:`~aquatic.integer.build_rnn` build these modules from a trained layer.
+:func:`aquatic.convert` places them in ``nn.Sequential`` models, where
+:class:`aquatic.nn.SelectOutput` picks an element of the tuple a recurrent layer
+returns and :class:`aquatic.nn.LastStep` a time step, and in traced graphs, where the
+``forward`` indexes that tuple itself (``out, h = self.gru(x)``).
+:func:`aquatic.integer.save` and
 :meth:`aquatic.integer.IntegerGraph.save` save them: the integer weights and tables as
 tensors, the scales and real biases as JSON numbers (float64, exact), from which loading
 recomputes the same multipliers.
@@ -56,7 +61,7 @@ from aquatic.integer.recurrent_layer import (
 )
 from aquatic.integer.requant import rounding_right_shift
 
-__all__ = ["FixedSum", "IntegerGRU", "IntegerLSTM", "TANH_BITS"]
+__all__ = ["FixedSum", "IntegerRNN", "IntegerGRU", "IntegerLSTM", "TANH_BITS"]
 
 
 class IntegerGRU(IntegerRecurrentLayer):
@@ -141,6 +146,80 @@ class IntegerGRU(IntegerRecurrentLayer):
             n_pre = self._onto(self.n([acc_i[:, 2 * size :], r * hn], self.n_bias), "gates")
             n = self._lookup(self.tanh, n_pre) - zo
             h = self._onto(self.h([n, z * n, z * centered]), "hidden")
+            outputs[t] = h
+        return self._stack(outputs), h.unsqueeze(0)
+
+
+class IntegerRNN(IntegerRecurrentLayer):
+    __doc__ = (
+        """One Elman RNN layer (one direction) on integer codes.
+
+    The pre-activation :math:`W_{ih} x + b_{ih} + W_{hh} h + b_{hh}` goes onto the
+    ``gates`` grid (:class:`FixedSum`), and the nonlinearity (tanh or ReLU) with the
+    ``hidden`` quantizer is a table from each ``gates`` code to a ``hidden`` code,
+    computed at conversion by the quantization-aware layer's own function and
+    quantizer, as the GRU's tables are.
+"""
+        + ARGS.replace(
+            """        sigmoid, tanh: lookup tables, the ``gate_outputs`` code of each ``gates`` code
+            from ``gates`` low to high.
+""",
+            """        activation: lookup table, the ``hidden`` code of each ``gates`` code from
+            ``gates`` low to high.
+""",
+        )
+        + """
+    Shape:
+        As :class:`IntegerGRU`.
+    """
+    )
+
+    kind = "rnn"
+    _tensor_keys = ("weight_ih", "weight_hh", "activation")
+    _gates = 1
+
+    def __init__(
+        self,
+        weight_ih: Tensor,
+        weight_hh: Tensor,
+        bias_ih: Optional[Tensor],
+        bias_hh: Optional[Tensor],
+        scales: dict,
+        grids: dict,
+        activation: Tensor,
+        batch_first: bool = False,
+        reverse: bool = False,
+        state_scales: Optional[dict] = None,
+        state_grids: Optional[dict] = None,
+        name: str = "",
+        notes: Optional[List[str]] = None,
+        source: str = "",
+    ) -> None:
+        super().__init__(name, notes, source)
+        options = (batch_first, reverse, state_scales, state_grids)
+        s, a_i, a_h, bounds, b_i, b_h = self._setup(
+            weight_ih,
+            weight_hh,
+            bias_ih,
+            bias_hh,
+            scales,
+            grids,
+            {"activation": activation},
+            options,
+        )
+        self.gates = FixedSum([a_i, a_h], list(bounds), float(s["gates"]))
+        self.register_buffer("gates_bias", constant_on(self.gates, b_i + b_h, s["gates"]))
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        steps = self._steps(input)
+        self._check_features(steps)
+        (h0,) = self._states(hx, 1)
+        h = self._start(steps, "hidden", h0)
+        outputs: List[Tensor] = [h] * steps.shape[0]
+        for t in self._order(steps):
+            acc_i, acc_h, _ = self._accumulate(steps[t], h)
+            pre = self._onto(self.gates([acc_i, acc_h], self.gates_bias), "gates")
+            h = self._lookup(self.activation, pre)
             outputs[t] = h
         return self._stack(outputs), h.unsqueeze(0)
 

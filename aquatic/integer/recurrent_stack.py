@@ -1,6 +1,6 @@
 """Stacked and bidirectional integer recurrent layers: one
-:class:`~aquatic.integer.recurrent.IntegerGRU` or
-:class:`~aquatic.integer.recurrent.IntegerLSTM` per layer and direction, run as
+:class:`~aquatic.integer.recurrent.IntegerRNN`, :class:`~aquatic.integer.recurrent.IntegerGRU`
+or :class:`~aquatic.integer.recurrent.IntegerLSTM` per layer and direction, run as
 :func:`aquatic.functional.recurrent_sequence` runs the quantization-aware layers (and
 as :class:`torch.nn.GRU` documents): layer :math:`k` reads the output of layer
 :math:`k - 1`, the two directions of a layer read the same input, the second from the
@@ -18,21 +18,21 @@ import torch
 from torch import Tensor, nn
 
 from aquatic.integer.base import KINDS, IntegerModule, QSpec
-from aquatic.integer.recurrent import IntegerGRU, IntegerLSTM
+from aquatic.integer.recurrent import IntegerGRU, IntegerLSTM, IntegerRNN
 
 __all__ = ["IntegerRecurrentStack"]
 
-Layer = Union[IntegerGRU, IntegerLSTM]
+Layer = Union[IntegerRNN, IntegerGRU, IntegerLSTM]
 
 
 class IntegerRecurrentStack(IntegerModule):
-    """``num_layers`` integer GRU or LSTM layers, in one or two directions, as one module
+    """``num_layers`` integer RNN, GRU or LSTM layers, in one or two directions, as one module
     that takes and returns what the torch layer does.
 
     Args:
         layers: the layer of each layer and direction, in torch's order (``l0``,
             ``l0_reverse``, ``l1``, ...): integer modules, or, as a file holds them,
-            ``{"kind": "gru" | "lstm", "config": {...}}`` whose tensors come in
+            ``{"kind": "rnn" | "gru" | "lstm", "config": {...}}`` whose tensors come in
             ``tensors`` as ``"<position>.<argument>"``.
         num_layers: the number of stacked layers.
         bidirectional: whether each layer runs in both directions.
@@ -78,12 +78,13 @@ class IntegerRecurrentStack(IntegerModule):
         self._check()
 
     def _layer(self, position: int, entry: Any, tensors: Dict[str, Tensor]) -> Layer:
-        if isinstance(entry, (IntegerGRU, IntegerLSTM)):
+        if isinstance(entry, (IntegerRNN, IntegerGRU, IntegerLSTM)):
             return entry
-        if not isinstance(entry, dict) or entry.get("kind") not in ("gru", "lstm"):
+        if not isinstance(entry, dict) or entry.get("kind") not in ("rnn", "gru", "lstm"):
             raise ValueError(
-                f"{self._where()}: layer {position} must be an IntegerGRU or IntegerLSTM, or "
-                f"{{'kind': 'gru' | 'lstm', 'config': {{...}}}}, got {entry!r}"
+                f"{self._where()}: layer {position} must be an IntegerRNN, IntegerGRU or "
+                f"IntegerLSTM, or {{'kind': 'rnn' | 'gru' | 'lstm', 'config': {{...}}}}, got "
+                f"{entry!r}"
             )
         prefix = f"{position}."
         own = {k[len(prefix) :]: tensors.pop(k) for k in list(tensors) if k.startswith(prefix)}
@@ -98,7 +99,7 @@ class IntegerRecurrentStack(IntegerModule):
                 f"{expected} integer layers, got {len(self.layers)}"
             )
         if len({type(layer) for layer in self.layers}) != 1:
-            raise ValueError(f"{where}: the layers mix GRU and LSTM")
+            raise ValueError(f"{where}: the layers mix kinds of recurrent layer")
         for k, layer in enumerate(self.layers):
             if layer.reverse != (k % self.directions == 1):
                 raise ValueError(f"{where}: layer {k} runs in the wrong direction")

@@ -1,4 +1,7 @@
-"""The integer GRU against the quantization-aware GRU it was built from."""
+"""The integer RNN, GRU and LSTM against the quantization-aware layers they were built from."""
+
+import functools
+import io
 
 import pytest
 import torch
@@ -205,3 +208,55 @@ def test_a_stack_refuses_directions_on_different_grids():
         aquatic.integer.IntegerRecurrentStack([forward, other], 1, True)
     with pytest.raises(ValueError, match="need 2 integer layers, got 1"):
         aquatic.integer.IntegerRecurrentStack([forward], 1, True)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_integer_rnn_agrees_with_the_quantization_aware_model(nonlinearity):
+    layer = functools.partial(aquatic.nn.RNN, nonlinearity=nonlinearity)
+    model, generator = train(layer, INT8)
+    x, _ = keywords(generator, 300)  # held out
+    with torch.no_grad():
+        logits = model(x)
+        _, h_qat = model.gru(model.quant(x))
+    rnn, hidden = aquatic.integer.build_rnn("rnn", model.gru, input_spec(model))
+    assert isinstance(rnn, aquatic.integer.IntegerRNN)
+    output, h_n = rnn(model.quant.quantizers["activation"].to_int(x).to(torch.int64))
+    expected = model.gru.quantizers["hidden_l0"].to_int(h_qat[0]).to(torch.int64)
+    assert (h_n[0] == expected).float().mean() >= 0.99
+    head, _ = build_accumulator("head", model.head, hidden)
+    out = h_n[0]
+    for module in head:
+        out = module(out)
+    assert (out.argmax(1) == logits.argmax(1)).float().mean() >= 0.99
+    if nonlinearity == "relu":
+        assert int(h_n.min()) >= int(model.gru.quantizers["hidden_l0"].grid().zero_point)
+
+
+def test_a_stacked_bidirectional_rnn_converts_in_a_chain_and_saves():
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        aquatic.nn.ActivationQuantizer(qconfig=INT8),
+        aquatic.nn.RNN(6, 8, num_layers=2, bidirectional=True, qconfig=INT8),
+        aquatic.nn.SelectOutput(0),
+        aquatic.nn.LastStep(0),
+        aquatic.nn.Linear(16, 3, qconfig=INT8),
+    )
+    x = torch.randn(9, 32, 6)
+    model(x)
+    model.eval()
+    integer = aquatic.convert(model)
+    assert [type(m).__name__ for m in integer.layers[0].layers] == ["IntegerRNN"] * 4
+    codes = integer.quantize_input(x)
+    out = integer.dequantize_output(integer(codes))
+    with torch.no_grad():
+        expected = model(x)
+    step = float(integer.output_spec.scale)
+    assert ((out - expected).abs() <= step + 1e-6).float().mean() >= 0.99
+    assert torch.equal(aquatic.integer.load(_saved(integer))(codes), integer(codes))
+
+
+def _saved(integer):
+    buffer = io.BytesIO()
+    integer.save(buffer)
+    buffer.seek(0)
+    return buffer

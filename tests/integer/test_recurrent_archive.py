@@ -192,7 +192,7 @@ def _edit_layer(position, key, value):
             r"weight_hr.*\(H_out, H\)",
         ),
         (_edit_layer(1, "reverse", False), r"layer 1 runs in the wrong direction"),
-        (lambda c, t: _set(c["layers"][0], "kind", "rnn"), r"must be 'gru' or 'lstm'"),
+        (lambda c, t: _set(c["layers"][0], "kind", "linear"), r"must be 'rnn', 'gru' or 'lstm'"),
         (lambda c, t: _set(t, "0.5.tanh", t["0.0.tanh"]), r"'0.5.tanh'.*names no layer"),
     ],
 )
