@@ -173,10 +173,11 @@ class TupleSpec(QSpec):
         grids = {(float(s.scale), int(s.zero_point), s.low, s.high) for s in part}
         if len(grids) > 1:
             raise ValueError(
-                f"{where} selects the final states of a stacked recurrent layer, which hold "
-                "each layer's codes on that layer's own grid; in an nn.Sequential select "
-                "the output (SelectOutput(0)) and its last step (LastStep), or convert a "
-                "model with a forward of its own that indexes one layer (h[-1])"
+                f"{where} selects the final states of a stacked or bidirectional recurrent "
+                "layer, which hold each layer and direction's codes on its own grid; in an "
+                "nn.Sequential select the output (SelectOutput(0)) and its last step "
+                "(LastStep), or convert a model with a forward of its own that indexes one "
+                "layer and direction (h[-1])"
             )
         return part[0]
 

@@ -187,8 +187,9 @@ class _Builder:
         for part in parts:
             if isinstance(part, LayerSpecs):
                 raise ValueError(
-                    f"{where} is given as initial state the final states of a stacked layer, "
-                    "each on its own grid; quantize them onto one grid first (an "
+                    f"{where} is given as initial state the final states of a stacked or "
+                    "bidirectional layer, each on its own grid; quantize them onto one grid "
+                    "first (an "
                     "aquatic.nn.ActivationQuantizer)"
                 )
         return tuple(parts) if lstm else parts[0]
@@ -311,8 +312,9 @@ def _output_specs(builder: _Builder, output: Any) -> Any:
         found = builder.specs.get(builder.ref(output))
         if _stacked_states(found):
             raise TypeError(
-                f"the model returns {output.name!r}, the final states of all layers of a "
-                "stacked recurrent layer, each on its own grid; return one layer's (h[-1])"
+                f"the model returns {output.name!r}, the final states of all layers and "
+                "directions of a stacked or bidirectional recurrent layer, each on its own "
+                "grid; return one layer's (h[-1])"
             )
         return found
     if isinstance(output, (list, tuple)):

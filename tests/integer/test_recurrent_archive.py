@@ -200,3 +200,33 @@ def test_a_corrupt_recurrent_stack_is_refused_naming_the_field(edit, match):
     model, _ = stacked_chain(aquatic.nn.LSTM, WITH_STATE, bidirectional=True, proj_size=4)
     with pytest.raises(ValueError, match=match):
         aquatic.integer.load(corrupt(aquatic.convert(model), edit))
+
+
+def test_a_chain_reads_an_lstm_cell_state_on_its_own_grid():
+    torch.manual_seed(4)
+    lstm = aquatic.nn.LSTM(6, 10, bidirectional=True, qconfig=WITH_STATE)
+    model = nn.Sequential(
+        aquatic.nn.ActivationQuantizer(qconfig=WITH_STATE),
+        lstm,
+        aquatic.nn.SelectOutput(1),  # (h_n, c_n)
+        aquatic.nn.SelectOutput(0),  # h_n: both directions on the one hidden grid
+    )
+    x = torch.randn(7, 16, 6)
+    model(x)
+    integer = aquatic.convert(model.eval())
+    hidden = lstm.quantizers["hidden_l0"].grid().scale
+    assert float(integer.output_spec.scale) == pytest.approx(float(hidden))
+    h_n = integer.dequantize_output(integer(integer.quantize_input(x)))
+    with torch.no_grad():
+        expected = model(x)
+    assert h_n.shape == (2, 16, 10)
+    assert ((h_n - expected).abs() <= float(hidden) + 1e-6).float().mean() >= 0.99
+    model[3] = aquatic.nn.SelectOutput(1)  # c_n: each direction's cell grid
+    with pytest.raises(ValueError, match="own grid"):
+        aquatic.convert(model.eval())
+    one = aquatic.nn.LSTM(6, 10, qconfig=WITH_STATE)
+    model[1] = one
+    model(x)
+    integer = aquatic.convert(model.eval())
+    cell = one.quantizers["cell_l0"].grid().scale
+    assert float(integer.output_spec.scale) == pytest.approx(float(cell))
