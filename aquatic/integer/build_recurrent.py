@@ -144,17 +144,17 @@ def _build(
         if not 0 <= index < layer.num_layers:
             raise ValueError(f"{where} has no layer {index} (num_layers={layer.num_layers})")
         module = make(dict(_read(name, layer, spec, signals, f"_l{index}"), **given))
-        return module, _hidden(module)
+        return module, module.state_specs()["hidden"]
     if layer.num_layers == 1 and not layer.bidirectional:
         module = make(dict(_read(name, layer, spec, signals, "_l0"), **given))
-        return module, _hidden(module)
+        return module, module.state_specs()["hidden"]
     layers = []
     directions = 2 if layer.bidirectional else 1
     for k, suffix in enumerate(layer._suffixes()):
         args = _read(f"{name}{suffix}", layer, spec, signals, suffix)
         layers.append(make(dict(args, **given)))
-        if k % directions == directions - 1:
-            spec = _hidden(layers[-1])  # the next layer reads this layer's hidden codes
+        if k % directions == directions - 1:  # the next layer reads these hidden codes
+            spec = layers[-1].state_specs()["hidden"]
     stack = IntegerRecurrentStack(
         layers,
         layer.num_layers,
@@ -165,11 +165,6 @@ def _build(
         source=type(layer).__name__,
     )
     return stack, spec
-
-
-def _hidden(module) -> QSpec:
-    zero, low, high = module.grids["hidden"]
-    return QSpec(torch.tensor(module.scales["hidden"]), zero, None, low, high)
 
 
 def _reals(scale: torch.Tensor, grid: Tuple[int, int, int]) -> torch.Tensor:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -170,8 +170,8 @@ class TupleSpec(QSpec):
         part = self.parts[index]
         if not isinstance(part, list):
             return part
-        grids = {(float(s.scale), int(s.zero_point), s.low, s.high) for s in part}
-        if len(grids) > 1:
+        shared = one_grid(part)
+        if shared is None:
             raise ValueError(
                 f"{where} selects the final states of a stacked or bidirectional recurrent "
                 "layer, which hold each layer and direction's codes on its own grid; in an "
@@ -179,7 +179,14 @@ class TupleSpec(QSpec):
                 "(LastStep), or convert a model with a forward of its own that indexes one "
                 "layer and direction (h[-1])"
             )
-        return part[0]
+        return shared
+
+
+def one_grid(specs: List[QSpec]) -> Optional[QSpec]:
+    """The spec of stacked final states that all lie on one grid (the first), or
+    ``None`` where they lie on several."""
+    grids = {(float(s.scale), int(s.zero_point), s.low, s.high) for s in specs}
+    return specs[0] if len(grids) == 1 else None
 
 
 def _recurrent_spec(module: IntegerModule, spec: QSpec) -> TupleSpec:

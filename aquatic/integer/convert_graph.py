@@ -20,7 +20,7 @@ from aquatic.graph.insert import takes_indices
 from aquatic.graph.ops import is_tensor_op, kind
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build_graph import build_combine
-from aquatic.integer.build_sequence import RECURRENT_BUILDERS
+from aquatic.integer.build_sequence import RECURRENT_BUILDERS, one_grid
 from aquatic.integer.convert_module import convert_module, input_spec
 from aquatic.integer.convert_nodes import NodeContext, convert_node
 from aquatic.integer.graph import IntegerGraph, Ref, Step
@@ -150,9 +150,9 @@ class _Builder:
         self.chain(node, modules, spec, node.args[0])
 
     def recurrent(self, node: fx.Node, layer: nn.Module, where: str) -> None:
-        """An RNN, GRU or LSTM, given an initial state or not: one integer module, whose value
-        is ``(output, h_n)`` (``(output, (h_n, c_n))``); stacked final states hold each
-        layer's codes on that layer's grid (:class:`LayerSpecs`)."""
+        """An RNN, GRU or LSTM, given an initial state or not: one integer module, whose
+        value is ``(output, h_n)`` (``(output, (h_n, c_n))``); stacked final states hold
+        each layer's codes on that layer's grid (:class:`LayerSpecs`)."""
         args = list(node.args) + [node.kwargs[k] for k in ("hx",) if k in node.kwargs]
         if len(args) not in (1, 2) or set(node.kwargs) - {"hx"}:
             raise TypeError(
@@ -189,8 +189,7 @@ class _Builder:
                 raise ValueError(
                     f"{where} is given as initial state the final states of a stacked or "
                     "bidirectional layer, each on its own grid; quantize them onto one grid "
-                    "first (an "
-                    "aquatic.nn.ActivationQuantizer)"
+                    "first (an aquatic.nn.ActivationQuantizer)"
                 )
         return tuple(parts) if lstm else parts[0]
 
@@ -200,8 +199,8 @@ def _layer_specs(specs: Any) -> Any:
     are on several grids."""
     if not isinstance(specs, list):
         return specs
-    grids = {(float(s.scale), int(s.zero_point), s.low, s.high) for s in specs}
-    return specs[0] if len(grids) == 1 else LayerSpecs(specs)
+    shared = one_grid(specs)
+    return LayerSpecs(specs) if shared is None else shared
 
 
 def _check_used_observed(gm: fx.GraphModule) -> None:
