@@ -119,8 +119,17 @@ class QConfigResolver:
         for pattern, value in self.patterns:
             if pattern.fullmatch(name):
                 return value
+        key = self.nearest_type(module)
+        return None if key is None else dict(self.types)[key]
+
+    def nearest_type(self, module: nn.Module) -> Optional[type]:
+        """The type key nearest to ``module``'s class in its class hierarchy, or ``None``
+        where no type key covers it (``module``'s QConfig is then
+        ``resolve(name, module)`` only if no name or regular expression decides it)."""
+        if self.single is not None:
+            return None
         types = dict(self.types)
         for klass in type(module).__mro__:
             if klass in types:
-                return types[klass]
+                return klass
         return None

@@ -146,7 +146,10 @@ def quantize(
     are a QConfig or ``None`` (leave the module in float). The most specific key wins:
     the module's own name, the nearest enclosing name, the first matching regular
     expression, then the nearest type in the module's class hierarchy
-    (``{nn.Module: int8}`` is a default for everything).
+    (``{nn.Module: int8}`` is a default for everything). The attention block and
+    feed-forward layers inside a transformer layer follow the same order, except that
+    a type key that covers the layer itself too (``nn.Module``) does not override the
+    layer's QConfig for them (:func:`aquatic.nn.transformer.follow_mapping`).
 
     Parameters are shared with the converted layers (device, dtype and ``requires_grad``
     kept); with ``inplace=False`` (the default) the model is deep-copied first. Only

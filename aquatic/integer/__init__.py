@@ -6,9 +6,11 @@
   trained model in integer arithmetic, with ``quantize_input`` / ``dequantize_output``
   at the edges, and that reports whether it is bit-exact (``exact``, ``notes``).
 - :func:`save` / :func:`load`: plain tensors and a JSON header; no pickled code.
-- :func:`build_gru`, :func:`build_lstm`: the :class:`IntegerGRU` / :class:`IntegerLSTM`
-  of a quantization-aware ``aquatic.nn.GRU`` / ``LSTM`` (integer matmuls, sigmoid and
-  tanh as lookup tables); :func:`convert` places them in ``nn.Sequential`` models with
+- :func:`build_rnn`, :func:`build_gru`, :func:`build_lstm`: the :class:`IntegerRNN` /
+  :class:`IntegerGRU` / :class:`IntegerLSTM` of a quantization-aware ``aquatic.nn.RNN`` /
+  ``GRU`` / ``LSTM`` (integer matmuls, sigmoid and
+  tanh as lookup tables; an :class:`IntegerRecurrentStack` of them for stacked and
+  bidirectional layers); :func:`convert` places them in ``nn.Sequential`` models with
   :class:`aquatic.nn.SelectOutput` and :class:`aquatic.nn.LastStep`.
 - :func:`build_embedding`: the :class:`IntegerEmbedding` (a lookup of codes) or
   :class:`IntegerEmbeddingBag` (sum, mean, max in integer) of an aquatic embedding.
@@ -26,8 +28,9 @@ from aquatic.integer.graph import IntegerGraph
 from aquatic.integer.graph_ops import IntegerCombine, IntegerReduceSum
 from aquatic.integer.serialize import load, save
 from aquatic.integer.spiking import IntegerNeuron
-from aquatic.integer.recurrent import FixedSum, IntegerGRU, IntegerLSTM
-from aquatic.integer.build_recurrent import build_gru, build_lstm
+from aquatic.integer.recurrent import FixedSum, IntegerGRU, IntegerLSTM, IntegerRNN
+from aquatic.integer.recurrent_stack import IntegerRecurrentStack
+from aquatic.integer.build_recurrent import build_gru, build_lstm, build_rnn
 from aquatic.integer.embedding import IntegerEmbedding, IntegerEmbeddingBag
 from aquatic.integer.build_sequence import build_embedding
 from aquatic.integer.sequence import IntegerLastStep, IntegerSelectOutput
@@ -58,8 +61,11 @@ __all__ = [
     "FixedSum",
     "IntegerGRU",
     "IntegerLSTM",
+    "IntegerRecurrentStack",
+    "IntegerRNN",
     "build_gru",
     "build_lstm",
+    "build_rnn",
     "IntegerEmbedding",
     "IntegerEmbeddingBag",
     "IntegerLastStep",

@@ -115,13 +115,15 @@ def floats(value: Any) -> Optional[str]:
     return f"must be a list of finite numbers, got {value!r}"
 
 
-def keyed(keys: tuple, check: Check) -> Check:
-    """An object with exactly ``keys``, each value passing ``check``."""
+def keyed(keys: tuple, check: Check, optional_keys: tuple = ()) -> Check:
+    """An object with exactly ``keys`` (and any of ``optional_keys``), each value passing
+    ``check``."""
 
     def check_all(value: Any) -> Optional[str]:
-        if not isinstance(value, dict) or set(value) != set(keys):
-            return f"must be an object with the keys {sorted(keys)}, got {value!r}"
-        for key in keys:
+        if not isinstance(value, dict) or not set(keys) <= set(value) <= set(keys + optional_keys):
+            extra = f" (and optionally {sorted(optional_keys)})" if optional_keys else ""
+            return f"must be an object with the keys {sorted(keys)}{extra}, got {value!r}"
+        for key in value:
             problem = check(value[key])
             if problem:
                 return f"[{key!r}] {problem}"
@@ -140,13 +142,20 @@ def grid(value: Any) -> Optional[str]:
 
 
 def _recurrent(signals: tuple) -> Dict[str, Check]:
-    """The configuration of an integer GRU or LSTM (:mod:`aquatic.integer.recurrent`)."""
+    """The configuration of an integer RNN, GRU or LSTM (:mod:`aquatic.integer.recurrent`)."""
+    states = tuple(key for key in ("hidden", "cell") if key in signals)
+    projection = ("weight_hr",) if "cell" in signals else ()
     return {
-        "scales": keyed(("input", "weight_ih", "weight_hh") + signals, number_or_list(True)),
+        "scales": keyed(
+            ("input", "weight_ih", "weight_hh") + signals, number_or_list(True), projection
+        ),
         "grids": keyed(("input",) + signals, grid),
         "bias_ih": optional(floats),
         "bias_hh": optional(floats),
         "batch_first": boolean,
+        "reverse": boolean,
+        "state_scales": optional(keyed(states, number_or_list(True))),
+        "state_grids": optional(keyed(states, grid)),
     }
 
 
@@ -197,8 +206,15 @@ CONFIG: Dict[str, Dict[str, Check]] = {
         "sizes": ints(-1),
     },
     "sum": {"dim": integer()},
+    "rnn": _recurrent(("gates", "hidden")),
     "gru": _recurrent(("gates", "gate_outputs", "hidden")),
     "lstm": _recurrent(("gates", "gate_outputs", "cell", "hidden")),
+    "recurrent_stack": {
+        "layers": lambda v: None if isinstance(v, list) and v else f"must be a list, got {v!r}",
+        "num_layers": integer(1),
+        "bidirectional": boolean,
+        "batch_first": boolean,
+    },
     "neuron": {
         "spiking": boolean,
         "reset": choice("subtract", "zero"),
@@ -307,6 +323,17 @@ def check_config(field: str, kind: str, config: Dict[str, Any]) -> None:
                 raise fail(f"{field}.{key}", f"must hold {dim} ints (dim={dim}), got {config[key]}")
     if kind == "requantize":
         check_low_high(field, config.get("low"), config.get("high"))
+    if kind == "recurrent_stack":
+        for position, entry in enumerate(config.get("layers", [])):
+            where = f"{field}.layers[{position}]"
+            if not isinstance(entry, dict) or set(entry) != {"kind", "config"}:
+                raise fail(where, f"must be an object with 'kind' and 'config', got {entry!r}")
+            if entry["kind"] not in ("rnn", "gru", "lstm"):
+                raise fail(
+                    f"{where}.kind", f"must be 'rnn', 'gru' or 'lstm', got {entry['kind']!r}"
+                )
+            checks = {**COMMON, **CONFIG[entry["kind"]]}
+            check_fields(f"{where}.config", entry["config"], checks, False)
     if kind == "neuron":
         for which in ("v", "i"):
             check_low_high(field, config.get(f"{which}_low"), config.get(f"{which}_high"))

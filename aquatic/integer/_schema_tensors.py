@@ -4,13 +4,13 @@ accumulators can reach (see :mod:`aquatic.integer._schema` for the header)."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from aquatic.integer._schema import fail
-from aquatic.integer.base import INT32_MAX
+from aquatic.integer.base import INT32_MAX, KINDS
 from aquatic.integer.recurrent import TANH_BITS
 
 __all__ = ["check_layer", "certify"]
@@ -55,10 +55,23 @@ def needs_axis(field: str, value: Tensor, axis: Optional[int]) -> None:
 
 
 def check_layer(
-    index: int, kind: str, config: Dict[str, Any], tensors: Dict[str, Any], known: tuple
+    index: Any, kind: str, config: Dict[str, Any], tensors: Dict[str, Any], known: tuple
 ) -> None:
     """The tensors of layer ``index``: names, integer dtypes, shapes and value ranges."""
     field = f"tensors['{index}.{{}}']"
+    if kind == "recurrent_stack":  # each layer's tensors, named "<position>.<argument>"
+        layers = config.get("layers", [])
+        own: List[Dict[str, Any]] = [{} for _ in layers]
+        for key, value in tensors.items():
+            position, _, argument = key.partition(".")
+            if not (position.isdigit() and argument and int(position) < len(layers)):
+                raise fail(field.format(key), f"names no layer of the {len(layers)}")
+            own[int(position)][argument] = value
+        for position, (entry, values) in enumerate(zip(layers, own)):
+            sub = entry["kind"]
+            keys = KINDS[sub]._tensor_keys
+            check_layer(f"{index}.{position}", sub, entry["config"], values, keys)
+        return
     unknown = sorted(set(tensors) - set(known))
     if unknown:
         raise fail(f"tensors of header.layers[{index}] ({kind})", f"has unknown names {unknown}")
@@ -171,29 +184,45 @@ def _recurrent(name: Callable[[str], str], config: Dict[str, Any], t: Dict[str, 
     """Weights ``(G H, in)`` and ``(G H, H)``, biases and per-row scales of ``G H``, and
     tables that cover the ``gates`` (and ``cell``) grid with codes on their target grid."""
     lstm = "cell" in config.get("grids", {})
-    keys = ("weight_ih", "weight_hh", "sigmoid", "tanh") + (("cell_tanh",) if lstm else ())
+    rnn = "gate_outputs" not in config.get("grids", {})  # the header check named the kind's
+    tables = [("activation", "gates", "hidden")] if rnn else []
+    if not rnn:
+        tables = [("sigmoid", "gates", "gate_outputs"), ("tanh", "gates", "gate_outputs")]
+    if lstm:
+        tables.append(("cell_tanh", "cell", None))
+    keys = ("weight_ih", "weight_hh") + tuple(key for key, _, _ in tables)
     for key in keys:
         if key not in t:
             raise fail(name(key), "is missing")
-    w_ih, w_hh = t["weight_ih"], t["weight_hh"]
-    gates = 4 if lstm else 3
-    if w_hh.dim() != 2 or w_hh.shape[1] == 0 or w_hh.shape[0] != gates * w_hh.shape[1]:
-        raise fail(name("weight_hh"), f"must be ({gates} H, H), got shape {tuple(w_hh.shape)}")
+    w_ih, w_hh, w_hr = t["weight_ih"], t["weight_hh"], t.get("weight_hr")
+    gates = 4 if lstm else 1 if rnn else 3
+    if w_hr is None:
+        if w_hh.dim() != 2 or w_hh.shape[1] == 0 or w_hh.shape[0] != gates * w_hh.shape[1]:
+            raise fail(name("weight_hh"), f"must be ({gates} H, H), got shape {tuple(w_hh.shape)}")
+    elif w_hh.dim() != 2 or w_hh.shape[1] == 0 or w_hh.shape[0] % gates:
+        raise fail(name("weight_hh"), f"must be ({gates} H, H_out), got shape {tuple(w_hh.shape)}")
     rows = w_hh.shape[0]
     if w_ih.dim() != 2 or w_ih.shape[0] != rows:
         raise fail(name("weight_ih"), f"must be ({rows}, in), got shape {tuple(w_ih.shape)}")
-    for key in ("weight_ih", "weight_hh"):
-        in_range(name(key), t[key], -INT32_MAX - 1, INT32_MAX)
+    if w_hr is not None:
+        expected = (w_hh.shape[1], rows // gates)
+        if tuple(w_hr.shape) != expected:
+            raise fail(
+                name("weight_hr"), f"must be (H_out, H) = {expected}, got {tuple(w_hr.shape)}"
+            )
+        if "weight_hr" not in config.get("scales", {}):
+            raise fail("the config's scales", "lack 'weight_hr', which the projection needs")
+    for key in ("weight_ih", "weight_hh", "weight_hr"):
+        if key in t:
+            in_range(name(key), t[key], -INT32_MAX - 1, INT32_MAX)
     for key in ("bias_ih", "bias_hh"):
         if config.get(key) is not None and len(config[key]) != rows:
             raise fail(f"the config's {key}", f"must hold {rows} numbers, got {len(config[key])}")
     for key, scale in config.get("scales", {}).items():
-        if isinstance(scale, list) and len(scale) not in (1, rows):
-            raise fail(f"the config's scales[{key!r}]", f"must be a number or hold {rows}")
+        count = w_hh.shape[1] if key == "weight_hr" else rows
+        if isinstance(scale, list) and len(scale) not in (1, count):
+            raise fail(f"the config's scales[{key!r}]", f"must be a number or hold {count}")
     grids = config.get("grids", {})
-    tables = [("sigmoid", "gates", "gate_outputs"), ("tanh", "gates", "gate_outputs")]
-    if lstm:
-        tables.append(("cell_tanh", "cell", None))
     for key, source, target in tables:
         table = t[key]
         if source not in grids or (target is not None and target not in grids):
@@ -211,6 +240,7 @@ def _recurrent(name: Callable[[str], str], config: Dict[str, Any], t: Dict[str, 
 
 
 _LAYER_CHECKS: Dict[str, Callable[..., None]] = {
+    "rnn": _recurrent,
     "gru": _recurrent,
     "lstm": _recurrent,
     "linear": _accumulator,
@@ -276,10 +306,13 @@ def certify(layers: Any, input_low: int, input_high: int) -> None:
                 codes = (max(codes[0], int(layer.zero_point.min())), codes[1])
         elif kind in ("maxpool", "reshape", "last_step"):
             pass
-        elif kind in ("gru", "lstm"):  # (output, h_n) or (output, (h_n, c_n)) codes
+        elif kind in ("rnn", "gru", "lstm"):  # (output, h_n) or (output, (h_n, c_n)) codes
             hidden = tuple(layer.grids["hidden"][1:])
             cell = tuple(layer.grids["cell"][1:]) if "cell" in layer.grids else None
             codes = (hidden, (hidden, cell) if cell else hidden)  # type: ignore[assignment]
+        elif kind == "recurrent_stack":  # the final states of several grids: not followed
+            hidden = tuple(layer.layers[-1].grids["hidden"][1:])
+            codes = (hidden, None)  # type: ignore[assignment]
         elif kind == "select_output":
             nested = codes is not None and isinstance(codes[0], tuple)
             codes = codes[layer.index] if nested and -2 <= layer.index < 2 else None

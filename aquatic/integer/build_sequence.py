@@ -6,18 +6,19 @@ the modules that place a recurrent layer in a ``Sequential``
 from __future__ import annotations
 
 import math
-from typing import List, Tuple
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from aquatic.functional.grid import Grid
 from aquatic.integer.base import IntegerModule, QSpec
-from aquatic.integer.build_recurrent import build_gru, build_lstm
+from aquatic.integer.build_recurrent import build_gru, build_lstm, build_rnn
 from aquatic.integer.embedding import IntegerEmbedding, IntegerEmbeddingBag
 from aquatic.integer.reading import describe, grid_steps, read_grid
 from aquatic.integer.sequence import IntegerLastStep, IntegerSelectOutput
-from aquatic.nn import GRU, LSTM, Embedding, EmbeddingBag, LastStep, SelectOutput
+from aquatic.nn import GRU, LSTM, RNN, Embedding, EmbeddingBag, LastStep, SelectOutput
 from aquatic.nn.base import eval_mode
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
 ]
 
 #: The layer types :func:`build_sequence_layer` converts.
-SEQUENCE_LAYERS = (GRU, LSTM, Embedding, EmbeddingBag, SelectOutput, LastStep)
+SEQUENCE_LAYERS = (RNN, GRU, LSTM, Embedding, EmbeddingBag, SelectOutput, LastStep)
 
 #: The largest |weight step * multiplier| of a bag table: 2**22 rows per bag stay in int64.
 _TABLE_LIMIT = 2**40
@@ -142,18 +143,73 @@ def build_embedding(name: str, layer: nn.Module) -> Tuple[IntegerModule, QSpec]:
     return module, spec
 
 
+#: The builder of each recurrent layer type.
+RECURRENT_BUILDERS = {RNN: build_rnn, GRU: build_gru, LSTM: build_lstm}
+
+
+@dataclass
+class TupleSpec(QSpec):
+    """The meaning of a tuple of codes in a chain (a recurrent layer's ``(output, h_n)``,
+    an LSTM's ``(h_n, c_n)``): ``parts`` holds the spec of each element, a list for
+    stacked final states (one spec per layer and direction); the inherited fields are
+    those of the first element's codes."""
+
+    parts: tuple = ()
+
+    @classmethod
+    def of(cls, parts: tuple) -> "TupleSpec":
+        first = parts[0][0] if isinstance(parts[0], list) else parts[0]
+        return cls(
+            first.scale, first.zero_point, first.axis, first.low, first.high, [], parts=parts
+        )
+
+    def select(self, index: int, where: str) -> QSpec:
+        """The spec of element ``index``."""
+        if not -len(self.parts) <= index < len(self.parts):
+            raise ValueError(f"{where} selects element {index} of a {len(self.parts)}-tuple")
+        part = self.parts[index]
+        if not isinstance(part, list):
+            return part
+        shared = one_grid(part)
+        if shared is None:
+            raise ValueError(
+                f"{where} selects the final states of a stacked or bidirectional recurrent "
+                "layer, which hold each layer and direction's codes on its own grid; in an "
+                "nn.Sequential select the output (SelectOutput(0)) and its last step "
+                "(LastStep), or convert a model with a forward of its own that indexes one "
+                "layer and direction (h[-1])"
+            )
+        return shared
+
+
+def one_grid(specs: List[QSpec]) -> Optional[QSpec]:
+    """The spec of stacked final states that all lie on one grid (the first), or
+    ``None`` where they lie on several."""
+    grids = {(float(s.scale), int(s.zero_point), s.low, s.high) for s in specs}
+    return specs[0] if len(grids) == 1 else None
+
+
+def _recurrent_spec(module: IntegerModule, spec: QSpec) -> TupleSpec:
+    """The :class:`TupleSpec` of what an integer recurrent layer returns."""
+    states = module.state_specs()
+    hidden = states["hidden"]
+    finals = hidden if "cell" not in states else TupleSpec.of((hidden, states["cell"]))
+    return TupleSpec.of((spec, finals))
+
+
 def build_sequence_layer(name: str, layer: nn.Module, spec: QSpec):
     """``(modules, spec)`` for one layer of :data:`SEQUENCE_LAYERS` whose input ``spec``
     describes (an embedding ignores it: its input is row indices)."""
     source = type(layer).__name__
     if isinstance(layer, (Embedding, EmbeddingBag)):
         module, spec = build_embedding(name, layer)
-    elif isinstance(layer, GRU):
-        module, spec = build_gru(name, layer, spec)
-    elif isinstance(layer, LSTM):
-        module, spec = build_lstm(name, layer, spec)
+    elif isinstance(layer, (RNN, GRU, LSTM)):
+        module, spec = RECURRENT_BUILDERS[type(layer)](name, layer, spec)
+        spec = _recurrent_spec(module, spec)
     elif isinstance(layer, SelectOutput):
         module = IntegerSelectOutput(layer.index, name=name, source=source)
+        if isinstance(spec, TupleSpec):
+            spec = spec.select(layer.index, describe(name, layer))
     elif isinstance(layer, LastStep):
         module = IntegerLastStep(layer.dim, name=name, source=source)
     else:

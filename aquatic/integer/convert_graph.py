@@ -20,13 +20,12 @@ from aquatic.graph.insert import takes_indices
 from aquatic.graph.ops import is_tensor_op, kind
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.build_graph import build_combine
+from aquatic.integer.build_sequence import RECURRENT_BUILDERS, one_grid
 from aquatic.integer.convert_module import convert_module, input_spec
 from aquatic.integer.convert_nodes import NodeContext, convert_node
 from aquatic.integer.graph import IntegerGraph, Ref, Step
 from aquatic.integer.reading import check_observed, describe
-from aquatic.integer.build_recurrent import build_gru, build_lstm
-from aquatic.integer.recurrent import IntegerGRU, IntegerLSTM
-from aquatic.nn import GRU, LSTM, ActivationQuantizer, Add, Cat, Mul
+from aquatic.nn import LSTM, ActivationQuantizer, Add, Cat, Mul
 
 __all__ = ["convert_graph"]
 
@@ -138,63 +137,70 @@ class _Builder:
             self.steps.append(Step(node.name, node.name, None, tuple(self.refs(tensors)), {}))
             self.specs[node.name] = spec
             return
+        if type(module) in RECURRENT_BUILDERS:
+            self.recurrent(node, module, where)
+            return
         if len(node.args) != 1 or node.kwargs:
             raise TypeError(
                 f"{where} is called with {len(node.args)} arguments and {len(node.kwargs)} "
                 "keyword arguments; the integer model converts layers that take one tensor"
             )
         spec = self.spec(node.args[0], where)
-        if isinstance(module, (GRU, LSTM)) and module.num_layers > 1:
-            self.stacked(node, module, spec)
-            return
         modules, spec = convert_module(node.target, module, spec, self.state_frac_bits)
         self.chain(node, modules, spec, node.args[0])
-        if modules and isinstance(modules[-1], (IntegerGRU, IntegerLSTM)):
-            # (output, h_n) or (output, (h_n, c_n)): the forward indexes the tuple.
-            states = modules[-1].state_specs()
-            hidden = states["hidden"]
-            last = (hidden, states["cell"]) if "cell" in states else hidden
-            self.specs[node.name] = (hidden, last)
 
-    def stacked(self, node: fx.Node, layer: nn.Module, spec: QSpec) -> None:
-        """A recurrent layer with ``num_layers > 1``: one integer layer each, layer
-        :math:`k` reading the hidden codes of layer :math:`k - 1`; the node's value is
-        ``(output, h_n)`` (``(output, (h_n, c_n))``) with the final states of all layers
-        stacked, each layer's on its own grid (:class:`LayerSpecs`)."""
-        build = build_lstm if isinstance(layer, LSTM) else build_gru
-        source: Any = self.refs(node.args[0])
-        finals: Dict[str, List[Ref]] = {"hidden": [], "cell": []}
-        specs: Dict[str, LayerSpecs] = {"hidden": LayerSpecs(), "cell": LayerSpecs()}
-        for index in range(layer.num_layers):
-            key = f"{node.name}_l{index}"
-            module, spec = build(f"{node.target}.l{index}", layer, spec, index)
-            self.ops[key] = module
-            self.steps.append(Step(key, key, None, (source,), {}))
-            self._function(f"{key}_out", "getitem", (Ref(key), 0))
-            # GRU: (output, h_n); LSTM: (output, (h_n, c_n))
-            places = {"hidden": (Ref(key), 1)}
-            if isinstance(layer, LSTM):
-                self._function(f"{key}_state", "getitem", (Ref(key), 1))
-                places = {"hidden": (Ref(f"{key}_state"), 0), "cell": (Ref(f"{key}_state"), 1)}
-            for which, place in places.items():
-                self._function(f"{key}_{which}", "getitem", place)
-                finals[which].append(Ref(f"{key}_{which}"))
-                specs[which].append(module.state_specs()[which])
-            source = Ref(f"{key}_out")
-        for which in ("hidden", "cell"):
-            if finals[which]:
-                self._function(f"{node.name}_{which}", "torch.cat", (finals[which], 0))
-        hidden = Ref(f"{node.name}_hidden")
-        if isinstance(layer, LSTM):
-            self._function(f"{node.name}_states", "tuple", (hidden, Ref(f"{node.name}_cell")))
-            self._function(node.name, "tuple", (source, Ref(f"{node.name}_states")))
-            self.specs[node.name] = (spec, (specs["hidden"], specs["cell"]))
+    def recurrent(self, node: fx.Node, layer: nn.Module, where: str) -> None:
+        """An RNN, GRU or LSTM, given an initial state or not: one integer module, whose
+        value is ``(output, h_n)`` (``(output, (h_n, c_n))``); stacked final states hold
+        each layer's codes on that layer's grid (:class:`LayerSpecs`)."""
+        args = list(node.args) + [node.kwargs[k] for k in ("hx",) if k in node.kwargs]
+        if len(args) not in (1, 2) or set(node.kwargs) - {"hx"}:
+            raise TypeError(
+                f"{where} is called with {len(node.args)} arguments and keyword arguments "
+                f"{sorted(node.kwargs)}; the integer model takes the input and, optionally, "
+                "the initial state (hx)"
+            )
+        spec = self.spec(args[0], where)
+        lstm = isinstance(layer, LSTM)
+        state = None if len(args) == 1 or args[1] is None else self.state_spec(args[1], lstm, where)
+        build = RECURRENT_BUILDERS[type(layer)]
+        module, spec = build(node.target, layer, spec, state=state)
+        self.ops[node.name] = module
+        inputs = (args[0],) if state is None else (args[0], args[1])
+        self.steps.append(Step(node.name, node.name, None, tuple(self.refs(inputs)), {}))
+        states = {key: _layer_specs(value) for key, value in module.state_specs().items()}
+        last = (states["hidden"], states["cell"]) if lstm else states["hidden"]
+        self.specs[node.name] = (spec, last)
+
+    def state_spec(self, value: Any, lstm: bool, where: str) -> Any:
+        """The spec of a given initial state: ``h_0``, or ``(h_0, c_0)``."""
+        if isinstance(value, (tuple, list)):
+            parts = [self.specs.get(v.name) if isinstance(v, fx.Node) else None for v in value]
+        elif isinstance(value, fx.Node):
+            found = self.specs.get(value.name)
+            parts = list(found) if isinstance(found, tuple) else [found]
         else:
-            self._function(node.name, "tuple", (source, hidden))
-            self.specs[node.name] = (spec, specs["hidden"])
+            parts = [None]
+        if len(parts) != (2 if lstm else 1) or any(p is None for p in parts):
+            expected = "(h_0, c_0), two tensors" if lstm else "h_0, one tensor"
+            raise TypeError(f"{where} is given an initial state that is not {expected}")
+        for part in parts:
+            if isinstance(part, LayerSpecs):
+                raise ValueError(
+                    f"{where} is given as initial state the final states of a stacked or "
+                    "bidirectional layer, each on its own grid; quantize them onto one grid "
+                    "first (an aquatic.nn.ActivationQuantizer)"
+                )
+        return tuple(parts) if lstm else parts[0]
 
-    def _function(self, name: str, function: str, args: tuple) -> None:
-        self.steps.append(Step(name, None, function, args, {}))
+
+def _layer_specs(specs: Any) -> Any:
+    """One spec, or the specs of stacked final states (:class:`LayerSpecs`) where they
+    are on several grids."""
+    if not isinstance(specs, list):
+        return specs
+    shared = one_grid(specs)
+    return LayerSpecs(specs) if shared is None else shared
 
 
 def _check_used_observed(gm: fx.GraphModule) -> None:
@@ -305,8 +311,9 @@ def _output_specs(builder: _Builder, output: Any) -> Any:
         found = builder.specs.get(builder.ref(output))
         if _stacked_states(found):
             raise TypeError(
-                f"the model returns {output.name!r}, the final states of all layers of a "
-                "stacked recurrent layer, each on its own grid; return one layer's (h[-1])"
+                f"the model returns {output.name!r}, the final states of all layers and "
+                "directions of a stacked or bidirectional recurrent layer, each on its own "
+                "grid; return one layer's (h[-1])"
             )
         return found
     if isinstance(output, (list, tuple)):

@@ -45,7 +45,7 @@ _AVGPOOL.update({AvgPool1d: 1, AvgPool2d: 2})
 _SUMPOOL = {SumPool1d: 1, SumPool2d: 2}
 _SUPPORTED = (
     "aquatic.nn Linear, Conv1d-3d, ConvTranspose1d-3d, ActivationQuantizer, LIF, "
-    "LIFRecurrent, IAF, ExpLeak, GRU, LSTM, Embedding, EmbeddingBag, SelectOutput, "
+    "LIFRecurrent, IAF, ExpLeak, RNN, GRU, LSTM, Embedding, EmbeddingBag, SelectOutput, "
     "LastStep, AvgPool1d/2d, MaxPool1d/2d, SumPool1d/2d; torch.nn ReLU, "
     "ReLU6, Hardtanh, AdaptiveAvgPool1d/2d, MaxPool1d-3d, AvgPool1d-3d, Flatten, "
     "Unflatten, Identity, Dropout, aquatic.nn.Sum (a sum over one dimension, e.g. spike "

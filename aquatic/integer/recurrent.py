@@ -23,12 +23,22 @@ to a rounding boundary; a step of difference there carries on through later time
 (tested: 99% of the hidden codes equal, and argmax agreement of at least 99%, on a
 keyword-spotting GRU).
 
-:func:`aquatic.integer.build_gru` and :func:`~aquatic.integer.build_lstm` build these
-modules from a trained layer. They start from zero states. :func:`aquatic.convert`
-places them in ``nn.Sequential`` models, where :class:`aquatic.nn.SelectOutput` picks
-an element of the tuple a recurrent layer returns and :class:`aquatic.nn.LastStep` a
-time step, and in traced graphs, where the ``forward`` indexes that tuple itself
-(``out, h = self.gru(x)``). :func:`aquatic.integer.save` and
+:class:`IntegerRNN` is the Elman RNN: its pre-activation goes onto the ``gates`` grid
+as in step 2, and tanh or ReLU with the ``hidden`` quantizer is a table as in step 3.
+
+Each module is one layer in one direction (``reverse=True``: it reads the sequence
+from its last step, as the second direction of a bidirectional torch layer); an LSTM
+may project its hidden state (``proj_size``). They start from zero states, or from
+given codes (``forward(input, hx)``), requantized onto their own grids when the
+layer was built with ``state_scales``. Stacked and bidirectional layers are
+:class:`~aquatic.integer.recurrent_stack.IntegerRecurrentStack` of them.
+:func:`aquatic.integer.build_gru`, :func:`~aquatic.integer.build_lstm` and
+:func:`~aquatic.integer.build_rnn` build these modules from a trained layer.
+:func:`aquatic.convert` places them in ``nn.Sequential`` models, where
+:class:`aquatic.nn.SelectOutput` picks an element of the tuple a recurrent layer
+returns and :class:`aquatic.nn.LastStep` a time step, and in traced graphs, where the
+``forward`` indexes that tuple itself (``out, h = self.gru(x)``).
+:func:`aquatic.integer.save` and
 :meth:`aquatic.integer.IntegerGraph.save` save them: the integer weights and tables as
 tensors, the scales and real biases as JSON numbers (float64, exact), from which loading
 recomputes the same multipliers.
@@ -37,183 +47,32 @@ recomputes the same multipliers.
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from aquatic.integer.base import IntegerModule, QSpec
+from aquatic.integer.recurrent_layer import (
+    ARGS,
+    FixedSum,
+    IntegerRecurrentLayer,
+    constant_on,
+    weight_bound,
+)
 from aquatic.integer.requant import rounding_right_shift
 
-__all__ = ["FixedSum", "IntegerGRU", "IntegerLSTM", "TANH_BITS"]
-
-#: Every multiplier-times-term product (and their sum) stays below this.
-_PRODUCT_LIMIT = 2**61
-#: The largest shift a FixedSum uses: more adds no precision that float32 had.
-_MAX_SHIFT = 48
+__all__ = ["FixedSum", "IntegerRNN", "IntegerGRU", "IntegerLSTM", "TANH_BITS"]
 
 
-class FixedSum(nn.Module):
-    """``round(sum_k t_k * s_k / s_out)`` in integer arithmetic, with integer multipliers.
-
-    Args:
-        scales: the real scale :math:`s_k` of each term (a scalar, or one per feature of
-            the last dimension), float64.
-        bounds: the largest :math:`|t_k|` of each term.
-        out_scale: the scale of the result.
-
-    The shift :math:`S` is the largest (up to 48) with every
-    :math:`|m_k| \\cdot \\mathrm{bound}_k` below :math:`2^{61} / K`, so nothing overflows
-    ``int64``.
-
-    Example:
-        >>> fs = FixedSum([torch.tensor(0.25), torch.tensor(-0.5)], [100, 100], 1.0)
-        >>> fs([torch.tensor([6]), torch.tensor([3])])  # 6 * 0.25 - 3 * 0.5 = 0
-        tensor([0])
-    """
-
-    def __init__(self, scales: Sequence[Tensor], bounds: Sequence[int], out_scale: float) -> None:
-        super().__init__()
-        ratios = [torch.as_tensor(s, dtype=torch.float64) / float(out_scale) for s in scales]
-        limit = _PRODUCT_LIMIT // max(len(ratios), 1)
-        shift = _MAX_SHIFT
-        for ratio, bound in zip(ratios, bounds):
-            largest = float(ratio.abs().max()) * max(int(bound), 1)
-            if largest > 0:
-                shift = min(shift, math.floor(math.log2(limit / largest)) - 1)
-        if shift < 0:
-            raise ValueError(
-                f"FixedSum: the terms (bounds {list(bounds)}) are too large for int64 "
-                "arithmetic; use fewer bits"
-            )
-        self.shift = shift
-        for k, ratio in enumerate(ratios):
-            self.register_buffer(f"m{k}", torch.round(ratio * 2.0**shift).to(torch.int64))
-        self.count = len(ratios)
-
-    def forward(self, terms: Sequence[Tensor], constant: Optional[Tensor] = None) -> Tensor:
-        total = constant
-        for k, term in enumerate(terms):
-            product = term.to(torch.int64) * getattr(self, f"m{k}")
-            total = product if total is None else total + product
-        return rounding_right_shift(total, self.shift)
-
-
-def _bound(weight: Tensor, magnitude: int) -> int:
-    """The largest ``|accumulator|`` of ``(codes) @ weight.T`` with codes up to ``magnitude``."""
-    return int(weight.abs().sum(1).max()) * magnitude
-
-
-class _IntegerRecurrent(IntegerModule):
-    """What the integer GRU and LSTM share: weights, tables, the accumulators' terms."""
-
-    _gates = 1
-
-    def _setup(self, weight_ih, weight_hh, bias_ih, bias_hh, scales, grids, tables, batch_first):
-        size = weight_hh.shape[1]
-        self.hidden_size, self.batch_first = size, bool(batch_first)
-        self.grids = {key: tuple(int(v) for v in grid) for key, grid in grids.items()}
-        self.register_buffer("weight_ih", torch.as_tensor(weight_ih).to(torch.int64))
-        self.register_buffer("weight_hh", torch.as_tensor(weight_hh).to(torch.int64))
-        for key, table in tables.items():
-            self.register_buffer(key, torch.as_tensor(table).to(torch.int64))
-        s = {k: torch.as_tensor(v, dtype=torch.float64) for k, v in scales.items()}
-        # Kept for saving: JSON numbers hold float64 exactly, so a loaded layer computes
-        # the same multipliers as the converted one.
-        self.scales = {k: v.tolist() for k, v in s.items()}
-        self.biases = tuple(
-            None if b is None else torch.as_tensor(b, dtype=torch.float64).tolist()
-            for b in (bias_ih, bias_hh)
-        )
-        self.magnitude = {
-            key: max(abs(low - zero), abs(high - zero)) for key, (zero, low, high) in grids.items()
-        }
-        rows = self._gates * size
-        a_i = (s["input"] * s["weight_ih"]).expand(rows)
-        a_h = (s["hidden"] * s["weight_hh"]).expand(rows)
-        bounds = (
-            _bound(self.weight_ih, self.magnitude["input"]),
-            _bound(self.weight_hh, self.magnitude["hidden"]),
-        )
-        zero = torch.zeros(rows, dtype=torch.float64)
-        b_i = zero if bias_ih is None else torch.as_tensor(bias_ih, dtype=torch.float64)
-        b_h = zero if bias_hh is None else torch.as_tensor(bias_hh, dtype=torch.float64)
-        return s, a_i, a_h, bounds, b_i, b_h
-
-    def config(self) -> dict:
-        """The constructor's JSON arguments: scales and biases as float64 numbers, the
-        grids as ``[zero_point, low, high]``."""
-        result = super().config()
-        result.update(
-            scales=dict(self.scales),
-            grids={key: list(grid) for key, grid in self.grids.items()},
-            bias_ih=self.biases[0],
-            bias_hh=self.biases[1],
-            batch_first=self.batch_first,
-        )
-        return result
-
-    def state_specs(self) -> dict:
-        """The :class:`~aquatic.integer.base.QSpec` of the ``hidden`` (and an LSTM's
-        ``cell``) codes it returns."""
-        return {
-            key: QSpec(torch.tensor(self.scales[key]), zero, None, low, high)
-            for key, (zero, low, high) in self.grids.items()
-            if key in ("hidden", "cell")
-        }
-
-    def _onto(self, total: Tensor, grid: str) -> Tensor:
-        zero, low, high = self.grids[grid]
-        return (total + zero).clamp(low, high)
-
-    def _lookup(self, table: Tensor, codes: Tensor, grid: str = "gates") -> Tensor:
-        return table[codes - self.grids[grid][1]]
-
-    def _steps(self, input: Tensor) -> Tensor:
-        x = self._input_codes(input)
-        if x.dim() != 3:
-            raise ValueError(f"{self._where()} takes 3-D codes, got shape {tuple(x.shape)}")
-        return x.transpose(0, 1) if self.batch_first else x
-
-    def _start(self, steps: Tensor, grid: str) -> Tensor:
-        """The codes of a zero state."""
-        return torch.full(
-            (steps.shape[1], self.hidden_size), self.grids[grid][0], dtype=torch.int64
-        )
-
-    def _accumulate(self, step: Tensor, h: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        centered = h - self.grids["hidden"][0]
-        acc_i = (step - self.grids["input"][0]) @ self.weight_ih.T
-        return acc_i, centered @ self.weight_hh.T, centered
-
-    def _stack(self, outputs: List[Tensor]) -> Tensor:
-        return torch.stack(outputs, 1 if self.batch_first else 0)
-
-
-_ARGS = """
-    Args:
-        weight_ih, weight_hh: weight codes minus their zero points, ``(G H, in)`` and
-            ``(G H, H)`` (:math:`G` gates).
-        bias_ih, bias_hh: real biases (float64, a tensor or a list), or ``None``; folded
-            into the sums' constants at construction.
-        scales: float64 tensors (or numbers and lists): ``input``, ``weight_ih``, ``weight_hh`` (scalar or one
-            per row), ``gates``, ``gate_outputs``, ``hidden`` (and an LSTM's ``cell``).
-        grids: ``(zero_point, low, high)`` of ``input``, ``gates``, ``gate_outputs``,
-            ``hidden`` (and ``cell``).
-        sigmoid, tanh: lookup tables, the ``gate_outputs`` code of each ``gates`` code
-            from ``gates`` low to high.
-        batch_first: as torch's layer.
-"""
-
-
-class IntegerGRU(_IntegerRecurrent):
+class IntegerGRU(IntegerRecurrentLayer):
     __doc__ = (
         """One GRU layer (one direction) on integer codes; see the module docstring.
 """
-        + _ARGS
+        + ARGS
         + """
     Shape:
         - Input: :math:`(L, N, H_{in})` codes (:math:`(N, L, H_{in})` with ``batch_first``).
+        - Initial state ``hx`` (optional): :math:`(1, N, H)` or :math:`(N, H)` codes.
         - Output: ``(output, h_n)``: the hidden codes of every step, shaped as the input
           with :math:`H` features, and the last ones, :math:`(1, N, H)`; ``int64``.
     """
@@ -234,44 +93,50 @@ class IntegerGRU(_IntegerRecurrent):
         sigmoid: Tensor,
         tanh: Tensor,
         batch_first: bool = False,
+        reverse: bool = False,
+        state_scales: Optional[dict] = None,
+        state_grids: Optional[dict] = None,
         name: str = "",
         notes: Optional[List[str]] = None,
         source: str = "",
     ) -> None:
         super().__init__(name, notes, source)
         tables = {"sigmoid": sigmoid, "tanh": tanh}
+        options = (batch_first, reverse, state_scales, state_grids)
         s, a_i, a_h, (acc_i, acc_h), b_i, b_h = self._setup(
-            weight_ih, weight_hh, bias_ih, bias_hh, scales, grids, tables, batch_first
+            weight_ih, weight_hh, bias_ih, bias_hh, scales, grids, tables, options
         )
         size, mag = self.hidden_size, self.magnitude
         o_mag, h_mag = mag["gate_outputs"], mag["hidden"]
         rz, n = slice(0, 2 * size), slice(2 * size, 3 * size)
         # r, z: both accumulators and both biases onto the gates grid.
         self.rz = FixedSum([a_i[rz], a_h[rz]], [acc_i, acc_h], float(s["gates"]))
-        self.register_buffer("rz_bias", _on(self.rz, b_i[rz] + b_h[rz], s["gates"]))
+        self.register_buffer("rz_bias", constant_on(self.rz, b_i[rz] + b_h[rz], s["gates"]))
         # n: the hidden contribution on a grid 2**-12 finer than the gates grid, then
         # multiplied by the reset gate's code.
         fine = float(s["gates"]) * 2.0**-12
         gh_bound = math.ceil((acc_h * float(a_h[n].abs().max()) + float(b_h[n].abs().max())) / fine)
         self.hn = FixedSum([a_h[n]], [acc_h], fine)
-        self.register_buffer("hn_bias", _on(self.hn, b_h[n], fine))
+        self.register_buffer("hn_bias", constant_on(self.hn, b_h[n], fine))
         self.n = FixedSum(
             [a_i[n], s["gate_outputs"] * fine * torch.ones(size, dtype=torch.float64)],
             [acc_i, o_mag * (gh_bound + 1)],
             float(s["gates"]),
         )
-        self.register_buffer("n_bias", _on(self.n, b_i[n], s["gates"]))
+        self.register_buffer("n_bias", constant_on(self.n, b_i[n], s["gates"]))
         # h' = n + z (h - n) = N s_o - Z N s_o**2 + Z H s_o s_h.
         so, sh = s["gate_outputs"], s["hidden"]
         self.h = FixedSum([so, -so * so, so * sh], [o_mag, o_mag * o_mag, o_mag * h_mag], float(sh))
 
-    def forward(self, input: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
         steps = self._steps(input)
+        self._check_features(steps)
         zo, size = self.grids["gate_outputs"][0], self.hidden_size
-        h = self._start(steps, "hidden")
-        outputs = []
-        for step in steps:
-            acc_i, acc_h, centered = self._accumulate(step, h)
+        (h0,) = self._states(hx, 1)
+        h = self._start(steps, "hidden", h0)
+        outputs: List[Tensor] = [h] * steps.shape[0]
+        for t in self._order(steps):
+            acc_i, acc_h, centered = self._accumulate(steps[t], h)
             rz = self._onto(
                 self.rz([acc_i[:, : 2 * size], acc_h[:, : 2 * size]], self.rz_bias), "gates"
             )
@@ -281,7 +146,81 @@ class IntegerGRU(_IntegerRecurrent):
             n_pre = self._onto(self.n([acc_i[:, 2 * size :], r * hn], self.n_bias), "gates")
             n = self._lookup(self.tanh, n_pre) - zo
             h = self._onto(self.h([n, z * n, z * centered]), "hidden")
-            outputs.append(h)
+            outputs[t] = h
+        return self._stack(outputs), h.unsqueeze(0)
+
+
+class IntegerRNN(IntegerRecurrentLayer):
+    __doc__ = (
+        """One Elman RNN layer (one direction) on integer codes.
+
+    The pre-activation :math:`W_{ih} x + b_{ih} + W_{hh} h + b_{hh}` goes onto the
+    ``gates`` grid (:class:`FixedSum`), and the nonlinearity (tanh or ReLU) with the
+    ``hidden`` quantizer is a table from each ``gates`` code to a ``hidden`` code,
+    computed at conversion by the quantization-aware layer's own function and
+    quantizer, as the GRU's tables are.
+"""
+        + ARGS.replace(
+            """        sigmoid, tanh: lookup tables, the ``gate_outputs`` code of each ``gates`` code
+            from ``gates`` low to high.
+""",
+            """        activation: lookup table, the ``hidden`` code of each ``gates`` code from
+            ``gates`` low to high.
+""",
+        )
+        + """
+    Shape:
+        As :class:`IntegerGRU`.
+    """
+    )
+
+    kind = "rnn"
+    _tensor_keys = ("weight_ih", "weight_hh", "activation")
+    _gates = 1
+
+    def __init__(
+        self,
+        weight_ih: Tensor,
+        weight_hh: Tensor,
+        bias_ih: Optional[Tensor],
+        bias_hh: Optional[Tensor],
+        scales: dict,
+        grids: dict,
+        activation: Tensor,
+        batch_first: bool = False,
+        reverse: bool = False,
+        state_scales: Optional[dict] = None,
+        state_grids: Optional[dict] = None,
+        name: str = "",
+        notes: Optional[List[str]] = None,
+        source: str = "",
+    ) -> None:
+        super().__init__(name, notes, source)
+        options = (batch_first, reverse, state_scales, state_grids)
+        s, a_i, a_h, bounds, b_i, b_h = self._setup(
+            weight_ih,
+            weight_hh,
+            bias_ih,
+            bias_hh,
+            scales,
+            grids,
+            {"activation": activation},
+            options,
+        )
+        self.gates = FixedSum([a_i, a_h], list(bounds), float(s["gates"]))
+        self.register_buffer("gates_bias", constant_on(self.gates, b_i + b_h, s["gates"]))
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        steps = self._steps(input)
+        self._check_features(steps)
+        (h0,) = self._states(hx, 1)
+        h = self._start(steps, "hidden", h0)
+        outputs: List[Tensor] = [h] * steps.shape[0]
+        for t in self._order(steps):
+            acc_i, acc_h, _ = self._accumulate(steps[t], h)
+            pre = self._onto(self.gates([acc_i, acc_h], self.gates_bias), "gates")
+            h = self._lookup(self.activation, pre)
+            outputs[t] = h
         return self._stack(outputs), h.unsqueeze(0)
 
 
@@ -290,9 +229,9 @@ class IntegerGRU(_IntegerRecurrent):
 TANH_BITS = 24
 
 
-class IntegerLSTM(_IntegerRecurrent):
+class IntegerLSTM(IntegerRecurrentLayer):
     __doc__ = (
-        """One LSTM layer (one direction, no projection) on integer codes.
+        """One LSTM layer (one direction) on integer codes.
 
     As :class:`IntegerGRU`: the gate pre-activations go onto the ``gates`` grid, sigmoid
     and tanh are tables onto the ``gate_outputs`` grid; then :math:`c' = f c + i g` goes
@@ -300,19 +239,27 @@ class IntegerLSTM(_IntegerRecurrent):
     is a table from each ``cell`` code to a fixed-point value with ``TANH_BITS`` (24)
     fractional bits (the quantization-aware layer does not quantize it; 24 bits are
     float32's own precision), and :math:`h' = o \\tanh(c')` goes onto the ``hidden`` grid.
+    With a projection (``proj_size`` of torch's LSTM), :math:`h' = W_{hr} (o \\tanh(c'))`:
+    the integer products :math:`o \\tanh(c')` times the projection's weight codes, an
+    integer matmul, go onto the ``hidden`` grid by one :class:`FixedSum`.
 """
-        + _ARGS
+        + ARGS
         + """        cell_tanh: the fixed-point value (``TANH_BITS`` fractional bits) of
             :math:`\\tanh` of each ``cell`` code.
+        weight_hr: the projection's weight codes minus their zero points,
+            :math:`(H_{out}, H)`, or ``None`` (no projection).
 
     Shape:
         - Input: as :class:`IntegerGRU`.
-        - Output: ``(output, (h_n, c_n))``, codes, ``int64``.
+        - Initial state ``hx`` (optional): ``(h_0, c_0)``, :math:`(1, N, H_{out})` and
+          :math:`(1, N, H)` codes (or without the first dimension).
+        - Output: ``(output, (h_n, c_n))``, codes, ``int64``; :math:`H_{out}` features
+          (``H`` without a projection).
     """
     )
 
     kind = "lstm"
-    _tensor_keys = ("weight_ih", "weight_hh", "sigmoid", "tanh", "cell_tanh")
+    _tensor_keys = ("weight_ih", "weight_hh", "sigmoid", "tanh", "cell_tanh", "weight_hr")
     _gates = 4
 
     def __init__(
@@ -327,42 +274,66 @@ class IntegerLSTM(_IntegerRecurrent):
         tanh: Tensor,
         cell_tanh: Tensor,
         batch_first: bool = False,
+        reverse: bool = False,
+        state_scales: Optional[dict] = None,
+        state_grids: Optional[dict] = None,
+        weight_hr: Optional[Tensor] = None,
         name: str = "",
         notes: Optional[List[str]] = None,
         source: str = "",
     ) -> None:
         super().__init__(name, notes, source)
         tables = {"sigmoid": sigmoid, "tanh": tanh, "cell_tanh": cell_tanh}
+        options = (batch_first, reverse, state_scales, state_grids)
         s, a_i, a_h, bounds, b_i, b_h = self._setup(
-            weight_ih, weight_hh, bias_ih, bias_hh, scales, grids, tables, batch_first
+            weight_ih, weight_hh, bias_ih, bias_hh, scales, grids, tables, options
         )
         o_mag, c_mag = self.magnitude["gate_outputs"], self.magnitude["cell"]
         self.gates = FixedSum([a_i, a_h], list(bounds), float(s["gates"]))
-        self.register_buffer("gates_bias", _on(self.gates, b_i + b_h, s["gates"]))
+        self.register_buffer("gates_bias", constant_on(self.gates, b_i + b_h, s["gates"]))
         so, sc = s["gate_outputs"], s["cell"]
         # c' = F C s_o s_c + I G s_o**2 (codes minus zero points).
         self.c = FixedSum([so * sc, so * so], [o_mag * c_mag, o_mag * o_mag], float(sc))
         # h' = O T s_o 2**-TANH_BITS, with T the fixed-point tanh(c').
-        self.h = FixedSum([so * 2.0**-TANH_BITS], [o_mag * 2**TANH_BITS], float(s["hidden"]))
+        unit, bound = so * 2.0**-TANH_BITS, o_mag * 2**TANH_BITS
+        self.proj_shift = 0
+        if weight_hr is None:
+            self.register_buffer("weight_hr", None)
+        else:
+            self.register_buffer("weight_hr", torch.as_tensor(weight_hr).to(torch.int64))
+            expected = (self.output_size, self.hidden_size)
+            if tuple(self.weight_hr.shape) != expected:
+                raise ValueError(
+                    f"{self._where()}: weight_hr has shape {tuple(self.weight_hr.shape)}, "
+                    f"expected {expected} (H_out, H)"
+                )
+            # h' = W_hr (O T): an integer matmul of the products, on a coarser fixed point
+            # (proj_shift bits dropped) where the sums would otherwise leave int64.
+            sums = weight_bound(self.weight_hr, bound)
+            self.proj_shift = max(0, math.ceil(math.log2(max(sums, 1))) - 60)
+            unit = unit * 2.0**self.proj_shift * s["weight_hr"].expand(self.output_size)
+            bound = weight_bound(self.weight_hr, -(-bound // 2**self.proj_shift))
+        self.h = FixedSum([unit], [bound], float(s["hidden"]))
 
-    def forward(self, input: Tensor) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
+    def forward(
+        self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None
+    ) -> Tuple[Tensor, Tuple[Tensor, Tensor]]:
         steps = self._steps(input)
+        self._check_features(steps)
         zo, zc, size = self.grids["gate_outputs"][0], self.grids["cell"][0], self.hidden_size
-        h, c = self._start(steps, "hidden"), self._start(steps, "cell")
-        outputs = []
-        for step in steps:
-            acc_i, acc_h, _ = self._accumulate(step, h)
+        h0, c0 = self._states(hx, 2)
+        h, c = self._start(steps, "hidden", h0), self._start(steps, "cell", c0)
+        outputs: List[Tensor] = [h] * steps.shape[0]
+        for t in self._order(steps):
+            acc_i, acc_h, _ = self._accumulate(steps[t], h)
             pre = self._onto(self.gates([acc_i, acc_h], self.gates_bias), "gates")
             sig = self._lookup(self.sigmoid, pre) - zo
             i, f, o = sig[:, :size], sig[:, size : 2 * size], sig[:, 3 * size :]
             g = self._lookup(self.tanh, pre[:, 2 * size : 3 * size]) - zo
             c = self._onto(self.c([f * (c - zc), i * g]), "cell")
-            h = self._onto(self.h([o * self._lookup(self.cell_tanh, c, "cell")]), "hidden")
-            outputs.append(h)
+            product = o * self._lookup(self.cell_tanh, c, "cell")
+            if self.weight_hr is not None:
+                product = rounding_right_shift(product, self.proj_shift) @ self.weight_hr.T
+            h = self._onto(self.h([product]), "hidden")
+            outputs[t] = h
         return self._stack(outputs), (h.unsqueeze(0), c.unsqueeze(0))
-
-
-def _on(fixed: FixedSum, value: Tensor, out_scale) -> Tensor:
-    """A real constant on ``fixed``'s fine grid (units of ``out_scale * 2**-shift``)."""
-    scaled = torch.as_tensor(value, dtype=torch.float64) / float(out_scale) * 2.0**fixed.shift
-    return torch.round(scaled).to(torch.int64)

@@ -42,7 +42,8 @@ from torch import Tensor
 
 from aquatic.integer.graph import IntegerGraph
 from aquatic.integer.model import IntegerModel
-from aquatic.integer.recurrent import FixedSum, IntegerGRU, IntegerLSTM
+from aquatic.integer.recurrent import FixedSum, IntegerGRU, IntegerLSTM, IntegerRNN
+from aquatic.integer.recurrent_stack import IntegerRecurrentStack
 from aquatic.integer.spiking import IntegerNeuron
 from aquatic.interop._common import require
 from aquatic.interop.onnx_dataflow import flat_values, write_dataflow
@@ -53,7 +54,7 @@ from aquatic.interop import onnx_average, onnx_combine  # noqa: F401 (emitters)
 
 __all__ = ["export_integer"]
 
-_STATEFUL = (IntegerNeuron, IntegerGRU, IntegerLSTM, FixedSum)
+_STATEFUL = (IntegerNeuron, IntegerRNN, IntegerGRU, IntegerLSTM, IntegerRecurrentStack, FixedSum)
 
 
 def _check_layers(layers: Sequence[torch.nn.Module]) -> None:

@@ -36,7 +36,11 @@ class RecurrentTwin(QuantizedModule):
       have no suffix): ``gates`` (gate pre-activations), ``gate_outputs`` (gates after
       sigmoid/tanh), ``hidden`` (hidden state, which is the output) from
       ``QConfig.activation``, and an LSTM's ``cell`` (cell state) from ``QConfig.state``.
-      See :mod:`aquatic.functional.recurrent` for where each applies.
+      See :mod:`aquatic.functional.recurrent` for where each applies. The two
+      directions of a bidirectional layer share one ``hidden`` quantizer (the same
+      module under both names, ``hidden_l0`` and ``hidden_l0_reverse``): the layer's
+      output concatenates them, and so lies on one grid, which the next layer and the
+      integer model read.
 
     A subclass sets ``_float_module`` (the torch twin), ``_signals`` (the signals its
     cell has) and implements :meth:`_twin_kwargs`.
@@ -82,9 +86,17 @@ class RecurrentTwin(QuantizedModule):
             for suffix in self._suffixes():
                 for signal in self._signals:
                     factory = getattr(qconfig, SIGNAL_FIELDS[signal])
-                    if factory is not None:
+                    if factory is None:
+                        continue
+                    if signal == "hidden" and suffix.endswith("_reverse"):
+                        # Both directions write one output, their concatenation: one
+                        # grid, as TensorFlow Lite's bidirectional sequence LSTM writes
+                        # its merged output into one tensor with one scale.
+                        forward = self.quantizers[signal + suffix[: -len("_reverse")]]
+                        self.quantizers[signal + suffix] = forward
+                    else:
                         self.quantizers[signal + suffix] = factory()
-                        signals.append(signal + suffix)
+                    signals.append(signal + suffix)
             link_shared_scales(self.quantizers.values())
         self._quantized_states = tuple(signals)
 

@@ -317,8 +317,17 @@ def fused_layers_left_in_float(
 def follow_mapping(new: nn.Module, name: str, original: nn.Module, resolver: Any) -> None:
     """Give the children of a transformer layer twin ``new`` (built by
     :func:`aquatic.quantize` from ``original`` at ``name``) the QConfig that the
-    mapping gives them, where a name key decides them (``None`` included); the others
-    keep the layer's QConfig. Any other module is left alone.
+    mapping gives them; the others keep the layer's QConfig. Any other module is left
+    alone.
+
+    A child follows the precedence of :meth:`aquatic.mapping.QConfigResolver.resolve`:
+    a name key (its own name, or the nearest enclosing name, the layer's included) or a
+    regular expression matching its whole name decides it (``None`` included); failing
+    those, the type key nearest to its class does, unless that key also covers the
+    layer itself (``{nn.Module: int8, nn.TransformerEncoderLayer: int4}`` quantizes the
+    layer's ``linear1`` with ``int4``: the catch-all ``nn.Module`` is no more about the
+    child than about the layer; ``{nn.Module: int8, nn.Linear: None}`` leaves
+    ``linear1`` and ``linear2`` unquantized).
 
     Args:
         new: the module built for ``original``.
@@ -331,6 +340,11 @@ def follow_mapping(new: nn.Module, name: str, original: nn.Module, resolver: Any
     qconfigs = {}
     for child in new.child_names():
         qualified = f"{name}.{child}" if name else child
+        module = getattr(original, child)
         if resolver.names_explicitly(qualified):
-            qconfigs[child] = resolver.resolve(qualified, getattr(original, child))
+            qconfigs[child] = resolver.resolve(qualified, module)
+            continue
+        key = resolver.nearest_type(module)
+        if key is not None and not isinstance(original, key):
+            qconfigs[child] = resolver.resolve(qualified, module)
     new.set_child_qconfigs(qconfigs)

@@ -220,7 +220,9 @@ def test_stacked_recurrent_layers_convert_layer_by_layer(layer):
     qmodel(x)  # calibrates every range
     qmodel.eval()
     integer = aquatic.convert(qmodel, example_input=x)
-    assert [key for key in integer.ops if key.startswith("rnn")] == ["rnn_l0", "rnn_l1", "rnn_l2"]
+    stack = integer.ops["rnn"]
+    assert isinstance(stack, aquatic.integer.IntegerRecurrentStack)
+    assert [layer.name for layer in stack.layers] == ["rnn_l0", "rnn_l1", "rnn_l2"]
     outputs = integer.dequantize_output(integer(integer.quantize_input(x)))
     with torch.no_grad():
         expected = qmodel(x)
@@ -257,15 +259,162 @@ def test_stacked_states_of_several_grids_are_not_returned_whole(layer):
     qmodel = aquatic.quantize(AllStates(), WITH_STATE)
     x = torch.randn(5, 4, 8)
     qmodel(x)
-    with pytest.raises(TypeError, match=r"each on its own grid; return one layer's \(h\[-1\]\)"):
+    with pytest.raises(TypeError, match=r"each on its own\s+grid; return one layer.s \(h\[-1\]\)"):
         aquatic.convert(qmodel.eval(), example_input=x)
 
 
-def test_a_stacked_layer_in_a_sequential_names_the_way_out():
+def test_a_stacked_layer_in_a_sequential_converts_and_its_states_are_refused_whole():
+    torch.manual_seed(4)
     gru = aquatic.nn.GRU(8, 12, num_layers=2, qconfig=INT8)
     model = nn.Sequential(
         aquatic.nn.ActivationQuantizer(qconfig=INT8), gru, aquatic.nn.SelectOutput(0)
     )
-    model(torch.randn(5, 4, 8))
-    with pytest.raises(ValueError, match="converts num_layers > 1"):
+    x = torch.randn(5, 4, 8)
+    model(x)
+    integer = aquatic.convert(model.eval())
+    out = integer.dequantize_output(integer(integer.quantize_input(x)))
+    with torch.no_grad():
+        expected = model(x)
+    step = float(gru.quantizers["hidden_l1"].grid().scale)
+    assert float(integer.output_spec.scale) == pytest.approx(step)
+    assert ((out - expected).abs() <= step + 1e-6).float().mean() >= 0.99
+    model[2] = aquatic.nn.SelectOutput(1)  # h_n: each layer's codes on its own grid
+    with pytest.raises(ValueError, match=r"own grid; in an nn.Sequential select the output"):
         aquatic.convert(model.eval())
+
+
+class BidirectionalSpotter(nn.Module):
+    """A bidirectional GRU over feature frames; a classifier on the last output step,
+    which holds the forward direction's last state and the reverse one's first."""
+
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(8, 16, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x):
+        out, _ = self.gru(x)
+        return self.fc(out[:, -1])
+
+
+class BidirectionalText(nn.Module):
+    """Embedding, bidirectional LSTM, a classifier on both directions' final states."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(24, 8)
+        self.lstm = nn.LSTM(8, 16, batch_first=True, bidirectional=True)
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, tokens):
+        _, (h, _) = self.lstm(self.emb(tokens))
+        return self.fc(torch.cat([h[-2], h[-1]], 1))
+
+
+def test_bidirectional_gru_keyword_spotter_converts_and_agrees():
+    torch.manual_seed(1)  # the float model's initial weights
+    qmodel, x, (held_out, labels) = fit(
+        BidirectionalSpotter(), INT8, keywords, quantize_output=True
+    )
+    gru = qmodel.gru
+    assert gru.quantizers["hidden_l0"] is gru.quantizers["hidden_l0_reverse"]  # one grid
+    integer = aquatic.convert(qmodel, example_input=x)
+    assert isinstance(integer.ops["gru"], aquatic.integer.IntegerRecurrentStack)
+    out, expected = agree(integer, qmodel, held_out)
+    close, agreement = within_two_steps(out, expected, integer.output_specs)
+    assert close >= 0.99 and agreement >= 0.99
+    assert (expected.argmax(1) == labels).float().mean() > 0.6
+    # Both directions' final hidden codes against the QAT model's, in torch's h_n layout.
+    with torch.no_grad():
+        qat_out, h = gru(qmodel.input_quantizer(held_out))
+    codes = qmodel.input_quantizer.quantizers["activation"].to_int(held_out).to(torch.int64)
+    out_codes, h_n = integer.ops["gru"](codes)
+    reference = gru.quantizers["hidden_l0"].to_int(h).to(torch.int64)
+    assert h_n.shape == (2, 400, 16) and out_codes.shape == (400, 10, 32)
+    assert (h_n == reference).float().mean() >= 0.99
+    assert torch.equal(out_codes[:, -1, :16], h_n[0]) and torch.equal(out_codes[:, 0, 16:], h_n[1])
+    assert (out_codes == gru.quantizers["hidden_l0"].to_int(qat_out)).float().mean() >= 0.99
+
+
+def test_bidirectional_embedding_lstm_classifier_converts_agrees_and_saves():
+    torch.manual_seed(1)  # the float model's initial weights
+    qmodel, x, (held_out, labels) = fit(
+        BidirectionalText(), WITH_STATE, sentences, quantize_output=True
+    )
+    integer = aquatic.convert(qmodel, example_input=x)
+    logits, expected = agree(integer, qmodel, held_out)
+    close, agreement = within_two_steps(logits, expected, integer.output_specs)
+    assert close >= 0.99 and agreement >= 0.99
+    assert (expected.argmax(1) == labels).float().mean() > 0.6
+    loaded = aquatic.integer.IntegerGraph.load(saved(integer))
+    assert torch.equal(loaded(held_out), integer(held_out))
+    assert isinstance(loaded.ops["lstm"], aquatic.integer.IntegerRecurrentStack)
+
+
+class Projected(nn.Module):
+    """A stacked bidirectional LSTM with a projection, started from given states."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(8, 12, num_layers=2, bidirectional=True, proj_size=6)
+        self.fc = nn.Linear(12, 3)
+
+    def forward(self, x, h0, c0):
+        out, (h, c) = self.lstm(x, (h0, c0))
+        return self.fc(out[-1]), h[-1], c[0]
+
+
+def test_stacked_bidirectional_projected_lstm_from_given_states():
+    torch.manual_seed(5)
+    qmodel = aquatic.quantize(Projected(), WITH_STATE)
+    assert "weight_hr_l1_reverse" in qmodel.lstm.quantizers
+    inputs = (torch.randn(6, 32, 8), 0.5 * torch.randn(4, 32, 6), torch.randn(4, 32, 12))
+    qmodel(*inputs)  # calibrates every range
+    qmodel.eval()
+    integer = aquatic.convert(qmodel, example_input=inputs)
+    stack = integer.ops["lstm"]
+    assert [layer.weight_hr.shape for layer in stack.layers] == [(6, 12)] * 4
+    codes = integer.quantize_input(*inputs)
+    outputs = integer.dequantize_output(integer(*codes))
+    with torch.no_grad():
+        expected = qmodel(*inputs)
+    for out, reference, spec in zip(outputs, expected, integer.output_specs):
+        assert ((out - reference).abs() <= float(spec.scale) + 1e-6).float().mean() >= 0.99
+    assert (outputs[0].argmax(1) == expected[0].argmax(1)).float().mean() >= 0.99
+    # c[0] is read on the first layer's cell grid, h[-1] on the last layer's hidden grid.
+    assert float(integer.output_specs[2].scale) == float(
+        qmodel.lstm.quantizers["cell_l0"].grid().scale
+    )
+    hidden = qmodel.lstm.quantizers["hidden_l1_reverse"].grid().scale
+    assert float(integer.output_specs[1].scale) == pytest.approx(float(hidden))
+    loaded = aquatic.integer.IntegerGraph.load(saved(integer))
+    for a, b in zip(loaded(*codes), integer(*codes)):
+        assert torch.equal(a, b)
+
+
+class GivenState(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru = nn.GRU(8, 16)
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x, h0):
+        _, h = self.gru(x, h0)
+        return self.fc(h[-1])
+
+
+def test_a_gru_started_from_a_given_state_agrees():
+    torch.manual_seed(6)
+    qmodel = aquatic.quantize(GivenState(), INT8)
+    inputs = (torch.randn(7, 64, 8), torch.randn(1, 64, 16))
+    qmodel(*inputs)
+    qmodel.eval()
+    integer = aquatic.convert(qmodel, example_input=inputs)
+    out = integer.dequantize_output(integer(*integer.quantize_input(*inputs)))
+    with torch.no_grad():
+        expected = qmodel(*inputs)
+        started = qmodel(inputs[0], torch.zeros_like(inputs[1]))
+    step = float(integer.output_specs.scale)
+    assert ((out - expected).abs() <= 2 * step + 1e-6).float().mean() >= 0.99
+    assert (out.argmax(1) == expected.argmax(1)).float().mean() >= 0.99
+    assert not torch.allclose(expected, started)  # the given state matters

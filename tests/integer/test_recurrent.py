@@ -1,4 +1,7 @@
-"""The integer GRU against the quantization-aware GRU it was built from."""
+"""The integer RNN, GRU and LSTM against the quantization-aware layers they were built from."""
+
+import functools
+import io
 
 import pytest
 import torch
@@ -130,11 +133,130 @@ def test_build_gru_names_what_is_missing():
     spec = QSpec(torch.tensor(0.1), torch.tensor(0), None, -128, 127)
     with pytest.raises(TypeError, match="aquatic.nn.GRU"):
         build_gru("x", aquatic.nn.LSTM(2, 2, qconfig=INT8), spec)
-    with pytest.raises(ValueError, match="one direction without projection"):
-        build_gru("x", aquatic.nn.GRU(2, 2, bidirectional=True, qconfig=INT8), spec)
     weights_only = aquatic.nn.GRU(2, 2, qconfig=aquatic.qconfig.int4_weight)
     with pytest.raises(ValueError, match="no quantizer gates_l0, gate_outputs_l0, hidden_l0"):
         build_gru("x", weights_only, spec)
     per_channel = QSpec(torch.ones(2), torch.zeros(2), -1, -128, 127)
     with pytest.raises(ValueError, match="one scale and a range"):
         build_gru("x", aquatic.nn.GRU(2, 2, qconfig=INT8), per_channel)
+
+
+def test_the_reverse_direction_reads_the_sequence_backwards(trained):
+    model, generator = trained
+    x, _ = keywords(generator, 20)
+    gru, _ = build_gru("gru", model.gru, input_spec(model))
+    backwards = aquatic.integer.IntegerGRU(**dict(gru.config(), reverse=True), **gru.tensors())
+    codes = model.quant.quantizers["activation"].to_int(x).to(torch.int64)
+    output, h_n = backwards(codes)
+    flipped, h_flipped = gru(codes.flip(1))
+    assert torch.equal(output, flipped.flip(1)) and torch.equal(h_n, h_flipped)
+    assert torch.equal(h_n[0], output[:, 0])
+
+
+def test_a_given_state_is_requantized_onto_the_hidden_grid(trained):
+    model, generator = trained
+    x, _ = keywords(generator, 20)
+    codes = model.quant.quantizers["activation"].to_int(x).to(torch.int64)
+    hidden = model.gru.quantizers["hidden_l0"].grid()
+    # Given codes on a grid twice as fine: the layer halves them onto its own.
+    fine = QSpec(hidden.scale / 2, 0, None, -512, 512)
+    gru, _ = build_gru("gru", model.gru, input_spec(model), state=fine)
+    plain, _ = build_gru("gru", model.gru, input_spec(model))
+    low, high = hidden.quant_min, hidden.quant_max
+    h0 = torch.randint(low, high + 1, (20, 16), generator=torch.Generator().manual_seed(1))
+    zero = int(hidden.zero_point)
+    assert torch.equal(gru(codes, 2 * (h0 - zero))[0], plain(codes, h0)[0])
+    assert not torch.equal(gru(codes, 2 * (h0 - zero))[0], gru(codes)[0])
+    with pytest.raises(ValueError, match=r"initial hidden state has shape \(3, 16\)"):
+        plain(codes, h0[:3])
+
+
+def test_a_projected_lstm_agrees_with_the_quantization_aware_layer():
+    torch.manual_seed(2)
+    lstm = aquatic.nn.LSTM(8, 12, batch_first=True, proj_size=5, qconfig=WITH_STATE)
+    quant = aquatic.nn.ActivationQuantizer(qconfig=INT8)
+    x, _ = keywords(torch.Generator().manual_seed(3), 64)
+    lstm(quant(x))  # calibrates every range
+    lstm.eval(), quant.eval()
+    with torch.no_grad():
+        output, (h, c) = lstm(quant(x))
+    grid = quant.quantizers["activation"].grid()
+    spec = QSpec(grid.scale, grid.zero_point, None, grid.quant_min, grid.quant_max)
+    module, out_spec = build_lstm("lstm", lstm, spec)
+    assert module.weight_hr.shape == (5, 12)
+    codes_out, (h_n, c_n) = module(quant.quantizers["activation"].to_int(x).to(torch.int64))
+    expected = lstm.quantizers["hidden_l0"].to_int(output).to(torch.int64)
+    assert codes_out.shape == (64, 12, 5) and c_n.shape == (1, 64, 12)
+    assert (codes_out == expected).float().mean() >= 0.99
+    assert ((codes_out - expected).abs() <= 1).all()
+    cells = lstm.quantizers["cell_l0"].to_int(c).to(torch.int64)
+    assert (c_n == cells).float().mean() >= 0.99
+
+
+def test_a_stack_refuses_directions_on_different_grids():
+    torch.manual_seed(0)
+    layer = aquatic.nn.GRU(4, 5, bidirectional=True, qconfig=INT8)
+    layer(torch.randn(3, 2, 4))
+    spec = QSpec(torch.tensor(0.05), torch.tensor(0), None, -128, 127)
+    stack, _ = build_gru("gru", layer, spec)
+    forward, backward = stack.layers
+    scales = dict(backward.scales, hidden=backward.scales["hidden"] * 2)
+    other = aquatic.integer.IntegerGRU(
+        **dict(backward.config(), scales=scales), **backward.tensors()
+    )
+    with pytest.raises(ValueError, match="different grids; share the hidden quantizer"):
+        aquatic.integer.IntegerRecurrentStack([forward, other], 1, True)
+    with pytest.raises(ValueError, match="need 2 integer layers, got 1"):
+        aquatic.integer.IntegerRecurrentStack([forward], 1, True)
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_integer_rnn_agrees_with_the_quantization_aware_model(nonlinearity):
+    layer = functools.partial(aquatic.nn.RNN, nonlinearity=nonlinearity)
+    model, generator = train(layer, INT8)
+    x, _ = keywords(generator, 300)  # held out
+    with torch.no_grad():
+        logits = model(x)
+        _, h_qat = model.gru(model.quant(x))
+    rnn, hidden = aquatic.integer.build_rnn("rnn", model.gru, input_spec(model))
+    assert isinstance(rnn, aquatic.integer.IntegerRNN)
+    output, h_n = rnn(model.quant.quantizers["activation"].to_int(x).to(torch.int64))
+    expected = model.gru.quantizers["hidden_l0"].to_int(h_qat[0]).to(torch.int64)
+    assert (h_n[0] == expected).float().mean() >= 0.99
+    head, _ = build_accumulator("head", model.head, hidden)
+    out = h_n[0]
+    for module in head:
+        out = module(out)
+    assert (out.argmax(1) == logits.argmax(1)).float().mean() >= 0.99
+    if nonlinearity == "relu":
+        assert int(h_n.min()) >= int(model.gru.quantizers["hidden_l0"].grid().zero_point)
+
+
+def test_a_stacked_bidirectional_rnn_converts_in_a_chain_and_saves():
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        aquatic.nn.ActivationQuantizer(qconfig=INT8),
+        aquatic.nn.RNN(6, 8, num_layers=2, bidirectional=True, qconfig=INT8),
+        aquatic.nn.SelectOutput(0),
+        aquatic.nn.LastStep(0),
+        aquatic.nn.Linear(16, 3, qconfig=INT8),
+    )
+    x = torch.randn(9, 32, 6)
+    model(x)
+    model.eval()
+    integer = aquatic.convert(model)
+    assert [type(m).__name__ for m in integer.layers[0].layers] == ["IntegerRNN"] * 4
+    codes = integer.quantize_input(x)
+    out = integer.dequantize_output(integer(codes))
+    with torch.no_grad():
+        expected = model(x)
+    step = float(integer.output_spec.scale)
+    assert ((out - expected).abs() <= step + 1e-6).float().mean() >= 0.99
+    assert torch.equal(aquatic.integer.load(_saved(integer))(codes), integer(codes))
+
+
+def _saved(integer):
+    buffer = io.BytesIO()
+    integer.save(buffer)
+    buffer.seek(0)
+    return buffer

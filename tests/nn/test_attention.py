@@ -254,6 +254,42 @@ def test_a_name_key_decides_a_child_of_a_quantized_transformer_layer():
         first.set_child_qconfigs({"norm1": None})
 
 
+def test_a_type_key_decides_the_children_of_a_quantized_transformer_layer():
+    torch.manual_seed(0)
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32), 2)
+    int8, int4 = aquatic.qconfig.int8, aquatic.qconfig.int4_weight
+    mapping = {nn.Module: int8, r".*norm\d": None, nn.Linear: None}
+    model = aquatic.quantize(encoder, mapping)
+    for layer in model.layers:
+        assert layer.qconfig == int8 and layer.self_attn.qconfig == int8
+        assert layer.linear1.qconfig is None and not layer.linear1.quantizers
+        assert layer.linear2.qconfig is None and not layer.linear2.quantizers
+    assert model(torch.randn(5, 2, 16)).shape == (5, 2, 16)
+    # A type key for the children, under a type key for the layer.
+    model = aquatic.quantize(encoder, {nn.TransformerEncoderLayer: int8, nn.Linear: int4})
+    assert model.layers[0].linear1.qconfig == int4 and model.layers[0].self_attn.qconfig == int8
+    model = aquatic.quantize(encoder, {nn.Module: int8, nn.MultiheadAttention: int4})
+    assert model.layers[1].self_attn.qconfig == int4 and model.layers[1].linear2.qconfig == int8
+    # A catch-all type key that covers the layer as well does not override its QConfig.
+    model = aquatic.quantize(encoder, {nn.Module: int4, nn.TransformerEncoderLayer: int8})
+    assert model.layers[0].linear1.qconfig == int8 and model.layers[0].self_attn.qconfig == int8
+
+
+def test_name_keys_win_over_type_keys_for_transformer_children():
+    encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 4, 32), 2)
+    int8, int4 = aquatic.qconfig.int8, aquatic.qconfig.int4_weight
+    base = {nn.Module: int8, r".*norm\d": None, nn.Linear: None}
+    model = aquatic.quantize(encoder, {**base, "layers.0.linear1": int4})
+    assert model.layers[0].linear1.qconfig == int4  # its own name
+    assert model.layers[1].linear1.qconfig is None  # the type key
+    model = aquatic.quantize(encoder, {**base, "layers.1": int8})
+    assert model.layers[1].linear2.qconfig == int8  # the nearest enclosing name
+    assert model.layers[0].linear2.qconfig is None
+    model = aquatic.quantize(encoder, {**base, r"layers\.\d\.linear2": int4})
+    assert model.layers[0].linear2.qconfig == int4  # a regular expression on its name
+    assert model.layers[0].linear1.qconfig is None
+
+
 FINE = aquatic.QConfig(
     weight=UniformQuantizer.with_args(bits=16, scale=2.0**-14),
     activation=UniformQuantizer.with_args(bits=16, scale=2.0**-12),

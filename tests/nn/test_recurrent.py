@@ -228,6 +228,36 @@ def test_quantized_bidirectional_two_layers_and_packed_sequences():
         assert torch.allclose(cp[:, b], ca[:, 0], atol=1e-6)
 
 
+def test_both_directions_share_the_hidden_quantizer_and_a_projection_is_quantized():
+    torch.manual_seed(0)
+    layer = aquatic.nn.LSTM(
+        5, 6, num_layers=2, bidirectional=True, proj_size=3, qconfig=aquatic.qconfig.int8
+    )
+    quantizers = layer.quantizers
+    for k in (0, 1):
+        assert quantizers[f"hidden_l{k}"] is quantizers[f"hidden_l{k}_reverse"]
+        assert quantizers[f"gates_l{k}"] is not quantizers[f"gates_l{k}_reverse"]
+    assert {"weight_hr_l0", "weight_hr_l1_reverse"} <= set(quantizers)
+    x = torch.randn(7, 2, 5)
+    layer(x)  # observes the ranges
+    output, (h, _) = layer.eval()(x)
+    assert output.shape == (7, 2, 6) and h.shape == (4, 2, 3)
+    # the whole output, both directions, lies on the one hidden grid of its layer
+    scale = quantizers["hidden_l1"].grid().scale
+    assert torch.allclose(output / scale, torch.round(output / scale), atol=1e-4)
+    weight = layer.quantize_params()["weight_hr_l1"]
+    w_scale = quantizers["weight_hr_l1"].grid().scale
+    assert torch.allclose(weight / w_scale, torch.round(weight / w_scale), atol=1e-4)
+    again = aquatic.nn.LSTM(
+        5, 6, num_layers=2, bidirectional=True, proj_size=3, qconfig=aquatic.qconfig.int8
+    )
+    again.load_state_dict(layer.state_dict())
+    assert again.quantizers["hidden_l0"] is again.quantizers["hidden_l0_reverse"]
+    assert torch.equal(
+        again.quantizers["hidden_l0"].grid().scale, quantizers["hidden_l0"].grid().scale
+    )
+
+
 def test_batch_first_and_unbatched_give_the_same_steps():
     torch.manual_seed(0)
     layer = aquatic.nn.GRU(5, 6, qconfig=FIXED)
