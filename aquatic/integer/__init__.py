@@ -31,6 +31,7 @@ from aquatic.integer.build_recurrent import build_gru, build_lstm
 from aquatic.integer.embedding import IntegerEmbedding, IntegerEmbeddingBag
 from aquatic.integer.build_sequence import build_embedding
 from aquatic.integer.sequence import IntegerLastStep, IntegerSelectOutput
+from aquatic.integer.layer_norm import IntegerLayerNorm
 
 __all__ = [
     "IntegerAverage",
@@ -38,6 +39,7 @@ __all__ = [
     "IntegerCombine",
     "IntegerConv",
     "IntegerGraph",
+    "IntegerLayerNorm",
     "IntegerLinear",
     "IntegerMaxPool",
     "IntegerModel",
