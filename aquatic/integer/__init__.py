@@ -32,6 +32,7 @@ from aquatic.integer.embedding import IntegerEmbedding, IntegerEmbeddingBag
 from aquatic.integer.build_sequence import build_embedding
 from aquatic.integer.sequence import IntegerLastStep, IntegerSelectOutput
 from aquatic.integer.layer_norm import IntegerLayerNorm
+from aquatic.integer.attention import IntegerMultiheadAttention
 
 __all__ = [
     "IntegerAverage",
@@ -44,6 +45,7 @@ __all__ = [
     "IntegerMaxPool",
     "IntegerModel",
     "IntegerModule",
+    "IntegerMultiheadAttention",
     "IntegerNeuron",
     "IntegerOverflowError",
     "IntegerReLU",

@@ -25,8 +25,9 @@ from aquatic.integer.convert_nodes import NodeContext, convert_node
 from aquatic.integer.graph import IntegerGraph, Ref, Step
 from aquatic.integer.reading import check_observed, describe
 from aquatic.integer.build_recurrent import build_gru, build_lstm
+from aquatic.integer.build_attention import build_attention
 from aquatic.integer.recurrent import IntegerGRU, IntegerLSTM
-from aquatic.nn import GRU, LSTM, ActivationQuantizer, Add, Cat, Mul
+from aquatic.nn import GRU, LSTM, ActivationQuantizer, Add, Cat, MultiheadAttention, Mul
 
 __all__ = ["convert_graph"]
 
@@ -138,6 +139,9 @@ class _Builder:
             self.steps.append(Step(node.name, node.name, None, tuple(self.refs(tensors)), {}))
             self.specs[node.name] = spec
             return
+        if isinstance(module, MultiheadAttention):
+            self.attention(node, module, where)
+            return
         if len(node.args) != 1 or node.kwargs:
             raise TypeError(
                 f"{where} is called with {len(node.args)} arguments and {len(node.kwargs)} "
@@ -155,6 +159,28 @@ class _Builder:
             hidden = states["hidden"]
             last = (hidden, states["cell"]) if "cell" in states else hidden
             self.specs[node.name] = (hidden, last)
+
+    def attention(self, node: fx.Node, module: nn.Module, where: str) -> None:
+        """``out, weights = attn(query, key, value, need_weights=False)``: the node's
+        value is ``(output, None)``; the integer model computes no attention weights."""
+        names = ("query", "key", "value")
+        inputs = dict(zip(names, node.args))
+        extra = {k: v for k, v in node.kwargs.items() if k not in names}
+        inputs.update({k: v for k, v in node.kwargs.items() if k in names})
+        given = {k: v for k, v in extra.items() if v not in (None, False)}
+        if len(node.args) > 3 or set(inputs) != set(names) or given:
+            raise TypeError(
+                f"{where} is called with {sorted(set(given) | set(inputs))}; the integer "
+                "graph converts query, key and value without masks (and need_weights=False: "
+                "it computes no attention weights)"
+            )
+        specs = [self.spec(inputs[k], where) for k in names]
+        layer, spec = build_attention(node.target, module, *specs)
+        key = f"{node.name}_output"
+        self.ops[key] = layer
+        self.steps.append(Step(key, key, None, tuple(self.refs([inputs[k] for k in names])), {}))
+        self._function(node.name, "tuple", (Ref(key), None))
+        self.specs[node.name] = (spec, None)
 
     def stacked(self, node: fx.Node, layer: nn.Module, spec: QSpec) -> None:
         """A recurrent layer with ``num_layers > 1``: one integer layer each, layer

@@ -135,6 +135,12 @@ def convert_module(name: str, module: nn.Module, spec: QSpec, state_frac_bits: i
         return build_sequence_layer(name, module, spec)
     if isinstance(module, FusedBatchNorm):  # eval: folded weight and bias, quantized
         return build_accumulator(name, module.folded(), spec)
+    if isinstance(module, nn.MultiheadAttention):
+        raise TypeError(
+            f"{where} takes query, key and value and returns a tuple, which has no place in "
+            "an nn.Sequential; call it in a forward of your own (out, _ = self.attn(x, x, x)) "
+            "or use a TransformerEncoderLayer"
+        )
     if isinstance(module, nn.LayerNorm):
         norm, spec = build_layer_norm(name, module, spec)
         return [norm], spec

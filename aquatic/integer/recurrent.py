@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from aquatic.integer.base import IntegerModule, QSpec
 from aquatic.integer.requant import rounding_right_shift
 
-__all__ = ["FixedSum", "IntegerGRU", "IntegerLSTM", "TANH_BITS"]
+__all__ = ["FixedSum", "IntegerGRU", "IntegerLSTM", "TANH_BITS", "fixed_constant"]
 
 #: Every multiplier-times-term product (and their sum) stays below this.
 _PRODUCT_LIMIT = 2**61
@@ -248,19 +248,19 @@ class IntegerGRU(_IntegerRecurrent):
         rz, n = slice(0, 2 * size), slice(2 * size, 3 * size)
         # r, z: both accumulators and both biases onto the gates grid.
         self.rz = FixedSum([a_i[rz], a_h[rz]], [acc_i, acc_h], float(s["gates"]))
-        self.register_buffer("rz_bias", _on(self.rz, b_i[rz] + b_h[rz], s["gates"]))
+        self.register_buffer("rz_bias", fixed_constant(self.rz, b_i[rz] + b_h[rz], s["gates"]))
         # n: the hidden contribution on a grid 2**-12 finer than the gates grid, then
         # multiplied by the reset gate's code.
         fine = float(s["gates"]) * 2.0**-12
         gh_bound = math.ceil((acc_h * float(a_h[n].abs().max()) + float(b_h[n].abs().max())) / fine)
         self.hn = FixedSum([a_h[n]], [acc_h], fine)
-        self.register_buffer("hn_bias", _on(self.hn, b_h[n], fine))
+        self.register_buffer("hn_bias", fixed_constant(self.hn, b_h[n], fine))
         self.n = FixedSum(
             [a_i[n], s["gate_outputs"] * fine * torch.ones(size, dtype=torch.float64)],
             [acc_i, o_mag * (gh_bound + 1)],
             float(s["gates"]),
         )
-        self.register_buffer("n_bias", _on(self.n, b_i[n], s["gates"]))
+        self.register_buffer("n_bias", fixed_constant(self.n, b_i[n], s["gates"]))
         # h' = n + z (h - n) = N s_o - Z N s_o**2 + Z H s_o s_h.
         so, sh = s["gate_outputs"], s["hidden"]
         self.h = FixedSum([so, -so * so, so * sh], [o_mag, o_mag * o_mag, o_mag * h_mag], float(sh))
@@ -338,7 +338,7 @@ class IntegerLSTM(_IntegerRecurrent):
         )
         o_mag, c_mag = self.magnitude["gate_outputs"], self.magnitude["cell"]
         self.gates = FixedSum([a_i, a_h], list(bounds), float(s["gates"]))
-        self.register_buffer("gates_bias", _on(self.gates, b_i + b_h, s["gates"]))
+        self.register_buffer("gates_bias", fixed_constant(self.gates, b_i + b_h, s["gates"]))
         so, sc = s["gate_outputs"], s["cell"]
         # c' = F C s_o s_c + I G s_o**2 (codes minus zero points).
         self.c = FixedSum([so * sc, so * so], [o_mag * c_mag, o_mag * o_mag], float(sc))
@@ -362,7 +362,7 @@ class IntegerLSTM(_IntegerRecurrent):
         return self._stack(outputs), (h.unsqueeze(0), c.unsqueeze(0))
 
 
-def _on(fixed: FixedSum, value: Tensor, out_scale) -> Tensor:
+def fixed_constant(fixed: FixedSum, value: Tensor, out_scale) -> Tensor:
     """A real constant on ``fixed``'s fine grid (units of ``out_scale * 2**-shift``)."""
     scaled = torch.as_tensor(value, dtype=torch.float64) / float(out_scale) * 2.0**fixed.shift
     return torch.round(scaled).to(torch.int64)
