@@ -26,6 +26,8 @@ from aquatic.integer.graph import IntegerGraph, Ref, Step
 from aquatic.integer.reading import check_observed, describe
 from aquatic.integer.build_recurrent import build_gru, build_lstm
 from aquatic.integer.build_attention import build_attention
+from aquatic.integer.build_transformer import build_encoder
+from aquatic.integer.transformer import INPUT, Program
 from aquatic.integer.recurrent import IntegerGRU, IntegerLSTM
 from aquatic.nn import GRU, LSTM, ActivationQuantizer, Add, Cat, MultiheadAttention, Mul
 
@@ -151,6 +153,9 @@ class _Builder:
         if isinstance(module, (GRU, LSTM)) and module.num_layers > 1:
             self.stacked(node, module, spec)
             return
+        if isinstance(module, (nn.TransformerEncoder, nn.TransformerEncoderLayer)):
+            self.encoder(node, module, spec)
+            return
         modules, spec = convert_module(node.target, module, spec, self.state_frac_bits)
         self.chain(node, modules, spec, node.args[0])
         if modules and isinstance(modules[-1], (IntegerGRU, IntegerLSTM)):
@@ -181,6 +186,19 @@ class _Builder:
         self.steps.append(Step(key, key, None, tuple(self.refs([inputs[k] for k in names])), {}))
         self._function(node.name, "tuple", (Ref(key), None))
         self.specs[node.name] = (spec, None)
+
+    def encoder(self, node: fx.Node, module: nn.Module, spec: QSpec) -> None:
+        """A transformer encoder (layer): each integer module of its program a step."""
+        program = Program()
+        _, spec = build_encoder(node.target, module, spec, program)
+        keys = {INPUT: self.refs(node.args[0])}
+        for step in program:
+            key = f"{node.name}.{step.key}".replace(".", "_")
+            keys[step.key] = Ref(key)
+            self.ops[key] = step.module
+            self.steps.append(Step(key, key, None, tuple(keys[a] for a in step.args), {}))
+        self.alias[node.name] = str(keys[program[-1].key])
+        self.specs[node.name] = spec
 
     def stacked(self, node: fx.Node, layer: nn.Module, spec: QSpec) -> None:
         """A recurrent layer with ``num_layers > 1``: one integer layer each, layer
