@@ -33,6 +33,7 @@ from aquatic.integer.build_sequence import build_embedding
 from aquatic.integer.sequence import IntegerLastStep, IntegerSelectOutput
 from aquatic.integer.layer_norm import IntegerLayerNorm
 from aquatic.integer.attention import IntegerMultiheadAttention
+from aquatic.integer.transformer import IntegerTransformerEncoderLayer
 
 __all__ = [
     "IntegerAverage",
@@ -46,6 +47,7 @@ __all__ = [
     "IntegerModel",
     "IntegerModule",
     "IntegerMultiheadAttention",
+    "IntegerTransformerEncoderLayer",
     "IntegerNeuron",
     "IntegerOverflowError",
     "IntegerReLU",

@@ -12,6 +12,7 @@ from aquatic.functional.integer_math import exp_tables, table_exp
 from aquatic.integer.attention import IntegerMultiheadAttention
 from aquatic.integer.base import QSpec
 from aquatic.integer.build_attention import build_attention
+from aquatic.interop.onnx import export_integer
 from aquatic.quantizers import UniformQuantizer
 
 E, H = 16, 4
@@ -136,6 +137,8 @@ def test_graph_converts_attention_and_saves():
     again = type(integer).load(buffer)
     codes = integer.quantize_input(x)
     assert torch.equal(again(codes), integer(codes))
+    with pytest.raises(TypeError, match="IntegerMultiheadAttention.*no exact ONNX form"):
+        export_integer(integer, io.BytesIO(), codes)
 
 
 def test_refusals_name_the_layer_and_the_fix():
