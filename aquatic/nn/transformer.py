@@ -3,7 +3,10 @@
 
 Each is torch's layer whose attention blocks are :class:`aquatic.nn.MultiheadAttention`
 and whose feed-forward layers are :class:`aquatic.nn.Linear`, all with the layer's
-QConfig. The layer norms and residual sums stay in float. torch's
+QConfig. With ``QConfig.activation`` the layer norms are :class:`aquatic.nn.LayerNorm`
+and every residual sum passes through a quantizer of the layer's own (``residual1``,
+``residual2``, ...; :mod:`aquatic.nn.transformer_base`), so that an integer model finds
+every tensor on a grid; otherwise norms and sums stay in float. torch's
 :class:`~torch.nn.TransformerEncoder` and :class:`~torch.nn.TransformerDecoder` stack
 them as they are (they copy the layer they are given).
 """
@@ -36,7 +39,10 @@ class TransformerEncoderLayer(TransformerLayerTwin, nn.TransformerEncoderLayer):
     It takes the arguments of :class:`torch.nn.TransformerEncoderLayer` and, keyword
     only, ``qconfig``, which ``self_attn`` (:class:`aquatic.nn.MultiheadAttention`: see
     its table of quantizers) and ``linear1``, ``linear2`` (:class:`aquatic.nn.Linear`)
-    take. With ``qconfig=None`` it computes as torch's layer, bit for bit, fused
+    take; with ``QConfig.activation``, ``norm1`` and ``norm2`` are
+    :class:`aquatic.nn.LayerNorm` and the residual sums go through the quantizers
+    ``residual1``, ``residual2``. :func:`aquatic.convert` turns it (``relu``, post-norm or
+    pre-norm) into integer arithmetic. With ``qconfig=None`` it computes as torch's layer, bit for bit, fused
     inference path included, and its ``state_dict`` is torch's.
 
     With quantizers, torch's fused inference path (``torch._transformer_encoder_layer_fwd``
