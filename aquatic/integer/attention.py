@@ -27,7 +27,9 @@ codes; every step is integer arithmetic at inference:
 Each fixed-point step has a relative error of about :math:`2^{-24}`, float32's own, so
 the output codes equal the quantization-aware layer's except where one of its float32
 intermediate values lies that close to a rounding boundary: then a ``q``, ``k``, ``v`` or
-attention code one step apart moves the output, usually by one step.
+attention code one step apart moves the output, usually by one step, at most by a few.
+Where int64 arithmetic cannot keep that precision (signals wider than about 12 bits), the
+constructor raises a ``ValueError`` rather than round coarsely.
 """
 
 from __future__ import annotations
@@ -146,17 +148,40 @@ class IntegerMultiheadAttention(IntegerModule):
             setattr(self, f"project_{signal}", fixed)
             self.register_buffer(f"bias_{signal}", self._constant(fixed, signal, s[signal], embed))
         head_dim = embed // self.num_heads
-        low, high, self.split = exp_tables(float(s["q"] * s["k"]) / math.sqrt(head_dim))
+        try:
+            low, high, self.split = exp_tables(float(s["q"] * s["k"]) / math.sqrt(head_dim))
+        except ValueError as error:
+            raise ValueError(f"{self._where()}: {error}") from None
         self.register_buffer("exp_low", low)
         self.register_buffer("exp_high", high)
         multiplier, shift = quantize_multiplier(1.0 / s["attention"], _DIVIDE_BITS)
         self.divide = (int(multiplier) << max(0, -int(shift)), max(0, int(shift)))
-        bound = MAX_KEYS * mag["attention"] * mag["v"] * int(self.weight_out.abs().sum(1).max())
+        # Softmax codes are at least the zero point and sum to about 1 / s_a (each one
+        # rounded up by at most half a step), which bounds the sum over the keys.
+        total = math.ceil(1.0 / float(s["attention"])) + MAX_KEYS
+        bound = total * mag["v"] * int(self.weight_out.abs().sum(1).max())
         rate = s["attention"] * s["v"] * s["weight_out"]
         self.project_out = FixedSum([rate.expand(embed)], [bound], float(s["output"]))
         self.register_buffer(
             "bias_out", self._constant(self.project_out, "out", s["output"], embed)
         )
+        for signal in _SIGNALS + ("out",):
+            magnitude = mag["output" if signal == "out" else signal]
+            self._check_precision(getattr(self, f"project_{signal}"), magnitude, signal)
+
+    def _check_precision(self, fixed: FixedSum, magnitude: int, signal: str) -> None:
+        """Refuse multipliers too coarse for outputs up to ``magnitude`` codes: their
+        relative error must stay below 2**-8 of one output step."""
+        multiplier = fixed.m0.abs()
+        positive = multiplier[multiplier > 0]
+        smallest = int(positive.min()) if positive.numel() else 2**62
+        if smallest * 2.0**-8 < max(magnitude, 1):
+            raise ValueError(
+                f"{self._where()}: the {signal!r} requantization keeps only "
+                f"{smallest.bit_length()} bits, too few for {magnitude.bit_length()}-bit codes "
+                "in int64 arithmetic; quantize the attention's signals with fewer bits "
+                "(e.g. 8)"
+            )
 
     def _constant(self, fixed: FixedSum, key: str, out_scale: Tensor, size: int) -> Tensor:
         bias = self.biases[key]

@@ -165,3 +165,18 @@ def test_refusals_name_the_layer_and_the_fix():
     model(x, mask)
     with pytest.raises(TypeError, match="without masks"):
         aquatic.convert(model.eval(), example_input=(x, mask), input_scale=1.0)
+
+
+def test_too_fine_grids_are_refused_not_rounded_silently():
+    ones = torch.ones(E, E, dtype=torch.long)
+    grids = {k: [0, -(2**15), 2**15 - 1] for k in ("query", "key", "value", "q", "k", "v")}
+    grids.update(attention=[0, 0, 2**16 - 1], output=[0, -(2**15), 2**15 - 1])
+    scales = dict(query=0.01, key=0.01, value=0.01, q=0.01, k=0.01, v=1e-4, output=1e-4)
+    scales.update(weight_q=0.01, weight_k=0.01, weight_v=0.01, weight_out=1e-4)
+    scales.update(attention=1 / 65535)
+    biases = dict(q=None, k=None, v=None, out=None)
+    with pytest.raises(ValueError, match="'out' requantization keeps only"):
+        IntegerMultiheadAttention(ones, ones, ones, ones * 32767, H, scales, grids, biases)
+    scales.update(q=1e-6, k=1e-6)
+    with pytest.raises(ValueError, match="layer .*too small for lookup tables"):
+        IntegerMultiheadAttention(ones, ones, ones, ones, H, scales, grids, biases)
