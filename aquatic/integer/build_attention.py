@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from aquatic.integer.attention import IntegerMultiheadAttention

@@ -13,7 +13,7 @@ them as they are (they copy the layer they are given).
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn.functional as F

@@ -1,7 +1,6 @@
 """The integer multi-head attention against the quantization-aware aquatic.nn.MultiheadAttention."""
 
 import io
-import math
 
 import pytest
 import torch
