@@ -4,7 +4,7 @@ any single parameter of any module."""
 from __future__ import annotations
 
 import warnings
-from typing import Any, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, List, Optional, Set, Tuple, Type
 
 from torch import nn
 from torch.nn.utils import parametrize
@@ -108,10 +108,15 @@ _FOLDED = (nn.modules.batchnorm._BatchNorm,)
 _INSIDE_TWINS = (nn.modules.linear.NonDynamicallyQuantizableLinear,)
 
 
-def _warn_float_parameters(named: List[Tuple[str, nn.Module]], resolver: QConfigResolver) -> None:
-    """Warn, naming them, about parameters that :func:`quantize` leaves in float."""
+def _warn_float_parameters(
+    named: List[Tuple[str, nn.Module]], resolver: QConfigResolver, covered: Set[int]
+) -> None:
+    """Warn, naming them, about parameters that :func:`quantize` leaves in float
+    (``covered``: the ``id`` of modules that a twin around them quantizes)."""
     left = []
     for name, module in named:
+        if id(module) in covered:
+            continue
         skip = (
             (QuantizedModule, Quantizer, parametrize.ParametrizationList) + _FOLDED + _INSIDE_TWINS
         )
@@ -297,7 +302,17 @@ def _swap_twins(
             stacklevel=3,
         )
     _warn_requantized(requantized, kept)
-    _warn_float_parameters(named, resolver)
+    # The norms of transformer layers quantized with an activation quantizer become
+    # aquatic.nn.LayerNorm twins inside their layer.
+    covered = {
+        id(norm)
+        for _, module, config in plan
+        if config.activation is not None
+        for norm in (getattr(module, n, None) for n in ("norm1", "norm2", "norm3"))
+        if isinstance(module, (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer))
+        and norm is not None
+    }
+    _warn_float_parameters(named, resolver, covered)
     fused = fused_layers_left_in_float(named, {id(m) for _, m, _ in plan})
     if fused:
         warnings.warn(

@@ -34,6 +34,9 @@ from aquatic.integer.build_recurrent import build_gru, build_lstm, build_rnn
 from aquatic.integer.embedding import IntegerEmbedding, IntegerEmbeddingBag
 from aquatic.integer.build_sequence import build_embedding
 from aquatic.integer.sequence import IntegerLastStep, IntegerSelectOutput
+from aquatic.integer.layer_norm import IntegerLayerNorm
+from aquatic.integer.attention import IntegerMultiheadAttention
+from aquatic.integer.transformer import IntegerTransformerEncoderLayer
 
 __all__ = [
     "IntegerAverage",
@@ -41,10 +44,13 @@ __all__ = [
     "IntegerCombine",
     "IntegerConv",
     "IntegerGraph",
+    "IntegerLayerNorm",
     "IntegerLinear",
     "IntegerMaxPool",
     "IntegerModel",
     "IntegerModule",
+    "IntegerMultiheadAttention",
+    "IntegerTransformerEncoderLayer",
     "IntegerNeuron",
     "IntegerOverflowError",
     "IntegerReLU",

@@ -207,6 +207,14 @@ CONFIG: Dict[str, Dict[str, Check]] = {
     },
     "sum": {"dim": integer()},
     "rnn": _recurrent(("gates", "hidden")),
+    "layer_norm": {
+        "shift": integer(0, 24),
+        "precision": integer(0, 40),
+        "eps_term": integer(0, 2**62),
+        "output_zero_point": integer(),
+        "low": integer(),
+        "high": integer(),
+    },
     "gru": _recurrent(("gates", "gate_outputs", "hidden")),
     "lstm": _recurrent(("gates", "gate_outputs", "cell", "hidden")),
     "recurrent_stack": {
@@ -321,7 +329,7 @@ def check_config(field: str, kind: str, config: Dict[str, Any]) -> None:
         for key in PER_DIM:
             if key in config and len(config[key]) not in (1, dim):
                 raise fail(f"{field}.{key}", f"must hold {dim} ints (dim={dim}), got {config[key]}")
-    if kind == "requantize":
+    if kind in ("requantize", "layer_norm"):
         check_low_high(field, config.get("low"), config.get("high"))
     if kind == "recurrent_stack":
         for position, entry in enumerate(config.get("layers", [])):

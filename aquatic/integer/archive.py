@@ -34,6 +34,7 @@ def write(
     entries = []
     tensors: Dict[str, torch.Tensor] = {}
     for index, layer in enumerate(layers):
+        layer.check_saveable()
         entries.append({"kind": layer.kind, "config": layer.config()})
         for key, value in layer.tensors().items():
             tensors[f"{index}.{key}"] = value.detach().cpu().clone()

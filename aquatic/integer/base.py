@@ -172,6 +172,15 @@ class IntegerModule(nn.Module):
             raise TypeError(f"{self._where()} takes a tensor of integer codes, got {input!r}")
         return check_integer(input, f"the input of {self._where()}").to(torch.int64)
 
+    def check_saveable(self) -> None:
+        """Raise a ``TypeError`` naming this layer if it has no saved form (no ``kind``)."""
+        if not self.kind:
+            raise TypeError(
+                f"{self._where()} has no saved form of its own; convert the model as a "
+                "graph (a model with a forward of its own, which aquatic.convert turns into "
+                "an IntegerGraph whose steps save)"
+            )
+
     def extra_repr(self) -> str:
         parts = [f"name={self.name!r}"] if self.name else []
         parts += [f"{key}={getattr(self, key)!r}" for key in self._config_keys]

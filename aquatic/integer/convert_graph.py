@@ -25,7 +25,10 @@ from aquatic.integer.convert_module import convert_module, input_spec
 from aquatic.integer.convert_nodes import NodeContext, convert_node
 from aquatic.integer.graph import IntegerGraph, Ref, Step
 from aquatic.integer.reading import check_observed, describe
-from aquatic.nn import LSTM, ActivationQuantizer, Add, Cat, Mul
+from aquatic.integer.build_attention import build_attention
+from aquatic.integer.build_transformer import build_encoder
+from aquatic.integer.transformer import INPUT, Program
+from aquatic.nn import LSTM, ActivationQuantizer, Add, Cat, MultiheadAttention, Mul
 
 __all__ = ["convert_graph"]
 
@@ -140,14 +143,58 @@ class _Builder:
         if type(module) in RECURRENT_BUILDERS:
             self.recurrent(node, module, where)
             return
+        if isinstance(module, MultiheadAttention):
+            self.attention(node, module, where)
+            return
         if len(node.args) != 1 or node.kwargs:
             raise TypeError(
                 f"{where} is called with {len(node.args)} arguments and {len(node.kwargs)} "
                 "keyword arguments; the integer model converts layers that take one tensor"
             )
         spec = self.spec(node.args[0], where)
+        if isinstance(module, (nn.TransformerEncoder, nn.TransformerEncoderLayer)):
+            self.encoder(node, module, spec)
+            return
         modules, spec = convert_module(node.target, module, spec, self.state_frac_bits)
         self.chain(node, modules, spec, node.args[0])
+
+    def attention(self, node: fx.Node, module: nn.Module, where: str) -> None:
+        """``out, weights = attn(query, key, value, need_weights=False)``: the node's
+        value is ``(output, None)``; the integer model computes no attention weights."""
+        names = ("query", "key", "value")
+        inputs = dict(zip(names, node.args))
+        extra = {k: v for k, v in node.kwargs.items() if k not in names}
+        inputs.update({k: v for k, v in node.kwargs.items() if k in names})
+        given = {k: v for k, v in extra.items() if v not in (None, False)}
+        if len(node.args) > 3 or set(inputs) != set(names) or given:
+            raise TypeError(
+                f"{where} is called with {sorted(set(given) | set(inputs))}; the integer "
+                "graph converts query, key and value without masks (and need_weights=False: "
+                "it computes no attention weights)"
+            )
+        specs = [self.spec(inputs[k], where) for k in names]
+        layer, spec = build_attention(node.target, module, *specs)
+        key = f"{node.name}_output"
+        self.ops[key] = layer
+        self.steps.append(Step(key, key, None, tuple(self.refs([inputs[k] for k in names])), {}))
+        self._function(node.name, "tuple", (Ref(key), None))
+        self.specs[node.name] = (spec, None)
+
+    def encoder(self, node: fx.Node, module: nn.Module, spec: QSpec) -> None:
+        """A transformer encoder (layer): each integer module of its program a step."""
+        program = Program()
+        _, spec = build_encoder(node.target, module, spec, program)
+        keys = {INPUT: self.refs(node.args[0])}
+        for step in program:
+            key = f"{node.name}.{step.key}".replace(".", "_")
+            keys[step.key] = Ref(key)
+            self.ops[key] = step.module
+            self.steps.append(Step(key, key, None, tuple(keys[a] for a in step.args), {}))
+        self.alias[node.name] = str(keys[program[-1].key])
+        self.specs[node.name] = spec
+
+    def _function(self, name: str, function: str, args: tuple) -> None:
+        self.steps.append(Step(name, None, function, args, {}))
 
     def recurrent(self, node: fx.Node, layer: nn.Module, where: str) -> None:
         """An RNN, GRU or LSTM, given an initial state or not: one integer module, whose

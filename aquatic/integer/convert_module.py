@@ -23,6 +23,8 @@ from aquatic.integer.build_pooling import (
 )
 from aquatic.integer.build_reshape import build_common_scale
 from aquatic.integer.build_spiking import build_neuron
+from aquatic.integer.build_norm import build_layer_norm
+from aquatic.integer.build_transformer import encoder_module
 from aquatic.integer.reading import describe, read_grid
 from aquatic.integer.layers import IntegerReLU
 from aquatic.integer.pooling import IntegerMaxPool, IntegerReshape, IntegerSum, IntegerSumPool
@@ -33,7 +35,15 @@ from aquatic.nn import AdaptiveAvgPool1d, AdaptiveAvgPool2d
 from aquatic.nn.fused_bn import FusedBatchNorm
 from aquatic.nn.twin import TorchTwin
 
-__all__ = ["PASSIVE", "convert_module", "input_spec"]
+__all__ = ["PASSIVE", "TRANSFORMERS", "convert_module", "input_spec"]
+
+#: Transformer layers and stacks: converted (encoders) or refused by name (decoders).
+TRANSFORMERS = (
+    nn.TransformerEncoder,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoder,
+    nn.TransformerDecoderLayer,
+)
 
 #: Modules that do nothing at inference.
 PASSIVE = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -46,7 +56,8 @@ _SUMPOOL = {SumPool1d: 1, SumPool2d: 2}
 _SUPPORTED = (
     "aquatic.nn Linear, Conv1d-3d, ConvTranspose1d-3d, ActivationQuantizer, LIF, "
     "LIFRecurrent, IAF, ExpLeak, RNN, GRU, LSTM, Embedding, EmbeddingBag, SelectOutput, "
-    "LastStep, AvgPool1d/2d, MaxPool1d/2d, SumPool1d/2d; torch.nn ReLU, "
+    "LastStep, LayerNorm, TransformerEncoderLayer (and torch.nn.TransformerEncoder of "
+    "them), AvgPool1d/2d, MaxPool1d/2d, SumPool1d/2d; torch.nn ReLU, "
     "ReLU6, Hardtanh, AdaptiveAvgPool1d/2d, MaxPool1d-3d, AvgPool1d-3d, Flatten, "
     "Unflatten, Identity, Dropout, aquatic.nn.Sum (a sum over one dimension, e.g. spike "
     "counts over time: use it instead of a module of one's own that sums)"
@@ -134,6 +145,17 @@ def convert_module(name: str, module: nn.Module, spec: QSpec, state_frac_bits: i
         return build_sequence_layer(name, module, spec)
     if isinstance(module, FusedBatchNorm):  # eval: folded weight and bias, quantized
         return build_accumulator(name, module.folded(), spec)
+    if isinstance(module, TRANSFORMERS):
+        return encoder_module(name, module, spec)
+    if isinstance(module, nn.MultiheadAttention):
+        raise TypeError(
+            f"{where} takes query, key and value and returns a tuple, which has no place in "
+            "an nn.Sequential; call it in a forward of your own (out, _ = self.attn(x, x, x)) "
+            "or use a TransformerEncoderLayer"
+        )
+    if isinstance(module, nn.LayerNorm):
+        norm, spec = build_layer_norm(name, module, spec)
+        return [norm], spec
     if isinstance(module, TorchTwin):
         return build_accumulator(name, module, spec)
     if isinstance(module, LIFCell):

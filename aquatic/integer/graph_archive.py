@@ -86,6 +86,7 @@ def write_graph(ops, steps, inputs, output, output_specs, f) -> None:
     tensors: Dict[str, torch.Tensor] = {}
     entries = []
     for key, module in ops.items():
+        module.check_saveable()
         entries.append({"key": key, "kind": module.kind, "config": module.config()})
         for name, value in module.tensors().items():
             tensors[f"{key}.{name}"] = value.detach().cpu().clone()

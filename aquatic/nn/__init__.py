@@ -35,6 +35,7 @@ from aquatic.nn.conv import (
     ConvTranspose3d,
 )
 from aquatic.nn.linear import Linear
+from aquatic.nn.layer_norm import LayerNorm
 from aquatic.nn.embedding import Embedding, EmbeddingBag
 from aquatic.nn.multihead import MultiheadAttention
 from aquatic.nn.transformer import TransformerDecoderLayer, TransformerEncoderLayer
@@ -81,6 +82,7 @@ __all__ = [
     "ConvTranspose2d",
     "ConvTranspose3d",
     "Linear",
+    "LayerNorm",
     "Embedding",
     "EmbeddingBag",
     "MultiheadAttention",

@@ -3,22 +3,23 @@
 
 Each is torch's layer whose attention blocks are :class:`aquatic.nn.MultiheadAttention`
 and whose feed-forward layers are :class:`aquatic.nn.Linear`, all with the layer's
-QConfig. The layer norms and residual sums stay in float. torch's
+QConfig. With ``QConfig.activation`` the layer norms are :class:`aquatic.nn.LayerNorm`
+and every residual sum passes through a quantizer of the layer's own (``residual1``,
+``residual2``, ...; :mod:`aquatic.nn.transformer_base`), so that an integer model finds
+every tensor on a grid; otherwise norms and sums stay in float. torch's
 :class:`~torch.nn.TransformerEncoder` and :class:`~torch.nn.TransformerDecoder` stack
 them as they are (they copy the layer they are given).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional, Set, Tuple, Union
+from typing import Any, Callable, Iterable, List, Optional, Set, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from aquatic.nn.multihead import MultiheadAttention
-from aquatic.nn.base import QuantizedModule, copy_forward_hooks
-from aquatic.nn.linear import Linear
+from aquatic.nn.transformer_base import TransformerLayerTwin
 from aquatic.qconfig import QConfig
 
 __all__ = [
@@ -31,112 +32,17 @@ __all__ = [
 Activation = Union[str, Callable[[Tensor], Tensor]]
 
 
-class _LayerTwin(QuantizedModule):
-    """What the two layers share: their children are the twins, built with one QConfig."""
-
-    _float_module: type = nn.Module
-    _attention = ("self_attn",)
-    _linears = ("linear1", "linear2")
-    _quantizes_output = False  # linear2 and the attention blocks quantize their outputs
-
-    def _quantize_children(self, qconfig: Optional[QConfig]) -> None:
-        self._init_quantizers(qconfig)
-        for name in self._attention:
-            setattr(self, name, MultiheadAttention.from_float(getattr(self, name), qconfig))
-        for name in self._linears:
-            setattr(self, name, Linear.from_float(getattr(self, name), qconfig))
-
-    def child_names(self) -> Tuple[str, ...]:
-        """The children built as twins: attention blocks, then feed-forward layers."""
-        return self._attention + self._linears
-
-    def set_child_qconfigs(self, qconfigs: Dict[str, Optional[QConfig]]) -> None:
-        """Rebuild the named children (see :meth:`child_names`) with a QConfig of their
-        own (``None``: unquantized), around the same float parameters; others are kept.
-        :func:`aquatic.quantize` calls it for children that its mapping names.
-
-        Raises:
-            ValueError: a name that is not one of :meth:`child_names`.
-        """
-        for name, qconfig in qconfigs.items():
-            if name not in self.child_names():
-                raise ValueError(
-                    f"{type(self).__name__}: {name!r} is not one of {list(self.child_names())}"
-                )
-            child = getattr(self, name)
-            if child.qconfig != qconfig:
-                setattr(self, name, type(child).from_float(child.to_float(baked=False), qconfig))
-
-    def is_quantized(self) -> bool:
-        """Whether any attention block or feed-forward layer has a quantizer."""
-        return any(getattr(self, name).is_quantized() for name in self._attention) or any(
-            len(getattr(self, name).quantizers) for name in self._linears
-        )
-
-    @classmethod
-    def _twin_kwargs(cls, module: nn.Module) -> Dict[str, Any]:
-        activation = module.activation
-        return dict(
-            d_model=module.linear1.in_features,
-            nhead=module.self_attn.num_heads,
-            dim_feedforward=module.linear1.out_features,
-            dropout=module.dropout.p,
-            activation=activation,
-            layer_norm_eps=module.norm1.eps,
-            batch_first=module.self_attn.batch_first,
-            norm_first=module.norm_first,
-            bias=module.linear1.bias is not None,
-        )
-
-    def _children_names(self):
-        names = [n for n in self._modules if n != "quantizers"]
-        return [n for n in names if n not in self._attention + self._linears]
-
-    @classmethod
-    def from_float(cls, module: nn.Module, qconfig: Optional[QConfig] = None) -> "_LayerTwin":
-        """A layer that shares ``module``'s parameters, norms, hooks and training mode,
-        its attention blocks and feed-forward layers rebuilt as twins with ``qconfig``.
-
-        Raises:
-            TypeError: if ``module`` is not exactly the torch layer.
-        """
-        cls._check_float_twin(module)
-        dtype = module.linear1.weight.dtype
-        new = cls(**cls._twin_kwargs(module), device="meta", dtype=dtype, qconfig=None)
-        for name in new._children_names():
-            setattr(new, name, getattr(module, name))
-        for name in cls._attention:
-            setattr(new, name, MultiheadAttention.from_float(getattr(module, name), qconfig))
-        for name in cls._linears:
-            setattr(new, name, Linear.from_float(getattr(module, name), qconfig))
-        new._init_quantizers(qconfig)
-        copy_forward_hooks(module, new)
-        new.train(module.training)
-        return new
-
-    def to_float(self, baked: bool = True) -> nn.Module:
-        """The torch layer: its attention blocks and feed-forward layers as their torch
-        twins (``baked``: holding the quantized values), its norms shared."""
-        dtype = self.linear1.weight.dtype
-        module = self._float_module(**self._twin_kwargs(self), device="meta", dtype=dtype)
-        for name in self._children_names():
-            setattr(module, name, getattr(self, name))
-        for name in self._attention + self._linears:
-            setattr(module, name, getattr(self, name).to_float(baked))
-        if not baked:
-            copy_forward_hooks(self, module)
-        module.train(self.training)
-        return module
-
-
-class TransformerEncoderLayer(_LayerTwin, nn.TransformerEncoderLayer):
+class TransformerEncoderLayer(TransformerLayerTwin, nn.TransformerEncoderLayer):
     """:class:`torch.nn.TransformerEncoderLayer` with quantized attention and feed-forward
     layers.
 
     It takes the arguments of :class:`torch.nn.TransformerEncoderLayer` and, keyword
     only, ``qconfig``, which ``self_attn`` (:class:`aquatic.nn.MultiheadAttention`: see
     its table of quantizers) and ``linear1``, ``linear2`` (:class:`aquatic.nn.Linear`)
-    take. With ``qconfig=None`` it computes as torch's layer, bit for bit, fused
+    take; with ``QConfig.activation``, ``norm1`` and ``norm2`` are
+    :class:`aquatic.nn.LayerNorm` and the residual sums go through the quantizers
+    ``residual1``, ``residual2``. :func:`aquatic.convert` turns it (``relu``, post-norm or
+    pre-norm) into integer arithmetic. With ``qconfig=None`` it computes as torch's layer, bit for bit, fused
     inference path included, and its ``state_dict`` is torch's.
 
     With quantizers, torch's fused inference path (``torch._transformer_encoder_layer_fwd``
@@ -214,8 +120,10 @@ class TransformerEncoderLayer(_LayerTwin, nn.TransformerEncoderLayer):
         src_key_padding_mask: Optional[Tensor] = None,
         is_causal: bool = False,
     ) -> Tensor:
-        if not (src.is_nested and self.is_quantized()):
+        if not self.is_quantized():
             return super().forward(src, src_mask, src_key_padding_mask, is_causal)
+        if not src.is_nested:
+            return self._quantized(src, src_mask, src_key_padding_mask, is_causal)
         sequences = src.unbind()
         lengths = torch.tensor([len(s) for s in sequences], device=src.device)
         padded = src.to_padded_tensor(0.0)
@@ -223,13 +131,22 @@ class TransformerEncoderLayer(_LayerTwin, nn.TransformerEncoderLayer):
         padding = steps[None, :] >= lengths[:, None]
         if not self.self_attn.batch_first:
             padded = padded.transpose(0, 1)
-        output = super().forward(padded, src_mask, padding, is_causal)
+        output = self._quantized(padded, src_mask, padding, is_causal)
         if not self.self_attn.batch_first:
             output = output.transpose(0, 1)
         return torch.nested.nested_tensor([o[: int(n)] for o, n in zip(output, lengths)])
 
+    def _quantized(self, x, mask, padding, is_causal) -> Tensor:
+        """torch's layer (Xiong et al. 2020, fig. 1, both ways), the residual sums
+        quantized."""
+        if self.norm_first:
+            x = self.residual(1, x + self._sa_block(self.norm1(x), mask, padding, is_causal))
+            return self.residual(2, x + self._ff_block(self.norm2(x)))
+        x = self.norm1(self.residual(1, x + self._sa_block(x, mask, padding, is_causal)))
+        return self.norm2(self.residual(2, x + self._ff_block(x)))
 
-class TransformerDecoderLayer(_LayerTwin, nn.TransformerDecoderLayer):
+
+class TransformerDecoderLayer(TransformerLayerTwin, nn.TransformerDecoderLayer):
     """:class:`torch.nn.TransformerDecoderLayer` with quantized attention and feed-forward
     layers.
 
@@ -250,6 +167,8 @@ class TransformerDecoderLayer(_LayerTwin, nn.TransformerDecoderLayer):
 
     _float_module = nn.TransformerDecoderLayer
     _attention = ("self_attn", "multihead_attn")
+    _norms = ("norm1", "norm2", "norm3")
+    _quantized_states = ("residual1", "residual2", "residual3")
 
     def __init__(
         self,
@@ -281,6 +200,39 @@ class TransformerDecoderLayer(_LayerTwin, nn.TransformerDecoderLayer):
             dtype,
         )
         self._quantize_children(qconfig)
+
+    def forward(
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        tgt_mask: Optional[Tensor] = None,
+        memory_mask: Optional[Tensor] = None,
+        tgt_key_padding_mask: Optional[Tensor] = None,
+        memory_key_padding_mask: Optional[Tensor] = None,
+        tgt_is_causal: bool = False,
+        memory_is_causal: bool = False,
+    ) -> Tensor:
+        if not self.is_quantized():
+            return super().forward(
+                tgt,
+                memory,
+                tgt_mask,
+                memory_mask,
+                tgt_key_padding_mask,
+                memory_key_padding_mask,
+                tgt_is_causal,
+                memory_is_causal,
+            )
+        x = tgt
+        masks = (tgt_mask, tgt_key_padding_mask, tgt_is_causal)
+        cross = (memory, memory_mask, memory_key_padding_mask, memory_is_causal)
+        if self.norm_first:
+            x = self.residual(1, x + self._sa_block(self.norm1(x), *masks))
+            x = self.residual(2, x + self._mha_block(self.norm2(x), *cross))
+            return self.residual(3, x + self._ff_block(self.norm3(x)))
+        x = self.norm1(self.residual(1, x + self._sa_block(x, *masks)))
+        x = self.norm2(self.residual(2, x + self._mha_block(x, *cross)))
+        return self.norm3(self.residual(3, x + self._ff_block(x)))
 
 
 def fused_layers_left_in_float(
@@ -335,7 +287,7 @@ def follow_mapping(new: nn.Module, name: str, original: nn.Module, resolver: Any
         original: the module it replaces, whose children the mapping names.
         resolver: :class:`aquatic.mapping.QConfigResolver` of the mapping.
     """
-    if not isinstance(new, _LayerTwin):
+    if not isinstance(new, TransformerLayerTwin):
         return
     qconfigs = {}
     for child in new.child_names():

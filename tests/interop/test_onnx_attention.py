@@ -51,3 +51,18 @@ def test_two_layer_encoder_exports_and_runs_at_another_batch_size(tmp_path):
     x = torch.randn(7, 5, 8)
     with torch.no_grad():
         assert torch.allclose(run(tmp_path / "encoder.onnx", x), model(x), atol=1e-5)
+
+
+def test_encoder_with_quantized_norms_and_residual_sums_exports(tmp_path):
+    torch.manual_seed(2)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, batch_first=True, norm_first=True)
+    model = aquatic.quantize(
+        nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), aquatic.qconfig.int8
+    )
+    assert type(model.layers[0].norm1) is aquatic.nn.LayerNorm
+    model(torch.randn(4, 5, 8))
+    model.eval()
+    export(model, torch.randn(3, 5, 8), tmp_path / "encoder.onnx", opset=14)
+    x = torch.randn(7, 5, 8)
+    with torch.no_grad():
+        assert torch.allclose(run(tmp_path / "encoder.onnx", x), model(x), atol=1e-5)

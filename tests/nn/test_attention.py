@@ -250,8 +250,14 @@ def test_a_name_key_decides_a_child_of_a_quantized_transformer_layer():
     assert first.linear2.qconfig == aquatic.qconfig.int8
     assert second.self_attn.qconfig == int4 and second.linear1.qconfig == aquatic.qconfig.int8
     assert torch.equal(first.linear1.weight, encoder.layers[0].linear1.weight)
+    assert type(first.norm1) is nn.LayerNorm  # named None: float
     with pytest.raises(ValueError, match="not one of"):
-        first.set_child_qconfigs({"norm1": None})
+        first.set_child_qconfigs({"dropout": None})
+    first.set_child_qconfigs({"norm1": aquatic.qconfig.int8})
+    assert type(first.norm1) is aquatic.nn.LayerNorm
+    assert first.norm1.weight is encoder.layers[0].norm1.weight or torch.equal(
+        first.norm1.weight, encoder.layers[0].norm1.weight
+    )
 
 
 def test_a_type_key_decides_the_children_of_a_quantized_transformer_layer():
