@@ -113,6 +113,8 @@ def sequence_backward(
     block = block_steps(v0.numel())
     synaptic = alpha_syn is not None
     keep_current = synaptic and options.norm_input and needs[3]
+    one = torch.ones((), dtype=v0.dtype, device=v0.device)
+    minus_threshold = -threshold if spiking else None
 
     # Blocks of steps from the last one back: everything nonlinear is computed for a
     # whole block at once, then the linear scan g_t = A_t alpha g_{t+1} + B_t runs
@@ -122,6 +124,7 @@ def sequence_backward(
     ):
         for start in reversed(range(first, last, block)):
             stop = min(start + block, last)
+            final = stop == n_steps and g_vfinal is not None
             vb = v_seg[start - first : stop - first].transpose(0, 1)
             gb = grad_v[:, start:stop]
             counts = v_reset = clamp_mask = None
@@ -145,7 +148,7 @@ def sequence_backward(
                 if options.detach_reset:
                     coef = keep.to(v0.dtype) if keep is not None else None
                 elif reset == "subtract":
-                    coef = slope.mul_(-threshold).add_(1)
+                    coef = torch.addcmul(one, slope, minus_threshold, out=slope)
                 else:
                     coef = slope.mul_(vb).neg_().add_(keep)
                 del slope
@@ -158,13 +161,12 @@ def sequence_backward(
                     gb.add_(g_trace[:, start:stop])
                 else:
                     gb.addcmul_(coef, g_trace[:, start:stop])
-            if stop == n_steps and g_vfinal is not None:
+            if final:
                 gb[:, -1].add_(g_vfinal if coef is None else coef[:, -1] * g_vfinal)
             if coef is None:
                 factors = [alpha_mem] * (stop - start)
             else:
-                coef.mul_(alpha_mem)
-                factors = coef.unbind(1)
+                factors = coef.mul_(alpha_mem).unbind(1)
             steps = grad_v[:, start : min(stop + 1, n_steps)].unbind(1)
             for k in range(len(steps) - 2, -1, -1):
                 steps[k].addcmul_(steps[k + 1], factors[k])
