@@ -75,10 +75,8 @@ def sequence_forward(
     backward); ``checkpoint``: keep the state that enters every ``checkpoint``-th step
     (steps ``0, K, 2K, ...``), from which :func:`sequence_backward` recomputes the rest.
 
-    Each step writes into buffers that hold a block of steps time first, so that every
-    step's slice is contiguous; whole blocks are then copied to the outputs ``(N, T, *)``
-    (writing a fresh ``(N, T, *)`` tensor one step at a time touches every one of its
-    memory pages in each step, which costs several times the arithmetic).
+    The membranes before the reset are kept time first, so that each step writes one
+    contiguous slice (backward reads them a block of steps at a time).
 
     Returns:
         ``(output, v_trace, current, v_pre, v_final, i_final, v_states, i_states)``:
@@ -100,10 +98,8 @@ def sequence_forward(
     trace = torch.empty_like(x) if spiking and record else None
     current = torch.empty_like(x) if keep_current else None
     v_pre = x.new_empty(_steps_first(x)) if need_grad and not shared else None
-    blocks = (block,) + tuple(v0.shape)
-    out_block = x.new_empty(blocks)
-    trace_block = x.new_empty(blocks) if trace is not None else None
-    syn_block = x.new_empty(blocks) if synaptic else None
+    if synaptic and current is None:  # the currents of one block, time first
+        syn_block = x.new_empty((block,) + tuple(v0.shape))
     step_v = torch.empty_like(v0) if v_pre is None and not shared else None
     post = torch.empty_like(v0) if trace is None else None
     buf = torch.empty_like(v0)
@@ -121,9 +117,10 @@ def sequence_forward(
     for start in range(0, n_steps, block):
         stop = min(start + block, n_steps)
         n = stop - start
-        # Views of every step of the block at once (unbind): cheaper than indexing each.
+        # Views of every step of the block at once (unbind): cheaper than indexing each;
+        # cur: the block's currents (its inputs without a synaptic state), time first.
         if synaptic:
-            cur = syn_block[:n]
+            cur = current[:, start:stop].transpose(0, 1) if current is not None else syn_block[:n]
             # the current entering each checkpointed step of the block (i may be a
             # slot of syn_block, which the block overwrites)
             if i_states is not None and start % checkpoint == 0:
@@ -132,19 +129,17 @@ def sequence_forward(
             if i_states is not None:
                 for t in range((start // checkpoint + 1) * checkpoint, stop, checkpoint):
                     i_states[t // checkpoint].copy_(cur[t - start - 1])
-            if current is not None:
-                current[:, start:stop].copy_(cur.transpose(0, 1))
         else:
             cur = x[:, start:stop].transpose(0, 1)
         drive = (1 - alpha_mem) * cur if options.norm_input else cur
         if bias is not None:
             drive = drive + bias
-        outs = out_block[:n].unbind(0)
+        outs = output[:, start:stop].unbind(1)
         if v_pre is not None:
             pres = v_pre[start:stop].unbind(0)
         else:
             pres = outs if shared else (step_v,) * n
-        targets = trace_block[:n].unbind(0) if trace is not None else (post,) * n
+        targets = trace[:, start:stop].unbind(1) if trace is not None else (post,) * n
         for k, (v, drive_t, target, out) in enumerate(zip(pres, drive.unbind(0), targets, outs)):
             if v_states is not None and (start + k) % checkpoint == 0:
                 v_states[(start + k) // checkpoint].copy_(state)
@@ -171,9 +166,6 @@ def sequence_forward(
                 state = out
             else:
                 state = v
-        output[:, start:stop].copy_(out_block[:n].transpose(0, 1))
-        if trace is not None:
-            trace[:, start:stop].copy_(trace_block[:n].transpose(0, 1))
     v_final = state.clone()
     i_final = i.clone() if synaptic else None
     if shared and need_grad:
