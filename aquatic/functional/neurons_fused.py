@@ -5,8 +5,10 @@ operations per time step and keeps their inputs alive. Here the forward pass run
 time loop without autograd and keeps only the membrane *before* the reset, :math:`v[t]`,
 for every step (plus the synaptic current when a decay or synaptic gradient needs it).
 The backward pass recomputes spikes, surrogate slopes and reset membranes from
-:math:`v` for the whole sequence at once, so that only one linear recursion is left to
-run step by step.
+:math:`v` for a block of steps at once, so that only one linear recursion is left to
+run step by step. With ``checkpoint=K`` forward keeps the input and the state entering
+every ``K``-th step instead, and backward recomputes :math:`v` one segment of ``K``
+steps at a time (from the last) by the same forward loop.
 
 With :math:`g_t = \partial L / \partial v[t]` (total), :math:`\tilde g_t = \partial L /
 \partial \tilde v[t]` and :math:`\hat g_t` the same before the ``min_v_mem`` clamp
@@ -36,11 +38,12 @@ order); gradients agree to rounding. State quantizers and decay functions
 (``QConfig.state`` and a chip's integer decay rule) are not run here: with them the
 loop runs, one step at a time under autograd.
 
-The loops themselves are in :mod:`aquatic.functional.neurons_kernel`. Eagerly they
-run as one ``torch.autograd.Function``; under ``torch.compile`` as the custom operators
-``aquatic::lif_sequence`` and ``aquatic::lif_sequence_backward``, which the compiler
-keeps whole (one node each, the same loops, so the same bits as eagerly) instead of
-tracing thousands of small in-place steps.
+The loops themselves are in :mod:`aquatic.functional.neurons_kernel` (forward) and
+:mod:`aquatic.functional.neurons_kernel_backward`. Eagerly they run as one
+``torch.autograd.Function``; under ``torch.compile`` as the custom operators of
+:mod:`aquatic.functional.neurons_fused_op`, which the compiler keeps whole (one node
+each, the same loops, so the same bits as eagerly) instead of tracing thousands of
+small in-place steps.
 """
 
 from __future__ import annotations
