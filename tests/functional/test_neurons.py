@@ -602,6 +602,8 @@ def test_compiled_operators_pass_opcheck():
     needs = [True, False, False, True, False, False, False]  # x and alpha
     args = (x, v0, i0, alpha, syn, threshold, None, *options, True, True, needs)
     torch.library.opcheck(torch.ops.aquatic.lif_sequence, args)
+    # with checkpoints every 2 steps (forward returns them, backward reads them)
+    torch.library.opcheck(torch.ops.aquatic.lif_sequence, args + (2,))
 
 
 # -- checkpoint=K: the same values and gradients with less kept for backward ---------
