@@ -30,8 +30,11 @@ to two floors measured or computed here for the same tensor of ``N x T x C`` flo
 elements: the time of six passes over it (three ``clone()``: read the input, write the
 spikes, write the state for backward; read the gradient and the state, write the
 input's gradient), and the bytes that must be live at the peak (the membrane that
-backward reads and the gradient it writes: two tensors). Combinations above
-``--max-elements`` are skipped.
+backward reads and the gradient it writes: two tensors). Its last columns time aquatic's
+``LIF(checkpoint=K)`` with ``K`` the integer nearest :math:`\sqrt{T}`: forward keeps the
+state every ``K`` steps and backward recomputes the membranes segment by segment, so
+what must be live is the gradient (one tensor) and about ``T/K + K`` steps of state; ``MB
+/grad`` is its peak over one tensor. Combinations above ``--max-elements`` are skipped.
 
 Time: the best (and the median) of ``--repeats`` runs of ``torch.autograd.grad(layer(x).sum(), x)``
 after two warm-up runs. Peak memory: the largest total size of tensors allocated and not
@@ -244,7 +247,8 @@ def scaling_table(args, peer: Optional[Tuple[str, Case, Case]]) -> None:
     )
     header = (
         f"{'T':>6} {'C':>5} {'aquatic ms':>10} {'MB':>8} {'peer ms':>9} {'MB':>8} "
-        f"{'floor ms':>8} {'MB':>8} {'vs peer':>8} {'vs floor':>8} {'MB/floor':>8}"
+        f"{'floor ms':>8} {'MB':>8} {'vs peer':>8} {'vs floor':>8} {'MB/floor':>8} "
+        f"{'K':>4} {'ckpt ms':>8} {'MB':>8} {'MB/grad':>8}"
     )
     print(header + "\n" + "-" * len(header))
     for t in steps:
@@ -261,10 +265,15 @@ def scaling_table(args, peer: Optional[Tuple[str, Case, Case]]) -> None:
                 peer_ms = time_ms(peer[1].step(x), repeats)[0]
                 peer_mb = peak_memory_mb(peer[1].step(x))
             floor, floor_mb = floor_ms(x, repeats), 2 * tensor_mb(x)
+            k = max(1, round(math.sqrt(t)))
+            low = Case(LIF(alpha_mem=1 - 1 / TAU_MEM, surrogate=ArcTan(), checkpoint=k))
+            low_ms = time_ms(low.step(x), repeats)[0]
+            low_mb = peak_memory_mb(low.step(x))
             print(
                 f"{t:>6} {c:>5} {our_ms:10.1f} {our_mb:8.1f} {peer_ms:9.1f} {peer_mb:8.1f} "
                 f"{floor:8.1f} {floor_mb:8.1f} {peer_ms / our_ms:7.1f}x "
-                f"{our_ms / floor:7.1f}x {our_mb / floor_mb:7.2f}x"
+                f"{our_ms / floor:7.1f}x {our_mb / floor_mb:7.2f}x "
+                f"{k:>4} {low_ms:8.1f} {low_mb:8.1f} {low_mb / tensor_mb(x):7.2f}x"
             )
 
 
@@ -310,6 +319,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         return best, memory
 
     ours_default = measure("aquatic LIF, fused (default)", Case(LIF(tau_mem=TAU_MEM)))
+    k = max(1, round(math.sqrt(args.steps)))
+    measure(f"aquatic LIF, fused, checkpoint={k}", Case(LIF(tau_mem=TAU_MEM, checkpoint=k)))
     measure("aquatic LIF, loop (reference)", Case(LIF(tau_mem=TAU_MEM, method="loop")))
     peers = []
     for peer, theirs, ours, kind in peer_cases():

@@ -69,6 +69,9 @@ MODELS = {
             persistent_state=True,
         )
     ),
+    "LIF-checkpoint": lambda: chain(
+        ann.LIF(tau_mem=5.0, tau_syn=3.0, train_decay=True, train_threshold=True, checkpoint=3)
+    ),
     "LIFCell": lambda: Steps(tau_mem=4.0, tau_syn=2.0, train_decay=True, max_spikes=3),
     "LIFRecurrent": lambda: chain(ann.LIFRecurrent(4, tau_mem=5.0, tau_syn=2.0)),
     "IAF": lambda: chain(ann.IAF(threshold=0.7, train_threshold=True)),

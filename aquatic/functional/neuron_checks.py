@@ -24,6 +24,7 @@ __all__ = [
     "check_reset",
     "check_max_spikes",
     "check_method",
+    "check_checkpoint",
     "check_input",
     "as_param",
     "check_state",
@@ -51,6 +52,17 @@ def check_method(method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(map(repr, METHODS))}")
     return method
+
+
+def check_checkpoint(checkpoint: Optional[int]) -> Optional[int]:
+    if checkpoint is not None and (
+        isinstance(checkpoint, bool) or not isinstance(checkpoint, int) or checkpoint < 1
+    ):
+        raise ValueError(
+            "checkpoint must be None (keep every membrane for backward) or an int >= 1 "
+            f"(keep the state every that many steps and recompute the rest), got {checkpoint!r}"
+        )
+    return checkpoint
 
 
 def check_input(input: Tensor, min_dim: int, layout: str) -> None:

@@ -263,6 +263,7 @@ def lif(
     decay_v_mem: StateDecay = None,
     decay_i_syn: StateDecay = None,
     method: str = "auto",
+    checkpoint: Optional[int] = None,
 ) -> LIFOutput:
     """A whole sequence ``(N, T, *)`` of LIF neurons, by the fastest applicable method.
 
@@ -270,6 +271,8 @@ def lif(
     is given (they are arbitrary modules and functions, run step by step under
     autograd), in which case it runs :func:`lif_loop`. ``"loop"`` and ``"fused"`` force
     one; ``"fused"`` with state quantizers or decay functions is an error.
+    ``checkpoint`` (the fused sequence only) trades time for memory on long sequences,
+    see :func:`lif_fused`.
 
     Arguments otherwise as :func:`lif_loop`. It builds a :class:`NeuronSpec` from them
     and runs :func:`neuron_sequence`, which runs a spec as given (e.g. ``layer.spec()``
@@ -296,7 +299,14 @@ def lif(
         spiking,
         StateOps(quantize_v_mem, quantize_i_syn, decay_v_mem, decay_i_syn),
     )
-    return neuron_sequence(input, spec, state=state, record_states=record_states, method=method)
+    return neuron_sequence(
+        input,
+        spec,
+        state=state,
+        record_states=record_states,
+        method=method,
+        checkpoint=checkpoint,
+    )
 
 
 def exp_leak(

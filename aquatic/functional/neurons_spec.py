@@ -171,6 +171,7 @@ def neuron_sequence(
     state: Optional[LIFState] = None,
     record_states: bool = False,
     method: str = "auto",
+    checkpoint: Optional[int] = None,
 ) -> LIFOutput:
     """A whole sequence ``(N, T, *)`` of the neurons ``spec`` describes.
 
@@ -190,6 +191,10 @@ def neuron_sequence(
         state: the initial :class:`LIFState`, or ``None`` for zeros.
         record_states: also return the membrane and synaptic traces.
         method: ``"auto"``, ``"loop"`` or ``"fused"``.
+        checkpoint: keep the state every this many steps for backward and recompute
+            the rest (:func:`~aquatic.functional.neurons_fused.lif_fused`), or
+            ``None``. Only the fused float sequence takes it; a spec that runs another
+            way is a ``ValueError`` with it.
 
     Example:
         >>> x = torch.tensor([[[0.8], [0.8], [0.8]]])
@@ -210,6 +215,13 @@ def neuron_sequence(
         )
     if spec.input_delay and input.dim() >= 2:
         input = _delayed(input)
+    if checkpoint is not None and (rules is not None or method == "loop" or quantized):
+        how = "on its state grids" if rules is not None else "one step at a time"
+        raise ValueError(
+            f"checkpoint={checkpoint!r} applies to the fused float sequence; these neurons "
+            f"run {how} (method={method!r}, state operations or Loihi's orderings), which "
+            "keeps what it keeps: use checkpoint=None"
+        )
     if rules is not None:
         params, state, options = prepare(input, state, _params(spec), spec.options())
         return lif_grid_fused(input, params, state, options, rules, record_states)
@@ -231,6 +243,7 @@ def neuron_sequence(
         bias=bias,
         detach_reset=spec.detach_reset,
         spiking=spec.spiking,
+        checkpoint=checkpoint,
     )
 
 

@@ -56,6 +56,11 @@ def _positive(name: str, value: Any) -> float:
     return float(value)
 
 
+def _scaled_(values: Tensor, scale: float) -> Tensor:
+    """``values * scale`` in place; nothing to do for the default scale 1 (exactly)."""
+    return values if scale == 1 else values.mul_(scale)
+
+
 class Surrogate:
     """Base class of surrogate gradients: subclasses define :meth:`derivative`.
 
@@ -119,7 +124,7 @@ class SingleExponential(Surrogate):
         return torch.exp(u.abs() / -self.width) * self.scale
 
     def derivative_(self, u: Tensor) -> Tensor:
-        return u.abs_().div_(-self.width).exp_().mul_(self.scale)
+        return _scaled_(u.abs_().div_(-self.width).exp_(), self.scale)
 
     def primitive(self, u: Tensor) -> Tensor:
         # c w (1 + sign(u) (1 - e^{-|u|/w})): 0 at -inf, c w at 0, 2 c w at +inf.
@@ -152,7 +157,7 @@ class FastSigmoid(Surrogate):
 
     def derivative_(self, u: Tensor) -> Tensor:
         denominator = u.abs_().mul_(self.slope).add_(1)
-        return denominator.mul_(denominator).reciprocal_().mul_(self.scale)
+        return _scaled_(denominator.mul_(denominator).reciprocal_(), self.scale)
 
     def primitive(self, u: Tensor) -> Tensor:
         return self.scale * u / (1 + self.slope * u.abs())
@@ -184,7 +189,7 @@ class ArcTan(Surrogate):
 
     def derivative_(self, u: Tensor) -> Tensor:
         ratio = u.div_(self.width)
-        return ratio.mul_(ratio).add_(1).reciprocal_().mul_(self.scale)
+        return _scaled_(ratio.mul_(ratio).add_(1).reciprocal_(), self.scale)
 
     def primitive(self, u: Tensor) -> Tensor:
         return self.scale * self.width * torch.atan(u / self.width)
@@ -213,7 +218,7 @@ class Triangle(Surrogate):
         return torch.clamp(1 - u.abs() / self.width, min=0) * self.scale
 
     def derivative_(self, u: Tensor) -> Tensor:
-        return u.abs_().div_(self.width).neg_().add_(1).clamp_(min=0).mul_(self.scale)
+        return _scaled_(u.abs_().div_(self.width).neg_().add_(1).clamp_(min=0), self.scale)
 
     def primitive(self, u: Tensor) -> Tensor:
         inside = u.clamp(-self.width, self.width)

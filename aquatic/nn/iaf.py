@@ -77,6 +77,7 @@ class IAF(NeuronModule):
         persistent_state: bool = False,
         record_states: bool = False,
         method: str = "auto",
+        checkpoint: Optional[int] = None,
         qconfig: Optional[QConfig] = None,
     ) -> None:
         super().__init__()
@@ -95,6 +96,7 @@ class IAF(NeuronModule):
             persistent_state=persistent_state,
             record_states=record_states,
             method=method,
+            checkpoint=checkpoint,
             qconfig=qconfig,
         )
 
@@ -106,6 +108,7 @@ class IAF(NeuronModule):
             state=self._initial_state(input, state),
             record_states=self.record_states,
             method=self.method,
+            checkpoint=self.checkpoint,
         )
         self._store(result)
         return result.output

@@ -110,6 +110,7 @@ class LIF(NeuronModule):
         persistent_state: bool = False,
         record_states: bool = False,
         method: str = "auto",
+        checkpoint: Optional[int] = None,
         strict_threshold: bool = False,
         input_after_decay: bool = False,
         input_delay: bool = False,
@@ -147,6 +148,7 @@ class LIF(NeuronModule):
             persistent_state=persistent_state,
             record_states=record_states,
             method=method,
+            checkpoint=checkpoint,
             qconfig=qconfig,
         )
 
@@ -158,6 +160,7 @@ class LIF(NeuronModule):
             state=self._initial_state(input, state),
             record_states=self.record_states,
             method=self.method,
+            checkpoint=self.checkpoint,
         )
         self._store(result)
         return result.output

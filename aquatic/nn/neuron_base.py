@@ -32,7 +32,8 @@ from typing import Callable, Dict, Optional
 import torch
 from torch import Tensor, nn
 
-from aquatic.functional.neuron_checks import check_max_spikes, check_method, check_reset
+from aquatic.functional.neuron_checks import check_checkpoint, check_max_spikes
+from aquatic.functional.neuron_checks import check_method, check_reset
 from aquatic.functional.neuron_types import TAU_MIN, LIFOutput, LIFState, NeuronSpec, StateOps
 from aquatic.functional.surrogate import Surrogate, check_surrogate
 from aquatic.nn.base import QuantizedModule, eval_mode
@@ -110,6 +111,7 @@ class NeuronModule(QuantizedModule):
         persistent_state: bool = False,
         record_states: bool = False,
         method: str = "auto",
+        checkpoint: Optional[int] = None,
         qconfig: Optional[QConfig] = None,
     ) -> None:
         """Check and store the constructor arguments the neuron layers share.
@@ -138,16 +140,14 @@ class NeuronModule(QuantizedModule):
             self.detach_reset = bool(detach_reset)
         self.norm_input = bool(norm_input)
         if self._sequence:
-            self._setup_stream(persistent_state, record_states, method)
+            self.method = check_method(method)
+            self.checkpoint = check_checkpoint(checkpoint)
+            self.persistent_state = bool(persistent_state)
+            self.record_states = bool(record_states)
+            self.register_buffer("v_mem", None, persistent=False)
+            self.register_buffer("i_syn", None, persistent=False)
+            self.recordings: Dict[str, Tensor] = {}
         self._setup_quantizers(qconfig)
-
-    def _setup_stream(self, persistent_state: bool, record_states: bool, method: str) -> None:
-        self.method = check_method(method)
-        self.persistent_state = bool(persistent_state)
-        self.record_states = bool(record_states)
-        self.register_buffer("v_mem", None, persistent=False)
-        self.register_buffer("i_syn", None, persistent=False)
-        self.recordings: Dict[str, Tensor] = {}
 
     def _setup_quantizers(self, qconfig: Optional[QConfig]) -> None:
         self._quantized_states = ("v_mem", "i_syn") if self.synaptic else ("v_mem",)

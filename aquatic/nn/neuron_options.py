@@ -65,6 +65,10 @@ NEURON_ARGS: Dict[str, str] = {
     "``self.recordings``.",
     "method": '``"auto"``, ``"fused"`` or ``"loop"``: which implementation runs (see '
     ":mod:`aquatic.nn.lif`).",
+    "checkpoint": "``None``, or keep the state only every this many steps for backward and "
+    "recompute the membranes between (less memory on long sequences, about one more "
+    "forward pass of time; the same gradients); the fused float sequence only "
+    "(:func:`~aquatic.functional.lif_fused`).",
     "strict_threshold": r"spike when :math:`v > \vartheta` (Loihi's test) rather than "
     r":math:`v \ge \vartheta`; binary spikes only.",
     "input_after_decay": "add the input to the synaptic current after its decay, as "

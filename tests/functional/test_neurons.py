@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-import aquatic.functional.neurons_fused as fused_ops
+import aquatic.functional.neurons_fused_op as fused_op
 import aquatic.functional.neurons_kernel as fused_module
 from aquatic.functional.neurons import LIFState, exp_leak, lif, lif_loop, lif_step
 from aquatic.functional.neurons_fused import lif_fused
@@ -565,11 +565,12 @@ def _as_operator(input, alpha_mem, alpha_syn=None, threshold=1.0, *, state=None,
 
     record = kwargs.pop("record_states", False)
     bias = kwargs.pop("bias", None)
+    checkpoint = kwargs.pop("checkpoint", None)
     defaults = dict(reset="subtract", surrogate=None, max_spikes=1, min_v_mem=None)
     defaults.update(norm_input=False, detach_reset=False, spiking=True)
     options = Options(**{**defaults, **kwargs})
     params, state, options = prepare(input, state, (alpha_mem, alpha_syn, threshold, bias), options)
-    return fused_ops._compiled(input, state, params, options, record)
+    return fused_op.sequence_op(input, state, params, options, record, checkpoint)
 
 
 def _tensors(result):
@@ -596,8 +597,104 @@ def test_compiled_operators_pass_opcheck():
     alpha = torch.full((3,), 0.8, requires_grad=True)
     syn, threshold = torch.tensor(0.5), torch.tensor(1.0)
     v0, i0 = torch.zeros(2, 3), torch.zeros(2, 3)
-    key = fused_ops._surrogate_key(FastSigmoid())
+    key = fused_op.surrogate_key(FastSigmoid())
     options = ["subtract", key, 2, -0.5, True, False, True]
     needs = [True, False, False, True, False, False, False]  # x and alpha
     args = (x, v0, i0, alpha, syn, threshold, None, *options, True, True, needs)
     torch.library.opcheck(torch.ops.aquatic.lif_sequence, args)
+    # with checkpoints every 2 steps (forward returns them, backward reads them)
+    torch.library.opcheck(torch.ops.aquatic.lif_sequence, args + (2,))
+
+
+# -- checkpoint=K: the same values and gradients with less kept for backward ---------
+
+
+def _with_checkpoint(function, checkpoint):
+    def run(*args, **kwargs):
+        return function(*args, checkpoint=checkpoint, **kwargs)
+
+    return run
+
+
+def _values_and_grads(function, config, dtype=F64):
+    tensors = _inputs(config, dtype, n=3, steps=13, neurons=4)
+    leaves = {k: v.requires_grad_() for k, v in tensors.items()}
+    result = _run(function, config, leaves)
+    grads = torch.autograd.grad(_loss(result), list(leaves.values()), allow_unused=True)
+    return list(leaves), _tensors(result), grads
+
+
+@pytest.mark.parametrize("block_elements", [8, 1 << 20])
+@pytest.mark.parametrize("checkpoint", [1, 4, 13, 50])
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_checkpointed_gradients_equal_the_default(config, checkpoint, block_elements, monkeypatch):
+    # 13 steps: segments of 4 leave a last one of 1; block_elements 8 makes blocks of 2
+    # steps (4 neurons x 3 samples) that do not line up with the segments.
+    monkeypatch.setattr(fused_module, "BLOCK_ELEMENTS", block_elements)
+    names, values, grads = _values_and_grads(lif_fused, config)
+    _, values_k, grads_k = _values_and_grads(_with_checkpoint(lif_fused, checkpoint), config)
+    for a, b in zip(values, values_k):
+        assert (a is None and b is None) or torch.equal(a, b)
+    for name, a, b in zip(names, grads, grads_k):
+        if a is None:
+            assert b is None
+        elif name in ("input", "v0", "i0"):
+            # elementwise and the same scans: the same bits
+            assert torch.equal(a, b), name
+        else:
+            # parameter gradients: sums over the same terms, grouped by other blocks
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=name)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_checkpointed_operator_is_bitwise_the_autograd_function(config):
+    # lif_fused as it runs under torch.compile (the custom operators, called eagerly)
+    results = [
+        _values_and_grads(_with_checkpoint(function, 5), config, torch.float32)[1:]
+        for function in (lif_fused, _as_operator)
+    ]
+    (values, grads), (values_op, grads_op) = results
+    for a, b in zip(values + list(grads), values_op + list(grads_op)):
+        assert (a is None and b is None) or torch.equal(a, b)
+
+
+def _kept_elements(checkpoint, synaptic=False, steps=40):
+    """Elements that forward keeps for backward besides the input and the parameters."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(2, steps, 8, generator=generator, dtype=F64).requires_grad_()
+    kept = []
+
+    def pack(tensor):
+        if tensor.data_ptr() != x.data_ptr() and tensor.dim() > 1:
+            kept.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = lif_fused(x, 0.9, 0.8 if synaptic else None, 0.3, checkpoint=checkpoint)
+    out.output.sum().backward()
+    return sum(kept), x.grad
+
+
+@pytest.mark.parametrize("synaptic", [False, True])
+def test_checkpoints_keep_one_state_per_segment(synaptic):
+    full, grad = _kept_elements(None, synaptic)
+    kept, grad_k = _kept_elements(10, synaptic)
+    step, states = 2 * 8, 2 if synaptic else 1  # elements of a step; v (and i)
+    # the initial state, and every membrane (the currents are not read here)
+    assert full == states * step + 40 * step
+    # the initial state, and the state entering steps 0, 10, 20 and 30
+    assert kept == states * step + 4 * states * step
+    assert torch.equal(grad, grad_k)
+
+
+def test_checkpoint_without_gradients_keeps_nothing():
+    x = torch.rand(2, 9, 3)
+    with torch.no_grad():
+        out = lif_fused(x, 0.9, state=LIFState(torch.zeros(2, 3)), checkpoint=4)
+    assert torch.equal(out.output, lif_fused(x, 0.9).output)
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True, "10"])
+def test_checkpoint_must_be_a_positive_int(bad):
+    with pytest.raises(ValueError, match="checkpoint must be None .* int >= 1"):
+        lif_fused(torch.rand(1, 4, 2), 0.9, checkpoint=bad)

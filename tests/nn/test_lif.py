@@ -427,3 +427,35 @@ def test_recurrent_streams_quantizes_and_learns():
         layer(torch.zeros(2, 5, 4))
     with pytest.raises(ValueError, match="num_neurons"):
         LIFRecurrent(0, tau_mem=5.0)
+
+
+def test_checkpoint_gives_the_gradients_of_the_default():
+    torch.manual_seed(0)
+    x = torch.rand(3, 23, 4, dtype=torch.float64) * 0.8
+    results = []
+    for checkpoint in (None, 5):
+        layer = LIF(
+            tau_mem=6.0,
+            tau_syn=3.0,
+            train_decay=True,
+            train_threshold=True,
+            checkpoint=checkpoint,
+        ).double()
+        inputs = x.clone().requires_grad_()
+        out = layer(inputs)
+        loss = (out * torch.linspace(-1, 1, 23, dtype=torch.float64)[:, None]).sum()
+        params = [p for _, p in sorted(layer.named_parameters())]
+        results.append((out, torch.autograd.grad(loss, [inputs] + params)))
+    (out, grads), (out_k, grads_k) = results
+    assert torch.equal(out, out_k) and out.sum() > 0
+    assert torch.equal(grads[0], grads_k[0])  # the input's gradient: the same bits
+    for a, b in zip(grads[1:], grads_k[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_checkpoint_is_checked_and_only_for_the_fused_float_sequence():
+    with pytest.raises(ValueError, match="checkpoint must be None"):
+        LIF(tau_mem=5.0, checkpoint=0)
+    layer = LIF(tau_mem=5.0, checkpoint=4, method="loop")
+    with pytest.raises(ValueError, match="checkpoint=4 applies to the fused float sequence"):
+        layer(torch.rand(1, 8, 2))

@@ -151,14 +151,14 @@ def test_gradients_reach_the_parameters_through_the_spec():
 SIGNATURES = {
     LIF: "tau_mem tau_syn threshold reset * alpha_mem alpha_syn surrogate max_spikes min_v_mem "
     "norm_input bias train_decay train_threshold detach_reset persistent_state record_states "
-    "method strict_threshold input_after_decay input_delay qconfig",
+    "method checkpoint strict_threshold input_after_decay input_delay qconfig",
     LIFCell: "tau_mem tau_syn threshold reset * alpha_mem alpha_syn surrogate max_spikes "
     "min_v_mem norm_input bias train_decay train_threshold detach_reset qconfig",
     LIFRecurrent: "num_neurons tau_mem tau_syn threshold reset * alpha_mem alpha_syn surrogate "
     "max_spikes min_v_mem norm_input bias train_decay train_threshold detach_reset "
     "persistent_state record_states qconfig",
     IAF: "threshold reset * tau_syn alpha_syn surrogate max_spikes min_v_mem bias train_decay "
-    "train_threshold detach_reset persistent_state record_states method qconfig",
+    "train_threshold detach_reset persistent_state record_states method checkpoint qconfig",
     ExpLeak: "tau_mem * alpha_mem norm_input bias min_v_mem train_decay persistent_state method "
     "qconfig",
 }
