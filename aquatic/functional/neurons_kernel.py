@@ -16,14 +16,15 @@ from torch import Tensor
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.surrogate import spike_values
 
-__all__ = ["sequence_forward", "sequence_backward", "BLOCK_ELEMENTS"]
+__all__ = ["sequence_forward", "sequence_backward", "BLOCK_ELEMENTS", "block_steps"]
 
 #: Elements per block of time steps. Work on whole blocks keeps the per-step Python
 #: overhead low; bounding their size keeps the backward pass's temporaries small.
 BLOCK_ELEMENTS = 1 << 18
 
 
-def _block_steps(x: Tensor) -> int:
+def block_steps(x: Tensor) -> int:
+    """The time steps of a block of ``x`` (``(N, T, *)``): :data:`BLOCK_ELEMENTS` values."""
     step_numel = max(x[:, 0].numel(), 1)
     return max(1, BLOCK_ELEMENTS // step_numel)
 
@@ -84,7 +85,7 @@ def sequence_forward(
         and the final state.
     """
     n_steps = x.shape[1]
-    block = _block_steps(x)
+    block = block_steps(x)
     synaptic = alpha_syn is not None
     spiking = options.spiking
     min_v_mem = options.min_v_mem
@@ -193,7 +194,7 @@ def sequence_backward(
     # Blocks of steps from the last one back: everything nonlinear is computed for a
     # whole block at once, then the linear scan g_t = A_t alpha g_{t+1} + B_t runs
     # step by step (see the module docstring).
-    block = _block_steps(v)
+    block = block_steps(v)
     for start in reversed(range(0, n_steps, block)):
         stop = min(start + block, n_steps)
         vb = v[:, start:stop]

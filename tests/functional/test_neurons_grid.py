@@ -15,6 +15,7 @@ from aquatic import QConfig
 from aquatic import nn as ann
 from aquatic.functional import Grid, LIFState, NeuronSpec, StateOps, neuron_sequence
 from aquatic.functional.neurons_grid import GridRules, StateGrid, decay_on_grid, grid_rules
+from aquatic.functional import neurons_kernel as kernel_module
 from aquatic.functional.neurons_grid_kernel import grid_decayer, grid_quantizer
 from aquatic.hw import loihi, xylo
 from aquatic.quantizers import BitShiftDecay, UniformDecay, UniformQuantizer
@@ -148,6 +149,13 @@ def test_grid_states_fused_equal_the_loop(case, rule):
     states = loop.i_syn if synaptic else loop.v_mem
     assert states.abs().max() >= 7.5  # the states reach the end of their range
     assert torch.equal(torch.round(states * 64) / 64, states)  # on the grid
+
+
+@pytest.mark.parametrize("block_elements", [1, 48, 72])  # blocks of 1, 2 and 3 steps
+@pytest.mark.parametrize("case", [CASES[2], CASES[4], CASES[7], CASES[8]], ids=str)
+def test_blocks_of_steps_equal_the_loop(case, block_elements, monkeypatch):
+    monkeypatch.setattr(kernel_module, "BLOCK_ELEMENTS", block_elements)
+    test_grid_states_fused_equal_the_loop(case, "multiplicative")
 
 
 def test_decay_on_grid_is_the_quantizers_rule():
