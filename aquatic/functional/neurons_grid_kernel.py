@@ -106,6 +106,16 @@ def quantizer_after_decay_passes(rules: GridRules, dtype: torch.dtype) -> bool:
     return grid.quant_max - grid.quant_min < 2**20
 
 
+def _reads_codes(decay: StepDecay, quantize: Optional[StepQuantizer]) -> bool:
+    """Whether ``decay`` can read the codes ``quantize`` wrote instead of its value."""
+    return (
+        quantize is not None
+        and quantize.exact_codes
+        and bool(decay.rule)
+        and decay.dtype == quantize.dtype
+    )
+
+
 def grid_forward(
     x: Tensor,
     v0: Tensor,
@@ -155,16 +165,22 @@ def grid_forward(
             i_mask = new(n_steps, torch.bool) if need_grad else None
         current, di_codes = new(n_steps), new(1, decay_i.dtype)[0]
         # Loihi's order: the state the decay reads is the quantizer's, codes known.
-        reuse = (
-            rules.after_decay
-            and quantize_i is not None
-            and quantize_i.exact_codes
-            and decay_i.dtype == quantize_i.dtype
-        )
+        reuse = rules.after_decay and _reads_codes(decay_i, quantize_i)
     binary = spiking and options.max_spikes == 1
     fast_zero = binary and options.reset == "zero" and quantize_v is not None
+    # The codes of the reset membrane, from the quantizer's (one rounding fewer): the
+    # zero reset keeps them or zeroes them; the subtract reset subtracts those of a
+    # threshold on the grid.
+    reset_codes = None
+    if binary and options.min_v_mem is None and _reads_codes(decay_v, quantize_v):
+        if fast_zero and quantize_v.low <= 0 <= quantize_v.high:
+            reset_codes = "zero"
+        elif options.reset == "subtract":
+            threshold_codes = quantize_v.codes_of(threshold)
+            reset_codes = "subtract" if threshold_codes is not None else None
+        state_codes = torch.empty_like(v_codes)
     compare = torch.gt if rules.strict else torch.ge
-    i, state, known = i0, v0, False
+    i, state, known, known_v = i0, v0, False, False
     for start in range(0, n_steps, block):
         stop = min(start + block, n_steps)
         n = stop - start
@@ -197,7 +213,11 @@ def grid_forward(
         # Without a trace one buffer serves: a step reads the state before it writes it.
         targets = trace[start:stop].unbind(0) if keep_trace else (trace[0],) * n
         for v, drive_t, target, s, z in zip(pres, drive.unbind(0), targets, fired, zs):
-            torch.add(decay_v(state, dv_codes, d_buf), drive_t, out=v)
+            if known_v:
+                decay_v.from_codes(state_codes, dv_codes, d_buf)
+            else:
+                decay_v(state, dv_codes, d_buf)
+            torch.add(d_buf, drive_t, out=v)
             if quantize_v is not None:
                 quantize_v(v, z, v_codes, v)
             if binary:
@@ -213,6 +233,12 @@ def grid_forward(
                     torch.where(compare(v, threshold), zero, v, out=target)
                 if options.min_v_mem is not None:
                     target.clamp_(min=options.min_v_mem)
+                if reset_codes == "zero":
+                    torch.addcmul(v_codes, v_codes, s, value=-1, out=state_codes)
+                elif reset_codes == "subtract":
+                    torch.addcmul(v_codes, s, threshold_codes, value=-1, out=state_codes)
+                    state_codes.clamp_(quantize_v.low, quantize_v.high)
+                known_v = reset_codes is not None
             elif spiking:
                 s.copy_(spikes_of(v, threshold, options, rules.strict))
                 target.copy_(reset_of(v, threshold, options, rules.strict, s))

@@ -118,6 +118,22 @@ class StepQuantizer:
         # Other values: the kernel's float32 product, converted.
         return out.copy_(codes.to(torch.float32).mul_(self.scale))
 
+    def codes_of(self, value: Tensor) -> Optional[Tensor]:
+        """The codes of ``value`` (e.g. a threshold) when it lies on the grid, to within
+        :math:`2^{-12}` of a step, with codes below :math:`2^{20}`; else ``None``.
+
+        Then a state :math:`q s - value` (:math:`q` codes of this quantizer, below
+        :math:`2^{20}`), formed in float32 or float64, divided by :math:`s` rounds to
+        :math:`q - k`: the rounding errors are below :math:`2^{-23} (|q| + |k|) < 1/4`.
+        """
+        if not self.exact_codes:
+            return None
+        codes = value.detach().double() / self.scale.double()
+        nearest = torch.round(codes)
+        if (codes - nearest).abs().max() > 2.0**-12 or nearest.abs().max() >= 2**20:
+            return None
+        return nearest.to(self.dtype)
+
     def mask(self, z: Tensor, out: Optional[Tensor] = None) -> Tensor:
         """Where the quantizer passed the gradient: rounded codes within the range."""
         return torch.eq(z, torch.clamp(z, self.low, self.high), out=out)
