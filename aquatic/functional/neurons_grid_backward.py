@@ -53,10 +53,11 @@ def _time_major(t: Optional[Tensor]) -> Optional[Tensor]:
 
 
 def _membrane_block(v, threshold, options, rules, g_spikes, out):
-    """``B`` of the module docstring (before the recorded gradients) into ``out``, and
-    ``C`` (``None`` where it is 1) for a block of membranes ``v``."""
+    """``B`` of the module docstring (before the recorded gradients) into ``out``, ``C``
+    (``None`` where it is 1) and the zero reset's ``R`` (``None`` for the subtract reset)
+    for a block of membranes ``v``."""
     if not options.spiking:
-        return out.zero_(), None
+        return out.zero_(), None, None
     slope = options.surrogate.derivative_(v - threshold)
     if g_spikes is not None:
         torch.mul(slope, g_spikes, out=out)
@@ -67,10 +68,10 @@ def _membrane_block(v, threshold, options, rules, g_spikes, out):
         keep = (v <= threshold) if rules.strict else (v < threshold)
         keep = keep.to(v.dtype)
     if options.detach_reset:
-        return out, keep
+        return out, keep, keep
     if options.reset == "zero":
-        return out, slope.mul_(v).neg_().add_(keep)
-    return out, slope.mul_(-threshold).add_(1)
+        return out, torch.addcmul(keep, slope, v, value=-1), keep
+    return out, slope.mul_(-threshold).add_(1), keep
 
 
 def grid_backward(
@@ -113,7 +114,7 @@ def grid_backward(
         stop = min(start + block, n_steps)
         last = stop == n_steps
         vb = v[start:stop]
-        gb, coef = _membrane_block(
+        gb, coef, keep = _membrane_block(
             vb,
             threshold,
             options,
@@ -157,7 +158,7 @@ def grid_backward(
             if options.reset == "subtract":
                 factor = 1 - spikes_of(vb, threshold, options, rules.strict)
             else:
-                factor = ((vb <= threshold) if rules.strict else (vb < threshold)).to(v.dtype)
+                factor = keep
             g_threshold = _add(g_threshold, g_hat.mul_(factor).sub_(g_v), threshold)
             del following, g_hat, g_v, factor
         if needs[3]:
@@ -173,7 +174,7 @@ def grid_backward(
                 g_alpha = _add(g_alpha, -(gb * inflow), alpha_mem)
         if needs[6]:
             g_bias = _add(g_bias, gb, bias)
-        del coef, clamp, unmasked
+        del coef, clamp, unmasked, keep
     g_v0 = grad_v[0] * alpha_mem if needs[1] else None
     grad_i = grad_v.mul_(1 - alpha_mem) if options.norm_input else grad_v
     g_x = g_i0 = g_syn = None

@@ -6,17 +6,21 @@ decays of :class:`~aquatic.functional.neurons_grid.GridRules` in place of the mo
 (:mod:`aquatic.functional.neurons_grid_steps`), so it computes the loop's bits. As the
 float kernel (:mod:`aquatic.functional.neurons_kernel`) it works in blocks of time
 steps: the synaptic current of a whole block first, then the membrane, every step
-written into preallocated outputs. What is linear in time (the drive from the current,
-the quantizers' in-range masks) is computed for a whole block at once. It keeps the
-membrane before the reset of every step, the synaptic current, and where each state
-quantizer saturated (one byte per value), for
-:func:`~aquatic.functional.neurons_grid_backward.grid_backward`.
+written into preallocated time-major buffers (each step contiguous); the drive from
+the current is computed for a whole block at once. It keeps the membrane before the
+reset of every step, the synaptic current, and where each state quantizer saturated
+(one byte per value), for :func:`~aquatic.functional.neurons_grid_backward.grid_backward`.
+
+Per step it runs no ``torch.round`` (see :mod:`~aquatic.functional.neurons_grid_steps`),
+and a decay reads the integer codes the quantizer before it wrote where that is exact
+(Loihi's current; the membrane after a zero reset or a subtract reset by a threshold
+on the grid) instead of rounding the state again.
 
 A quantizer after a grid decay on its own grid (the synaptic current without
 ``input_after_decay``) passes the decayed state unchanged: the decay's codes lie in the
 range, and their value divided by the scale rounds back to them (exact codes,
 :class:`~aquatic.functional.neurons_grid_steps.StepQuantizer`); for float32 states it
-is skipped, with a mask of ones (:func:`quantizer_after_decay_passes`).
+is skipped and keeps no mask (:func:`quantizer_after_decay_passes`).
 """
 
 from __future__ import annotations
@@ -90,8 +94,8 @@ def grid_quantizer(grid: Optional[StateGrid], dtype: torch.dtype) -> Optional[Ca
     def quantize(y: Tensor) -> Tuple[Tensor, Tensor]:
         y = y.to(dtype)
         z, codes = (y.new_empty(y.shape, dtype=step.dtype) for _ in range(2))
-        value = step(y, z, codes, torch.empty_like(y))
-        return value, step.mask(z)
+        mask = torch.empty_like(y, dtype=torch.bool)
+        return step(y, z, codes, torch.empty_like(y), mask), mask
 
     return quantize
 
@@ -152,7 +156,7 @@ def grid_forward(
     v_pre = new(n_steps if need_grad else block)
     v_mask = None
     if quantize_v is not None:
-        zv, v_codes = new(block, quantize_v.dtype), new(1, quantize_v.dtype)[0]
+        zv, v_codes = new(2, quantize_v.dtype)
         v_mask = new(n_steps, torch.bool) if need_grad else None
     d_buf, dv_codes = new(1)[0], new(1, decay_v.dtype)[0]
     current = i_mask = None
@@ -161,7 +165,7 @@ def grid_forward(
         quantize_i = None
         if rules.i_syn is not None and not quantizer_after_decay_passes(rules, x.dtype):
             quantize_i = StepQuantizer(rules.i_syn, x.dtype)
-            zi, i_codes = new(block, quantize_i.dtype), new(1, quantize_i.dtype)[0]
+            zi, i_codes = new(2, quantize_i.dtype)
             i_mask = new(n_steps, torch.bool) if need_grad else None
         current, di_codes = new(n_steps), new(1, decay_i.dtype)[0]
         # Loihi's order: the state the decay reads is the quantizer's, codes known.
@@ -185,8 +189,8 @@ def grid_forward(
         stop = min(start + block, n_steps)
         n = stop - start
         if synaptic:
-            zs = zi[:n].unbind(0) if quantize_i is not None else (None,) * n
-            for x_t, i_t, z in zip(x[:, start:stop].unbind(1), current[start:stop], zs):
+            masks = i_mask[start:stop] if i_mask is not None else (None,) * n
+            for x_t, i_t, mask in zip(x[:, start:stop].unbind(1), current[start:stop], masks):
                 if rules.after_decay:
                     if known:
                         decay_i.from_codes(i_codes, di_codes, d_buf)
@@ -196,30 +200,28 @@ def grid_forward(
                 else:
                     decay_i(torch.add(i, x_t, out=d_buf), di_codes, i_t)
                 if quantize_i is not None:
-                    quantize_i(i_t, z, i_codes, i_t)
+                    quantize_i(i_t, zi, i_codes, i_t, mask)
                     known = reuse
                 i = i_t
-            if i_mask is not None:
-                quantize_i.mask(zi[:n], out=i_mask[start:stop])
             cur = current[start:stop]
         else:
             cur = x[:, start:stop].transpose(0, 1)
         drive = (1 - alpha_mem) * cur if options.norm_input else cur
         if bias is not None:
             drive = drive + bias
-        zs = zv[:n].unbind(0) if quantize_v is not None else (None,) * n
+        masks = v_mask[start:stop] if v_mask is not None else (None,) * n
         fired = spikes[start:stop].unbind(0) if spiking else (None,) * n
         pres = (v_pre[start:stop] if need_grad else v_pre[:n]).unbind(0)
         # Without a trace one buffer serves: a step reads the state before it writes it.
         targets = trace[start:stop].unbind(0) if keep_trace else (trace[0],) * n
-        for v, drive_t, target, s, z in zip(pres, drive.unbind(0), targets, fired, zs):
+        for v, drive_t, target, s, mask in zip(pres, drive.unbind(0), targets, fired, masks):
             if known_v:
                 decay_v.from_codes(state_codes, dv_codes, d_buf)
             else:
                 decay_v(state, dv_codes, d_buf)
             torch.add(d_buf, drive_t, out=v)
             if quantize_v is not None:
-                quantize_v(v, z, v_codes, v)
+                quantize_v(v, zv, v_codes, v, mask)
             if binary:
                 compare(v, threshold, out=s)
                 if options.reset == "subtract":
@@ -245,8 +247,6 @@ def grid_forward(
             else:
                 target.copy_(reset_of(v, threshold, options, rules.strict))
             state = target
-        if v_mask is not None:
-            quantize_v.mask(zv[:n], out=v_mask[start:stop])
     batch_major = lambda t: t.transpose(0, 1).contiguous()  # noqa: E731
     v_trace = batch_major(trace) if keep_trace else None
     output = batch_major(spikes) if spiking else v_trace

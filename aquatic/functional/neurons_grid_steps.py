@@ -78,18 +78,19 @@ def _range(grid: StateGrid):
 
 
 class StepQuantizer:
-    """``quantize(y, z, codes, out)``: torch's per-tensor fake quantization of ``y``
-    (``FakeQuantizeCore``: :math:`q = z + \\mathrm{nearbyint}(y \\cdot (1 / s))`,
+    """``quantize(y, z, codes, out, mask)``: torch's per-tensor fake quantization of
+    ``y`` (``FakeQuantizeCore``: :math:`q = z + \\mathrm{nearbyint}(y \\cdot (1 / s))`,
     clamped, times :math:`s` in float32) into ``out``, with the rounded codes before the
-    clamp in ``z`` (the in-range mask is where ``z`` lies in :attr:`low` ..
-    :attr:`high`, :meth:`mask`) and the clamped codes in ``codes``, both of
-    :attr:`dtype`. ``out`` may be ``y``.
+    clamp in ``z`` and the clamped codes in ``codes``, both of :attr:`dtype`, and where
+    they are equal (the quantizer passes the gradient) in the boolean ``mask`` when
+    given. ``out`` may be ``y``.
 
     Example:
         >>> grid = StateGrid(torch.tensor(0.25), torch.tensor(0, dtype=torch.int32), -8, 7)
         >>> step = StepQuantizer(grid, torch.float32)
-        >>> y = torch.tensor([0.3, 5.0]); z, codes = torch.empty(2), torch.empty(2)
-        >>> step(y, z, codes, y), codes, step.mask(z)
+        >>> y, z, codes = torch.tensor([0.3, 5.0]), torch.empty(2), torch.empty(2)
+        >>> mask = torch.empty(2, dtype=torch.bool)
+        >>> step(y, z, codes, y, mask), codes, mask
         (tensor([0.2500, 1.7500]), tensor([1., 7.]), tensor([ True, False]))
     """
 
@@ -106,13 +107,17 @@ class StepQuantizer:
         power = _power_of_two(grid.scale) and bound < 2**24
         self.exact_codes = self.additions and (bound < 2**21 or power)
 
-    def __call__(self, y: Tensor, z: Tensor, codes: Tensor, out: Tensor) -> Tensor:
+    def __call__(
+        self, y: Tensor, z: Tensor, codes: Tensor, out: Tensor, mask: Optional[Tensor] = None
+    ) -> Tensor:
         torch.mul(y, self.inverse, out=z)  # formed in y's dtype, exact in z's
         if self.additions:
             round_codes_(z)
         else:
             torch.round(z, out=z)
         torch.clamp(z, self.low, self.high, out=codes)
+        if mask is not None:
+            torch.eq(z, codes, out=mask)
         if self.values == torch.float32:
             return torch.mul(codes, self.scale, out=out)
         # Other values: the kernel's float32 product, converted.
@@ -133,10 +138,6 @@ class StepQuantizer:
         if (codes - nearest).abs().max() > 2.0**-12 or nearest.abs().max() >= 2**20:
             return None
         return nearest.to(self.dtype)
-
-    def mask(self, z: Tensor, out: Optional[Tensor] = None) -> Tensor:
-        """Where the quantizer passed the gradient: rounded codes within the range."""
-        return torch.eq(z, torch.clamp(z, self.low, self.high), out=out)
 
 
 class StepDecay:
