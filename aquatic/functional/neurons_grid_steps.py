@@ -36,8 +36,17 @@ __all__ = ["code_dtype", "round_codes_", "StepDecay", "StepQuantizer"]
 _SIGNIFICAND = {torch.float32: 24, torch.float64: 53}
 
 
-def _magic(dtype: torch.dtype) -> float:
-    return 1.5 * 2.0 ** (_SIGNIFICAND[dtype] - 1)
+_MAGIC = {}
+
+
+def _magic(like: Tensor) -> Tensor:
+    """:math:`1.5 \\cdot 2^{p-1}` as a 0-dim tensor of ``like``'s dtype and device (a
+    Python number would be converted at every call)."""
+    key = (like.dtype, like.device)
+    if key not in _MAGIC:
+        value = 1.5 * 2.0 ** (_SIGNIFICAND[like.dtype] - 1)
+        _MAGIC[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
+    return _MAGIC[key]
 
 
 def code_dtype(dtype: torch.dtype, bound: float) -> Optional[torch.dtype]:
@@ -63,7 +72,7 @@ def round_codes_(codes: Tensor) -> Tensor:
         >>> round_codes_(torch.tensor([0.5, 1.5, -2.5, 2.4]))
         tensor([ 0.,  2., -2.,  2.])
     """
-    magic = _magic(codes.dtype)
+    magic = _magic(codes)
     return codes.add_(magic).sub_(magic)
 
 
