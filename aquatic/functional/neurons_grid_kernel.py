@@ -153,7 +153,7 @@ def grid_forward(
     keep_trace = record or not spiking
     trace = new(n_steps if keep_trace else 1)
     spikes = new(n_steps) if spiking else None
-    v_pre = new(n_steps if need_grad else block)
+    v_pre = new(n_steps if need_grad else 1)
     v_mask = None
     if quantize_v is not None:
         zv, v_codes = new(2, quantize_v.dtype)
@@ -211,7 +211,7 @@ def grid_forward(
             drive = drive + bias
         masks = v_mask[start:stop] if v_mask is not None else (None,) * n
         fired = spikes[start:stop].unbind(0) if spiking else (None,) * n
-        pres = (v_pre[start:stop] if need_grad else v_pre[:n]).unbind(0)
+        pres = v_pre[start:stop].unbind(0) if need_grad else (v_pre[0],) * n
         # Without a trace one buffer serves: a step reads the state before it writes it.
         targets = trace[start:stop].unbind(0) if keep_trace else (trace[0],) * n
         for v, drive_t, target, s, mask in zip(pres, drive.unbind(0), targets, fired, masks):

@@ -158,6 +158,23 @@ def test_blocks_of_steps_equal_the_loop(case, block_elements, monkeypatch):
     test_grid_states_fused_equal_the_loop(case, "multiplicative")
 
 
+@pytest.mark.parametrize("record", [False, True])
+@pytest.mark.parametrize("preset", ["xylo", "loihi"])
+def test_inference_equals_the_loop(preset, record):
+    model = _preset_pair(preset, record_states=record)
+    x = torch.rand(3, 20, 6, generator=torch.Generator().manual_seed(4)) * 4
+    outputs = []
+    with torch.no_grad():
+        for method in ("loop", "auto"):
+            model[1].method = method
+            outputs.append((model(x), dict(model[1].recordings)))
+    (out_l, rec_l), (out_f, rec_f) = outputs
+    assert torch.equal(out_l, out_f) and out_l.sum() > 0
+    assert rec_l.keys() == rec_f.keys() and bool(rec_l) == record
+    for key in rec_l:
+        assert torch.equal(rec_l[key], rec_f[key])
+
+
 def test_decay_on_grid_is_the_quantizers_rule():
     grid = UniformQuantizer(bits=12, scale=0.125).grid()
     states = torch.arange(-300, 300, dtype=torch.float32) * 0.125
