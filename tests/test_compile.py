@@ -84,6 +84,12 @@ MODELS = {
         loihi.qconfig,
         lambda q: ann.LIF(alpha_mem=0.9, alpha_syn=0.8, reset="zero", qconfig=q),
     ),
+    "loihi-recorded": lambda: with_preset(
+        loihi.qconfig,
+        lambda q: ann.LIF(
+            tau_mem=8.0, tau_syn=4.0, record_states=True, qconfig=q, **loihi.neuron_options()
+        ),
+    ),
     "dynapcnn": lambda: with_preset(dynapcnn.qconfig, lambda q: ann.IAF(threshold=1.0, qconfig=q)),
 }
 

@@ -21,7 +21,8 @@ from aquatic.functional.neuron_types import LIFOutput, LIFState, Options
 from aquatic.functional.custom_ops import fake_gradients, op_output
 from aquatic.functional.neurons_fused import surrogate_key, surrogate_of
 from aquatic.functional.neurons_grid import GridRules, StateGrid
-from aquatic.functional.neurons_grid_kernel import grid_backward, grid_forward
+from aquatic.functional.neurons_grid_backward import grid_backward
+from aquatic.functional.neurons_grid_kernel import grid_forward, quantizer_after_decay_passes
 
 __all__ = ["lif_grid_fused"]
 
@@ -45,7 +46,8 @@ class _GridSequence(torch.autograd.Function):
         needs = ctx.needs_input_grad[:7]
         need_grad = torch.is_grad_enabled() or any(needs)
         params = (alpha_mem, alpha_syn, threshold, bias)
-        results = grid_forward(x, v0, i0, params, options, rules, any(needs) and need_grad)
+        grad = any(needs) and need_grad
+        results = grid_forward(x, v0, i0, params, options, rules, grad, record)
         output, v_trace, current, _, _, _, v_final, i_final = results
         ctx.options, ctx.rules = options, rules
         if any(needs):
@@ -53,7 +55,7 @@ class _GridSequence(torch.autograd.Function):
             ctx.save_for_backward(*_saved(results, x, tensors, options, rules, needs))
         # The loop records the membrane of a non-spiking neuron too: its output, copied.
         v_trace = (v_trace if options.spiking else v_trace.clone()) if record else None
-        i_trace = current if alpha_syn is not None and record else None
+        i_trace = _batch_major(current) if alpha_syn is not None and record else None
         return output, v_trace, i_trace, v_final, i_final
 
     @staticmethod
@@ -67,6 +69,11 @@ class _GridSequence(torch.autograd.Function):
             (g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal),
         )
         return grads + (None, None, None)
+
+
+def _batch_major(current: Tensor) -> Tensor:
+    """A time-major current of the forward loop as the layers return it, ``(N, T, *)``."""
+    return current.transpose(0, 1).contiguous()
 
 
 # -- under torch.compile: the same loops as two custom operators ------------------------
@@ -125,11 +132,13 @@ def _grid_op(
     detach_reset: bool,
     spiking: bool,
     grad: bool,
+    record: bool,
 ) -> _Tensors8:
     """``grid_forward``'s results, empty tensors for ``None``."""
     options = Options(reset, None, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
     rules = _rules_of(rule_tensors, ints, names)
-    results = grid_forward(x, v0, i0, (alpha_mem, alpha_syn, threshold, bias), options, rules, grad)
+    params = (alpha_mem, alpha_syn, threshold, bias)
+    results = grid_forward(x, v0, i0, params, options, rules, grad, record)
     return tuple(op_output(t, x) for t in results)
 
 
@@ -153,18 +162,22 @@ def _(
     detach_reset,
     spiking,
     grad,
+    record,
 ):
     synaptic = alpha_syn is not None
-    full = lambda keep, dtype=None: (  # noqa: E731
-        torch.empty_like(x, dtype=dtype) if keep else x.new_empty(0)
+    passes = quantizer_after_decay_passes(_rules_of(rule_tensors, ints, names), x.dtype)
+    full = lambda keep: torch.empty_like(x) if keep else x.new_empty(0)  # noqa: E731
+    time_major = (x.shape[1], x.shape[0]) + x.shape[2:]
+    steps = lambda keep, dtype=None: (  # noqa: E731
+        x.new_empty(time_major, dtype=dtype) if keep else x.new_empty(0)
     )
     return (
         full(True),
-        full(True),
-        full(synaptic),
-        full(grad),
-        full(grad and bool(ints[0]), torch.bool),
-        full(grad and bool(ints[4]) and synaptic, torch.bool),
+        full(record or not spiking),
+        steps(synaptic),
+        steps(grad),
+        steps(grad and bool(ints[0]), torch.bool),
+        steps(grad and bool(ints[4]) and synaptic and not passes, torch.bool),
         v0.new_empty(v0.shape),
         x.new_empty(v0.shape if synaptic else 0),
     )
@@ -210,7 +223,9 @@ def _(
     spiking,
     needs,
 ):
-    return fake_gradients(saved[0], saved[5:], needs)
+    v = saved[0]  # time major; the input's gradient is batch major
+    like = v.new_empty((v.shape[1], v.shape[0]) + v.shape[2:])
+    return fake_gradients(like, saved[5:], needs)
 
 
 def _none(tensor: Tensor, real: bool) -> Optional[Tensor]:
@@ -220,26 +235,29 @@ def _none(tensor: Tensor, real: bool) -> Optional[Tensor]:
 def _setup_context(ctx, inputs, output):
     tensors = inputs[:7]
     rule_tensors, ints, names, surrogate = inputs[7:11]
-    reset, max_spikes, min_v_mem, norm_input, detach_reset, spiking, grad = inputs[11:]
+    reset, max_spikes, min_v_mem, norm_input, detach_reset, spiking, grad, record = inputs[11:]
     ctx.surrogate = surrogate
+    ctx.traced = record or not spiking  # else the trace is an empty tensor
+    ctx.synaptic = tensors[4] is not None  # else the current is; it is time major
     x = tensors[0]
     synaptic = tensors[4] is not None
     ctx.settings = (reset, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
     ctx.rules = (ints, names)
     ctx.needs = [t is not None and t.requires_grad for t in tensors]
     ctx.needs[5] = ctx.needs[5] and spiking
+    rules = _rules_of(rule_tensors, ints, names)
+    passes = quantizer_after_decay_passes(rules, x.dtype)
     results = [
         output[0],
         output[1],
         _none(output[2], synaptic),
         _none(output[3], grad),
         _none(output[4], grad and bool(ints[0])),
-        _none(output[5], grad and bool(ints[4]) and synaptic),
+        _none(output[5], grad and bool(ints[4]) and synaptic and not passes),
         output[6],
         _none(output[7], synaptic),
     ]
     options = Options(reset, None, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
-    rules = _rules_of(rule_tensors, ints, names)
     saved = _saved(results, x, tensors[1:], options, rules, ctx.needs)
     ctx.saved_count = len(saved)
     ctx.save_for_backward(*saved, *rule_tensors)
@@ -247,6 +265,8 @@ def _setup_context(ctx, inputs, output):
 
 def _grid_op_backward(ctx, *grads_out):
     g_out, g_vtrace, g_current, _, _, _, g_vfinal, g_ifinal = grads_out
+    g_vtrace = g_vtrace if ctx.traced else None
+    g_current = g_current.transpose(0, 1) if ctx.synaptic and g_current is not None else None
     grads = [g_out, g_vtrace, g_current, g_vfinal, g_ifinal]
     reset, max_spikes, min_v_mem, norm_input, detach_reset, spiking = ctx.settings
     saved = list(ctx.saved_tensors)
@@ -266,7 +286,7 @@ def _grid_op_backward(ctx, *grads_out):
         list(ctx.needs),
     )
     tensor_grads = [g if need else None for g, need in zip(results, ctx.needs)]
-    return tuple(tensor_grads) + ([None] * 6,) + (None,) * 10
+    return tuple(tensor_grads) + ([None] * 6,) + (None,) * 11
 
 
 _grid_op.register_autograd(_grid_op_backward, setup_context=_setup_context)
@@ -324,9 +344,11 @@ def _compiled(input, params, state, options, rules, record) -> LIFOutput:
         options.detach_reset,
         options.spiking,
         torch.is_grad_enabled() and any(needs),
+        record,
     )
     output, v_trace, current, _, _, _, v_final, i_final = results
     synaptic = params[1] is not None
     state = LIFState(v_final, i_final if synaptic else None)
     v_trace = (v_trace if options.spiking else output.clone()) if record else None
-    return LIFOutput(output, state, v_trace, current if synaptic and record else None)
+    i_trace = _batch_major(current) if synaptic and record else None
+    return LIFOutput(output, state, v_trace, i_trace)

@@ -15,6 +15,7 @@ from aquatic import QConfig
 from aquatic import nn as ann
 from aquatic.functional import Grid, LIFState, NeuronSpec, StateOps, neuron_sequence
 from aquatic.functional.neurons_grid import GridRules, StateGrid, decay_on_grid, grid_rules
+from aquatic.functional import neurons_kernel as kernel_module
 from aquatic.functional.neurons_grid_kernel import grid_decayer, grid_quantizer
 from aquatic.hw import loihi, xylo
 from aquatic.quantizers import BitShiftDecay, UniformDecay, UniformQuantizer
@@ -148,6 +149,30 @@ def test_grid_states_fused_equal_the_loop(case, rule):
     states = loop.i_syn if synaptic else loop.v_mem
     assert states.abs().max() >= 7.5  # the states reach the end of their range
     assert torch.equal(torch.round(states * 64) / 64, states)  # on the grid
+
+
+@pytest.mark.parametrize("block_elements", [1, 48, 72])  # blocks of 1, 2 and 3 steps
+@pytest.mark.parametrize("case", [CASES[2], CASES[4], CASES[7], CASES[8]], ids=str)
+def test_blocks_of_steps_equal_the_loop(case, block_elements, monkeypatch):
+    monkeypatch.setattr(kernel_module, "BLOCK_ELEMENTS", block_elements)
+    test_grid_states_fused_equal_the_loop(case, "multiplicative")
+
+
+@pytest.mark.parametrize("record", [False, True])
+@pytest.mark.parametrize("preset", ["xylo", "loihi"])
+def test_inference_equals_the_loop(preset, record):
+    model = _preset_pair(preset, record_states=record)
+    x = torch.rand(3, 20, 6, generator=torch.Generator().manual_seed(4)) * 4
+    outputs = []
+    with torch.no_grad():
+        for method in ("loop", "auto"):
+            model[1].method = method
+            outputs.append((model(x), dict(model[1].recordings)))
+    (out_l, rec_l), (out_f, rec_f) = outputs
+    assert torch.equal(out_l, out_f) and out_l.sum() > 0
+    assert rec_l.keys() == rec_f.keys() and bool(rec_l) == record
+    for key in rec_l:
+        assert torch.equal(rec_l[key], rec_f[key])
 
 
 def test_decay_on_grid_is_the_quantizers_rule():

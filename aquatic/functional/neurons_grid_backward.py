@@ -1,0 +1,225 @@
+r"""The backward pass of the fused sequence with quantized states, without autograd.
+
+Forward runs, step by step, the operations of the reference loop
+(:func:`~aquatic.functional.neurons_spec.neuron_step`) with the state quantizers and
+decays of :class:`~aquatic.functional.neurons_grid.GridRules` in place of the modules,
+so it computes the loop's bits. It keeps the membrane before the reset of every step,
+the synaptic current, and where each state quantizer saturated (one byte per value).
+
+Backward follows the gradient rules of the loop: a state quantizer passes the gradient
+straight through inside its range and stops it where it saturated (mask :math:`q_t`);
+a decay on a grid has the gradient of :math:`\alpha y`
+(:meth:`aquatic.quantizers.DecayQuantizer.decay_state`). With :math:`G_t` the gradient
+of the membrane before its quantizer, :math:`u_t` (the notation of
+:mod:`aquatic.functional.neurons_fused`, where :math:`G_t = g_t` without a quantizer):
+
+.. math::
+
+    G_t = q_t\,\big(B_t + C_t\, \alpha_{mem}\, G_{t+1}\big), \qquad
+    H_t = p_t\,\big(c\, G_t + \partial_{i[t]} L + \alpha_{syn} H_{t+1}\big)
+
+with :math:`B_t` the gradient that reaches :math:`v[t]` from this step's spikes and
+recorded values, :math:`C_t = m_t (R_t + \psi_t K_t)` the reset's factor,
+:math:`c = 1 - \alpha_{mem}` with ``norm_input`` (else 1), :math:`p_t` the current's
+quantizer mask and :math:`H_t` the gradient of the current before its quantizer. The
+input gets :math:`\alpha_{syn} H_t` (:math:`H_t` when the input is added after the
+decay), :math:`\alpha_{syn}` gets :math:`\sum_t H_t (i[t-1] + x[t])` (:math:`\sum_t H_t
+i[t-1]`), :math:`\alpha_{mem}` gets :math:`\sum_t G_t \tilde v[t-1]`. ``strict_threshold``
+spikes on :math:`v > \vartheta`; its reset terms follow those spikes.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from aquatic.functional.neuron_types import Options
+from aquatic.functional.neurons_grid import GridRules
+from aquatic.functional.neurons_grid_kernel import reset_of, spikes_of
+from aquatic.functional.neurons_kernel import block_steps
+
+__all__ = ["grid_backward"]
+
+
+def _add(total: Optional[Tensor], grad: Tensor, like: Tensor) -> Tensor:
+    grad = grad.sum_to_size(like.shape)
+    return grad if total is None else total + grad
+
+
+def _time_major(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.transpose(0, 1)
+
+
+def _membrane_block(v, threshold, options, rules, g_spikes, out):
+    """``B`` of the module docstring (before the recorded gradients) into ``out``, ``C``
+    (``None`` where it is 1) and the zero reset's ``R`` (``None`` for the subtract reset)
+    for a block of membranes ``v``."""
+    if not options.spiking:
+        return out.zero_(), None, None
+    slope = options.surrogate.derivative_(v - threshold)
+    if g_spikes is not None:
+        torch.mul(slope, g_spikes, out=out)
+    else:
+        out.zero_()
+    keep = None
+    if options.reset == "zero":
+        keep = (v <= threshold) if rules.strict else (v < threshold)
+        keep = keep.to(v.dtype)
+    if options.detach_reset:
+        return out, keep, keep
+    if options.reset == "zero":
+        return out, torch.addcmul(keep, slope, v, value=-1), keep
+    return out, slope.mul_(-threshold).add_(1), keep
+
+
+def grid_backward(
+    options: Options,
+    rules: GridRules,
+    needs: Tuple[bool, ...],
+    saved: Tuple[Optional[Tensor], ...],
+    grads: Tuple[Optional[Tensor], ...],
+) -> Tuple[Optional[Tensor], ...]:
+    """The gradients of :func:`~aquatic.functional.neurons_grid_kernel.grid_forward`'s
+    inputs, a block of time steps at a time (from the last back).
+
+    Args:
+        options, rules: as forward got them.
+        needs: whether each of ``x, v0, i0, alpha_mem, alpha_syn, threshold, bias``
+            needs its gradient.
+        saved: ``(v_pre, current, v_mask, i_mask, x, v0, i0, alpha_mem, alpha_syn,
+            threshold, bias)``, the first four time major ``(T, N, *)`` as forward
+            returns them.
+        grads: the gradients of ``(output, v_trace, i_trace, v_final, i_final)``
+            (``None`` for zero), the first three ``(N, T, *)``.
+
+    Returns:
+        The gradients of ``x, v0, i0, alpha_mem, alpha_syn, threshold, bias`` (``None``
+        where not needed).
+    """
+    v, current, v_mask, i_mask, x, v0, i0, alpha_mem, alpha_syn, threshold, bias = saved
+    g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal = grads
+    g_out, g_vtrace, g_itrace, x = map(_time_major, (g_out, g_vtrace, g_itrace, x))
+    spiking, min_v_mem = options.spiking, options.min_v_mem
+    g_spikes, g_trace = g_out, g_vtrace
+    if not spiking:  # the output is the membrane, and so is a recorded trace
+        g_spikes, g_trace = None, g_out if g_vtrace is None else g_out + g_vtrace
+    n_steps, block = v.shape[0], block_steps(v[0].numel())
+    grad_threshold = spiking and needs[5]
+    unclamped = options._replace(min_v_mem=None)
+    grad_v = torch.empty_like(v)  # G: the gradient of each step's membrane before Q
+    g_alpha = g_threshold = g_bias = None
+    for start in reversed(range(0, n_steps, block)):
+        stop = min(start + block, n_steps)
+        last = stop == n_steps
+        vb = v[start:stop]
+        gb, coef, keep = _membrane_block(
+            vb,
+            threshold,
+            options,
+            rules,
+            g_spikes[start:stop] if g_spikes is not None else None,
+            grad_v[start:stop],
+        )
+        clamp = None
+        if min_v_mem is not None:
+            clamp = (reset_of(vb, threshold, unclamped, rules.strict) >= min_v_mem).to(v.dtype)
+            coef = clamp if coef is None else coef.mul_(clamp)
+        if g_trace is not None:
+            gb.add_(g_trace[start:stop] if coef is None else coef * g_trace[start:stop])
+        if last and g_vfinal is not None:
+            gb[-1].add_(g_vfinal if coef is None else coef[-1] * g_vfinal)
+        unmasked = gb.clone() if grad_threshold and v_mask is not None else None
+        factors = alpha_mem.expand_as(vb) if coef is None else coef * alpha_mem
+        if v_mask is not None:
+            mask = v_mask[start:stop]
+            gb.mul_(mask)
+            factors = factors * mask
+        steps, step_factors = grad_v[start : min(stop + 1, n_steps)].unbind(0), factors.unbind(0)
+        for k in range(len(steps) - 2, -1, -1):
+            steps[k].addcmul_(steps[k + 1], step_factors[k])
+        del factors
+        if grad_threshold:
+            # alpha_mem G_{t+1}: the gradient of the reset membrane.
+            following = torch.zeros_like(gb)
+            torch.mul(grad_v[start + 1 : stop + 1], alpha_mem, out=following[: stop - start - last])
+            g_hat = following.clone()
+            if last and g_vfinal is not None:
+                g_hat[-1] = g_vfinal
+            if g_trace is not None:
+                g_hat += g_trace[start:stop]
+            if clamp is not None:
+                g_hat *= clamp
+            # g_t, the gradient of the quantized membrane: G_t where the quantizer passed it.
+            g_v = gb
+            if unmasked is not None:
+                g_v = unmasked.add_(following if coef is None else coef * following)
+            if options.reset == "subtract":
+                factor = 1 - spikes_of(vb, threshold, options, rules.strict)
+            else:
+                factor = keep
+            g_threshold = _add(g_threshold, g_hat.mul_(factor).sub_(g_v), threshold)
+            del following, g_hat, g_v, factor
+        if needs[3]:
+            # sum_t G_t v_reset[t-1], the state the decay read (v0 first).
+            if start == 0:
+                g_alpha = _add(g_alpha, gb[0] * v0, alpha_mem)
+            first = max(start - 1, 0)
+            if stop - 1 > first:
+                previous = reset_of(v[first : stop - 1], threshold, options, rules.strict)
+                g_alpha = _add(g_alpha, gb[1 if start == 0 else 0 :] * previous, alpha_mem)
+            if options.norm_input:
+                inflow = (current if current is not None else x)[start:stop]
+                g_alpha = _add(g_alpha, -(gb * inflow), alpha_mem)
+        if needs[6]:
+            g_bias = _add(g_bias, gb, bias)
+        del coef, clamp, unmasked, keep
+    g_v0 = grad_v[0] * alpha_mem if needs[1] else None
+    grad_i = grad_v.mul_(1 - alpha_mem) if options.norm_input else grad_v
+    g_x = g_i0 = g_syn = None
+    if alpha_syn is None:
+        g_x = grad_i if needs[0] else None
+        return _batch_major(g_x), g_v0, None, g_alpha, None, g_threshold, g_bias
+    if g_itrace is not None:
+        grad_i.add_(g_itrace)
+    if g_ifinal is not None:
+        grad_i[-1].add_(g_ifinal)
+    for start in reversed(range(0, n_steps, block)):
+        stop = min(start + block, n_steps)
+        factors = alpha_syn.expand_as(grad_i[start:stop])
+        if i_mask is not None:
+            grad_i[start:stop].mul_(i_mask[start:stop])
+            factors = factors * i_mask[start:stop]
+        steps, step_factors = grad_i[start : min(stop + 1, n_steps)].unbind(0), factors.unbind(0)
+        for k in range(len(steps) - 2, -1, -1):
+            steps[k].addcmul_(steps[k + 1], step_factors[k])
+        if needs[4]:
+            # i[t] = alpha_syn (i[t-1] + x[t]) (alpha_syn i[t-1] + x[t] after the decay).
+            pre = (
+                x[start:stop].clone()
+                if not rules.after_decay
+                else torch.empty_like(grad_i[start:stop])
+            )
+            previous = current[max(start - 1, 0) : stop - 1]
+            if rules.after_decay:
+                if start == 0:
+                    pre[0].copy_(i0)
+                    pre[1:].copy_(previous)
+                else:
+                    pre.copy_(previous)
+            elif start == 0:
+                pre[0].add_(i0)
+                pre[1:].add_(previous)
+            else:
+                pre.add_(previous)
+            g_syn = _add(g_syn, pre.mul_(grad_i[start:stop]), alpha_syn)
+    if needs[2]:
+        g_i0 = grad_i[0] * alpha_syn
+    if needs[0]:
+        g_x = grad_i if rules.after_decay else grad_i.mul_(alpha_syn)
+    return _batch_major(g_x), g_v0, g_i0, g_alpha, g_syn, g_threshold, g_bias
+
+
+def _batch_major(t: Optional[Tensor]) -> Optional[Tensor]:
+    return None if t is None else t.transpose(0, 1).contiguous()
