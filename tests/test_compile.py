@@ -174,3 +174,35 @@ def test_compiled_qat_does_not_recompile_while_it_trains():
     train(3)
     assert counter.frame_count <= 2
     torch._dynamo.reset()
+
+
+def test_compiled_per_channel_qat_is_one_graph_and_bitwise_eager():
+    """Per-channel weight observers trace into one graph (``fullgraph=True``): the
+    observer reads its class's rules from the instance, not from the class's
+    ``__dict__``, which torch.compile refuses to read after a buffer changed shape."""
+    import aquatic
+    from aquatic.quantizers import UniformQuantizer
+
+    qconfig = aquatic.qconfig.int8._replace(weight=UniformQuantizer.with_args(ch_axis=0))
+    torch.manual_seed(0)
+    float_model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    model = aquatic.quantize(float_model, qconfig)
+    eager = copy.deepcopy(model)
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    generator = torch.Generator().manual_seed(0)
+    optimizers = [torch.optim.SGD(m.parameters(), lr=0.1) for m in (model, eager)]
+    for _ in range(3):
+        x = torch.randn(4, 8, generator=generator)
+        outs = []
+        for run, optimizer in zip((compiled, eager), optimizers):
+            out = run(x)
+            optimizer.zero_grad()
+            out.pow(2).mean().backward()
+            optimizer.step()
+            outs.append(out.detach())
+        assert torch.equal(outs[0], outs[1])
+    for (key, a), (_, b) in zip(model.state_dict().items(), eager.state_dict().items()):
+        assert torch.equal(a, b), key
+    assert model[0].quantizers["weight"].observer.min_val.shape == (16,)
+    torch._dynamo.reset()

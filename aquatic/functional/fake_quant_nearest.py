@@ -201,6 +201,23 @@ def _apply(input, scale, inv_scale, zero_point, quant_min, quant_max, per_channe
     return output
 
 
+# Copies reduced by _computed_once: more than inductor unrolls into pointwise code
+# (torch._inductor.config.unroll_reductions_threshold, 8).
+_COPIES = 16
+
+
+def _computed_once(value: Tensor) -> Tensor:
+    """``value`` itself (the maximum of identical copies), computed into a buffer of its own
+    under torch.compile.
+
+    Inductor inlines small pointwise computations into the loops that read them, so a
+    scale computed from an observed range (a few float divisions) would be recomputed in
+    every vector iteration of the fake-quantization loop, for every element block of the
+    tensor. A reduction is always computed once, into a buffer; the loop then reads it.
+    """
+    return value.unsqueeze(-1).expand(*value.shape, _COPIES).amax(-1)
+
+
 def fake_quantize_nearest(
     input: Tensor,
     scale: Tensor,
@@ -239,7 +256,12 @@ def fake_quantize_nearest(
         tensor([1., 1., 0.])
     """
     per_channel = ch_axis is not None and scale.dim() > 0
-    inv_scale = broadcast_along(torch.reciprocal(scale), ch_axis, input.dim())
+    inv_scale = torch.reciprocal(scale)
+    if torch.compiler.is_compiling():
+        scale, inv_scale = _computed_once(scale), _computed_once(inv_scale)
+        if zero_point is not None:
+            zero_point = _computed_once(zero_point)
+    inv_scale = broadcast_along(inv_scale, ch_axis, input.dim())
     scale = broadcast_along(scale, ch_axis, input.dim())
     if zero_point is not None:
         zero_point = broadcast_along(zero_point, ch_axis, input.dim())

@@ -41,7 +41,10 @@ def _classify(cls: type) -> Tuple[bool, bool]:
     ``_combine`` has a Python-float version, and whether its range always holds the last
     batch. Computed once per class and kept on the class itself (``_class_rules`` in its
     own ``__dict__``), when an observer is built: never while ``torch.compile`` traces, and
-    not in a shared dict whose change would invalidate compiled graphs of other classes."""
+    not in a shared dict whose change would invalidate compiled graphs of other classes.
+    Each observer keeps its class's rules as ``_rules`` too: a compiled graph reads them
+    there, since torch.compile refuses to read a class's ``__dict__`` (a mapping proxy)
+    after a dict changed in the same graph, as a per-channel range's first batch does."""
     rules = cls.__dict__.get("_class_rules")
     if rules is None:
         owner = next(k for k in cls.__mro__ if "_combine" in k.__dict__)
@@ -74,7 +77,7 @@ class RangeObserver(nn.Module):
         power_of_two: bool = False,
     ) -> None:
         super().__init__()
-        _classify(type(self))  # before any compiled graph reads it
+        self._rules = _classify(type(self))  # before any compiled graph reads it
         check_range(quant_min, quant_max)
         check_ch_axis(ch_axis)
         self.quant_min = quant_min
@@ -150,7 +153,7 @@ class RangeObserver(nn.Module):
             return False
         if self.power_of_two or not input.is_cpu or torch.compiler.is_compiling():
             return False
-        return _classify(type(self))[0]
+        return self._rules[0]
 
     def covers_last_batch(self) -> bool:
         """Whether the range, after :meth:`update`, always holds the batch just observed.
@@ -166,7 +169,7 @@ class RangeObserver(nn.Module):
             >>> MinMaxObserver().covers_last_batch(), MovingAverageMinMaxObserver().covers_last_batch()
             (True, False)
         """
-        return _classify(type(self))[1]
+        return self._rules[1]
 
     def update_scalar(self, input: Tensor) -> Tuple[float, float]:
         """:meth:`update` with the batch extrema as Python floats (see :meth:`supports_scalars`).
@@ -269,6 +272,11 @@ class RangeObserver(nn.Module):
             self.symmetric,
             self.power_of_two,
         )
+
+    def __setstate__(self, state) -> None:
+        # An unpickled observer takes the rules of its class in this process.
+        super().__setstate__(state)
+        self._rules = _classify(type(self))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         check_loaded_range(self, state_dict, prefix)  # before anything changes
