@@ -144,6 +144,6 @@ def correct_bias(
             "pass their float weights (float_weights=) or use aquatic.calibrate(..., "
             'rounding="adaround", bias_correction=True)',
             UserWarning,
-            stacklevel=2,
+            stacklevel=3,  # past torch.no_grad's wrapper, to the caller
         )
     return model
