@@ -167,6 +167,10 @@ def adaround(
                 report.append(RoundingRecord(name, False, why, math.nan, math.nan, 0.0))
                 continue
             inputs = _inputs(model, layer, batches, device)
+            if len(inputs) != len(targets[layer]):
+                note = "called a different number of times in the float and quantized model"
+                report.append(RoundingRecord(name, False, note, math.nan, math.nan, 0.0))
+                continue
             options = (iters, batch_size, lr, weight, generator)
             report.append(_round_layer(name, layer, inputs, targets[layer], options))
     finally:
