@@ -235,7 +235,8 @@ def _warn_skipped(report: RoundingReport) -> None:
     ]
     if named:
         warnings.warn(
-            "adaround: these layers keep their nearest rounding: " + "; ".join(named),
+            "adaround: these layers keep their weight quantizer's own rounding: "
+            + "; ".join(named),
             UserWarning,
             stacklevel=3,
         )
