@@ -200,6 +200,10 @@ def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
             label = f"{bits}-bit weights, output-MSE + bias corr."
             rows.append((label, size, accuracy(careful, x_test, y_test)))
         if args.adaround:
+            learned = uniform(model, bits, MSEObserver, calib, rounding="adaround")
+            rows.append(
+                (f"{bits}-bit weights, MSE + AdaRound", size, accuracy(learned, x_test, y_test))
+            )
             learned = uniform(model, bits, MSEObserver, calib, **_LEARNED)
             rows.append(
                 (f"{bits}-bit weights, {ADAROUND}", size, accuracy(learned, x_test, y_test))
@@ -286,7 +290,9 @@ def _pairs(names: Dict[str, List[float]]) -> List[Tuple[str, str]]:
         for how in ("MSE + bias corr.", "output-MSE + bias corr.", ADAROUND)
     ]
     pairs += [
-        (f"{b}-bit weights, {ADAROUND}", f"{b}-bit weights, MSE + bias corr.") for b in (3, 2)
+        (f"{b}-bit weights, {how}", f"{b}-bit weights, MSE + bias corr.")
+        for b in (3, 2)
+        for how in ("MSE + AdaRound", ADAROUND)
     ]
     for name in names:
         if name.startswith("mixed") and name.endswith("AdaRound"):
@@ -340,11 +346,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         allocations(seeds, args)
         return
     results = [run(seed, args) for seed in seeds]
-    rows: Dict[Tuple[str, str], List[float]] = {}
+    rows: Dict[str, List[float]] = {}
+    sizes: Dict[str, List[str]] = {}
     qat: Dict[str, Tuple[List[float], List[float]]] = {}
     for seed_rows, seed_qat in results:
         for name, size, acc in seed_rows:
-            rows.setdefault((name, size), []).append(acc)
+            rows.setdefault(name, []).append(acc)
+            if size not in sizes.setdefault(name, []):
+                sizes[name].append(size)  # an allocation's size may differ by seed
         for name, before, after in seed_qat:
             pair = qat.setdefault(name, ([], []))
             pair[0].append(before)
@@ -352,7 +361,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     seeds = f"seeds {args.seed}..{args.seed + args.seeds - 1}, mean +- std"
     print(f"\nDigits MLP 64-128-128-10, test set of 449 images, {seeds}")
     print(f"{'model':<44} {'weight bytes':>12} {'accuracy %':>16}")
-    for (name, size), accs in rows.items():
+    for name, accs in rows.items():
+        size = "/".join(sorted(sizes[name]))
         print(f"{name:<44} {size:>12} {_mean_std(accs):>16}")
     print(f"\nQAT fine-tune ({args.qat_epochs} epochs, Adam lr {args.qat_lr:g}, ranges frozen)")
     print(f"{'model':<44} {'PTQ %':>16} {'QAT %':>16}")
@@ -365,10 +375,9 @@ def main(argv: Optional[List[str]] = None) -> None:
             same = qat[f"uniform {name.split(' at ')[1].split('-')[0]}-bit"]
             print(f"{name:<44} {_paired(before, same[0]):>22} {_paired(after, same[1]):>22}")
     print("\nPaired by seed (mean +- standard error, wins/losses)")
-    by_name = {name: accs for (name, _), accs in rows.items()}
-    for first, second in _pairs(by_name):
+    for first, second in _pairs(rows):
         label = f"{first.replace(' weights', '')} - {second.replace(' weights', '')}"
-        print(f"{label:<76} {_paired(by_name[first], by_name[second]):>22}")
+        print(f"{label:<76} {_paired(rows[first], rows[second]):>22}")
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
 
 
