@@ -16,12 +16,14 @@ images, reports test accuracy for:
   calibration inputs rather than the weight's own error (+ bias correction);
 - torch.ao eager-mode PTQ (x86 default qconfig: per-channel int8 weights, histogram
   int8 activations) as a reference row, when the quantized engine is available;
-- with ``--adaround``: the uniform widths and the mixed precision above with learned
-  rounding (``aquatic.calibrate(..., rounding="adaround")``, MSE ranges + bias
-  correction; mixed precision judged with it, ``rounding_iters`` 300 in the analysis).
+- with ``--adaround``: the uniform widths with learned rounding
+  (``aquatic.calibrate(..., rounding="adaround")`` after MSE ranges, without and with
+  bias correction), and the mixed precision above with it on both sides (judged with
+  it, ``rounding_iters`` 300 in the analysis; calibrated with it and bias correction).
 
 Paired differences (seed by seed, mean +- standard error, wins/losses) follow the
-tables: the 4-bit variants minus min/max, and mixed minus uniform at each size.
+tables: the 4-bit variants minus min/max, learned minus nearest rounding, and mixed
+minus uniform at each size.
 
 Every figure is the mean over ``--seeds`` seeds (each its own data split, float
 training and fine-tune order): one test image is 0.22 percentage points, and single
@@ -31,7 +33,8 @@ Usage::
 
     python benchmarks/ptq.py [--epochs 40] [--seed 0] [--seeds 10] [--threads 1]
     python benchmarks/ptq.py --allocations   # every allocation at the 3-bit size
-    python benchmarks/ptq.py --adaround      # also learned rounding (about 10 min more)
+    python benchmarks/ptq.py --adaround      # also learned rounding (about 20 min more)
+    python benchmarks/ptq.py --allocations --adaround   # the allocations, learned rounding
 
 Needs scikit-learn (``pip install -e '.[demo]'``).
 """
@@ -102,7 +105,7 @@ def uniform(model: nn.Module, bits: int, observer, calib, **options) -> nn.Modul
 
 @torch.no_grad()
 def output_mse_qconfigs(model: nn.Module, bits: int, calib: List[Tensor]) -> Dict[str, QConfig]:
-    """Per layer, symmetric per-channel ``bits``-bit weights whose clip minimises the
+    r"""Per layer, symmetric per-channel ``bits``-bit weights whose clip minimises the
     layer's output error on the calibration inputs, not the weight's own error.
 
     Output channel ``c`` of a Linear layer errs by :math:`\Delta_c x` for the rounding
