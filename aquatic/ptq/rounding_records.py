@@ -10,15 +10,16 @@ __all__ = ["RoundingRecord", "RoundingReport"]
 class RoundingRecord(NamedTuple):
     """What learned rounding did to one layer.
 
-    Attributes:
-        layer: the layer's qualified name.
-        rounded: whether its weight now holds a learned rounding.
-        note: why not (or why the nearest rounding was kept); empty when rounded.
-        nearest_mse: the mean squared error of the layer's output with its weight
-            rounded to nearest, against the float model's, on the calibration inputs
-            (``nan`` for a layer skipped).
-        learned_mse: the same with the rounding kept (``nan`` for a layer skipped).
-        flipped: the fraction of weights rounded the other way than to nearest.
+    The fields, in order:
+
+    - ``layer``: the layer's qualified name;
+    - ``rounded``: whether its weight now holds a learned rounding;
+    - ``note``: why not (or why the nearest rounding was kept); empty when rounded;
+    - ``nearest_mse``: the mean squared error of the layer's output with its weight
+      rounded to nearest, against the float model's, on the calibration inputs
+      (``nan`` for a layer skipped);
+    - ``learned_mse``: the same with the rounding kept (``nan`` for a layer skipped);
+    - ``flipped``: the fraction of weights rounded the other way than to nearest.
     """
 
     layer: str
