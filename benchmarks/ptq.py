@@ -12,8 +12,18 @@ images, reports test accuracy for:
   3-bit and of uniform 2-bit weights, against uniform weights of that size, straight
   after calibration and after the same short QAT fine-tune (5 epochs, Adam, lr 1e-3,
   ranges frozen), with the paired differences (mixed minus uniform, seed by seed);
+- 4- and 3-bit weights whose per-channel clip minimises the layer's output error on the
+  calibration inputs rather than the weight's own error (+ bias correction);
 - torch.ao eager-mode PTQ (x86 default qconfig: per-channel int8 weights, histogram
-  int8 activations) as a reference row, when the quantized engine is available.
+  int8 activations) as a reference row, when the quantized engine is available;
+- with ``--adaround``: the uniform widths with learned rounding
+  (``aquatic.calibrate(..., rounding="adaround")`` after MSE ranges, without and with
+  bias correction), and the mixed precision above with it on both sides (judged with
+  it, ``rounding_iters`` 300 in the analysis; calibrated with it and bias correction).
+
+Paired differences (seed by seed, mean +- standard error, wins/losses) follow the
+tables: the 4-bit variants minus min/max, learned minus nearest rounding, and mixed
+minus uniform at each size.
 
 Every figure is the mean over ``--seeds`` seeds (each its own data split, float
 training and fine-tune order): one test image is 0.22 percentage points, and single
@@ -23,6 +33,8 @@ Usage::
 
     python benchmarks/ptq.py [--epochs 40] [--seed 0] [--seeds 10] [--threads 1]
     python benchmarks/ptq.py --allocations   # every allocation at the 3-bit size
+    python benchmarks/ptq.py --adaround      # also learned rounding (about 20 min more)
+    python benchmarks/ptq.py --allocations --adaround   # the allocations, learned rounding
 
 Needs scikit-learn (``pip install -e '.[demo]'``).
 """
@@ -43,9 +55,15 @@ import aquatic
 from aquatic.demo import load_digits
 from aquatic.observers import MinMaxObserver, MSEObserver
 from aquatic.ptq import weight_qconfig
+from aquatic.qconfig import QConfig
+from aquatic.quantizers import UniformQuantizer
 
 Row = Tuple[str, str, float]
 QatRow = Tuple[str, float, float]
+
+#: The names of the MLP's three Linear layers.
+LAYERS = ("0", "2", "4")
+ADAROUND = "MSE + AdaRound + bias corr."
 
 
 def make_mlp() -> nn.Sequential:
@@ -80,9 +98,50 @@ def weight_bytes(model: nn.Module, bits: dict) -> int:
     return sum(math.ceil(layers[n].weight.numel() * b / 8) for n, b in bits.items())
 
 
-def uniform(model: nn.Module, bits: int, observer, calib, bias_correction=False) -> nn.Module:
+def uniform(model: nn.Module, bits: int, observer, calib, **options) -> nn.Module:
     qmodel = aquatic.quantize(model, weight_qconfig(bits, observer=observer))
-    return aquatic.calibrate(qmodel, calib, progress=False, bias_correction=bias_correction)
+    return aquatic.calibrate(qmodel, calib, progress=False, **options)
+
+
+@torch.no_grad()
+def output_mse_qconfigs(model: nn.Module, bits: int, calib: List[Tensor]) -> Dict[str, QConfig]:
+    r"""Per layer, symmetric per-channel ``bits``-bit weights whose clip minimises the
+    layer's output error on the calibration inputs, not the weight's own error.
+
+    Output channel ``c`` of a Linear layer errs by :math:`\Delta_c x` for the rounding
+    error :math:`\Delta_c` of its weight row, so its mean squared output error is
+    :math:`\Delta_c \Sigma \Delta_c^T` with :math:`\Sigma = E[x x^T]` the second moment
+    of the layer's (float) inputs; each channel's clip is the one of 81 (20% to 100% of
+    the row's largest magnitude) with the least such error. The scales are then fixed.
+    """
+    inputs: Dict[str, List[Tensor]] = {name: [] for name in LAYERS}
+    handles = [
+        model[int(name)].register_forward_pre_hook(
+            lambda module, args, name=name: inputs[name].append(args[0])
+        )
+        for name in LAYERS
+    ]
+    for batch in calib:
+        model(batch)
+    for handle in handles:
+        handle.remove()
+    top = 2 ** (bits - 1) - 1  # narrow range: codes -top..top
+    ratios = torch.linspace(0.2, 1.0, 81, dtype=torch.float64)
+    mapping = {}
+    for name in LAYERS:
+        x = torch.cat(inputs[name]).double()
+        moment = x.T @ x / len(x)
+        w = model[int(name)].weight.double()
+        scales = w.abs().amax(dim=1)[None, :] * ratios[:, None] / top  # (ratio, channel)
+        steps = torch.clamp(torch.round(w[None] / scales[..., None]), -top, top)
+        error = steps * scales[..., None] - w[None]
+        cost = torch.einsum("rci,ij,rcj->rc", error, moment, error)
+        best = scales.gather(0, cost.argmin(dim=0, keepdim=True))[0]
+        weight = UniformQuantizer.with_args(
+            bits=bits, narrow_range=True, ch_axis=0, scale=best.float()
+        )
+        mapping[name] = QConfig(weight=weight)
+    return mapping
 
 
 def torch_ao_ptq(model: nn.Module, calib: List[Tensor], x: Tensor, y: Tensor) -> Optional[float]:
@@ -106,6 +165,10 @@ def torch_ao_ptq(model: nn.Module, calib: List[Tensor], x: Tensor, y: Tensor) ->
         return None
 
 
+#: Learned rounding after MSE ranges, then bias correction, as the AdaRound rows calibrate.
+_LEARNED = dict(bias_correction=True, rounding="adaround")
+
+
 def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
     """Every row of the tables for one seed (data split, float training, fine-tune)."""
     x_train, y_train, x_test, y_test = load_digits(seed=seed)
@@ -115,7 +178,7 @@ def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
     calib = [x_train[i : i + 64] for i in range(0, 640, 64)]
     rows: List[Row] = []
     float_acc = accuracy(model, x_test, y_test)
-    all_bytes = {n: 32 for n in ("0", "2", "4")}
+    all_bytes = {n: 32 for n in LAYERS}
     rows.append(("float32", f"{weight_bytes(model, all_bytes)}", float_acc))
 
     int8 = aquatic.calibrate(aquatic.quantize(model, aquatic.qconfig.int8), calib, progress=False)
@@ -125,7 +188,7 @@ def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
         rows.append(("int8 PTQ, torch.ao eager (x86 qconfig)", "", reference))
 
     for bits in (4, 3, 2):
-        size = str(weight_bytes(model, {n: bits for n in ("0", "2", "4")}))
+        size = str(weight_bytes(model, {n: bits for n in LAYERS}))
         minmax = uniform(model, bits, MinMaxObserver, calib)
         mse = uniform(model, bits, MSEObserver, calib)
         corrected = uniform(model, bits, MSEObserver, calib, bias_correction=True)
@@ -134,10 +197,24 @@ def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
         rows.append(
             (f"{bits}-bit weights, MSE + bias corr.", size, accuracy(corrected, x_test, y_test))
         )
+        if bits > 2:
+            careful = aquatic.quantize(model, output_mse_qconfigs(model, bits, calib))
+            careful = aquatic.calibrate(careful, calib, progress=False, bias_correction=True)
+            label = f"{bits}-bit weights, output-MSE + bias corr."
+            rows.append((label, size, accuracy(careful, x_test, y_test)))
+        if args.adaround:
+            learned = uniform(model, bits, MSEObserver, calib, rounding="adaround")
+            rows.append(
+                (f"{bits}-bit weights, MSE + AdaRound", size, accuracy(learned, x_test, y_test))
+            )
+            learned = uniform(model, bits, MSEObserver, calib, **_LEARNED)
+            rows.append(
+                (f"{bits}-bit weights, {ADAROUND}", size, accuracy(learned, x_test, y_test))
+            )
 
     qat_rows: List[QatRow] = []
     for bits, configurations in ((3, ((2, 4, 8), (1, 2, 3, 4, 8))), (2, ((1, 2, 3, 4, 8),))):
-        budget = weight_bytes(model, {n: bits for n in ("0", "2", "4")})
+        budget = weight_bytes(model, {n: bits for n in LAYERS})
         same = uniform(model, bits, MSEObserver, calib, bias_correction=True)
         variants = [(f"uniform {bits}-bit", same)]
         for candidates in configurations:
@@ -152,6 +229,23 @@ def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
             rows.append((label, str(mapping.cost), accuracy(mixed, x_test, y_test)))
             print(f"seed {seed}: {label}: bits {mapping.bits}")
             variants.append((label, mixed))
+            if args.adaround:
+                mapping = aquatic.mixed_precision(
+                    model,
+                    calib,
+                    budget=budget,
+                    candidates=candidates,
+                    progress=False,
+                    rounding="adaround",
+                    rounding_iters=300,
+                )
+                for suffix, options in (("", {}), (" + bias corr.", _LEARNED)):
+                    options = dict(options, rounding="adaround")
+                    mixed = aquatic.quantize(model, mapping)
+                    mixed = aquatic.calibrate(mixed, calib, progress=False, **options)
+                    name = f"{label}, AdaRound{suffix}"
+                    rows.append((name, str(mapping.cost), accuracy(mixed, x_test, y_test)))
+                print(f"seed {seed}: {label}, AdaRound: bits {mapping.bits}")
         for name, qmodel in variants:
             before = accuracy(qmodel, x_test, y_test)
             train(qmodel, x_train, y_train, args.qat_epochs, args.qat_lr, seed)
@@ -176,18 +270,40 @@ def allocations(seeds: range, args: argparse.Namespace) -> None:
         calib = [x_train[i : i + 64] for i in range(0, 640, 64)]
         row = []
         for widths in THREE_BIT_SIZE:
-            mapping = {n: weight_qconfig(b) for n, b in zip(("0", "2", "4"), widths)}
+            mapping = {n: weight_qconfig(b) for n, b in zip(LAYERS, widths)}
             qmodel = aquatic.quantize(model, mapping)
-            qmodel = aquatic.calibrate(qmodel, calib, progress=False, bias_correction=True)
+            options = _LEARNED if args.adaround else dict(bias_correction=True)
+            qmodel = aquatic.calibrate(qmodel, calib, progress=False, **options)
             row.append(accuracy(qmodel, x_test, y_test))
         accs.append(row)
-    print("\nEvery allocation at the 3-bit size (MSE + bias corr.), minus uniform 3-bit")
+    how = ADAROUND if args.adaround else "MSE + bias corr."
+    print(f"\nEvery allocation at the 3-bit size ({how}), minus uniform 3-bit")
     for k, widths in enumerate(THREE_BIT_SIZE):
-        size = weight_bytes(make_mlp(), dict(zip(("0", "2", "4"), widths)))
+        size = weight_bytes(make_mlp(), dict(zip(LAYERS, widths)))
         column = [row[k] for row in accs]
         paired = _paired(column, [row[0] for row in accs])
         label = "/".join(map(str, widths))
         print(f"{label:<8} {size:>6} bytes {_mean_std(column):>16} {paired:>24}")
+
+
+def _pairs(names: Dict[str, List[float]]) -> List[Tuple[str, str]]:
+    """The comparisons the acceptance criteria ask for, among the rows there are."""
+    pairs = [
+        (f"4-bit weights, {how}", "4-bit weights, min/max")
+        for how in ("MSE + bias corr.", "output-MSE + bias corr.", "MSE + AdaRound", ADAROUND)
+    ]
+    pairs += [
+        (f"{b}-bit weights, {how}", f"{b}-bit weights, MSE + bias corr.")
+        for b in (3, 2)
+        for how in ("MSE + AdaRound", ADAROUND)
+    ]
+    for name in names:
+        if name.startswith("mixed") and "AdaRound" in name:
+            bits = name.split(" at ")[1].split("-")[0]
+            how = ADAROUND if name.endswith("bias corr.") else "MSE + AdaRound"
+            pairs.append((name, f"{bits}-bit weights, {how}"))
+            pairs.append((name, f"{bits}-bit weights, MSE + bias corr."))
+    return [(a, b) for a, b in pairs if a in names and b in names]
 
 
 def _mean_std(values: List[float]) -> str:
@@ -222,6 +338,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         action="store_true",
         help="only compare every allocation at the 3-bit size with uniform 3-bit",
     )
+    parser.add_argument(
+        "--adaround",
+        action="store_true",
+        help="add learned rounding (AdaRound) rows; with --allocations, calibrate with it",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -230,11 +351,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         allocations(seeds, args)
         return
     results = [run(seed, args) for seed in seeds]
-    rows: Dict[Tuple[str, str], List[float]] = {}
+    rows: Dict[str, List[float]] = {}
+    sizes: Dict[str, List[str]] = {}
     qat: Dict[str, Tuple[List[float], List[float]]] = {}
     for seed_rows, seed_qat in results:
         for name, size, acc in seed_rows:
-            rows.setdefault((name, size), []).append(acc)
+            rows.setdefault(name, []).append(acc)
+            if size not in sizes.setdefault(name, []):
+                sizes[name].append(size)  # an allocation's size may differ by seed
         for name, before, after in seed_qat:
             pair = qat.setdefault(name, ([], []))
             pair[0].append(before)
@@ -242,7 +366,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     seeds = f"seeds {args.seed}..{args.seed + args.seeds - 1}, mean +- std"
     print(f"\nDigits MLP 64-128-128-10, test set of 449 images, {seeds}")
     print(f"{'model':<44} {'weight bytes':>12} {'accuracy %':>16}")
-    for (name, size), accs in rows.items():
+    for name, accs in rows.items():
+        size = "/".join(sorted(sizes[name]))
         print(f"{name:<44} {size:>12} {_mean_std(accs):>16}")
     print(f"\nQAT fine-tune ({args.qat_epochs} epochs, Adam lr {args.qat_lr:g}, ranges frozen)")
     print(f"{'model':<44} {'PTQ %':>16} {'QAT %':>16}")
@@ -254,6 +379,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         if name.startswith("mixed"):
             same = qat[f"uniform {name.split(' at ')[1].split('-')[0]}-bit"]
             print(f"{name:<44} {_paired(before, same[0]):>22} {_paired(after, same[1]):>22}")
+    print("\nPaired by seed (mean +- standard error, wins/losses)")
+    for first, second in _pairs(rows):
+        label = f"{first.replace(' weights', '')} - {second.replace(' weights', '')}"
+        print(f"{label:<92} {_paired(rows[first], rows[second]):>22}")
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
 
 

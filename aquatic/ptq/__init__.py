@@ -8,6 +8,7 @@ The road from a trained float model to one that fits a budget, in four calls::
     mapping = aquatic.mixed_precision(model, loader, budget=aquatic.ptq.WeightBytes(4096))
 """
 
+from aquatic.ptq.learned_rounding import adaround
 from aquatic.ptq.allocation import MixedPrecision, allocate, mixed_precision
 from aquatic.ptq.bias_correction import correct_bias
 from aquatic.ptq.budgets import BitOps, WeightBytes
@@ -16,10 +17,12 @@ from aquatic.ptq.chip_budget import ChipBudget
 from aquatic.ptq.candidates import weight_qconfig
 from aquatic.ptq.layer_sensitivity import LayerRunner, sensitivity
 from aquatic.ptq.records import SensitivityRecord, SensitivityTable
+from aquatic.ptq.rounding_records import RoundingRecord, RoundingReport
 
 __all__ = [
     "calibrate",
     "correct_bias",
+    "adaround",
     "sensitivity",
     "mixed_precision",
     "allocate",
@@ -31,4 +34,6 @@ __all__ = [
     "LayerRunner",
     "SensitivityRecord",
     "SensitivityTable",
+    "RoundingRecord",
+    "RoundingReport",
 ]

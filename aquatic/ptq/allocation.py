@@ -150,6 +150,8 @@ def mixed_precision(
     qconfig_for: Callable[[int], QConfig] = weight_qconfig,
     num_batches: Optional[int] = None,
     progress: bool = True,
+    rounding: str = "nearest",
+    rounding_iters: int = 1000,
 ) -> MixedPrecision:
     """A weight bit width per layer that fits ``budget`` and loses the least.
 
@@ -194,6 +196,10 @@ def mixed_precision(
             MSE-optimal ranges); give one that also quantizes activations for a fully
             quantized model. Not with a chip budget (its own quantizer is measured).
         num_batches, progress: as for :func:`aquatic.sensitivity`.
+        rounding, rounding_iters: how the sensitivity analysis rounds each quantized
+            layer's weights, as for :func:`aquatic.calibrate`: with ``"adaround"`` the
+            allocation is judged after learned rounding (then calibrate the result with
+            ``rounding="adaround"`` too).
 
     Returns:
         A :class:`~aquatic.ptq.MixedPrecision`: ``{layer name: QConfig}`` for
@@ -241,7 +247,15 @@ def mixed_precision(
         # Whether the network fits at all, before the analysis: the chip's own check.
         budget.verify(model, budget.mapping(model, _synapses(model, max(bits))), batches[:1])
     labelled = {b: qconfig_for(b) for b in bits}
-    table = sensitivity(model, labelled, batches, metric, progress=progress)
+    table = sensitivity(
+        model,
+        labelled,
+        batches,
+        metric,
+        progress=progress,
+        rounding=rounding,
+        rounding_iters=rounding_iters,
+    )
     layers = [(name, dict(model.named_modules())[name]) for name in table.as_dict()]
     cost = costs(budget, layers, bits, _macs(model, layers, batches))
     limit = budget.limit

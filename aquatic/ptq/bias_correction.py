@@ -18,7 +18,8 @@ or without a weight quantizer are left alone.
 from __future__ import annotations
 
 import copy
-from typing import Any, List, Optional, Tuple
+import warnings
+from typing import Any, List, Mapping, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -50,10 +51,13 @@ def _channel_dim(layer: nn.Module, output: Tensor) -> int:
 
 
 @torch.no_grad()
-def _twins(layer: TorchTwin) -> Tuple[nn.Module, nn.Module]:
-    """Plain torch copies of ``layer``: float weight, and quantized weight (float bias)."""
+def _twins(layer: TorchTwin, float_weight: Optional[Tensor]) -> Tuple[nn.Module, nn.Module]:
+    """Plain torch copies of ``layer``: float weight (``float_weight`` if given), and
+    quantized weight (float bias)."""
     with disable_fake_quant(layer):
         float_twin = layer.to_float(baked=True)
+    if float_weight is not None:
+        float_twin.weight.copy_(float_weight)
     quantizer = layer.quantizers["weight"]
     with eval_mode([quantizer]):
         weight = quantizer(layer.weight)
@@ -73,24 +77,41 @@ def _observe_bias_again(layer: TorchTwin) -> None:
 
 
 @torch.no_grad()
-def correct_bias(model: nn.Module, batches: List[Any], progress: bool = False) -> nn.Module:
+def correct_bias(
+    model: nn.Module,
+    batches: List[Any],
+    progress: bool = False,
+    float_weights: Optional[Mapping[str, Tensor]] = None,
+) -> nn.Module:
     """Add to each quantized layer's bias the mean output shift its weight quantization causes.
 
     Args:
         model: a calibrated model (weight quantizers with ranges).
         batches: the calibration batches (as for :func:`aquatic.calibrate`).
         progress: show a tqdm progress bar over the layers.
+        float_weights: ``{layer name: float weight}`` for layers whose weight no longer
+            holds the float value (moved onto its grid by :func:`aquatic.ptq.adaround`):
+            the shift is measured against these. Others use their own weight.
 
     Returns:
         ``model``, its biases corrected in place.
+
+    Warns:
+        UserWarning: naming the layers whose weight lies on its grid already (nothing to
+            correct against), unless ``float_weights`` gives theirs.
     """
+    float_weights = dict(float_weights or {})
+    on_grid: List[str] = []
     device = device_of(model)
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
         layers = correctable_layers(model)
-        for _, layer in progress_bar(layers, progress, "bias correction"):
-            float_twin, quant_twin = _twins(layer)
+        for name, layer in progress_bar(layers, progress, "bias correction"):
+            float_twin, quant_twin = _twins(layer, float_weights.get(name))
+            if name not in float_weights and torch.equal(float_twin.weight, quant_twin.weight):
+                on_grid.append(name)
+                continue
             total: List[Optional[Tensor]] = [None]
             count = [0]
 
@@ -116,4 +137,13 @@ def correct_bias(model: nn.Module, batches: List[Any], progress: bool = False) -
     finally:
         for module, mode in modes:
             module.training = mode
+    if on_grid:
+        warnings.warn(
+            f"correct_bias: the weights of {', '.join(on_grid)} lie on their grid already, "
+            "so there is no shift to correct; if aquatic.ptq.adaround moved them there, "
+            "pass their float weights (float_weights=) or use aquatic.calibrate(..., "
+            'rounding="adaround", bias_correction=True)',
+            UserWarning,
+            stacklevel=3,  # past torch.no_grad's wrapper, to the caller
+        )
     return model

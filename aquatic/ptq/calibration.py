@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from aquatic.observers import RangeObserver
+from aquatic.ptq.learned_rounding import adaround
 from aquatic.ptq.batches import (
     check_model,
     device_of,
@@ -16,12 +17,15 @@ from aquatic.ptq.batches import (
     reset_states,
     take_batches,
 )
-from aquatic.ptq.bias_correction import correct_bias
+from aquatic.ptq.bias_correction import correct_bias, correctable_layers
 from aquatic.quantizers.base import Quantizer
 from aquatic.quantizers.learned_init import calibration_observer, initialize_from
 from aquatic.switches import freeze_observers
 
-__all__ = ["calibrate", "quantizers_of"]
+__all__ = ["calibrate", "quantizers_of", "ROUNDINGS"]
+
+#: How :func:`calibrate` rounds weights: as the quantizers do, or learned (AdaRound).
+ROUNDINGS = ("nearest", "adaround")
 
 
 def quantizers_of(model: nn.Module) -> List[Quantizer]:
@@ -35,6 +39,8 @@ def calibrate(
     num_batches: Optional[int] = None,
     progress: bool = True,
     bias_correction: bool = False,
+    rounding: str = "nearest",
+    rounding_iters: int = 1000,
 ) -> nn.Module:
     """Set every quantizer's range from ``data``, then freeze the observers.
 
@@ -48,11 +54,17 @@ def calibrate(
       :func:`aquatic.enable_observers`;
     - learned quantizers (LSQ, LSQ+, PACT) start from the range with the least
       quantization error over the batches (:mod:`aquatic.quantizers.learned_init`);
+    - with ``rounding="adaround"``, each weight's rounding (down or up) is learned
+      layer by layer to keep the layer's output close to the float model's, and baked
+      into the weight (:func:`aquatic.ptq.adaround`, Nagel et al. 2020;
+      ``rounding_iters`` steps per layer, seed 0);
     - with ``bias_correction``, each layer's bias absorbs the mean shift of its output
       that weight quantization causes (:func:`aquatic.ptq.correct_bias`).
 
     Ranges observed before are discarded, so calibrating twice on the same data gives
-    the same model (neuron states are reset before and after). Every module's own
+    the same model (neuron states are reset before and after; with
+    ``rounding="adaround"`` the weights move, so a second call starts from the moved
+    weights). Every module's own
     training mode is restored at the end.
 
     With torch.ao and aquatic side by side::
@@ -75,14 +87,19 @@ def calibrate(
         progress: show a tqdm progress bar (when tqdm is installed; without it,
             calibration runs without a bar).
         bias_correction: correct biases for weight quantization (empirical bias
-            correction, Nagel et al. 2019).
+            correction, Nagel et al. 2019), after the rounding.
+        rounding: how weights reach their grid: ``"nearest"`` (as the weight
+            quantizers round) or ``"adaround"`` (learned on ``data``, see above; a
+            ``UserWarning`` names the layers it cannot round).
+        rounding_iters: optimisation steps per layer for ``rounding="adaround"``.
 
     Returns:
         ``model``, calibrated in place.
 
     Raises:
         TypeError: ``model`` is not a module, or ``data`` is not an iterable of batches.
-        ValueError: ``data`` has no batches, or ``model`` has no quantizers.
+        ValueError: ``data`` has no batches, or ``model`` has no quantizers; an unknown
+            ``rounding``, or a bad ``rounding_iters``.
 
     Example:
         >>> import torch, aquatic
@@ -96,6 +113,19 @@ def calibrate(
         False
     """
     check_model(model, "calibrate")
+    if rounding not in ROUNDINGS:
+        raise ValueError(
+            f"calibrate: unknown rounding {rounding!r}; use one of "
+            f"{', '.join(map(repr, ROUNDINGS))}"
+        )
+    if (
+        isinstance(rounding_iters, bool)
+        or not isinstance(rounding_iters, int)
+        or rounding_iters < 1
+    ):
+        raise ValueError(
+            f"calibrate: rounding_iters must be a positive int, got {rounding_iters!r}"
+        )
     quantizers = quantizers_of(model)
     if not quantizers:
         raise ValueError(
@@ -131,8 +161,13 @@ def calibrate(
         if observer.initialized:
             initialize_from(quantizer, observer)
     freeze_observers(model)
+    float_weights = None
+    if rounding == "adaround":
+        if bias_correction:  # the rounding moves the weights: keep the float ones
+            float_weights = {n: m.weight.detach().clone() for n, m in correctable_layers(model)}
+        adaround(model, batches, iters=rounding_iters, progress=progress)
     if bias_correction:
-        correct_bias(model, batches, progress)
+        correct_bias(model, batches, progress, float_weights)
     return model
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import torch
@@ -71,10 +72,20 @@ class LayerRunner:
             analysed).
         batches: the data, as for :func:`aquatic.calibrate`.
         progress: tqdm bar for the caching pass.
+        rounding, rounding_iters: how each quantized layer's weights are rounded, as
+            for :func:`aquatic.calibrate`.
     """
 
-    def __init__(self, model: nn.Module, batches: List[Any], progress: bool = False) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: List[Any],
+        progress: bool = False,
+        rounding: str = "nearest",
+        rounding_iters: int = 1000,
+    ) -> None:
         self.model = model
+        self.rounding, self.rounding_iters = rounding, rounding_iters
         self.batches = batches
         self.device = device_of(model)
         # Layers with one weight tensor (Linear, convolutions): what the costs count.
@@ -138,10 +149,19 @@ class LayerRunner:
 
     def quantized_layer(self, name: str, qconfig: QConfig) -> nn.Module:
         """Layer ``name`` quantized with ``qconfig`` and calibrated on its cached inputs."""
-        quantized = twin_of(dict(self.layers)[name], qconfig)
+        layer = dict(self.layers)[name]
+        if self.rounding != "nearest":  # the rounding moves the weight: not the model's
+            layer = copy.deepcopy(layer)
+        quantized = twin_of(layer, qconfig)
         quantized.eval()
         if any(True for _ in quantized.quantizers.modules()):
-            calibrate(quantized, self.inputs[name], progress=False)
+            calibrate(
+                quantized,
+                self.inputs[name],
+                progress=False,
+                rounding=self.rounding,
+                rounding_iters=self.rounding_iters,
+            )
         return quantized
 
 
@@ -166,6 +186,8 @@ def sensitivity(
     metric: Optional[Metric] = None,
     num_batches: Optional[int] = None,
     progress: bool = True,
+    rounding: str = "nearest",
+    rounding_iters: int = 1000,
 ) -> SensitivityTable:
     """Quantize one layer at a time, with each candidate, and measure the damage.
 
@@ -190,6 +212,9 @@ def sensitivity(
             ``None`` for the mean squared error against the float model's output.
         num_batches: use the first ``num_batches`` batches; ``None`` for all.
         progress: tqdm progress bar (when tqdm is installed).
+        rounding, rounding_iters: how each quantized layer's weights are rounded, as
+            for :func:`aquatic.calibrate` (``"adaround"``: each variant is judged after
+            learned rounding, on the layer's cached inputs).
 
     Returns:
         A :class:`~aquatic.ptq.SensitivityTable` of ``(layer, candidate, change)``
@@ -224,7 +249,7 @@ def sensitivity(
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        runner = LayerRunner(model, batches, progress)
+        runner = LayerRunner(model, batches, progress, rounding, rounding_iters)
         baseline = 0.0 if metric is None else _score(runner.outputs, runner, metric)
         table = SensitivityTable(metric=_metric_name(metric), baseline=baseline)
         work = [(name, label, qconfig) for name, _ in runner.layers for label, qconfig in pairs]

@@ -1,4 +1,5 @@
-"""Calibration, bias correction, sensitivity and mixed precision on a CUDA device."""
+"""Calibration, bias correction, learned rounding, sensitivity and mixed precision on a
+CUDA device."""
 
 import pytest
 import torch
@@ -41,3 +42,19 @@ def test_ptq_road_on_cuda():
     assert len(table) == 4
     mapping = aquatic.mixed_precision(model, batches, budget=200, progress=False)
     assert mapping.cost <= 200
+
+
+def test_learned_rounding_on_cuda():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv1d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 4)).cuda()
+    mixing = torch.randn(3, 3)
+    batches = [torch.einsum("ij,njt->nit", mixing, torch.randn(16, 3, 8)) for _ in range(3)]
+    qmodel = aquatic.quantize(model, aquatic.ptq.weight_qconfig(3))
+    qmodel = aquatic.calibrate(qmodel, batches, progress=False)
+    report = aquatic.ptq.adaround(qmodel, batches, iters=50, progress=False)
+    assert [r.layer for r in report] == ["0", "3"]
+    for record, layer in zip(report, (qmodel[0], qmodel[3])):
+        assert layer.weight.device.type == "cuda"
+        assert record.learned_mse <= record.nearest_mse
+        weight = layer.weight
+        assert torch.equal(layer.quantizers["weight"](weight), weight) == record.rounded
