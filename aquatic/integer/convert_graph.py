@@ -26,8 +26,8 @@ from aquatic.integer.convert_nodes import NodeContext, convert_node
 from aquatic.integer.graph import IntegerGraph, Ref, Step
 from aquatic.integer.reading import check_observed, describe
 from aquatic.integer.build_attention import build_attention
-from aquatic.integer.build_transformer import build_encoder
-from aquatic.integer.transformer import INPUT, Program
+from aquatic.integer.build_transformer import build_decoder, build_encoder
+from aquatic.integer.transformer import INPUT, MEMORY, Program
 from aquatic.nn import LSTM, ActivationQuantizer, Add, Cat, MultiheadAttention, Mul
 
 __all__ = ["convert_graph"]
@@ -146,6 +146,9 @@ class _Builder:
         if isinstance(module, MultiheadAttention):
             self.attention(node, module, where)
             return
+        if isinstance(module, (nn.TransformerDecoder, nn.TransformerDecoderLayer)):
+            self.decoder(node, module, where)
+            return
         if len(node.args) != 1 or node.kwargs:
             raise TypeError(
                 f"{where} is called with {len(node.args)} arguments and {len(node.kwargs)} "
@@ -184,14 +187,39 @@ class _Builder:
         """A transformer encoder (layer): each integer module of its program a step."""
         program = Program()
         _, spec = build_encoder(node.target, module, spec, program)
-        keys = {INPUT: self.refs(node.args[0])}
+        self.program(node, program, {INPUT: node.args[0]}, spec)
+
+    def decoder(self, node: fx.Node, module: nn.Module, where: str) -> None:
+        """``decoder(tgt, memory)``, a transformer decoder (layer) without masks: each
+        integer module of its program a step."""
+        names = ("tgt", "memory")
+        inputs = dict(zip(names, node.args))
+        inputs.update({k: v for k, v in node.kwargs.items() if k in names})
+        extra = {k: v for k, v in node.kwargs.items() if k not in names}
+        given = {k: v for k, v in extra.items() if v not in (None, False)}
+        if len(node.args) > 2 or set(inputs) != set(names) or given:
+            raise TypeError(
+                f"{where} is called with {sorted(set(given) | set(inputs))}; the integer "
+                "graph converts decoder(tgt, memory) without masks (tgt_mask, memory_mask, "
+                "key padding masks and causal flags are refused)"
+            )
+        program = Program()
+        specs = [self.spec(inputs[k], where) for k in names]
+        _, spec = build_decoder(node.target, module, *specs, program)
+        self.program(node, program, {INPUT: inputs["tgt"], MEMORY: inputs["memory"]}, spec)
+
+    def program(self, node: fx.Node, program: Program, inputs: Dict[str, Any], spec) -> None:
+        """Each instruction of ``program`` a step reading the graph values ``inputs``
+        (by the program's names for them); the last one's value is ``node``."""
+        keys = {name: self.refs(value) for name, value in inputs.items()}
         for step in program:
             key = f"{node.name}.{step.key}".replace(".", "_")
             keys[step.key] = Ref(key)
             self.ops[key] = step.module
             self.steps.append(Step(key, key, None, tuple(keys[a] for a in step.args), {}))
-        self.alias[node.name] = str(keys[program[-1].key])
-        self.specs[node.name] = spec
+        last = str(keys[program[-1].key])
+        self.alias[node.name] = last
+        self.specs[node.name] = self.specs[last] = spec  # the graph may return it
 
     def _function(self, name: str, function: str, args: tuple) -> None:
         self.steps.append(Step(name, None, function, args, {}))

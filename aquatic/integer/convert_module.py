@@ -37,7 +37,8 @@ from aquatic.nn.twin import TorchTwin
 
 __all__ = ["PASSIVE", "TRANSFORMERS", "convert_module", "input_spec"]
 
-#: Transformer layers and stacks: converted (encoders) or refused by name (decoders).
+#: Transformer layers and stacks: encoders convert in a chain; decoders, which take two
+#: inputs, are refused by name there (they convert in a traced graph).
 TRANSFORMERS = (
     nn.TransformerEncoder,
     nn.TransformerEncoderLayer,
@@ -57,8 +58,8 @@ _SUPPORTED = (
     "aquatic.nn Linear, Conv1d-3d, ConvTranspose1d-3d, ActivationQuantizer, LIF, "
     "LIFRecurrent, IAF, ExpLeak, RNN, GRU, LSTM, Embedding, EmbeddingBag, SelectOutput, "
     "LastStep, LayerNorm, TransformerEncoderLayer (and torch.nn.TransformerEncoder of "
-    "them), AvgPool1d/2d, MaxPool1d/2d, SumPool1d/2d; torch.nn ReLU, "
-    "ReLU6, Hardtanh, AdaptiveAvgPool1d/2d, MaxPool1d-3d, AvgPool1d-3d, Flatten, "
+    "them; TransformerDecoderLayer in a forward of one's own), AvgPool1d/2d, "
+    "MaxPool1d/2d, SumPool1d/2d; torch.nn ReLU, ReLU6, Hardtanh, AdaptiveAvgPool1d/2d, MaxPool1d-3d, AvgPool1d-3d, Flatten, "
     "Unflatten, Identity, Dropout, aquatic.nn.Sum (a sum over one dimension, e.g. spike "
     "counts over time: use it instead of a module of one's own that sums)"
 )
@@ -145,6 +146,12 @@ def convert_module(name: str, module: nn.Module, spec: QSpec, state_frac_bits: i
         return build_sequence_layer(name, module, spec)
     if isinstance(module, FusedBatchNorm):  # eval: folded weight and bias, quantized
         return build_accumulator(name, module.folded(), spec)
+    if isinstance(module, (nn.TransformerDecoder, nn.TransformerDecoderLayer)):
+        raise TypeError(
+            f"{where} takes a target and a memory, two inputs, which have no place in an "
+            "nn.Sequential; call it in a forward of your own (self.decoder(tgt, memory)), "
+            "which aquatic.convert converts as a graph"
+        )
     if isinstance(module, TRANSFORMERS):
         return encoder_module(name, module, spec)
     if isinstance(module, nn.MultiheadAttention):

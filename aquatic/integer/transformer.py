@@ -1,4 +1,4 @@
-"""Integer transformer encoder layers: a small program of integer modules.
+"""Integer transformer encoder and decoder layers: a small program of integer modules.
 
 An :class:`aquatic.nn.TransformerEncoderLayer` becomes the integer modules of its parts
 (:class:`~aquatic.integer.IntegerMultiheadAttention`, the feed-forward
@@ -9,6 +9,11 @@ An :class:`aquatic.nn.TransformerEncoderLayer` becomes the integer modules of it
 or pre-norm (Xiong et al. 2020, fig. 1). The wiring is a :class:`Program`: in a traced
 graph each module becomes a step of the :class:`~aquatic.integer.IntegerGraph` (which
 saves), and in an ``nn.Sequential`` an :class:`IntegerTransformerEncoderLayer` runs it.
+
+An :class:`aquatic.nn.TransformerDecoderLayer` becomes the same parts, with a second
+attention block (cross-attention) that reads the program's second input
+:data:`MEMORY` and a third residual sum; it takes two inputs, so it converts in a
+traced graph only.
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ __all__ = ["Instruction", "Program", "IntegerTransformerEncoderLayer"]
 
 #: The name of a program's input among the values its instructions read.
 INPUT = "input"
+#: The name of a decoder program's second input, the encoder output it attends to.
+MEMORY = "memory"
 
 
 class Instruction(NamedTuple):
