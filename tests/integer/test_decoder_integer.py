@@ -17,7 +17,7 @@ E, H = 16, 2
 
 
 def _layer(norm_first, activation="relu", qconfig=INT8):
-    return aquatic.nn.TransformerDecoderLayer(
+    layer = aquatic.nn.TransformerDecoderLayer(
         E,
         H,
         32,
@@ -27,6 +27,13 @@ def _layer(norm_first, activation="relu", qconfig=INT8):
         norm_first=norm_first,
         qconfig=qconfig,
     )
+    # Projection biases as after training. torch starts them at zero; then a key grid
+    # observed on these very products is an exact multiple of the accumulator's step and
+    # exact ties occur, which float32 and the integer model round apart (see the docs).
+    with torch.no_grad():
+        for attention in (layer.self_attn, layer.multihead_attn):
+            attention.in_proj_bias.normal_(0, 0.1)
+    return layer
 
 
 class Decoding(nn.Module):
@@ -68,10 +75,10 @@ def _check_codes(model, tgt, memory, steps, equal):
 def test_decoder_layer_codes_match_the_quantization_aware_layer(norm_first):
     torch.manual_seed(0)
     model, tgt, memory = _observed(_layer(norm_first), seed=1)
-    # Stated bound, measured on six seeded layers of each kind: at most two steps, at
-    # least 99% equal codes (the encoder's one step and 99.5% hold on most of them; the
-    # cross-attention's key projection of the memory is where they part).
-    integer = _check_codes(model, tgt, memory, steps=2, equal=0.99)
+    # Stated bound (the encoder's 99.5% equal codes; two steps, as the attention may
+    # amplify one step of a rounding boundary): measured on six seeded layers of each
+    # kind, at most two steps (one layer), at least 99.98% equal.
+    integer = _check_codes(model, tgt, memory, steps=2, equal=0.995)
     assert not integer.exact and integer.notes
     names = " ".join(integer.ops)
     assert "multihead_attn" in names and "residual3" in names
@@ -84,8 +91,8 @@ def test_decoder_stack_converts_and_saves():
     torch.manual_seed(2)
     stack = nn.TransformerDecoder(_layer(False), 2, norm=aquatic.nn.LayerNorm(E, qconfig=INT8))
     model, tgt, memory = _observed(stack, seed=3)
-    # Stated bound for two layers and a final norm: at most three steps, 95% equal.
-    integer = _check_codes(model, tgt, memory, steps=3, equal=0.95)
+    # The same bound for two layers and a final norm (measured: at most one step).
+    integer = _check_codes(model, tgt, memory, steps=2, equal=0.995)
     codes = integer.quantize_input(tgt[:8], memory[:8])
     buffer = io.BytesIO()
     integer.save(buffer)
