@@ -11,7 +11,7 @@ from aquatic.walk import sequential_layers
 from aquatic.integer.base import IntegerModule
 from aquatic.integer.build_activation import settle_clamp
 from aquatic.integer.convert_graph import convert_graph
-from aquatic.integer.convert_module import PASSIVE, convert_module, input_spec
+from aquatic.integer.convert_module import PASSIVE, convert_module, input_spec, refuse_in_chain
 from aquatic.integer.graph import IntegerGraph
 from aquatic.integer.reading import check_observed
 from aquatic.integer.model import IntegerModel
@@ -146,6 +146,8 @@ def convert(
     layers = [(n, m) for n, m in _layers(model) if not isinstance(m, PASSIVE)]
     if not layers:
         raise ValueError("the model has no layers to convert")
+    for name, module in layers:
+        refuse_in_chain(name, module)
     check_observed(model)
     modes = {id(m): m.training for m in model.modules()}
     model.eval()

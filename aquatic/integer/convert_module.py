@@ -35,7 +35,7 @@ from aquatic.nn import AdaptiveAvgPool1d, AdaptiveAvgPool2d
 from aquatic.nn.fused_bn import FusedBatchNorm
 from aquatic.nn.twin import TorchTwin
 
-__all__ = ["PASSIVE", "TRANSFORMERS", "convert_module", "input_spec"]
+__all__ = ["PASSIVE", "TRANSFORMERS", "convert_module", "input_spec", "refuse_in_chain"]
 
 #: Transformer layers and stacks: encoders convert in a chain; decoders, which take two
 #: inputs, are refused by name there (they convert in a traced graph).
@@ -129,6 +129,29 @@ def input_spec(first: nn.Module, layers, input_scale, input_zero_point, input_ra
     return spec, "nearest", True, notes, False
 
 
+def refuse_in_chain(name: str, module: nn.Module) -> None:
+    """Refuse, by name, a layer that takes several inputs, which has no place in an
+    ``nn.Sequential`` (checked before the quantizers' ranges: such a layer in a chain
+    cannot have seen data).
+
+    Raises:
+        TypeError: ``module`` is a ``MultiheadAttention`` or a transformer decoder (layer).
+    """
+    where = describe(name, module)
+    if isinstance(module, (nn.TransformerDecoder, nn.TransformerDecoderLayer)):
+        raise TypeError(
+            f"{where} takes a target and a memory, two inputs, which have no place in an "
+            "nn.Sequential; call it in a forward of your own (self.decoder(tgt, memory)), "
+            "which aquatic.convert converts as a graph"
+        )
+    if isinstance(module, nn.MultiheadAttention):
+        raise TypeError(
+            f"{where} takes query, key and value and returns a tuple, which has no place in "
+            "an nn.Sequential; call it in a forward of your own (out, _ = self.attn(x, x, x)) "
+            "or use a TransformerEncoderLayer"
+        )
+
+
 def convert_module(name: str, module: nn.Module, spec: QSpec, state_frac_bits: int):
     """``(modules, spec)`` for one leaf module of the walk."""
     where = describe(name, module)
@@ -146,20 +169,9 @@ def convert_module(name: str, module: nn.Module, spec: QSpec, state_frac_bits: i
         return build_sequence_layer(name, module, spec)
     if isinstance(module, FusedBatchNorm):  # eval: folded weight and bias, quantized
         return build_accumulator(name, module.folded(), spec)
-    if isinstance(module, (nn.TransformerDecoder, nn.TransformerDecoderLayer)):
-        raise TypeError(
-            f"{where} takes a target and a memory, two inputs, which have no place in an "
-            "nn.Sequential; call it in a forward of your own (self.decoder(tgt, memory)), "
-            "which aquatic.convert converts as a graph"
-        )
+    refuse_in_chain(name, module)
     if isinstance(module, TRANSFORMERS):
         return encoder_module(name, module, spec)
-    if isinstance(module, nn.MultiheadAttention):
-        raise TypeError(
-            f"{where} takes query, key and value and returns a tuple, which has no place in "
-            "an nn.Sequential; call it in a forward of your own (out, _ = self.attn(x, x, x)) "
-            "or use a TransformerEncoderLayer"
-        )
     if isinstance(module, nn.LayerNorm):
         norm, spec = build_layer_norm(name, module, spec)
         return [norm], spec

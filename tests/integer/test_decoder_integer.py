@@ -104,9 +104,12 @@ def test_decoder_stack_converts_and_saves():
 def test_refusals_name_the_layer_and_the_reason():
     tgt, memory = torch.randn(4, 3, E), torch.randn(4, 5, E)
     sequential = nn.Sequential(aquatic.nn.ActivationQuantizer(qconfig=INT8), _layer(False))
-    sequential[1](sequential[0](tgt), memory)  # observe
+    # (never observed: a chain cannot run it; refused by name before that)
     with pytest.raises(TypeError, match="target and a memory.*forward of your own"):
         aquatic.convert(sequential.eval())
+    attention = aquatic.nn.MultiheadAttention(E, H, qconfig=INT8)
+    with pytest.raises(TypeError, match="query, key and value.*no place in an nn.Sequential"):
+        aquatic.convert(nn.Sequential(sequential[0], attention).eval())
 
     class Masked(Decoding):
         def forward(self, tgt, memory, mask):
