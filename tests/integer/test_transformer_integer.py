@@ -158,3 +158,25 @@ def test_transformer_classifier_integer_argmax_agrees_with_the_qat_model():
     again = type(integer).load(buffer)
     codes = held_out[:64]
     assert torch.equal(again(codes), integer(codes))
+
+
+def test_a_graph_may_return_the_encoder_output_itself():
+    class Encoding(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.quant = aquatic.nn.ActivationQuantizer(qconfig=INT8)
+            self.encoder = _sequential(False)[1]
+
+        def forward(self, x):
+            return self.encoder(self.quant(x))
+
+    model = Encoding()
+    x = torch.randn(16, 5, E)
+    model(x)
+    integer = aquatic.convert(model.eval(), example_input=x)
+    grid = model.encoder.norm2.quantizers["activation"].grid()
+    assert float(integer.output_specs.scale) == float(grid.scale)
+    with torch.no_grad():
+        expected = model(x)
+    got = integer.dequantize_output(integer(integer.quantize_input(x)))
+    assert float(((got - expected).abs() / float(grid.scale)).round().max()) <= 1
