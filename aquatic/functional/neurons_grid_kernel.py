@@ -120,6 +120,20 @@ def _reads_codes(decay: StepDecay, quantize: Optional[StepQuantizer]) -> bool:
     )
 
 
+def _subtract_stays_in_range(quantize: StepQuantizer, threshold_codes: Tensor) -> bool:
+    r"""Whether the codes :math:`q - k s_t` of a subtract reset (:math:`q` the clamped
+    membrane codes, :math:`k` the threshold's from :meth:`StepQuantizer.codes_of`,
+    :math:`s_t` the spike) always lie in the quantizer's range, so that clamping them
+    again changes nothing.
+
+    They do when :math:`k \ge 0` and the range holds 0. Without a spike they are
+    :math:`q`. With one, :math:`q - k \le q \le q_{max}`; and the spike means
+    :math:`\mathrm{fl}(q s) \ge \vartheta \ge (k - 2^{-12}) s` with :math:`|q| < 2^{20}`,
+    so :math:`q > k - 1`, hence :math:`q - k \ge 0 \ge q_{min}`.
+    """
+    return quantize.low <= 0 and bool(threshold_codes.min() >= 0)
+
+
 def grid_forward(
     x: Tensor,
     v0: Tensor,
@@ -182,6 +196,9 @@ def grid_forward(
         elif options.reset == "subtract":
             threshold_codes = quantize_v.codes_of(threshold)
             reset_codes = "subtract" if threshold_codes is not None else None
+            clamp_reset = reset_codes is not None and not _subtract_stays_in_range(
+                quantize_v, threshold_codes
+            )
         state_codes = torch.empty_like(v_codes)
     compare = torch.gt if rules.strict else torch.ge
     i, state, known, known_v = i0, v0, False, False
@@ -239,7 +256,8 @@ def grid_forward(
                     torch.addcmul(v_codes, v_codes, s, value=-1, out=state_codes)
                 elif reset_codes == "subtract":
                     torch.addcmul(v_codes, s, threshold_codes, value=-1, out=state_codes)
-                    state_codes.clamp_(quantize_v.low, quantize_v.high)
+                    if clamp_reset:
+                        state_codes.clamp_(quantize_v.low, quantize_v.high)
                 known_v = reset_codes is not None
             elif spiking:
                 s.copy_(spikes_of(v, threshold, options, rules.strict))

@@ -16,7 +16,9 @@ from aquatic import nn as ann
 from aquatic.functional import Grid, LIFState, NeuronSpec, StateOps, neuron_sequence
 from aquatic.functional.neurons_grid import GridRules, StateGrid, decay_on_grid, grid_rules
 from aquatic.functional import neurons_kernel as kernel_module
+from aquatic.functional.neurons_grid_kernel import _subtract_stays_in_range as stays
 from aquatic.functional.neurons_grid_kernel import grid_decayer, grid_quantizer
+from aquatic.functional.neurons_grid_steps import StepQuantizer
 from aquatic.hw import loihi, xylo
 from aquatic.quantizers import BitShiftDecay, UniformDecay, UniformQuantizer
 
@@ -286,3 +288,13 @@ def test_grid_decayer_is_the_integer_rule(rule, high):
     states = states.unsqueeze(1).float() * torch.tensor(0.3)
     expected = quantizer.decay_state(states, alpha, torch.tensor(0.3), low, high)
     assert torch.equal(grid_decayer(grid, alpha, torch.float32)(states), expected)
+
+
+def test_subtract_reset_codes_are_clamped_unless_they_stay_in_range():
+    def quantizer(low, high):
+        grid = StateGrid(torch.tensor(0.25), torch.tensor(0, dtype=torch.int32), low, high)
+        return StepQuantizer(grid, torch.float32)
+
+    assert stays(quantizer(-8, 7), torch.tensor([0.0, 3.0]))
+    assert not stays(quantizer(-8, 7), torch.tensor([-1.0]))
+    assert not stays(quantizer(2, 7), torch.tensor([3.0]))
