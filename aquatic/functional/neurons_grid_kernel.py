@@ -199,9 +199,11 @@ def grid_forward(
             clamp_reset = reset_codes is not None and not _subtract_stays_in_range(
                 quantize_v, threshold_codes
             )
-        state_codes = torch.empty_like(v_codes)
+        # A zero reset leaves the codes as they are and zeroes the decay of those that
+        # fired (the decay of 0 is 0): one float32 product, no float64 copy of the spikes.
+        state_codes = v_codes if reset_codes == "zero" else torch.empty_like(v_codes)
     compare = torch.gt if rules.strict else torch.ge
-    i, state, known, known_v = i0, v0, False, False
+    i, state, known, known_v, fired_before = i0, v0, False, False, None
     for start in range(0, n_steps, block):
         stop = min(start + block, n_steps)
         n = stop - start
@@ -234,6 +236,8 @@ def grid_forward(
         for v, drive_t, target, s, mask in zip(pres, drive.unbind(0), targets, fired, masks):
             if known_v:
                 decay_v.from_codes(state_codes, dv_codes, d_buf)
+                if reset_codes == "zero":
+                    torch.addcmul(d_buf, d_buf, fired_before, value=-1, out=d_buf)
             else:
                 decay_v(state, dv_codes, d_buf)
             torch.add(d_buf, drive_t, out=v)
@@ -253,7 +257,7 @@ def grid_forward(
                 if options.min_v_mem is not None:
                     target.clamp_(min=options.min_v_mem)
                 if reset_codes == "zero":
-                    torch.addcmul(v_codes, v_codes, s, value=-1, out=state_codes)
+                    fired_before = s
                 elif reset_codes == "subtract":
                     torch.addcmul(v_codes, s, threshold_codes, value=-1, out=state_codes)
                     if clamp_reset:

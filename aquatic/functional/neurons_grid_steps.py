@@ -113,6 +113,9 @@ class StepQuantizer:
         self.additions = exact is not None and (exact == dtype or bound < 2**24)
         self.dtype = exact if self.additions else dtype
         self.values = dtype
+        # The scale in the codes' dtype: a 0-dim float32 scale would be converted at
+        # every product with float64 codes (to the same value: the conversion is exact).
+        self.code_scale = grid.scale.to(self.dtype)
         power = _power_of_two(grid.scale) and bound < 2**24
         self.exact_codes = self.additions and (bound < 2**21 or power)
         self.bound = bound
@@ -129,7 +132,7 @@ class StepQuantizer:
         if mask is not None:
             torch.eq(z, codes, out=mask)
         if self.values == torch.float32:
-            return torch.mul(codes, self.scale, out=out)
+            return torch.mul(codes, self.code_scale, out=out)
         # Other values: the kernel's float32 product, converted.
         return out.copy_(codes.to(torch.float32).mul_(self.scale))
 
@@ -181,6 +184,7 @@ class StepDecay:
         if self.dtype is None or (self.dtype != like.dtype and bound >= 2**24):
             self.dtype = None  # beyond the exact range: decay_on_grid as it is
             return
+        self.code_scale = grid.scale.to(self.dtype)  # as StepQuantizer's
         new = lambda: like.new_empty(like.shape, dtype=self.dtype)  # noqa: E731
         dash = grid.codes.to(self.dtype)
         if self.rule == "bitshift":
@@ -217,4 +221,4 @@ class StepDecay:
             # (2**bits - d) x >> bits toward zero: the product and the quotient are exact.
             torch.mul(codes, self.keep, out=result)
             result.div_(2.0**self.bits, rounding_mode="trunc")
-        return torch.mul(result, self.scale, out=out)
+        return torch.mul(result, self.code_scale, out=out)
