@@ -14,7 +14,9 @@ reset of every step, the synaptic current, and where each state quantizer satura
 Per step it runs no ``torch.round`` (see :mod:`~aquatic.functional.neurons_grid_steps`),
 and a decay reads the integer codes the quantizer before it wrote where that is exact
 (Loihi's current; the membrane after a zero reset or a subtract reset by a threshold
-on the grid) instead of rounding the state again.
+on the grid) instead of rounding the state again. Where the current is the membrane's
+whole drive, on the membrane's scale, and its quantizer passes its decay (Xylo), the
+membrane's quantizer takes the sum of the two states' codes (see ``_sums_codes``).
 
 A quantizer after a grid decay on its own grid (the synaptic current without
 ``input_after_decay``) passes the decayed state unchanged: the decay's codes lie in the
@@ -120,6 +122,42 @@ def _reads_codes(decay: StepDecay, quantize: Optional[StepQuantizer]) -> bool:
     )
 
 
+def _subtract_stays_in_range(quantize: StepQuantizer, threshold_codes: Tensor) -> bool:
+    r"""Whether the codes :math:`q - k s_t` of a subtract reset (:math:`q` the clamped
+    membrane codes, :math:`k` the threshold's from :meth:`StepQuantizer.codes_of`,
+    :math:`s_t` the spike) always lie in the quantizer's range, so that clamping them
+    again changes nothing.
+
+    They do when :math:`k \ge 0` and the range holds 0. Without a spike they are
+    :math:`q`. With one, :math:`q - k \le q \le q_{max}`; and the spike means
+    :math:`\mathrm{fl}(q s) \ge \vartheta \ge (k - 2^{-12}) s` with :math:`|q| < 2^{20}`,
+    so :math:`q > k - 1`, hence :math:`q - k \ge 0 \ge q_{min}`.
+    """
+    return quantize.low <= 0 and bool(threshold_codes.min() >= 0)
+
+
+def _sums_codes(rules: GridRules, options: Options, bias, quantize_v, decay_i) -> bool:
+    r"""Whether the membrane's quantizer can take the sum of the codes of its two terms:
+    the decayed membrane's :math:`R` (read from codes) and the current's :math:`I`
+    (the codes of its decay, its quantizer passing them) on the same scale :math:`s`,
+    with the current as the whole drive (no ``norm_input``, no bias).
+
+    Then :math:`\mathrm{fl}(\mathrm{fl}(\mathrm{fl}(R s) + \mathrm{fl}(I s)) \cdot
+    \mathrm{fl}(1/s))` (four roundings to float32 at most, each of relative error
+    :math:`2^{-24}`) lies within :math:`(|R| + |I|)\, 2^{-22}(1 + 2^{-21}) < 1/2` of
+    :math:`R + I` when :math:`|R| + |I| < 2^{20}`, so it rounds to :math:`R + I`: the
+    quantizer's codes without the two products, the sum and the rounding.
+    """
+    if options.norm_input or bias is not None or rules.after_decay or decay_i is None:
+        return False
+    grid_i, grid_v = rules.i_syn, rules.v_mem
+    if grid_i is None or grid_v is None or not grid_i.rule or decay_i.dtype != quantize_v.dtype:
+        return False
+    bound_i = max(abs(decay_i.low), abs(decay_i.high))
+    same_scale = bool(torch.equal(grid_i.scale, grid_v.scale))
+    return same_scale and bound_i + quantize_v.bound < 2**20
+
+
 def grid_forward(
     x: Tensor,
     v0: Tensor,
@@ -182,15 +220,27 @@ def grid_forward(
         elif options.reset == "subtract":
             threshold_codes = quantize_v.codes_of(threshold)
             reset_codes = "subtract" if threshold_codes is not None else None
-        state_codes = torch.empty_like(v_codes)
+            clamp_reset = reset_codes is not None and not _subtract_stays_in_range(
+                quantize_v, threshold_codes
+            )
+        # A zero reset leaves the codes as they are and zeroes the decay of those that
+        # fired (the decay of 0 is 0): one float32 product, no float64 copy of the spikes.
+        state_codes = v_codes if reset_codes == "zero" else torch.empty_like(v_codes)
+    # The current's codes per step of a block, when the membrane's quantizer sums them.
+    sum_codes = None
+    if reset_codes == "subtract" and synaptic and quantize_i is None:
+        if _sums_codes(rules, options, bias, quantize_v, decay_i):
+            sum_codes = new(min(block, n_steps), decay_i.dtype)
     compare = torch.gt if rules.strict else torch.ge
-    i, state, known, known_v = i0, v0, False, False
+    i, state, known, known_v, fired_before = i0, v0, False, False, None
     for start in range(0, n_steps, block):
         stop = min(start + block, n_steps)
         n = stop - start
         if synaptic:
             masks = i_mask[start:stop] if i_mask is not None else (None,) * n
-            for x_t, i_t, mask in zip(x[:, start:stop].unbind(1), current[start:stop], masks):
+            codes_i = sum_codes[:n].unbind(0) if sum_codes is not None else (di_codes,) * n
+            steps = zip(x[:, start:stop].unbind(1), current[start:stop], masks, codes_i)
+            for x_t, i_t, mask, di_codes in steps:
                 if rules.after_decay:
                     if known:
                         decay_i.from_codes(i_codes, di_codes, d_buf)
@@ -214,14 +264,22 @@ def grid_forward(
         pres = v_pre[start:stop].unbind(0) if need_grad else (v_pre[0],) * n
         # Without a trace one buffer serves: a step reads the state before it writes it.
         targets = trace[start:stop].unbind(0) if keep_trace else (trace[0],) * n
-        for v, drive_t, target, s, mask in zip(pres, drive.unbind(0), targets, fired, masks):
-            if known_v:
-                decay_v.from_codes(state_codes, dv_codes, d_buf)
+        codes_i = sum_codes[:n].unbind(0) if sum_codes is not None else (None,) * n
+        steps = zip(pres, drive.unbind(0), targets, fired, masks, codes_i)
+        for v, drive_t, target, s, mask, code_i in steps:
+            if known_v and code_i is not None:
+                torch.add(decay_v.rule_codes(state_codes, dv_codes), code_i, out=zv)
+                quantize_v.finish(zv, v_codes, v, mask)
             else:
-                decay_v(state, dv_codes, d_buf)
-            torch.add(d_buf, drive_t, out=v)
-            if quantize_v is not None:
-                quantize_v(v, zv, v_codes, v, mask)
+                if known_v:
+                    decay_v.from_codes(state_codes, dv_codes, d_buf)
+                    if reset_codes == "zero":
+                        torch.addcmul(d_buf, d_buf, fired_before, value=-1, out=d_buf)
+                else:
+                    decay_v(state, dv_codes, d_buf)
+                torch.add(d_buf, drive_t, out=v)
+                if quantize_v is not None:
+                    quantize_v(v, zv, v_codes, v, mask)
             if binary:
                 compare(v, threshold, out=s)
                 if options.reset == "subtract":
@@ -236,10 +294,11 @@ def grid_forward(
                 if options.min_v_mem is not None:
                     target.clamp_(min=options.min_v_mem)
                 if reset_codes == "zero":
-                    torch.addcmul(v_codes, v_codes, s, value=-1, out=state_codes)
+                    fired_before = s
                 elif reset_codes == "subtract":
                     torch.addcmul(v_codes, s, threshold_codes, value=-1, out=state_codes)
-                    state_codes.clamp_(quantize_v.low, quantize_v.high)
+                    if clamp_reset:
+                        state_codes.clamp_(quantize_v.low, quantize_v.high)
                 known_v = reset_codes is not None
             elif spiking:
                 s.copy_(spikes_of(v, threshold, options, rules.strict))

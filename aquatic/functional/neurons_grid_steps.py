@@ -113,6 +113,9 @@ class StepQuantizer:
         self.additions = exact is not None and (exact == dtype or bound < 2**24)
         self.dtype = exact if self.additions else dtype
         self.values = dtype
+        # The scale in the codes' dtype: a 0-dim float32 scale would be converted at
+        # every product with float64 codes (to the same value: the conversion is exact).
+        self.code_scale = grid.scale.to(self.dtype)
         power = _power_of_two(grid.scale) and bound < 2**24
         self.exact_codes = self.additions and (bound < 2**21 or power)
         self.bound = bound
@@ -125,11 +128,18 @@ class StepQuantizer:
             round_codes_(z)
         else:
             torch.round(z, out=z)
+        return self.finish(z, codes, out, mask)
+
+    def finish(
+        self, z: Tensor, codes: Tensor, out: Tensor, mask: Optional[Tensor] = None
+    ) -> Tensor:
+        """The quantization from the rounded codes ``z`` on: clamped into ``codes``, the
+        mask, the value into ``out``."""
         torch.clamp(z, self.low, self.high, out=codes)
         if mask is not None:
             torch.eq(z, codes, out=mask)
         if self.values == torch.float32:
-            return torch.mul(codes, self.scale, out=out)
+            return torch.mul(codes, self.code_scale, out=out)
         # Other values: the kernel's float32 product, converted.
         return out.copy_(codes.to(torch.float32).mul_(self.scale))
 
@@ -181,6 +191,7 @@ class StepDecay:
         if self.dtype is None or (self.dtype != like.dtype and bound >= 2**24):
             self.dtype = None  # beyond the exact range: decay_on_grid as it is
             return
+        self.code_scale = grid.scale.to(self.dtype)  # as StepQuantizer's
         new = lambda: like.new_empty(like.shape, dtype=self.dtype)  # noqa: E731
         dash = grid.codes.to(self.dtype)
         if self.rule == "bitshift":
@@ -200,15 +211,17 @@ class StepDecay:
             return out.copy_(decay_on_grid(y, self.alpha, self.grid))
         torch.div(y, self.scale, out=codes)  # formed in y's dtype, exact in codes'
         round_codes_(codes).clamp_(self.low, self.high)
-        return self._rule(codes, codes, out)
+        return torch.mul(self.rule_codes(codes, codes), self.code_scale, out=out)
 
     def from_codes(self, codes: Tensor, scratch: Tensor, out: Tensor) -> Tensor:
         """The decay of the state ``codes * s`` that a :class:`StepQuantizer` on this
         grid wrote (with ``exact_codes``: its value divided by ``s`` rounds back to
         ``codes``); ``scratch`` of :attr:`dtype`, ``codes`` left as they are."""
-        return self._rule(codes, scratch, out)
+        return torch.mul(self.rule_codes(codes, scratch), self.code_scale, out=out)
 
-    def _rule(self, codes: Tensor, result: Tensor, out: Tensor) -> Tensor:
+    def rule_codes(self, codes: Tensor, result: Tensor) -> Tensor:
+        """The decayed codes of ``codes`` (:attr:`dtype`) into ``result`` (may be
+        ``codes``), for a rule within the exact range."""
         if self.rule == "bitshift":
             shifted = round_codes_(torch.addcmul(self.offset, codes, self.factor, out=self.shifted))
             torch.maximum(shifted, torch.clamp(codes, max=1, out=self.floor), out=shifted)
@@ -217,4 +230,4 @@ class StepDecay:
             # (2**bits - d) x >> bits toward zero: the product and the quotient are exact.
             torch.mul(codes, self.keep, out=result)
             result.div_(2.0**self.bits, rounding_mode="trunc")
-        return torch.mul(result, self.scale, out=out)
+        return result

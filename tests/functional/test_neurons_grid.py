@@ -16,7 +16,9 @@ from aquatic import nn as ann
 from aquatic.functional import Grid, LIFState, NeuronSpec, StateOps, neuron_sequence
 from aquatic.functional.neurons_grid import GridRules, StateGrid, decay_on_grid, grid_rules
 from aquatic.functional import neurons_kernel as kernel_module
+from aquatic.functional.neurons_grid_kernel import _subtract_stays_in_range as stays
 from aquatic.functional.neurons_grid_kernel import grid_decayer, grid_quantizer
+from aquatic.functional.neurons_grid_steps import StepQuantizer
 from aquatic.hw import loihi, xylo
 from aquatic.quantizers import BitShiftDecay, UniformDecay, UniformQuantizer
 
@@ -129,23 +131,24 @@ CASES = [
 
 @pytest.mark.parametrize("rule", ["", "bitshift", "multiplicative"])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_grid_states_fused_equal_the_loop(case, rule):
+def test_grid_states_fused_equal_the_loop(case, rule, dtype=F64):
     generator = torch.Generator().manual_seed(5)
-    x = torch.randn(4, 25, 6, generator=generator, dtype=F64) * 6 + 2  # reaches the range
+    x = torch.randn(4, 25, 6, generator=generator, dtype=F64).to(dtype) * 6 + 2  # reaches the range
     case = dict(case)
     synaptic = not case.get("spiking", True) is False
     decay = RuleDecay(rule, GRID.grid) if rule else None
     ops = StateOps(GRID, GRID if synaptic else None, decay, decay if synaptic else None)
-    alpha_mem = torch.tensor(0.875, dtype=F64)  # 1 - 2**-3 = 1 - 512 / 4096
+    alpha_mem = torch.tensor(0.875, dtype=dtype)  # 1 - 2**-3 = 1 - 512 / 4096
     spec = NeuronSpec(
         alpha_mem,
-        torch.tensor(0.96875, dtype=F64) if synaptic else None,  # 1 - 2**-5 = 1 - 128 / 4096
-        case.pop("threshold", torch.tensor(0.75, dtype=F64)),
+        torch.tensor(0.96875, dtype=dtype) if synaptic else None,  # 1 - 2**-5 = 1 - 128 / 4096
+        case.pop("threshold", torch.tensor(0.75, dtype=dtype)),
         state_ops=ops,
         **case,
     )
-    v0 = torch.randint(-100, 100, (4, 6), generator=generator).to(F64) / 64
-    loop = _compare(spec, x, LIFState(v0, v0.flip(0) if synaptic else None), tolerance=1e-10)
+    v0 = torch.randint(-100, 100, (4, 6), generator=generator).to(dtype) / 64
+    state = LIFState(v0, v0.flip(0) if synaptic else None)
+    loop = _compare(spec, x, state, tolerance=1e-10 if dtype == F64 else 1e-5)
     states = loop.i_syn if synaptic else loop.v_mem
     assert states.abs().max() >= 7.5  # the states reach the end of their range
     assert torch.equal(torch.round(states * 64) / 64, states)  # on the grid
@@ -286,3 +289,21 @@ def test_grid_decayer_is_the_integer_rule(rule, high):
     states = states.unsqueeze(1).float() * torch.tensor(0.3)
     expected = quantizer.decay_state(states, alpha, torch.tensor(0.3), low, high)
     assert torch.equal(grid_decayer(grid, alpha, torch.float32)(states), expected)
+
+
+def test_subtract_reset_codes_are_clamped_unless_they_stay_in_range():
+    def quantizer(low, high):
+        grid = StateGrid(torch.tensor(0.25), torch.tensor(0, dtype=torch.int32), low, high)
+        return StepQuantizer(grid, torch.float32)
+
+    assert stays(quantizer(-8, 7), torch.tensor([0.0, 3.0]))
+    assert not stays(quantizer(-8, 7), torch.tensor([-1.0]))
+    assert not stays(quantizer(2, 7), torch.tensor([3.0]))
+
+
+@pytest.mark.parametrize("rule", ["bitshift", "multiplicative"])
+@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[4]], ids=str)
+def test_float32_grid_states_equal_the_loop(case, rule):
+    # float32: the current's quantizer passes its decay, and without norm_input or a
+    # bias the membrane's quantizer takes the sum of the codes.
+    test_grid_states_fused_equal_the_loop(case, rule, torch.float32)
