@@ -57,12 +57,11 @@ from torch.autograd.function import once_differentiable
 from aquatic.functional.neuron_checks import check_checkpoint, prepare
 from aquatic.functional.neuron_types import LIFOutput, LIFState, Number, Options
 from aquatic.functional.neurons_fused_op import (
-    kept_inputs,
+    planned_forward,
     sequence_op,
     surrogate_key,
     surrogate_of,
 )
-from aquatic.functional.neurons_kernel import sequence_forward
 from aquatic.functional.neurons_kernel_backward import sequence_backward
 from aquatic.functional.surrogate import Surrogate
 
@@ -75,13 +74,7 @@ class _LIFSequence(torch.autograd.Function):
         ctx, x, v0, i0, alpha_mem, alpha_syn, threshold, bias, options, record, grad, checkpoint
     ):
         ctx.set_materialize_grads(False)
-        needs = ctx.needs_input_grad
-        need_grad = grad and any(needs[:7])  # nothing is kept for inference
-        checkpoint = checkpoint if need_grad else None
-        keep_current, keep_x = kept_inputs(
-            options, alpha_syn is not None, record, needs, checkpoint
-        )
-        results = sequence_forward(
+        results, plan = planned_forward(  # nothing is kept for inference
             x,
             v0,
             i0,
@@ -91,11 +84,12 @@ class _LIFSequence(torch.autograd.Function):
             bias,
             options,
             record,
-            need_grad and checkpoint is None,
-            keep_current,
+            grad,
+            ctx.needs_input_grad[:7],
             checkpoint,
         )
         output, v_trace, current, v_pre, v_final, i_final, v_states, i_states = results
+        need_grad, checkpoint, keep_current, keep_x, _ = plan
         ctx.options, ctx.checkpoint = options, checkpoint
         if need_grad:
             ctx.save_for_backward(

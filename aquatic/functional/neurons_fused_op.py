@@ -18,7 +18,7 @@ from aquatic.functional.neurons_kernel import sequence_forward
 from aquatic.functional.neurons_kernel_backward import sequence_backward
 from aquatic.functional.surrogate import Surrogate
 
-__all__ = ["kept_inputs", "sequence_op", "surrogate_key", "surrogate_of"]
+__all__ = ["kept_inputs", "planned_forward", "sequence_op", "surrogate_key", "surrogate_of"]
 
 
 def kept_inputs(
@@ -79,6 +79,35 @@ def _op_plan(options: Options, synaptic: bool, record, grad, needs, checkpoint):
     return need_grad, checkpoint, keep_current, keep_x, keep_v
 
 
+def planned_forward(
+    x, v0, i0, alpha_mem, alpha_syn, threshold, bias, options, record, grad, needs, checkpoint
+):
+    """:func:`sequence_forward`, keeping what backward reads given ``needs`` (whether each
+    of ``x, v0, i0, alpha_mem, alpha_syn, threshold, bias`` needs its gradient).
+
+    Returns:
+        ``(results, plan)``: ``sequence_forward``'s results and
+        ``(need_grad, checkpoint, keep_current, keep_x, keep_v)``.
+    """
+    plan = _op_plan(options, alpha_syn is not None, record, grad, needs, checkpoint)
+    need_grad, checkpoint, keep_current = plan[:3]
+    results = sequence_forward(
+        x,
+        v0,
+        i0,
+        alpha_mem,
+        alpha_syn,
+        threshold,
+        bias,
+        options,
+        record,
+        need_grad and checkpoint is None,
+        keep_current,
+        checkpoint,
+    )
+    return results, plan
+
+
 @torch.library.custom_op("aquatic::lif_sequence", mutates_args=())
 def _sequence_op(
     x: Tensor,
@@ -104,24 +133,11 @@ def _sequence_op(
     ``sequence_forward``; empty tensors stand for ``None`` (and ``v_pre`` is empty when
     it is ``output``)."""
     options = Options(reset, None, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
-    need_grad, checkpoint, keep_current, _, keep_v = _op_plan(
-        options, alpha_syn is not None, record, grad, needs, checkpoint
-    )
-    results = sequence_forward(
-        x,
-        v0,
-        i0,
-        alpha_mem,
-        alpha_syn,
-        threshold,
-        bias,
-        options,
-        record,
-        need_grad and checkpoint is None,
-        keep_current,
-        checkpoint,
+    results, plan = planned_forward(
+        x, v0, i0, alpha_mem, alpha_syn, threshold, bias, options, record, grad, needs, checkpoint
     )
     output, v_trace, current, v_pre, v_final, i_final, v_states, i_states = results
+    keep_v = plan[4]
     v_pre = v_pre if keep_v else None
     finals = (v_final.contiguous(), None if i_final is None else i_final.contiguous())
     kept = (output, v_trace, current, v_pre) + finals + (v_states, i_states)
