@@ -1,4 +1,5 @@
-"""torch.compile(fullgraph=True) on every spiking layer and hardware preset.
+"""torch.compile(fullgraph=True) on every spiking layer, hardware preset and quantized
+attention, norm, transformer and recurrent layer.
 
 Each model trains two steps compiled and two steps eagerly from the same start; outputs,
 gradients and every parameter and buffer afterwards must be bitwise equal. The
@@ -16,6 +17,7 @@ from torch import nn
 from aquatic import nn as ann
 from aquatic.functional import LIFState
 from aquatic.hw import dynapcnn, loihi, xylo
+from aquatic.qconfig import int8
 
 T, FEATURES = 4, 3
 
@@ -35,6 +37,29 @@ class Steps(nn.Module):
             out, state = self.cell(x[:, t], state)
             outputs.append(out)
         return torch.stack(outputs, 1) + state.v_mem.unsqueeze(1)
+
+
+class SelfAttention(nn.Module):
+    """``attention(h, h, h)`` after a Linear, on ``(N, T, F)`` (batch second inside)."""
+
+    def __init__(self, attention):
+        super().__init__()
+        self.linear, self.attention = ann.Linear(FEATURES, 4, qconfig=int8), attention
+
+    def forward(self, x):
+        h = self.linear(x).transpose(0, 1)
+        return self.attention(h, h, h, need_weights=False)[0].transpose(0, 1)
+
+
+class First(nn.Module):
+    """The output sequence of a recurrent layer."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x):
+        return self.layer(x)[0]
 
 
 def chain(*layers):
@@ -91,7 +116,19 @@ MODELS = {
         ),
     ),
     "dynapcnn": lambda: with_preset(dynapcnn.qconfig, lambda q: ann.IAF(threshold=1.0, qconfig=q)),
+    # The mirror's layers (int8): attention quantizes transposed views of q, k and v.
+    "MultiheadAttention": lambda: SelfAttention(ann.MultiheadAttention(4, 2, qconfig=int8)),
+    "LayerNorm": lambda: chain(ann.LayerNorm(4, qconfig=int8)),
+    "TransformerEncoderLayer": lambda: chain(
+        ann.TransformerEncoderLayer(4, 2, 8, dropout=0.0, batch_first=True, qconfig=int8)
+    ),
+    "GRU": lambda: First(ann.GRU(FEATURES, 4, batch_first=True, qconfig=int8)),
+    "LSTM": lambda: First(
+        ann.LSTM(FEATURES, 4, num_layers=2, bidirectional=True, batch_first=True, qconfig=int8)
+    ),
 }
+#: Dynamo refuses every subclass of torch's RNNBase unless allow_rnn is set.
+RECURRENT = {"GRU", "LSTM"}
 
 
 def train(model, step, steps=2):
@@ -117,7 +154,9 @@ def test_compiled_training_is_bitwise_eager(name):
     eager = copy.deepcopy(model)
     torch._dynamo.reset()
     compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    got, expected = train(model, compiled), train(eager, eager)
+    with torch._dynamo.config.patch(allow_rnn=name in RECURRENT):
+        got = train(model, compiled)
+    expected = train(eager, eager)
     for (out, x_grad, grads), (out_e, x_grad_e, grads_e) in zip(got, expected):
         assert torch.equal(out, out_e)
         assert torch.equal(x_grad, x_grad_e)

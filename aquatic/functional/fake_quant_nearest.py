@@ -64,6 +64,11 @@ def _codes(
     (``input``'s dtype). ``out``: a float32 buffer for the codes (float32 input only)."""
     # x / s: float32 for reduced-precision inputs, float64 for float64, as the kernels.
     work = input if input.dtype in (torch.float32, torch.float64) else input.float()
+    if out is None and torch.compiler.is_compiling() and not work.is_contiguous():
+        # The codes take the input's strides, and their buffer is reused below as an
+        # ``out=``, which torch.compile refuses when it is not contiguous (a transposed
+        # view, such as attention's keys).
+        work = work.contiguous()
     codes = torch.mul(work, inv_scale, out=out) if out is not None else torch.mul(work, inv_scale)
     codes.round_()
     if zero_point is not None:
