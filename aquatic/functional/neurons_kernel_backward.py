@@ -115,6 +115,9 @@ def sequence_backward(
     keep_current = synaptic and options.norm_input and needs[3]
     one = torch.ones((), dtype=v0.dtype, device=v0.device)
     minus_threshold = -threshold if spiking else None
+    # a block's temporaries, batch first like the gradient
+    work = v0.new_empty((v0.shape[0], min(block, n_steps)) + tuple(v0.shape[1:]))
+    kept = torch.empty(work.shape, dtype=torch.bool, device=work.device) if spiking else None
 
     # Blocks of steps from the last one back: everything nonlinear is computed for a
     # whole block at once, then the linear scan g_t = A_t alpha g_{t+1} + B_t runs
@@ -134,13 +137,19 @@ def sequence_backward(
                 v_reset = _reset(vb, threshold, options, counts)
                 clamp_mask = v_reset >= min_v_mem
                 del v_reset
-            keep = (vb < threshold) if spiking and reset == "zero" else None  # R_t
+            keep = None  # R_t, batch first
+            if spiking and reset == "zero":
+                keep = torch.lt(vb, threshold, out=kept[:, : stop - start])
 
             # B_t, then A_t alpha = m_t (R_t + psi_t K_t) alpha in the same buffer
             # (None stands for 1).
             coef = None
             if spiking:
-                slope = options.surrogate.derivative_(vb - threshold)
+                # v - threshold written batch first (the layout of the gradient), so
+                # that every later operation of the block runs on matching strides.
+                slope = options.surrogate.derivative_(
+                    torch.sub(vb, threshold, out=work[:, : stop - start])
+                )
                 if g_spikes is not None:
                     torch.mul(slope, g_spikes[:, start:stop], out=gb)
                 else:
@@ -148,7 +157,9 @@ def sequence_backward(
                 if options.detach_reset:
                     coef = keep.to(v0.dtype) if keep is not None else None
                 elif reset == "subtract":
-                    coef = torch.addcmul(one, slope, minus_threshold, out=slope)
+                    # 1 - threshold psi (a multiply and an add: addcmul with a 0-d
+                    # tensor for 1 takes a slow broadcasting path)
+                    coef = slope.mul_(minus_threshold).add_(one)
                 else:
                     coef = slope.mul_(vb).neg_().add_(keep)
                 del slope
