@@ -117,7 +117,8 @@ def sequence_backward(
     minus_threshold = -threshold if spiking else None
     # a block's temporaries, batch first like the gradient
     work = v0.new_empty((v0.shape[0], min(block, n_steps)) + tuple(v0.shape[1:]))
-    kept = torch.empty(work.shape, dtype=torch.bool, device=work.device) if spiking else None
+    # R_t of a block as 0/1 in the gradient's dtype (adding a bool tensor is slow)
+    kept = torch.empty_like(work) if spiking and options.reset == "zero" else None
 
     # Blocks of steps from the last one back: everything nonlinear is computed for a
     # whole block at once, then the linear scan g_t = A_t alpha g_{t+1} + B_t runs
@@ -137,7 +138,7 @@ def sequence_backward(
                 v_reset = _reset(vb, threshold, options, counts)
                 clamp_mask = v_reset >= min_v_mem
                 del v_reset
-            keep = None  # R_t, batch first
+            keep = None  # R_t
             if spiking and reset == "zero":
                 keep = torch.lt(vb, threshold, out=kept[:, : stop - start])
 
@@ -155,7 +156,7 @@ def sequence_backward(
                 else:
                     gb.zero_()
                 if options.detach_reset:
-                    coef = keep.to(v0.dtype) if keep is not None else None
+                    coef = keep.clone() if keep is not None else None  # scaled below
                 elif reset == "subtract":
                     # 1 - threshold psi (a multiply and an add: addcmul with a 0-d
                     # tensor for 1 takes a slow broadcasting path)
