@@ -37,6 +37,11 @@ def _reset(v: Tensor, threshold: Tensor, options, counts: Optional[Tensor] = Non
     return torch.where(v >= threshold, torch.zeros((), dtype=v.dtype, device=v.device), v)
 
 
+def _batch_first(buffer: Tensor, like: Tensor) -> Tensor:
+    """The start of a flat ``buffer`` as a contiguous tensor of ``like``'s shape."""
+    return buffer[: like.numel()].view(like.shape)
+
+
 def _add(total: Optional[Tensor], grad: Tensor, like: Tensor) -> Tensor:
     grad = grad.sum_to_size(like.shape)
     return grad if total is None else total + grad
@@ -115,8 +120,9 @@ def sequence_backward(
     keep_current = synaptic and options.norm_input and needs[3]
     one = torch.ones((), dtype=v0.dtype, device=v0.device)
     minus_threshold = -threshold if spiking else None
-    # a block's temporaries, batch first like the gradient
-    work = v0.new_empty((v0.shape[0], min(block, n_steps)) + tuple(v0.shape[1:]))
+    # A block's temporaries, batch first like the gradient (contiguous: an elementwise
+    # function may take another code path, with other bits, on a strided view).
+    work = v0.new_empty(min(block, n_steps) * v0.numel())
     # R_t of a block as 0/1 in the gradient's dtype (adding a bool tensor is slow)
     kept = torch.empty_like(work) if spiking and options.reset == "zero" else None
 
@@ -140,7 +146,7 @@ def sequence_backward(
                 del v_reset
             keep = None  # R_t
             if spiking and reset == "zero":
-                keep = torch.lt(vb, threshold, out=kept[:, : stop - start])
+                keep = torch.lt(vb, threshold, out=_batch_first(kept, vb))
 
             # B_t, then A_t alpha = m_t (R_t + psi_t K_t) alpha in the same buffer
             # (None stands for 1).
@@ -149,7 +155,7 @@ def sequence_backward(
                 # v - threshold written batch first (the layout of the gradient), so
                 # that every later operation of the block runs on matching strides.
                 slope = options.surrogate.derivative_(
-                    torch.sub(vb, threshold, out=work[:, : stop - start])
+                    torch.sub(vb, threshold, out=_batch_first(work, vb))
                 )
                 if g_spikes is not None:
                     torch.mul(slope, g_spikes[:, start:stop], out=gb)
