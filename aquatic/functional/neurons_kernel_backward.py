@@ -120,8 +120,8 @@ def sequence_backward(
     keep_current = synaptic and options.norm_input and needs[3]
     one = torch.ones((), dtype=v0.dtype, device=v0.device)
     minus_threshold = -threshold if spiking else None
-    # A block's temporaries, batch first like the gradient (contiguous: an elementwise
-    # function may take another code path, with other bits, on a strided view).
+    # A block's temporaries, batch first like the gradient, each a contiguous view of
+    # one buffer (the surrogate then runs one flat loop, for a block of any length).
     work = v0.new_empty(min(block, n_steps) * v0.numel())
     # R_t of a block as 0/1 in the gradient's dtype (adding a bool tensor is slow)
     kept = torch.empty_like(work) if spiking and options.reset == "zero" else None

@@ -698,3 +698,20 @@ def test_checkpoint_without_gradients_keeps_nothing():
 def test_checkpoint_must_be_a_positive_int(bad):
     with pytest.raises(ValueError, match="checkpoint must be None .* int >= 1"):
         lif_fused(torch.rand(1, 4, 2), 0.9, checkpoint=bad)
+
+
+@pytest.mark.parametrize("reset", ["subtract", "zero"])
+def test_input_gradient_bits_do_not_depend_on_the_block(reset, monkeypatch):
+    # float32 and rows long enough for vectorized kernels: a short last block computes
+    # the bits of a whole one (checkpointed segments rely on it).
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn(3, 37, 41, generator=generator) * 0.8 + 0.5
+    weights = torch.randn(x.shape, generator=generator)
+    grads = []
+    for block_elements in (5 * 3 * 41, 1 << 20):  # blocks of 5 steps (the last of 2), one
+        monkeypatch.setattr(fused_module, "BLOCK_ELEMENTS", block_elements)
+        leaf = x.clone().requires_grad_()
+        out = lif_fused(leaf, 0.9, threshold=0.7, reset=reset)
+        grads.append(torch.autograd.grad((out.output * weights).sum(), leaf)[0])
+    assert grads[0].abs().sum() > 0
+    assert torch.equal(grads[0], grads[1])
