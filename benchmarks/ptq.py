@@ -1,17 +1,21 @@
-"""Post-training quantization of a trained float MLP on the bundled digits data set.
+"""Post-training quantization of trained float models on the bundled digits data set.
 
-Trains a 64-128-128-10 perceptron in float on scikit-learn's 8x8 digits (as
-``python -m aquatic.demo`` does), then, with 10 calibration batches of 64 training
-images, reports test accuracy for:
+Trains, in float on scikit-learn's 8x8 digits (as ``python -m aquatic.demo`` does),
+a 64-128-128-10 perceptron (``--model mlp``) and a small depthwise-separable CNN
+(``--model cnn``: a 3x3 stem, three depthwise 3x3 + pointwise 1x1 blocks, a Linear
+head; batch norms folded after training), by default both. Then, with 10 calibration
+batches of 64 training images, it reports test accuracy for:
 
 - int8 PTQ: ``aquatic.quantize(model, aquatic.qconfig.int8)`` + ``aquatic.calibrate``;
 - 4-, 3- and 2-bit weights (per output channel, activations float) with min/max
   ranges, MSE-optimal ranges, and MSE ranges + bias correction;
 - mixed precision (``aquatic.mixed_precision``, candidates 2, 4, 8 bits, or 1 (binary),
-  2, 3, 4, 8 bits; MSE ranges + bias correction) at the weight-byte size of uniform
-  3-bit and of uniform 2-bit weights, against uniform weights of that size, straight
-  after calibration and after the same short QAT fine-tune (5 epochs, Adam, lr 1e-3,
-  ranges frozen), with the paired differences (mixed minus uniform, seed by seed);
+  2, 3, 4, 8 bits; MSE ranges; the result calibrated with bias correction, and with
+  ``--judge-corrected`` each layer judged after it too) at the weight-byte size of
+  uniform 3-bit and of uniform 2-bit weights, against uniform weights of that size,
+  straight after calibration and after the same short QAT fine-tune (5 epochs, Adam,
+  lr 1e-3, ranges frozen), with the paired differences (mixed minus uniform, seed by
+  seed);
 - 4- and 3-bit weights whose per-channel clip minimises the layer's output error on the
   calibration inputs rather than the weight's own error (+ bias correction);
 - torch.ao eager-mode PTQ (x86 default qconfig: per-channel int8 weights, histogram
@@ -22,8 +26,8 @@ images, reports test accuracy for:
   it, ``rounding_iters`` 300 in the analysis; calibrated with it and bias correction).
 
 Paired differences (seed by seed, mean +- standard error, wins/losses) follow the
-tables: the 4-bit variants minus min/max, learned minus nearest rounding, and mixed
-minus uniform at each size.
+tables: int8 minus float, the 4- and 3-bit variants minus min/max, learned minus
+nearest rounding, and mixed minus uniform at each size.
 
 Every figure is the mean over ``--seeds`` seeds (each its own data split, float
 training and fine-tune order): one test image is 0.22 percentage points, and single
@@ -31,9 +35,10 @@ seeds differ by more than the effects measured.
 
 Usage::
 
-    python benchmarks/ptq.py [--epochs 40] [--seed 0] [--seeds 10] [--threads 1]
-    python benchmarks/ptq.py --allocations   # every allocation at the 3-bit size
-    python benchmarks/ptq.py --adaround      # also learned rounding (about 20 min more)
+    python benchmarks/ptq.py [--model all|mlp|cnn] [--epochs N] [--seed 0] [--seeds 10]
+    python benchmarks/ptq.py --model cnn     # the CNN alone (about 3 min on one core)
+    python benchmarks/ptq.py --allocations   # every MLP allocation at the 3-bit size
+    python benchmarks/ptq.py --adaround      # also learned rounding (slow: many minutes)
     python benchmarks/ptq.py --allocations --adaround   # the allocations, learned rounding
 
 Needs scikit-learn (``pip install -e '.[demo]'``).
@@ -307,7 +312,12 @@ def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
         variants = [(f"uniform {bits}-bit", same)]
         for candidates in configurations:
             mapping = aquatic.mixed_precision(
-                model, calib, budget=budget, candidates=candidates, progress=False
+                model,
+                calib,
+                budget=budget,
+                candidates=candidates,
+                progress=False,
+                bias_correction=args.judge_corrected,
             )
             mixed = aquatic.calibrate(
                 aquatic.quantize(model, mapping), calib, progress=False, bias_correction=True
@@ -473,6 +483,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--qat-epochs", type=int, default=5)
     parser.add_argument("--qat-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--judge-corrected",
+        action="store_true",
+        help="mixed precision judges each layer after bias correction (as it is calibrated)",
+    )
     parser.add_argument(
         "--allocations",
         action="store_true",
