@@ -1,17 +1,21 @@
-"""Post-training quantization of a trained float MLP on the bundled digits data set.
+"""Post-training quantization of trained float models on the bundled digits data set.
 
-Trains a 64-128-128-10 perceptron in float on scikit-learn's 8x8 digits (as
-``python -m aquatic.demo`` does), then, with 10 calibration batches of 64 training
-images, reports test accuracy for:
+Trains, in float on scikit-learn's 8x8 digits (as ``python -m aquatic.demo`` does),
+a 64-128-128-10 perceptron (``--model mlp``) and a small depthwise-separable CNN
+(``--model cnn``: a 3x3 stem, three depthwise 3x3 + pointwise 1x1 blocks, a Linear
+head; batch norms folded after training), by default both. Then, with 10 calibration
+batches of 64 training images, it reports test accuracy for:
 
 - int8 PTQ: ``aquatic.quantize(model, aquatic.qconfig.int8)`` + ``aquatic.calibrate``;
 - 4-, 3- and 2-bit weights (per output channel, activations float) with min/max
   ranges, MSE-optimal ranges, and MSE ranges + bias correction;
 - mixed precision (``aquatic.mixed_precision``, candidates 2, 4, 8 bits, or 1 (binary),
-  2, 3, 4, 8 bits; MSE ranges + bias correction) at the weight-byte size of uniform
-  3-bit and of uniform 2-bit weights, against uniform weights of that size, straight
-  after calibration and after the same short QAT fine-tune (5 epochs, Adam, lr 1e-3,
-  ranges frozen), with the paired differences (mixed minus uniform, seed by seed);
+  2, 3, 4, 8 bits; MSE ranges; the result calibrated with bias correction, and with
+  ``--judge-corrected`` each layer judged after it too) at the weight-byte size of
+  uniform 3-bit and of uniform 2-bit weights, against uniform weights of that size,
+  straight after calibration and after the same short QAT fine-tune (5 epochs, Adam,
+  lr 1e-3, ranges frozen), with the paired differences (mixed minus uniform, seed by
+  seed);
 - 4- and 3-bit weights whose per-channel clip minimises the layer's output error on the
   calibration inputs rather than the weight's own error (+ bias correction);
 - torch.ao eager-mode PTQ (x86 default qconfig: per-channel int8 weights, histogram
@@ -22,8 +26,8 @@ images, reports test accuracy for:
   it, ``rounding_iters`` 300 in the analysis; calibrated with it and bias correction).
 
 Paired differences (seed by seed, mean +- standard error, wins/losses) follow the
-tables: the 4-bit variants minus min/max, learned minus nearest rounding, and mixed
-minus uniform at each size.
+tables: int8 minus float, the 4- and 3-bit variants minus min/max, learned minus
+nearest rounding, and mixed minus uniform at each size.
 
 Every figure is the mean over ``--seeds`` seeds (each its own data split, float
 training and fine-tune order): one test image is 0.22 percentage points, and single
@@ -31,9 +35,10 @@ seeds differ by more than the effects measured.
 
 Usage::
 
-    python benchmarks/ptq.py [--epochs 40] [--seed 0] [--seeds 10] [--threads 1]
-    python benchmarks/ptq.py --allocations   # every allocation at the 3-bit size
-    python benchmarks/ptq.py --adaround      # also learned rounding (about 20 min more)
+    python benchmarks/ptq.py [--model all|mlp|cnn] [--epochs N] [--seed 0] [--seeds 10]
+    python benchmarks/ptq.py --model cnn     # the CNN alone (about 3 min on one core)
+    python benchmarks/ptq.py --allocations   # every MLP allocation at the 3-bit size
+    python benchmarks/ptq.py --adaround      # also learned rounding (slow: many minutes)
     python benchmarks/ptq.py --allocations --adaround   # the allocations, learned rounding
 
 Needs scikit-learn (``pip install -e '.[demo]'``).
@@ -55,14 +60,13 @@ import aquatic
 from aquatic.demo import load_digits
 from aquatic.observers import MinMaxObserver, MSEObserver
 from aquatic.ptq import weight_qconfig
+from aquatic.ptq.layer_sensitivity import analysed
 from aquatic.qconfig import QConfig
 from aquatic.quantizers import UniformQuantizer
 
 Row = Tuple[str, str, float]
 QatRow = Tuple[str, float, float]
 
-#: The names of the MLP's three Linear layers.
-LAYERS = ("0", "2", "4")
 ADAROUND = "MSE + AdaRound + bias corr."
 
 
@@ -72,8 +76,64 @@ def make_mlp() -> nn.Sequential:
     )
 
 
-def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float, seed: int) -> None:
+def _separable(channels: int, out: int, stride: int) -> List[nn.Module]:
+    """A depthwise 3x3 convolution, then a pointwise 1x1 one, each with batch norm."""
+    return [
+        nn.Conv2d(channels, channels, 3, stride, 1, groups=channels, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(),
+        nn.Conv2d(channels, out, 1, bias=False),
+        nn.BatchNorm2d(out),
+        nn.ReLU(),
+    ]
+
+
+def make_cnn(width: int = 16) -> nn.Sequential:
+    """A depthwise-separable CNN (the MobileNet block) on the 1x8x8 digit images.
+
+    A 3x3 stem convolution (``width`` channels), three depthwise 3x3 + pointwise 1x1
+    blocks (to ``2 * width``, then, at stride 2, ``4 * width`` channels twice), global
+    average pooling and a Linear head: 8 layers with weights, the depthwise ones 9
+    weights per channel, the pointwise ones most of the bytes. Batch norms are folded
+    (:func:`aquatic.fold_batch_norm`) after training, before any quantization.
+    """
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)),
+        nn.Conv2d(1, width, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(width),
+        nn.ReLU(),
+        *_separable(width, 2 * width, 1),
+        *_separable(2 * width, 4 * width, 2),
+        *_separable(4 * width, 4 * width, 1),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4 * width, 10),
+    )
+
+
+#: Per model: its builder, its title, and its float training (epochs, Adam learning
+#: rate, one-cycle schedule or constant).
+MODELS = {
+    "mlp": (make_mlp, "Digits MLP 64-128-128-10", 40, 1e-3, False),
+    "cnn": (make_cnn, "Digits depthwise-separable CNN (16-32-64-64, 8 layers)", 20, 3e-3, True),
+}
+
+
+def train(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    epochs: int,
+    lr: float,
+    seed: int,
+    one_cycle: bool = False,
+) -> None:
+    """Adam on batches of 64, at ``lr`` or on a one-cycle schedule peaking at it."""
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    steps = epochs * math.ceil(len(x) / 64)
+    schedule = None
+    if one_cycle:
+        schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(epochs):
@@ -84,7 +144,26 @@ def train(model: nn.Module, x: Tensor, y: Tensor, epochs: int, lr: float, seed: 
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if schedule is not None:
+                schedule.step()
     model.eval()
+
+
+def trained(kind: str, seed: int, epochs: Optional[int]) -> Tuple[nn.Module, Tuple[Tensor, ...]]:
+    """The float model ``kind`` trained on seed ``seed``'s split (batch norms folded), and
+    ``(x_train, y_train, x_test, y_test)``."""
+    make, _, default_epochs, lr, one_cycle = MODELS[kind]
+    data = load_digits(seed=seed)
+    torch.manual_seed(seed)
+    model = make()
+    epochs = default_epochs if epochs is None else epochs
+    train(model, data[0], data[1], epochs, lr, seed, one_cycle)
+    return aquatic.fold_batch_norm(model.eval()), data
+
+
+def layer_names(model: nn.Module) -> List[str]:
+    """The layers :func:`aquatic.quantize` gives weight quantizers (Linear, convolutions)."""
+    return [name for name, module in model.named_modules() if analysed(module)]
 
 
 @torch.no_grad()
@@ -111,15 +190,19 @@ def output_mse_qconfigs(model: nn.Module, bits: int, calib: List[Tensor]) -> Dic
     Output channel ``c`` of a Linear layer errs by :math:`\Delta_c x` for the rounding
     error :math:`\Delta_c` of its weight row, so its mean squared output error is
     :math:`\Delta_c \Sigma \Delta_c^T` with :math:`\Sigma = E[x x^T]` the second moment
-    of the layer's (float) inputs; each channel's clip is the one of 81 (20% to 100% of
-    the row's largest magnitude) with the least such error. The scales are then fixed.
+    of the layer's (float) inputs; a convolution is the same with :math:`x` the input
+    patches of the channel's group (``unfold``). Each channel's clip is the one of 81
+    (20% to 100% of the channel's largest magnitude) with the least such error. The
+    scales are then fixed.
     """
-    inputs: Dict[str, List[Tensor]] = {name: [] for name in LAYERS}
+    layers = dict(model.named_modules())
+    names = layer_names(model)
+    inputs: Dict[str, List[Tensor]] = {name: [] for name in names}
     handles = [
-        model[int(name)].register_forward_pre_hook(
+        layers[name].register_forward_pre_hook(
             lambda module, args, name=name: inputs[name].append(args[0])
         )
-        for name in LAYERS
+        for name in names
     ]
     for batch in calib:
         model(batch)
@@ -128,14 +211,26 @@ def output_mse_qconfigs(model: nn.Module, bits: int, calib: List[Tensor]) -> Dic
     top = 2 ** (bits - 1) - 1  # narrow range: codes -top..top
     ratios = torch.linspace(0.2, 1.0, 81, dtype=torch.float64)
     mapping = {}
-    for name in LAYERS:
+    for name in names:
+        layer = layers[name]
         x = torch.cat(inputs[name]).double()
-        moment = x.T @ x / len(x)
-        w = model[int(name)].weight.double()
-        scales = w.abs().amax(dim=1)[None, :] * ratios[:, None] / top  # (ratio, channel)
+        w = layer.weight.double().flatten(1)  # (channel, inputs per channel)
+        groups = getattr(layer, "groups", 1)
+        if isinstance(layer, nn.Conv2d):
+            x = nn.functional.unfold(
+                x, layer.kernel_size, layer.dilation, layer.padding, layer.stride
+            )  # (N, C_in * kh * kw, positions)
+            x = x.transpose(1, 2).reshape(-1, x.shape[1])
+        elif not isinstance(layer, nn.Linear):
+            raise TypeError(f"output_mse_qconfigs: {type(layer).__name__} is not supported")
+        x = x.reshape(len(x), groups, -1).transpose(0, 1)  # (group, sample, inputs)
+        moment = x.transpose(1, 2) @ x / x.shape[1]  # (group, inputs, inputs)
+        moment = moment.repeat_interleave(len(w) // groups, dim=0)  # per output channel
+        largest = w.abs().amax(dim=1).clamp_min(1e-12)  # an all-zero channel: any scale
+        scales = largest[None, :] * ratios[:, None] / top  # (ratio, channel)
         steps = torch.clamp(torch.round(w[None] / scales[..., None]), -top, top)
         error = steps * scales[..., None] - w[None]
-        cost = torch.einsum("rci,ij,rcj->rc", error, moment, error)
+        cost = torch.einsum("rci,cij,rcj->rc", error, moment, error)
         best = scales.gather(0, cost.argmin(dim=0, keepdim=True))[0]
         weight = UniformQuantizer.with_args(
             bits=bits, narrow_range=True, ch_axis=0, scale=best.float()
@@ -171,14 +266,12 @@ _LEARNED = dict(bias_correction=True, rounding="adaround")
 
 def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
     """Every row of the tables for one seed (data split, float training, fine-tune)."""
-    x_train, y_train, x_test, y_test = load_digits(seed=seed)
-    torch.manual_seed(seed)
-    model = make_mlp()
-    train(model, x_train, y_train, args.epochs, 1e-3, seed)
+    model, (x_train, y_train, x_test, y_test) = trained(args.model, seed, args.epochs)
+    layers = layer_names(model)
     calib = [x_train[i : i + 64] for i in range(0, 640, 64)]
     rows: List[Row] = []
     float_acc = accuracy(model, x_test, y_test)
-    all_bytes = {n: 32 for n in LAYERS}
+    all_bytes = {n: 32 for n in layers}
     rows.append(("float32", f"{weight_bytes(model, all_bytes)}", float_acc))
 
     int8 = aquatic.calibrate(aquatic.quantize(model, aquatic.qconfig.int8), calib, progress=False)
@@ -188,7 +281,7 @@ def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
         rows.append(("int8 PTQ, torch.ao eager (x86 qconfig)", "", reference))
 
     for bits in (4, 3, 2):
-        size = str(weight_bytes(model, {n: bits for n in LAYERS}))
+        size = str(weight_bytes(model, {n: bits for n in layers}))
         minmax = uniform(model, bits, MinMaxObserver, calib)
         mse = uniform(model, bits, MSEObserver, calib)
         corrected = uniform(model, bits, MSEObserver, calib, bias_correction=True)
@@ -214,12 +307,17 @@ def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
 
     qat_rows: List[QatRow] = []
     for bits, configurations in ((3, ((2, 4, 8), (1, 2, 3, 4, 8))), (2, ((1, 2, 3, 4, 8),))):
-        budget = weight_bytes(model, {n: bits for n in LAYERS})
+        budget = weight_bytes(model, {n: bits for n in layers})
         same = uniform(model, bits, MSEObserver, calib, bias_correction=True)
         variants = [(f"uniform {bits}-bit", same)]
         for candidates in configurations:
             mapping = aquatic.mixed_precision(
-                model, calib, budget=budget, candidates=candidates, progress=False
+                model,
+                calib,
+                budget=budget,
+                candidates=candidates,
+                progress=False,
+                bias_correction=args.judge_corrected,
             )
             mixed = aquatic.calibrate(
                 aquatic.quantize(model, mapping), calib, progress=False, bias_correction=True
@@ -253,24 +351,22 @@ def run(seed: int, args: argparse.Namespace) -> Tuple[List[Row], List[QatRow]]:
     return rows, qat_rows
 
 
-#: Every allocation at the weight-byte size of uniform 3-bit weights that no other
+#: Every allocation of the MLP at the weight-byte size of uniform 3-bit weights that no other
 #: allocation of that size dominates (each layer as wide or wider), widths 1 to 8: what mixed
 #: precision could choose there.
 THREE_BIT_SIZE = ((3, 3, 3), (2, 3, 8), (4, 2, 8), (5, 2, 3), (1, 4, 3), (6, 1, 8), (7, 1, 3))
 
 
 def allocations(seeds: range, args: argparse.Namespace) -> None:
-    """Accuracy after calibration of each allocation of the 3-bit size, against 3/3/3."""
+    """Accuracy after calibration of each allocation of the MLP at the 3-bit size,
+    against 3/3/3."""
     accs = []
     for seed in seeds:
-        x_train, y_train, x_test, y_test = load_digits(seed=seed)
-        torch.manual_seed(seed)
-        model = make_mlp()
-        train(model, x_train, y_train, args.epochs, 1e-3, seed)
+        model, (x_train, _, x_test, y_test) = trained("mlp", seed, args.epochs)
         calib = [x_train[i : i + 64] for i in range(0, 640, 64)]
         row = []
         for widths in THREE_BIT_SIZE:
-            mapping = {n: weight_qconfig(b) for n, b in zip(LAYERS, widths)}
+            mapping = {n: weight_qconfig(b) for n, b in zip(layer_names(model), widths)}
             qmodel = aquatic.quantize(model, mapping)
             options = _LEARNED if args.adaround else dict(bias_correction=True)
             qmodel = aquatic.calibrate(qmodel, calib, progress=False, **options)
@@ -279,7 +375,8 @@ def allocations(seeds: range, args: argparse.Namespace) -> None:
     how = ADAROUND if args.adaround else "MSE + bias corr."
     print(f"\nEvery allocation at the 3-bit size ({how}), minus uniform 3-bit")
     for k, widths in enumerate(THREE_BIT_SIZE):
-        size = weight_bytes(make_mlp(), dict(zip(LAYERS, widths)))
+        mlp = make_mlp()
+        size = weight_bytes(mlp, dict(zip(layer_names(mlp), widths)))
         column = [row[k] for row in accs]
         paired = _paired(column, [row[0] for row in accs])
         label = "/".join(map(str, widths))
@@ -289,7 +386,12 @@ def allocations(seeds: range, args: argparse.Namespace) -> None:
 def _pairs(names: Dict[str, List[float]]) -> List[Tuple[str, str]]:
     """The comparisons the acceptance criteria ask for, among the rows there are."""
     pairs = [
-        (f"4-bit weights, {how}", "4-bit weights, min/max")
+        ("int8 PTQ (aquatic.qconfig.int8)", "float32"),
+        ("int8 PTQ, torch.ao eager (x86 qconfig)", "float32"),
+    ]
+    pairs += [
+        (f"{b}-bit weights, {how}", f"{b}-bit weights, min/max")
+        for b in (4, 3)
         for how in ("MSE + bias corr.", "output-MSE + bias corr.", "MSE + AdaRound", ADAROUND)
     ]
     pairs += [
@@ -325,31 +427,10 @@ def _paired(mixed: List[float], uniform: List[float]) -> str:
     return f"{mean:+.2f} +- {sem:.2f} ({wins}W/{losses}L)"
 
 
-def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--seed", type=int, default=0, help="the first seed")
-    parser.add_argument("--seeds", type=int, default=10, help="seeds averaged")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--qat-epochs", type=int, default=5)
-    parser.add_argument("--qat-lr", type=float, default=1e-3)
-    parser.add_argument(
-        "--allocations",
-        action="store_true",
-        help="only compare every allocation at the 3-bit size with uniform 3-bit",
-    )
-    parser.add_argument(
-        "--adaround",
-        action="store_true",
-        help="add learned rounding (AdaRound) rows; with --allocations, calibrate with it",
-    )
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+def report(kind: str, seeds: range, args: argparse.Namespace) -> None:
+    """Every table for model ``kind`` over ``seeds``."""
     start = time.perf_counter()
-    seeds = range(args.seed, args.seed + args.seeds)
-    if args.allocations:
-        allocations(seeds, args)
-        return
+    args = argparse.Namespace(**vars(args), model=kind)
     results = [run(seed, args) for seed in seeds]
     rows: Dict[str, List[float]] = {}
     sizes: Dict[str, List[str]] = {}
@@ -363,8 +444,8 @@ def main(argv: Optional[List[str]] = None) -> None:
             pair = qat.setdefault(name, ([], []))
             pair[0].append(before)
             pair[1].append(after)
-    seeds = f"seeds {args.seed}..{args.seed + args.seeds - 1}, mean +- std"
-    print(f"\nDigits MLP 64-128-128-10, test set of 449 images, {seeds}")
+    span = f"seeds {seeds[0]}..{seeds[-1]}, mean +- std"
+    print(f"\n{MODELS[kind][1]}, test set of 449 images, {span}")
     print(f"{'model':<44} {'weight bytes':>12} {'accuracy %':>16}")
     for name, accs in rows.items():
         size = "/".join(sorted(sizes[name]))
@@ -383,6 +464,53 @@ def main(argv: Optional[List[str]] = None) -> None:
     for first, second in _pairs(rows):
         label = f"{first.replace(' weights', '')} - {second.replace(' weights', '')}"
         print(f"{label:<92} {_paired(rows[first], rows[second]):>22}")
+    print(f"\n{kind}: {time.perf_counter() - start:.1f} s")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--model",
+        choices=(*MODELS, "all"),
+        default="all",
+        help="the MLP, the depthwise-separable CNN, or both (default)",
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="float training (default: MLP 40, CNN 20)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="the first seed")
+    parser.add_argument("--seeds", type=int, default=10, help="seeds averaged")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--qat-epochs", type=int, default=5)
+    parser.add_argument("--qat-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--judge-corrected",
+        action="store_true",
+        help="mixed precision judges each layer after bias correction (as it is calibrated)",
+    )
+    parser.add_argument(
+        "--allocations",
+        action="store_true",
+        help="only compare every allocation of the MLP at the 3-bit size with uniform 3-bit",
+    )
+    parser.add_argument(
+        "--adaround",
+        action="store_true",
+        help="add learned rounding (AdaRound) rows; with --allocations, calibrate with it",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    seeds = range(args.seed, args.seed + args.seeds)
+    if args.allocations:
+        if args.model == "cnn":
+            parser.error("--allocations lists the MLP's allocations; use --model mlp")
+        allocations(seeds, args)
+        return
+    kinds = list(MODELS) if args.model == "all" else [args.model]
+    options = {k: v for k, v in vars(args).items() if k != "model"}
+    for kind in kinds:
+        report(kind, seeds, argparse.Namespace(**options))
     print(f"\ntotal {time.perf_counter() - start:.1f} s")
 
 

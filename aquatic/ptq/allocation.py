@@ -152,6 +152,7 @@ def mixed_precision(
     progress: bool = True,
     rounding: str = "nearest",
     rounding_iters: int = 1000,
+    bias_correction: bool = False,
 ) -> MixedPrecision:
     """A weight bit width per layer that fits ``budget`` and loses the least.
 
@@ -200,6 +201,9 @@ def mixed_precision(
             layer's weights, as for :func:`aquatic.calibrate`: with ``"adaround"`` the
             allocation is judged after learned rounding (then calibrate the result with
             ``rounding="adaround"`` too).
+        bias_correction: judge each layer and width after bias correction, for a
+            result calibrated with ``bias_correction=True`` (as for
+            :func:`aquatic.sensitivity`).
 
     Returns:
         A :class:`~aquatic.ptq.MixedPrecision`: ``{layer name: QConfig}`` for
@@ -255,6 +259,7 @@ def mixed_precision(
         progress=progress,
         rounding=rounding,
         rounding_iters=rounding_iters,
+        bias_correction=bias_correction,
     )
     layers = [(name, dict(model.named_modules())[name]) for name in table.as_dict()]
     cost = costs(budget, layers, bits, _macs(model, layers, batches))

@@ -72,8 +72,8 @@ class LayerRunner:
             analysed).
         batches: the data, as for :func:`aquatic.calibrate`.
         progress: tqdm bar for the caching pass.
-        rounding, rounding_iters: how each quantized layer's weights are rounded, as
-            for :func:`aquatic.calibrate`.
+        rounding, rounding_iters, bias_correction: how each quantized layer is
+            calibrated, as by :func:`aquatic.calibrate`.
     """
 
     def __init__(
@@ -83,9 +83,11 @@ class LayerRunner:
         progress: bool = False,
         rounding: str = "nearest",
         rounding_iters: int = 1000,
+        bias_correction: bool = False,
     ) -> None:
         self.model = model
         self.rounding, self.rounding_iters = rounding, rounding_iters
+        self.bias_correction = bias_correction
         self.batches = batches
         self.device = device_of(model)
         # Layers with one weight tensor (Linear, convolutions): what the costs count.
@@ -150,7 +152,7 @@ class LayerRunner:
     def quantized_layer(self, name: str, qconfig: QConfig) -> nn.Module:
         """Layer ``name`` quantized with ``qconfig`` and calibrated on its cached inputs."""
         layer = dict(self.layers)[name]
-        if self.rounding != "nearest":  # the rounding moves the weight: not the model's
+        if self.rounding != "nearest" or self.bias_correction:  # not the model's own
             layer = copy.deepcopy(layer)
         quantized = twin_of(layer, qconfig)
         quantized.eval()
@@ -161,6 +163,7 @@ class LayerRunner:
                 progress=False,
                 rounding=self.rounding,
                 rounding_iters=self.rounding_iters,
+                bias_correction=self.bias_correction,
             )
         return quantized
 
@@ -188,6 +191,7 @@ def sensitivity(
     progress: bool = True,
     rounding: str = "nearest",
     rounding_iters: int = 1000,
+    bias_correction: bool = False,
 ) -> SensitivityTable:
     """Quantize one layer at a time, with each candidate, and measure the damage.
 
@@ -215,6 +219,9 @@ def sensitivity(
         rounding, rounding_iters: how each quantized layer's weights are rounded, as
             for :func:`aquatic.calibrate` (``"adaround"``: each variant is judged after
             learned rounding, on the layer's cached inputs).
+        bias_correction: judge each variant after bias correction on the layer's
+            cached inputs (:func:`aquatic.ptq.correct_bias`), as a model calibrated
+            with ``bias_correction=True`` will be.
 
     Returns:
         A :class:`~aquatic.ptq.SensitivityTable` of ``(layer, candidate, change)``
@@ -249,7 +256,7 @@ def sensitivity(
     modes = [(module, module.training) for module in model.modules()]
     model.eval()
     try:
-        runner = LayerRunner(model, batches, progress, rounding, rounding_iters)
+        runner = LayerRunner(model, batches, progress, rounding, rounding_iters, bias_correction)
         baseline = 0.0 if metric is None else _score(runner.outputs, runner, metric)
         table = SensitivityTable(metric=_metric_name(metric), baseline=baseline)
         work = [(name, label, qconfig) for name, _ in runner.layers for label, qconfig in pairs]

@@ -139,3 +139,15 @@ def test_bad_input():
         aquatic.mixed_precision(model, _batches(), budget=0, progress=False)
     with pytest.raises(TypeError, match="budget must be"):
         aquatic.mixed_precision(model, _batches(), budget="256KB", progress=False)
+
+
+def test_bias_correction_reaches_the_analysis():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    batches = [torch.randn(32, 16, generator=torch.Generator().manual_seed(1))]
+    mapping = aquatic.mixed_precision(
+        model, batches, budget=100, progress=False, bias_correction=True
+    )
+    table = aquatic.sensitivity(model, (2, 4, 8), batches, progress=False, bias_correction=True)
+    assert mapping.table.as_dict() == table.as_dict()
+    assert mapping.cost <= 100

@@ -151,3 +151,16 @@ def test_spiking_model():
     assert mapping.cost <= 80
     qmodel = aquatic.calibrate(aquatic.quantize(model, mapping), batches, progress=False)
     assert qmodel(batches[0]).shape == (4, 4)
+
+
+def test_bias_correction_judges_the_corrected_layer():
+    # The last layer's output error is its own: removing its mean shift on the very
+    # batches the error is measured on can only lower the mean squared error.
+    model, batches = _mlp(depth=2), _batches()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = aquatic.sensitivity(model, 2, batches, progress=False).as_dict()
+    corrected = aquatic.sensitivity(model, 2, batches, progress=False, bias_correction=True)
+    corrected = corrected.as_dict()
+    assert corrected["2"][2] < plain["2"][2]
+    assert corrected["0"][2] != plain["0"][2]
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
