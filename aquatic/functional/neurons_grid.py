@@ -35,7 +35,7 @@ from torch import Tensor
 from aquatic.functional.integer import bitshift_decay, multiplicative_decay
 from aquatic.functional.neuron_types import StateOps
 
-__all__ = ["StateGrid", "GridRules", "grid_rules", "decay_on_grid"]
+__all__ = ["StateGrid", "GridRules", "grid_rules", "grid_runs", "decay_on_grid"]
 
 #: The decay rules a grid may carry (``""``: the product ``alpha * state``).
 RULES = ("", "bitshift", "multiplicative")
@@ -124,6 +124,17 @@ def grid_rules(
     if not (known_v and known_i):
         return None
     return GridRules(v_grid, i_grid, bool(strict), bool(after_decay))
+
+
+def grid_runs(input: Tensor) -> bool:
+    """Whether the fused sequence runs ``input`` on its grids: a CPU tensor of float32 or
+    float64 (its loop works on NumPy views of the buffers). Other inputs run step by step.
+
+    Example:
+        >>> grid_runs(torch.zeros(2, 3, 4)), grid_runs(torch.zeros(2, 3, 4, dtype=torch.float16))
+        (True, False)
+    """
+    return input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64)
 
 
 def decay_on_grid(state: Tensor, alpha: Tensor, grid: StateGrid) -> Tensor:

@@ -192,6 +192,17 @@ def test_decay_on_grid_is_the_quantizers_rule():
         assert torch.equal(decay_on_grid(states, alpha, state_grid), expected)
 
 
+def test_inputs_beyond_cpu_float32_and_float64_run_the_loop():
+    ops = StateOps(GRID, None, RuleDecay("bitshift", GRID.grid), None)
+    spec = NeuronSpec(torch.tensor(0.875), threshold=torch.tensor(0.75), state_ops=ops)
+    x = (torch.rand(2, 5, 3, generator=torch.Generator().manual_seed(0)) * 2).requires_grad_()
+    assert type(neuron_sequence(x, spec).output.grad_fn).__name__ == FUSED
+    half = x.detach().half().requires_grad_()
+    assert type(neuron_sequence(half, spec).output.grad_fn).__name__ != FUSED
+    with pytest.raises(ValueError, match="float16.*method='loop'"):
+        neuron_sequence(half, spec, method="fused")
+
+
 def test_undescribed_operations_run_the_loop():
     x = torch.rand(2, 5, 3, requires_grad=True)
     plain = StateOps(quantize_v_mem=lambda v: torch.round(v * 8) / 8)
