@@ -4,7 +4,8 @@ Forward runs, step by step, the operations of the reference loop
 (:func:`~aquatic.functional.neurons_spec.neuron_step`) with the state quantizers and
 decays of :class:`~aquatic.functional.neurons_grid.GridRules` in place of the modules,
 so it computes the loop's bits. It keeps the membrane before the reset of every step,
-the synaptic current, and where each state quantizer saturated (one byte per value).
+the synaptic current, and where each state quantizer saturated (0 there, else 1, in
+the values' dtype: a product with a boolean tensor converts it first, at a cost).
 
 Backward follows the gradient rules of the loop: a state quantizer passes the gradient
 straight through inside its range and stops it where it saturated (mask :math:`q_t`);
@@ -64,9 +65,8 @@ def _membrane_block(v, threshold, options, rules, g_spikes, out):
     else:
         out.zero_()
     keep = None
-    if options.reset == "zero":
-        keep = (v <= threshold) if rules.strict else (v < threshold)
-        keep = keep.to(v.dtype)
+    if options.reset == "zero":  # written as 1.0 and 0.0 directly (not via booleans)
+        keep = (torch.le if rules.strict else torch.lt)(v, threshold, out=torch.empty_like(v))
     if options.detach_reset:
         return out, keep, keep
     if options.reset == "zero":

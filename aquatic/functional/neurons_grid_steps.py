@@ -76,8 +76,8 @@ class StepQuantizer:
     ``y`` (``FakeQuantizeCore``: :math:`q = z + \\mathrm{nearbyint}(y \\cdot (1 / s))`,
     clamped, times :math:`s` in float32) into ``out``, with the rounded codes before the
     clamp in ``z`` and the clamped codes in ``codes`` (arrays of the values' dtype), and
-    where they are equal (the quantizer passes the gradient) in the boolean ``mask``
-    when given. ``out`` may be ``y``.
+    where they are equal (the quantizer passes the gradient) in ``mask`` when given
+    (boolean, or 1 and 0 of a floating-point dtype). ``out`` may be ``y``.
 
     Example:
         >>> grid = StateGrid(torch.tensor(0.25), torch.tensor(0, dtype=torch.int32), -8, 7)
