@@ -22,7 +22,8 @@ from aquatic.functional.custom_ops import fake_gradients, op_output
 from aquatic.functional.neurons_fused import surrogate_key, surrogate_of
 from aquatic.functional.neurons_grid import GridRules, StateGrid
 from aquatic.functional.neurons_grid_backward import grid_backward
-from aquatic.functional.neurons_grid_kernel import grid_forward, quantizer_after_decay_passes
+from aquatic.functional.neurons_grid_current import quantizer_after_decay_passes
+from aquatic.functional.neurons_grid_kernel import grid_forward
 
 __all__ = ["lif_grid_fused"]
 

@@ -38,12 +38,18 @@ from torch import Tensor
 
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons_grid import GridRules, StateGrid
+from aquatic.functional.neurons_grid_current import (
+    CurrentSteps,
+    quantizer_after_decay_passes,
+    reads_codes,
+)
 from aquatic.functional.neurons_grid_steps import (
     StepDecay,
     StepQuantizer,
     as_array,
     clip,
     constant,
+    power_of_two,
 )
 from aquatic.functional.neurons_kernel import block_steps
 from aquatic.functional.surrogate import spike_values
@@ -114,21 +120,6 @@ def grid_quantizer(grid: Optional[StateGrid], dtype: torch.dtype) -> Optional[Ca
     return quantize
 
 
-def quantizer_after_decay_passes(rules: GridRules, dtype: torch.dtype) -> bool:
-    """Whether the current's quantizer passes its input unchanged (float32 states, no
-    ``input_after_decay``, a decay rule on the quantizer's grid whose codes span fewer
-    than :math:`2^{20}` values): then forward skips it and keeps no mask."""
-    grid = rules.i_syn
-    if grid is None or not grid.rule or rules.after_decay or dtype != torch.float32:
-        return False
-    return grid.quant_max - grid.quant_min < 2**20
-
-
-def _reads_codes(decay: StepDecay, quantize: Optional[StepQuantizer]) -> bool:
-    """Whether ``decay`` can read the codes ``quantize`` wrote instead of its value."""
-    return quantize is not None and quantize.exact_codes and bool(decay.rule) and decay.exact
-
-
 def _subtract_stays_in_range(quantize: StepQuantizer, threshold_codes: Tensor) -> bool:
     r"""Whether the codes :math:`q - k s_t` of a subtract reset (:math:`q` the clamped
     membrane codes, :math:`k` the threshold's from :meth:`StepQuantizer.codes_of`,
@@ -143,26 +134,30 @@ def _subtract_stays_in_range(quantize: StepQuantizer, threshold_codes: Tensor) -
     return quantize.low <= 0 and bool(threshold_codes.min() >= 0)
 
 
-def _sums_codes(rules: GridRules, options: Options, bias, quantize_v, decay_i) -> bool:
+def _sums_codes(rules: GridRules, options: Options, bias, quantize_v, current) -> bool:
     r"""Whether the membrane's quantizer can take the sum of the codes of its two terms:
     the decayed membrane's :math:`R` (read from codes) and the current's :math:`I`
-    (the codes of its decay, its quantizer passing them) on the same scale :math:`s`,
-    with the current as the whole drive (no ``norm_input``, no bias).
+    (known codes: :class:`~aquatic.functional.neurons_grid_current.CurrentSteps`) on
+    the same scale :math:`s`, with the current as the whole drive (no ``norm_input``, no
+    bias).
 
     Then :math:`\mathrm{fl}(\mathrm{fl}(\mathrm{fl}(R s) + \mathrm{fl}(I s)) \cdot
     \mathrm{fl}(1/s))` (four roundings to float32 at most, each of relative error
     :math:`2^{-24}`) lies within :math:`(|R| + |I|)\, 2^{-22}(1 + 2^{-21}) < 1/2` of
     :math:`R + I` when :math:`|R| + |I| < 2^{20}`, so it rounds to :math:`R + I`: the
-    quantizer's codes without the two products, the sum and the rounding.
+    quantizer's codes without the two products, the sum and the rounding. On a grid
+    whose step is a power of two every one of those operations is exact while
+    :math:`|R| + |I| < 2^{p}` (``p`` significand bits; Loihi's two 24-bit states).
     """
-    if options.norm_input or bias is not None or rules.after_decay or decay_i is None:
+    if options.norm_input or bias is not None or current is None or not current.known:
         return False
     grid_i, grid_v = rules.i_syn, rules.v_mem
-    if grid_i is None or grid_v is None or not grid_i.rule or not decay_i.exact:
+    if grid_i is None or grid_v is None or not torch.equal(grid_i.scale, grid_v.scale):
         return False
-    bound_i = max(abs(float(decay_i.low)), abs(float(decay_i.high)))
-    same_scale = bool(torch.equal(grid_i.scale, grid_v.scale))
-    return same_scale and bound_i + quantize_v.bound < 2**20
+    bound = current.bound + quantize_v.bound
+    significand = np.finfo(quantize_v.dtype).nmant + 1
+    exact = power_of_two(grid_v.scale) and bound < 2.0**significand
+    return bound < 2**20 or exact
 
 
 def grid_forward(
@@ -203,27 +198,18 @@ def grid_forward(
     trace = torch.empty_like(x) if keep_trace else new(1)[0].unsqueeze(1)
     spikes = torch.empty_like(x) if spiking else None
     v_pre = new(n_steps if need_grad else 1)
-    v_mask = i_mask = current = None
+    v_mask = None
     if quantize_v is not None:
         zv, v_codes = scratch(), scratch()
         v_mask = new(n_steps) if need_grad else None
     d_buf, dv_codes = scratch(), scratch()
-    if synaptic:
-        decay_i = StepDecay(rules.i_syn, alpha_syn, v0)
-        quantize_i = None
-        if rules.i_syn is not None and not quantizer_after_decay_passes(rules, x.dtype):
-            quantize_i = StepQuantizer(rules.i_syn, x.dtype)
-            zi, i_codes = scratch(), scratch()
-            i_mask = new(n_steps) if need_grad else None
-        current, di_codes = new(n_steps), scratch()
-        # Loihi's order: the state the decay reads is the quantizer's, codes known.
-        reuse = rules.after_decay and _reads_codes(decay_i, quantize_i)
+    current = CurrentSteps(x, i0, alpha_syn, rules, need_grad) if synaptic else None
     binary = spiking and options.max_spikes == 1
     # The codes of the reset membrane, from the quantizer's (one rounding fewer), in
     # place: the zero reset zeroes those that fired (the decay of 0 is 0); the subtract
     # reset subtracts those of a threshold on the grid from them.
     reset_codes = None
-    if binary and options.min_v_mem is None and _reads_codes(decay_v, quantize_v):
+    if binary and options.min_v_mem is None and reads_codes(decay_v, quantize_v):
         if options.reset == "zero" and quantize_v.low <= 0 <= quantize_v.high:
             reset_codes = "zero"
         elif options.reset == "subtract":
@@ -233,97 +219,84 @@ def grid_forward(
                 quantize_v, threshold_codes
             )
     # The current's codes per step of a block, when the membrane's quantizer sums them.
-    sum_codes = None
-    if reset_codes == "subtract" and synaptic and quantize_i is None:
-        if _sums_codes(rules, options, bias, quantize_v, decay_i):
-            sum_codes = as_array(new(min(block, n_steps)))
+    sums = reset_codes is not None and _sums_codes(rules, options, bias, quantize_v, current)
+    if sums:
+        current.keep_codes(min(block, n_steps))
     compare = np.greater if rules.strict else np.greater_equal
     values = xs.dtype.type
     zero, thr = values(0), constant(threshold, xs.dtype)
     arrays = [as_array(t) if t is not None else None for t in (v_pre, trace, spikes)]
     pre_np, trace_np, spikes_np = arrays
-    cur_np = as_array(current) if synaptic else None
     v_mask_np = as_array(v_mask) if v_mask is not None else None
-    i_mask_np = as_array(i_mask) if i_mask is not None else None
-    i, state, known, known_v = (as_array(i0) if synaptic else None), as_array(v0), False, False
-    for start in range(0, n_steps, block):
-        stop = min(start + block, n_steps)
-        n = stop - start
-        if synaptic:
+    state, known_v = as_array(v0), False
+    # IEEE 754 overflow and invalid operations give infinities and NaNs, as torch's do,
+    # without NumPy's warnings.
+    with np.errstate(all="ignore"):
+        for start in range(0, n_steps, block):
+            stop = min(start + block, n_steps)
+            n = stop - start
+            if synaptic:
+                current.run(xs, start, stop)
+                cur = current.current[start:stop]
+            else:
+                cur = x[:, start:stop].transpose(0, 1)
+            drive = (1 - alpha_mem) * cur if options.norm_input else cur
+            if bias is not None:
+                drive = drive + bias
+            drive = as_array(drive)
             for k in range(n):
-                x_t, i_t = xs[:, start + k], cur_np[start + k]
-                mask = i_mask_np[start + k] if i_mask_np is not None else None
-                if rules.after_decay:
-                    if known:
-                        decay_i.from_codes(i_codes, di_codes, d_buf)
-                    else:
-                        decay_i(i, di_codes, d_buf)
-                    np.add(d_buf, x_t, out=i_t)
+                t = start + k
+                v = pre_np[t] if need_grad else pre_np[0]
+                # Without a trace one buffer serves: a step reads the state before it writes it.
+                target = trace_np[:, t] if keep_trace else trace_np[:, 0]
+                mask = v_mask_np[t] if v_mask_np is not None else None
+                if known_v and sums:
+                    np.add(decay_v.rule_codes(v_codes, dv_codes), current.codes[k], out=zv)
+                    quantize_v.finish(zv, v_codes, v, mask)
                 else:
-                    codes = sum_codes[k] if sum_codes is not None else di_codes
-                    decay_i(np.add(i, x_t, out=d_buf), codes, i_t)
-                if quantize_i is not None:
-                    quantize_i(i_t, zi, i_codes, i_t, mask)
-                    known = reuse
-                i = i_t
-            cur = current[start:stop]
-        else:
-            cur = x[:, start:stop].transpose(0, 1)
-        drive = (1 - alpha_mem) * cur if options.norm_input else cur
-        if bias is not None:
-            drive = drive + bias
-        drive = as_array(drive)
-        for k in range(n):
-            t = start + k
-            v = pre_np[t] if need_grad else pre_np[0]
-            # Without a trace one buffer serves: a step reads the state before it writes it.
-            target = trace_np[:, t] if keep_trace else trace_np[:, 0]
-            mask = v_mask_np[t] if v_mask_np is not None else None
-            if known_v and sum_codes is not None:
-                np.add(decay_v.rule_codes(v_codes, dv_codes), sum_codes[k], out=zv)
-                quantize_v.finish(zv, v_codes, v, mask)
-            else:
-                if known_v:
-                    decay_v.from_codes(v_codes, dv_codes, d_buf)
-                else:
-                    decay_v(state, dv_codes, d_buf)
-                np.add(d_buf, drive[k], out=v)
-                if quantize_v is not None:
-                    quantize_v(v, zv, v_codes, v, mask)
-            if binary:
-                s = compare(v, thr, out=spikes_np[:, t])
-                # The reset membrane is read by the next step unless its codes are known,
-                # and is the final state after the last step.
-                if keep_trace or reset_codes is None or t == n_steps - 1:
-                    if options.reset == "subtract":
-                        # s is 0 or 1, so threshold * s is exact: the loop's v - threshold * s.
-                        np.subtract(v, np.multiply(s, thr, out=target), out=target)
-                    elif quantize_v is not None:  # finite v: v - v s is v or 0
-                        np.subtract(v, np.multiply(v, s, out=target), out=target)
+                    if known_v:
+                        decay_v.from_codes(v_codes, dv_codes, d_buf)
                     else:
-                        np.copyto(target, v)
-                        np.copyto(target, zero, where=s.astype(bool))
-                    if options.min_v_mem is not None:
-                        np.maximum(target, values(options.min_v_mem), out=target)
-                # zv is free: codes - codes s, or codes - k s (k the threshold's codes).
-                if reset_codes == "zero":
-                    np.subtract(v_codes, np.multiply(v_codes, s, out=zv), out=v_codes)
-                elif reset_codes == "subtract":
-                    np.subtract(v_codes, np.multiply(s, threshold_codes, out=zv), out=v_codes)
-                    if clamp_reset:
-                        clip(v_codes, quantize_v.code_low, quantize_v.code_high, out=v_codes)
-                known_v = reset_codes is not None
-            else:
-                _reset_step(
-                    v, target, spikes_np[:, t] if spiking else None, threshold, options, rules
-                )
-            state = target
+                        decay_v(state, dv_codes, d_buf)
+                    np.add(d_buf, drive[k], out=v)
+                    if quantize_v is not None:
+                        quantize_v(v, zv, v_codes, v, mask)
+                if binary:
+                    s = compare(v, thr, out=spikes_np[:, t])
+                    # The reset membrane is read by the next step unless its codes are known,
+                    # and is the final state after the last step.
+                    if keep_trace or reset_codes is None or t == n_steps - 1:
+                        if options.reset == "subtract":
+                            # s is 0 or 1, so threshold * s is exact: the loop's v - threshold * s.
+                            np.subtract(v, np.multiply(s, thr, out=target), out=target)
+                        elif quantize_v is not None:  # finite v: v - v s is v or 0
+                            np.subtract(v, np.multiply(v, s, out=target), out=target)
+                        else:
+                            np.copyto(target, v)
+                            np.copyto(target, zero, where=s.astype(bool))
+                        if options.min_v_mem is not None:
+                            np.maximum(target, values(options.min_v_mem), out=target)
+                    # zv is free: codes - codes s, or codes - k s (k the threshold's codes).
+                    if reset_codes == "zero":
+                        np.subtract(v_codes, np.multiply(v_codes, s, out=zv), out=v_codes)
+                    elif reset_codes == "subtract":
+                        np.subtract(v_codes, np.multiply(s, threshold_codes, out=zv), out=v_codes)
+                        if clamp_reset:
+                            clip(v_codes, quantize_v.code_low, quantize_v.code_high, out=v_codes)
+                    known_v = reset_codes is not None
+                else:
+                    _reset_step(
+                        v, target, spikes_np[:, t] if spiking else None, threshold, options, rules
+                    )
+                state = target
     v_trace = trace if keep_trace else None
     output = spikes if spiking else v_trace
-    i_final = torch.from_numpy(i.copy()) if synaptic else None
     v_pre = v_pre if need_grad else None
     v_final = torch.from_numpy(state.copy())
-    return output, v_trace, current, v_pre, v_mask, i_mask, v_final, i_final
+    if not synaptic:
+        return output, v_trace, None, v_pre, v_mask, None, v_final, None
+    i_final = torch.from_numpy(current.state.copy())
+    return output, v_trace, current.current, v_pre, v_mask, current.mask, v_final, i_final
 
 
 def _reset_step(v, target, s, threshold: Tensor, options: Options, rules: GridRules) -> None:

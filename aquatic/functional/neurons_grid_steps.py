@@ -38,7 +38,15 @@ try:  # the clip ufunc itself: np.clip wraps it in three Python calls (over a mi
 except ImportError:  # NumPy 1
     from numpy.core.umath import clip
 
-__all__ = ["SIGNIFICAND", "as_array", "clip", "constant", "StepDecay", "StepQuantizer"]
+__all__ = [
+    "SIGNIFICAND",
+    "as_array",
+    "clip",
+    "constant",
+    "power_of_two",
+    "StepDecay",
+    "StepQuantizer",
+]
 
 #: Significand bits of the dtypes the loop runs: integers below ``2**bits`` are exact.
 SIGNIFICAND = {torch.float32: 24, torch.float64: 53}
@@ -57,7 +65,8 @@ def constant(value, dtype) -> np.ndarray:
     return np.asarray(value, dtype=dtype)
 
 
-def _power_of_two(scale: Tensor) -> bool:
+def power_of_two(scale: Tensor) -> bool:
+    """Whether the 0-dim ``scale`` is a power of two."""
     mantissa, _ = torch.frexp(scale.double())
     return float(mantissa) == 0.5
 
@@ -100,7 +109,7 @@ class StepQuantizer:
         # The kernel's product in float32 (for float64 values too, then converted).
         self.value_scale = constant(grid.scale, np.float32)
         self.cast = self.dtype != np.float32
-        power = _power_of_two(grid.scale) and bound < 2**24
+        power = power_of_two(grid.scale) and bound < 2**24
         self.exact_codes = bound < 2**21 or power
         self.bound = bound
 
@@ -175,7 +184,6 @@ class StepDecay:
         if not self.exact:
             return
         self.scale = constant(grid.scale, self.dtype)
-        self.value_scale = constant(grid.scale, np.float64)
         new = lambda dtype: np.empty(tuple(like.shape), dtype)  # noqa: E731
         codes = grid.codes.detach().double().cpu()
         if self.rule == "bitshift":
@@ -207,28 +215,21 @@ class StepDecay:
         np.divide(y, self.scale, out=codes)
         np.rint(codes, out=codes)
         clip(codes, self.low, self.high, out=codes)
-        decayed = self.rule_codes(codes, codes)
-        if decayed is not codes:  # a float64 product: the codes below 2**p, exactly
-            np.copyto(codes, decayed, casting="same_kind")
-        return np.multiply(codes, self.scale, out=out)
+        return np.multiply(self.rule_codes(codes, codes), self.scale, out=out)
 
     def from_codes(self, codes: np.ndarray, scratch: np.ndarray, out: np.ndarray) -> np.ndarray:
         """The decay of the state ``codes * s`` that a :class:`StepQuantizer` on this
         grid wrote (with ``exact_codes``: its value divided by ``s`` rounds back to
         ``codes``); ``scratch`` of the values' dtype, ``codes`` left as they are."""
-        decayed = self.rule_codes(codes, scratch)
-        if decayed.dtype == np.float64 and out.dtype == np.float32:
-            return np.multiply(decayed, self.value_scale, out=out)
-        return np.multiply(decayed, self.scale, out=out)
+        return np.multiply(self.rule_codes(codes, scratch), self.scale, out=out)
 
     def rule_codes(self, codes: np.ndarray, result: np.ndarray) -> np.ndarray:
         """The decayed codes of ``codes`` into ``result`` (may be ``codes``), for a rule
-        within the exact range; a multiplicative rule whose product needs float64
-        returns them in a float64 array of its own instead."""
+        within the exact range (a product beyond it formed in float64 first)."""
         if self.rule == "bitshift":
             shifted = np.multiply(codes, self.factor, out=self.shifted)
             np.floor(shifted, out=shifted)
             np.maximum(shifted, np.minimum(codes, self.ones, out=self.floor), out=shifted)
             return np.subtract(codes, shifted, out=result)
         product = np.multiply(codes, self.keep, out=self.product if self.wide else result)
-        return np.trunc(product, out=product)
+        return np.trunc(product, out=result)  # below 2**p: exact in result's dtype

@@ -313,8 +313,34 @@ def test_subtract_reset_codes_are_clamped_unless_they_stay_in_range():
 
 
 @pytest.mark.parametrize("rule", ["bitshift", "multiplicative"])
-@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[4]], ids=str)
+@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[4], CASES[6]], ids=str)
 def test_float32_grid_states_equal_the_loop(case, rule):
     # float32: the current's quantizer passes its decay, and without norm_input or a
     # bias the membrane's quantizer takes the sum of the codes.
     test_grid_states_fused_equal_the_loop(case, rule, torch.float32)
+
+
+@pytest.mark.parametrize("after_decay", [False, True])
+def test_inputs_near_the_float32_range_equal_the_loop(after_decay):
+    # On a power-of-two grid the current's codes add the input divided by the step,
+    # which overflows first; the clamp and the masks see the same codes.
+    decay = RuleDecay("multiplicative", GRID.grid)
+    spec = NeuronSpec(
+        torch.tensor(0.875),
+        torch.tensor(0.96875),
+        torch.tensor(0.75),
+        reset="zero",
+        input_after_decay=after_decay,
+        state_ops=StateOps(GRID, GRID, decay, decay),
+    )
+    x = torch.randn(3, 12, 5, generator=torch.Generator().manual_seed(1)) * 4
+    x[0, 3:6, :2] = torch.tensor([3e38, -3e38, 1e37]).view(3, 1)
+    x[1, 2, 1] = 6e36
+    with torch.no_grad():
+        loop, fused = (
+            neuron_sequence(x, spec, method=m, record_states=True) for m in ("loop", "fused")
+        )
+    for a, b in zip(loop, fused):
+        for c, d in zip(a, b) if isinstance(a, tuple) else [(a, b)]:
+            assert (c is None and d is None) or torch.equal(c, d)
+    assert loop.i_syn.abs().max() >= 7.5  # saturated (then decayed)
