@@ -4,8 +4,9 @@ Forward runs, step by step, the operations of the reference loop
 (:func:`~aquatic.functional.neurons_spec.neuron_step`) with the state quantizers and
 decays of :class:`~aquatic.functional.neurons_grid.GridRules` in place of the modules,
 so it computes the loop's bits. It keeps the membrane before the reset of every step,
-the synaptic current, and where each state quantizer saturated (0 there, else 1, in
-the values' dtype: a product with a boolean tensor converts it first, at a cost).
+the synaptic current, and where each state quantizer saturated (one byte per value;
+NumPy multiplies by those masks, where torch would first convert them to a tensor of
+the values' dtype).
 
 Backward follows the gradient rules of the loop: a state quantizer passes the gradient
 straight through inside its range and stops it where it saturated (mask :math:`q_t`);
@@ -33,12 +34,14 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons_grid import GridRules
 from aquatic.functional.neurons_grid_kernel import reset_of, spikes_of
+from aquatic.functional.neurons_grid_steps import as_array
 from aquatic.functional.neurons_kernel import block_steps
 
 __all__ = ["grid_backward"]
@@ -47,6 +50,12 @@ __all__ = ["grid_backward"]
 def _add(total: Optional[Tensor], grad: Tensor, like: Tensor) -> Tensor:
     grad = grad.sum_to_size(like.shape)
     return grad if total is None else total + grad
+
+
+def _masked(values: Tensor, mask: Tensor, out: Tensor) -> Tensor:
+    """``values * mask`` (a boolean mask) into ``out`` (may be ``values``)."""
+    np.multiply(as_array(values), as_array(mask), out=as_array(out))
+    return out
 
 
 def _time_major(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -109,6 +118,7 @@ def grid_backward(
     grad_threshold = spiking and needs[5]
     unclamped = options._replace(min_v_mem=None)
     grad_v = torch.empty_like(v)  # G: the gradient of each step's membrane before Q
+    factor_buf = v.new_empty((min(block, n_steps),) + v.shape[1:])  # masked factors
     g_alpha = g_threshold = g_bias = None
     for start in reversed(range(0, n_steps, block)):
         stop = min(start + block, n_steps)
@@ -134,8 +144,8 @@ def grid_backward(
         factors = alpha_mem.expand_as(vb) if coef is None else coef * alpha_mem
         if v_mask is not None:
             mask = v_mask[start:stop]
-            gb.mul_(mask)
-            factors = factors * mask
+            _masked(gb, mask, gb)
+            factors = _masked(factors, mask, factor_buf[: stop - start])
         steps, step_factors = grad_v[start : min(stop + 1, n_steps)].unbind(0), factors.unbind(0)
         for k in range(len(steps) - 2, -1, -1):
             steps[k].addcmul_(steps[k + 1], step_factors[k])
@@ -189,8 +199,8 @@ def grid_backward(
         stop = min(start + block, n_steps)
         factors = alpha_syn.expand_as(grad_i[start:stop])
         if i_mask is not None:
-            grad_i[start:stop].mul_(i_mask[start:stop])
-            factors = factors * i_mask[start:stop]
+            _masked(grad_i[start:stop], i_mask[start:stop], grad_i[start:stop])
+            factors = _masked(factors, i_mask[start:stop], factor_buf[: stop - start])
         steps, step_factors = grad_i[start : min(stop + 1, n_steps)].unbind(0), factors.unbind(0)
         for k in range(len(steps) - 2, -1, -1):
             steps[k].addcmul_(steps[k + 1], step_factors[k])

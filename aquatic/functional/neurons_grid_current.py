@@ -59,8 +59,9 @@ def reads_codes(decay: StepDecay, quantize: Optional[StepQuantizer]) -> bool:
 
 class CurrentSteps:
     """The current of a sequence ``x`` ``(N, T, *)`` from ``i0``: :meth:`run` fills
-    :attr:`current` (time major) and the quantizer's :attr:`mask` (1 where it passes the
-    gradient; ``None`` without a quantizer or a gradient) a block of steps at a time.
+    :attr:`current` (time major) and the quantizer's boolean :attr:`mask` (where it
+    passes the gradient; ``None`` without a quantizer or a gradient) a block of steps at
+    a time.
 
     :attr:`known` tells whether the codes of each step's current are known after
     :meth:`keep_codes`: then :meth:`run` writes them into :attr:`codes`, one row per
@@ -78,7 +79,7 @@ class CurrentSteps:
         self.mask = None
         if rules.i_syn is not None and not quantizer_after_decay_passes(rules, x.dtype):
             self.quantize = StepQuantizer(rules.i_syn, x.dtype)
-            self.mask = x.new_empty(steps_first) if need_grad else None
+            self.mask = x.new_empty(steps_first, dtype=torch.bool) if need_grad else None
         self.current = x.new_empty(steps_first)
         new = lambda: np.empty(tuple(i0.shape), as_array(x).dtype)  # noqa: E731
         self.z, self.scratch, self.decayed, self.buf = new(), new(), new(), new()

@@ -177,8 +177,8 @@ def _(
         full(record or not spiking),
         steps(synaptic),
         steps(grad),
-        steps(grad and bool(ints[0])),
-        steps(grad and bool(ints[4]) and synaptic and not passes),
+        steps(grad and bool(ints[0]), torch.bool),
+        steps(grad and bool(ints[4]) and synaptic and not passes, torch.bool),
         v0.new_empty(v0.shape),
         x.new_empty(v0.shape if synaptic else 0),
     )

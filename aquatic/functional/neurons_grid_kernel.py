@@ -8,9 +8,8 @@ float kernel (:mod:`aquatic.functional.neurons_kernel`) it works in blocks of ti
 steps: the synaptic current of a whole block first, then the membrane, every step
 written into preallocated time-major buffers (each step contiguous); the drive from
 the current is computed for a whole block at once. It keeps the membrane before the
-reset of every step, the synaptic current, and where each state quantizer passed the
-gradient (1, else 0, in the values' dtype: backward multiplies by it), for
-:func:`~aquatic.functional.neurons_grid_backward.grid_backward`.
+reset of every step, the synaptic current, and where each state quantizer saturated
+(one byte per value), for :func:`~aquatic.functional.neurons_grid_backward.grid_backward`.
 
 Per step it runs NumPy ufuncs on views of the buffers (see
 :mod:`~aquatic.functional.neurons_grid_steps`), ``out=`` every time, spikes and the
@@ -201,7 +200,7 @@ def grid_forward(
     v_mask = None
     if quantize_v is not None:
         zv, v_codes = scratch(), scratch()
-        v_mask = new(n_steps) if need_grad else None
+        v_mask = new(n_steps, torch.bool) if need_grad else None
     d_buf, dv_codes = scratch(), scratch()
     current = CurrentSteps(x, i0, alpha_syn, rules, need_grad) if synaptic else None
     binary = spiking and options.max_spikes == 1
