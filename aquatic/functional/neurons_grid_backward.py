@@ -117,7 +117,9 @@ def grid_backward(
     n_steps, block = v.shape[0], block_steps(v[0].numel())
     grad_threshold = spiking and needs[5]
     unclamped = options._replace(min_v_mem=None)
-    grad_v = torch.empty_like(v)  # G: the gradient of each step's membrane before Q
+    # G: the gradient of each step's membrane before Q, time major over a batch-major
+    # buffer: the input's gradient is read from it without a transposing copy.
+    grad_v = v.new_empty((v.shape[1], v.shape[0]) + v.shape[2:]).transpose(0, 1)
     factor_buf = v.new_empty((min(block, n_steps),) + v.shape[1:])  # masked factors
     g_alpha = g_threshold = g_bias = None
     for start in reversed(range(0, n_steps, block)):
