@@ -59,9 +59,9 @@ def reads_codes(decay: StepDecay, quantize: Optional[StepQuantizer]) -> bool:
 
 class CurrentSteps:
     """The current of a sequence ``x`` ``(N, T, *)`` from ``i0``: :meth:`run` fills
-    :attr:`current` (time major) and the quantizer's boolean :attr:`mask` (where it
-    passes the gradient; ``None`` without a quantizer or a gradient) a block of steps at
-    a time.
+    :attr:`current` (time major; with ``block``, the rows of the block run last) and the
+    quantizer's boolean :attr:`mask` (where it passes the gradient; ``None`` without a
+    quantizer or a gradient) a block of steps at a time. :meth:`steps` is the block's.
 
     :attr:`known` tells whether the codes of each step's current are known after
     :meth:`keep_codes`: then :meth:`run` writes them into :attr:`codes`, one row per
@@ -70,7 +70,13 @@ class CurrentSteps:
     """
 
     def __init__(
-        self, x: Tensor, i0: Tensor, alpha: Tensor, rules: GridRules, need_grad: bool
+        self,
+        x: Tensor,
+        i0: Tensor,
+        alpha: Tensor,
+        rules: GridRules,
+        need_grad: bool,
+        block: Optional[int] = None,
     ) -> None:
         steps_first = (x.shape[1],) + tuple(i0.shape)
         self.after_decay = rules.after_decay
@@ -80,7 +86,9 @@ class CurrentSteps:
         if rules.i_syn is not None and not quantizer_after_decay_passes(rules, x.dtype):
             self.quantize = StepQuantizer(rules.i_syn, x.dtype)
             self.mask = x.new_empty(steps_first, dtype=torch.bool) if need_grad else None
-        self.current = x.new_empty(steps_first)
+        # With ``block``, the currents of one block only (the last block's at the end).
+        self.block = block
+        self.current = x.new_empty(steps_first if block is None else (block,) + steps_first[1:])
         new = lambda: np.empty(tuple(i0.shape), as_array(x).dtype)  # noqa: E731
         self.z, self.scratch, self.decayed, self.buf = new(), new(), new(), new()
         # The codes of the state the decay reads, where the loop's rounding gives them.
@@ -119,15 +127,21 @@ class CurrentSteps:
             np.multiply(
                 x[:, start:stop].swapaxes(0, 1), self.inverse, out=self.inputs[: stop - start]
             )
+        first = 0 if self.block is not None else start
         for k in range(stop - start):
             t = start + k
             mask = masks[t] if masks is not None else None
             codes = self.codes[k] if self.codes is not None else self.scratch
             if self.scaled and self.previous is not None:
-                self._scaled_step(self.inputs[k], currents[t], codes, mask)
+                self._scaled_step(self.inputs[k], currents[first + k], codes, mask)
             else:
-                self._step(x[:, t], currents[t], codes, mask)
-            self.state = currents[t]
+                self._step(x[:, t], currents[first + k], codes, mask)
+            self.state = currents[first + k]
+
+    def steps(self, start: int, stop: int) -> Tensor:
+        """The currents of the steps ``start`` to ``stop`` that :meth:`run` ran last."""
+        first = 0 if self.block is not None else start
+        return self.current[first : first + stop - start]
 
     def _scaled_step(self, x_t, i_t, codes, mask) -> None:
         z, decay = self.z, self.decay

@@ -55,6 +55,7 @@ from aquatic.functional.surrogate import spike_values
 
 __all__ = [
     "grid_forward",
+    "keeps_current",
     "grid_decayer",
     "grid_quantizer",
     "quantizer_after_decay_passes",
@@ -168,15 +169,18 @@ def grid_forward(
     rules: GridRules,
     need_grad: bool,
     record: bool = True,
+    keep_current: bool = True,
 ) -> Tuple[Tensor, ...]:
     """The whole sequence, block by block, without autograd (CPU, float32 or float64:
-    :func:`~aquatic.functional.neurons_grid.grid_runs`).
+    :func:`~aquatic.functional.neurons_grid.grid_runs`). ``keep_current``: return the
+    current of every step (recorded, or read by backward: :func:`keeps_current`).
 
     Returns:
         ``(output, v_trace, current, v_pre, v_mask, i_mask, v_final, i_final)``: spikes
         (the membrane for a non-spiking neuron) and, when ``record``, the membrane after
         each step's reset, both ``(N, T, *)``; then, time major ``(T, N, *)``: the
-        current of each step (``None`` without a synaptic state), the membrane before
+        current of each step (``None`` without a synaptic state or ``keep_current``), the
+        membrane before
         each reset (``None`` unless ``need_grad``) and the in-range masks of the
         membrane's and the current's quantizers (``None`` without them or a gradient,
         and for a current's quantizer that passes its input); and the final state.
@@ -202,7 +206,10 @@ def grid_forward(
         zv, v_codes = scratch(), scratch()
         v_mask = new(n_steps, torch.bool) if need_grad else None
     d_buf, dv_codes = scratch(), scratch()
-    current = CurrentSteps(x, i0, alpha_syn, rules, need_grad) if synaptic else None
+    current = None
+    if synaptic:
+        rows = None if keep_current else min(block, n_steps)
+        current = CurrentSteps(x, i0, alpha_syn, rules, need_grad, rows)
     binary = spiking and options.max_spikes == 1
     # The codes of the reset membrane, from the quantizer's (one rounding fewer), in
     # place: the zero reset zeroes those that fired (the decay of 0 is 0); the subtract
@@ -236,7 +243,7 @@ def grid_forward(
             n = stop - start
             if synaptic:
                 current.run(xs, start, stop)
-                cur = current.current[start:stop]
+                cur = current.steps(start, stop)
             else:
                 cur = x[:, start:stop].transpose(0, 1)
             drive = (1 - alpha_mem) * cur if options.norm_input else cur
@@ -295,7 +302,15 @@ def grid_forward(
     if not synaptic:
         return output, v_trace, None, v_pre, v_mask, None, v_final, None
     i_final = torch.from_numpy(current.state.copy())
-    return output, v_trace, current.current, v_pre, v_mask, current.mask, v_final, i_final
+    currents = current.current if keep_current else None
+    return output, v_trace, currents, v_pre, v_mask, current.mask, v_final, i_final
+
+
+def keeps_current(options: Options, record: bool, need_grad: bool, needs) -> bool:
+    """Whether :func:`grid_forward` returns the current of every step: recorded, or read
+    by backward (the gradient of ``alpha_syn``, or of ``alpha_mem`` with ``norm_input``;
+    ``needs`` as :func:`~aquatic.functional.neurons_grid_backward.grid_backward` takes)."""
+    return record or (need_grad and (needs[4] or (options.norm_input and needs[3])))
 
 
 def _reset_step(v, target, s, threshold: Tensor, options: Options, rules: GridRules) -> None:
