@@ -79,7 +79,7 @@ def _membrane_block(v, threshold, options, rules, g_spikes, out):
     if options.detach_reset:
         return out, keep, keep
     if options.reset == "zero":
-        return out, torch.addcmul(keep, slope, v, value=-1), keep
+        return out, torch.addcmul(keep, slope, v, value=-1, out=slope), keep
     return out, slope.mul_(-threshold).add_(1), keep
 
 
@@ -143,11 +143,15 @@ def grid_backward(
         if last and g_vfinal is not None:
             gb[-1].add_(g_vfinal if coef is None else coef[-1] * g_vfinal)
         unmasked = gb.clone() if grad_threshold and v_mask is not None else None
-        factors = alpha_mem.expand_as(vb) if coef is None else coef * alpha_mem
+        if coef is None:
+            factors = alpha_mem.expand_as(vb)
+        else:  # in place unless the threshold's gradient reads C below
+            factors = coef * alpha_mem if grad_threshold else coef.mul_(alpha_mem)
         if v_mask is not None:
             mask = v_mask[start:stop]
             _masked(gb, mask, gb)
-            factors = _masked(factors, mask, factor_buf[: stop - start])
+            masked = factor_buf[: stop - start] if coef is None or grad_threshold else factors
+            factors = _masked(factors, mask, masked)
         steps, step_factors = grad_v[start : min(stop + 1, n_steps)].unbind(0), factors.unbind(0)
         for k in range(len(steps) - 2, -1, -1):
             steps[k].addcmul_(steps[k + 1], step_factors[k])
