@@ -39,7 +39,7 @@ import torch
 from torch import Tensor
 
 from aquatic.functional.neuron_types import Options
-from aquatic.functional.neurons_grid import GridRules
+from aquatic.functional.neurons_grid import GridRules, delayed
 from aquatic.functional.neurons_grid_kernel import reset_of, spikes_of
 from aquatic.functional.neurons_grid_steps import as_array
 from aquatic.functional.neurons_kernel import block_steps
@@ -109,6 +109,8 @@ def grid_backward(
     """
     v, current, v_mask, i_mask, x, v0, i0, alpha_mem, alpha_syn, threshold, bias = saved
     g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal = grads
+    if rules.delay and x is not None:
+        x = delayed(x)  # the input the steps read
     g_out, g_vtrace, g_itrace, x = map(_time_major, (g_out, g_vtrace, g_itrace, x))
     spiking, min_v_mem = options.spiking, options.min_v_mem
     g_spikes, g_trace = g_out, g_vtrace
@@ -196,7 +198,7 @@ def grid_backward(
     g_x = g_i0 = g_syn = None
     if alpha_syn is None:
         g_x = grad_i if needs[0] else None
-        return _batch_major(g_x), g_v0, None, g_alpha, None, g_threshold, g_bias
+        return _batch_major(g_x, rules.delay), g_v0, None, g_alpha, None, g_threshold, g_bias
     if g_itrace is not None:
         grad_i.add_(g_itrace)
     if g_ifinal is not None:
@@ -234,8 +236,17 @@ def grid_backward(
         g_i0 = grad_i[0] * alpha_syn
     if needs[0]:
         g_x = grad_i if rules.after_decay else grad_i.mul_(alpha_syn)
-    return _batch_major(g_x), g_v0, g_i0, g_alpha, g_syn, g_threshold, g_bias
+    return _batch_major(g_x, rules.delay), g_v0, g_i0, g_alpha, g_syn, g_threshold, g_bias
 
 
-def _batch_major(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.transpose(0, 1).contiguous()
+def _batch_major(t: Optional[Tensor], delay: bool = False) -> Optional[Tensor]:
+    """A time-major gradient batch major; with ``delay``, that of the input read one step
+    late (step ``t`` of the input reached step ``t + 1``; the last reached none)."""
+    if t is None:
+        return None
+    if not delay:
+        return t.transpose(0, 1).contiguous()
+    late = t.new_empty((t.shape[1], t.shape[0]) + t.shape[2:])
+    late[:, :-1] = t[1:].transpose(0, 1)
+    late[:, -1] = 0
+    return late

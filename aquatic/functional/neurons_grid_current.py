@@ -105,6 +105,8 @@ class CurrentSteps:
             self.inputs = np.empty((0,) + tuple(i0.shape), self.z.dtype)
         self.codes = None
         self.state, self.previous = as_array(i0), None
+        self.delay = rules.delay  # step t reads x[:, t - 1], zeros at step 0
+        self.zeros = np.zeros_like(self.z)
 
     @property
     def bound(self) -> float:
@@ -118,15 +120,18 @@ class CurrentSteps:
         self.codes = np.empty((block,) + self.z.shape, self.z.dtype)
 
     def run(self, x: np.ndarray, start: int, stop: int) -> None:
-        """The steps ``start`` to ``stop`` of the input ``x`` (``(N, T, *)``)."""
+        """The steps ``start`` to ``stop`` of the input ``x`` (``(N, T, *)``; read one step
+        late with the rules' ``delay``)."""
         currents = as_array(self.current)
         masks = as_array(self.mask) if self.mask is not None else None
+        late = int(self.delay)
         if self.scaled:
             if len(self.inputs) < stop - start:
                 self.inputs = np.empty((stop - start,) + self.z.shape, self.z.dtype)
-            np.multiply(
-                x[:, start:stop].swapaxes(0, 1), self.inverse, out=self.inputs[: stop - start]
-            )
+            # (step 0 with a delay reads zeros, and runs unscaled: no code is known yet)
+            begin = 1 if late and start == 0 else 0
+            source = x[:, start + begin - late : stop - late].swapaxes(0, 1)
+            np.multiply(source, self.inverse, out=self.inputs[begin : stop - start])
         first = 0 if self.block is not None else start
         for k in range(stop - start):
             t = start + k
@@ -135,7 +140,8 @@ class CurrentSteps:
             if self.scaled and self.previous is not None:
                 self._scaled_step(self.inputs[k], currents[first + k], codes, mask)
             else:
-                self._step(x[:, t], currents[first + k], codes, mask)
+                x_t = self.zeros if late and t == 0 else x[:, t - late]
+                self._step(x_t, currents[first + k], codes, mask)
             self.state = currents[first + k]
 
     def steps(self, start: int, stop: int) -> Tensor:

@@ -92,7 +92,8 @@ def _flat_rules(rules: GridRules) -> Tuple[List[Optional[Tensor]], List[int], st
             tensors += [grid.scale, grid.zero_point, grid.codes]
             ints += [1, grid.quant_min, grid.quant_max, grid.bits]
             names.append(grid.rule)
-    return tensors, ints + [int(rules.strict), int(rules.after_decay)], ",".join(names)
+    flags = [int(rules.strict), int(rules.after_decay), int(rules.delay)]
+    return tensors, ints + flags, ",".join(names)
 
 
 def _rules_of(tensors, ints, names: str) -> GridRules:
@@ -104,7 +105,7 @@ def _rules_of(tensors, ints, names: str) -> GridRules:
         grids.append(
             StateGrid(scale, zero_point, low, high, names[k], bits, codes) if has else None
         )
-    return GridRules(grids[0], grids[1], bool(ints[8]), bool(ints[9]))
+    return GridRules(grids[0], grids[1], bool(ints[8]), bool(ints[9]), bool(ints[10]))
 
 
 def _options(settings: List, surrogate: str) -> Options:

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from aquatic.functional.neuron_types import Options
-from aquatic.functional.neurons_grid import GridRules, StateGrid
+from aquatic.functional.neurons_grid import GridRules, StateGrid, delayed
 from aquatic.functional.neurons_grid_current import (
     CurrentSteps,
     quantizer_after_decay_passes,
@@ -187,6 +187,8 @@ def grid_forward(
     """
     alpha_mem, alpha_syn, threshold, bias = params
     synaptic, spiking = alpha_syn is not None, options.spiking
+    if rules.delay and not synaptic:  # the current reads the input late itself
+        x = delayed(x)
     n_steps, block = x.shape[1], block_steps(x[:, 0].numel())
     step_shape = (x.shape[0],) + x.shape[2:]
     # Time major, so that every step is contiguous (steps of a batch-major tensor lie

@@ -18,7 +18,7 @@ from aquatic.functional.neuron_checks import check_method, prepare
 from aquatic.functional.neuron_values import check_steps
 from aquatic.functional.neuron_types import LIFOutput, LIFState, NeuronSpec, StateOps
 from aquatic.functional.neurons_fused import lif_fused
-from aquatic.functional.neurons_grid import grid_rules, grid_runs
+from aquatic.functional.neurons_grid import delayed, grid_rules, grid_runs
 from aquatic.functional.neurons_grid_fused import lif_grid_fused
 from aquatic.functional.surrogate import spike
 
@@ -142,11 +142,6 @@ def _order(spec: NeuronSpec) -> Tuple[bool, bool]:
     return spec.strict_threshold, spec.input_after_decay
 
 
-def _delayed(input: Tensor) -> Tensor:
-    """``input`` one step late along time (dim 1): zeros at step 0, the last step dropped."""
-    return torch.cat([torch.zeros_like(input[:, :1]), input[:, :-1]], 1)
-
-
 def _loop(input: Tensor, spec: NeuronSpec, state, record_states: bool) -> LIFOutput:
     params, state, options = prepare(input, state, _params(spec), spec.options())
     order = _order(spec)
@@ -221,8 +216,10 @@ def neuron_sequence(
             "layer's quantizers with a fixed range, see aquatic.functional.neurons_grid), "
             "not arbitrary functions; use method='loop' or 'auto'"
         )
-    if spec.input_delay and input.dim() >= 2:
-        input = _delayed(input)
+    if spec.input_delay and rules is not None:
+        rules = rules._replace(delay=True)  # the fused sequence reads the input late
+    elif spec.input_delay and input.dim() >= 2:
+        input = delayed(input)
     if checkpoint is not None and (rules is not None or method == "loop" or quantized):
         how = "on its state grids" if rules is not None else "one step at a time"
         raise ValueError(

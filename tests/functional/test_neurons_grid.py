@@ -126,6 +126,7 @@ CASES = [
     dict(strict_threshold=True, reset="zero", input_after_decay=True),
     dict(strict_threshold=True, input_after_decay=True, input_delay=True, reset="zero"),
     dict(spiking=False, threshold=None, min_v_mem=-1.0),
+    dict(spiking=False, threshold=None, input_delay=True),
 ]
 
 
@@ -313,7 +314,7 @@ def test_subtract_reset_codes_are_clamped_unless_they_stay_in_range():
 
 
 @pytest.mark.parametrize("rule", ["bitshift", "multiplicative"])
-@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[4], CASES[6]], ids=str)
+@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[4], CASES[6], CASES[7]], ids=str)
 def test_float32_grid_states_equal_the_loop(case, rule):
     # float32: the current's quantizer passes its decay, and without norm_input or a
     # bias the membrane's quantizer takes the sum of the codes.
