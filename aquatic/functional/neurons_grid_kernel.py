@@ -179,11 +179,11 @@ def grid_forward(
         ``(output, v_trace, current, v_pre, v_mask, i_mask, v_final, i_final)``: spikes
         (the membrane for a non-spiking neuron) and, when ``record``, the membrane after
         each step's reset, both ``(N, T, *)``; then, time major ``(T, N, *)``: the
-        current of each step (``None`` without a synaptic state or ``keep_current``), the
-        membrane before
-        each reset (``None`` unless ``need_grad``) and the in-range masks of the
-        membrane's and the current's quantizers (``None`` without them or a gradient,
-        and for a current's quantizer that passes its input); and the final state.
+        current of each step (``None`` without a synaptic state or ``keep_current``),
+        the membrane before each reset (``None`` unless ``need_grad``) and the in-range
+        masks of the membrane's and the current's quantizers (``None`` without them or a
+        gradient, and for a current's quantizer that passes its input); and the final
+        state.
     """
     alpha_mem, alpha_syn, threshold, bias = params
     synaptic, spiking = alpha_syn is not None, options.spiking
@@ -255,7 +255,7 @@ def grid_forward(
             for k in range(n):
                 t = start + k
                 v = pre_np[t] if need_grad else pre_np[0]
-                # Without a trace one buffer serves: a step reads the state before it writes it.
+                # Without a trace one buffer serves: a step reads the state, then writes it.
                 target = trace_np[:, t] if keep_trace else trace_np[:, 0]
                 mask = v_mask_np[t] if v_mask_np is not None else None
                 if known_v and sums:
@@ -271,11 +271,11 @@ def grid_forward(
                         quantize_v(v, zv, v_codes, v, mask)
                 if binary:
                     s = compare(v, thr, out=spikes_np[:, t])
-                    # The reset membrane is read by the next step unless its codes are known,
-                    # and is the final state after the last step.
+                    # The reset membrane: read by the next step unless its codes are
+                    # known, and the final state after the last step.
                     if keep_trace or reset_codes is None or t == n_steps - 1:
                         if options.reset == "subtract":
-                            # s is 0 or 1, so threshold * s is exact: the loop's v - threshold * s.
+                            # s is 0 or 1: threshold * s is exact, the loop's v - threshold s.
                             np.subtract(v, np.multiply(s, thr, out=target), out=target)
                         elif quantize_v is not None:  # finite v: v - v s is v or 0
                             np.subtract(v, np.multiply(v, s, out=target), out=target)

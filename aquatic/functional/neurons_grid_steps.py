@@ -91,8 +91,8 @@ class StepQuantizer:
     Example:
         >>> grid = StateGrid(torch.tensor(0.25), torch.tensor(0, dtype=torch.int32), -8, 7)
         >>> step = StepQuantizer(grid, torch.float32)
-        >>> y, z, codes = np.array([0.3, 5.0], np.float32), np.empty(2, np.float32), np.empty(2, np.float32)
-        >>> mask = np.empty(2, bool)
+        >>> y = np.array([0.3, 5.0], np.float32)
+        >>> z, codes, mask = np.empty(2, np.float32), np.empty(2, np.float32), np.empty(2, bool)
         >>> step(y, z, codes, y, mask), codes, mask
         (array([0.25, 1.75], dtype=float32), array([1., 7.], dtype=float32), array([ True, False]))
     """
@@ -165,7 +165,8 @@ class StepDecay:
         >>> grid = StateGrid(torch.tensor(0.25), torch.tensor(0, dtype=torch.int32), -64, 63,
         ...                  "bitshift", 0, torch.tensor(3))
         >>> step = StepDecay(grid, torch.tensor(0.875), torch.empty(2))
-        >>> step(np.array([0.75, 12.5], np.float32), np.empty(2, np.float32), np.empty(2, np.float32))
+        >>> codes, out = np.empty(2, np.float32), np.empty(2, np.float32)
+        >>> step(np.array([0.75, 12.5], np.float32), codes, out)
         array([ 0.5, 11. ], dtype=float32)
     """
 
