@@ -35,7 +35,7 @@ from torch import Tensor
 from aquatic.functional.integer import bitshift_decay, multiplicative_decay
 from aquatic.functional.neuron_types import StateOps
 
-__all__ = ["StateGrid", "GridRules", "grid_rules", "decay_on_grid"]
+__all__ = ["StateGrid", "GridRules", "grid_rules", "grid_runs", "decay_on_grid", "delayed"]
 
 #: The decay rules a grid may carry (``""``: the product ``alpha * state``).
 RULES = ("", "bitshift", "multiplicative")
@@ -70,12 +70,15 @@ class GridRules(NamedTuple):
         i_syn: the synaptic current's :class:`StateGrid`, or ``None``.
         strict: spike on :math:`v > \\vartheta` (``strict_threshold``).
         after_decay: add the input after the current's decay (``input_after_decay``).
+        delay: the input arrives one step late (``input_delay``): step ``t`` reads
+            ``x[:, t - 1]``, zeros at step 0.
     """
 
     v_mem: Optional[StateGrid] = None
     i_syn: Optional[StateGrid] = None
     strict: bool = False
     after_decay: bool = False
+    delay: bool = False
 
 
 def _state_grid(quantize, decay, alpha) -> Tuple[bool, Optional[StateGrid]]:
@@ -115,7 +118,7 @@ def grid_rules(
 
     Example:
         >>> grid_rules(StateOps(), 0.9, None, strict=True, after_decay=False)
-        GridRules(v_mem=None, i_syn=None, strict=True, after_decay=False)
+        GridRules(v_mem=None, i_syn=None, strict=True, after_decay=False, delay=False)
         >>> print(grid_rules(StateOps(quantize_v_mem=torch.round), 0.9, None, False, False))
         None
     """
@@ -124,6 +127,17 @@ def grid_rules(
     if not (known_v and known_i):
         return None
     return GridRules(v_grid, i_grid, bool(strict), bool(after_decay))
+
+
+def grid_runs(input: Tensor) -> bool:
+    """Whether the fused sequence runs ``input`` on its grids: a CPU tensor of float32 or
+    float64 (its loop works on NumPy views of the buffers). Other inputs run step by step.
+
+    Example:
+        >>> grid_runs(torch.zeros(2, 3, 4)), grid_runs(torch.zeros(2, 3, 4, dtype=torch.float16))
+        (True, False)
+    """
+    return input.device.type == "cpu" and input.dtype in (torch.float32, torch.float64)
 
 
 def decay_on_grid(state: Tensor, alpha: Tensor, grid: StateGrid) -> Tensor:
@@ -151,3 +165,13 @@ def decay_on_grid(state: Tensor, alpha: Tensor, grid: StateGrid) -> Tensor:
     else:
         decayed = multiplicative_decay(codes, grid.codes, grid.bits)
     return decayed.to(state.dtype) * grid.scale
+
+
+def delayed(input: Tensor) -> Tensor:
+    """``input`` one step late along time (dim 1): zeros at step 0, the last step dropped.
+
+    Example:
+        >>> delayed(torch.tensor([[1.0, 2.0, 3.0]]))
+        tensor([[0., 1., 2.]])
+    """
+    return torch.cat([torch.zeros_like(input[:, :1]), input[:, :-1]], 1)

@@ -4,7 +4,9 @@ Forward runs, step by step, the operations of the reference loop
 (:func:`~aquatic.functional.neurons_spec.neuron_step`) with the state quantizers and
 decays of :class:`~aquatic.functional.neurons_grid.GridRules` in place of the modules,
 so it computes the loop's bits. It keeps the membrane before the reset of every step,
-the synaptic current, and where each state quantizer saturated (one byte per value).
+the synaptic current, and where each state quantizer saturated (one byte per value;
+NumPy multiplies by those masks, where torch would first convert them to a tensor of
+the values' dtype).
 
 Backward follows the gradient rules of the loop: a state quantizer passes the gradient
 straight through inside its range and stops it where it saturated (mask :math:`q_t`);
@@ -32,12 +34,14 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from aquatic.functional.neuron_types import Options
-from aquatic.functional.neurons_grid import GridRules
+from aquatic.functional.neurons_grid import GridRules, delayed
 from aquatic.functional.neurons_grid_kernel import reset_of, spikes_of
+from aquatic.functional.neurons_grid_steps import as_array
 from aquatic.functional.neurons_kernel import block_steps
 
 __all__ = ["grid_backward"]
@@ -46,6 +50,12 @@ __all__ = ["grid_backward"]
 def _add(total: Optional[Tensor], grad: Tensor, like: Tensor) -> Tensor:
     grad = grad.sum_to_size(like.shape)
     return grad if total is None else total + grad
+
+
+def _masked(values: Tensor, mask: Tensor, out: Tensor) -> Tensor:
+    """``values * mask`` (a boolean mask) into ``out`` (may be ``values``)."""
+    np.multiply(as_array(values), as_array(mask), out=as_array(out))
+    return out
 
 
 def _time_major(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -64,13 +74,12 @@ def _membrane_block(v, threshold, options, rules, g_spikes, out):
     else:
         out.zero_()
     keep = None
-    if options.reset == "zero":
-        keep = (v <= threshold) if rules.strict else (v < threshold)
-        keep = keep.to(v.dtype)
+    if options.reset == "zero":  # written as 1.0 and 0.0 directly (not via booleans)
+        keep = (torch.le if rules.strict else torch.lt)(v, threshold, out=torch.empty_like(v))
     if options.detach_reset:
         return out, keep, keep
     if options.reset == "zero":
-        return out, torch.addcmul(keep, slope, v, value=-1), keep
+        return out, torch.addcmul(keep, slope, v, value=-1, out=slope), keep
     return out, slope.mul_(-threshold).add_(1), keep
 
 
@@ -100,6 +109,8 @@ def grid_backward(
     """
     v, current, v_mask, i_mask, x, v0, i0, alpha_mem, alpha_syn, threshold, bias = saved
     g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal = grads
+    if rules.delay and x is not None:
+        x = delayed(x)  # the input the steps read
     g_out, g_vtrace, g_itrace, x = map(_time_major, (g_out, g_vtrace, g_itrace, x))
     spiking, min_v_mem = options.spiking, options.min_v_mem
     g_spikes, g_trace = g_out, g_vtrace
@@ -108,7 +119,10 @@ def grid_backward(
     n_steps, block = v.shape[0], block_steps(v[0].numel())
     grad_threshold = spiking and needs[5]
     unclamped = options._replace(min_v_mem=None)
-    grad_v = torch.empty_like(v)  # G: the gradient of each step's membrane before Q
+    # G: the gradient of each step's membrane before Q, time major over a batch-major
+    # buffer: the input's gradient is read from it without a transposing copy.
+    grad_v = v.new_empty((v.shape[1], v.shape[0]) + v.shape[2:]).transpose(0, 1)
+    factor_buf = v.new_empty((min(block, n_steps),) + v.shape[1:])  # masked factors
     g_alpha = g_threshold = g_bias = None
     for start in reversed(range(0, n_steps, block)):
         stop = min(start + block, n_steps)
@@ -131,11 +145,15 @@ def grid_backward(
         if last and g_vfinal is not None:
             gb[-1].add_(g_vfinal if coef is None else coef[-1] * g_vfinal)
         unmasked = gb.clone() if grad_threshold and v_mask is not None else None
-        factors = alpha_mem.expand_as(vb) if coef is None else coef * alpha_mem
+        if coef is None:
+            factors = alpha_mem.expand_as(vb)
+        else:  # in place unless the threshold's gradient reads C below
+            factors = coef * alpha_mem if grad_threshold else coef.mul_(alpha_mem)
         if v_mask is not None:
             mask = v_mask[start:stop]
-            gb.mul_(mask)
-            factors = factors * mask
+            _masked(gb, mask, gb)
+            masked = factor_buf[: stop - start] if coef is None or grad_threshold else factors
+            factors = _masked(factors, mask, masked)
         steps, step_factors = grad_v[start : min(stop + 1, n_steps)].unbind(0), factors.unbind(0)
         for k in range(len(steps) - 2, -1, -1):
             steps[k].addcmul_(steps[k + 1], step_factors[k])
@@ -180,7 +198,7 @@ def grid_backward(
     g_x = g_i0 = g_syn = None
     if alpha_syn is None:
         g_x = grad_i if needs[0] else None
-        return _batch_major(g_x), g_v0, None, g_alpha, None, g_threshold, g_bias
+        return _batch_major(g_x, rules.delay), g_v0, None, g_alpha, None, g_threshold, g_bias
     if g_itrace is not None:
         grad_i.add_(g_itrace)
     if g_ifinal is not None:
@@ -189,8 +207,8 @@ def grid_backward(
         stop = min(start + block, n_steps)
         factors = alpha_syn.expand_as(grad_i[start:stop])
         if i_mask is not None:
-            grad_i[start:stop].mul_(i_mask[start:stop])
-            factors = factors * i_mask[start:stop]
+            _masked(grad_i[start:stop], i_mask[start:stop], grad_i[start:stop])
+            factors = _masked(factors, i_mask[start:stop], factor_buf[: stop - start])
         steps, step_factors = grad_i[start : min(stop + 1, n_steps)].unbind(0), factors.unbind(0)
         for k in range(len(steps) - 2, -1, -1):
             steps[k].addcmul_(steps[k + 1], step_factors[k])
@@ -218,8 +236,17 @@ def grid_backward(
         g_i0 = grad_i[0] * alpha_syn
     if needs[0]:
         g_x = grad_i if rules.after_decay else grad_i.mul_(alpha_syn)
-    return _batch_major(g_x), g_v0, g_i0, g_alpha, g_syn, g_threshold, g_bias
+    return _batch_major(g_x, rules.delay), g_v0, g_i0, g_alpha, g_syn, g_threshold, g_bias
 
 
-def _batch_major(t: Optional[Tensor]) -> Optional[Tensor]:
-    return None if t is None else t.transpose(0, 1).contiguous()
+def _batch_major(t: Optional[Tensor], delay: bool = False) -> Optional[Tensor]:
+    """A time-major gradient batch major; with ``delay``, that of the input read one step
+    late (step ``t`` of the input reached step ``t + 1``; the last reached none)."""
+    if t is None:
+        return None
+    if not delay:
+        return t.transpose(0, 1).contiguous()
+    late = t.new_empty((t.shape[1], t.shape[0]) + t.shape[2:])
+    late[:, :-1] = t[1:].transpose(0, 1)
+    late[:, -1] = 0
+    return late

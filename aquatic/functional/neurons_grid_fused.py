@@ -22,7 +22,8 @@ from aquatic.functional.custom_ops import fake_gradients, op_output
 from aquatic.functional.neurons_fused import surrogate_key, surrogate_of
 from aquatic.functional.neurons_grid import GridRules, StateGrid
 from aquatic.functional.neurons_grid_backward import grid_backward
-from aquatic.functional.neurons_grid_kernel import grid_forward, quantizer_after_decay_passes
+from aquatic.functional.neurons_grid_current import quantizer_after_decay_passes
+from aquatic.functional.neurons_grid_kernel import grid_forward, keeps_current
 
 __all__ = ["lif_grid_fused"]
 
@@ -47,7 +48,8 @@ class _GridSequence(torch.autograd.Function):
         need_grad = torch.is_grad_enabled() or any(needs)
         params = (alpha_mem, alpha_syn, threshold, bias)
         grad = any(needs) and need_grad
-        results = grid_forward(x, v0, i0, params, options, rules, grad, record)
+        keep = keeps_current(options, record, grad, needs)
+        results = grid_forward(x, v0, i0, params, options, rules, grad, record, keep)
         output, v_trace, current, _, _, _, v_final, i_final = results
         ctx.options, ctx.rules = options, rules
         if any(needs):
@@ -90,7 +92,8 @@ def _flat_rules(rules: GridRules) -> Tuple[List[Optional[Tensor]], List[int], st
             tensors += [grid.scale, grid.zero_point, grid.codes]
             ints += [1, grid.quant_min, grid.quant_max, grid.bits]
             names.append(grid.rule)
-    return tensors, ints + [int(rules.strict), int(rules.after_decay)], ",".join(names)
+    flags = [int(rules.strict), int(rules.after_decay), int(rules.delay)]
+    return tensors, ints + flags, ",".join(names)
 
 
 def _rules_of(tensors, ints, names: str) -> GridRules:
@@ -102,7 +105,7 @@ def _rules_of(tensors, ints, names: str) -> GridRules:
         grids.append(
             StateGrid(scale, zero_point, low, high, names[k], bits, codes) if has else None
         )
-    return GridRules(grids[0], grids[1], bool(ints[8]), bool(ints[9]))
+    return GridRules(grids[0], grids[1], bool(ints[8]), bool(ints[9]), bool(ints[10]))
 
 
 def _options(settings: List, surrogate: str) -> Options:
@@ -133,12 +136,13 @@ def _grid_op(
     spiking: bool,
     grad: bool,
     record: bool,
+    keep_current: bool,
 ) -> _Tensors8:
     """``grid_forward``'s results, empty tensors for ``None``."""
     options = Options(reset, None, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
     rules = _rules_of(rule_tensors, ints, names)
     params = (alpha_mem, alpha_syn, threshold, bias)
-    results = grid_forward(x, v0, i0, params, options, rules, grad, record)
+    results = grid_forward(x, v0, i0, params, options, rules, grad, record, keep_current)
     return tuple(op_output(t, x) for t in results)
 
 
@@ -163,6 +167,7 @@ def _(
     spiking,
     grad,
     record,
+    keep_current,
 ):
     synaptic = alpha_syn is not None
     passes = quantizer_after_decay_passes(_rules_of(rule_tensors, ints, names), x.dtype)
@@ -174,7 +179,7 @@ def _(
     return (
         full(True),
         full(record or not spiking),
-        steps(synaptic),
+        steps(synaptic and keep_current),
         steps(grad),
         steps(grad and bool(ints[0]), torch.bool),
         steps(grad and bool(ints[4]) and synaptic and not passes, torch.bool),
@@ -235,12 +240,14 @@ def _none(tensor: Tensor, real: bool) -> Optional[Tensor]:
 def _setup_context(ctx, inputs, output):
     tensors = inputs[:7]
     rule_tensors, ints, names, surrogate = inputs[7:11]
-    reset, max_spikes, min_v_mem, norm_input, detach_reset, spiking, grad, record = inputs[11:]
+    reset, max_spikes, min_v_mem, norm_input, detach_reset, spiking, grad, record, keep = inputs[
+        11:
+    ]
     ctx.surrogate = surrogate
     ctx.traced = record or not spiking  # else the trace is an empty tensor
-    ctx.synaptic = tensors[4] is not None  # else the current is; it is time major
     x = tensors[0]
     synaptic = tensors[4] is not None
+    ctx.synaptic = synaptic and keep  # else the current is empty; it is time major
     ctx.settings = (reset, max_spikes, min_v_mem, norm_input, detach_reset, spiking)
     ctx.rules = (ints, names)
     ctx.needs = [t is not None and t.requires_grad for t in tensors]
@@ -250,7 +257,7 @@ def _setup_context(ctx, inputs, output):
     results = [
         output[0],
         output[1],
-        _none(output[2], synaptic),
+        _none(output[2], synaptic and keep),
         _none(output[3], grad),
         _none(output[4], grad and bool(ints[0])),
         _none(output[5], grad and bool(ints[4]) and synaptic and not passes),
@@ -286,7 +293,7 @@ def _grid_op_backward(ctx, *grads_out):
         list(ctx.needs),
     )
     tensor_grads = [g if need else None for g, need in zip(results, ctx.needs)]
-    return tuple(tensor_grads) + ([None] * 6,) + (None,) * 11
+    return tuple(tensor_grads) + ([None] * 6,) + (None,) * 12
 
 
 _grid_op.register_autograd(_grid_op_backward, setup_context=_setup_context)
@@ -331,6 +338,7 @@ def _compiled(input, params, state, options, rules, record) -> LIFOutput:
     rule_tensors, ints, names = _flat_rules(rules)
     key = surrogate_key(options.surrogate) if options.spiking else ""
     needs = [t is not None and t.requires_grad for t in tensors]
+    grad = torch.is_grad_enabled() and any(needs)
     results = _grid_op(
         *tensors,
         rule_tensors,
@@ -343,8 +351,9 @@ def _compiled(input, params, state, options, rules, record) -> LIFOutput:
         options.norm_input,
         options.detach_reset,
         options.spiking,
-        torch.is_grad_enabled() and any(needs),
+        grad,
         record,
+        keeps_current(options, record, grad, needs),
     )
     output, v_trace, current, _, _, _, v_final, i_final = results
     synaptic = params[1] is not None

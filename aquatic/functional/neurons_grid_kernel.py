@@ -11,8 +11,10 @@ the current is computed for a whole block at once. It keeps the membrane before 
 reset of every step, the synaptic current, and where each state quantizer saturated
 (one byte per value), for :func:`~aquatic.functional.neurons_grid_backward.grid_backward`.
 
-Per step it runs no ``torch.round`` (see :mod:`~aquatic.functional.neurons_grid_steps`),
-and a decay reads the integer codes the quantizer before it wrote where that is exact
+Per step it runs NumPy ufuncs on views of the buffers (see
+:mod:`~aquatic.functional.neurons_grid_steps`), ``out=`` every time, spikes and the
+recorded membrane written into the batch-major outputs directly; a decay reads the
+integer codes the quantizer before it wrote where that is exact
 (Loihi's current; the membrane after a zero reset or a subtract reset by a threshold
 on the grid) instead of rounding the state again. Where the current is the membrane's
 whole drive, on the membrane's scale, and its quantizer passes its decay (Xylo), the
@@ -29,17 +31,31 @@ from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from aquatic.functional.neuron_types import Options
-from aquatic.functional.neurons_grid import GridRules, StateGrid
-from aquatic.functional.neurons_grid_steps import StepDecay, StepQuantizer
+from aquatic.functional.neurons_grid import GridRules, StateGrid, delayed
+from aquatic.functional.neurons_grid_current import (
+    CurrentSteps,
+    quantizer_after_decay_passes,
+    reads_codes,
+)
+from aquatic.functional.neurons_grid_steps import (
+    StepDecay,
+    StepQuantizer,
+    as_array,
+    clip,
+    constant,
+    power_of_two,
+)
 from aquatic.functional.neurons_kernel import block_steps
 from aquatic.functional.surrogate import spike_values
 
 __all__ = [
     "grid_forward",
+    "keeps_current",
     "grid_decayer",
     "grid_quantizer",
     "quantizer_after_decay_passes",
@@ -78,10 +94,11 @@ def grid_decayer(grid: Optional[StateGrid], alpha: Tensor, dtype: torch.dtype) -
 
     def decay(y: Tensor) -> Tensor:
         shapes = [y.shape, alpha.shape] + ([grid.codes.shape] if grid and grid.rule else [])
-        like = y.to(dtype).expand(torch.broadcast_shapes(*shapes))
+        like = y.to(dtype).expand(torch.broadcast_shapes(*shapes)).contiguous()
         step = StepDecay(grid, alpha, like)
-        codes = like.new_empty(like.shape, dtype=step.dtype or dtype)
-        return step(like, codes, torch.empty_like(like))
+        out = torch.empty_like(like)
+        step(as_array(like), as_array(torch.empty_like(like)), as_array(out))
+        return out
 
     return decay
 
@@ -95,31 +112,12 @@ def grid_quantizer(grid: Optional[StateGrid], dtype: torch.dtype) -> Optional[Ca
 
     def quantize(y: Tensor) -> Tuple[Tensor, Tensor]:
         y = y.to(dtype)
-        z, codes = (y.new_empty(y.shape, dtype=step.dtype) for _ in range(2))
-        mask = torch.empty_like(y, dtype=torch.bool)
-        return step(y, z, codes, torch.empty_like(y), mask), mask
+        out, mask = torch.empty_like(y), torch.empty_like(y, dtype=torch.bool)
+        z, codes = (as_array(torch.empty_like(y)) for _ in range(2))
+        step(as_array(y), z, codes, as_array(out), as_array(mask))
+        return out, mask
 
     return quantize
-
-
-def quantizer_after_decay_passes(rules: GridRules, dtype: torch.dtype) -> bool:
-    """Whether the current's quantizer passes its input unchanged (float32 states, no
-    ``input_after_decay``, a decay rule on the quantizer's grid whose codes span fewer
-    than :math:`2^{20}` values): then forward skips it and keeps no mask."""
-    grid = rules.i_syn
-    if grid is None or not grid.rule or rules.after_decay or dtype != torch.float32:
-        return False
-    return grid.quant_max - grid.quant_min < 2**20
-
-
-def _reads_codes(decay: StepDecay, quantize: Optional[StepQuantizer]) -> bool:
-    """Whether ``decay`` can read the codes ``quantize`` wrote instead of its value."""
-    return (
-        quantize is not None
-        and quantize.exact_codes
-        and bool(decay.rule)
-        and decay.dtype == quantize.dtype
-    )
 
 
 def _subtract_stays_in_range(quantize: StepQuantizer, threshold_codes: Tensor) -> bool:
@@ -136,26 +134,30 @@ def _subtract_stays_in_range(quantize: StepQuantizer, threshold_codes: Tensor) -
     return quantize.low <= 0 and bool(threshold_codes.min() >= 0)
 
 
-def _sums_codes(rules: GridRules, options: Options, bias, quantize_v, decay_i) -> bool:
+def _sums_codes(rules: GridRules, options: Options, bias, quantize_v, current) -> bool:
     r"""Whether the membrane's quantizer can take the sum of the codes of its two terms:
     the decayed membrane's :math:`R` (read from codes) and the current's :math:`I`
-    (the codes of its decay, its quantizer passing them) on the same scale :math:`s`,
-    with the current as the whole drive (no ``norm_input``, no bias).
+    (known codes: :class:`~aquatic.functional.neurons_grid_current.CurrentSteps`) on
+    the same scale :math:`s`, with the current as the whole drive (no ``norm_input``, no
+    bias).
 
     Then :math:`\mathrm{fl}(\mathrm{fl}(\mathrm{fl}(R s) + \mathrm{fl}(I s)) \cdot
     \mathrm{fl}(1/s))` (four roundings to float32 at most, each of relative error
     :math:`2^{-24}`) lies within :math:`(|R| + |I|)\, 2^{-22}(1 + 2^{-21}) < 1/2` of
     :math:`R + I` when :math:`|R| + |I| < 2^{20}`, so it rounds to :math:`R + I`: the
-    quantizer's codes without the two products, the sum and the rounding.
+    quantizer's codes without the two products, the sum and the rounding. On a grid
+    whose step is a power of two every one of those operations is exact while
+    :math:`|R| + |I| < 2^{p}` (``p`` significand bits; Loihi's two 24-bit states).
     """
-    if options.norm_input or bias is not None or rules.after_decay or decay_i is None:
+    if options.norm_input or bias is not None or current is None or not current.known:
         return False
     grid_i, grid_v = rules.i_syn, rules.v_mem
-    if grid_i is None or grid_v is None or not grid_i.rule or decay_i.dtype != quantize_v.dtype:
+    if grid_i is None or grid_v is None or not torch.equal(grid_i.scale, grid_v.scale):
         return False
-    bound_i = max(abs(decay_i.low), abs(decay_i.high))
-    same_scale = bool(torch.equal(grid_i.scale, grid_v.scale))
-    return same_scale and bound_i + quantize_v.bound < 2**20
+    bound = current.bound + quantize_v.bound
+    significand = np.finfo(quantize_v.dtype).nmant + 1
+    exact = power_of_two(grid_v.scale) and bound < 2.0**significand
+    return bound < 2**20 or exact
 
 
 def grid_forward(
@@ -167,55 +169,56 @@ def grid_forward(
     rules: GridRules,
     need_grad: bool,
     record: bool = True,
+    keep_current: bool = True,
 ) -> Tuple[Tensor, ...]:
-    """The whole sequence, block by block, without autograd.
+    """The whole sequence, block by block, without autograd (CPU, float32 or float64:
+    :func:`~aquatic.functional.neurons_grid.grid_runs`). ``keep_current``: return the
+    current of every step (recorded, or read by backward: :func:`keeps_current`).
 
     Returns:
         ``(output, v_trace, current, v_pre, v_mask, i_mask, v_final, i_final)``: spikes
         (the membrane for a non-spiking neuron) and, when ``record``, the membrane after
         each step's reset, both ``(N, T, *)``; then, time major ``(T, N, *)``: the
-        current of each step (``None`` without a synaptic state), the membrane before
-        each reset (``None`` unless ``need_grad``) and the in-range masks of the
-        membrane's and the current's quantizers (``None`` without them or a gradient,
-        and for a current's quantizer that passes its input); and the final state.
+        current of each step (``None`` without a synaptic state or ``keep_current``),
+        the membrane before each reset (``None`` unless ``need_grad``) and the in-range
+        masks of the membrane's and the current's quantizers (``None`` without them or a
+        gradient, and for a current's quantizer that passes its input); and the final
+        state.
     """
     alpha_mem, alpha_syn, threshold, bias = params
     synaptic, spiking = alpha_syn is not None, options.spiking
+    if rules.delay and not synaptic:  # the current reads the input late itself
+        x = delayed(x)
     n_steps, block = x.shape[1], block_steps(x[:, 0].numel())
     step_shape = (x.shape[0],) + x.shape[2:]
     # Time major, so that every step is contiguous (steps of a batch-major tensor lie
     # at one stride, which maps them onto the same cache sets).
     new = lambda steps, dtype=None: x.new_empty((steps,) + step_shape, dtype=dtype)  # noqa: E731
-    decay_v = StepDecay(rules.v_mem, alpha_mem, new(1)[0])
+    scratch = lambda: as_array(new(1)[0])  # noqa: E731
+    xs = as_array(x)
+    decay_v = StepDecay(rules.v_mem, alpha_mem, v0)
     quantize_v = StepQuantizer(rules.v_mem, x.dtype) if rules.v_mem is not None else None
     keep_trace = record or not spiking
-    trace = new(n_steps if keep_trace else 1)
-    spikes = new(n_steps) if spiking else None
+    # The outputs batch major, written a step at a time (rows of the step's neurons).
+    trace = torch.empty_like(x) if keep_trace else new(1)[0].unsqueeze(1)
+    spikes = torch.empty_like(x) if spiking else None
     v_pre = new(n_steps if need_grad else 1)
     v_mask = None
     if quantize_v is not None:
-        zv, v_codes = new(2, quantize_v.dtype)
+        zv, v_codes = scratch(), scratch()
         v_mask = new(n_steps, torch.bool) if need_grad else None
-    d_buf, dv_codes = new(1)[0], new(1, decay_v.dtype)[0]
-    current = i_mask = None
+    d_buf, dv_codes = scratch(), scratch()
+    current = None
     if synaptic:
-        decay_i = StepDecay(rules.i_syn, alpha_syn, d_buf)
-        quantize_i = None
-        if rules.i_syn is not None and not quantizer_after_decay_passes(rules, x.dtype):
-            quantize_i = StepQuantizer(rules.i_syn, x.dtype)
-            zi, i_codes = new(2, quantize_i.dtype)
-            i_mask = new(n_steps, torch.bool) if need_grad else None
-        current, di_codes = new(n_steps), new(1, decay_i.dtype)[0]
-        # Loihi's order: the state the decay reads is the quantizer's, codes known.
-        reuse = rules.after_decay and _reads_codes(decay_i, quantize_i)
+        rows = None if keep_current else min(block, n_steps)
+        current = CurrentSteps(x, i0, alpha_syn, rules, need_grad, rows)
     binary = spiking and options.max_spikes == 1
-    fast_zero = binary and options.reset == "zero" and quantize_v is not None
-    # The codes of the reset membrane, from the quantizer's (one rounding fewer): the
-    # zero reset keeps them or zeroes them; the subtract reset subtracts those of a
-    # threshold on the grid.
+    # The codes of the reset membrane, from the quantizer's (one rounding fewer), in
+    # place: the zero reset zeroes those that fired (the decay of 0 is 0); the subtract
+    # reset subtracts those of a threshold on the grid from them.
     reset_codes = None
-    if binary and options.min_v_mem is None and _reads_codes(decay_v, quantize_v):
-        if fast_zero and quantize_v.low <= 0 <= quantize_v.high:
+    if binary and options.min_v_mem is None and reads_codes(decay_v, quantize_v):
+        if options.reset == "zero" and quantize_v.low <= 0 <= quantize_v.high:
             reset_codes = "zero"
         elif options.reset == "subtract":
             threshold_codes = quantize_v.codes_of(threshold)
@@ -223,92 +226,103 @@ def grid_forward(
             clamp_reset = reset_codes is not None and not _subtract_stays_in_range(
                 quantize_v, threshold_codes
             )
-        # A zero reset leaves the codes as they are and zeroes the decay of those that
-        # fired (the decay of 0 is 0): one float32 product, no float64 copy of the spikes.
-        state_codes = v_codes if reset_codes == "zero" else torch.empty_like(v_codes)
     # The current's codes per step of a block, when the membrane's quantizer sums them.
-    sum_codes = None
-    if reset_codes == "subtract" and synaptic and quantize_i is None:
-        if _sums_codes(rules, options, bias, quantize_v, decay_i):
-            sum_codes = new(min(block, n_steps), decay_i.dtype)
-    compare = torch.gt if rules.strict else torch.ge
-    i, state, known, known_v, fired_before = i0, v0, False, False, None
-    for start in range(0, n_steps, block):
-        stop = min(start + block, n_steps)
-        n = stop - start
-        if synaptic:
-            masks = i_mask[start:stop] if i_mask is not None else (None,) * n
-            codes_i = sum_codes[:n].unbind(0) if sum_codes is not None else (di_codes,) * n
-            steps = zip(x[:, start:stop].unbind(1), current[start:stop], masks, codes_i)
-            for x_t, i_t, mask, di_codes in steps:
-                if rules.after_decay:
-                    if known:
-                        decay_i.from_codes(i_codes, di_codes, d_buf)
+    sums = reset_codes is not None and _sums_codes(rules, options, bias, quantize_v, current)
+    if sums:
+        current.keep_codes(min(block, n_steps))
+    compare = np.greater if rules.strict else np.greater_equal
+    values = xs.dtype.type
+    zero, thr = values(0), constant(threshold, xs.dtype)
+    arrays = [as_array(t) if t is not None else None for t in (v_pre, trace, spikes)]
+    pre_np, trace_np, spikes_np = arrays
+    v_mask_np = as_array(v_mask) if v_mask is not None else None
+    state, known_v = as_array(v0), False
+    # IEEE 754 overflow and invalid operations give infinities and NaNs, as torch's do,
+    # without NumPy's warnings.
+    with np.errstate(all="ignore"):
+        for start in range(0, n_steps, block):
+            stop = min(start + block, n_steps)
+            n = stop - start
+            if synaptic:
+                current.run(xs, start, stop)
+                cur = current.steps(start, stop)
+            else:
+                cur = x[:, start:stop].transpose(0, 1)
+            drive = (1 - alpha_mem) * cur if options.norm_input else cur
+            if bias is not None:
+                drive = drive + bias
+            drive = as_array(drive)
+            for k in range(n):
+                t = start + k
+                v = pre_np[t] if need_grad else pre_np[0]
+                # Without a trace one buffer serves: a step reads the state, then writes it.
+                target = trace_np[:, t] if keep_trace else trace_np[:, 0]
+                mask = v_mask_np[t] if v_mask_np is not None else None
+                if known_v and sums:
+                    np.add(decay_v.rule_codes(v_codes, dv_codes), current.codes[k], out=zv)
+                    quantize_v.finish(zv, v_codes, v, mask)
+                else:
+                    if known_v:
+                        decay_v.from_codes(v_codes, dv_codes, d_buf)
                     else:
-                        decay_i(i, di_codes, d_buf)
-                    torch.add(d_buf, x_t, out=i_t)
-                else:
-                    decay_i(torch.add(i, x_t, out=d_buf), di_codes, i_t)
-                if quantize_i is not None:
-                    quantize_i(i_t, zi, i_codes, i_t, mask)
-                    known = reuse
-                i = i_t
-            cur = current[start:stop]
-        else:
-            cur = x[:, start:stop].transpose(0, 1)
-        drive = (1 - alpha_mem) * cur if options.norm_input else cur
-        if bias is not None:
-            drive = drive + bias
-        masks = v_mask[start:stop] if v_mask is not None else (None,) * n
-        fired = spikes[start:stop].unbind(0) if spiking else (None,) * n
-        pres = v_pre[start:stop].unbind(0) if need_grad else (v_pre[0],) * n
-        # Without a trace one buffer serves: a step reads the state before it writes it.
-        targets = trace[start:stop].unbind(0) if keep_trace else (trace[0],) * n
-        codes_i = sum_codes[:n].unbind(0) if sum_codes is not None else (None,) * n
-        steps = zip(pres, drive.unbind(0), targets, fired, masks, codes_i)
-        for v, drive_t, target, s, mask, code_i in steps:
-            if known_v and code_i is not None:
-                torch.add(decay_v.rule_codes(state_codes, dv_codes), code_i, out=zv)
-                quantize_v.finish(zv, v_codes, v, mask)
-            else:
-                if known_v:
-                    decay_v.from_codes(state_codes, dv_codes, d_buf)
+                        decay_v(state, dv_codes, d_buf)
+                    np.add(d_buf, drive[k], out=v)
+                    if quantize_v is not None:
+                        quantize_v(v, zv, v_codes, v, mask)
+                if binary:
+                    s = compare(v, thr, out=spikes_np[:, t])
+                    # The reset membrane: read by the next step unless its codes are
+                    # known, and the final state after the last step.
+                    if keep_trace or reset_codes is None or t == n_steps - 1:
+                        if options.reset == "subtract":
+                            # s is 0 or 1: threshold * s is exact, the loop's v - threshold s.
+                            np.subtract(v, np.multiply(s, thr, out=target), out=target)
+                        elif quantize_v is not None:  # finite v: v - v s is v or 0
+                            np.subtract(v, np.multiply(v, s, out=target), out=target)
+                        else:
+                            np.copyto(target, v)
+                            np.copyto(target, zero, where=s.astype(bool))
+                        if options.min_v_mem is not None:
+                            np.maximum(target, values(options.min_v_mem), out=target)
+                    # zv is free: codes - codes s, or codes - k s (k the threshold's codes).
                     if reset_codes == "zero":
-                        torch.addcmul(d_buf, d_buf, fired_before, value=-1, out=d_buf)
+                        np.subtract(v_codes, np.multiply(v_codes, s, out=zv), out=v_codes)
+                    elif reset_codes == "subtract":
+                        np.subtract(v_codes, np.multiply(s, threshold_codes, out=zv), out=v_codes)
+                        if clamp_reset:
+                            clip(v_codes, quantize_v.code_low, quantize_v.code_high, out=v_codes)
+                    known_v = reset_codes is not None
                 else:
-                    decay_v(state, dv_codes, d_buf)
-                torch.add(d_buf, drive_t, out=v)
-                if quantize_v is not None:
-                    quantize_v(v, zv, v_codes, v, mask)
-            if binary:
-                compare(v, threshold, out=s)
-                if options.reset == "subtract":
-                    # s is 0 or 1, so threshold * s is exact and v - threshold * s
-                    # rounds once, fused multiply-add or not: the loop's bits.
-                    torch.addcmul(v, s, threshold, value=-1, out=target)
-                elif fast_zero:  # finite v: v - v s is v or 0
-                    torch.addcmul(v, v, s, value=-1, out=target)
-                else:
-                    zero = torch.zeros((), dtype=v.dtype, device=v.device)
-                    torch.where(compare(v, threshold), zero, v, out=target)
-                if options.min_v_mem is not None:
-                    target.clamp_(min=options.min_v_mem)
-                if reset_codes == "zero":
-                    fired_before = s
-                elif reset_codes == "subtract":
-                    torch.addcmul(v_codes, s, threshold_codes, value=-1, out=state_codes)
-                    if clamp_reset:
-                        state_codes.clamp_(quantize_v.low, quantize_v.high)
-                known_v = reset_codes is not None
-            elif spiking:
-                s.copy_(spikes_of(v, threshold, options, rules.strict))
-                target.copy_(reset_of(v, threshold, options, rules.strict, s))
-            else:
-                target.copy_(reset_of(v, threshold, options, rules.strict))
-            state = target
-    batch_major = lambda t: t.transpose(0, 1).contiguous()  # noqa: E731
-    v_trace = batch_major(trace) if keep_trace else None
-    output = batch_major(spikes) if spiking else v_trace
-    i_final = i.clone() if synaptic else None
+                    _reset_step(
+                        v, target, spikes_np[:, t] if spiking else None, threshold, options, rules
+                    )
+                state = target
+    v_trace = trace if keep_trace else None
+    output = spikes if spiking else v_trace
     v_pre = v_pre if need_grad else None
-    return output, v_trace, current, v_pre, v_mask, i_mask, state.clone(), i_final
+    v_final = torch.from_numpy(state.copy())
+    if not synaptic:
+        return output, v_trace, None, v_pre, v_mask, None, v_final, None
+    i_final = torch.from_numpy(current.state.copy())
+    currents = current.current if keep_current else None
+    return output, v_trace, currents, v_pre, v_mask, current.mask, v_final, i_final
+
+
+def keeps_current(options: Options, record: bool, need_grad: bool, needs) -> bool:
+    """Whether :func:`grid_forward` returns the current of every step: recorded, or read
+    by backward (the gradient of ``alpha_syn``, or of ``alpha_mem`` with ``norm_input``;
+    ``needs`` as :func:`~aquatic.functional.neurons_grid_backward.grid_backward` takes)."""
+    return record or (need_grad and (needs[4] or (options.norm_input and needs[3])))
+
+
+def _reset_step(v, target, s, threshold: Tensor, options: Options, rules: GridRules) -> None:
+    """Spike counts (into ``s`` for a spiking neuron) and the reset of one step, with
+    torch's operations (multiple spikes, a non-spiking neuron)."""
+    v = torch.from_numpy(v)
+    if s is not None:
+        spikes = torch.from_numpy(s)
+        spikes.copy_(spikes_of(v, threshold, options, rules.strict))
+        reset = reset_of(v, threshold, options, rules.strict, spikes)
+    else:
+        reset = reset_of(v, threshold, options, rules.strict)
+    torch.from_numpy(target).copy_(reset)

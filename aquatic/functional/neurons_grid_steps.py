@@ -5,78 +5,68 @@ r"""One step of a quantized state, written into buffers: the arithmetic of the f
 quantizes it as torch's per-tensor fake quantization does, bit for bit, with few
 elementwise passes per step, each written into a buffer allocated once per sequence.
 
-Integers (the codes of a grid) are held in a floating-point tensor. Every operation on
-them is exact while they stay below :math:`2^{p}` (``p`` significand bits: 24 for
-float32, 53 for float64), so the codes live in the input's dtype where that holds and in
-float64 otherwise (Loihi's 24-bit states in a float32 network). A product of an integer
-below :math:`2^{24}` and a float32 scale is exact in float64, and its conversion to
-float32 rounds once: the bits of the same product formed in float32.
+They work on NumPy arrays (zero-copy views of the sequence's CPU tensors,
+:func:`as_array`): a NumPy ufunc with ``out=`` costs well under a microsecond to call,
+a few times less than a torch operation, and the loop runs some twenty of them per
+step. Addition, subtraction, multiplication, division, ``rint`` (nearest, ties to
+even), ``floor`` and ``trunc`` are correctly rounded IEEE 754 operations in both
+libraries, so they give torch's bits. NumPy runs them on one thread; the arrays of one
+step (a batch of a layer's neurons) are below torch's own threshold for using more.
 
-Nearest rounding with ties to even is two additions (:func:`round_codes_`): below
-:math:`2^{p-2}`, :math:`(y + 1.5 \cdot 2^{p-1}) - 1.5 \cdot 2^{p-1}` lands where the
-spacing of floats is 1, and IEEE 754 addition rounds to nearest, ties to even (Goldberg
-1991, "What every computer scientist should know about floating-point arithmetic",
-section 1.2). ``torch.round``, ``floor`` and ``trunc`` are not used per step: torch
-spreads them over threads even for tensors of a few thousand values, and on a busy
-machine waiting for a second core costs far more than the pass. The results may hold a
-zero of the other sign; values are equal.
+Integers (the codes of a grid) are held in a floating-point array of the values' dtype:
+every operation on them is exact while they stay below :math:`2^{p}` (``p`` significand
+bits: 24 for float32, 53 for float64). A decay's product that needs more (Loihi's 24-bit
+states times a 12-bit factor) is formed in float64. A product of an integer below
+:math:`2^{24}` and a float32 scale is exact in float64, and its conversion to float32
+rounds once: the bits of the same product formed in float32. Scalars are given the
+dtype of the computation explicitly: NumPy promotes a float32 array with a float64
+0-dim array to float64, where torch keeps float32.
 """
 
 from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from aquatic.functional.neurons_grid import StateGrid, decay_on_grid
 
-__all__ = ["code_dtype", "round_codes_", "StepDecay", "StepQuantizer"]
+try:  # the clip ufunc itself: np.clip wraps it in three Python calls (over a microsecond)
+    from numpy._core.umath import clip
+except ImportError:  # NumPy 1
+    from numpy.core.umath import clip
 
-_SIGNIFICAND = {torch.float32: 24, torch.float64: 53}
+__all__ = [
+    "SIGNIFICAND",
+    "as_array",
+    "clip",
+    "constant",
+    "power_of_two",
+    "StepDecay",
+    "StepQuantizer",
+]
 
-
-_MAGIC = {}
-
-
-def _magic(like: Tensor) -> Tensor:
-    """:math:`1.5 \\cdot 2^{p-1}` as a 0-dim tensor of ``like``'s dtype and device (a
-    Python number would be converted at every call)."""
-    key = (like.dtype, like.device)
-    if key not in _MAGIC:
-        value = 1.5 * 2.0 ** (_SIGNIFICAND[like.dtype] - 1)
-        _MAGIC[key] = torch.tensor(value, dtype=like.dtype, device=like.device)
-    return _MAGIC[key]
-
-
-def code_dtype(dtype: torch.dtype, bound: float) -> Optional[torch.dtype]:
-    """The dtype (``dtype`` itself, else float64) that holds codes up to ``bound`` in
-    magnitude and rounds them by additions exactly, or ``None``.
-
-    Example:
-        >>> code_dtype(torch.float32, 2**15), code_dtype(torch.float32, 2**23)
-        (torch.float32, torch.float64)
-    """
-    for candidate in (dtype, torch.float64):
-        bits = _SIGNIFICAND.get(candidate)
-        if bits is not None and bound + 2 < 2.0 ** (bits - 2):
-            return candidate
-    return None
+#: Significand bits of the dtypes the loop runs: integers below ``2**bits`` are exact.
+SIGNIFICAND = {torch.float32: 24, torch.float64: 53}
 
 
-def round_codes_(codes: Tensor) -> Tensor:
-    """Round ``codes`` in place to the nearest integer, ties to even (exact within the
-    bound of :func:`code_dtype`; beyond it, to a value beyond it).
-
-    Example:
-        >>> round_codes_(torch.tensor([0.5, 1.5, -2.5, 2.4]))
-        tensor([ 0.,  2., -2.,  2.])
-    """
-    magic = _magic(codes)
-    return codes.add_(magic).sub_(magic)
+def as_array(tensor: Tensor) -> np.ndarray:
+    """The NumPy view of a CPU tensor (no copy; writes go to the tensor)."""
+    return tensor.detach().numpy()
 
 
-def _power_of_two(scale: Tensor) -> bool:
+def constant(value, dtype) -> np.ndarray:
+    """``value`` (a number or a tensor) as an array of NumPy ``dtype`` (0-dim for a
+    number or a 0-dim tensor)."""
+    if isinstance(value, Tensor):
+        value = value.detach().double().cpu().numpy()
+    return np.asarray(value, dtype=dtype)
+
+
+def power_of_two(scale: Tensor) -> bool:
+    """Whether the 0-dim ``scale`` is a power of two."""
     mantissa, _ = torch.frexp(scale.double())
     return float(mantissa) == 0.5
 
@@ -86,64 +76,68 @@ def _range(grid: StateGrid):
     return grid.quant_min - zero_point, grid.quant_max - zero_point
 
 
+def _numpy_dtype(dtype: torch.dtype):
+    return np.float32 if dtype == torch.float32 else np.float64
+
+
 class StepQuantizer:
     """``quantize(y, z, codes, out, mask)``: torch's per-tensor fake quantization of
     ``y`` (``FakeQuantizeCore``: :math:`q = z + \\mathrm{nearbyint}(y \\cdot (1 / s))`,
     clamped, times :math:`s` in float32) into ``out``, with the rounded codes before the
-    clamp in ``z`` and the clamped codes in ``codes``, both of :attr:`dtype`, and where
-    they are equal (the quantizer passes the gradient) in the boolean ``mask`` when
-    given. ``out`` may be ``y``.
+    clamp in ``z`` and the clamped codes in ``codes`` (arrays of the values' dtype), and
+    where they are equal (the quantizer passes the gradient) in ``mask`` when given
+    (boolean, or 1 and 0 of a floating-point dtype). ``out`` may be ``y``.
 
     Example:
         >>> grid = StateGrid(torch.tensor(0.25), torch.tensor(0, dtype=torch.int32), -8, 7)
         >>> step = StepQuantizer(grid, torch.float32)
-        >>> y, z, codes = torch.tensor([0.3, 5.0]), torch.empty(2), torch.empty(2)
-        >>> mask = torch.empty(2, dtype=torch.bool)
+        >>> y = np.array([0.3, 5.0], np.float32)
+        >>> z, codes, mask = np.empty(2, np.float32), np.empty(2, np.float32), np.empty(2, bool)
         >>> step(y, z, codes, y, mask), codes, mask
-        (tensor([0.2500, 1.7500]), tensor([1., 7.]), tensor([ True, False]))
+        (array([0.25, 1.75], dtype=float32), array([1., 7.], dtype=float32), array([ True, False]))
     """
 
     def __init__(self, grid: StateGrid, dtype: torch.dtype) -> None:
+        self.dtype = _numpy_dtype(dtype)
         self.scale = grid.scale
-        self.inverse = torch.reciprocal(grid.scale)  # 1.0f / scale, as the kernel has it
+        # 1.0f / scale, as the kernel has it, in the values' dtype (exactly).
+        self.inverse = constant(torch.reciprocal(grid.scale), self.dtype)
         self.low, self.high = _range(grid)
         bound = max(abs(grid.quant_min), abs(grid.quant_max)) + abs(int(grid.zero_point))
-        exact = code_dtype(dtype, bound) if dtype in _SIGNIFICAND else None
-        # Codes of float32 values are exact in float64 only below 2**24.
-        self.additions = exact is not None and (exact == dtype or bound < 2**24)
-        self.dtype = exact if self.additions else dtype
-        self.values = dtype
-        # The scale in the codes' dtype: a 0-dim float32 scale would be converted at
-        # every product with float64 codes (to the same value: the conversion is exact).
-        self.code_scale = grid.scale.to(self.dtype)
-        power = _power_of_two(grid.scale) and bound < 2**24
-        self.exact_codes = self.additions and (bound < 2**21 or power)
+        # The bounds in the values' dtype, as torch converts a Python number.
+        self.code_low, self.code_high = (constant(b, self.dtype) for b in (self.low, self.high))
+        # The kernel's product in float32 (for float64 values too, then converted).
+        self.value_scale = constant(grid.scale, np.float32)
+        self.cast = self.dtype != np.float32
+        power = power_of_two(grid.scale) and bound < 2**24
+        self.exact_codes = bound < 2**21 or power
         self.bound = bound
 
     def __call__(
-        self, y: Tensor, z: Tensor, codes: Tensor, out: Tensor, mask: Optional[Tensor] = None
-    ) -> Tensor:
-        torch.mul(y, self.inverse, out=z)  # formed in y's dtype, exact in z's
-        if self.additions:
-            round_codes_(z)
-        else:
-            torch.round(z, out=z)
+        self,
+        y: np.ndarray,
+        z: np.ndarray,
+        codes: np.ndarray,
+        out: np.ndarray,
+        mask: Optional[np.ndarray] = None,
+    ) -> np.ndarray:
+        np.multiply(y, self.inverse, out=z)
+        np.rint(z, out=z)
         return self.finish(z, codes, out, mask)
 
     def finish(
-        self, z: Tensor, codes: Tensor, out: Tensor, mask: Optional[Tensor] = None
-    ) -> Tensor:
+        self, z: np.ndarray, codes: np.ndarray, out: np.ndarray, mask: Optional[np.ndarray] = None
+    ) -> np.ndarray:
         """The quantization from the rounded codes ``z`` on: clamped into ``codes``, the
         mask, the value into ``out``."""
-        torch.clamp(z, self.low, self.high, out=codes)
+        clip(z, self.code_low, self.code_high, out=codes)
         if mask is not None:
-            torch.eq(z, codes, out=mask)
-        if self.values == torch.float32:
-            return torch.mul(codes, self.code_scale, out=out)
-        # Other values: the kernel's float32 product, converted.
-        return out.copy_(codes.to(torch.float32).mul_(self.scale))
+            np.equal(z, codes, out=mask)
+        if self.cast:  # float64 codes, rounded to float32 as the kernel converts them
+            return np.multiply(codes, self.value_scale, out=out, dtype=np.float32)
+        return np.multiply(codes, self.value_scale, out=out)
 
-    def codes_of(self, value: Tensor) -> Optional[Tensor]:
+    def codes_of(self, value: Tensor) -> Optional[np.ndarray]:
         """The codes of ``value`` (e.g. a threshold) when it lies on the grid, to within
         :math:`2^{-12}` of a step, with codes below :math:`2^{20}`; else ``None``.
 
@@ -158,76 +152,85 @@ class StepQuantizer:
         nearest = torch.round(codes)
         if (codes - nearest).abs().max() > 2.0**-12 or nearest.abs().max() >= 2**20:
             return None
-        return nearest.to(self.dtype)
+        return constant(nearest, self.dtype)
 
 
 class StepDecay:
     """``decay(y, codes, out)``: :func:`~aquatic.functional.neurons_grid.decay_on_grid`
-    of ``y`` into ``out``, with ``codes`` (:attr:`dtype`) a scratch buffer; without a rule
-    the product ``alpha * y``. :meth:`from_codes` decays a state given by the clamped
-    codes of a :class:`StepQuantizer` on the same grid, one rounding fewer.
+    of ``y`` into ``out``, with ``codes`` (of the values' dtype) a scratch array; without
+    a rule the product ``alpha * y``. :meth:`from_codes` decays a state given by the
+    clamped codes of a :class:`StepQuantizer` on the same grid, one rounding fewer.
 
     Example:
         >>> grid = StateGrid(torch.tensor(0.25), torch.tensor(0, dtype=torch.int32), -64, 63,
         ...                  "bitshift", 0, torch.tensor(3))
         >>> step = StepDecay(grid, torch.tensor(0.875), torch.empty(2))
-        >>> step(torch.tensor([0.75, 12.5]), torch.empty(2), torch.empty(2))
-        tensor([ 0.5000, 11.0000])
+        >>> codes, out = np.empty(2, np.float32), np.empty(2, np.float32)
+        >>> step(np.array([0.75, 12.5], np.float32), codes, out)
+        array([ 0.5, 11. ], dtype=float32)
     """
 
     def __init__(self, grid: Optional[StateGrid], alpha: Tensor, like: Tensor) -> None:
-        self.alpha, self.grid = alpha, grid
+        self.dtype = _numpy_dtype(like.dtype)
+        self.alpha = constant(alpha, self.dtype)
         self.rule = grid.rule if grid is not None else ""
-        self.dtype = None
+        self.exact = False
         if not self.rule:
             return
-        self.scale = grid.scale
-        self.low, self.high = _range(grid)
-        bound = max(abs(self.low), abs(self.high))
-        self.bits = grid.bits
-        # A multiplicative rule forms codes * (2**bits - d): that product must be exact too.
-        reach = bound * 2**grid.bits if self.rule == "multiplicative" else bound
-        self.dtype = code_dtype(like.dtype, reach) if like.dtype in _SIGNIFICAND else None
-        if self.dtype is None or (self.dtype != like.dtype and bound >= 2**24):
-            self.dtype = None  # beyond the exact range: decay_on_grid as it is
+        self.grid, self.torch_alpha = grid, alpha
+        self.low, self.high = (constant(b, self.dtype) for b in _range(grid))
+        bound = max(abs(b) for b in _range(grid))
+        # Beyond 2**p the codes are not exact: decay_on_grid as it is, in torch.
+        self.exact = bound < 2.0 ** SIGNIFICAND[like.dtype]
+        if not self.exact:
             return
-        self.code_scale = grid.scale.to(self.dtype)  # as StepQuantizer's
-        new = lambda: like.new_empty(like.shape, dtype=self.dtype)  # noqa: E731
-        dash = grid.codes.to(self.dtype)
+        self.scale = constant(grid.scale, self.dtype)
+        new = lambda dtype: np.empty(tuple(like.shape), dtype)  # noqa: E731
+        codes = grid.codes.detach().double().cpu()
         if self.rule == "bitshift":
-            # x >> dash = floor(x 2**-dash); the decrement is at least 1 toward zero. The
-            # floor of x 2**-dash (dash fractional bits) is the nearest integer to
-            # x 2**-dash - 1/2 + 2**-(dash + 1), which is never a tie.
-            self.factor = torch.exp2(-dash)
-            self.offset = torch.exp2(-dash - 1) - 0.5
-            self.shifted, self.floor = new(), new()
+            # x >> dash = floor(x 2**-dash), exact; the decrement is at least 1 toward zero.
+            self.factor = constant(torch.exp2(-codes), self.dtype)
+            self.shifted, self.floor = new(self.dtype), new(self.dtype)
+            # min(x, 1) against an array: NumPy's minimum with a scalar is a slow loop.
+            self.ones = np.ones(tuple(like.shape), self.dtype)
+            self.wide = False
         else:
-            self.keep = 2.0**grid.bits - dash
+            # (2**bits - d) x >> bits toward zero is trunc(x ((2**bits - d) 2**-bits)):
+            # one product, exact where x (2**bits - d) is (below 2**p; float64 otherwise).
+            reach = bound * 2.0**grid.bits
+            self.wide = reach >= 2.0 ** SIGNIFICAND[like.dtype]
+            if self.wide and reach >= 2.0**53:
+                self.exact = False
+                return
+            product = np.float64 if self.wide else self.dtype
+            self.keep = constant((2.0**grid.bits - codes) * 2.0**-grid.bits, product)
+            self.product = new(product) if self.wide else None
 
-    def __call__(self, y: Tensor, codes: Tensor, out: Tensor) -> Tensor:
+    def __call__(self, y: np.ndarray, codes: np.ndarray, out: np.ndarray) -> np.ndarray:
         if not self.rule:
-            return torch.mul(self.alpha, y, out=out)
-        if self.dtype is None:
-            return out.copy_(decay_on_grid(y, self.alpha, self.grid))
-        torch.div(y, self.scale, out=codes)  # formed in y's dtype, exact in codes'
-        round_codes_(codes).clamp_(self.low, self.high)
-        return torch.mul(self.rule_codes(codes, codes), self.code_scale, out=out)
+            return np.multiply(self.alpha, y, out=out)
+        if not self.exact:
+            state = torch.from_numpy(y)
+            out[...] = as_array(decay_on_grid(state, self.torch_alpha, self.grid))
+            return out
+        np.divide(y, self.scale, out=codes)
+        np.rint(codes, out=codes)
+        clip(codes, self.low, self.high, out=codes)
+        return np.multiply(self.rule_codes(codes, codes), self.scale, out=out)
 
-    def from_codes(self, codes: Tensor, scratch: Tensor, out: Tensor) -> Tensor:
+    def from_codes(self, codes: np.ndarray, scratch: np.ndarray, out: np.ndarray) -> np.ndarray:
         """The decay of the state ``codes * s`` that a :class:`StepQuantizer` on this
         grid wrote (with ``exact_codes``: its value divided by ``s`` rounds back to
-        ``codes``); ``scratch`` of :attr:`dtype`, ``codes`` left as they are."""
-        return torch.mul(self.rule_codes(codes, scratch), self.code_scale, out=out)
+        ``codes``); ``scratch`` of the values' dtype, ``codes`` left as they are."""
+        return np.multiply(self.rule_codes(codes, scratch), self.scale, out=out)
 
-    def rule_codes(self, codes: Tensor, result: Tensor) -> Tensor:
-        """The decayed codes of ``codes`` (:attr:`dtype`) into ``result`` (may be
-        ``codes``), for a rule within the exact range."""
+    def rule_codes(self, codes: np.ndarray, result: np.ndarray) -> np.ndarray:
+        """The decayed codes of ``codes`` into ``result`` (may be ``codes``), for a rule
+        within the exact range (a product beyond it formed in float64 first)."""
         if self.rule == "bitshift":
-            shifted = round_codes_(torch.addcmul(self.offset, codes, self.factor, out=self.shifted))
-            torch.maximum(shifted, torch.clamp(codes, max=1, out=self.floor), out=shifted)
-            torch.sub(codes, shifted, out=result)
-        else:
-            # (2**bits - d) x >> bits toward zero: the product and the quotient are exact.
-            torch.mul(codes, self.keep, out=result)
-            result.div_(2.0**self.bits, rounding_mode="trunc")
-        return result
+            shifted = np.multiply(codes, self.factor, out=self.shifted)
+            np.floor(shifted, out=shifted)
+            np.maximum(shifted, np.minimum(codes, self.ones, out=self.floor), out=shifted)
+            return np.subtract(codes, shifted, out=result)
+        product = np.multiply(codes, self.keep, out=self.product if self.wide else result)
+        return np.trunc(product, out=result)  # below 2**p: exact in result's dtype

@@ -18,7 +18,7 @@ from aquatic.functional.neuron_checks import check_method, prepare
 from aquatic.functional.neuron_values import check_steps
 from aquatic.functional.neuron_types import LIFOutput, LIFState, NeuronSpec, StateOps
 from aquatic.functional.neurons_fused import lif_fused
-from aquatic.functional.neurons_grid import grid_rules
+from aquatic.functional.neurons_grid import delayed, grid_rules, grid_runs
 from aquatic.functional.neurons_grid_fused import lif_grid_fused
 from aquatic.functional.surrogate import spike
 
@@ -142,11 +142,6 @@ def _order(spec: NeuronSpec) -> Tuple[bool, bool]:
     return spec.strict_threshold, spec.input_after_decay
 
 
-def _delayed(input: Tensor) -> Tensor:
-    """``input`` one step late along time (dim 1): zeros at step 0, the last step dropped."""
-    return torch.cat([torch.zeros_like(input[:, :1]), input[:, :-1]], 1)
-
-
 def _loop(input: Tensor, spec: NeuronSpec, state, record_states: bool) -> LIFOutput:
     params, state, options = prepare(input, state, _params(spec), spec.options())
     order = _order(spec)
@@ -180,9 +175,10 @@ def neuron_sequence(
     or ``input_after_decay``, it runs
     :func:`~aquatic.functional.neurons_grid_fused.lif_grid_fused` when every state
     operation describes itself as a fixed grid and an integer rule (a layer's quantizers
-    with a fixed range: :mod:`aquatic.functional.neurons_grid`), else one step at a time
-    under autograd (arbitrary modules and functions). ``"loop"`` and ``"fused"`` force
-    one; ``"fused"`` with state operations that do not describe themselves is an error.
+    with a fixed range: :mod:`aquatic.functional.neurons_grid`) and the input is a CPU
+    tensor of float32 or float64, else one step at a time under autograd (arbitrary
+    modules and functions). ``"loop"`` and ``"fused"`` force one; ``"fused"`` with state
+    operations that do not describe themselves, or another input, is an error.
     ``input_delay`` shifts the input one step along time before either runs.
 
     Args:
@@ -207,14 +203,23 @@ def neuron_sequence(
     rules = None
     if quantized and method != "loop":
         rules = grid_rules(spec.state_ops, spec.alpha_mem, spec.alpha_syn, *_order(spec))
+    if rules is not None and not grid_runs(input):
+        if method == "fused":
+            raise ValueError(
+                "the fused method runs quantized states on CPU tensors of float32 or float64, "
+                f"got {input.dtype} on {input.device}; use method='loop' or 'auto'"
+            )
+        rules = None
     if method == "fused" and quantized and rules is None:
         raise ValueError(
             "the fused method runs state quantizers and decay functions only on fixed grids (a "
             "layer's quantizers with a fixed range, see aquatic.functional.neurons_grid), "
             "not arbitrary functions; use method='loop' or 'auto'"
         )
-    if spec.input_delay and input.dim() >= 2:
-        input = _delayed(input)
+    if spec.input_delay and rules is not None:
+        rules = rules._replace(delay=True)  # the fused sequence reads the input late
+    elif spec.input_delay and input.dim() >= 2:
+        input = delayed(input)
     if checkpoint is not None and (rules is not None or method == "loop" or quantized):
         how = "on its state grids" if rules is not None else "one step at a time"
         raise ValueError(

@@ -126,6 +126,7 @@ CASES = [
     dict(strict_threshold=True, reset="zero", input_after_decay=True),
     dict(strict_threshold=True, input_after_decay=True, input_delay=True, reset="zero"),
     dict(spiking=False, threshold=None, min_v_mem=-1.0),
+    dict(spiking=False, threshold=None, input_delay=True),
 ]
 
 
@@ -190,6 +191,17 @@ def test_decay_on_grid_is_the_quantizers_rule():
         state_grid = StateGrid(grid.scale, grid.zero_point, -2048, 2047, rule, bits, codes)
         expected = quantizer.decay_state(states, alpha, 0.125, -2048, 2047)
         assert torch.equal(decay_on_grid(states, alpha, state_grid), expected)
+
+
+def test_inputs_beyond_cpu_float32_and_float64_run_the_loop():
+    ops = StateOps(GRID, None, RuleDecay("bitshift", GRID.grid), None)
+    spec = NeuronSpec(torch.tensor(0.875), threshold=torch.tensor(0.75), state_ops=ops)
+    x = (torch.rand(2, 5, 3, generator=torch.Generator().manual_seed(0)) * 2).requires_grad_()
+    assert type(neuron_sequence(x, spec).output.grad_fn).__name__ == FUSED
+    half = x.detach().half().requires_grad_()
+    assert type(neuron_sequence(half, spec).output.grad_fn).__name__ != FUSED
+    with pytest.raises(ValueError, match="float16.*method='loop'"):
+        neuron_sequence(half, spec, method="fused")
 
 
 def test_undescribed_operations_run_the_loop():
@@ -302,8 +314,34 @@ def test_subtract_reset_codes_are_clamped_unless_they_stay_in_range():
 
 
 @pytest.mark.parametrize("rule", ["bitshift", "multiplicative"])
-@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[4]], ids=str)
+@pytest.mark.parametrize("case", [CASES[0], CASES[5], CASES[4], CASES[6], CASES[7]], ids=str)
 def test_float32_grid_states_equal_the_loop(case, rule):
     # float32: the current's quantizer passes its decay, and without norm_input or a
     # bias the membrane's quantizer takes the sum of the codes.
     test_grid_states_fused_equal_the_loop(case, rule, torch.float32)
+
+
+@pytest.mark.parametrize("after_decay", [False, True])
+def test_inputs_near_the_float32_range_equal_the_loop(after_decay):
+    # On a power-of-two grid the current's codes add the input divided by the step,
+    # which overflows first; the clamp and the masks see the same codes.
+    decay = RuleDecay("multiplicative", GRID.grid)
+    spec = NeuronSpec(
+        torch.tensor(0.875),
+        torch.tensor(0.96875),
+        torch.tensor(0.75),
+        reset="zero",
+        input_after_decay=after_decay,
+        state_ops=StateOps(GRID, GRID, decay, decay),
+    )
+    x = torch.randn(3, 12, 5, generator=torch.Generator().manual_seed(1)) * 4
+    x[0, 3:6, :2] = torch.tensor([3e38, -3e38, 1e37]).view(3, 1)
+    x[1, 2, 1] = 6e36
+    with torch.no_grad():
+        loop, fused = (
+            neuron_sequence(x, spec, method=m, record_states=True) for m in ("loop", "fused")
+        )
+    for a, b in zip(loop, fused):
+        for c, d in zip(a, b) if isinstance(a, tuple) else [(a, b)]:
+            assert (c is None and d is None) or torch.equal(c, d)
+    assert loop.i_syn.abs().max() >= 7.5  # saturated (then decayed)
