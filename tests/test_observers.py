@@ -149,3 +149,48 @@ def test_scalar_methods_apply_only_to_one_plain_range(observer):
 def test_scalar_qparams_before_observing_raise():
     with pytest.raises(RuntimeError, match="observed no data"):
         MinMaxObserver().calculate_qparams_scalar()
+
+
+class WidenThenShrink(MinMaxObserver):
+    """A merge rule of its own: must not be merged by MinMaxObserver's in-place rule."""
+
+    def _combine(self, cur_min, cur_max):
+        return cur_min, cur_max  # keeps only the last batch
+
+
+@pytest.mark.parametrize("ch_axis", [None, 0, 1])
+def test_min_max_merges_in_place_with_the_bits_of_merge_and_copy(ch_axis):
+    # CombineOnly merges with the same rule but through _combine and copy_.
+    fast, reference = MinMaxObserver(ch_axis=ch_axis), CombineOnly(ch_axis=ch_axis)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 7, generator=generator)
+    fast.update(x), reference.update(x)
+    buffers = fast.min_val, fast.max_val
+    for step in range(5):
+        x = torch.randn(5, 7, generator=generator) * (0.5 + 0.4 * step)
+        x[0, 0] = -0.0
+        batch, expected = fast.update(x), reference.update(x)
+        assert all(torch.equal(a, b) for a, b in zip(batch, expected))
+        for name in ("min_val", "max_val"):
+            got, want = getattr(fast, name), getattr(reference, name)
+            assert torch.equal(got.view(torch.int32), want.view(torch.int32))
+    # the buffers are written, not replaced (DistributedDataParallel holds them)
+    assert fast.min_val is buffers[0] and fast.max_val is buffers[1]
+
+
+def test_a_merge_rule_of_its_own_is_kept():
+    observer = WidenThenShrink(ch_axis=0)
+    observer.update(torch.tensor([[-4.0, 4.0], [-3.0, 3.0]]))
+    observer.update(torch.tensor([[-1.0, 1.0], [-2.0, 2.0]]))
+    assert observer.min_val.tolist() == [-1.0, -2.0]
+    assert observer.max_val.tolist() == [1.0, 2.0]
+
+
+def test_half_buffers_merge_through_a_copy():
+    observer = MinMaxObserver(ch_axis=0)
+    observer.update(torch.tensor([[-1.0, 2.0], [0.5, 0.25]]))
+    observer.half()
+    observer.update(torch.tensor([[-3.0, 1.0], [0.0, 0.125]]))
+    assert observer.min_val.dtype == torch.float16
+    assert observer.min_val.tolist() == [-3.0, 0.0]
+    assert observer.max_val.tolist() == [2.0, 0.5]

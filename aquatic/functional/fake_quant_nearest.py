@@ -261,15 +261,15 @@ def fake_quantize_nearest(
         tensor([1., 1., 0.])
     """
     per_channel = ch_axis is not None and scale.dim() > 0
+    # Shaped once, then inverted: the inverse has the shape already (one view fewer).
+    scale = broadcast_along(scale, ch_axis, input.dim())
     inv_scale = torch.reciprocal(scale)
+    if zero_point is not None:
+        zero_point = broadcast_along(zero_point, ch_axis, input.dim())
     if torch.compiler.is_compiling():
         scale, inv_scale = _computed_once(scale), _computed_once(inv_scale)
         if zero_point is not None:
             zero_point = _computed_once(zero_point)
-    inv_scale = broadcast_along(inv_scale, ch_axis, input.dim())
-    scale = broadcast_along(scale, ch_axis, input.dim())
-    if zero_point is not None:
-        zero_point = broadcast_along(zero_point, ch_axis, input.dim())
     return _apply(input, scale, inv_scale, zero_point, quant_min, quant_max, per_channel, clips)
 
 

@@ -73,8 +73,9 @@ def calculate_qparams(
         if quant_min < 0:
             # max(-min, max) equals max(|min_neg|, max_pos) whenever that is positive;
             # otherwise both end at eps below. Fewer small ops: this runs every step.
-            amax = torch.maximum(torch.neg(min_val), max_val)
-            scale = torch.div(_float32(amax), min(quant_max, -quant_min))
+            # amax is a fresh tensor: divided in place (one allocation fewer).
+            amax = _float32(torch.maximum(torch.neg(min_val), max_val))
+            scale = amax.div_(min(quant_max, -quant_min))
         else:
             # a negative max gives a negative quotient, clamped to eps like 0 / quant_max
             scale = torch.div(_float32(max_val), quant_max)

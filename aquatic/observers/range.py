@@ -23,37 +23,9 @@ from aquatic.observers.range_checks import (
     range_error,
     range_limit,
 )
+from aquatic.observers.range_rules import observer_rules
 
 __all__ = ["RangeObserver", "MinMaxObserver", "MovingAverageMinMaxObserver"]
-
-
-def _own_rules(cls: type) -> bool:
-    """Whether ``cls`` observes and computes qparams with :class:`RangeObserver`'s methods
-    (so that their Python-float twins and the promises built on them hold)."""
-    return all(
-        getattr(cls, name) is getattr(RangeObserver, name)
-        for name in ("update", "_extrema", "calculate_qparams")
-    )
-
-
-def _classify(cls: type) -> Tuple[bool, bool]:
-    """``(supports_scalars, covers_last_batch)`` of observer class ``cls``: whether its
-    ``_combine`` has a Python-float version, and whether its range always holds the last
-    batch. Computed once per class and kept on the class itself (``_class_rules`` in its
-    own ``__dict__``), when an observer is built: never while ``torch.compile`` traces, and
-    not in a shared dict whose change would invalidate compiled graphs of other classes.
-    Each observer keeps its class's rules as ``_rules`` too: a compiled graph reads them
-    there, since torch.compile refuses to read a class's ``__dict__`` (a mapping proxy)
-    after a dict changed in the same graph, as a per-channel range's first batch does."""
-    rules = cls.__dict__.get("_class_rules")
-    if rules is None:
-        owner = next(k for k in cls.__mro__ if "_combine" in k.__dict__)
-        own = _own_rules(cls)
-        scalars = "_combine_float" in owner.__dict__ and own
-        covers = bool(owner.__dict__.get("_widens_only", False)) and own
-        rules = (scalars, covers)
-        type.__setattr__(cls, "_class_rules", rules)
-    return rules
 
 
 class RangeObserver(nn.Module):
@@ -77,7 +49,8 @@ class RangeObserver(nn.Module):
         power_of_two: bool = False,
     ) -> None:
         super().__init__()
-        self._rules = _classify(type(self))  # before any compiled graph reads it
+        # Before any compiled graph reads them.
+        self._rules = observer_rules(type(self), RangeObserver)
         check_range(quant_min, quant_max)
         check_ch_axis(ch_axis)
         self.quant_min = quant_min
@@ -118,16 +91,27 @@ class RangeObserver(nn.Module):
         # A quantizer hands over a detached input already; self._buffers rather than
         # self.min_val below: nn.Module.__getattr__ costs about a microsecond each.
         cur_min, cur_max = self._extrema(input.detach() if input.requires_grad else input)
+        compiling = torch.compiler.is_compiling()
         if self.training and distributed():
             cur_min, cur_max = all_reduce_range(cur_min, cur_max)
-        elif not torch.compiler.is_compiling():
+        elif not compiling:
             limit = range_limit(input.dtype, self.quant_min, self.quant_max)
             if out_of_range(cur_min, cur_max, limit):
                 raise range_error(self, cur_min, cur_max, input.dtype)
+        buffers = self._buffers
+        if (
+            self.initialized
+            and self._rules[2]
+            and not compiling
+            and buffers["min_val"].shape == cur_min.shape
+            and buffers["min_val"].dtype == cur_min.dtype
+        ):
+            # Eager: merged straight into the buffers, two ops fewer than merge and copy.
+            self._combine_into_buffers(cur_min, cur_max)
+            return cur_min, cur_max
         new_min, new_max = (
             self._combine(cur_min, cur_max) if self.initialized else (cur_min, cur_max)
         )
-        buffers = self._buffers
         if buffers["min_val"].shape == new_min.shape:
             buffers["min_val"].copy_(new_min)
             buffers["max_val"].copy_(new_max)
@@ -276,7 +260,7 @@ class RangeObserver(nn.Module):
     def __setstate__(self, state) -> None:
         # An unpickled observer takes the rules of its class in this process.
         super().__setstate__(state)
-        self._rules = _classify(type(self))
+        self._rules = observer_rules(type(self), RangeObserver)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         check_loaded_range(self, state_dict, prefix)  # before anything changes
@@ -323,6 +307,12 @@ class MinMaxObserver(RangeObserver):
         return torch.minimum(buffers["min_val"], cur_min), torch.maximum(
             buffers["max_val"], cur_max
         )
+
+    def _combine_into_buffers(self, cur_min: Tensor, cur_max: Tensor) -> None:
+        # _combine, written into the buffers (elementwise, so the same bits)
+        buffers = self._buffers
+        torch.minimum(buffers["min_val"], cur_min, out=buffers["min_val"])
+        torch.maximum(buffers["max_val"], cur_max, out=buffers["max_val"])
 
     def _combine_float(self, cur_min: float, cur_max: float, old_min: float, old_max: float):
         return min(old_min, cur_min), max(old_max, cur_max)

@@ -1,0 +1,154 @@
+"""What the arithmetic of int8 QAT costs by itself: a lower bound for eager QAT.
+
+``benchmarks/qat_overhead.py`` times aquatic's int8 QAT (``aquatic.qconfig.int8``) against
+float training. This script times, beside them, the same arithmetic written as bare tensor
+operations with the fewest Python calls (no observers, no modules, the range and scale as
+Python floats or small tensors): for each weight its extrema, ``x * (1/s)``, rounding and
+the scale back (per channel: the minimum and the maximum as two reductions, and a pass that
+turns ``-0.0`` into ``+0.0``); for each activation its extrema, a moving-average range, and
+the clamp and straight-through mask of codes that clip. Its ratio to float is what eager
+fake quantization costs before any framework overhead: the part of aquatic's ratio above it
+is Python and small-op overhead, the part below it is passes over the tensors.
+
+The floor model is a cost reference, not a quantizer: it is not checked against aquatic's
+values. Usage::
+
+    python benchmarks/qat_floor.py [--threads 2] [--rounds 20] [--steps 5] [--models mlp,cnn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import aquatic
+from qat_overhead import INT8_PER_CHANNEL, MODELS, Variant, measure
+
+_ZERO = torch.zeros(())
+
+
+class _Identity(torch.autograd.Function):
+    """Fake-quantized weight values with the straight-through (identity) gradient."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, inv: Tensor, scale: Tensor) -> Tensor:
+        return _dequantize(torch.mul(weight, inv).round_(), scale)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None, None
+
+
+def _dequantize(codes: Tensor, scale) -> Tensor:
+    if isinstance(scale, Tensor):  # per channel: codes * s, then -0.0 -> +0.0
+        return torch.mul(codes, scale, out=codes).add_(0.0)
+    return torch.add(_ZERO, codes, alpha=scale, out=codes)
+
+
+class FloorQAT(nn.Module):
+    """A Linear or Conv2d with int8 weights (min/max range) and an int8 output (moving
+    average range), as bare tensor operations."""
+
+    def __init__(self, layer: nn.Module, per_channel: bool, output: bool) -> None:
+        super().__init__()
+        self.layer = layer
+        self.per_channel = per_channel
+        self.output = output
+        self.weight_range: Optional[tuple] = None
+        self.output_range: Optional[tuple] = None
+
+    def _weight(self) -> Tensor:
+        weight = self.layer.weight
+        flat = weight.detach().flatten(1)
+        if self.per_channel:
+            low, high = torch.amin(flat, 1), torch.amax(flat, 1)
+            if self.weight_range is not None:
+                low = torch.minimum(self.weight_range[0], low)
+                high = torch.maximum(self.weight_range[1], high)
+            self.weight_range = (low, high)
+            shape = (-1,) + (1,) * (weight.dim() - 1)
+            scale = torch.maximum(-low, high).div_(127).clamp_(min=1e-7).view(shape)
+            inv = torch.reciprocal(scale)
+        else:
+            low, high = (v.item() for v in torch.aminmax(flat))
+            if self.weight_range is not None:
+                low, high = min(low, self.weight_range[0]), max(high, self.weight_range[1])
+            self.weight_range = (low, high)
+            scale = max(max(-low, high) / 127, 1e-7)
+            inv = 1.0 / scale
+        if weight.numel() >= 65536:
+            return _Identity.apply(weight, inv, scale)
+        output = weight.clone()
+        codes = torch.mul(weight.detach(), inv, out=output.detach()).round_()
+        _dequantize(codes, scale)
+        return output
+
+    def _quantize_output(self, y: Tensor) -> Tensor:
+        detached = y.detach()
+        low, high = (v.item() for v in torch.aminmax(detached))
+        if self.output_range is not None:
+            old_low, old_high = self.output_range
+            low, high = old_low + (low - old_low) * 0.01, old_high + (high - old_high) * 0.01
+        self.output_range = (low, high)
+        scale = max((max(high, 0.0) - min(low, 0.0)) / 255, 1e-7)
+        zero_point = -round(min(low, 0.0) / scale)
+        codes = torch.mul(detached, 1.0 / scale).round_()
+        clamped = torch.clamp(codes, -zero_point, 255 - zero_point)
+        mask = torch.eq(codes, clamped, out=codes)
+        output = y * mask
+        torch.add(_ZERO, clamped, alpha=scale, out=output.detach())
+        return output
+
+    def forward(self, x: Tensor) -> Tensor:
+        layer = self.layer
+        weight = self._weight()
+        if isinstance(layer, nn.Conv2d):
+            y = F.conv2d(x, weight, layer.bias, layer.stride, layer.padding)
+        else:
+            y = F.linear(x, weight, layer.bias)
+        return self._quantize_output(y) if self.output else y
+
+
+def floor_model(model: nn.Module, per_channel: bool) -> nn.Module:
+    """``model`` (an ``nn.Sequential``) with its Linear and Conv2d layers as :class:`FloorQAT`;
+    the last layer's output stays in float, as in ``aquatic.quantize``."""
+    layers = [m for m in model if isinstance(m, (nn.Linear, nn.Conv2d))]
+    return nn.Sequential(
+        *(FloorQAT(m, per_channel, m is not layers[-1]) if m in layers else m for m in model)
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--models", default="mlp,mlp512,cnn", help="comma-separated")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"{args.threads} threads, batch 64, {args.rounds} rounds of {args.steps} steps")
+    print(f"{'model':<7} {'variant':<22} {'median step (ms)':>17} {'ratio':>7} {'p10-p90':>12}")
+    for name in [n for n in args.models.split(",") if n]:
+        torch.manual_seed(0)
+        float_model = MODELS[name]()
+        models = {
+            "float": Variant(float_model),
+            "aquatic": Variant(aquatic.quantize(float_model, aquatic.qconfig.int8)),
+            "floor": Variant(floor_model(copy.deepcopy(float_model), per_channel=False)),
+            "aquatic pc": Variant(aquatic.quantize(float_model, INT8_PER_CHANNEL)),
+            "floor pc": Variant(floor_model(copy.deepcopy(float_model), per_channel=True)),
+        }
+        for variant, r in measure(models, args.rounds, args.steps).items():
+            print(
+                f"{name:<7} {variant:<22} {r.seconds * 1e3:>17.3f} {r.ratio:>6.2f}x "
+                f"{f'{r.low:.2f}-{r.high:.2f}':>12}"
+            )
+
+
+if __name__ == "__main__":
+    main()
