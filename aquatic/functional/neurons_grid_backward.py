@@ -58,6 +58,16 @@ def _masked(values: Tensor, mask: Tensor, out: Tensor) -> Tensor:
     return out
 
 
+def _passing(mask: Optional[Tensor]) -> Optional[Tensor]:
+    """A block of a quantizer's in-range mask, ``None`` where the quantizer passed every
+    gradient: multiplying by 1 changes no value (IEEE 754 multiplication by one is exact,
+    signed zeros, infinities and NaN included), so the block skips the multiplications.
+    A state on a wide grid (Loihi's 24-bit states) rarely saturates."""
+    if mask is None or not as_array(mask).all():
+        return mask
+    return None
+
+
 def _time_major(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.transpose(0, 1)
 
@@ -144,13 +154,13 @@ def grid_backward(
             gb.add_(g_trace[start:stop] if coef is None else coef * g_trace[start:stop])
         if last and g_vfinal is not None:
             gb[-1].add_(g_vfinal if coef is None else coef[-1] * g_vfinal)
-        unmasked = gb.clone() if grad_threshold and v_mask is not None else None
+        mask = _passing(v_mask[start:stop]) if v_mask is not None else None
+        unmasked = gb.clone() if grad_threshold and mask is not None else None
         if coef is None:
             factors = alpha_mem.expand_as(vb)
         else:  # in place unless the threshold's gradient reads C below
             factors = coef * alpha_mem if grad_threshold else coef.mul_(alpha_mem)
-        if v_mask is not None:
-            mask = v_mask[start:stop]
+        if mask is not None:
             _masked(gb, mask, gb)
             masked = factor_buf[: stop - start] if coef is None or grad_threshold else factors
             factors = _masked(factors, mask, masked)
@@ -206,9 +216,10 @@ def grid_backward(
     for start in reversed(range(0, n_steps, block)):
         stop = min(start + block, n_steps)
         factors = alpha_syn.expand_as(grad_i[start:stop])
-        if i_mask is not None:
-            _masked(grad_i[start:stop], i_mask[start:stop], grad_i[start:stop])
-            factors = _masked(factors, i_mask[start:stop], factor_buf[: stop - start])
+        mask = _passing(i_mask[start:stop]) if i_mask is not None else None
+        if mask is not None:
+            _masked(grad_i[start:stop], mask, grad_i[start:stop])
+            factors = _masked(factors, mask, factor_buf[: stop - start])
         steps, step_factors = grad_i[start : min(stop + 1, n_steps)].unbind(0), factors.unbind(0)
         for k in range(len(steps) - 2, -1, -1):
             steps[k].addcmul_(steps[k + 1], step_factors[k])

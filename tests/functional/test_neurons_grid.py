@@ -14,6 +14,7 @@ import torch
 from aquatic import QConfig
 from aquatic import nn as ann
 from aquatic.functional import Grid, LIFState, NeuronSpec, StateOps, neuron_sequence
+from aquatic.functional.neurons_grid_backward import _passing
 from aquatic.functional.neurons_grid import GridRules, StateGrid, decay_on_grid, grid_rules
 from aquatic.functional import neurons_kernel as kernel_module
 from aquatic.functional.neurons_grid_kernel import _subtract_stays_in_range as stays
@@ -177,6 +178,14 @@ def test_inference_equals_the_loop(preset, record):
     assert rec_l.keys() == rec_f.keys() and bool(rec_l) == record
     for key in rec_l:
         assert torch.equal(rec_l[key], rec_f[key])
+
+
+def test_a_mask_block_that_passes_every_gradient_is_skipped():
+    mask = torch.ones(3, 2, 4, dtype=torch.bool)
+    assert _passing(mask) is None and _passing(None) is None
+    mask[2, 1, 3] = False  # one saturated value keeps the block's mask
+    assert _passing(mask) is mask
+    assert _passing(mask[:2]) is None
 
 
 def test_decay_on_grid_is_the_quantizers_rule():
