@@ -131,7 +131,7 @@ def grid_backward(
     unclamped = options._replace(min_v_mem=None)
     # G: the gradient of each step's membrane before Q, time major over a batch-major
     # buffer: the input's gradient is read from it without a transposing copy.
-    grad_v = v.new_empty((v.shape[1], v.shape[0]) + v.shape[2:]).transpose(0, 1)
+    grad_v = _gradient_buffer(v, rules.delay)
     factor_buf = v.new_empty((min(block, n_steps),) + v.shape[1:])  # masked factors
     g_alpha = g_threshold = g_bias = None
     for start in reversed(range(0, n_steps, block)):
@@ -172,7 +172,8 @@ def grid_backward(
             # alpha_mem G_{t+1}: the gradient of the reset membrane.
             following = torch.zeros_like(gb)
             torch.mul(grad_v[start + 1 : stop + 1], alpha_mem, out=following[: stop - start - last])
-            g_hat = following.clone()
+            # G_t's own terms (below) read it only where the mask kept them apart.
+            g_hat = following.clone() if unmasked is not None else following
             if last and g_vfinal is not None:
                 g_hat[-1] = g_vfinal
             if g_trace is not None:
@@ -225,24 +226,21 @@ def grid_backward(
             steps[k].addcmul_(steps[k + 1], step_factors[k])
         if needs[4]:
             # i[t] = alpha_syn (i[t-1] + x[t]) (alpha_syn i[t-1] + x[t] after the decay).
-            pre = (
-                x[start:stop].clone()
-                if not rules.after_decay
-                else torch.empty_like(grad_i[start:stop])
-            )
+            # Each product formed once, into one buffer (no copy of the states first).
+            h = grad_i[start:stop]
+            pre = torch.empty_like(h)
             previous = current[max(start - 1, 0) : stop - 1]
+            first = 1 if start == 0 else 0
             if rules.after_decay:
-                if start == 0:
-                    pre[0].copy_(i0)
-                    pre[1:].copy_(previous)
-                else:
-                    pre.copy_(previous)
-            elif start == 0:
-                pre[0].add_(i0)
-                pre[1:].add_(previous)
+                if first:
+                    torch.mul(i0, h[0], out=pre[0])
+                torch.mul(previous, h[first:], out=pre[first:])
             else:
-                pre.add_(previous)
-            g_syn = _add(g_syn, pre.mul_(grad_i[start:stop]), alpha_syn)
+                if first:
+                    torch.add(x[start], i0, out=pre[0])
+                torch.add(x[start + first : stop], previous, out=pre[first:])
+                pre.mul_(h)
+            g_syn = _add(g_syn, pre, alpha_syn)
     if needs[2]:
         g_i0 = grad_i[0] * alpha_syn
     if needs[0]:
@@ -250,14 +248,33 @@ def grid_backward(
     return _batch_major(g_x, rules.delay), g_v0, g_i0, g_alpha, g_syn, g_threshold, g_bias
 
 
+def _gradient_buffer(v: Tensor, delay: bool) -> Tensor:
+    """An uninitialised time-major ``(T, N, *)`` tensor like ``v`` whose steps lie batch
+    major: ``G[t][n]`` at ``(n T + t) S`` (``S`` elements a step). With ``delay`` the
+    storage holds one step more, and :func:`_batch_major` reads the input's gradient
+    (step ``t`` of the input reached step ``t + 1``) as the ``(N, T, *)`` tensor from
+    offset ``S``: its ``[n, t]`` lies at ``(n T + t + 1) S``, ``G[t + 1][n]`` for
+    ``t < T - 1``, and ``G[0][n + 1]`` (or the extra step) for ``t = T - 1``."""
+    steps, batch = v.shape[0], v.shape[1]
+    if not delay:
+        return v.new_empty((batch, steps) + v.shape[2:]).transpose(0, 1)
+    size = v[0, 0].numel()
+    storage = v.new_empty((batch * steps + 1) * size)
+    inner = storage[:size].view(v.shape[2:]).stride()
+    return storage.as_strided(v.shape, (size, steps * size) + inner, storage.storage_offset())
+
+
 def _batch_major(t: Optional[Tensor], delay: bool = False) -> Optional[Tensor]:
-    """A time-major gradient batch major; with ``delay``, that of the input read one step
-    late (step ``t`` of the input reached step ``t + 1``; the last reached none)."""
+    """A time-major gradient (of :func:`_gradient_buffer`) batch major, without a copy;
+    with ``delay``, that of the input read one step late (the last step reached none).
+    It overwrites ``t[0]``: the last use of ``t``."""
     if t is None:
         return None
     if not delay:
         return t.transpose(0, 1).contiguous()
-    late = t.new_empty((t.shape[1], t.shape[0]) + t.shape[2:])
-    late[:, :-1] = t[1:].transpose(0, 1)
+    size = t[0, 0].numel()
+    shape = (t.shape[1], t.shape[0]) + t.shape[2:]
+    strides = (t.stride(1), t.stride(0)) + t.stride()[2:]
+    late = t.as_strided(shape, strides, t.storage_offset() + size)
     late[:, -1] = 0
     return late

@@ -354,3 +354,31 @@ def test_inputs_near_the_float32_range_equal_the_loop(after_decay):
         for c, d in zip(a, b) if isinstance(a, tuple) else [(a, b)]:
             assert (c is None and d is None) or torch.equal(c, d)
     assert loop.i_syn.abs().max() >= 7.5  # saturated (then decayed)
+
+
+@pytest.mark.parametrize("synaptic", [False, True])
+def test_delayed_input_gradient_of_several_dimensions_equals_the_loop(synaptic):
+    # The input's gradient is read one step late from the buffer of the steps' gradients.
+    decay = RuleDecay("multiplicative", GRID.grid)
+    spec = NeuronSpec(
+        torch.tensor(0.875, dtype=F64),
+        torch.tensor(0.96875, dtype=F64) if synaptic else None,
+        torch.tensor(0.75, dtype=F64),
+        reset="zero",
+        strict_threshold=True,
+        input_delay=True,
+        input_after_decay=synaptic,
+        state_ops=StateOps(GRID, GRID if synaptic else None, decay, decay if synaptic else None),
+    )
+    x = torch.randn(3, 9, 2, 5, generator=torch.Generator().manual_seed(1), dtype=F64) * 4
+    weights = torch.randn(3, 9, 2, 5, generator=torch.Generator().manual_seed(2), dtype=F64)
+    grads = []
+    for method in ("loop", "fused"):
+        leaf = x.clone().requires_grad_()
+        result = neuron_sequence(leaf, spec, method=method)
+        loss = (result.output * weights).sum() + result.state.v_mem.sum()
+        grads.append(torch.autograd.grad(loss, leaf)[0])
+    assert grads[1].shape == x.shape and grads[1].is_contiguous()
+    assert torch.equal(grads[1][:, -1], torch.zeros_like(x[:, -1]))  # reached no step
+    assert grads[1].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
