@@ -170,8 +170,10 @@ def grid_backward(
         del factors
         if grad_threshold:
             # alpha_mem G_{t+1}: the gradient of the reset membrane.
-            following = torch.zeros_like(gb)
+            following = torch.empty_like(gb)
             torch.mul(grad_v[start + 1 : stop + 1], alpha_mem, out=following[: stop - start - last])
+            if last:  # the last step has none
+                following[-1].zero_()
             # G_t's own terms (below) read it only where the mask kept them apart.
             g_hat = following.clone() if unmasked is not None else following
             if last and g_vfinal is not None:
