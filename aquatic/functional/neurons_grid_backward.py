@@ -6,7 +6,7 @@ decays of :class:`~aquatic.functional.neurons_grid.GridRules` in place of the mo
 so it computes the loop's bits. It keeps the membrane before the reset of every step,
 the synaptic current, and where each state quantizer saturated (one byte per value;
 NumPy multiplies by those masks, where torch would first convert them to a tensor of
-the values' dtype).
+the values' dtype; a block of steps whose mask passes every gradient skips them).
 
 Backward follows the gradient rules of the loop: a state quantizer passes the gradient
 straight through inside its range and stops it where it saturated (mask :math:`q_t`);
