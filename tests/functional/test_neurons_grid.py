@@ -15,10 +15,12 @@ from aquatic import QConfig
 from aquatic import nn as ann
 from aquatic.functional import Grid, LIFState, NeuronSpec, StateOps, neuron_sequence
 from aquatic.functional.neurons_grid_backward import _passing
+from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons_grid import GridRules, StateGrid, decay_on_grid, grid_rules
 from aquatic.functional import neurons_kernel as kernel_module
 from aquatic.functional.neurons_grid_kernel import _subtract_stays_in_range as stays
 from aquatic.functional.neurons_grid_kernel import grid_decayer, grid_quantizer
+from aquatic.functional.neurons_grid_kernel import reset_of, spikes_of
 from aquatic.functional.neurons_grid_steps import StepQuantizer
 from aquatic.hw import loihi, xylo
 from aquatic.quantizers import BitShiftDecay, UniformDecay, UniformQuantizer
@@ -382,3 +384,20 @@ def test_delayed_input_gradient_of_several_dimensions_equals_the_loop(synaptic):
     assert torch.equal(grads[1][:, -1], torch.zeros_like(x[:, -1]))  # reached no step
     assert grads[1].abs().sum() > 0
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_zero_reset_of_a_block_is_torch_where(dtype):
+    v = torch.tensor([[-0.0, 0.5, 2.0], [float("inf"), -3.0, float("nan")]], dtype=dtype)
+    threshold = torch.tensor(1.0, dtype=dtype)
+    options = Options("zero", None, 1, None, False, False, True)
+    for strict in (False, True):
+        fired = torch.gt(v, threshold) if strict else torch.ge(v, threshold)
+        expected = torch.where(fired, torch.zeros((), dtype=dtype), v)
+        reset = reset_of(v, threshold, options, strict)
+        assert torch.equal(reset.isnan(), expected.isnan())
+        finite = ~expected.isnan()
+        assert torch.equal(reset[finite], expected[finite])
+        assert torch.equal(reset[finite].signbit(), expected[finite].signbit())  # +0 where fired
+        spikes = spikes_of(v, threshold, options, strict)
+        assert spikes.dtype == dtype and torch.equal(spikes, fired.to(dtype))
