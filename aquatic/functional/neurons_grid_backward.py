@@ -148,7 +148,8 @@ def grid_backward(
         )
         clamp = None
         if min_v_mem is not None:
-            clamp = (reset_of(vb, threshold, unclamped, rules.strict) >= min_v_mem).to(v.dtype)
+            reset = reset_of(vb, threshold, unclamped, rules.strict)
+            clamp = torch.ge(reset, min_v_mem, out=torch.empty_like(reset))  # 1.0 and 0.0
             coef = clamp if coef is None else coef.mul_(clamp)
         if g_trace is not None:
             gb.add_(g_trace[start:stop] if coef is None else coef * g_trace[start:stop])

@@ -67,10 +67,11 @@ __all__ = [
 
 def spikes_of(v: Tensor, threshold: Tensor, options: Options, strict: bool) -> Tensor:
     """The spikes of the membrane ``v`` (before the reset), as forward computes them."""
-    if strict:  # written as 1.0 and 0.0 directly (a boolean's conversion is slow)
-        return torch.gt(
-            v, threshold, out=v.new_empty(torch.broadcast_shapes(v.shape, threshold.shape))
-        )
+    if strict or options.max_spikes == 1:
+        # spike_values' v >= threshold for one spike, written as 1.0 and 0.0 directly
+        # (a boolean's conversion is slow).
+        out = v.new_empty(torch.broadcast_shapes(v.shape, threshold.shape))
+        return (torch.gt if strict else torch.ge)(v, threshold, out=out)
     return spike_values(v, threshold, options.max_spikes)
 
 
