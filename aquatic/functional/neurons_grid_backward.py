@@ -68,6 +68,21 @@ def _passing(mask: Optional[Tensor]) -> Optional[Tensor]:
     return None
 
 
+def _per_step(alpha: Tensor, like: Tensor) -> Tensor:
+    """A decay factor for every step of a block ``like``: a 0-dim one as it is (torch
+    multiplies by it a third faster than by its expansion)."""
+    return alpha if alpha.dim() == 0 else alpha.expand_as(like)
+
+
+def _recur(grads: Tensor, factors: Tensor) -> None:
+    """``grads[k] += grads[k + 1] * factors[k]`` from the last step of a time-major
+    block back (``factors`` one per step, or 0-dim for all)."""
+    steps = grads.unbind(0)
+    step_factors = factors.unbind(0) if factors.dim() else (factors,) * len(steps)
+    for k in range(len(steps) - 2, -1, -1):
+        steps[k].addcmul_(steps[k + 1], step_factors[k])
+
+
 def _time_major(t: Optional[Tensor]) -> Optional[Tensor]:
     return None if t is None else t.transpose(0, 1)
 
@@ -158,16 +173,14 @@ def grid_backward(
         mask = _passing(v_mask[start:stop]) if v_mask is not None else None
         unmasked = gb.clone() if grad_threshold and mask is not None else None
         if coef is None:
-            factors = alpha_mem.expand_as(vb)
+            factors = _per_step(alpha_mem, vb)
         else:  # in place unless the threshold's gradient reads C below
             factors = coef * alpha_mem if grad_threshold else coef.mul_(alpha_mem)
         if mask is not None:
             _masked(gb, mask, gb)
             masked = factor_buf[: stop - start] if coef is None or grad_threshold else factors
             factors = _masked(factors, mask, masked)
-        steps, step_factors = grad_v[start : min(stop + 1, n_steps)].unbind(0), factors.unbind(0)
-        for k in range(len(steps) - 2, -1, -1):
-            steps[k].addcmul_(steps[k + 1], step_factors[k])
+        _recur(grad_v[start : min(stop + 1, n_steps)], factors)
         del factors
         if grad_threshold:
             # alpha_mem G_{t+1}: the gradient of the reset membrane.
@@ -219,14 +232,12 @@ def grid_backward(
         grad_i[-1].add_(g_ifinal)
     for start in reversed(range(0, n_steps, block)):
         stop = min(start + block, n_steps)
-        factors = alpha_syn.expand_as(grad_i[start:stop])
+        factors = _per_step(alpha_syn, grad_i[start:stop])
         mask = _passing(i_mask[start:stop]) if i_mask is not None else None
         if mask is not None:
             _masked(grad_i[start:stop], mask, grad_i[start:stop])
             factors = _masked(factors, mask, factor_buf[: stop - start])
-        steps, step_factors = grad_i[start : min(stop + 1, n_steps)].unbind(0), factors.unbind(0)
-        for k in range(len(steps) - 2, -1, -1):
-            steps[k].addcmul_(steps[k + 1], step_factors[k])
+        _recur(grad_i[start : min(stop + 1, n_steps)], factors)
         if needs[4]:
             # i[t] = alpha_syn (i[t-1] + x[t]) (alpha_syn i[t-1] + x[t] after the decay).
             # Each product formed once, into one buffer (no copy of the states first).
