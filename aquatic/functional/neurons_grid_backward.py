@@ -6,7 +6,7 @@ decays of :class:`~aquatic.functional.neurons_grid.GridRules` in place of the mo
 so it computes the loop's bits. It keeps the membrane before the reset of every step,
 the synaptic current, and where each state quantizer saturated (one byte per value;
 NumPy multiplies by those masks, where torch would first convert them to a tensor of
-the values' dtype).
+the values' dtype; a block of steps whose mask passes every gradient skips them).
 
 Backward follows the gradient rules of the loop: a state quantizer passes the gradient
 straight through inside its range and stops it where it saturated (mask :math:`q_t`);
@@ -56,6 +56,31 @@ def _masked(values: Tensor, mask: Tensor, out: Tensor) -> Tensor:
     """``values * mask`` (a boolean mask) into ``out`` (may be ``values``)."""
     np.multiply(as_array(values), as_array(mask), out=as_array(out))
     return out
+
+
+def _passing(mask: Optional[Tensor]) -> Optional[Tensor]:
+    """A block of a quantizer's in-range mask, ``None`` where the quantizer passed every
+    gradient: multiplying by 1 changes no value (IEEE 754 multiplication by one is exact,
+    signed zeros, infinities and NaN included), so the block skips the multiplications.
+    A state on a wide grid (Loihi's 24-bit states) rarely saturates."""
+    if mask is None or not as_array(mask).all():
+        return mask
+    return None
+
+
+def _per_step(alpha: Tensor, like: Tensor) -> Tensor:
+    """A decay factor for every step of a block ``like``: a 0-dim one as it is (torch
+    multiplies by it a third faster than by its expansion)."""
+    return alpha if alpha.dim() == 0 else alpha.expand_as(like)
+
+
+def _recur(grads: Tensor, factors: Tensor) -> None:
+    """``grads[k] += grads[k + 1] * factors[k]`` from the last step of a time-major
+    block back (``factors`` one per step, or 0-dim for all)."""
+    steps = grads.unbind(0)
+    step_factors = factors.unbind(0) if factors.dim() else (factors,) * len(steps)
+    for k in range(len(steps) - 2, -1, -1):
+        steps[k].addcmul_(steps[k + 1], step_factors[k])
 
 
 def _time_major(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -121,7 +146,7 @@ def grid_backward(
     unclamped = options._replace(min_v_mem=None)
     # G: the gradient of each step's membrane before Q, time major over a batch-major
     # buffer: the input's gradient is read from it without a transposing copy.
-    grad_v = v.new_empty((v.shape[1], v.shape[0]) + v.shape[2:]).transpose(0, 1)
+    grad_v = _gradient_buffer(v, rules.delay)
     factor_buf = v.new_empty((min(block, n_steps),) + v.shape[1:])  # masked factors
     g_alpha = g_threshold = g_bias = None
     for start in reversed(range(0, n_steps, block)):
@@ -138,31 +163,33 @@ def grid_backward(
         )
         clamp = None
         if min_v_mem is not None:
-            clamp = (reset_of(vb, threshold, unclamped, rules.strict) >= min_v_mem).to(v.dtype)
+            reset = reset_of(vb, threshold, unclamped, rules.strict)
+            clamp = torch.ge(reset, min_v_mem, out=torch.empty_like(reset))  # 1.0 and 0.0
             coef = clamp if coef is None else coef.mul_(clamp)
         if g_trace is not None:
             gb.add_(g_trace[start:stop] if coef is None else coef * g_trace[start:stop])
         if last and g_vfinal is not None:
             gb[-1].add_(g_vfinal if coef is None else coef[-1] * g_vfinal)
-        unmasked = gb.clone() if grad_threshold and v_mask is not None else None
+        mask = _passing(v_mask[start:stop]) if v_mask is not None else None
+        unmasked = gb.clone() if grad_threshold and mask is not None else None
         if coef is None:
-            factors = alpha_mem.expand_as(vb)
+            factors = _per_step(alpha_mem, vb)
         else:  # in place unless the threshold's gradient reads C below
             factors = coef * alpha_mem if grad_threshold else coef.mul_(alpha_mem)
-        if v_mask is not None:
-            mask = v_mask[start:stop]
+        if mask is not None:
             _masked(gb, mask, gb)
             masked = factor_buf[: stop - start] if coef is None or grad_threshold else factors
             factors = _masked(factors, mask, masked)
-        steps, step_factors = grad_v[start : min(stop + 1, n_steps)].unbind(0), factors.unbind(0)
-        for k in range(len(steps) - 2, -1, -1):
-            steps[k].addcmul_(steps[k + 1], step_factors[k])
+        _recur(grad_v[start : min(stop + 1, n_steps)], factors)
         del factors
         if grad_threshold:
             # alpha_mem G_{t+1}: the gradient of the reset membrane.
-            following = torch.zeros_like(gb)
+            following = torch.empty_like(gb)
             torch.mul(grad_v[start + 1 : stop + 1], alpha_mem, out=following[: stop - start - last])
-            g_hat = following.clone()
+            if last:  # the last step has none
+                following[-1].zero_()
+            # G_t's own terms (below) read it only where the mask kept them apart.
+            g_hat = following.clone() if unmasked is not None else following
             if last and g_vfinal is not None:
                 g_hat[-1] = g_vfinal
             if g_trace is not None:
@@ -205,33 +232,29 @@ def grid_backward(
         grad_i[-1].add_(g_ifinal)
     for start in reversed(range(0, n_steps, block)):
         stop = min(start + block, n_steps)
-        factors = alpha_syn.expand_as(grad_i[start:stop])
-        if i_mask is not None:
-            _masked(grad_i[start:stop], i_mask[start:stop], grad_i[start:stop])
-            factors = _masked(factors, i_mask[start:stop], factor_buf[: stop - start])
-        steps, step_factors = grad_i[start : min(stop + 1, n_steps)].unbind(0), factors.unbind(0)
-        for k in range(len(steps) - 2, -1, -1):
-            steps[k].addcmul_(steps[k + 1], step_factors[k])
+        factors = _per_step(alpha_syn, grad_i[start:stop])
+        mask = _passing(i_mask[start:stop]) if i_mask is not None else None
+        if mask is not None:
+            _masked(grad_i[start:stop], mask, grad_i[start:stop])
+            factors = _masked(factors, mask, factor_buf[: stop - start])
+        _recur(grad_i[start : min(stop + 1, n_steps)], factors)
         if needs[4]:
             # i[t] = alpha_syn (i[t-1] + x[t]) (alpha_syn i[t-1] + x[t] after the decay).
-            pre = (
-                x[start:stop].clone()
-                if not rules.after_decay
-                else torch.empty_like(grad_i[start:stop])
-            )
+            # Each product formed once, into one buffer (no copy of the states first).
+            h = grad_i[start:stop]
+            pre = torch.empty_like(h)
             previous = current[max(start - 1, 0) : stop - 1]
+            first = 1 if start == 0 else 0
             if rules.after_decay:
-                if start == 0:
-                    pre[0].copy_(i0)
-                    pre[1:].copy_(previous)
-                else:
-                    pre.copy_(previous)
-            elif start == 0:
-                pre[0].add_(i0)
-                pre[1:].add_(previous)
+                if first:
+                    torch.mul(i0, h[0], out=pre[0])
+                torch.mul(previous, h[first:], out=pre[first:])
             else:
-                pre.add_(previous)
-            g_syn = _add(g_syn, pre.mul_(grad_i[start:stop]), alpha_syn)
+                if first:
+                    torch.add(x[start], i0, out=pre[0])
+                torch.add(x[start + first : stop], previous, out=pre[first:])
+                pre.mul_(h)
+            g_syn = _add(g_syn, pre, alpha_syn)
     if needs[2]:
         g_i0 = grad_i[0] * alpha_syn
     if needs[0]:
@@ -239,14 +262,33 @@ def grid_backward(
     return _batch_major(g_x, rules.delay), g_v0, g_i0, g_alpha, g_syn, g_threshold, g_bias
 
 
+def _gradient_buffer(v: Tensor, delay: bool) -> Tensor:
+    """An uninitialised time-major ``(T, N, *)`` tensor like ``v`` whose steps lie batch
+    major: ``G[t][n]`` at ``(n T + t) S`` (``S`` elements a step). With ``delay`` the
+    storage holds one step more, and :func:`_batch_major` reads the input's gradient
+    (step ``t`` of the input reached step ``t + 1``) as the ``(N, T, *)`` tensor from
+    offset ``S``: its ``[n, t]`` lies at ``(n T + t + 1) S``, ``G[t + 1][n]`` for
+    ``t < T - 1``, and ``G[0][n + 1]`` (or the extra step) for ``t = T - 1``."""
+    steps, batch = v.shape[0], v.shape[1]
+    if not delay:
+        return v.new_empty((batch, steps) + v.shape[2:]).transpose(0, 1)
+    size = v[0, 0].numel()
+    storage = v.new_empty((batch * steps + 1) * size)
+    inner = storage[:size].view(v.shape[2:]).stride()
+    return storage.as_strided(v.shape, (size, steps * size) + inner, storage.storage_offset())
+
+
 def _batch_major(t: Optional[Tensor], delay: bool = False) -> Optional[Tensor]:
-    """A time-major gradient batch major; with ``delay``, that of the input read one step
-    late (step ``t`` of the input reached step ``t + 1``; the last reached none)."""
+    """A time-major gradient (of :func:`_gradient_buffer`) batch major, without a copy;
+    with ``delay``, that of the input read one step late (the last step reached none).
+    It overwrites ``t[0]``: the last use of ``t``."""
     if t is None:
         return None
     if not delay:
         return t.transpose(0, 1).contiguous()
-    late = t.new_empty((t.shape[1], t.shape[0]) + t.shape[2:])
-    late[:, :-1] = t[1:].transpose(0, 1)
+    size = t[0, 0].numel()
+    shape = (t.shape[1], t.shape[0]) + t.shape[2:]
+    strides = (t.stride(1), t.stride(0)) + t.stride()[2:]
+    late = t.as_strided(shape, strides, t.storage_offset() + size)
     late[:, -1] = 0
     return late

@@ -14,10 +14,13 @@ import torch
 from aquatic import QConfig
 from aquatic import nn as ann
 from aquatic.functional import Grid, LIFState, NeuronSpec, StateOps, neuron_sequence
+from aquatic.functional.neurons_grid_backward import _passing
+from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons_grid import GridRules, StateGrid, decay_on_grid, grid_rules
 from aquatic.functional import neurons_kernel as kernel_module
 from aquatic.functional.neurons_grid_kernel import _subtract_stays_in_range as stays
 from aquatic.functional.neurons_grid_kernel import grid_decayer, grid_quantizer
+from aquatic.functional.neurons_grid_kernel import reset_of, spikes_of
 from aquatic.functional.neurons_grid_steps import StepQuantizer
 from aquatic.hw import loihi, xylo
 from aquatic.quantizers import BitShiftDecay, UniformDecay, UniformQuantizer
@@ -177,6 +180,14 @@ def test_inference_equals_the_loop(preset, record):
     assert rec_l.keys() == rec_f.keys() and bool(rec_l) == record
     for key in rec_l:
         assert torch.equal(rec_l[key], rec_f[key])
+
+
+def test_a_mask_block_that_passes_every_gradient_is_skipped():
+    mask = torch.ones(3, 2, 4, dtype=torch.bool)
+    assert _passing(mask) is None and _passing(None) is None
+    mask[2, 1, 3] = False  # one saturated value keeps the block's mask
+    assert _passing(mask) is mask
+    assert _passing(mask[:2]) is None
 
 
 def test_decay_on_grid_is_the_quantizers_rule():
@@ -345,3 +356,48 @@ def test_inputs_near_the_float32_range_equal_the_loop(after_decay):
         for c, d in zip(a, b) if isinstance(a, tuple) else [(a, b)]:
             assert (c is None and d is None) or torch.equal(c, d)
     assert loop.i_syn.abs().max() >= 7.5  # saturated (then decayed)
+
+
+@pytest.mark.parametrize("synaptic", [False, True])
+def test_delayed_input_gradient_of_several_dimensions_equals_the_loop(synaptic):
+    # The input's gradient is read one step late from the buffer of the steps' gradients.
+    decay = RuleDecay("multiplicative", GRID.grid)
+    spec = NeuronSpec(
+        torch.tensor(0.875, dtype=F64),
+        torch.tensor(0.96875, dtype=F64) if synaptic else None,
+        torch.tensor(0.75, dtype=F64),
+        reset="zero",
+        strict_threshold=True,
+        input_delay=True,
+        input_after_decay=synaptic,
+        state_ops=StateOps(GRID, GRID if synaptic else None, decay, decay if synaptic else None),
+    )
+    x = torch.randn(3, 9, 2, 5, generator=torch.Generator().manual_seed(1), dtype=F64) * 4
+    weights = torch.randn(3, 9, 2, 5, generator=torch.Generator().manual_seed(2), dtype=F64)
+    grads = []
+    for method in ("loop", "fused"):
+        leaf = x.clone().requires_grad_()
+        result = neuron_sequence(leaf, spec, method=method)
+        loss = (result.output * weights).sum() + result.state.v_mem.sum()
+        grads.append(torch.autograd.grad(loss, leaf)[0])
+    assert grads[1].shape == x.shape and grads[1].is_contiguous()
+    assert torch.equal(grads[1][:, -1], torch.zeros_like(x[:, -1]))  # reached no step
+    assert grads[1].abs().sum() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+def test_zero_reset_of_a_block_is_torch_where(dtype):
+    v = torch.tensor([[-0.0, 0.5, 2.0], [float("inf"), -3.0, float("nan")]], dtype=dtype)
+    threshold = torch.tensor(1.0, dtype=dtype)
+    options = Options("zero", None, 1, None, False, False, True)
+    for strict in (False, True):
+        fired = torch.gt(v, threshold) if strict else torch.ge(v, threshold)
+        expected = torch.where(fired, torch.zeros((), dtype=dtype), v)
+        reset = reset_of(v, threshold, options, strict)
+        assert torch.equal(reset.isnan(), expected.isnan())
+        finite = ~expected.isnan()
+        assert torch.equal(reset[finite], expected[finite])
+        assert torch.equal(reset[finite].signbit(), expected[finite].signbit())  # +0 where fired
+        spikes = spikes_of(v, threshold, options, strict)
+        assert spikes.dtype == dtype and torch.equal(spikes, fired.to(dtype))
