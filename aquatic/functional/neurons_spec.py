@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as torch_functional
 
-from aquatic.functional.neuron_checks import check_method, prepare
+from aquatic.functional.neuron_checks import check_input, check_method, prepare
 from aquatic.functional.neuron_values import check_steps
 from aquatic.functional.neuron_types import LIFOutput, LIFState, NeuronSpec, StateOps
 from aquatic.functional.neurons_fused import lif_fused
@@ -199,6 +199,7 @@ def neuron_sequence(
     """
     check_method(method)
     check_spec(spec)
+    check_input(input, 3, "(N, T, *)")  # before the device and dtype choose the way
     quantized = spec.state_ops.any() or any(_order(spec))
     rules = None
     if quantized and method != "loop":

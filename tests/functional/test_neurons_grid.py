@@ -8,6 +8,7 @@ rules).
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -213,6 +214,14 @@ def test_inputs_beyond_cpu_float32_and_float64_run_the_loop():
     assert type(neuron_sequence(half, spec).output.grad_fn).__name__ != FUSED
     with pytest.raises(ValueError, match="float16.*method='loop'"):
         neuron_sequence(half, spec, method="fused")
+
+
+@pytest.mark.parametrize("method", ["auto", "fused"])
+def test_an_input_that_is_not_a_tensor_is_a_type_error(method):
+    ops = StateOps(GRID, None, RuleDecay("bitshift", GRID.grid), None)
+    spec = NeuronSpec(torch.tensor(0.875), threshold=torch.tensor(0.75), state_ops=ops)
+    with pytest.raises(TypeError, match="ndarray"):
+        neuron_sequence(np.zeros((2, 5, 3), np.float32), spec, method=method)
 
 
 def test_undescribed_operations_run_the_loop():
