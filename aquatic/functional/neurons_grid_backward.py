@@ -32,6 +32,7 @@ spikes on :math:`v > \vartheta`; its reset terms follow those spikes.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import numpy as np
@@ -272,7 +273,7 @@ def _gradient_buffer(v: Tensor, delay: bool) -> Tensor:
     steps, batch = v.shape[0], v.shape[1]
     if not delay:
         return v.new_empty((batch, steps) + v.shape[2:]).transpose(0, 1)
-    size = v[0, 0].numel()
+    size = math.prod(v.shape[2:])  # (v may hold no batch)
     storage = v.new_empty((batch * steps + 1) * size)
     inner = storage[:size].view(v.shape[2:]).stride()
     return storage.as_strided(v.shape, (size, steps * size) + inner, storage.storage_offset())
@@ -286,7 +287,7 @@ def _batch_major(t: Optional[Tensor], delay: bool = False) -> Optional[Tensor]:
         return None
     if not delay:
         return t.transpose(0, 1).contiguous()
-    size = t[0, 0].numel()
+    size = math.prod(t.shape[2:])
     shape = (t.shape[1], t.shape[0]) + t.shape[2:]
     strides = (t.stride(1), t.stride(0)) + t.stride()[2:]
     late = t.as_strided(shape, strides, t.storage_offset() + size)

@@ -395,6 +395,18 @@ def test_delayed_input_gradient_of_several_dimensions_equals_the_loop(synaptic):
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("preset", ["xylo", "loihi"])
+def test_an_empty_batch_trains(preset):
+    # Loihi delays its input: backward lays out its gradient by the step's size, which
+    # an empty batch has no element to read.
+    model = _preset_pair(preset, train_threshold=True, train_decay=True)
+    x = torch.rand(0, 5, 6, requires_grad=True)
+    out = model(x)
+    out.sum().backward()
+    assert out.shape == (0, 5, 5) and x.grad.shape == x.shape
+    assert all(torch.equal(p.grad, torch.zeros_like(p)) for p in model.parameters())
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, F64])
 def test_zero_reset_of_a_block_is_torch_where(dtype):
     v = torch.tensor([[-0.0, 0.5, 2.0], [float("inf"), -3.0, float("nan")]], dtype=dtype)
