@@ -53,20 +53,37 @@ SIGNIFICAND = {torch.float32: 24, torch.float64: 53}
 
 
 def as_array(tensor: Tensor) -> np.ndarray:
-    """The NumPy view of a CPU tensor (no copy; writes go to the tensor)."""
+    """The NumPy view of a CPU tensor (no copy; writes go to the tensor).
+
+    Example:
+        >>> t = torch.zeros(3)
+        >>> as_array(t)[1] = 2.0
+        >>> t
+        tensor([0., 2., 0.])
+    """
     return tensor.detach().numpy()
 
 
 def constant(value, dtype) -> np.ndarray:
     """``value`` (a number or a tensor) as an array of NumPy ``dtype`` (0-dim for a
-    number or a 0-dim tensor)."""
+    number or a 0-dim tensor).
+
+    Example:
+        >>> constant(torch.tensor(0.1), np.float32).dtype, constant(3, np.float64).shape
+        (dtype('float32'), ())
+    """
     if isinstance(value, Tensor):
         value = value.detach().double().cpu().numpy()
     return np.asarray(value, dtype=dtype)
 
 
 def power_of_two(scale: Tensor) -> bool:
-    """Whether the 0-dim ``scale`` is a power of two."""
+    """Whether the 0-dim ``scale`` is a power of two.
+
+    Example:
+        >>> power_of_two(torch.tensor(0.125)), power_of_two(torch.tensor(0.1))
+        (True, False)
+    """
     mantissa, _ = torch.frexp(scale.double())
     return float(mantissa) == 0.5
 
