@@ -16,6 +16,8 @@ LOIHI = ["h5py>=3"]
 # Reference implementations the tests compare against: SynSense's Xylo simulator, and
 # the snnTorch and sinabs neuron conventions.
 REFERENCE = ["xylosim", "snntorch", "sinabs"]
+# The fused LIF's forward loop compiled (aquatic.functional.neurons_jit).
+FAST = ["numba>=0.59"]
 # The tests exercise the demo, both interop formats and the references: dev has them all.
 DEV = ["pytest>=7", "hypothesis>=6", "black>=24", "pre-commit>=3", "sphinx>=7"]
 
@@ -30,7 +32,8 @@ setup(
     python_requires=">=3.10",
     install_requires=["torch>=2.1", "numpy"],
     extras_require={
-        "dev": DEV + DEMO + NIR + ONNX + REFERENCE + LOIHI,
+        "dev": DEV + DEMO + NIR + ONNX + REFERENCE + LOIHI + FAST,
+        "fast": FAST,
         "reference": REFERENCE,
         "demo": DEMO,
         "bench": ["brevitas", "snntorch", "sinabs", "norse", "spikingjelly"],

@@ -26,6 +26,7 @@ __all__ = [
     "check_method",
     "check_checkpoint",
     "check_input",
+    "check_finite_input",
     "as_param",
     "check_state",
     "prepare",
@@ -75,6 +76,27 @@ def check_input(input: Tensor, min_dim: int, layout: str) -> None:
         raise ValueError(
             f"expected input of shape {layout} with at least {min_dim} dimensions, got "
             f"shape {tuple(input.shape)}{hint}"
+        )
+
+
+def check_finite_input(input: Tensor, quantized_states: bool) -> None:
+    """A ``ValueError`` for a NaN or infinite input to neurons with quantized states.
+
+    A state on an integer grid has no code for NaN or infinity (a chip's states are
+    integers), and rounding one to the grid has no defined result: the step-by-step
+    loop and the fused sequence would disagree, silently. Float neurons pass NaN and
+    infinity through, as torch does. Not checked while ``torch.compile`` traces (a
+    data-dependent test).
+    """
+    if not quantized_states or torch.compiler.is_compiling() or input.numel() == 0:
+        return
+    if not bool(torch.isfinite(input).all()):
+        bad = input.detach()[~torch.isfinite(input.detach())]
+        raise ValueError(
+            f"the input holds {bad.numel()} NaN or infinite value(s) (e.g. {float(bad[0])}), "
+            "which neurons with quantized states (a chip preset, QConfig.state or a decay "
+            "rule) cannot represent; clean or clamp the input first, e.g. "
+            "torch.nan_to_num(x, nan=0.0, posinf=m, neginf=-m)"
         )
 
 

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from aquatic.functional import neurons_grid_jit
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons_grid import GridRules, StateGrid, delayed
 from aquatic.functional.neurons_grid_current import (
@@ -199,11 +200,18 @@ def grid_forward(
         masks of the membrane's and the current's quantizers (``None`` without them or a
         gradient, and for a current's quantizer that passes its input); and the final
         state.
+
+    Runs on the compiled loop of :mod:`aquatic.functional.neurons_grid_jit` where it
+    applies (the same bits).
     """
     alpha_mem, alpha_syn, threshold, bias = params
     synaptic, spiking = alpha_syn is not None, options.spiking
     if rules.delay and not synaptic:  # the current reads the input late itself
         x = delayed(x)
+    if neurons_grid_jit.grid_jit_ok(x, options, rules, params, v0, i0):
+        return neurons_grid_jit.grid_forward(
+            x, v0, i0, params, options, rules, need_grad, record, keep_current
+        )
     n_steps, block = x.shape[1], block_steps(x[:, 0].numel())
     step_shape = (x.shape[0],) + x.shape[2:]
     # Time major, so that every step is contiguous (steps of a batch-major tensor lie

@@ -14,6 +14,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from aquatic.functional import neurons_jit
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.surrogate import spike_values
 
@@ -85,7 +86,15 @@ def sequence_forward(
         first* ``(T, N, *)`` kept for backward (``None`` when not needed; a view of
         ``output`` for a non-spiking neuron without a clamp), the final state, and the
         checkpointed states ``(S, N, *)`` (``None`` without ``checkpoint``).
+
+    Runs on the compiled loop of :mod:`aquatic.functional.neurons_jit` where it applies
+    (the same bits).
     """
+    if neurons_jit.forward_ok(x, options, v0, i0, alpha_mem, alpha_syn, threshold, bias):
+        return neurons_jit.sequence_forward(
+            x, v0, i0, alpha_mem, alpha_syn, threshold, bias, options, record, need_grad,
+            keep_current, checkpoint,
+        )  # fmt: skip
     n_steps = x.shape[1]
     block = min(block_steps(x[:, 0].numel()), n_steps)
     synaptic = alpha_syn is not None

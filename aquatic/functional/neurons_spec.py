@@ -14,7 +14,12 @@ import torch
 from torch import Tensor
 from torch.nn import functional as torch_functional
 
-from aquatic.functional.neuron_checks import check_input, check_method, prepare
+from aquatic.functional.neuron_checks import (
+    check_finite_input,
+    check_input,
+    check_method,
+    prepare,
+)
 from aquatic.functional.neuron_values import check_steps
 from aquatic.functional.neuron_types import LIFOutput, LIFState, NeuronSpec, StateOps
 from aquatic.functional.neurons_fused import lif_fused
@@ -128,6 +133,8 @@ def neuron_step(
             "input_delay delays the input by one step of a sequence; run the spec with "
             "neuron_sequence, or delay the input yourself and use input_delay=False"
         )
+    check_input(input, 2, "(N, *)")
+    check_finite_input(input, spec.state_ops.any())
     return _checked_step(input, spec, state, True)
 
 
@@ -200,6 +207,7 @@ def neuron_sequence(
     check_method(method)
     check_spec(spec)
     check_input(input, 3, "(N, T, *)")  # before the device and dtype choose the way
+    check_finite_input(input, spec.state_ops.any())
     quantized = spec.state_ops.any() or any(_order(spec))
     rules = None
     if quantized and method != "loop":
@@ -297,6 +305,7 @@ def lif_recurrent(
         shape = tuple(input.shape) if isinstance(input, Tensor) else type(input).__name__
         raise ValueError(f"lif_recurrent expects input of shape (N, T, C), got {shape}")
     check_steps(input)
+    check_finite_input(input, spec.state_ops.any())
     neurons = input.shape[2]
     if not isinstance(rec_weight, Tensor) or tuple(rec_weight.shape) != (neurons, neurons):
         shape = tuple(rec_weight.shape) if isinstance(rec_weight, Tensor) else rec_weight

@@ -14,7 +14,8 @@ import torch
 
 from aquatic import QConfig
 from aquatic import nn as ann
-from aquatic.functional import Grid, LIFState, NeuronSpec, StateOps, neuron_sequence
+from aquatic.functional import Grid, LIFState, NeuronSpec, StateOps, neuron_sequence, neuron_step
+from aquatic.functional.neurons_spec import lif_recurrent
 from aquatic.functional.neurons_grid_backward import _passing
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons_grid import GridRules, StateGrid, decay_on_grid, grid_rules
@@ -422,3 +423,27 @@ def test_zero_reset_of_a_block_is_torch_where(dtype):
         assert torch.equal(reset[finite].signbit(), expected[finite].signbit())  # +0 where fired
         spikes = spikes_of(v, threshold, options, strict)
         assert spikes.dtype == dtype and torch.equal(spikes, fired.to(dtype))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize("preset", ["xylo", "loihi"])
+def test_nan_and_infinite_inputs_to_quantized_states_are_refused(preset, bad):
+    # A grid has no code for them: every way (the loop, the fused sequence, one step,
+    # the recurrent loop) refuses them before running, instead of disagreeing silently.
+    layer = _preset_pair(preset)[1]
+    spec = layer.spec()
+    x = torch.rand(2, 4, 5)
+    x[1, 2, 3] = bad
+    for method in ("loop", "auto"):
+        with pytest.raises(ValueError, match="NaN or infinite.*nan_to_num"):
+            neuron_sequence(x, spec, method=method)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        neuron_step(x[:, 2], spec._replace(input_delay=False))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        lif_recurrent(x, spec._replace(input_delay=False), torch.zeros(5, 5))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        layer(x)
+    # Float neurons pass them through, as torch does.
+    float_spec = NeuronSpec(torch.tensor(0.9), None, torch.tensor(1.0))
+    out = neuron_sequence(x, float_spec, record_states=True)
+    assert not torch.isfinite(out.v_mem[1, 2:, 3]).any()

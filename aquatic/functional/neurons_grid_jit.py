@@ -1,0 +1,225 @@
+"""The forward loop of the fused sequence with quantized states on a compiled loop (Numba).
+
+:func:`~aquatic.functional.neurons_grid_kernel.grid_forward` runs some twenty NumPy
+operations per time step; with Numba installed (``aquatic[fast]``) it runs
+:mod:`aquatic.functional.neurons_grid_jit_kernels` instead, one pass over the sequence,
+where that applies: binary spikes (or a non-spiking neuron) and decay rules whose codes
+are exact in the values' dtype (every chip preset). The results are the same bits and
+the same tensors (the backward pass reads them as it reads the NumPy loop's).
+:data:`aquatic.functional.neurons_jit.ENABLED` (``AQUATIC_NUMBA=0``) turns both compiled
+loops off.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aquatic.functional import neurons_jit
+from aquatic.functional.neuron_types import Options
+from aquatic.functional.neurons_grid import GridRules
+from aquatic.functional.neurons_grid_current import quantizer_after_decay_passes
+from aquatic.functional.neurons_grid_jit_kernels import grid_forward_kernel
+from aquatic.functional.neurons_grid_steps import StepDecay, StepQuantizer
+
+__all__ = ["grid_jit_ok", "grid_forward"]
+
+
+def _decays(rules: GridRules, params, v0: Tensor, i0: Optional[Tensor]):
+    alpha_mem, alpha_syn = params[:2]
+    decay_v = StepDecay(rules.v_mem, alpha_mem, v0)
+    decay_i = StepDecay(rules.i_syn, alpha_syn, i0) if alpha_syn is not None else None
+    return decay_v, decay_i
+
+
+@functools.lru_cache(maxsize=None)
+def _ready() -> bool:
+    """Whether the kernel compiles (once; a warning and the NumPy loop if it fails)."""
+    try:
+        f32, f64 = np.float32, np.float64
+        two, three = np.zeros((0, 0), f32), np.zeros((0, 0, 0), f32)
+        wide, mask = np.zeros((0, 0), f64), np.zeros((0, 0, 0), np.bool_)
+        lanes = (two, two, two, wide)
+        grid_forward_kernel()(0, 0, 1, 1, np.zeros(20, np.int64), np.zeros(15, f32),
+                              np.zeros(2, f32), three, two, two, *lanes, *lanes, two, two,
+                              two, three, three, three, mask, three, mask, two, two)  # fmt: skip
+    except Exception as error:  # an incompatible Numba must not stop training
+        warnings.warn(
+            f"the compiled loop of quantized states failed ({type(error).__name__}: "
+            f"{error}); using the NumPy loop. Set AQUATIC_NUMBA=0 to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return False
+    return True
+
+
+def grid_jit_ok(x: Tensor, options: Options, rules: GridRules, params, v0, i0) -> bool:
+    """Whether the compiled loop runs this sequence (see the module docstring)."""
+    if not neurons_jit.available() or (options.spiking and options.max_spikes != 1):
+        return False
+    if not _ready():
+        return False
+    return all(d is None or not d.rule or d.exact for d in _decays(rules, params, v0, i0))
+
+
+def _lanes(value, step_shape, features: int, dtype) -> np.ndarray:
+    """A number, array or tensor broadcast to the neurons, as an ``(N, F)`` array."""
+    if isinstance(value, Tensor):
+        value = value.detach().cpu().numpy()
+    full = np.broadcast_to(np.asarray(value, dtype=dtype), step_shape)
+    return np.ascontiguousarray(full).reshape(step_shape[0], features)
+
+
+def _decay_arrays(decay: Optional[StepDecay], step_shape, features, dtype):
+    """``(rule, wide, alpha, factor, keep, keep64, scale, low, high)`` of a decay."""
+    zeros = np.zeros((step_shape[0], features), dtype)
+    if decay is None:
+        return 0, False, zeros, zeros, zeros, zeros.astype(np.float64), 0, 0, 0
+    lanes = lambda value, d=dtype: _lanes(value, step_shape, features, d)  # noqa: E731
+    if not decay.rule:
+        return 0, False, lanes(decay.alpha), zeros, zeros, zeros.astype(np.float64), 0, 0, 0
+    rule = 1 if decay.rule == "bitshift" else 2
+    factor = lanes(decay.factor) if rule == 1 else zeros
+    wide = rule == 2 and decay.wide
+    keep = lanes(decay.keep) if rule == 2 and not wide else zeros
+    keep64 = lanes(decay.keep, np.float64) if wide else zeros.astype(np.float64)
+    return rule, wide, zeros, factor, keep, keep64, decay.scale, decay.low, decay.high
+
+
+def grid_forward(
+    x: Tensor,
+    v0: Tensor,
+    i0: Optional[Tensor],
+    params: Tuple[Tensor, Optional[Tensor], Tensor, Optional[Tensor]],
+    options: Options,
+    rules: GridRules,
+    need_grad: bool,
+    record: bool = True,
+    keep_current: bool = True,
+) -> Tuple[Optional[Tensor], ...]:
+    """:func:`~aquatic.functional.neurons_grid_kernel.grid_forward` on the compiled loop
+    (same arguments, with ``x`` already delayed for a neuron without a synaptic state;
+    same results and bits)."""
+    alpha_mem, alpha_syn, threshold, bias = params
+    synaptic, spiking = alpha_syn is not None, options.spiking
+    n, n_steps = x.shape[0], x.shape[1]
+    step_shape = (n,) + tuple(x.shape[2:])
+    features = math.prod(step_shape[1:])
+    dtype = np.float32 if x.dtype == torch.float32 else np.float64
+    decay_v, decay_i = _decays(rules, params, v0, i0)
+    quantize_v = StepQuantizer(rules.v_mem, x.dtype) if rules.v_mem is not None else None
+    quantize_i = None
+    if synaptic and rules.i_syn is not None and not quantizer_after_decay_passes(rules, x.dtype):
+        quantize_i = StepQuantizer(rules.i_syn, x.dtype)
+    keep_trace = record or not spiking
+    keep_current = synaptic and keep_current
+
+    time_major = lambda dtype=None: x.new_empty((n_steps,) + step_shape, dtype=dtype)  # noqa: E731
+    trace = torch.empty_like(x) if keep_trace else None
+    spikes = torch.empty_like(x) if spiking else None
+    v_pre = time_major() if need_grad else None
+    v_mask = time_major(torch.bool) if need_grad and quantize_v is not None else None
+    current = time_major() if keep_current else None
+    i_mask = time_major(torch.bool) if need_grad and quantize_i is not None else None
+    v_final = x.new_empty(step_shape)
+    i_final = x.new_empty(step_shape) if synaptic else None
+    # The batch-major results take x's layout (as the NumPy loop's); the kernel writes
+    # contiguous buffers.
+    buffers = [
+        t if t is None or t.is_contiguous() else torch.empty(x.shape, dtype=x.dtype)
+        for t in (spikes, trace)
+    ]
+
+    def arr(t, dtype=dtype):
+        if t is None:
+            return np.empty((0, 0, 0), dtype)
+        return t.detach().view(t.shape[0], t.shape[1], features).numpy()
+
+    (rule_v, wide_v, *arrays_v), (rule_i, wide_i, *arrays_i) = (
+        _decay_arrays(decay_v, step_shape, features, dtype),
+        _decay_arrays(decay_i, step_shape, features, dtype),
+    )
+    flags = np.array(
+        [
+            synaptic,
+            options.norm_input,
+            bias is not None,
+            spiking,
+            options.reset == "zero",
+            options.min_v_mem is not None,
+            keep_trace,
+            keep_current,
+            need_grad,
+            rules.strict,
+            rules.after_decay,
+            synaptic and rules.delay,
+            rule_v,
+            wide_v,
+            quantize_v is not None,
+            rule_i,
+            wide_i,
+            quantize_i is not None,
+            v_mask is not None,
+            i_mask is not None,
+        ],
+        dtype=np.int64,
+    )
+
+    def quantizer_consts(q: Optional[StepQuantizer]):
+        return (0, 0, 0) if q is None else (q.inverse, q.code_low, q.code_high)
+
+    consts = np.array(
+        [0, 1, options.min_v_mem or 0]
+        + [float(c) for c in arrays_v[-3:]]
+        + [float(c) for c in quantizer_consts(quantize_v)]
+        + [float(c) for c in arrays_i[-3:]]
+        + [float(c) for c in quantizer_consts(quantize_i)],
+        dtype=dtype,
+    )
+    scales32 = np.array(
+        [0 if q is None else float(q.value_scale) for q in (quantize_v, quantize_i)],
+        dtype=np.float32,
+    )
+    lanes = lambda t: _lanes(t, step_shape, features, dtype)  # noqa: E731
+    none2 = np.zeros((n, features), dtype)
+    chunk = max(1, min(features, 512))
+    rows = max(1, min(n, 512 // chunk))
+    jobs = -(-n // rows) * -(-features // chunk) if features else 0
+    x_flat = x.detach().reshape(n, n_steps, features).contiguous().numpy()
+    grid_forward_kernel()(
+        0,
+        jobs,
+        rows,
+        chunk,
+        flags,
+        consts,
+        scales32,
+        x_flat,
+        v0.detach().reshape(n, features).contiguous().numpy(),
+        i0.detach().reshape(n, features).contiguous().numpy() if synaptic else none2,
+        *arrays_v[:4],
+        *arrays_i[:4],
+        lanes(threshold),
+        lanes(1 - alpha_mem) if options.norm_input else none2,
+        lanes(bias) if bias is not None else none2,
+        arr(buffers[0]),
+        arr(buffers[1]),
+        arr(v_pre),
+        arr(v_mask, np.bool_),
+        arr(current),
+        arr(i_mask, np.bool_),
+        v_final.view(n, features).numpy(),
+        i_final.view(n, features).numpy() if synaptic else none2,
+    )
+    for result, buffer in zip((spikes, trace), buffers):
+        if buffer is not result:
+            result.copy_(buffer)
+    output = spikes if spiking else trace
+    return output, trace, current, v_pre, v_mask, i_mask, v_final, i_final

@@ -1,0 +1,223 @@
+r"""The forward loop of the fused sequence with quantized states, compiled by Numba.
+
+:func:`grid_forward_kernel` compiles it on first use (importing this module does not
+import Numba); :mod:`aquatic.functional.neurons_grid_jit` prepares the arrays. Per
+element and step it runs the operations of the reference loop as
+:mod:`aquatic.functional.neurons_grid_steps` writes them, in the same order and dtype:
+the decay :math:`s\, \mathrm{rule}(\mathrm{clip}(\mathrm{rint}(y / s)))` (or
+:math:`\alpha y` without a rule), torch's fake quantization
+:math:`\mathrm{clip}(\mathrm{rint}(y \cdot (1/s))) \cdot s` (the product in float32),
+the spike, the reset and the clamp. Those are correctly rounded IEEE 754 operations, and
+the minimum, maximum and clip are NumPy's (a NaN propagates), so the results are the
+NumPy loop's bits (Numba compiles without fast-math). Where the NumPy loop reads known
+integer codes instead of rounding a state again, it proves that the two agree; this
+loop always rounds.
+
+Jobs, flags and arrays as in :mod:`aquatic.functional.neurons_jit_kernels`. Flags:
+``synaptic, norm_input, bias, spiking, zero_reset, clamp, keep_trace, keep_current,
+need_grad, strict, after_decay, delay, rule_v, wide_v, quantize_v, rule_i, wide_i,
+quantize_i, keep_v_mask, keep_i_mask`` (a rule: 0 none, 1 bit shift, 2
+multiplicative; ``wide``: its product in float64). Constants in the values' dtype:
+``0, 1, min_v_mem``, then for the membrane and the current each ``scale, low, high``
+(the decay's grid and code range) and ``inverse, code_low, code_high`` (the
+quantizer's); ``scales32``: the quantizers' float32 scales.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+__all__ = ["grid_forward_kernel"]
+
+
+@functools.lru_cache(maxsize=None)
+def grid_forward_kernel():
+    """The kernel, compiled (the first call imports Numba)."""
+    numba = importlib.import_module("numba")
+    np = importlib.import_module("numpy")
+    jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+    # The helpers inlined into the loop (a call per row and step costs more than its work).
+    inline = numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
+
+    @inline
+    def maximum(a, b):  # np.maximum: a NaN in either propagates
+        return a if (a >= b or a != a) else b
+
+    @inline
+    def minimum(a, b):  # np.minimum
+        return a if (a <= b or a != a) else b
+
+    @inline
+    def decay_into(y, out, rule, wide, alpha, factor, keep, keep64, scale, low, high, one):
+        """The decay of the row ``y`` into the row ``out`` (may be ``y``)."""
+        m = y.shape[0]
+        if rule == 0:
+            for k in range(m):
+                out[k] = alpha[k] * y[k]
+            return
+        for k in range(m):
+            out[k] = minimum(maximum(np.rint(y[k] / scale), low), high)
+        if rule == 1:  # c - max(floor(c 2**-dash), min(c, 1))
+            for k in range(m):
+                c = out[k]
+                out[k] = c - maximum(np.floor(c * factor[k]), minimum(c, one))
+        elif wide:  # the product in float64; the truncated codes back in the dtype
+            for k in range(m):
+                out[k] = np.trunc(np.float64(out[k]) * keep64[k])
+        else:
+            for k in range(m):
+                out[k] = np.trunc(out[k] * keep[k])
+        for k in range(m):
+            out[k] = out[k] * scale
+
+    @inline
+    def quantize_into(y, inverse, code_low, code_high, scale32, mask, keep_mask):
+        """torch's fake quantization of the row ``y`` in place, the in-range mask into
+        ``mask`` when ``keep_mask``."""
+        m = y.shape[0]
+        if keep_mask:
+            for k in range(m):
+                z = np.rint(y[k] * inverse)
+                q = minimum(maximum(z, code_low), code_high)
+                mask[k] = z == q
+                y[k] = np.float32(q) * scale32
+        else:
+            for k in range(m):
+                q = minimum(maximum(np.rint(y[k] * inverse), code_low), code_high)
+                y[k] = np.float32(q) * scale32
+
+    @jit
+    def forward(
+        job0, job1, rows, chunk, flags, consts, scales32, x, v0, i0, alpha_v, factor_v,
+        keep_v, keep64_v, alpha_i, factor_i, keep_i, keep64_i, threshold, gain, bias,
+        spikes, trace, v_pre, v_mask, current, i_mask, v_final, i_final,
+    ):  # fmt: skip
+        n_batch, n_steps, n_feat = x.shape
+        synaptic, norm, has_bias, spiking, zero_reset = (
+            flags[0],
+            flags[1],
+            flags[2],
+            flags[3],
+            flags[4],
+        )
+        clamp, keep_trace, keep_current, need_grad, strict = (
+            flags[5],
+            flags[6],
+            flags[7],
+            flags[8],
+            flags[9],
+        )
+        after, late, rule_v, wide_v, has_qv = flags[10], flags[11], flags[12], flags[13], flags[14]
+        rule_i, wide_i, has_qi, keep_vm, keep_im = (
+            flags[15],
+            flags[16],
+            flags[17],
+            flags[18],
+            flags[19],
+        )
+        zero, one, low = consts[0], consts[1], consts[2]
+        sv, lv, hv, inv_v, qlv, qhv = (
+            consts[3],
+            consts[4],
+            consts[5],
+            consts[6],
+            consts[7],
+            consts[8],
+        )
+        si, li, hi, inv_i, qli, qhi = (
+            consts[9],
+            consts[10],
+            consts[11],
+            consts[12],
+            consts[13],
+            consts[14],
+        )
+        scale_qv, scale_qi = scales32[0], scales32[1]
+        nf = (n_feat + chunk - 1) // chunk
+        no_mask = np.empty(0, np.bool_)
+        for job in range(job0, job1):
+            n0 = (job // nf) * rows
+            n1 = min(n_batch, n0 + rows)
+            f0 = (job % nf) * chunk
+            f1 = min(n_feat, f0 + chunk)
+            m = f1 - f0
+            v = v0[n0:n1, f0:f1].copy()
+            i = i0[n0:n1, f0:f1].copy() if synaptic else v.copy()
+            buf = np.empty(m, x.dtype)
+            drive = np.empty(m, x.dtype)
+            zeros = np.zeros(m, x.dtype)
+            for t in range(n_steps):
+                for r in range(n1 - n0):
+                    n = n0 + r
+                    vr = v[r]
+                    if synaptic:
+                        ir = i[r]
+                        src = zeros if late and t == 0 else x[n, t - late, f0:f1]
+                        if after:  # Q(D(i) + x)
+                            decay_into(ir, ir, rule_i, wide_i, alpha_i[n, f0:f1], factor_i[n, f0:f1],
+                                       keep_i[n, f0:f1], keep64_i[n, f0:f1], si, li, hi, one)  # fmt: skip
+                            for k in range(m):
+                                ir[k] = ir[k] + src[k]
+                        else:  # D(i + x), then Q
+                            for k in range(m):
+                                ir[k] = ir[k] + src[k]
+                            decay_into(ir, ir, rule_i, wide_i, alpha_i[n, f0:f1], factor_i[n, f0:f1],
+                                       keep_i[n, f0:f1], keep64_i[n, f0:f1], si, li, hi, one)  # fmt: skip
+                        if has_qi:
+                            mask = i_mask[t, n, f0:f1] if keep_im else no_mask
+                            quantize_into(ir, inv_i, qli, qhi, scale_qi, mask, keep_im)
+                        if keep_current:
+                            current[t, n, f0:f1] = ir
+                        src = ir
+                    else:
+                        src = x[n, t, f0:f1]
+                    if norm and has_bias:
+                        g, b = gain[n, f0:f1], bias[n, f0:f1]
+                        for k in range(m):
+                            drive[k] = g[k] * src[k] + b[k]
+                    elif norm:
+                        g = gain[n, f0:f1]
+                        for k in range(m):
+                            drive[k] = g[k] * src[k]
+                    elif has_bias:
+                        b = bias[n, f0:f1]
+                        for k in range(m):
+                            drive[k] = src[k] + b[k]
+                    else:
+                        drive[:] = src
+                    decay_into(vr, buf, rule_v, wide_v, alpha_v[n, f0:f1], factor_v[n, f0:f1],
+                               keep_v[n, f0:f1], keep64_v[n, f0:f1], sv, lv, hv, one)  # fmt: skip
+                    for k in range(m):
+                        buf[k] = buf[k] + drive[k]
+                    if has_qv:
+                        mask = v_mask[t, n, f0:f1] if keep_vm else no_mask
+                        quantize_into(buf, inv_v, qlv, qhv, scale_qv, mask, keep_vm)
+                    if need_grad:
+                        v_pre[t, n, f0:f1] = buf
+                    if spiking:
+                        h = threshold[n, f0:f1]
+                        st = spikes[n, t, f0:f1]
+                        for k in range(m):
+                            u = buf[k]
+                            fired = u > h[k] if strict else u >= h[k]
+                            s = one if fired else zero
+                            st[k] = s
+                            if not zero_reset:
+                                vr[k] = u - s * h[k]
+                            elif has_qv:
+                                vr[k] = u - u * s
+                            else:
+                                vr[k] = zero if fired else u
+                    else:
+                        vr[:] = buf
+                    if clamp:
+                        for k in range(m):
+                            vr[k] = maximum(vr[k], low)
+                    if keep_trace:
+                        trace[n, t, f0:f1] = vr
+            v_final[n0:n1, f0:f1] = v
+            if synaptic:
+                i_final[n0:n1, f0:f1] = i
+
+    return forward

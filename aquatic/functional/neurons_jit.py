@@ -1,0 +1,213 @@
+"""The fused LIF sequence's forward loop compiled by Numba, when Numba is installed.
+
+The fused sequence of :mod:`aquatic.functional.neurons_fused` runs its time loop as a
+few PyTorch operations per step (:mod:`aquatic.functional.neurons_kernel`): on the CPU
+each is a separate pass over the step with its own call overhead. With Numba
+(``pip install aquatic[fast]``) the forward loop runs compiled instead
+(:mod:`aquatic.functional.neurons_jit_kernels`): one pass that reads the input once and
+writes the spikes, the membranes that backward reads and the final state once. The
+backward pass is unchanged (:mod:`aquatic.functional.neurons_kernel_backward`, on the
+same saved tensors).
+
+It runs where it applies: CPU float32 and float64 tensors with binary spikes
+(``max_spikes=1``), in the layers and functions that take the fused path (not under
+state quantizers, which run the loop). Its results are the bits of the PyTorch loop:
+the same operations in the same order, without fast-math. The first call compiles the
+loop (a few seconds; Numba caches it on disk for later processes).
+
+Set the environment variable ``AQUATIC_NUMBA=0`` (before the first call) or
+:data:`ENABLED` to ``False`` to use the PyTorch loop (and the NumPy loop of quantized
+states, :mod:`aquatic.functional.neurons_grid_jit`).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import math
+import os
+import warnings
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aquatic.functional.neuron_types import Options
+from aquatic.functional.neurons_jit_kernels import forward_kernel
+
+__all__ = ["ENABLED", "available", "forward_ok", "sequence_forward"]
+
+#: Whether the compiled loops are used where they apply (``AQUATIC_NUMBA=0`` sets it
+#: to ``False``).
+ENABLED = os.environ.get("AQUATIC_NUMBA", "1") != "0"
+
+#: Neurons per job: a job's state stays in the first-level cache.
+_JOB_LANES = 512
+
+
+@functools.lru_cache(maxsize=None)
+def _ready() -> bool:
+    """Whether Numba imports and compiles the kernel (once; a warning if it fails)."""
+    if importlib.util.find_spec("numba") is None:
+        return False
+    try:
+        kernel = _kernel()
+        flags = np.zeros(10, dtype=np.int64)
+        consts = np.zeros(3, dtype=np.float32)
+        two, three = np.zeros((1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
+        kernel(0, 1, 1, 1, flags, consts, three, two, two, two, two, two, two, two, three,
+               three, three, three, two, two, three, three)  # fmt: skip
+    except Exception as error:  # an incompatible Numba (or NumPy) must not stop training
+        warnings.warn(
+            f"Numba is installed but the compiled LIF loop failed ({type(error).__name__}: "
+            f"{error}); using the PyTorch loop. Set AQUATIC_NUMBA=0 to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return False
+    return True
+
+
+def available() -> bool:
+    """Whether the compiled loop can run (Numba installed and working, and
+    :data:`ENABLED`)."""
+    return ENABLED and _ready()
+
+
+def forward_ok(x: Tensor, options: Options, *tensors: Optional[Tensor]) -> bool:
+    """Whether the compiled forward loop runs the sequence ``x`` with ``options``."""
+    return (
+        available()
+        and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and options.max_spikes == 1
+        and all(t is None or (t.dtype == x.dtype and t.device == x.device) for t in tensors)
+    )
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _flat(t: Tensor, shape) -> np.ndarray:
+    """``t`` as a contiguous array of ``shape`` (``(N, F)`` or ``(N, T, F)``)."""
+    return t.detach().reshape(shape).contiguous().numpy()
+
+
+def _lanes(param: Tensor, step_shape, features: int) -> np.ndarray:
+    """A parameter broadcast to the neurons ``(N, *)``, as an ``(N, F)`` array."""
+    return _flat(param.broadcast_to(step_shape), (step_shape[0], features))
+
+
+def _none(dtype, rank: int) -> np.ndarray:
+    return np.empty((0,) * rank, dtype=dtype)
+
+
+def _layout(n: int, features: int) -> Tuple[int, int, int]:
+    """``(rows, chunk, jobs)``: each job is ``rows x chunk`` neurons."""
+    chunk = max(1, min(features, _JOB_LANES))
+    rows = max(1, min(n, _JOB_LANES // chunk))
+    jobs = -(-n // rows) * -(-features // chunk) if features else 0
+    return rows, chunk, jobs
+
+
+def _kernel():
+    return forward_kernel()  # (compiles on the first call)
+
+
+# ----------------------------------------------------------------------------- forward
+
+
+def sequence_forward(
+    x: Tensor,
+    v0: Tensor,
+    i0: Optional[Tensor],
+    alpha_mem: Tensor,
+    alpha_syn: Optional[Tensor],
+    threshold: Tensor,
+    bias: Optional[Tensor],
+    options: Options,
+    record: bool,
+    need_grad: bool,
+    keep_current: bool,
+    checkpoint: Optional[int] = None,
+) -> Tuple[Optional[Tensor], ...]:
+    """:func:`aquatic.functional.neurons_kernel.sequence_forward` on the compiled loop
+    (same arguments, results and bits)."""
+    n, n_steps = x.shape[0], x.shape[1]
+    step_shape = tuple(v0.shape)
+    features = math.prod(step_shape[1:])
+    dtype = x.dtype
+    ndtype = np.float32 if dtype == torch.float32 else np.float64
+    synaptic, spiking = alpha_syn is not None, options.spiking
+    min_v_mem = options.min_v_mem
+    shared = not spiking and min_v_mem is None
+    keep_v = need_grad and not shared
+
+    v_final = x.new_empty(step_shape)
+    v_pre = x.new_empty((n_steps,) + step_shape) if keep_v else None
+    # The results take x's layout, as in the PyTorch loop (torch.compile's fake
+    # implementation promises it); the kernel writes contiguous buffers.
+    output = torch.empty_like(x)
+    trace = torch.empty_like(x) if spiking and record else None
+    current = torch.empty_like(x) if keep_current and synaptic else None
+    buffers = [t if t is None or t.is_contiguous() else torch.empty(x.shape, dtype=dtype)
+               for t in (output, trace, current)]  # fmt: skip
+    i_final = x.new_empty(step_shape) if synaptic else None
+    v_states = i_states = None
+    if checkpoint is not None:
+        count = -(-n_steps // checkpoint)
+        v_states = x.new_empty((count,) + step_shape)
+        i_states = x.new_empty((count,) + step_shape) if synaptic else None
+
+    def arr3(t):
+        return _none(ndtype, 3) if t is None else t.view(t.shape[0], t.shape[1], features).numpy()
+
+    flags = np.array(
+        [
+            synaptic,
+            options.norm_input,
+            bias is not None,
+            spiking,
+            options.reset == "zero",
+            min_v_mem is not None,
+            trace is not None,
+            current is not None,
+            keep_v,
+            checkpoint or 0,
+        ],
+        dtype=np.int64,
+    )
+    consts = np.array([0, 1, 0 if min_v_mem is None else min_v_mem], dtype=ndtype)
+    none2 = _none(ndtype, 2)
+    rows, chunk, jobs = _layout(n, features)
+    _kernel()(
+        0,
+        jobs,
+        rows,
+        chunk,
+        flags,
+        consts,
+        _flat(x, (n, n_steps, features)),
+        _flat(v0, (n, features)),
+        _flat(i0, (n, features)) if synaptic else none2,
+        _lanes(alpha_mem, step_shape, features),
+        _lanes(1 - alpha_mem, step_shape, features) if options.norm_input else none2,
+        _lanes(alpha_syn, step_shape, features) if synaptic else none2,
+        _lanes(threshold, step_shape, features),
+        _lanes(bias, step_shape, features) if bias is not None else none2,
+        arr3(buffers[0]),
+        arr3(buffers[1]),
+        arr3(buffers[2]),
+        arr3(v_pre),
+        v_final.view(n, features).numpy(),
+        i_final.view(n, features).numpy() if synaptic else none2,
+        arr3(v_states),
+        arr3(i_states),
+    )
+    for result, buffer in zip((output, trace, current), buffers):
+        if buffer is not result:
+            result.copy_(buffer)
+    if shared and need_grad:
+        v_pre = output.transpose(0, 1)
+    return output, trace, current, v_pre, v_final, i_final, v_states, i_states

@@ -1,0 +1,139 @@
+r"""The fused LIF sequence's forward loop compiled by Numba: one pass that reads each
+input element once and writes each result once.
+
+:func:`forward_kernel` compiles it on first use (Numba is optional; importing this
+module does not import it); :mod:`aquatic.functional.neurons_jit` prepares the arrays.
+The kernel performs the operations of
+:func:`~aquatic.functional.neurons_kernel.sequence_forward` in the same order and dtype,
+and Numba compiles without fast-math (no contraction of a product and a sum into one
+rounding), so its results are the same bits.
+
+It runs the *jobs* ``job0 .. job1 - 1``: job ``j`` is the block of rows ``n0 = (j //
+nf) * rows`` (``rows`` of them) and features ``f0 = (j % nf) * chunk`` (``chunk`` of
+them) of the ``(N, F)`` neurons, ``nf = ceil(F / chunk)``. A block's state lives in
+small local arrays for the whole sequence, so the loops over its features vectorize.
+Flags and constants come in small arrays (one compiled version per dtype); absent
+tensors are empty arrays of the right dtype and rank. Flags: ``synaptic, norm_input,
+bias, spiking, zero_reset, clamp, record, keep_current, keep_v, checkpoint``;
+constants: ``0, 1, min_v_mem``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+
+__all__ = ["forward_kernel"]
+
+
+@functools.lru_cache(maxsize=None)
+def forward_kernel():
+    """The forward kernel, compiled (the first call imports Numba)."""
+    numba = importlib.import_module("numba")
+    np = importlib.import_module("numpy")
+    # error_model="numpy": a division by zero is inf or nan, as in PyTorch, and no
+    # check of the divisor keeps the loops from vectorizing.
+    jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+
+    @jit
+    def forward(
+        job0, job1, rows, chunk, flags, consts, x, v0, i0, alpha, gain, alpha_syn,
+        threshold, bias, out, trace, current, v_pre, v_final, i_final, v_states, i_states,
+    ):  # fmt: skip
+        n_batch, n_steps, n_feat = x.shape
+        synaptic, norm, has_bias, spiking, zero_reset = (
+            flags[0],
+            flags[1],
+            flags[2],
+            flags[3],
+            flags[4],
+        )
+        clamp, record, keep_current, keep_v, every = (
+            flags[5],
+            flags[6],
+            flags[7],
+            flags[8],
+            flags[9],
+        )
+        zero, one, low = consts[0], consts[1], consts[2]
+        nf = (n_feat + chunk - 1) // chunk
+        for job in range(job0, job1):
+            n0 = (job // nf) * rows
+            n1 = min(n_batch, n0 + rows)
+            f0 = (job % nf) * chunk
+            f1 = min(n_feat, f0 + chunk)
+            m = f1 - f0
+            v = v0[n0:n1, f0:f1].copy()
+            a = alpha[n0:n1, f0:f1].copy()
+            h = threshold[n0:n1, f0:f1].copy()
+            i = i0[n0:n1, f0:f1].copy() if synaptic else v.copy()
+            s_syn = alpha_syn[n0:n1, f0:f1].copy() if synaptic else a
+            g = gain[n0:n1, f0:f1].copy() if norm else a
+            b = bias[n0:n1, f0:f1].copy() if has_bias else a
+            drive = np.empty(m, x.dtype)
+            scratch = np.empty(m, x.dtype)
+            for t in range(n_steps):
+                for r in range(n1 - n0):
+                    n = n0 + r
+                    vr, ar, hr = v[r], a[r], h[r]
+                    if every > 0 and t % every == 0:
+                        v_states[t // every, n, f0:f1] = vr
+                        if synaptic:
+                            i_states[t // every, n, f0:f1] = i[r]
+                    src = x[n, t, f0:f1]
+                    if synaptic:
+                        ir, sr = i[r], s_syn[r]
+                        for k in range(m):
+                            ir[k] = (ir[k] + src[k]) * sr[k]
+                        if keep_current:
+                            current[n, t, f0:f1] = ir
+                        src = ir
+                    if norm and has_bias:
+                        gr, br = g[r], b[r]
+                        for k in range(m):
+                            drive[k] = gr[k] * src[k] + br[k]
+                        src = drive
+                    elif norm:
+                        gr = g[r]
+                        for k in range(m):
+                            drive[k] = gr[k] * src[k]
+                        src = drive
+                    elif has_bias:
+                        br = b[r]
+                        for k in range(m):
+                            drive[k] = src[k] + br[k]
+                        src = drive
+                    ot = out[n, t, f0:f1]
+                    pt = v_pre[t, n, f0:f1] if keep_v else scratch
+                    if spiking and zero_reset:
+                        for k in range(m):
+                            u = vr[k] * ar[k] + src[k]
+                            pt[k] = u
+                            fired = u >= hr[k]
+                            ot[k] = one if fired else zero
+                            vr[k] = zero if fired else u
+                    elif spiking:
+                        for k in range(m):
+                            u = vr[k] * ar[k] + src[k]
+                            pt[k] = u
+                            s = one if u >= hr[k] else zero
+                            ot[k] = s
+                            vr[k] = u - hr[k] * s
+                    else:
+                        for k in range(m):
+                            u = vr[k] * ar[k] + src[k]
+                            pt[k] = u
+                            vr[k] = u
+                    if clamp:
+                        for k in range(m):
+                            if vr[k] < low:
+                                vr[k] = low
+                    if spiking and record:
+                        trace[n, t, f0:f1] = vr
+                    elif not spiking:
+                        ot[:] = vr
+            v_final[n0:n1, f0:f1] = v
+            if synaptic:
+                i_final[n0:n1, f0:f1] = i
+
+    return forward
