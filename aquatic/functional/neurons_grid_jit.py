@@ -121,22 +121,6 @@ def grid_forward(
     keep_trace = record or not spiking
     keep_current = synaptic and keep_current
 
-    time_major = lambda dtype=None: x.new_empty((n_steps,) + step_shape, dtype=dtype)  # noqa: E731
-    trace = torch.empty_like(x) if keep_trace else None
-    spikes = torch.empty_like(x) if spiking else None
-    v_pre = time_major() if need_grad else None
-    v_mask = time_major(torch.bool) if need_grad and quantize_v is not None else None
-    current = time_major() if keep_current else None
-    i_mask = time_major(torch.bool) if need_grad and quantize_i is not None else None
-    v_final = x.new_empty(step_shape)
-    i_final = x.new_empty(step_shape) if synaptic else None
-    # The batch-major results take x's layout (as the NumPy loop's); the kernel writes
-    # contiguous buffers.
-    buffers = [
-        t if t is None or t.is_contiguous() else torch.empty(x.shape, dtype=x.dtype)
-        for t in (spikes, trace)
-    ]
-
     def arr(t, dtype=dtype):
         if t is None:
             return np.empty((0, 0, 0), dtype)
@@ -166,8 +150,8 @@ def grid_forward(
             rule_i,
             wide_i,
             quantize_i is not None,
-            v_mask is not None,
-            i_mask is not None,
+            need_grad and quantize_v is not None,  # keeps v_mask
+            need_grad and quantize_i is not None,  # keeps i_mask
         ],
         dtype=np.int64,
     )
@@ -189,10 +173,30 @@ def grid_forward(
     )
     lanes = lambda t: _lanes(t, step_shape, features, dtype)  # noqa: E731
     none2 = np.zeros((n, features), dtype)
-    chunk = max(1, min(features, 512))
-    rows = max(1, min(n, 512 // chunk))
-    jobs = -(-n // rows) * -(-features // chunk) if features else 0
-    x_flat = x.detach().reshape(n, n_steps, features).contiguous().numpy()
+    # The inputs first, then the results in the NumPy loop's order (so the heap reuses
+    # the same memory from one call to the next; see neurons_jit).
+    inputs = (
+        x.detach().reshape(n, n_steps, features).contiguous().numpy(),
+        v0.detach().reshape(n, features).contiguous().numpy(),
+        i0.detach().reshape(n, features).contiguous().numpy() if synaptic else none2,
+        *arrays_v[:4],
+        *arrays_i[:4],
+        lanes(threshold),
+        lanes(1 - alpha_mem) if options.norm_input else none2,
+        lanes(bias) if bias is not None else none2,
+    )
+    time_major = lambda dtype=None: x.new_empty((n_steps,) + step_shape, dtype=dtype)  # noqa: E731
+    trace = torch.empty_like(x) if keep_trace else None
+    spikes = torch.empty_like(x) if spiking else None
+    v_pre = time_major() if need_grad else None
+    v_mask = time_major(torch.bool) if need_grad and quantize_v is not None else None
+    current = time_major() if keep_current else None
+    i_mask = time_major(torch.bool) if need_grad and quantize_i is not None else None
+    v_final = x.new_empty(step_shape)
+    i_final = x.new_empty(step_shape) if synaptic else None
+    # The batch-major results take x's layout (as the NumPy loop's).
+    buffers = neurons_jit.contiguous_buffers((spikes, trace), x)
+    rows, chunk, jobs = neurons_jit.job_layout(n, features)
     grid_forward_kernel()(
         0,
         jobs,
@@ -201,14 +205,7 @@ def grid_forward(
         flags,
         consts,
         scales32,
-        x_flat,
-        v0.detach().reshape(n, features).contiguous().numpy(),
-        i0.detach().reshape(n, features).contiguous().numpy() if synaptic else none2,
-        *arrays_v[:4],
-        *arrays_i[:4],
-        lanes(threshold),
-        lanes(1 - alpha_mem) if options.norm_input else none2,
-        lanes(bias) if bias is not None else none2,
+        *inputs,
         arr(buffers[0]),
         arr(buffers[1]),
         arr(v_pre),
@@ -218,8 +215,6 @@ def grid_forward(
         v_final.view(n, features).numpy(),
         i_final.view(n, features).numpy() if synaptic else none2,
     )
-    for result, buffer in zip((spikes, trace), buffers):
-        if buffer is not result:
-            result.copy_(buffer)
+    neurons_jit.copy_back((spikes, trace), buffers)
     output = spikes if spiking else trace
     return output, trace, current, v_pre, v_mask, i_mask, v_final, i_final

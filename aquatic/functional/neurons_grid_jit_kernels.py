@@ -26,7 +26,8 @@ quantizer's); ``scales32``: the quantizers' float32 scales.
 from __future__ import annotations
 
 import functools
-import importlib
+
+from aquatic.functional.neurons_jit_kernels import compilers
 
 __all__ = ["grid_forward_kernel"]
 
@@ -34,11 +35,7 @@ __all__ = ["grid_forward_kernel"]
 @functools.lru_cache(maxsize=None)
 def grid_forward_kernel():
     """The kernel, compiled (the first call imports Numba)."""
-    numba = importlib.import_module("numba")
-    np = importlib.import_module("numpy")
-    jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
-    # The helpers inlined into the loop (a call per row and step costs more than its work).
-    inline = numba.njit(inline="always", nogil=True, boundscheck=False, error_model="numpy")
+    np, jit, inline = compilers()
 
     @inline
     def maximum(a, b):  # np.maximum: a NaN in either propagates

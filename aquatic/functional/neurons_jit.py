@@ -27,7 +27,7 @@ import importlib.util
 import math
 import os
 import warnings
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -36,7 +36,15 @@ from torch import Tensor
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons_jit_kernels import forward_kernel
 
-__all__ = ["ENABLED", "available", "forward_ok", "sequence_forward"]
+__all__ = [
+    "ENABLED",
+    "available",
+    "forward_ok",
+    "sequence_forward",
+    "job_layout",
+    "contiguous_buffers",
+    "copy_back",
+]
 
 #: Whether the compiled loops are used where they apply (``AQUATIC_NUMBA=0`` sets it
 #: to ``False``).
@@ -103,12 +111,30 @@ def _none(dtype, rank: int) -> np.ndarray:
     return np.empty((0,) * rank, dtype=dtype)
 
 
-def _layout(n: int, features: int) -> Tuple[int, int, int]:
-    """``(rows, chunk, jobs)``: each job is ``rows x chunk`` neurons."""
+def job_layout(n: int, features: int) -> Tuple[int, int, int]:
+    """``(rows, chunk, jobs)`` of a kernel over ``(n, features)`` neurons: each job is
+    ``rows x chunk`` neurons (see :mod:`aquatic.functional.neurons_jit_kernels`)."""
     chunk = max(1, min(features, _JOB_LANES))
     rows = max(1, min(n, _JOB_LANES // chunk))
     jobs = -(-n // rows) * -(-features // chunk) if features else 0
     return rows, chunk, jobs
+
+
+def contiguous_buffers(results, like: Tensor) -> List[Optional[Tensor]]:
+    """For each of ``results`` (each ``None`` or of ``like``'s shape and layout, as
+    ``torch.empty_like`` makes them), itself when contiguous, else a contiguous tensor
+    for a kernel to write; :func:`copy_back` then copies those into the results."""
+    return [
+        t if t is None or t.is_contiguous() else torch.empty(like.shape, dtype=like.dtype)
+        for t in results
+    ]
+
+
+def copy_back(results, buffers) -> None:
+    """The buffers of :func:`contiguous_buffers` into their results."""
+    for result, buffer in zip(results, buffers):
+        if buffer is not result:
+            result.copy_(buffer)
 
 
 def _kernel():
@@ -144,21 +170,34 @@ def sequence_forward(
     shared = not spiking and min_v_mem is None
     keep_v = need_grad and not shared
 
-    v_final = x.new_empty(step_shape)
-    v_pre = x.new_empty((n_steps,) + step_shape) if keep_v else None
+    none2 = _none(ndtype, 2)
+    # The inputs first, then the results in the PyTorch loop's order: the heap then
+    # reuses the same memory from one call to the next (a different order of the
+    # temporaries and results made the allocator return and re-fault 13 MB per call).
+    inputs = (
+        _flat(x, (n, n_steps, features)),
+        _flat(v0, (n, features)),
+        _flat(i0, (n, features)) if synaptic else none2,
+        _lanes(alpha_mem, step_shape, features),
+        _lanes(1 - alpha_mem, step_shape, features) if options.norm_input else none2,
+        _lanes(alpha_syn, step_shape, features) if synaptic else none2,
+        _lanes(threshold, step_shape, features),
+        _lanes(bias, step_shape, features) if bias is not None else none2,
+    )
     # The results take x's layout, as in the PyTorch loop (torch.compile's fake
     # implementation promises it); the kernel writes contiguous buffers.
     output = torch.empty_like(x)
     trace = torch.empty_like(x) if spiking and record else None
     current = torch.empty_like(x) if keep_current and synaptic else None
-    buffers = [t if t is None or t.is_contiguous() else torch.empty(x.shape, dtype=dtype)
-               for t in (output, trace, current)]  # fmt: skip
-    i_final = x.new_empty(step_shape) if synaptic else None
+    buffers = contiguous_buffers((output, trace, current), x)
+    v_pre = x.new_empty((n_steps,) + step_shape) if keep_v else None
     v_states = i_states = None
     if checkpoint is not None:
         count = -(-n_steps // checkpoint)
         v_states = x.new_empty((count,) + step_shape)
         i_states = x.new_empty((count,) + step_shape) if synaptic else None
+    v_final = x.new_empty(step_shape)
+    i_final = x.new_empty(step_shape) if synaptic else None
 
     def arr3(t):
         return _none(ndtype, 3) if t is None else t.view(t.shape[0], t.shape[1], features).numpy()
@@ -179,8 +218,7 @@ def sequence_forward(
         dtype=np.int64,
     )
     consts = np.array([0, 1, 0 if min_v_mem is None else min_v_mem], dtype=ndtype)
-    none2 = _none(ndtype, 2)
-    rows, chunk, jobs = _layout(n, features)
+    rows, chunk, jobs = job_layout(n, features)
     _kernel()(
         0,
         jobs,
@@ -188,14 +226,7 @@ def sequence_forward(
         chunk,
         flags,
         consts,
-        _flat(x, (n, n_steps, features)),
-        _flat(v0, (n, features)),
-        _flat(i0, (n, features)) if synaptic else none2,
-        _lanes(alpha_mem, step_shape, features),
-        _lanes(1 - alpha_mem, step_shape, features) if options.norm_input else none2,
-        _lanes(alpha_syn, step_shape, features) if synaptic else none2,
-        _lanes(threshold, step_shape, features),
-        _lanes(bias, step_shape, features) if bias is not None else none2,
+        *inputs,
         arr3(buffers[0]),
         arr3(buffers[1]),
         arr3(buffers[2]),
@@ -205,9 +236,8 @@ def sequence_forward(
         arr3(v_states),
         arr3(i_states),
     )
-    for result, buffer in zip((output, trace, current), buffers):
-        if buffer is not result:
-            result.copy_(buffer)
+    del inputs
+    copy_back((output, trace, current), buffers)
     if shared and need_grad:
         v_pre = output.transpose(0, 1)
     return output, trace, current, v_pre, v_final, i_final, v_states, i_states

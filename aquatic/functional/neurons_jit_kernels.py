@@ -23,17 +23,29 @@ from __future__ import annotations
 import functools
 import importlib
 
-__all__ = ["forward_kernel"]
+__all__ = ["compilers", "forward_kernel"]
+
+
+@functools.lru_cache(maxsize=None)
+def compilers():
+    """``(np, jit, inline)``: NumPy, and Numba's decorators of the compiled loops (the
+    first call imports Numba).
+
+    ``jit`` compiles without fast-math and caches on disk; ``error_model="numpy"``: a
+    division by zero is inf or nan, as in PyTorch, and no check of the divisor keeps
+    the loops from vectorizing. ``inline`` is for helpers that run once per row and
+    step: inlined, since a call there costs more than the helper's work.
+    """
+    numba = importlib.import_module("numba")
+    options = dict(nogil=True, boundscheck=False, error_model="numpy")
+    jit = numba.njit(cache=True, **options)
+    return importlib.import_module("numpy"), jit, numba.njit(inline="always", **options)
 
 
 @functools.lru_cache(maxsize=None)
 def forward_kernel():
     """The forward kernel, compiled (the first call imports Numba)."""
-    numba = importlib.import_module("numba")
-    np = importlib.import_module("numpy")
-    # error_model="numpy": a division by zero is inf or nan, as in PyTorch, and no
-    # check of the divisor keeps the loops from vectorizing.
-    jit = numba.njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")
+    np, jit, _ = compilers()
 
     @jit
     def forward(
