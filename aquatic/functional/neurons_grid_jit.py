@@ -131,13 +131,8 @@ def grid_forward(
         _decay_arrays(decay_i, step_shape, features, dtype),
     )
     flags = np.array(
-        [
-            synaptic,
-            options.norm_input,
-            bias is not None,
-            spiking,
-            options.reset == "zero",
-            options.min_v_mem is not None,
+        neurons_jit.option_flags(options, synaptic, bias is not None)
+        + [
             keep_trace,
             keep_current,
             need_grad,

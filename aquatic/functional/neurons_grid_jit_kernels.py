@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import functools
 
-from aquatic.functional.neurons_jit_kernels import compilers
+from aquatic.functional.neurons_jit_kernels import compilers, job_block
 
 __all__ = ["grid_forward_kernel"]
 
@@ -36,6 +36,7 @@ __all__ = ["grid_forward_kernel"]
 def grid_forward_kernel():
     """The kernel, compiled (the first call imports Numba)."""
     np, jit, inline = compilers()
+    block = job_block()
 
     @inline
     def maximum(a, b):  # np.maximum: a NaN in either propagates
@@ -91,53 +92,18 @@ def grid_forward_kernel():
         spikes, trace, v_pre, v_mask, current, i_mask, v_final, i_final,
     ):  # fmt: skip
         n_batch, n_steps, n_feat = x.shape
-        synaptic, norm, has_bias, spiking, zero_reset = (
-            flags[0],
-            flags[1],
-            flags[2],
-            flags[3],
-            flags[4],
-        )
-        clamp, keep_trace, keep_current, need_grad, strict = (
-            flags[5],
-            flags[6],
-            flags[7],
-            flags[8],
-            flags[9],
-        )
-        after, late, rule_v, wide_v, has_qv = flags[10], flags[11], flags[12], flags[13], flags[14]
-        rule_i, wide_i, has_qi, keep_vm, keep_im = (
-            flags[15],
-            flags[16],
-            flags[17],
-            flags[18],
-            flags[19],
-        )
+        # fmt: off
+        (synaptic, norm, has_bias, spiking, zero_reset, clamp, keep_trace, keep_current,
+         need_grad, strict, after, late, rule_v, wide_v, has_qv, rule_i, wide_i, has_qi,
+         keep_vm, keep_im) = flags
+        # fmt: on
         zero, one, low = consts[0], consts[1], consts[2]
-        sv, lv, hv, inv_v, qlv, qhv = (
-            consts[3],
-            consts[4],
-            consts[5],
-            consts[6],
-            consts[7],
-            consts[8],
-        )
-        si, li, hi, inv_i, qli, qhi = (
-            consts[9],
-            consts[10],
-            consts[11],
-            consts[12],
-            consts[13],
-            consts[14],
-        )
+        sv, lv, hv, inv_v, qlv, qhv = consts[3:9]
+        si, li, hi, inv_i, qli, qhi = consts[9:15]
         scale_qv, scale_qi = scales32[0], scales32[1]
-        nf = (n_feat + chunk - 1) // chunk
         no_mask = np.empty(0, np.bool_)
         for job in range(job0, job1):
-            n0 = (job // nf) * rows
-            n1 = min(n_batch, n0 + rows)
-            f0 = (job % nf) * chunk
-            f1 = min(n_feat, f0 + chunk)
+            n0, n1, f0, f1 = block(job, rows, chunk, n_batch, n_feat)
             m = f1 - f0
             v = v0[n0:n1, f0:f1].copy()
             i = i0[n0:n1, f0:f1].copy() if synaptic else v.copy()

@@ -42,6 +42,7 @@ __all__ = [
     "forward_ok",
     "sequence_forward",
     "job_layout",
+    "option_flags",
     "contiguous_buffers",
     "copy_back",
 ]
@@ -118,6 +119,19 @@ def job_layout(n: int, features: int) -> Tuple[int, int, int]:
     rows = max(1, min(n, _JOB_LANES // chunk))
     jobs = -(-n // rows) * -(-features // chunk) if features else 0
     return rows, chunk, jobs
+
+
+def option_flags(options: Options, synaptic: bool, bias: bool) -> List[bool]:
+    """The kernels' first six flags: ``synaptic, norm_input, bias, spiking, zero_reset,
+    clamp``."""
+    return [
+        synaptic,
+        options.norm_input,
+        bias,
+        options.spiking,
+        options.reset == "zero",
+        options.min_v_mem is not None,
+    ]
 
 
 def contiguous_buffers(results, like: Tensor) -> List[Optional[Tensor]]:
@@ -203,13 +217,8 @@ def sequence_forward(
         return _none(ndtype, 3) if t is None else t.view(t.shape[0], t.shape[1], features).numpy()
 
     flags = np.array(
-        [
-            synaptic,
-            options.norm_input,
-            bias is not None,
-            spiking,
-            options.reset == "zero",
-            min_v_mem is not None,
+        option_flags(options, synaptic, bias is not None)
+        + [
             trace is not None,
             current is not None,
             keep_v,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 import importlib
 
-__all__ = ["compilers", "forward_kernel"]
+__all__ = ["compilers", "job_block", "forward_kernel"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -43,9 +43,26 @@ def compilers():
 
 
 @functools.lru_cache(maxsize=None)
+def job_block():
+    """``block(job, rows, chunk, n_batch, n_feat) -> (n0, n1, f0, f1)``: the rows and
+    features of a job (compiled, inlined into the kernels)."""
+    _, _, inline = compilers()
+
+    @inline
+    def block(job, rows, chunk, n_batch, n_feat):
+        nf = (n_feat + chunk - 1) // chunk
+        n0 = (job // nf) * rows
+        f0 = (job % nf) * chunk
+        return n0, min(n_batch, n0 + rows), f0, min(n_feat, f0 + chunk)
+
+    return block
+
+
+@functools.lru_cache(maxsize=None)
 def forward_kernel():
     """The forward kernel, compiled (the first call imports Numba)."""
     np, jit, _ = compilers()
+    block = job_block()
 
     @jit
     def forward(
@@ -53,27 +70,13 @@ def forward_kernel():
         threshold, bias, out, trace, current, v_pre, v_final, i_final, v_states, i_states,
     ):  # fmt: skip
         n_batch, n_steps, n_feat = x.shape
-        synaptic, norm, has_bias, spiking, zero_reset = (
-            flags[0],
-            flags[1],
-            flags[2],
-            flags[3],
-            flags[4],
-        )
-        clamp, record, keep_current, keep_v, every = (
-            flags[5],
-            flags[6],
-            flags[7],
-            flags[8],
-            flags[9],
-        )
+        # fmt: off
+        (synaptic, norm, has_bias, spiking, zero_reset, clamp, record, keep_current, keep_v,
+         every) = flags
+        # fmt: on
         zero, one, low = consts[0], consts[1], consts[2]
-        nf = (n_feat + chunk - 1) // chunk
         for job in range(job0, job1):
-            n0 = (job // nf) * rows
-            n1 = min(n_batch, n0 + rows)
-            f0 = (job % nf) * chunk
-            f1 = min(n_feat, f0 + chunk)
+            n0, n1, f0, f1 = block(job, rows, chunk, n_batch, n_feat)
             m = f1 - f0
             v = v0[n0:n1, f0:f1].copy()
             a = alpha[n0:n1, f0:f1].copy()
