@@ -28,7 +28,7 @@ from aquatic.functional.neurons_grid_current import quantizer_after_decay_passes
 from aquatic.functional.neurons_grid_jit_kernels import grid_forward_kernel
 from aquatic.functional.neurons_grid_steps import StepDecay, StepQuantizer
 
-__all__ = ["grid_jit_ok", "grid_forward"]
+__all__ = ["grid_jit_decays", "grid_forward"]
 
 
 def _decays(rules: GridRules, params, v0: Tensor, i0: Optional[Tensor]):
@@ -60,13 +60,17 @@ def _ready() -> bool:
     return True
 
 
-def grid_jit_ok(x: Tensor, options: Options, rules: GridRules, params, v0, i0) -> bool:
-    """Whether the compiled loop runs this sequence (see the module docstring)."""
+def grid_jit_decays(options: Options, rules: GridRules, params, v0, i0):
+    """The decays of the membrane and the current
+    (:class:`~aquatic.functional.neurons_grid_steps.StepDecay`, ``None`` for the current
+    without one) when the compiled loop runs this sequence (see the module docstring),
+    else ``None``."""
     if not neurons_jit.available() or (options.spiking and options.max_spikes != 1):
-        return False
+        return None
     if not _ready():
-        return False
-    return all(d is None or not d.rule or d.exact for d in _decays(rules, params, v0, i0))
+        return None
+    decays = _decays(rules, params, v0, i0)
+    return decays if all(d is None or not d.rule or d.exact for d in decays) else None
 
 
 def _lanes(value, step_shape, features: int, dtype) -> np.ndarray:
@@ -103,17 +107,18 @@ def grid_forward(
     need_grad: bool,
     record: bool = True,
     keep_current: bool = True,
+    decays=None,
 ) -> Tuple[Optional[Tensor], ...]:
     """:func:`~aquatic.functional.neurons_grid_kernel.grid_forward` on the compiled loop
-    (same arguments, with ``x`` already delayed for a neuron without a synaptic state;
-    same results and bits)."""
+    (same arguments, with ``x`` already delayed for a neuron without a synaptic state,
+    and ``decays`` from :func:`grid_jit_decays`; same results and bits)."""
     alpha_mem, alpha_syn, threshold, bias = params
     synaptic, spiking = alpha_syn is not None, options.spiking
     n, n_steps = x.shape[0], x.shape[1]
     step_shape = (n,) + tuple(x.shape[2:])
     features = math.prod(step_shape[1:])
     dtype = np.float32 if x.dtype == torch.float32 else np.float64
-    decay_v, decay_i = _decays(rules, params, v0, i0)
+    decay_v, decay_i = decays if decays is not None else _decays(rules, params, v0, i0)
     quantize_v = StepQuantizer(rules.v_mem, x.dtype) if rules.v_mem is not None else None
     quantize_i = None
     if synaptic and rules.i_syn is not None and not quantizer_after_decay_passes(rules, x.dtype):

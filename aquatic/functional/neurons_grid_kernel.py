@@ -208,9 +208,10 @@ def grid_forward(
     synaptic, spiking = alpha_syn is not None, options.spiking
     if rules.delay and not synaptic:  # the current reads the input late itself
         x = delayed(x)
-    if neurons_grid_jit.grid_jit_ok(x, options, rules, params, v0, i0):
+    decays = neurons_grid_jit.grid_jit_decays(options, rules, params, v0, i0)
+    if decays is not None:
         return neurons_grid_jit.grid_forward(
-            x, v0, i0, params, options, rules, need_grad, record, keep_current
+            x, v0, i0, params, options, rules, need_grad, record, keep_current, decays
         )
     n_steps, block = x.shape[1], block_steps(x[:, 0].numel())
     step_shape = (x.shape[0],) + x.shape[2:]
