@@ -13,6 +13,7 @@ loops off.
 from __future__ import annotations
 
 import functools
+import importlib
 import math
 import warnings
 from typing import Optional, Tuple
@@ -25,7 +26,6 @@ from aquatic.functional import neurons_jit
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons_grid import GridRules
 from aquatic.functional.neurons_grid_current import quantizer_after_decay_passes
-from aquatic.functional.neurons_grid_jit_kernels import grid_forward_kernel
 from aquatic.functional.neurons_grid_steps import StepDecay, StepQuantizer
 
 __all__ = ["grid_jit_decays", "grid_forward"]
@@ -36,6 +36,12 @@ def _decays(rules: GridRules, params, v0: Tensor, i0: Optional[Tensor]):
     decay_v = StepDecay(rules.v_mem, alpha_mem, v0)
     decay_i = StepDecay(rules.i_syn, alpha_syn, i0) if alpha_syn is not None else None
     return decay_v, decay_i
+
+
+def grid_forward_kernel():
+    """The compiled loop (its module imports Numba: imported on first use)."""
+    module = importlib.import_module("aquatic.functional.neurons_grid_jit_kernels")
+    return module.grid_forward_kernel()
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,7 +1,8 @@
 r"""The forward loop of the fused sequence with quantized states, compiled by Numba.
 
-:func:`grid_forward_kernel` compiles it on first use (importing this module does not
-import Numba); :mod:`aquatic.functional.neurons_grid_jit` prepares the arrays. Per
+Importing this module imports Numba (without it :func:`grid_forward_kernel` is an
+``ImportError``); :mod:`aquatic.functional.neurons_grid_jit` imports it on first use and
+prepares the arrays. Per
 element and step it runs the operations of the reference loop as
 :mod:`aquatic.functional.neurons_grid_steps` writes them, in the same order and dtype:
 the decay :math:`s\, \mathrm{rule}(\mathrm{clip}(\mathrm{rint}(y / s)))` (or
@@ -25,18 +26,18 @@ quantizer's); ``scales32``: the quantizers' float32 scales.
 
 from __future__ import annotations
 
-import functools
+import numpy as np
 
-from aquatic.functional.neurons_jit_kernels import compilers, job_block
+from aquatic.functional.neurons_jit_kernels import inline, jit, job_block
+
+try:  # optional: the compiled loops exist where Numba is installed
+    import numba
+except ImportError:  # pragma: no cover - the NumPy loop runs instead
+    numba = None
 
 __all__ = ["grid_forward_kernel"]
 
-
-@functools.lru_cache(maxsize=None)
-def grid_forward_kernel():
-    """The kernel, compiled (the first call imports Numba)."""
-    np, jit, inline = compilers()
-    block = job_block()
+if numba is not None:
 
     @inline
     def maximum(a, b):  # np.maximum: a NaN in either propagates
@@ -103,7 +104,7 @@ def grid_forward_kernel():
         scale_qv, scale_qi = scales32[0], scales32[1]
         no_mask = np.empty(0, np.bool_)
         for job in range(job0, job1):
-            n0, n1, f0, f1 = block(job, rows, chunk, n_batch, n_feat)
+            n0, n1, f0, f1 = job_block(job, rows, chunk, n_batch, n_feat)
             m = f1 - f0
             v = v0[n0:n1, f0:f1].copy()
             i = i0[n0:n1, f0:f1].copy() if synaptic else v.copy()
@@ -183,4 +184,12 @@ def grid_forward_kernel():
             if synaptic:
                 i_final[n0:n1, f0:f1] = i
 
+else:  # pragma: no cover
+    forward = None
+
+
+def grid_forward_kernel():
+    """The compiled loop (an ``ImportError`` without Numba)."""
+    if numba is None:
+        raise ImportError("the compiled loops need Numba: pip install 'aquatic[fast]'")
     return forward

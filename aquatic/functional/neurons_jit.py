@@ -34,7 +34,6 @@ import torch
 from torch import Tensor
 
 from aquatic.functional.neuron_types import Options
-from aquatic.functional.neurons_jit_kernels import forward_kernel
 
 __all__ = [
     "ENABLED",
@@ -152,7 +151,8 @@ def copy_back(results, buffers) -> None:
 
 
 def _kernel():
-    return forward_kernel()  # (compiles on the first call)
+    # The kernels' module imports Numba: imported on first use, not with aquatic.
+    return importlib.import_module("aquatic.functional.neurons_jit_kernels").forward_kernel()
 
 
 # ----------------------------------------------------------------------------- forward

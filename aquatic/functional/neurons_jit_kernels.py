@@ -1,8 +1,10 @@
 r"""The fused LIF sequence's forward loop compiled by Numba: one pass that reads each
 input element once and writes each result once.
 
-:func:`forward_kernel` compiles it on first use (Numba is optional; importing this
-module does not import it); :mod:`aquatic.functional.neurons_jit` prepares the arrays.
+Importing this module imports Numba (optional: without it :func:`forward_kernel` is an
+``ImportError``); :mod:`aquatic.functional.neurons_jit` imports it on first use and
+prepares the arrays. The loops are module-level functions, so Numba's disk cache serves
+later processes.
 The kernel performs the operations of
 :func:`~aquatic.functional.neurons_kernel.sequence_forward` in the same order and dtype,
 and Numba compiles without fast-math (no contraction of a product and a sum into one
@@ -20,49 +22,32 @@ constants: ``0, 1, min_v_mem``.
 
 from __future__ import annotations
 
-import functools
-import importlib
+import numpy as np
 
-__all__ = ["compilers", "job_block", "forward_kernel"]
+try:  # optional: the compiled loops exist where Numba is installed
+    import numba
+except ImportError:  # pragma: no cover - the PyTorch loops run instead
+    numba = None
 
+__all__ = ["jit", "inline", "job_block", "forward_kernel"]
 
-@functools.lru_cache(maxsize=None)
-def compilers():
-    """``(np, jit, inline)``: NumPy, and Numba's decorators of the compiled loops (the
-    first call imports Numba).
-
-    ``jit`` compiles without fast-math and caches on disk; ``error_model="numpy"``: a
-    division by zero is inf or nan, as in PyTorch, and no check of the divisor keeps
-    the loops from vectorizing. ``inline`` is for helpers that run once per row and
-    step: inlined, since a call there costs more than the helper's work.
-    """
-    numba = importlib.import_module("numba")
-    options = dict(nogil=True, boundscheck=False, error_model="numpy")
-    jit = numba.njit(cache=True, **options)
-    return importlib.import_module("numpy"), jit, numba.njit(inline="always", **options)
-
-
-@functools.lru_cache(maxsize=None)
-def job_block():
-    """``block(job, rows, chunk, n_batch, n_feat) -> (n0, n1, f0, f1)``: the rows and
-    features of a job (compiled, inlined into the kernels)."""
-    _, _, inline = compilers()
+if numba is not None:
+    _OPTIONS = dict(nogil=True, boundscheck=False, error_model="numpy")
+    #: Numba's decorator of the loops: no fast-math, cached on disk; ``error_model=
+    #: "numpy"``: a division by zero is inf or nan, as in PyTorch, and no check of the
+    #: divisor keeps the loops from vectorizing.
+    jit = numba.njit(cache=True, **_OPTIONS)
+    #: For helpers that run once per row and step: inlined (a call there costs more
+    #: than the helper's work).
+    inline = numba.njit(inline="always", **_OPTIONS)
 
     @inline
-    def block(job, rows, chunk, n_batch, n_feat):
+    def job_block(job, rows, chunk, n_batch, n_feat):
+        """``(n0, n1, f0, f1)``: the rows and features of job ``job``."""
         nf = (n_feat + chunk - 1) // chunk
         n0 = (job // nf) * rows
         f0 = (job % nf) * chunk
         return n0, min(n_batch, n0 + rows), f0, min(n_feat, f0 + chunk)
-
-    return block
-
-
-@functools.lru_cache(maxsize=None)
-def forward_kernel():
-    """The forward kernel, compiled (the first call imports Numba)."""
-    np, jit, _ = compilers()
-    block = job_block()
 
     @jit
     def forward(
@@ -76,7 +61,7 @@ def forward_kernel():
         # fmt: on
         zero, one, low = consts[0], consts[1], consts[2]
         for job in range(job0, job1):
-            n0, n1, f0, f1 = block(job, rows, chunk, n_batch, n_feat)
+            n0, n1, f0, f1 = job_block(job, rows, chunk, n_batch, n_feat)
             m = f1 - f0
             v = v0[n0:n1, f0:f1].copy()
             a = alpha[n0:n1, f0:f1].copy()
@@ -151,4 +136,12 @@ def forward_kernel():
             if synaptic:
                 i_final[n0:n1, f0:f1] = i
 
+else:  # pragma: no cover
+    jit = inline = job_block = forward = None
+
+
+def forward_kernel():
+    """The compiled forward loop (an ``ImportError`` without Numba)."""
+    if numba is None:
+        raise ImportError("the compiled loops need Numba: pip install 'aquatic[fast]'")
     return forward
