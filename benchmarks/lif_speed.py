@@ -59,6 +59,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import aquatic
+import aquatic.functional.neurons_jit as neurons_jit
 from aquatic.nn import LIF, ArcTan, FastSigmoid, SingleExponential
 
 TAU_MEM, TAU_SYN = 10.0, 5.0
@@ -307,7 +308,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"LIF forward+backward on input {tuple(x.shape)} (batch, time, neurons), float32, "
         f"torch {torch.__version__}, aquatic {aquatic.__version__}, "
         f"{torch.get_num_threads()} thread(s); best (median) of {args.repeats} runs, "
-        f"{args.clock} time"
+        f"{args.clock} time; compiled loops "
+        f"{'on' if neurons_jit.available() else 'off (AQUATIC_NUMBA=0 or no Numba)'}"
     )
     header = f"{'layer':<42} {'ms best':>8} {'(median)':>9} {'peak MB':>8}  result"
     print(header + "\n" + "-" * len(header))

@@ -37,6 +37,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+import aquatic.functional.neurons_jit as neurons_jit
 from aquatic import nn as ann
 from aquatic.hw import dynapcnn, loihi, xylo
 
@@ -148,7 +149,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(
         f"Training step (fwd + MSE + bwd + Adam), Linear {INPUTS}->{HIDDEN} -> neurons -> "
         f"Linear {HIDDEN}->{OUTPUTS} -> neurons, batch {BATCH}, T={T}, "
-        f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps"
+        f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps, compiled loops "
+        f"{'on' if neurons_jit.available() else 'off (AQUATIC_NUMBA=0 or no Numba)'}"
     )
     print(f"{'variant':<16}{'ms':>10}{'x float':>10}")
     for name in steps:
