@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import importlib
 import math
-import warnings
 from typing import Optional, Tuple
 
 import numpy as np
@@ -46,24 +45,19 @@ def grid_forward_kernel():
 
 @functools.lru_cache(maxsize=None)
 def _ready() -> bool:
-    """Whether the kernel compiles (once; a warning and the NumPy loop if it fails)."""
-    try:
-        f32, f64 = np.float32, np.float64
-        two, three = np.zeros((0, 0), f32), np.zeros((0, 0, 0), f32)
-        wide, mask = np.zeros((0, 0), f64), np.zeros((0, 0, 0), np.bool_)
-        lanes = (two, two, two, wide)
-        grid_forward_kernel()(0, 0, 1, 1, np.zeros(20, np.int64), np.zeros(15, f32),
-                              np.zeros(2, f32), three, two, two, *lanes, *lanes, two, two,
-                              two, three, three, three, mask, three, mask, two, two)  # fmt: skip
-    except Exception as error:  # an incompatible Numba must not stop training
-        warnings.warn(
-            f"the compiled loop of quantized states failed ({type(error).__name__}: "
-            f"{error}); using the NumPy loop. Set AQUATIC_NUMBA=0 to skip the attempt.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return False
-    return True
+    """Whether the kernel compiles (once)."""
+    f32, f64 = np.float32, np.float64
+    two, three = np.zeros((0, 0), f32), np.zeros((0, 0, 0), f32)
+    wide, mask = np.zeros((0, 0), f64), np.zeros((0, 0, 0), np.bool_)
+    lanes = (two, two, two, wide)
+    return neurons_jit.compiles(
+        "loop of quantized states",
+        "NumPy loop",
+        lambda: grid_forward_kernel()(np.zeros(20, np.int64), np.zeros(15, f32),
+                                      np.zeros(2, f32), three, two, two, *lanes, *lanes, two,
+                                      two, two, three, three, three, mask, three, mask, two,
+                                      two),  # fmt: skip
+    )
 
 
 def grid_jit_decays(options: Options, rules: GridRules, params, v0, i0):
@@ -79,20 +73,12 @@ def grid_jit_decays(options: Options, rules: GridRules, params, v0, i0):
     return decays if all(d is None or not d.rule or d.exact for d in decays) else None
 
 
-def _lanes(value, step_shape, features: int, dtype) -> np.ndarray:
-    """A number, array or tensor broadcast to the neurons, as an ``(N, F)`` array."""
-    if isinstance(value, Tensor):
-        value = value.detach().cpu().numpy()
-    full = np.broadcast_to(np.asarray(value, dtype=dtype), step_shape)
-    return np.ascontiguousarray(full).reshape(step_shape[0], features)
-
-
 def _decay_arrays(decay: Optional[StepDecay], step_shape, features, dtype):
     """``(rule, wide, alpha, factor, keep, keep64, scale, low, high)`` of a decay."""
     zeros = np.zeros((step_shape[0], features), dtype)
     if decay is None:
         return 0, False, zeros, zeros, zeros, zeros.astype(np.float64), 0, 0, 0
-    lanes = lambda value, d=dtype: _lanes(value, step_shape, features, d)  # noqa: E731
+    lanes = lambda value, d=dtype: neurons_jit.lanes(value, step_shape, features, d)  # noqa: E731
     if not decay.rule:
         return 0, False, lanes(decay.alpha), zeros, zeros, zeros.astype(np.float64), 0, 0, 0
     rule = 1 if decay.rule == "bitshift" else 2
@@ -111,9 +97,9 @@ def grid_forward(
     options: Options,
     rules: GridRules,
     need_grad: bool,
-    record: bool = True,
-    keep_current: bool = True,
-    decays=None,
+    record: bool,
+    keep_current: bool,
+    decays: Tuple[StepDecay, Optional[StepDecay]],
 ) -> Tuple[Optional[Tensor], ...]:
     """:func:`~aquatic.functional.neurons_grid_kernel.grid_forward` on the compiled loop
     (same arguments, with ``x`` already delayed for a neuron without a synaptic state,
@@ -124,7 +110,7 @@ def grid_forward(
     step_shape = (n,) + tuple(x.shape[2:])
     features = math.prod(step_shape[1:])
     dtype = np.float32 if x.dtype == torch.float32 else np.float64
-    decay_v, decay_i = decays if decays is not None else _decays(rules, params, v0, i0)
+    decay_v, decay_i = decays
     quantize_v = StepQuantizer(rules.v_mem, x.dtype) if rules.v_mem is not None else None
     quantize_i = None
     if synaptic and rules.i_syn is not None and not quantizer_after_decay_passes(rules, x.dtype):
@@ -177,7 +163,7 @@ def grid_forward(
         [0 if q is None else float(q.value_scale) for q in (quantize_v, quantize_i)],
         dtype=np.float32,
     )
-    lanes = lambda t: _lanes(t, step_shape, features, dtype)  # noqa: E731
+    lanes = lambda t: neurons_jit.lanes(t, step_shape, features, dtype)  # noqa: E731
     none2 = np.zeros((n, features), dtype)
     # The inputs first, then the results in the NumPy loop's order (so the heap reuses
     # the same memory from one call to the next; see neurons_jit).
@@ -202,12 +188,7 @@ def grid_forward(
     i_final = x.new_empty(step_shape) if synaptic else None
     # The batch-major results take x's layout (as the NumPy loop's).
     buffers = neurons_jit.contiguous_buffers((spikes, trace), x)
-    rows, chunk, jobs = neurons_jit.job_layout(n, features)
     grid_forward_kernel()(
-        0,
-        jobs,
-        rows,
-        chunk,
         flags,
         consts,
         scales32,

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aquatic.functional.neurons_jit_kernels import inline, jit, job_block
+from aquatic.functional.neurons_jit_kernels import inline, jit, job_block, job_layout
 
 try:  # optional: the compiled loops exist where Numba is installed
     import numba
@@ -88,7 +88,7 @@ if numba is not None:
 
     @jit
     def forward(
-        job0, job1, rows, chunk, flags, consts, scales32, x, v0, i0, alpha_v, factor_v,
+        flags, consts, scales32, x, v0, i0, alpha_v, factor_v,
         keep_v, keep64_v, alpha_i, factor_i, keep_i, keep64_i, threshold, gain, bias,
         spikes, trace, v_pre, v_mask, current, i_mask, v_final, i_final,
     ):  # fmt: skip
@@ -103,7 +103,8 @@ if numba is not None:
         si, li, hi, inv_i, qli, qhi = consts[9:15]
         scale_qv, scale_qi = scales32[0], scales32[1]
         no_mask = np.empty(0, np.bool_)
-        for job in range(job0, job1):
+        rows, chunk, jobs = job_layout(n_batch, n_feat)
+        for job in range(jobs):
             n0, n1, f0, f1 = job_block(job, rows, chunk, n_batch, n_feat)
             m = f1 - f0
             v = v0[n0:n1, f0:f1].copy()

@@ -40,8 +40,9 @@ __all__ = [
     "available",
     "forward_ok",
     "sequence_forward",
-    "job_layout",
     "option_flags",
+    "lanes",
+    "compiles",
     "contiguous_buffers",
     "copy_back",
 ]
@@ -50,31 +51,44 @@ __all__ = [
 #: to ``False``).
 ENABLED = os.environ.get("AQUATIC_NUMBA", "1") != "0"
 
-#: Neurons per job: a job's state stays in the first-level cache.
-_JOB_LANES = 512
+
+def compiles(what: str, fallback: str, call) -> bool:
+    """Whether ``call()`` (a first call of a kernel, which compiles it) runs; a
+    ``RuntimeWarning`` naming ``what`` and the ``fallback`` that runs instead if not.
+
+    Example:
+        >>> import warnings
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     compiles("loop", "PyTorch loop", lambda: 1 / 0), str(caught[0].message)[:48]
+        (False, 'the compiled loop failed (ZeroDivisionError: div')
+    """
+    try:
+        call()
+    except Exception as error:  # an incompatible Numba (or NumPy) must not stop training
+        warnings.warn(
+            f"the compiled {what} failed ({type(error).__name__}: {error}); using the "
+            f"{fallback}. Set AQUATIC_NUMBA=0 to skip the attempt.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=None)
 def _ready() -> bool:
-    """Whether Numba imports and compiles the kernel (once; a warning if it fails)."""
+    """Whether Numba imports and compiles the kernel (once)."""
     if importlib.util.find_spec("numba") is None:
         return False
-    try:
-        kernel = _kernel()
-        flags = np.zeros(10, dtype=np.int64)
-        consts = np.zeros(3, dtype=np.float32)
-        two, three = np.zeros((1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
-        kernel(0, 1, 1, 1, flags, consts, three, two, two, two, two, two, two, two, three,
-               three, three, three, two, two, three, three)  # fmt: skip
-    except Exception as error:  # an incompatible Numba (or NumPy) must not stop training
-        warnings.warn(
-            f"Numba is installed but the compiled LIF loop failed ({type(error).__name__}: "
-            f"{error}); using the PyTorch loop. Set AQUATIC_NUMBA=0 to skip the attempt.",
-            RuntimeWarning,
-            stacklevel=3,
-        )
-        return False
-    return True
+    two, three = np.zeros((1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
+    flags, consts = np.zeros(10, dtype=np.int64), np.zeros(3, dtype=np.float32)
+    return compiles(
+        "LIF loop",
+        "PyTorch loop",
+        lambda: _kernel()(flags, consts, three, two, two, two, two, two, two, two, three,
+                          three, three, three, two, two, three, three),  # fmt: skip
+    )
 
 
 def available() -> bool:
@@ -102,27 +116,37 @@ def _flat(t: Tensor, shape) -> np.ndarray:
     return t.detach().reshape(shape).contiguous().numpy()
 
 
-def _lanes(param: Tensor, step_shape, features: int) -> np.ndarray:
-    """A parameter broadcast to the neurons ``(N, *)``, as an ``(N, F)`` array."""
-    return _flat(param.broadcast_to(step_shape), (step_shape[0], features))
+def lanes(value, step_shape, features: int, dtype) -> np.ndarray:
+    """A number, array or tensor broadcast to the neurons ``step_shape`` ``(N, *)``, as a
+    contiguous ``(N, F)`` array of NumPy ``dtype`` (a kernel's per-neuron parameter).
+
+    Example:
+        >>> lanes(torch.tensor([[0.5], [0.25]]), (2, 2, 3), 6, np.float32)  # per channel
+        array([[0.5 , 0.5 , 0.5 , 0.25, 0.25, 0.25],
+               [0.5 , 0.5 , 0.5 , 0.25, 0.25, 0.25]], dtype=float32)
+    """
+    if isinstance(value, Tensor):
+        # A tensor's copy made by torch's allocator, as the PyTorch loop's temporaries:
+        # NumPy's here changed the heap's layout enough that 13 MB were returned to the
+        # system and faulted in again on every call.
+        value = value.detach().cpu().to(torch.from_numpy(np.empty(0, dtype)).dtype)
+        return _flat(value.broadcast_to(step_shape), (step_shape[0], features))
+    full = np.broadcast_to(np.asarray(value, dtype=dtype), step_shape)
+    return np.ascontiguousarray(full).reshape(step_shape[0], features)
 
 
 def _none(dtype, rank: int) -> np.ndarray:
     return np.empty((0,) * rank, dtype=dtype)
 
 
-def job_layout(n: int, features: int) -> Tuple[int, int, int]:
-    """``(rows, chunk, jobs)`` of a kernel over ``(n, features)`` neurons: each job is
-    ``rows x chunk`` neurons (see :mod:`aquatic.functional.neurons_jit_kernels`)."""
-    chunk = max(1, min(features, _JOB_LANES))
-    rows = max(1, min(n, _JOB_LANES // chunk))
-    jobs = -(-n // rows) * -(-features // chunk) if features else 0
-    return rows, chunk, jobs
-
-
 def option_flags(options: Options, synaptic: bool, bias: bool) -> List[bool]:
     """The kernels' first six flags: ``synaptic, norm_input, bias, spiking, zero_reset,
-    clamp``."""
+    clamp``.
+
+    Example:
+        >>> option_flags(Options("zero", None, 1, -1.0, False, False, True), False, True)
+        [False, False, True, True, True, True]
+    """
     return [
         synaptic,
         options.norm_input,
@@ -136,7 +160,18 @@ def option_flags(options: Options, synaptic: bool, bias: bool) -> List[bool]:
 def contiguous_buffers(results, like: Tensor) -> List[Optional[Tensor]]:
     """For each of ``results`` (each ``None`` or of ``like``'s shape and layout, as
     ``torch.empty_like`` makes them), itself when contiguous, else a contiguous tensor
-    for a kernel to write; :func:`copy_back` then copies those into the results."""
+    for a kernel to write; :func:`copy_back` then copies those into the results.
+
+    Example:
+        >>> like = torch.zeros(3, 2).t()  # a transposed layout, kept by empty_like
+        >>> results = (torch.empty_like(like), None)
+        >>> buffers = contiguous_buffers(results, like)
+        >>> buffers[0].is_contiguous(), buffers[1] is None
+        (True, True)
+        >>> buffers[0].fill_(1.0); copy_back(results, buffers); results[0].stride()
+        tensor(...)
+        (1, 2)
+    """
     return [
         t if t is None or t.is_contiguous() else torch.empty(like.shape, dtype=like.dtype)
         for t in results
@@ -192,11 +227,11 @@ def sequence_forward(
         _flat(x, (n, n_steps, features)),
         _flat(v0, (n, features)),
         _flat(i0, (n, features)) if synaptic else none2,
-        _lanes(alpha_mem, step_shape, features),
-        _lanes(1 - alpha_mem, step_shape, features) if options.norm_input else none2,
-        _lanes(alpha_syn, step_shape, features) if synaptic else none2,
-        _lanes(threshold, step_shape, features),
-        _lanes(bias, step_shape, features) if bias is not None else none2,
+        lanes(alpha_mem, step_shape, features, ndtype),
+        lanes(1 - alpha_mem, step_shape, features, ndtype) if options.norm_input else none2,
+        lanes(alpha_syn, step_shape, features, ndtype) if synaptic else none2,
+        lanes(threshold, step_shape, features, ndtype),
+        lanes(bias, step_shape, features, ndtype) if bias is not None else none2,
     )
     # The results take x's layout, as in the PyTorch loop (torch.compile's fake
     # implementation promises it); the kernel writes contiguous buffers.
@@ -227,12 +262,7 @@ def sequence_forward(
         dtype=np.int64,
     )
     consts = np.array([0, 1, 0 if min_v_mem is None else min_v_mem], dtype=ndtype)
-    rows, chunk, jobs = job_layout(n, features)
     _kernel()(
-        0,
-        jobs,
-        rows,
-        chunk,
         flags,
         consts,
         *inputs,

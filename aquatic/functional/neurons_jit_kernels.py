@@ -10,10 +10,10 @@ The kernel performs the operations of
 and Numba compiles without fast-math (no contraction of a product and a sum into one
 rounding), so its results are the same bits.
 
-It runs the *jobs* ``job0 .. job1 - 1``: job ``j`` is the block of rows ``n0 = (j //
-nf) * rows`` (``rows`` of them) and features ``f0 = (j % nf) * chunk`` (``chunk`` of
-them) of the ``(N, F)`` neurons, ``nf = ceil(F / chunk)``. A block's state lives in
-small local arrays for the whole sequence, so the loops over its features vectorize.
+It runs the ``(N, F)`` neurons in *jobs* of about :data:`JOB_LANES` (:func:`job_layout`:
+``chunk`` features of ``rows`` samples each); a job's state lives in small local arrays
+for the whole sequence, in the first-level cache, and the loops over its features
+vectorize.
 Flags and constants come in small arrays (one compiled version per dtype); absent
 tensors are empty arrays of the right dtype and rank. Flags: ``synaptic, norm_input,
 bias, spiking, zero_reset, clamp, record, keep_current, keep_v, checkpoint``;
@@ -29,7 +29,10 @@ try:  # optional: the compiled loops exist where Numba is installed
 except ImportError:  # pragma: no cover - the PyTorch loops run instead
     numba = None
 
-__all__ = ["jit", "inline", "job_block", "forward_kernel"]
+__all__ = ["JOB_LANES", "jit", "inline", "job_layout", "job_block", "forward_kernel"]
+
+#: Neurons per job: a job's state stays in the first-level cache.
+JOB_LANES = 512
 
 if numba is not None:
     _OPTIONS = dict(nogil=True, boundscheck=False, error_model="numpy")
@@ -42,8 +45,16 @@ if numba is not None:
     inline = numba.njit(inline="always", **_OPTIONS)
 
     @inline
+    def job_layout(n_batch, n_feat):
+        """``(rows, chunk, jobs)``: each job is ``rows`` samples by ``chunk`` features."""
+        chunk = max(1, min(n_feat, JOB_LANES))
+        rows = max(1, min(n_batch, JOB_LANES // chunk))
+        jobs = -(-n_batch // rows) * -(-n_feat // chunk) if n_feat else 0
+        return rows, chunk, jobs
+
+    @inline
     def job_block(job, rows, chunk, n_batch, n_feat):
-        """``(n0, n1, f0, f1)``: the rows and features of job ``job``."""
+        """``(n0, n1, f0, f1)``: the samples and features of job ``job``."""
         nf = (n_feat + chunk - 1) // chunk
         n0 = (job // nf) * rows
         f0 = (job % nf) * chunk
@@ -51,7 +62,7 @@ if numba is not None:
 
     @jit
     def forward(
-        job0, job1, rows, chunk, flags, consts, x, v0, i0, alpha, gain, alpha_syn,
+        flags, consts, x, v0, i0, alpha, gain, alpha_syn,
         threshold, bias, out, trace, current, v_pre, v_final, i_final, v_states, i_states,
     ):  # fmt: skip
         n_batch, n_steps, n_feat = x.shape
@@ -60,7 +71,8 @@ if numba is not None:
          every) = flags
         # fmt: on
         zero, one, low = consts[0], consts[1], consts[2]
-        for job in range(job0, job1):
+        rows, chunk, jobs = job_layout(n_batch, n_feat)
+        for job in range(jobs):
             n0, n1, f0, f1 = job_block(job, rows, chunk, n_batch, n_feat)
             m = f1 - f0
             v = v0[n0:n1, f0:f1].copy()
@@ -137,7 +149,7 @@ if numba is not None:
                 i_final[n0:n1, f0:f1] = i
 
 else:  # pragma: no cover
-    jit = inline = job_block = forward = None
+    jit = inline = job_layout = job_block = forward = None
 
 
 def forward_kernel():

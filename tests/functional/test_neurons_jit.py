@@ -236,3 +236,39 @@ def test_results_take_the_layout_of_a_permuted_input(monkeypatch):
         strides.append((out.output.stride(), out.v_mem.stride(), out.i_syn.stride()))
         assert torch.equal(out.output, lif_loop(x, 0.9, 0.8).output)
     assert strides[0] == strides[1]
+
+
+class _Shared(torch.nn.Module):
+    """A model with its own forward that runs one quantized-state layer twice and a float
+    layer between (the compiled loops hold no state, so reuse is safe)."""
+
+    def __init__(self):
+        super().__init__()
+        from aquatic import nn as ann
+        from aquatic.hw import xylo
+
+        self.chip = ann.LIF(tau_mem=8.0, tau_syn=4.0, qconfig=xylo.qconfig())
+        self.leaky = ann.LIF(tau_mem=6.0, surrogate=ArcTan())
+        self.mix = ann.Linear(5, 5)
+
+    def forward(self, x):
+        first = self.chip(x * 4)
+        return self.chip(self.mix(self.leaky(first + x)) * 4) + first
+
+
+def test_compiled_fullgraph_model_with_a_reused_layer_equals_eager_without(monkeypatch):
+    assert jit.available()
+    torch.manual_seed(0)
+    model = _Shared()
+    x = torch.rand(3, 6, 5, generator=torch.Generator().manual_seed(4))
+    results = []
+    for enabled, compiled in ((True, True), (False, False)):
+        monkeypatch.setattr(jit, "ENABLED", enabled)
+        run = torch.compile(model, fullgraph=True, backend="aot_eager") if compiled else model
+        leaf = x.clone().requires_grad_()
+        out = run(leaf)
+        grads = torch.autograd.grad(out.square().sum(), [leaf] + list(model.parameters()))
+        results.append((out,) + grads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    assert results[0][0].abs().sum() > 0
