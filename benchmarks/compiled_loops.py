@@ -23,6 +23,7 @@ from typing import Callable, Dict, List
 import torch
 
 import aquatic.functional.neurons_jit as neurons_jit
+import heap
 from aquatic import nn as ann
 from aquatic.hw import loihi, xylo
 
@@ -123,7 +124,7 @@ def main() -> None:
     neurons_jit.ENABLED = True
     print(
         f"{args.threads} threads, {args.rounds} interleaved rounds of {args.calls} calls; medians "
-        "in ms; ratio: median of the rounds' compiled / not"
+        f"in ms; ratio: median of the rounds' compiled / not; {heap.describe()}"
     )
     print(f"{'case':44s} {'compiled':>9s} {'not':>9s} {'ratio':>6s}")
     for name in cases:

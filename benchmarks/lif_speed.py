@@ -60,6 +60,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import aquatic
 import aquatic.functional.neurons_jit as neurons_jit
+import heap
 from aquatic.nn import LIF, ArcTan, FastSigmoid, SingleExponential
 
 TAU_MEM, TAU_SYN = 10.0, 5.0
@@ -309,7 +310,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"torch {torch.__version__}, aquatic {aquatic.__version__}, "
         f"{torch.get_num_threads()} thread(s); best (median) of {args.repeats} runs, "
         f"{args.clock} time; compiled loops "
-        f"{'on' if neurons_jit.available() else 'off (AQUATIC_NUMBA=0 or no Numba)'}"
+        f"{'on' if neurons_jit.available() else 'off (AQUATIC_NUMBA=0 or no Numba)'}; "
+        f"{heap.describe()}"
     )
     header = f"{'layer':<42} {'ms best':>8} {'(median)':>9} {'peak MB':>8}  result"
     print(header + "\n" + "-" * len(header))

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 import aquatic.functional.neurons_jit as neurons_jit
+import heap
 from aquatic import nn as ann
 from aquatic.hw import dynapcnn, loihi, xylo
 
@@ -150,7 +151,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"Training step (fwd + MSE + bwd + Adam), Linear {INPUTS}->{HIDDEN} -> neurons -> "
         f"Linear {HIDDEN}->{OUTPUTS} -> neurons, batch {BATCH}, T={T}, "
         f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps, compiled loops "
-        f"{'on' if neurons_jit.available() else 'off (AQUATIC_NUMBA=0 or no Numba)'}"
+        f"{'on' if neurons_jit.available() else 'off (AQUATIC_NUMBA=0 or no Numba)'}; "
+        f"{heap.describe()}"
     )
     print(f"{'variant':<16}{'ms':>10}{'x float':>10}")
     for name in steps:

@@ -73,7 +73,7 @@ def sequence_forward(
 
     ``need_grad``: keep what backward reads (the membranes before the reset);
     ``keep_current``: keep the synaptic current of every step (recorded, or read by
-    backward); ``checkpoint``: keep the state that enters every ``checkpoint``-th step
+    backward; a neuron without a synaptic current has none, and gets ``None``); ``checkpoint``: keep the state that enters every ``checkpoint``-th step
     (steps ``0, K, 2K, ...``), from which :func:`sequence_backward` recomputes the rest.
 
     The membranes before the reset are kept time first, so that each step writes one
@@ -105,7 +105,7 @@ def sequence_forward(
 
     output = torch.empty_like(x)
     trace = torch.empty_like(x) if spiking and record else None
-    current = torch.empty_like(x) if keep_current else None
+    current = torch.empty_like(x) if keep_current and synaptic else None
     v_pre = x.new_empty(_steps_first(x)) if need_grad and not shared else None
     if synaptic and current is None:  # the currents of one block, time first
         syn_block = x.new_empty((block,) + tuple(v0.shape))

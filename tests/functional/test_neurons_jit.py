@@ -111,10 +111,12 @@ def test_forward_is_bitwise_the_pytorch_loop(
     for record, need_grad, keep_current, checkpoint in [
         (False, True, False, None),
         (True, True, synaptic, None),
-        (False, False, synaptic, 3),
+        (False, False, True, 3),  # a current asked for without a synaptic state: None
     ]:
         args = (t, options, record, need_grad, keep_current, checkpoint)
-        _assert_same(_forward(True, monkeypatch, *args), _forward(False, monkeypatch, *args))
+        compiled = _forward(True, monkeypatch, *args)
+        _assert_same(compiled, _forward(False, monkeypatch, *args))
+        assert (compiled[2] is not None) == (synaptic and keep_current)
 
 
 @pytest.mark.parametrize("surrogate", [ArcTan(), SingleExponential(width=0.3)], ids=repr)
