@@ -1,24 +1,29 @@
-"""What the C library's heap settings do to CPU training: glibc defaults against a heap that
-keeps the memory it frees.
+"""What the C library's heap does to CPU training: page faults per step and step times
+under three heap settings.
 
 On Linux with glibc, ``free`` hands large blocks back to the operating system: blocks
 above the mmap threshold are unmapped, and the top of the heap is trimmed once more than
 the trim threshold lies free there. A training step that frees a few tensors of several
 megabytes (a spiking layer's saved states, its spikes, their gradients) and allocates
 them again in the next step then finds fresh pages, and the kernel zero-fills each one
-on first touch: a page fault per 4 KiB. The two environment variables::
+on first touch: a page fault per 4 KiB. Each workload runs in a process of its own (a
+heap with no history) under each of three settings, alternating (``--rounds`` of each):
+
+- ``settled``: aquatic as it runs. Before its first large CPU sequence,
+  :func:`aquatic.functional.cpu_heap.settle` frees one block of nearly 32 MiB, which
+  raises glibc's thresholds to their dynamic maximum (32 MiB, 64 MiB for trimming);
+- ``untouched``: glibc's starting thresholds (128 KiB and 256 KiB), as before ``settle``
+  existed (the child marks it done without running it);
+- ``environment``: :data:`SETTINGS`, the environment variables::
 
     MALLOC_MMAP_THRESHOLD_=1073741824 MALLOC_TRIM_THRESHOLD_=1073741824
 
-make glibc serve blocks up to 1 GiB from its heap and keep up to 1 GiB of free memory
-there (both are needed: setting one turns off glibc's adjustment of the other). The
-price is memory: the process keeps what it has freed, up to the peak of a step, and does
-not hand it back until it exits. They must be set before the process starts (glibc reads
-them once); :data:`SETTINGS` holds them.
+  which make glibc serve blocks up to 1 GiB from its heap and keep up to 1 GiB free
+  there (both are needed: setting one turns off glibc's adjustment of the other). They
+  must be set before the process starts.
 
-This script runs each workload in child processes, with glibc's defaults and with those
-settings, alternating (``--rounds`` of each), and prints the median step time, the
-page faults per step (``getrusage``'s minor faults) and the ratio tuned / default:
+Either way the price is memory: the process keeps what it frees (up to the limit) rather
+than handing it back. Workloads:
 
 - ``LIF (64, 100, 512) fwd+bwd``: aquatic's default ``LIF`` (trained ``tau_mem``);
 - ``float net step``, ``xylo net step``, ``loihi net step``: the training step of
@@ -45,6 +50,14 @@ from typing import Callable, Dict, List
 SETTINGS = {"MALLOC_MMAP_THRESHOLD_": "1073741824", "MALLOC_TRIM_THRESHOLD_": "1073741824"}
 
 
+#: The settings compared, in the order of the table.
+SETTINGS_COMPARED = {
+    "settled": "aquatic as it runs (cpu_heap.settle: glibc keeps up to 64 MiB of freed memory)",
+    "untouched": "glibc's starting thresholds (cpu_heap.settle skipped)",
+    "environment": " ".join(f"{k}={v}" for k, v in SETTINGS.items()),
+}
+
+
 def describe() -> str:
     """One line for a benchmark's header: the heap settings this process started with."""
     names = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
@@ -54,13 +67,9 @@ def describe() -> str:
     return "heap: " + " ".join(set_here)
 
 
-def _workloads() -> Dict[str, Callable[[], None]]:
+def _lif_step() -> Callable[[], None]:
     import torch
-    import torch.nn.functional as F
 
-    import aquatic
-    import preset_speed
-    import qat_overhead
     from aquatic import nn as ann
 
     generator = torch.Generator().manual_seed(0)
@@ -68,38 +77,58 @@ def _workloads() -> Dict[str, Callable[[], None]]:
     grad = torch.randn(64, 100, 512, generator=generator)
     lif = ann.LIF(tau_mem=10.0)
 
-    def lif_step() -> None:
+    def step() -> None:
         lif(x.clone().requires_grad_()).backward(grad)
 
-    torch.manual_seed(0)
-    mlp = aquatic.quantize(qat_overhead.mlp(), aquatic.qconfig.int8)
-    return {
-        "LIF (64, 100, 512) fwd+bwd": lif_step,
-        "float net step": preset_speed.make_step(preset_speed.aquatic_net(None)),
-        "xylo net step": preset_speed.make_step(preset_speed.aquatic_net("xylo")),
-        "loihi net step": preset_speed.make_step(preset_speed.aquatic_net("loihi")),
-        "QAT MLP step": qat_overhead.make_step(mlp),
-    }
+    return step
 
 
-def _child(steps: int, threads: int) -> None:
-    """Times every workload in this process; prints ``{name: [ms, faults per step]}``."""
+def _net_step(preset) -> Callable[[], None]:
+    import preset_speed
+
+    return preset_speed.make_step(preset_speed.aquatic_net(preset))
+
+
+def _qat_step() -> Callable[[], None]:
     import torch
 
+    import aquatic
+    import qat_overhead
+
+    torch.manual_seed(0)
+    return qat_overhead.make_step(aquatic.quantize(qat_overhead.mlp(), aquatic.qconfig.int8))
+
+
+#: Each workload's step, built in a process of its own (a heap with no history).
+WORKLOADS: Dict[str, Callable[[], Callable[[], None]]] = {
+    "LIF (64, 100, 512) fwd+bwd": _lif_step,
+    "float net step": lambda: _net_step(None),
+    "xylo net step": lambda: _net_step("xylo"),
+    "loihi net step": lambda: _net_step("loihi"),
+    "QAT MLP step": _qat_step,
+}
+
+
+def _child(workload: str, steps: int, threads: int, settle: bool) -> None:
+    """Times ``workload`` in this process; prints ``[ms, faults per step]``."""
+    import torch
+
+    from aquatic.functional import cpu_heap
+
+    if not settle:  # as if it had run already: the heap keeps glibc's starting thresholds
+        cpu_heap._settled = True
     torch.set_num_threads(threads)
-    results = {}
-    for name, step in _workloads().items():
-        for _ in range(3):  # warm-up: first ranges, compiled loops, the heap's high mark
-            step()
-        times = []
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for _ in range(steps):
-            start = time.perf_counter()
-            step()
-            times.append(time.perf_counter() - start)
-        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
-        results[name] = [statistics.median(times) * 1e3, faults]
-    print(json.dumps(results))
+    step = WORKLOADS[workload]()
+    for _ in range(3):  # warm-up: first ranges, compiled loops, the heap's high mark
+        step()
+    times = []
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(steps):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / steps
+    print(json.dumps([statistics.median(times) * 1e3, faults]))
 
 
 def environment(tuned: bool) -> Dict[str, str]:
@@ -110,47 +139,53 @@ def environment(tuned: bool) -> Dict[str, str]:
     return env
 
 
-def _run(tuned: bool, steps: int, threads: int) -> Dict[str, List[float]]:
-    env = environment(tuned)
-    command = [sys.executable, os.path.abspath(__file__), "--child"]
+def _run(workload: str, setting: str, steps: int, threads: int) -> List[float]:
+    env = environment(setting == "environment")
+    command = [sys.executable, os.path.abspath(__file__), "--child", workload]
     command += ["--steps", str(steps), "--threads", str(threads)]
+    if setting == "untouched":
+        command.append("--no-settle")
     done = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="child processes per setting")
+    parser.add_argument("--rounds", type=int, default=3, help="processes per workload and setting")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per workload")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--no-settle", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        _child(args.steps, args.threads)
+        _child(args.child, args.steps, args.threads, not args.no_settle)
         return
-    runs: Dict[bool, List[Dict[str, List[float]]]] = {False: [], True: []}
+    runs: Dict[str, Dict[str, List[List[float]]]] = {
+        name: {setting: [] for setting in SETTINGS_COMPARED} for name in WORKLOADS
+    }
     for _ in range(args.rounds):
-        for tuned in (False, True):
-            runs[tuned].append(_run(tuned, args.steps, args.threads))
-    settings = " ".join(f"{k}={v}" for k, v in SETTINGS.items())
+        for name in WORKLOADS:
+            for setting in SETTINGS_COMPARED:
+                runs[name][setting].append(_run(name, setting, args.steps, args.threads))
     print(
-        f"glibc defaults against {settings}; {args.threads} threads, {args.rounds} processes "
-        f"per setting, median of {args.steps} steps each"
+        f"{args.threads} threads, {args.rounds} processes per setting, median of {args.steps} "
+        "steps each; ms: median step time, faults: page faults per step; x: median over "
+        "rounds of the ratio to 'settled'"
     )
-    print(
-        f"{'workload':<28}{'default ms':>11}{'faults':>8}{'tuned ms':>10}{'faults':>8}"
-        f"{'tuned/default':>15}"
-    )
-    for name in runs[False][0]:
-        default = [run[name] for run in runs[False]]
-        tuned = [run[name] for run in runs[True]]
-        ratio = statistics.median(t[0] / d[0] for t, d in zip(tuned, default))
-        print(
-            f"{name:<28}{statistics.median(d[0] for d in default):>11.2f}"
-            f"{statistics.median(d[1] for d in default):>8.0f}"
-            f"{statistics.median(t[0] for t in tuned):>10.2f}"
-            f"{statistics.median(t[1] for t in tuned):>8.0f}{ratio:>15.2f}"
-        )
+    for setting, text in SETTINGS_COMPARED.items():
+        print(f"  {setting}: {text}")
+    header = f"{'workload':<28}"
+    for setting in SETTINGS_COMPARED:
+        header += f"{setting + ' ms':>18}{'faults':>8}{'x':>6}"
+    print(header)
+    for name, by_setting in runs.items():
+        line = f"{name:<28}"
+        for setting, values in by_setting.items():
+            reference = by_setting["settled"]
+            ratio = statistics.median(v[0] / r[0] for v, r in zip(values, reference))
+            line += f"{statistics.median(v[0] for v in values):>18.2f}"
+            line += f"{statistics.median(v[1] for v in values):>8.0f}{ratio:>6.2f}"
+        print(line)
 
 
 if __name__ == "__main__":

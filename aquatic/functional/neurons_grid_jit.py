@@ -47,16 +47,16 @@ def grid_forward_kernel():
 def _ready() -> bool:
     """Whether the kernel compiles (once)."""
     f32, f64 = np.float32, np.float64
-    two, three = np.zeros((0, 0), f32), np.zeros((0, 0, 0), f32)
-    wide, mask = np.zeros((0, 0), f64), np.zeros((0, 0, 0), np.bool_)
-    lanes = (two, two, two, wide)
+    flat, wide = np.zeros(0, f32), np.zeros(0, f64)
+    steps, three, mask = np.zeros((0, 0), f32), np.zeros((0, 0, 0), f32), np.zeros((0, 0), np.bool_)
+    lanes = (flat, flat, flat, wide)
     return neurons_jit.compiles(
         "loop of quantized states",
         "NumPy loop",
         lambda: grid_forward_kernel()(np.zeros(20, np.int64), np.zeros(15, f32),
-                                      np.zeros(2, f32), three, two, two, *lanes, *lanes, two,
-                                      two, two, three, three, three, mask, three, mask, two,
-                                      two),  # fmt: skip
+                                      np.zeros(2, f32), three, flat, flat, *lanes, *lanes,
+                                      flat, flat, flat, three, three, steps, mask, steps,
+                                      mask, flat, flat),  # fmt: skip
     )
 
 
@@ -74,11 +74,12 @@ def grid_jit_decays(options: Options, rules: GridRules, params, v0, i0):
 
 
 def _decay_arrays(decay: Optional[StepDecay], step_shape, features, dtype):
-    """``(rule, wide, alpha, factor, keep, keep64, scale, low, high)`` of a decay."""
-    zeros = np.zeros((step_shape[0], features), dtype)
+    """``(rule, wide, alpha, factor, keep, keep64, scale, low, high)`` of a decay, each
+    array one value per neuron, flat."""
+    zeros = np.zeros(step_shape[0] * features, dtype)
     if decay is None:
         return 0, False, zeros, zeros, zeros, zeros.astype(np.float64), 0, 0, 0
-    lanes = lambda value, d=dtype: neurons_jit.lanes(value, step_shape, features, d)  # noqa: E731
+    lanes = lambda value, d=dtype: _flat_lanes(value, step_shape, features, d)  # noqa: E731
     if not decay.rule:
         return 0, False, lanes(decay.alpha), zeros, zeros, zeros.astype(np.float64), 0, 0, 0
     rule = 1 if decay.rule == "bitshift" else 2
@@ -87,6 +88,11 @@ def _decay_arrays(decay: Optional[StepDecay], step_shape, features, dtype):
     keep = lanes(decay.keep) if rule == 2 and not wide else zeros
     keep64 = lanes(decay.keep, np.float64) if wide else zeros.astype(np.float64)
     return rule, wide, zeros, factor, keep, keep64, decay.scale, decay.low, decay.high
+
+
+def _flat_lanes(value, step_shape, features, dtype) -> np.ndarray:
+    """:func:`~aquatic.functional.neurons_jit.lanes`, flat: one value per neuron."""
+    return neurons_jit.lanes(value, step_shape, features, dtype).reshape(-1)
 
 
 def grid_forward(
@@ -118,10 +124,15 @@ def grid_forward(
     keep_trace = record or not spiking
     keep_current = synaptic and keep_current
 
-    def arr(t, dtype=dtype):
+    def batch_major(t):  # (N, T, F)
         if t is None:
             return np.empty((0, 0, 0), dtype)
-        return t.detach().view(t.shape[0], t.shape[1], features).numpy()
+        return t.detach().view(n, n_steps, features).numpy()
+
+    def step_runs(t, dtype=dtype):  # (T, N F): a step's results are one flat run
+        if t is None:
+            return np.empty((0, 0), dtype)
+        return t.detach().view(n_steps, n * features).numpy()
 
     (rule_v, wide_v, *arrays_v), (rule_i, wide_i, *arrays_i) = (
         _decay_arrays(decay_v, step_shape, features, dtype),
@@ -163,14 +174,14 @@ def grid_forward(
         [0 if q is None else float(q.value_scale) for q in (quantize_v, quantize_i)],
         dtype=np.float32,
     )
-    lanes = lambda t: neurons_jit.lanes(t, step_shape, features, dtype)  # noqa: E731
-    none2 = np.zeros((n, features), dtype)
+    lanes = lambda t: _flat_lanes(t, step_shape, features, dtype)  # noqa: E731
+    none2 = np.zeros(n * features, dtype)
     # The inputs first, then the results in the NumPy loop's order (so the heap reuses
     # the same memory from one call to the next; see neurons_jit).
     inputs = (
         x.detach().reshape(n, n_steps, features).contiguous().numpy(),
-        v0.detach().reshape(n, features).contiguous().numpy(),
-        i0.detach().reshape(n, features).contiguous().numpy() if synaptic else none2,
+        v0.detach().reshape(-1).contiguous().numpy(),
+        i0.detach().reshape(-1).contiguous().numpy() if synaptic else none2,
         *arrays_v[:4],
         *arrays_i[:4],
         lanes(threshold),
@@ -193,14 +204,14 @@ def grid_forward(
         consts,
         scales32,
         *inputs,
-        arr(buffers[0]),
-        arr(buffers[1]),
-        arr(v_pre),
-        arr(v_mask, np.bool_),
-        arr(current),
-        arr(i_mask, np.bool_),
-        v_final.view(n, features).numpy(),
-        i_final.view(n, features).numpy() if synaptic else none2,
+        batch_major(buffers[0]),
+        batch_major(buffers[1]),
+        step_runs(v_pre),
+        step_runs(v_mask, np.bool_),
+        step_runs(current),
+        step_runs(i_mask, np.bool_),
+        v_final.view(-1).numpy(),
+        i_final.view(-1).numpy() if synaptic else none2,
     )
     neurons_jit.copy_back((spikes, trace), buffers)
     output = spikes if spiking else trace

@@ -14,7 +14,15 @@ NumPy loop's bits (Numba compiles without fast-math). Where the NumPy loop reads
 integer codes instead of rounding a state again, it proves that the two agree; this
 loop always rounds.
 
-Jobs, flags and arrays as in :mod:`aquatic.functional.neurons_jit_kernels`. Flags:
+Jobs and flags as in :mod:`aquatic.functional.neurons_jit_kernels`. The arrays: the
+input, the spikes and the recorded membrane batch major ``(N, T, F)``; the per-neuron
+arrays (initial and final states, decays, threshold, gain, bias) flat ``(N F,)``; the
+time-major results (membranes before the reset, currents, masks) ``(T, N F)``. A job's
+neurons are then one contiguous run of the flat arrays, and each operation on its state
+is one loop over all of them (a job of several samples holds every feature), which
+matters for narrow layers: eight features, 64 samples took 0.65 to 0.89 ms per call
+with a loop per sample and 0.15 to 0.21 ms so (``(64, 100, 8)``, Xylo and Loihi
+presets, one thread); 256 features, 4.3 to 5.1 ms and 4.0 to 4.9 ms. Flags:
 ``synaptic, norm_input, bias, spiking, zero_reset, clamp, keep_trace, keep_current,
 need_grad, strict, after_decay, delay, rule_v, wide_v, quantize_v, rule_i, wide_i,
 quantize_i, keep_v_mask, keep_i_mask`` (a rule: 0 none, 1 bit shift, 2
@@ -106,84 +114,109 @@ if numba is not None:
         rows, chunk, jobs = job_layout(n_batch, n_feat)
         for job in range(jobs):
             n0, n1, f0, f1 = job_block(job, rows, chunk, n_batch, n_feat)
-            m = f1 - f0
-            v = v0[n0:n1, f0:f1].copy()
-            i = i0[n0:n1, f0:f1].copy() if synaptic else v.copy()
-            buf = np.empty(m, x.dtype)
-            drive = np.empty(m, x.dtype)
-            zeros = np.zeros(m, x.dtype)
+            m, count = f1 - f0, n1 - n0
+            # The job's neurons are one contiguous run of the flat per-neuron arrays (a
+            # job of several samples takes every feature), so the state's operations are
+            # one loop each over all of them; only the loops that read the batch-major
+            # input or write the batch-major outputs go row by row.
+            first = n0 * n_feat + f0
+            last = first + count * m
+            v = v0[first:last].copy()
+            i = i0[first:last].copy() if synaptic else v.copy()
+            av, fv, kv, k64v = (
+                alpha_v[first:last],
+                factor_v[first:last],
+                keep_v[first:last],
+                keep64_v[first:last],
+            )
+            ai, fi, ki, k64i = (
+                alpha_i[first:last],
+                factor_i[first:last],
+                keep_i[first:last],
+                keep64_i[first:last],
+            )
+            h, g, b = threshold[first:last], gain[first:last], bias[first:last]
+            drive = np.empty(count * m, x.dtype)
+            buf = np.empty(count * m, x.dtype)
             for t in range(n_steps):
-                for r in range(n1 - n0):
-                    n = n0 + r
-                    vr = v[r]
-                    if synaptic:
-                        ir = i[r]
-                        src = zeros if late and t == 0 else x[n, t - late, f0:f1]
-                        if after:  # Q(D(i) + x)
-                            decay_into(ir, ir, rule_i, wide_i, alpha_i[n, f0:f1], factor_i[n, f0:f1],
-                                       keep_i[n, f0:f1], keep64_i[n, f0:f1], si, li, hi, one)  # fmt: skip
-                            for k in range(m):
-                                ir[k] = ir[k] + src[k]
-                        else:  # D(i + x), then Q
-                            for k in range(m):
-                                ir[k] = ir[k] + src[k]
-                            decay_into(ir, ir, rule_i, wide_i, alpha_i[n, f0:f1], factor_i[n, f0:f1],
-                                       keep_i[n, f0:f1], keep64_i[n, f0:f1], si, li, hi, one)  # fmt: skip
-                        if has_qi:
-                            mask = i_mask[t, n, f0:f1] if keep_im else no_mask
-                            quantize_into(ir, inv_i, qli, qhi, scale_qi, mask, keep_im)
-                        if keep_current:
-                            current[t, n, f0:f1] = ir
-                        src = ir
+                if synaptic:
+                    if after:  # Q(D(i) + x)
+                        decay_into(i, i, rule_i, wide_i, ai, fi, ki, k64i, si, li, hi, one)
+                    if late and t == 0:  # a delayed input enters one step late: + 0
+                        for k in range(i.shape[0]):
+                            i[k] = i[k] + zero
                     else:
-                        src = x[n, t, f0:f1]
+                        for r in range(count):
+                            xr = x[n0 + r, t - late, f0:f1]
+                            for k in range(m):
+                                i[r * m + k] = i[r * m + k] + xr[k]
+                    if not after:  # D(i + x), then Q
+                        decay_into(i, i, rule_i, wide_i, ai, fi, ki, k64i, si, li, hi, one)
+                    if has_qi:
+                        mask = i_mask[t, first:last] if keep_im else no_mask
+                        quantize_into(i, inv_i, qli, qhi, scale_qi, mask, keep_im)
+                    if keep_current:
+                        current[t, first:last] = i
                     if norm and has_bias:
-                        g, b = gain[n, f0:f1], bias[n, f0:f1]
-                        for k in range(m):
-                            drive[k] = g[k] * src[k] + b[k]
+                        for k in range(i.shape[0]):
+                            drive[k] = g[k] * i[k] + b[k]
                     elif norm:
-                        g = gain[n, f0:f1]
-                        for k in range(m):
-                            drive[k] = g[k] * src[k]
+                        for k in range(i.shape[0]):
+                            drive[k] = g[k] * i[k]
                     elif has_bias:
-                        b = bias[n, f0:f1]
-                        for k in range(m):
-                            drive[k] = src[k] + b[k]
+                        for k in range(i.shape[0]):
+                            drive[k] = i[k] + b[k]
                     else:
-                        drive[:] = src
-                    decay_into(vr, buf, rule_v, wide_v, alpha_v[n, f0:f1], factor_v[n, f0:f1],
-                               keep_v[n, f0:f1], keep64_v[n, f0:f1], sv, lv, hv, one)  # fmt: skip
-                    for k in range(m):
-                        buf[k] = buf[k] + drive[k]
-                    if has_qv:
-                        mask = v_mask[t, n, f0:f1] if keep_vm else no_mask
-                        quantize_into(buf, inv_v, qlv, qhv, scale_qv, mask, keep_vm)
-                    if need_grad:
-                        v_pre[t, n, f0:f1] = buf
-                    if spiking:
-                        h = threshold[n, f0:f1]
-                        st = spikes[n, t, f0:f1]
+                        drive[:] = i
+                else:
+                    for r in range(count):
+                        xr = x[n0 + r, t, f0:f1]
+                        o = r * m
+                        if norm and has_bias:
+                            for k in range(m):
+                                drive[o + k] = g[o + k] * xr[k] + b[o + k]
+                        elif norm:
+                            for k in range(m):
+                                drive[o + k] = g[o + k] * xr[k]
+                        elif has_bias:
+                            for k in range(m):
+                                drive[o + k] = xr[k] + b[o + k]
+                        else:
+                            drive[o : o + m] = xr
+                decay_into(v, buf, rule_v, wide_v, av, fv, kv, k64v, sv, lv, hv, one)
+                for k in range(buf.shape[0]):
+                    buf[k] = buf[k] + drive[k]
+                if has_qv:
+                    mask = v_mask[t, first:last] if keep_vm else no_mask
+                    quantize_into(buf, inv_v, qlv, qhv, scale_qv, mask, keep_vm)
+                if need_grad:
+                    v_pre[t, first:last] = buf
+                if spiking:
+                    for r in range(count):
+                        st = spikes[n0 + r, t, f0:f1]
+                        o = r * m
                         for k in range(m):
-                            u = buf[k]
-                            fired = u > h[k] if strict else u >= h[k]
-                            s = one if fired else zero
+                            u = buf[o + k]
+                            up = u > h[o + k] if strict else u >= h[o + k]
+                            s = one if up else zero
                             st[k] = s
                             if not zero_reset:
-                                vr[k] = u - s * h[k]
+                                v[o + k] = u - s * h[o + k]
                             elif has_qv:
-                                vr[k] = u - u * s
+                                v[o + k] = u - u * s
                             else:
-                                vr[k] = zero if fired else u
-                    else:
-                        vr[:] = buf
-                    if clamp:
-                        for k in range(m):
-                            vr[k] = maximum(vr[k], low)
-                    if keep_trace:
-                        trace[n, t, f0:f1] = vr
-            v_final[n0:n1, f0:f1] = v
+                                v[o + k] = zero if up else u
+                else:
+                    v[:] = buf
+                if clamp:
+                    for k in range(v.shape[0]):
+                        v[k] = maximum(v[k], low)
+                if keep_trace:
+                    for r in range(count):
+                        trace[n0 + r, t, f0:f1] = v[r * m : (r + 1) * m]
+            v_final[first:last] = v
             if synaptic:
-                i_final[n0:n1, f0:f1] = i
+                i_final[first:last] = i
 
 else:  # pragma: no cover
     forward = None

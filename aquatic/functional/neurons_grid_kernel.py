@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aquatic.functional import neurons_grid_jit
+from aquatic.functional import cpu_heap, neurons_grid_jit
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons_grid import GridRules, StateGrid, delayed
 from aquatic.functional.neurons_grid_current import (
@@ -204,6 +204,7 @@ def grid_forward(
     Runs on the compiled loop of :mod:`aquatic.functional.neurons_grid_jit` where it
     applies (the same bits).
     """
+    cpu_heap.settle(x)
     alpha_mem, alpha_syn, threshold, bias = params
     synaptic, spiking = alpha_syn is not None, options.spiking
     if rules.delay and not synaptic:  # the current reads the input late itself

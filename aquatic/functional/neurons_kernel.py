@@ -14,7 +14,7 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from aquatic.functional import neurons_jit
+from aquatic.functional import cpu_heap, neurons_jit
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.surrogate import spike_values
 
@@ -90,6 +90,7 @@ def sequence_forward(
     Runs on the compiled loop of :mod:`aquatic.functional.neurons_jit` where it applies
     (the same bits).
     """
+    cpu_heap.settle(x)
     if neurons_jit.forward_ok(x, options, v0, i0, alpha_mem, alpha_syn, threshold, bias):
         return neurons_jit.sequence_forward(
             x, v0, i0, alpha_mem, alpha_syn, threshold, bias, options, record, need_grad,
