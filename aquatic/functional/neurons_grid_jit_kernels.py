@@ -119,6 +119,8 @@ if numba is not None:
             # job of several samples takes every feature), so the state's operations are
             # one loop each over all of them; only the loops that read the batch-major
             # input or write the batch-major outputs go row by row.
+            if count > 1 and m != n_feat:  # job_layout's promise, which the runs rely on
+                raise ValueError("a job of several samples must take every feature")
             first = n0 * n_feat + f0
             last = first + count * m
             v = v0[first:last].copy()
