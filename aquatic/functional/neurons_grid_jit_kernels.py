@@ -159,6 +159,7 @@ if numba is not None:
                         quantize_into(i, inv_i, qli, qhi, scale_qi, mask, keep_im)
                     if keep_current:
                         current[t, first:last] = i
+                    d = drive
                     if norm and has_bias:
                         for k in range(i.shape[0]):
                             drive[k] = g[k] * i[k] + b[k]
@@ -169,7 +170,7 @@ if numba is not None:
                         for k in range(i.shape[0]):
                             drive[k] = i[k] + b[k]
                     else:
-                        drive[:] = i
+                        d = i  # the current drives the membrane as it is
                 else:
                     for r in range(count):
                         xr = x[n0 + r, t, f0:f1]
@@ -185,9 +186,10 @@ if numba is not None:
                                 drive[o + k] = xr[k] + b[o + k]
                         else:
                             drive[o : o + m] = xr
+                    d = drive
                 decay_into(v, buf, rule_v, wide_v, av, fv, kv, k64v, sv, lv, hv, one)
                 for k in range(buf.shape[0]):
-                    buf[k] = buf[k] + drive[k]
+                    buf[k] = buf[k] + d[k]
                 if has_qv:
                     mask = v_mask[t, first:last] if keep_vm else no_mask
                     quantize_into(buf, inv_v, qlv, qhv, scale_qv, mask, keep_vm)
