@@ -187,20 +187,20 @@ if numba is not None:
                         else:
                             drive[o : o + m] = xr
                     d = drive
-                decay_into(v, buf, rule_v, wide_v, av, fv, kv, k64v, sv, lv, hv, one)
-                for k in range(buf.shape[0]):
-                    buf[k] = buf[k] + d[k]
+                # the membrane before the reset, computed where backward reads it
+                u_t = v_pre[t, first:last] if need_grad else buf
+                decay_into(v, u_t, rule_v, wide_v, av, fv, kv, k64v, sv, lv, hv, one)
+                for k in range(u_t.shape[0]):
+                    u_t[k] = u_t[k] + d[k]
                 if has_qv:
                     mask = v_mask[t, first:last] if keep_vm else no_mask
-                    quantize_into(buf, inv_v, qlv, qhv, scale_qv, mask, keep_vm)
-                if need_grad:
-                    v_pre[t, first:last] = buf
+                    quantize_into(u_t, inv_v, qlv, qhv, scale_qv, mask, keep_vm)
                 if spiking:
                     for r in range(count):
                         st = spikes[n0 + r, t, f0:f1]
                         o = r * m
                         for k in range(m):
-                            u = buf[o + k]
+                            u = u_t[o + k]
                             up = u > h[o + k] if strict else u >= h[o + k]
                             s = one if up else zero
                             st[k] = s
@@ -211,7 +211,7 @@ if numba is not None:
                             else:
                                 v[o + k] = zero if up else u
                 else:
-                    v[:] = buf
+                    v[:] = u_t
                 if clamp:
                     for k in range(v.shape[0]):
                         v[k] = maximum(v[k], low)
