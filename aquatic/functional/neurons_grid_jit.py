@@ -175,18 +175,18 @@ def grid_forward(
         dtype=np.float32,
     )
     lanes = lambda t: _flat_lanes(t, step_shape, features, dtype)  # noqa: E731
-    none2 = np.zeros(n * features, dtype)
+    unused = np.zeros(n * features, dtype)  # for the arrays a neuron has no use for
     # The inputs first, then the results in the NumPy loop's order (so the heap reuses
     # the same memory from one call to the next; see neurons_jit).
     inputs = (
         x.detach().reshape(n, n_steps, features).contiguous().numpy(),
         v0.detach().reshape(-1).contiguous().numpy(),
-        i0.detach().reshape(-1).contiguous().numpy() if synaptic else none2,
+        i0.detach().reshape(-1).contiguous().numpy() if synaptic else unused,
         *arrays_v[:4],
         *arrays_i[:4],
         lanes(threshold),
-        lanes(1 - alpha_mem) if options.norm_input else none2,
-        lanes(bias) if bias is not None else none2,
+        lanes(1 - alpha_mem) if options.norm_input else unused,
+        lanes(bias) if bias is not None else unused,
     )
     time_major = lambda dtype=None: x.new_empty((n_steps,) + step_shape, dtype=dtype)  # noqa: E731
     trace = torch.empty_like(x) if keep_trace else None
@@ -211,7 +211,7 @@ def grid_forward(
         step_runs(current),
         step_runs(i_mask, np.bool_),
         v_final.view(-1).numpy(),
-        i_final.view(-1).numpy() if synaptic else none2,
+        i_final.view(-1).numpy() if synaptic else unused,
     )
     neurons_jit.copy_back((spikes, trace), buffers)
     output = spikes if spiking else trace
