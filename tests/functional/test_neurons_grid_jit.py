@@ -154,6 +154,40 @@ def test_hostile_inputs_give_the_numpy_loops_values(preset, monkeypatch):
     _assert_identical(compiled, numpy_loop)
 
 
+#: Input shapes and the layout of the loop's jobs (512 neurons each): 1100 features make
+#: three jobs per sample, the last of them partial (its neurons start at a feature
+#: offset); three features make jobs of 170 samples, the last partial; a conv-like input
+#: takes one decay and threshold per channel.
+JOB_SHAPES = [((2, 6, 1100), (1100,)), ((400, 4, 3), (3,)), ((3, 5, 2, 3, 4), (2, 1, 1))]
+
+
+@pytest.mark.parametrize("shape, param_shape", JOB_SHAPES, ids=str)
+@pytest.mark.parametrize("delay", [False, True])
+def test_every_job_layout_gives_the_numpy_loops_values(shape, param_shape, delay, monkeypatch):
+    generator = torch.Generator().manual_seed(11)
+    state_grid = FixedGrid(1 / 64, -(2**15), 2**15 - 1)
+    codes = torch.randint(1, 7, param_shape, generator=generator)
+    decay = RuleDecay("bitshift", codes.tolist())
+    alpha = 1 - 2.0 ** -codes.double()
+    spec = NeuronSpec(
+        alpha.float(),
+        alpha.float().flip(0),
+        torch.rand(param_shape, generator=generator) * 8 + 4,
+        state_ops=StateOps(
+            state_grid, state_grid, decay, RuleDecay("bitshift", codes.flip(0).tolist())
+        ),
+        input_delay=delay,
+        strict_threshold=delay,
+    )
+    x = torch.randn(shape, generator=generator) * 6 + 2
+    step = (shape[0],) + shape[2:]
+    v0 = torch.randint(-300, 300, step, generator=generator) / 64
+    for record in (False, True):
+        compiled, numpy_loop = _results(x, spec, LIFState(v0, -v0), record, monkeypatch)
+        _assert_identical(compiled, numpy_loop)
+    assert 0 < compiled[0].sum() < compiled[0].numel()  # spikes, and silence
+
+
 def test_an_empty_batch_and_a_single_step(monkeypatch):
     layer = ann.LIF(tau_mem=10.0, tau_syn=5.0, qconfig=xylo.qconfig())
     for shape in ((0, 4, 3), (2, 1, 3)):
