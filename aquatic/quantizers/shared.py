@@ -85,15 +85,32 @@ class ScaleGroup:
         self._refs = [weakref.ref(member) for member in state["members"]]
 
     def scale(self) -> Tensor:
-        """The shared scale from the members' current ranges."""
+        """The shared scale from the members' current ranges.
+
+        A layer asks for it several times per forward pass (its weight, bias and
+        threshold quantizers, its states' grids). Eagerly, it is computed again only when
+        a member's own scale changed: each member keeps its own until its observer's
+        range changes (:meth:`SharedScaleQuantizer._own_scale`), and the group keeps the
+        result for the same set of members' scales. Each call returns a tensor of its own.
+        """
         candidates = [m._own_scale() for m in self.members if m.observer.initialized]
         if not candidates:
             raise RuntimeError(
                 "no member of this ScaleGroup has observed data yet: run a forward "
                 "pass (in training mode) before asking for the scale"
             )
+        compiling = torch.compiler.is_compiling()
+        key = None if compiling else (self.power_of_two,) + tuple(map(id, candidates))
+        cached = getattr(self, "_cached", None)
+        # The cache holds the candidates themselves, so their ids stay theirs.
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[2].clone()
         scale = torch.stack(candidates).amax() if len(candidates) > 1 else candidates[0]
-        return round_to_power_of_two(scale) if self.power_of_two else scale
+        scale = round_to_power_of_two(scale) if self.power_of_two else scale
+        if key is None:
+            return scale
+        self._cached = (key, candidates, scale)
+        return scale.clone()  # never a member's own tensor: a caller may change its copy
 
     def __repr__(self) -> str:
         return f"ScaleGroup(members={len(self.members)}, power_of_two={self.power_of_two})"
@@ -174,12 +191,29 @@ class SharedScaleQuantizer(Quantizer):
         group.add(self)
 
     def _own_scale(self) -> Tensor:
-        scale, _ = self.observer.calculate_qparams()
+        """This member's scale from its own range (the group takes the largest); computed
+        again only when the observer's range changed, eagerly (the same tensor until then:
+        the group compares its members' scales by identity)."""
+        observer = self.observer
+        key = _range_key(observer)
+        cached = self.__dict__.get("_own_cached")  # not through nn.Module.__getattr__
+        if key is not None and cached is not None and cached[0] == key:
+            return cached[2]
+        scale, _ = observer.calculate_qparams()
+        if key is not None:  # the buffers held with the key, so their ids stay theirs
+            buffers = observer._buffers
+            self.__dict__["_own_cached"] = (key, (buffers["min_val"], buffers["max_val"]), scale)
         return scale
 
     def observe(self, input: Tensor) -> None:
-        if self.training or not self.observer.initialized:
-            self.observer(input)
+        observer = self.observer
+        if self.training or not observer.initialized:
+            # One range on the CPU: the observer's Python-float path (the same buffers),
+            # which writes them only when the range grows, so the scale is kept.
+            if isinstance(observer, RangeObserver) and observer.supports_scalars(input):
+                observer.update_scalar(input)
+            else:
+                observer(input)
 
     def calculate_qparams(self) -> Tuple[Tensor, Tensor]:
         """The group's ``(scale, zero_point)``; the zero point is always 0."""
@@ -257,6 +291,32 @@ class SharedStateQuantizer(SharedScaleQuantizer):
 
     def observe(self, input: Tensor) -> None:
         """Nothing: the state follows the scale that the other members set."""
+
+
+def _range_key(observer: nn.Module) -> Optional[Tuple]:
+    """What a :class:`~aquatic.observers.RangeObserver`'s scale depends on: its range
+    buffers (identity and in-place version) and settings; ``None`` where that is not
+    known (another observer, one that computes its scale its own way, or under
+    ``torch.compile``), so that the scale is always computed."""
+    if torch.compiler.is_compiling() or not isinstance(observer, RangeObserver):
+        return None
+    if type(observer).calculate_qparams is not RangeObserver.calculate_qparams:
+        return None
+    buffers = observer._buffers
+    low, high = buffers.get("min_val"), buffers.get("max_val")
+    if low is None or high is None or low.is_inference() or high.is_inference():
+        return None  # (tensors made under inference_mode keep no version)
+    return (
+        id(low),
+        low._version,
+        id(high),
+        high._version,
+        observer.initialized,
+        observer.quant_min,
+        observer.quant_max,
+        observer.symmetric,
+        observer.power_of_two,
+    )
 
 
 class _NoObserver(nn.Module):

@@ -4,6 +4,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch import nn
 
+from aquatic.functional.qparams import round_to_power_of_two
 from aquatic.quantizers import (
     ScaleGroup,
     SharedScaleQuantizer,
@@ -187,3 +188,60 @@ def test_repr():
 def test_bad_arguments(kwargs, error, match):
     with pytest.raises(error, match=match):
         SharedScaleQuantizer(**kwargs)
+
+
+def _fresh_scale(group):
+    """The group's scale computed from scratch (no member's or group's kept value)."""
+    scales = [m.observer.calculate_qparams()[0] for m in group.members if m.observer.initialized]
+    scale = torch.stack(scales).amax()
+    return round_to_power_of_two(scale) if group.power_of_two else scale
+
+
+def test_the_kept_scale_follows_every_change_of_a_range():
+    # The group keeps its scale while no member's range changes: every way a range
+    # changes gives the scale computed from scratch.
+    group = ScaleGroup()
+    w, b, t = (SharedScaleQuantizer(bits=bits, group=group) for bits in (8, 8, 16))
+    w(torch.tensor([-2.54, 1.0])), b(torch.tensor([0.1])), t(torch.tensor([3.0]))
+    first = group.scale()
+    assert torch.equal(first, _fresh_scale(group))
+    w(torch.tensor([0.5]))  # inside the range: no change
+    assert torch.equal(group.scale(), first)
+    w(torch.tensor([-25.4]))  # the range grows (a forward pass in training)
+    assert torch.equal(group.scale(), _fresh_scale(group)) and group.scale() > first
+    t.observer.max_val.fill_(1e4)  # written in place
+    assert torch.equal(group.scale(), _fresh_scale(group))
+    w.load_state_dict(
+        {"observer.min_val": torch.tensor(-0.01), "observer.max_val": torch.tensor(0.01)}
+    )
+    t.observer.min_val = torch.tensor(-1.0)  # replaced
+    t.observer.max_val = torch.tensor(1.0)
+    assert torch.equal(group.scale(), _fresh_scale(group))
+    late = SharedScaleQuantizer(bits=4, group=group)  # a member joins
+    late(torch.tensor([7.0]))
+    assert torch.equal(group.scale(), _fresh_scale(group))
+    del late  # and leaves
+    assert torch.equal(group.scale(), _fresh_scale(group))
+    group.power_of_two = True
+    assert torch.equal(group.scale(), _fresh_scale(group))
+
+
+def test_each_call_returns_a_tensor_of_its_own():
+    group = ScaleGroup()
+    w = SharedScaleQuantizer(bits=8, group=group)
+    w(torch.tensor([-1.27, 1.0]))
+    scale = group.scale()
+    scale.mul_(100)  # a caller's copy
+    assert torch.equal(group.scale(), _fresh_scale(group))
+    assert torch.equal(w.qparams()["scale"], _fresh_scale(group))
+
+
+def test_a_group_built_under_inference_mode_keeps_nothing():
+    # Tensors made under inference_mode keep no version: the scale is always computed.
+    with torch.inference_mode():
+        group = ScaleGroup()
+        w, t = SharedScaleQuantizer(bits=8, group=group), SharedScaleQuantizer(bits=16, group=group)
+        w(torch.tensor([-2.54, 1.0])), t(torch.tensor([3.0]))
+        assert torch.equal(group.scale(), torch.tensor(0.02))
+        t.observer.max_val.fill_(327.67)
+        assert torch.equal(group.scale(), _fresh_scale(group))
