@@ -22,7 +22,11 @@ Variants are timed in interleaved rounds (a change of machine load affects all a
 each figure is the median over rounds of the median step time, and each ratio the median
 over rounds of that round's ratio to its float reference.
 
-Run: ``python benchmarks/preset_speed.py [--threads 2] [--rounds 7] [--steps 3] [--no-loop]``.
+``--hidden`` sets the hidden layer's width (256; a network the size of those Xylo runs
+has a few dozen, where the per-call work of each layer weighs more).
+
+Run: ``python benchmarks/preset_speed.py [--threads 2] [--rounds 7] [--steps 3] [--no-loop]
+[--hidden 256]``.
 """
 
 from __future__ import annotations
@@ -118,12 +122,17 @@ def median_ms(step: Callable[[], None], steps: int) -> float:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
+    global HIDDEN
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--no-loop", action="store_true", help="skip the *-loop variants")
+    parser.add_argument(
+        "--hidden", type=int, default=HIDDEN, help="hidden neurons (Xylo holds up to 1000)"
+    )
     args = parser.parse_args(argv)
+    HIDDEN = args.hidden
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 

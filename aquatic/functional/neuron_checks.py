@@ -6,6 +6,8 @@ fix, and returns the value in the form the step functions use.
 
 from __future__ import annotations
 
+import math
+
 from typing import Optional, Tuple
 
 import torch
@@ -93,7 +95,7 @@ def check_finite_input(input: Tensor, quantized_states: bool) -> None:
     values = input.detach()
     # A finite sum is the quick answer (one fast pass, a twentieth of isfinite's);
     # a sum that overflowed or met a NaN or infinity is looked at element by element.
-    if bool(torch.isfinite(values.sum())) or bool(torch.isfinite(values).all()):
+    if math.isfinite(float(values.sum())) or bool(torch.isfinite(values).all()):
         return
     bad = values[~torch.isfinite(values)]
     raise ValueError(
