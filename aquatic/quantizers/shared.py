@@ -190,6 +190,13 @@ class SharedScaleQuantizer(Quantizer):
         self.group = group
         group.add(self)
 
+    def __getstate__(self) -> Dict[str, Any]:
+        # A copy or a pickle starts without the kept scale: its key names the buffers of
+        # this object by identity, which a copy does not share.
+        state = dict(self.__dict__)
+        state.pop("_own_cached", None)
+        return state
+
     def _own_scale(self) -> Tensor:
         """This member's scale from its own range (the group takes the largest); computed
         again only when the observer's range changed, eagerly (the same tensor until then:

@@ -245,3 +245,22 @@ def test_a_group_built_under_inference_mode_keeps_nothing():
         assert torch.equal(group.scale(), torch.tensor(0.02))
         t.observer.max_val.fill_(327.67)
         assert torch.equal(group.scale(), _fresh_scale(group))
+
+
+def test_copies_and_pickles_start_without_the_kept_scale():
+    import copy
+    import pickle
+
+    group = ScaleGroup()
+    w = SharedScaleQuantizer(bits=8, group=group)
+    w(torch.tensor([-1.27, 1.0]))
+    group.scale()
+    assert "_own_cached" in w.__dict__
+    twin = copy.deepcopy(w)
+    loaded = pickle.loads(pickle.dumps(w))
+    for other in (twin, loaded):
+        assert "_own_cached" not in other.__dict__
+        assert torch.equal(other.group.scale(), group.scale())
+        other(torch.tensor([-12.7]))  # its own range now, and its own scale
+        assert torch.equal(other.group.scale(), torch.tensor(0.1))
+    assert torch.equal(group.scale(), torch.tensor(0.01))
