@@ -7,7 +7,6 @@ fix, and returns the value in the form the step functions use.
 from __future__ import annotations
 
 import math
-
 from typing import Optional, Tuple
 
 import torch

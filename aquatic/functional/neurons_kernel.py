@@ -73,8 +73,9 @@ def sequence_forward(
 
     ``need_grad``: keep what backward reads (the membranes before the reset);
     ``keep_current``: keep the synaptic current of every step (recorded, or read by
-    backward; a neuron without a synaptic current has none, and gets ``None``); ``checkpoint``: keep the state that enters every ``checkpoint``-th step
-    (steps ``0, K, 2K, ...``), from which :func:`sequence_backward` recomputes the rest.
+    backward; a neuron without a synaptic current has none, and gets ``None``);
+    ``checkpoint``: keep the state that enters every ``checkpoint``-th step (steps
+    ``0, K, 2K, ...``), from which :func:`sequence_backward` recomputes the rest.
 
     The membranes before the reset are kept time first, so that each step writes one
     contiguous slice (backward reads them a block of steps at a time).
