@@ -63,7 +63,7 @@ def describe() -> str:
     names = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
     set_here = [f"{name}={os.environ[name]}" for name in names if name in os.environ]
     if not set_here:
-        return "heap: the C library's, settled by aquatic.functional.cpu_heap (benchmarks/heap.py)"
+        return "heap: the C library's defaults, settled once by aquatic (benchmarks/heap.py)"
     return "heap: " + " ".join(set_here)
 
 

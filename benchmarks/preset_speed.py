@@ -132,6 +132,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         "--hidden", type=int, default=HIDDEN, help="hidden neurons (Xylo holds up to 1000)"
     )
     args = parser.parse_args(argv)
+    if args.hidden < 1:
+        parser.error(f"--hidden must be at least 1 neuron, got {args.hidden}")
     HIDDEN = args.hidden
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -25,7 +25,7 @@ def test_settings_set_both_thresholds(heap):
 def test_describe_says_defaults_or_names_the_settings(heap, monkeypatch):
     for name in NAMES:
         monkeypatch.delenv(name, raising=False)
-    assert heap.describe().startswith("heap: the C library's, settled")
+    assert heap.describe().startswith("heap: the C library's defaults, settled once")
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
     assert heap.describe() == "heap: MALLOC_TRIM_THRESHOLD_=12345"
 
