@@ -42,6 +42,10 @@ yet freed during one such run, relative to its start (torch's own allocation eve
 recorded by ``torch.profiler`` with ``profile_memory=True``; outputs and ``x.grad``
 included, the input itself not).
 
+With Numba the first table also times ``LIF(surrogate=ArcTan())`` with its compiled
+backward and with the PyTorch backward (``neurons_jit_backward.ENABLED = False``), after
+the same compiled forward loop, and prints their ratio.
+
 Run: ``python benchmarks/lif_speed.py [--threads 1] [--repeats 7] [--quick] [--clock cpu]``.
 """
 
@@ -60,6 +64,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import aquatic
 import aquatic.functional.neurons_jit as neurons_jit
+import aquatic.functional.neurons_jit_backward as neurons_jit_backward
 import heap
 from aquatic.nn import LIF, ArcTan, FastSigmoid, SingleExponential
 
@@ -326,6 +331,17 @@ def main(argv: Optional[List[str]] = None) -> None:
     k = max(1, round(math.sqrt(args.steps)))
     measure(f"aquatic LIF, fused, checkpoint={k}", Case(LIF(tau_mem=TAU_MEM, checkpoint=k)))
     measure("aquatic LIF, loop (reference)", Case(LIF(tau_mem=TAU_MEM, method="loop")))
+    if neurons_jit.available():
+        # The compiled backward (ArcTan; SingleExponential runs the PyTorch backward)
+        # against the PyTorch backward, both after the compiled forward loop.
+        arctan = LIF(tau_mem=TAU_MEM, surrogate=ArcTan())
+        compiled = measure("aquatic LIF, ArcTan", Case(arctan))[0]
+        neurons_jit_backward.ENABLED = False
+        try:
+            eager = measure("  the same, PyTorch backward", Case(arctan))[0]
+        finally:
+            neurons_jit_backward.ENABLED = True
+        print(f"{'':<42} compiled backward: {eager / compiled:.2f}x as fast")
     peers = []
     for peer, theirs, ours, kind in peer_cases():
         peer_time, peer_memory = measure(peer, theirs, agreement(theirs, ours, x, kind))

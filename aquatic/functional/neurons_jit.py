@@ -6,8 +6,9 @@ each is a separate pass over the step with its own call overhead. With Numba
 (``pip install aquatic[fast]``) the forward loop runs compiled instead
 (:mod:`aquatic.functional.neurons_jit_kernels`): one pass that reads the input once and
 writes the spikes, the membranes that backward reads and the final state once. The
-backward pass is unchanged (:mod:`aquatic.functional.neurons_kernel_backward`, on the
-same saved tensors).
+backward pass (:mod:`aquatic.functional.neurons_kernel_backward`, on the same saved
+tensors) runs compiled too where its surrogate allows
+(:mod:`aquatic.functional.neurons_jit_backward`).
 
 It runs where it applies: CPU float32 and float64 tensors with binary spikes
 (``max_spikes=1``), in the layers and functions that take the fused path (not under
@@ -16,8 +17,8 @@ the same operations in the same order, without fast-math. The first call compile
 loop (a few seconds; Numba caches it on disk for later processes).
 
 Set the environment variable ``AQUATIC_NUMBA=0`` (before the first call) or
-:data:`ENABLED` to ``False`` to use the PyTorch loop (and the NumPy loop of quantized
-states, :mod:`aquatic.functional.neurons_grid_jit`).
+:data:`ENABLED` to ``False`` to use the PyTorch loops (forward and backward, and the
+NumPy loop of quantized states, :mod:`aquatic.functional.neurons_grid_jit`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,9 @@
 """The backward pass of the fused LIF sequence, without autograd (the equations are in
 :mod:`aquatic.functional.neurons_fused`), and its recomputation of checkpointed
-segments."""
+segments. Where Numba's compiled loop applies
+(:func:`aquatic.functional.neurons_jit_backward.backward_ok`) each segment's membrane
+gradients and parameter sums come from it instead of the blocks of PyTorch operations
+here."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from aquatic.functional import neurons_jit_backward
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons_kernel import (
     block_steps,
@@ -129,9 +133,25 @@ def sequence_backward(
     # Blocks of steps from the last one back: everything nonlinear is computed for a
     # whole block at once, then the linear scan g_t = A_t alpha g_{t+1} + B_t runs
     # step by step (see the module docstring).
+    compiled = neurons_jit_backward.backward_ok(options, v0, v, alpha_mem, threshold, bias)
     for first, last, v_seg, cur_seg, v_before, _ in _segments(
         saved, options, checkpoint, keep_current
     ):
+        if compiled:
+            inflow = None
+            if needs[3] and options.norm_input:
+                inflow = cur_seg if synaptic else x[:, first:last]
+            sums = neurons_jit_backward.segment_backward(
+                options, first, last, v_seg, v_before, inflow, alpha_mem, threshold,
+                g_spikes, g_trace, g_vfinal, grad_v, (needs[3], grad_threshold, needs[6]),
+            )  # fmt: skip
+            if sums[0] is not None:
+                g_alpha = _add(g_alpha, sums[0], alpha_mem)
+            if sums[1] is not None:
+                g_threshold = _add(g_threshold, sums[1], threshold)
+            if sums[2] is not None:
+                g_bias = _add(g_bias, sums[2], bias)
+            continue
         for start in reversed(range(first, last, block)):
             stop = min(start + block, last)
             final = stop == n_steps and g_vfinal is not None

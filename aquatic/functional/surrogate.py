@@ -90,6 +90,19 @@ class Surrogate:
     def __call__(self, u: Tensor) -> Tensor:
         return self.derivative(u)
 
+    def kernel_form(self) -> Optional[Tuple[str, float, float]]:
+        """``(kind, parameter, scale)`` of a built-in surrogate, which the compiled
+        backward pass of the fused sequence computes itself; ``None`` for any other
+        (a subclass too: it may define its own :meth:`derivative`), whose slope the
+        PyTorch backward computes by calling :meth:`derivative_`.
+
+        Example:
+            >>> ArcTan(width=0.5).kernel_form()
+            ('arctan', 0.5, 1.0)
+        """
+        form = _KERNEL_FORMS.get(type(self))
+        return None if form is None else (form[0], getattr(self, form[1]), self.scale)
+
     def _args(self) -> Tuple[Tuple[str, float], ...]:
         raise NotImplementedError
 
@@ -226,6 +239,15 @@ class Triangle(Surrogate):
 
     def _args(self):
         return (("width", self.width), ("scale", self.scale))
+
+
+#: The built-in surrogates' kinds and parameters for :meth:`Surrogate.kernel_form`.
+_KERNEL_FORMS = {
+    SingleExponential: ("exp", "width"),
+    FastSigmoid: ("fast_sigmoid", "slope"),
+    ArcTan: ("arctan", "width"),
+    Triangle: ("triangle", "width"),
+}
 
 
 def check_surrogate(surrogate: Optional[Surrogate]) -> Surrogate:

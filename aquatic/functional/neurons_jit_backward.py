@@ -1,0 +1,148 @@
+"""The fused LIF sequence's backward pass on a loop compiled by Numba, when Numba is
+installed.
+
+:func:`aquatic.functional.neurons_kernel_backward.sequence_backward` computes the
+membranes' gradients in blocks of steps, about a dozen PyTorch operations per block and
+a multiply-add per step. Where this applies, it hands each segment of steps to
+:func:`segment_backward` instead: one compiled pass
+(:mod:`aquatic.functional.neurons_jit_backward_kernels`) that reads the saved membranes
+and the incoming gradients once, keeps the running gradient of each neuron in the
+first-level cache, and adds up the decay's, threshold's and bias's gradients as it goes.
+The gradients of the synaptic current and of the inputs are then computed by the
+PyTorch code, as before.
+
+It applies where the compiled forward loop does (:func:`aquatic.functional.neurons_jit.
+forward_ok`: Numba installed and enabled, CPU float32 or float64, binary spikes) and the
+surrogate is one of the built-in ones (:meth:`~aquatic.functional.surrogate.Surrogate.
+kernel_form`; a subclass or another surrogate runs the PyTorch backward). Its
+gradients are those of the PyTorch backward up to rounding: the sums run in another
+order, and ``SingleExponential``'s exponential is a polynomial of its own (within a
+unit in the last place or two of ``exp``). ``AQUATIC_NUMBA=0`` turns it off with the
+forward loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aquatic.functional import neurons_jit
+from aquatic.functional.neuron_types import Options
+
+__all__ = ["ENABLED", "backward_ok", "segment_backward"]
+
+#: Whether the compiled backward runs where it applies (with the compiled forward loop:
+#: :data:`aquatic.functional.neurons_jit.ENABLED` turns both off). ``False`` keeps the
+#: PyTorch backward's bits with the compiled forward.
+ENABLED = True
+
+#: The kernel's code of each surrogate kind of ``Surrogate.kernel_form``.
+_KINDS = {"fast_sigmoid": 1, "arctan": 2, "triangle": 3}
+
+
+def backward_ok(options: Options, v0: Tensor, *tensors: Optional[Tensor]) -> bool:
+    """Whether :func:`segment_backward` runs the backward pass of a sequence whose
+    state is ``v0`` (the other tensors: the parameters and saved tensors it reads)."""
+    if not ENABLED:
+        return False
+    if options.spiking:
+        form = options.surrogate.kernel_form()
+        if options.max_spikes != 1 or form is None or form[0] not in _KINDS:
+            return False
+    return neurons_jit.forward_ok(v0, options, *tensors)
+
+
+def _kernel():
+    module = importlib.import_module("aquatic.functional.neurons_jit_backward_kernels")
+    return module.backward
+
+
+def _gradient(g: Optional[Tensor], shape, ndtype) -> Tuple[int, np.ndarray]:
+    """``(mode, array)`` of an incoming gradient of ``shape`` ``(N, T, F)``: 0 and an
+    empty array for ``None``, 2 and its one value when every element is that value (the
+    gradient of a sum, expanded), 1 and a contiguous array otherwise."""
+    if g is None or g.numel() == 0:
+        return 0, np.empty((0, 0, 0), ndtype)
+    if all(stride == 0 for stride in g.stride()):
+        return 2, g.detach().as_strided((1, 1, 1), (1, 1, 1)).numpy()
+    return 1, g.detach().contiguous().view(shape).numpy()
+
+
+def segment_backward(
+    options: Options,
+    first: int,
+    last: int,
+    v_seg: Tensor,
+    v_before: Tensor,
+    inflow: Optional[Tensor],
+    alpha_mem: Tensor,
+    threshold: Tensor,
+    g_spikes: Optional[Tensor],
+    g_trace: Optional[Tensor],
+    g_vfinal: Optional[Tensor],
+    grad_v: Tensor,
+    needs: Tuple[bool, bool, bool],
+) -> Tuple[Optional[Tensor], ...]:
+    """Steps ``first:last`` of ``grad_v`` ``(N, T, *)``, the membranes' gradients (the
+    steps from ``last`` on already in it), and the segment's sums of the decay's,
+    threshold's and bias's gradients (``needs``) over its steps, one per neuron
+    (``v_before``'s shape; ``None`` where not needed).
+
+    ``v_seg``: the membranes before the reset of the segment's steps, time first;
+    ``v_before``: the membrane entering step ``first``; ``inflow``: the segment's input
+    to the membrane ``(N, S, *)``, read for the decay's gradient with ``norm_input``;
+    ``g_spikes``, ``g_trace`` ``(N, T, *)`` and ``g_vfinal``: the gradients of the
+    spikes, the recorded (or, non-spiking, output) membrane and the final membrane.
+    """
+    n, n_steps = grad_v.shape[0], grad_v.shape[1]
+    step_shape = tuple(v_before.shape)
+    features = math.prod(step_shape[1:])
+    ndtype = np.float32 if grad_v.dtype == torch.float32 else np.float64
+    steps = last - first
+    need_alpha, need_threshold, need_bias = needs
+    need_threshold = need_threshold and options.spiking
+    if v_seg.is_contiguous():
+        time_first, v_arr = 1, v_seg.view(steps, n, features)
+    elif v_seg.transpose(0, 1).is_contiguous():  # a non-spiking neuron's output
+        time_first, v_arr = 0, v_seg.transpose(0, 1).view(n, steps, features)
+    else:
+        time_first, v_arr = 1, v_seg.contiguous().view(steps, n, features)
+    full = (n, n_steps, features)
+    gs_mode, gs = _gradient(g_spikes, full, ndtype)
+    gt_mode, gt = _gradient(g_trace, full, ndtype)
+    has_final = g_vfinal is not None and last == n_steps
+    wanted = (need_alpha, need_threshold, need_bias)
+    sums = [grad_v.new_empty((n, features)) if need else None for need in wanted]
+    empty2, empty3 = np.empty((0, 0), ndtype), np.empty((0, 0, 0), ndtype)
+    surrogate = options.surrogate.kernel_form() if options.spiking else ("arctan", 1.0, 1.0)
+    norm = options.norm_input and need_alpha
+    flags = np.array(
+        [options.spiking, options.reset == "zero", options.detach_reset,
+         options.min_v_mem is not None, gs_mode, gt_mode, has_final, need_alpha,
+         need_threshold, need_bias, norm, first, last, n_steps, time_first,
+         _KINDS[surrogate[0]]],
+        dtype=np.int64,
+    )  # fmt: skip
+    min_v_mem = options.min_v_mem
+    consts = np.array(
+        [0, 1, 0 if min_v_mem is None else min_v_mem, surrogate[1], surrogate[2]], dtype=ndtype
+    )
+    arrays = (
+        v_arr.detach().numpy(),
+        v_before.detach().contiguous().view(n, features).numpy(),
+        gs,
+        gt,
+        g_vfinal.detach().contiguous().view(n, features).numpy() if has_final else empty2,
+        inflow.detach().contiguous().view(n, steps, features).numpy() if norm else empty3,
+        neurons_jit.lanes(alpha_mem, step_shape, features, ndtype),
+        neurons_jit.lanes(threshold, step_shape, features, ndtype),
+        grad_v.view(n, n_steps, features).numpy(),
+        *(empty2 if s is None else s.numpy() for s in sums),
+    )
+    _kernel()(flags, consts, *arrays)
+    return tuple(None if s is None else s.view(step_shape) for s in sums)

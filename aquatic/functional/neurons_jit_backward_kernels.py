@@ -1,0 +1,253 @@
+r"""The fused LIF sequence's backward pass compiled by Numba: one pass from the last step
+back that reads the membranes and the incoming gradients once and writes the membranes'
+gradients once.
+
+It computes what the blocks of :func:`~aquatic.functional.neurons_kernel_backward.
+sequence_backward` compute, in the notation of :mod:`aquatic.functional.neurons_fused`:
+for each step from the last, :math:`g_t = A_t\, \alpha_{mem}\, g_{t+1} + B_t` with
+:math:`A_t = m_t (R_t + \psi_t K_t)` and :math:`B_t = \psi_t\, \partial_{s[t]} L +
+A_t\, \partial_{\tilde v[t]} L_{direct}`, and each neuron's sums over the steps of
+:math:`g_t \tilde v[t-1]` (minus :math:`g_t i[t]` with ``norm_input``), of
+:math:`(R_t - s_t^{sub}) \hat g_t - g_t` and of :math:`g_t` (the decay's, threshold's
+and bias's gradients). The slopes :math:`\psi_t` are computed in the loop for the
+surrogates whose formula it knows (``FastSigmoid``, ``ArcTan``, ``Triangle``; see
+:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`), with the operations of
+their ``derivative_``.
+
+Importing this module imports Numba (optional); :mod:`aquatic.functional.neurons_jit_backward`
+imports it on first use and prepares the arrays.
+Flags: ``spiking, zero_reset, detach, clamp, g_spikes, g_trace, g_final, need_alpha,
+need_threshold, need_bias, norm_input, first, last, n_steps, time_first, surrogate``
+(``g_spikes`` and ``g_trace``: 0 absent, 1 an array ``(N, T, F)``, 2 one value for every
+element, a sum's gradient); constants: ``0, 1, min_v_mem, width, scale``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from aquatic.functional.neurons_jit_kernels import inline, jit, job_block, job_layout, numba
+
+__all__ = ["FAST_SIGMOID", "ARCTAN", "TRIANGLE", "backward"]
+
+#: The surrogates' codes in the flags (see ``Surrogate.kernel_form``).
+FAST_SIGMOID, ARCTAN, TRIANGLE = 1, 2, 3
+
+if numba is not None:
+
+    @inline
+    def _slopes(kind, v, h, width, scale, out, m):
+        """The surrogate's slopes at ``v[:m] - h[:m]`` into ``out[:m]``."""
+        one, zero = out.dtype.type(1), out.dtype.type(0)
+        if kind == FAST_SIGMOID:
+            for k in range(m):
+                d = abs(v[k] - h[k]) * width + one
+                out[k] = one / (d * d) * scale
+        elif kind == ARCTAN:
+            for k in range(m):
+                r = (v[k] - h[k]) / width
+                out[k] = one / (r * r + one) * scale
+        else:  # Triangle
+            for k in range(m):
+                y = one - abs(v[k] - h[k]) / width
+                out[k] = (zero if y < zero else y) * scale
+
+    @inline
+    def _kept(u, h, low, spiking, zero_reset, one, zero):
+        """1 where the membrane ``u`` after the reset is at or above the clamp ``low``
+        (the clamp's mask), else 0."""
+        post = u
+        if spiking:
+            if zero_reset:
+                post = zero if u >= h else u
+            else:
+                post = u - h * (one if u >= h else zero)
+        return one if post >= low else zero
+
+    @inline
+    def _part(row, o, f1, whole):
+        """``row[o:f1]``, or ``row`` itself where that is all of it."""
+        return row if whole else row[o:f1]
+
+    @jit
+    def backward(
+        flags, consts, v_pre, v_before, g_spikes, g_trace, g_final, inflow, alpha,
+        threshold, grad_v, acc_alpha, acc_threshold, acc_bias,
+    ):  # fmt: skip
+        """Steps ``first:last`` of the membranes' gradient ``grad_v`` ``(N, T, F)``.
+
+        ``v_pre``: the segment's membranes before the reset, ``(S, N, F)`` time first
+        or ``(N, S, F)``; ``v_before``: the membrane entering step ``first``;
+        ``inflow``: the segment's input to the membrane ``(N, S, F)`` (the decay's
+        gradient with ``norm_input``); ``grad_v[:, last]`` holds the later steps'
+        gradient where ``last < n_steps``. The accumulators ``(N, F)`` receive each
+        neuron's sum over the segment's steps.
+
+        A job covers whole rows of ``F`` elements where ``F`` is at most
+        :data:`~aquatic.functional.neurons_jit_kernels.JOB_LANES`, else a part of each
+        row (:func:`_part`).
+        """
+        n_batch, n_feat = v_before.shape
+        # fmt: off
+        (spiking, zero_reset, detach, clamp, gs_mode, gt_mode, has_final, need_alpha,
+         need_threshold, need_bias, norm, first, last, n_steps, time_first, kind) = flags
+        # fmt: on
+        zero, one, low, width, scale = consts[0], consts[1], consts[2], consts[3], consts[4]
+        rows, chunk, jobs = job_layout(n_batch, n_feat)
+        if last <= first:
+            return
+        dtype = v_before.dtype
+        sl = np.zeros(chunk, dtype)
+        # stand-ins for absent rows, and one value for every element (a sum's gradient)
+        absent = np.zeros(n_feat, dtype)
+        gs_row = np.full(n_feat, g_spikes[0, 0, 0] if gs_mode == 2 else zero)
+        gt_row = np.full(n_feat, g_trace[0, 0, 0] if gt_mode == 2 else zero)
+        # the common case, one loop without branches: binary spikes, gradients of
+        # the spikes only, no clamp, no detached reset, a step with a later one
+        plain = spiking and gs_mode and not (detach or clamp or gt_mode)
+        whole = chunk == n_feat
+        for job in range(jobs):
+            n0, n1, o, f1 = job_block(job, rows, chunk, n_batch, n_feat)
+            m = f1 - o
+            a = alpha[n0:n1, o:f1].copy()
+            h = threshold[n0:n1, o:f1].copy()
+            sum_a = np.zeros((n1 - n0, m), dtype)
+            sum_h = np.zeros((n1 - n0, m), dtype)
+            sum_b = np.zeros((n1 - n0, m), dtype)
+            for t in range(last - 1, first - 1, -1):
+                s_t = t - first  # the step in the segment
+                later = t < n_steps - 1  # a later step's gradient flows in
+                final = has_final and t == n_steps - 1
+                for r in range(n1 - n0):
+                    n = n0 + r
+                    # this job's lanes of each row: [o, f1)
+                    v = _part(v_pre[s_t, n] if time_first else v_pre[n, s_t], o, f1, whole)
+                    ar, hr = a[r], h[r]
+                    gs = _part(g_spikes[n, t] if gs_mode == 1 else gs_row, o, f1, whole)
+                    gt = _part(g_trace[n, t] if gt_mode == 1 else gt_row, o, f1, whole)
+                    gf = _part(g_final[n] if final else absent, o, f1, whole)
+                    gn = _part(grad_v[n, t + 1] if later else absent, o, f1, whole)  # g_{t+1}
+                    out = _part(grad_v[n, t], o, f1, whole)
+                    # One array written per loop: more keep Numba's loops from
+                    # vectorizing (the checks that the arrays do not overlap). The
+                    # plainest case computes the slopes in its loop (one loop per
+                    # surrogate: a branch in the loop halved its speed); others
+                    # take them from a row computed first.
+                    inline = plain and later and not final and not zero_reset
+                    if inline and kind == ARCTAN:
+                        for k in range(m):
+                            hk = hr[k]
+                            q = (v[k] - hk) / width
+                            psi = one / (q * q + one) * scale
+                            out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
+                    elif inline and kind == FAST_SIGMOID:
+                        for k in range(m):
+                            hk = hr[k]
+                            d = abs(v[k] - hk) * width + one
+                            psi = one / (d * d) * scale
+                            out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
+                    elif inline:  # Triangle
+                        for k in range(m):
+                            hk = hr[k]
+                            y = one - abs(v[k] - hk) / width
+                            psi = (zero if y < zero else y) * scale
+                            out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
+                    else:
+                        if spiking:
+                            _slopes(kind, v, hr, width, scale, sl, m)
+                        if plain and later and not final and zero_reset:
+                            for k in range(m):
+                                u, psi = v[k], sl[k]
+                                coef = (one if u < hr[k] else zero) - psi * u
+                                out[k] = psi * gs[k] + gn[k] * (coef * ar[k])
+                        elif plain and later and not final:
+                            for k in range(m):
+                                psi = sl[k]
+                                coef = psi * -hr[k] + one
+                                out[k] = psi * gs[k] + gn[k] * (coef * ar[k])
+                        else:
+                            for k in range(m):
+                                # every array read unconditionally (absent ones are
+                                # stand-ins), so that the loop vectorizes without masked
+                                # loads
+                                u, hk, psi, ak = v[k], hr[k], sl[k], ar[k]
+                                s_k, t_k, f_k, n_k = gs[k], gt[k], gf[k], gn[k]
+                                b = zero
+                                coef = one
+                                if spiking:
+                                    if gs_mode:
+                                        b = psi * s_k
+                                    if detach:
+                                        if zero_reset:
+                                            coef = one if u < hk else zero
+                                    elif zero_reset:
+                                        coef = (one if u < hk else zero) - psi * u
+                                    else:
+                                        coef = psi * -hk + one
+                                if clamp:
+                                    coef = coef * _kept(u, hk, low, spiking, zero_reset, one, zero)
+                                if gt_mode:
+                                    b = b + coef * t_k
+                                if final:
+                                    b = b + coef * f_k
+                                if later:
+                                    b = b + n_k * (coef * ak)
+                                out[k] = b
+                    if need_threshold:
+                        # dL/d(reset membrane) hat, then sum((R_t - s_t) hat - g_t): the
+                        # factor is 1 below the threshold, 0 at or above it
+                        sh = sum_h[r]
+                        for k in range(m):
+                            u, hk = v[k], hr[k]
+                            hat = zero
+                            if later:
+                                hat = gn[k] * ar[k]
+                            elif final:
+                                hat = gf[k]
+                            if gt_mode:
+                                hat = hat + gt[k]
+                            if clamp:
+                                hat = hat * _kept(u, hk, low, spiking, zero_reset, one, zero)
+                            if zero_reset:
+                                factor = one if u < hk else zero
+                            else:
+                                factor = one - (one if u >= hk else zero)
+                            sh[k] += hat * factor - out[k]
+                    if need_alpha:
+                        # g_t times the membrane after the previous step's reset (the
+                        # state entering the segment at its first step)
+                        sa = sum_a[r]
+                        if t > first:
+                            prev = v_pre[s_t - 1, n] if time_first else v_pre[n, s_t - 1]
+                            prev = _part(prev, o, f1, whole)
+                            for k in range(m):
+                                p = prev[k]
+                                if spiking:
+                                    if zero_reset:
+                                        p = zero if p >= hr[k] else p
+                                    else:
+                                        p = p - hr[k] * (one if p >= hr[k] else zero)
+                                if clamp and p < low:
+                                    p = low
+                                sa[k] += out[k] * p
+                        else:
+                            prev = _part(v_before[n], o, f1, whole)
+                            for k in range(m):
+                                sa[k] += out[k] * prev[k]
+                        if norm:
+                            flow = _part(inflow[n, s_t], o, f1, whole)
+                            for k in range(m):
+                                sa[k] -= out[k] * flow[k]
+                    if need_bias:
+                        sb = sum_b[r]
+                        for k in range(m):
+                            sb[k] += out[k]
+            if need_alpha:
+                acc_alpha[n0:n1, o:f1] = sum_a
+            if need_threshold:
+                acc_threshold[n0:n1, o:f1] = sum_h
+            if need_bias:
+                acc_bias[n0:n1, o:f1] = sum_b
+
+else:  # pragma: no cover
+    backward = None

@@ -1,0 +1,214 @@
+"""The fused LIF backward pass compiled by Numba gives the PyTorch backward's gradients
+(to rounding), where it applies, and leaves the rest to the PyTorch backward."""
+
+import importlib.util
+
+import pytest
+import torch
+
+import aquatic.functional.neurons_jit as jit
+import aquatic.functional.neurons_jit_backward as jit_backward
+from aquatic.functional.neurons import LIFState
+from aquatic.functional.neurons_fused import lif_fused
+from aquatic.functional.surrogate import ArcTan, FastSigmoid, SingleExponential, Triangle
+
+pytestmark = pytest.mark.skipif(
+    importlib.util.find_spec("numba") is None, reason="needs numba (pip install aquatic[fast])"
+)
+
+F64 = torch.float64
+SURROGATES = [ArcTan(), FastSigmoid(slope=5.0, scale=0.7), Triangle(width=0.8, scale=1.3)]
+CONFIGS = [
+    dict(),
+    dict(reset="zero"),
+    dict(min_v_mem=-0.3),
+    dict(reset="zero", min_v_mem=0.05, detach_reset=True),
+    dict(detach_reset=True),
+    dict(norm_input=True, synaptic=True),
+    dict(norm_input=True, bias=True, record_states=True),
+    dict(spiking=False),
+    dict(spiking=False, min_v_mem=-0.2, norm_input=True, record_states=True),
+    dict(record_states=True, synaptic=True, reset="zero"),
+]
+#: (input shape, parameter shape): 1100 features make jobs of parts of rows; 40 samples
+#: of 3 features make jobs of many rows; a conv-like input has one parameter per channel.
+SHAPES = [
+    ((3, 12, 4), (4,)),
+    ((1, 5, 1100), ()),
+    ((40, 6, 3), (3,)),
+    ((2, 7, 3, 5, 4), (3, 1, 1)),
+]
+#: the gradients flowing in: a weighted sum of every result, or multiples of sums
+#: (PyTorch passes a sum's gradient as one value expanded to the whole tensor)
+LOSSES = ["weighted", "sums"]
+
+
+def _leaves(shape, param_shape, dtype, config, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*size):
+        return torch.rand(size, generator=generator, dtype=dtype)
+
+    step = (shape[0],) + shape[2:]
+    leaves = dict(
+        x=torch.randn(shape, generator=generator, dtype=dtype) * 0.8 + 0.3,
+        v0=torch.randn(step, generator=generator, dtype=dtype) * 0.5,
+        alpha=rand(*param_shape) * 0.5 + 0.4,
+        threshold=rand(*param_shape) * 0.5 + 0.7,
+    )
+    if config.get("synaptic"):
+        leaves["i0"] = torch.randn(step, generator=generator, dtype=dtype) * 0.5
+        leaves["syn"] = rand(*param_shape) * 0.5 + 0.3
+    if config.get("bias"):
+        leaves["bias"] = rand(*param_shape) * 0.2 - 0.1
+    return {name: t.requires_grad_() for name, t in leaves.items()}
+
+
+def _loss(result, kind):
+    terms = [result.output, result.state.v_mem]
+    terms += [t for t in (result.v_mem, result.i_syn, result.state.i_syn) if t is not None]
+    if kind == "sums":  # each term's gradient one value, expanded
+        return sum(t.sum() * (0.5 + k) for k, t in enumerate(terms))
+    generator = torch.Generator().manual_seed(1)
+    return sum((t * torch.randn(t.shape, generator=generator, dtype=t.dtype)).sum() for t in terms)
+
+
+def _gradients(compiled, monkeypatch, leaves, config, surrogate, loss, checkpoint=None):
+    """The leaves' gradients with the compiled backward (``compiled``) or the PyTorch
+    backward, and how many segments the compiled backward ran."""
+    calls = []
+    real = jit_backward.segment_backward
+
+    def counted(*args, **kwargs):
+        calls.append(args[1:3])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jit_backward, "segment_backward", counted)
+    if not compiled:
+        monkeypatch.setattr(jit_backward, "backward_ok", lambda *args: False)
+    options = {k: v for k, v in config.items() if k not in ("synaptic", "bias")}
+    result = lif_fused(
+        leaves["x"],
+        leaves["alpha"],
+        leaves.get("syn"),
+        leaves["threshold"],
+        bias=leaves.get("bias"),
+        state=LIFState(leaves["v0"], leaves.get("i0")),
+        surrogate=surrogate,
+        checkpoint=checkpoint,
+        **options,
+    )
+    # a non-spiking neuron has no threshold gradient
+    grads = torch.autograd.grad(_loss(result, loss), list(leaves.values()), allow_unused=True)
+    monkeypatch.undo()
+    return dict(zip(leaves, grads)), calls
+
+
+@pytest.mark.parametrize("checkpoint", [None, 4], ids=["kept", "checkpoint4"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0])))
+@pytest.mark.parametrize("index", range(len(CONFIGS)), ids=lambda i: str(CONFIGS[i]))
+def test_gradients_equal_the_pytorch_backward(index, shape, checkpoint, monkeypatch):
+    config, surrogate = CONFIGS[index], SURROGATES[index % len(SURROGATES)]
+    loss = LOSSES[index % len(LOSSES)]
+    leaves = _leaves(*shape, F64, config)
+    ours, calls = _gradients(True, monkeypatch, leaves, config, surrogate, loss, checkpoint)
+    theirs, none = _gradients(False, monkeypatch, leaves, config, surrogate, loss, checkpoint)
+    n_steps = shape[0][1]
+    # one segment, or one per checkpointed stretch of steps from the last
+    expected = [(0, n_steps)] if checkpoint is None else [
+        (start, min(start + checkpoint, n_steps))
+        for start in reversed(range(0, n_steps, checkpoint))
+    ]  # fmt: skip
+    assert calls == expected and none == []
+    for name in leaves:
+        if theirs[name] is None:
+            assert ours[name] is None and name == "threshold" and config.get("spiking") is False
+        else:
+            torch.testing.assert_close(ours[name], theirs[name], rtol=1e-10, atol=1e-12, msg=name)
+    assert ours["x"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("surrogate", SURROGATES, ids=repr)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_float32_gradients_are_close(surrogate, loss, monkeypatch):
+    config = dict(record_states=True, synaptic=True, min_v_mem=-0.4, norm_input=True)
+    leaves = _leaves((8, 30, 16), (16,), torch.float32, config, seed=2)
+    ours, calls = _gradients(True, monkeypatch, leaves, config, surrogate, loss)
+    theirs, _ = _gradients(False, monkeypatch, leaves, config, surrogate, loss)
+    assert calls == [(0, 30)]
+    for name in leaves:
+        scale = theirs[name].abs().max()
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5 * scale)
+
+
+class _Sharper(ArcTan):
+    """A subclass with its own slope: the compiled backward must not assume ArcTan's."""
+
+    def derivative(self, u):
+        return super().derivative(u) ** 2
+
+    def derivative_(self, u):
+        return self.derivative(u)
+
+
+@pytest.mark.parametrize(
+    "surrogate, config",
+    [
+        (_Sharper(), {}),
+        (SingleExponential(), {}),  # its exp: the PyTorch backward's
+        (ArcTan(), dict(max_spikes=3)),
+    ],
+    ids=["subclass", "single-exponential", "multi-spike"],
+)
+def test_other_neurons_run_the_pytorch_backward(surrogate, config, monkeypatch):
+    leaves = _leaves((3, 9, 5), (5,), F64, config)
+    ours, calls = _gradients(True, monkeypatch, leaves, config, surrogate, "weighted")
+    theirs, _ = _gradients(False, monkeypatch, leaves, config, surrogate, "weighted")
+    assert calls == []
+    for name in leaves:
+        assert torch.equal(ours[name], theirs[name]), name
+    assert ours["x"].abs().sum() > 0
+
+
+def test_kernel_forms_name_only_the_built_in_surrogates():
+    assert ArcTan(width=0.5, scale=2.0).kernel_form() == ("arctan", 0.5, 2.0)
+    assert FastSigmoid(slope=3.0).kernel_form() == ("fast_sigmoid", 3.0, 1.0)
+    assert Triangle().kernel_form() == ("triangle", 1.0, 1.0)
+    assert SingleExponential(width=0.2).kernel_form() == ("exp", 0.2, 1.0)
+    assert _Sharper().kernel_form() is None
+
+
+def test_nan_and_inf_inputs_give_the_pytorch_backwards_gradients(monkeypatch):
+    for config in (dict(), dict(reset="zero", min_v_mem=-0.5)):
+        leaves = _leaves((4, 10, 6), (6,), F64, config)
+        with torch.no_grad():
+            leaves["x"][0, 3, 1] = float("nan")
+            leaves["x"][1, 5, 2] = float("inf")
+            leaves["x"][2, 2, 4] = -float("inf")
+        ours, calls = _gradients(True, monkeypatch, leaves, config, ArcTan(), "weighted")
+        theirs, _ = _gradients(False, monkeypatch, leaves, config, ArcTan(), "weighted")
+        assert calls
+        for name in leaves:
+            assert torch.equal(ours[name].isnan(), theirs[name].isnan()), name
+            torch.testing.assert_close(ours[name], theirs[name], equal_nan=True, msg=name)
+        assert ours["x"].isnan().any()
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 3), (0, 4, 3), (2, 3, 0)], ids=str)
+def test_single_step_and_empty_sequences(shape, monkeypatch):
+    config = dict(synaptic=True, norm_input=True)
+    leaves = _leaves(shape, (shape[2],), F64, config)
+    ours, _ = _gradients(True, monkeypatch, leaves, config, ArcTan(), "weighted")
+    theirs, _ = _gradients(False, monkeypatch, leaves, config, ArcTan(), "weighted")
+    for name in leaves:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-12, atol=0.0, msg=name)
+
+
+def test_turned_off_with_the_forward_loop(monkeypatch):
+    leaves = _leaves((2, 5, 3), (3,), F64, {})
+    monkeypatch.setattr(jit, "ENABLED", False)
+    calls = []
+    monkeypatch.setattr(jit_backward, "segment_backward", lambda *a: calls.append(a))
+    out = lif_fused(leaves["x"], leaves["alpha"], None, leaves["threshold"], surrogate=ArcTan())
+    out.output.sum().backward()
+    assert calls == [] and leaves["x"].grad is not None and leaves["x"].grad.abs().sum() > 0
