@@ -23,6 +23,7 @@ forward loop.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import math
 from typing import Optional, Tuple
@@ -54,12 +55,27 @@ def backward_ok(options: Options, v0: Tensor, *tensors: Optional[Tensor]) -> boo
         form = options.surrogate.kernel_form()
         if options.max_spikes != 1 or form is None or form[0] not in _KINDS:
             return False
-    return neurons_jit.forward_ok(v0, options, *tensors)
+    return neurons_jit.forward_ok(v0, options, *tensors) and _ready()
 
 
 def _kernel():
     module = importlib.import_module("aquatic.functional.neurons_jit_backward_kernels")
     return module.backward
+
+
+@functools.lru_cache(maxsize=None)
+def _ready() -> bool:
+    """Whether the backward kernel compiles (once; a ``RuntimeWarning`` if not, and the
+    PyTorch backward runs)."""
+    two, three = np.zeros((1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
+    flags = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, _KINDS["arctan"]], np.int64)
+    consts = np.array([0, 1, 0, 1, 1], np.float32)
+    return neurons_jit.compiles(
+        "LIF backward loop",
+        "PyTorch backward",
+        lambda: _kernel()(flags, consts, three, two, three, three, two, three, two, two,
+                          three, two, two, two),  # fmt: skip
+    )
 
 
 def _gradient(g: Optional[Tensor], shape, ndtype) -> Tuple[int, np.ndarray]:

@@ -212,3 +212,39 @@ def test_turned_off_with_the_forward_loop(monkeypatch):
     out = lif_fused(leaves["x"], leaves["alpha"], None, leaves["threshold"], surrogate=ArcTan())
     out.output.sum().backward()
     assert calls == [] and leaves["x"].grad is not None and leaves["x"].grad.abs().sum() > 0
+
+
+def test_its_own_switch_keeps_the_pytorch_backward_bits(monkeypatch):
+    leaves = _leaves((3, 8, 5), (5,), torch.float32, {})
+    theirs, _ = _gradients(False, monkeypatch, leaves, {}, ArcTan(), "weighted")
+    monkeypatch.setattr(jit_backward, "ENABLED", False)
+    calls = []
+    real = jit_backward.segment_backward
+    monkeypatch.setattr(jit_backward, "segment_backward", lambda *a: calls.append(a) or real(*a))
+    out = lif_fused(leaves["x"], leaves["alpha"], None, leaves["threshold"], bias=None,
+                    state=LIFState(leaves["v0"]), surrogate=ArcTan())  # fmt: skip
+    grads = torch.autograd.grad(_loss(out, "weighted"), list(leaves.values()))
+    assert calls == []
+    for name, grad in zip(leaves, grads):
+        assert torch.equal(grad, theirs[name]), name
+
+
+def test_a_backward_kernel_that_fails_to_compile_warns_and_falls_back(monkeypatch):
+    def broken():
+        raise ImportError("Numba needs NumPy 2.3 or less")
+
+    leaves = _leaves((3, 8, 5), (5,), torch.float32, {})
+    theirs, _ = _gradients(False, monkeypatch, leaves, {}, ArcTan(), "weighted")
+    monkeypatch.setattr(jit_backward, "_kernel", broken)
+    jit_backward._ready.cache_clear()
+    try:
+        with pytest.warns(RuntimeWarning, match="using the PyTorch backward"):
+            out = lif_fused(leaves["x"], leaves["alpha"], None, leaves["threshold"],
+                            state=LIFState(leaves["v0"]), surrogate=ArcTan())  # fmt: skip
+            grads = torch.autograd.grad(_loss(out, "weighted"), list(leaves.values()))
+        for name, grad in zip(leaves, grads):
+            assert torch.equal(grad, theirs[name]), name
+    finally:
+        monkeypatch.undo()
+        jit_backward._ready.cache_clear()
+    assert jit_backward._ready()
