@@ -52,10 +52,17 @@ def backward_ok(options: Options, v0: Tensor, *tensors: Optional[Tensor]) -> boo
     if not ENABLED:
         return False
     if options.spiking:
-        form = options.surrogate.kernel_form()
+        form = _form(options.surrogate)
         if options.max_spikes != 1 or form is None or form[0] not in _KINDS:
             return False
     return neurons_jit.forward_ok(v0, options, *tensors) and _ready()
+
+
+def _form(surrogate) -> Optional[Tuple[str, float, float]]:
+    """The surrogate's ``kernel_form()``; ``None`` for one without that method (any
+    object with a ``derivative`` is a surrogate)."""
+    kernel_form = getattr(surrogate, "kernel_form", None)
+    return kernel_form() if callable(kernel_form) else None
 
 
 def _kernel():
@@ -135,7 +142,7 @@ def segment_backward(
     wanted = (need_alpha, need_threshold, need_bias)
     sums = [grad_v.new_empty((n, features)) if need else None for need in wanted]
     empty2, empty3 = np.empty((0, 0), ndtype), np.empty((0, 0, 0), ndtype)
-    surrogate = options.surrogate.kernel_form() if options.spiking else ("arctan", 1.0, 1.0)
+    surrogate = _form(options.surrogate) if options.spiking else ("arctan", 1.0, 1.0)
     norm = options.norm_input and need_alpha
     flags = np.array(
         [options.spiking, options.reset == "zero", options.detach_reset,

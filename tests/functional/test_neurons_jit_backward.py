@@ -151,14 +151,24 @@ class _Sharper(ArcTan):
         return self.derivative(u)
 
 
+class _Duck:
+    """Not a Surrogate: any object with a derivative is accepted as one."""
+
+    def derivative(self, u):
+        return torch.exp(-u.abs())
+
+    derivative_ = derivative
+
+
 @pytest.mark.parametrize(
     "surrogate, config",
     [
         (_Sharper(), {}),
+        (_Duck(), {}),
         (SingleExponential(), {}),  # its exp: the PyTorch backward's
         (ArcTan(), dict(max_spikes=3)),
     ],
-    ids=["subclass", "single-exponential", "multi-spike"],
+    ids=["subclass", "duck-typed", "single-exponential", "multi-spike"],
 )
 def test_other_neurons_run_the_pytorch_backward(surrogate, config, monkeypatch):
     leaves = _leaves((3, 9, 5), (5,), F64, config)
