@@ -5,20 +5,21 @@ installed.
 membranes' gradients in blocks of steps, about a dozen PyTorch operations per block and
 a multiply-add per step. Where this applies, it hands each segment of steps to
 :func:`segment_backward` instead: one compiled pass
-(:mod:`aquatic.functional.neurons_jit_backward_kernels`) that reads the saved membranes
-and the incoming gradients once, keeps the running gradient of each neuron in the
-first-level cache, and adds up the decay's, threshold's and bias's gradients as it goes.
-The gradients of the synaptic current and of the inputs are then computed by the
-PyTorch code, as before.
+(:mod:`aquatic.functional.neurons_jit_backward_kernels`) from the last step back that
+reads the saved membranes and the incoming gradients once, writes the membranes'
+gradients once, and adds up the decay's, threshold's and bias's gradients of each
+neuron as it goes. The gradients of the synaptic current and of the inputs are then
+computed by the PyTorch code, as before.
 
-It applies where the compiled forward loop does (:func:`aquatic.functional.neurons_jit.
-forward_ok`: Numba installed and enabled, CPU float32 or float64, binary spikes) and the
-surrogate is one of the built-in ones (:meth:`~aquatic.functional.surrogate.Surrogate.
-kernel_form`; a subclass or another surrogate runs the PyTorch backward). Its
-gradients are those of the PyTorch backward up to rounding: the sums run in another
-order, and ``SingleExponential``'s exponential is a polynomial of its own (within a
-unit in the last place or two of ``exp``). ``AQUATIC_NUMBA=0`` turns it off with the
-forward loop.
+It applies where the compiled forward loop does
+(:func:`~aquatic.functional.neurons_jit.forward_ok`: Numba installed and enabled, CPU
+float32 or float64, binary spikes) and the surrogate is ``ArcTan``, ``FastSigmoid`` or
+``Triangle`` itself (:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`); a
+subclass, ``SingleExponential`` (whose exponential PyTorch computes faster than a loop
+Numba vectorizes) or any other surrogate runs the PyTorch backward. Its gradients are
+those of the PyTorch backward up to rounding: PyTorch's kernels fuse some multiplies
+and adds into one rounding, and the parameters' sums run in another order.
+``AQUATIC_NUMBA=0`` turns it off with the forward loop, :data:`ENABLED` alone.
 """
 
 from __future__ import annotations

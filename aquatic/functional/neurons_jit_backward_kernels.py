@@ -2,8 +2,9 @@ r"""The fused LIF sequence's backward pass compiled by Numba: one pass from the 
 back that reads the membranes and the incoming gradients once and writes the membranes'
 gradients once.
 
-It computes what the blocks of :func:`~aquatic.functional.neurons_kernel_backward.
-sequence_backward` compute, in the notation of :mod:`aquatic.functional.neurons_fused`:
+It computes what the blocks of
+:func:`~aquatic.functional.neurons_kernel_backward.sequence_backward` compute, in the
+notation of :mod:`aquatic.functional.neurons_fused`:
 for each step from the last, :math:`g_t = A_t\, \alpha_{mem}\, g_{t+1} + B_t` with
 :math:`A_t = m_t (R_t + \psi_t K_t)` and :math:`B_t = \psi_t\, \partial_{s[t]} L +
 A_t\, \partial_{\tilde v[t]} L_{direct}`, and each neuron's sums over the steps of
@@ -19,7 +20,8 @@ imports it on first use and prepares the arrays.
 Flags: ``spiking, zero_reset, detach, clamp, g_spikes, g_trace, g_final, need_alpha,
 need_threshold, need_bias, norm_input, first, last, n_steps, time_first, surrogate``
 (``g_spikes`` and ``g_trace``: 0 absent, 1 an array ``(N, T, F)``, 2 one value for every
-element, a sum's gradient); constants: ``0, 1, min_v_mem, width, scale``.
+element, a sum's gradient); constants: ``0, 1, min_v_mem``, the surrogate's parameter
+(its width, or ``FastSigmoid``'s slope) and its scale.
 """
 
 from __future__ import annotations
