@@ -44,7 +44,8 @@ included, the input itself not).
 
 With Numba the first table also times ``LIF(surrogate=ArcTan())`` with its compiled
 backward and with the PyTorch backward (``neurons_jit_backward.ENABLED = False``), after
-the same compiled forward loop, and prints their ratio.
+the same compiled forward loop, and prints their ratio; a second table times the
+backward pass alone both ways over batch and width.
 
 Run: ``python benchmarks/lif_speed.py [--threads 1] [--repeats 7] [--quick] [--clock cpu]``.
 """
@@ -241,6 +242,33 @@ def tensor_mb(x: torch.Tensor) -> float:
     return x.numel() * x.element_size() / 2**20
 
 
+def backward_table(repeats: int) -> None:
+    """The backward pass alone of ``LIF(surrogate=ArcTan())``, compiled and PyTorch's
+    (after the same compiled forward), over batch and width at ``T = 100``: interleaved
+    runs, the best of each."""
+    print(
+        "\nbackward alone, LIF(surrogate=ArcTan()), T=100: compiled / PyTorch backward "
+        f"(best of {repeats} interleaved runs)"
+    )
+    print(f"{'batch':>6} {'C':>5} {'compiled ms':>12} {'PyTorch ms':>11} {'ratio':>6}")
+    layer = LIF(alpha_mem=1 - 1 / TAU_MEM, surrogate=ArcTan())
+    for batch, width in ((16, 128), (64, 128), (16, 512), (64, 512)):
+        x = (torch.rand(batch, 100, width) * 0.6).requires_grad_()
+        best = {True: math.inf, False: math.inf}
+        try:
+            for _ in range(repeats + 2):
+                for compiled in (True, False):
+                    neurons_jit_backward.ENABLED = compiled
+                    loss = layer(x).sum()
+                    start = CLOCK()
+                    torch.autograd.grad(loss, x)
+                    best[compiled] = min(best[compiled], (CLOCK() - start) * 1e3)
+        finally:
+            neurons_jit_backward.ENABLED = True
+        ratio = best[True] / best[False]
+        print(f"{batch:6d} {width:5d} {best[True]:12.2f} {best[False]:11.2f} {ratio:6.2f}")
+
+
 def scaling_table(args, peer: Optional[Tuple[str, Case, Case]]) -> None:
     """aquatic and the fastest peer over T and neurons, against the floors."""
     steps = (10, 100, 1000) if args.quick else (10, 100, 1000, 10000)
@@ -366,6 +394,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         )
     else:
         print("\nno peer installed (pip install snntorch sinabs norse spikingjelly)")
+    if neurons_jit.available():
+        backward_table(args.repeats)
     if not args.no_scaling:
         scaling_table(args, fastest)
 
