@@ -243,16 +243,24 @@ def tensor_mb(x: torch.Tensor) -> float:
 
 
 def backward_table(repeats: int) -> None:
-    """The backward pass alone of ``LIF(surrogate=ArcTan())``, compiled and PyTorch's
-    (after the same compiled forward), over batch and width at ``T = 100``: interleaved
-    runs, the best of each."""
+    """The backward pass alone of ``LIF(surrogate=ArcTan())`` (and with a synaptic
+    current), compiled and PyTorch's (after the same compiled forward), over batch and
+    width at ``T = 100``: interleaved runs, the best of each."""
     print(
-        "\nbackward alone, LIF(surrogate=ArcTan()), T=100: compiled / PyTorch backward "
+        "\nbackward alone, LIF(surrogate=ArcTan()), T=100 (synaptic: with alpha_syn): "
+        "compiled / PyTorch backward "
         f"(best of {repeats} interleaved runs)"
     )
-    print(f"{'batch':>6} {'C':>5} {'compiled ms':>12} {'PyTorch ms':>11} {'ratio':>6}")
-    layer = LIF(alpha_mem=1 - 1 / TAU_MEM, surrogate=ArcTan())
-    for batch, width in ((16, 128), (64, 128), (16, 512), (64, 512)):
+    print(f"{'':9} {'batch':>6} {'C':>5} {'compiled ms':>12} {'PyTorch ms':>11} {'ratio':>6}")
+    plain = LIF(alpha_mem=1 - 1 / TAU_MEM, surrogate=ArcTan())
+    synaptic = LIF(alpha_mem=1 - 1 / TAU_MEM, alpha_syn=1 - 1 / TAU_SYN, surrogate=ArcTan())
+    sizes = [("", plain, 16, 128), ("", plain, 64, 128), ("", plain, 16, 512)]
+    sizes += [
+        ("", plain, 64, 512),
+        ("synaptic", synaptic, 16, 128),
+        ("synaptic", synaptic, 64, 256),
+    ]
+    for kind, layer, batch, width in sizes:
         x = (torch.rand(batch, 100, width) * 0.6).requires_grad_()
         best = {True: math.inf, False: math.inf}
         try:
@@ -266,7 +274,7 @@ def backward_table(repeats: int) -> None:
         finally:
             neurons_jit_backward.ENABLED = True
         ratio = best[True] / best[False]
-        print(f"{batch:6d} {width:5d} {best[True]:12.2f} {best[False]:11.2f} {ratio:6.2f}")
+        print(f"{kind:9} {batch:6d} {width:5d} {best[True]:12.2f} {best[False]:11.2f} {ratio:6.2f}")
 
 
 def scaling_table(args, peer: Optional[Tuple[str, Case, Case]]) -> None:

@@ -8,8 +8,9 @@ a multiply-add per step. Where this applies, it hands each segment of steps to
 (:mod:`aquatic.functional.neurons_jit_backward_kernels`) from the last step back that
 reads the saved membranes and the incoming gradients once, writes the membranes'
 gradients once, and adds up the decay's, threshold's and bias's gradients of each
-neuron as it goes. The gradients of the synaptic current and of the inputs are then
-computed by the PyTorch code, as before.
+neuron as it goes; with a synaptic current it runs the current's gradient back in the
+same pass. The synaptic decay's gradient and the input's (a product) are then computed
+by the PyTorch code, as before.
 
 It applies where the compiled forward loop does
 (:func:`~aquatic.functional.neurons_jit.forward_ok`: Numba installed and enabled, CPU
@@ -76,13 +77,14 @@ def _ready() -> bool:
     """Whether the backward kernel compiles (once; a ``RuntimeWarning`` if not, and the
     PyTorch backward runs)."""
     two, three = np.zeros((1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
-    flags = np.array([1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, _KINDS["arctan"]], np.int64)
+    flags = np.zeros(20, np.int64)
+    flags[[0, 4, 12, 13, 14, 15]] = 1, 1, 1, 1, 1, _KINDS["arctan"]
     consts = np.array([0, 1, 0, 1, 1], np.float32)
     return neurons_jit.compiles(
         "LIF backward loop",
         "PyTorch backward",
         lambda: _kernel()(flags, consts, three, two, three, three, two, three, two, two,
-                          three, two, two, two),  # fmt: skip
+                          three, two, two, two, three, two, two, two, two),  # fmt: skip
     )
 
 
@@ -111,6 +113,7 @@ def segment_backward(
     g_vfinal: Optional[Tensor],
     grad_v: Tensor,
     needs: Tuple[bool, bool, bool],
+    synaptic: Optional[Tuple[Tensor, Optional[Tensor], Optional[Tensor], Tensor]] = None,
 ) -> Tuple[Optional[Tensor], ...]:
     """Steps ``first:last`` of ``grad_v`` ``(N, T, *)``, the membranes' gradients (the
     steps from ``last`` on already in it), and the segment's sums of the decay's,
@@ -122,6 +125,13 @@ def segment_backward(
     to the membrane ``(N, S, *)``, read for the decay's gradient with ``norm_input``;
     ``g_spikes``, ``g_trace`` ``(N, T, *)`` and ``g_vfinal``: the gradients of the
     spikes, the recorded (or, non-spiking, output) membrane and the final membrane.
+
+    ``synaptic``: ``(alpha_syn, g_itrace, g_ifinal, carry)`` for a neuron with a
+    synaptic current: then ``grad_v`` receives the current's gradient instead (the scan
+    of :func:`~aquatic.functional.neurons_kernel_backward.sequence_backward`'s tail,
+    ``(1 - alpha_mem)`` applied with ``norm_input``), and ``carry`` ``(N, *)`` holds the
+    membrane's gradient at step ``last`` on entry (where ``last`` is not the end) and
+    at step ``first`` on return.
     """
     n, n_steps = grad_v.shape[0], grad_v.shape[1]
     step_shape = tuple(v_before.shape)
@@ -145,11 +155,27 @@ def segment_backward(
     empty2, empty3 = np.empty((0, 0), ndtype), np.empty((0, 0, 0), ndtype)
     surrogate = _form(options.surrogate) if options.spiking else ("arctan", 1.0, 1.0)
     norm = options.norm_input and need_alpha
+    if synaptic is not None:
+        alpha_syn, g_itrace, g_ifinal, carry = synaptic
+        gi_mode, gi = _gradient(g_itrace, full, ndtype)
+        has_ifinal = g_ifinal is not None and last == n_steps
+        lanes = neurons_jit.lanes
+        syn_arrays = (
+            gi,
+            g_ifinal.detach().contiguous().view(n, features).numpy() if has_ifinal else empty2,
+            lanes(alpha_syn, step_shape, features, ndtype),
+            lanes(1 - alpha_mem, step_shape, features, ndtype) if options.norm_input else empty2,
+            carry.view(n, features).numpy(),
+        )
+    else:
+        gi_mode, has_ifinal = 0, False
+        syn_arrays = (empty3, empty2, empty2, empty2, empty2)
     flags = np.array(
         [options.spiking, options.reset == "zero", options.detach_reset,
          options.min_v_mem is not None, gs_mode, gt_mode, has_final, need_alpha,
          need_threshold, need_bias, norm, first, last, n_steps, time_first,
-         _KINDS[surrogate[0]]],
+         _KINDS[surrogate[0]], synaptic is not None, gi_mode, has_ifinal,
+         options.norm_input],
         dtype=np.int64,
     )  # fmt: skip
     min_v_mem = options.min_v_mem
@@ -167,6 +193,7 @@ def segment_backward(
         neurons_jit.lanes(threshold, step_shape, features, ndtype),
         grad_v.view(n, n_steps, features).numpy(),
         *(empty2 if s is None else s.numpy() for s in sums),
+        *syn_arrays,
     )
     _kernel()(flags, consts, *arrays)
     return tuple(None if s is None else s.view(step_shape) for s in sums)

@@ -18,9 +18,11 @@ their ``derivative_``.
 Importing this module imports Numba (optional); :mod:`aquatic.functional.neurons_jit_backward`
 imports it on first use and prepares the arrays.
 Flags: ``spiking, zero_reset, detach, clamp, g_spikes, g_trace, g_final, need_alpha,
-need_threshold, need_bias, norm_input, first, last, n_steps, time_first, surrogate``
-(``g_spikes`` and ``g_trace``: 0 absent, 1 an array ``(N, T, F)``, 2 one value for every
-element, a sum's gradient); constants: ``0, 1, min_v_mem``, the surrogate's parameter
+need_threshold, need_bias, norm, first, last, n_steps, time_first, surrogate, synaptic,
+gi_mode, has_ifinal, norm_input`` (``norm``: the decay's gradient has its input term;
+``g_spikes``, ``g_trace`` and ``gi_mode``: 0 absent, 1 an array ``(N, T, F)``, 2 one
+value for every element, a sum's
+gradient); constants: ``0, 1, min_v_mem``, the surrogate's parameter
 (its width, or ``FastSigmoid``'s slope) and its scale.
 """
 
@@ -74,9 +76,11 @@ if numba is not None:
     @jit
     def backward(
         flags, consts, v_pre, v_before, g_spikes, g_trace, g_final, inflow, alpha,
-        threshold, grad_v, acc_alpha, acc_threshold, acc_bias,
+        threshold, grad_v, acc_alpha, acc_threshold, acc_bias, g_itrace, g_ifinal,
+        alpha_syn, gain, carry,
     ):  # fmt: skip
-        """Steps ``first:last`` of the membranes' gradient ``grad_v`` ``(N, T, F)``.
+        r"""Steps ``first:last`` of the membranes' gradient ``grad_v`` ``(N, T, F)``, or
+        with a synaptic current of the current's gradient.
 
         ``v_pre``: the segment's membranes before the reset, ``(S, N, F)`` time first
         or ``(N, S, F)``; ``v_before``: the membrane entering step ``first``;
@@ -85,6 +89,14 @@ if numba is not None:
         gradient where ``last < n_steps``. The accumulators ``(N, F)`` receive each
         neuron's sum over the segment's steps.
 
+        With a synaptic current (``synaptic``) ``grad_v`` receives the current's
+        gradient :math:`\partial L/\partial i[t] = (1 - \alpha_{mem})^{[norm]} g_t +
+        \bar i_t + \alpha_{syn}\, \partial L/\partial i[t+1]` (``g_itrace`` the
+        recorded current's gradient, mode ``gi_mode``, ``g_ifinal`` the final one's;
+        ``gain`` is :math:`1 - \alpha_{mem}`), and the membranes' gradients stay in
+        the job: ``carry`` ``(N, F)`` holds :math:`g` of step ``last`` on entry (where
+        ``last < n_steps``) and of step ``first`` on return.
+
         A job covers whole rows of ``F`` elements where ``F`` is at most
         :data:`~aquatic.functional.neurons_jit_kernels.JOB_LANES`, else a part of each
         row (:func:`_part`).
@@ -92,7 +104,8 @@ if numba is not None:
         n_batch, n_feat = v_before.shape
         # fmt: off
         (spiking, zero_reset, detach, clamp, gs_mode, gt_mode, has_final, need_alpha,
-         need_threshold, need_bias, norm, first, last, n_steps, time_first, kind) = flags
+         need_threshold, need_bias, norm, first, last, n_steps, time_first, kind,
+         synaptic, gi_mode, has_ifinal, norm_input) = flags
         # fmt: on
         zero, one, low, width, scale = consts[0], consts[1], consts[2], consts[3], consts[4]
         rows, chunk, jobs = job_layout(n_batch, n_feat)
@@ -104,6 +117,9 @@ if numba is not None:
         absent = np.zeros(n_feat, dtype)
         gs_row = np.full(n_feat, g_spikes[0, 0, 0] if gs_mode == 2 else zero)
         gt_row = np.full(n_feat, g_trace[0, 0, 0] if gt_mode == 2 else zero)
+        gi_row = np.full(n_feat, g_itrace[0, 0, 0] if gi_mode == 2 else zero)
+        # with a synaptic current: g of steps t and t + 1 of the job's rows (by parity)
+        held = np.zeros((2, rows, chunk) if synaptic else (2, 1, 1), dtype)
         # the common case, one loop without branches: binary spikes, gradients of
         # the spikes only, no clamp, no detached reset, a step with a later one
         plain = spiking and gs_mode and not (detach or clamp or gt_mode)
@@ -113,6 +129,11 @@ if numba is not None:
             m = f1 - o
             a = alpha[n0:n1, o:f1].copy()
             h = threshold[n0:n1, o:f1].copy()
+            if synaptic:
+                decay = alpha_syn[n0:n1, o:f1].copy()
+                factor_i = gain[n0:n1, o:f1].copy() if norm_input else decay
+                if last < n_steps:
+                    held[last & 1, : n1 - n0, :m] = carry[n0:n1, o:f1]
             sum_a = np.zeros((n1 - n0, m), dtype)
             sum_h = np.zeros((n1 - n0, m), dtype)
             sum_b = np.zeros((n1 - n0, m), dtype)
@@ -128,8 +149,12 @@ if numba is not None:
                     gs = _part(g_spikes[n, t] if gs_mode == 1 else gs_row, o, f1, whole)
                     gt = _part(g_trace[n, t] if gt_mode == 1 else gt_row, o, f1, whole)
                     gf = _part(g_final[n] if final else absent, o, f1, whole)
-                    gn = _part(grad_v[n, t + 1] if later else absent, o, f1, whole)  # g_{t+1}
-                    out = _part(grad_v[n, t], o, f1, whole)
+                    if synaptic:  # g_t and g_{t+1} in the job
+                        out = held[t & 1, r, :m]
+                        gn = held[(t + 1) & 1, r, :m]
+                    else:
+                        gn = _part(grad_v[n, t + 1] if later else absent, o, f1, whole)
+                        out = _part(grad_v[n, t], o, f1, whole)
                     # One array written per loop: more keep Numba's loops from
                     # vectorizing (the checks that the arrays do not overlap). The
                     # plainest case computes the slopes in its loop (one loop per
@@ -244,12 +269,32 @@ if numba is not None:
                         sb = sum_b[r]
                         for k in range(m):
                             sb[k] += out[k]
+                    if synaptic:
+                        # the current's gradient: the PyTorch tail's scan, one step
+                        gi = _part(g_itrace[n, t] if gi_mode == 1 else gi_row, o, f1, whole)
+                        gif = _part(g_ifinal[n] if has_ifinal else absent, o, f1, whole)
+                        gin = _part(grad_v[n, t + 1] if later else absent, o, f1, whole)
+                        into = _part(grad_v[n, t], o, f1, whole)
+                        fr, dr = factor_i[r], decay[r]
+                        final_i = has_ifinal and t == n_steps - 1
+                        for k in range(m):
+                            b = out[k] * fr[k] if norm_input else out[k]
+                            i_k, f_k, n_k = gi[k], gif[k], gin[k]
+                            if gi_mode:
+                                b = b + i_k
+                            if final_i:
+                                b = b + f_k
+                            if later:
+                                b = b + n_k * dr[k]
+                            into[k] = b
             if need_alpha:
                 acc_alpha[n0:n1, o:f1] = sum_a
             if need_threshold:
                 acc_threshold[n0:n1, o:f1] = sum_h
             if need_bias:
                 acc_bias[n0:n1, o:f1] = sum_b
+            if synaptic:
+                carry[n0:n1, o:f1] = held[first & 1, : n1 - n0, :m]
 
 else:  # pragma: no cover
     backward = None

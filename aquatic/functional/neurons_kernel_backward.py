@@ -133,7 +133,12 @@ def sequence_backward(
     # Blocks of steps from the last one back: everything nonlinear is computed for a
     # whole block at once, then the linear scan g_t = A_t alpha g_{t+1} + B_t runs
     # step by step (see the module docstring).
-    compiled = neurons_jit_backward.backward_ok(options, v0, v, alpha_mem, threshold, bias)
+    compiled = neurons_jit_backward.backward_ok(
+        options, v0, v, alpha_mem, alpha_syn, threshold, bias
+    )
+    # With a synaptic current the compiled loop writes the current's gradient into
+    # grad_v and hands the membrane's gradient from segment to segment here.
+    carry = torch.zeros_like(v0) if compiled and synaptic else None
     for first, last, v_seg, cur_seg, v_before, _ in _segments(
         saved, options, checkpoint, keep_current
     ):
@@ -144,6 +149,7 @@ def sequence_backward(
             sums = neurons_jit_backward.segment_backward(
                 options, first, last, v_seg, v_before, inflow, alpha_mem, threshold,
                 g_spikes, g_trace, g_vfinal, grad_v, (needs[3], grad_threshold, needs[6]),
+                None if carry is None else (alpha_syn, g_itrace, g_ifinal, carry),
             )  # fmt: skip
             if sums[0] is not None:
                 g_alpha = _add(g_alpha, sums[0], alpha_mem)
@@ -252,18 +258,22 @@ def sequence_backward(
 
     g_x = g_v0 = g_i0 = g_syn = None
     if needs[1]:
-        g_v0 = grad_v[:, 0] * alpha_mem
-    grad_i = grad_v.mul_(1 - alpha_mem) if options.norm_input else grad_v
+        g_v0 = (grad_v[:, 0] if carry is None else carry) * alpha_mem
+    if carry is not None:  # grad_v holds the current's gradient already
+        grad_i = grad_v
+    else:
+        grad_i = grad_v.mul_(1 - alpha_mem) if options.norm_input else grad_v
     if not synaptic:
         g_x = grad_i if needs[0] else None
     else:
-        if g_itrace is not None:
-            grad_i.add_(g_itrace)
-        if g_ifinal is not None:
-            grad_i[:, -1].add_(g_ifinal)
-        steps = grad_i.unbind(1)
-        for t in range(n_steps - 2, -1, -1):
-            steps[t].addcmul_(steps[t + 1], alpha_syn)
+        if carry is None:
+            if g_itrace is not None:
+                grad_i.add_(g_itrace)
+            if g_ifinal is not None:
+                grad_i[:, -1].add_(g_ifinal)
+            steps = grad_i.unbind(1)
+            for t in range(n_steps - 2, -1, -1):
+                steps[t].addcmul_(steps[t + 1], alpha_syn)
         if needs[2]:
             g_i0 = grad_i[:, 0] * alpha_syn
         if needs[4]:
