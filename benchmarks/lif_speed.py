@@ -243,12 +243,12 @@ def tensor_mb(x: torch.Tensor) -> float:
 
 
 def backward_table(repeats: int) -> None:
-    """The backward pass alone of ``LIF(surrogate=ArcTan())`` (and with a synaptic
-    current), compiled and PyTorch's (after the same compiled forward), over batch and
+    """The backward pass alone of ``LIF(surrogate=ArcTan())`` (also with a synaptic
+    current, and with the default surrogate), compiled and PyTorch's (after the same compiled forward), over batch and
     width at ``T = 100``: interleaved runs, the best of each."""
     print(
-        "\nbackward alone, LIF(surrogate=ArcTan()), T=100 (synaptic: with alpha_syn): "
-        "compiled / PyTorch backward "
+        "\nbackward alone, LIF(surrogate=ArcTan()), T=100 (synaptic: with alpha_syn; "
+        "default: SingleExponential): compiled / PyTorch backward "
         f"(best of {repeats} interleaved runs)"
     )
     print(f"{'':9} {'batch':>6} {'C':>5} {'compiled ms':>12} {'PyTorch ms':>11} {'ratio':>6}")
@@ -260,6 +260,10 @@ def backward_table(repeats: int) -> None:
         ("synaptic", synaptic, 16, 128),
         ("synaptic", synaptic, 64, 256),
     ]
+    # the default surrogate: compiled up to neurons_jit_backward.GIVEN_LIMIT elements
+    default = LIF(alpha_mem=1 - 1 / TAU_MEM)
+    sizes += [("default", default, 8, 128), ("default", default, 16, 128)]
+    sizes += [("default", default, 64, 512)]
     for kind, layer, batch, width in sizes:
         x = (torch.rand(batch, 100, width) * 0.6).requires_grad_()
         best = {True: math.inf, False: math.inf}

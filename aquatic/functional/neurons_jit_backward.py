@@ -14,13 +14,15 @@ by the PyTorch code, as before.
 
 It applies where the compiled forward loop does
 (:func:`~aquatic.functional.neurons_jit.forward_ok`: Numba installed and enabled, CPU
-float32 or float64, binary spikes) and the surrogate is ``ArcTan``, ``FastSigmoid`` or
-``Triangle`` itself (:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`); a
-subclass, ``SingleExponential`` (whose exponential PyTorch computes faster than a loop
-Numba vectorizes) or any other surrogate runs the PyTorch backward. Its gradients are
-those of the PyTorch backward up to rounding: PyTorch's kernels fuse some multiplies
-and adds into one rounding, and the parameters' sums run in another order.
-``AQUATIC_NUMBA=0`` turns it off with the forward loop, :data:`ENABLED` alone.
+float32 or float64, binary spikes). The loop computes the surrogate's slopes itself for
+``ArcTan``, ``FastSigmoid`` and ``Triangle``
+(:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`); any other surrogate (``SingleExponential``, a subclass, any
+object with a ``derivative``) computes them with its own ``derivative_``, a block of
+steps at a time, and runs compiled on sequences of at most :data:`GIVEN_LIMIT`
+elements (beyond, the PyTorch backward runs: its exponential dominates both). Its
+gradients are those of the PyTorch backward up to rounding: PyTorch's kernels fuse
+some multiplies and adds into one rounding, and the parameters' sums run in another
+order. ``AQUATIC_NUMBA=0`` turns it off with the forward loop, :data:`ENABLED` alone.
 """
 
 from __future__ import annotations
@@ -36,28 +38,44 @@ from torch import Tensor
 
 from aquatic.functional import neurons_jit
 from aquatic.functional.neuron_types import Options
+from aquatic.functional.neurons_kernel import block_steps
 
-__all__ = ["ENABLED", "backward_ok", "segment_backward"]
+__all__ = ["ENABLED", "GIVEN_LIMIT", "backward_ok", "segment_backward"]
 
 #: Whether the compiled backward runs where it applies (with the compiled forward loop:
 #: :data:`aquatic.functional.neurons_jit.ENABLED` turns both off). ``False`` keeps the
 #: PyTorch backward's bits with the compiled forward.
 ENABLED = True
 
+#: A surrogate whose slopes its own ``derivative_`` computes (``SingleExponential``, a
+#: subclass, any other) runs the compiled loop on sequences (or checkpointed segments)
+#: of at most this many elements, where the PyTorch backward's per-step and per-block
+#: calls cost the most; on longer ones the PyTorch backward was as fast here (the
+#: exponential dominates both).
+GIVEN_LIMIT = 1 << 18
+
 #: The kernel's code of each surrogate kind of ``Surrogate.kernel_form``.
-_KINDS = {"fast_sigmoid": 1, "arctan": 2, "triangle": 3}
+_KINDS = {"given": 0, "fast_sigmoid": 1, "arctan": 2, "triangle": 3}
 
 
-def backward_ok(options: Options, v0: Tensor, *tensors: Optional[Tensor]) -> bool:
+def backward_ok(options: Options, steps: int, v0: Tensor, *tensors: Optional[Tensor]) -> bool:
     """Whether :func:`segment_backward` runs the backward pass of a sequence whose
-    state is ``v0`` (the other tensors: the parameters and saved tensors it reads)."""
+    state is ``v0``, in segments of ``steps`` steps (the other tensors: the parameters
+    and saved tensors it reads)."""
     if not ENABLED:
         return False
-    if options.spiking:
-        form = _form(options.surrogate)
-        if options.max_spikes != 1 or form is None or form[0] not in _KINDS:
+    if options.spiking and options.max_spikes != 1:
+        return False
+    if options.spiking and _kind(options.surrogate) == "given":
+        if steps * v0.numel() > GIVEN_LIMIT:
             return False
     return neurons_jit.forward_ok(v0, options, *tensors) and _ready()
+
+
+def _kind(surrogate) -> str:
+    """The kernel's name for the surrogate's slopes: its own, or ``"given"``."""
+    form = _form(surrogate)
+    return "given" if form is None or form[0] not in _KINDS else form[0]
 
 
 def _form(surrogate) -> Optional[Tuple[str, float, float]]:
@@ -77,14 +95,14 @@ def _ready() -> bool:
     """Whether the backward kernel compiles (once; a ``RuntimeWarning`` if not, and the
     PyTorch backward runs)."""
     two, three = np.zeros((1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
-    flags = np.zeros(20, np.int64)
+    flags = np.zeros(21, np.int64)
     flags[[0, 4, 12, 13, 14, 15]] = 1, 1, 1, 1, 1, _KINDS["arctan"]
     consts = np.array([0, 1, 0, 1, 1], np.float32)
     return neurons_jit.compiles(
         "LIF backward loop",
         "PyTorch backward",
         lambda: _kernel()(flags, consts, three, two, three, three, two, three, two, two,
-                          three, two, two, two, three, two, two, two, two),  # fmt: skip
+                          three, two, two, two, three, two, two, two, two, three),  # fmt: skip
     )
 
 
@@ -151,9 +169,12 @@ def segment_backward(
     gt_mode, gt = _gradient(g_trace, full, ndtype)
     has_final = g_vfinal is not None and last == n_steps
     wanted = (need_alpha, need_threshold, need_bias)
-    sums = [grad_v.new_empty((n, features)) if need else None for need in wanted]
+    sums = [grad_v.new_zeros((n, features)) if need else None for need in wanted]
     empty2, empty3 = np.empty((0, 0), ndtype), np.empty((0, 0, 0), ndtype)
-    surrogate = _form(options.surrogate) if options.spiking else ("arctan", 1.0, 1.0)
+    surrogate = ("arctan", 1.0, 1.0)  # (not read without spikes)
+    if options.spiking:
+        kind = _kind(options.surrogate)
+        surrogate = ("given", 1.0, 1.0) if kind == "given" else _form(options.surrogate)
     norm = options.norm_input and need_alpha
     if synaptic is not None:
         alpha_syn, g_itrace, g_ifinal, carry = synaptic
@@ -175,7 +196,7 @@ def segment_backward(
          options.min_v_mem is not None, gs_mode, gt_mode, has_final, need_alpha,
          need_threshold, need_bias, norm, first, last, n_steps, time_first,
          _KINDS[surrogate[0]], synaptic is not None, gi_mode, has_ifinal,
-         options.norm_input],
+         options.norm_input, first],
         dtype=np.int64,
     )  # fmt: skip
     min_v_mem = options.min_v_mem
@@ -195,5 +216,20 @@ def segment_backward(
         *(empty2 if s is None else s.numpy() for s in sums),
         *syn_arrays,
     )
-    _kernel()(flags, consts, *arrays)
+    kernel = _kernel()
+    if surrogate[0] != "given":
+        kernel(flags, consts, *arrays, empty3)
+        return tuple(None if s is None else s.view(step_shape) for s in sums)
+    # The surrogate's slopes, a block of steps at a time from the last (its own code, as
+    # the PyTorch backward runs it), and the kernel on each block.
+    block = block_steps(v_before.numel())
+    buffer = grad_v.new_empty(min(block, steps) * v_before.numel())
+    for start in reversed(range(first, last, block)):
+        stop = min(start + block, last)
+        v_block = v_seg[start - first : stop - first]
+        u = torch.sub(v_block, threshold, out=buffer[: v_block.numel()].view(v_block.shape))
+        slopes = options.surrogate.derivative_(u)
+        slopes = slopes.to(grad_v.dtype).expand(v_block.shape).contiguous()
+        flags[11], flags[12] = start, stop
+        kernel(flags, consts, *arrays, slopes.view(stop - start, n, features).numpy())
     return tuple(None if s is None else s.view(step_shape) for s in sums)

@@ -13,13 +13,15 @@ A_t\, \partial_{\tilde v[t]} L_{direct}`, and each neuron's sums over the steps 
 and bias's gradients). The slopes :math:`\psi_t` are computed in the loop for the
 surrogates whose formula it knows (``FastSigmoid``, ``ArcTan``, ``Triangle``; see
 :meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`), with the operations of
-their ``derivative_``.
+their ``derivative_``; any other surrogate's come computed by its ``derivative_``, a
+block of steps at a time (``GIVEN``).
 
 Importing this module imports Numba (optional); :mod:`aquatic.functional.neurons_jit_backward`
 imports it on first use and prepares the arrays.
 Flags: ``spiking, zero_reset, detach, clamp, g_spikes, g_trace, g_final, need_alpha,
 need_threshold, need_bias, norm, first, last, n_steps, time_first, surrogate, synaptic,
-gi_mode, has_ifinal, norm_input`` (``norm``: the decay's gradient has its input term;
+gi_mode, has_ifinal, norm_input, seg_first`` (``norm``: the decay's gradient has its
+input term;
 ``g_spikes``, ``g_trace`` and ``gi_mode``: 0 absent, 1 an array ``(N, T, F)``, 2 one
 value for every element, a sum's
 gradient); constants: ``0, 1, min_v_mem``, the surrogate's parameter
@@ -32,10 +34,11 @@ import numpy as np
 
 from aquatic.functional.neurons_jit_kernels import inline, jit, job_block, job_layout, numba
 
-__all__ = ["FAST_SIGMOID", "ARCTAN", "TRIANGLE", "backward"]
+__all__ = ["GIVEN", "FAST_SIGMOID", "ARCTAN", "TRIANGLE", "backward"]
 
-#: The surrogates' codes in the flags (see ``Surrogate.kernel_form``).
-FAST_SIGMOID, ARCTAN, TRIANGLE = 1, 2, 3
+#: The surrogates' codes in the flags (see ``Surrogate.kernel_form``); ``GIVEN``: the
+#: slopes come computed in ``slopes``.
+GIVEN, FAST_SIGMOID, ARCTAN, TRIANGLE = 0, 1, 2, 3
 
 if numba is not None:
 
@@ -77,7 +80,7 @@ if numba is not None:
     def backward(
         flags, consts, v_pre, v_before, g_spikes, g_trace, g_final, inflow, alpha,
         threshold, grad_v, acc_alpha, acc_threshold, acc_bias, g_itrace, g_ifinal,
-        alpha_syn, gain, carry,
+        alpha_syn, gain, carry, slopes,
     ):  # fmt: skip
         r"""Steps ``first:last`` of the membranes' gradient ``grad_v`` ``(N, T, F)``, or
         with a synaptic current of the current's gradient.
@@ -87,7 +90,10 @@ if numba is not None:
         ``inflow``: the segment's input to the membrane ``(N, S, F)`` (the decay's
         gradient with ``norm_input``); ``grad_v[:, last]`` holds the later steps'
         gradient where ``last < n_steps``. The accumulators ``(N, F)`` receive each
-        neuron's sum over the segment's steps.
+        neuron's sum over the steps (added to them). ``first:last`` may be a block of
+        the segment that starts at step ``seg_first`` (``v_pre``'s first row, which
+        ``v_before`` enters); ``slopes`` ``(last - first, N, F)``, time first, are the
+        block's surrogate slopes where ``kind`` is ``GIVEN``.
 
         With a synaptic current (``synaptic``) ``grad_v`` receives the current's
         gradient :math:`\partial L/\partial i[t] = (1 - \alpha_{mem})^{[norm]} g_t +
@@ -105,7 +111,7 @@ if numba is not None:
         # fmt: off
         (spiking, zero_reset, detach, clamp, gs_mode, gt_mode, has_final, need_alpha,
          need_threshold, need_bias, norm, first, last, n_steps, time_first, kind,
-         synaptic, gi_mode, has_ifinal, norm_input) = flags
+         synaptic, gi_mode, has_ifinal, norm_input, seg_first) = flags
         # fmt: on
         zero, one, low, width, scale = consts[0], consts[1], consts[2], consts[3], consts[4]
         rows, chunk, jobs = job_layout(n_batch, n_feat)
@@ -138,7 +144,7 @@ if numba is not None:
             sum_h = np.zeros((n1 - n0, m), dtype)
             sum_b = np.zeros((n1 - n0, m), dtype)
             for t in range(last - 1, first - 1, -1):
-                s_t = t - first  # the step in the segment
+                s_t = t - seg_first  # the step in the segment
                 later = t < n_steps - 1  # a later step's gradient flows in
                 final = has_final and t == n_steps - 1
                 for r in range(n1 - n0):
@@ -173,14 +179,18 @@ if numba is not None:
                             d = abs(v[k] - hk) * width + one
                             psi = one / (d * d) * scale
                             out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
-                    elif inline:  # Triangle
+                    elif inline and kind == TRIANGLE:
                         for k in range(m):
                             hk = hr[k]
                             y = one - abs(v[k] - hk) / width
                             psi = (zero if y < zero else y) * scale
                             out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
                     else:
-                        if spiking:
+                        if spiking and kind == GIVEN:
+                            given = _part(slopes[t - first, n], o, f1, whole)
+                            for k in range(m):
+                                sl[k] = given[k]
+                        elif spiking:
                             _slopes(kind, v, hr, width, scale, sl, m)
                         if plain and later and not final and zero_reset:
                             for k in range(m):
@@ -244,7 +254,7 @@ if numba is not None:
                         # g_t times the membrane after the previous step's reset (the
                         # state entering the segment at its first step)
                         sa = sum_a[r]
-                        if t > first:
+                        if t > seg_first:
                             prev = v_pre[s_t - 1, n] if time_first else v_pre[n, s_t - 1]
                             prev = _part(prev, o, f1, whole)
                             for k in range(m):
@@ -288,11 +298,11 @@ if numba is not None:
                                 b = b + n_k * dr[k]
                             into[k] = b
             if need_alpha:
-                acc_alpha[n0:n1, o:f1] = sum_a
+                acc_alpha[n0:n1, o:f1] += sum_a
             if need_threshold:
-                acc_threshold[n0:n1, o:f1] = sum_h
+                acc_threshold[n0:n1, o:f1] += sum_h
             if need_bias:
-                acc_bias[n0:n1, o:f1] = sum_b
+                acc_bias[n0:n1, o:f1] += sum_b
             if synaptic:
                 carry[n0:n1, o:f1] = held[first & 1, : n1 - n0, :m]
 

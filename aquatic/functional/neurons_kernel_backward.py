@@ -134,8 +134,9 @@ def sequence_backward(
     # whole block at once, then the linear scan g_t = A_t alpha g_{t+1} + B_t runs
     # step by step (see the module docstring).
     compiled = neurons_jit_backward.backward_ok(
-        options, v0, v, alpha_mem, alpha_syn, threshold, bias
-    )
+        options, n_steps if checkpoint is None else checkpoint, v0, v, alpha_mem, alpha_syn,
+        threshold, bias,
+    )  # fmt: skip
     # With a synaptic current the compiled loop writes the current's gradient into
     # grad_v and hands the membrane's gradient from segment to segment here.
     carry = torch.zeros_like(v0) if compiled and synaptic else None

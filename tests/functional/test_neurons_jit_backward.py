@@ -1,5 +1,5 @@
 """The fused LIF backward pass compiled by Numba gives the PyTorch backward's gradients
-(to rounding), where it applies, and leaves the rest to the PyTorch backward."""
+(to rounding) for every surrogate, and leaves spike counts to the PyTorch backward."""
 
 import importlib.util
 
@@ -8,6 +8,7 @@ import torch
 
 import aquatic.functional.neurons_jit as jit
 import aquatic.functional.neurons_jit_backward as jit_backward
+import aquatic.functional.neurons_kernel as kernel
 from aquatic.functional.neurons import LIFState
 from aquatic.functional.neurons_fused import lif_fused
 from aquatic.functional.surrogate import ArcTan, FastSigmoid, SingleExponential, Triangle
@@ -17,7 +18,31 @@ pytestmark = pytest.mark.skipif(
 )
 
 F64 = torch.float64
+
+
+class _Sharper(ArcTan):
+    """A subclass with its own slope: the compiled backward must not assume ArcTan's."""
+
+    def derivative(self, u):
+        return super().derivative(u) ** 2
+
+    def derivative_(self, u):
+        return self.derivative(u)
+
+
+class _Duck:
+    """Not a Surrogate: any object with a derivative is accepted as one."""
+
+    def derivative(self, u):
+        return torch.exp(-u.abs())
+
+    derivative_ = derivative
+
+
+#: Those whose slopes the loop computes, then others' (computed by their derivative_, a
+#: block of steps at a time)
 SURROGATES = [ArcTan(), FastSigmoid(slope=5.0, scale=0.7), Triangle(width=0.8, scale=1.3)]
+SURROGATES += [SingleExponential(width=0.4), _Sharper(), _Duck()]
 CONFIGS = [
     dict(),
     dict(reset="zero"),
@@ -128,7 +153,7 @@ def test_gradients_equal_the_pytorch_backward(index, shape, checkpoint, monkeypa
     assert ours["x"].abs().sum() > 0
 
 
-@pytest.mark.parametrize("surrogate", SURROGATES, ids=repr)
+@pytest.mark.parametrize("surrogate", SURROGATES[:4], ids=repr)
 @pytest.mark.parametrize("loss", LOSSES)
 def test_float32_gradients_are_close(surrogate, loss, monkeypatch):
     config = dict(record_states=True, synaptic=True, min_v_mem=-0.4, norm_input=True)
@@ -141,36 +166,9 @@ def test_float32_gradients_are_close(surrogate, loss, monkeypatch):
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-4, atol=1e-5 * scale)
 
 
-class _Sharper(ArcTan):
-    """A subclass with its own slope: the compiled backward must not assume ArcTan's."""
-
-    def derivative(self, u):
-        return super().derivative(u) ** 2
-
-    def derivative_(self, u):
-        return self.derivative(u)
-
-
-class _Duck:
-    """Not a Surrogate: any object with a derivative is accepted as one."""
-
-    def derivative(self, u):
-        return torch.exp(-u.abs())
-
-    derivative_ = derivative
-
-
-@pytest.mark.parametrize(
-    "surrogate, config",
-    [
-        (_Sharper(), {}),
-        (_Duck(), {}),
-        (SingleExponential(), {}),  # its exp: the PyTorch backward's
-        (ArcTan(), dict(max_spikes=3)),
-    ],
-    ids=["subclass", "duck-typed", "single-exponential", "multi-spike"],
-)
-def test_other_neurons_run_the_pytorch_backward(surrogate, config, monkeypatch):
+@pytest.mark.parametrize("surrogate", [ArcTan(), SingleExponential()], ids=repr)
+def test_spike_counts_run_the_pytorch_backward(surrogate, monkeypatch):
+    config = dict(max_spikes=3)
     leaves = _leaves((3, 9, 5), (5,), F64, config)
     ours, calls = _gradients(True, monkeypatch, leaves, config, surrogate, "weighted")
     theirs, _ = _gradients(False, monkeypatch, leaves, config, surrogate, "weighted")
@@ -178,6 +176,57 @@ def test_other_neurons_run_the_pytorch_backward(surrogate, config, monkeypatch):
     for name in leaves:
         assert torch.equal(ours[name], theirs[name]), name
     assert ours["x"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("block_elements", [1, 8, 1 << 20])
+@pytest.mark.parametrize(
+    "config",
+    [
+        {},
+        dict(reset="zero", min_v_mem=-0.2),
+        dict(synaptic=True, norm_input=True, record_states=True),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("checkpoint", [None, 3], ids=["kept", "checkpoint3"])
+def test_slopes_given_by_the_surrogate_block_by_block(
+    block_elements, config, checkpoint, monkeypatch
+):
+    # SingleExponential's slopes come from its derivative_, in blocks of steps (1 and 8
+    # elements: blocks of 1 and 2 steps of 4 neurons x 2 samples) that need not align
+    # with the checkpointed segments.
+    leaves = _leaves((2, 11, 4), (4,), F64, config, seed=4)
+    theirs, _ = _gradients(
+        False, monkeypatch, leaves, config, SingleExponential(), "weighted", checkpoint
+    )
+    monkeypatch.setattr(kernel, "BLOCK_ELEMENTS", block_elements)
+    ours, calls = _gradients(
+        True, monkeypatch, leaves, config, SingleExponential(), "weighted", checkpoint
+    )
+    assert calls
+    for name in leaves:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+@pytest.mark.parametrize(
+    "surrogate, checkpoint, compiled",
+    [
+        (SingleExponential(), None, False),  # 88 elements: above the limit of 16
+        (SingleExponential(), 2, True),  # segments of 2 x 8 elements
+        (ArcTan(), None, True),  # its slopes in the loop: no limit
+    ],
+    ids=["given-long", "given-checkpointed", "arctan"],
+)
+def test_slopes_given_run_compiled_up_to_a_sequence_size(
+    surrogate, checkpoint, compiled, monkeypatch
+):
+    leaves = _leaves((2, 11, 4), (4,), F64, {})
+    theirs, _ = _gradients(False, monkeypatch, leaves, {}, surrogate, "weighted", checkpoint)
+    monkeypatch.setattr(jit_backward, "GIVEN_LIMIT", 16)
+    ours, calls = _gradients(True, monkeypatch, leaves, {}, surrogate, "weighted", checkpoint)
+    assert bool(calls) == compiled
+    for name in leaves:
+        torch.testing.assert_close(ours[name], theirs[name], rtol=1e-10, atol=1e-12, msg=name)
 
 
 def test_kernel_forms_name_only_the_built_in_surrogates():
