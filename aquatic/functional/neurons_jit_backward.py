@@ -150,6 +150,10 @@ def segment_backward(
     ``(1 - alpha_mem)`` applied with ``norm_input``), and ``carry`` ``(N, *)`` holds the
     membrane's gradient at step ``last`` on entry (where ``last`` is not the end) and
     at step ``first`` on return.
+
+    A surrogate whose slopes the loop does not compute gives them by its
+    ``derivative_``, for a block of steps at a time (the PyTorch backward's blocks), and
+    the loop runs once per block.
     """
     n, n_steps = grad_v.shape[0], grad_v.shape[1]
     step_shape = tuple(v_before.shape)
