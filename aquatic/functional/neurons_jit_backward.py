@@ -16,9 +16,9 @@ It applies where the compiled forward loop does
 (:func:`~aquatic.functional.neurons_jit.forward_ok`: Numba installed and enabled, CPU
 float32 or float64, binary spikes). The loop computes the surrogate's slopes itself for
 ``ArcTan``, ``FastSigmoid`` and ``Triangle``
-(:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`); any other surrogate (``SingleExponential``, a subclass, any
-object with a ``derivative``) computes them with its own ``derivative_``, a block of
-steps at a time, and runs compiled on sequences of at most :data:`GIVEN_LIMIT`
+(:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`); any other surrogate
+(``SingleExponential``, a subclass, any object with a ``derivative``) computes them with
+its own ``derivative_``, a block of steps at a time, and runs compiled on sequences of at most :data:`GIVEN_LIMIT`
 elements (beyond, the PyTorch backward runs: its exponential dominates both). Its
 gradients are those of the PyTorch backward up to rounding: PyTorch's kernels fuse
 some multiplies and adds into one rounding, and the parameters' sums run in another
@@ -66,23 +66,20 @@ def backward_ok(options: Options, steps: int, v0: Tensor, *tensors: Optional[Ten
         return False
     if options.spiking and options.max_spikes != 1:
         return False
-    if options.spiking and _kind(options.surrogate) == "given":
+    if options.spiking and _slopes_form(options.surrogate)[0] == "given":
         if steps * v0.numel() > GIVEN_LIMIT:
             return False
     return neurons_jit.forward_ok(v0, options, *tensors) and _ready()
 
 
-def _kind(surrogate) -> str:
-    """The kernel's name for the surrogate's slopes: its own, or ``"given"``."""
-    form = _form(surrogate)
-    return "given" if form is None or form[0] not in _KINDS else form[0]
-
-
-def _form(surrogate) -> Optional[Tuple[str, float, float]]:
-    """The surrogate's ``kernel_form()``; ``None`` for one without that method (any
-    object with a ``derivative`` is a surrogate)."""
+def _slopes_form(surrogate) -> Tuple[str, float, float]:
+    """``(kind, parameter, scale)`` of the surrogate's slopes in the kernel: its
+    ``kernel_form()`` where the kernel knows that kind, else ``("given", 1, 1)`` (also
+    for an object without ``kernel_form``: any object with a ``derivative`` is a
+    surrogate)."""
     kernel_form = getattr(surrogate, "kernel_form", None)
-    return kernel_form() if callable(kernel_form) else None
+    form = kernel_form() if callable(kernel_form) else None
+    return form if form is not None and form[0] in _KINDS else ("given", 1.0, 1.0)
 
 
 def _kernel():
@@ -175,10 +172,8 @@ def segment_backward(
     wanted = (need_alpha, need_threshold, need_bias)
     sums = [grad_v.new_zeros((n, features)) if need else None for need in wanted]
     empty2, empty3 = np.empty((0, 0), ndtype), np.empty((0, 0, 0), ndtype)
-    surrogate = ("arctan", 1.0, 1.0)  # (not read without spikes)
-    if options.spiking:
-        kind = _kind(options.surrogate)
-        surrogate = ("given", 1.0, 1.0) if kind == "given" else _form(options.surrogate)
+    # (the surrogate is not read without spikes)
+    surrogate = _slopes_form(options.surrogate) if options.spiking else ("arctan", 1.0, 1.0)
     norm = options.norm_input and need_alpha
     if synaptic is not None:
         alpha_syn, g_itrace, g_ifinal, carry = synaptic

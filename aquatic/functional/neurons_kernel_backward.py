@@ -122,17 +122,6 @@ def sequence_backward(
     block = block_steps(v0.numel())
     synaptic = alpha_syn is not None
     keep_current = synaptic and options.norm_input and needs[3]
-    one = torch.ones((), dtype=v0.dtype, device=v0.device)
-    minus_threshold = -threshold if spiking else None
-    # A block's temporaries, batch first like the gradient, each a contiguous view of
-    # one buffer (the surrogate then runs one flat loop, for a block of any length).
-    work = v0.new_empty(min(block, n_steps) * v0.numel())
-    # R_t of a block as 0/1 in the gradient's dtype (adding a bool tensor is slow)
-    kept = torch.empty_like(work) if spiking and options.reset == "zero" else None
-
-    # Blocks of steps from the last one back: everything nonlinear is computed for a
-    # whole block at once, then the linear scan g_t = A_t alpha g_{t+1} + B_t runs
-    # step by step (see the module docstring).
     compiled = neurons_jit_backward.backward_ok(
         options, n_steps if checkpoint is None else checkpoint, v0, v, alpha_mem, alpha_syn,
         threshold, bias,
@@ -140,6 +129,20 @@ def sequence_backward(
     # With a synaptic current the compiled loop writes the current's gradient into
     # grad_v and hands the membrane's gradient from segment to segment here.
     carry = torch.zeros_like(v0) if compiled and synaptic else None
+    if not compiled:
+        one = torch.ones((), dtype=v0.dtype, device=v0.device)
+        minus_threshold = -threshold if spiking else None
+        # A block's temporaries, batch first like the gradient, each a contiguous view
+        # of one buffer (the surrogate then runs one flat loop, for a block of any
+        # length).
+        work = v0.new_empty(min(block, n_steps) * v0.numel())
+        # R_t of a block as 0/1 in the gradient's dtype (adding a bool tensor is slow)
+        kept = torch.empty_like(work) if spiking and options.reset == "zero" else None
+
+    # Segments from the last one back, each on the compiled loop or in blocks of steps
+    # from the last one back: everything nonlinear is computed for a whole block at
+    # once, then the linear scan g_t = A_t alpha g_{t+1} + B_t runs step by step (see
+    # the module docstring).
     for first, last, v_seg, cur_seg, v_before, _ in _segments(
         saved, options, checkpoint, keep_current
     ):

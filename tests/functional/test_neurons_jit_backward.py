@@ -98,9 +98,10 @@ def _loss(result, kind):
     return sum((t * torch.randn(t.shape, generator=generator, dtype=t.dtype)).sum() for t in terms)
 
 
-def _gradients(compiled, monkeypatch, leaves, config, surrogate, loss, checkpoint=None):
+def _gradients(compiled, leaves, config, surrogate, loss, checkpoint=None):
     """The leaves' gradients with the compiled backward (``compiled``) or the PyTorch
-    backward, and how many segments the compiled backward ran."""
+    backward, and the segments that the compiled backward ran (its own patches only:
+    the caller's stay)."""
     calls = []
     real = jit_backward.segment_backward
 
@@ -108,36 +109,37 @@ def _gradients(compiled, monkeypatch, leaves, config, surrogate, loss, checkpoin
         calls.append(args[1:3])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(jit_backward, "segment_backward", counted)
-    if not compiled:
-        monkeypatch.setattr(jit_backward, "backward_ok", lambda *args: False)
-    options = {k: v for k, v in config.items() if k not in ("synaptic", "bias")}
-    result = lif_fused(
-        leaves["x"],
-        leaves["alpha"],
-        leaves.get("syn"),
-        leaves["threshold"],
-        bias=leaves.get("bias"),
-        state=LIFState(leaves["v0"], leaves.get("i0")),
-        surrogate=surrogate,
-        checkpoint=checkpoint,
-        **options,
-    )
-    # a non-spiking neuron has no threshold gradient
-    grads = torch.autograd.grad(_loss(result, loss), list(leaves.values()), allow_unused=True)
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jit_backward, "segment_backward", counted)
+        if not compiled:
+            patch.setattr(jit_backward, "backward_ok", lambda *args: False)
+        options = {k: v for k, v in config.items() if k not in ("synaptic", "bias")}
+        result = lif_fused(
+            leaves["x"],
+            leaves["alpha"],
+            leaves.get("syn"),
+            leaves["threshold"],
+            bias=leaves.get("bias"),
+            state=LIFState(leaves["v0"], leaves.get("i0")),
+            surrogate=surrogate,
+            checkpoint=checkpoint,
+            **options,
+        )
+        # a non-spiking neuron has no threshold gradient
+        loss_value = _loss(result, loss)
+        grads = torch.autograd.grad(loss_value, list(leaves.values()), allow_unused=True)
     return dict(zip(leaves, grads)), calls
 
 
 @pytest.mark.parametrize("checkpoint", [None, 4], ids=["kept", "checkpoint4"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0])))
 @pytest.mark.parametrize("index", range(len(CONFIGS)), ids=lambda i: str(CONFIGS[i]))
-def test_gradients_equal_the_pytorch_backward(index, shape, checkpoint, monkeypatch):
+def test_gradients_equal_the_pytorch_backward(index, shape, checkpoint):
     config, surrogate = CONFIGS[index], SURROGATES[index % len(SURROGATES)]
     loss = LOSSES[index % len(LOSSES)]
     leaves = _leaves(*shape, F64, config)
-    ours, calls = _gradients(True, monkeypatch, leaves, config, surrogate, loss, checkpoint)
-    theirs, none = _gradients(False, monkeypatch, leaves, config, surrogate, loss, checkpoint)
+    ours, calls = _gradients(True, leaves, config, surrogate, loss, checkpoint)
+    theirs, none = _gradients(False, leaves, config, surrogate, loss, checkpoint)
     n_steps = shape[0][1]
     # one segment, or one per checkpointed stretch of steps from the last
     expected = [(0, n_steps)] if checkpoint is None else [
@@ -155,11 +157,11 @@ def test_gradients_equal_the_pytorch_backward(index, shape, checkpoint, monkeypa
 
 @pytest.mark.parametrize("surrogate", SURROGATES[:4], ids=repr)
 @pytest.mark.parametrize("loss", LOSSES)
-def test_float32_gradients_are_close(surrogate, loss, monkeypatch):
+def test_float32_gradients_are_close(surrogate, loss):
     config = dict(record_states=True, synaptic=True, min_v_mem=-0.4, norm_input=True)
     leaves = _leaves((8, 30, 16), (16,), torch.float32, config, seed=2)
-    ours, calls = _gradients(True, monkeypatch, leaves, config, surrogate, loss)
-    theirs, _ = _gradients(False, monkeypatch, leaves, config, surrogate, loss)
+    ours, calls = _gradients(True, leaves, config, surrogate, loss)
+    theirs, _ = _gradients(False, leaves, config, surrogate, loss)
     assert calls == [(0, 30)]
     for name in leaves:
         scale = theirs[name].abs().max()
@@ -167,11 +169,11 @@ def test_float32_gradients_are_close(surrogate, loss, monkeypatch):
 
 
 @pytest.mark.parametrize("surrogate", [ArcTan(), SingleExponential()], ids=repr)
-def test_spike_counts_run_the_pytorch_backward(surrogate, monkeypatch):
+def test_spike_counts_run_the_pytorch_backward(surrogate):
     config = dict(max_spikes=3)
     leaves = _leaves((3, 9, 5), (5,), F64, config)
-    ours, calls = _gradients(True, monkeypatch, leaves, config, surrogate, "weighted")
-    theirs, _ = _gradients(False, monkeypatch, leaves, config, surrogate, "weighted")
+    ours, calls = _gradients(True, leaves, config, surrogate, "weighted")
+    theirs, _ = _gradients(False, leaves, config, surrogate, "weighted")
     assert calls == []
     for name in leaves:
         assert torch.equal(ours[name], theirs[name]), name
@@ -196,13 +198,9 @@ def test_slopes_given_by_the_surrogate_block_by_block(
     # elements: blocks of 1 and 2 steps of 4 neurons x 2 samples) that need not align
     # with the checkpointed segments.
     leaves = _leaves((2, 11, 4), (4,), F64, config, seed=4)
-    theirs, _ = _gradients(
-        False, monkeypatch, leaves, config, SingleExponential(), "weighted", checkpoint
-    )
+    theirs, _ = _gradients(False, leaves, config, SingleExponential(), "weighted", checkpoint)
     monkeypatch.setattr(kernel, "BLOCK_ELEMENTS", block_elements)
-    ours, calls = _gradients(
-        True, monkeypatch, leaves, config, SingleExponential(), "weighted", checkpoint
-    )
+    ours, calls = _gradients(True, leaves, config, SingleExponential(), "weighted", checkpoint)
     assert calls
     for name in leaves:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-10, atol=1e-12, msg=name)
@@ -221,9 +219,9 @@ def test_slopes_given_run_compiled_up_to_a_sequence_size(
     surrogate, checkpoint, compiled, monkeypatch
 ):
     leaves = _leaves((2, 11, 4), (4,), F64, {})
-    theirs, _ = _gradients(False, monkeypatch, leaves, {}, surrogate, "weighted", checkpoint)
+    theirs, _ = _gradients(False, leaves, {}, surrogate, "weighted", checkpoint)
     monkeypatch.setattr(jit_backward, "GIVEN_LIMIT", 16)
-    ours, calls = _gradients(True, monkeypatch, leaves, {}, surrogate, "weighted", checkpoint)
+    ours, calls = _gradients(True, leaves, {}, surrogate, "weighted", checkpoint)
     assert bool(calls) == compiled
     for name in leaves:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-10, atol=1e-12, msg=name)
@@ -237,15 +235,15 @@ def test_kernel_forms_name_only_the_built_in_surrogates():
     assert _Sharper().kernel_form() is None
 
 
-def test_nan_and_inf_inputs_give_the_pytorch_backwards_gradients(monkeypatch):
+def test_nan_and_inf_inputs_give_the_pytorch_backwards_gradients():
     for config in (dict(), dict(reset="zero", min_v_mem=-0.5)):
         leaves = _leaves((4, 10, 6), (6,), F64, config)
         with torch.no_grad():
             leaves["x"][0, 3, 1] = float("nan")
             leaves["x"][1, 5, 2] = float("inf")
             leaves["x"][2, 2, 4] = -float("inf")
-        ours, calls = _gradients(True, monkeypatch, leaves, config, ArcTan(), "weighted")
-        theirs, _ = _gradients(False, monkeypatch, leaves, config, ArcTan(), "weighted")
+        ours, calls = _gradients(True, leaves, config, ArcTan(), "weighted")
+        theirs, _ = _gradients(False, leaves, config, ArcTan(), "weighted")
         assert calls
         for name in leaves:
             assert torch.equal(ours[name].isnan(), theirs[name].isnan()), name
@@ -254,11 +252,11 @@ def test_nan_and_inf_inputs_give_the_pytorch_backwards_gradients(monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 3), (0, 4, 3), (2, 3, 0)], ids=str)
-def test_single_step_and_empty_sequences(shape, monkeypatch):
+def test_single_step_and_empty_sequences(shape):
     config = dict(synaptic=True, norm_input=True)
     leaves = _leaves(shape, (shape[2],), F64, config)
-    ours, _ = _gradients(True, monkeypatch, leaves, config, ArcTan(), "weighted")
-    theirs, _ = _gradients(False, monkeypatch, leaves, config, ArcTan(), "weighted")
+    ours, _ = _gradients(True, leaves, config, ArcTan(), "weighted")
+    theirs, _ = _gradients(False, leaves, config, ArcTan(), "weighted")
     for name in leaves:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-12, atol=0.0, msg=name)
 
@@ -275,7 +273,7 @@ def test_turned_off_with_the_forward_loop(monkeypatch):
 
 def test_its_own_switch_keeps_the_pytorch_backward_bits(monkeypatch):
     leaves = _leaves((3, 8, 5), (5,), torch.float32, {})
-    theirs, _ = _gradients(False, monkeypatch, leaves, {}, ArcTan(), "weighted")
+    theirs, _ = _gradients(False, leaves, {}, ArcTan(), "weighted")
     monkeypatch.setattr(jit_backward, "ENABLED", False)
     calls = []
     real = jit_backward.segment_backward
@@ -293,7 +291,7 @@ def test_a_backward_kernel_that_fails_to_compile_warns_and_falls_back(monkeypatc
         raise ImportError("Numba needs NumPy 2.3 or less")
 
     leaves = _leaves((3, 8, 5), (5,), torch.float32, {})
-    theirs, _ = _gradients(False, monkeypatch, leaves, {}, ArcTan(), "weighted")
+    theirs, _ = _gradients(False, leaves, {}, ArcTan(), "weighted")
     monkeypatch.setattr(jit_backward, "_kernel", broken)
     jit_backward._ready.cache_clear()
     try:
