@@ -55,6 +55,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from aquatic.functional import neurons_jit_backward
 from aquatic.functional.neuron_checks import check_checkpoint, prepare
 from aquatic.functional.neuron_types import LIFOutput, LIFState, Number, Options
 from aquatic.functional.neurons_fused_op import (
@@ -173,6 +174,8 @@ def lif_fused(
     )
     alpha_mem, alpha_syn, threshold, bias = params
     check_checkpoint(checkpoint)
+    if checkpoint is None and torch.is_grad_enabled():
+        checkpoint = neurons_jit_backward.own_checkpoint(input, options)
     if torch.compiler.is_compiling():
         return sequence_op(input, state, params, options, record_states, checkpoint)
     output, v_trace, i_trace, v_final, i_final = _LIFSequence.apply(

@@ -40,7 +40,16 @@ from aquatic.functional import neurons_jit
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons_kernel import block_steps
 
-__all__ = ["ENABLED", "GIVEN_LIMIT", "backward_ok", "segment_backward"]
+__all__ = [
+    "ENABLED",
+    "GIVEN_LIMIT",
+    "RECOMPUTE_ABOVE",
+    "RECOMPUTE_BYTES",
+    "backward_ok",
+    "recomputes",
+    "own_checkpoint",
+    "segment_backward",
+]
 
 #: Whether the compiled backward runs where it applies (with the compiled forward loop:
 #: :data:`aquatic.functional.neurons_jit.ENABLED` turns both off). ``False`` keeps the
@@ -53,6 +62,18 @@ ENABLED = True
 #: calls cost the most; on longer ones the PyTorch backward was as fast here (the
 #: exponential dominates both).
 GIVEN_LIMIT = 1 << 18
+
+#: Sequences above this many bytes recompute their membranes in the backward pass
+#: instead of keeping them (:func:`own_checkpoint`). glibc's allocator maps a block
+#: this large afresh on every call, so writing the membranes in forward met a page
+#: fault every 4 KiB; recomputing them in backward measured 27-33% faster for the
+#: whole step on 52-65 MB sequences, and 5-10% slower on sequences that fit the heap.
+RECOMPUTE_ABOVE = 1 << 25
+
+#: The bytes of membranes that one job of neurons recomputes at a time in the backward
+#: pass: half the second-level cache of the machine measured, where they stay until the
+#: job's backward loop reads them.
+RECOMPUTE_BYTES = 1 << 19
 
 #: The kernel's code of each surrogate kind of ``Surrogate.kernel_form``.
 _KINDS = {"given": 0, "fast_sigmoid": 1, "arctan": 2, "triangle": 3}
@@ -70,6 +91,45 @@ def backward_ok(options: Options, steps: int, v0: Tensor, *tensors: Optional[Ten
         if steps * v0.numel() > GIVEN_LIMIT:
             return False
     return neurons_jit.forward_ok(v0, options, *tensors) and _ready()
+
+
+def recomputes(options: Options) -> bool:
+    """Whether the compiled backward recomputes the membranes of checkpointed segments
+    itself (it reads them where the surrogate's own ``derivative_`` gives the slopes:
+    that runs on the membranes)."""
+    return not options.spiking or _slopes_form(options.surrogate)[0] != "given"
+
+
+def own_checkpoint(x: Tensor, options: Options) -> Optional[int]:
+    """The checkpoint that the fused sequence ``x`` takes where none is given: ``None``
+    (forward keeps every step's membrane) up to :data:`RECOMPUTE_ABOVE` bytes, above
+    that the steps of :data:`RECOMPUTE_BYTES` of a job's membranes where the compiled
+    loops run forward and backward and backward :func:`recomputes` them.
+
+    Forward then writes no membranes, and backward recomputes them a job and a segment
+    at a time, in the cache: the same bits, so the same gradients. Forward keeps the
+    input instead (the same size). Under ``torch.compile`` this is decided while
+    tracing.
+    """
+    if x.numel() * x.element_size() <= RECOMPUTE_ABOVE:
+        return None
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return None
+    if options.max_spikes != 1 or not recomputes(options):
+        return None
+    if not options.spiking and options.min_v_mem is None:  # the membrane is the output
+        return None
+    return _segment_steps(x.dtype == torch.float32) or None
+
+
+@torch.compiler.assume_constant_result
+def _segment_steps(single: bool) -> int:
+    """The steps of :data:`RECOMPUTE_BYTES` of a job's membranes in single (else double)
+    precision where the compiled loops run, else 0 (a constant while tracing)."""
+    if not (ENABLED and neurons_jit.available() and _ready()):
+        return 0
+    kernels = importlib.import_module("aquatic.functional.neurons_jit_kernels")
+    return max(1, RECOMPUTE_BYTES // (kernels.JOB_LANES * (4 if single else 8)))
 
 
 def _slopes_form(surrogate) -> Tuple[str, float, float]:
@@ -92,14 +152,15 @@ def _ready() -> bool:
     """Whether the backward kernel compiles (once; a ``RuntimeWarning`` if not, and the
     PyTorch backward runs)."""
     two, three = np.zeros((1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
-    flags = np.zeros(21, np.int64)
+    flags = np.zeros(23, np.int64)
     flags[[0, 4, 12, 13, 14, 15]] = 1, 1, 1, 1, 1, _KINDS["arctan"]
     consts = np.array([0, 1, 0, 1, 1], np.float32)
     return neurons_jit.compiles(
         "LIF backward loop",
         "PyTorch backward",
         lambda: _kernel()(flags, consts, three, two, three, three, two, three, two, two,
-                          three, two, two, two, three, two, two, two, two, three),  # fmt: skip
+                          three, two, two, two, three, two, two, two, two, three, three, two,
+                          three, three),  # fmt: skip
     )
 
 
@@ -129,6 +190,7 @@ def segment_backward(
     grad_v: Tensor,
     needs: Tuple[bool, bool, bool],
     synaptic: Optional[Tuple[Tensor, Optional[Tensor], Optional[Tensor], Tensor]] = None,
+    states: Optional[Tuple[Tensor, Tensor, Optional[Tensor], Optional[Tensor], int]] = None,
 ) -> Tuple[Optional[Tensor], ...]:
     """Steps ``first:last`` of ``grad_v`` ``(N, T, *)``, the membranes' gradients (the
     steps from ``last`` on already in it), and the segment's sums of the decay's,
@@ -151,6 +213,13 @@ def segment_backward(
     A surrogate whose slopes the loop does not compute gives them by its
     ``derivative_``, for a block of steps at a time (the PyTorch backward's blocks), and
     the loop runs once per block.
+
+    ``states``: ``(x, v_states, i_states, bias, every)`` to recompute the membranes
+    instead of reading them (``v_seg`` is then ``None``, and ``first:last`` the whole
+    sequence): the input ``(N, T, *)``, the states entering steps ``0, every, 2 every,
+    ...`` (forward's checkpoints) and the bias. Each job of neurons recomputes one
+    segment of ``every`` steps at a time, from the last, into a buffer that stays in
+    the cache (:func:`recomputes` says where this applies), and runs the segment back.
     """
     n, n_steps = grad_v.shape[0], grad_v.shape[1]
     step_shape = tuple(v_before.shape)
@@ -159,7 +228,9 @@ def segment_backward(
     steps = last - first
     need_alpha, need_threshold, need_bias = needs
     need_threshold = need_threshold and options.spiking
-    if v_seg.is_contiguous():
+    if v_seg is None:  # recomputed from states
+        time_first, v_arr = 1, None
+    elif v_seg.is_contiguous():
         time_first, v_arr = 1, v_seg.view(steps, n, features)
     elif v_seg.transpose(0, 1).is_contiguous():  # a non-spiking neuron's output
         time_first, v_arr = 0, v_seg.transpose(0, 1).view(n, steps, features)
@@ -175,27 +246,39 @@ def segment_backward(
     # (the surrogate is not read without spikes)
     surrogate = _slopes_form(options.surrogate) if options.spiking else ("arctan", 1.0, 1.0)
     norm = options.norm_input and need_alpha
+    lanes = neurons_jit.lanes
+    gain = lanes(1 - alpha_mem, step_shape, features, ndtype) if options.norm_input else empty2
     if synaptic is not None:
         alpha_syn, g_itrace, g_ifinal, carry = synaptic
         gi_mode, gi = _gradient(g_itrace, full, ndtype)
         has_ifinal = g_ifinal is not None and last == n_steps
-        lanes = neurons_jit.lanes
         syn_arrays = (
             gi,
             g_ifinal.detach().contiguous().view(n, features).numpy() if has_ifinal else empty2,
             lanes(alpha_syn, step_shape, features, ndtype),
-            lanes(1 - alpha_mem, step_shape, features, ndtype) if options.norm_input else empty2,
+            gain,
             carry.view(n, features).numpy(),
         )
     else:
         gi_mode, has_ifinal = 0, False
-        syn_arrays = (empty3, empty2, empty2, empty2, empty2)
+        syn_arrays = (empty3, empty2, empty2, gain, empty2)
+    every, has_bias = 0, False
+    state_arrays = (empty3, empty2, empty3, empty3)
+    if states is not None:
+        x, v_states, i_states, bias, every = states
+        has_bias = bias is not None
+        state_arrays = (
+            x.detach().contiguous().view(n, n_steps, features).numpy(),
+            lanes(bias, step_shape, features, ndtype) if has_bias else empty2,
+            v_states.detach().contiguous().view(-1, n, features).numpy(),
+            i_states.detach().contiguous().view(-1, n, features).numpy() if synaptic else empty3,
+        )
     flags = np.array(
         [options.spiking, options.reset == "zero", options.detach_reset,
          options.min_v_mem is not None, gs_mode, gt_mode, has_final, need_alpha,
          need_threshold, need_bias, norm, first, last, n_steps, time_first,
          _KINDS[surrogate[0]], synaptic is not None, gi_mode, has_ifinal,
-         options.norm_input, first],
+         options.norm_input, first, every, has_bias],
         dtype=np.int64,
     )  # fmt: skip
     min_v_mem = options.min_v_mem
@@ -203,12 +286,16 @@ def segment_backward(
         [0, 1, 0 if min_v_mem is None else min_v_mem, surrogate[1], surrogate[2]], dtype=ndtype
     )
     arrays = (
-        v_arr.detach().numpy(),
+        empty3 if v_arr is None else v_arr.detach().numpy(),
         v_before.detach().contiguous().view(n, features).numpy(),
         gs,
         gt,
         g_vfinal.detach().contiguous().view(n, features).numpy() if has_final else empty2,
-        inflow.detach().contiguous().view(n, steps, features).numpy() if norm else empty3,
+        (
+            inflow.detach().contiguous().view(n, steps, features).numpy()
+            if norm and every == 0
+            else empty3
+        ),
         neurons_jit.lanes(alpha_mem, step_shape, features, ndtype),
         neurons_jit.lanes(threshold, step_shape, features, ndtype),
         grad_v.view(n, n_steps, features).numpy(),
@@ -217,7 +304,7 @@ def segment_backward(
     )
     kernel = _kernel()
     if surrogate[0] != "given":
-        kernel(flags, consts, *arrays, empty3)
+        kernel(flags, consts, *arrays, empty3, *state_arrays)
         return tuple(None if s is None else s.view(step_shape) for s in sums)
     # The surrogate's slopes, a block of steps at a time from the last (its own code, as
     # the PyTorch backward runs it), and the kernel on each block.
@@ -230,5 +317,7 @@ def segment_backward(
         slopes = options.surrogate.derivative_(u)
         slopes = slopes.to(grad_v.dtype).expand(v_block.shape).contiguous()
         flags[11], flags[12] = start, stop
-        kernel(flags, consts, *arrays, slopes.view(stop - start, n, features).numpy())
+        kernel(
+            flags, consts, *arrays, slopes.view(stop - start, n, features).numpy(), *state_arrays
+        )
     return tuple(None if s is None else s.view(step_shape) for s in sums)

@@ -32,7 +32,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from aquatic.functional.neurons_jit_kernels import inline, jit, job_block, job_layout, numba
+from aquatic.functional.neurons_jit_kernels import (
+    advance,
+    drive_of,
+    inline,
+    jit,
+    job_block,
+    job_layout,
+    numba,
+)
 
 __all__ = ["GIVEN", "FAST_SIGMOID", "ARCTAN", "TRIANGLE", "backward"]
 
@@ -42,22 +50,50 @@ GIVEN, FAST_SIGMOID, ARCTAN, TRIANGLE = 0, 1, 2, 3
 
 if numba is not None:
 
+    # The surrogates' slopes at d = v - threshold, in the forms of ``Surrogate.kernel_form``
+    # with constants that :func:`_constants` works out once: one division at most (a
+    # division costs as much as the rest of the backward loop's arithmetic).
+
     @inline
-    def _slopes(kind, v, h, width, scale, out, m):
+    def _fast_sigmoid(d, c1, c2, one, zero):
+        """FastSigmoid: :math:`s / (1 + k|d|)^2`, ``c1`` :math:`= s`, ``c2`` :math:`= k`."""
+        q = abs(d) * c2 + one
+        return c1 / (q * q)
+
+    @inline
+    def _arctan(d, c1, c2, one, zero):
+        """ArcTan: :math:`s / (1 + (d/w)^2) = s w^2 / (d^2 + w^2)`, ``c1`` :math:`= s w^2`,
+        ``c2`` :math:`= w^2`."""
+        return c1 / (d * d + c2)
+
+    @inline
+    def _triangle(d, c1, c2, one, zero):
+        """Triangle: :math:`s \\max(0, 1 - |d|/w)`, ``c1`` :math:`= s`, ``c2`` :math:`= 1/w`."""
+        y = one - abs(d) * c2
+        return (zero if y < zero else y) * c1
+
+    @inline
+    def _constants(kind, width, scale, one):
+        """``(c1, c2)`` of the slopes of surrogate ``kind`` with the parameter ``width``
+        (FastSigmoid's slope) and ``scale``."""
+        if kind == ARCTAN:
+            return scale * (width * width), width * width
+        if kind == TRIANGLE:
+            return scale, one / width
+        return scale, width
+
+    @inline
+    def _slopes(kind, v, h, c1, c2, out, m, one, zero):
         """The surrogate's slopes at ``v[:m] - h[:m]`` into ``out[:m]``."""
-        one, zero = out.dtype.type(1), out.dtype.type(0)
         if kind == FAST_SIGMOID:
             for k in range(m):
-                d = abs(v[k] - h[k]) * width + one
-                out[k] = one / (d * d) * scale
+                out[k] = _fast_sigmoid(v[k] - h[k], c1, c2, one, zero)
         elif kind == ARCTAN:
             for k in range(m):
-                r = (v[k] - h[k]) / width
-                out[k] = one / (r * r + one) * scale
-        else:  # Triangle
+                out[k] = _arctan(v[k] - h[k], c1, c2, one, zero)
+        else:
             for k in range(m):
-                y = one - abs(v[k] - h[k]) / width
-                out[k] = (zero if y < zero else y) * scale
+                out[k] = _triangle(v[k] - h[k], c1, c2, one, zero)
 
     @inline
     def _kept(u, h, low, spiking, zero_reset, one, zero):
@@ -80,7 +116,7 @@ if numba is not None:
     def backward(
         flags, consts, v_pre, v_before, g_spikes, g_trace, g_final, inflow, alpha,
         threshold, grad_v, acc_alpha, acc_threshold, acc_bias, g_itrace, g_ifinal,
-        alpha_syn, gain, carry, slopes,
+        alpha_syn, gain, carry, slopes, x, bias, v_states, i_states,
     ):  # fmt: skip
         r"""Steps ``first:last`` of the membranes' gradient ``grad_v`` ``(N, T, F)``, or
         with a synaptic current of the current's gradient.
@@ -111,9 +147,10 @@ if numba is not None:
         # fmt: off
         (spiking, zero_reset, detach, clamp, gs_mode, gt_mode, has_final, need_alpha,
          need_threshold, need_bias, norm, first, last, n_steps, time_first, kind,
-         synaptic, gi_mode, has_ifinal, norm_input, seg_first) = flags
+         synaptic, gi_mode, has_ifinal, norm_input, seg_first, every, has_bias) = flags
         # fmt: on
         zero, one, low, width, scale = consts[0], consts[1], consts[2], consts[3], consts[4]
+        c1, c2 = _constants(kind, width, scale, one)
         rows, chunk, jobs = job_layout(n_batch, n_feat)
         if last <= first:
             return
@@ -126,6 +163,16 @@ if numba is not None:
         gi_row = np.full(n_feat, g_itrace[0, 0, 0] if gi_mode == 2 else zero)
         # with a synaptic current: g of steps t and t + 1 of the job's rows (by parity)
         held = np.zeros((2, rows, chunk) if synaptic else (2, 1, 1), dtype)
+        # recomputing: the membranes before the reset of a segment's steps, and its
+        # currents where they are the decay's input term; the state, the spikes and the
+        # input to the membrane of one step
+        segments = -(-(last - first) // every) if every else 1
+        v_job = np.empty((every, rows, chunk) if every else (1, 1, 1), dtype)
+        i_job = np.empty((every, rows, chunk) if every and norm and synaptic else (1, 1, 1), dtype)
+        v_now = np.empty((rows, chunk), dtype)
+        i_now = np.empty((rows, chunk), dtype)
+        spikes = np.empty(chunk, dtype)
+        drive = np.empty(chunk, dtype)
         # the common case, one loop without branches: binary spikes, gradients of
         # the spikes only, no clamp, no detached reset, a step with a later one
         plain = spiking and gs_mode and not (detach or clamp or gt_mode)
@@ -135,168 +182,203 @@ if numba is not None:
             m = f1 - o
             a = alpha[n0:n1, o:f1].copy()
             h = threshold[n0:n1, o:f1].copy()
+            decay = alpha_syn[n0:n1, o:f1].copy() if synaptic else a
+            gain_j = gain[n0:n1, o:f1].copy() if norm_input else a
+            bias_j = bias[n0:n1, o:f1].copy() if has_bias and every else a
+            factor_i = gain_j if norm_input else decay
             if synaptic:
-                decay = alpha_syn[n0:n1, o:f1].copy()
-                factor_i = gain[n0:n1, o:f1].copy() if norm_input else decay
                 if last < n_steps:
                     held[last & 1, : n1 - n0, :m] = carry[n0:n1, o:f1]
             sum_a = np.zeros((n1 - n0, m), dtype)
             sum_h = np.zeros((n1 - n0, m), dtype)
             sum_b = np.zeros((n1 - n0, m), dtype)
-            for t in range(last - 1, first - 1, -1):
-                s_t = t - seg_first  # the step in the segment
-                later = t < n_steps - 1  # a later step's gradient flows in
-                final = has_final and t == n_steps - 1
-                for r in range(n1 - n0):
-                    n = n0 + r
-                    # this job's lanes of each row: [o, f1)
-                    v = _part(v_pre[s_t, n] if time_first else v_pre[n, s_t], o, f1, whole)
-                    ar, hr = a[r], h[r]
-                    gs = _part(g_spikes[n, t] if gs_mode == 1 else gs_row, o, f1, whole)
-                    gt = _part(g_trace[n, t] if gt_mode == 1 else gt_row, o, f1, whole)
-                    gf = _part(g_final[n] if final else absent, o, f1, whole)
-                    if synaptic:  # g_t and g_{t+1} in the job
-                        out = held[t & 1, r, :m]
-                        gn = held[(t + 1) & 1, r, :m]
-                    else:
-                        gn = _part(grad_v[n, t + 1] if later else absent, o, f1, whole)
-                        out = _part(grad_v[n, t], o, f1, whole)
-                    # One array written per loop: more keep Numba's loops from
-                    # vectorizing (the checks that the arrays do not overlap). The
-                    # plainest case computes the slopes in its loop (one loop per
-                    # surrogate: a branch in the loop halved its speed); others
-                    # take them from a row computed first.
-                    inline = plain and later and not final and not zero_reset
-                    if inline and kind == ARCTAN:
-                        for k in range(m):
-                            hk = hr[k]
-                            q = (v[k] - hk) / width
-                            psi = one / (q * q + one) * scale
-                            out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
-                    elif inline and kind == FAST_SIGMOID:
-                        for k in range(m):
-                            hk = hr[k]
-                            d = abs(v[k] - hk) * width + one
-                            psi = one / (d * d) * scale
-                            out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
-                    elif inline and kind == TRIANGLE:
-                        for k in range(m):
-                            hk = hr[k]
-                            y = one - abs(v[k] - hk) / width
-                            psi = (zero if y < zero else y) * scale
-                            out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
-                    else:
-                        if spiking and kind == GIVEN:
-                            given = _part(slopes[t - first, n], o, f1, whole)
-                            for k in range(m):
-                                sl[k] = given[k]
-                        elif spiking:
-                            _slopes(kind, v, hr, width, scale, sl, m)
-                        if plain and later and not final and zero_reset:
-                            for k in range(m):
-                                u, psi = v[k], sl[k]
-                                coef = (one if u < hr[k] else zero) - psi * u
-                                out[k] = psi * gs[k] + gn[k] * (coef * ar[k])
-                        elif plain and later and not final:
-                            for k in range(m):
-                                psi = sl[k]
-                                coef = psi * -hr[k] + one
-                                out[k] = psi * gs[k] + gn[k] * (coef * ar[k])
+            for seg in range(segments - 1, -1, -1):
+                if every:  # the segment's membranes, recomputed from its first state
+                    s0 = first + seg * every
+                    s1 = min(s0 + every, last)
+                    base = s0
+                    for r in range(n1 - n0):
+                        v_now[r, :m] = v_states[seg, n0 + r, o:f1]
+                        if synaptic:
+                            i_now[r, :m] = i_states[seg, n0 + r, o:f1]
+                    for t in range(s0, s1):
+                        for r in range(n1 - n0):
+                            # fmt: off
+                            src = drive_of(x[n0 + r, t, o:f1], i_now, decay, gain_j, bias_j, r,
+                                           drive, m, synaptic, norm_input, has_bias)
+                            advance(src, v_now[r], a[r], h[r], v_job[t - s0, r], spikes, m,
+                                    spiking, zero_reset, clamp, low, zero, one)
+                            # fmt: on
+                            if norm and synaptic:
+                                i_job[t - s0, r, :m] = i_now[r, :m]
+                else:
+                    s0, s1, base = first, last, seg_first
+                for t in range(s1 - 1, s0 - 1, -1):
+                    s_t = t - base  # the step in the segment
+                    later = t < n_steps - 1  # a later step's gradient flows in
+                    final = has_final and t == n_steps - 1
+                    for r in range(n1 - n0):
+                        n = n0 + r
+                        # this job's lanes of each row: [o, f1)
+                        if every:
+                            v = v_job[s_t, r]
                         else:
+                            v = v_pre[s_t, n] if time_first else v_pre[n, s_t]
+                            v = _part(v, o, f1, whole)
+                        ar, hr = a[r], h[r]
+                        gs = _part(g_spikes[n, t] if gs_mode == 1 else gs_row, o, f1, whole)
+                        gt = _part(g_trace[n, t] if gt_mode == 1 else gt_row, o, f1, whole)
+                        gf = _part(g_final[n] if final else absent, o, f1, whole)
+                        if synaptic:  # g_t and g_{t+1} in the job
+                            out = held[t & 1, r, :m]
+                            gn = held[(t + 1) & 1, r, :m]
+                        else:
+                            gn = _part(grad_v[n, t + 1] if later else absent, o, f1, whole)
+                            out = _part(grad_v[n, t], o, f1, whole)
+                        # One array written per loop: more keep Numba's loops from
+                        # vectorizing (the checks that the arrays do not overlap). The
+                        # plainest case computes the slopes in its loop (one loop per
+                        # surrogate: a branch in the loop halved its speed); others
+                        # take them from a row computed first.
+                        inline = plain and later and not final and not zero_reset
+                        if inline and kind == ARCTAN:
                             for k in range(m):
-                                # every array read unconditionally (absent ones are
-                                # stand-ins), so that the loop vectorizes without masked
-                                # loads
-                                u, hk, psi, ak = v[k], hr[k], sl[k], ar[k]
-                                s_k, t_k, f_k, n_k = gs[k], gt[k], gf[k], gn[k]
-                                b = zero
-                                coef = one
-                                if spiking:
-                                    if gs_mode:
-                                        b = psi * s_k
-                                    if detach:
-                                        if zero_reset:
-                                            coef = one if u < hk else zero
-                                    elif zero_reset:
-                                        coef = (one if u < hk else zero) - psi * u
-                                    else:
-                                        coef = psi * -hk + one
-                                if clamp:
-                                    coef = coef * _kept(u, hk, low, spiking, zero_reset, one, zero)
-                                if gt_mode:
-                                    b = b + coef * t_k
-                                if final:
-                                    b = b + coef * f_k
-                                if later:
-                                    b = b + n_k * (coef * ak)
-                                out[k] = b
-                    if need_threshold:
-                        # dL/d(reset membrane) hat, then sum((R_t - s_t) hat - g_t): the
-                        # factor is 1 below the threshold, 0 at or above it
-                        sh = sum_h[r]
-                        for k in range(m):
-                            u, hk = v[k], hr[k]
-                            hat = zero
-                            if later:
-                                hat = gn[k] * ar[k]
-                            elif final:
-                                hat = gf[k]
-                            if gt_mode:
-                                hat = hat + gt[k]
-                            if clamp:
-                                hat = hat * _kept(u, hk, low, spiking, zero_reset, one, zero)
-                            if zero_reset:
-                                factor = one if u < hk else zero
+                                hk = hr[k]
+                                psi = _arctan(v[k] - hk, c1, c2, one, zero)
+                                out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
+                        elif inline and kind == FAST_SIGMOID:
+                            for k in range(m):
+                                hk = hr[k]
+                                psi = _fast_sigmoid(v[k] - hk, c1, c2, one, zero)
+                                out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
+                        elif inline and kind == TRIANGLE:
+                            for k in range(m):
+                                hk = hr[k]
+                                psi = _triangle(v[k] - hk, c1, c2, one, zero)
+                                out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
+                        else:
+                            if spiking and kind == GIVEN:
+                                given = _part(slopes[t - first, n], o, f1, whole)
+                                for k in range(m):
+                                    sl[k] = given[k]
+                            elif spiking:
+                                _slopes(kind, v, hr, c1, c2, sl, m, one, zero)
+                            if plain and later and not final and zero_reset:
+                                for k in range(m):
+                                    u, psi = v[k], sl[k]
+                                    coef = (one if u < hr[k] else zero) - psi * u
+                                    out[k] = psi * gs[k] + gn[k] * (coef * ar[k])
+                            elif plain and later and not final:
+                                for k in range(m):
+                                    psi = sl[k]
+                                    coef = psi * -hr[k] + one
+                                    out[k] = psi * gs[k] + gn[k] * (coef * ar[k])
                             else:
-                                factor = one - (one if u >= hk else zero)
-                            sh[k] += hat * factor - out[k]
-                    if need_alpha:
-                        # g_t times the membrane after the previous step's reset (the
-                        # state entering the segment at its first step)
-                        sa = sum_a[r]
-                        if t > seg_first:
-                            prev = v_pre[s_t - 1, n] if time_first else v_pre[n, s_t - 1]
-                            prev = _part(prev, o, f1, whole)
+                                for k in range(m):
+                                    # every array read unconditionally (absent ones are
+                                    # stand-ins), so that the loop vectorizes without masked
+                                    # loads
+                                    u, hk, psi, ak = v[k], hr[k], sl[k], ar[k]
+                                    s_k, t_k, f_k, n_k = gs[k], gt[k], gf[k], gn[k]
+                                    b = zero
+                                    coef = one
+                                    if spiking:
+                                        if gs_mode:
+                                            b = psi * s_k
+                                        if detach:
+                                            if zero_reset:
+                                                coef = one if u < hk else zero
+                                        elif zero_reset:
+                                            coef = (one if u < hk else zero) - psi * u
+                                        else:
+                                            coef = psi * -hk + one
+                                    if clamp:
+                                        coef = coef * _kept(
+                                            u, hk, low, spiking, zero_reset, one, zero
+                                        )
+                                    if gt_mode:
+                                        b = b + coef * t_k
+                                    if final:
+                                        b = b + coef * f_k
+                                    if later:
+                                        b = b + n_k * (coef * ak)
+                                    out[k] = b
+                        if need_threshold:
+                            # dL/d(reset membrane) hat, then sum((R_t - s_t) hat - g_t): the
+                            # factor is 1 below the threshold, 0 at or above it
+                            sh = sum_h[r]
                             for k in range(m):
-                                p = prev[k]
-                                if spiking:
-                                    if zero_reset:
-                                        p = zero if p >= hr[k] else p
-                                    else:
-                                        p = p - hr[k] * (one if p >= hr[k] else zero)
-                                if clamp and p < low:
-                                    p = low
-                                sa[k] += out[k] * p
-                        else:
-                            prev = _part(v_before[n], o, f1, whole)
+                                u, hk = v[k], hr[k]
+                                hat = zero
+                                if later:
+                                    hat = gn[k] * ar[k]
+                                elif final:
+                                    hat = gf[k]
+                                if gt_mode:
+                                    hat = hat + gt[k]
+                                if clamp:
+                                    hat = hat * _kept(u, hk, low, spiking, zero_reset, one, zero)
+                                if zero_reset:
+                                    factor = one if u < hk else zero
+                                else:
+                                    factor = one - (one if u >= hk else zero)
+                                sh[k] += hat * factor - out[k]
+                        if need_alpha:
+                            # g_t times the membrane after the previous step's reset (the
+                            # state entering the segment at its first step)
+                            sa = sum_a[r]
+                            if t > base:
+                                if every:
+                                    prev = v_job[s_t - 1, r]
+                                else:
+                                    prev = v_pre[s_t - 1, n] if time_first else v_pre[n, s_t - 1]
+                                    prev = _part(prev, o, f1, whole)
+                                for k in range(m):
+                                    p = prev[k]
+                                    if spiking:
+                                        if zero_reset:
+                                            p = zero if p >= hr[k] else p
+                                        else:
+                                            p = p - hr[k] * (one if p >= hr[k] else zero)
+                                    if clamp and p < low:
+                                        p = low
+                                    sa[k] += out[k] * p
+                            else:
+                                prev = v_states[seg, n] if every else v_before[n]
+                                prev = _part(prev, o, f1, whole)
+                                for k in range(m):
+                                    sa[k] += out[k] * prev[k]
+                            if norm:
+                                if every and synaptic:
+                                    flow = i_job[s_t, r]
+                                elif every:
+                                    flow = _part(x[n, t], o, f1, whole)
+                                else:
+                                    flow = _part(inflow[n, s_t], o, f1, whole)
+                                for k in range(m):
+                                    sa[k] -= out[k] * flow[k]
+                        if need_bias:
+                            sb = sum_b[r]
                             for k in range(m):
-                                sa[k] += out[k] * prev[k]
-                        if norm:
-                            flow = _part(inflow[n, s_t], o, f1, whole)
+                                sb[k] += out[k]
+                        if synaptic:
+                            # the current's gradient: the PyTorch tail's scan, one step
+                            gi = _part(g_itrace[n, t] if gi_mode == 1 else gi_row, o, f1, whole)
+                            gif = _part(g_ifinal[n] if has_ifinal else absent, o, f1, whole)
+                            gin = _part(grad_v[n, t + 1] if later else absent, o, f1, whole)
+                            into = _part(grad_v[n, t], o, f1, whole)
+                            fr, dr = factor_i[r], decay[r]
+                            final_i = has_ifinal and t == n_steps - 1
                             for k in range(m):
-                                sa[k] -= out[k] * flow[k]
-                    if need_bias:
-                        sb = sum_b[r]
-                        for k in range(m):
-                            sb[k] += out[k]
-                    if synaptic:
-                        # the current's gradient: the PyTorch tail's scan, one step
-                        gi = _part(g_itrace[n, t] if gi_mode == 1 else gi_row, o, f1, whole)
-                        gif = _part(g_ifinal[n] if has_ifinal else absent, o, f1, whole)
-                        gin = _part(grad_v[n, t + 1] if later else absent, o, f1, whole)
-                        into = _part(grad_v[n, t], o, f1, whole)
-                        fr, dr = factor_i[r], decay[r]
-                        final_i = has_ifinal and t == n_steps - 1
-                        for k in range(m):
-                            b = out[k] * fr[k] if norm_input else out[k]
-                            i_k, f_k, n_k = gi[k], gif[k], gin[k]
-                            if gi_mode:
-                                b = b + i_k
-                            if final_i:
-                                b = b + f_k
-                            if later:
-                                b = b + n_k * dr[k]
-                            into[k] = b
+                                b = out[k] * fr[k] if norm_input else out[k]
+                                i_k, f_k, n_k = gi[k], gif[k], gin[k]
+                                if gi_mode:
+                                    b = b + i_k
+                                if final_i:
+                                    b = b + f_k
+                                if later:
+                                    b = b + n_k * dr[k]
+                                into[k] = b
             if need_alpha:
                 acc_alpha[n0:n1, o:f1] += sum_a
             if need_threshold:

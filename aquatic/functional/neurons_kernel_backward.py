@@ -129,6 +129,13 @@ def sequence_backward(
     # With a synaptic current the compiled loop writes the current's gradient into
     # grad_v and hands the membrane's gradient from segment to segment here.
     carry = torch.zeros_like(v0) if compiled and synaptic else None
+    # Checkpointed segments: the compiled loop recomputes them itself, in one call.
+    states = None
+    if compiled and checkpoint is not None and neurons_jit_backward.recomputes(options):
+        states = (x, saved[9], saved[10], bias, checkpoint)
+        segments = [(0, n_steps, None, None, v0, i0)]
+    else:
+        segments = _segments(saved, options, checkpoint, keep_current)
     if not compiled:
         one = torch.ones((), dtype=v0.dtype, device=v0.device)
         minus_threshold = -threshold if spiking else None
@@ -143,17 +150,15 @@ def sequence_backward(
     # from the last one back: everything nonlinear is computed for a whole block at
     # once, then the linear scan g_t = A_t alpha g_{t+1} + B_t runs step by step (see
     # the module docstring).
-    for first, last, v_seg, cur_seg, v_before, _ in _segments(
-        saved, options, checkpoint, keep_current
-    ):
+    for first, last, v_seg, cur_seg, v_before, _ in segments:
         if compiled:
             inflow = None
-            if needs[3] and options.norm_input:
+            if needs[3] and options.norm_input and states is None:
                 inflow = cur_seg if synaptic else x[:, first:last]
             sums = neurons_jit_backward.segment_backward(
                 options, first, last, v_seg, v_before, inflow, alpha_mem, threshold,
                 g_spikes, g_trace, g_vfinal, grad_v, (needs[3], grad_threshold, needs[6]),
-                None if carry is None else (alpha_syn, g_itrace, g_ifinal, carry),
+                None if carry is None else (alpha_syn, g_itrace, g_ifinal, carry), states,
             )  # fmt: skip
             if sums[0] is not None:
                 g_alpha = _add(g_alpha, sums[0], alpha_mem)

@@ -1,7 +1,10 @@
 """The fused LIF backward pass compiled by Numba gives the PyTorch backward's gradients
-(to rounding) for every surrogate, and leaves spike counts to the PyTorch backward."""
+(to rounding) for every surrogate, and leaves spike counts to the PyTorch backward. It
+recomputes checkpointed membranes itself, and large sequences checkpoint by themselves:
+the gradients are bit for bit those of the kept membranes."""
 
 import importlib.util
+import sys
 
 import pytest
 import torch
@@ -9,6 +12,8 @@ import torch
 import aquatic.functional.neurons_jit as jit
 import aquatic.functional.neurons_jit_backward as jit_backward
 import aquatic.functional.neurons_kernel as kernel
+import aquatic.functional.neurons_kernel_backward as kernel_backward
+from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons import LIFState
 from aquatic.functional.neurons_fused import lif_fused
 from aquatic.functional.surrogate import ArcTan, FastSigmoid, SingleExponential, Triangle
@@ -141,8 +146,11 @@ def test_gradients_equal_the_pytorch_backward(index, shape, checkpoint):
     ours, calls = _gradients(True, leaves, config, surrogate, loss, checkpoint)
     theirs, none = _gradients(False, leaves, config, surrogate, loss, checkpoint)
     n_steps = shape[0][1]
-    # one segment, or one per checkpointed stretch of steps from the last
-    expected = [(0, n_steps)] if checkpoint is None else [
+    # one call: the whole sequence, or every checkpointed stretch of steps recomputed
+    # in the loop; where the surrogate's derivative_ gives the slopes, one call per
+    # stretch from the last, on the membranes that PyTorch recomputes
+    in_loop = config.get("spiking") is False or index % len(SURROGATES) < 3
+    expected = [(0, n_steps)] if checkpoint is None or in_loop else [
         (start, min(start + checkpoint, n_steps))
         for start in reversed(range(0, n_steps, checkpoint))
     ]  # fmt: skip
@@ -305,3 +313,183 @@ def test_a_backward_kernel_that_fails_to_compile_warns_and_falls_back(monkeypatc
         monkeypatch.undo()
         jit_backward._ready.cache_clear()
     assert jit_backward._ready()
+
+
+# ------------------------------------------------- recomputed membranes
+
+#: the surrogates whose slopes the loop computes (it recomputes the membranes for them)
+IN_LOOP = [ArcTan(), FastSigmoid(slope=5.0, scale=0.7), Triangle(width=0.8, scale=1.3)]
+
+
+def _run(leaves, config, surrogate, loss, checkpoint=None):
+    """Outputs and the leaves' gradients, and the shapes of the tensors kept for backward."""
+    options = {k: v for k, v in config.items() if k not in ("synaptic", "bias")}
+    kept = []
+
+    def pack(t):
+        kept.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = lif_fused(
+            leaves["x"],
+            leaves["alpha"],
+            leaves.get("syn"),
+            leaves["threshold"],
+            bias=leaves.get("bias"),
+            state=LIFState(leaves["v0"], leaves.get("i0")),
+            surrogate=surrogate,
+            checkpoint=checkpoint,
+            **options,
+        )
+    value = _loss(result, loss)
+    grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
+    outputs = [t for t in (result.output, result.state.v_mem, result.v_mem) if t is not None]
+    return outputs, dict(zip(leaves, grads)), kept
+
+
+def _options(**given):
+    options = dict(reset="subtract", surrogate=ArcTan(), max_spikes=1, min_v_mem=None)
+    options.update(norm_input=False, detach_reset=False, spiking=True)
+    return Options(**{**options, **given})
+
+
+def _assert_equal(ours, theirs):
+    """Equal gradients; the synaptic decay's close (the PyTorch code sums it one
+    checkpointed segment at a time, in another order)."""
+    for name in theirs:
+        if theirs[name] is None:
+            assert ours[name] is None
+        elif name == "syn":
+            rtol = 1e-12 if theirs[name].dtype == F64 else 1e-5
+            torch.testing.assert_close(ours[name], theirs[name], rtol=rtol, atol=0)
+        else:
+            assert torch.equal(ours[name], theirs[name]), name
+
+
+@pytest.mark.parametrize("checkpoint", [1, 5, 50], ids=lambda k: f"every{k}")
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s[0])))
+@pytest.mark.parametrize("index", range(len(CONFIGS)), ids=lambda i: str(CONFIGS[i]))
+def test_recomputed_segments_give_the_kept_membranes_gradients(index, shape, checkpoint):
+    config, surrogate = CONFIGS[index], IN_LOOP[index % len(IN_LOOP)]
+    loss = LOSSES[index % len(LOSSES)]
+    leaves = _leaves(*shape, F64, config, seed=index)
+    calls = []
+    real = jit_backward.segment_backward
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("states", args[14] if len(args) > 14 else None))
+        return real(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jit_backward, "segment_backward", counted)
+        out_kept, kept, _ = _run(leaves, config, surrogate, loss)
+        out_ours, ours, _ = _run(leaves, config, surrogate, loss, checkpoint)
+    # kept: one call on the membranes; checkpointed: one call that recomputes them
+    assert calls[0] is None and calls[1][-1] == checkpoint and len(calls) == 2
+    for a, b in zip(out_ours, out_kept):
+        assert torch.equal(a, b)
+    _assert_equal(ours, kept)
+    assert ours["x"].abs().sum() > 0
+
+
+def test_recomputed_segments_in_float32_of_a_job_of_part_rows():
+    config = dict(norm_input=True, synaptic=True, bias=True, record_states=True)
+    leaves = _leaves((2, 9, 1100), (), torch.float32, config)
+    kept = _run(leaves, config, ArcTan(), "weighted")
+    ours = _run(leaves, config, ArcTan(), "weighted", checkpoint=4)
+    _assert_equal(ours[1], kept[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
+def test_large_sequences_keep_the_input_not_the_membranes(monkeypatch, dtype):
+    config = dict(synaptic=True, norm_input=True)
+    leaves = _leaves((3, 20, 7), (7,), dtype, config)
+    _, kept, kept_shapes = _run(leaves, config, ArcTan(), "weighted")
+    monkeypatch.setattr(jit_backward, "RECOMPUTE_ABOVE", 0)
+    _, ours, our_shapes = _run(leaves, config, ArcTan(), "weighted")
+    _assert_equal(ours, kept)
+    # the membranes before the reset are kept time first; now the states every
+    # RECOMPUTE_BYTES of a job's membranes (one here, the sequence is short)
+    assert (20, 3, 7) in kept_shapes and (20, 3, 7) not in our_shapes
+    assert (1, 3, 7) in our_shapes and (1, 3, 7) not in kept_shapes
+    steps = jit_backward.own_checkpoint(torch.empty(1000, 1000, 10, dtype=dtype), _options())
+    assert steps == jit_backward.RECOMPUTE_BYTES // (512 * (4 if dtype == torch.float32 else 8))
+
+
+def test_own_checkpoint_only_where_the_compiled_backward_recomputes(monkeypatch):
+    monkeypatch.setattr(jit_backward, "RECOMPUTE_ABOVE", 0)
+    x = torch.empty(2, 3, 4)
+
+    def own(x=x, **options):
+        return jit_backward.own_checkpoint(x, _options(**options))
+
+    assert own() > 0 and own(spiking=False, min_v_mem=-1.0) > 0
+    assert own(surrogate=SingleExponential()) is None  # slopes from its derivative_
+    assert own(max_spikes=2) is None  # spike counts: the PyTorch backward
+    assert own(spiking=False) is None  # the membrane is the output
+    assert own(x.to(torch.bfloat16)) is None and own(x.to("meta")) is None
+    monkeypatch.setattr(jit_backward, "RECOMPUTE_ABOVE", x.numel() * 4)
+    assert own() is None  # small enough to keep
+    monkeypatch.setattr(jit_backward, "RECOMPUTE_ABOVE", 0)
+    monkeypatch.setattr(jit_backward, "ENABLED", False)
+    assert own() is None
+    monkeypatch.setattr(jit_backward, "ENABLED", True)
+    monkeypatch.setattr(jit, "ENABLED", False)
+    assert own() is None
+
+
+def test_turned_off_between_forward_and_backward_recomputes_in_pytorch(monkeypatch):
+    config = dict(synaptic=True, bias=True)
+    leaves = _leaves((3, 11, 5), (5,), F64, config)
+    _, kept, _ = _run(leaves, config, FastSigmoid(), "sums")
+    monkeypatch.setattr(jit_backward, "RECOMPUTE_ABOVE", 0)
+    recomputed = []
+    real = kernel_backward.sequence_forward
+
+    def counted(*args, **kwargs):
+        recomputed.append(args[0].shape[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernel_backward, "sequence_forward", counted)
+    original = lif_fused
+
+    def forward_then_off(*args, **kwargs):
+        result = original(*args, **kwargs)
+        monkeypatch.setattr(jit_backward, "ENABLED", False)
+        return result
+
+    monkeypatch.setattr(sys.modules[__name__], "lif_fused", forward_then_off)
+    _, ours, _ = _run(leaves, config, FastSigmoid(), "sums")
+    assert recomputed == [11]  # the PyTorch backward recomputed the one segment
+    for name in kept:
+        torch.testing.assert_close(ours[name], kept[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_compiled_fullgraph_with_its_own_checkpoint_equals_eager(monkeypatch):
+    monkeypatch.setattr(jit_backward, "RECOMPUTE_ABOVE", 0)
+    torch.manual_seed(0)
+    x = torch.randn(4, 30, 6) * 0.8 + 0.3
+    alpha = torch.full((6,), 0.8, requires_grad=True)
+    surrogate = ArcTan()
+
+    def step(x):
+        out = lif_fused(x, alpha, 0.7, surrogate=surrogate, norm_input=True)
+        return out.output, out.state.v_mem
+
+    results, states = [], []
+    real = jit_backward.segment_backward
+
+    def counted(*args, **kwargs):
+        states.append(args[14][-1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(jit_backward, "segment_backward", counted)
+    for run in (step, torch.compile(step, fullgraph=True, backend="aot_eager")):
+        x_ = x.clone().requires_grad_()
+        spikes, v = run(x_)
+        grads = torch.autograd.grad((spikes * 0.3).sum() + v.sum(), [x_, alpha])
+        results.append((spikes, v) + grads)
+    assert states == [jit_backward.own_checkpoint(x, _options())] * 2  # recomputed, both
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
