@@ -46,7 +46,8 @@ class _Duck:
 
 #: Those whose slopes the loop computes, then others' (computed by their derivative_, a
 #: block of steps at a time)
-SURROGATES = [ArcTan(), FastSigmoid(slope=5.0, scale=0.7), Triangle(width=0.8, scale=1.3)]
+SURROGATES = [ArcTan(width=0.6, scale=0.8), FastSigmoid(slope=5.0, scale=0.7)]
+SURROGATES += [Triangle(width=0.8, scale=1.3)]
 SURROGATES += [SingleExponential(width=0.4), _Sharper(), _Duck()]
 CONFIGS = [
     dict(),
@@ -318,7 +319,7 @@ def test_a_backward_kernel_that_fails_to_compile_warns_and_falls_back(monkeypatc
 # ------------------------------------------------- recomputed membranes
 
 #: the surrogates whose slopes the loop computes (it recomputes the membranes for them)
-IN_LOOP = [ArcTan(), FastSigmoid(slope=5.0, scale=0.7), Triangle(width=0.8, scale=1.3)]
+IN_LOOP = SURROGATES[:3]
 
 
 def _run(leaves, config, surrogate, loss, checkpoint=None):
