@@ -156,7 +156,10 @@ def lif_fused(
     the last. The gradients are those without it (the same operations recompute the
     same bits); backward then runs about one more forward pass, and what it holds besides
     the gradient it returns is ``T / K + K`` steps of state instead of ``T``
-    (``K`` near :math:`\\sqrt{T}` holds the least).
+    (``K`` near :math:`\\sqrt{T}` holds the least). Sequences above
+    :data:`~aquatic.functional.neurons_jit_backward.RECOMPUTE_ABOVE` bytes take such
+    checkpoints by themselves where the compiled backward recomputes the membranes in
+    its loop (:func:`~aquatic.functional.neurons_jit_backward.own_checkpoint`).
 
     Example:
         >>> x = torch.tensor([[[0.8], [0.8], [0.8]]], requires_grad=True)

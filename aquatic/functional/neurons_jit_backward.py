@@ -10,7 +10,10 @@ reads the saved membranes and the incoming gradients once, writes the membranes'
 gradients once, and adds up the decay's, threshold's and bias's gradients of each
 neuron as it goes; with a synaptic current it runs the current's gradient back in the
 same pass. The synaptic decay's gradient and the input's (a product) are then computed
-by the PyTorch code, as before.
+by the PyTorch code, as before. Checkpointed sequences are one call too: the loop
+recomputes each segment's membranes from its checkpointed state (the forward loop's
+operations), one job of neurons at a time, in the cache; large sequences take such
+checkpoints by themselves (:func:`own_checkpoint`).
 
 It applies where the compiled forward loop does
 (:func:`~aquatic.functional.neurons_jit.forward_ok`: Numba installed and enabled, CPU
@@ -18,8 +21,8 @@ float32 or float64, binary spikes). The loop computes the surrogate's slopes its
 ``ArcTan``, ``FastSigmoid`` and ``Triangle``
 (:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`); any other surrogate
 (``SingleExponential``, a subclass, any object with a ``derivative``) computes them with
-its own ``derivative_``, a block of steps at a time, and runs compiled on sequences of at most :data:`GIVEN_LIMIT`
-elements (beyond, the PyTorch backward runs: its exponential dominates both). Its
+its own ``derivative_``, a block of steps at a time, and runs compiled on sequences of
+at most :data:`GIVEN_LIMIT` elements (beyond, the PyTorch backward runs: its exponential dominates both). Its
 gradients are those of the PyTorch backward up to rounding: PyTorch's kernels fuse
 some multiplies and adds into one rounding, and the parameters' sums run in another
 order. ``AQUATIC_NUMBA=0`` turns it off with the forward loop, :data:`ENABLED` alone.

@@ -20,12 +20,12 @@ Importing this module imports Numba (optional); :mod:`aquatic.functional.neurons
 imports it on first use and prepares the arrays.
 Flags: ``spiking, zero_reset, detach, clamp, g_spikes, g_trace, g_final, need_alpha,
 need_threshold, need_bias, norm, first, last, n_steps, time_first, surrogate, synaptic,
-gi_mode, has_ifinal, norm_input, seg_first`` (``norm``: the decay's gradient has its
-input term;
-``g_spikes``, ``g_trace`` and ``gi_mode``: 0 absent, 1 an array ``(N, T, F)``, 2 one
-value for every element, a sum's
-gradient); constants: ``0, 1, min_v_mem``, the surrogate's parameter
-(its width, or ``FastSigmoid``'s slope) and its scale.
+gi_mode, has_ifinal, norm_input, seg_first, every, has_bias`` (``norm``: the decay's
+gradient has its input term; ``g_spikes``, ``g_trace`` and ``gi_mode``: 0 absent, 1 an
+array ``(N, T, F)``, 2 one value for every element, a sum's gradient; ``every``: the
+steps between checkpointed states whose segments the loop recomputes, 0 where the
+membranes are given); constants: ``0, 1, min_v_mem``, the surrogate's parameter (its
+width, or ``FastSigmoid``'s slope) and its scale.
 """
 
 from __future__ import annotations
@@ -138,6 +138,15 @@ if numba is not None:
         ``gain`` is :math:`1 - \alpha_{mem}`), and the membranes' gradients stay in
         the job: ``carry`` ``(N, F)`` holds :math:`g` of step ``last`` on entry (where
         ``last < n_steps``) and of step ``first`` on return.
+
+        With ``every`` the membranes are not given (``v_pre`` and ``inflow`` are
+        empty, ``first:last`` the whole sequence): each job recomputes the segments
+        that start at steps ``0, every, 2 every, ...``, from the last, from the
+        input ``x`` ``(N, T, F)``, the states ``v_states`` and ``i_states`` ``(S, N,
+        F)`` that enter them and the ``bias`` (with ``gain``, ``alpha_syn``,
+        ``alpha`` and ``threshold``), by the forward loop's ``drive_of`` and
+        ``advance``, into a buffer of ``every`` steps of the job, and runs each back
+        from it.
 
         A job covers whole rows of ``F`` elements where ``F`` is at most
         :data:`~aquatic.functional.neurons_jit_kernels.JOB_LANES`, else a part of each
