@@ -12,9 +12,10 @@ A_t\, \partial_{\tilde v[t]} L_{direct}`, and each neuron's sums over the steps 
 :math:`(R_t - s_t^{sub}) \hat g_t - g_t` and of :math:`g_t` (the decay's, threshold's
 and bias's gradients). The slopes :math:`\psi_t` are computed in the loop for the
 surrogates whose formula it knows (``FastSigmoid``, ``ArcTan``, ``Triangle``; see
-:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`), with the operations of
-their ``derivative_``; any other surrogate's come computed by its ``derivative_``, a
-block of steps at a time (``GIVEN``).
+:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`), by
+:mod:`aquatic.functional.neurons_jit_slopes` (their ``derivative``, with one division
+at most); any other surrogate's come computed by its ``derivative_``, a block of steps
+at a time (``GIVEN``).
 
 Importing this module imports Numba (optional); :mod:`aquatic.functional.neurons_jit_backward`
 imports it on first use and prepares the arrays.
@@ -41,59 +42,21 @@ from aquatic.functional.neurons_jit_kernels import (
     job_layout,
     numba,
 )
+from aquatic.functional.neurons_jit_slopes import (
+    ARCTAN,
+    FAST_SIGMOID,
+    GIVEN,
+    TRIANGLE,
+    arctan,
+    constants,
+    fast_sigmoid,
+    slopes_into,
+    triangle,
+)
 
-__all__ = ["GIVEN", "FAST_SIGMOID", "ARCTAN", "TRIANGLE", "backward"]
-
-#: The surrogates' codes in the flags (see ``Surrogate.kernel_form``); ``GIVEN``: the
-#: slopes come computed in ``slopes``.
-GIVEN, FAST_SIGMOID, ARCTAN, TRIANGLE = 0, 1, 2, 3
+__all__ = ["backward"]
 
 if numba is not None:
-
-    # The surrogates' slopes at d = v - threshold, in the forms of ``Surrogate.kernel_form``
-    # with constants that :func:`_constants` works out once: one division at most (a
-    # division costs as much as the rest of the backward loop's arithmetic).
-
-    @inline
-    def _fast_sigmoid(d, c1, c2, one, zero):
-        """FastSigmoid: :math:`s / (1 + k|d|)^2`, ``c1`` :math:`= s`, ``c2`` :math:`= k`."""
-        q = abs(d) * c2 + one
-        return c1 / (q * q)
-
-    @inline
-    def _arctan(d, c1, c2, one, zero):
-        """ArcTan: :math:`s / (1 + (d/w)^2) = s w^2 / (d^2 + w^2)`, ``c1`` :math:`= s w^2`,
-        ``c2`` :math:`= w^2`."""
-        return c1 / (d * d + c2)
-
-    @inline
-    def _triangle(d, c1, c2, one, zero):
-        """Triangle: :math:`s \\max(0, 1 - |d|/w)`, ``c1`` :math:`= s`, ``c2`` :math:`= 1/w`."""
-        y = one - abs(d) * c2
-        return (zero if y < zero else y) * c1
-
-    @inline
-    def _constants(kind, width, scale, one):
-        """``(c1, c2)`` of the slopes of surrogate ``kind`` with the parameter ``width``
-        (FastSigmoid's slope) and ``scale``."""
-        if kind == ARCTAN:
-            return scale * (width * width), width * width
-        if kind == TRIANGLE:
-            return scale, one / width
-        return scale, width
-
-    @inline
-    def _slopes(kind, v, h, c1, c2, out, m, one, zero):
-        """The surrogate's slopes at ``v[:m] - h[:m]`` into ``out[:m]``."""
-        if kind == FAST_SIGMOID:
-            for k in range(m):
-                out[k] = _fast_sigmoid(v[k] - h[k], c1, c2, one, zero)
-        elif kind == ARCTAN:
-            for k in range(m):
-                out[k] = _arctan(v[k] - h[k], c1, c2, one, zero)
-        else:
-            for k in range(m):
-                out[k] = _triangle(v[k] - h[k], c1, c2, one, zero)
 
     @inline
     def _kept(u, h, low, spiking, zero_reset, one, zero):
@@ -159,7 +122,7 @@ if numba is not None:
          synaptic, gi_mode, has_ifinal, norm_input, seg_first, every, has_bias) = flags
         # fmt: on
         zero, one, low, width, scale = consts[0], consts[1], consts[2], consts[3], consts[4]
-        c1, c2 = _constants(kind, width, scale, one)
+        c1, c2 = constants(kind, width, scale, one)
         rows, chunk, jobs = job_layout(n_batch, n_feat)
         if last <= first:
             return
@@ -253,17 +216,17 @@ if numba is not None:
                         if inline and kind == ARCTAN:
                             for k in range(m):
                                 hk = hr[k]
-                                psi = _arctan(v[k] - hk, c1, c2, one, zero)
+                                psi = arctan(v[k] - hk, c1, c2, one, zero)
                                 out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
                         elif inline and kind == FAST_SIGMOID:
                             for k in range(m):
                                 hk = hr[k]
-                                psi = _fast_sigmoid(v[k] - hk, c1, c2, one, zero)
+                                psi = fast_sigmoid(v[k] - hk, c1, c2, one, zero)
                                 out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
                         elif inline and kind == TRIANGLE:
                             for k in range(m):
                                 hk = hr[k]
-                                psi = _triangle(v[k] - hk, c1, c2, one, zero)
+                                psi = triangle(v[k] - hk, c1, c2, one, zero)
                                 out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
                         else:
                             if spiking and kind == GIVEN:
@@ -271,7 +234,7 @@ if numba is not None:
                                 for k in range(m):
                                     sl[k] = given[k]
                             elif spiking:
-                                _slopes(kind, v, hr, c1, c2, sl, m, one, zero)
+                                slopes_into(kind, v, hr, c1, c2, sl, m, one, zero)
                             if plain and later and not final and zero_reset:
                                 for k in range(m):
                                     u, psi = v[k], sl[k]

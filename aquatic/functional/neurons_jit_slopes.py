@@ -1,0 +1,72 @@
+"""The surrogate slopes of the compiled LIF backward loop
+(:mod:`aquatic.functional.neurons_jit_backward_kernels`), for the surrogates whose
+formula it knows (:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`), as
+inlined per-element functions: the plainest loop calls one of them, the others fill a
+row of slopes with :func:`slopes_into`.
+
+Each is the surrogate's ``derivative`` (:mod:`aquatic.functional.surrogate`) rewritten
+with at most one division; the results agree with it to rounding.
+"""
+
+from __future__ import annotations
+
+from aquatic.functional.neurons_jit_kernels import inline, numba
+
+__all__ = [
+    "GIVEN", "FAST_SIGMOID", "ARCTAN", "TRIANGLE", "fast_sigmoid", "arctan", "triangle",
+    "constants", "slopes_into",
+]  # fmt: skip
+
+#: The surrogates' codes in the flags (see ``Surrogate.kernel_form``); ``GIVEN``: the
+#: slopes come computed in ``slopes``.
+GIVEN, FAST_SIGMOID, ARCTAN, TRIANGLE = 0, 1, 2, 3
+
+if numba is not None:
+
+    # The surrogates' slopes at d = v - threshold, in the forms of ``Surrogate.kernel_form``
+    # with constants that :func:`constants` works out once: one division at most (a
+    # division costs as much as the rest of the backward loop's arithmetic).
+
+    @inline
+    def fast_sigmoid(d, c1, c2, one, zero):
+        """FastSigmoid: :math:`s / (1 + k|d|)^2`, ``c1`` :math:`= s`, ``c2`` :math:`= k`."""
+        q = abs(d) * c2 + one
+        return c1 / (q * q)
+
+    @inline
+    def arctan(d, c1, c2, one, zero):
+        """ArcTan: :math:`s / (1 + (d/w)^2) = s w^2 / (d^2 + w^2)`, ``c1`` :math:`= s w^2`,
+        ``c2`` :math:`= w^2`."""
+        return c1 / (d * d + c2)
+
+    @inline
+    def triangle(d, c1, c2, one, zero):
+        """Triangle: :math:`s \\max(0, 1 - |d|/w)`, ``c1`` :math:`= s`, ``c2`` :math:`= 1/w`."""
+        y = one - abs(d) * c2
+        return (zero if y < zero else y) * c1
+
+    @inline
+    def constants(kind, width, scale, one):
+        """``(c1, c2)`` of the slopes of surrogate ``kind`` with the parameter ``width``
+        (FastSigmoid's slope) and ``scale``."""
+        if kind == ARCTAN:
+            return scale * (width * width), width * width
+        if kind == TRIANGLE:
+            return scale, one / width
+        return scale, width
+
+    @inline
+    def slopes_into(kind, v, h, c1, c2, out, m, one, zero):
+        """The surrogate's slopes at ``v[:m] - h[:m]`` into ``out[:m]``."""
+        if kind == FAST_SIGMOID:
+            for k in range(m):
+                out[k] = fast_sigmoid(v[k] - h[k], c1, c2, one, zero)
+        elif kind == ARCTAN:
+            for k in range(m):
+                out[k] = arctan(v[k] - h[k], c1, c2, one, zero)
+        else:
+            for k in range(m):
+                out[k] = triangle(v[k] - h[k], c1, c2, one, zero)
+
+else:  # pragma: no cover
+    fast_sigmoid = arctan = triangle = constants = slopes_into = None
