@@ -172,8 +172,7 @@ def _(
     )
     full = [True, spiking and record, keep_current]
     outputs = [torch.empty_like(x) if f else x.new_empty(0) for f in full]
-    steps_first = (x.shape[1], x.shape[0]) + tuple(x.shape[2:])
-    outputs.append(x.new_empty(steps_first if keep_v else (0,)))
+    outputs.append(x.new_empty(x.shape if keep_v else (0,)))
     outputs += [v0.new_empty(v0.shape), x.new_empty(v0.shape if synaptic else 0)]
     count = -(-x.shape[1] // checkpoint) if checkpoint is not None else 0
     states = (count,) + tuple(v0.shape)
@@ -219,7 +218,7 @@ def _(
     checkpoint=None,
 ):
     v, _, x, v0, i0, alpha_mem, alpha_syn, threshold, bias = saved[:9]
-    n_steps = x.shape[1] if checkpoint is not None else v.shape[0]
+    n_steps = x.shape[1] if checkpoint is not None else v.shape[1]
     like_x = v0.new_empty((v0.shape[0], n_steps) + tuple(v0.shape[1:]))
     return tuple(fake_gradients(like_x, (v0, i0, alpha_mem, alpha_syn, threshold, bias), needs))
 
@@ -240,7 +239,7 @@ def _setup_context(ctx, inputs, output):
     ctx.checkpoint = checkpoint
     _, _, current, v_pre, _, _, v_states, i_states = output
     if checkpoint is None and not keep_v:  # the membrane is the output
-        v_pre = output[0].transpose(0, 1)
+        v_pre = output[0]
     ctx.save_for_backward(
         v_pre,
         current if keep_current and checkpoint is None else None,

@@ -240,7 +240,7 @@ def sequence_forward(
     trace = torch.empty_like(x) if spiking and record else None
     current = torch.empty_like(x) if keep_current and synaptic else None
     buffers = contiguous_buffers((output, trace, current), x)
-    v_pre = x.new_empty((n_steps,) + step_shape) if keep_v else None
+    v_pre = x.new_empty(x.shape) if keep_v else None
     v_states = i_states = None
     if checkpoint is not None:
         count = -(-n_steps // checkpoint)
@@ -279,5 +279,5 @@ def sequence_forward(
     del inputs
     copy_back((output, trace, current), buffers)
     if shared and need_grad:
-        v_pre = output.transpose(0, 1)
+        v_pre = output
     return output, trace, current, v_pre, v_final, i_final, v_states, i_states

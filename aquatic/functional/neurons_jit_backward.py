@@ -155,8 +155,8 @@ def _ready() -> bool:
     """Whether the backward kernel compiles (once; a ``RuntimeWarning`` if not, and the
     PyTorch backward runs)."""
     two, three = np.zeros((1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
-    flags = np.zeros(23, np.int64)
-    flags[[0, 4, 12, 13, 14, 15]] = 1, 1, 1, 1, 1, _KINDS["arctan"]
+    flags = np.zeros(22, np.int64)
+    flags[[0, 4, 12, 13, 14]] = 1, 1, 1, 1, _KINDS["arctan"]
     consts = np.array([0, 1, 0, 1, 1], np.float32)
     return neurons_jit.compiles(
         "LIF backward loop",
@@ -200,7 +200,7 @@ def segment_backward(
     threshold's and bias's gradients (``needs``) over its steps, one per neuron
     (``v_before``'s shape; ``None`` where not needed).
 
-    ``v_seg``: the membranes before the reset of the segment's steps, time first;
+    ``v_seg``: the membranes before the reset of the segment's steps ``(N, S, *)``;
     ``v_before``: the membrane entering step ``first``; ``inflow``: the segment's input
     to the membrane ``(N, S, *)``, read for the decay's gradient with ``norm_input``;
     ``g_spikes``, ``g_trace`` ``(N, T, *)`` and ``g_vfinal``: the gradients of the
@@ -231,14 +231,7 @@ def segment_backward(
     steps = last - first
     need_alpha, need_threshold, need_bias = needs
     need_threshold = need_threshold and options.spiking
-    if v_seg is None:  # recomputed from states
-        time_first, v_arr = 1, None
-    elif v_seg.is_contiguous():
-        time_first, v_arr = 1, v_seg.view(steps, n, features)
-    elif v_seg.transpose(0, 1).is_contiguous():  # a non-spiking neuron's output
-        time_first, v_arr = 0, v_seg.transpose(0, 1).view(n, steps, features)
-    else:
-        time_first, v_arr = 1, v_seg.contiguous().view(steps, n, features)
+    v_arr = None if v_seg is None else v_seg.contiguous().view(n, steps, features)
     full = (n, n_steps, features)
     gs_mode, gs = _gradient(g_spikes, full, ndtype)
     gt_mode, gt = _gradient(g_trace, full, ndtype)
@@ -279,8 +272,7 @@ def segment_backward(
     flags = np.array(
         [options.spiking, options.reset == "zero", options.detach_reset,
          options.min_v_mem is not None, gs_mode, gt_mode, has_final, need_alpha,
-         need_threshold, need_bias, norm, first, last, n_steps, time_first,
-         _KINDS[surrogate[0]], synaptic is not None, gi_mode, has_ifinal,
+         need_threshold, need_bias, norm, first, last, n_steps, _KINDS[surrogate[0]], synaptic is not None, gi_mode, has_ifinal,
          options.norm_input, first, every, has_bias],
         dtype=np.int64,
     )  # fmt: skip
@@ -315,12 +307,12 @@ def segment_backward(
     buffer = grad_v.new_empty(min(block, steps) * v_before.numel())
     for start in reversed(range(first, last, block)):
         stop = min(start + block, last)
-        v_block = v_seg[start - first : stop - first]
+        v_block = v_seg[:, start - first : stop - first]
         u = torch.sub(v_block, threshold, out=buffer[: v_block.numel()].view(v_block.shape))
         slopes = options.surrogate.derivative_(u)
         slopes = slopes.to(grad_v.dtype).expand(v_block.shape).contiguous()
         flags[11], flags[12] = start, stop
         kernel(
-            flags, consts, *arrays, slopes.view(stop - start, n, features).numpy(), *state_arrays
+            flags, consts, *arrays, slopes.view(n, stop - start, features).numpy(), *state_arrays
         )
     return tuple(None if s is None else s.view(step_shape) for s in sums)

@@ -20,7 +20,7 @@ at a time (``GIVEN``).
 Importing this module imports Numba (optional); :mod:`aquatic.functional.neurons_jit_backward`
 imports it on first use and prepares the arrays.
 Flags: ``spiking, zero_reset, detach, clamp, g_spikes, g_trace, g_final, need_alpha,
-need_threshold, need_bias, norm, first, last, n_steps, time_first, surrogate, synaptic,
+need_threshold, need_bias, norm, first, last, n_steps, surrogate, synaptic,
 gi_mode, has_ifinal, norm_input, seg_first, every, has_bias`` (``norm``: the decay's
 gradient has its input term; ``g_spikes``, ``g_trace`` and ``gi_mode``: 0 absent, 1 an
 array ``(N, T, F)``, 2 one value for every element, a sum's gradient; ``every``: the
@@ -84,15 +84,14 @@ if numba is not None:
         r"""Steps ``first:last`` of the membranes' gradient ``grad_v`` ``(N, T, F)``, or
         with a synaptic current of the current's gradient.
 
-        ``v_pre``: the segment's membranes before the reset, ``(S, N, F)`` time first
-        or ``(N, S, F)``; ``v_before``: the membrane entering step ``first``;
+        ``v_pre``: the segment's membranes before the reset, ``(N, S, F)``; ``v_before``: the membrane entering step ``first``;
         ``inflow``: the segment's input to the membrane ``(N, S, F)`` (the decay's
         gradient with ``norm_input``); ``grad_v[:, last]`` holds the later steps'
         gradient where ``last < n_steps``. The accumulators ``(N, F)`` receive each
         neuron's sum over the steps (added to them). ``first:last`` may be a block of
-        the segment that starts at step ``seg_first`` (``v_pre``'s first row, which
-        ``v_before`` enters); ``slopes`` ``(last - first, N, F)``, time first, are the
-        block's surrogate slopes where ``kind`` is ``GIVEN``.
+        the segment that starts at step ``seg_first`` (``v_pre``'s first step, which
+        ``v_before`` enters); ``slopes`` ``(N, last - first, F)`` are the block's
+        surrogate slopes where ``kind`` is ``GIVEN``.
 
         With a synaptic current (``synaptic``) ``grad_v`` receives the current's
         gradient :math:`\partial L/\partial i[t] = (1 - \alpha_{mem})^{[norm]} g_t +
@@ -118,7 +117,7 @@ if numba is not None:
         n_batch, n_feat = v_before.shape
         # fmt: off
         (spiking, zero_reset, detach, clamp, gs_mode, gt_mode, has_final, need_alpha,
-         need_threshold, need_bias, norm, first, last, n_steps, time_first, kind,
+         need_threshold, need_bias, norm, first, last, n_steps, kind,
          synaptic, gi_mode, has_ifinal, norm_input, seg_first, every, has_bias) = flags
         # fmt: on
         zero, one, low, width, scale = consts[0], consts[1], consts[2], consts[3], consts[4]
@@ -195,8 +194,7 @@ if numba is not None:
                         if every:
                             v = v_job[s_t, r]
                         else:
-                            v = v_pre[s_t, n] if time_first else v_pre[n, s_t]
-                            v = _part(v, o, f1, whole)
+                            v = _part(v_pre[n, s_t], o, f1, whole)
                         ar, hr = a[r], h[r]
                         gs = _part(g_spikes[n, t] if gs_mode == 1 else gs_row, o, f1, whole)
                         gt = _part(g_trace[n, t] if gt_mode == 1 else gt_row, o, f1, whole)
@@ -230,7 +228,7 @@ if numba is not None:
                                 out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
                         else:
                             if spiking and kind == GIVEN:
-                                given = _part(slopes[t - first, n], o, f1, whole)
+                                given = _part(slopes[n, t - first], o, f1, whole)
                                 for k in range(m):
                                     sl[k] = given[k]
                             elif spiking:
@@ -303,8 +301,7 @@ if numba is not None:
                                 if every:
                                     prev = v_job[s_t - 1, r]
                                 else:
-                                    prev = v_pre[s_t - 1, n] if time_first else v_pre[n, s_t - 1]
-                                    prev = _part(prev, o, f1, whole)
+                                    prev = _part(v_pre[n, s_t - 1], o, f1, whole)
                                 for k in range(m):
                                     p = prev[k]
                                     if spiking:

@@ -159,7 +159,7 @@ if numba is not None:
                         if synaptic:
                             i_states[t // every, n, f0:f1] = i[r]
                     ot = out[n, t, f0:f1]
-                    pt = v_pre[t, n, f0:f1] if keep_v else scratch
+                    pt = v_pre[n, t, f0:f1] if keep_v else scratch
                     # fmt: off
                     src = drive_of(x[n, t, f0:f1], i, s_syn, g, b, r, drive, m, synaptic,
                                    norm, has_bias)

@@ -50,11 +50,6 @@ def currents_into(
     return i
 
 
-def _steps_first(x: Tensor) -> Tuple[int, ...]:
-    """The shape ``(T, N, *)`` of a sequence ``(N, T, *)`` stored time first."""
-    return (x.shape[1], x.shape[0]) + tuple(x.shape[2:])
-
-
 def sequence_forward(
     x: Tensor,
     v0: Tensor,
@@ -77,15 +72,17 @@ def sequence_forward(
     ``checkpoint``: keep the state that enters every ``checkpoint``-th step (steps
     ``0, K, 2K, ...``), from which :func:`sequence_backward` recomputes the rest.
 
-    The membranes before the reset are kept time first, so that each step writes one
-    contiguous slice (backward reads them a block of steps at a time).
+    The membranes before the reset are kept batch first, as the input: the compiled
+    loop then writes each job's steps as one stream (written time first, with rows of
+    a step far apart, its forward pass took 1.5 times as long), and backward reads a
+    block of steps at a time in the gradient's layout.
 
     Returns:
         ``(output, v_trace, current, v_pre, v_final, i_final, v_states, i_states)``:
         spikes (the membrane for a non-spiking neuron), the recorded membrane (spiking
-        neurons only), the current of every step, the membranes before the reset *time
-        first* ``(T, N, *)`` kept for backward (``None`` when not needed; a view of
-        ``output`` for a non-spiking neuron without a clamp), the final state, and the
+        neurons only), the current of every step, the membranes before the reset
+        ``(N, T, *)`` kept for backward (``None`` when not needed; ``output`` itself
+        for a non-spiking neuron without a clamp), the final state, and the
         checkpointed states ``(S, N, *)`` (``None`` without ``checkpoint``).
 
     Runs on the compiled loop of :mod:`aquatic.functional.neurons_jit` where it applies
@@ -108,7 +105,7 @@ def sequence_forward(
     output = torch.empty_like(x)
     trace = torch.empty_like(x) if spiking and record else None
     current = torch.empty_like(x) if keep_current and synaptic else None
-    v_pre = x.new_empty(_steps_first(x)) if need_grad and not shared else None
+    v_pre = x.new_empty(x.shape) if need_grad and not shared else None
     if synaptic and current is None:  # the currents of one block, time first
         syn_block = x.new_empty((block,) + tuple(v0.shape))
     step_v = torch.empty_like(v0) if v_pre is None and not shared else None
@@ -147,7 +144,7 @@ def sequence_forward(
             drive = drive + bias
         outs = output[:, start:stop].unbind(1)
         if v_pre is not None:
-            pres = v_pre[start:stop].unbind(0)
+            pres = v_pre[:, start:stop].unbind(1)
         else:
             pres = outs if shared else (step_v,) * n
         targets = trace[:, start:stop].unbind(1) if trace is not None else (post,) * n
@@ -180,5 +177,5 @@ def sequence_forward(
     v_final = state.clone()
     i_final = i.clone() if synaptic else None
     if shared and need_grad:
-        v_pre = output.transpose(0, 1)
+        v_pre = output
     return output, trace, current, v_pre, v_final, i_final, v_states, i_states

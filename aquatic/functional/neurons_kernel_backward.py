@@ -53,8 +53,8 @@ def _add(total: Optional[Tensor], grad: Tensor, like: Tensor) -> Tensor:
 
 def _segments(saved, options: Options, checkpoint: Optional[int], keep_current: bool):
     """``(start, stop, v_pre, current, v_before, i_before)`` for the segments of the
-    sequence from the last: the membranes before the reset (time first) and the
-    currents of steps ``start:stop``, and the state that enters step ``start``.
+    sequence from the last: the membranes before the reset and the currents of steps
+    ``start:stop`` ``(N, S, *)``, and the state that enters step ``start``.
 
     Without ``checkpoint`` one segment, what forward kept; with it, each segment is
     recomputed from its checkpointed state by :func:`sequence_forward` (the same
@@ -62,7 +62,7 @@ def _segments(saved, options: Options, checkpoint: Optional[int], keep_current: 
     """
     v, current, x, v0, i0, alpha_mem, alpha_syn, threshold, bias, v_states, i_states = saved
     if checkpoint is None:
-        yield 0, v.shape[0], v, current, v0, i0
+        yield 0, v.shape[1], v, current, v0, i0
         return
     n_steps = x.shape[1]
     for index in reversed(range(v_states.shape[0])):
@@ -98,8 +98,8 @@ def sequence_backward(
         needs: whether each of ``x, v0, i0, alpha_mem, alpha_syn, threshold, bias``
             needs its gradient.
         saved: ``(v_pre, current, x, v0, i0, alpha_mem, alpha_syn, threshold, bias,
-            v_states, i_states)``: the membranes before the reset, time first ``(T, N,
-            *)``, and the currents ``(N, T, *)`` (``current`` and ``x`` may be ``None``
+            v_states, i_states)``: the membranes before the reset and the currents
+            ``(N, T, *)`` (``current`` and ``x`` may be ``None``
             when no gradient reads them); with ``checkpoint``, ``v_pre`` and
             ``current`` are ``None`` and ``x`` and the checkpointed states are given
             (``v_states``, and ``i_states`` with a synaptic current; ``None`` otherwise).
@@ -113,7 +113,7 @@ def sequence_backward(
     """
     v, current, x, v0, i0, alpha_mem, alpha_syn, threshold, bias = saved[:9]
     g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal = grads
-    n_steps = v.shape[0] if checkpoint is None else x.shape[1]
+    n_steps = v.shape[1] if checkpoint is None else x.shape[1]
     spiking, reset, min_v_mem = options.spiking, options.reset, options.min_v_mem
     g_spikes, g_trace = (g_out, g_vtrace) if spiking else (None, g_out)
     grad_threshold = spiking and needs[5]
@@ -170,7 +170,7 @@ def sequence_backward(
         for start in reversed(range(first, last, block)):
             stop = min(start + block, last)
             final = stop == n_steps and g_vfinal is not None
-            vb = v_seg[start - first : stop - first].transpose(0, 1)
+            vb = v_seg[:, start - first : stop - first]
             gb = grad_v[:, start:stop]
             counts = v_reset = clamp_mask = None
             if spiking and reset == "subtract" and (grad_threshold or min_v_mem is not None):
@@ -246,9 +246,9 @@ def sequence_backward(
                 # sum_t g_t v_post[t-1]: the membranes after the previous steps' resets.
                 if start == first:
                     g_alpha = _add(g_alpha, gb[:, 0] * v_before, alpha_mem)
-                prev = v_seg[max(start - 1, first) - first : stop - 1 - first]
-                if prev.shape[0]:
-                    v_post = _reset(prev.transpose(0, 1), threshold, options)
+                prev = v_seg[:, max(start - 1, first) - first : stop - 1 - first]
+                if prev.shape[1]:
+                    v_post = _reset(prev, threshold, options)
                     if min_v_mem is not None:
                         v_post = v_post.clamp(min=min_v_mem)
                     skip = 1 if start == first else 0

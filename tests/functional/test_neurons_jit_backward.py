@@ -327,8 +327,8 @@ def _run(leaves, config, surrogate, loss, checkpoint=None):
     options = {k: v for k, v in config.items() if k not in ("synaptic", "bias")}
     kept = []
 
-    def pack(t):
-        kept.append(tuple(t.shape))
+    def pack(t):  # each kept tensor's shape, and whether it is the input itself
+        kept.append((tuple(t.shape), t.data_ptr() == leaves["x"].data_ptr()))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -410,10 +410,12 @@ def test_large_sequences_keep_the_input_not_the_membranes(monkeypatch, dtype):
     monkeypatch.setattr(jit_backward, "RECOMPUTE_ABOVE", 0)
     _, ours, our_shapes = _run(leaves, config, ArcTan(), "weighted")
     _assert_equal(ours, kept)
-    # the membranes before the reset are kept time first; now the states every
-    # RECOMPUTE_BYTES of a job's membranes (one here, the sequence is short)
-    assert (20, 3, 7) in kept_shapes and (20, 3, 7) not in our_shapes
-    assert (1, 3, 7) in our_shapes and (1, 3, 7) not in kept_shapes
+    # kept: the membranes before the reset and the currents, sequences besides the
+    # input; now no sequence but the input, and the states every RECOMPUTE_BYTES of a
+    # job's membranes (one here, the sequence is short)
+    assert ((3, 20, 7), False) in kept_shapes and ((3, 20, 7), False) not in our_shapes
+    assert ((3, 20, 7), True) in our_shapes
+    assert ((1, 3, 7), False) in our_shapes and ((1, 3, 7), False) not in kept_shapes
     steps = jit_backward.own_checkpoint(torch.empty(1000, 1000, 10, dtype=dtype), _options())
     assert steps == jit_backward.RECOMPUTE_BYTES // (512 * (4 if dtype == torch.float32 else 8))
 
