@@ -266,8 +266,12 @@ def segment_backward(
         state_arrays = (
             x.detach().contiguous().view(n, n_steps, features).numpy(),
             lanes(bias, step_shape, features, ndtype) if has_bias else empty2,
-            v_states.detach().contiguous().view(-1, n, features).numpy(),
-            i_states.detach().contiguous().view(-1, n, features).numpy() if synaptic else empty3,
+            v_states.detach().contiguous().view(len(v_states), n, features).numpy(),
+            (
+                i_states.detach().contiguous().view(len(v_states), n, features).numpy()
+                if synaptic
+                else empty3
+            ),
         )
     flags = np.array(
         [options.spiking, options.reset == "zero", options.detach_reset,

@@ -244,15 +244,16 @@ def test_kernel_forms_name_only_the_built_in_surrogates():
     assert _Sharper().kernel_form() is None
 
 
-def test_nan_and_inf_inputs_give_the_pytorch_backwards_gradients():
+@pytest.mark.parametrize("checkpoint", [None, 3], ids=["kept", "checkpoint3"])
+def test_nan_and_inf_inputs_give_the_pytorch_backwards_gradients(checkpoint):
     for config in (dict(), dict(reset="zero", min_v_mem=-0.5)):
         leaves = _leaves((4, 10, 6), (6,), F64, config)
         with torch.no_grad():
             leaves["x"][0, 3, 1] = float("nan")
             leaves["x"][1, 5, 2] = float("inf")
             leaves["x"][2, 2, 4] = -float("inf")
-        ours, calls = _gradients(True, leaves, config, ArcTan(), "weighted")
-        theirs, _ = _gradients(False, leaves, config, ArcTan(), "weighted")
+        ours, calls = _gradients(True, leaves, config, ArcTan(), "weighted", checkpoint)
+        theirs, _ = _gradients(False, leaves, config, ArcTan(), "weighted", checkpoint)
         assert calls
         for name in leaves:
             assert torch.equal(ours[name].isnan(), theirs[name].isnan()), name
@@ -260,12 +261,13 @@ def test_nan_and_inf_inputs_give_the_pytorch_backwards_gradients():
         assert ours["x"].isnan().any()
 
 
+@pytest.mark.parametrize("checkpoint", [None, 2], ids=["kept", "checkpoint2"])
 @pytest.mark.parametrize("shape", [(2, 1, 3), (0, 4, 3), (2, 3, 0)], ids=str)
-def test_single_step_and_empty_sequences(shape):
+def test_single_step_and_empty_sequences(shape, checkpoint):
     config = dict(synaptic=True, norm_input=True)
     leaves = _leaves(shape, (shape[2],), F64, config)
-    ours, _ = _gradients(True, leaves, config, ArcTan(), "weighted")
-    theirs, _ = _gradients(False, leaves, config, ArcTan(), "weighted")
+    ours, _ = _gradients(True, leaves, config, ArcTan(), "weighted", checkpoint)
+    theirs, _ = _gradients(False, leaves, config, ArcTan(), "weighted", checkpoint)
     for name in leaves:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-12, atol=0.0, msg=name)
 
