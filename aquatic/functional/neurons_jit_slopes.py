@@ -24,8 +24,8 @@ GIVEN, FAST_SIGMOID, ARCTAN, TRIANGLE = 0, 1, 2, 3
 if numba is not None:
 
     # The surrogates' slopes at d = v - threshold, in the forms of ``Surrogate.kernel_form``
-    # with constants that :func:`constants` works out once: one division at most (a
-    # division costs as much as the rest of the backward loop's arithmetic).
+    # with constants that :func:`constants` works out once: one division at most (the
+    # longest operation of the loop), and none by a constant.
 
     @inline
     def fast_sigmoid(d, c1, c2, one, zero):
