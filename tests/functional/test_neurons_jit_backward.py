@@ -104,6 +104,22 @@ def _loss(result, kind):
     return sum((t * torch.randn(t.shape, generator=generator, dtype=t.dtype)).sum() for t in terms)
 
 
+def _forward(leaves, config, surrogate, checkpoint):
+    """``lif_fused`` on the leaves with the options of ``config``."""
+    options = {k: v for k, v in config.items() if k not in ("synaptic", "bias")}
+    return lif_fused(
+        leaves["x"],
+        leaves["alpha"],
+        leaves.get("syn"),
+        leaves["threshold"],
+        bias=leaves.get("bias"),
+        state=LIFState(leaves["v0"], leaves.get("i0")),
+        surrogate=surrogate,
+        checkpoint=checkpoint,
+        **options,
+    )
+
+
 def _gradients(compiled, leaves, config, surrogate, loss, checkpoint=None):
     """The leaves' gradients with the compiled backward (``compiled``) or the PyTorch
     backward, and the segments that the compiled backward ran (its own patches only:
@@ -119,18 +135,7 @@ def _gradients(compiled, leaves, config, surrogate, loss, checkpoint=None):
         patch.setattr(jit_backward, "segment_backward", counted)
         if not compiled:
             patch.setattr(jit_backward, "backward_ok", lambda *args: False)
-        options = {k: v for k, v in config.items() if k not in ("synaptic", "bias")}
-        result = lif_fused(
-            leaves["x"],
-            leaves["alpha"],
-            leaves.get("syn"),
-            leaves["threshold"],
-            bias=leaves.get("bias"),
-            state=LIFState(leaves["v0"], leaves.get("i0")),
-            surrogate=surrogate,
-            checkpoint=checkpoint,
-            **options,
-        )
+        result = _forward(leaves, config, surrogate, checkpoint)
         # a non-spiking neuron has no threshold gradient
         loss_value = _loss(result, loss)
         grads = torch.autograd.grad(loss_value, list(leaves.values()), allow_unused=True)
@@ -326,7 +331,6 @@ IN_LOOP = SURROGATES[:3]
 
 def _run(leaves, config, surrogate, loss, checkpoint=None):
     """Outputs and the leaves' gradients, and the shapes of the tensors kept for backward."""
-    options = {k: v for k, v in config.items() if k not in ("synaptic", "bias")}
     kept = []
 
     def pack(t):  # each kept tensor's shape, and whether it is the input itself
@@ -334,17 +338,7 @@ def _run(leaves, config, surrogate, loss, checkpoint=None):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        result = lif_fused(
-            leaves["x"],
-            leaves["alpha"],
-            leaves.get("syn"),
-            leaves["threshold"],
-            bias=leaves.get("bias"),
-            state=LIFState(leaves["v0"], leaves.get("i0")),
-            surrogate=surrogate,
-            checkpoint=checkpoint,
-            **options,
-        )
+        result = _forward(leaves, config, surrogate, checkpoint)
     value = _loss(result, loss)
     grads = torch.autograd.grad(value, list(leaves.values()), allow_unused=True)
     outputs = [t for t in (result.output, result.state.v_mem, result.v_mem) if t is not None]
