@@ -138,8 +138,9 @@ if numba is not None:
         # currents where they are the decay's input term; the state, the spikes and the
         # input to the membrane of one step
         segments = -(-(last - first) // every) if every else 1
-        v_job = np.empty((every, rows, chunk) if every else (1, 1, 1), dtype)
-        i_job = np.empty((every, rows, chunk) if every and norm and synaptic else (1, 1, 1), dtype)
+        span = min(every, last - first)  # a checkpoint may be longer than the sequence
+        v_job = np.empty((span, rows, chunk) if every else (1, 1, 1), dtype)
+        i_job = np.empty((span, rows, chunk) if every and norm and synaptic else (1, 1, 1), dtype)
         v_now = np.empty((rows, chunk), dtype)
         i_now = np.empty((rows, chunk), dtype)
         spikes = np.empty(chunk, dtype)

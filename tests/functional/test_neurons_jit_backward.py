@@ -492,3 +492,13 @@ def test_compiled_fullgraph_with_its_own_checkpoint_equals_eager(monkeypatch):
     assert states == [jit_backward.own_checkpoint(x, _options())] * 2  # recomputed, both
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+def test_a_checkpoint_longer_than_the_sequence_recomputes_only_its_steps():
+    # the loop's buffer holds the steps there are, not the checkpoint's (10**10 steps of
+    # a job's 10 lanes would not fit in memory)
+    config = dict(synaptic=True, norm_input=True)
+    leaves = _leaves((2, 6, 5), (5,), F64, config)
+    _, kept, _ = _run(leaves, config, ArcTan(), "weighted")
+    _, ours, _ = _run(leaves, config, ArcTan(), "weighted", checkpoint=10**10)
+    _assert_equal(ours, kept)
