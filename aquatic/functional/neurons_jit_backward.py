@@ -70,8 +70,7 @@ GIVEN_LIMIT = 1 << 18
 #: instead of keeping them (:func:`own_checkpoint`). glibc's allocator maps a block
 #: this large afresh on every call, so writing the membranes in forward met a page
 #: fault every 4 KiB; recomputing them in backward measured 27-33% faster for the
-#: whole step on 52-65 MB sequences; on sequences that fit the heap, 5-10% slower with
-#: the kept membranes time first, and as fast with them batch first.
+#: whole step on 52-65 MB sequences, and no faster on sequences that fit the heap.
 RECOMPUTE_ABOVE = 1 << 25
 
 #: The bytes of membranes that one job of neurons recomputes at a time in the backward
