@@ -40,7 +40,8 @@ loop runs, one step at a time under autograd.
 
 The loops themselves are in :mod:`aquatic.functional.neurons_kernel` (forward) and
 :mod:`aquatic.functional.neurons_kernel_backward` (with Numba, compiled loops of both:
-:mod:`aquatic.functional.neurons_jit` and :mod:`aquatic.functional.neurons_jit_backward`). Eagerly they run as one
+:mod:`aquatic.functional.neurons_jit` and
+:mod:`aquatic.functional.neurons_jit_backward`). Eagerly they run as one
 ``torch.autograd.Function``; under ``torch.compile`` as the custom operators of
 :mod:`aquatic.functional.neurons_fused_op`, which the compiler keeps whole (one node
 each, the same loops, so the same bits as eagerly) instead of tracing thousands of

@@ -22,10 +22,10 @@ float32 or float64, binary spikes). The loop computes the surrogate's slopes its
 (:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`); any other surrogate
 (``SingleExponential``, a subclass, any object with a ``derivative``) computes them with
 its own ``derivative_``, a block of steps at a time, and runs compiled on sequences of
-at most :data:`GIVEN_LIMIT` elements (beyond, the PyTorch backward runs: its exponential dominates both). Its
-gradients are those of the PyTorch backward up to rounding: PyTorch's kernels fuse
-some multiplies and adds into one rounding, and the parameters' sums run in another
-order. ``AQUATIC_NUMBA=0`` turns it off with the forward loop, :data:`ENABLED` alone.
+at most :data:`GIVEN_LIMIT` elements (beyond, the PyTorch backward runs: its
+exponential dominates both). Its gradients are those of the PyTorch backward up to
+rounding: PyTorch's kernels fuse some multiplies and adds into one rounding, and the
+parameters' sums run in another order. ``AQUATIC_NUMBA=0`` turns it off with the forward loop, :data:`ENABLED` alone.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ __all__ = [
     "GIVEN_LIMIT",
     "RECOMPUTE_ABOVE",
     "RECOMPUTE_BYTES",
+    "SURROGATE_CODES",
     "backward_ok",
     "recomputes",
     "own_checkpoint",
@@ -78,8 +79,9 @@ RECOMPUTE_ABOVE = 1 << 25
 #: job's backward loop reads them.
 RECOMPUTE_BYTES = 1 << 19
 
-#: The kernel's code of each surrogate kind of ``Surrogate.kernel_form``.
-_KINDS = {"given": 0, "fast_sigmoid": 1, "arctan": 2, "triangle": 3}
+#: The kernel's code of each surrogate kind of ``Surrogate.kernel_form`` (``given``: the
+#: slopes come computed by the surrogate's ``derivative_``).
+SURROGATE_CODES = {"given": 0, "fast_sigmoid": 1, "arctan": 2, "triangle": 3}
 
 
 def backward_ok(options: Options, steps: int, v0: Tensor, *tensors: Optional[Tensor]) -> bool:
@@ -113,6 +115,13 @@ def own_checkpoint(x: Tensor, options: Options) -> Optional[int]:
     at a time, in the cache: the same bits, so the same gradients. Forward keeps the
     input instead (the same size). Under ``torch.compile`` this is decided while
     tracing.
+
+    Example:
+        >>> from aquatic.functional.neuron_types import Options
+        >>> from aquatic.functional.surrogate import ArcTan
+        >>> options = Options("subtract", ArcTan(), 1, None, False, False, True)
+        >>> own_checkpoint(torch.zeros(4, 100, 32), options) is None  # 51 KB: kept
+        True
     """
     if x.numel() * x.element_size() <= RECOMPUTE_ABOVE:
         return None
@@ -142,7 +151,7 @@ def _slopes_form(surrogate) -> Tuple[str, float, float]:
     surrogate)."""
     kernel_form = getattr(surrogate, "kernel_form", None)
     form = kernel_form() if callable(kernel_form) else None
-    return form if form is not None and form[0] in _KINDS else ("given", 1.0, 1.0)
+    return form if form is not None and form[0] in SURROGATE_CODES else ("given", 1.0, 1.0)
 
 
 def _kernel():
@@ -156,7 +165,7 @@ def _ready() -> bool:
     PyTorch backward runs)."""
     two, three = np.zeros((1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
     flags = np.zeros(22, np.int64)
-    flags[[0, 4, 12, 13, 14]] = 1, 1, 1, 1, _KINDS["arctan"]
+    flags[[0, 4, 12, 13, 14]] = 1, 1, 1, 1, SURROGATE_CODES["arctan"]
     consts = np.array([0, 1, 0, 1, 1], np.float32)
     return neurons_jit.compiles(
         "LIF backward loop",
@@ -276,7 +285,8 @@ def segment_backward(
     flags = np.array(
         [options.spiking, options.reset == "zero", options.detach_reset,
          options.min_v_mem is not None, gs_mode, gt_mode, has_final, need_alpha,
-         need_threshold, need_bias, norm, first, last, n_steps, _KINDS[surrogate[0]], synaptic is not None, gi_mode, has_ifinal,
+         need_threshold, need_bias, norm, first, last, n_steps,
+         SURROGATE_CODES[surrogate[0]], synaptic is not None, gi_mode, has_ifinal,
          options.norm_input, first, every, has_bias],
         dtype=np.int64,
     )  # fmt: skip
@@ -295,8 +305,8 @@ def segment_backward(
             if norm and every == 0
             else empty3
         ),
-        neurons_jit.lanes(alpha_mem, step_shape, features, ndtype),
-        neurons_jit.lanes(threshold, step_shape, features, ndtype),
+        lanes(alpha_mem, step_shape, features, ndtype),
+        lanes(threshold, step_shape, features, ndtype),
         grad_v.view(n, n_steps, features).numpy(),
         *(empty2 if s is None else s.numpy() for s in sums),
         *syn_arrays,

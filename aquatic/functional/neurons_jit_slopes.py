@@ -10,6 +10,7 @@ with at most one division; the results agree with it to rounding.
 
 from __future__ import annotations
 
+from aquatic.functional.neurons_jit_backward import SURROGATE_CODES
 from aquatic.functional.neurons_jit_kernels import inline, numba
 
 __all__ = [
@@ -17,9 +18,12 @@ __all__ = [
     "constants", "slopes_into",
 ]  # fmt: skip
 
-#: The surrogates' codes in the flags (see ``Surrogate.kernel_form``); ``GIVEN``: the
-#: slopes come computed in ``slopes``.
-GIVEN, FAST_SIGMOID, ARCTAN, TRIANGLE = 0, 1, 2, 3
+#: The surrogates' codes in the flags (``SURROGATE_CODES`` of
+#: :mod:`aquatic.functional.neurons_jit_backward`); ``GIVEN``: the slopes come computed
+#: in ``slopes``.
+GIVEN, FAST_SIGMOID, ARCTAN, TRIANGLE = (
+    SURROGATE_CODES[kind] for kind in ("given", "fast_sigmoid", "arctan", "triangle")
+)
 
 if numba is not None:
 

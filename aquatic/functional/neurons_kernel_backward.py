@@ -123,8 +123,8 @@ def sequence_backward(
     synaptic = alpha_syn is not None
     keep_current = synaptic and options.norm_input and needs[3]
     compiled = neurons_jit_backward.backward_ok(
-        options, n_steps if checkpoint is None else checkpoint, v0, v, alpha_mem, alpha_syn,
-        threshold, bias,
+        options, n_steps if checkpoint is None else min(checkpoint, n_steps), v0, v,
+        alpha_mem, alpha_syn, threshold, bias,
     )  # fmt: skip
     # With a synaptic current the compiled loop writes the current's gradient into
     # grad_v and hands the membrane's gradient from segment to segment here.
