@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aquatic.functional import neurons_jit
+from aquatic.functional import jit_jobs, neurons_jit
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons_grid import GridRules
 from aquatic.functional.neurons_grid_current import quantizer_after_decay_passes
@@ -53,7 +53,7 @@ def _ready() -> bool:
     return neurons_jit.compiles(
         "loop of quantized states",
         "NumPy loop",
-        lambda: grid_forward_kernel()(np.zeros(20, np.int64), np.zeros(15, f32),
+        lambda: grid_forward_kernel()(np.array([0] * 21 + [1]), np.zeros(15, f32),
                                       np.zeros(2, f32), three, flat, flat, *lanes, *lanes,
                                       flat, flat, flat, three, three, steps, mask, steps,
                                       mask, flat, flat),  # fmt: skip
@@ -155,6 +155,8 @@ def grid_forward(
             quantize_i is not None,
             need_grad and quantize_v is not None,  # keeps v_mask
             need_grad and quantize_i is not None,  # keeps i_mask
+            0,  # the share of the jobs: set by jit_jobs.run
+            1,
         ],
         dtype=np.int64,
     )
@@ -199,7 +201,8 @@ def grid_forward(
     i_final = x.new_empty(step_shape) if synaptic else None
     # The batch-major results take x's layout (as the NumPy loop's).
     buffers = neurons_jit.contiguous_buffers((spikes, trace), x)
-    grid_forward_kernel()(
+    jit_jobs.run(
+        grid_forward_kernel(),
         flags,
         consts,
         scales32,
@@ -212,6 +215,7 @@ def grid_forward(
         step_runs(i_mask, np.bool_),
         v_final.view(-1).numpy(),
         i_final.view(-1).numpy() if synaptic else unused,
+        parts=jit_jobs.parts_for(n, n_steps, features),
     )
     neurons_jit.copy_back((spikes, trace), buffers)
     output = spikes if spiking else trace

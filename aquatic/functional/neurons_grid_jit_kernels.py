@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aquatic.functional.neurons_jit_kernels import inline, jit, job_block, job_layout
+from aquatic.functional.neurons_jit_kernels import inline, jit, job_block, job_layout, job_range
 
 try:  # optional: the compiled loops exist where Numba is installed
     import numba
@@ -104,7 +104,7 @@ if numba is not None:
         # fmt: off
         (synaptic, norm, has_bias, spiking, zero_reset, clamp, keep_trace, keep_current,
          need_grad, strict, after, late, rule_v, wide_v, has_qv, rule_i, wide_i, has_qi,
-         keep_vm, keep_im) = flags
+         keep_vm, keep_im, part, parts) = flags
         # fmt: on
         zero, one, low = consts[0], consts[1], consts[2]
         sv, lv, hv, inv_v, qlv, qhv = consts[3:9]
@@ -112,7 +112,7 @@ if numba is not None:
         scale_qv, scale_qi = scales32[0], scales32[1]
         no_mask = np.empty(0, np.bool_)
         rows, chunk, jobs = job_layout(n_batch, n_feat)
-        for job in range(jobs):
+        for job in range(*job_range(jobs, part, parts)):
             n0, n1, f0, f1 = job_block(job, rows, chunk, n_batch, n_feat)
             m, count = f1 - f0, n1 - n0
             # The job's neurons are one contiguous run of the flat per-neuron arrays (a

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from aquatic.functional import jit_jobs
 from aquatic.functional.neuron_types import Options
 
 __all__ = [
@@ -83,7 +84,8 @@ def _ready() -> bool:
     if importlib.util.find_spec("numba") is None:
         return False
     two, three = np.zeros((1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
-    flags, consts = np.zeros(10, dtype=np.int64), np.zeros(3, dtype=np.float32)
+    flags, consts = np.zeros(12, dtype=np.int64), np.zeros(3, dtype=np.float32)
+    flags[-1] = 1  # one share of the jobs
     return compiles(
         "LIF loop",
         "PyTorch loop",
@@ -259,11 +261,14 @@ def sequence_forward(
             current is not None,
             keep_v,
             checkpoint or 0,
+            0,  # the share of the jobs: set by jit_jobs.run
+            1,
         ],
         dtype=np.int64,
     )
     consts = np.array([0, 1, 0 if min_v_mem is None else min_v_mem], dtype=ndtype)
-    _kernel()(
+    jit_jobs.run(
+        _kernel(),
         flags,
         consts,
         *inputs,
@@ -275,6 +280,7 @@ def sequence_forward(
         i_final.view(n, features).numpy() if synaptic else none2,
         arr3(v_states),
         arr3(i_states),
+        parts=jit_jobs.parts_for(n, n_steps, features),
     )
     del inputs
     copy_back((output, trace, current), buffers)

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from aquatic.functional import neurons_jit
+from aquatic.functional import jit_jobs, neurons_jit
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons_kernel import block_steps
 
@@ -140,8 +140,7 @@ def _segment_steps(single: bool) -> int:
     precision where the compiled loops run, else 0 (a constant while tracing)."""
     if not (ENABLED and neurons_jit.available() and _ready()):
         return 0
-    kernels = importlib.import_module("aquatic.functional.neurons_jit_kernels")
-    return max(1, RECOMPUTE_BYTES // (kernels.JOB_LANES * (4 if single else 8)))
+    return max(1, RECOMPUTE_BYTES // (jit_jobs.JOB_LANES * (4 if single else 8)))
 
 
 def _slopes_form(surrogate) -> Tuple[str, float, float]:
@@ -164,8 +163,8 @@ def _ready() -> bool:
     """Whether the backward kernel compiles (once; a ``RuntimeWarning`` if not, and the
     PyTorch backward runs)."""
     two, three = np.zeros((1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
-    flags = np.zeros(22, np.int64)
-    flags[[0, 4, 12, 13, 14]] = 1, 1, 1, 1, SURROGATE_CODES["arctan"]
+    flags = np.zeros(24, np.int64)
+    flags[[0, 4, 12, 13, 14, 23]] = 1, 1, 1, 1, SURROGATE_CODES["arctan"], 1
     consts = np.array([0, 1, 0, 1, 1], np.float32)
     return neurons_jit.compiles(
         "LIF backward loop",
@@ -287,7 +286,7 @@ def segment_backward(
          options.min_v_mem is not None, gs_mode, gt_mode, has_final, need_alpha,
          need_threshold, need_bias, norm, first, last, n_steps,
          SURROGATE_CODES[surrogate[0]], synaptic is not None, gi_mode, has_ifinal,
-         options.norm_input, first, every, has_bias],
+         options.norm_input, first, every, has_bias, 0, 1],
         dtype=np.int64,
     )  # fmt: skip
     min_v_mem = options.min_v_mem
@@ -313,7 +312,8 @@ def segment_backward(
     )
     kernel = _kernel()
     if surrogate[0] != "given":
-        kernel(flags, consts, *arrays, empty3, *state_arrays)
+        parts = jit_jobs.parts_for(n, steps, features)
+        jit_jobs.run(kernel, flags, consts, *arrays, empty3, *state_arrays, parts=parts)
         return tuple(None if s is None else s.view(step_shape) for s in sums)
     # The surrogate's slopes, a block of steps at a time from the last (its own code, as
     # the PyTorch backward runs it), and the kernel on each block.
@@ -326,7 +326,7 @@ def segment_backward(
         slopes = options.surrogate.derivative_(u)
         slopes = slopes.to(grad_v.dtype).expand(v_block.shape).contiguous()
         flags[11], flags[12] = start, stop
-        kernel(
-            flags, consts, *arrays, slopes.view(n, stop - start, features).numpy(), *state_arrays
-        )
+        block_slopes = slopes.view(n, stop - start, features).numpy()
+        parts = jit_jobs.parts_for(n, stop - start, features)
+        jit_jobs.run(kernel, flags, consts, *arrays, block_slopes, *state_arrays, parts=parts)
     return tuple(None if s is None else s.view(step_shape) for s in sums)

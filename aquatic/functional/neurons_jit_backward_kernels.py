@@ -21,7 +21,7 @@ Importing this module imports Numba (optional); :mod:`aquatic.functional.neurons
 imports it on first use and prepares the arrays.
 Flags: ``spiking, zero_reset, detach, clamp, g_spikes, g_trace, g_final, need_alpha,
 need_threshold, need_bias, norm, first, last, n_steps, surrogate, synaptic,
-gi_mode, has_ifinal, norm_input, seg_first, every, has_bias`` (``norm``: the decay's
+gi_mode, has_ifinal, norm_input, seg_first, every, has_bias, part, parts`` (``norm``: the decay's
 gradient has its input term; ``g_spikes``, ``g_trace`` and ``gi_mode``: 0 absent, 1 an
 array ``(N, T, F)``, 2 one value for every element, a sum's gradient; ``every``: the
 steps between checkpointed states whose segments the loop recomputes, 0 where the
@@ -40,6 +40,7 @@ from aquatic.functional.neurons_jit_kernels import (
     jit,
     job_block,
     job_layout,
+    job_range,
     numba,
 )
 from aquatic.functional.neurons_jit_slopes import (
@@ -118,7 +119,8 @@ if numba is not None:
         # fmt: off
         (spiking, zero_reset, detach, clamp, gs_mode, gt_mode, has_final, need_alpha,
          need_threshold, need_bias, norm, first, last, n_steps, kind,
-         synaptic, gi_mode, has_ifinal, norm_input, seg_first, every, has_bias) = flags
+         synaptic, gi_mode, has_ifinal, norm_input, seg_first, every, has_bias, part,
+         parts) = flags
         # fmt: on
         zero, one, low, width, scale = consts[0], consts[1], consts[2], consts[3], consts[4]
         c1, c2 = constants(kind, width, scale, one)
@@ -149,7 +151,7 @@ if numba is not None:
         # the spikes only, no clamp, no detached reset, a step with a later one
         plain = spiking and gs_mode and not (detach or clamp or gt_mode)
         whole = chunk == n_feat
-        for job in range(jobs):
+        for job in range(*job_range(jobs, part, parts)):
             n0, n1, o, f1 = job_block(job, rows, chunk, n_batch, n_feat)
             m = f1 - o
             a = alpha[n0:n1, o:f1].copy()

@@ -13,10 +13,13 @@ rounding), so its results are the same bits.
 It runs the ``(N, F)`` neurons in *jobs* of about :data:`JOB_LANES` (:func:`job_layout`:
 ``chunk`` features of ``rows`` samples each); a job's state lives in small local arrays
 for the whole sequence, in the first-level cache, and the loops over its features
-vectorize.
+vectorize. A call runs the share of the jobs that its last two flags select
+(:func:`job_range`), and :mod:`aquatic.functional.jit_jobs` runs the shares on
+threads.
 Flags and constants come in small arrays (one compiled version per dtype); absent
 tensors are empty arrays of the right dtype and rank. Flags: ``synaptic, norm_input,
-bias, spiking, zero_reset, clamp, record, keep_current, keep_v, checkpoint``;
+bias, spiking, zero_reset, clamp, record, keep_current, keep_v, checkpoint, part,
+parts``;
 constants: ``0, 1, min_v_mem``.
 """
 
@@ -24,18 +27,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from aquatic.functional import jit_jobs
+
 try:  # optional: the compiled loops exist where Numba is installed
     import numba
 except ImportError:  # pragma: no cover - the PyTorch loops run instead
     numba = None
 
 __all__ = [
-    "JOB_LANES", "jit", "inline", "job_layout", "job_block", "drive_of", "advance",
+    "JOB_LANES", "jit", "inline", "job_layout", "job_block", "job_range", "drive_of", "advance",
     "forward_kernel",
 ]  # fmt: skip
 
-#: Neurons per job: a job's state stays in the first-level cache.
-JOB_LANES = 512
+#: Neurons per job (:data:`aquatic.functional.jit_jobs.JOB_LANES`).
+JOB_LANES = jit_jobs.JOB_LANES
 
 if numba is not None:
     _OPTIONS = dict(nogil=True, boundscheck=False, error_model="numpy")
@@ -47,21 +52,12 @@ if numba is not None:
     #: than the helper's work).
     inline = numba.njit(inline="always", **_OPTIONS)
 
-    @inline
-    def job_layout(n_batch, n_feat):
-        """``(rows, chunk, jobs)``: each job is ``rows`` samples by ``chunk`` features."""
-        chunk = max(1, min(n_feat, JOB_LANES))
-        rows = max(1, min(n_batch, JOB_LANES // chunk))
-        jobs = -(-n_batch // rows) * -(-n_feat // chunk) if n_feat else 0
-        return rows, chunk, jobs
-
-    @inline
-    def job_block(job, rows, chunk, n_batch, n_feat):
-        """``(n0, n1, f0, f1)``: the samples and features of job ``job``."""
-        nf = (n_feat + chunk - 1) // chunk
-        n0 = (job // nf) * rows
-        f0 = (job % nf) * chunk
-        return n0, min(n_batch, n0 + rows), f0, min(n_feat, f0 + chunk)
+    #: :func:`aquatic.functional.jit_jobs.layout`, compiled.
+    job_layout = inline(jit_jobs.layout)
+    #: :func:`aquatic.functional.jit_jobs.block`, compiled.
+    job_block = inline(jit_jobs.block)
+    #: :func:`aquatic.functional.jit_jobs.share`, compiled.
+    job_range = inline(jit_jobs.share)
 
     @inline
     def drive_of(src, i, s_syn, g, b, r, drive, m, synaptic, norm, has_bias):
@@ -134,11 +130,11 @@ if numba is not None:
         n_batch, n_steps, n_feat = x.shape
         # fmt: off
         (synaptic, norm, has_bias, spiking, zero_reset, clamp, record, keep_current, keep_v,
-         every) = flags
+         every, part, parts) = flags
         # fmt: on
         zero, one, low = consts[0], consts[1], consts[2]
         rows, chunk, jobs = job_layout(n_batch, n_feat)
-        for job in range(jobs):
+        for job in range(*job_range(jobs, part, parts)):
             n0, n1, f0, f1 = job_block(job, rows, chunk, n_batch, n_feat)
             m = f1 - f0
             v = v0[n0:n1, f0:f1].copy()
@@ -177,7 +173,7 @@ if numba is not None:
                 i_final[n0:n1, f0:f1] = i
 
 else:  # pragma: no cover
-    jit = inline = job_layout = job_block = drive_of = advance = forward = None
+    jit = inline = job_layout = job_block = job_range = drive_of = advance = forward = None
 
 
 def forward_kernel():
