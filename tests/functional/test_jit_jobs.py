@@ -251,3 +251,24 @@ def test_several_callers_at_once_get_their_own_results(threads, shares):
     assert errors == []
     for a, b in zip(together, alone):
         assert all(torch.equal(s, t) for s, t in zip(a, b))
+
+
+@needs_numba
+def test_compiled_graphs_share_the_jobs_too(threads, shares):
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(
+        ann.Linear(40, 600), ann.LIF(tau_mem=8.0, tau_syn=4.0, surrogate=ArcTan())
+    )
+    x = torch.rand(4, 25, 40)
+
+    def step(run):
+        out = run(x)
+        grads = torch.autograd.grad((out * torch.linspace(0, 1, 600)).sum(), model[0].weight)
+        return out.detach(), grads[0]
+
+    eager = step(model)
+    shares.clear()
+    compiled = step(torch.compile(model, fullgraph=True, backend="aot_eager"))
+    assert len(shares) == 2 and min(shares) == 3  # the custom operators' loops, shared
+    assert torch.equal(eager[0], compiled[0]) and torch.equal(eager[1], compiled[1])
+    assert 0 < eager[0].sum() < eager[0].numel()
