@@ -7,18 +7,20 @@ in *jobs* of about :data:`JOB_LANES` (:func:`layout`): a job's state stays in th
 first-level cache for the whole sequence, and it reads and writes its own parts of
 every array, so its results do not depend on which thread runs it or when. The loops'
 last two flags, ``part`` and ``parts``, select a share of the jobs (:func:`share`), and
-the loops release the GIL (Numba's ``nogil``), so :func:`run` calls a loop once per
-share: the calling thread runs the first share and a pool of Python threads the
-others, at the same time. The results are the bits of one call over every job.
+the loops release the GIL (Numba's ``nogil``), so :func:`run` runs the shares at the same
+time: on PyTorch's own OpenMP threads where :mod:`aquatic.functional.jit_openmp` can
+reach them (Linux, PyTorch's ``libgomp``), else the first share on the calling thread
+and the others on a pool of Python threads. The results are the bits of one call over
+every job.
 
 A loop runs on as many threads as PyTorch uses (``torch.get_num_threads()``, which
 ``torch.set_num_threads`` sets and a ``DataLoader`` worker sets to 1), and no more than
-it has jobs, for calls of at least :data:`PARALLEL_ABOVE` elements: handing a share to
-another thread costs tens of microseconds here (measured: 80 µs for an empty task's
-round trip, two threads on this host's CPUs), so smaller calls run on the calling
-thread. The pool is made on first use, once per process (again in a forked child, which
-does not inherit the parent's threads). It is Python's ``ThreadPoolExecutor``: no
-OpenMP or TBB runtime is loaded beside PyTorch's.
+it has jobs, for calls of at least :data:`PARALLEL_ABOVE` elements on the OpenMP
+threads (starting their team cost about 6 µs here) or :data:`POOL_ABOVE` on the pool
+(an empty task's round trip took 80 µs, and the pool's threads compete for the cores
+with the OpenMP threads that keep spinning after PyTorch's operations); smaller calls
+run on the calling thread. The pool is made on first use, once per process (again in a
+forked child, which does not inherit the parent's threads).
 
 Set :data:`ENABLED` to ``False`` (or the environment variable
 ``AQUATIC_NUMBA_THREADS=0``, before import) to run every loop on the calling thread.
@@ -34,16 +36,22 @@ from typing import Optional, Tuple
 import numpy as np
 import torch
 
+from aquatic.functional import jit_openmp
+
 __all__ = [
-    "JOB_LANES", "ENABLED", "PARALLEL_ABOVE", "layout", "block", "share", "parts_for", "run",
+    "JOB_LANES", "ENABLED", "PARALLEL_ABOVE", "POOL_ABOVE", "layout", "block", "share",
+    "parts_for", "run",
 ]  # fmt: skip
 
 #: Neurons per job: a job's state stays in the first-level cache.
 JOB_LANES = 512
 #: Whether loops run on several threads where :func:`parts_for` allows.
 ENABLED = os.environ.get("AQUATIC_NUMBA_THREADS", "1") != "0"
-#: Elements of a call (neurons times steps) from which its jobs are shared out.
-PARALLEL_ABOVE = 1 << 19
+#: Elements of a call (neurons times steps) from which its jobs are shared out on
+#: PyTorch's OpenMP threads (:mod:`aquatic.functional.jit_openmp`) ...
+PARALLEL_ABOVE = 1 << 16
+#: ... and on Python threads, where those are not available.
+POOL_ABOVE = 1 << 19
 
 _lock = threading.Lock()
 _pool: Optional[ThreadPoolExecutor] = None
@@ -99,7 +107,8 @@ def parts_for(n_batch: int, steps: int, n_feat: int) -> int:
         >>> parts_for(4, 100, 64)  # small: the calling thread alone
         1
     """
-    if not ENABLED or n_batch * steps * n_feat < PARALLEL_ABOVE:
+    limit = PARALLEL_ABOVE if jit_openmp.usable() else POOL_ABOVE
+    if not ENABLED or n_batch * steps * n_feat < limit:
         return 1
     return max(1, min(torch.get_num_threads(), layout(n_batch, n_feat)[2]))
 
@@ -116,14 +125,18 @@ def _executor(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def run(kernel, flags: np.ndarray, *arrays, parts: int = 1) -> None:
+def run(kernel, flags: np.ndarray, *arrays, parts: int = 1, entry: str = "") -> None:
     """Call ``kernel(flags, *arrays)`` once for each share ``(part, parts)`` of the jobs
-    (written into the last two of ``flags``): the first on this thread, the others on
-    the pool at the same time. Returns when every share has finished, raising the first
-    error."""
+    (written into the last two of ``flags``), at the same time: on PyTorch's OpenMP
+    threads through the loop's ``entry`` point where
+    :func:`aquatic.functional.jit_openmp.run` can, else the first share on this thread
+    and the others on the pool. Returns when every share has finished, raising the
+    first error."""
     flags[-2:] = (0, 1)
     if parts <= 1:
         kernel(flags, *arrays)
+        return
+    if entry and jit_openmp.run(entry, kernel, flags, arrays, parts):
         return
     pool, futures = _executor(parts - 1), []
     for part in range(1, parts):

@@ -216,6 +216,7 @@ def grid_forward(
         v_final.view(-1).numpy(),
         i_final.view(-1).numpy() if synaptic else unused,
         parts=jit_jobs.parts_for(n, n_steps, features),
+        entry="grid",
     )
     neurons_jit.copy_back((spikes, trace), buffers)
     output = spikes if spiking else trace

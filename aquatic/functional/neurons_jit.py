@@ -281,6 +281,7 @@ def sequence_forward(
         arr3(v_states),
         arr3(i_states),
         parts=jit_jobs.parts_for(n, n_steps, features),
+        entry="forward",
     )
     del inputs
     copy_back((output, trace, current), buffers)

@@ -313,7 +313,8 @@ def segment_backward(
     kernel = _kernel()
     if surrogate[0] != "given":
         parts = jit_jobs.parts_for(n, steps, features)
-        jit_jobs.run(kernel, flags, consts, *arrays, empty3, *state_arrays, parts=parts)
+        arguments = (consts, *arrays, empty3, *state_arrays)
+        jit_jobs.run(kernel, flags, *arguments, parts=parts, entry="backward")
         return tuple(None if s is None else s.view(step_shape) for s in sums)
     # The surrogate's slopes, a block of steps at a time from the last (its own code, as
     # the PyTorch backward runs it), and the kernel on each block.
@@ -328,5 +329,6 @@ def segment_backward(
         flags[11], flags[12] = start, stop
         block_slopes = slopes.view(n, stop - start, features).numpy()
         parts = jit_jobs.parts_for(n, stop - start, features)
-        jit_jobs.run(kernel, flags, consts, *arrays, block_slopes, *state_arrays, parts=parts)
+        arguments = (consts, *arrays, block_slopes, *state_arrays)
+        jit_jobs.run(kernel, flags, *arguments, parts=parts, entry="backward")
     return tuple(None if s is None else s.view(step_shape) for s in sums)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import aquatic.functional.jit_jobs as jit_jobs
+import aquatic.functional.jit_openmp as jit_openmp
 from aquatic import nn as ann
 from aquatic.functional.neurons import LIFState
 from aquatic.functional.neurons_fused import lif_fused
@@ -35,15 +36,21 @@ def threads():
     torch.set_num_threads(before)
 
 
-@pytest.fixture
-def shares(monkeypatch):
-    """Share every call's jobs (no size limit); returns the list of each call's parts."""
+@pytest.fixture(params=["openmp", "pool"])
+def shares(request, monkeypatch):
+    """Share every call's jobs (no size limit), on PyTorch's OpenMP threads or on the
+    Python pool; returns the list of each call's parts."""
     monkeypatch.setattr(jit_jobs, "PARALLEL_ABOVE", 0)
+    monkeypatch.setattr(jit_jobs, "POOL_ABOVE", 0)
+    if request.param == "pool":
+        monkeypatch.setattr(jit_openmp, "ENABLED", False)
+    elif not jit_openmp.usable():
+        pytest.skip("PyTorch's GNU OpenMP runtime is not loaded here")
     calls, real = [], jit_jobs.run
 
-    def counted(kernel, flags, *arrays, parts=1):
+    def counted(kernel, flags, *arrays, parts=1, entry=""):
         calls.append(parts)
-        return real(kernel, flags, *arrays, parts=parts)
+        return real(kernel, flags, *arrays, parts=parts, entry=entry)
 
     monkeypatch.setattr(jit_jobs, "run", counted)
     return calls
@@ -74,7 +81,7 @@ def test_the_jobs_cover_every_neuron_once(n_batch, n_feat):
 
 
 def test_parts_follow_the_threads_the_jobs_and_the_switch(threads, monkeypatch):
-    big = jit_jobs.PARALLEL_ABOVE
+    big = max(jit_jobs.PARALLEL_ABOVE, jit_jobs.POOL_ABOVE)
     assert jit_jobs.parts_for(64, big // (64 * 512) + 1, 512) == 3
     assert jit_jobs.parts_for(2, big, 16) == 1  # one job
     assert jit_jobs.parts_for(4, big, 512) == 3 and jit_jobs.parts_for(2, big, 512) == 2
@@ -272,3 +279,36 @@ def test_compiled_graphs_share_the_jobs_too(threads, shares):
     assert len(shares) == 2 and min(shares) == 3  # the custom operators' loops, shared
     assert torch.equal(eager[0], compiled[0]) and torch.equal(eager[1], compiled[1])
     assert 0 < eager[0].sum() < eager[0].numel()
+
+
+@needs_numba
+def test_openmp_runs_every_share_once_and_declines_what_it_cannot_run(threads, monkeypatch):
+    if not jit_openmp.usable():
+        pytest.skip("PyTorch's GNU OpenMP runtime is not loaded here")
+    runs = []
+    real = jit_openmp.run
+
+    def recorded(*args):
+        runs.append(real(*args))
+        return runs[-1]
+
+    monkeypatch.setattr(jit_openmp, "run", recorded)
+    monkeypatch.setattr(jit_jobs, "PARALLEL_ABOVE", 0)
+    leaves = _leaves((16, 20, 512), True)
+    shared = _lif(leaves, OPTIONS[3])
+    assert runs and all(runs)  # forward and backward on the OpenMP team
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jit_jobs, "ENABLED", False)
+        one = _lif(leaves, OPTIONS[3])
+    assert all(torch.equal(a, b) for a, b in zip(shared, one))
+    # what it cannot run, it leaves to the caller (nothing written)
+    from aquatic.functional import jit_bridges
+
+    kernel, _, count = jit_bridges.ENTRIES["forward"]
+    flags = np.zeros(12, np.int64)
+    arrays = [np.zeros((2, 3), np.float32)[:, ::2]] * count  # not contiguous
+    assert not real("forward", kernel, flags, arrays, 2)
+    assert not real("backward", kernel, flags, arrays, 2)  # another loop's entry
+    assert not real("forward", kernel, flags, arrays[:-1], 2)  # arguments missing
+    monkeypatch.setattr(jit_openmp, "_PID", -1)  # as in a forked child
+    assert not jit_openmp.usable()
