@@ -10,8 +10,8 @@ increment of the counter until none is left, and runs the loop on its share (its
 copy of the flags, with ``part`` and ``parts`` set), so a team of any size runs every
 share once.
 
-Importing this module imports Numba and compiles the entry points (cached on disk, as
-the loops).
+Importing this module imports Numba; :func:`entry` compiles an entry point on first use
+(cached on disk, as the loops).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from aquatic.functional.neurons_grid_jit_kernels import forward as grid_forward
 from aquatic.functional.neurons_jit_backward_kernels import backward
 from aquatic.functional.neurons_jit_kernels import forward, inline, jit, numba
 
-__all__ = ["HEADER", "SLOTS", "ENTRIES", "describe"]
+__all__ = ["HEADER", "SLOTS", "LOOPS", "entry", "describe"]
 
 #: Descriptor words before the arrays': counter, shares, item size, flags' address and
 #: length.
@@ -36,7 +36,7 @@ if numba is not None:
     from numba.core import cgutils
     from numba.extending import intrinsic
 
-    _cfunc = numba.cfunc(types.void(types.voidptr), cache=True, error_model="numpy")
+    _SIGNATURE = types.void(types.voidptr)
 
     @intrinsic
     def _address(typingctx, value):
@@ -125,29 +125,25 @@ if numba is not None:
             # fmt: on
             f = _next(d)
 
-    @_cfunc
-    def _forward_entry(data):
-        d = numba.carray(data, (HEADER + SLOTS * 17,), np.int64)
-        if d[2] == 4:
-            _forward_shares(d, np.float32)
-        else:
-            _forward_shares(d, np.float64)
+    # The entry points, one per loop and dtype, compiled on first use (:func:`entry`):
+    # module-level functions, so that Numba's disk cache keeps them.
+    def _forward_32(data):
+        _forward_shares(numba.carray(data, (HEADER + SLOTS * 17,), np.int64), np.float32)
 
-    @_cfunc
-    def _backward_entry(data):
-        d = numba.carray(data, (HEADER + SLOTS * 23,), np.int64)
-        if d[2] == 4:
-            _backward_shares(d, np.float32)
-        else:
-            _backward_shares(d, np.float64)
+    def _forward_64(data):
+        _forward_shares(numba.carray(data, (HEADER + SLOTS * 17,), np.int64), np.float64)
 
-    @_cfunc
-    def _grid_entry(data):
-        d = numba.carray(data, (HEADER + SLOTS * 24,), np.int64)
-        if d[2] == 4:
-            _grid_shares(d, np.float32)
-        else:
-            _grid_shares(d, np.float64)
+    def _backward_32(data):
+        _backward_shares(numba.carray(data, (HEADER + SLOTS * 23,), np.int64), np.float32)
+
+    def _backward_64(data):
+        _backward_shares(numba.carray(data, (HEADER + SLOTS * 23,), np.int64), np.float64)
+
+    def _grid_32(data):
+        _grid_shares(numba.carray(data, (HEADER + SLOTS * 24,), np.int64), np.float32)
+
+    def _grid_64(data):
+        _grid_shares(numba.carray(data, (HEADER + SLOTS * 24,), np.int64), np.float64)
 
     @jit
     def describe(words, flags, arrays):
@@ -164,11 +160,26 @@ if numba is not None:
             k += SLOTS
         return contiguous
 
-    #: Each loop (by name) and its entry point's address and number of arrays.
-    ENTRIES = {
-        "forward": (forward, _forward_entry.address, 17),
-        "backward": (backward, _backward_entry.address, 23),
-        "grid": (grid_forward, _grid_entry.address, 24),
+    #: Each loop (by name): the loop, its number of arrays and its entry points'
+    #: functions by item size.
+    LOOPS = {
+        "forward": (forward, 17, {4: _forward_32, 8: _forward_64}),
+        "backward": (backward, 23, {4: _backward_32, 8: _backward_64}),
+        "grid": (grid_forward, 24, {4: _grid_32, 8: _grid_64}),
     }
+
 else:  # pragma: no cover
-    ENTRIES, describe = {}, None
+    LOOPS, describe = {}, None
+
+_ADDRESSES = {}
+
+
+def entry(name: str, itemsize: int) -> int:
+    """The address of loop ``name``'s entry point for float32 (``itemsize`` 4) or
+    float64 (8) values, compiled on first use (a few tens of seconds for each, once:
+    Numba's disk cache keeps them)."""
+    key = (name, itemsize)
+    if key not in _ADDRESSES:
+        function = LOOPS[name][2][itemsize]
+        _ADDRESSES[key] = numba.cfunc(_SIGNATURE, cache=True, error_model="numpy")(function).address
+    return _ADDRESSES[key]

@@ -86,6 +86,21 @@ def _bridges():
     return None
 
 
+@functools.lru_cache(maxsize=None)
+def _entry(bridges, name: str, itemsize: int) -> Optional[int]:
+    """The address of an entry point, or ``None`` with a ``RuntimeWarning`` where it
+    fails to compile."""
+    compiles = importlib.import_module("aquatic.functional.neurons_jit").compiles
+    address = []
+    if compiles(
+        f"OpenMP entry point of the {name} loop",
+        "Python threads",
+        lambda: address.append(bridges.entry(name, itemsize)),
+    ):
+        return address[0]
+    return None
+
+
 def usable() -> bool:
     """Whether :func:`run` may run loops here (:data:`ENABLED`, a runtime found, and
     the process that imported this module)."""
@@ -100,8 +115,11 @@ def run(name: str, kernel, flags: np.ndarray, arrays, parts: int) -> bool:
     if not usable():
         return False
     bridges = _bridges()
-    entry = bridges.ENTRIES.get(name) if bridges is not None else None
-    if entry is None or entry[0] is not kernel or entry[2] != len(arrays):
+    loop = bridges.LOOPS.get(name) if bridges is not None else None
+    if loop is None or loop[0] is not kernel or loop[1] != len(arrays):
+        return False
+    address = _entry(bridges, name, arrays[0].itemsize)
+    if address is None:
         return False
     # arrays[0]: the loop's constants, in its dtype
     descriptor = np.zeros(bridges.HEADER + bridges.SLOTS * len(arrays), dtype=np.int64)
@@ -109,7 +127,7 @@ def run(name: str, kernel, flags: np.ndarray, arrays, parts: int) -> bool:
     if not bridges.describe(descriptor, flags, tuple(arrays)):
         return False
     flags[-2:] = (0, parts)  # the descriptor's copy of the flags: any share's
-    _gomp_parallel(runtime())(entry[1], descriptor.ctypes.data, parts, 0)
+    _gomp_parallel(runtime())(address, descriptor.ctypes.data, parts, 0)
     flags[-2:] = (0, 1)
     if descriptor[0] < parts:  # pragma: no cover - a team that did not run
         raise RuntimeError(f"the OpenMP team ran {descriptor[0]} of {parts} shares")

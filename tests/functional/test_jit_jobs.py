@@ -304,7 +304,7 @@ def test_openmp_runs_every_share_once_and_declines_what_it_cannot_run(threads, m
     # what it cannot run, it leaves to the caller (nothing written)
     from aquatic.functional import jit_bridges
 
-    kernel, _, count = jit_bridges.ENTRIES["forward"]
+    kernel, count, _ = jit_bridges.LOOPS["forward"]
     flags = np.zeros(12, np.int64)
     arrays = [np.zeros((2, 3), np.float32)[:, ::2]] * count  # not contiguous
     assert not real("forward", kernel, flags, arrays, 2)
