@@ -260,7 +260,7 @@ def backward_table(repeats: int) -> None:
         ("synaptic", synaptic, 16, 128),
         ("synaptic", synaptic, 64, 256),
     ]
-    # the default surrogate: compiled up to neurons_jit_backward.GIVEN_LIMIT elements
+    # the default surrogate: its slopes by its derivative_, the loop on them
     default = LIF(alpha_mem=1 - 1 / TAU_MEM)
     sizes += [("default", default, 8, 128), ("default", default, 16, 128)]
     sizes += [("default", default, 64, 512)]

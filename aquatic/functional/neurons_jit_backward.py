@@ -21,9 +21,8 @@ float32 or float64, binary spikes). The loop computes the surrogate's slopes its
 ``ArcTan``, ``FastSigmoid`` and ``Triangle``
 (:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`); any other surrogate
 (``SingleExponential``, a subclass, any object with a ``derivative``) computes them with
-its own ``derivative_``, a block of steps at a time, and runs compiled on sequences of
-at most :data:`GIVEN_LIMIT` elements (beyond, the PyTorch backward runs: its
-exponential dominates both). Its gradients are those of the PyTorch backward up to
+its own ``derivative_``, a block of steps at a time (on sequences of at most
+:data:`GIVEN_LIMIT` elements, where that is set; beyond, the PyTorch backward runs). Its gradients are those of the PyTorch backward up to
 rounding: PyTorch's kernels fuse some multiplies and adds into one rounding, and the
 parameters' sums run in another order. ``AQUATIC_NUMBA=0`` turns it off with the forward loop, :data:`ENABLED` alone.
 """
@@ -62,10 +61,12 @@ ENABLED = True
 
 #: A surrogate whose slopes its own ``derivative_`` computes (``SingleExponential``, a
 #: subclass, any other) runs the compiled loop on sequences (or checkpointed segments)
-#: of at most this many elements, where the PyTorch backward's per-step and per-block
-#: calls cost the most; on longer ones the PyTorch backward was as fast here (the
-#: exponential dominates both).
-GIVEN_LIMIT = 1 << 18
+#: of at most this many elements; ``None``: on every sequence. With the loop on one
+#: thread, the PyTorch backward was as fast on sequences above 2**18 elements (the
+#: exponential dominates both); with the loop's jobs shared over PyTorch's threads,
+#: the compiled loop took 7% to 27% less time for a whole step on (32, 100, 256) to
+#: (16, 1000, 512) with two threads, and as long with one.
+GIVEN_LIMIT: Optional[int] = None
 
 #: Sequences above this many bytes recompute their membranes in the backward pass
 #: instead of keeping them (:func:`own_checkpoint`). glibc's allocator maps a block
@@ -93,7 +94,7 @@ def backward_ok(options: Options, steps: int, v0: Tensor, *tensors: Optional[Ten
     if options.spiking and options.max_spikes != 1:
         return False
     if options.spiking and _slopes_form(options.surrogate)[0] == "given":
-        if steps * v0.numel() > GIVEN_LIMIT:
+        if GIVEN_LIMIT is not None and steps * v0.numel() > GIVEN_LIMIT:
             return False
     return neurons_jit.forward_ok(v0, options, *tensors) and _ready()
 
