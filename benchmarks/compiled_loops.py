@@ -5,8 +5,10 @@ Cases: a ``LIF`` on input ``(64, 100, 512)`` (``ArcTan`` surrogate; and with tra
 ``tau_mem`` and ``tau_syn``), forward alone and forward + backward; and the training step
 of ``benchmarks/preset_speed.py``'s network (``Linear 16->256 -> LIF -> Linear 256->8 ->
 LIF``, batch 64, T=100, MSE, Adam) in float and with the Xylo and Loihi presets. Each
-case runs with the compiled loops on and off (:data:`aquatic.functional.neurons_jit.ENABLED`)
-in interleaved rounds (in each, one call to settle and the median of ``--calls``
+case runs with the compiled loops on and off (:data:`aquatic.functional.neurons_jit.ENABLED`),
+and compiled with their jobs kept on the calling thread
+(:data:`aquatic.functional.jit_jobs.ENABLED` off; by default they are shared over
+PyTorch's threads), in interleaved rounds (in each, one call to settle and the median of ``--calls``
 timed calls); a figure is the median over rounds, and the ratio the median of the
 rounds' ratios (compiled / not).
 
@@ -22,6 +24,7 @@ from typing import Callable, Dict, List
 
 import torch
 
+import aquatic.functional.jit_jobs as jit_jobs
 import aquatic.functional.neurons_jit as neurons_jit
 import heap
 from aquatic import nn as ann
@@ -93,6 +96,16 @@ def _step_cases() -> Dict[str, Callable[[], None]]:
     return cases
 
 
+#: The ways each case runs: the compiled loops with their jobs shared over PyTorch's
+#: threads (the default), the compiled loops on the calling thread, the PyTorch and
+#: NumPy loops.
+WAYS = {"compiled": (True, True), "one thread": (True, False), "not": (False, False)}
+
+
+def _set(way: str) -> None:
+    neurons_jit.ENABLED, jit_jobs.ENABLED = WAYS[way]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=7)
@@ -104,41 +117,46 @@ def main() -> None:
         raise SystemExit("Numba is not installed (pip install 'aquatic[fast]'): nothing to compare")
     cases = {**_lif_cases(), **_step_cases()}
     times: Dict[tuple, List[float]] = {}
-    for run in cases.values():  # warm up (and compile) both ways
-        for enabled in (True, False):
-            neurons_jit.ENABLED = enabled
+    for run in cases.values():  # warm up (and compile) every way
+        for way in WAYS:
+            _set(way)
             run(), run()
     for _ in range(args.rounds):
         for name, run in cases.items():
-            for enabled in (True, False):
+            for way in WAYS:
                 # A call right after the other way's finds the heap laid out for it (and
                 # may fault fresh pages): settle, then take the median of a few calls.
-                neurons_jit.ENABLED = enabled
+                _set(way)
                 run()
                 calls = []
                 for _ in range(args.calls):
                     start = time.perf_counter()
                     run()
                     calls.append(time.perf_counter() - start)
-                times.setdefault((name, enabled), []).append(statistics.median(calls))
-    neurons_jit.ENABLED = True
+                times.setdefault((name, way), []).append(statistics.median(calls))
+    _set("compiled")
     print(
         f"{args.threads} threads, {args.rounds} interleaved rounds of {args.calls} calls; medians "
-        f"in ms; ratio: median of the rounds' compiled / not; {heap.describe()}"
+        f"in ms; ratios: medians of the rounds' compiled / not and compiled / compiled on one "
+        f"thread; {heap.describe()}"
     )
-    print(f"{'case':44s} {'compiled':>9s} {'not':>9s} {'ratio':>6s}")
+    print(
+        f"{'case':44s} {'compiled':>9s} {'1 thread':>9s} {'not':>9s} {'ratio':>6s} {'/1 thr':>6s}"
+    )
     for name in cases:
-        on, off = times[(name, True)], times[(name, False)]
+        on, one, off = (times[(name, way)] for way in WAYS)
         ratio = statistics.median(a / b for a, b in zip(on, off))
+        shared = statistics.median(a / b for a, b in zip(on, one))
         print(
-            f"{name:44s} {statistics.median(on) * 1e3:9.2f} {statistics.median(off) * 1e3:9.2f}"
-            f" {ratio:6.2f}"
+            f"{name:44s} {statistics.median(on) * 1e3:9.2f} {statistics.median(one) * 1e3:9.2f}"
+            f" {statistics.median(off) * 1e3:9.2f} {ratio:6.2f} {shared:6.2f}"
         )
     for preset in ("xylo", "loihi"):
         ratios = [
             a / b
             for a, b in zip(
-                times[(f"training step, {preset}", True)], times[("training step, float", True)]
+                times[(f"training step, {preset}", "compiled")],
+                times[("training step, float", "compiled")],
             )
         ]
         print(f"{preset} step / float step, both compiled: {statistics.median(ratios):.2f}")
