@@ -126,9 +126,8 @@ def run(name: str, kernel, flags: np.ndarray, arrays, parts: int) -> bool:
     descriptor[1:3] = parts, arrays[0].itemsize
     if not bridges.describe(descriptor, flags, tuple(arrays)):
         return False
-    flags[-2:] = (0, parts)  # the descriptor's copy of the flags: any share's
+    # each thread of the team copies the flags and sets its share in its copy
     _gomp_parallel(runtime())(address, descriptor.ctypes.data, parts, 0)
-    flags[-2:] = (0, 1)
     if descriptor[0] < parts:  # pragma: no cover - a team that did not run
         raise RuntimeError(f"the OpenMP team ran {descriptor[0]} of {parts} shares")
     return True

@@ -123,7 +123,7 @@ def test_run_waits_for_every_share_and_raises_the_first_error():
         jit_jobs.run(only_a_worker_fails, flags, out, parts=3)
 
 
-def _leaves(shape, synaptic, seed=0):
+def _leaves(shape, synaptic, seed=0, dtype=torch.float32):
     generator = torch.Generator().manual_seed(seed)
     step, feat = (shape[0],) + shape[2:], shape[2:]
     leaves = dict(
@@ -136,7 +136,7 @@ def _leaves(shape, synaptic, seed=0):
     if synaptic:
         leaves["i0"] = torch.randn(step, generator=generator) * 0.5
         leaves["syn"] = torch.rand(feat, generator=generator) * 0.5 + 0.3
-    return {name: t.requires_grad_() for name, t in leaves.items()}
+    return {name: t.to(dtype).requires_grad_() for name, t in leaves.items()}
 
 
 def _lif(leaves, options):
@@ -154,7 +154,9 @@ def _lif(leaves, options):
     outputs = [result.output, result.v_mem, result.state.v_mem]
     outputs += [t for t in (result.i_syn, result.state.i_syn) if t is not None]
     generator = torch.Generator().manual_seed(1)
-    loss = sum((t * torch.randn(t.shape, generator=generator)).sum() for t in outputs)
+    loss = sum(
+        (t * torch.randn(t.shape, generator=generator, dtype=t.dtype)).sum() for t in outputs
+    )
     grads = torch.autograd.grad(loss, list(leaves.values()))
     return [t.detach() for t in outputs] + list(grads)
 
@@ -187,17 +189,34 @@ def test_shared_jobs_give_the_bits_of_one_thread(shape, options, synaptic, threa
 
 
 @needs_numba
+@pytest.mark.parametrize("synaptic", [False, True], ids=["membrane", "synaptic"])
+def test_float64_shares_give_the_bits_of_one_thread(synaptic, threads, shares):
+    leaves = _leaves((6, 9, 600), synaptic, dtype=torch.float64)
+    for options in (OPTIONS[1], OPTIONS[2]):  # recomputed; slopes given
+        shared = _lif(leaves, options)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(jit_jobs, "ENABLED", False)
+            one = _lif(leaves, options)
+        assert all(torch.equal(a, b) for a, b in zip(shared, one))
+        assert shared[0].dtype == torch.float64 and 0 < shared[0].sum() < shared[0].numel()
+    assert max(shares) > 1
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("preset", [xylo, loihi], ids=lambda m: m.__name__.split(".")[-1])
-def test_the_loop_of_quantized_states_shares_its_jobs(preset, threads, shares):
+def test_the_loop_of_quantized_states_shares_its_jobs(preset, dtype, threads, shares):
     torch.manual_seed(0)
     taus = torch.linspace(3.0, 30.0, 600)
     layer = ann.LIF(tau_mem=taus, tau_syn=taus.flip(0) / 2, qconfig=preset.qconfig())
-    x = torch.rand(3, 30, 600) * 6
+    layer = layer.to(dtype)
+    x = torch.rand(3, 30, 600, dtype=dtype) * 6
 
     def run():
         leaf = x.clone().requires_grad_()
         out = layer(leaf)
-        grads = torch.autograd.grad((out * torch.linspace(0, 1, 600)).sum(), [leaf])
+        weights = torch.linspace(0, 1, 600, dtype=dtype)
+        grads = torch.autograd.grad((out * weights).sum(), [leaf])
         return out.detach(), grads[0]
 
     shared = run()
