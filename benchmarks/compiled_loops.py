@@ -138,7 +138,7 @@ def main() -> None:
     print(
         f"{args.threads} threads, {args.rounds} interleaved rounds of {args.calls} calls; medians "
         f"in ms; ratios: medians of the rounds' compiled / not and compiled / compiled on one "
-        f"thread; {heap.describe()}"
+        f"thread ({jit_jobs.describe()}); {heap.describe()}"
     )
     print(
         f"{'case':44s} {'compiled':>9s} {'1 thread':>9s} {'not':>9s} {'ratio':>6s} {'/1 thr':>6s}"

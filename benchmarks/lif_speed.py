@@ -64,6 +64,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import aquatic
+import aquatic.functional.jit_jobs as jit_jobs
 import aquatic.functional.neurons_jit as neurons_jit
 import aquatic.functional.neurons_jit_backward as neurons_jit_backward
 import heap
@@ -355,8 +356,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"torch {torch.__version__}, aquatic {aquatic.__version__}, "
         f"{torch.get_num_threads()} thread(s); best (median) of {args.repeats} runs, "
         f"{args.clock} time; compiled loops "
-        f"{'on' if neurons_jit.available() else 'off (AQUATIC_NUMBA=0 or no Numba)'}; "
-        f"{heap.describe()}"
+        f"{'on' if neurons_jit.available() else 'off (AQUATIC_NUMBA=0 or no Numba)'} "
+        f"({jit_jobs.describe()}); {heap.describe()}"
     )
     header = f"{'layer':<42} {'ms best':>8} {'(median)':>9} {'peak MB':>8}  result"
     print(header + "\n" + "-" * len(header))

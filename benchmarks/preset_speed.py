@@ -41,6 +41,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
+import aquatic.functional.jit_jobs as jit_jobs
 import aquatic.functional.neurons_jit as neurons_jit
 import heap
 from aquatic import nn as ann
@@ -162,8 +163,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"Training step (fwd + MSE + bwd + Adam), Linear {INPUTS}->{HIDDEN} -> neurons -> "
         f"Linear {HIDDEN}->{OUTPUTS} -> neurons, batch {BATCH}, T={T}, "
         f"{args.threads} threads, {args.rounds} rounds x {args.steps} steps, compiled loops "
-        f"{'on' if neurons_jit.available() else 'off (AQUATIC_NUMBA=0 or no Numba)'}; "
-        f"{heap.describe()}"
+        f"{'on' if neurons_jit.available() else 'off (AQUATIC_NUMBA=0 or no Numba)'} "
+        f"({jit_jobs.describe()}); {heap.describe()}"
     )
     print(f"{'variant':<16}{'ms':>10}{'x float':>10}")
     for name in steps:

@@ -40,7 +40,7 @@ from aquatic.functional import jit_openmp
 
 __all__ = [
     "JOB_LANES", "ENABLED", "PARALLEL_ABOVE", "POOL_ABOVE", "layout", "block", "share",
-    "parts_for", "run",
+    "parts_for", "run", "describe",
 ]  # fmt: skip
 
 #: Neurons per job: a job's state stays in the first-level cache.
@@ -111,6 +111,20 @@ def parts_for(n_batch: int, steps: int, n_feat: int) -> int:
     if not ENABLED or n_batch * steps * n_feat < limit:
         return 1
     return max(1, min(torch.get_num_threads(), layout(n_batch, n_feat)[2]))
+
+
+def describe() -> str:
+    """Where the compiled loops' jobs run now, in words (for benchmarks' headers).
+
+    Example:
+        >>> describe().startswith(("jobs on", "jobs shared"))
+        True
+    """
+    threads = torch.get_num_threads()
+    if not ENABLED or threads == 1:
+        return "jobs on the calling thread"
+    where = "PyTorch's OpenMP team" if jit_openmp.usable() else "Python threads"
+    return f"jobs shared over {threads} threads on {where}"
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:

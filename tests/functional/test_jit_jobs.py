@@ -331,3 +331,15 @@ def test_openmp_runs_every_share_once_and_declines_what_it_cannot_run(threads, m
     assert not real("forward", kernel, flags, arrays[:-1], 2)  # arguments missing
     monkeypatch.setattr(jit_openmp, "_PID", -1)  # as in a forked child
     assert not jit_openmp.usable()
+
+
+def test_describe_says_where_the_jobs_run(threads, monkeypatch):
+    if jit_openmp.usable():
+        assert jit_jobs.describe() == "jobs shared over 3 threads on PyTorch's OpenMP team"
+    monkeypatch.setattr(jit_openmp, "ENABLED", False)
+    assert jit_jobs.describe() == "jobs shared over 3 threads on Python threads"
+    torch.set_num_threads(1)
+    assert jit_jobs.describe() == "jobs on the calling thread"
+    torch.set_num_threads(2)
+    monkeypatch.setattr(jit_jobs, "ENABLED", False)
+    assert jit_jobs.describe() == "jobs on the calling thread"
