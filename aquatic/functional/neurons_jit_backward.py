@@ -22,9 +22,11 @@ float32 or float64, binary spikes). The loop computes the surrogate's slopes its
 (:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`); any other surrogate
 (``SingleExponential``, a subclass, any object with a ``derivative``) computes them with
 its own ``derivative_``, a block of steps at a time (on sequences of at most
-:data:`GIVEN_LIMIT` elements, where that is set; beyond, the PyTorch backward runs). Its gradients are those of the PyTorch backward up to
-rounding: PyTorch's kernels fuse some multiplies and adds into one rounding, and the
-parameters' sums run in another order. ``AQUATIC_NUMBA=0`` turns it off with the forward loop, :data:`ENABLED` alone.
+:data:`GIVEN_LIMIT` elements, where that is set; beyond, the PyTorch backward runs).
+Its gradients are those of the PyTorch backward up to rounding: PyTorch's kernels fuse
+some multiplies and adds into one rounding, and the parameters' sums run in another
+order. ``AQUATIC_NUMBA=0`` turns it off with the forward loop, :data:`ENABLED` alone.
+The loop's jobs run on several threads (:mod:`aquatic.functional.jit_jobs`).
 """
 
 from __future__ import annotations
