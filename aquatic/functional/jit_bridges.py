@@ -22,7 +22,7 @@ from aquatic.functional.neurons_grid_jit_kernels import forward as grid_forward
 from aquatic.functional.neurons_jit_backward_kernels import backward
 from aquatic.functional.neurons_jit_kernels import forward, inline, jit, numba
 
-__all__ = ["HEADER", "SLOTS", "LOOPS", "entry", "describe"]
+__all__ = ["HEADER", "SLOTS", "LOOPS", "entry", "fill_descriptor"]
 
 #: Descriptor words before the arrays': counter, shares, item size, flags' address and
 #: length.
@@ -146,7 +146,7 @@ if numba is not None:
         _grid_shares(numba.carray(data, (HEADER + SLOTS * 24,), np.int64), np.float64)
 
     @jit
-    def describe(words, flags, arrays):
+    def fill_descriptor(words, flags, arrays):
         """Write the flags' and the ``arrays``' (a tuple) addresses and extents into the
         descriptor ``words``; ``False`` (and nothing to run) if one is not C-contiguous."""
         words[3] = flags.ctypes.data
@@ -169,7 +169,7 @@ if numba is not None:
     }
 
 else:  # pragma: no cover
-    LOOPS, describe = {}, None
+    LOOPS, fill_descriptor = {}, None
 
 _ADDRESSES = {}
 

@@ -51,7 +51,13 @@ def _gomp_parallel(path: str):
 def runtime() -> Optional[str]:
     """The path of the GNU OpenMP runtime that PyTorch loaded (Linux: the ``libgomp``
     in this process's memory map, PyTorch's own copy where there are several), or
-    ``None``."""
+    ``None``.
+
+    Example:
+        >>> path = runtime()
+        >>> path is None or "libgomp" in path
+        True
+    """
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -103,7 +109,12 @@ def _entry(bridges, name: str, itemsize: int) -> Optional[int]:
 
 def usable() -> bool:
     """Whether :func:`run` may run loops here (:data:`ENABLED`, a runtime found, and
-    the process that imported this module)."""
+    the process that imported this module).
+
+    Example:
+        >>> usable() == (ENABLED and runtime() is not None)  # in the importing process
+        True
+    """
     return ENABLED and os.getpid() == _PID and runtime() is not None
 
 
@@ -124,7 +135,7 @@ def run(name: str, kernel, flags: np.ndarray, arrays, parts: int) -> bool:
     # arrays[0]: the loop's constants, in its dtype
     descriptor = np.zeros(bridges.HEADER + bridges.SLOTS * len(arrays), dtype=np.int64)
     descriptor[1:3] = parts, arrays[0].itemsize
-    if not bridges.describe(descriptor, flags, tuple(arrays)):
+    if not bridges.fill_descriptor(descriptor, flags, tuple(arrays)):
         return False
     # each thread of the team copies the flags and sets its share in its copy
     _gomp_parallel(runtime())(address, descriptor.ctypes.data, parts, 0)
