@@ -245,7 +245,8 @@ def tensor_mb(x: torch.Tensor) -> float:
 
 def backward_table(repeats: int) -> None:
     """The backward pass alone of ``LIF(surrogate=ArcTan())`` (also with a synaptic
-    current, and with the default surrogate), compiled and PyTorch's (after the same compiled forward), over batch and
+    current, and with the default surrogate), compiled and PyTorch's (after the same
+    compiled forward), over batch and
     width at ``T = 100``: interleaved runs, the best of each."""
     print(
         "\nbackward alone, LIF(surrogate=ArcTan()), T=100 (synaptic: with alpha_syn; "
@@ -261,7 +262,7 @@ def backward_table(repeats: int) -> None:
         ("synaptic", synaptic, 16, 128),
         ("synaptic", synaptic, 64, 256),
     ]
-    # the default surrogate: its slopes by its derivative_, the loop on them
+    # the default surrogate, SingleExponential: its slopes computed in the loop too
     default = LIF(alpha_mem=1 - 1 / TAU_MEM)
     sizes += [("default", default, 8, 128), ("default", default, 16, 128)]
     sizes += [("default", default, 64, 512)]
@@ -373,8 +374,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     measure(f"aquatic LIF, fused, checkpoint={k}", Case(LIF(tau_mem=TAU_MEM, checkpoint=k)))
     measure("aquatic LIF, loop (reference)", Case(LIF(tau_mem=TAU_MEM, method="loop")))
     if neurons_jit.available():
-        # The compiled backward (ArcTan; SingleExponential runs the PyTorch backward)
-        # against the PyTorch backward, both after the compiled forward loop.
+        # The compiled backward against the PyTorch backward (ArcTan), both after the
+        # compiled forward loop.
         arctan = LIF(tau_mem=TAU_MEM, surrogate=ArcTan())
         compiled = measure("aquatic LIF, ArcTan", Case(arctan))[0]
         neurons_jit_backward.ENABLED = False

@@ -18,11 +18,12 @@ checkpoints by themselves (:func:`own_checkpoint`).
 It applies where the compiled forward loop does
 (:func:`~aquatic.functional.neurons_jit.forward_ok`: Numba installed and enabled, CPU
 float32 or float64, binary spikes). The loop computes the surrogate's slopes itself for
-``ArcTan``, ``FastSigmoid`` and ``Triangle``
-(:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`); any other surrogate
-(``SingleExponential``, a subclass, any object with a ``derivative``) computes them with
-its own ``derivative_``, a block of steps at a time (on sequences of at most
-:data:`GIVEN_LIMIT` elements, where that is set; beyond, the PyTorch backward runs).
+``SingleExponential`` (the default), ``ArcTan``, ``FastSigmoid`` and ``Triangle``
+(:meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`; the exponential is
+:func:`~aquatic.functional.jit_math.exp_nonpositive`); any other surrogate (a subclass,
+any object with a ``derivative``) computes them with its own ``derivative_``, a block of
+steps at a time (on sequences of at most :data:`GIVEN_LIMIT` elements, where that is
+set; beyond, the PyTorch backward runs).
 Its gradients are those of the PyTorch backward up to rounding: PyTorch's kernels fuse
 some multiplies and adds into one rounding, and the parameters' sums run in another
 order. ``AQUATIC_NUMBA=0`` turns it off with the forward loop, :data:`ENABLED` alone.
@@ -61,13 +62,14 @@ __all__ = [
 #: PyTorch backward's bits with the compiled forward.
 ENABLED = True
 
-#: A surrogate whose slopes its own ``derivative_`` computes (``SingleExponential``, a
-#: subclass, any other) runs the compiled loop on sequences (or checkpointed segments)
-#: of at most this many elements; ``None``: on every sequence. With the loop on one
-#: thread, the PyTorch backward was as fast on sequences above 2**18 elements (the
-#: exponential dominates both); with the loop's jobs shared over PyTorch's threads,
-#: the compiled loop took 7% to 27% less time for a whole step on (32, 100, 256) to
-#: (16, 1000, 512) with two threads, and as long with one.
+#: A surrogate whose slopes its own ``derivative_`` computes (a subclass, any other
+#: object with a ``derivative``) runs the compiled loop on sequences (or checkpointed
+#: segments) of at most this many elements; ``None``: on every sequence. Measured with
+#: ``SingleExponential``'s slopes given this way (before the loop computed them): with
+#: the loop on one thread, the PyTorch backward was as fast on sequences above 2**18
+#: elements (the exponential dominated both); with the loop's jobs shared over
+#: PyTorch's threads, the compiled loop took 7% to 27% less time for a whole step on
+#: (32, 100, 256) to (16, 1000, 512) with two threads, and as long with one.
 GIVEN_LIMIT: Optional[int] = None
 
 #: Sequences above this many bytes recompute their membranes in the backward pass
@@ -84,7 +86,7 @@ RECOMPUTE_BYTES = 1 << 19
 
 #: The kernel's code of each surrogate kind of ``Surrogate.kernel_form`` (``given``: the
 #: slopes come computed by the surrogate's ``derivative_``).
-SURROGATE_CODES = {"given": 0, "fast_sigmoid": 1, "arctan": 2, "triangle": 3}
+SURROGATE_CODES = {"given": 0, "fast_sigmoid": 1, "arctan": 2, "triangle": 3, "exp": 4}
 
 
 def backward_ok(options: Options, steps: int, v0: Tensor, *tensors: Optional[Tensor]) -> bool:

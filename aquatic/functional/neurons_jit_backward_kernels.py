@@ -11,7 +11,8 @@ A_t\, \partial_{\tilde v[t]} L_{direct}`, and each neuron's sums over the steps 
 :math:`g_t \tilde v[t-1]` (minus :math:`g_t i[t]` with ``norm_input``), of
 :math:`(R_t - s_t^{sub}) \hat g_t - g_t` and of :math:`g_t` (the decay's, threshold's
 and bias's gradients). The slopes :math:`\psi_t` are computed in the loop for the
-surrogates whose formula it knows (``FastSigmoid``, ``ArcTan``, ``Triangle``; see
+surrogates whose formula it knows (``FastSigmoid``, ``ArcTan``, ``Triangle``,
+``SingleExponential``; see
 :meth:`~aquatic.functional.surrogate.Surrogate.kernel_form`), by
 :mod:`aquatic.functional.neurons_jit_slopes` (their ``derivative``, with one division
 at most); any other surrogate's come computed by its ``derivative_``, a block of steps
@@ -45,12 +46,14 @@ from aquatic.functional.neurons_jit_kernels import (
 )
 from aquatic.functional.neurons_jit_slopes import (
     ARCTAN,
+    EXP,
     FAST_SIGMOID,
     GIVEN,
     TRIANGLE,
     arctan,
     constants,
     fast_sigmoid,
+    single_exponential,
     slopes_into,
     triangle,
 )
@@ -228,6 +231,11 @@ if numba is not None:
                             for k in range(m):
                                 hk = hr[k]
                                 psi = triangle(v[k] - hk, c1, c2, one, zero)
+                                out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
+                        elif inline and kind == EXP:
+                            for k in range(m):
+                                hk = hr[k]
+                                psi = single_exponential(v[k] - hk, c1, c2, one, zero)
                                 out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
                         else:
                             if spiking and kind == GIVEN:

@@ -4,7 +4,8 @@ input element once and writes each result once.
 Importing this module imports Numba (optional: without it :func:`forward_kernel` is an
 ``ImportError``); :mod:`aquatic.functional.neurons_jit` imports it on first use and
 prepares the arrays. The loops are module-level functions, so Numba's disk cache serves
-later processes.
+later processes (:mod:`aquatic.functional.jit_cache` keeps it in step with the code
+that the loops inline from other modules).
 The kernel performs the operations of
 :func:`~aquatic.functional.neurons_kernel.sequence_forward` in the same order and dtype,
 and Numba compiles without fast-math (no contraction of a product and a sum into one
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aquatic.functional import jit_jobs
+from aquatic.functional import jit_cache, jit_jobs
 
 try:  # optional: the compiled loops exist where Numba is installed
     import numba
@@ -171,6 +172,10 @@ if numba is not None:
             v_final[n0:n1, f0:f1] = v
             if synaptic:
                 i_final[n0:n1, f0:f1] = i
+
+    # Before any loop is loaded from Numba's disk cache: drop loops compiled from other
+    # code (Numba's key covers each loop's own file only).
+    jit_cache.refresh(forward._cache.cache_path)
 
 else:  # pragma: no cover
     jit = inline = job_layout = job_block = job_range = drive_of = advance = forward = None

@@ -5,24 +5,27 @@ inlined per-element functions: the plainest loop calls one of them, the others f
 row of slopes with :func:`slopes_into`.
 
 Each is the surrogate's ``derivative`` (:mod:`aquatic.functional.surrogate`) rewritten
-with at most one division; the results agree with it to rounding.
+with at most one division; the results agree with it to rounding (``SingleExponential``'s
+exponential is :func:`~aquatic.functional.jit_math.exp_nonpositive`, under one unit in
+the last place from the exact value).
 """
 
 from __future__ import annotations
 
+from aquatic.functional.jit_math import exp_nonpositive
 from aquatic.functional.neurons_jit_backward import SURROGATE_CODES
 from aquatic.functional.neurons_jit_kernels import inline, numba
 
 __all__ = [
-    "GIVEN", "FAST_SIGMOID", "ARCTAN", "TRIANGLE", "fast_sigmoid", "arctan", "triangle",
-    "constants", "slopes_into",
+    "GIVEN", "FAST_SIGMOID", "ARCTAN", "TRIANGLE", "EXP", "fast_sigmoid", "arctan",
+    "triangle", "single_exponential", "constants", "slopes_into",
 ]  # fmt: skip
 
 #: The surrogates' codes in the flags (``SURROGATE_CODES`` of
 #: :mod:`aquatic.functional.neurons_jit_backward`); ``GIVEN``: the slopes come computed
 #: in ``slopes``.
-GIVEN, FAST_SIGMOID, ARCTAN, TRIANGLE = (
-    SURROGATE_CODES[kind] for kind in ("given", "fast_sigmoid", "arctan", "triangle")
+GIVEN, FAST_SIGMOID, ARCTAN, TRIANGLE, EXP = (
+    SURROGATE_CODES[kind] for kind in ("given", "fast_sigmoid", "arctan", "triangle", "exp")
 )
 
 if numba is not None:
@@ -50,6 +53,12 @@ if numba is not None:
         return (zero if y < zero else y) * c1
 
     @inline
+    def single_exponential(d, c1, c2, one, zero):
+        """SingleExponential: :math:`s\\, e^{-|d|/w}`, ``c1`` :math:`= s`, ``c2``
+        :math:`= -1/w`."""
+        return exp_nonpositive(abs(d) * c2) * c1
+
+    @inline
     def constants(kind, width, scale, one):
         """``(c1, c2)`` of the slopes of surrogate ``kind`` with the parameter ``width``
         (FastSigmoid's slope) and ``scale``."""
@@ -57,6 +66,8 @@ if numba is not None:
             return scale * (width * width), width * width
         if kind == TRIANGLE:
             return scale, one / width
+        if kind == EXP:
+            return scale, -one / width
         return scale, width
 
     @inline
@@ -68,9 +79,12 @@ if numba is not None:
         elif kind == ARCTAN:
             for k in range(m):
                 out[k] = arctan(v[k] - h[k], c1, c2, one, zero)
+        elif kind == EXP:
+            for k in range(m):
+                out[k] = single_exponential(v[k] - h[k], c1, c2, one, zero)
         else:
             for k in range(m):
                 out[k] = triangle(v[k] - h[k], c1, c2, one, zero)
 
 else:  # pragma: no cover
-    fast_sigmoid = arctan = triangle = constants = slopes_into = None
+    fast_sigmoid = arctan = triangle = single_exponential = constants = slopes_into = None

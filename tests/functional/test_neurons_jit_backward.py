@@ -49,6 +49,8 @@ class _Duck:
 SURROGATES = [ArcTan(width=0.6, scale=0.8), FastSigmoid(slope=5.0, scale=0.7)]
 SURROGATES += [Triangle(width=0.8, scale=1.3)]
 SURROGATES += [SingleExponential(width=0.4), _Sharper(), _Duck()]
+#: the surrogates whose slopes the loop computes (it recomputes the membranes for them)
+IN_LOOP = SURROGATES[:4]
 CONFIGS = [
     dict(),
     dict(reset="zero"),
@@ -155,7 +157,7 @@ def test_gradients_equal_the_pytorch_backward(index, shape, checkpoint):
     # one call: the whole sequence, or every checkpointed stretch of steps recomputed
     # in the loop; where the surrogate's derivative_ gives the slopes, one call per
     # stretch from the last, on the membranes that PyTorch recomputes
-    in_loop = config.get("spiking") is False or index % len(SURROGATES) < 3
+    in_loop = config.get("spiking") is False or index % len(SURROGATES) < len(IN_LOOP)
     expected = [(0, n_steps)] if checkpoint is None or in_loop else [
         (start, min(start + checkpoint, n_steps))
         for start in reversed(range(0, n_steps, checkpoint))
@@ -169,7 +171,7 @@ def test_gradients_equal_the_pytorch_backward(index, shape, checkpoint):
     assert ours["x"].abs().sum() > 0
 
 
-@pytest.mark.parametrize("surrogate", SURROGATES[:4], ids=repr)
+@pytest.mark.parametrize("surrogate", IN_LOOP, ids=repr)
 @pytest.mark.parametrize("loss", LOSSES)
 def test_float32_gradients_are_close(surrogate, loss):
     config = dict(record_states=True, synaptic=True, min_v_mem=-0.4, norm_input=True)
@@ -208,13 +210,13 @@ def test_spike_counts_run_the_pytorch_backward(surrogate):
 def test_slopes_given_by_the_surrogate_block_by_block(
     block_elements, config, checkpoint, monkeypatch
 ):
-    # SingleExponential's slopes come from its derivative_, in blocks of steps (1 and 8
+    # A subclass's slopes come from its derivative_, in blocks of steps (1 and 8
     # elements: blocks of 1 and 2 steps of 4 neurons x 2 samples) that need not align
     # with the checkpointed segments.
     leaves = _leaves((2, 11, 4), (4,), F64, config, seed=4)
-    theirs, _ = _gradients(False, leaves, config, SingleExponential(), "weighted", checkpoint)
+    theirs, _ = _gradients(False, leaves, config, _Sharper(), "weighted", checkpoint)
     monkeypatch.setattr(kernel, "BLOCK_ELEMENTS", block_elements)
-    ours, calls = _gradients(True, leaves, config, SingleExponential(), "weighted", checkpoint)
+    ours, calls = _gradients(True, leaves, config, _Sharper(), "weighted", checkpoint)
     assert calls
     for name in leaves:
         torch.testing.assert_close(ours[name], theirs[name], rtol=1e-10, atol=1e-12, msg=name)
@@ -223,11 +225,12 @@ def test_slopes_given_by_the_surrogate_block_by_block(
 @pytest.mark.parametrize(
     "surrogate, checkpoint, compiled",
     [
-        (SingleExponential(), None, False),  # 88 elements: above the limit of 16
-        (SingleExponential(), 2, True),  # segments of 2 x 8 elements
+        (_Sharper(), None, False),  # 88 elements: above the limit of 16
+        (_Sharper(), 2, True),  # segments of 2 x 8 elements
         (ArcTan(), None, True),  # its slopes in the loop: no limit
+        (SingleExponential(), None, True),
     ],
-    ids=["given-long", "given-checkpointed", "arctan"],
+    ids=["given-long", "given-checkpointed", "arctan", "exp"],
 )
 def test_slopes_given_run_compiled_up_to_a_sequence_size(
     surrogate, checkpoint, compiled, monkeypatch
@@ -325,9 +328,6 @@ def test_a_backward_kernel_that_fails_to_compile_warns_and_falls_back(monkeypatc
 
 # ------------------------------------------------- recomputed membranes
 
-#: the surrogates whose slopes the loop computes (it recomputes the membranes for them)
-IN_LOOP = SURROGATES[:3]
-
 
 def _run(leaves, config, surrogate, loss, checkpoint=None):
     """Outputs and the leaves' gradients, and the shapes of the tensors kept for backward."""
@@ -424,7 +424,8 @@ def test_own_checkpoint_only_where_the_compiled_backward_recomputes(monkeypatch)
         return jit_backward.own_checkpoint(x, _options(**options))
 
     assert own() > 0 and own(spiking=False, min_v_mem=-1.0) > 0
-    assert own(surrogate=SingleExponential()) is None  # slopes from its derivative_
+    assert own(surrogate=SingleExponential()) > 0  # its slopes in the loop
+    assert own(surrogate=_Sharper()) is None  # slopes from its derivative_
     assert own(max_spikes=2) is None  # spike counts: the PyTorch backward
     assert own(spiking=False) is None  # the membrane is the output
     assert own(x.to(torch.bfloat16)) is None and own(x.to("meta")) is None
