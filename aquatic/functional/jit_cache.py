@@ -34,6 +34,7 @@ SOURCES = (
     "neurons_grid_jit_kernels.py",
     "neurons_jit_backward.py",
     "neurons_jit_backward_kernels.py",
+    "neurons_jit_backward_plain.py",
     "neurons_jit_kernels.py",
     "neurons_jit_slopes.py",
 )
@@ -42,6 +43,7 @@ CACHED = (
     "jit_bridges",
     "neurons_grid_jit_kernels",
     "neurons_jit_backward_kernels",
+    "neurons_jit_backward_plain",
     "neurons_jit_kernels",
 )
 #: The file, in the cache's directory, that holds the fingerprint of the cached loops.

@@ -44,6 +44,8 @@ from aquatic.functional.neurons_jit_kernels import (
     job_range,
     numba,
 )
+from aquatic.functional.neurons_jit_backward_plain import part as row_part
+from aquatic.functional.neurons_jit_backward_plain import plain_steps
 from aquatic.functional.neurons_jit_slopes import (
     ARCTAN,
     EXP,
@@ -73,11 +75,6 @@ if numba is not None:
             else:
                 post = u - h * (one if u >= h else zero)
         return one if post >= low else zero
-
-    @inline
-    def _part(row, o, f1, whole):
-        """``row[o:f1]``, or ``row`` itself where that is all of it."""
-        return row if whole else row[o:f1]
 
     @jit
     def backward(
@@ -116,7 +113,7 @@ if numba is not None:
 
         A job covers whole rows of ``F`` elements where ``F`` is at most
         :data:`~aquatic.functional.neurons_jit_kernels.JOB_LANES`, else a part of each
-        row (:func:`_part`).
+        row (``row_part``, :func:`~aquatic.functional.neurons_jit_backward_plain.part`).
         """
         n_batch, n_feat = v_before.shape
         # fmt: off
@@ -169,7 +166,29 @@ if numba is not None:
             sum_a = np.zeros((n1 - n0, m), dtype)
             sum_h = np.zeros((n1 - n0, m), dtype)
             sum_b = np.zeros((n1 - n0, m), dtype)
-            for seg in range(segments - 1, -1, -1):
+            # fmt: off
+            job_plain = (plain and not (every or synaptic or has_final or need_alpha
+                                        or need_threshold) and kind != GIVEN)
+            args = (v_pre, g_spikes, gs_row, gs_mode, grad_v, a, h, sum_b, need_bias, n0, n1,
+                    o, f1, first, last, seg_first, n_steps, c1, c2, one, zero)
+            if job_plain and zero_reset and kind == ARCTAN:
+                plain_steps(ARCTAN, 1, args)
+            elif job_plain and zero_reset and kind == FAST_SIGMOID:
+                plain_steps(FAST_SIGMOID, 1, args)
+            elif job_plain and zero_reset and kind == TRIANGLE:
+                plain_steps(TRIANGLE, 1, args)
+            elif job_plain and zero_reset:
+                plain_steps(EXP, 1, args)
+            elif job_plain and kind == ARCTAN:
+                plain_steps(ARCTAN, 0, args)
+            elif job_plain and kind == FAST_SIGMOID:
+                plain_steps(FAST_SIGMOID, 0, args)
+            elif job_plain and kind == TRIANGLE:
+                plain_steps(TRIANGLE, 0, args)
+            elif job_plain:
+                plain_steps(EXP, 0, args)
+            # fmt: on
+            for seg in range(-1 if job_plain else segments - 1, -1, -1):  # plain: ran above
                 if every:  # the segment's membranes, recomputed from its first state
                     s0 = first + seg * every
                     s1 = min(s0 + every, last)
@@ -200,17 +219,17 @@ if numba is not None:
                         if every:
                             v = v_job[s_t, r]
                         else:
-                            v = _part(v_pre[n, s_t], o, f1, whole)
+                            v = row_part(v_pre[n, s_t], o, f1, whole)
                         ar, hr = a[r], h[r]
-                        gs = _part(g_spikes[n, t] if gs_mode == 1 else gs_row, o, f1, whole)
-                        gt = _part(g_trace[n, t] if gt_mode == 1 else gt_row, o, f1, whole)
-                        gf = _part(g_final[n] if final else absent, o, f1, whole)
+                        gs = row_part(g_spikes[n, t] if gs_mode == 1 else gs_row, o, f1, whole)
+                        gt = row_part(g_trace[n, t] if gt_mode == 1 else gt_row, o, f1, whole)
+                        gf = row_part(g_final[n] if final else absent, o, f1, whole)
                         if synaptic:  # g_t and g_{t+1} in the job
                             out = held[t & 1, r, :m]
                             gn = held[(t + 1) & 1, r, :m]
                         else:
-                            gn = _part(grad_v[n, t + 1] if later else absent, o, f1, whole)
-                            out = _part(grad_v[n, t], o, f1, whole)
+                            gn = row_part(grad_v[n, t + 1] if later else absent, o, f1, whole)
+                            out = row_part(grad_v[n, t], o, f1, whole)
                         # One array written per loop: more keep Numba's loops from
                         # vectorizing (the checks that the arrays do not overlap). The
                         # plainest case computes the slopes in its loop (one loop per
@@ -239,7 +258,7 @@ if numba is not None:
                                 out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
                         else:
                             if spiking and kind == GIVEN:
-                                given = _part(slopes[n, t - first], o, f1, whole)
+                                given = row_part(slopes[n, t - first], o, f1, whole)
                                 for k in range(m):
                                     sl[k] = given[k]
                             elif spiking:
@@ -312,7 +331,7 @@ if numba is not None:
                                 if every:
                                     prev = v_job[s_t - 1, r]
                                 else:
-                                    prev = _part(v_pre[n, s_t - 1], o, f1, whole)
+                                    prev = row_part(v_pre[n, s_t - 1], o, f1, whole)
                                 for k in range(m):
                                     p = prev[k]
                                     if spiking:
@@ -325,16 +344,16 @@ if numba is not None:
                                     sa[k] += out[k] * p
                             else:
                                 prev = v_states[seg, n] if every else v_before[n]
-                                prev = _part(prev, o, f1, whole)
+                                prev = row_part(prev, o, f1, whole)
                                 for k in range(m):
                                     sa[k] += out[k] * prev[k]
                             if norm:
                                 if every and synaptic:
                                     flow = i_job[s_t, r]
                                 elif every:
-                                    flow = _part(x[n, t], o, f1, whole)
+                                    flow = row_part(x[n, t], o, f1, whole)
                                 else:
-                                    flow = _part(inflow[n, s_t], o, f1, whole)
+                                    flow = row_part(inflow[n, s_t], o, f1, whole)
                                 for k in range(m):
                                     sa[k] -= out[k] * flow[k]
                         if need_bias:
@@ -343,10 +362,10 @@ if numba is not None:
                                 sb[k] += out[k]
                         if synaptic:
                             # the current's gradient: the PyTorch tail's scan, one step
-                            gi = _part(g_itrace[n, t] if gi_mode == 1 else gi_row, o, f1, whole)
-                            gif = _part(g_ifinal[n] if has_ifinal else absent, o, f1, whole)
-                            gin = _part(grad_v[n, t + 1] if later else absent, o, f1, whole)
-                            into = _part(grad_v[n, t], o, f1, whole)
+                            gi = row_part(g_itrace[n, t] if gi_mode == 1 else gi_row, o, f1, whole)
+                            gif = row_part(g_ifinal[n] if has_ifinal else absent, o, f1, whole)
+                            gin = row_part(grad_v[n, t + 1] if later else absent, o, f1, whole)
+                            into = row_part(grad_v[n, t], o, f1, whole)
                             fr, dr = factor_i[r], decay[r]
                             final_i = has_ifinal and t == n_steps - 1
                             for k in range(m):

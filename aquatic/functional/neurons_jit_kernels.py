@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover - the PyTorch loops run instead
 
 __all__ = [
     "JOB_LANES", "jit", "inline", "job_layout", "job_block", "job_range", "drive_of", "advance",
-    "forward_kernel",
+    "plain_steps", "forward_kernel",
 ]  # fmt: skip
 
 #: Neurons per job (:data:`aquatic.functional.jit_jobs.JOB_LANES`).
@@ -124,6 +124,34 @@ if numba is not None:
                     vr[k] = low
 
     @jit
+    def plain_steps(
+        zero_reset, has_bias, x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1,
+        keep_v, low, zero, one,
+    ):  # fmt: skip
+        """All steps of one job (samples ``n0:n1``, features ``f0:f1``) of the plainest
+        neurons: binary spikes, no synaptic current, input gain, clamp, record or
+        checkpoint. The same :func:`drive_of` and :func:`advance` as :func:`forward`'s
+        other steps, so the same bits, but compiled once for each value of
+        ``zero_reset`` and ``has_bias`` (literals: Numba drops the branches that they
+        rule out), so that the loop nest holds only the loops that run. With the other
+        options' loops beside them, the same loops took 1.5 to 3 times as long (LLVM
+        vectorizes them either way; measured on one thread, ``(64, 100, 512)`` and
+        ``(256, 100, 128)``: 0.45 to 0.53 ns an element against 0.83 to 1.63)."""
+        numba.literally(zero_reset)
+        numba.literally(has_bias)
+        m = f1 - f0
+        for t in range(x.shape[1]):
+            for r in range(n1 - n0):
+                n = n0 + r
+                pt = v_pre[n, t, f0:f1] if keep_v else scratch
+                # fmt: off
+                src = drive_of(x[n, t, f0:f1], v, a, a, b, r, drive, m, False, False,
+                               has_bias)
+                advance(src, v[r], a[r], h[r], pt, out[n, t, f0:f1], m, True, zero_reset,
+                        False, low, zero, one)
+                # fmt: on
+
+    @jit
     def forward(
         flags, consts, x, v0, i0, alpha, gain, alpha_syn,
         threshold, bias, out, trace, current, v_pre, v_final, i_final, v_states, i_states,
@@ -147,7 +175,22 @@ if numba is not None:
             b = bias[n0:n1, f0:f1].copy() if has_bias else a
             drive = np.empty(m, x.dtype)
             scratch = np.empty(m, x.dtype)
-            for t in range(n_steps):
+            # fmt: off
+            plain = spiking and not (synaptic or norm or clamp or record or keep_current or every)
+            if plain and zero_reset and has_bias:
+                plain_steps(1, 1, x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1,
+                            keep_v, low, zero, one)
+            elif plain and zero_reset:
+                plain_steps(1, 0, x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1,
+                            keep_v, low, zero, one)
+            elif plain and has_bias:
+                plain_steps(0, 1, x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1,
+                            keep_v, low, zero, one)
+            elif plain:
+                plain_steps(0, 0, x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1,
+                            keep_v, low, zero, one)
+            # fmt: on
+            for t in range(0 if plain else n_steps):  # the plainest neurons ran above
                 for r in range(n1 - n0):
                     n = n0 + r
                     vr, ar, hr = v[r], a[r], h[r]
@@ -178,7 +221,8 @@ if numba is not None:
     jit_cache.refresh(forward._cache.cache_path)
 
 else:  # pragma: no cover
-    jit = inline = job_layout = job_block = job_range = drive_of = advance = forward = None
+    jit = inline = job_layout = job_block = job_range = drive_of = advance = None
+    plain_steps = forward = None
 
 
 def forward_kernel():

@@ -18,7 +18,7 @@ from aquatic.functional.neurons_jit_kernels import inline, numba
 
 __all__ = [
     "GIVEN", "FAST_SIGMOID", "ARCTAN", "TRIANGLE", "EXP", "fast_sigmoid", "arctan",
-    "triangle", "single_exponential", "constants", "slopes_into",
+    "triangle", "single_exponential", "slope", "constants", "slopes_into",
 ]  # fmt: skip
 
 #: The surrogates' codes in the flags (``SURROGATE_CODES`` of
@@ -59,6 +59,17 @@ if numba is not None:
         return exp_nonpositive(abs(d) * c2) * c1
 
     @inline
+    def slope(kind, d, c1, c2, one, zero):
+        """The slope of surrogate ``kind`` (not ``GIVEN``) at ``d``."""
+        if kind == ARCTAN:
+            return arctan(d, c1, c2, one, zero)
+        if kind == FAST_SIGMOID:
+            return fast_sigmoid(d, c1, c2, one, zero)
+        if kind == TRIANGLE:
+            return triangle(d, c1, c2, one, zero)
+        return single_exponential(d, c1, c2, one, zero)
+
+    @inline
     def constants(kind, width, scale, one):
         """``(c1, c2)`` of the slopes of surrogate ``kind`` with the parameter ``width``
         (FastSigmoid's slope) and ``scale``."""
@@ -87,4 +98,5 @@ if numba is not None:
                 out[k] = triangle(v[k] - h[k], c1, c2, one, zero)
 
 else:  # pragma: no cover
-    fast_sigmoid = arctan = triangle = single_exponential = constants = slopes_into = None
+    fast_sigmoid = arctan = triangle = single_exponential = slope = constants = None
+    slopes_into = None

@@ -101,7 +101,7 @@ def _assert_same(a, b):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("shape, param_shape", SHAPES, ids=str)
 @pytest.mark.parametrize("config", OPTIONS, ids=str)
-@pytest.mark.parametrize("synaptic, bias", [(False, False), (True, True)])
+@pytest.mark.parametrize("synaptic, bias", [(False, False), (False, True), (True, True)])
 def test_forward_is_bitwise_the_pytorch_loop(
     dtype, shape, param_shape, config, synaptic, bias, monkeypatch
 ):

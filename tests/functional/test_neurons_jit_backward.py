@@ -62,6 +62,8 @@ CONFIGS = [
     dict(spiking=False),
     dict(spiking=False, min_v_mem=-0.2, norm_input=True, record_states=True),
     dict(record_states=True, synaptic=True, reset="zero"),
+    dict(bias=True),  # the plainest loops with the bias's gradient
+    dict(reset="zero", bias=True),
 ]
 #: (input shape, parameter shape): 1100 features make jobs of parts of rows; 40 samples
 #: of 3 features make jobs of many rows; a conv-like input has one parameter per channel.
@@ -169,6 +171,39 @@ def test_gradients_equal_the_pytorch_backward(index, shape, checkpoint):
         else:
             torch.testing.assert_close(ours[name], theirs[name], rtol=1e-10, atol=1e-12, msg=name)
     assert ours["x"].abs().sum() > 0
+
+
+@pytest.mark.parametrize("config", [dict(), dict(reset="zero"), dict(bias=True)], ids=str)
+@pytest.mark.parametrize("surrogate", IN_LOOP, ids=repr)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_the_plainest_loops_of_every_surrogate(config, surrogate, loss):
+    # binary spikes and nothing else: each surrogate and reset has a loop of its own
+    # (the spikes' gradient only, fixed decay and threshold: a final state's gradient
+    # and the decay's and threshold's sums take the general loop)
+    leaves = _leaves((5, 13, 600), (600,), F64, config, seed=3)
+    leaves["alpha"].requires_grad_(False), leaves["threshold"].requires_grad_(False)
+    trained = [t for t in leaves.values() if t.requires_grad]
+    grads, segments = [], []
+    for compiled, checkpoint in ((True, None), (False, None), (True, 4)):
+        with pytest.MonkeyPatch.context() as patch:
+            real = jit_backward.segment_backward
+            patch.setattr(
+                jit_backward,
+                "segment_backward",
+                lambda *args, **kw: segments.append(args[1:3]) or real(*args, **kw),
+            )
+            if not compiled:
+                patch.setattr(jit_backward, "backward_ok", lambda *args: False)
+            spikes = _forward(leaves, config, surrogate, checkpoint).output  # the spikes only
+            weights = torch.randn(spikes.shape, generator=torch.Generator().manual_seed(1))
+            value = (spikes * (weights.to(F64) if loss == "weighted" else 0.5)).sum()
+            grads.append(torch.autograd.grad(value, trained))
+    assert segments == [(0, 13), (0, 13)]  # compiled: kept and recomputed membranes
+    for ours, theirs, recomputed in zip(*grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
+        # the general loop (recomputing checkpointed segments): the same bits
+        assert torch.equal(ours, recomputed)
+    assert grads[0][0].abs().sum() > 0
 
 
 @pytest.mark.parametrize("surrogate", IN_LOOP, ids=repr)
