@@ -45,6 +45,7 @@ CACHED = (
     "neurons_jit_backward_kernels",
     "neurons_jit_backward_plain",
     "neurons_jit_kernels",
+    "neurons_jit_slopes",
 )
 #: The file, in the cache's directory, that holds the fingerprint of the cached loops.
 STAMP = "aquatic-compiled-loops.sha256"

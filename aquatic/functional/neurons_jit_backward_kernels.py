@@ -55,7 +55,6 @@ from aquatic.functional.neurons_jit_slopes import (
     arctan,
     constants,
     fast_sigmoid,
-    single_exponential,
     slopes_into,
     triangle,
 )
@@ -233,8 +232,10 @@ if numba is not None:
                         # One array written per loop: more keep Numba's loops from
                         # vectorizing (the checks that the arrays do not overlap). The
                         # plainest case computes the slopes in its loop (one loop per
-                        # surrogate: a branch in the loop halved its speed); others
-                        # take them from a row computed first.
+                        # surrogate: a branch in the loop halved its speed); others,
+                        # and the exponential (whose loop here took 5 times as long as
+                        # in a function of its own), take them from a row computed
+                        # first.
                         inline = plain and later and not final and not zero_reset
                         if inline and kind == ARCTAN:
                             for k in range(m):
@@ -250,11 +251,6 @@ if numba is not None:
                             for k in range(m):
                                 hk = hr[k]
                                 psi = triangle(v[k] - hk, c1, c2, one, zero)
-                                out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
-                        elif inline and kind == EXP:
-                            for k in range(m):
-                                hk = hr[k]
-                                psi = single_exponential(v[k] - hk, c1, c2, one, zero)
                                 out[k] = psi * gs[k] + gn[k] * ((psi * -hk + one) * ar[k])
                         else:
                             if spiking and kind == GIVEN:
