@@ -217,8 +217,11 @@ if numba is not None:
                 i_final[n0:n1, f0:f1] = i
 
     # Before any loop is loaded from Numba's disk cache: drop loops compiled from other
-    # code (Numba's key covers each loop's own file only).
-    jit_cache.refresh(forward._cache.cache_path)
+    # code (Numba's key covers each loop's own file only). No cache, nothing to drop
+    # (NUMBA_DISABLE_JIT=1 leaves plain Python functions).
+    _cache_path = getattr(getattr(forward, "_cache", None), "cache_path", None)
+    if _cache_path:
+        jit_cache.refresh(_cache_path)
 
 else:  # pragma: no cover
     jit = inline = job_layout = job_block = job_range = drive_of = advance = None

@@ -104,3 +104,19 @@ def test_the_package_cache_carries_the_current_fingerprint():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert stamp.read_text().strip() == jit_cache.fingerprint()
+
+
+def test_importing_the_loops_with_numba_compiling_nothing():
+    # NUMBA_DISABLE_JIT=1 leaves plain Python functions: no cache to refresh, no error
+    pytest.importorskip("numba")
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_DISABLE_JIT="1")
+    code = "import aquatic.functional.neurons_jit_kernels as k; print(type(k.forward).__name__)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "function"
