@@ -38,7 +38,7 @@ def exp_nonpositive(x):
     library returns a subnormal number, under :math:`1.2 \\cdot 10^{-38}` in float32),
     nan for nan and for :math:`x > 0`, outside its domain.
 
-    Only compiled code calls it (Numba inlines its implementation).
+    Only compiled code calls it (LLVM inlines its implementation into the loop).
     """
     raise TypeError("exp_nonpositive runs in compiled loops only; use torch.exp")
 
