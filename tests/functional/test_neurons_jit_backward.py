@@ -173,15 +173,9 @@ def test_gradients_equal_the_pytorch_backward(index, shape, checkpoint):
     assert ours["x"].abs().sum() > 0
 
 
-@pytest.mark.parametrize("config", [dict(), dict(reset="zero"), dict(bias=True)], ids=str)
-@pytest.mark.parametrize("surrogate", IN_LOOP, ids=repr)
-@pytest.mark.parametrize("loss", LOSSES)
-def test_the_plainest_loops_of_every_surrogate(config, surrogate, loss):
-    # binary spikes and nothing else: each surrogate and reset has a loop of its own
-    # (the spikes' gradient only, fixed decay and threshold: a final state's gradient
-    # and the decay's and threshold's sums take the general loop)
-    leaves = _leaves((5, 13, 600), (600,), F64, config, seed=3)
-    leaves["alpha"].requires_grad_(False), leaves["threshold"].requires_grad_(False)
+def _spike_gradients(leaves, config, surrogate, loss):
+    """The trained leaves' gradients of a loss on the spikes alone: compiled, PyTorch's,
+    and compiled through checkpoints (the general loop), and the compiled segments run."""
     trained = [t for t in leaves.values() if t.requires_grad]
     grads, segments = [], []
     for compiled, checkpoint in ((True, None), (False, None), (True, 4)):
@@ -196,14 +190,46 @@ def test_the_plainest_loops_of_every_surrogate(config, surrogate, loss):
                 patch.setattr(jit_backward, "backward_ok", lambda *args: False)
             spikes = _forward(leaves, config, surrogate, checkpoint).output  # the spikes only
             weights = torch.randn(spikes.shape, generator=torch.Generator().manual_seed(1))
-            value = (spikes * (weights.to(F64) if loss == "weighted" else 0.5)).sum()
+            value = (spikes * (weights.to(spikes.dtype) if loss == "weighted" else 0.5)).sum()
             grads.append(torch.autograd.grad(value, trained))
+    return grads, segments
+
+
+@pytest.mark.parametrize("config", [dict(), dict(reset="zero"), dict(bias=True)], ids=str)
+@pytest.mark.parametrize("surrogate", IN_LOOP, ids=repr)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_the_plainest_loops_of_every_surrogate(config, surrogate, loss):
+    # binary spikes and nothing else: each surrogate and reset has a loop of its own
+    # (the spikes' gradient only, fixed decay and threshold: a final state's gradient
+    # and the decay's and threshold's sums take the general loop)
+    leaves = _leaves((5, 13, 600), (600,), F64, config, seed=3)
+    leaves["alpha"].requires_grad_(False), leaves["threshold"].requires_grad_(False)
+    grads, segments = _spike_gradients(leaves, config, surrogate, loss)
     assert segments == [(0, 13), (0, 13)]  # compiled: kept and recomputed membranes
     for ours, theirs, recomputed in zip(*grads):
         torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
         # the general loop (recomputing checkpointed segments): the same bits
         assert torch.equal(ours, recomputed)
     assert grads[0][0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=str)
+@pytest.mark.parametrize("surrogate", IN_LOOP, ids=repr)
+def test_nan_and_inf_through_the_plainest_loops(surrogate, dtype):
+    leaves = _leaves((4, 10, 6), (6,), dtype, {})
+    leaves["alpha"].requires_grad_(False), leaves["threshold"].requires_grad_(False)
+    with torch.no_grad():
+        leaves["x"][0, 3, 1] = float("nan")
+        leaves["x"][1, 5, 2] = float("inf")
+        leaves["x"][2, 2, 4] = -float("inf")
+        leaves["x"][3, 4, 0] = -1e30  # an exponent far below any normal slope
+    grads, segments = _spike_gradients(leaves, {}, surrogate, "weighted")
+    assert segments == [(0, 10), (0, 10)]
+    for ours, theirs, recomputed in zip(*grads):
+        assert torch.equal(ours.isnan(), theirs.isnan())
+        torch.testing.assert_close(ours, theirs, equal_nan=True)
+        assert torch.equal(ours.nan_to_num(), recomputed.nan_to_num())
+    assert grads[0][0].isnan().any() and grads[0][0].nan_to_num().abs().sum() > 0
 
 
 @pytest.mark.parametrize("surrogate", IN_LOOP, ids=repr)
