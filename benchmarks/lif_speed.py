@@ -246,8 +246,8 @@ def tensor_mb(x: torch.Tensor) -> float:
 def backward_table(repeats: int) -> None:
     """The backward pass alone of ``LIF(surrogate=ArcTan())`` (also with a synaptic
     current, and with the default surrogate), compiled and PyTorch's (after the same
-    compiled forward), over batch and
-    width at ``T = 100``: interleaved runs, the best of each."""
+    compiled forward), over batch and width at ``T = 100``: interleaved runs, the best
+    of each."""
     print(
         "\nbackward alone, LIF(surrogate=ArcTan()), T=100 (synaptic: with alpha_syn; "
         "default: SingleExponential): compiled / PyTorch backward "

@@ -70,7 +70,14 @@ def refresh(cache_dir, folder: Path = _HERE) -> bool:
     """Where the fingerprint stored in ``cache_dir`` is not that of the sources in
     ``folder``, delete the :data:`CACHED` modules' cache files (``*.nbi`` and
     ``*.nbc``) there and store the new one; return whether it did. A cache that cannot
-    be cleaned gives a ``RuntimeWarning`` (it may then hold stale loops)."""
+    be cleaned gives a ``RuntimeWarning`` (it may then hold stale loops).
+
+    Example:
+        >>> import tempfile
+        >>> cache = tempfile.mkdtemp()
+        >>> refresh(cache), refresh(cache)  # stamped once; the same sources then
+        (True, False)
+    """
     cache, current = Path(cache_dir), fingerprint(folder)
     stamp = cache / STAMP
     try:

@@ -39,6 +39,18 @@ def exp_nonpositive(x):
     nan for nan and for :math:`x > 0`, outside its domain.
 
     Only compiled code calls it (LLVM inlines its implementation into the loop).
+
+    Example:
+        >>> import numba
+        >>> @numba.njit
+        ... def slopes(d, out):
+        ...     for k in range(d.size):
+        ...         out[k] = exp_nonpositive(-abs(d[k]))
+        >>> d = np.array([0.0, 1.0, -2.0, np.nan], np.float32)
+        >>> out = np.empty_like(d)
+        >>> slopes(d, out)
+        >>> out
+        array([1.        , 0.36787945, 0.13533528,        nan], dtype=float32)
     """
     raise TypeError("exp_nonpositive runs in compiled loops only; use torch.exp")
 
@@ -54,14 +66,13 @@ def _constants(dtype, degree: int, low: float):
     with decimal.localcontext() as context:
         context.prec = 40
         rest = float(decimal.Decimal(2).ln() - decimal.Decimal(high_part))
-    cast = dtype
     return (
-        cast(1 / math.log(2)),
-        cast(high_part),
-        cast(rest),
-        cast(low),
-        cast(0.5),
-        tuple(cast(1 / math.factorial(k)) for k in range(degree, -1, -1)),
+        dtype(1 / math.log(2)),
+        dtype(high_part),
+        dtype(rest),
+        dtype(low),
+        dtype(0.5),
+        tuple(dtype(1 / math.factorial(k)) for k in range(degree, -1, -1)),
     )
 
 

@@ -45,10 +45,9 @@ from aquatic.functional.neurons_jit_kernels import (
     numba,
 )
 from aquatic.functional.neurons_jit_backward_plain import part as row_part
-from aquatic.functional.neurons_jit_backward_plain import plain_steps
+from aquatic.functional.neurons_jit_backward_plain import run_plain
 from aquatic.functional.neurons_jit_slopes import (
     ARCTAN,
-    EXP,
     FAST_SIGMOID,
     GIVEN,
     TRIANGLE,
@@ -168,24 +167,10 @@ if numba is not None:
             # fmt: off
             job_plain = (plain and not (every or synaptic or has_final or need_alpha
                                         or need_threshold) and kind != GIVEN)
-            args = (v_pre, g_spikes, gs_row, gs_mode, grad_v, a, h, sum_b, need_bias, n0, n1,
-                    o, f1, first, last, seg_first, n_steps, c1, c2, one, zero)
-            if job_plain and zero_reset and kind == ARCTAN:
-                plain_steps(ARCTAN, 1, args)
-            elif job_plain and zero_reset and kind == FAST_SIGMOID:
-                plain_steps(FAST_SIGMOID, 1, args)
-            elif job_plain and zero_reset and kind == TRIANGLE:
-                plain_steps(TRIANGLE, 1, args)
-            elif job_plain and zero_reset:
-                plain_steps(EXP, 1, args)
-            elif job_plain and kind == ARCTAN:
-                plain_steps(ARCTAN, 0, args)
-            elif job_plain and kind == FAST_SIGMOID:
-                plain_steps(FAST_SIGMOID, 0, args)
-            elif job_plain and kind == TRIANGLE:
-                plain_steps(TRIANGLE, 0, args)
-            elif job_plain:
-                plain_steps(EXP, 0, args)
+            if job_plain:
+                run_plain(kind, zero_reset, (v_pre, g_spikes, gs_row, gs_mode, grad_v, a, h,
+                                             sum_b, need_bias, n0, n1, o, f1, first, last,
+                                             seg_first, n_steps, c1, c2, one, zero))
             # fmt: on
             for seg in range(-1 if job_plain else segments - 1, -1, -1):  # plain: ran above
                 if every:  # the segment's membranes, recomputed from its first state

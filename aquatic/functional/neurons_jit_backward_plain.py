@@ -2,16 +2,16 @@
 spikes' gradient only, a surrogate whose slopes the loop computes
 (:mod:`aquatic.functional.neurons_jit_slopes`), and none of the other options.
 :func:`~aquatic.functional.neurons_jit_backward_kernels.backward` hands each such job to
-:func:`plain_steps`, compiled for each surrogate and reset alone (see
+:func:`run_plain`, which calls :func:`plain_steps` compiled for each surrogate and reset alone (see
 :func:`~aquatic.functional.neurons_jit_kernels.plain_steps` for why).
 """
 
 from __future__ import annotations
 
 from aquatic.functional.neurons_jit_kernels import inline, jit, numba
-from aquatic.functional.neurons_jit_slopes import slope
+from aquatic.functional.neurons_jit_slopes import ARCTAN, EXP, FAST_SIGMOID, TRIANGLE, slope
 
-__all__ = ["part", "plain_steps"]
+__all__ = ["part", "plain_steps", "run_plain"]
 
 if numba is not None:
 
@@ -66,5 +66,26 @@ if numba is not None:
                     for k in range(m):
                         sb[k] += out[k]
 
+    @inline
+    def run_plain(kind, zero_reset, args):
+        """:func:`plain_steps` for surrogate ``kind`` and the reset: each call passes
+        them as literals, so that each runs the version compiled for them."""
+        if zero_reset and kind == ARCTAN:
+            plain_steps(ARCTAN, 1, args)
+        elif zero_reset and kind == FAST_SIGMOID:
+            plain_steps(FAST_SIGMOID, 1, args)
+        elif zero_reset and kind == TRIANGLE:
+            plain_steps(TRIANGLE, 1, args)
+        elif zero_reset:
+            plain_steps(EXP, 1, args)
+        elif kind == ARCTAN:
+            plain_steps(ARCTAN, 0, args)
+        elif kind == FAST_SIGMOID:
+            plain_steps(FAST_SIGMOID, 0, args)
+        elif kind == TRIANGLE:
+            plain_steps(TRIANGLE, 0, args)
+        else:
+            plain_steps(EXP, 0, args)
+
 else:  # pragma: no cover
-    part = plain_steps = None
+    part = plain_steps = run_plain = None

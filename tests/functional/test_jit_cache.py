@@ -1,7 +1,10 @@
 """The compiled loops' disk cache is dropped when any code that they compile changes."""
 
+import os
 import re
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -109,10 +112,6 @@ def test_the_package_cache_carries_the_current_fingerprint():
 def test_importing_the_loops_with_numba_compiling_nothing():
     # NUMBA_DISABLE_JIT=1 leaves plain Python functions: no cache to refresh, no error
     pytest.importorskip("numba")
-    import os
-    import subprocess
-    import sys
-
     env = dict(os.environ, NUMBA_DISABLE_JIT="1")
     code = "import aquatic.functional.neurons_jit_kernels as k; print(type(k.forward).__name__)"
     result = subprocess.run(
