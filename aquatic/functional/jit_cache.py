@@ -28,7 +28,9 @@ __all__ = ["SOURCES", "CACHED", "STAMP", "fingerprint", "refresh"]
 
 #: The modules (files of this package) whose functions or constants the loops compile.
 SOURCES = (
+    "exp_floor.py",
     "jit_bridges.py",
+    "jit_fpenv.py",
     "jit_jobs.py",
     "jit_math.py",
     "neurons_grid_jit_kernels.py",
@@ -41,6 +43,7 @@ SOURCES = (
 #: The modules whose compiled functions Numba keeps on disk.
 CACHED = (
     "jit_bridges",
+    "jit_fpenv",
     "neurons_grid_jit_kernels",
     "neurons_jit_backward_kernels",
     "neurons_jit_backward_plain",

@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from aquatic.functional.exp_floor import FLOOR
 from aquatic.functional.neurons_jit_kernels import numba
 
 __all__ = ["exp_nonpositive"]
@@ -34,9 +35,10 @@ __all__ = ["exp_nonpositive"]
 
 def exp_nonpositive(x):
     """:math:`e^x` for :math:`x \\le 0` in the compiled loops (float32 or float64, the
-    type of ``x``), vectorizable: 0 below the smallest normal result (where the C
-    library returns a subnormal number, under :math:`1.2 \\cdot 10^{-38}` in float32),
-    nan for nan and for :math:`x > 0`, outside its domain.
+    type of ``x``), vectorizable: 0 at and under
+    :data:`~aquatic.functional.exp_floor.FLOOR` (-86 in float32, where the result
+    would be under :math:`4.5 \\cdot 10^{-38}`; the PyTorch loops' rule), nan for nan
+    and for :math:`x > 0`, outside its domain.
 
     Only compiled code calls it (LLVM inlines its implementation into the loop).
 
@@ -57,8 +59,8 @@ def exp_nonpositive(x):
 
 def _constants(dtype, degree: int, low: float):
     """The constants of :func:`exp_nonpositive` in ``dtype``: :math:`\\log_2 e`, the
-    two parts of :math:`\\ln 2` (Cody and Waite's 355/512 and the rest), the smallest
-    argument with a normal result, 1/2 and the Taylor coefficients :math:`1/k!`,
+    two parts of :math:`\\ln 2` (Cody and Waite's 355/512 and the rest), the floor
+    (``low``), 1/2 and the Taylor coefficients :math:`1/k!`,
     highest first."""
     high_part = 355 / 512 if dtype == np.float32 else 6.93147180369123816490e-01
     # the rest of ln 2 from 40 digits of it: math.log(2) - high_part would carry the
@@ -136,26 +138,27 @@ if numba is not None:
         return _fma(p, r, c[13])
 
     def _implementation(dtype, integer, horner, degree: int, low: float):
-        log2e, ln2_high, ln2_low, smallest, half, taylor = _constants(dtype, degree, low)
+        log2e, ln2_high, ln2_low, floor, half, taylor = _constants(dtype, degree, low)
         zero, nan = dtype(0), dtype(np.nan)
 
         def exp_(x):
-            y = x if x > smallest else smallest  # also for nan: the result is chosen below
+            y = x if x > floor else floor  # also for nan: the result is chosen below
             y = y if y < zero else zero
             n = np.floor(y * log2e + half)
             r = _fma(n, -ln2_high, y)
             r = _fma(n, -ln2_low, r)
             e = horner(r, taylor) * _pow2(integer(n))
-            if x >= smallest and x <= zero:
+            if x > floor and x <= zero:
                 return e
-            return zero if x < smallest else nan
+            return zero if x <= floor else nan
 
         return exp_
 
-    # float32: ln(2**-126) is the smallest argument with a normal result; degree 7:
-    # 0.347**8 / 8! < 6e-9. float64: ln(2**-1022); degree 13: 0.347**14 / 14! < 5e-18.
-    _FLOAT32 = _implementation(np.float32, np.int32, _horner7, 7, -87.33654475)
-    _FLOAT64 = _implementation(np.float64, np.int64, _horner13, 13, -708.39641853226410622)
+    # 0 at and under the floors of exp_floor (results about four times the smallest
+    # normal number). float32: degree 7, 0.347**8 / 8! < 6e-9; float64: degree 13,
+    # 0.347**14 / 14! < 5e-18.
+    _FLOAT32 = _implementation(np.float32, np.int32, _horner7, 7, FLOOR[np.float32])
+    _FLOAT64 = _implementation(np.float64, np.int64, _horner13, 13, FLOOR[np.float64])
 
     @overload(exp_nonpositive, jit_options=_OPTIONS)
     def _exp_nonpositive(x):

@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-__all__ = ["ENABLED", "runtime", "usable", "run"]
+__all__ = ["ENABLED", "runtime", "usable", "run", "run_on_team"]
 
 #: Whether shares run on PyTorch's OpenMP threads where :func:`runtime` finds them.
 ENABLED = os.environ.get("AQUATIC_NUMBA_OPENMP", "1") != "0"
@@ -141,4 +141,23 @@ def run(name: str, kernel, flags: np.ndarray, arrays, parts: int) -> bool:
     _gomp_parallel(runtime())(address, descriptor.ctypes.data, parts, 0)
     if descriptor[0] < parts:  # pragma: no cover - a team that did not run
         raise RuntimeError(f"the OpenMP team ran {descriptor[0]} of {parts} shares")
+    return True
+
+
+def run_on_team(address: int, data: int) -> bool:
+    """Call the C function ``void f(void *)`` at ``address`` with ``data`` once on
+    every thread of the OpenMP team that PyTorch's operations use (the calling thread
+    included), where this process may (:func:`usable`); return whether it did.
+
+    Example:
+        >>> import ctypes
+        >>> calls = []
+        >>> f = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda data: calls.append(data))
+        >>> ran = run_on_team(ctypes.cast(f, ctypes.c_void_p).value, 7)
+        >>> len(calls) == (torch.get_num_threads() if ran else 0)
+        True
+    """
+    if not usable():
+        return False
+    _gomp_parallel(runtime())(address, data, torch.get_num_threads(), 0)
     return True

@@ -44,6 +44,7 @@ from aquatic.functional.neurons_grid import GridRules, delayed
 from aquatic.functional.neurons_grid_kernel import reset_of, spikes_of
 from aquatic.functional.neurons_grid_steps import as_array
 from aquatic.functional.neurons_kernel import block_steps
+from aquatic.functional.subnormals import in_flushing
 
 __all__ = ["grid_backward"]
 
@@ -109,6 +110,7 @@ def _membrane_block(v, threshold, options, rules, g_spikes, out):
     return out, slope.mul_(-threshold).add_(1), keep
 
 
+@in_flushing
 def grid_backward(
     options: Options,
     rules: GridRules,

@@ -20,6 +20,7 @@ from aquatic.functional.neurons_kernel import (
     sequence_forward,
     spikes_into,
 )
+from aquatic.functional.subnormals import in_flushing
 
 __all__ = ["sequence_backward"]
 
@@ -84,6 +85,7 @@ def _segments(saved, options: Options, checkpoint: Optional[int], keep_current: 
         yield start, stop, results[3], results[2], v_states[index], i_before
 
 
+@in_flushing
 def sequence_backward(
     options: Options,
     needs: Tuple[bool, ...],

@@ -33,8 +33,11 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
+
+from aquatic.functional.exp_floor import CUT, FLOOR
 
 __all__ = [
     "Surrogate",
@@ -54,6 +57,25 @@ def _positive(name: str, value: Any) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be positive and finite, got {value!r}")
     return float(value)
+
+
+def _exp_normal_(x: Tensor) -> Tensor:
+    """:math:`e^x` in place, 0 at and under :data:`~aquatic.functional.exp_floor.FLOOR`
+    (float32 and float64; the rule of the compiled loops): the argument clamped to it,
+    so that PyTorch's ``exp`` keeps its fast path, and the results at or under
+    :data:`~aquatic.functional.exp_floor.CUT` (those of the clamped arguments) zeroed.
+    A nan stays nan."""
+    bounds = _EXP_BOUNDS.get(x.dtype)
+    if bounds is None:  # another dtype: PyTorch's exp as it is
+        return x.exp_()
+    return torch.threshold_(x.clamp_(min=bounds[0]).exp_(), bounds[1], 0.0)
+
+
+# (FLOOR, CUT) by dtype, as Python numbers (what torch.compile traces best)
+_EXP_BOUNDS = {
+    torch.float32: (float(FLOOR[np.float32]), float(CUT[np.float32])),
+    torch.float64: (float(FLOOR[np.float64]), float(CUT[np.float64])),
+}
 
 
 def _scaled_(values: Tensor, scale: float) -> Tensor:
@@ -118,7 +140,10 @@ class Surrogate:
 
 
 class SingleExponential(Surrogate):
-    """:math:`\\psi(u) = c\\, e^{-|u|/w}`.
+    """:math:`\\psi(u) = c\\, e^{-|u|/w}`, and 0 where :math:`e^{-|u|/w}` would not be a
+    normal number (:math:`|u| \\ge 87.34\\, w` in float32: the rule of
+    :mod:`aquatic.functional.exp_floor`, under which PyTorch's ``exp`` keeps its fast
+    path).
 
     Args:
         width: decay length :math:`w` of the exponential, in units of membrane potential.
@@ -134,10 +159,10 @@ class SingleExponential(Surrogate):
         self.width = _positive("width", width)
 
     def derivative(self, u: Tensor) -> Tensor:
-        return torch.exp(u.abs() / -self.width) * self.scale
+        return _exp_normal_(u.abs() / -self.width) * self.scale
 
     def derivative_(self, u: Tensor) -> Tensor:
-        return _scaled_(u.abs_().div_(-self.width).exp_(), self.scale)
+        return _scaled_(_exp_normal_(u.abs_().div_(-self.width)), self.scale)
 
     def primitive(self, u: Tensor) -> Tensor:
         # c w (1 + sign(u) (1 - e^{-|u|/w})): 0 at -inf, c w at 0, 2 c w at +inf.

@@ -95,8 +95,9 @@ def test_the_lists_name_every_compiled_module():
         if cached.search(text):
             assert path.stem in jit_cache.CACHED, path.name
     assert set(jit_cache.CACHED) <= {name[:-3] for name in seen}
-    # and the constants that the slopes compile come from here
-    assert seen | {"neurons_jit_backward.py"} == set(jit_cache.SOURCES)
+    # and the modules whose constants the loops compile in (the slopes' from
+    # neurons_jit_backward, the exponential's floors)
+    assert seen | {"neurons_jit_backward.py", "exp_floor.py"} == set(jit_cache.SOURCES)
 
 
 def test_the_package_cache_carries_the_current_fingerprint():

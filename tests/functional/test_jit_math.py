@@ -5,6 +5,8 @@ import importlib.util
 import numpy as np
 import pytest
 
+from aquatic.functional.exp_floor import FLOOR
+
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("numba") is None, reason="needs numba (pip install aquatic[fast])"
 )
@@ -34,14 +36,44 @@ def test_within_one_unit_in_the_last_place(dtype, low):
     values = np.concatenate(
         [-rng.exponential(1.0, 200_000), rng.uniform(low, 0.0, 200_000)]
     ).astype(dtype)
+    values = np.concatenate([values, _around(FLOOR[dtype])])
     ours = _apply(values).astype(np.longdouble)
     exact = np.exp(values.astype(np.longdouble))
-    normal = exact >= np.finfo(dtype).tiny
-    assert normal.mean() > 0.5
-    error = np.abs(ours[normal] - exact[normal]) / exact[normal]
+    kept = values > FLOOR[dtype]
+    assert kept.mean() > 0.5
+    assert np.all(exact[kept] >= 3 * np.finfo(dtype).tiny)  # normal, with a margin
+    error = np.abs(ours[kept] - exact[kept]) / exact[kept]
     assert error.max() < np.finfo(dtype).eps  # under one unit in the last place
-    # below the smallest normal result: 0 (the C library's subnormal numbers)
-    assert np.all(ours[~normal] == 0) and (~normal).sum() > 1000
+    # at and under the floor: 0, the PyTorch loops' rule
+    assert np.all(ours[~kept] == 0) and (~kept).sum() > 1000
+
+
+def _around(floor):
+    """The floor and the 20 arguments of its dtype on either side of it."""
+    values, up, down = [floor], floor, floor
+    for _ in range(20):
+        up, down = np.nextafter(up, floor.dtype.type(0)), np.nextafter(down, -np.inf)
+        values += [up, down]
+    return np.array(values, dtype=floor.dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_torch_slopes_follow_the_same_rule(dtype):
+    """``SingleExponential``'s PyTorch slopes: 0 exactly where the compiled ones are,
+    and within an ulp of them elsewhere."""
+    import torch
+
+    from aquatic.functional.surrogate import SingleExponential
+
+    rng = np.random.default_rng(1)
+    x = np.concatenate([_around(FLOOR[dtype]), rng.uniform(-900.0, 0.0, 100_000)])
+    x = x.astype(dtype)
+    compiled = _apply(x)
+    slopes = SingleExponential(width=1.0).derivative(torch.from_numpy(x.copy())).numpy()
+    assert np.array_equal(compiled == 0, slopes == 0) and (slopes == 0).sum() > 1000
+    kept = slopes != 0
+    error = np.abs(slopes[kept] - compiled[kept]) / compiled[kept]
+    assert error.max() <= 2 * np.finfo(dtype).eps
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -1,0 +1,132 @@
+r"""Backward passes with subnormal numbers flushed to zero.
+
+The surrogate gradient of a neuron far below its threshold is tiny
+(:math:`e^{-|v - \vartheta|/w}` for ``SingleExponential``), and it shrinks further as
+it flows back through the decays of earlier steps and through the layers below. As
+neurons fall silent in training, more and more gradients reach the subnormal range
+(magnitudes under :math:`1.2 \cdot 10^{-38}` in float32, :math:`2.2 \cdot 10^{-308}` in
+float64), where an x86 processor takes a slow path for every operation that reads or
+writes one: about a hundred cycles instead of one. Measured on the training step of
+``benchmarks/preset_speed.py`` (2 threads, the network falls silent within ten steps):
+the Loihi preset's backward pass went from 7 ms at step 10 to 28 ms at step 60, the
+matrix products of the layers below it from 1.4 to 13 ms a step, and the float
+network's step from 11.7 to 14 ms.
+
+:func:`flushing` runs a block with the processor's flush-to-zero and
+denormals-are-zero modes (``torch.set_flush_denormal``) on the calling thread, and
+restores the mode it found. The fused backward passes of the spiking layers run in it,
+so a gradient under the smallest normal number becomes 0, as the hardware's own
+arithmetic would give with those modes set (TensorFlow runs all of its CPU operations
+so). No optimizer step can tell: Adam's update of such a gradient is below
+:math:`10^{-30}`. Forward passes keep every value, bit for bit.
+
+The mode belongs to a thread: operations that PyTorch shares over its other threads
+keep their mode (the caller's share follows :func:`flushing`), so which subnormal
+values survive may depend on the number of threads, as the rounding of PyTorch's own
+sums does. Processors without these modes (where ``torch.set_flush_denormal`` returns
+``False``) compute as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import warnings
+from typing import Callable, Iterator, TypeVar
+
+import numpy as np
+import torch
+
+from aquatic.functional import jit_openmp
+
+__all__ = ["flushing", "flushing_now", "in_flushing"]
+
+F = TypeVar("F", bound=Callable)
+
+# The smallest positive subnormal float32, made from its bits (converting a Python float
+# would itself be flushed when the mode is on).
+_PROBE = torch.tensor([1], dtype=torch.int32).view(torch.float32)
+
+
+# Emptied where the team's modes cannot be set (then only the calling thread's are).
+_TEAM = [True]
+_FLAG = np.zeros(1, dtype=np.int64)  # the argument of the team's call
+
+
+def flushing_now() -> bool:
+    """Whether the calling thread flushes subnormal numbers to zero now.
+
+    Example:
+        >>> with flushing():
+        ...     flushing_now()
+        True
+        >>> flushing_now()
+        False
+    """
+    # Either mode makes the product 0: flush-to-zero its result, denormals-are-zero its
+    # operand.
+    return torch.mul(_PROBE, 1.0).view(torch.int32).item() == 0
+
+
+@contextlib.contextmanager
+def flushing() -> Iterator[None]:
+    """Run the block with subnormal numbers flushed to zero on the calling thread
+    (``torch.set_flush_denormal(True)``), then restore the mode found.
+
+    Example:
+        >>> tiny = torch.tensor([1e-30])
+        >>> with flushing():
+        ...     print(tiny * 1e-10)
+        tensor([0.])
+        >>> print(tiny * 1e-10)
+        tensor([9.9999e-41])
+    """
+    if flushing_now() or not torch.set_flush_denormal(True):
+        # already flushing, or a processor without the modes
+        yield
+        return
+    team = _set_team(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+        if team:
+            _set_team(False)
+
+
+def _set_team(on: bool) -> bool:
+    """Set (or clear) the flush modes of every thread on PyTorch's OpenMP team; whether
+    it did (it needs the compiled loops enabled, Numba on x86-64 and the team's runtime:
+    :mod:`~aquatic.functional.jit_fpenv`, :func:`~aquatic.functional.jit_openmp.usable`)."""
+    # (looked up here: neurons_jit imports this module's importers, and jit_fpenv Numba)
+    enabled = importlib.import_module("aquatic.functional.neurons_jit").ENABLED
+    if not (_TEAM and enabled and jit_openmp.usable()):
+        return False
+    try:
+        address = importlib.import_module("aquatic.functional.jit_fpenv").entry()
+        if address is None:
+            _TEAM.clear()
+            return False
+    except Exception as error:  # no Numba, or one that fails: the calling thread only
+        _TEAM.clear()
+        warnings.warn(
+            f"could not set the flush-to-zero mode on PyTorch's OpenMP threads "
+            f"({type(error).__name__}: {error}); it is set on the calling thread only",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return False
+    _FLAG[0] = int(on)
+    return jit_openmp.run_on_team(address, _FLAG.ctypes.data)
+
+
+def in_flushing(function: F) -> F:
+    """``function`` run in :func:`flushing`."""
+
+    @functools.wraps(function)
+    def wrapped(*args, **kwargs):
+        with flushing():
+            return function(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]
