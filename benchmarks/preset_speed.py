@@ -22,16 +22,22 @@ Variants are timed in interleaved rounds (a change of machine load affects all a
 each figure is the median over rounds of the median step time, and each ratio the median
 over rounds of that round's ratio to its float reference.
 
+``--ablate`` adds the Loihi and Xylo presets with the backward passes' flush of subnormal
+gradients left out (``no flush``: :mod:`aquatic.functional.subnormals`), with
+``SingleExponential``'s slopes by PyTorch's plain ``exp`` (``plain exp``: without the
+floor of :mod:`aquatic.functional.exp_floor`), and with neither: what each contributes.
+
 ``--hidden`` sets the hidden layer's width (256; a network the size of those Xylo runs
 has a few dozen, where the per-call work of each layer weighs more).
 
 Run: ``python benchmarks/preset_speed.py [--threads 2] [--rounds 7] [--steps 3] [--no-loop]
-[--hidden 256]``.
+[--ablate] [--hidden 256]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import statistics
 import sys
@@ -43,6 +49,8 @@ from torch import nn
 
 import aquatic.functional.jit_jobs as jit_jobs
 import aquatic.functional.neurons_jit as neurons_jit
+from aquatic.functional import neurons_grid_backward, neurons_kernel_backward, subnormals
+from aquatic.functional import surrogate
 import heap
 from aquatic import nn as ann
 from aquatic.hw import dynapcnn, loihi, xylo
@@ -113,6 +121,28 @@ def make_step(model: nn.Module) -> Callable[[], None]:
     return step
 
 
+_BOUNDS = dict(surrogate._EXP_BOUNDS)
+
+
+def ablated(step: Callable[[], None], flush: bool, floor: bool) -> Callable[[], None]:
+    """``step`` with the backward passes' flush of subnormal gradients and the
+    exponential's floor on or off (restored after each step)."""
+
+    def run() -> None:
+        for module in (neurons_grid_backward, neurons_kernel_backward):
+            module.flushing = subnormals.flushing if flush else contextlib.nullcontext
+        if not floor:
+            surrogate._EXP_BOUNDS.clear()
+        try:
+            step()
+        finally:
+            for module in (neurons_grid_backward, neurons_kernel_backward):
+                module.flushing = subnormals.flushing
+            surrogate._EXP_BOUNDS.update(_BOUNDS)
+
+    return run
+
+
 def median_ms(step: Callable[[], None], steps: int) -> float:
     times = []
     for _ in range(steps):
@@ -129,6 +159,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--no-loop", action="store_true", help="skip the *-loop variants")
+    parser.add_argument(
+        "--ablate", action="store_true", help="add Loihi and Xylo without the flush or floor"
+    )
     parser.add_argument(
         "--hidden", type=int, default=HIDDEN, help="hidden neurons (Xylo holds up to 1000)"
     )
@@ -150,6 +183,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     if peer is not None:
         variants["rockpool"] = peer
     steps = {name: make_step(model) for name, model in variants.items()}
+    if args.ablate:
+        for preset in ("loihi", "xylo"):
+            for label, flush, floor in (
+                ("no flush", False, True),
+                ("plain exp", True, False),
+                ("neither", False, False),
+            ):
+                steps[f"{preset}, {label}"] = ablated(make_step(aquatic_net(preset)), flush, floor)
 
     times: Dict[str, List[float]] = {name: [] for name in steps}
     for _ in range(args.rounds):
@@ -166,13 +207,13 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"{'on' if neurons_jit.available() else 'off (AQUATIC_NUMBA=0 or no Numba)'} "
         f"({jit_jobs.describe()}); {heap.describe()}"
     )
-    print(f"{'variant':<16}{'ms':>10}{'x float':>10}")
+    print(f"{'variant':<20}{'ms':>10}{'x float':>10}")
     for name in steps:
-        reference = references.get(name.replace("-loop", ""), "float")
+        reference = references.get(name.replace("-loop", "").split(",")[0], "float")
         if name == "float-iaf":
             reference = "float-iaf"
         median = statistics.median(times[name])
-        print(f"{name:<16}{median:>10.1f}{ratio(name, reference):>10.2f}")
+        print(f"{name:<20}{median:>10.1f}{ratio(name, reference):>10.2f}")
     print("(presets against their float network: xylo, loihi vs float; dynapcnn vs float-iaf)")
 
 

@@ -2,7 +2,7 @@
 
 ``torch.set_flush_denormal`` sets the modes of the calling thread only; the threads
 that run the other shares of PyTorch's parallel operations keep theirs.
-:func:`~aquatic.functional.subnormals.flushing` therefore also hands :data:`ENTRY` to the
+:func:`~aquatic.functional.subnormals.flushing` therefore also hands :func:`entry` to the
 OpenMP runtime (:func:`aquatic.functional.jit_openmp.run_on_team`), which calls it on
 every thread of the team: it sets or clears the flush-to-zero (bit 15) and
 denormals-are-zero (bit 6) bits of the thread's MXCSR register (Intel 64 and IA-32

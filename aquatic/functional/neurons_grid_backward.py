@@ -44,7 +44,7 @@ from aquatic.functional.neurons_grid import GridRules, delayed
 from aquatic.functional.neurons_grid_kernel import reset_of, spikes_of
 from aquatic.functional.neurons_grid_steps import as_array
 from aquatic.functional.neurons_kernel import block_steps
-from aquatic.functional.subnormals import in_flushing
+from aquatic.functional.subnormals import flushing
 
 __all__ = ["grid_backward"]
 
@@ -110,7 +110,6 @@ def _membrane_block(v, threshold, options, rules, g_spikes, out):
     return out, slope.mul_(-threshold).add_(1), keep
 
 
-@in_flushing
 def grid_backward(
     options: Options,
     rules: GridRules,
@@ -135,6 +134,12 @@ def grid_backward(
         The gradients of ``x, v0, i0, alpha_mem, alpha_syn, threshold, bias`` (``None``
         where not needed).
     """
+    # subnormal gradients flushed to zero: aquatic.functional.subnormals
+    with flushing(saved[5].is_cpu):
+        return _grid_backward(options, rules, needs, saved, grads)
+
+
+def _grid_backward(options, rules, needs, saved, grads):
     v, current, v_mask, i_mask, x, v0, i0, alpha_mem, alpha_syn, threshold, bias = saved
     g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal = grads
     if rules.delay and x is not None:

@@ -20,7 +20,7 @@ from aquatic.functional.neurons_kernel import (
     sequence_forward,
     spikes_into,
 )
-from aquatic.functional.subnormals import in_flushing
+from aquatic.functional.subnormals import flushing
 
 __all__ = ["sequence_backward"]
 
@@ -85,7 +85,6 @@ def _segments(saved, options: Options, checkpoint: Optional[int], keep_current: 
         yield start, stop, results[3], results[2], v_states[index], i_before
 
 
-@in_flushing
 def sequence_backward(
     options: Options,
     needs: Tuple[bool, ...],
@@ -113,6 +112,12 @@ def sequence_backward(
         The gradients of ``x, v0, i0, alpha_mem, alpha_syn, threshold, bias`` (``None``
         where not needed).
     """
+    # subnormal gradients flushed to zero: aquatic.functional.subnormals
+    with flushing(saved[3].is_cpu):
+        return _sequence_backward(options, needs, saved, grads, checkpoint)
+
+
+def _sequence_backward(options, needs, saved, grads, checkpoint):
     v, current, x, v0, i0, alpha_mem, alpha_syn, threshold, bias = saved[:9]
     g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal = grads
     n_steps = v.shape[1] if checkpoint is None else x.shape[1]

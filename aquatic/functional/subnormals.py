@@ -33,16 +33,14 @@ import contextlib
 import functools
 import importlib
 import warnings
-from typing import Callable, Iterator, TypeVar
+from typing import Iterator
 
 import numpy as np
 import torch
 
 from aquatic.functional import jit_openmp
 
-__all__ = ["flushing", "flushing_now", "in_flushing"]
-
-F = TypeVar("F", bound=Callable)
+__all__ = ["flushing", "flushing_now"]
 
 # The smallest positive subnormal float32, made from its bits (converting a Python float
 # would itself be flushed when the mode is on).
@@ -51,7 +49,8 @@ _PROBE = torch.tensor([1], dtype=torch.int32).view(torch.float32)
 
 # Emptied where the team's modes cannot be set (then only the calling thread's are).
 _TEAM = [True]
-_FLAG = np.zeros(1, dtype=np.int64)  # the argument of the team's call
+# The arguments of the team's call (never written: threads may call at once).
+_ON, _OFF = np.ones(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
 
 
 def flushing_now() -> bool:
@@ -70,9 +69,11 @@ def flushing_now() -> bool:
 
 
 @contextlib.contextmanager
-def flushing() -> Iterator[None]:
+def flushing(on: bool = True) -> Iterator[None]:
     """Run the block with subnormal numbers flushed to zero on the calling thread
-    (``torch.set_flush_denormal(True)``), then restore the mode found.
+    (``torch.set_flush_denormal(True)``) and on PyTorch's OpenMP team, then restore the
+    mode found. ``on=False`` runs it as it is (a backward pass on another device than
+    the CPU: its threads would gain nothing).
 
     Example:
         >>> tiny = torch.tensor([1e-30])
@@ -82,8 +83,8 @@ def flushing() -> Iterator[None]:
         >>> print(tiny * 1e-10)
         tensor([9.9999e-41])
     """
-    if flushing_now() or not torch.set_flush_denormal(True):
-        # already flushing, or a processor without the modes
+    if not on or flushing_now() or not torch.set_flush_denormal(True):
+        # not asked, already flushing, or a processor without the modes
         yield
         return
     team = _set_team(True)
@@ -117,16 +118,4 @@ def _set_team(on: bool) -> bool:
             stacklevel=4,
         )
         return False
-    _FLAG[0] = int(on)
-    return jit_openmp.run_on_team(address, _FLAG.ctypes.data)
-
-
-def in_flushing(function: F) -> F:
-    """``function`` run in :func:`flushing`."""
-
-    @functools.wraps(function)
-    def wrapped(*args, **kwargs):
-        with flushing():
-            return function(*args, **kwargs)
-
-    return wrapped  # type: ignore[return-value]
+    return jit_openmp.run_on_team(address, (_ON if on else _OFF).ctypes.data)

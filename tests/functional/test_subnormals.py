@@ -49,6 +49,12 @@ def test_the_calling_thread_flushes_inside_and_not_after():
     assert _subnormal(tiny * 1e-10).all()
 
 
+def test_off_it_changes_nothing():
+    with flushing(on=False):
+        assert not flushing_now()
+        assert _subnormal(torch.tensor([1e-30]) * 1e-10).all()
+
+
 def test_a_mode_set_before_stays_set():
     torch.set_flush_denormal(True)
     try:
