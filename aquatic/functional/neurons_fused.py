@@ -50,6 +50,7 @@ small in-place steps.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -68,7 +69,29 @@ from aquatic.functional.neurons_fused_op import (
 from aquatic.functional.neurons_kernel_backward import sequence_backward
 from aquatic.functional.surrogate import Surrogate
 
-__all__ = ["lif_fused", "surrogate_key", "surrogate_of"]
+__all__ = ["first_order", "lif_fused", "surrogate_key", "surrogate_of"]
+
+
+def first_order(backward):
+    """A fused sequence's ``backward``, refusing a graph of itself (``create_graph=True``).
+
+    The fused backward passes are computed without autograd, so a second derivative
+    through them would miss the slopes' own dependence on the membrane: where the
+    incoming gradient does not itself need a gradient, PyTorch would not even say so.
+    The reference loop computes it."""
+
+    @functools.wraps(backward)
+    def checked(ctx, *grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "a fused spiking sequence has no second derivative (backward with "
+                "create_graph=True, torch.autograd.grad(..., create_graph=True)); run "
+                "the layer step by step for that: layer.method = 'loop' (or "
+                "neuron_sequence(..., method='loop'))"
+            )
+        return backward(ctx, *grads)
+
+    return checked
 
 
 class _LIFSequence(torch.autograd.Function):
@@ -112,6 +135,7 @@ class _LIFSequence(torch.autograd.Function):
         return output, v_trace, i_trace, v_final, i_final
 
     @staticmethod
+    @first_order
     @once_differentiable
     def backward(ctx, g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal):
         grads = sequence_backward(

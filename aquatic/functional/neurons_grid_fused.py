@@ -19,7 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from aquatic.functional.neuron_types import LIFOutput, LIFState, Options
 from aquatic.functional.custom_ops import fake_gradients, op_output
-from aquatic.functional.neurons_fused import surrogate_key, surrogate_of
+from aquatic.functional.neurons_fused import first_order, surrogate_key, surrogate_of
 from aquatic.functional.neurons_grid import GridRules, StateGrid
 from aquatic.functional.neurons_grid_backward import grid_backward
 from aquatic.functional.neurons_grid_current import quantizer_after_decay_passes
@@ -61,6 +61,7 @@ class _GridSequence(torch.autograd.Function):
         return output, v_trace, i_trace, v_final, i_final
 
     @staticmethod
+    @first_order
     @once_differentiable
     def backward(ctx, g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal):
         grads = grid_backward(

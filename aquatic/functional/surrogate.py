@@ -71,6 +71,15 @@ def _exp_normal_(x: Tensor) -> Tensor:
     return torch.threshold_(x.clamp_(min=bounds[0]).exp_(), bounds[1], 0.0)
 
 
+def _exp_normal(x: Tensor) -> Tensor:
+    """:func:`_exp_normal_` out of place: the same values, and autograd can
+    differentiate it (a second derivative through the spikes)."""
+    bounds = _EXP_BOUNDS.get(x.dtype)
+    if bounds is None:
+        return torch.exp(x)
+    return torch.threshold(torch.exp(torch.clamp(x, min=bounds[0])), bounds[1], 0.0)
+
+
 # (FLOOR, CUT) by dtype, as Python numbers (what torch.compile traces best)
 _EXP_BOUNDS = {
     torch.float32: (float(FLOOR[np.float32]), float(CUT[np.float32])),
@@ -159,7 +168,7 @@ class SingleExponential(Surrogate):
         self.width = _positive("width", width)
 
     def derivative(self, u: Tensor) -> Tensor:
-        return _exp_normal_(u.abs() / -self.width) * self.scale
+        return _exp_normal(u.abs() / -self.width) * self.scale
 
     def derivative_(self, u: Tensor) -> Tensor:
         return _scaled_(_exp_normal_(u.abs_().div_(-self.width)), self.scale)
@@ -351,7 +360,11 @@ class _Spike(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         v, threshold = ctx.saved_tensors
-        grad_u = grad * ctx.surrogate.derivative_(v - threshold.to(v.dtype))
+        u = v - threshold.to(v.dtype)
+        # With create_graph (a gradient penalty, meta-learning) the slope is part of a
+        # graph: its out-of-place form, which autograd differentiates.
+        slope = ctx.surrogate.derivative(u) if torch.is_grad_enabled() else None
+        grad_u = grad * (slope if slope is not None else ctx.surrogate.derivative_(u))
         grad_threshold = None
         if ctx.needs_input_grad[1]:
             grad_threshold = _reduce(-grad_u, threshold)

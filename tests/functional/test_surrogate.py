@@ -53,10 +53,30 @@ def test_derivative_is_derivative_of_primitive(surrogate):
     torch.testing.assert_close(surrogate.derivative(u), numeric, rtol=1e-6, atol=1e-8)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("surrogate", SURROGATES, ids=repr)
-def test_in_place_derivative_is_bitwise_equal(surrogate):
-    u = torch.randn(1000) * 2
+def test_in_place_derivative_is_bitwise_equal(surrogate, dtype):
+    # far out too: the exponential's floor (-86 widths in float32, -707 in float64)
+    u = torch.cat([torch.randn(1000) * 2, torch.linspace(-400, 400, 1001)]).to(dtype)
     assert torch.equal(surrogate.derivative_(u.clone()), surrogate.derivative(u))
+
+
+@pytest.mark.parametrize("surrogate", SURROGATES, ids=repr)
+def test_second_derivative_through_spikes(surrogate):
+    # d/dv sum((w psi(v - theta))^2), by autograd through the spike's backward pass and
+    # by autograd of the surrogate's derivative itself
+    generator = torch.Generator().manual_seed(3)
+    v = (torch.randn(50, generator=generator, dtype=torch.float64) * 0.5).requires_grad_()
+    w = torch.randn(50, generator=generator, dtype=torch.float64)
+    theta = torch.tensor(0.2, dtype=torch.float64)
+    (g,) = torch.autograd.grad((spike(v, theta, surrogate) * w).sum(), v, create_graph=True)
+    (second,) = torch.autograd.grad((g * g).sum(), v)
+    leaf = v.detach().clone().requires_grad_()
+    slope = surrogate.derivative(leaf - theta)
+    (expected,) = torch.autograd.grad(((w * slope) ** 2).sum(), leaf)
+    torch.testing.assert_close(g, w * slope.detach(), rtol=0, atol=0)
+    torch.testing.assert_close(second, expected, rtol=1e-12, atol=0)
+    assert second.abs().sum() > 0
 
 
 @pytest.mark.parametrize("surrogate", SURROGATES, ids=repr)
