@@ -50,7 +50,7 @@ from torch import nn
 import aquatic.functional.jit_jobs as jit_jobs
 import aquatic.functional.neurons_jit as neurons_jit
 from aquatic.functional import neurons_grid_backward, neurons_kernel_backward, subnormals
-from aquatic.functional import surrogate
+from aquatic.functional import exp_floor
 import heap
 from aquatic import nn as ann
 from aquatic.hw import dynapcnn, loihi, xylo
@@ -121,7 +121,7 @@ def make_step(model: nn.Module) -> Callable[[], None]:
     return step
 
 
-_BOUNDS = dict(surrogate._EXP_BOUNDS)
+_BOUNDS = dict(exp_floor._BOUNDS)
 
 
 def ablated(step: Callable[[], None], flush: bool, floor: bool) -> Callable[[], None]:
@@ -132,13 +132,13 @@ def ablated(step: Callable[[], None], flush: bool, floor: bool) -> Callable[[], 
         for module in (neurons_grid_backward, neurons_kernel_backward):
             module.flushing = subnormals.flushing if flush else contextlib.nullcontext
         if not floor:
-            surrogate._EXP_BOUNDS.clear()
+            exp_floor._BOUNDS.clear()
         try:
             step()
         finally:
             for module in (neurons_grid_backward, neurons_kernel_backward):
                 module.flushing = subnormals.flushing
-            surrogate._EXP_BOUNDS.update(_BOUNDS)
+            exp_floor._BOUNDS.update(_BOUNDS)
 
     return run
 

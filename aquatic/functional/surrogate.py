@@ -33,11 +33,10 @@ from __future__ import annotations
 import math
 from typing import Any, Optional, Tuple, Union
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from aquatic.functional.exp_floor import CUT, FLOOR
+from aquatic.functional.exp_floor import exp_floored, exp_floored_
 
 __all__ = [
     "Surrogate",
@@ -57,34 +56,6 @@ def _positive(name: str, value: Any) -> float:
     if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be positive and finite, got {value!r}")
     return float(value)
-
-
-def _exp_normal_(x: Tensor) -> Tensor:
-    """:math:`e^x` in place, 0 at and under :data:`~aquatic.functional.exp_floor.FLOOR`
-    (float32 and float64; the rule of the compiled loops): the argument clamped to it,
-    so that PyTorch's ``exp`` keeps its fast path, and the results at or under
-    :data:`~aquatic.functional.exp_floor.CUT` (those of the clamped arguments) zeroed.
-    A nan stays nan."""
-    bounds = _EXP_BOUNDS.get(x.dtype)
-    if bounds is None:  # another dtype: PyTorch's exp as it is
-        return x.exp_()
-    return torch.threshold_(x.clamp_(min=bounds[0]).exp_(), bounds[1], 0.0)
-
-
-def _exp_normal(x: Tensor) -> Tensor:
-    """:func:`_exp_normal_` out of place: the same values, and autograd can
-    differentiate it (a second derivative through the spikes)."""
-    bounds = _EXP_BOUNDS.get(x.dtype)
-    if bounds is None:
-        return torch.exp(x)
-    return torch.threshold(torch.exp(torch.clamp(x, min=bounds[0])), bounds[1], 0.0)
-
-
-# (FLOOR, CUT) by dtype, as Python numbers (what torch.compile traces best)
-_EXP_BOUNDS = {
-    torch.float32: (float(FLOOR[np.float32]), float(CUT[np.float32])),
-    torch.float64: (float(FLOOR[np.float64]), float(CUT[np.float64])),
-}
 
 
 def _scaled_(values: Tensor, scale: float) -> Tensor:
@@ -168,10 +139,10 @@ class SingleExponential(Surrogate):
         self.width = _positive("width", width)
 
     def derivative(self, u: Tensor) -> Tensor:
-        return _exp_normal(u.abs() / -self.width) * self.scale
+        return exp_floored(u.abs() / -self.width) * self.scale
 
     def derivative_(self, u: Tensor) -> Tensor:
-        return _scaled_(_exp_normal_(u.abs_().div_(-self.width)), self.scale)
+        return _scaled_(exp_floored_(u.abs_().div_(-self.width)), self.scale)
 
     def primitive(self, u: Tensor) -> Tensor:
         # c w (1 + sign(u) (1 - e^{-|u|/w})): 0 at -inf, c w at 0, 2 c w at +inf.
