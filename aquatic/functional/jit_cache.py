@@ -33,6 +33,7 @@ SOURCES = (
     "jit_fpenv.py",
     "jit_jobs.py",
     "jit_math.py",
+    "jit_scan.py",
     "neurons_grid_jit_kernels.py",
     "neurons_jit_backward.py",
     "neurons_jit_backward_kernels.py",
@@ -44,6 +45,7 @@ SOURCES = (
 CACHED = (
     "jit_bridges",
     "jit_fpenv",
+    "jit_scan",
     "neurons_grid_jit_kernels",
     "neurons_jit_backward_kernels",
     "neurons_jit_backward_plain",

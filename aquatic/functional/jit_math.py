@@ -30,7 +30,7 @@ import numpy as np
 from aquatic.functional.exp_floor import FLOOR
 from aquatic.functional.neurons_jit_kernels import numba
 
-__all__ = ["exp_nonpositive"]
+__all__ = ["exp_nonpositive", "fma"]
 
 
 def exp_nonpositive(x):
@@ -103,7 +103,7 @@ if numba is not None:
         return result(n), codegen
 
     @intrinsic
-    def _fma(typingctx, a, b, c):
+    def fma(typingctx, a, b, c):
         """:math:`a b + c` rounded once (LLVM's ``fma``), for three floats of one type."""
         if not (isinstance(a, types.Float) and a == b == c):
             return None
@@ -119,23 +119,23 @@ if numba is not None:
     @_inline
     def _horner7(r, c):
         """The polynomial with the coefficients ``c[0:8]`` (highest first) at ``r``."""
-        p = _fma(c[0], r, c[1])
-        p = _fma(p, r, c[2])
-        p = _fma(p, r, c[3])
-        p = _fma(p, r, c[4])
-        p = _fma(p, r, c[5])
-        p = _fma(p, r, c[6])
-        return _fma(p, r, c[7])
+        p = fma(c[0], r, c[1])
+        p = fma(p, r, c[2])
+        p = fma(p, r, c[3])
+        p = fma(p, r, c[4])
+        p = fma(p, r, c[5])
+        p = fma(p, r, c[6])
+        return fma(p, r, c[7])
 
     @_inline
     def _horner13(r, c):
         """The polynomial with the coefficients ``c[0:14]`` (highest first) at ``r``."""
-        p = _fma(_horner7(r, c), r, c[8])
-        p = _fma(p, r, c[9])
-        p = _fma(p, r, c[10])
-        p = _fma(p, r, c[11])
-        p = _fma(p, r, c[12])
-        return _fma(p, r, c[13])
+        p = fma(_horner7(r, c), r, c[8])
+        p = fma(p, r, c[9])
+        p = fma(p, r, c[10])
+        p = fma(p, r, c[11])
+        p = fma(p, r, c[12])
+        return fma(p, r, c[13])
 
     def _implementation(dtype, integer, horner, degree: int, low: float):
         log2e, ln2_high, ln2_low, floor, half, taylor = _constants(dtype, degree, low)
@@ -145,8 +145,8 @@ if numba is not None:
             y = x if x > floor else floor  # also for nan: the result is chosen below
             y = y if y < zero else zero
             n = np.floor(y * log2e + half)
-            r = _fma(n, -ln2_high, y)
-            r = _fma(n, -ln2_low, r)
+            r = fma(n, -ln2_high, y)
+            r = fma(n, -ln2_low, r)
             e = horner(r, taylor) * _pow2(integer(n))
             if x > floor and x <= zero:
                 return e
@@ -167,3 +167,6 @@ if numba is not None:
         if x == types.float64:
             return _FLOAT64
         return None
+
+else:  # pragma: no cover - the compiled loops need Numba
+    fma = None

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor
 
 from aquatic.functional.neuron_types import Options
+from aquatic.functional import neurons_grid_jit
 from aquatic.functional.neurons_grid import GridRules, delayed
 from aquatic.functional.neurons_grid_kernel import reset_of, spikes_of
 from aquatic.functional.neurons_grid_steps import as_array
@@ -76,10 +77,14 @@ def _per_step(alpha: Tensor, like: Tensor) -> Tensor:
     return alpha if alpha.dim() == 0 else alpha.expand_as(like)
 
 
-def _recur(grads: Tensor, factors: Tensor) -> None:
-    """``grads[k] += grads[k + 1] * factors[k]`` from the last step of a time-major
-    block back (``factors`` one per step, or 0-dim for all)."""
-    steps = grads.unbind(0)
+def _recur(grads: Tensor, start: int, end: int, factors: Tensor) -> None:
+    """``grads[t] += grads[t + 1] * factors[t - start]`` from ``t = end - 2`` back to
+    ``start`` (``grads`` the time-major buffer of :func:`_gradient_buffer`, ``factors``
+    one per step, or 0-dim for all): compiled where it can
+    (:func:`~aquatic.functional.neurons_grid_jit.scan`), else a step at a time."""
+    if neurons_grid_jit.scan(grads, start, end, factors):
+        return
+    steps = grads[start:end].unbind(0)
     step_factors = factors.unbind(0) if factors.dim() else (factors,) * len(steps)
     for k in range(len(steps) - 2, -1, -1):
         steps[k].addcmul_(steps[k + 1], step_factors[k])
@@ -188,7 +193,7 @@ def _grid_backward(options, rules, needs, saved, grads):
             _masked(gb, mask, gb)
             masked = factor_buf[: stop - start] if coef is None or grad_threshold else factors
             factors = _masked(factors, mask, masked)
-        _recur(grad_v[start : min(stop + 1, n_steps)], factors)
+        _recur(grad_v, start, min(stop + 1, n_steps), factors)
         del factors
         if grad_threshold:
             # alpha_mem G_{t+1}: the gradient of the reset membrane.
@@ -245,7 +250,7 @@ def _grid_backward(options, rules, needs, saved, grads):
         if mask is not None:
             _masked(grad_i[start:stop], mask, grad_i[start:stop])
             factors = _masked(factors, mask, factor_buf[: stop - start])
-        _recur(grad_i[start : min(stop + 1, n_steps)], factors)
+        _recur(grad_i, start, min(stop + 1, n_steps), factors)
         if needs[4]:
             # i[t] = alpha_syn (i[t-1] + x[t]) (alpha_syn i[t-1] + x[t] after the decay).
             # Each product formed once, into one buffer (no copy of the states first).
