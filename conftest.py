@@ -21,6 +21,14 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def set_threads():
+    """``torch.set_num_threads`` for one test: the count found is restored after it."""
+    before = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -30,12 +30,9 @@ def cnn():
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def one_thread(set_threads):
     # Small convolutions only lose from threads on a shared machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    set_threads(1)
 
 
 @pytest.fixture(scope="module")

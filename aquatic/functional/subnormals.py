@@ -13,24 +13,25 @@ matrix products of the layers below it from 1.4 to 13 ms a step, and the float
 network's step from 11.7 to 14 ms.
 
 :func:`flushing` runs a block with the processor's flush-to-zero and
-denormals-are-zero modes (``torch.set_flush_denormal``) on the calling thread, and
-restores the mode it found. The fused backward passes of the spiking layers run in it,
-so a gradient under the smallest normal number becomes 0, as the hardware's own
-arithmetic would give with those modes set (TensorFlow runs all of its CPU operations
-so). No optimizer step can tell: Adam's update of such a gradient is below
+denormals-are-zero modes on the calling thread (``torch.set_flush_denormal``) and on
+every thread of PyTorch's OpenMP team (:mod:`aquatic.functional.jit_fpenv`), and
+restores the mode it found. The fused backward passes of the spiking layers run in it
+on the CPU, so a gradient under the smallest normal number becomes 0, as the hardware's
+own arithmetic would give with those modes set (TensorFlow runs all of its CPU
+operations so). No optimizer step can tell: Adam's update of such a gradient is below
 :math:`10^{-30}`. Forward passes keep every value, bit for bit.
 
-The mode belongs to a thread: operations that PyTorch shares over its other threads
-keep their mode (the caller's share follows :func:`flushing`), so which subnormal
-values survive may depend on the number of threads, as the rounding of PyTorch's own
-sums does. Processors without these modes (where ``torch.set_flush_denormal`` returns
-``False``) compute as before.
+Without Numba on x86-64, or outside PyTorch's GNU OpenMP runtime (another platform, a
+process made by ``fork``), only the calling thread flushes: operations that PyTorch
+shares over its other threads keep their mode there, so which subnormal values survive
+may depend on the number of threads, as the rounding of PyTorch's own sums does.
+Processors without these modes (where ``torch.set_flush_denormal`` returns ``False``)
+compute as before.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import warnings
 from typing import Iterator

@@ -120,10 +120,10 @@ class Surrogate:
 
 
 class SingleExponential(Surrogate):
-    """:math:`\\psi(u) = c\\, e^{-|u|/w}`, and 0 where :math:`e^{-|u|/w}` would not be a
-    normal number (:math:`|u| \\ge 87.34\\, w` in float32: the rule of
-    :mod:`aquatic.functional.exp_floor`, under which PyTorch's ``exp`` keeps its fast
-    path).
+    """:math:`\\psi(u) = c\\, e^{-|u|/w}`, and 0 where :math:`|u| \\ge 86\\, w` (float32;
+    :math:`707\\, w` in float64), where :math:`e^{-|u|/w}` nears the subnormal range:
+    the rule of :mod:`aquatic.functional.exp_floor`, under which PyTorch's ``exp``
+    keeps its fast path.
 
     Args:
         width: decay length :math:`w` of the exponential, in units of membrane potential.
@@ -334,8 +334,10 @@ class _Spike(torch.autograd.Function):
         u = v - threshold.to(v.dtype)
         # With create_graph (a gradient penalty, meta-learning) the slope is part of a
         # graph: its out-of-place form, which autograd differentiates.
-        slope = ctx.surrogate.derivative(u) if torch.is_grad_enabled() else None
-        grad_u = grad * (slope if slope is not None else ctx.surrogate.derivative_(u))
+        surrogate = ctx.surrogate
+        grad_u = grad * (
+            surrogate.derivative(u) if torch.is_grad_enabled() else surrogate.derivative_(u)
+        )
         grad_threshold = None
         if ctx.needs_input_grad[1]:
             grad_threshold = _reduce(-grad_u, threshold)

@@ -28,12 +28,10 @@ needs_numba = pytest.mark.skipif(
 
 
 @pytest.fixture
-def threads():
+def threads(set_threads):
     """Three threads for PyTorch (and so for the loops), restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(3)
-    yield 3
-    torch.set_num_threads(before)
+    set_threads(3)
+    return 3
 
 
 @pytest.fixture(params=["openmp", "pool"])

@@ -26,11 +26,8 @@ def _subnormal(t):
 
 
 @pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
+def two_threads(set_threads):
+    set_threads(2)
 
 
 def _products(n=1 << 20):

@@ -22,12 +22,9 @@ def first_spike_task(batch, generator):
 
 
 @pytest.fixture
-def one_thread():
+def one_thread(set_threads):
     # The tensors are tiny: thread start-up would cost more than the arithmetic.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    set_threads(1)
 
 
 def make_model(qconfig):
