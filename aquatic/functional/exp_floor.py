@@ -85,7 +85,15 @@ def exp_floored_(x: Tensor) -> Tensor:
 
 def exp_floored(x: Tensor) -> Tensor:
     """:func:`exp_floored_` out of place: the same values, and autograd can
-    differentiate it (a second derivative through the spikes)."""
+    differentiate it (a second derivative through the spikes).
+
+    Example:
+        >>> x = torch.tensor([-1.0, -86.0], requires_grad=True)
+        >>> y = exp_floored(x)
+        >>> y.sum().backward()
+        >>> y.detach(), x.grad
+        (tensor([0.3679, 0.0000]), tensor([0.3679, 0.0000]))
+    """
     bounds = _BOUNDS.get(x.dtype)
     if bounds is None:
         return torch.exp(x)

@@ -79,7 +79,21 @@ _ADDRESS = []
 def entry() -> Optional[int]:
     """The address of a C function ``void set_flush(int64_t *on)`` that sets the
     calling thread's flush modes (``*on`` nonzero) or clears them, compiled on first use
-    (cached on disk); ``None`` where there is none (no Numba, not x86-64)."""
+    (cached on disk); ``None`` where there is none (no Numba, not x86-64).
+
+    Example:
+        >>> import ctypes
+        >>> from aquatic.functional.subnormals import flushing_now
+        >>> address = entry()
+        >>> if address is not None:
+        ...     set_flush = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(address)
+        ...     set_flush(np.ones(1, np.int64).ctypes.data)
+        ...     print(flushing_now())
+        ...     set_flush(np.zeros(1, np.int64).ctypes.data)
+        True
+        >>> flushing_now()
+        False
+    """
     if _set_flush is None:
         return None
     if not _ADDRESS:

@@ -104,7 +104,16 @@ if numba is not None:
 
     @intrinsic
     def fma(typingctx, a, b, c):
-        """:math:`a b + c` rounded once (LLVM's ``fma``), for three floats of one type."""
+        """:math:`a b + c` rounded once (LLVM's ``fma``), for three floats of one type;
+        compiled code only.
+
+        Example:
+            >>> @numba.njit
+            ... def residual(a, b, c):
+            ...     return fma(a, b, c)
+            >>> residual(0.1, 10.0, -1.0), 0.1 * 10.0 - 1.0  # the product's rounding error
+            (5.551115123125783e-17, 0.0)
+        """
         if not (isinstance(a, types.Float) and a == b == c):
             return None
 

@@ -78,7 +78,17 @@ def first_order(backward):
     The fused backward passes are computed without autograd, so a second derivative
     through them would miss the slopes' own dependence on the membrane: where the
     incoming gradient does not itself need a gradient, PyTorch would not even say so.
-    The reference loop computes it."""
+    The reference loop computes it.
+
+    Example:
+        >>> from aquatic.nn import LIF
+        >>> x = torch.randn(2, 5, 3, requires_grad=True)
+        >>> spikes = LIF(tau_mem=5.0)(x)
+        >>> torch.autograd.grad(spikes.sum(), x, create_graph=True)
+        Traceback (most recent call last):
+        ...
+        RuntimeError: a fused spiking sequence has no second derivative ...
+    """
 
     @functools.wraps(backward)
     def checked(ctx, *grads):

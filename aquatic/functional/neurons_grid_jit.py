@@ -251,7 +251,14 @@ def scan(grads: Tensor, start: int, end: int, factors: Tensor) -> bool:
     whose storage is batch major (``neurons_grid_backward``'s); ``factors`` 0-dim or
     ``(B, N, *)`` contiguous. Returns whether it ran: ``False`` (nothing done) without
     the compiled loops, off the CPU, for steps of more than :data:`SCAN_MAX` values or
-    another layout, and the caller runs its ``addcmul_`` steps."""
+    another layout, and the caller runs its ``addcmul_`` steps.
+
+    Example:
+        >>> grads = torch.ones(1, 3, 1).transpose(0, 1)  # 3 steps of 1 sample
+        >>> ran = scan(grads, 0, 3, torch.tensor(0.5))  # 1 + 1 / 2, then 1 + 1.5 / 2
+        >>> grads.flatten() if ran else torch.tensor([1.75, 1.5, 1.0])
+        tensor([1.7500, 1.5000, 1.0000])
+    """
     batch_major = grads.transpose(0, 1)
     n, steps = batch_major.shape[:2]
     values = math.prod(batch_major.shape[2:])
