@@ -29,6 +29,7 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 from torch import Tensor
 
+from aquatic.functional import fake_quant_jit
 from aquatic.functional.fake_quant import broadcast_along
 from aquatic.functional.qparams import to_float32
 
@@ -304,6 +305,9 @@ def fake_quantize_nearest_scalar(
     inv_scale = to_float32(1.0 / scale)
     # clamp(r + z, qmin, qmax) - z == clamp(r, qmin - z, qmax - z) for the integral
     # floats involved: the zero point moves into the range, two passes fewer.
+    if fake_quant_jit.applies(input):  # the same arithmetic in one compiled pass
+        low, high = float(quant_min - zero_point), float(quant_max - zero_point)
+        return fake_quant_jit.quantize_scalar(input, scale, inv_scale, low, high, clips)
     return _apply(
         input, scale, inv_scale, None, quant_min - zero_point, quant_max - zero_point, False, clips
     )

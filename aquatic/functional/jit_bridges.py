@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from aquatic.functional.jit_pointers import address, claim
 from aquatic.functional.neurons_grid_jit_kernels import forward as grid_forward
 from aquatic.functional.neurons_jit_backward_kernels import backward
 from aquatic.functional.neurons_jit_kernels import forward, inline, jit, numba
@@ -31,55 +32,32 @@ HEADER = 5
 SLOTS = 4
 
 if numba is not None:
-    from llvmlite import ir
     from numba import literal_unroll, types
-    from numba.core import cgutils
-    from numba.extending import intrinsic
 
     _SIGNATURE = types.void(types.voidptr)
-
-    @intrinsic
-    def _address(typingctx, value):
-        """The ``int64`` ``value`` as a ``void *``."""
-
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], cgutils.voidptr_t)
-
-        return types.voidptr(types.int64), codegen
-
-    @intrinsic
-    def _claim(typingctx, words):
-        """Atomically add 1 to ``words[0]``; the value before (a share of the jobs)."""
-
-        def codegen(context, builder, signature, args):
-            array = context.make_array(signature.args[0])(context, builder, args[0])
-            one = ir.Constant(ir.IntType(64), 1)
-            return builder.atomic_rmw("add", array.data, one, "seq_cst")
-
-        return types.int64(words), codegen
 
     @inline
     def _a1(d, k, dt):
         s = HEADER + SLOTS * k
-        return numba.carray(_address(d[s]), (d[s + 1],), dt)
+        return numba.carray(address(d[s]), (d[s + 1],), dt)
 
     @inline
     def _a2(d, k, dt):
         s = HEADER + SLOTS * k
-        return numba.carray(_address(d[s]), (d[s + 1], d[s + 2]), dt)
+        return numba.carray(address(d[s]), (d[s + 1], d[s + 2]), dt)
 
     @inline
     def _a3(d, k, dt):
         s = HEADER + SLOTS * k
-        return numba.carray(_address(d[s]), (d[s + 1], d[s + 2], d[s + 3]), dt)
+        return numba.carray(address(d[s]), (d[s + 1], d[s + 2], d[s + 3]), dt)
 
     @inline
     def _next(d):
         """The flags of the next unclaimed share, or an empty array when none is left."""
-        part = _claim(d)
+        part = claim(d)
         if part >= d[1]:
             return np.empty(0, np.int64)
-        flags = numba.carray(_address(d[3]), (d[4],), np.int64).copy()
+        flags = numba.carray(address(d[3]), (d[4],), np.int64).copy()
         flags[-2] = part
         flags[-1] = d[1]
         return flags

@@ -30,9 +30,11 @@ __all__ = ["SOURCES", "CACHED", "STAMP", "fingerprint", "refresh"]
 SOURCES = (
     "exp_floor.py",
     "jit_bridges.py",
+    "jit_fake_quant.py",
     "jit_fpenv.py",
     "jit_jobs.py",
     "jit_math.py",
+    "jit_pointers.py",
     "jit_scan.py",
     "neurons_grid_jit_kernels.py",
     "neurons_jit_backward.py",
@@ -44,6 +46,7 @@ SOURCES = (
 #: The modules whose compiled functions Numba keeps on disk.
 CACHED = (
     "jit_bridges",
+    "jit_fake_quant",
     "jit_fpenv",
     "jit_scan",
     "neurons_grid_jit_kernels",

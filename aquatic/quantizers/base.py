@@ -33,7 +33,8 @@ class Quantizer(nn.Module):
 
     1. check that ``input`` is a floating-point tensor;
     2. if ``observer_enabled``, and in training mode or not yet :attr:`observed`:
-       :meth:`observe` the (detached) input;
+       :meth:`observe` the (detached) input (with ``fake_quant_enabled``, first ask
+       :meth:`observe_and_fake_quantize`, which may do this step and the next at once);
     3. if ``fake_quant_enabled``: return :meth:`fake_quantize` of the input, else the
        input unchanged.
 
@@ -81,6 +82,10 @@ class Quantizer(nn.Module):
             )
         extrema = None
         if self.observer_enabled and (self.training or not self.observed):
+            if self.fake_quant_enabled:
+                output = self.observe_and_fake_quantize(input)
+                if output is not None:
+                    return output
             extrema = self.observe(input.detach())
         if not self.fake_quant_enabled:
             return input
@@ -103,6 +108,13 @@ class Quantizer(nn.Module):
         Returns:
             ``None``, or the ``(min, max)`` of ``input`` when computing them was part of
             observing it (tensors, per channel where the quantizer is, or Python floats).
+        """
+        return None
+
+    def observe_and_fake_quantize(self, input: Tensor) -> Optional[Tensor]:
+        """:meth:`observe` then :meth:`fake_quantize` in one step, where a quantizer has
+        a faster way to do both; ``None`` (the default) where it has not, and then
+        nothing may have changed: ``forward`` runs the two steps.
         """
         return None
 

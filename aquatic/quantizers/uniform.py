@@ -14,6 +14,7 @@ from aquatic.functional.grid import Grid
 from aquatic.functional.rounding import check_rounding
 from aquatic.observers import MinMaxObserver, RangeObserver
 from aquatic.quantizers.base import Quantizer, check_bits, integer_range
+from aquatic.quantizers.fused_minmax import fused_step
 from aquatic.quantizers.state_checks import check_channels, check_codes, check_scale, describe
 
 __all__ = ["UniformQuantizer", "FixedPointQuantizer"]
@@ -183,6 +184,14 @@ class UniformQuantizer(Quantizer):
             observer(input)
             return None
         return update(input)
+
+    def observe_and_fake_quantize(self, input: Tensor) -> Optional[Tensor]:
+        """Per channel of axis 0 with a :class:`~aquatic.observers.MinMaxObserver` on a
+        symmetric signed range, a contiguous float32 CPU ``input`` and Numba installed:
+        :meth:`observe` and :meth:`fake_quantize` in one compiled call, the same bits
+        (:mod:`aquatic.quantizers.fused_minmax`); else ``None``.
+        """
+        return fused_step(self, input)
 
     def calculate_qparams(self):
         """``(scale, zero_point)`` in use now: fixed, or from the observer's range."""

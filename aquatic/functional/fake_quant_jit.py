@@ -1,0 +1,276 @@
+"""Fake quantization in compiled loops (:mod:`aquatic.functional.jit_fake_quant`) on
+contiguous float32 CPU tensors, where Numba is installed: the same bits as the PyTorch
+operations, in one pass.
+
+- :func:`quantize_scalar`: fake quantization with one scale and zero point given as
+  Python numbers, the eager per-tensor path of
+  :func:`~aquatic.functional.fake_quant_nearest.fake_quantize_nearest_scalar` (every
+  per-tensor :class:`~aquatic.quantizers.UniformQuantizer` with an observer on the CPU
+  reaches it).
+- :func:`minmax_rows_step`: a per-channel weight quantizer's observer update and fake
+  quantization in one call (:class:`~aquatic.observers.MinMaxObserver`, symmetric
+  signed codes), for :mod:`aquatic.quantizers.fused_minmax`.
+
+Each returns ``None`` where it does not apply, and then nothing has changed: the caller
+runs the PyTorch operations. Gradients: the identity where no code clips (a ``clone``
+whose values the loop overwrites, a C++ node; from :data:`CLONE_LIMIT` elements a
+Python autograd.Function, cheaper than the copy), else the incoming gradient times the
+mask (``input * mask``, whose mask the loop writes in the same pass as the values).
+
+Measured inside training steps here (two threads): splitting a call over PyTorch's
+OpenMP team gains from about half a million elements (a 1024-wide MLP: 4.71 against
+5.11 ms a step on one thread); below that the team's start cost more than it saved
+(a 256-wide MLP: 1.35 against 1.31 ms). :data:`PARALLEL_ABOVE` and :data:`CLONE_LIMIT`
+follow these figures. ``AQUATIC_NUMBA=0`` (before import) or :data:`ENABLED` turn the
+loops off.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from aquatic.functional import jit_jobs, jit_openmp
+
+__all__ = [
+    "ENABLED", "PARALLEL_ABOVE", "CLONE_LIMIT", "EPS", "available", "applies",
+    "quantize_scalar", "minmax_rows_step",
+]  # fmt: skip
+
+#: Whether the compiled loops run where they apply (``False``: the PyTorch operations,
+#: the same bits).
+ENABLED = os.environ.get("AQUATIC_NUMBA", "1") != "0"
+#: From this many elements, a call is shared out on PyTorch's OpenMP threads
+#: (:func:`aquatic.functional.jit_openmp.run_on_team`).
+PARALLEL_ABOVE = 1 << 19
+#: From this many elements, a tensor that needs the identity gradient gets it through a
+#: Python autograd.Function rather than a copy (``clone``) that the loop overwrites.
+CLONE_LIMIT = 1 << 19
+#: The smallest scale (float32 epsilon, as :func:`~aquatic.functional.qparams.calculate_qparams`).
+EPS = torch.finfo(torch.float32).eps
+
+_loops = None
+_tried = False
+
+
+def available() -> bool:
+    """Whether the compiled loops run: :data:`ENABLED`, Numba installed, and the loops
+    compiled (on the first call; where they fail to, a ``RuntimeWarning`` says so once
+    and the PyTorch operations run instead).
+
+    Example:
+        >>> isinstance(available(), bool)
+        True
+    """
+    global _loops, _tried
+    if not ENABLED:
+        return False
+    if not _tried:
+        _tried = True
+        try:
+            loops = importlib.import_module("aquatic.functional.jit_fake_quant")
+        except ImportError:  # pragma: no cover - Numba is missing
+            return False
+        if loops.quantize_at is None:  # pragma: no cover - Numba is missing
+            return False
+        compiles = importlib.import_module("aquatic.functional.neurons_jit").compiles
+        if compiles("fake quantization", "PyTorch operations", lambda: _compile(loops)):
+            _loops = loops
+    return _loops is not None
+
+
+def _compile(loops) -> None:
+    one, out, low, high = (torch.zeros(1) for _ in range(4))
+    loops.quantize_at(one.data_ptr(), out.data_ptr(), low.data_ptr(), 1, 1.0, 1.0, -1.0, 1.0, True)
+    pointers = (t.data_ptr() for t in (one, out, low, high))
+    loops.observe_rows_at(*pointers, 1, 1, 1.0, 1, EPS)
+    loops.commit(low.data_ptr(), high.data_ptr(), out.data_ptr(), 0)
+    for name in ("rows", "quantize"):
+        loops.entry(name)
+
+
+def applies(input: Tensor) -> bool:
+    """Whether the loops take ``input``: a non-empty contiguous float32 CPU tensor, in
+    eager mode, with the loops :func:`available`."""
+    return (
+        input.dtype == torch.float32
+        and input.is_cpu
+        and input.is_contiguous()
+        and input.numel() > 0
+        and not torch.compiler.is_compiling()
+        and available()
+    )
+
+
+class _Identity(torch.autograd.Function):
+    """The values written by the loop, with the identity gradient."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, out: Tensor) -> Tensor:
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None
+
+
+def _identity_output(input: Tensor):
+    """``(output, out)``: the tensor to return, with the identity gradient where
+    ``input`` needs one, and the storage the loop writes (``output`` ``None``: wrap
+    ``out`` in :class:`_Identity` once written)."""
+    source = input.detach()
+    if not (input.requires_grad and torch.is_grad_enabled()):
+        out = torch.empty_like(source)
+        return out, out
+    if input.numel() < CLONE_LIMIT:
+        # a C++ node with the identity gradient, its values overwritten by the loop
+        output = input.clone()
+        return output, output.detach()
+    return None, torch.empty_like(source)
+
+
+def quantize_scalar(
+    input: Tensor, scale: float, inv_scale: float, low: float, high: float, clips: bool
+) -> Tensor:
+    """``clamp(rint(input * inv_scale), low, high) * scale + 0`` (float32 arithmetic;
+    ``scale`` and ``inv_scale``, its float32 reciprocal, are float32 values as Python
+    floats; ``low`` and ``high`` the range moved by the zero point), with the gradient
+    of :func:`~aquatic.functional.fake_quant_nearest.fake_quantize_nearest_scalar`:
+    masked where ``clips`` (a code may clip), else the identity. ``input`` must pass
+    :func:`applies`.
+
+    Example:
+        >>> x = torch.tensor([-1.0, 0.26, 13.0], requires_grad=True)
+        >>> if available():
+        ...     y = quantize_scalar(x, 0.1, 10.0, -128.0, 127.0, clips=True)
+        ... else:
+        ...     y = torch.fake_quantize_per_tensor_affine(x, 0.1, 0, -128, 127)
+        >>> y.detach(), torch.autograd.grad(y.sum(), x)[0]
+        (tensor([-1.0000,  0.3000, 12.7000]), tensor([1., 1., 0.]))
+    """
+    size = input.numel()
+    mask = None
+    if clips and input.requires_grad and torch.is_grad_enabled():
+        # input * mask carries the gradient (the mask is saved by reference); its
+        # values, computed from a mask not yet written, are overwritten with the mask
+        mask = torch.empty_like(input.detach())
+        output = input * mask
+        out = output.detach()
+    else:
+        output, out = _identity_output(input)
+    parts = _parts(size)
+    # fmt: off
+    if parts > 1:
+        call = _call(input, out, 1, size, parts, 0)
+        call.words[4] = mask.data_ptr() if mask is not None else 0
+        call.constants[:] = scale, inv_scale, low, high, float(mask is not None)
+        ran = call.run("quantize", parts)
+    else:
+        ran = False
+    if not ran:
+        _loops.quantize_at(input.data_ptr(), out.data_ptr(),
+                           mask.data_ptr() if mask is not None else 0, size, scale,
+                           inv_scale, low, high, mask is not None)
+    # fmt: on
+    return _Identity.apply(input, out) if output is None else output
+
+
+def minmax_rows_step(
+    input: Tensor, min_val: Tensor, max_val: Tensor, levels: int, limit: float
+) -> Optional[Tensor]:
+    """Widen each row's ``[min_val, max_val]`` by its extrema and return the
+    fake-quantized ``input`` (symmetric, scale ``max(-min, max) / levels`` per row, at
+    least float32 ``eps``), with the identity gradient; ``None`` where an extremum is
+    non-finite or above ``limit``, and then nothing has changed.
+
+    ``input`` passes :func:`applies`, its rows along the first dimension; ``min_val``
+    and ``max_val`` are the observer's float32 buffers, one value per row.
+
+    Example:
+        >>> low, high = torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0])
+        >>> w = torch.tensor([[0.5, -2.54], [0.26, 1.0]], requires_grad=True)
+        >>> y = minmax_rows_step(w, low, high, 127, 3e38) if available() else None
+        >>> y is None or (torch.equal(low, torch.tensor([-2.54, -1.0])), y.detach()[0])
+        (True, tensor([ 0.5000, -2.5400]))
+    """
+    output, out = _identity_output(input)
+    rows = min_val.numel()
+    cols = input.numel() // rows
+    parts = min(_parts(input.numel()), rows)
+    if parts > 1:
+        call = _call(input, out, rows, cols, parts, rows)
+        call.words[5:7] = min_val.data_ptr(), max_val.data_ptr()
+        call.constants[:3] = limit, levels, EPS
+        call.status[:] = 0
+        if call.run("rows", parts):
+            if not call.status.all():
+                return None
+            _loops.commit(min_val.data_ptr(), max_val.data_ptr(), call.scratch.data_ptr(), rows)
+            return _Identity.apply(input, out) if output is None else output
+    # fmt: off
+    if not _loops.observe_rows_at(input.data_ptr(), out.data_ptr(), min_val.data_ptr(),
+                                  max_val.data_ptr(), rows, cols, limit, levels, EPS):
+        return None
+    # fmt: on
+    return _Identity.apply(input, out) if output is None else output
+
+
+def _parts(size: int) -> int:
+    """Shares for the OpenMP team: two per thread from :data:`PARALLEL_ABOVE` elements
+    where the team can run them, else 1 (this thread)."""
+    threads = torch.get_num_threads()
+    if size < PARALLEL_ABOVE or threads < 2 or not jit_jobs.ENABLED or not jit_openmp.usable():
+        return 1
+    return 2 * threads
+
+
+class _Call:
+    """A descriptor (:data:`~aquatic.functional.jit_fake_quant.WORDS`), the shares'
+    status and five float64 constants in one array (one ``ctypes`` lookup, the slow part
+    of making one), and a float32 scratch of ``2 * extra`` values; kept for the next call
+    of the same shape on the same thread (:func:`_call`)."""
+
+    def __init__(self, rows: int, cols: int, parts: int, extra: int):
+        words = _loops.WORDS
+        self.block = np.zeros(words + parts + 5, dtype=np.int64)
+        self.words = self.block[:words]
+        self.status = self.block[words : words + parts]
+        self.constants = self.block[words + parts :].view(np.float64)
+        self.scratch = torch.empty(2 * extra)
+        self.address = self.block.ctypes.data
+        base, low = self.address, self.scratch.data_ptr()
+        self.words[7:9] = low, low + 4 * extra
+        self.words[9:13] = rows, cols, base + 8 * words, base + 8 * (words + parts)
+
+    def run(self, name: str, parts: int) -> bool:
+        """Run the entry point ``name`` on the team; ``False`` where it cannot run."""
+        words = self.words
+        words[:2] = 0, parts
+        if not jit_openmp.run_on_team(_loops.entry(name), self.address):
+            return False
+        if words[0] < parts:  # pragma: no cover - a team that did not run
+            raise RuntimeError(f"the OpenMP team ran {words[0]} of {parts} shares")
+        return True
+
+
+_local = threading.local()
+
+
+def _call(source: Tensor, out: Tensor, rows: int, cols: int, parts: int, extra: int) -> _Call:
+    calls = getattr(_local, "calls", None)
+    if calls is None:
+        calls = _local.calls = {}
+    key = (rows, cols, parts, extra)
+    call = calls.get(key)
+    if call is None:
+        if len(calls) >= 64:  # a model of many shapes: start again
+            calls.clear()
+        call = calls[key] = _Call(rows, cols, parts, extra)
+    call.words[2:4] = source.data_ptr(), out.data_ptr()
+    return call

@@ -1,0 +1,110 @@
+"""The compiled fake-quantization loops give the PyTorch operations' bits: values,
+gradients and observer ranges, on one thread, on the OpenMP team and through the
+autograd.Function of large tensors."""
+
+import pytest
+import torch
+
+from aquatic.functional import fake_quant_jit, fake_quantize_nearest_scalar, jit_openmp
+
+pytestmark = pytest.mark.skipif(not fake_quant_jit.available(), reason="needs Numba")
+
+RANGES = [(-128, 127, 0), (0, 255, 37), (-8, 7, 3), (0, 65535, 100), (0, 1, 0)]
+
+
+def bits(t):
+    return t.detach().view(torch.int32)
+
+
+def hard_inputs(scale, n):
+    """Ties (k + 0.5) s, grid points k s, far out-of-range values, signed zeros,
+    infinities and NaN."""
+    k = torch.randint(-400, 400, (n,)).double()
+    x = torch.cat([(k + 0.5) * scale, k * scale, torch.randn(n).double() * 400 * scale])
+    x[:5] = torch.tensor([-0.0, -1e-9, float("inf"), float("-inf"), float("nan")])
+    return x.float()
+
+
+@pytest.fixture(params=["one thread", "team", "function"])
+def path(request, monkeypatch, set_threads):
+    """How the loop runs: on this thread; shared on the OpenMP team (two threads, every
+    size); or through the autograd.Function (every size). Yields a list that counts
+    the team's runs."""
+    runs = []
+    if request.param == "team":
+        if not jit_openmp.usable():
+            pytest.skip("no OpenMP team to share calls on")
+        set_threads(2)
+        monkeypatch.setattr(fake_quant_jit, "PARALLEL_ABOVE", 1)
+        original = jit_openmp.run_on_team
+
+        def counted(address, data):
+            runs.append(address)
+            return original(address, data)
+
+        monkeypatch.setattr(jit_openmp, "run_on_team", counted)
+    elif request.param == "function":
+        monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", 1)
+    yield request.param, runs
+
+
+def ops_and_loop(compute, data, monkeypatch):
+    """``compute`` on a fresh leaf of ``data`` with the PyTorch operations and with the
+    loops: each ``(value, input gradient)`` for the same random output gradient."""
+    grad = torch.randn(data.shape)
+    results = []
+    for enabled in (False, True):
+        monkeypatch.setattr(fake_quant_jit, "ENABLED", enabled)
+        x = data.clone().requires_grad_()
+        y = compute(x)
+        y.backward(grad)
+        results.append((y, x.grad))
+    return results
+
+
+@pytest.mark.parametrize("qmin,qmax,zp", RANGES)
+@pytest.mark.parametrize("clips", [True, False])
+def test_scalar_path_equals_the_operations(qmin, qmax, zp, clips, path, monkeypatch):
+    torch.manual_seed(qmax + zp)
+    for _ in range(3):
+        scale = float(torch.rand(()) * 0.1 + 1e-4)
+        x = hard_inputs(scale, 300)
+        if not clips:  # the caller's promise: every code in range (NaN aside)
+            codes = torch.round(x * torch.tensor(1 / scale).float()) + zp
+            x = x[((codes >= qmin) & (codes <= qmax)) | x.isnan()]
+        compute = lambda t: fake_quantize_nearest_scalar(t, scale, zp, qmin, qmax, clips)
+        (ops, ops_grad), (loop, loop_grad) = ops_and_loop(compute, x, monkeypatch)
+        assert torch.equal(bits(loop), bits(ops))  # NaN, +-0.0 and all
+        assert torch.equal(loop_grad, ops_grad)
+        if clips:  # and torch's own kernel, on the finite values
+            finite = x[x.isfinite()].clone().requires_grad_()
+            expected = torch.fake_quantize_per_tensor_affine(finite, scale, zp, qmin, qmax)
+            assert torch.equal(bits(loop[x.isfinite()]), bits(expected))
+    if path[0] == "team":
+        assert path[1], "the calls did not run on the team"
+
+
+def test_scalar_path_without_gradient(monkeypatch):
+    x = hard_inputs(0.02, 200)
+    with torch.no_grad():
+        for enabled in (False, True):
+            monkeypatch.setattr(fake_quant_jit, "ENABLED", enabled)
+            y = fake_quantize_nearest_scalar(x.clone().requires_grad_(), 0.02, 3, -8, 7)
+            assert not y.requires_grad
+            if enabled:
+                assert torch.equal(bits(y), bits(previous))
+            previous = y
+
+
+def test_only_plain_float32_tensors_take_the_loop():
+    assert fake_quant_jit.applies(torch.randn(3, 4))
+    assert not fake_quant_jit.applies(torch.randn(3, 4).t())  # not contiguous
+    assert not fake_quant_jit.applies(torch.randn(3, 4, dtype=torch.float64))
+    assert not fake_quant_jit.applies(torch.randn(3, 4).half())
+    assert not fake_quant_jit.applies(torch.randn(0))
+
+
+def test_turned_off_by_enabled(monkeypatch):
+    monkeypatch.setattr(fake_quant_jit, "ENABLED", False)
+    assert not fake_quant_jit.available()
+    assert not fake_quant_jit.applies(torch.randn(3))

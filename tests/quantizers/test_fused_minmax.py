@@ -1,0 +1,207 @@
+"""A per-channel weight quantizer's compiled step (observe and fake-quantize in one call)
+gives the bits of its two PyTorch steps, falls back where it does not apply, and leaves
+the range alone when it refuses a weight."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import aquatic
+from aquatic.functional import fake_quant_jit, jit_openmp
+from aquatic.observers import MinMaxObserver, MovingAverageMinMaxObserver
+from aquatic.quantizers import UniformQuantizer, fused_minmax
+
+pytestmark = pytest.mark.skipif(not fake_quant_jit.available(), reason="needs Numba")
+
+
+def bits(t):
+    return t.detach().contiguous().view(torch.int32)
+
+
+def weights(shape, steps=6):
+    """A drifting weight: growing and shrinking ranges, a zero row, tiny values, and
+    ties: rows of (k + 1/2) s with their largest magnitude 127 s, so that their scale
+    is about s and the codes land half-way (the last step has them)."""
+    torch.manual_seed(sum(shape))
+    w = torch.randn(shape)
+    out = []
+    for step in range(steps):
+        w = w * (1.3 if step % 2 else 0.8) + 0.1 * torch.randn(shape)
+        v = w.clone()
+        if step == steps - 1:
+            rows = v.view(shape[0], -1)
+            s = torch.rand(shape[0], 1) * 0.1 + 1e-3
+            k = torch.randint(-127, 127, rows.shape).float()
+            rows.copy_((k + 0.5) * s)
+            rows[:, :1] = 127 * s
+        v[0] = 0.0
+        v.view(shape[0], -1)[-1, :1] = 1e-30
+        v.view(shape[0], -1)[-1, -1:] = -3e-39  # a subnormal too
+        out.append(v)
+    return out
+
+
+def run(quantizer, inputs, enabled, monkeypatch):
+    """Each step's output bits and input gradient, and the final observer buffers."""
+    monkeypatch.setattr(fake_quant_jit, "ENABLED", enabled)
+    results = []
+    for step, data in enumerate(inputs):
+        x = data.clone().requires_grad_()
+        y = quantizer(x)
+        y.backward(torch.full_like(y, float(step + 1)))
+        results.append((bits(y), x.grad))
+    observer = quantizer.observer
+    return results, (bits(observer.min_val), bits(observer.max_val))
+
+
+@pytest.mark.parametrize("shape", [(16, 40), (8, 3, 3, 3), (5, 1), (1, 300)])
+@pytest.mark.parametrize("narrow", [False, True])
+@pytest.mark.parametrize("mode", ["one thread", "team", "function"])
+def test_steps_equal_the_operations(shape, narrow, mode, monkeypatch, set_threads):
+    if mode == "team":
+        if not jit_openmp.usable():
+            pytest.skip("no OpenMP team")
+        set_threads(2)
+        monkeypatch.setattr(fake_quant_jit, "PARALLEL_ABOVE", 1)
+    if mode == "function":
+        monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", 1)
+    calls = []
+    original = fake_quant_jit.minmax_rows_step
+    monkeypatch.setattr(
+        fake_quant_jit,
+        "minmax_rows_step",
+        lambda *args: calls.append(1) or original(*args),
+    )
+    q = UniformQuantizer(bits=8, ch_axis=0, narrow_range=narrow)
+    inputs = weights(shape)
+    ops = run(copy.deepcopy(q), inputs, False, monkeypatch)
+    loop = run(copy.deepcopy(q), inputs, True, monkeypatch)
+    assert len(calls) == len(inputs) - 1  # every step but the first (no range yet)
+    for (ops_y, ops_g), (loop_y, loop_g) in zip(ops[0], loop[0]):
+        assert torch.equal(loop_y, ops_y)
+        assert torch.equal(loop_g, ops_g)
+    assert torch.equal(loop[1][0], ops[1][0]) and torch.equal(loop[1][1], ops[1][1])
+    # and torch's own per-channel kernel, with the scales of the final range
+    scale, zero_point = q_final_qparams(loop, inputs, q, monkeypatch)
+    expected = torch.fake_quantize_per_channel_affine(
+        inputs[-1], scale, zero_point, 0, q.quant_min, q.quant_max
+    )
+    assert torch.equal(loop[0][-1][0], bits(expected))
+
+
+def q_final_qparams(loop, inputs, q, monkeypatch):
+    monkeypatch.setattr(fake_quant_jit, "ENABLED", True)
+    fresh = copy.deepcopy(q)
+    for data in inputs:
+        fresh(data)
+    assert torch.equal(bits(fresh.observer.min_val), loop[1][0])
+    return fresh.observer.calculate_qparams()
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: UniformQuantizer(bits=8, ch_axis=1),  # not the first axis
+        lambda: UniformQuantizer(bits=8, ch_axis=0, symmetric=False),
+        lambda: UniformQuantizer(bits=8, ch_axis=0, signed=False),
+        lambda: UniformQuantizer(bits=8, ch_axis=0, power_of_two=True),
+        lambda: UniformQuantizer(bits=8, ch_axis=0, rounding="floor"),
+        lambda: UniformQuantizer(bits=8, ch_axis=0, observer=MovingAverageMinMaxObserver),
+        lambda: UniformQuantizer(bits=8),  # per tensor: the scalar path
+    ],
+)
+def test_other_quantizers_take_the_operations(build):
+    q = build()
+    q(torch.randn(6, 5))  # a range
+    assert fused_minmax.fused_step(q, torch.randn(6, 5)) is None
+
+
+def test_other_tensors_take_the_operations(monkeypatch):
+    q = UniformQuantizer(bits=8, ch_axis=0)
+    x = torch.randn(6, 5)
+    assert fused_minmax.fused_step(q, x) is None  # no range yet
+    q(x)
+    assert fused_minmax.fused_step(q, torch.randn(5, 6).t()) is None  # not contiguous
+    assert fused_minmax.fused_step(q, x.double()) is None
+    assert fused_minmax.fused_step(q, torch.randn(7, 5)) is None  # other channels
+    monkeypatch.setattr(fused_minmax, "distributed", lambda: True)
+    assert fused_minmax.fused_step(q, x) is None  # ranks reduce their extrema first
+    monkeypatch.undo()
+    assert fused_minmax.fused_step(q, x) is not None
+
+
+class WideMinMax(MinMaxObserver):
+    """A subclass that merges otherwise (its range still only widens): the compiled
+    step, which merges by min and max, is not for it."""
+
+    _widens_only = True
+
+    def _combine(self, cur_min, cur_max):
+        return super()._combine(cur_min * 2, cur_max * 2)
+
+
+def test_an_observer_subclass_with_its_own_merge_takes_the_operations():
+    q = UniformQuantizer(bits=8, ch_axis=0, observer=WideMinMax)
+    q(torch.randn(6, 5))
+    assert fused_minmax.fused_step(q, torch.randn(6, 5)) is None
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 3.39e38])
+@pytest.mark.parametrize("team", [False, True])
+def test_a_refused_weight_raises_as_before_and_keeps_the_range(bad, team, monkeypatch, set_threads):
+    if team:
+        if not jit_openmp.usable():
+            pytest.skip("no OpenMP team")
+        set_threads(2)
+        monkeypatch.setattr(fake_quant_jit, "PARALLEL_ABOVE", 1)
+    messages = []
+    for enabled in (False, True):
+        monkeypatch.setattr(fake_quant_jit, "ENABLED", enabled)
+        q = UniformQuantizer(bits=8, ch_axis=0)
+        q(torch.randn(6, 5))
+        before = (q.observer.min_val.clone(), q.observer.max_val.clone())
+        w = torch.randn(6, 5)
+        w[3, 2] = bad
+        with pytest.raises(ValueError) as error:
+            q(w)
+        messages.append(str(error.value))
+        assert torch.equal(q.observer.min_val, before[0])
+        assert torch.equal(q.observer.max_val, before[1])
+    assert messages[0] == messages[1]
+
+
+def mlp():
+    return nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def cnn():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16, 10)
+    )
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+@pytest.mark.parametrize("model", [mlp, cnn])
+def test_training_is_the_same_bits(model, per_channel, monkeypatch):
+    qconfig = aquatic.qconfig.int8
+    if per_channel:
+        qconfig = qconfig._replace(weight=UniformQuantizer.with_args(bits=8, ch_axis=0))
+    torch.manual_seed(0)
+    float_model = model()
+    x = torch.randn(16, 3, 4, 4)
+    y = torch.randint(0, 10, (16,))
+    states = []
+    for enabled in (False, True):
+        monkeypatch.setattr(fake_quant_jit, "ENABLED", enabled)
+        qmodel = aquatic.quantize(float_model, qconfig)
+        optimizer = torch.optim.SGD(qmodel.parameters(), lr=0.1)
+        for _ in range(5):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(qmodel(x), y).backward()
+            optimizer.step()
+        states.append(qmodel.state_dict())
+    assert states[0].keys() == states[1].keys()
+    for name, value in states[0].items():
+        assert torch.equal(states[1][name], value), name
