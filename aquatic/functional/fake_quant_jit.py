@@ -15,7 +15,8 @@ Each returns ``None`` where it does not apply, and then nothing has changed: the
 runs the PyTorch operations. Gradients: the identity where no code clips (a ``clone``
 whose values the loop overwrites, a C++ node; from :data:`CLONE_LIMIT` elements a
 Python autograd.Function, cheaper than the copy), else the incoming gradient times the
-mask (``input * mask``, whose mask the loop writes in the same pass as the values).
+mask, which the loop writes in the same pass as the values (``input * mask``, from
+:data:`CLONE_LIMIT` elements an autograd.Function).
 
 Measured inside training steps here (two threads): splitting a call over PyTorch's
 OpenMP team gains from about half a million elements (a 1024-wide MLP: 4.71 against
@@ -49,8 +50,9 @@ ENABLED = os.environ.get("AQUATIC_NUMBA", "1") != "0"
 #: From this many elements, a call is shared out on PyTorch's OpenMP threads
 #: (:func:`aquatic.functional.jit_openmp.run_on_team`).
 PARALLEL_ABOVE = 1 << 19
-#: From this many elements, a tensor that needs the identity gradient gets it through a
-#: Python autograd.Function rather than a copy (``clone``) that the loop overwrites.
+#: From this many elements, a tensor that needs a gradient gets it through a Python
+#: autograd.Function rather than a copy (``clone``) or a product with the mask
+#: (``input * mask``) that the loop overwrites.
 CLONE_LIMIT = 1 << 19
 #: The smallest scale (float32 epsilon, as :func:`~aquatic.functional.qparams.calculate_qparams`).
 EPS = torch.finfo(torch.float32).eps
@@ -120,6 +122,20 @@ class _Identity(torch.autograd.Function):
         return grad, None
 
 
+class _Masked(torch.autograd.Function):
+    """The values written by the loop, with the gradient times the mask it wrote."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, out: Tensor, mask: Tensor) -> Tensor:
+        ctx.save_for_backward(mask)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (mask,) = ctx.saved_tensors
+        return grad * mask, None, None
+
+
 def _identity_output(input: Tensor):
     """``(output, out)``: the tensor to return, with the identity gradient where
     ``input`` needs one, and the storage the loop writes (``output`` ``None``: wrap
@@ -157,11 +173,18 @@ def quantize_scalar(
     size = input.numel()
     mask = None
     if clips and input.requires_grad and torch.is_grad_enabled():
-        # input * mask carries the gradient (the mask is saved by reference); its
-        # values, computed from a mask not yet written, are overwritten with the mask
-        mask = torch.empty_like(input.detach())
-        output = input * mask
-        out = output.detach()
+        if size < CLONE_LIMIT:
+            # input * mask carries the gradient (the mask is saved by reference, and
+            # written by the loop below, as are the values). Zeros, not torch.empty:
+            # leftover bits (integer indices, say) are subnormal floats, which slow
+            # the product down many times over.
+            mask = torch.zeros_like(input.detach())
+            output = input * mask
+            out = output.detach()
+        else:  # a product would cost more than a Python autograd.Function
+            mask = torch.empty_like(input.detach())
+            out = torch.empty_like(mask)
+            output = mask  # wrapped in _Masked below
     else:
         output, out = _identity_output(input)
     parts = _parts(size)
@@ -178,6 +201,8 @@ def quantize_scalar(
                            mask.data_ptr() if mask is not None else 0, size, scale,
                            inv_scale, low, high, mask is not None)
     # fmt: on
+    if output is mask and mask is not None:
+        return _Masked.apply(input, out, mask)
     return _Identity.apply(input, out) if output is None else output
 
 
