@@ -56,7 +56,7 @@ def run(quantizer, inputs, enabled, monkeypatch):
     return results, (bits(observer.min_val), bits(observer.max_val))
 
 
-@pytest.mark.parametrize("shape", [(16, 40), (8, 3, 3, 3), (5, 1), (1, 300)])
+@pytest.mark.parametrize("shape", [(16, 40), (8, 3, 3, 3), (5, 1), (1, 300), (3, 5000)])
 @pytest.mark.parametrize("narrow", [False, True])
 @pytest.mark.parametrize("mode", ["one thread", "team", "function"])
 def test_steps_equal_the_operations(shape, narrow, mode, monkeypatch, set_threads):
@@ -69,16 +69,18 @@ def test_steps_equal_the_operations(shape, narrow, mode, monkeypatch, set_thread
         monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", 1)
     calls = []
     original = fake_quant_jit.minmax_rows_step
-    monkeypatch.setattr(
-        fake_quant_jit,
-        "minmax_rows_step",
-        lambda *args: calls.append(1) or original(*args),
-    )
+
+    def counted(*args):
+        calls.append(original(*args))
+        return calls[-1]
+
+    monkeypatch.setattr(fake_quant_jit, "minmax_rows_step", counted)
     q = UniformQuantizer(bits=8, ch_axis=0, narrow_range=narrow)
     inputs = weights(shape)
     ops = run(copy.deepcopy(q), inputs, False, monkeypatch)
     loop = run(copy.deepcopy(q), inputs, True, monkeypatch)
     assert len(calls) == len(inputs) - 1  # every step but the first (no range yet)
+    assert all(result is not None for result in calls)
     for (ops_y, ops_g), (loop_y, loop_g) in zip(ops[0], loop[0]):
         assert torch.equal(loop_y, ops_y)
         assert torch.equal(loop_g, ops_g)
