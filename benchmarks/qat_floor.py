@@ -1,4 +1,4 @@
-"""What the arithmetic of int8 QAT costs by itself: a lower bound for eager QAT.
+"""What the arithmetic of int8 QAT costs as bare PyTorch operations: a reference for eager QAT.
 
 ``benchmarks/qat_overhead.py`` times aquatic's int8 QAT (``aquatic.qconfig.int8``) against
 float training. This script times, beside them, the same arithmetic written as bare tensor
@@ -7,8 +7,9 @@ Python floats or small tensors): for each weight its extrema, ``x * (1/s)``, rou
 the scale back (per channel: the minimum and the maximum as two reductions, and a pass that
 turns ``-0.0`` into ``+0.0``); for each activation its extrema, a moving-average range, and
 the clamp and straight-through mask of codes that clip. Its ratio to float is what eager
-fake quantization costs before any framework overhead: the part of aquatic's ratio above it
-is Python and small-op overhead, the part below it is passes over the tensors.
+fake quantization costs in PyTorch operations before any framework overhead. aquatic's
+compiled loops (:mod:`aquatic.functional.fake_quant_jit`, with Numba) do the same
+arithmetic in fewer passes, so its ratio can fall under this one (per-channel weights do).
 
 The floor model is a cost reference, not a quantizer: it is not checked against aquatic's
 values. Usage::

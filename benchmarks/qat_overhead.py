@@ -35,7 +35,11 @@ the median over rounds of each round's ratio of median step times, with the spre
 (10th to 90th percentile of the per-round ratios). Usage::
 
     python benchmarks/qat_overhead.py [--threads 2] [--rounds 60] [--steps 5]
-        [--models mlp,mlp512,cnn] [--no-compile]
+        [--models mlp,mlp512,cnn] [--no-compile] [--ablate]
+
+``--ablate`` adds aquatic's two int8 models with the compiled fake-quantization loops
+(:mod:`aquatic.functional.fake_quant_jit`, with Numba) turned off: the PyTorch
+operations, the same bits.
 """
 
 from __future__ import annotations
@@ -186,7 +190,27 @@ def compiled(model: nn.Module) -> nn.Module:
     return torch.compile(model)
 
 
-def variants(float_model: nn.Module, compile_rows: bool) -> Dict[str, Variant]:
+class WithoutLoops(nn.Module):
+    """``model`` with aquatic's compiled fake-quantization loops turned off
+    (:data:`aquatic.functional.fake_quant_jit.ENABLED`) while it runs: its PyTorch
+    operations, the same bits."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x):
+        loops = importlib.import_module("aquatic.functional.fake_quant_jit")
+        before, loops.ENABLED = loops.ENABLED, False
+        try:
+            return self.model(x)
+        finally:
+            loops.ENABLED = before
+
+
+def variants(
+    float_model: nn.Module, compile_rows: bool, ablate: bool = False
+) -> Dict[str, Variant]:
     convs = any(isinstance(m, nn.Conv2d) for m in float_model.modules())
     result = {
         "float": Variant(float_model),
@@ -203,6 +227,12 @@ def variants(float_model: nn.Module, compile_rows: bool) -> Dict[str, Variant]:
             note="Linear layers only; Conv2d left in float" if convs else "",
         ),
     }
+    if ablate:
+        for name, qconfig in (("", aquatic.qconfig.int8), (" pc", INT8_PER_CHANNEL)):
+            result[f"aquatic{name}, operations"] = Variant(
+                WithoutLoops(aquatic.quantize(float_model, qconfig)),
+                note="compiled loops off",
+            )
     if compile_rows:
         result["float compiled"] = Variant(compiled(float_model), note="ratio to eager float")
         result["aquatic compiled"] = Variant(
@@ -283,6 +313,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="steps per round and variant")
     parser.add_argument("--models", default="mlp,mlp512,cnn", help="comma-separated")
     parser.add_argument("--no-compile", action="store_true", help="leave out compiled rows")
+    parser.add_argument(
+        "--ablate", action="store_true", help="add aquatic with its compiled loops turned off"
+    )
     args = parser.parse_args()
     names = [name for name in args.models.split(",") if name]
     unknown = sorted(set(names) - set(MODELS))
@@ -294,24 +327,24 @@ def main() -> None:
         f"batch 64, {args.rounds} rounds of {args.steps} steps per variant"
     )
     print(
-        f"{'model':<7} {'variant':<20} {'median step (ms)':>17} {'ratio':>7} "
+        f"{'model':<7} {'variant':<24} {'median step (ms)':>17} {'ratio':>7} "
         f"{'p10-p90':>12}  reference"
     )
     for name in names:
         torch.manual_seed(0)
-        every = variants(MODELS[name](), not args.no_compile)
+        every = variants(MODELS[name](), not args.no_compile, args.ablate)
         present = {k: v for k, v in every.items() if v.model is not None}
         results = measure(present, args.rounds, args.steps)
         for variant, spec in every.items():
             if spec.model is None:
-                print(f"{name:<7} {variant:<20} {'not installed':>17}")
+                print(f"{name:<7} {variant:<24} {'not installed':>17}")
                 continue
             r = results[variant]
             spread = f"{r.low:.2f}-{r.high:.2f}"
             reference = "" if variant == "float" else spec.reference
             note = f"  ({spec.note})" if spec.note else ""
             print(
-                f"{name:<7} {variant:<20} {r.seconds * 1e3:>17.3f} {r.ratio:>6.2f}x "
+                f"{name:<7} {variant:<24} {r.seconds * 1e3:>17.3f} {r.ratio:>6.2f}x "
                 f"{spread:>12}  {reference}{note}"
             )
 
