@@ -97,17 +97,31 @@ def _compile(loops) -> None:
         loops.entry(name)
 
 
-def applies(input: Tensor) -> bool:
+def applies(input: Tensor, dense: bool = False) -> bool:
     """Whether the loops take ``input``: a non-empty contiguous float32 CPU tensor, in
-    eager mode, with the loops :func:`available`."""
+    eager mode, with the loops :func:`available`; with ``dense``, contiguous in a
+    channels-last format too (:func:`quantize_scalar` works on the memory as it lies,
+    and its results take the input's strides).
+
+    Example:
+        >>> x = torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last)
+        >>> applies(x) or applies(x, dense=True) == available()
+        True
+    """
     return (
         input.dtype == torch.float32
         and input.is_cpu
-        and input.is_contiguous()
+        and (input.is_contiguous() or (dense and _channels_last(input)))
         and input.numel() > 0
         and not torch.compiler.is_compiling()
         and available()
     )
+
+
+def _channels_last(input: Tensor) -> bool:
+    if input.dim() == 4:
+        return input.is_contiguous(memory_format=torch.channels_last)
+    return input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d)
 
 
 class _Identity(torch.autograd.Function):
@@ -159,7 +173,9 @@ def quantize_scalar(
     floats; ``low`` and ``high`` the range moved by the zero point), with the gradient
     of :func:`~aquatic.functional.fake_quant_nearest.fake_quantize_nearest_scalar`:
     masked where ``clips`` (a code may clip), else the identity. ``input`` must pass
-    :func:`applies`.
+    :func:`applies` (``dense=True``): the loop reads its memory in order, and the
+    output, made with ``clone``, ``*_like`` or a product with a mask shaped like it,
+    has the same strides.
 
     Example:
         >>> x = torch.tensor([-1.0, 0.26, 13.0], requires_grad=True)

@@ -305,7 +305,7 @@ def fake_quantize_nearest_scalar(
     inv_scale = to_float32(1.0 / scale)
     # clamp(r + z, qmin, qmax) - z == clamp(r, qmin - z, qmax - z) for the integral
     # floats involved: the zero point moves into the range, two passes fewer.
-    if fake_quant_jit.applies(input):  # the same arithmetic in one compiled pass
+    if fake_quant_jit.applies(input, dense=True):  # the same arithmetic in one compiled pass
         low, high = float(quant_min - zero_point), float(quant_max - zero_point)
         return fake_quant_jit.quantize_scalar(input, scale, inv_scale, low, high, clips)
     return _apply(

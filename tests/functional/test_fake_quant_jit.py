@@ -108,3 +108,16 @@ def test_turned_off_by_enabled(monkeypatch):
     monkeypatch.setattr(fake_quant_jit, "ENABLED", False)
     assert not fake_quant_jit.available()
     assert not fake_quant_jit.applies(torch.randn(3))
+
+
+@pytest.mark.parametrize("clips", [True, False])
+def test_channels_last_tensors_take_the_loop_in_their_memory_order(clips, monkeypatch):
+    torch.manual_seed(1)
+    x = torch.randn(3, 4, 5, 6) * 3 if clips else torch.rand(3, 4, 5, 6) * 0.7 - 0.45
+    x = x.to(memory_format=torch.channels_last)  # without clips: codes in -8..7
+    assert fake_quant_jit.applies(x, dense=True) and not fake_quant_jit.applies(x)
+    compute = lambda t: fake_quantize_nearest_scalar(t, 0.05, 2, -8, 7, clips)
+    (ops, ops_grad), (loop, loop_grad) = ops_and_loop(compute, x, monkeypatch)
+    assert loop.stride() == x.stride()
+    assert torch.equal(bits(loop.contiguous()), bits(ops.contiguous()))
+    assert torch.equal(loop_grad, ops_grad)
