@@ -36,6 +36,7 @@ from typing import Optional
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn import Parameter
 
 from aquatic.functional import jit_jobs, jit_openmp
 
@@ -103,6 +104,12 @@ def applies(input: Tensor, dense: bool = False) -> bool:
     channels-last format too (:func:`quantize_scalar` works on the memory as it lies,
     and its results take the input's strides).
 
+    Not a subclass of ``Tensor`` other than ``Parameter`` (its operations may mean
+    something else), a tensor of a ``torch.func`` transform (it has no memory of its
+    own), nor under ``torch.jit.trace``, ``torch.compile`` or ``torch.export``, which
+    record operations and would miss what a loop writes: those take the PyTorch
+    operations.
+
     Example:
         >>> x = torch.randn(2, 3, 4, 4).to(memory_format=torch.channels_last)
         >>> applies(x) or applies(x, dense=True) == available()
@@ -111,11 +118,19 @@ def applies(input: Tensor, dense: bool = False) -> bool:
     return (
         input.dtype == torch.float32
         and input.is_cpu
+        and (type(input) is Tensor or type(input) is Parameter)
         and (input.is_contiguous() or (dense and _channels_last(input)))
         and input.numel() > 0
         and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not (_wrapped is not None and _wrapped(input))
         and available()
     )
+
+
+# Tensors of torch.func's transforms (grad, vmap) wrap others and have no memory of
+# their own; torch has no public test for them.
+_wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
 
 
 def _channels_last(input: Tensor) -> bool:

@@ -153,9 +153,10 @@ def fake_quantize_uniform(
         and input.is_cpu
         and input.dtype != torch.float64
         and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
     ):
         # One sync, cheap on the CPU (on a GPU or in a compiled graph the masked path
-        # costs less than a sync).
+        # costs less than a sync; a traced graph must clamp whatever its inputs).
         clips = _codes_clip(extrema, scale, zero_point, quant_min, quant_max)
     return fake_quantize_nearest(input, scale, zero_point, quant_min, quant_max, ch_axis, clips)
 
@@ -182,16 +183,18 @@ def _per_tensor_scalar(
     # float64 inputs are divided in float64 by the kernels; the float32 check below
     # would not be theirs.
     if input.dtype != torch.float64:
+        tracing = torch.jit.is_tracing()  # a traced graph must clamp whatever its inputs
         if (
             extrema is None
             and input.requires_grad
             and input.numel() >= _PROBE_MIN
             and input.is_cpu
             and not torch.compiler.is_compiling()
+            and not tracing
         ):
             low, high = torch.aminmax(input.detach())
             extrema = (low.item(), high.item())
-        if extrema is not None:
+        if extrema is not None and not tracing:
             low, high = float(extrema[0]), float(extrema[1])
             clips = _codes_clip_scalar(low, high, scale, zero_point, quant_min, quant_max)
     return fake_quantize_nearest_scalar(input, scale, zero_point, quant_min, quant_max, clips)

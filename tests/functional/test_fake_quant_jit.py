@@ -121,3 +121,67 @@ def test_channels_last_tensors_take_the_loop_in_their_memory_order(clips, monkey
     assert loop.stride() == x.stride()
     assert torch.equal(bits(loop.contiguous()), bits(ops.contiguous()))
     assert torch.equal(loop_grad, ops_grad)
+
+
+class Marked(torch.Tensor):
+    """A tensor subclass: its operations may mean something else."""
+
+
+def test_what_records_or_wraps_operations_takes_them():
+    x = torch.randn(4, 5)
+    assert fake_quant_jit.applies(x) and fake_quant_jit.applies(torch.nn.Parameter(x))
+    assert not fake_quant_jit.applies(x.as_subclass(Marked))
+    seen = []
+    torch.func.grad(lambda t: seen.append(fake_quant_jit.applies(t)) or t.sum())(x)
+    assert seen == [False]  # a torch.func transform's tensor has no memory of its own
+
+
+def quantized_mlp(per_channel):
+    import aquatic
+    from aquatic.quantizers import UniformQuantizer
+
+    qconfig = aquatic.qconfig.int8
+    if per_channel:
+        qconfig = qconfig._replace(weight=UniformQuantizer.with_args(bits=8, ch_axis=0))
+    torch.manual_seed(0)
+    float_model = torch.nn.Sequential(
+        torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)
+    )
+    model = aquatic.quantize(float_model, qconfig)
+    model(torch.randn(32, 12) * 2)  # ranges
+    return model
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_a_traced_model_keeps_its_quantization(per_channel):
+    model = quantized_mlp(per_channel).eval()
+    # (check_trace off: its second run takes the no-gradient branch, the same values)
+    # 512 x 16 activations: large enough that eager mode checks whether any code clips
+    # (none does for these small inputs), which a traced graph must not bake in
+    traced = torch.jit.trace(model, torch.randn(512, 12) * 0.1, check_trace=False)
+    x = torch.randn(512, 12) * 3  # codes that clip: the graph must clamp them
+    assert torch.equal(traced(x), model(x))
+    float_output = torch.nn.functional.linear(
+        torch.relu(torch.nn.functional.linear(x, model[0].weight, model[0].bias)),
+        model[2].weight,
+        model[2].bias,
+    )
+    assert not torch.equal(traced(x), float_output)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_torch_func_gradients_equal_the_operations(per_channel, monkeypatch):
+    # eval: observers that update mutate their buffers, which torch.func refuses
+    model = quantized_mlp(per_channel).eval()
+    params = {k: v.detach().clone() for k, v in model.named_parameters()}
+    x = torch.randn(8, 12)
+    grads = []
+    for enabled in (False, True):
+        monkeypatch.setattr(fake_quant_jit, "ENABLED", enabled)
+        trial = {k: v.clone() for k, v in params.items()}
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        loss = lambda p: torch.func.functional_call(model, p, (x,)).square().sum()
+        grads.append(torch.func.grad(loss)(trial))
+        model.load_state_dict(state)
+    for name in params:
+        assert torch.equal(grads[0][name], grads[1][name]), name
