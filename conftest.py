@@ -36,3 +36,22 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def record_calls(monkeypatch):
+    """``record(owner, name)``: for one test, ``owner.name`` (a module's function) calls
+    through a wrapper that appends each result to the list that ``record`` returns."""
+
+    def record(owner, name):
+        results = []
+        original = getattr(owner, name)
+
+        def recorded(*args, **kwargs):
+            results.append(original(*args, **kwargs))
+            return results[-1]
+
+        monkeypatch.setattr(owner, name, recorded)
+        return results
+
+    return record

@@ -26,23 +26,17 @@ def hard_inputs(scale, n):
 
 
 @pytest.fixture(params=["one thread", "team", "function"])
-def path(request, monkeypatch, set_threads):
+def path(request, monkeypatch, set_threads, record_calls):
     """How the loop runs: on this thread; shared on the OpenMP team (two threads, every
-    size); or through the autograd.Function (every size). Yields a list that counts
-    the team's runs."""
+    size); or through the autograd.Function (every size). Yields a list of the team's
+    runs (whether each ran)."""
     runs = []
     if request.param == "team":
         if not jit_openmp.usable():
             pytest.skip("no OpenMP team to share calls on")
         set_threads(2)
         monkeypatch.setattr(fake_quant_jit, "PARALLEL_ABOVE", 1)
-        original = jit_openmp.run_on_team
-
-        def counted(address, data):
-            runs.append(address)
-            return original(address, data)
-
-        monkeypatch.setattr(jit_openmp, "run_on_team", counted)
+        runs = record_calls(jit_openmp, "run_on_team")
     elif request.param == "function":
         monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", 1)
     yield request.param, runs
@@ -81,7 +75,7 @@ def test_scalar_path_equals_the_operations(qmin, qmax, zp, clips, path, monkeypa
             expected = torch.fake_quantize_per_tensor_affine(finite, scale, zp, qmin, qmax)
             assert torch.equal(bits(loop[x.isfinite()]), bits(expected))
     if path[0] == "team":
-        assert path[1], "the calls did not run on the team"
+        assert path[1] and all(path[1]), "the calls did not run on the team"
 
 
 def test_scalar_path_without_gradient(monkeypatch):

@@ -42,16 +42,10 @@ CASES = [
 ]
 
 
-def _gradients(spec, x, state, monkeypatch, compiled):
+def _gradients(spec, x, state, monkeypatch, record_calls, compiled):
     monkeypatch.setattr(neurons_grid_jit, "SCAN_MAX", neurons_grid_jit.SCAN_MAX if compiled else 0)
-    ran = []
     scan = neurons_grid_jit.scan
-
-    def counted(*args):
-        ran.append(scan(*args))
-        return ran[-1]
-
-    monkeypatch.setattr(neurons_grid_jit, "scan", counted)
+    ran = record_calls(neurons_grid_jit, "scan")
     leaves = [x.clone().requires_grad_()]
     params = [spec.alpha_mem, spec.alpha_syn, spec.threshold, spec.bias]
     params = [p.clone().requires_grad_() if isinstance(p, torch.Tensor) else p for p in params]
@@ -64,7 +58,7 @@ def _gradients(spec, x, state, monkeypatch, compiled):
     loss = (result.output * torch.randn(result.output.shape, generator=generator)).sum()
     loss = loss + (result.state.v_mem**2).sum() + (result.v_mem * 0.1).sum()
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-    monkeypatch.setattr(neurons_grid_jit, "scan", scan)
+    monkeypatch.setattr(neurons_grid_jit, "scan", scan)  # the next call records afresh
     return grads, ran
 
 
@@ -73,7 +67,7 @@ def _gradients(spec, x, state, monkeypatch, compiled):
 @pytest.mark.parametrize("block_elements", [48, kernel_module.BLOCK_ELEMENTS])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_the_compiled_recurrence_is_the_addcmul_steps(
-    case, block_elements, dtype, per_neuron, monkeypatch
+    case, block_elements, dtype, per_neuron, monkeypatch, record_calls
 ):
     monkeypatch.setattr(kernel_module, "BLOCK_ELEMENTS", block_elements)
     generator = torch.Generator().manual_seed(5)
@@ -91,8 +85,8 @@ def test_the_compiled_recurrence_is_the_addcmul_steps(
     )
     v0 = torch.randint(-100, 100, (4, 6), generator=generator).to(dtype) / 64
     state = LIFState(v0, v0.flip(0) if synaptic else None)
-    compiled, ran = _gradients(spec, x, state, monkeypatch, True)
-    stepwise, ran_off = _gradients(spec, x, state, monkeypatch, False)
+    compiled, ran = _gradients(spec, x, state, monkeypatch, record_calls, True)
+    stepwise, ran_off = _gradients(spec, x, state, monkeypatch, record_calls, False)
     assert any(ran) and not any(ran_off)  # (the per-neuron decay's unmasked blocks: PyTorch)
     for a, b in zip(compiled, stepwise):
         assert (a is None) == (b is None)

@@ -299,17 +299,13 @@ def test_compiled_graphs_share_the_jobs_too(threads, shares):
 
 
 @needs_numba
-def test_openmp_runs_every_share_once_and_declines_what_it_cannot_run(threads, monkeypatch):
+def test_openmp_runs_every_share_once_and_declines_what_it_cannot_run(
+    threads, monkeypatch, record_calls
+):
     if not jit_openmp.usable():
         pytest.skip("PyTorch's GNU OpenMP runtime is not loaded here")
-    runs = []
     real = jit_openmp.run
-
-    def recorded(*args):
-        runs.append(real(*args))
-        return runs[-1]
-
-    monkeypatch.setattr(jit_openmp, "run", recorded)
+    runs = record_calls(jit_openmp, "run")
     monkeypatch.setattr(jit_jobs, "PARALLEL_ABOVE", 0)
     leaves = _leaves((16, 20, 512), True)
     shared = _lif(leaves, OPTIONS[3])

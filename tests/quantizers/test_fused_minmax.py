@@ -59,7 +59,7 @@ def run(quantizer, inputs, enabled, monkeypatch):
 @pytest.mark.parametrize("shape", [(16, 40), (8, 3, 3, 3), (5, 1), (1, 300), (3, 5000)])
 @pytest.mark.parametrize("narrow", [False, True])
 @pytest.mark.parametrize("mode", ["one thread", "team", "function"])
-def test_steps_equal_the_operations(shape, narrow, mode, monkeypatch, set_threads):
+def test_steps_equal_the_operations(shape, narrow, mode, monkeypatch, set_threads, record_calls):
     if mode == "team":
         if not jit_openmp.usable():
             pytest.skip("no OpenMP team")
@@ -67,14 +67,7 @@ def test_steps_equal_the_operations(shape, narrow, mode, monkeypatch, set_thread
         monkeypatch.setattr(fake_quant_jit, "PARALLEL_ABOVE", 1)
     if mode == "function":
         monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", 1)
-    calls = []
-    original = fake_quant_jit.minmax_rows_step
-
-    def counted(*args):
-        calls.append(original(*args))
-        return calls[-1]
-
-    monkeypatch.setattr(fake_quant_jit, "minmax_rows_step", counted)
+    calls = record_calls(fake_quant_jit, "minmax_rows_step")
     q = UniformQuantizer(bits=8, ch_axis=0, narrow_range=narrow)
     inputs = weights(shape)
     ops = run(copy.deepcopy(q), inputs, False, monkeypatch)
