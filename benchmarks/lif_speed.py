@@ -34,7 +34,10 @@ backward reads and the gradient it writes: two tensors). Its last columns time a
 ``LIF(checkpoint=K)`` with ``K`` the integer nearest :math:`\sqrt{T}`: forward keeps the
 state every ``K`` steps and backward recomputes the membranes segment by segment, so
 what must be live is the gradient (one tensor) and about ``T/K + K`` steps of state; ``MB
-/grad`` is its peak over one tensor. Combinations above ``--max-elements`` are skipped.
+/grad`` is its peak over one tensor. ``faults`` counts the minor page faults of one run
+of aquatic's layer: where a run frees more than glibc keeps (64 MiB), the next one faults
+its memory in again, which can take longer than the computation. Combinations above
+``--max-elements`` are skipped.
 
 Time: the best (and the median) of ``--repeats`` runs of ``torch.autograd.grad(layer(x).sum(), x)``
 after two warm-up runs. Peak memory: the largest total size of tensors allocated and not
@@ -86,6 +89,20 @@ def peak_memory_mb(step: Callable[[], None]) -> float:
         live += event.nbytes()
         peak = max(peak, live)
     return peak / 2**20
+
+
+def page_faults(step: Callable[[], None], runs: int = 2) -> float:
+    """Minor page faults per run of ``step`` (the kernel zero-filling fresh pages); nan
+    where the platform does not count them."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not a Unix
+        return float("nan")
+    step()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(runs):
+        step()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / runs
 
 
 def time_ms(step: Callable[[], None], repeats: int) -> Tuple[float, float]:
@@ -297,7 +314,7 @@ def scaling_table(args, peer: Optional[Tuple[str, Case, Case]]) -> None:
     header = (
         f"{'T':>6} {'C':>5} {'aquatic ms':>10} {'MB':>8} {'peer ms':>9} {'MB':>8} "
         f"{'floor ms':>8} {'MB':>8} {'vs peer':>8} {'vs floor':>8} {'MB/floor':>8} "
-        f"{'K':>4} {'ckpt ms':>8} {'MB':>8} {'MB/grad':>8}"
+        f"{'K':>4} {'ckpt ms':>8} {'MB':>8} {'MB/grad':>8} {'faults':>7}"
     )
     print(header + "\n" + "-" * len(header))
     for t in steps:
@@ -309,6 +326,7 @@ def scaling_table(args, peer: Optional[Tuple[str, Case, Case]]) -> None:
             ours = Case(LIF(alpha_mem=1 - 1 / TAU_MEM, surrogate=ArcTan()))
             our_ms = time_ms(ours.step(x), repeats)[0]
             our_mb = peak_memory_mb(ours.step(x))
+            faults = page_faults(ours.step(x))
             peer_ms = peer_mb = float("nan")
             if peer is not None:
                 peer_ms = time_ms(peer[1].step(x), repeats)[0]
@@ -322,8 +340,14 @@ def scaling_table(args, peer: Optional[Tuple[str, Case, Case]]) -> None:
                 f"{t:>6} {c:>5} {our_ms:10.1f} {our_mb:8.1f} {peer_ms:9.1f} {peer_mb:8.1f} "
                 f"{floor:8.1f} {floor_mb:8.1f} {peer_ms / our_ms:7.1f}x "
                 f"{our_ms / floor:7.1f}x {our_mb / floor_mb:7.2f}x "
-                f"{k:>4} {low_ms:8.1f} {low_mb:8.1f} {low_mb / tensor_mb(x):7.2f}x"
+                f"{k:>4} {low_ms:8.1f} {low_mb:8.1f} {low_mb / tensor_mb(x):7.2f}x {faults:7.0f}"
             )
+    print(
+        "faults: minor page faults per run of aquatic's layer. Thousands mean that the C "
+        "library handed the run's memory back to the system and the next run faulted it in "
+        "again (glibc keeps at most 64 MiB free; benchmarks/heap.py and docs/spiking.rst "
+        "give the MALLOC_* settings that keep more)"
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> None:
