@@ -200,3 +200,32 @@ def test_training_is_the_same_bits(model, per_channel, monkeypatch):
     assert states[0].keys() == states[1].keys()
     for name, value in states[0].items():
         assert torch.equal(states[1][name], value), name
+
+
+class Noisy(UniformQuantizer):
+    """A subclass that fake-quantizes in its own way: its ``fake_quantize`` must run."""
+
+    def fake_quantize(self, input, extrema=None):
+        return super().fake_quantize(input, extrema) + 1.0
+
+
+class Counting(UniformQuantizer):
+    """A subclass that observes in its own way: its ``observe`` must run."""
+
+    seen = 0
+
+    def observe(self, input):
+        Counting.seen += 1
+        return super().observe(input)
+
+
+def test_subclasses_with_their_own_steps_keep_them():
+    x = torch.randn(6, 5)
+    noisy = Noisy(bits=8, ch_axis=0)
+    plain = UniformQuantizer(bits=8, ch_axis=0)
+    for _ in range(2):
+        assert torch.equal(noisy(x), plain(x) + 1.0)
+    counting = Counting(bits=8, ch_axis=0)
+    for _ in range(3):
+        counting(x)
+    assert Counting.seen == 3
