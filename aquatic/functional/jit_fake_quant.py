@@ -39,10 +39,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from aquatic.functional.fake_quant_rules import AVERAGE, MIN_MAX
 from aquatic.functional.jit_pointers import address, claim
 from aquatic.functional.neurons_jit_kernels import inline, jit, numba
 
-__all__ = ["WORDS", "quantize_span", "quantize_at", "observe_rows", "observe_rows_at", "entry"]
+__all__ = [
+    "WORDS", "quantize_span", "quantize_at",
+    "observe_rows", "observe_rows_at", "observe_scalar_at", "entry",
+]  # fmt: skip
 
 #: Words of a descriptor (``int64``) of a call shared out on threads (:func:`entry`):
 #: a counter, the shares, the addresses of ``x``, ``out``, the mask, the running
@@ -155,6 +159,66 @@ if numba is not None:
         high[:] = new_max
         return True
 
+    @inline
+    def _merged(cur, old, rule, factor):
+        """``cur`` merged into ``old`` by ``rule`` (float32, as the observers'
+        ``_combine_float``); ``factor``: :math:`c`, or :math:`1 - c`."""
+        if rule == AVERAGE:
+            return old + (cur - old) * factor
+        return cur - (cur - old) * factor
+
+    @jit
+    def observe_scalar_at(
+        x, size, run_min, run_max, rule, factor, initialized, symmetric, quant_min,
+        quant_max, limit, eps,
+    ):  # fmt: skip
+        """One range observed from ``size`` float32 values at address ``x``, and its
+        qparams: the per-tensor steps of :meth:`aquatic.observers.RangeObserver.update_scalar`
+        and :func:`~aquatic.functional.qparams.calculate_qparams_float`, in their float32
+        arithmetic. The running range (one float32 each at ``run_min`` and ``run_max``)
+        is merged with the extrema by ``rule`` (``factor``: the average's :math:`c` or
+        :math:`1 - c`), or set to them where not ``initialized``.
+
+        Returns ``(ok, scale, inv_scale, zero_point, clips)``: ``ok`` whether the
+        extrema were finite and at most ``limit`` (else nothing is written); the scale,
+        its float32 reciprocal and the zero point; and whether a code of these values
+        leaves ``[quant_min, quant_max]`` (codes are monotonic in the value, so the
+        extrema's codes decide)."""
+        f32 = np.float32
+        zero = f32(0.0)
+        keys = numba.carray(address(x), (size,), np.int32)
+        low_at = numba.carray(address(run_min), (1,), f32)
+        high_at = numba.carray(address(run_max), (1,), f32)
+        lo, hi = _extrema(keys, np.empty(2, np.int32))
+        if not (hi <= limit and -lo <= limit):  # NaN compares False
+            return False, zero, zero, 0, True
+        new_lo, new_hi = lo, hi
+        if initialized and rule == MIN_MAX:
+            new_lo, new_hi = min(low_at[0], lo), max(high_at[0], hi)
+        elif initialized:
+            new_lo = _merged(lo, low_at[0], rule, f32(factor))
+            new_hi = _merged(hi, high_at[0], rule, f32(factor))
+        low_at[0], high_at[0] = new_lo, new_hi
+        zero_point = 0
+        if symmetric and quant_min < 0:
+            scale = max(-new_lo, new_hi) / f32(min(quant_max, -quant_min))
+        elif symmetric:
+            scale = new_hi / f32(quant_max)
+        else:
+            min_neg, max_pos = min(new_lo, zero), max(new_hi, zero)
+            levels = f32(quant_max - quant_min)
+            scale = (max_pos - min_neg) / levels
+            if np.isinf(scale):  # the range overflows float32: each end divided first
+                scale = max_pos / levels - min_neg / levels
+        scale = max(scale, f32(eps))
+        if not symmetric:
+            zero_point = quant_min - int(np.rint(min_neg / scale))
+            zero_point = min(max(zero_point, quant_min), quant_max)
+        inv = f32(1.0) / scale
+        first, last = np.rint(lo * inv) + zero_point, np.rint(hi * inv) + zero_point
+        clips = not (quant_min <= first and last <= quant_max)  # inf compares too
+        return True, scale, inv, zero_point, clips
+
     @jit
     def commit(run_min, run_max, scratch, rows):
         """Copy ``rows`` float32 values from ``scratch`` to ``run_min`` and the next
@@ -208,6 +272,7 @@ if numba is not None:
 
 else:  # pragma: no cover
     quantize_span = quantize_at = observe_rows = observe_rows_at = commit = None
+    observe_scalar_at = None
     _ENTRIES = {}
 
 _ADDRESSES = {}

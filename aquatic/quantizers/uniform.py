@@ -14,7 +14,7 @@ from aquatic.functional.grid import Grid
 from aquatic.functional.rounding import check_rounding
 from aquatic.observers import MinMaxObserver, RangeObserver
 from aquatic.quantizers.base import Quantizer, check_bits, integer_range
-from aquatic.quantizers.fused_minmax import fused_step
+from aquatic.quantizers.fused import fused_step
 from aquatic.quantizers.state_checks import check_channels, check_codes, check_scale, describe
 
 __all__ = ["UniformQuantizer", "FixedPointQuantizer"]
@@ -189,7 +189,7 @@ class UniformQuantizer(Quantizer):
         """Per channel of axis 0 with a :class:`~aquatic.observers.MinMaxObserver` on a
         symmetric signed range, a contiguous float32 CPU ``input`` and Numba installed:
         :meth:`observe` and :meth:`fake_quantize` in one compiled call, the same bits
-        (:mod:`aquatic.quantizers.fused_minmax`); else ``None``.
+        (:mod:`aquatic.quantizers.fused`); else ``None``.
         """
         cls = type(self)
         if cls.observe is not UniformQuantizer.observe:

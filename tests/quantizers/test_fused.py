@@ -11,13 +11,30 @@ from torch import nn
 import aquatic
 from aquatic.functional import fake_quant_jit, jit_openmp
 from aquatic.observers import MinMaxObserver, MovingAverageMinMaxObserver
-from aquatic.quantizers import UniformQuantizer, fused_minmax
+from aquatic.quantizers import UniformQuantizer, fused
 
 pytestmark = pytest.mark.skipif(not fake_quant_jit.available(), reason="needs Numba")
 
 
 def bits(t):
     return t.detach().contiguous().view(torch.int32)
+
+
+class WideMinMax(MinMaxObserver):
+    """A subclass that merges otherwise (its range still only widens): the compiled
+    step, which merges by min and max, is not for it."""
+
+    _widens_only = True
+
+    def _combine(self, cur_min, cur_max):
+        return super()._combine(cur_min * 2, cur_max * 2)
+
+
+class OwnAverage(MovingAverageMinMaxObserver):
+    """A subclass with its own float merge: not the compiled step's."""
+
+    def _combine_float(self, cur_min, cur_max, old_min, old_max):
+        return super()._combine_float(cur_min, cur_max, old_min, old_max)
 
 
 def weights(shape, steps=6):
@@ -104,43 +121,42 @@ def q_final_qparams(loop, inputs, q, monkeypatch):
         lambda: UniformQuantizer(bits=8, ch_axis=0, power_of_two=True),
         lambda: UniformQuantizer(bits=8, ch_axis=0, rounding="floor"),
         lambda: UniformQuantizer(bits=8, ch_axis=0, observer=MovingAverageMinMaxObserver),
-        lambda: UniformQuantizer(bits=8),  # per tensor: the scalar path
+        lambda: UniformQuantizer(bits=8, power_of_two=True),
+        lambda: UniformQuantizer(bits=8, rounding="stochastic"),
+        lambda: UniformQuantizer(bits=8, observer=WideMinMax),
+        lambda: UniformQuantizer(bits=8, observer=OwnAverage),
     ],
 )
 def test_other_quantizers_take_the_operations(build):
     q = build()
     q(torch.randn(6, 5))  # a range
-    assert fused_minmax.fused_step(q, torch.randn(6, 5)) is None
+    assert fused.fused_step(q, torch.randn(6, 5)) is None
 
 
 def test_other_tensors_take_the_operations(monkeypatch):
     q = UniformQuantizer(bits=8, ch_axis=0)
     x = torch.randn(6, 5)
-    assert fused_minmax.fused_step(q, x) is None  # no range yet
+    assert fused.fused_step(q, x) is None  # no range yet
     q(x)
-    assert fused_minmax.fused_step(q, torch.randn(5, 6).t()) is None  # not contiguous
-    assert fused_minmax.fused_step(q, x.double()) is None
-    assert fused_minmax.fused_step(q, torch.randn(7, 5)) is None  # other channels
-    monkeypatch.setattr(fused_minmax, "distributed", lambda: True)
-    assert fused_minmax.fused_step(q, x) is None  # ranks reduce their extrema first
+    assert fused.fused_step(q, torch.randn(5, 6).t()) is None  # not contiguous
+    assert fused.fused_step(q, x.double()) is None
+    assert fused.fused_step(q, torch.randn(7, 5)) is None  # other channels
+    monkeypatch.setattr(fused, "distributed", lambda: True)
+    assert fused.fused_step(q, x) is None  # ranks reduce their extrema first
     monkeypatch.undo()
-    assert fused_minmax.fused_step(q, x) is not None
-
-
-class WideMinMax(MinMaxObserver):
-    """A subclass that merges otherwise (its range still only widens): the compiled
-    step, which merges by min and max, is not for it."""
-
-    _widens_only = True
-
-    def _combine(self, cur_min, cur_max):
-        return super()._combine(cur_min * 2, cur_max * 2)
+    assert fused.fused_step(q, x) is not None
 
 
 def test_an_observer_subclass_with_its_own_merge_takes_the_operations():
     q = UniformQuantizer(bits=8, ch_axis=0, observer=WideMinMax)
     q(torch.randn(6, 5))
-    assert fused_minmax.fused_step(q, torch.randn(6, 5)) is None
+    assert fused.fused_step(q, torch.randn(6, 5)) is None
+
+
+def test_an_observer_on_another_range_takes_the_operations():
+    q = UniformQuantizer(bits=8)
+    q.observer.quant_max = 100
+    assert fused.fused_step(q, torch.randn(6, 5)) is None
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 3.39e38])
@@ -229,3 +245,104 @@ def test_subclasses_with_their_own_steps_keep_them():
     for _ in range(3):
         counting(x)
     assert Counting.seen == 3
+
+
+OBSERVERS = {
+    "min/max": MinMaxObserver,
+    "average 0.01": MovingAverageMinMaxObserver,
+    "average 0.7": MovingAverageMinMaxObserver.with_args(averaging_constant=0.7),
+    "average 1": MovingAverageMinMaxObserver.with_args(averaging_constant=1.0),
+}
+GRIDS = {
+    "int8": dict(bits=8),
+    "uint8 affine": dict(bits=8, signed=False, symmetric=False),
+    "int4 affine": dict(bits=4, symmetric=False),
+    "uint8 symmetric": dict(bits=8, signed=False),
+    "int8 narrow": dict(bits=8, narrow_range=True),
+}
+
+
+def activations(steps=6):
+    """Drifting batches: ranges that grow, shrink and move off zero; ties on the
+    last range's grid; zeros, a subnormal, a constant batch and a range whose width
+    overflows float32."""
+    torch.manual_seed(5)
+    out = [torch.randn(40, 30) * 1e-9]  # a first range under the smallest scale
+    for step in range(steps):
+        x = torch.randn(40, 30) * (2.0 if step % 2 else 0.5) + (step - 2)
+        x[0, :3] = torch.tensor([0.0, -0.0, -3e-39])
+        out.append(x)
+    out.append(torch.full((40, 30), 1.5))
+    ties = (torch.randint(-60, 60, (40, 30)).float() + 0.5) * 0.05
+    out.append(ties)
+    huge = torch.randn(40, 30) * 1e37
+    huge[0, :2] = torch.tensor([-2.5e38, 2.5e38])  # max - min overflows float32
+    out.append(huge)
+    return out
+
+
+@pytest.mark.parametrize("observer", OBSERVERS, ids=str)
+@pytest.mark.parametrize("grid", GRIDS, ids=str)
+@pytest.mark.parametrize("grad", [True, False])
+def test_per_tensor_steps_equal_the_operations(observer, grid, grad, monkeypatch, record_calls):
+    calls = record_calls(fake_quant_jit, "observe_scalar_step")
+    q = UniformQuantizer(observer=OBSERVERS[observer], **GRIDS[grid])
+    results = []
+    for enabled in (False, True):
+        monkeypatch.setattr(fake_quant_jit, "ENABLED", enabled)
+        quantizer = copy.deepcopy(q)  # starts with no range: the first step sets it
+        steps = []
+        for step, data in enumerate(activations()):
+            x = data.clone().requires_grad_(grad)
+            y = quantizer(x)
+            if grad:
+                y.backward(torch.full_like(y, float(step + 1)))
+            steps.append((bits(y), x.grad))
+        observer_ = quantizer.observer
+        steps.append((bits(observer_.min_val), bits(observer_.max_val)))
+        assert observer_.initialized
+        results.append(steps)
+    assert len(calls) == len(activations()) and all(c is not None for c in calls)
+    for ops, loop in zip(*results):
+        assert torch.equal(loop[0], ops[0])
+        assert (loop[1] is None and ops[1] is None) or torch.equal(loop[1], ops[1])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 3.39e38])
+@pytest.mark.parametrize("first", [True, False])
+def test_a_refused_tensor_raises_as_before_per_tensor(bad, first, monkeypatch):
+    messages = []
+    for enabled in (False, True):
+        monkeypatch.setattr(fake_quant_jit, "ENABLED", enabled)
+        q = UniformQuantizer(
+            bits=8, signed=False, symmetric=False, observer=MovingAverageMinMaxObserver
+        )
+        if not first:
+            q(torch.randn(6, 5))
+        before = (q.observer.min_val.clone(), q.observer.max_val.clone())
+        x = torch.randn(6, 5)
+        x[3, 2] = bad
+        with pytest.raises(ValueError) as error:
+            q(x)
+        messages.append(str(error.value))
+        assert bits(q.observer.min_val).equal(bits(before[0]))
+        assert bits(q.observer.max_val).equal(bits(before[1]))
+        assert q.observer.initialized == (not first)
+    assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_large_tensors_leave_their_extrema_to_torch_threads(
+    threads, monkeypatch, set_threads, record_calls
+):
+    set_threads(threads)
+    monkeypatch.setattr(fake_quant_jit, "OBSERVE_BELOW", 100)  # every tensor here
+    calls = record_calls(fake_quant_jit, "observe_scalar_step")
+    q = UniformQuantizer(bits=8, signed=False, symmetric=False)
+    ops = copy.deepcopy(q)
+    for data in activations()[:3]:
+        y = q(data)
+        monkeypatch.setattr(fake_quant_jit, "ENABLED", False)
+        assert torch.equal(bits(y), bits(ops(data)))
+        monkeypatch.setattr(fake_quant_jit, "ENABLED", True)
+    assert len(calls) == 3 and all((c is None) == (threads > 1) for c in calls)
