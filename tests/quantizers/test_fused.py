@@ -159,10 +159,21 @@ def test_an_observer_on_another_range_takes_the_operations():
     assert fused.fused_step(q, torch.randn(6, 5)) is None
 
 
+REFUSERS = {
+    "per channel": lambda: UniformQuantizer(bits=8, ch_axis=0),
+    "per tensor": lambda: UniformQuantizer(
+        bits=8, signed=False, symmetric=False, observer=MovingAverageMinMaxObserver
+    ),
+}
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 3.39e38])
-@pytest.mark.parametrize("team", [False, True])
-def test_a_refused_weight_raises_as_before_and_keeps_the_range(bad, team, monkeypatch, set_threads):
-    if team:
+@pytest.mark.parametrize("kind", REFUSERS)
+@pytest.mark.parametrize("when", ["first", "later", "later, on the team"])
+def test_a_refused_tensor_raises_as_before_and_keeps_the_range(
+    bad, kind, when, monkeypatch, set_threads
+):
+    if when == "later, on the team":
         if not jit_openmp.usable():
             pytest.skip("no OpenMP team")
         set_threads(2)
@@ -170,16 +181,18 @@ def test_a_refused_weight_raises_as_before_and_keeps_the_range(bad, team, monkey
     messages = []
     for enabled in (False, True):
         monkeypatch.setattr(fake_quant_jit, "ENABLED", enabled)
-        q = UniformQuantizer(bits=8, ch_axis=0)
-        q(torch.randn(6, 5))
-        before = (q.observer.min_val.clone(), q.observer.max_val.clone())
-        w = torch.randn(6, 5)
-        w[3, 2] = bad
+        q = REFUSERS[kind]()
+        if when != "first":
+            q(torch.randn(6, 5))
+        before = (bits(q.observer.min_val), bits(q.observer.max_val), q.observer.initialized)
+        x = torch.randn(6, 5)
+        x[3, 2] = bad
         with pytest.raises(ValueError) as error:
-            q(w)
+            q(x)
         messages.append(str(error.value))
-        assert torch.equal(q.observer.min_val, before[0])
-        assert torch.equal(q.observer.max_val, before[1])
+        after = (bits(q.observer.min_val), bits(q.observer.max_val), q.observer.initialized)
+        assert after[0].equal(before[0]) and after[1].equal(before[1])
+        assert after[2] == before[2]
     assert messages[0] == messages[1]
 
 
@@ -306,29 +319,6 @@ def test_per_tensor_steps_equal_the_operations(observer, grid, grad, monkeypatch
     for ops, loop in zip(*results):
         assert torch.equal(loop[0], ops[0])
         assert (loop[1] is None and ops[1] is None) or torch.equal(loop[1], ops[1])
-
-
-@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), 3.39e38])
-@pytest.mark.parametrize("first", [True, False])
-def test_a_refused_tensor_raises_as_before_per_tensor(bad, first, monkeypatch):
-    messages = []
-    for enabled in (False, True):
-        monkeypatch.setattr(fake_quant_jit, "ENABLED", enabled)
-        q = UniformQuantizer(
-            bits=8, signed=False, symmetric=False, observer=MovingAverageMinMaxObserver
-        )
-        if not first:
-            q(torch.randn(6, 5))
-        before = (q.observer.min_val.clone(), q.observer.max_val.clone())
-        x = torch.randn(6, 5)
-        x[3, 2] = bad
-        with pytest.raises(ValueError) as error:
-            q(x)
-        messages.append(str(error.value))
-        assert bits(q.observer.min_val).equal(bits(before[0]))
-        assert bits(q.observer.max_val).equal(bits(before[1]))
-        assert q.observer.initialized == (not first)
-    assert messages[0] == messages[1]
 
 
 @pytest.mark.parametrize("threads", [1, 2])
