@@ -1,6 +1,6 @@
 """Fake quantization in compiled loops (:mod:`aquatic.functional.jit_fake_quant`) on
 contiguous float32 CPU tensors, where Numba is installed: the same bits as the PyTorch
-operations, in one pass.
+operations, in fewer passes and calls.
 
 - :func:`quantize_scalar`: fake quantization with one scale and zero point given as
   Python numbers, the eager per-tensor path of
@@ -13,8 +13,9 @@ operations, in one pass.
   update (min/max or moving average) and fake quantization in two, for
   :mod:`aquatic.quantizers.fused`.
 
-Each returns ``None`` where it does not apply, and then nothing has changed: the caller
-runs the PyTorch operations. Gradients: the identity where no code clips (a ``clone``
+The two steps return ``None`` where they do not apply, and then nothing has changed: the
+caller runs the PyTorch operations (:func:`quantize_scalar` is called only where
+:func:`applies` says it may). Gradients: the identity where no code clips (a ``clone``
 whose values the loop overwrites, a C++ node; from :data:`CLONE_LIMIT` elements a
 Python autograd.Function, cheaper than the copy), else the incoming gradient times the
 mask, which the loop writes in the same pass as the values (``input * mask``, from
