@@ -10,7 +10,7 @@ operations, in fewer passes and calls.
 - :func:`minmax_rows_step`: a per-channel weight quantizer's observer update and fake
   quantization in one call (:class:`~aquatic.observers.MinMaxObserver`, symmetric
   signed codes), and :func:`observe_scalar_step`, a per-tensor quantizer's observer
-  update (min/max or moving average) and fake quantization in two, for
+  update (min/max or moving average) and fake quantization in one too, for
   :mod:`aquatic.quantizers.fused`.
 
 The two steps return ``None`` where they do not apply, and then nothing has changed: the
@@ -105,8 +105,8 @@ def _compile(loops) -> None:
     pointers = (t.data_ptr() for t in (one, out, low, high))
     loops.observe_rows_at(*pointers, 1, 1, 1.0, 1, EPS)
     loops.commit(low.data_ptr(), high.data_ptr(), out.data_ptr(), 0)
-    loops.observe_scalar_at(one.data_ptr(), 1, low.data_ptr(), high.data_ptr(), 0, 0.0, False,
-                            False, 0, 255, 1.0, EPS)  # fmt: skip
+    loops.observe_scalar_at(one.data_ptr(), out.data_ptr(), 0, 1, low.data_ptr(), high.data_ptr(),
+                            0, 0.0, False, False, 0, 255, 1.0, EPS, False)  # fmt: skip
     for name in ("rows", "quantize"):
         loops.entry(name)
 
@@ -215,22 +215,7 @@ def quantize_scalar(
         (tensor([-1.0000,  0.3000, 12.7000]), tensor([1., 1., 0.]))
     """
     size = input.numel()
-    mask = None
-    if clips and input.requires_grad and torch.is_grad_enabled():
-        if size < CLONE_LIMIT:
-            # input * mask carries the gradient (the mask is saved by reference, and
-            # written by the loop below, as are the values). Zeros, not torch.empty:
-            # leftover bits (integer indices, say) are subnormal floats, which slow
-            # the product down many times over.
-            mask = torch.zeros_like(input.detach())
-            output = input * mask
-            out = output.detach()
-        else:  # a product would cost more than a Python autograd.Function
-            mask = torch.empty_like(input.detach())
-            out = torch.empty_like(mask)
-            output = mask  # wrapped in _Masked below
-    else:
-        output, out = _identity_output(input)
+    output, out, mask = _outputs(input, clips)
     parts = _parts(size)
     # fmt: off
     if parts > 1:
@@ -245,6 +230,29 @@ def quantize_scalar(
                            mask.data_ptr() if mask is not None else 0, size, scale,
                            inv_scale, low, high, mask is not None)
     # fmt: on
+    return _finish(input, output, out, mask)
+
+
+def _outputs(input: Tensor, clips: bool):
+    """``(output, out, mask)``: what the loop writes (``out``, and the gradient's mask
+    where codes may clip and a gradient is needed, else ``None``) and what carries the
+    gradient (:func:`_finish` completes it)."""
+    if not (clips and input.requires_grad and torch.is_grad_enabled()):
+        return (*_identity_output(input), None)
+    if input.numel() < CLONE_LIMIT:
+        # input * mask carries the gradient (the mask is saved by reference, and
+        # written by the loop, as are the values). Zeros, not torch.empty: leftover
+        # bits (integer indices, say) are subnormal floats, which slow the product
+        # down many times over.
+        mask = torch.zeros_like(input.detach())
+        output = input * mask
+        return output, output.detach(), mask
+    # a product would cost more than a Python autograd.Function
+    mask = torch.empty_like(input.detach())
+    return mask, torch.empty_like(mask), mask  # wrapped in _Masked by _finish
+
+
+def _finish(input: Tensor, output, out: Tensor, mask) -> Tensor:
     if output is mask and mask is not None:
         return _Masked.apply(input, out, mask)
     return _Identity.apply(input, out) if output is None else output
@@ -301,11 +309,14 @@ def observe_scalar_step(
     quant_min: int,
     quant_max: int,
     limit: float,
+    clips: bool = True,
 ) -> Optional[Tensor]:
-    """A per-tensor quantizer's observer update and fake quantization in two compiled
-    calls (:func:`~aquatic.functional.jit_fake_quant.observe_scalar_at`, then the pass
-    of :func:`quantize_scalar`): the bits of its observer's ``update_scalar`` and
-    ``calculate_qparams_scalar`` and of :func:`quantize_scalar`. ``rule`` and ``factor``
+    """A per-tensor quantizer's observer update and fake quantization in one compiled
+    call (:func:`~aquatic.functional.jit_fake_quant.observe_scalar_at`): the bits of its
+    observer's ``update_scalar`` and ``calculate_qparams_scalar`` and of
+    :func:`quantize_scalar`. ``clips=False`` promises that no code can leave the range
+    (a symmetric signed range that holds every batch it observes): the gradient is then
+    the identity, with no mask; otherwise it is masked (all ones where nothing clipped). ``rule`` and ``factor``
     say how the range merges (:mod:`aquatic.functional.fake_quant_rules`: ``MIN_MAX``,
     or the moving average's form and its :math:`c` or :math:`1 - c`); ``min_val`` and
     ``max_val`` are the observer's float32 buffers (one value each), written in place.
@@ -323,15 +334,16 @@ def observe_scalar_step(
     size = input.numel()
     if size >= OBSERVE_BELOW and torch.get_num_threads() > 1:
         return None
+    output, out, mask = _outputs(input, clips)
     # fmt: off
-    ok, scale, inv, zero_point, clips = _loops.observe_scalar_at(
-        input.data_ptr(), size, min_val.data_ptr(), max_val.data_ptr(), rule, factor,
-        initialized, symmetric, quant_min, quant_max, limit, EPS)
-    # fmt: on
-    if not ok:
+    if not _loops.observe_scalar_at(
+        input.data_ptr(), out.data_ptr(), mask.data_ptr() if mask is not None else 0, size,
+        min_val.data_ptr(), max_val.data_ptr(), rule, factor, initialized, symmetric,
+        quant_min, quant_max, limit, EPS, mask is not None,
+    ):
         return None
-    low, high = float(quant_min - zero_point), float(quant_max - zero_point)
-    return quantize_scalar(input, scale, inv, low, high, clips)
+    # fmt: on
+    return _finish(input, output, out, mask)
 
 
 def _parts(size: int) -> int:

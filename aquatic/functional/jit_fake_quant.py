@@ -169,8 +169,8 @@ if numba is not None:
 
     @jit
     def observe_scalar_at(
-        x, size, run_min, run_max, rule, factor, initialized, symmetric, quant_min,
-        quant_max, limit, eps,
+        x, out, mask, size, run_min, run_max, rule, factor, initialized, symmetric,
+        quant_min, quant_max, limit, eps, masked,
     ):  # fmt: skip
         """One range observed from ``size`` float32 values at address ``x``, and its
         qparams: the per-tensor steps of :meth:`aquatic.observers.RangeObserver.update_scalar`
@@ -179,11 +179,10 @@ if numba is not None:
         is merged with the extrema by ``rule`` (``factor``: the average's :math:`c` or
         :math:`1 - c`), or set to them where not ``initialized``.
 
-        Returns ``(ok, scale, inv_scale, zero_point, clips)``: ``ok`` whether the
-        extrema were finite and at most ``limit`` (else nothing is written); the scale,
-        its float32 reciprocal and the zero point; and whether a code of these values
-        leaves ``[quant_min, quant_max]`` (codes are monotonic in the value, so the
-        extrema's codes decide)."""
+        Then :func:`quantize_span` of the ``size`` values into ``out`` (and the mask
+        into ``mask`` where ``masked``; addresses) with that scale and zero point.
+        Returns whether the extrema were finite and at most ``limit`` (else nothing is
+        written)."""
         f32 = np.float32
         zero = f32(0.0)
         keys = numba.carray(address(x), (size,), np.int32)
@@ -191,7 +190,7 @@ if numba is not None:
         high_at = numba.carray(address(run_max), (1,), f32)
         lo, hi = _extrema(keys, np.empty(2, np.int32))
         if not (hi <= limit and -lo <= limit):  # NaN compares False
-            return False, zero, zero, 0, True
+            return False
         new_lo, new_hi = lo, hi
         if initialized and rule == MIN_MAX:
             new_lo, new_hi = min(low_at[0], lo), max(high_at[0], hi)
@@ -215,9 +214,14 @@ if numba is not None:
             zero_point = quant_min - int(np.rint(min_neg / scale))
             zero_point = min(max(zero_point, quant_min), quant_max)
         inv = f32(1.0) / scale
-        first, last = np.rint(lo * inv) + zero_point, np.rint(hi * inv) + zero_point
-        clips = not (quant_min <= first and last <= quant_max)  # inf compares too
-        return True, scale, inv, zero_point, clips
+        values = numba.carray(address(x), (size,), f32)
+        # fmt: off
+        quantize_span(values, numba.carray(address(out), (size,), f32),
+                      numba.carray(address(mask), (size if masked else 0,), f32), 0, size,
+                      scale, inv, f32(quant_min - zero_point), f32(quant_max - zero_point),
+                      masked)
+        # fmt: on
+        return True
 
     @jit
     def commit(run_min, run_max, scratch, rows):

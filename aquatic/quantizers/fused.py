@@ -110,7 +110,7 @@ def fused_step(quantizer: Any, input: Tensor) -> Optional[Tensor]:
     initialized = observer.initialized
     output = fake_quant_jit.observe_scalar_step(
         input, min_val, max_val, rule, factor, initialized, observer.symmetric, quant_min,
-        quant_max, limit,
+        quant_max, limit, not quantizer._covers(observer),
     )  # fmt: skip
     if output is not None and not initialized:
         observer.initialized = True
