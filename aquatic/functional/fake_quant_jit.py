@@ -21,12 +21,10 @@ Python autograd.Function, cheaper than the copy), else the incoming gradient tim
 mask, which the loop writes in the same pass as the values (``input * mask``, from
 :data:`CLONE_LIMIT` elements an autograd.Function).
 
-Measured inside training steps here (two threads): splitting a call over PyTorch's
-OpenMP team gains from about half a million elements (a 1024-wide MLP: 4.71 against
-5.11 ms a step on one thread); below that the team's start cost more than it saved
-(a 256-wide MLP: 1.35 against 1.31 ms). :data:`PARALLEL_ABOVE` and :data:`CLONE_LIMIT`
-follow these figures. ``AQUATIC_NUMBA=0`` (before import) or :data:`ENABLED` turn the
-loops off.
+Inside training steps here (two threads), sharing a call on PyTorch's OpenMP team gained
+from about half a million elements (a 1024-wide MLP: 4.71 against 5.11 ms a step) and
+cost below (a 256-wide MLP: 1.35 against 1.31 ms): :data:`PARALLEL_ABOVE` and
+:data:`CLONE_LIMIT`. ``AQUATIC_NUMBA=0`` (before import) or :data:`ENABLED` turn the loops off.
 """
 
 from __future__ import annotations
