@@ -92,6 +92,8 @@ def fused_step(quantizer: Any, input: Tensor) -> Optional[Tensor]:
         and max_val.dtype == torch.float32
         and min_val.shape == channels
         and max_val.shape == channels
+        and min_val.is_contiguous()  # the loops read and write them by address
+        and max_val.is_contiguous()
     ):
         return None
     quant_min, quant_max = quantizer.quant_min, quantizer.quant_max

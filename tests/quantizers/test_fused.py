@@ -141,6 +141,9 @@ def test_other_tensors_take_the_operations(monkeypatch):
     assert fused.fused_step(q, torch.randn(5, 6).t()) is None  # not contiguous
     assert fused.fused_step(q, x.double()) is None
     assert fused.fused_step(q, torch.randn(7, 5)) is None  # other channels
+    q.observer.min_val = q.observer.min_val.repeat_interleave(2)[::2]  # strided
+    assert fused.fused_step(q, x) is None  # the loops write ranges by address
+    q.observer.min_val = q.observer.min_val.contiguous()
     monkeypatch.setattr(fused, "distributed", lambda: True)
     assert fused.fused_step(q, x) is None  # ranks reduce their extrema first
     monkeypatch.undo()
