@@ -15,11 +15,9 @@ operations, in fewer passes and calls.
 
 The two steps return ``None`` where they do not apply, and then nothing has changed: the
 caller runs the PyTorch operations (:func:`quantize_scalar` is called only where
-:func:`applies` says it may). Gradients: the identity where no code clips (a ``clone``
-whose values the loop overwrites, a C++ node; from :data:`CLONE_LIMIT` elements a
-Python autograd.Function, cheaper than the copy), else the incoming gradient times the
-mask, which the loop writes in the same pass as the values (``input * mask``, from
-:data:`CLONE_LIMIT` elements an autograd.Function).
+:func:`applies` says it may). Gradients: the identity where no code clips, else the
+incoming gradient times the mask, which the loop writes in the same pass as the values
+(:mod:`aquatic.functional.fake_quant_outputs`, with :data:`CLONE_LIMIT`).
 
 Inside training steps here (two threads), sharing a call on PyTorch's OpenMP team gained
 from about half a million elements (a 1024-wide MLP: 4.71 against 5.11 ms a step) and
@@ -40,6 +38,7 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from aquatic.functional import jit_jobs, jit_openmp
+from aquatic.functional.fake_quant_outputs import finish, prepare
 from aquatic.functional.fake_quant_rules import AVERAGE, AVERAGE_FROM_BATCH, MIN_MAX
 
 __all__ = [
@@ -150,47 +149,6 @@ def _channels_last(input: Tensor) -> bool:
     return input.dim() == 5 and input.is_contiguous(memory_format=torch.channels_last_3d)
 
 
-class _Identity(torch.autograd.Function):
-    """The values written by the loop, with the identity gradient."""
-
-    @staticmethod
-    def forward(ctx, input: Tensor, out: Tensor) -> Tensor:
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return grad, None
-
-
-class _Masked(torch.autograd.Function):
-    """The values written by the loop, with the gradient times the mask it wrote."""
-
-    @staticmethod
-    def forward(ctx, input: Tensor, out: Tensor, mask: Tensor) -> Tensor:
-        ctx.save_for_backward(mask)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        (mask,) = ctx.saved_tensors
-        return grad * mask, None, None
-
-
-def _identity_output(input: Tensor):
-    """``(output, out)``: the tensor to return, with the identity gradient where
-    ``input`` needs one, and the storage the loop writes (``output`` ``None``: wrap
-    ``out`` in :class:`_Identity` once written)."""
-    source = input.detach()
-    if not (input.requires_grad and torch.is_grad_enabled()):
-        out = torch.empty_like(source)
-        return out, out
-    if input.numel() < CLONE_LIMIT:
-        # a C++ node with the identity gradient, its values overwritten by the loop
-        output = input.clone()
-        return output, output.detach()
-    return None, torch.empty_like(source)
-
-
 def quantize_scalar(
     input: Tensor, scale: float, inv_scale: float, low: float, high: float, clips: bool
 ) -> Tensor:
@@ -203,6 +161,9 @@ def quantize_scalar(
     output, made with ``clone``, ``*_like`` or a product with a mask shaped like it,
     has the same strides.
 
+    Shape:
+        - input: any shape; output: the same shape and strides.
+
     Example:
         >>> x = torch.tensor([-1.0, 0.26, 13.0], requires_grad=True)
         >>> if available():
@@ -213,7 +174,8 @@ def quantize_scalar(
         (tensor([-1.0000,  0.3000, 12.7000]), tensor([1., 1., 0.]))
     """
     size = input.numel()
-    output, out, mask = _outputs(input, clips)
+    written = prepare(input, clips, CLONE_LIMIT)
+    out, mask = written.out, written.mask
     parts = _parts(size)
     # fmt: off
     if parts > 1:
@@ -228,32 +190,7 @@ def quantize_scalar(
                            mask.data_ptr() if mask is not None else 0, size, scale,
                            inv_scale, low, high, mask is not None)
     # fmt: on
-    return _finish(input, output, out, mask)
-
-
-def _outputs(input: Tensor, clips: bool):
-    """``(output, out, mask)``: what the loop writes (``out``, and the gradient's mask
-    where codes may clip and a gradient is needed, else ``None``) and what carries the
-    gradient (:func:`_finish` completes it)."""
-    if not (clips and input.requires_grad and torch.is_grad_enabled()):
-        return (*_identity_output(input), None)
-    if input.numel() < CLONE_LIMIT:
-        # input * mask carries the gradient (the mask is saved by reference, and
-        # written by the loop, as are the values). Zeros, not torch.empty: leftover
-        # bits (integer indices, say) are subnormal floats, which slow the product
-        # down many times over.
-        mask = torch.zeros_like(input.detach())
-        output = input * mask
-        return output, output.detach(), mask
-    # a product would cost more than a Python autograd.Function
-    mask = torch.empty_like(input.detach())
-    return mask, torch.empty_like(mask), mask  # wrapped in _Masked by _finish
-
-
-def _finish(input: Tensor, output, out: Tensor, mask) -> Tensor:
-    if output is mask and mask is not None:
-        return _Masked.apply(input, out, mask)
-    return _Identity.apply(input, out) if output is None else output
+    return finish(input, written)
 
 
 def minmax_rows_step(
@@ -267,6 +204,9 @@ def minmax_rows_step(
     ``input`` passes :func:`applies`, its rows along the first dimension; ``min_val``
     and ``max_val`` are the observer's float32 buffers, one value per row.
 
+    Shape:
+        - input: any shape; output: the same shape and strides.
+
     Example:
         >>> low, high = torch.tensor([-1.0, -1.0]), torch.tensor([1.0, 1.0])
         >>> w = torch.tensor([[0.5, -2.54], [0.26, 1.0]], requires_grad=True)
@@ -274,7 +214,8 @@ def minmax_rows_step(
         >>> y is None or (torch.equal(low, torch.tensor([-2.54, -1.0])), y.detach()[0])
         (True, tensor([ 0.5000, -2.5400]))
     """
-    output, out = _identity_output(input)
+    written = prepare(input, False, CLONE_LIMIT)
+    out = written.out
     rows = min_val.numel()
     cols = input.numel() // rows
     parts = min(_parts(input.numel()), rows)
@@ -287,13 +228,13 @@ def minmax_rows_step(
             if not call.status.all():
                 return None
             _loops.commit(min_val.data_ptr(), max_val.data_ptr(), call.scratch.data_ptr(), rows)
-            return _Identity.apply(input, out) if output is None else output
+            return finish(input, written)
     # fmt: off
     if not _loops.observe_rows_at(input.data_ptr(), out.data_ptr(), min_val.data_ptr(),
                                   max_val.data_ptr(), rows, cols, limit, levels, EPS):
         return None
     # fmt: on
-    return _Identity.apply(input, out) if output is None else output
+    return finish(input, written)
 
 
 def observe_scalar_step(
@@ -314,25 +255,31 @@ def observe_scalar_step(
     observer's ``update_scalar`` and ``calculate_qparams_scalar`` and of
     :func:`quantize_scalar`. ``clips=False`` promises that no code can leave the range
     (a symmetric signed range that holds every batch it observes): the gradient is then
-    the identity, with no mask; otherwise it is masked (all ones where nothing clipped). ``rule`` and ``factor``
-    say how the range merges (:mod:`aquatic.functional.fake_quant_rules`: ``MIN_MAX``,
-    or the moving average's form and its :math:`c` or :math:`1 - c`); ``min_val`` and
-    ``max_val`` are the observer's float32 buffers (one value each), written in place.
-    ``None`` where an extremum is non-finite or above ``limit`` (nothing has changed),
-    or from :data:`OBSERVE_BELOW` elements on more than one thread (the observer's
-    ``aminmax`` on PyTorch's threads is faster there).
+    the identity, with no mask; otherwise it is masked (all ones where nothing
+    clipped). ``rule`` and ``factor`` say how the range merges
+    (:mod:`aquatic.functional.fake_quant_rules`: ``MIN_MAX``, or the moving average's
+    form and its :math:`c` or :math:`1 - c`); ``min_val`` and ``max_val`` are the
+    observer's float32 buffers (one value each), written in place. ``None`` where an
+    extremum is non-finite or above ``limit`` (nothing has changed), or from
+    :data:`OBSERVE_BELOW` elements on more than one thread (the observer's ``aminmax``
+    on PyTorch's threads is faster there).
+
+    Shape:
+        - input: any shape; output: the same shape and strides.
 
     Example:
         >>> low, high = torch.tensor(0.0), torch.tensor(0.0)
         >>> x = torch.tensor([-1.0, 0.26, 2.0], requires_grad=True)
-        >>> y = observe_scalar_step(x, low, high, 0, 0.0, False, False, 0, 255, 3e38) if available() else None
+        >>> args = (low, high, MIN_MAX, 0.0, False, False, 0, 255, 3e38)
+        >>> y = observe_scalar_step(x, *args) if available() else None
         >>> y is None or (low.item(), high.item(), y.detach())
         (-1.0, 2.0, tensor([-1.0000,  0.2588,  2.0000]))
     """
     size = input.numel()
     if size >= OBSERVE_BELOW and torch.get_num_threads() > 1:
         return None
-    output, out, mask = _outputs(input, clips)
+    written = prepare(input, clips, CLONE_LIMIT)
+    out, mask = written.out, written.mask
     # fmt: off
     if not _loops.observe_scalar_at(
         input.data_ptr(), out.data_ptr(), mask.data_ptr() if mask is not None else 0, size,
@@ -341,7 +288,7 @@ def observe_scalar_step(
     ):
         return None
     # fmt: on
-    return _finish(input, output, out, mask)
+    return finish(input, written)
 
 
 def _parts(size: int) -> int:

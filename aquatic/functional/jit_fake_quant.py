@@ -18,6 +18,12 @@ four passes (131 µs for a 256 x 784 weight on two threads here; 55 µs here on 
 Its codes need no clamp: the range holds the row, so they lie in :math:`[-n, n]` (see
 :meth:`aquatic.quantizers.UniformQuantizer._covers`).
 
+:func:`observe_scalar_at` is a per-tensor quantizer's whole training step: the
+tensor's extrema, the observer's range merge (the running minimum and maximum, or the
+moving average; :mod:`aquatic.functional.fake_quant_rules`), the scale and zero point
+of :func:`~aquatic.functional.qparams.calculate_qparams_float`, then
+:func:`quantize_span`.
+
 The extrema use integer keys: a float32's bits ``b`` map to the signed integer
 ``b ^ ((b >> 31) & 0x7fffffff)``, which orders as the float does (negative floats
 have their magnitude bits flipped); integer minima and maxima vectorize where float
@@ -28,8 +34,8 @@ NaN maps beyond the infinities, so it shows up as a non-finite extremum.
 The arithmetic is PyTorch's float32 arithmetic in the same order, without fast-math
 (:func:`~aquatic.functional.qparams.calculate_qparams`,
 :func:`~aquatic.functional.fake_quant_nearest.fake_quantize_nearest`), so the results
-are the same bits. Each loop also has a C entry point (:func:`entry`) that runs shares
-of one call on PyTorch's OpenMP team.
+are the same bits. :func:`quantize_span` and :func:`observe_rows` also have C entry
+points (:func:`entry`) that run shares of one call on PyTorch's OpenMP team.
 
 Importing this module imports Numba (optional); :mod:`aquatic.functional.fake_quant_jit`
 imports it on first use.
@@ -288,7 +294,12 @@ def entry(name: str) -> int:
     ``"quantize"``: :func:`quantize_span`) until the descriptor's counter reaches its
     number of shares, for every thread of an OpenMP team to call
     (:func:`aquatic.functional.jit_openmp.run_on_team`); compiled on first use (cached
-    on disk)."""
+    on disk).
+
+    Example:
+        >>> entry("quantize") > 0 and entry("quantize") == entry("quantize")
+        True
+    """
     if name not in _ADDRESSES:
         signature = numba.types.void(numba.types.voidptr)
         compiled = numba.cfunc(signature, cache=True, error_model="numpy")(_ENTRIES[name])

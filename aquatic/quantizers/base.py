@@ -115,6 +115,11 @@ class Quantizer(nn.Module):
         """:meth:`observe` then :meth:`fake_quantize` in one step, where a quantizer has
         a faster way to do both; ``None`` (the default) where it has not, and then
         nothing may have changed: ``forward`` runs the two steps.
+
+        Example:
+            >>> from aquatic.quantizers import BinaryQuantizer
+            >>> BinaryQuantizer().observe_and_fake_quantize(torch.randn(3)) is None
+            True
         """
         return None
 

@@ -45,7 +45,21 @@ _RULES = {
 
 def fits(quantizer: Any, observer: Any) -> bool:
     """Whether ``quantizer`` and its ``observer`` are of a kind the compiled calls
-    compute (not yet whether the tensor is)."""
+    compute (not yet whether the tensor is).
+
+    Example:
+        >>> from aquatic.quantizers import UniformQuantizer
+        >>> per_tensor, per_channel = UniformQuantizer(), UniformQuantizer(ch_axis=0)
+        >>> fits(per_tensor, per_tensor.observer)
+        True
+        >>> fits(per_channel, per_channel.observer)  # once it has a range
+        False
+        >>> _ = per_channel(torch.randn(3, 4)); fits(per_channel, per_channel.observer)
+        True
+        >>> stochastic = UniformQuantizer(rounding="stochastic")
+        >>> fits(stochastic, stochastic.observer)
+        False
+    """
     rule = _RULES.get(getattr(type(observer), "_combine_float", None))
     if rule is None or not isinstance(observer, (MinMaxObserver, MovingAverageMinMaxObserver)):
         return False
@@ -74,7 +88,20 @@ def fits(quantizer: Any, observer: Any) -> bool:
 def fused_step(quantizer: Any, input: Tensor) -> Optional[Tensor]:
     """The fake-quantized ``input`` after observing it, in compiled calls; ``None``
     where the quantizer, the tensor or the installation do not allow it (nothing has
-    changed then)."""
+    changed then).
+
+    Shape:
+        - input: any shape (per channel: the channels first); output: the same.
+
+    Example:
+        >>> from aquatic.quantizers import UniformQuantizer
+        >>> q = UniformQuantizer(bits=8)
+        >>> y = fused_step(q, torch.tensor([-1.0, 0.26, 2.54]))
+        >>> y is None or (y, q.observer.max_val)  # None without Numba
+        (tensor([-1.0000,  0.2600,  2.5400]), tensor(2.5400))
+        >>> fused_step(q, torch.tensor([1.0, 2.0], dtype=torch.float64)) is None
+        True
+    """
     observer = quantizer._modules.get("observer")
     if not (
         fits(quantizer, observer)

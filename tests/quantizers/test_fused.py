@@ -209,8 +209,25 @@ def cnn():
     )
 
 
+class Shared(nn.Module):
+    """A forward of its own, with one layer used twice (its quantizers observe two
+    tensors a step) and a residual sum."""
+
+    def __init__(self):
+        super().__init__()
+        self.flat = nn.Flatten()
+        self.inp = nn.Linear(48, 32)
+        self.twice = nn.Linear(32, 32)
+        self.out = nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = torch.relu(self.inp(self.flat(x)))
+        h = h + torch.relu(self.twice(torch.relu(self.twice(h))))
+        return self.out(h)
+
+
 @pytest.mark.parametrize("per_channel", [False, True])
-@pytest.mark.parametrize("model", [mlp, cnn])
+@pytest.mark.parametrize("model", [mlp, cnn, Shared])
 def test_training_is_the_same_bits(model, per_channel, monkeypatch):
     qconfig = aquatic.qconfig.int8
     if per_channel:
