@@ -8,10 +8,10 @@ makes them, :func:`finish` returns the result:
 - no gradient needed: the values' tensor itself;
 - the identity gradient (no code can clip): ``input.clone()``, a C++ autograd node
   whose values the loop overwrites; from ``clone_limit`` elements, where the copy costs
-  more than a Python call, :class:`Identity`;
+  more than a Python call, an autograd.Function;
 - the masked gradient: ``input * mask``, whose mask the product saves by reference and
   the loop then writes, as it does the values; from ``clone_limit`` elements
-  :class:`Masked`.
+  an autograd.Function that saves the mask.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-__all__ = ["Identity", "Masked", "Written", "prepare", "finish"]
+__all__ = ["Written", "prepare", "finish"]
 
 
-class Identity(torch.autograd.Function):
+class _Identity(torch.autograd.Function):
     """``out``, written by a loop from ``input``, with the identity gradient."""
 
     @staticmethod
@@ -36,7 +36,7 @@ class Identity(torch.autograd.Function):
         return grad, None
 
 
-class Masked(torch.autograd.Function):
+class _Masked(torch.autograd.Function):
     """``out``, written by a loop from ``input``, with the gradient times ``mask``."""
 
     @staticmethod
@@ -104,5 +104,5 @@ def finish(input: Tensor, written: Written) -> Tensor:
     if written.result is not None:
         return written.result
     if written.mask is not None:
-        return Masked.apply(input, written.out, written.mask)
-    return Identity.apply(input, written.out)
+        return _Masked.apply(input, written.out, written.mask)
+    return _Identity.apply(input, written.out)
