@@ -69,7 +69,8 @@ def check_scalar_values(params: Sequence, spiking: bool) -> None:
 def check_tensor_values(given: Sequence, params: Sequence[Optional[Tensor]], spiking: bool) -> None:
     """Check the parameters that were given as tensors (``given``) by their values as the
     step functions use them (``params``, on the input's device): the extrema of each
-    (``aminmax``, which propagates NaN), read with one host synchronisation; skipped while
+    (``aminmax``, which propagates NaN), read with one host synchronisation (where each
+    is a single value on the CPU, that value is read: no reduction to run); skipped while
     ``torch.compile`` traces.
 
     Raises:
@@ -83,7 +84,12 @@ def check_tensor_values(given: Sequence, params: Sequence[Optional[Tensor]], spi
     ]
     if not checked or torch.compiler.is_compiling():
         return
-    extrema = torch.stack([torch.stack(torch.aminmax(value)) for _, value in checked]).tolist()
+    if all(value.numel() == 1 and value.device.type == "cpu" for _, value in checked):
+        # most layers' decays and thresholds: each value its own extrema, no device to wait for
+        extrema = [(value.item(),) * 2 for _, value in checked]
+    else:
+        pairs = [torch.stack(torch.aminmax(value)) for _, value in checked]
+        extrema = torch.stack(pairs).tolist()
     for (name, value), (low, high) in zip(checked, extrema):
         if _valid(name, low) and _valid(name, high):
             continue

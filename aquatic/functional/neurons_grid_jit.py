@@ -92,7 +92,7 @@ def _decay_arrays(decay: Optional[StepDecay], step_shape, features, dtype):
 
 def _flat_lanes(value, step_shape, features, dtype) -> np.ndarray:
     """:func:`~aquatic.functional.neurons_jit.lanes`, flat: one value per neuron."""
-    return neurons_jit.lanes(value, step_shape, features, dtype).reshape(-1)
+    return neurons_jit.lanes(value, step_shape, features, dtype, every_sample=True).reshape(-1)
 
 
 def grid_forward(

@@ -119,23 +119,41 @@ def _flat(t: Tensor, shape) -> np.ndarray:
     return t.detach().reshape(shape).contiguous().numpy()
 
 
-def lanes(value, step_shape, features: int, dtype) -> np.ndarray:
+def lanes(value, step_shape, features: int, dtype, every_sample: bool = False) -> np.ndarray:
     """A number, array or tensor broadcast to the neurons ``step_shape`` ``(N, *)``, as a
-    contiguous ``(N, F)`` array of NumPy ``dtype`` (a kernel's per-neuron parameter).
+    contiguous ``(R, F)`` array of NumPy ``dtype`` (a kernel's per-neuron parameter):
+    ``R = 1`` where the value is the same for every sample (the loops repeat that row,
+    :func:`~aquatic.functional.neurons_jit_kernels.job_lanes`), else ``N``;
+    ``every_sample=True``: always ``N``.
 
     Example:
         >>> lanes(torch.tensor([[0.5], [0.25]]), (2, 2, 3), 6, np.float32)  # per channel
-        array([[0.5 , 0.5 , 0.5 , 0.25, 0.25, 0.25],
-               [0.5 , 0.5 , 0.5 , 0.25, 0.25, 0.25]], dtype=float32)
+        array([[0.5 , 0.5 , 0.5 , 0.25, 0.25, 0.25]], dtype=float32)
+        >>> lanes(torch.tensor([[0.5], [0.25]]), (2, 3), 3, np.float32)  # per sample
+        array([[0.5 , 0.5 , 0.5 ],
+               [0.25, 0.25, 0.25]], dtype=float32)
+        >>> lanes(0.5, (2, 3), 3, np.float32, every_sample=True)
+        array([[0.5, 0.5, 0.5],
+               [0.5, 0.5, 0.5]], dtype=float32)
     """
+    rows = step_shape[0]
+    if not every_sample and (np.ndim(value) < len(step_shape) or np.shape(value)[0] == 1):
+        rows = 1
+    shape = (rows,) + tuple(step_shape[1:])
     if isinstance(value, Tensor):
+        if rows == 1 and value.numel() == 1:  # a layer's usual decay and threshold
+            return np.full((1, features), value.item(), dtype)
         # A tensor's copy made by torch's allocator, as the PyTorch loop's temporaries:
         # NumPy's here changed the heap's layout enough that 13 MB were returned to the
         # system and faulted in again on every call.
-        value = value.detach().cpu().to(torch.from_numpy(np.empty(0, dtype)).dtype)
-        return _flat(value.broadcast_to(step_shape), (step_shape[0], features))
-    full = np.broadcast_to(np.asarray(value, dtype=dtype), step_shape)
-    return np.ascontiguousarray(full).reshape(step_shape[0], features)
+        value = value.detach().cpu().to(_TORCH_DTYPES[np.dtype(dtype)])
+        return _flat(value.broadcast_to(shape), (rows, features))
+    full = np.broadcast_to(np.asarray(value, dtype=dtype), shape)
+    return np.ascontiguousarray(full).reshape(rows, features)
+
+
+#: The torch dtype of each NumPy dtype of the loops.
+_TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
 
 def _none(dtype, rank: int) -> np.ndarray:

@@ -40,6 +40,7 @@ from aquatic.functional.neurons_jit_kernels import (
     inline,
     jit,
     job_block,
+    job_lanes,
     job_layout,
     job_range,
     numba,
@@ -152,11 +153,11 @@ if numba is not None:
         for job in range(*job_range(jobs, part, parts)):
             n0, n1, o, f1 = job_block(job, rows, chunk, n_batch, n_feat)
             m = f1 - o
-            a = alpha[n0:n1, o:f1].copy()
-            h = threshold[n0:n1, o:f1].copy()
-            decay = alpha_syn[n0:n1, o:f1].copy() if synaptic else a
-            gain_j = gain[n0:n1, o:f1].copy() if norm_input else a
-            bias_j = bias[n0:n1, o:f1].copy() if has_bias and every else a
+            a = job_lanes(alpha, n0, n1, o, f1)
+            h = job_lanes(threshold, n0, n1, o, f1)
+            decay = job_lanes(alpha_syn, n0, n1, o, f1) if synaptic else a
+            gain_j = job_lanes(gain, n0, n1, o, f1) if norm_input else a
+            bias_j = job_lanes(bias, n0, n1, o, f1) if has_bias and every else a
             factor_i = gain_j if norm_input else decay
             if synaptic:
                 if last < n_steps:

@@ -36,8 +36,8 @@ except ImportError:  # pragma: no cover - the PyTorch loops run instead
     numba = None
 
 __all__ = [
-    "JOB_LANES", "jit", "inline", "job_layout", "job_block", "job_range", "drive_of", "advance",
-    "plain_steps", "forward_kernel",
+    "JOB_LANES", "jit", "inline", "job_layout", "job_block", "job_range", "job_lanes",
+    "drive_of", "advance", "plain_steps", "forward_kernel",
 ]  # fmt: skip
 
 #: Neurons per job (:data:`aquatic.functional.jit_jobs.JOB_LANES`).
@@ -59,6 +59,17 @@ if numba is not None:
     job_block = inline(jit_jobs.block)
     #: :func:`aquatic.functional.jit_jobs.share`, compiled.
     job_range = inline(jit_jobs.share)
+
+    @inline
+    def job_lanes(values, n0, n1, f0, f1):
+        """A job's block ``[n0:n1, f0:f1]`` of a per-neuron parameter ``(N, F)``, or of
+        one ``(1, F)`` that every sample shares (its row repeated), as a new array."""
+        if values.shape[0] != 1:
+            return values[n0:n1, f0:f1].copy()
+        block = np.empty((n1 - n0, f1 - f0), values.dtype)
+        for r in range(n1 - n0):
+            block[r] = values[0, f0:f1]
+        return block
 
     @inline
     def drive_of(src, i, s_syn, g, b, r, drive, m, synaptic, norm, has_bias):
@@ -167,12 +178,12 @@ if numba is not None:
             n0, n1, f0, f1 = job_block(job, rows, chunk, n_batch, n_feat)
             m = f1 - f0
             v = v0[n0:n1, f0:f1].copy()
-            a = alpha[n0:n1, f0:f1].copy()
-            h = threshold[n0:n1, f0:f1].copy()
+            a = job_lanes(alpha, n0, n1, f0, f1)
+            h = job_lanes(threshold, n0, n1, f0, f1)
             i = i0[n0:n1, f0:f1].copy() if synaptic else v.copy()
-            s_syn = alpha_syn[n0:n1, f0:f1].copy() if synaptic else a
-            g = gain[n0:n1, f0:f1].copy() if norm else a
-            b = bias[n0:n1, f0:f1].copy() if has_bias else a
+            s_syn = job_lanes(alpha_syn, n0, n1, f0, f1) if synaptic else a
+            g = job_lanes(gain, n0, n1, f0, f1) if norm else a
+            b = job_lanes(bias, n0, n1, f0, f1) if has_bias else a
             drive = np.empty(m, x.dtype)
             scratch = np.empty(m, x.dtype)
             # fmt: off
@@ -224,7 +235,7 @@ if numba is not None:
         jit_cache.refresh(_cache_path)
 
 else:  # pragma: no cover
-    jit = inline = job_layout = job_block = job_range = drive_of = advance = None
+    jit = inline = job_layout = job_block = job_range = job_lanes = drive_of = advance = None
     plain_steps = forward = None
 
 

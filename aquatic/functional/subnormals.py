@@ -34,7 +34,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import warnings
-from typing import Iterator
+from types import ModuleType
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -48,10 +49,16 @@ __all__ = ["flushing", "flushing_now"]
 _PROBE = torch.tensor([1], dtype=torch.int32).view(torch.float32)
 
 
-# Emptied where the team's modes cannot be set (then only the calling thread's are).
-_TEAM = [True]
 # The arguments of the team's call (never written: threads may call at once).
 _ON, _OFF = np.ones(1, dtype=np.int64), np.zeros(1, dtype=np.int64)
+_ADDRESSES = {True: _ON.ctypes.data, False: _OFF.ctypes.data}
+
+# The compiled loops' modules, looked up on first use (neurons_jit imports this module's
+# importers; jit_fpenv imports Numba).
+_MODULES: Dict[str, ModuleType] = {}
+# [(reader, team entry)] of jit_fpenv once looked up, [None] where they are missing or
+# fail (then the probe reads the mode, and only the calling thread's is set).
+_CALLS: List[Optional[Tuple[Callable[[], int], int]]] = []
 
 
 def flushing_now() -> bool:
@@ -64,6 +71,9 @@ def flushing_now() -> bool:
         >>> flushing_now()
         False
     """
+    calls = _calls()
+    if calls is not None:  # MXCSR's bits, read directly
+        return calls[0]() != 0
     # Either mode makes the product 0: flush-to-zero its result, denormals-are-zero its
     # operand.
     return torch.mul(_PROBE, 1.0).view(torch.int32).item() == 0
@@ -97,26 +107,41 @@ def flushing(on: bool = True) -> Iterator[None]:
             _set_team(False)
 
 
+def _module(name: str) -> ModuleType:
+    module = _MODULES.get(name)
+    if module is None:
+        module = _MODULES[name] = importlib.import_module(f"aquatic.functional.{name}")
+    return module
+
+
+def _calls() -> Optional[Tuple[Callable[[], int], int]]:
+    """``(reader, entry)`` of :mod:`~aquatic.functional.jit_fpenv`: the calling thread's
+    flush bits and the C function that sets them on a thread of the team; ``None``
+    where the compiled loops are off, or without Numba on x86-64, or where they fail
+    (a ``RuntimeWarning``, once)."""
+    if not _module("neurons_jit").ENABLED:
+        return None
+    if not _CALLS:
+        try:
+            fpenv = _module("jit_fpenv")
+            read, address = fpenv.reader(), fpenv.entry()
+            _CALLS.append(None if read is None or address is None else (read, address))
+        except Exception as error:  # no Numba, or one that fails: the calling thread only
+            _CALLS.append(None)
+            warnings.warn(
+                f"could not set the flush-to-zero mode on PyTorch's OpenMP threads "
+                f"({type(error).__name__}: {error}); it is set on the calling thread only",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+    return _CALLS[0]
+
+
 def _set_team(on: bool) -> bool:
     """Set (or clear) the flush modes of every thread on PyTorch's OpenMP team; whether
     it did (it needs the compiled loops enabled, Numba on x86-64 and the team's runtime:
     :mod:`~aquatic.functional.jit_fpenv`, :func:`~aquatic.functional.jit_openmp.usable`)."""
-    # (looked up here: neurons_jit imports this module's importers, and jit_fpenv Numba)
-    enabled = importlib.import_module("aquatic.functional.neurons_jit").ENABLED
-    if not (_TEAM and enabled and jit_openmp.usable()):
+    calls = _calls()
+    if calls is None or not jit_openmp.usable():
         return False
-    try:
-        address = importlib.import_module("aquatic.functional.jit_fpenv").entry()
-        if address is None:
-            _TEAM.clear()
-            return False
-    except Exception as error:  # no Numba, or one that fails: the calling thread only
-        _TEAM.clear()
-        warnings.warn(
-            f"could not set the flush-to-zero mode on PyTorch's OpenMP threads "
-            f"({type(error).__name__}: {error}); it is set on the calling thread only",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-        return False
-    return jit_openmp.run_on_team(address, (_ON if on else _OFF).ctypes.data)
+    return jit_openmp.run_on_team(calls[1], _ADDRESSES[on])

@@ -44,6 +44,7 @@ from aquatic.nn.neuron_options import (
     check_loaded_neuron,
     check_min_v_mem,
     describe,
+    options_repr,
     register_bias,
     register_decay,
     register_threshold,
@@ -52,6 +53,9 @@ from aquatic.nn.neuron_options import (
 from aquatic.qconfig import QConfig
 
 __all__ = ["NeuronModule"]
+
+# The state operations of a layer without quantizers (a NamedTuple: one value serves all).
+_NO_STATE_OPS = StateOps()
 
 
 class NeuronModule(QuantizedModule):
@@ -171,9 +175,12 @@ class NeuronModule(QuantizedModule):
         tau = getattr(self, f"tau_{kind}")
         name = f"alpha_{kind}"
         if tau is not None:
-            alpha = torch.exp(-1.0 / self.quantized(f"tau_{kind}").clamp(min=TAU_MIN))
-            if name in self.quantizers:
-                alpha = self.quantizers[name](alpha)
+            # the bits of exp(-1.0 / tau), in (0, 1] or nan: only a quantizer's needs the clamp
+            inverse = torch.reciprocal(self.quantized(f"tau_{kind}").clamp(min=TAU_MIN))
+            alpha = torch.exp(torch.neg(inverse))
+            if name not in self.quantizers:
+                return alpha
+            alpha = self.quantizers[name](alpha)
         elif getattr(self, name) is not None:
             alpha = self.quantized(name)
         else:
@@ -314,6 +321,8 @@ class NeuronModule(QuantizedModule):
             >>> ops.quantize_v_mem is not None, ops.decay_v_mem is not None, ops.decay_i_syn
             (True, True, None)
         """
+        if not self.quantizers:
+            return _NO_STATE_OPS
         v_mem, i_syn = self._state_quantizer("v_mem"), self._state_quantizer("i_syn")
         return StateOps(
             quantize_v_mem=None if v_mem is None else GridState(v_mem),
@@ -362,7 +371,8 @@ class NeuronModule(QuantizedModule):
 
     def _store(self, result: LIFOutput) -> None:
         self.v_mem = result.state.v_mem.detach()
-        self.i_syn = None if result.state.i_syn is None else result.state.i_syn.detach()
+        if result.state.i_syn is not None or self.i_syn is not None:  # (None stays None)
+            self.i_syn = None if result.state.i_syn is None else result.state.i_syn.detach()
         if self.record_states:
             self.recordings = {"v_mem": result.v_mem}
             if result.i_syn is not None:
@@ -379,19 +389,7 @@ class NeuronModule(QuantizedModule):
         return ", ".join(parts)
 
     def _options_repr(self) -> str:
-        parts = [f"reset={self.reset!r}", f"surrogate={self.surrogate!r}"]
-        if self.max_spikes != 1:
-            parts.append(f"max_spikes={self.max_spikes}")
-        if self.min_v_mem is not None:
-            parts.append(f"min_v_mem={self.min_v_mem:g}")
-        if self.detach_reset:
-            parts.append("detach_reset=True")
-        if self.norm_input:
-            parts.append("norm_input=True")
-        for name in ("strict_threshold", "input_after_decay", "input_delay"):
-            if getattr(self, name):
-                parts.append(f"{name}=True")
-        return ", ".join(parts)
+        return options_repr(self)
 
     def extra_repr(self) -> str:
         params = self._params_repr()

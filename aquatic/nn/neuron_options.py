@@ -24,6 +24,7 @@ __all__ = [
     "document_neuron_args",
     "as_value_tensor",
     "describe",
+    "options_repr",
     "check_min_v_mem",
     "check_decay",
     "check_threshold",
@@ -291,3 +292,27 @@ def check_min_v_mem(min_v_mem: Optional[float]) -> Optional[float]:
     if math.isnan(min_v_mem):
         raise ValueError("min_v_mem must be a number or None, got nan")
     return float(min_v_mem)
+
+
+def options_repr(module: nn.Module) -> str:
+    """The spiking options of a neuron layer for its ``repr``: ``reset`` and
+    ``surrogate``, then each other option that differs from its default.
+
+    Example:
+        >>> from aquatic.nn import LIF
+        >>> options_repr(LIF(tau_mem=5.0, max_spikes=3, norm_input=True))
+        "reset='subtract', surrogate=SingleExponential(width=0.5, scale=1), max_spikes=3, norm_input=True"
+    """
+    parts = [f"reset={module.reset!r}", f"surrogate={module.surrogate!r}"]
+    if module.max_spikes != 1:
+        parts.append(f"max_spikes={module.max_spikes}")
+    if module.min_v_mem is not None:
+        parts.append(f"min_v_mem={module.min_v_mem:g}")
+    if module.detach_reset:
+        parts.append("detach_reset=True")
+    if module.norm_input:
+        parts.append("norm_input=True")
+    for name in ("strict_threshold", "input_after_decay", "input_delay"):
+        if getattr(module, name):
+            parts.append(f"{name}=True")
+    return ", ".join(parts)

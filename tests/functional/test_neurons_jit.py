@@ -30,12 +30,15 @@ OPTIONS = [
 ]
 #: (input shape, parameter shape): one neuron per feature; 1100 features make three
 #: jobs of up to 512; 40 samples of 3 features make jobs of many rows; a conv-like
-#: input takes one parameter per channel.
+#: input takes one parameter per channel. The loops take a parameter that every sample
+#: shares as one row (the layers' case), and one per sample as it is (the last two).
 SHAPES = [
     ((3, 12, 4), (4,)),
     ((1, 5, 1100), ()),
     ((40, 6, 3), (3,)),
     ((2, 7, 3, 5, 4), (3, 1, 1)),
+    ((40, 6, 3), (40, 3)),
+    ((2, 5, 700), (2, 1)),
 ]
 
 

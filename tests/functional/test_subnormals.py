@@ -3,6 +3,7 @@ calling thread and on PyTorch's OpenMP team, and leave the processor's mode as t
 found it."""
 
 import importlib.util
+import platform
 import warnings
 
 import pytest
@@ -46,6 +47,33 @@ def test_the_calling_thread_flushes_inside_and_not_after():
     assert _subnormal(tiny * 1e-10).all()
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["register", "probe"])
+def test_the_mode_reads_the_same_from_the_register_and_the_probe(
+    compiled, monkeypatch, record_calls
+):
+    """With the compiled loops flushing_now reads MXCSR's bits, without them it
+    multiplies a subnormal number: both see either mode, set here or by the user."""
+    monkeypatch.setattr(neurons_jit, "ENABLED", compiled)
+    probes = record_calls(torch, "mul")  # flushing_now's probe
+    seen = [flushing_now()]
+    with flushing():
+        seen.append(flushing_now())
+    torch.set_flush_denormal(True)
+    try:
+        seen.append(flushing_now())
+        with flushing():
+            seen.append(flushing_now())
+        seen.append(flushing_now())
+    finally:
+        torch.set_flush_denormal(False)
+    seen.append(flushing_now())
+    assert seen == [False, True, True, True, True, False]
+    read_directly = compiled and subnormals._calls() is not None
+    assert len(probes) == (0 if read_directly else 8)
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    assert read_directly == (compiled and x86 and importlib.util.find_spec("numba") is not None)
+
+
 def test_off_it_changes_nothing():
     with flushing(on=False):
         assert not flushing_now()
@@ -87,7 +115,7 @@ def test_without_the_team_the_calling_thread_still_flushes(monkeypatch, two_thre
         raise OSError("no entry point")
 
     monkeypatch.setattr(jit_fpenv, "entry", broken)
-    monkeypatch.setattr(subnormals, "_TEAM", [True])
+    monkeypatch.setattr(subnormals, "_CALLS", [])
     monkeypatch.setattr(jit_openmp, "usable", lambda: True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

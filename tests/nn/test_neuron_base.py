@@ -139,6 +139,37 @@ def test_decay_kind_is_checked():
         LIF(tau_mem=2.0).decay("membrane")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_decay_from_tau_is_exp_of_minus_one_over_tau_bit_for_bit(dtype):
+    """The decay and its gradient have the bits of ``exp(-1.0 / tau)`` over the range of
+    tau (the clamp to TAU_MIN, values whose decay rounds to 1, nan), with no clamp to
+    [0, 1] that could change either."""
+    from aquatic.functional.neuron_types import TAU_MIN
+
+    generator = torch.Generator().manual_seed(0)
+    values = torch.cat(
+        [
+            torch.rand(200, generator=generator, dtype=torch.float64) * 50,
+            torch.tensor([0.0, TAU_MIN / 2, TAU_MIN, 1e-3, 1.0, 3e7, 1e30, float("inf")]),
+            torch.tensor([-2.0, float("nan")]),
+        ]
+    ).to(dtype)
+    layer = LIF(tau_mem=torch.ones(values.shape), train_decay=True).to(dtype)
+    with torch.no_grad():  # past the constructor's checks: values training may reach
+        layer.tau_mem.copy_(values)
+    alpha = layer.decay("mem")
+    weights = torch.randn(alpha.shape, generator=generator, dtype=torch.float64).to(dtype)
+    (alpha * weights).sum().backward()
+    tau = values.clone().requires_grad_()
+    expected = torch.exp(-1.0 / tau.clamp(min=TAU_MIN))
+    (expected * weights).sum().backward()
+    assert torch.equal(alpha.isnan(), expected.isnan()) and alpha.isnan().sum() == 1
+    assert torch.equal(alpha.nan_to_num(), expected.detach().nan_to_num())
+    assert torch.equal(layer.tau_mem.grad.nan_to_num(), tau.grad.nan_to_num())
+    assert alpha.dtype == dtype and (alpha[:-1] >= 0).all() and (alpha[:-1] <= 1).all()
+    assert (alpha == 1).sum() >= 2 and (layer.tau_mem.grad[:200] != 0).all()
+
+
 def test_gradients_reach_the_parameters_through_the_spec():
     layer = LIF(tau_mem=5.0, threshold=0.5, bias=0.1, train_decay=True, train_threshold=True)
     layer(torch.rand(2, 8, 3) * 2).sum().backward()
