@@ -16,9 +16,16 @@ call of a Xylo-preset ``LIF`` on ``(64, 100, 256)`` inside a training step, whic
 took 10.5 ms instead of 7 ms. Whether a step meets them depends on the order of every
 allocation in the process, so it comes and goes between runs.
 
+Quantization-aware training meets the same: a CNN's activations of a few megabytes
+each, with their fake-quantized copies and masks, made ``benchmarks/qat_overhead.py``'s
+int8 CNN step fault in 1,500 to 2,500 pages and take 9 to 10 ms instead of 7.4 ms, in
+some processes and not others (the float model's step too, 8 ms instead of 5.9 ms).
+
 :func:`settle` frees one block just under 32 MiB, once per process, before the first
-large CPU sequence: glibc then keeps up to 64 MiB free at the top of its heap, as it does
-in any process that has freed such a block. The block's pages are never touched (mapped
+large CPU sequence of a spiking layer or the first large tensor that a quantizer's
+compiled step (:func:`aquatic.quantizers.fused.fused_step`) observes: glibc then keeps
+up to 64 MiB free at the top of its heap, as it does in any process that has freed such
+a block. The block's pages are never touched (mapped
 and unmapped, a few microseconds), and with another C library the call is a harmless
 allocation. Where ``MALLOC_MMAP_THRESHOLD_`` or ``MALLOC_TRIM_THRESHOLD_`` is set, glibc
 keeps those values and the call changes nothing. ``benchmarks/heap.py`` measures the

@@ -19,10 +19,15 @@ caller runs the PyTorch operations (:func:`quantize_scalar` is called only where
 incoming gradient times the mask, which the loop writes in the same pass as the values
 (:mod:`aquatic.functional.fake_quant_outputs`, with :data:`CLONE_LIMIT`).
 
-Inside training steps here (two threads), sharing a call on PyTorch's OpenMP team gained
-from about half a million elements (a 1024-wide MLP: 4.71 against 5.11 ms a step) and
-cost below (a 256-wide MLP: 1.35 against 1.31 ms): :data:`PARALLEL_ABOVE` and
-:data:`CLONE_LIMIT`. ``AQUATIC_NUMBA=0`` (before import) or :data:`ENABLED` turn the loops off.
+Inside training steps here (two threads), sharing a call on PyTorch's OpenMP team and
+taking the gradient through an autograd.Function gained from a quarter of a million
+elements and cost below: :data:`PARALLEL_ABOVE` and :data:`CLONE_LIMIT`, measured in
+interleaved rounds of int8 QAT steps (``benchmarks/qat_overhead.py``'s models; median
+step, 2^19 against 2^18): the CNN (activations of 401,408 and 802,816 values) 7.82
+against 7.61 ms per tensor and 7.43 against 7.28 ms per channel; the 784-512-512-10
+MLP (weights of 262,144 and 401,408) 2.11 against 2.08 ms and 2.10 against 2.02 ms;
+the 784-256-256-10 MLP (a weight of 200,704) 1.145 against 1.142 ms, and 2^17 cost it
+1.176 ms. ``AQUATIC_NUMBA=0`` (before import) or :data:`ENABLED` turn the loops off.
 """
 
 from __future__ import annotations
@@ -52,11 +57,11 @@ __all__ = [
 ENABLED = os.environ.get("AQUATIC_NUMBA", "1") != "0"
 #: From this many elements, a call is shared out on PyTorch's OpenMP threads
 #: (:func:`aquatic.functional.jit_openmp.run_on_team`).
-PARALLEL_ABOVE = 1 << 19
+PARALLEL_ABOVE = 1 << 18
 #: From this many elements, a tensor that needs a gradient gets it through a Python
 #: autograd.Function rather than a copy (``clone``) or a product with the mask
 #: (``input * mask``) that the loop overwrites.
-CLONE_LIMIT = 1 << 19
+CLONE_LIMIT = 1 << 18
 #: From this many elements (and more than one thread), a per-tensor observer takes its
 #: extrema with ``torch.aminmax`` on PyTorch's threads rather than in the compiled call
 #: on one: measured inside training steps, a 784-512-512-10 MLP's weights (262,144 and

@@ -27,6 +27,7 @@ import functools
 import importlib.util
 import math
 import os
+import sys
 import warnings
 from typing import List, Optional, Tuple
 
@@ -207,8 +208,10 @@ def copy_back(results, buffers) -> None:
 
 
 def _kernel():
-    # The kernels' module imports Numba: imported on first use, not with aquatic.
-    return importlib.import_module("aquatic.functional.neurons_jit_kernels").forward_kernel()
+    # The kernels' module imports Numba: imported on first use, not with aquatic (then
+    # found in sys.modules, a tenth of import_module's time).
+    name = "aquatic.functional.neurons_jit_kernels"
+    return (sys.modules.get(name) or importlib.import_module(name)).forward_kernel()
 
 
 # ----------------------------------------------------------------------------- forward

@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import importlib
 import math
+import sys
 from typing import Optional, Tuple
 
 import numpy as np
@@ -159,8 +160,8 @@ def _slopes_form(surrogate) -> Tuple[str, float, float]:
 
 
 def _kernel():
-    module = importlib.import_module("aquatic.functional.neurons_jit_backward_kernels")
-    return module.backward
+    name = "aquatic.functional.neurons_jit_backward_kernels"
+    return (sys.modules.get(name) or importlib.import_module(name)).backward
 
 
 @functools.lru_cache(maxsize=None)

@@ -28,7 +28,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from aquatic.functional import fake_quant_jit
+from aquatic.functional import cpu_heap, fake_quant_jit
 from aquatic.observers import MinMaxObserver, MovingAverageMinMaxObserver
 from aquatic.observers.range_checks import distributed, range_limit
 
@@ -111,6 +111,7 @@ def fused_step(quantizer: Any, input: Tensor) -> Optional[Tensor]:
         and (quantizer.ch_axis is not None or observer.supports_scalars(input))
     ):
         return None
+    cpu_heap.settle(input)  # a large activation: the heap keeps what a step frees
     buffers = observer._buffers
     min_val, max_val = buffers["min_val"], buffers["max_val"]
     channels = () if quantizer.ch_axis is None else (input.shape[0],) if input.dim() else None

@@ -356,3 +356,16 @@ def test_large_tensors_leave_their_extrema_to_torch_threads(
         assert torch.equal(bits(y), bits(ops(data)))
         monkeypatch.setattr(fake_quant_jit, "ENABLED", True)
     assert len(calls) == 3 and all((c is None) == (threads > 1) for c in calls)
+
+
+def test_the_first_large_activation_settles_the_heap(monkeypatch):
+    """A megabyte or more through the compiled step frees the block of cpu_heap.settle
+    once (so glibc keeps what training steps free); smaller tensors do not."""
+    from aquatic.functional import cpu_heap
+
+    monkeypatch.setattr(cpu_heap, "_settled", False)
+    q = UniformQuantizer(bits=8, signed=False, symmetric=False)
+    q(torch.rand(64, 16, 8, 8))  # 256 KiB
+    assert not cpu_heap._settled
+    q(torch.rand(64, 16, 16, 16))  # 1 MiB
+    assert cpu_heap._settled
