@@ -51,11 +51,11 @@ the same compiled forward loop, and prints their ratio; a second table times the
 backward pass alone both ways over batch and width.
 
 The default layer's ratio to the six-pass floor is also taken in ``--rounds`` interleaved
-rounds (one floor, one layer run each; the median ratio, with the 10th to 90th
+rounds (the best of three runs of each in turn; the median ratio, with the 10th to 90th
 percentile), which the summary line gives: on a shared machine, best-of times taken
 minutes apart see different loads.
 
-Run: ``python benchmarks/lif_speed.py [--threads 1] [--repeats 7] [--rounds 40] [--quick]
+Run: ``python benchmarks/lif_speed.py [--threads 1] [--repeats 7] [--rounds 20] [--quick]
 [--clock cpu]``.
 """
 
@@ -263,26 +263,26 @@ def floor_ms(x: torch.Tensor, repeats: int) -> float:
 
 
 def floor_ratio(x: torch.Tensor, step: Callable[[], None], rounds: int) -> Tuple[float, ...]:
-    """``(median, p10, p90)`` of ``step``'s time over the six-pass floor's (as
-    :func:`floor_ms`) in ``rounds`` interleaved rounds (one run of each, after warm-up
-    runs): a change of the machine's load between the two measurements, which best-of
-    times do not share, moves both alike."""
+    """``(median, p10, p90)`` over ``rounds`` rounds of the ratio of ``step``'s time to
+    the six-pass floor's (as :func:`floor_ms`), each round timing the two in turn (the
+    best of 3 runs each, after one that is not counted: it meets the heap and caches as
+    the other one left them). A change of the machine's load between the two
+    measurements, which best-of times taken apart do not share, moves both alike."""
 
     def six_passes():
         for _ in range(3):
             x.clone()
 
-    for _ in range(2):
-        six_passes()
-        step()
-    ratios = []
-    for _ in range(rounds):
-        start = CLOCK()
-        six_passes()
-        middle = CLOCK()
-        step()
-        ratios.append((CLOCK() - middle) / (middle - start))
-    ratios.sort()
+    def best(run: Callable[[], None]) -> float:
+        run()
+        times = []
+        for _ in range(3):
+            start = CLOCK()
+            run()
+            times.append(CLOCK() - start)
+        return min(times)
+
+    ratios = sorted(best(step) / best(six_passes) for _ in range(rounds))
     return (
         statistics.median(ratios),
         ratios[int(0.1 * (rounds - 1))],
@@ -391,7 +391,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--neurons", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument(
-        "--rounds", type=int, default=40, help="interleaved rounds of the floor ratio"
+        "--rounds", type=int, default=20, help="interleaved rounds of the floor ratio"
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--scale-batch", type=int, default=16, help="batch of the scaling table")
