@@ -58,13 +58,22 @@ SETTINGS_COMPARED = {
 }
 
 
+#: PyTorch's switch (read once, at its start) for 2 MiB-aligned CPU tensors of 2 MiB or
+#: more that ask the kernel for transparent huge pages (``madvise(MADV_HUGEPAGE)``).
+HUGE_PAGES = "THP_MEM_ALLOC_ENABLE"
+
+
 def describe() -> str:
-    """One line for a benchmark's header: the heap settings this process started with."""
+    """One line for a benchmark's header: the heap settings this process started with,
+    and PyTorch's huge pages where :data:`HUGE_PAGES` is set."""
     names = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
     set_here = [f"{name}={os.environ[name]}" for name in names if name in os.environ]
+    line = "heap: " + " ".join(set_here)
     if not set_here:
-        return "heap: the C library's defaults, settled once by aquatic (benchmarks/heap.py)"
-    return "heap: " + " ".join(set_here)
+        line = "heap: the C library's defaults, settled once by aquatic (benchmarks/heap.py)"
+    if HUGE_PAGES in os.environ:
+        line += f"; {HUGE_PAGES}={os.environ[HUGE_PAGES]} (PyTorch's huge pages)"
+    return line
 
 
 def _lif_step() -> Callable[[], None]:

@@ -23,11 +23,16 @@ def test_settings_set_both_thresholds(heap):
 
 
 def test_describe_says_defaults_or_names_the_settings(heap, monkeypatch):
-    for name in NAMES:
+    for name in NAMES + (heap.HUGE_PAGES,):
         monkeypatch.delenv(name, raising=False)
     assert heap.describe().startswith("heap: the C library's defaults, settled once")
+    assert "huge pages" not in heap.describe()
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
     assert heap.describe() == "heap: MALLOC_TRIM_THRESHOLD_=12345"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "1")
+    assert heap.describe() == (
+        "heap: MALLOC_TRIM_THRESHOLD_=12345; THP_MEM_ALLOC_ENABLE=1 (PyTorch's huge pages)"
+    )
 
 
 def test_environment_adds_or_removes_the_settings(heap, monkeypatch):
