@@ -251,15 +251,20 @@ def agreement(peer: Case, ours: Case, x: torch.Tensor, kind: str) -> str:
     return f"{before:.4%} equal up to first spike, {equal:.1%} overall (reset timing)"
 
 
-def floor_ms(x: torch.Tensor, repeats: int) -> float:
-    """Time of six passes over a tensor like ``x``: three ``clone()`` (a read and a write
-    each, including the allocation, as a layer allocates its outputs)."""
+def six_passes(x: torch.Tensor) -> Callable[[], None]:
+    """Six passes over a tensor like ``x``: three ``clone()`` (a read and a write each,
+    including the allocation, as a layer allocates its outputs)."""
 
-    def six_passes():
+    def run():
         for _ in range(3):
             x.clone()
 
-    return time_ms(six_passes, repeats)[0]
+    return run
+
+
+def floor_ms(x: torch.Tensor, repeats: int) -> float:
+    """Time of :func:`six_passes` over ``x``."""
+    return time_ms(six_passes(x), repeats)[0]
 
 
 def floor_ratio(x: torch.Tensor, step: Callable[[], None], rounds: int) -> Tuple[float, ...]:
@@ -268,10 +273,7 @@ def floor_ratio(x: torch.Tensor, step: Callable[[], None], rounds: int) -> Tuple
     best of 3 runs each, after one that is not counted: it meets the heap and caches as
     the other one left them). A change of the machine's load between the two
     measurements, which best-of times taken apart do not share, moves both alike."""
-
-    def six_passes():
-        for _ in range(3):
-            x.clone()
+    floor = six_passes(x)
 
     def best(run: Callable[[], None]) -> float:
         run()
@@ -282,7 +284,7 @@ def floor_ratio(x: torch.Tensor, step: Callable[[], None], rounds: int) -> Tuple
             times.append(CLOCK() - start)
         return min(times)
 
-    ratios = sorted(best(step) / best(six_passes) for _ in range(rounds))
+    ratios = sorted(best(step) / best(floor) for _ in range(rounds))
     return (
         statistics.median(ratios),
         ratios[int(0.1 * (rounds - 1))],

@@ -63,7 +63,20 @@ if numba is not None:
     @inline
     def job_lanes(values, n0, n1, f0, f1):
         """A job's block ``[n0:n1, f0:f1]`` of a per-neuron parameter ``(N, F)``, or of
-        one ``(1, F)`` that every sample shares (its row repeated), as a new array."""
+        one ``(1, F)`` that every sample shares (its row repeated), as a new array.
+
+        Shape:
+            - values: ``(N, F)`` or ``(1, F)``; output: ``(n1 - n0, f1 - f0)``.
+
+        Example:
+            >>> shared = np.array([[1.0, 2.0, 3.0]], np.float32)
+            >>> job_lanes(shared, 0, 2, 1, 3)
+            array([[2., 3.],
+                   [2., 3.]], dtype=float32)
+            >>> job_lanes(np.arange(6.0).reshape(3, 2), 1, 3, 0, 2)  # one row per sample
+            array([[2., 3.],
+                   [4., 5.]])
+        """
         if values.shape[0] != 1:
             return values[n0:n1, f0:f1].copy()
         block = np.empty((n1 - n0, f1 - f0), values.dtype)
