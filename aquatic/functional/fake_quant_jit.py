@@ -27,7 +27,9 @@ step, 2^19 against 2^18): the CNN (activations of 401,408 and 802,816 values) 7.
 against 7.61 ms per tensor and 7.43 against 7.28 ms per channel; the 784-512-512-10
 MLP (weights of 262,144 and 401,408) 2.11 against 2.08 ms and 2.10 against 2.02 ms;
 the 784-256-256-10 MLP (a weight of 200,704) 1.145 against 1.142 ms, and 2^17 cost it
-1.176 ms. ``AQUATIC_NUMBA=0`` (before import) or :data:`ENABLED` turn the loops off.
+1.176 ms. A per-tensor observer's step is shared from :data:`SHARE_OBSERVE_FROM`
+elements, its extrema and its quantization alike. ``AQUATIC_NUMBA=0`` (before import)
+or :data:`ENABLED` turn the loops off.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from aquatic.functional.fake_quant_outputs import finish, prepare
 from aquatic.functional.fake_quant_rules import AVERAGE, AVERAGE_FROM_BATCH, MIN_MAX
 
 __all__ = [
-    "ENABLED", "PARALLEL_ABOVE", "CLONE_LIMIT", "OBSERVE_BELOW", "EPS", "available", "applies",
+    "ENABLED", "PARALLEL_ABOVE", "CLONE_LIMIT", "SHARE_OBSERVE_FROM", "EPS", "available", "applies",
     "quantize_scalar", "minmax_rows_step", "observe_scalar_step", "MIN_MAX", "AVERAGE",
     "AVERAGE_FROM_BATCH",
 ]  # fmt: skip
@@ -62,16 +64,23 @@ PARALLEL_ABOVE = 1 << 18
 #: autograd.Function rather than a copy (``clone``) or a product with the mask
 #: (``input * mask``) that the loop overwrites.
 CLONE_LIMIT = 1 << 18
-#: From this many elements (and more than one thread), a per-tensor observer takes its
-#: extrema with ``torch.aminmax`` on PyTorch's threads rather than in the compiled call
-#: on one: measured inside training steps, a 784-512-512-10 MLP's weights (262,144 and
-#: 401,408 values) took 2.41 ms a step the compiled way against 2.35 ms, while below
-#: this size the compiled call saved 40 to 55 µs a step on a 784-256-256-10 MLP.
-OBSERVE_BELOW = 1 << 16
+#: From this many elements (and more than one thread), a per-tensor quantizer's step
+#: (:func:`observe_scalar_step`) is shared out on PyTorch's OpenMP team: each thread
+#: takes the extrema of the spans it claims, then quantizes those spans with the merged
+#: range (:mod:`aquatic.functional.jit_fake_quant_team`). Where no team can run it, the
+#: step declines from this size, and the observer takes its extrema with
+#: ``torch.aminmax`` on PyTorch's threads, faster there than one compiled call on one.
+#: Measured inside training steps (``benchmarks/qat_overhead.py``'s models, int8 per
+#: tensor, interleaved, median step), shared against the ``aminmax`` path: the
+#: 784-256-256-10 MLP 1.158 against 1.205 ms, the 784-512-512-10 MLP 2.061 against
+#: 2.194 ms, the CNN 7.31 against 7.37 ms; 2^17 gave the same times, 2^14 and 2^15 (the
+#: MLPs' activations shared too) cost 20 to 40 µs a step.
+SHARE_OBSERVE_FROM = 1 << 16
 #: The smallest scale (float32 epsilon, as :func:`~aquatic.functional.qparams.calculate_qparams`).
 EPS = torch.finfo(torch.float32).eps
 
-_loops = None
+_loops = None  # aquatic.functional.jit_fake_quant, once compiled
+_team = None  # aquatic.functional.jit_fake_quant_team
 _tried = False
 
 
@@ -84,24 +93,25 @@ def available() -> bool:
         >>> isinstance(available(), bool)
         True
     """
-    global _loops, _tried
+    global _loops, _team, _tried
     if not ENABLED:
         return False
     if not _tried:
         _tried = True
         try:
             loops = importlib.import_module("aquatic.functional.jit_fake_quant")
+            team = importlib.import_module("aquatic.functional.jit_fake_quant_team")
         except ImportError:  # pragma: no cover - Numba is missing
             return False
         if loops.quantize_at is None:  # pragma: no cover - Numba is missing
             return False
         compiles = importlib.import_module("aquatic.functional.neurons_jit").compiles
-        if compiles("fake quantization", "PyTorch operations", lambda: _compile(loops)):
-            _loops = loops
+        if compiles("fake quantization", "PyTorch operations", lambda: _compile(loops, team)):
+            _loops, _team = loops, team
     return _loops is not None
 
 
-def _compile(loops) -> None:
+def _compile(loops, team) -> None:
     one, out, low, high = (torch.zeros(1) for _ in range(4))
     loops.quantize_at(one.data_ptr(), out.data_ptr(), low.data_ptr(), 1, 1.0, 1.0, -1.0, 1.0, True)
     pointers = (t.data_ptr() for t in (one, out, low, high))
@@ -109,8 +119,8 @@ def _compile(loops) -> None:
     loops.commit(low.data_ptr(), high.data_ptr(), out.data_ptr(), 0)
     loops.observe_scalar_at(one.data_ptr(), out.data_ptr(), 0, 1, low.data_ptr(), high.data_ptr(),
                             0, 0.0, False, False, 0, 255, 1.0, EPS, False)  # fmt: skip
-    for name in ("rows", "quantize"):
-        loops.entry(name)
+    for name in ("rows", "quantize", "scalar"):
+        team.entry(name)
 
 
 def applies(input: Tensor, dense: bool = False) -> bool:
@@ -186,7 +196,7 @@ def quantize_scalar(
     if parts > 1:
         call = _call(input, out, 1, size, parts, 0)
         call.words[4] = mask.data_ptr() if mask is not None else 0
-        call.constants[:] = scale, inv_scale, low, high, float(mask is not None)
+        call.constants[:5] = scale, inv_scale, low, high, float(mask is not None)
         ran = call.run("quantize", parts)
     else:
         ran = False
@@ -265,9 +275,10 @@ def observe_scalar_step(
     (:mod:`aquatic.functional.fake_quant_rules`: ``MIN_MAX``, or the moving average's
     form and its :math:`c` or :math:`1 - c`); ``min_val`` and ``max_val`` are the
     observer's float32 buffers (one value each), written in place. ``None`` where an
-    extremum is non-finite or above ``limit`` (nothing has changed), or from
-    :data:`OBSERVE_BELOW` elements on more than one thread (the observer's ``aminmax``
-    on PyTorch's threads is faster there).
+    extremum is non-finite or above ``limit`` (nothing has changed). From
+    :data:`SHARE_OBSERVE_FROM` elements on more than one thread, the call is shared out
+    on PyTorch's OpenMP team; where no team can run it, ``None`` there too (the
+    observer's ``aminmax`` on PyTorch's threads is faster than one compiled call).
 
     Shape:
         - input: any shape; output: the same shape and strides.
@@ -281,15 +292,29 @@ def observe_scalar_step(
         (-1.0, 2.0, tensor([-1.0000,  0.2588,  2.0000]))
     """
     size = input.numel()
-    if size >= OBSERVE_BELOW and torch.get_num_threads() > 1:
-        return None
+    parts = 1
+    if size >= SHARE_OBSERVE_FROM and torch.get_num_threads() > 1:
+        parts = _team_parts()
+        if parts == 1:
+            return None  # no team to share it: the observer's aminmax on PyTorch's threads
     written = prepare(input, clips, CLONE_LIMIT)
     out, mask = written.out, written.mask
+    masked = mask is not None
+    if parts > 1:
+        call = _call(input, out, 1, size, parts, parts)
+        call.words[4:7] = mask.data_ptr() if masked else 0, min_val.data_ptr(), max_val.data_ptr()
+        call.counts[:] = 0
+        # fmt: off
+        call.constants[:] = (rule, factor, initialized, symmetric, quant_min, quant_max, limit,
+                             EPS, masked)
+        # fmt: on
+        if call.run("scalar", parts):
+            return finish(input, written) if call.counts[2] else None
     # fmt: off
     if not _loops.observe_scalar_at(
-        input.data_ptr(), out.data_ptr(), mask.data_ptr() if mask is not None else 0, size,
+        input.data_ptr(), out.data_ptr(), mask.data_ptr() if masked else 0, size,
         min_val.data_ptr(), max_val.data_ptr(), rule, factor, initialized, symmetric,
-        quant_min, quant_max, limit, EPS, mask is not None,
+        quant_min, quant_max, limit, EPS, masked,
     ):
         return None
     # fmt: on
@@ -299,35 +324,43 @@ def observe_scalar_step(
 def _parts(size: int) -> int:
     """Shares for the OpenMP team: two per thread from :data:`PARALLEL_ABOVE` elements
     where the team can run them, else 1 (this thread)."""
+    return 1 if size < PARALLEL_ABOVE else _team_parts()
+
+
+def _team_parts() -> int:
+    """Two shares per thread where PyTorch's OpenMP team can run them, else 1."""
     threads = torch.get_num_threads()
-    if size < PARALLEL_ABOVE or threads < 2 or not jit_jobs.ENABLED or not jit_openmp.usable():
+    if threads < 2 or not jit_jobs.ENABLED or not jit_openmp.usable():
         return 1
     return 2 * threads
 
 
 class _Call:
-    """A descriptor (:data:`~aquatic.functional.jit_fake_quant.WORDS`), the shares'
-    status and five float64 constants in one array (one ``ctypes`` lookup, the slow part
-    of making one), and a float32 scratch of ``2 * extra`` values; kept for the next call
-    of the same shape on the same thread (:func:`_call`)."""
+    """A descriptor (:data:`~aquatic.functional.jit_fake_quant_team.WORDS`), the shares'
+    status (at least three words, which a shared observe step counts in) and nine float64
+    constants in one array (one ``ctypes`` lookup, the slow part of making one), and a
+    float32 scratch of ``2 * extra`` values; kept for the next call of the same shape on
+    the same thread (:func:`_call`)."""
 
     def __init__(self, rows: int, cols: int, parts: int, extra: int):
-        words = _loops.WORDS
-        self.block = np.zeros(words + parts + 5, dtype=np.int64)
+        words = _team.WORDS
+        status = max(parts, 3)
+        self.block = np.zeros(words + status + 9, dtype=np.int64)
         self.words = self.block[:words]
         self.status = self.block[words : words + parts]
-        self.constants = self.block[words + parts :].view(np.float64)
+        self.counts = self.block[words : words + 3]
+        self.constants = self.block[words + status :].view(np.float64)
         self.scratch = torch.empty(2 * extra)
         self.address = self.block.ctypes.data
         base, low = self.address, self.scratch.data_ptr()
         self.words[7:9] = low, low + 4 * extra
-        self.words[9:13] = rows, cols, base + 8 * words, base + 8 * (words + parts)
+        self.words[9:13] = rows, cols, base + 8 * words, base + 8 * (words + status)
 
     def run(self, name: str, parts: int) -> bool:
         """Run the entry point ``name`` on the team; ``False`` where it cannot run."""
         words = self.words
         words[:2] = 0, parts
-        if not jit_openmp.run_on_team(_loops.entry(name), self.address):
+        if not jit_openmp.run_on_team(_team.entry(name), self.address):
             return False
         if words[0] < parts:  # pragma: no cover - a team that did not run
             raise RuntimeError(f"the OpenMP team ran {words[0]} of {parts} shares")

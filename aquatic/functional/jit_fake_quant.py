@@ -24,18 +24,14 @@ moving average; :mod:`aquatic.functional.fake_quant_rules`), the scale and zero 
 of :func:`~aquatic.functional.qparams.calculate_qparams_float`, then
 :func:`quantize_span`.
 
-The extrema use integer keys: a float32's bits ``b`` map to the signed integer
-``b ^ ((b >> 31) & 0x7fffffff)``, which orders as the float does (negative floats
-have their magnitude bits flipped); integer minima and maxima vectorize where float
-ones do not (LLVM's floating-point ``min`` reduction needs fast-math, which would also
-license rewriting the quantization's arithmetic). The map is its own inverse, and a
-NaN maps beyond the infinities, so it shows up as a non-finite extremum.
+The extrema and the range's merge, scale and zero point come from
+:mod:`aquatic.functional.jit_ranges`.
 
 The arithmetic is PyTorch's float32 arithmetic in the same order, without fast-math
 (:func:`~aquatic.functional.qparams.calculate_qparams`,
 :func:`~aquatic.functional.fake_quant_nearest.fake_quantize_nearest`), so the results
-are the same bits. :func:`quantize_span` and :func:`observe_rows` also have C entry
-points (:func:`entry`) that run shares of one call on PyTorch's OpenMP team.
+are the same bits. :mod:`aquatic.functional.jit_fake_quant_team` runs shares of one
+call of them on PyTorch's OpenMP team.
 
 Importing this module imports Numba (optional); :mod:`aquatic.functional.fake_quant_jit`
 imports it on first use.
@@ -45,25 +41,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from aquatic.functional.fake_quant_rules import AVERAGE, MIN_MAX
-from aquatic.functional.jit_pointers import address, claim
-from aquatic.functional.neurons_jit_kernels import inline, jit, numba
+from aquatic.functional.jit_pointers import address
+from aquatic.functional.jit_ranges import extrema, scalar_qparams
+from aquatic.functional.neurons_jit_kernels import jit, numba
 
 __all__ = [
-    "WORDS", "quantize_span", "quantize_at",
-    "observe_rows", "observe_rows_at", "observe_scalar_at", "entry",
+    "quantize_span", "quantize_at", "observe_rows", "observe_rows_at", "observe_scalar_at",
+    "commit",
 ]  # fmt: skip
 
-#: Words of a descriptor (``int64``) of a call shared out on threads (:func:`entry`):
-#: a counter, the shares, the addresses of ``x``, ``out``, the mask, the running
-#: ``min`` and ``max`` and their new values, ``rows``, ``cols``, the address of the
-#: shares' status (``int64``) and of the float64 constants (``scale``, its float32
-#: reciprocal, ``low``, ``high`` and whether to write the mask; or ``limit``,
-#: ``levels`` and ``eps``).
-WORDS = 13
-
 if numba is not None:
-    _FLIP = np.int32(0x7FFFFFFF)
 
     @jit
     def quantize_span(x, out, mask, first, last, scale, inv, low, high, masked):
@@ -105,22 +92,6 @@ if numba is not None:
                       0, size, f32(scale), f32(inv), f32(low), f32(high), masked)
         # fmt: on
 
-    @inline
-    def _extrema(row, bits):
-        """The smallest and largest float32 of ``row`` (its bits, ``int32``), NaN beyond
-        the infinities; ``bits``: a scratch ``int32`` pair."""
-        low = np.int32(0x7FFFFFFF)
-        high = np.int32(-0x80000000)
-        for k in range(row.shape[0]):
-            b = row[k]
-            key = b ^ ((b >> 31) & _FLIP)
-            low = min(low, key)
-            high = max(high, key)
-        bits[0] = low ^ ((low >> 31) & _FLIP)
-        bits[1] = high ^ ((high >> 31) & _FLIP)
-        pair = bits.view(np.float32)
-        return pair[0], pair[1]
-
     @jit
     def observe_rows(x, out, run_min, run_max, new_min, new_max, first, last, limit, levels, eps):
         """Rows ``first:last`` of ``x`` ``(C, K)`` (float32, C-contiguous): each row's
@@ -133,7 +104,7 @@ if numba is not None:
         n = np.float32(levels)
         smallest = np.float32(eps)
         for c in range(first, last):
-            lo, hi = _extrema(keys[c], bits)
+            lo, hi = extrema(keys[c], bits)
             if not (hi <= limit and -lo <= limit):  # NaN compares False
                 return False
             lo = min(run_min[c], lo)
@@ -165,14 +136,6 @@ if numba is not None:
         high[:] = new_max
         return True
 
-    @inline
-    def _merged(cur, old, rule, factor):
-        """``cur`` merged into ``old`` by ``rule`` (float32, as the observers'
-        ``_combine_float``); ``factor``: :math:`c`, or :math:`1 - c`."""
-        if rule == AVERAGE:
-            return old + (cur - old) * factor
-        return cur - (cur - old) * factor
-
     @jit
     def observe_scalar_at(
         x, out, mask, size, run_min, run_max, rule, factor, initialized, symmetric,
@@ -181,51 +144,33 @@ if numba is not None:
         """One range observed from ``size`` float32 values at address ``x``, and its
         qparams: the per-tensor steps of :meth:`aquatic.observers.RangeObserver.update_scalar`
         and :func:`~aquatic.functional.qparams.calculate_qparams_float`, in their float32
-        arithmetic. The running range (one float32 each at ``run_min`` and ``run_max``)
-        is merged with the extrema by ``rule`` (``factor``: the average's :math:`c` or
-        :math:`1 - c`), or set to them where not ``initialized``.
+        arithmetic (:func:`~aquatic.functional.jit_ranges.scalar_qparams`). The running range (one float32 each at
+        ``run_min`` and ``run_max``) is merged with the extrema by ``rule`` (``factor``:
+        the average's :math:`c` or :math:`1 - c`), or set to them where not
+        ``initialized``.
 
         Then :func:`quantize_span` of the ``size`` values into ``out`` (and the mask
         into ``mask`` where ``masked``; addresses) with that scale and zero point.
         Returns whether the extrema were finite and at most ``limit`` (else nothing is
         written)."""
         f32 = np.float32
-        zero = f32(0.0)
         keys = numba.carray(address(x), (size,), np.int32)
         low_at = numba.carray(address(run_min), (1,), f32)
         high_at = numba.carray(address(run_max), (1,), f32)
-        lo, hi = _extrema(keys, np.empty(2, np.int32))
+        lo, hi = extrema(keys, np.empty(2, np.int32))
         if not (hi <= limit and -lo <= limit):  # NaN compares False
             return False
-        new_lo, new_hi = lo, hi
-        if initialized and rule == MIN_MAX:
-            new_lo, new_hi = min(low_at[0], lo), max(high_at[0], hi)
-        elif initialized:
-            new_lo = _merged(lo, low_at[0], rule, f32(factor))
-            new_hi = _merged(hi, high_at[0], rule, f32(factor))
-        low_at[0], high_at[0] = new_lo, new_hi
-        zero_point = 0
-        if symmetric and quant_min < 0:
-            scale = max(-new_lo, new_hi) / f32(min(quant_max, -quant_min))
-        elif symmetric:
-            scale = new_hi / f32(quant_max)
-        else:
-            min_neg, max_pos = min(new_lo, zero), max(new_hi, zero)
-            levels = f32(quant_max - quant_min)
-            scale = (max_pos - min_neg) / levels
-            if np.isinf(scale):  # the range overflows float32: each end divided first
-                scale = max_pos / levels - min_neg / levels
-        scale = max(scale, f32(eps))
-        if not symmetric:
-            zero_point = quant_min - int(np.rint(min_neg / scale))
-            zero_point = min(max(zero_point, quant_min), quant_max)
-        inv = f32(1.0) / scale
-        values = numba.carray(address(x), (size,), f32)
         # fmt: off
+        new_lo, new_hi, scale, zero_point = scalar_qparams(
+            lo, hi, low_at[0], high_at[0], rule, factor, initialized, symmetric, quant_min,
+            quant_max, eps,
+        )
+        low_at[0], high_at[0] = new_lo, new_hi
+        values = numba.carray(address(x), (size,), f32)
         quantize_span(values, numba.carray(address(out), (size,), f32),
                       numba.carray(address(mask), (size if masked else 0,), f32), 0, size,
-                      scale, inv, f32(quant_min - zero_point), f32(quant_max - zero_point),
-                      masked)
+                      scale, f32(1.0) / scale, f32(quant_min - zero_point),
+                      f32(quant_max - zero_point), masked)
         # fmt: on
         return True
 
@@ -238,70 +183,6 @@ if numba is not None:
         numba.carray(address(run_min), (rows,), f32)[:] = new[:rows]
         numba.carray(address(run_max), (rows,), f32)[:] = new[rows:]
 
-    @inline
-    def _share(total, part, parts):
-        return total * part // parts, total * (part + 1) // parts
-
-    def _rows_entry(data):
-        """Claim shares of rows until none is left: :func:`observe_rows` on each."""
-        d = numba.carray(data, (WORDS,), np.int64)
-        rows, cols, f32 = d[9], d[10], np.float32
-        status = numba.carray(address(d[11]), (d[1],), np.int64)
-        c = numba.carray(address(d[12]), (3,), np.float64)
-        arrays = [numba.carray(address(d[k]), (rows,), f32) for k in range(5, 9)]
-        x = numba.carray(address(d[2]), (rows, cols), f32)
-        out = numba.carray(address(d[3]), (rows, cols), f32)
-        part = claim(d)
-        while part < d[1]:
-            first, last = _share(rows, part, d[1])
-            # fmt: off
-            status[part] = observe_rows(x, out, arrays[0], arrays[1], arrays[2], arrays[3],
-                                        first, last, c[0], int(c[1]), c[2])
-            # fmt: on
-            part = claim(d)
-
-    def _quantize_entry(data):
-        """Claim spans of the flat ``x`` until none is left: :func:`quantize_span`."""
-        d = numba.carray(data, (WORDS,), np.int64)
-        size, parts, f32 = d[9] * d[10], d[1], np.float32
-        c = numba.carray(address(d[12]), (5,), np.float64)
-        masked = c[4] != 0.0
-        x = numba.carray(address(d[2]), (size,), f32)
-        out = numba.carray(address(d[3]), (size,), f32)
-        mask = numba.carray(address(d[4]), (size if masked else 0,), f32)
-        part = claim(d)
-        while part < parts:
-            first, last = _share(size, part, parts)
-            # fmt: off
-            quantize_span(x, out, mask, first, last, f32(c[0]), f32(c[1]), f32(c[2]),
-                          f32(c[3]), masked)
-            # fmt: on
-            part = claim(d)
-
-    _ENTRIES = {"rows": _rows_entry, "quantize": _quantize_entry}
-
 else:  # pragma: no cover
     quantize_span = quantize_at = observe_rows = observe_rows_at = commit = None
     observe_scalar_at = None
-    _ENTRIES = {}
-
-_ADDRESSES = {}
-
-
-def entry(name: str) -> int:
-    """The address of the C function ``void f(int64_t *descriptor)`` (:data:`WORDS`)
-    that runs shares of the call ``name`` (``"rows"``: :func:`observe_rows`;
-    ``"quantize"``: :func:`quantize_span`) until the descriptor's counter reaches its
-    number of shares, for every thread of an OpenMP team to call
-    (:func:`aquatic.functional.jit_openmp.run_on_team`); compiled on first use (cached
-    on disk).
-
-    Example:
-        >>> entry("quantize") > 0 and entry("quantize") == entry("quantize")
-        True
-    """
-    if name not in _ADDRESSES:
-        signature = numba.types.void(numba.types.voidptr)
-        compiled = numba.cfunc(signature, cache=True, error_model="numpy")(_ENTRIES[name])
-        _ADDRESSES[name] = compiled.address
-    return _ADDRESSES[name]

@@ -1,4 +1,4 @@
-"""Raw memory in the compiled loops: an address as a pointer, and an atomic counter.
+"""Raw memory in the compiled loops: an address as a pointer, and atomic counters.
 
 Compiled code that receives tensors as addresses (``Tensor.data_ptr()``, plain
 integers) rather than NumPy arrays is called with less work per call: Numba checks
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from aquatic.functional.neurons_jit_kernels import numba
 
-__all__ = ["address", "claim"]
+__all__ = ["address", "claim", "add_at"]
 
 if numba is not None:
     from llvmlite import ir
@@ -44,5 +44,18 @@ if numba is not None:
 
         return types.int64(words), codegen
 
+    @intrinsic
+    def add_at(typingctx, words, index, value):
+        """Atomically add ``value`` to ``words[index]`` (``int64``); the value before.
+        Adding 0 reads the word as it stands in memory, never a copy the compiler kept,
+        as a thread that waits for the others needs (sequentially consistent)."""
+
+        def codegen(context, builder, signature, args):
+            array = context.make_array(signature.args[0])(context, builder, args[0])
+            at = builder.gep(array.data, [args[1]])
+            return builder.atomic_rmw("add", at, args[2], "seq_cst")
+
+        return types.int64(words, types.int64, types.int64), codegen
+
 else:  # pragma: no cover
-    address = claim = None
+    address = claim = add_at = None

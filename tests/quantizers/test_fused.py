@@ -181,6 +181,7 @@ def test_a_refused_tensor_raises_as_before_and_keeps_the_range(
             pytest.skip("no OpenMP team")
         set_threads(2)
         monkeypatch.setattr(fake_quant_jit, "PARALLEL_ABOVE", 1)
+        monkeypatch.setattr(fake_quant_jit, "SHARE_OBSERVE_FROM", 1)
     messages = []
     for enabled in (False, True):
         monkeypatch.setattr(fake_quant_jit, "ENABLED", enabled)
@@ -228,7 +229,14 @@ class Shared(nn.Module):
 
 @pytest.mark.parametrize("per_channel", [False, True])
 @pytest.mark.parametrize("model", [mlp, cnn, Shared])
-def test_training_is_the_same_bits(model, per_channel, monkeypatch):
+@pytest.mark.parametrize("team", [False, True], ids=["sizes as they come", "on the team"])
+def test_training_is_the_same_bits(model, per_channel, team, monkeypatch, set_threads):
+    if team:  # every tensor's step shared out on the OpenMP team
+        if not jit_openmp.usable():
+            pytest.skip("no OpenMP team")
+        set_threads(2)
+        for name in ("PARALLEL_ABOVE", "SHARE_OBSERVE_FROM"):
+            monkeypatch.setattr(fake_quant_jit, name, 1)
     qconfig = aquatic.qconfig.int8
     if per_channel:
         qconfig = qconfig._replace(weight=UniformQuantizer.with_args(bits=8, ch_axis=0))
@@ -314,11 +322,47 @@ def activations(steps=6):
     return out
 
 
+def shared_entries(monkeypatch):
+    """The names of the entry points run on the OpenMP team, in order."""
+    names = []
+    original = fake_quant_jit._Call.run
+
+    def run(call, name, parts):
+        names.append(name)
+        return original(call, name, parts)
+
+    monkeypatch.setattr(fake_quant_jit._Call, "run", run)
+    return names
+
+
+STEP_MODES = ["one call", "team", "team, function"]
+
+
+def step_mode(mode, monkeypatch, set_threads):
+    """Set up ``mode``: every per-tensor step in one compiled call, or shared out on
+    the OpenMP team (its gradient through a copy or a product, or, with ``function``,
+    an autograd.Function)."""
+    if mode == "one call":
+        monkeypatch.setattr(fake_quant_jit, "SHARE_OBSERVE_FROM", 1 << 40)
+        return
+    if not jit_openmp.usable():
+        pytest.skip("no OpenMP team")
+    set_threads(2)
+    monkeypatch.setattr(fake_quant_jit, "SHARE_OBSERVE_FROM", 100)
+    if mode == "team, function":
+        monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", 1)
+
+
 @pytest.mark.parametrize("observer", OBSERVERS, ids=str)
 @pytest.mark.parametrize("grid", GRIDS, ids=str)
 @pytest.mark.parametrize("grad", [True, False])
-def test_per_tensor_steps_equal_the_operations(observer, grid, grad, monkeypatch, record_calls):
+@pytest.mark.parametrize("mode", STEP_MODES)
+def test_per_tensor_steps_equal_the_operations(
+    observer, grid, grad, mode, monkeypatch, record_calls, set_threads
+):
+    step_mode(mode, monkeypatch, set_threads)
     calls = record_calls(fake_quant_jit, "observe_scalar_step")
+    shared = shared_entries(monkeypatch)
     q = UniformQuantizer(observer=OBSERVERS[observer], **GRIDS[grid])
     results = []
     for enabled in (False, True):
@@ -336,18 +380,52 @@ def test_per_tensor_steps_equal_the_operations(observer, grid, grad, monkeypatch
         assert observer_.initialized
         results.append(steps)
     assert len(calls) == len(activations()) and all(c is not None for c in calls)
+    assert shared == (["scalar"] * len(calls) if mode != "one call" else [])
     for ops, loop in zip(*results):
         assert torch.equal(loop[0], ops[0])
         assert (loop[1] is None and ops[1] is None) or torch.equal(loop[1], ops[1])
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_large_tensors_leave_their_extrema_to_torch_threads(
-    threads, monkeypatch, set_threads, record_calls
-):
+@pytest.mark.parametrize("shape", [(7, 173), (3,), (1, 1, 5)])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_a_team_of_more_shares_than_values_or_uneven_ones(shape, threads, monkeypatch, set_threads):
+    """Shares of every size, empty ones included (3 values in 6 shares), merge to the
+    tensor's extrema."""
+    if not jit_openmp.usable():
+        pytest.skip("no OpenMP team")
     set_threads(threads)
-    monkeypatch.setattr(fake_quant_jit, "OBSERVE_BELOW", 100)  # every tensor here
+    monkeypatch.setattr(fake_quant_jit, "SHARE_OBSERVE_FROM", 1)
+    shared = shared_entries(monkeypatch)
+    torch.manual_seed(threads)
+    q = UniformQuantizer(bits=8, signed=False, symmetric=False)
+    ops = copy.deepcopy(q)
+    for step in range(3):
+        x = torch.randn(shape) * (step + 1)
+        x.view(-1)[-1] = 5.0 * (step + 1)  # the maximum in the last share
+        y = q(x)
+        monkeypatch.setattr(fake_quant_jit, "ENABLED", False)
+        assert torch.equal(bits(y), bits(ops(x)))
+        monkeypatch.setattr(fake_quant_jit, "ENABLED", True)
+    assert torch.equal(bits(q.observer.max_val), bits(ops.observer.max_val))
+    assert torch.equal(bits(q.observer.min_val), bits(ops.observer.min_val))
+    assert shared == ["scalar"] * 3
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("team", [True, False], ids=["team", "no team"])
+def test_large_tensors_take_the_team_or_torch_threads(
+    threads, team, monkeypatch, set_threads, record_calls
+):
+    """From SHARE_OBSERVE_FROM values on more than one thread, the step is shared out on
+    the OpenMP team; without a team, the observer's aminmax runs on PyTorch's threads
+    (the compiled step declines); on one thread, one compiled call."""
+    if team and not jit_openmp.usable():
+        pytest.skip("no OpenMP team")
+    set_threads(threads)
+    monkeypatch.setattr(fake_quant_jit, "SHARE_OBSERVE_FROM", 100)  # every tensor here
+    monkeypatch.setattr(jit_openmp, "ENABLED", team)
     calls = record_calls(fake_quant_jit, "observe_scalar_step")
+    shared = shared_entries(monkeypatch)
     q = UniformQuantizer(bits=8, signed=False, symmetric=False)
     ops = copy.deepcopy(q)
     for data in activations()[:3]:
@@ -355,7 +433,9 @@ def test_large_tensors_leave_their_extrema_to_torch_threads(
         monkeypatch.setattr(fake_quant_jit, "ENABLED", False)
         assert torch.equal(bits(y), bits(ops(data)))
         monkeypatch.setattr(fake_quant_jit, "ENABLED", True)
-    assert len(calls) == 3 and all((c is None) == (threads > 1) for c in calls)
+    declined = threads > 1 and not team
+    assert len(calls) == 3 and all((c is None) == declined for c in calls)
+    assert shared == (["scalar"] * 3 if threads > 1 and team else [])
 
 
 def test_the_first_large_activation_settles_the_heap(monkeypatch):
