@@ -34,6 +34,7 @@ or :data:`ENABLED` turn the loops off.
 
 from __future__ import annotations
 
+import ctypes
 import importlib
 import os
 import threading
@@ -354,7 +355,7 @@ class _Call:
         self.address = self.block.ctypes.data
         base, low = self.address, self.scratch.data_ptr()
         self.words[7:9] = low, low + 4 * extra
-        self.words[9:13] = rows, cols, base + 8 * words, base + 8 * (words + status)
+        self.words[9:14] = rows, cols, base + 8 * words, base + 8 * (words + status), _YIELD
 
     def run(self, name: str, parts: int) -> bool:
         """Run the entry point ``name`` on the team; ``False`` where it cannot run."""
@@ -367,6 +368,15 @@ class _Call:
         return True
 
 
+def _sched_yield() -> int:
+    """The address of the C library's ``sched_yield``, or 0 where there is none."""
+    try:
+        return ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value or 0
+    except (OSError, AttributeError, TypeError):  # pragma: no cover - not a POSIX C library
+        return 0
+
+
+_YIELD = _sched_yield()
 _local = threading.local()
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from aquatic.functional.neurons_jit_kernels import numba
 
-__all__ = ["address", "claim", "add_at"]
+__all__ = ["address", "claim", "add_at", "call_int"]
 
 if numba is not None:
     from llvmlite import ir
@@ -57,5 +57,16 @@ if numba is not None:
 
         return types.int64(words, types.int64, types.int64), codegen
 
+    @intrinsic
+    def call_int(typingctx, function):
+        """Call the C function ``int f(void)`` at the address ``function`` (``int64``);
+        its result (``int32``)."""
+
+        def codegen(context, builder, signature, args):
+            kind = ir.FunctionType(ir.IntType(32), [])
+            return builder.call(builder.inttoptr(args[0], kind.as_pointer()), [])
+
+        return types.int32(types.int64), codegen
+
 else:  # pragma: no cover
-    address = claim = add_at = None
+    address = claim = add_at = call_int = None
