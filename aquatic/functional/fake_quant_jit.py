@@ -34,18 +34,15 @@ or :data:`ENABLED` turn the loops off.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import os
-import threading
 from typing import Optional
 
-import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import Parameter
 
-from aquatic.functional import jit_jobs, jit_openmp
+from aquatic.functional import jit_calls
 from aquatic.functional.fake_quant_outputs import finish, prepare
 from aquatic.functional.fake_quant_rules import AVERAGE, AVERAGE_FROM_BATCH, MIN_MAX
 
@@ -295,7 +292,7 @@ def observe_scalar_step(
     size = input.numel()
     parts = 1
     if size >= SHARE_OBSERVE_FROM and torch.get_num_threads() > 1:
-        parts = _team_parts()
+        parts = jit_calls.team_parts()
         if parts == 1:
             return None  # no team to share it: the observer's aminmax on PyTorch's threads
     written = prepare(input, clips, CLONE_LIMIT)
@@ -325,70 +322,8 @@ def observe_scalar_step(
 def _parts(size: int) -> int:
     """Shares for the OpenMP team: two per thread from :data:`PARALLEL_ABOVE` elements
     where the team can run them, else 1 (this thread)."""
-    return 1 if size < PARALLEL_ABOVE else _team_parts()
+    return 1 if size < PARALLEL_ABOVE else jit_calls.team_parts()
 
 
-def _team_parts() -> int:
-    """Two shares per thread where PyTorch's OpenMP team can run them, else 1."""
-    threads = torch.get_num_threads()
-    if threads < 2 or not jit_jobs.ENABLED or not jit_openmp.usable():
-        return 1
-    return 2 * threads
-
-
-class _Call:
-    """A descriptor (:data:`~aquatic.functional.jit_fake_quant_team.WORDS`), the shares'
-    status (at least three words, which a shared observe step counts in) and nine float64
-    constants in one array (one ``ctypes`` lookup, the slow part of making one), and a
-    float32 scratch of ``2 * extra`` values; kept for the next call of the same shape on
-    the same thread (:func:`_call`)."""
-
-    def __init__(self, rows: int, cols: int, parts: int, extra: int):
-        words = _team.WORDS
-        status = max(parts, 3)
-        self.block = np.zeros(words + status + 9, dtype=np.int64)
-        self.words = self.block[:words]
-        self.status = self.block[words : words + parts]
-        self.counts = self.block[words : words + 3]
-        self.constants = self.block[words + status :].view(np.float64)
-        self.scratch = torch.empty(2 * extra)
-        self.address = self.block.ctypes.data
-        base, low = self.address, self.scratch.data_ptr()
-        self.words[7:9] = low, low + 4 * extra
-        self.words[9:14] = rows, cols, base + 8 * words, base + 8 * (words + status), _YIELD
-
-    def run(self, name: str, parts: int) -> bool:
-        """Run the entry point ``name`` on the team; ``False`` where it cannot run."""
-        words = self.words
-        words[:2] = 0, parts
-        if not jit_openmp.run_on_team(_team.entry(name), self.address):
-            return False
-        if words[0] < parts:  # pragma: no cover - a team that did not run
-            raise RuntimeError(f"the OpenMP team ran {words[0]} of {parts} shares")
-        return True
-
-
-def _sched_yield() -> int:
-    """The address of the C library's ``sched_yield``, or 0 where there is none."""
-    try:
-        return ctypes.cast(ctypes.CDLL(None).sched_yield, ctypes.c_void_p).value or 0
-    except (OSError, AttributeError, TypeError):  # pragma: no cover - not a POSIX C library
-        return 0
-
-
-_YIELD = _sched_yield()
-_local = threading.local()
-
-
-def _call(source: Tensor, out: Tensor, rows: int, cols: int, parts: int, extra: int) -> _Call:
-    calls = getattr(_local, "calls", None)
-    if calls is None:
-        calls = _local.calls = {}
-    key = (rows, cols, parts, extra)
-    call = calls.get(key)
-    if call is None:
-        if len(calls) >= 64:  # a model of many shapes: start again
-            calls.clear()
-        call = calls[key] = _Call(rows, cols, parts, extra)
-    call.words[2:4] = source.data_ptr(), out.data_ptr()
-    return call
+def _call(source: Tensor, out: Tensor, rows: int, cols: int, parts: int, extra: int):
+    return jit_calls.call_for(_team.entry, _team.WORDS, source, out, rows, cols, parts, extra)

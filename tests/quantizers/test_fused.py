@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import aquatic
-from aquatic.functional import fake_quant_jit, jit_openmp
+from aquatic.functional import fake_quant_jit, jit_calls, jit_openmp
 from aquatic.observers import MinMaxObserver, MovingAverageMinMaxObserver
 from aquatic.quantizers import UniformQuantizer, fused
 
@@ -325,13 +325,13 @@ def activations(steps=6):
 def shared_entries(monkeypatch):
     """The names of the entry points run on the OpenMP team, in order."""
     names = []
-    original = fake_quant_jit._Call.run
+    original = jit_calls.Call.run
 
     def run(call, name, parts):
         names.append(name)
         return original(call, name, parts)
 
-    monkeypatch.setattr(fake_quant_jit._Call, "run", run)
+    monkeypatch.setattr(jit_calls.Call, "run", run)
     return names
 
 
