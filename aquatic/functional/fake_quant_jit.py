@@ -43,7 +43,7 @@ from torch import Tensor
 from torch.nn import Parameter
 
 from aquatic.functional import jit_calls
-from aquatic.functional.fake_quant_outputs import finish, prepare
+from aquatic.functional.fake_quant_outputs import finish, mask_kind, prepare
 from aquatic.functional.fake_quant_rules import AVERAGE, AVERAGE_FROM_BATCH, MIN_MAX
 
 __all__ = [
@@ -111,13 +111,14 @@ def available() -> bool:
 
 def _compile(loops, team) -> None:
     one, out, low, high = (torch.zeros(1) for _ in range(4))
-    loops.quantize_at(one.data_ptr(), out.data_ptr(), low.data_ptr(), 1, 1.0, 1.0, -1.0, 1.0, True)
+    loops.quantize_at(one.data_ptr(), out.data_ptr(), low.data_ptr(), 1, 1.0, 1.0, -1.0, 1.0, 1)
     pointers = (t.data_ptr() for t in (one, out, low, high))
     loops.observe_rows_at(*pointers, 1, 1, 1.0, 1, EPS)
     loops.commit(low.data_ptr(), high.data_ptr(), out.data_ptr(), 0)
     loops.observe_scalar_at(one.data_ptr(), out.data_ptr(), 0, 1, low.data_ptr(), high.data_ptr(),
-                            0, 0.0, False, False, 0, 255, 1.0, EPS, False)  # fmt: skip
-    for name in ("rows", "quantize", "scalar"):
+                            0, 0.0, False, False, 0, 255, 1.0, EPS, 0)  # fmt: skip
+    loops.mask_product_at(one.data_ptr(), out.data_ptr(), high.data_ptr(), 1)
+    for name in ("rows", "quantize", "scalar", "product"):
         team.entry(name)
 
 
@@ -189,21 +190,22 @@ def quantize_scalar(
     size = input.numel()
     written = prepare(input, clips, CLONE_LIMIT)
     out, mask = written.out, written.mask
+    kind = mask_kind(mask)
     parts = _parts(size)
     # fmt: off
     if parts > 1:
         call = _call(input, out, 1, size, parts, 0)
         call.words[4] = mask.data_ptr() if mask is not None else 0
-        call.constants[:5] = scale, inv_scale, low, high, float(mask is not None)
+        call.constants[:5] = scale, inv_scale, low, high, kind
         ran = call.run("quantize", parts)
     else:
         ran = False
     if not ran:
         _loops.quantize_at(input.data_ptr(), out.data_ptr(),
                            mask.data_ptr() if mask is not None else 0, size, scale,
-                           inv_scale, low, high, mask is not None)
+                           inv_scale, low, high, kind)
     # fmt: on
-    return finish(input, written)
+    return finish(input, written, _mask_product)
 
 
 def minmax_rows_step(
@@ -297,26 +299,56 @@ def observe_scalar_step(
             return None  # no team to share it: the observer's aminmax on PyTorch's threads
     written = prepare(input, clips, CLONE_LIMIT)
     out, mask = written.out, written.mask
-    masked = mask is not None
+    kind = mask_kind(mask)
     if parts > 1:
         call = _call(input, out, 1, size, parts, parts)
-        call.words[4:7] = mask.data_ptr() if masked else 0, min_val.data_ptr(), max_val.data_ptr()
+        call.words[4:7] = (
+            mask.data_ptr() if mask is not None else 0,
+            min_val.data_ptr(),
+            max_val.data_ptr(),
+        )
         call.counts[:] = 0
         # fmt: off
         call.constants[:] = (rule, factor, initialized, symmetric, quant_min, quant_max, limit,
-                             EPS, masked)
+                             EPS, kind)
         # fmt: on
         if call.run("scalar", parts):
-            return finish(input, written) if call.counts[2] else None
+            return finish(input, written, _mask_product) if call.counts[2] else None
     # fmt: off
     if not _loops.observe_scalar_at(
-        input.data_ptr(), out.data_ptr(), mask.data_ptr() if masked else 0, size,
+        input.data_ptr(), out.data_ptr(), mask.data_ptr() if mask is not None else 0, size,
         min_val.data_ptr(), max_val.data_ptr(), rule, factor, initialized, symmetric,
-        quant_min, quant_max, limit, EPS, masked,
+        quant_min, quant_max, limit, EPS, kind,
     ):
         return None
     # fmt: on
-    return finish(input, written)
+    return finish(input, written, _mask_product)
+
+
+def _mask_product(grad: Tensor, mask: Tensor) -> Optional[Tensor]:
+    """``grad * mask`` (a ``uint8`` mask) in a compiled loop, shared out on the team
+    from :data:`PARALLEL_ABOVE` values: the bits of PyTorch's product; ``None`` where
+    the gradient is not a contiguous float32 CPU tensor of the mask's shape."""
+    if not (
+        grad.dtype == torch.float32
+        and mask.dtype == torch.uint8
+        and grad.is_cpu
+        and grad.shape == mask.shape
+        and grad.is_contiguous()
+        and mask.is_contiguous()
+        and type(grad) is Tensor
+    ):
+        return None
+    out = torch.empty_like(grad)
+    size = grad.numel()
+    parts = _parts(size)
+    if parts > 1:
+        call = _call(grad, out, 1, size, parts, 0)
+        call.words[4] = mask.data_ptr()
+        if call.run("product", parts):
+            return out
+    _loops.mask_product_at(grad.data_ptr(), mask.data_ptr(), out.data_ptr(), size)
+    return out
 
 
 def _parts(size: int) -> int:

@@ -11,17 +11,32 @@ makes them, :func:`finish` returns the result:
   more than a Python call, an autograd.Function;
 - the masked gradient: ``input * mask``, whose mask the product saves by reference and
   the loop then writes, as it does the values; from ``clone_limit`` elements
-  an autograd.Function that saves the mask.
+  an autograd.Function that saves the mask, one byte a value (``uint8``), a quarter of
+  a float32 mask's memory and traffic, and multiplies the gradient by it with the
+  ``product`` :func:`finish` is given (a compiled loop), else with PyTorch's mixed
+  product, the same bits.
+
+Mask kinds, as the loops take them: :data:`NO_MASK`, :data:`FLOAT_MASK` (float32 0.0
+and 1.0) and :data:`BYTE_MASK` (``uint8`` 0 and 1); :func:`mask_kind` tells a mask's.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["Written", "prepare", "finish"]
+__all__ = ["NO_MASK", "FLOAT_MASK", "BYTE_MASK", "Written", "mask_kind", "prepare", "finish"]
+
+#: No mask: the identity gradient.
+NO_MASK = 0
+#: A float32 mask (0.0 and 1.0).
+FLOAT_MASK = 1
+#: A ``uint8`` mask (0 and 1).
+BYTE_MASK = 2
+
+Product = Callable[[Tensor, Tensor], Optional[Tensor]]
 
 
 class _Identity(torch.autograd.Function):
@@ -37,17 +52,27 @@ class _Identity(torch.autograd.Function):
 
 
 class _Masked(torch.autograd.Function):
-    """``out``, written by a loop from ``input``, with the gradient times ``mask``."""
+    """``out``, written by a loop from ``input``, with the gradient times ``mask``:
+    by ``product`` where it is given and gives a result, and no graph of the gradient
+    is asked for (``create_graph``), else by PyTorch's product, which a second
+    derivative can go through."""
 
     @staticmethod
-    def forward(ctx, input: Tensor, out: Tensor, mask: Tensor) -> Tensor:
+    def forward(
+        ctx, input: Tensor, out: Tensor, mask: Tensor, product: Optional[Product]
+    ) -> Tensor:
         ctx.save_for_backward(mask)
+        ctx.product = product
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (mask,) = ctx.saved_tensors
-        return grad * mask, None, None
+        if ctx.product is not None and not torch.is_grad_enabled():
+            result = ctx.product(grad, mask)
+            if result is not None:
+                return result, None, None, None
+        return grad * mask, None, None, None
 
 
 class Written(NamedTuple):
@@ -95,14 +120,29 @@ def prepare(input: Tensor, clips: bool, clone_limit: int) -> Written:
         mask = torch.zeros_like(source)
         result = input * mask
         return Written(result.detach(), mask, result)
-    return Written(torch.empty_like(source), torch.empty_like(source), None)
+    mask = torch.empty_like(source, dtype=torch.uint8)
+    return Written(torch.empty_like(source), mask, None)
 
 
-def finish(input: Tensor, written: Written) -> Tensor:
+def mask_kind(mask: Optional[Tensor]) -> int:
+    """How a loop writes ``mask``: :data:`NO_MASK`, :data:`FLOAT_MASK` or
+    :data:`BYTE_MASK`.
+
+    Example:
+        >>> mask_kind(None), mask_kind(torch.ones(2)), mask_kind(torch.ones(2, dtype=torch.uint8))
+        (0, 1, 2)
+    """
+    if mask is None:
+        return NO_MASK
+    return BYTE_MASK if mask.dtype == torch.uint8 else FLOAT_MASK
+
+
+def finish(input: Tensor, written: Written, product: Optional[Product] = None) -> Tensor:
     """The result of ``input``'s fake quantization once the loop has written
-    ``written`` (from :func:`prepare`)."""
+    ``written`` (from :func:`prepare`); ``product(grad, mask)``: the gradient times a
+    ``uint8`` mask, or ``None`` where it cannot (PyTorch's product then)."""
     if written.result is not None:
         return written.result
     if written.mask is not None:
-        return _Masked.apply(input, written.out, written.mask)
+        return _Masked.apply(input, written.out, written.mask, product)
     return _Identity.apply(input, written.out)

@@ -41,13 +41,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from aquatic.functional.fake_quant_outputs import BYTE_MASK, NO_MASK
 from aquatic.functional.jit_pointers import address
 from aquatic.functional.jit_ranges import extrema, scalar_qparams
-from aquatic.functional.neurons_jit_kernels import jit, numba
+from aquatic.functional.neurons_jit_kernels import inline, jit, numba
 
 __all__ = [
-    "quantize_span", "quantize_at", "observe_rows", "observe_rows_at", "observe_scalar_at",
-    "commit",
+    "quantize_span", "quantize_into", "quantize_at", "mask_product_span", "mask_product_at",
+    "observe_rows", "observe_rows_at", "observe_scalar_at", "commit",
 ]  # fmt: skip
 
 if numba is not None:
@@ -55,11 +56,12 @@ if numba is not None:
     @jit
     def quantize_span(x, out, mask, first, last, scale, inv, low, high, masked):
         """``x[first:last]`` (flat float32) fake-quantized into ``out``, with the
-        gradient's mask (1.0 where the code lies in ``[low, high]``, else 0.0) into
-        ``mask`` where ``masked``. ``scale``, ``inv`` (its float32 reciprocal), ``low``
-        and ``high`` are float32; a NaN stays NaN (and masked), as in ``torch.clamp``."""
+        gradient's mask (1 where the code lies in ``[low, high]``, else 0; float32 or
+        ``uint8``) into ``mask`` where ``masked``. ``scale``, ``inv`` (its float32
+        reciprocal), ``low`` and ``high`` are float32; a NaN stays NaN (and masked), as
+        in ``torch.clamp``."""
         src, dst = x[first:last], out[first:last]  # from 0: no check of negative indices
-        zero, one = np.float32(0.0), np.float32(1.0)
+        zero = np.float32(0.0)
         if masked:
             gate = mask[first:last]
             for k in range(src.shape[0]):
@@ -69,7 +71,7 @@ if numba is not None:
                     kept = low
                 if kept > high:
                     kept = high
-                gate[k] = one if code == kept else zero
+                gate[k] = code == kept
                 dst[k] = kept * scale + zero
         else:
             for k in range(src.shape[0]):
@@ -80,16 +82,48 @@ if numba is not None:
                     code = high
                 dst[k] = code * scale + zero
 
+    @inline
+    def quantize_into(x, out, mask, kind, first, last, scale, inv, low, high):
+        """:func:`quantize_span` of ``x[first:last]`` (flat float32 arrays) with the mask
+        at the address ``mask``, of ``kind``
+        (:mod:`~aquatic.functional.fake_quant_outputs`: ``NO_MASK``, ``FLOAT_MASK`` or
+        ``BYTE_MASK``)."""
+        size = x.shape[0]
+        if kind == BYTE_MASK:
+            gate = numba.carray(address(mask), (size,), np.uint8)
+            quantize_span(x, out, gate, first, last, scale, inv, low, high, True)
+        else:
+            flags = numba.carray(address(mask), (size if kind else 0,), np.float32)
+            quantize_span(x, out, flags, first, last, scale, inv, low, high, kind != NO_MASK)
+
     @jit
-    def quantize_at(x, out, mask, size, scale, inv, low, high, masked):
+    def quantize_at(x, out, mask, size, scale, inv, low, high, kind):
         """:func:`quantize_span` over all ``size`` values at the addresses ``x``,
-        ``out`` and ``mask``: integers, which Numba takes with less work than arrays."""
+        ``out`` and ``mask`` (of ``kind``, :func:`quantize_into`): integers, which Numba
+        takes with less work than arrays."""
         f32 = np.float32
         # fmt: off
-        quantize_span(numba.carray(address(x), (size,), f32),
-                      numba.carray(address(out), (size,), f32),
-                      numba.carray(address(mask), (size if masked else 0,), f32),
-                      0, size, f32(scale), f32(inv), f32(low), f32(high), masked)
+        quantize_into(numba.carray(address(x), (size,), f32),
+                      numba.carray(address(out), (size,), f32), mask, kind, 0, size,
+                      f32(scale), f32(inv), f32(low), f32(high))
+        # fmt: on
+
+    @jit
+    def mask_product_span(grad, mask, out, first, last):
+        """``out[first:last] = grad * mask`` (float32 arrays, the mask ``uint8``): the
+        float32 product with the mask's 0.0 or 1.0, as PyTorch's product gives it
+        (``-0.0`` for a negative gradient where the mask is 0, NaN kept)."""
+        g, m, o = grad[first:last], mask[first:last], out[first:last]
+        for k in range(g.shape[0]):
+            o[k] = g[k] * np.float32(m[k])
+
+    @jit
+    def mask_product_at(grad, mask, out, size):
+        """:func:`mask_product_span` over all ``size`` values at the addresses."""
+        # fmt: off
+        mask_product_span(numba.carray(address(grad), (size,), np.float32),
+                          numba.carray(address(mask), (size,), np.uint8),
+                          numba.carray(address(out), (size,), np.float32), 0, size)
         # fmt: on
 
     @jit
@@ -139,7 +173,7 @@ if numba is not None:
     @jit
     def observe_scalar_at(
         x, out, mask, size, run_min, run_max, rule, factor, initialized, symmetric,
-        quant_min, quant_max, limit, eps, masked,
+        quant_min, quant_max, limit, eps, kind,
     ):  # fmt: skip
         """One range observed from ``size`` float32 values at address ``x``, and its
         qparams: the per-tensor steps of :meth:`aquatic.observers.RangeObserver.update_scalar`
@@ -150,7 +184,8 @@ if numba is not None:
         ``initialized``.
 
         Then :func:`quantize_span` of the ``size`` values into ``out`` (and the mask
-        into ``mask`` where ``masked``; addresses) with that scale and zero point.
+        into ``mask``, of ``kind``, :func:`quantize_into`; addresses) with that scale
+        and zero point.
         Returns whether the extrema were finite and at most ``limit`` (else nothing is
         written)."""
         f32 = np.float32
@@ -167,10 +202,9 @@ if numba is not None:
         )
         low_at[0], high_at[0] = new_lo, new_hi
         values = numba.carray(address(x), (size,), f32)
-        quantize_span(values, numba.carray(address(out), (size,), f32),
-                      numba.carray(address(mask), (size if masked else 0,), f32), 0, size,
+        quantize_into(values, numba.carray(address(out), (size,), f32), mask, kind, 0, size,
                       scale, f32(1.0) / scale, f32(quant_min - zero_point),
-                      f32(quant_max - zero_point), masked)
+                      f32(quant_max - zero_point))
         # fmt: on
         return True
 
@@ -184,5 +218,5 @@ if numba is not None:
         numba.carray(address(run_max), (rows,), f32)[:] = new[rows:]
 
 else:  # pragma: no cover
-    quantize_span = quantize_at = observe_rows = observe_rows_at = commit = None
-    observe_scalar_at = None
+    quantize_span = quantize_into = quantize_at = observe_rows = observe_rows_at = None
+    observe_scalar_at = commit = mask_product_span = mask_product_at = None

@@ -7,6 +7,8 @@ share once.
 
 - ``"quantize"``: :func:`~aquatic.functional.jit_fake_quant.quantize_span` on spans of
   the flat tensor;
+- ``"product"``: a gradient times its ``uint8`` mask
+  (:func:`~aquatic.functional.jit_fake_quant.mask_product_span`) on spans;
 - ``"rows"``: :func:`~aquatic.functional.jit_fake_quant.observe_rows` on blocks of rows;
 - ``"scalar"``: a per-tensor observer's step
   (:func:`~aquatic.functional.jit_fake_quant.observe_scalar_at`) in two phases: each
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from aquatic.functional.jit_fake_quant import observe_rows, quantize_span
+from aquatic.functional.jit_fake_quant import mask_product_span, observe_rows, quantize_into
 from aquatic.functional.jit_pointers import add_at, address, call_int, claim
 from aquatic.functional.jit_ranges import extrema_keys, key_floats, scalar_qparams
 from aquatic.functional.neurons_jit_kernels import inline, numba
@@ -75,16 +77,15 @@ if numba is not None:
         d = numba.carray(data, (WORDS,), np.int64)
         size, parts, f32 = d[9] * d[10], d[1], np.float32
         c = numba.carray(address(d[12]), (5,), np.float64)
-        masked = c[4] != 0.0
+        kind = int(c[4])
         x = numba.carray(address(d[2]), (size,), f32)
         out = numba.carray(address(d[3]), (size,), f32)
-        mask = numba.carray(address(d[4]), (size if masked else 0,), f32)
         part = claim(d)
         while part < parts:
             first, last = _share(size, part, parts)
             # fmt: off
-            quantize_span(x, out, mask, first, last, f32(c[0]), f32(c[1]), f32(c[2]),
-                          f32(c[3]), masked)
+            quantize_into(x, out, d[4], kind, first, last, f32(c[0]), f32(c[1]), f32(c[2]),
+                          f32(c[3]))
             # fmt: on
             part = claim(d)
 
@@ -141,10 +142,9 @@ if numba is not None:
             quant_min, quant_max, c[7],
         )
         # fmt: on
-        masked = c[8] != 0.0
+        kind = int(c[8])
         x = numba.carray(address(d[2]), (size,), f32)
         out = numba.carray(address(d[3]), (size,), f32)
-        mask = numba.carray(address(d[4]), (size if masked else 0,), f32)
         inv, low_code, high_code = (
             f32(1.0) / scale,
             f32(quant_min - zero_point),
@@ -152,12 +152,32 @@ if numba is not None:
         )
         for k in range(count):
             first, last = _share(size, mine[k], parts)
-            quantize_span(x, out, mask, first, last, scale, inv, low_code, high_code, masked)
+            quantize_into(x, out, d[4], kind, first, last, scale, inv, low_code, high_code)
             if add_at(counts, 1, 1) == parts - 1:
                 low_at[0], high_at[0] = new_lo, new_hi
                 counts[2] = 1
 
-    _ENTRIES = {"rows": _rows_entry, "quantize": _quantize_entry, "scalar": _scalar_entry}
+    def _product_entry(data):
+        """Claim spans of the flat gradient (word 2) until none is left:
+        :func:`~aquatic.functional.jit_fake_quant.mask_product_span` with the ``uint8``
+        mask (word 4) into ``out`` (word 3); word 10: the size."""
+        d = numba.carray(data, (WORDS,), np.int64)
+        size, parts = d[10], d[1]
+        grad = numba.carray(address(d[2]), (size,), np.float32)
+        out = numba.carray(address(d[3]), (size,), np.float32)
+        mask = numba.carray(address(d[4]), (size,), np.uint8)
+        part = claim(d)
+        while part < parts:
+            first, last = _share(size, part, parts)
+            mask_product_span(grad, mask, out, first, last)
+            part = claim(d)
+
+    _ENTRIES = {
+        "rows": _rows_entry,
+        "quantize": _quantize_entry,
+        "scalar": _scalar_entry,
+        "product": _product_entry,
+    }
 
 else:  # pragma: no cover
     _ENTRIES = {}

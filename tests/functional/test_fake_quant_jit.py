@@ -25,19 +25,20 @@ def hard_inputs(scale, n):
     return x.float()
 
 
-@pytest.fixture(params=["one thread", "team", "function"])
+@pytest.fixture(params=["one thread", "team", "function", "team, function"])
 def path(request, monkeypatch, set_threads, record_calls):
     """How the loop runs: on this thread; shared on the OpenMP team (two threads, every
-    size); or through the autograd.Function (every size). Yields a list of the team's
-    runs (whether each ran)."""
+    size); through the autograd.Function (every size: a byte mask, and the gradient's
+    product with it in a loop too); or both. Yields a list of the team's runs (whether
+    each ran)."""
     runs = []
-    if request.param == "team":
+    if "team" in request.param:
         if not jit_openmp.usable():
             pytest.skip("no OpenMP team to share calls on")
         set_threads(2)
         monkeypatch.setattr(fake_quant_jit, "PARALLEL_ABOVE", 1)
         runs = record_calls(jit_openmp, "run_on_team")
-    elif request.param == "function":
+    if "function" in request.param:
         monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", 1)
     yield request.param, runs
 
@@ -69,15 +70,71 @@ def test_scalar_path_equals_the_operations(qmin, qmax, zp, clips, path, monkeypa
         compute = lambda t: fake_quantize_nearest_scalar(t, scale, zp, qmin, qmax, clips)
         (ops, ops_grad), (loop, loop_grad) = ops_and_loop(compute, x, monkeypatch)
         assert torch.equal(bits(loop), bits(ops))  # NaN, +-0.0 and all
-        assert torch.equal(loop_grad, ops_grad)
+        assert torch.equal(bits(loop_grad), bits(ops_grad))  # -0.0 where masked
         function = loop.grad_fn.name() in ("_IdentityBackward", "_MaskedBackward")
-        assert function == (path[0] == "function")
+        assert function == ("function" in path[0])
         if clips:  # and torch's own kernel, on the finite values
             finite = x[x.isfinite()].clone().requires_grad_()
             expected = torch.fake_quantize_per_tensor_affine(finite, scale, zp, qmin, qmax)
             assert torch.equal(bits(loop[x.isfinite()]), bits(expected))
-    if path[0] == "team":
+    if "team" in path[0]:
         assert path[1] and all(path[1]), "the calls did not run on the team"
+        # forward and backward of each of the three steps, where there is a mask
+        assert len(path[1]) == (6 if clips and "function" in path[0] else 3)
+
+
+def masked_step(data, monkeypatch):
+    """The loops' fake quantization of a leaf of ``data`` through the autograd.Function
+    (a byte mask), codes clipping at both ends."""
+    monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", 1)
+    x = data.clone().requires_grad_()
+    return x, fake_quantize_nearest_scalar(x, 0.05, 3, -8, 7, True)
+
+
+def test_a_large_tensor_keeps_a_byte_mask_for_backward(monkeypatch):
+    x, y = masked_step(torch.randn(4, 50), monkeypatch)
+    (mask,) = y.grad_fn.saved_tensors
+    assert mask.dtype == torch.uint8 and mask.shape == x.shape
+    codes = torch.round(x.detach() / 0.05) + 3
+    assert torch.equal(mask.bool(), (codes >= -8) & (codes <= 7))
+    assert 0 < int(mask.sum()) < x.numel()
+
+
+@pytest.mark.parametrize("layout", ["transposed", "expanded", "float64"])
+def test_a_gradient_the_product_loop_cannot_take_gets_pytorch_product(layout, monkeypatch):
+    """Strided, broadcast or double gradients: PyTorch's product with the byte mask, the
+    same bits as the operations' product with a float mask."""
+    data = hard_inputs(0.05, 40).view(12, 10)
+    grad = {
+        "transposed": -torch.randn(10, 12).t(),
+        "expanded": torch.tensor(-1.5).expand(12, 10),
+        "float64": torch.randn(12, 10, dtype=torch.float64),
+    }[layout]
+    results = []
+    for enabled in (False, True):
+        monkeypatch.setattr(fake_quant_jit, "ENABLED", enabled)
+        x, y = masked_step(data, monkeypatch)
+        assert (y.grad_fn.name() == "_MaskedBackward") == enabled
+        y.backward(grad.to(y.dtype) if layout != "float64" else grad.float())
+        results.append(x.grad)
+    assert torch.equal(bits(results[1]), bits(results[0]))
+
+
+def test_a_second_derivative_goes_through_the_mask(monkeypatch):
+    """With ``create_graph``, the gradient times the mask stays differentiable: the
+    derivative of sum(w * dL/dx) by w is the mask, as with the operations."""
+    data = hard_inputs(0.05, 40)
+    results = []
+    for enabled in (False, True):
+        monkeypatch.setattr(fake_quant_jit, "ENABLED", enabled)
+        x, y = masked_step(data, monkeypatch)
+        w = torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).requires_grad_()
+        (dx,) = torch.autograd.grad((y * w).sum(), x, create_graph=True)
+        (dw,) = torch.autograd.grad(dx.sum(), w)
+        results.append((dx.detach(), dw))
+    assert torch.equal(bits(results[1][0]), bits(results[0][0]))
+    assert torch.equal(results[1][1], results[0][1])
+    assert 0 < int(results[1][1].sum()) < data.numel()  # the mask: some codes clip
 
 
 def test_scalar_path_without_gradient(monkeypatch):
