@@ -73,17 +73,27 @@ def run(quantizer, inputs, enabled, monkeypatch):
     return results, (bits(observer.min_val), bits(observer.max_val))
 
 
-@pytest.mark.parametrize("shape", [(16, 40), (8, 3, 3, 3), (5, 1), (1, 300), (3, 5000)])
-@pytest.mark.parametrize("narrow", [False, True])
-@pytest.mark.parametrize("mode", ["one thread", "team", "function"])
-def test_steps_equal_the_operations(shape, narrow, mode, monkeypatch, set_threads, record_calls):
-    if mode == "team":
+STEP_MODES = ["one call", "team", "function", "team, function"]
+
+
+def step_mode(mode, threshold, monkeypatch, set_threads):
+    """Set up ``mode``: every compiled step in one call on this thread; shared out on the
+    OpenMP team (two threads, ``threshold`` of :mod:`fake_quant_jit` set to 1: every
+    size); through the autograd.Function (every size); or both."""
+    if "team" in mode:
         if not jit_openmp.usable():
             pytest.skip("no OpenMP team")
         set_threads(2)
-        monkeypatch.setattr(fake_quant_jit, "PARALLEL_ABOVE", 1)
-    if mode == "function":
+        monkeypatch.setattr(fake_quant_jit, threshold, 1)
+    if "function" in mode:
         monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", 1)
+
+
+@pytest.mark.parametrize("shape", [(16, 40), (8, 3, 3, 3), (5, 1), (1, 300), (3, 5000)])
+@pytest.mark.parametrize("narrow", [False, True])
+@pytest.mark.parametrize("mode", STEP_MODES)
+def test_steps_equal_the_operations(shape, narrow, mode, monkeypatch, set_threads, record_calls):
+    step_mode(mode, "PARALLEL_ABOVE", monkeypatch, set_threads)
     calls = record_calls(fake_quant_jit, "minmax_rows_step")
     q = UniformQuantizer(bits=8, ch_axis=0, narrow_range=narrow)
     inputs = weights(shape)
@@ -335,24 +345,6 @@ def shared_entries(monkeypatch):
     return names
 
 
-STEP_MODES = ["one call", "team", "team, function"]
-
-
-def step_mode(mode, monkeypatch, set_threads):
-    """Set up ``mode``: every per-tensor step in one compiled call, or shared out on
-    the OpenMP team (its gradient through a copy or a product, or, with ``function``,
-    an autograd.Function)."""
-    if mode == "one call":
-        monkeypatch.setattr(fake_quant_jit, "SHARE_OBSERVE_FROM", 1 << 40)
-        return
-    if not jit_openmp.usable():
-        pytest.skip("no OpenMP team")
-    set_threads(2)
-    monkeypatch.setattr(fake_quant_jit, "SHARE_OBSERVE_FROM", 100)
-    if mode == "team, function":
-        monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", 1)
-
-
 @pytest.mark.parametrize("observer", OBSERVERS, ids=str)
 @pytest.mark.parametrize("grid", GRIDS, ids=str)
 @pytest.mark.parametrize("grad", [True, False])
@@ -360,7 +352,7 @@ def step_mode(mode, monkeypatch, set_threads):
 def test_per_tensor_steps_equal_the_operations(
     observer, grid, grad, mode, monkeypatch, record_calls, set_threads
 ):
-    step_mode(mode, monkeypatch, set_threads)
+    step_mode(mode, "SHARE_OBSERVE_FROM", monkeypatch, set_threads)
     calls = record_calls(fake_quant_jit, "observe_scalar_step")
     shared = shared_entries(monkeypatch)
     q = UniformQuantizer(observer=OBSERVERS[observer], **GRIDS[grid])
@@ -380,7 +372,7 @@ def test_per_tensor_steps_equal_the_operations(
         assert observer_.initialized
         results.append(steps)
     assert len(calls) == len(activations()) and all(c is not None for c in calls)
-    assert shared == (["scalar"] * len(calls) if mode != "one call" else [])
+    assert shared == (["scalar"] * len(calls) if "team" in mode else [])
     for ops, loop in zip(*results):
         assert torch.equal(loop[0], ops[0])
         assert (loop[1] is None and ops[1] is None) or torch.equal(loop[1], ops[1])
