@@ -176,18 +176,18 @@ if numba is not None:
         quant_min, quant_max, limit, eps, kind,
     ):  # fmt: skip
         """One range observed from ``size`` float32 values at address ``x``, and its
-        qparams: the per-tensor steps of :meth:`aquatic.observers.RangeObserver.update_scalar`
-        and :func:`~aquatic.functional.qparams.calculate_qparams_float`, in their float32
-        arithmetic (:func:`~aquatic.functional.jit_ranges.scalar_qparams`). The running range (one float32 each at
-        ``run_min`` and ``run_max``) is merged with the extrema by ``rule`` (``factor``:
-        the average's :math:`c` or :math:`1 - c`), or set to them where not
-        ``initialized``.
+        qparams: the per-tensor steps of
+        :meth:`aquatic.observers.RangeObserver.update_scalar` and
+        :func:`~aquatic.functional.qparams.calculate_qparams_float`, in their float32
+        arithmetic (:func:`~aquatic.functional.jit_ranges.scalar_qparams`). The running
+        range (one float32 each at ``run_min`` and ``run_max``) is merged with the
+        extrema by ``rule`` (``factor``: the average's :math:`c` or :math:`1 - c`), or
+        set to them where not ``initialized``.
 
         Then :func:`quantize_span` of the ``size`` values into ``out`` (and the mask
         into ``mask``, of ``kind``, :func:`quantize_into`; addresses) with that scale
-        and zero point.
-        Returns whether the extrema were finite and at most ``limit`` (else nothing is
-        written)."""
+        and zero point. Returns whether the extrema were finite and at most ``limit``
+        (else nothing is written)."""
         f32 = np.float32
         keys = numba.carray(address(x), (size,), np.int32)
         low_at = numba.carray(address(run_min), (1,), f32)

@@ -35,9 +35,10 @@ __all__ = ["WORDS", "SPINS", "entry"]
 #: a counter, the shares, the addresses of ``x``, ``out``, the mask, the running
 #: ``min`` and ``max`` and their new values (or the spans' keys), ``rows``, ``cols``,
 #: the address of the shares' status (``int64``) and of the float64 constants
-#: (``scale``, its float32 reciprocal, ``low``, ``high`` and whether to write the
-#: mask; or ``limit``, ``levels`` and ``eps``; or the nine of ``"scalar"``), and the
-#: address of the C library's ``sched_yield`` (0 where there is none).
+#: (``scale``, its float32 reciprocal, ``low``, ``high`` and the mask's kind,
+#: :mod:`~aquatic.functional.fake_quant_outputs`; or ``limit``, ``levels`` and
+#: ``eps``; or the nine of ``"scalar"``), and the address of the C library's
+#: ``sched_yield`` (0 where there is none).
 WORDS = 14
 #: Rounds a thread of ``"scalar"`` waits for the others' extrema before it yields its
 #: core at each further round, to a thread that shares the core where there are more
@@ -55,7 +56,8 @@ if numba is not None:
         return total * part // parts, total * (part + 1) // parts
 
     def _rows_entry(data):
-        """Claim shares of rows until none is left: :func:`observe_rows` on each."""
+        """Claim shares of rows until none is left:
+        :func:`~aquatic.functional.jit_fake_quant.observe_rows` on each."""
         d = numba.carray(data, (WORDS,), np.int64)
         rows, cols, f32 = d[9], d[10], np.float32
         status = numba.carray(address(d[11]), (d[1],), np.int64)
@@ -73,7 +75,9 @@ if numba is not None:
             part = claim(d)
 
     def _quantize_entry(data):
-        """Claim spans of the flat ``x`` until none is left: :func:`quantize_span`."""
+        """Claim spans of the flat ``x`` until none is left:
+        :func:`~aquatic.functional.jit_fake_quant.quantize_into` (the mask's kind in
+        constant 4)."""
         d = numba.carray(data, (WORDS,), np.int64)
         size, parts, f32 = d[9] * d[10], d[1], np.float32
         c = numba.carray(address(d[12]), (5,), np.float64)
@@ -90,19 +94,20 @@ if numba is not None:
             part = claim(d)
 
     def _scalar_entry(data):
-        """:func:`~aquatic.functional.jit_fake_quant.observe_scalar_at` shared out: each thread claims spans of the flat
-        ``x`` and takes their extrema (integer keys, into the scratch); once every span
-        has its keys (a wait on the count of finished spans: every span is claimed by a
-        running thread, so it ends), each thread merges them, and where they pass the
-        limit computes the qparams (:func:`~aquatic.functional.jit_ranges.scalar_qparams`) and quantizes the spans it
-        read, still in its cache. The thread that finishes the last span writes the
+        """:func:`~aquatic.functional.jit_fake_quant.observe_scalar_at` shared out:
+        each thread claims spans of the flat ``x`` and takes their extrema (integer
+        keys, into the scratch); once every span has its keys (a wait on the count of
+        finished spans: every span is claimed by a running thread, so it ends), each
+        thread merges them, and where they pass the limit computes the qparams
+        (:func:`~aquatic.functional.jit_ranges.scalar_qparams`) and quantizes the spans
+        it read, still in its cache. The thread that finishes the last span writes the
         running range, after every thread has read it, and sets the result word.
 
         Words: 7 and 8, the spans' lowest and highest keys (``int32``, one per span);
         10, the size; 11, three ``int64`` counts (spans with keys, spans quantized, the
         result: 1 where the range was written); 12, nine constants (the rule, its
         factor, ``initialized``, ``symmetric``, ``quant_min``, ``quant_max``, the limit,
-        ``eps``, whether to write the mask); 13, ``sched_yield`` (:data:`SPINS`)."""
+        ``eps``, the mask's kind); 13, ``sched_yield`` (:data:`SPINS`)."""
         d = numba.carray(data, (WORDS,), np.int64)
         parts, size, f32 = d[1], d[10], np.float32
         counts = numba.carray(address(d[11]), (3,), np.int64)
@@ -187,8 +192,9 @@ _ADDRESSES = {}
 
 def entry(name: str) -> int:
     """The address of the C function ``void f(int64_t *descriptor)`` (:data:`WORDS`)
-    that runs shares of the call ``name`` (see the module docstring) until the descriptor's counter reaches its
-    number of shares, for every thread of an OpenMP team to call
+    that runs shares of the call ``name`` (see the module docstring) until the
+    descriptor's counter reaches its number of shares, for every thread of an OpenMP
+    team to call
     (:func:`aquatic.functional.jit_openmp.run_on_team`); compiled on first use (cached
     on disk).
 
