@@ -62,7 +62,7 @@ class Call:
     gives the address of an entry point.
 
     Example:
-        >>> call = Call(lambda name: 0, 14, rows=2, cols=3, parts=4, extra=2)
+        >>> call = Call(lambda name: 0, 14, rows=2, cols=3, parts=4, extra=2)  # entries: none
         >>> call.words[9:11].tolist(), call.status.shape, call.constants.shape
         ([2, 3], (4,), (9,))
     """
@@ -85,10 +85,12 @@ class Call:
         self.words[9:14] = rows, cols, statuses, constants, SCHED_YIELD
 
     def run(self, name: str, parts: int) -> bool:
-        """Run the entry point ``name`` on the team; ``False`` where it cannot run."""
+        """Run the entry point ``name`` on the team; ``False`` where it cannot run
+        (no team, or no entry point: an address of 0)."""
         words = self.words
         words[:2] = 0, parts
-        if not jit_openmp.run_on_team(self.entry(name), self.address):
+        address = self.entry(name)
+        if not address or not jit_openmp.run_on_team(address, self.address):
             return False
         if words[0] < parts:  # pragma: no cover - a team that did not run
             raise RuntimeError(f"the OpenMP team ran {words[0]} of {parts} shares")
@@ -108,19 +110,23 @@ def call_for(
     parts: int,
     extra: int,
 ) -> Call:
-    """This thread's :class:`Call` of this shape (made on first use), with the
-    addresses of ``source`` and ``out`` in words 2 and 3.
+    """This thread's :class:`Call` of these entry points and this shape (made on first
+    use), with the addresses of ``source`` and ``out`` in words 2 and 3.
 
     Example:
         >>> x, y = torch.zeros(6), torch.zeros(6)
-        >>> call = call_for(lambda name: 0, 14, x, y, 1, 6, 4, 0)
-        >>> call is call_for(lambda name: 0, 14, y, x, 1, 6, 4, 0), int(call.words[2]) == y.data_ptr()
+        >>> def entry(name):
+        ...     return 0  # no entry point: run() refuses
+        >>> call = call_for(entry, 14, x, y, 1, 6, 4, 0)
+        >>> call is call_for(entry, 14, y, x, 1, 6, 4, 0), int(call.words[2]) == y.data_ptr()
         (True, True)
+        >>> call.run("any", 4)
+        False
     """
     calls = getattr(_local, "calls", None)
     if calls is None:
         calls = _local.calls = {}
-    key = (rows, cols, parts, extra)
+    key = (entry, words, rows, cols, parts, extra)
     call = calls.get(key)
     if call is None:
         if len(calls) >= 64:  # a model of many shapes: start again
