@@ -87,7 +87,21 @@ if numba is not None:
         """:func:`quantize_span` of ``x[first:last]`` (flat float32 arrays) with the mask
         at the address ``mask``, of ``kind``
         (:mod:`~aquatic.functional.fake_quant_outputs`: ``NO_MASK``, ``FLOAT_MASK`` or
-        ``BYTE_MASK``)."""
+        ``BYTE_MASK``).
+
+        Shape:
+            - x, out: ``(n,)`` float32; the mask: ``n`` values of its kind.
+
+        Example:
+            >>> from aquatic.functional.fake_quant_outputs import BYTE_MASK
+            >>> x = np.array([0.26, -3.0, 9.0], np.float32)
+            >>> out, mask = np.empty_like(x), np.zeros(3, np.uint8)
+            >>> f32 = np.float32
+            >>> quantize_into(x, out, mask.ctypes.data, BYTE_MASK, 0, 3, f32(0.1), f32(10.0),
+            ...               f32(-8.0), f32(7.0))
+            >>> out, mask
+            (array([ 0.3, -0.8,  0.7], dtype=float32), array([1, 0, 0], dtype=uint8))
+        """
         size = x.shape[0]
         if kind == BYTE_MASK:
             gate = numba.carray(address(mask), (size,), np.uint8)
@@ -112,14 +126,33 @@ if numba is not None:
     def mask_product_span(grad, mask, out, first, last):
         """``out[first:last] = grad * mask`` (float32 arrays, the mask ``uint8``): the
         float32 product with the mask's 0.0 or 1.0, as PyTorch's product gives it
-        (``-0.0`` for a negative gradient where the mask is 0, NaN kept)."""
+        (``-0.0`` for a negative gradient where the mask is 0, NaN kept).
+
+        Shape:
+            - grad, mask, out: ``(n,)``.
+
+        Example:
+            >>> grad = np.array([-2.0, 3.0, np.nan], np.float32)
+            >>> out = np.empty_like(grad)
+            >>> mask_product_span(grad, np.array([0, 1, 0], np.uint8), out, 0, 3)
+            >>> out
+            array([-0.,  3., nan], dtype=float32)
+        """
         g, m, o = grad[first:last], mask[first:last], out[first:last]
         for k in range(g.shape[0]):
             o[k] = g[k] * np.float32(m[k])
 
     @jit
     def mask_product_at(grad, mask, out, size):
-        """:func:`mask_product_span` over all ``size`` values at the addresses."""
+        """:func:`mask_product_span` over all ``size`` values at the addresses.
+
+        Example:
+            >>> grad, mask = np.array([1.5, -1.0], np.float32), np.array([1, 0], np.uint8)
+            >>> out = np.empty_like(grad)
+            >>> mask_product_at(grad.ctypes.data, mask.ctypes.data, out.ctypes.data, 2)
+            >>> out
+            array([ 1.5, -0. ], dtype=float32)
+        """
         # fmt: off
         mask_product_span(numba.carray(address(grad), (size,), np.float32),
                           numba.carray(address(mask), (size,), np.uint8),

@@ -48,7 +48,17 @@ if numba is not None:
     def add_at(typingctx, words, index, value):
         """Atomically add ``value`` to ``words[index]`` (``int64``); the value before.
         Adding 0 reads the word as it stands in memory, never a copy the compiler kept,
-        as a thread that waits for the others needs (sequentially consistent)."""
+        as a thread that waits for the others needs (sequentially consistent).
+
+        Example:
+            >>> import numba, numpy as np
+            >>> @numba.njit
+            ... def twice(words):
+            ...     return add_at(words, 1, 5), add_at(words, 1, 0)
+            >>> words = np.zeros(2, np.int64)
+            >>> twice(words), words.tolist()
+            ((0, 5), [0, 5])
+        """
 
         def codegen(context, builder, signature, args):
             array = context.make_array(signature.args[0])(context, builder, args[0])
@@ -60,7 +70,17 @@ if numba is not None:
     @intrinsic
     def call_int(typingctx, function):
         """Call the C function ``int f(void)`` at the address ``function`` (``int64``);
-        its result (``int32``)."""
+        its result (``int32``).
+
+        Example:
+            >>> import ctypes, numba
+            >>> seven = ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 7)
+            >>> @numba.njit
+            ... def call(function):
+            ...     return call_int(function)
+            >>> call(ctypes.cast(seven, ctypes.c_void_p).value)
+            7
+        """
 
         def codegen(context, builder, signature, args):
             kind = ir.FunctionType(ir.IntType(32), [])

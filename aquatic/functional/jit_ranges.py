@@ -35,7 +35,17 @@ if numba is not None:
     @inline
     def extrema_keys(row):
         """The smallest and largest integer keys of ``row`` (a float32's bits as
-        ``int32``): the order of the floats, NaN beyond the infinities."""
+        ``int32``): the order of the floats, NaN beyond the infinities.
+
+        Shape:
+            - row: ``(n,)`` ``int32`` (float32 bits); output: two ``int32`` keys.
+
+        Example:
+            >>> x = np.array([0.5, -2.0, 3.0, -0.0], np.float32)
+            >>> low, high = extrema_keys(x.view(np.int32))
+            >>> key_floats(low, high, np.empty(2, np.int32))
+            (-2.0, 3.0)
+        """
         low = np.int32(0x7FFFFFFF)
         high = np.int32(-0x80000000)
         for k in range(row.shape[0]):
@@ -47,7 +57,14 @@ if numba is not None:
 
     @inline
     def key_floats(low, high, bits):
-        """The float32 values of two keys; ``bits``: a scratch ``int32`` pair."""
+        """The float32 values of two keys; ``bits``: a scratch ``int32`` pair. The map of
+        :func:`extrema_keys` is its own inverse.
+
+        Example:
+            >>> keys = np.array([-1.5, 2.0], np.float32).view(np.int32)
+            >>> key_floats(*extrema_keys(keys), np.empty(2, np.int32))
+            (-1.5, 2.0)
+        """
         bits[0] = low ^ ((low >> 31) & _FLIP)
         bits[1] = high ^ ((high >> 31) & _FLIP)
         pair = bits.view(np.float32)
@@ -56,7 +73,19 @@ if numba is not None:
     @inline
     def extrema(row, bits):
         """The smallest and largest float32 of ``row`` (its bits, ``int32``), NaN beyond
-        the infinities; ``bits``: a scratch ``int32`` pair."""
+        the infinities; ``bits``: a scratch ``int32`` pair.
+
+        Shape:
+            - row: ``(n,)`` ``int32`` (float32 bits); output: two float32 values.
+
+        Example:
+            >>> x = np.array([1.0, np.inf, -4.0], np.float32)
+            >>> extrema(x.view(np.int32), np.empty(2, np.int32))
+            (-4.0, inf)
+            >>> x[0] = np.nan  # beyond the infinities: a non-finite extremum
+            >>> extrema(x.view(np.int32), np.empty(2, np.int32))
+            (-4.0, nan)
+        """
         low, high = extrema_keys(row)
         return key_floats(low, high, bits)
 
@@ -76,7 +105,17 @@ if numba is not None:
         (``factor``: the average's :math:`c` or :math:`1 - c`), or set to them where not
         ``initialized``, and its scale and zero point: ``(new_lo, new_hi, scale,
         zero_point)``, the float32 arithmetic of the observers' ``update_scalar`` and of
-        :func:`~aquatic.functional.qparams.calculate_qparams_float`."""
+        :func:`~aquatic.functional.qparams.calculate_qparams_float`.
+
+        Example:
+            >>> from aquatic.functional.fake_quant_rules import MIN_MAX
+            >>> from aquatic.functional.qparams import calculate_qparams_float
+            >>> f32 = np.float32
+            >>> step = scalar_qparams(f32(-1.0), f32(3.0), f32(-2.0), f32(2.0), MIN_MAX, 0.0,
+            ...                       True, False, 0, 255, 1.1920929e-07)
+            >>> step[:2], step[2:] == calculate_qparams_float(-2.0, 3.0, 0, 255, False)
+            ((-2.0, 3.0), True)
+        """
         f32 = np.float32
         zero = f32(0.0)
         new_lo, new_hi = lo, hi
