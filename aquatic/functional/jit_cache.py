@@ -13,8 +13,9 @@ the package manager replaces the ``.py`` files but leaves Numba's files in
 :func:`refresh` therefore fingerprints every module whose code the loops compile
 (:data:`SOURCES`) and, where the fingerprint stored beside the cache differs, deletes the
 cached loops (the files of the modules in :data:`CACHED`) before any is loaded; they
-are compiled again on first use. :mod:`aquatic.functional.neurons_jit_kernels`, which
-every compiled module imports first, calls it once per process.
+are compiled again on first use. :mod:`aquatic.functional.neurons_jit_options`, which
+every compiled module imports first (it holds Numba's decorators of the loops), calls it
+once per process.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ SOURCES = (
     "neurons_jit_backward_kernels.py",
     "neurons_jit_backward_plain.py",
     "neurons_jit_kernels.py",
+    "neurons_jit_options.py",
     "neurons_jit_slopes.py",
 )
 #: The modules whose compiled functions Numba keeps on disk.

@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from aquatic.functional.exp_floor import FLOOR
-from aquatic.functional.neurons_jit_kernels import numba
+from aquatic.functional.neurons_jit_options import numba
 
 __all__ = ["exp_nonpositive", "fma"]
 

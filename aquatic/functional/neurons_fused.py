@@ -3,7 +3,9 @@ r"""The fused LIF sequence: one autograd function with a hand-written backward p
 Autograd through :func:`~aquatic.functional.neurons.lif_loop` records about ten small
 operations per time step and keeps their inputs alive. Here the forward pass runs the
 time loop without autograd and keeps only the membrane *before* the reset, :math:`v[t]`,
-for every step (plus the synaptic current when a decay or synaptic gradient needs it).
+for every step (plus the synaptic current when a decay or synaptic gradient needs it);
+where backward reads nothing else of it, the compiled loop keeps the surrogate's slopes
+:math:`\psi_t` instead (:func:`~aquatic.functional.neurons_jit_backward.kept_slopes`).
 The backward pass recomputes spikes, surrogate slopes and reset membranes from
 :math:`v` for a block of steps at once, so that only one linear recursion is left to
 run step by step. With ``checkpoint=K`` forward keeps the input and the state entering
@@ -110,23 +112,17 @@ class _LIFSequence(torch.autograd.Function):
         ctx, x, v0, i0, alpha_mem, alpha_syn, threshold, bias, options, record, grad, checkpoint
     ):
         ctx.set_materialize_grads(False)
+        tensors = (x, v0, i0, alpha_mem, alpha_syn, threshold, bias)
+        needs = ctx.needs_input_grad[:7]
+        slopes = None
+        if grad and any(needs):
+            slopes = neurons_jit_backward.kept_slopes(options, needs, record, checkpoint, *tensors)
         results, plan = planned_forward(  # nothing is kept for inference
-            x,
-            v0,
-            i0,
-            alpha_mem,
-            alpha_syn,
-            threshold,
-            bias,
-            options,
-            record,
-            grad,
-            ctx.needs_input_grad[:7],
-            checkpoint,
+            *tensors, options, record, grad, needs, checkpoint, slopes
         )
         output, v_trace, current, v_pre, v_final, i_final, v_states, i_states = results
         need_grad, checkpoint, keep_current, keep_x, _ = plan
-        ctx.options, ctx.checkpoint = options, checkpoint
+        ctx.options, ctx.checkpoint, ctx.slopes = options, checkpoint, slopes is not None
         if need_grad:
             ctx.save_for_backward(
                 v_pre,
@@ -154,6 +150,7 @@ class _LIFSequence(torch.autograd.Function):
             ctx.saved_tensors,
             (g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal),
             ctx.checkpoint,
+            ctx.slopes,
         )
         return grads + (None, None, None, None)
 

@@ -80,10 +80,24 @@ def _op_plan(options: Options, synaptic: bool, record, grad, needs, checkpoint):
 
 
 def planned_forward(
-    x, v0, i0, alpha_mem, alpha_syn, threshold, bias, options, record, grad, needs, checkpoint
+    x,
+    v0,
+    i0,
+    alpha_mem,
+    alpha_syn,
+    threshold,
+    bias,
+    options,
+    record,
+    grad,
+    needs,
+    checkpoint,
+    slopes=None,
 ):
     """:func:`sequence_forward`, keeping what backward reads given ``needs`` (whether each
-    of ``x, v0, i0, alpha_mem, alpha_syn, threshold, bias`` needs its gradient).
+    of ``x, v0, i0, alpha_mem, alpha_syn, threshold, bias`` needs its gradient), and the
+    surrogate's slopes instead of the membranes with ``slopes`` (its form, from
+    :func:`~aquatic.functional.neurons_jit_backward.kept_slopes`).
 
     Returns:
         ``(results, plan)``: ``sequence_forward``'s results and
@@ -104,6 +118,7 @@ def planned_forward(
         need_grad and checkpoint is None,
         keep_current,
         checkpoint,
+        slopes,
     )
     return results, plan
 

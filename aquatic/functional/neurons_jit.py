@@ -85,7 +85,7 @@ def _ready() -> bool:
     if importlib.util.find_spec("numba") is None:
         return False
     two, three = np.zeros((1, 1), np.float32), np.zeros((1, 1, 1), np.float32)
-    flags, consts = np.zeros(12, dtype=np.int64), np.zeros(3, dtype=np.float32)
+    flags, consts = np.zeros(13, dtype=np.int64), np.ones(5, dtype=np.float32)
     flags[-1] = 1  # one share of the jobs
     return compiles(
         "LIF loop",
@@ -230,6 +230,7 @@ def sequence_forward(
     need_grad: bool,
     keep_current: bool,
     checkpoint: Optional[int] = None,
+    slopes: Optional[Tuple[int, float, float]] = None,
 ) -> Tuple[Optional[Tensor], ...]:
     """:func:`aquatic.functional.neurons_kernel.sequence_forward` on the compiled loop
     (same arguments, results and bits)."""
@@ -282,12 +283,14 @@ def sequence_forward(
             current is not None,
             keep_v,
             checkpoint or 0,
+            slopes[0] if slopes is not None and keep_v else 0,
             0,  # the share of the jobs: set by jit_jobs.run
             1,
         ],
         dtype=np.int64,
     )
-    consts = np.array([0, 1, 0 if min_v_mem is None else min_v_mem], dtype=ndtype)
+    form = (1.0, 1.0) if slopes is None else slopes[1:]
+    consts = np.array([0, 1, 0 if min_v_mem is None else min_v_mem, *form], dtype=ndtype)
     jit_jobs.run(
         _kernel(),
         flags,

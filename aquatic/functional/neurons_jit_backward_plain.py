@@ -1,6 +1,7 @@
 """The compiled LIF backward loop's steps for the plainest neurons: binary spikes, the
 spikes' gradient only, a surrogate whose slopes the loop computes
-(:mod:`aquatic.functional.neurons_jit_slopes`), and none of the other options.
+(:mod:`aquatic.functional.neurons_jit_slopes`) or that forward kept (``SAVED``, with the
+subtract reset), and none of the other options.
 :func:`~aquatic.functional.neurons_jit_backward_kernels.backward` hands each such job to
 :func:`run_plain`, which calls :func:`plain_steps` compiled for each surrogate and reset alone (see
 :func:`~aquatic.functional.neurons_jit_kernels.plain_steps` for why).
@@ -9,7 +10,14 @@ spikes' gradient only, a surrogate whose slopes the loop computes
 from __future__ import annotations
 
 from aquatic.functional.neurons_jit_kernels import inline, jit, numba
-from aquatic.functional.neurons_jit_slopes import ARCTAN, EXP, FAST_SIGMOID, TRIANGLE, slope
+from aquatic.functional.neurons_jit_slopes import (
+    ARCTAN,
+    EXP,
+    FAST_SIGMOID,
+    SAVED,
+    TRIANGLE,
+    slope,
+)
 
 __all__ = ["part", "plain_steps", "run_plain"]
 
@@ -28,7 +36,8 @@ if numba is not None:
         synaptic current, recomputed segment, threshold's or decay's gradient, or
         gradient of the final state. The same operations as the other steps of
         :func:`~aquatic.functional.neurons_jit_backward_kernels.backward`, so the same
-        bits, compiled once for each ``kind`` and ``zero_reset``
+        bits, compiled once for each ``kind`` and ``zero_reset`` (``SAVED``: ``v_pre``
+        holds the slopes, and the reset subtracts)
         (literals: Numba drops the branches that they rule out; see
         :func:`~aquatic.functional.neurons_jit_kernels.plain_steps` for why). ``args``:
         the job's arrays and bounds, as that function passes them."""
@@ -52,7 +61,7 @@ if numba is not None:
                     gn = part(grad_v[n, t + 1], o, f1, whole)
                     for k in range(m):
                         u, hk = v[k], hr[k]
-                        psi = slope(kind, u - hk, c1, c2, one, zero)
+                        psi = u if kind == SAVED else slope(kind, u - hk, c1, c2, one, zero)
                         if zero_reset:
                             coef = (one if u < hk else zero) - psi * u
                         else:
@@ -60,7 +69,9 @@ if numba is not None:
                         out[k] = psi * gs[k] + gn[k] * (coef * ar[k])
                 else:
                     for k in range(m):
-                        out[k] = slope(kind, v[k] - hr[k], c1, c2, one, zero) * gs[k]
+                        u = v[k]
+                        psi = u if kind == SAVED else slope(kind, u - hr[k], c1, c2, one, zero)
+                        out[k] = psi * gs[k]
                 if need_bias:
                     sb = sum_b[r]
                     for k in range(m):
@@ -70,7 +81,9 @@ if numba is not None:
     def run_plain(kind, zero_reset, args):
         """:func:`plain_steps` for surrogate ``kind`` and the reset: each call passes
         them as literals, so that each runs the version compiled for them."""
-        if zero_reset and kind == ARCTAN:
+        if kind == SAVED:  # (with the subtract reset only)
+            plain_steps(SAVED, 0, args)
+        elif zero_reset and kind == ARCTAN:
             plain_steps(ARCTAN, 1, args)
         elif zero_reset and kind == FAST_SIGMOID:
             plain_steps(FAST_SIGMOID, 1, args)

@@ -19,40 +19,33 @@ vectorize. A call runs the share of the jobs that its last two flags select
 threads.
 Flags and constants come in small arrays (one compiled version per dtype); absent
 tensors are empty arrays of the right dtype and rank. Flags: ``synaptic, norm_input,
-bias, spiking, zero_reset, clamp, record, keep_current, keep_v, checkpoint, part,
+bias, spiking, zero_reset, clamp, record, keep_current, keep_v, checkpoint, slopes, part,
 parts``;
-constants: ``0, 1, min_v_mem``.
+constants: ``0, 1, min_v_mem``, the surrogate's parameter and scale. With ``slopes``, a
+surrogate's code in :mod:`~aquatic.functional.neurons_jit_slopes` (0: none), the loop
+keeps the surrogate's slopes at the membranes instead of the membranes
+(:func:`~aquatic.functional.neurons_jit_backward.kept_slopes`), for the plainest
+neurons (:func:`plain_steps`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from aquatic.functional import jit_cache, jit_jobs
-
-try:  # optional: the compiled loops exist where Numba is installed
-    import numba
-except ImportError:  # pragma: no cover - the PyTorch loops run instead
-    numba = None
+from aquatic.functional import jit_jobs
+from aquatic.functional.neurons_jit_options import inline, jit, numba
+from aquatic.functional.neurons_jit_slopes import EXP
+from aquatic.functional.neurons_jit_slopes import constants, slope, slopes_into
 
 __all__ = [
     "JOB_LANES", "jit", "inline", "job_layout", "job_block", "job_range", "job_lanes",
-    "drive_of", "advance", "plain_steps", "forward_kernel",
+    "drive_of", "advance", "advance_slopes", "plain_steps", "plain_forward", "forward_kernel",
 ]  # fmt: skip
 
 #: Neurons per job (:data:`aquatic.functional.jit_jobs.JOB_LANES`).
 JOB_LANES = jit_jobs.JOB_LANES
 
 if numba is not None:
-    _OPTIONS = dict(nogil=True, boundscheck=False, error_model="numpy")
-    #: Numba's decorator of the loops: no fast-math, cached on disk; ``error_model=
-    #: "numpy"``: a division by zero is inf or nan, as in PyTorch, and no check of the
-    #: divisor keeps the loops from vectorizing.
-    jit = numba.njit(cache=True, **_OPTIONS)
-    #: For helpers that run once per row and step: inlined (a call there costs more
-    #: than the helper's work).
-    inline = numba.njit(inline="always", **_OPTIONS)
-
     #: :func:`aquatic.functional.jit_jobs.layout`, compiled.
     job_layout = inline(jit_jobs.layout)
     #: :func:`aquatic.functional.jit_jobs.block`, compiled.
@@ -147,11 +140,22 @@ if numba is not None:
                 if vr[k] < low:
                     vr[k] = low
 
+    @inline
+    def advance_slopes(src, vr, ar, hr, slopes, out, m, kind, c1, c2, zero, one):
+        """:func:`advance` of binary spikes with the subtract reset (the same operations),
+        writing the slopes of surrogate ``kind`` at the membranes into ``slopes``
+        (:func:`~aquatic.functional.neurons_jit_slopes.slope`, the backward loop's
+        function, so its bits) instead of the membranes."""
+        for k in range(m):
+            u = vr[k] * ar[k] + src[k]
+            hk = hr[k]
+            slopes[k] = slope(kind, u - hk, c1, c2, one, zero)
+            s = one if u >= hk else zero
+            out[k] = s
+            vr[k] = u - hk * s
+
     @jit
-    def plain_steps(
-        zero_reset, has_bias, x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1,
-        keep_v, low, zero, one,
-    ):  # fmt: skip
+    def plain_steps(zero_reset, has_bias, kind, args):
         """All steps of one job (samples ``n0:n1``, features ``f0:f1``) of the plainest
         neurons: binary spikes, no synaptic current, input gain, clamp, record or
         checkpoint. The same :func:`drive_of` and :func:`advance` as :func:`forward`'s
@@ -160,20 +164,56 @@ if numba is not None:
         rule out), so that the loop nest holds only the loops that run. With the other
         options' loops beside them, the same loops took 1.5 to 3 times as long (LLVM
         vectorizes them either way; measured on one thread, ``(64, 100, 512)`` and
-        ``(256, 100, 128)``: 0.45 to 0.53 ns an element against 0.83 to 1.63)."""
+        ``(256, 100, 128)``: 0.45 to 0.53 ns an element against 0.83 to 1.63).
+
+        With a surrogate's ``kind`` (not 0; the subtract reset), it keeps the slopes at
+        the membranes (constants ``c1`` and ``c2``) in ``v_pre`` instead of the
+        membranes (:func:`advance_slopes`; compiled for each ``kind`` too: in a loop of
+        their own, reading the membranes from a row in the cache, the slopes cost the
+        step twice as much).
+
+        ``args``: ``(x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1, keep_v,
+        low, zero, one, c1, c2)``."""
         numba.literally(zero_reset)
         numba.literally(has_bias)
+        numba.literally(kind)
+        # fmt: off
+        (x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1, keep_v, low, zero, one,
+         c1, c2) = args
+        # fmt: on
         m = f1 - f0
         for t in range(x.shape[1]):
             for r in range(n1 - n0):
                 n = n0 + r
-                pt = v_pre[n, t, f0:f1] if keep_v else scratch
                 # fmt: off
                 src = drive_of(x[n, t, f0:f1], v, a, a, b, r, drive, m, False, False,
                                has_bias)
-                advance(src, v[r], a[r], h[r], pt, out[n, t, f0:f1], m, True, zero_reset,
-                        False, low, zero, one)
+                if kind:
+                    advance_slopes(src, v[r], a[r], h[r], v_pre[n, t, f0:f1],
+                                   out[n, t, f0:f1], m, kind, c1, c2, zero, one)
+                else:
+                    pt = v_pre[n, t, f0:f1] if keep_v else scratch
+                    advance(src, v[r], a[r], h[r], pt, out[n, t, f0:f1], m, True, zero_reset,
+                            False, low, zero, one)
                 # fmt: on
+
+    @inline
+    def plain_forward(zero_reset, has_bias, kind, args):
+        """:func:`plain_steps` for the reset, the bias and the slopes kept (``kind``: 0, the
+        membranes, or ``EXP``, with the subtract reset): each call passes them as
+        literals, so that each runs the version compiled for them."""
+        if zero_reset and has_bias:
+            plain_steps(1, 1, 0, args)
+        elif zero_reset:
+            plain_steps(1, 0, 0, args)
+        elif has_bias and kind == EXP:
+            plain_steps(0, 1, EXP, args)
+        elif has_bias:
+            plain_steps(0, 1, 0, args)
+        elif kind == EXP:
+            plain_steps(0, 0, EXP, args)
+        else:
+            plain_steps(0, 0, 0, args)
 
     @jit
     def forward(
@@ -183,9 +223,10 @@ if numba is not None:
         n_batch, n_steps, n_feat = x.shape
         # fmt: off
         (synaptic, norm, has_bias, spiking, zero_reset, clamp, record, keep_current, keep_v,
-         every, part, parts) = flags
+         every, kind, part, parts) = flags
         # fmt: on
         zero, one, low = consts[0], consts[1], consts[2]
+        c1, c2 = constants(kind, consts[3], consts[4], one)
         rows, chunk, jobs = job_layout(n_batch, n_feat)
         for job in range(*job_range(jobs, part, parts)):
             n0, n1, f0, f1 = job_block(job, rows, chunk, n_batch, n_feat)
@@ -201,18 +242,12 @@ if numba is not None:
             scratch = np.empty(m, x.dtype)
             # fmt: off
             plain = spiking and not (synaptic or norm or clamp or record or keep_current or every)
-            if plain and zero_reset and has_bias:
-                plain_steps(1, 1, x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1,
-                            keep_v, low, zero, one)
-            elif plain and zero_reset:
-                plain_steps(1, 0, x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1,
-                            keep_v, low, zero, one)
-            elif plain and has_bias:
-                plain_steps(0, 1, x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1,
-                            keep_v, low, zero, one)
-            elif plain:
-                plain_steps(0, 0, x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1,
-                            keep_v, low, zero, one)
+            # (other surrogates' slopes: the loop below)
+            plain = plain and (kind == 0 or not keep_v or (kind == EXP and not zero_reset))
+            if plain:
+                plain_forward(zero_reset, has_bias, kind if keep_v else 0,
+                              (x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1,
+                               keep_v, low, zero, one, c1, c2))
             # fmt: on
             for t in range(0 if plain else n_steps):  # the plainest neurons ran above
                 for r in range(n1 - n0):
@@ -223,12 +258,15 @@ if numba is not None:
                         if synaptic:
                             i_states[t // every, n, f0:f1] = i[r]
                     ot = out[n, t, f0:f1]
-                    pt = v_pre[n, t, f0:f1] if keep_v else scratch
+                    pt = v_pre[n, t, f0:f1] if keep_v and not kind else scratch
                     # fmt: off
                     src = drive_of(x[n, t, f0:f1], i, s_syn, g, b, r, drive, m, synaptic,
                                    norm, has_bias)
                     advance(src, vr, ar, hr, pt, ot, m, spiking, zero_reset, clamp, low, zero,
                             one)
+                    if keep_v and kind:
+                        slopes_into(kind, scratch, hr, c1, c2, v_pre[n, t, f0:f1], m, one,
+                                    zero)
                     # fmt: on
                     if keep_current:
                         current[n, t, f0:f1] = i[r]
@@ -240,15 +278,8 @@ if numba is not None:
             if synaptic:
                 i_final[n0:n1, f0:f1] = i
 
-    # Before any loop is loaded from Numba's disk cache: drop loops compiled from other
-    # code (Numba's key covers each loop's own file only). No cache, nothing to drop
-    # (NUMBA_DISABLE_JIT=1 leaves plain Python functions).
-    _cache_path = getattr(getattr(forward, "_cache", None), "cache_path", None)
-    if _cache_path:
-        jit_cache.refresh(_cache_path)
-
 else:  # pragma: no cover
-    jit = inline = job_layout = job_block = job_range = job_lanes = drive_of = advance = None
+    job_layout = job_block = job_range = job_lanes = drive_of = advance = None
     plain_steps = forward = None
 
 

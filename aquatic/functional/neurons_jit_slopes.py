@@ -13,11 +13,11 @@ the last place from the exact value).
 from __future__ import annotations
 
 from aquatic.functional.jit_math import exp_nonpositive
-from aquatic.functional.neurons_jit_backward import SURROGATE_CODES
-from aquatic.functional.neurons_jit_kernels import inline, jit, numba
+from aquatic.functional.neurons_jit_backward import SAVED_CODE, SURROGATE_CODES
+from aquatic.functional.neurons_jit_options import inline, jit, numba
 
 __all__ = [
-    "GIVEN", "FAST_SIGMOID", "ARCTAN", "TRIANGLE", "EXP", "fast_sigmoid", "arctan",
+    "GIVEN", "FAST_SIGMOID", "ARCTAN", "TRIANGLE", "EXP", "SAVED", "fast_sigmoid", "arctan",
     "triangle", "single_exponential", "slope", "constants", "slopes_row", "slopes_into",
 ]  # fmt: skip
 
@@ -27,6 +27,10 @@ __all__ = [
 GIVEN, FAST_SIGMOID, ARCTAN, TRIANGLE, EXP = (
     SURROGATE_CODES[kind] for kind in ("given", "fast_sigmoid", "arctan", "triangle", "exp")
 )
+#: Not a surrogate: the backward loop's code for "the array of membranes holds the slopes
+#: themselves", which the forward loop wrote in their place
+#: (:func:`~aquatic.functional.neurons_jit_backward.kept_slopes`).
+SAVED = SAVED_CODE
 
 if numba is not None:
 
@@ -94,8 +98,10 @@ if numba is not None:
     @inline
     def slopes_into(kind, v, h, c1, c2, out, m, one, zero):
         """The surrogate's slopes at ``v[:m] - h[:m]`` into ``out[:m]``
-        (:func:`slopes_row` for ``kind``)."""
-        if kind == FAST_SIGMOID:
+        (:func:`slopes_row` for ``kind``); for ``SAVED``, ``v[:m]`` holds them."""
+        if kind == SAVED:
+            out[:m] = v[:m]
+        elif kind == FAST_SIGMOID:
             slopes_row(FAST_SIGMOID, v, h, c1, c2, out, m, one, zero)
         elif kind == ARCTAN:
             slopes_row(ARCTAN, v, h, c1, c2, out, m, one, zero)

@@ -63,6 +63,7 @@ def sequence_forward(
     need_grad: bool,
     keep_current: bool,
     checkpoint: Optional[int] = None,
+    slopes: Optional[Tuple[int, float, float]] = None,
 ) -> Tuple[Optional[Tensor], ...]:
     """The whole sequence, step by step, without autograd.
 
@@ -70,7 +71,10 @@ def sequence_forward(
     ``keep_current``: keep the synaptic current of every step (recorded, or read by
     backward; a neuron without a synaptic current has none, and gets ``None``);
     ``checkpoint``: keep the state that enters every ``checkpoint``-th step (steps
-    ``0, K, 2K, ...``), from which :func:`sequence_backward` recomputes the rest.
+    ``0, K, 2K, ...``), from which :func:`sequence_backward` recomputes the rest;
+    ``slopes``: the surrogate's form where ``v_pre`` keeps its slopes at the membranes
+    instead of them
+    (:func:`~aquatic.functional.neurons_jit_backward.kept_slopes`).
 
     The membranes before the reset are kept batch first, as the input: the compiled
     loop then writes each job's steps as one stream (written time first, with rows of
@@ -92,7 +96,7 @@ def sequence_forward(
     if neurons_jit.forward_ok(x, options, v0, i0, alpha_mem, alpha_syn, threshold, bias):
         return neurons_jit.sequence_forward(
             x, v0, i0, alpha_mem, alpha_syn, threshold, bias, options, record, need_grad,
-            keep_current, checkpoint,
+            keep_current, checkpoint, slopes,
         )  # fmt: skip
     n_steps = x.shape[1]
     block = min(block_steps(x[:, 0].numel()), n_steps)
@@ -178,4 +182,6 @@ def sequence_forward(
     i_final = i.clone() if synaptic else None
     if shared and need_grad:
         v_pre = output
+    if slopes is not None and v_pre is not None:  # (kept_slopes asks the compiled loop)
+        v_pre = options.surrogate.derivative_(v_pre.sub_(threshold))
     return output, trace, current, v_pre, v_final, i_final, v_states, i_states

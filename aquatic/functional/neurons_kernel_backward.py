@@ -91,6 +91,7 @@ def sequence_backward(
     saved: Tuple[Optional[Tensor], ...],
     grads: Tuple[Optional[Tensor], ...],
     checkpoint: Optional[int] = None,
+    slopes: bool = False,
 ) -> Tuple[Optional[Tensor], ...]:
     """The gradients of :func:`sequence_forward`'s inputs.
 
@@ -107,6 +108,8 @@ def sequence_backward(
         grads: the gradients of ``(output, v_trace, i_trace, v_final, i_final)``
             (``None`` for zero).
         checkpoint: the steps between checkpointed states, or ``None``.
+        slopes: ``v_pre`` holds the surrogate's slopes at the membranes instead of them
+            (:func:`~aquatic.functional.neurons_jit_backward.kept_slopes`).
 
     Returns:
         The gradients of ``x, v0, i0, alpha_mem, alpha_syn, threshold, bias`` (``None``
@@ -114,11 +117,21 @@ def sequence_backward(
     """
     # subnormal gradients flushed to zero: aquatic.functional.subnormals
     with flushing(saved[3].is_cpu):
-        return _sequence_backward(options, needs, saved, grads, checkpoint)
+        return _sequence_backward(options, needs, saved, grads, checkpoint, slopes)
 
 
-def _sequence_backward(options, needs, saved, grads, checkpoint):
+def _sequence_backward(options, needs, saved, grads, checkpoint, slopes=False):
     v, current, x, v0, i0, alpha_mem, alpha_syn, threshold, bias = saved[:9]
+    if slopes and (
+        options.reset != "subtract"
+        or options.min_v_mem is not None
+        or options.norm_input
+        or alpha_syn is not None
+        or checkpoint is not None
+        or needs[3]
+        or needs[5]
+    ):
+        raise RuntimeError("the membranes were not kept, and this backward pass reads them")
     g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal = grads
     n_steps = v.shape[1] if checkpoint is None else x.shape[1]
     spiking, reset, min_v_mem = options.spiking, options.reset, options.min_v_mem
@@ -166,6 +179,7 @@ def _sequence_backward(options, needs, saved, grads, checkpoint):
                 options, first, last, v_seg, v_before, inflow, alpha_mem, threshold,
                 g_spikes, g_trace, g_vfinal, grad_v, (needs[3], grad_threshold, needs[6]),
                 None if carry is None else (alpha_syn, g_itrace, g_ifinal, carry), states,
+                slopes,
             )  # fmt: skip
             if sums[0] is not None:
                 g_alpha = _add(g_alpha, sums[0], alpha_mem)
@@ -196,9 +210,12 @@ def _sequence_backward(options, needs, saved, grads, checkpoint):
             if spiking:
                 # v - threshold written batch first (the layout of the gradient), so
                 # that every later operation of the block runs on matching strides.
-                slope = options.surrogate.derivative_(
-                    torch.sub(vb, threshold, out=_batch_first(work, vb))
-                )
+                if slopes:  # kept by forward
+                    slope = _batch_first(work, vb).copy_(vb)
+                else:
+                    slope = options.surrogate.derivative_(
+                        torch.sub(vb, threshold, out=_batch_first(work, vb))
+                    )
                 if g_spikes is not None:
                     torch.mul(slope, g_spikes[:, start:stop], out=gb)
                 else:

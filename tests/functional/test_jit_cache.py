@@ -96,8 +96,10 @@ def test_the_lists_name_every_compiled_module():
             assert path.stem in jit_cache.CACHED, path.name
     assert set(jit_cache.CACHED) <= {name[:-3] for name in seen}
     # and the modules whose constants the loops compile in (the slopes' from
-    # neurons_jit_backward, the exponential's floors, the observers' merge rules)
+    # neurons_jit_backward, the exponential's floors, the observers' merge rules, the
+    # compile options)
     constants = {"neurons_jit_backward.py", "exp_floor.py", "fake_quant_rules.py"}
+    constants.add("neurons_jit_options.py")
     assert seen | constants == set(jit_cache.SOURCES)
 
 
