@@ -50,7 +50,7 @@ from aquatic.functional.neurons_kernel import block_steps
 
 __all__ = [
     "ENABLED", "GIVEN_LIMIT", "RECOMPUTE_ABOVE", "RECOMPUTE_BYTES", "SURROGATE_CODES",
-    "SAVED_CODE", "KEEP_SLOPES", "backward_ok", "kept_slopes", "recomputes", "own_checkpoint",
+    "SAVED_CODE", "SAVED_HERE_CODE", "KEEP_SLOPES", "backward_ok", "kept_slopes", "recomputes", "own_checkpoint",
     "segment_backward",
 ]  # fmt: skip
 
@@ -84,9 +84,10 @@ RECOMPUTE_BYTES = 1 << 19
 #: The kernel's code of each surrogate kind of ``Surrogate.kernel_form`` (``given``: the
 #: slopes come computed by the surrogate's ``derivative_``).
 SURROGATE_CODES = {"given": 0, "fast_sigmoid": 1, "arctan": 2, "triangle": 3, "exp": 4}
-#: The backward kernel's code for slopes that forward kept in place of the membranes
-#: (:func:`kept_slopes`); not a surrogate kind.
-SAVED_CODE = 5
+#: The backward kernel's codes for slopes that forward kept in place of the membranes
+#: (:func:`kept_slopes`), in the membranes' array, or in the gradient's (which the loop
+#: then writes over them); not surrogate kinds.
+SAVED_CODE, SAVED_HERE_CODE = 5, 6
 
 #: Whether forward keeps the surrogate's slopes instead of the membranes where
 #: :func:`kept_slopes` allows (``False``: never; for measurements and tests).
@@ -287,7 +288,8 @@ def segment_backward(
     the cache (:func:`recomputes` says where this applies), and runs the segment back.
 
     ``slopes``: ``v_seg`` holds the surrogate's slopes that forward kept in place of the
-    membranes (:func:`kept_slopes`, which says where nothing else reads them).
+    membranes (:func:`kept_slopes`, which says where nothing else reads them); where
+    ``v_seg`` is ``grad_v`` itself, the loop writes the gradient over them.
     """
     n, n_steps = grad_v.shape[0], grad_v.shape[1]
     step_shape = tuple(v_before.shape)
@@ -338,7 +340,9 @@ def segment_backward(
                 else empty3
             ),
         )
-    code = SAVED_CODE if slopes else SURROGATE_CODES[surrogate[0]]
+    code = SURROGATE_CODES[surrogate[0]]
+    if slopes:
+        code = SAVED_HERE_CODE if v_seg.data_ptr() == grad_v.data_ptr() else SAVED_CODE
     flags = np.array(
         [options.spiking, options.reset == "zero", options.detach_reset,
          options.min_v_mem is not None, gs_mode, gt_mode, has_final, need_alpha,

@@ -1,7 +1,8 @@
 """The compiled LIF backward loop's steps for the plainest neurons: binary spikes, the
 spikes' gradient only, a surrogate whose slopes the loop computes
 (:mod:`aquatic.functional.neurons_jit_slopes`) or that forward kept (``SAVED``, with the
-subtract reset), and none of the other options.
+subtract reset; ``SAVED_HERE``: in the gradient's array, which the loop writes over
+them), and none of the other options.
 :func:`~aquatic.functional.neurons_jit_backward_kernels.backward` hands each such job to
 :func:`run_plain`, which calls :func:`plain_steps` compiled for each surrogate and reset alone (see
 :func:`~aquatic.functional.neurons_jit_kernels.plain_steps` for why).
@@ -15,6 +16,7 @@ from aquatic.functional.neurons_jit_slopes import (
     EXP,
     FAST_SIGMOID,
     SAVED,
+    SAVED_HERE,
     TRIANGLE,
     slope,
 )
@@ -49,19 +51,23 @@ if numba is not None:
         # fmt: on
         m = f1 - o
         whole = m == v_pre.shape[2]
+        kept = kind == SAVED or kind == SAVED_HERE  # the slopes, kept by forward
         for t in range(last - 1, first - 1, -1):
             s_t = t - seg_first
             for r in range(n1 - n0):
                 n = n0 + r
-                v = part(v_pre[n, s_t], o, f1, whole)
                 gs = part(g_spikes[n, t] if gs_mode == 1 else gs_row, o, f1, whole)
                 out = part(grad_v[n, t], o, f1, whole)
+                # one array read and written, where it is one: two views of the same
+                # memory would send the loop to its unvectorized version (LLVM's check
+                # that they do not overlap)
+                v = out if kind == SAVED_HERE else part(v_pre[n, s_t], o, f1, whole)
                 ar, hr = a[r], h[r]
                 if t < n_steps - 1:  # a later step's gradient flows in
                     gn = part(grad_v[n, t + 1], o, f1, whole)
                     for k in range(m):
                         u, hk = v[k], hr[k]
-                        psi = u if kind == SAVED else slope(kind, u - hk, c1, c2, one, zero)
+                        psi = u if kept else slope(kind, u - hk, c1, c2, one, zero)
                         if zero_reset:
                             coef = (one if u < hk else zero) - psi * u
                         else:
@@ -70,7 +76,7 @@ if numba is not None:
                 else:
                     for k in range(m):
                         u = v[k]
-                        psi = u if kind == SAVED else slope(kind, u - hr[k], c1, c2, one, zero)
+                        psi = u if kept else slope(kind, u - hr[k], c1, c2, one, zero)
                         out[k] = psi * gs[k]
                 if need_bias:
                     sb = sum_b[r]
@@ -83,6 +89,8 @@ if numba is not None:
         them as literals, so that each runs the version compiled for them."""
         if kind == SAVED:  # (with the subtract reset only)
             plain_steps(SAVED, 0, args)
+        elif kind == SAVED_HERE:
+            plain_steps(SAVED_HERE, 0, args)
         elif zero_reset and kind == ARCTAN:
             plain_steps(ARCTAN, 1, args)
         elif zero_reset and kind == FAST_SIGMOID:

@@ -13,11 +13,12 @@ the last place from the exact value).
 from __future__ import annotations
 
 from aquatic.functional.jit_math import exp_nonpositive
-from aquatic.functional.neurons_jit_backward import SAVED_CODE, SURROGATE_CODES
+from aquatic.functional.neurons_jit_backward import SAVED_CODE, SAVED_HERE_CODE, SURROGATE_CODES
 from aquatic.functional.neurons_jit_options import inline, jit, numba
 
 __all__ = [
-    "GIVEN", "FAST_SIGMOID", "ARCTAN", "TRIANGLE", "EXP", "SAVED", "fast_sigmoid", "arctan",
+    "GIVEN", "FAST_SIGMOID", "ARCTAN", "TRIANGLE", "EXP", "SAVED", "SAVED_HERE", "fast_sigmoid",
+    "arctan",
     "triangle", "single_exponential", "slope", "constants", "slopes_row", "slopes_into",
 ]  # fmt: skip
 
@@ -27,10 +28,11 @@ __all__ = [
 GIVEN, FAST_SIGMOID, ARCTAN, TRIANGLE, EXP = (
     SURROGATE_CODES[kind] for kind in ("given", "fast_sigmoid", "arctan", "triangle", "exp")
 )
-#: Not a surrogate: the backward loop's code for "the array of membranes holds the slopes
+#: Not surrogates: the backward loop's codes for "the array of membranes holds the slopes
 #: themselves", which the forward loop wrote in their place
-#: (:func:`~aquatic.functional.neurons_jit_backward.kept_slopes`).
-SAVED = SAVED_CODE
+#: (:func:`~aquatic.functional.neurons_jit_backward.kept_slopes`), and for "so does the
+#: gradient's array, which is the same array".
+SAVED, SAVED_HERE = SAVED_CODE, SAVED_HERE_CODE
 
 if numba is not None:
 
@@ -98,8 +100,9 @@ if numba is not None:
     @inline
     def slopes_into(kind, v, h, c1, c2, out, m, one, zero):
         """The surrogate's slopes at ``v[:m] - h[:m]`` into ``out[:m]``
-        (:func:`slopes_row` for ``kind``); for ``SAVED``, ``v[:m]`` holds them."""
-        if kind == SAVED:
+        (:func:`slopes_row` for ``kind``); for ``SAVED`` and ``SAVED_HERE``, ``v[:m]``
+        holds them."""
+        if kind == SAVED or kind == SAVED_HERE:
             out[:m] = v[:m]
         elif kind == FAST_SIGMOID:
             slopes_row(FAST_SIGMOID, v, h, c1, c2, out, m, one, zero)

@@ -47,6 +47,13 @@ def _batch_first(buffer: Tensor, like: Tensor) -> Tensor:
     return buffer[: like.numel()].view(like.shape)
 
 
+def _keeps_graph() -> bool:
+    """Whether the backward pass running now keeps the graph (``retain_graph``), so
+    that its saved tensors are read again (``True`` where PyTorch does not say)."""
+    keeps = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
+    return True if keeps is None else bool(keeps())
+
+
 def _add(total: Optional[Tensor], grad: Tensor, like: Tensor) -> Tensor:
     grad = grad.sum_to_size(like.shape)
     return grad if total is None else total + grad
@@ -137,7 +144,7 @@ def _sequence_backward(options, needs, saved, grads, checkpoint, slopes=False):
     spiking, reset, min_v_mem = options.spiking, options.reset, options.min_v_mem
     g_spikes, g_trace = (g_out, g_vtrace) if spiking else (None, g_out)
     grad_threshold = spiking and needs[5]
-    grad_v = v0.new_empty((v0.shape[0], n_steps) + tuple(v0.shape[1:]))
+    grad_v = None
     g_alpha = g_threshold = g_bias = None
     block = block_steps(v0.numel())
     synaptic = alpha_syn is not None
@@ -146,6 +153,13 @@ def _sequence_backward(options, needs, saved, grads, checkpoint, slopes=False):
         options, n_steps if checkpoint is None else min(checkpoint, n_steps), v0, v,
         alpha_mem, alpha_syn, threshold, bias,
     )  # fmt: skip
+    # Kept slopes that nothing reads after this pass: the compiled loop's plainest steps
+    # write the gradient over them (one array fewer to fill).
+    if slopes and compiled and g_spikes is not None and g_trace is None and g_vfinal is None:
+        if not options.detach_reset and not _keeps_graph():
+            grad_v = v
+    if grad_v is None:
+        grad_v = v0.new_empty((v0.shape[0], n_steps) + tuple(v0.shape[1:]))
     # With a synaptic current the compiled loop writes the current's gradient into
     # grad_v and hands the membrane's gradient from segment to segment here.
     carry = torch.zeros_like(v0) if compiled and synaptic else None

@@ -1,12 +1,14 @@
 """Where backward reads nothing else of the membranes, the compiled forward loop keeps the
 default surrogate's slopes in their place (``kept_slopes``): the results and gradients
 are the bits of the membranes kept, everywhere else the membranes are kept, and the
-PyTorch passes read or write the slopes where they stand in for a compiled one."""
+PyTorch passes read or write the slopes where they stand in for a compiled one. Backward
+writes the gradient over the slopes where the graph is not kept."""
 
 import importlib.util
 
 import pytest
 import torch
+from torch.utils.checkpoint import checkpoint
 
 import aquatic.functional.neurons_jit as jit
 import aquatic.functional.neurons_jit_backward as jit_backward
@@ -27,7 +29,7 @@ EXP = SingleExponential(width=0.4, scale=1.3)
 SHAPES = [((5, 30, 64), ()), ((2, 9, 1100), ()), ((40, 6, 3), (3,)), ((64, 20, 512), ())]
 
 
-def run(shape, th_shape, keep, monkeypatch, *, loss="weighted", dtype=torch.float32, **kw):
+def run(shape, th_shape, keep, monkeypatch, *, loss="spikes", dtype=torch.float32, **kw):
     """Results and gradients of one fused sequence, with the slopes kept or not."""
     monkeypatch.setattr(jit_backward, "KEEP_SLOPES", keep)
     gen = torch.Generator().manual_seed(1)
@@ -36,13 +38,14 @@ def run(shape, th_shape, keep, monkeypatch, *, loss="weighted", dtype=torch.floa
     threshold = torch.full(th_shape, 0.8, dtype=dtype)
     kw.setdefault("surrogate", EXP)
     out = lif_fused(x, 0.85, None, threshold, state=LIFState(v0), **kw)
-    if loss == "weighted":
-        weights = torch.rand(out.output.shape, generator=gen, dtype=dtype)
-        total = (out.output * weights).sum() + (out.state.v_mem * 0.3).sum()
-    elif loss == "sums":  # gradients flowing in as one value expanded
-        total = out.output.sum() * 2 + out.state.v_mem.sum()
-    else:  # the final state alone: no gradient of the spikes
-        total = (out.state.v_mem**2).sum()
+    weights = torch.rand(out.output.shape, generator=gen, dtype=dtype)
+    total = {
+        "spikes": lambda: (out.output * weights).sum(),  # backward writes over the slopes
+        "spike sum": lambda: out.output.sum() * 2,  # one value expanded
+        "weighted": lambda: (out.output * weights).sum() + (out.state.v_mem * 0.3).sum(),
+        "sums": lambda: out.output.sum() * 2 + out.state.v_mem.sum(),
+        "final": lambda: (out.state.v_mem**2).sum(),  # no gradient of the spikes
+    }[loss]()
     grads = torch.autograd.grad(total, (x, v0))
     return (out.output, out.state.v_mem) + grads
 
@@ -53,7 +56,7 @@ def saved_first(output: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("shape,th_shape", SHAPES)
-@pytest.mark.parametrize("loss", ["weighted", "sums", "final"])
+@pytest.mark.parametrize("loss", ["spikes", "spike sum", "weighted", "sums", "final"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_the_same_bits_as_the_membranes_kept(
     shape, th_shape, loss, threads, monkeypatch, set_threads, record_calls
@@ -188,3 +191,47 @@ def test_a_backward_that_reads_the_membranes_refuses_slopes():
         kernel_backward.sequence_backward(
             options, needs, saved, (x, None, None, None, None), None, True
         )
+
+
+@pytest.mark.parametrize("retain", [False, True])
+def test_backward_writes_over_the_slopes_unless_the_graph_is_kept(retain, monkeypatch):
+    x = torch.rand(6, 40, 96, requires_grad=True)
+    monkeypatch.setattr(jit_backward, "KEEP_SLOPES", False)
+    expected = torch.autograd.grad(lif_fused(x, 0.85, surrogate=EXP).output.sum(), x)[0]
+    monkeypatch.setattr(jit_backward, "KEEP_SLOPES", True)
+    out = lif_fused(x, 0.85, surrogate=EXP)
+    address = saved_first(out.output).data_ptr()
+    grad = torch.autograd.grad(out.output.sum(), x, retain_graph=retain)[0]
+    assert torch.equal(grad, expected)
+    assert (grad.data_ptr() == address) is not retain  # in the slopes' memory
+    if retain:  # the slopes are still there for a second pass
+        again = torch.autograd.grad(out.output.sum(), x)[0]
+        assert torch.equal(again, expected)
+
+
+@pytest.mark.parametrize("wrap", ["checkpoint", "save_on_cpu", "twice"])
+def test_kept_slopes_under_pytorchs_saved_tensor_tools(wrap, monkeypatch):
+    # torch.utils.checkpoint recomputes the saved slopes in backward; save_on_cpu packs
+    # them; a layer used twice saves two sets: each is read, then written over, once.
+    x = torch.rand(4, 20, 48, requires_grad=True)
+    linear = torch.nn.Linear(48, 48)
+
+    def model(data):
+        first = lif_fused(data, 0.85, surrogate=EXP).output
+        return lif_fused(linear(first) + data, 0.85, surrogate=EXP).output
+
+    def gradient():
+        if wrap == "checkpoint":
+            total = checkpoint(model, x, use_reentrant=False).sum()
+        elif wrap == "save_on_cpu":
+            with torch.autograd.graph.save_on_cpu():
+                total = model(x).sum()
+        else:
+            total = model(model(x)).sum()
+        return torch.autograd.grad(total, (x, linear.weight))
+
+    monkeypatch.setattr(jit_backward, "KEEP_SLOPES", False)
+    expected = gradient()
+    monkeypatch.setattr(jit_backward, "KEEP_SLOPES", True)
+    for got, want in zip(gradient(), expected):
+        assert torch.equal(got, want)
