@@ -34,12 +34,13 @@ import numpy as np
 
 from aquatic.functional import jit_jobs
 from aquatic.functional.neurons_jit_options import inline, jit, numba
-from aquatic.functional.neurons_jit_slopes import EXP
+from aquatic.functional.neurons_jit_slopes import ARCTAN, EXP, FAST_SIGMOID, TRIANGLE
 from aquatic.functional.neurons_jit_slopes import constants, slope, slopes_into
 
 __all__ = [
     "JOB_LANES", "jit", "inline", "job_layout", "job_block", "job_range", "job_lanes",
-    "drive_of", "advance", "advance_slopes", "plain_steps", "plain_forward", "forward_kernel",
+    "drive_of", "advance", "advance_slopes", "plain_steps", "plain_kept", "plain_forward",
+    "forward_kernel",
 ]  # fmt: skip
 
 #: Neurons per job (:data:`aquatic.functional.jit_jobs.JOB_LANES`).
@@ -198,22 +199,33 @@ if numba is not None:
                 # fmt: on
 
     @inline
+    def plain_kept(has_bias, kind, args):
+        """:func:`plain_steps` of the subtract reset for the bias and the slopes kept
+        (``kind``; 0: the membranes), each as literals (see :func:`plain_forward`)."""
+        if kind == EXP:
+            plain_steps(0, has_bias, EXP, args)
+        elif kind == ARCTAN:
+            plain_steps(0, has_bias, ARCTAN, args)
+        elif kind == FAST_SIGMOID:
+            plain_steps(0, has_bias, FAST_SIGMOID, args)
+        elif kind == TRIANGLE:
+            plain_steps(0, has_bias, TRIANGLE, args)
+        else:
+            plain_steps(0, has_bias, 0, args)
+
+    @inline
     def plain_forward(zero_reset, has_bias, kind, args):
-        """:func:`plain_steps` for the reset, the bias and the slopes kept (``kind``: 0, the
-        membranes, or ``EXP``, with the subtract reset): each call passes them as
-        literals, so that each runs the version compiled for them."""
+        """:func:`plain_steps` for the reset, the bias and the slopes kept (``kind``,
+        with the subtract reset; 0: the membranes): each call passes them as literals,
+        so that each runs the version compiled for them."""
         if zero_reset and has_bias:
             plain_steps(1, 1, 0, args)
         elif zero_reset:
             plain_steps(1, 0, 0, args)
-        elif has_bias and kind == EXP:
-            plain_steps(0, 1, EXP, args)
         elif has_bias:
-            plain_steps(0, 1, 0, args)
-        elif kind == EXP:
-            plain_steps(0, 0, EXP, args)
+            plain_kept(1, kind, args)
         else:
-            plain_steps(0, 0, 0, args)
+            plain_kept(0, kind, args)
 
     @jit
     def forward(
@@ -242,8 +254,7 @@ if numba is not None:
             scratch = np.empty(m, x.dtype)
             # fmt: off
             plain = spiking and not (synaptic or norm or clamp or record or keep_current or every)
-            # (other surrogates' slopes: the loop below)
-            plain = plain and (kind == 0 or not keep_v or (kind == EXP and not zero_reset))
+            plain = plain and (kind == 0 or not (keep_v and zero_reset))  # (else: below)
             if plain:
                 plain_forward(zero_reset, has_bias, kind if keep_v else 0,
                               (x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1,

@@ -17,13 +17,28 @@ import aquatic.functional.neurons_kernel_backward as kernel_backward
 from aquatic.functional.neuron_types import Options
 from aquatic.functional.neurons import LIFState
 from aquatic.functional.neurons_fused import lif_fused
-from aquatic.functional.surrogate import ArcTan, SingleExponential
+from aquatic.functional.surrogate import ArcTan, FastSigmoid, SingleExponential, Triangle
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("numba") is None, reason="needs numba (pip install aquatic[fast])"
 )
 
 EXP = SingleExponential(width=0.4, scale=1.3)
+#: the surrogates whose slopes the loops compute, and so keep
+KEPT = [EXP, ArcTan(width=0.6, scale=0.8), FastSigmoid(slope=5.0, scale=0.7)]
+KEPT += [Triangle(width=0.8, scale=1.3)]
+
+
+class _Own(ArcTan):
+    """A surrogate with its own slopes, which the loops do not compute (nor keep)."""
+
+    def derivative(self, u):
+        return super().derivative(u) ** 2
+
+    def derivative_(self, u):
+        return self.derivative(u)
+
+
 #: (input shape, threshold shape): jobs of whole rows, of parts of rows (1100 features),
 #: of many rows (40 samples of 3 features); a per-neuron threshold
 SHAPES = [((5, 30, 64), ()), ((2, 9, 1100), ()), ((40, 6, 3), (3,)), ((64, 20, 512), ())]
@@ -73,7 +88,13 @@ def test_the_same_bits_as_the_membranes_kept(
 
 @pytest.mark.parametrize(
     "options",
-    [dict(bias=0.05), dict(detach_reset=True), dict(dtype=torch.float64), dict(surrogate=None)],
+    [dict(bias=0.05), dict(detach_reset=True), dict(dtype=torch.float64), dict(surrogate=None)]
+    + [dict(surrogate=surrogate) for surrogate in KEPT[1:]]
+    + [
+        dict(surrogate=surrogate, bias=0.05, loss=loss)
+        for surrogate in KEPT
+        for loss in ("spikes", "final")
+    ],
 )
 def test_options_that_keep_the_slopes(options, monkeypatch, record_calls):
     kept = record_calls(jit_backward, "kept_slopes")
@@ -103,7 +124,7 @@ def test_what_is_kept_is_the_slopes_at_the_membranes(monkeypatch):
         dict(norm_input=True),
         dict(record_states=True),
         dict(checkpoint=4),
-        dict(surrogate=ArcTan()),
+        dict(surrogate=_Own()),
         dict(alpha_syn=0.7),
         dict(trainable="threshold"),
         dict(trainable="alpha"),
