@@ -26,7 +26,10 @@ gi_mode, has_ifinal, norm_input, seg_first, every, has_bias, part, parts`` (``no
 gradient has its input term; ``g_spikes``, ``g_trace`` and ``gi_mode``: 0 absent, 1 an
 array ``(N, T, F)``, 2 one value for every element, a sum's gradient; ``every``: the
 steps between checkpointed states whose segments the loop recomputes, 0 where the
-membranes are given); constants: ``0, 1, min_v_mem``, the surrogate's parameter (its
+membranes are given; ``surrogate``: its code, or ``SAVED`` where ``v_pre`` holds the
+slopes that forward kept, ``SAVED_HERE`` where ``grad_v`` does and is overwritten, see
+:mod:`~aquatic.functional.neurons_jit_slopes`); constants: ``0, 1, min_v_mem``, the
+surrogate's parameter (its
 width, or ``FastSigmoid``'s slope) and its scale.
 """
 

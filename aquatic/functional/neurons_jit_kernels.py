@@ -169,9 +169,10 @@ if numba is not None:
 
         With a surrogate's ``kind`` (not 0; the subtract reset), it keeps the slopes at
         the membranes (constants ``c1`` and ``c2``) in ``v_pre`` instead of the
-        membranes (:func:`advance_slopes`; compiled for each ``kind`` too: in a loop of
-        their own, reading the membranes from a row in the cache, the slopes cost the
-        step twice as much).
+        membranes (:func:`advance_slopes`; compiled for each ``kind`` too: computed in
+        a loop of their own from each row's membranes, the exponential's slopes added
+        0.55 ms to this loop on ``(64, 100, 512)``, two threads; inline, nothing
+        measured).
 
         ``args``: ``(x, out, v_pre, scratch, drive, v, a, h, b, n0, n1, f0, f1, keep_v,
         low, zero, one, c1, c2)``."""

@@ -256,3 +256,19 @@ def test_kept_slopes_under_pytorchs_saved_tensor_tools(wrap, monkeypatch):
     monkeypatch.setattr(jit_backward, "KEEP_SLOPES", True)
     for got, want in zip(gradient(), expected):
         assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("surrogate", KEPT)
+def test_non_finite_inputs_the_same_bits(surrogate, monkeypatch):
+    # nan and infinite membranes give the slopes (and gradients) they give in backward
+    x = torch.rand(3, 20, 9)
+    x[0, 3, 2], x[1, 5, 1], x[2, 7, 0] = float("nan"), float("inf"), -float("inf")
+    x.requires_grad_()
+    grads = []
+    for keep in (True, False):
+        monkeypatch.setattr(jit_backward, "KEEP_SLOPES", keep)
+        spikes = lif_fused(x, 0.9, surrogate=surrogate).output
+        grads.append(torch.autograd.grad((spikes * torch.linspace(0, 1, 9)).sum(), x)[0])
+    assert grads[0].isnan().any()
+    assert torch.equal(grads[0].isnan(), grads[1].isnan())
+    assert torch.equal(grads[0].nan_to_num(7.0), grads[1].nan_to_num(7.0))
