@@ -80,20 +80,9 @@ def _op_plan(options: Options, synaptic: bool, record, grad, needs, checkpoint):
 
 
 def planned_forward(
-    x,
-    v0,
-    i0,
-    alpha_mem,
-    alpha_syn,
-    threshold,
-    bias,
-    options,
-    record,
-    grad,
-    needs,
-    checkpoint,
+    x, v0, i0, alpha_mem, alpha_syn, threshold, bias, options, record, grad, needs, checkpoint,
     slopes=None,
-):
+):  # fmt: skip
     """:func:`sequence_forward`, keeping what backward reads given ``needs`` (whether each
     of ``x, v0, i0, alpha_mem, alpha_syn, threshold, bias`` needs its gradient), and the
     surrogate's slopes instead of the membranes with ``slopes`` (its form, from
@@ -106,20 +95,9 @@ def planned_forward(
     plan = _op_plan(options, alpha_syn is not None, record, grad, needs, checkpoint)
     need_grad, checkpoint, keep_current = plan[:3]
     results = sequence_forward(
-        x,
-        v0,
-        i0,
-        alpha_mem,
-        alpha_syn,
-        threshold,
-        bias,
-        options,
-        record,
-        need_grad and checkpoint is None,
-        keep_current,
-        checkpoint,
-        slopes,
-    )
+        x, v0, i0, alpha_mem, alpha_syn, threshold, bias, options, record,
+        need_grad and checkpoint is None, keep_current, checkpoint, slopes,
+    )  # fmt: skip
     return results, plan
 
 
