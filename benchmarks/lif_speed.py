@@ -29,8 +29,8 @@ the fastest peer of the first table over sequence lengths ``T`` and neuron count
 to two floors measured or computed here for the same tensor of ``N x T x C`` float32
 elements: the time of six passes over it (three ``clone()``: read the input, write the
 spikes, write the state for backward; read the gradient and the state, write the
-input's gradient), and the bytes that must be live at the peak (the membrane that
-backward reads and the gradient it writes: two tensors). Its last columns time aquatic's
+input's gradient), and the bytes that must be live at the peak (the membrane, or the
+surrogate's slopes at it, that backward reads, and the gradient it writes: two tensors). Its last columns time aquatic's
 ``LIF(checkpoint=K)`` with ``K`` the integer nearest :math:`\sqrt{T}`: forward keeps the
 state every ``K`` steps and backward recomputes the membranes segment by segment, so
 what must be live is the gradient (one tensor) and about ``T/K + K`` steps of state; ``MB
@@ -298,9 +298,10 @@ def tensor_mb(x: torch.Tensor) -> float:
 
 def backward_table(repeats: int) -> None:
     """The backward pass alone of ``LIF(surrogate=ArcTan())`` (also with a synaptic
-    current, and with the default surrogate), compiled and PyTorch's (after the same
-    compiled forward), over batch and width at ``T = 100``: interleaved runs, the best
-    of each."""
+    current, and with the default surrogate), compiled and PyTorch's (after the
+    compiled forward, which keeps the surrogate's slopes for the compiled backward where
+    it can, else the membranes), over batch and width at ``T = 100``: interleaved runs,
+    the best of each."""
     print(
         "\nbackward alone, LIF(surrogate=ArcTan()), T=100 (synaptic: with alpha_syn; "
         "default: SingleExponential): compiled / PyTorch backward "
@@ -315,7 +316,7 @@ def backward_table(repeats: int) -> None:
         ("synaptic", synaptic, 16, 128),
         ("synaptic", synaptic, 64, 256),
     ]
-    # the default surrogate, SingleExponential: its slopes computed in the loop too
+    # the default surrogate, SingleExponential: its slopes kept by the forward loop
     default = LIF(alpha_mem=1 - 1 / TAU_MEM)
     sizes += [("default", default, 8, 128), ("default", default, 16, 128)]
     sizes += [("default", default, 64, 512)]
