@@ -121,8 +121,8 @@ def kept_slopes(
     exponential, the default surrogate's, had made it compute-bound) and, where the
     graph is not kept, writes the gradient over them (one array fewer to fill). A step
     of ``LIF`` on ``(64, 100, 512)``, two threads: 2.93 against 3.77 ms (``ArcTan``:
-    2.41 against 2.89 ms); the backward loop 0.56 against 1.98 ms, the forward loop 1.05
-    against 1.25. The same function computes the same slopes, so the gradients are the
+    2.5 to 2.7 against 3.0 to 3.2 ms); in one run, the backward loop 0.72 against 1.98
+    ms, the forward loop 1.19 against 1.25. The same function computes the same slopes, so the gradients are the
     same bits. It applies where backward reads nothing else of the membranes: binary
     spikes with the subtract reset; no clamp, synaptic current, input gain, recorded
     membranes or checkpoints; neither the decay nor the threshold needing its gradient;
