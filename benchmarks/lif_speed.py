@@ -28,16 +28,16 @@ The scaling table (``--scale-batch``; ``--quick`` for a shorter one) times aquat
 the fastest peer of the first table over sequence lengths ``T`` and neuron counts, next
 to two floors measured or computed here for the same tensor of ``N x T x C`` float32
 elements: the time of six passes over it (three ``clone()``: read the input, write the
-spikes, write the state for backward; read the gradient and the state, write the
-input's gradient), and the bytes that must be live at the peak (the membrane, or the
-surrogate's slopes at it, that backward reads, and the gradient it writes: two tensors). Its last columns time aquatic's
-``LIF(checkpoint=K)`` with ``K`` the integer nearest :math:`\sqrt{T}`: forward keeps the
-state every ``K`` steps and backward recomputes the membranes segment by segment, so
-what must be live is the gradient (one tensor) and about ``T/K + K`` steps of state; ``MB
-/grad`` is its peak over one tensor. ``faults`` counts the minor page faults of one run
-of aquatic's layer: where a run frees more than glibc keeps (64 MiB), the next one faults
-its memory in again, which can take longer than the computation. Combinations above
-``--max-elements`` are skipped.
+spikes, write the state for backward; read the gradient and the state, write the input's
+gradient), and the bytes that must be live at the peak (the membrane, or the surrogate's
+slopes at it, that backward reads, and the gradient it writes: two tensors). Its last
+columns time aquatic's ``LIF(checkpoint=K)`` with ``K`` the integer nearest
+:math:`\sqrt{T}`: forward keeps the state every ``K`` steps and backward recomputes the
+membranes segment by segment, so what must be live is the gradient (one tensor) and
+about ``T/K + K`` steps of state; ``MB /grad`` is its peak over one tensor. ``faults``
+counts the minor page faults of one run of aquatic's layer: where a run frees more than
+glibc keeps (64 MiB), the next one faults its memory in again, which can take longer
+than the computation. Combinations above ``--max-elements`` are skipped.
 
 Time: the best (and the median) of ``--repeats`` runs of ``torch.autograd.grad(layer(x).sum(), x)``
 after two warm-up runs. Peak memory: the largest total size of tensors allocated and not

@@ -50,7 +50,8 @@ from aquatic.functional.neurons_kernel import block_steps
 
 __all__ = [
     "ENABLED", "GIVEN_LIMIT", "RECOMPUTE_ABOVE", "RECOMPUTE_BYTES", "SURROGATE_CODES",
-    "SAVED_CODE", "SAVED_HERE_CODE", "KEEP_SLOPES", "backward_ok", "kept_slopes", "recomputes", "own_checkpoint",
+    "SAVED_CODE", "SAVED_HERE_CODE", "KEEP_SLOPES", "backward_ok", "kept_slopes", "recomputes",
+    "own_checkpoint",
     "segment_backward",
 ]  # fmt: skip
 
@@ -122,12 +123,12 @@ def kept_slopes(
     graph is not kept, writes the gradient over them (one array fewer to fill). A step
     of ``LIF`` on ``(64, 100, 512)``, two threads: 2.93 against 3.77 ms (``ArcTan``:
     2.5 to 2.7 against 3.0 to 3.2 ms); in one run, the backward loop 0.72 against 1.98
-    ms, the forward loop 1.19 against 1.25. The same function computes the same slopes, so the gradients are the
-    same bits. It applies where backward reads nothing else of the membranes: binary
-    spikes with the subtract reset; no clamp, synaptic current, input gain, recorded
-    membranes or checkpoints; neither the decay nor the threshold needing its gradient;
-    a surrogate whose slopes the loops compute; the compiled loops running both passes.
-    Not under ``torch.compile`` (its operators keep the membranes).
+    ms, the forward loop 1.19 against 1.25. The same function computes the same slopes,
+    so the gradients are the same bits. It applies where backward reads nothing else of
+    the membranes: binary spikes with the subtract reset; no clamp, synaptic current,
+    input gain, recorded membranes or checkpoints; neither the decay nor the threshold
+    needing its gradient; a surrogate whose slopes the loops compute; the compiled loops
+    running both passes. Not under ``torch.compile`` (its operators keep the membranes).
 
     Example:
         >>> from aquatic.functional.surrogate import SingleExponential

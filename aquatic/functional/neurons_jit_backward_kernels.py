@@ -87,7 +87,8 @@ if numba is not None:
         r"""Steps ``first:last`` of the membranes' gradient ``grad_v`` ``(N, T, F)``, or
         with a synaptic current of the current's gradient.
 
-        ``v_pre``: the segment's membranes before the reset, ``(N, S, F)``; ``v_before``: the membrane entering step ``first``;
+        ``v_pre``: the segment's membranes before the reset, ``(N, S, F)``;
+        ``v_before``: the membrane entering step ``first``;
         ``inflow``: the segment's input to the membrane ``(N, S, F)`` (the decay's
         gradient with ``norm_input``); ``grad_v[:, last]`` holds the later steps'
         gradient where ``last < n_steps``. The accumulators ``(N, F)`` receive each
