@@ -229,7 +229,7 @@ def minmax_rows_step(
         >>> y is None or (torch.equal(low, torch.tensor([-2.54, -1.0])), y.detach()[0])
         (True, tensor([ 0.5000, -2.5400]))
     """
-    written = prepare(input, False, CLONE_LIMIT)
+    written = prepare(input, False, CLONE_LIMIT, in_place=False)
     out = written.out
     rows = min_val.numel()
     cols = input.numel() // rows

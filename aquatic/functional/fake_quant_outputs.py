@@ -18,16 +18,26 @@ makes them, :func:`finish` returns the result:
 
 Mask kinds, as the loops take them: :data:`NO_MASK`, :data:`FLOAT_MASK` (float32 0.0
 and 1.0) and :data:`BYTE_MASK` (``uint8`` 0 and 1); :func:`mask_kind` tells a mask's.
+
+A layer whose forward has just made its output, which nothing else holds, may let the
+loop write the fake-quantized values over it (:data:`OWNED`, for large tensors: the
+values' array is the input's memory, and the autograd.Functions mark it dirty). That
+spares a tensor's allocation and a pass of writes to fresh memory: on one thread, 800K
+values just written took 170-180 µs in place against 365-400 µs into a new tensor.
 """
 
 from __future__ import annotations
 
+import threading
 from typing import Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["NO_MASK", "FLOAT_MASK", "BYTE_MASK", "Written", "mask_kind", "prepare", "finish"]
+__all__ = [
+    "NO_MASK", "FLOAT_MASK", "BYTE_MASK", "OWNED", "Written", "owns", "mask_kind", "prepare",
+    "finish",
+]  # fmt: skip
 
 #: No mask: the identity gradient.
 NO_MASK = 0
@@ -37,6 +47,24 @@ FLOAT_MASK = 1
 BYTE_MASK = 2
 
 Product = Callable[[Tensor, Tensor], Optional[Tensor]]
+
+#: ``OWNED.tensor``: the tensor (this thread's) whose owner lets the loops write over it
+#: (:meth:`aquatic.nn.QuantizedModule.quantize_own_output` sets it for the call of
+#: its activation quantizer), else ``None``.
+OWNED = threading.local()
+
+
+def owns(input: Tensor) -> bool:
+    """Whether ``input`` is the tensor in :data:`OWNED`.
+
+    Example:
+        >>> x = torch.ones(2)
+        >>> OWNED.tensor = x
+        >>> owns(x), owns(x.clone())
+        (True, False)
+        >>> OWNED.tensor = None
+    """
+    return getattr(OWNED, "tensor", None) is input
 
 
 class _Identity(torch.autograd.Function):
@@ -75,19 +103,56 @@ class _Masked(torch.autograd.Function):
         return grad * mask, None, None, None
 
 
+class _IdentityHere(torch.autograd.Function):
+    """``input``, whose values a loop has overwritten, with the identity gradient."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor) -> Tensor:
+        ctx.mark_dirty(input)
+        return input
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad
+
+
+class _MaskedHere(torch.autograd.Function):
+    """``input``, whose values a loop has overwritten, with the gradient times ``mask``
+    (as :class:`_Masked`)."""
+
+    @staticmethod
+    def forward(ctx, input: Tensor, mask: Tensor, product: Optional[Product]) -> Tensor:
+        ctx.mark_dirty(input)
+        ctx.save_for_backward(mask)
+        ctx.product = product
+        return input
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (mask,) = ctx.saved_tensors
+        if ctx.product is not None and not torch.is_grad_enabled():
+            result = ctx.product(grad, mask)
+            if result is not None:
+                return result, None, None
+        return grad * mask, None, None
+
+
 class Written(NamedTuple):
     """What the loop writes: ``out`` (the values) and ``mask`` (the gradient's mask, or
     ``None``); ``result``: the tensor to return once they are written, or ``None``
-    where :func:`finish` wraps them in an autograd.Function."""
+    where :func:`finish` wraps them in an autograd.Function; ``here``: ``out`` is the
+    input's own memory."""
 
     out: Tensor
     mask: Optional[Tensor]
     result: Optional[Tensor]
+    here: bool = False
 
 
-def prepare(input: Tensor, clips: bool, clone_limit: int) -> Written:
+def prepare(input: Tensor, clips: bool, clone_limit: int, in_place: bool = True) -> Written:
     """The tensors a loop writes for ``input``: a mask where codes may clip
-    (``clips``) and a gradient is needed; see the module docstring.
+    (``clips``) and a gradient is needed; see the module docstring. ``in_place=False``:
+    never the input's own memory (for loops that do not read all of a share first).
 
     Shape:
         - input: any shape; ``out`` and ``mask``: the same shape and strides.
@@ -105,15 +170,18 @@ def prepare(input: Tensor, clips: bool, clone_limit: int) -> Written:
         (tensor([1., 2., 3.]), tensor([1., 0., 1.]))
     """
     source = input.detach()
+    small = input.numel() < clone_limit
+    here = in_place and not small and owns(input)  # the values over the input (OWNED)
     if not (input.requires_grad and torch.is_grad_enabled()):
+        if here:
+            return Written(source, None, input, True)
         out = torch.empty_like(source)
         return Written(out, None, out)
-    small = input.numel() < clone_limit
     if not clips:
         if small:
             result = input.clone()
             return Written(result.detach(), None, result)
-        return Written(torch.empty_like(source), None, None)
+        return Written(source if here else torch.empty_like(source), None, None, here)
     if small:
         # Zeros, not torch.empty: leftover bits (integer indices, say) are subnormal
         # floats, which slow the product down many times over.
@@ -121,7 +189,7 @@ def prepare(input: Tensor, clips: bool, clone_limit: int) -> Written:
         result = input * mask
         return Written(result.detach(), mask, result)
     mask = torch.empty_like(source, dtype=torch.uint8)
-    return Written(torch.empty_like(source), mask, None)
+    return Written(source if here else torch.empty_like(source), mask, None, here)
 
 
 def mask_kind(mask: Optional[Tensor]) -> int:
@@ -143,6 +211,10 @@ def finish(input: Tensor, written: Written, product: Optional[Product] = None) -
     ``uint8`` mask, or ``None`` where it cannot (PyTorch's product then)."""
     if written.result is not None:
         return written.result
+    if written.here:
+        if written.mask is not None:
+            return _MaskedHere.apply(input, written.mask, product)
+        return _IdentityHere.apply(input)
     if written.mask is not None:
         return _Masked.apply(input, written.out, written.mask, product)
     return _Identity.apply(input, written.out)

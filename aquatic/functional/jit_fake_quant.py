@@ -47,7 +47,8 @@ from aquatic.functional.jit_ranges import extrema, scalar_qparams
 from aquatic.functional.neurons_jit_kernels import inline, jit, numba
 
 __all__ = [
-    "quantize_span", "quantize_into", "quantize_at", "mask_product_span", "mask_product_at",
+    "quantize_span", "quantize_span_here", "quantize_into", "quantize_at", "mask_product_span",
+    "mask_product_at",
     "observe_rows", "observe_rows_at", "observe_scalar_at", "commit",
 ]  # fmt: skip
 
@@ -82,6 +83,33 @@ if numba is not None:
                     code = high
                 dst[k] = code * scale + zero
 
+    @jit
+    def quantize_span_here(x, mask, first, last, scale, inv, low, high, masked):
+        """:func:`quantize_span` with the values written over ``x`` itself: one array
+        read and written (given as two views of the same memory, LLVM's check that they
+        do not overlap would send the loop to its unvectorized version)."""
+        src = x[first:last]
+        zero = np.float32(0.0)
+        if masked:
+            gate = mask[first:last]
+            for k in range(src.shape[0]):
+                code = np.rint(src[k] * inv)
+                kept = code
+                if kept < low:
+                    kept = low
+                if kept > high:
+                    kept = high
+                gate[k] = code == kept
+                src[k] = kept * scale + zero
+        else:
+            for k in range(src.shape[0]):
+                code = np.rint(src[k] * inv)
+                if code < low:
+                    code = low
+                if code > high:
+                    code = high
+                src[k] = code * scale + zero
+
     @inline
     def quantize_into(x, out, mask, kind, first, last, scale, inv, low, high):
         """:func:`quantize_span` of ``x[first:last]`` (flat float32 arrays) with the mask
@@ -103,12 +131,20 @@ if numba is not None:
             (array([ 0.3, -0.8,  0.7], dtype=float32), array([1, 0, 0], dtype=uint8))
         """
         size = x.shape[0]
+        here = x.ctypes.data == out.ctypes.data  # in place: quantize_span_here
         if kind == BYTE_MASK:
             gate = numba.carray(address(mask), (size,), np.uint8)
-            quantize_span(x, out, gate, first, last, scale, inv, low, high, True)
+            if here:
+                quantize_span_here(x, gate, first, last, scale, inv, low, high, True)
+            else:
+                quantize_span(x, out, gate, first, last, scale, inv, low, high, True)
         else:
             flags = numba.carray(address(mask), (size if kind else 0,), np.float32)
-            quantize_span(x, out, flags, first, last, scale, inv, low, high, kind != NO_MASK)
+            masked = kind != NO_MASK
+            if here:
+                quantize_span_here(x, flags, first, last, scale, inv, low, high, masked)
+            else:
+                quantize_span(x, out, flags, first, last, scale, inv, low, high, masked)
 
     @jit
     def quantize_at(x, out, mask, size, scale, inv, low, high, kind):
@@ -251,5 +287,6 @@ if numba is not None:
         numba.carray(address(run_max), (rows,), f32)[:] = new[rows:]
 
 else:  # pragma: no cover
-    quantize_span = quantize_into = quantize_at = observe_rows = observe_rows_at = None
+    quantize_span = quantize_span_here = quantize_into = quantize_at = None
+    observe_rows = observe_rows_at = None
     observe_scalar_at = commit = mask_product_span = mask_product_at = None

@@ -8,6 +8,7 @@ from typing import Any, Dict, Iterable, Iterator, Mapping, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from aquatic.functional import fake_quant_outputs
 from aquatic.qconfig import QConfig
 from aquatic.quantizers.shared import link_shared_scales
 
@@ -58,6 +59,14 @@ def eval_mode(modules: Iterable[nn.Module]) -> Iterator[None]:
     finally:
         for module, mode in zip(modules, modes):
             module.train(mode)
+
+
+def _global_hooks() -> bool:
+    """Whether any module-wide forward hook is registered
+    (``torch.nn.modules.module.register_module_forward_hook`` and its pre-hook)."""
+    module = nn.modules.module
+    hooks = ("_global_forward_hooks", "_global_forward_pre_hooks")
+    return any(getattr(module, name, None) for name in hooks)
 
 
 class QuantizedModule(nn.Module):
@@ -113,6 +122,34 @@ class QuantizedModule(nn.Module):
         # Straight to the dicts: this runs on every forward of every layer.
         quantizer = self._modules["quantizers"]._modules.get("activation")
         return output if quantizer is None else quantizer(output)
+
+    def quantize_own_output(self, output: Tensor) -> Tensor:
+        """:meth:`quantize_output` of an output that this layer's forward has just made,
+        which nothing else holds and whose operation's backward does not read it (a
+        product's, a convolution's): the compiled loops may write the fake-quantized
+        values over it (:data:`~aquatic.functional.fake_quant_outputs.OWNED`), the same
+        values and gradients. Not where the quantizer has hooks, which would see their
+        input change.
+
+        Example:
+            >>> import aquatic
+            >>> from aquatic.nn import Linear
+            >>> layer = Linear(4, 3, qconfig=aquatic.qconfig.int8)
+            >>> out = torch.rand(2, 4) @ layer.weight.detach().T
+            >>> torch.equal(layer.quantize_own_output(out.clone()), layer.quantize_output(out))
+            True
+        """
+        quantizer = self._modules["quantizers"]._modules.get("activation")
+        if quantizer is None:
+            return output
+        if quantizer._forward_hooks or quantizer._forward_pre_hooks or _global_hooks():
+            return quantizer(output)
+        owned = fake_quant_outputs.OWNED
+        owned.tensor = output
+        try:
+            return quantizer(output)
+        finally:
+            owned.tensor = None
 
     @torch.no_grad()
     def quantize_params(self) -> Dict[str, Tensor]:

@@ -107,7 +107,7 @@ class _QuantConvNd(TorchTwin):
             return super().forward(input)
         weight, bias = self.quantized_weight_and_bias(input)
         if not self.transposed:
-            return self.quantize_output(self._conv_forward(input, weight, bias))
+            return self.quantize_own_output(self._conv_forward(input, weight, bias))
         if self.padding_mode != "zeros":
             raise ValueError(f"Only `zeros` padding mode is supported for {type(self).__name__}")
         output_padding = self._output_padding(
@@ -129,7 +129,7 @@ class _QuantConvNd(TorchTwin):
             self.groups,
             self.dilation,
         )
-        return self.quantize_output(output)
+        return self.quantize_own_output(output)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._quant_repr()

@@ -76,7 +76,7 @@ class Linear(TorchTwin, nn.Linear):
         if not self._modules["quantizers"]._modules:
             return super().forward(input)
         weight, bias = self.quantized_weight_and_bias(input)
-        return self.quantize_output(F.linear(input, weight, bias))
+        return self.quantize_own_output(F.linear(input, weight, bias))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + self._quant_repr()
