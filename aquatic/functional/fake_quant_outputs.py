@@ -79,6 +79,18 @@ class _Identity(torch.autograd.Function):
         return grad, None
 
 
+def _times_mask(ctx, grad: Tensor) -> Tensor:
+    """The gradient times the mask that a masked function saved: by its ``product``
+    where it is given and gives a result, and no graph of the gradient is asked for,
+    else by PyTorch's product."""
+    (mask,) = ctx.saved_tensors
+    if ctx.product is not None and not torch.is_grad_enabled():
+        result = ctx.product(grad, mask)
+        if result is not None:
+            return result
+    return grad * mask
+
+
 class _Masked(torch.autograd.Function):
     """``out``, written by a loop from ``input``, with the gradient times ``mask``:
     by ``product`` where it is given and gives a result, and no graph of the gradient
@@ -95,12 +107,7 @@ class _Masked(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (mask,) = ctx.saved_tensors
-        if ctx.product is not None and not torch.is_grad_enabled():
-            result = ctx.product(grad, mask)
-            if result is not None:
-                return result, None, None, None
-        return grad * mask, None, None, None
+        return _times_mask(ctx, grad), None, None, None
 
 
 class _IdentityHere(torch.autograd.Function):
@@ -129,12 +136,7 @@ class _MaskedHere(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        (mask,) = ctx.saved_tensors
-        if ctx.product is not None and not torch.is_grad_enabled():
-            result = ctx.product(grad, mask)
-            if result is not None:
-                return result, None, None
-        return grad * mask, None, None
+        return _times_mask(ctx, grad), None, None
 
 
 class Written(NamedTuple):
