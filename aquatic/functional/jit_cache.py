@@ -30,6 +30,7 @@ __all__ = ["SOURCES", "CACHED", "STAMP", "fingerprint", "refresh"]
 #: The modules (files of this package) whose functions or constants the loops compile.
 SOURCES = (
     "exp_floor.py",
+    "fake_quant_outputs.py",
     "fake_quant_rules.py",
     "jit_bridges.py",
     "jit_fake_quant.py",

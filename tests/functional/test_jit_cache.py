@@ -97,9 +97,9 @@ def test_the_lists_name_every_compiled_module():
     assert set(jit_cache.CACHED) <= {name[:-3] for name in seen}
     # and the modules whose constants the loops compile in (the slopes' from
     # neurons_jit_backward, the exponential's floors, the observers' merge rules, the
-    # compile options)
+    # compile options, the mask kinds)
     constants = {"neurons_jit_backward.py", "exp_floor.py", "fake_quant_rules.py"}
-    constants.add("neurons_jit_options.py")
+    constants |= {"neurons_jit_options.py", "fake_quant_outputs.py"}
     assert seen | constants == set(jit_cache.SOURCES)
 
 
