@@ -22,8 +22,8 @@ and 1.0) and :data:`BYTE_MASK` (``uint8`` 0 and 1); :func:`mask_kind` tells a ma
 A layer whose forward has just made its output, which nothing else holds, may let the
 loop write the fake-quantized values over it (:data:`OWNED`, for large tensors: the
 values' array is the input's memory, and the autograd.Functions mark it dirty). That
-spares a tensor's allocation and a pass of writes to fresh memory: on one thread, 800K
-values just written took 170-180 µs in place against 365-400 µs into a new tensor.
+spares a tensor's allocation and a pass of writes to fresh memory: on one thread,
+802,816 values just written took 159 µs in place against 283 µs into a new tensor.
 """
 
 from __future__ import annotations
