@@ -154,7 +154,9 @@ class Written(NamedTuple):
 def prepare(input: Tensor, clips: bool, clone_limit: int, in_place: bool = True) -> Written:
     """The tensors a loop writes for ``input``: a mask where codes may clip
     (``clips``) and a gradient is needed; see the module docstring. ``in_place=False``:
-    never the input's own memory (for loops that do not read all of a share first).
+    never the input's own memory, for a step that may write some values and then
+    decline (the per-row step stops at the first row it refuses), whose fallback must
+    find the input as it was.
 
     Shape:
         - input: any shape; ``out`` and ``mask``: the same shape and strides.

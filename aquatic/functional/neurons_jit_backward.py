@@ -50,8 +50,8 @@ from aquatic.functional.neurons_kernel import block_steps
 
 __all__ = [
     "ENABLED", "GIVEN_LIMIT", "RECOMPUTE_ABOVE", "RECOMPUTE_BYTES", "SURROGATE_CODES",
-    "SAVED_CODE", "SAVED_HERE_CODE", "KEEP_SLOPES", "backward_ok", "kept_slopes", "recomputes",
-    "own_checkpoint",
+    "SAVED_CODE", "SAVED_HERE_CODE", "KEEP_SLOPES", "backward_ok", "kept_slopes",
+    "slopes_suffice", "recomputes", "own_checkpoint",
     "segment_backward",
 ]  # fmt: skip
 
@@ -62,36 +62,27 @@ ENABLED = True
 
 #: A surrogate whose slopes its own ``derivative_`` computes (a subclass, any other
 #: object with a ``derivative``) runs the compiled loop on sequences (or checkpointed
-#: segments) of at most this many elements; ``None``: on every sequence. Measured with
-#: ``SingleExponential``'s slopes given this way (before the loop computed them): with
-#: the loop on one thread, the PyTorch backward was as fast on sequences above 2**18
-#: elements (the exponential dominated both); with the loop's jobs shared over
-#: PyTorch's threads, the compiled loop took 7% to 27% less time for a whole step on
-#: (32, 100, 256) to (16, 1000, 512) with two threads, and as long with one.
+#: segments) of at most this many elements; ``None``: on every sequence. (Measured with
+#: slopes given this way, two threads: 7% to 27% less time for a whole step on (32,
+#: 100, 256) to (16, 1000, 512); one thread: the PyTorch backward as fast above 2**18.)
 GIVEN_LIMIT: Optional[int] = None
 
-#: Sequences above this many bytes recompute their membranes in the backward pass
-#: instead of keeping them (:func:`own_checkpoint`). glibc's allocator maps a block
-#: this large afresh on every call, so writing the membranes in forward met a page
-#: fault every 4 KiB; recomputing them in backward measured 27-33% faster for the
-#: whole step on 52-65 MB sequences, and no faster on sequences that fit the heap.
+#: Sequences above this many bytes recompute their membranes in backward instead of
+#: keeping them (:func:`own_checkpoint`): glibc maps such blocks afresh on every call (a
+#: page fault every 4 KiB); 27-33% faster steps on 52-65 MB sequences.
 RECOMPUTE_ABOVE = 1 << 25
 
-#: The bytes of membranes that one job of neurons recomputes at a time in the backward
-#: pass: half the second-level cache of the machine measured, where they stay until the
-#: job's backward loop reads them.
+#: The bytes of membranes that one job of neurons recomputes at a time in backward: half
+#: the second-level cache measured, where they stay until the job's loop reads them.
 RECOMPUTE_BYTES = 1 << 19
 
-#: The kernel's code of each surrogate kind of ``Surrogate.kernel_form`` (``given``: the
-#: slopes come computed by the surrogate's ``derivative_``).
+#: The kernel's code of each ``Surrogate.kernel_form`` kind (``given``: by ``derivative_``).
 SURROGATE_CODES = {"given": 0, "fast_sigmoid": 1, "arctan": 2, "triangle": 3, "exp": 4}
-#: The backward kernel's codes for slopes that forward kept in place of the membranes
-#: (:func:`kept_slopes`), in the membranes' array, or in the gradient's (which the loop
-#: then writes over them); not surrogate kinds.
+#: The backward kernel's codes (not surrogate kinds) for slopes kept by forward
+#: (:func:`kept_slopes`) in the membranes' array, or in the gradient's, written over.
 SAVED_CODE, SAVED_HERE_CODE = 5, 6
 
-#: Whether forward keeps the surrogate's slopes instead of the membranes where
-#: :func:`kept_slopes` allows (``False``: never; for measurements and tests).
+#: Whether forward keeps slopes where :func:`kept_slopes` allows (for measurements, tests).
 KEEP_SLOPES = True
 
 
@@ -117,18 +108,13 @@ def kept_slopes(
     place of the membranes, else ``None``. ``needs``: whether each of ``x, v0, i0,
     alpha_mem, alpha_syn, threshold, bias`` needs its gradient; ``tensors``: those seven.
 
-    The forward loop waits on memory and computes them at no cost measured, and the
-    backward loop then reads them instead of computing them (``SingleExponential``'s
-    exponential, the default surrogate's, had made it compute-bound) and, where the
-    graph is not kept, writes the gradient over them (one array fewer to fill). A step
-    of ``LIF`` on ``(64, 100, 512)``, two threads: 2.93 against 3.77 ms (``ArcTan``:
-    2.5 to 2.7 against 3.0 to 3.2 ms); in one run, the backward loop 0.72 against 1.98
-    ms, the forward loop 1.19 against 1.25. The same function computes the same slopes,
-    so the gradients are the same bits. It applies where backward reads nothing else of
-    the membranes: binary spikes with the subtract reset; no clamp, synaptic current,
-    input gain, recorded membranes or checkpoints; neither the decay nor the threshold
-    needing its gradient; a surrogate whose slopes the loops compute; the compiled loops
-    running both passes. Not under ``torch.compile`` (its operators keep the membranes).
+    The forward loop, which waits on memory, computes them at no cost measured; the
+    backward loop reads them (``SingleExponential``'s exponential had made it
+    compute-bound) and, where the graph is not kept, writes the gradient over them
+    (figures: ``docs/spiking.rst``, Speed). The same function, so the same bits. Where
+    backward reads nothing else of the membranes (:func:`slopes_suffice`, and no
+    recorded membrane), for surrogates whose slopes the loops compute, with the
+    compiled loops running both passes; not under ``torch.compile``.
 
     Example:
         >>> from aquatic.functional.surrogate import SingleExponential
@@ -142,16 +128,32 @@ def kept_slopes(
         True
     """
     x, v0, _, _, alpha_syn = tensors[:5]
-    if not (KEEP_SLOPES and options.spiking and options.reset == "subtract"):
+    if not (KEEP_SLOPES and slopes_suffice(options, needs, alpha_syn is not None, checkpoint)):
         return None
-    if options.min_v_mem is not None or options.norm_input or alpha_syn is not None:
-        return None
-    if record or checkpoint is not None or needs[3] or needs[5]:
+    if record:  # (a recorded membrane's gradient reads the membranes)
         return None
     kind, width, scale = _slopes_form(options.surrogate)
     if kind == "given" or not backward_ok(options, x.shape[1], v0, *tensors):
         return None
     return SURROGATE_CODES[kind], width, scale
+
+
+def slopes_suffice(options: Options, needs, synaptic: bool, checkpoint: Optional[int]) -> bool:
+    """Whether backward reads only the slopes at the membranes (none recorded): binary
+    spikes, subtract reset, no clamp, gain, synaptic current, checkpoint, trained
+    decay or threshold (``needs[3]``, ``needs[5]``).
+
+    Example:
+        >>> from aquatic.functional.surrogate import ArcTan
+        >>> options = Options("zero", ArcTan(), 1, None, False, False, True)
+        >>> slopes_suffice(options, [True] * 7, False, None)  # the zero reset reads them
+        False
+    """
+    if not (options.spiking and options.reset == "subtract" and options.max_spikes == 1):
+        return False
+    if options.min_v_mem is not None or options.norm_input or synaptic:
+        return False
+    return checkpoint is None and not (needs[3] or needs[5])
 
 
 def recomputes(options: Options) -> bool:

@@ -129,15 +129,8 @@ def sequence_backward(
 
 def _sequence_backward(options, needs, saved, grads, checkpoint, slopes=False):
     v, current, x, v0, i0, alpha_mem, alpha_syn, threshold, bias = saved[:9]
-    if slopes and (
-        options.reset != "subtract"
-        or options.min_v_mem is not None
-        or options.norm_input
-        or alpha_syn is not None
-        or checkpoint is not None
-        or needs[3]
-        or needs[5]
-    ):
+    synaptic = alpha_syn is not None
+    if slopes and not neurons_jit_backward.slopes_suffice(options, needs, synaptic, checkpoint):
         raise RuntimeError("the membranes were not kept, and this backward pass reads them")
     g_out, g_vtrace, g_itrace, g_vfinal, g_ifinal = grads
     n_steps = v.shape[1] if checkpoint is None else x.shape[1]
@@ -147,7 +140,6 @@ def _sequence_backward(options, needs, saved, grads, checkpoint, slopes=False):
     grad_v = None
     g_alpha = g_threshold = g_bias = None
     block = block_steps(v0.numel())
-    synaptic = alpha_syn is not None
     keep_current = synaptic and options.norm_input and needs[3]
     compiled = neurons_jit_backward.backward_ok(
         options, n_steps if checkpoint is None else min(checkpoint, n_steps), v0, v,
