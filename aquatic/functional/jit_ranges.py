@@ -50,7 +50,9 @@ if numba is not None:
         high = np.int32(-0x80000000)
         for k in range(row.shape[0]):
             b = row[k]
-            key = b ^ ((b >> 31) & _FLIP)
+            # int32 again: Numba widens int32 arithmetic to int64, and a loop of
+            # int64 keys vectorizes at half the width (3x slower measured here)
+            key = np.int32(b ^ ((b >> 31) & _FLIP))
             low = min(low, key)
             high = max(high, key)
         return low, high

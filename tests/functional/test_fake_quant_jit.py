@@ -244,3 +244,20 @@ def test_torch_func_gradients_equal_the_operations(per_channel, monkeypatch):
         model.load_state_dict(state)
     for name in params:
         assert torch.equal(grads[0][name], grads[1][name]), name
+
+
+def test_extrema_keys_stay_32_bit_integers():
+    """The keys' loop works on int32 (Numba widens int32 arithmetic to int64 unless told
+    otherwise, and int64 keys vectorize at half the width), and the keys order as the
+    floats do, signed zeros, infinities and NaN included."""
+    np = pytest.importorskip("numpy")
+    from aquatic.functional import jit_ranges
+
+    values = np.array([0.5, -0.0, 0.0, -np.inf, 3.0, np.inf, -2.0], np.float32)
+    low, high = jit_ranges.extrema_keys(values.view(np.int32))
+    assert jit_ranges.key_floats(low, high, np.empty(2, np.int32)) == (-np.inf, np.inf)
+    signature = jit_ranges.extrema_keys.nopython_signatures[-1]
+    assert str(signature.return_type) == "UniTuple(int32 x 2)"
+    values[2] = np.nan  # beyond the infinities
+    low, high = jit_ranges.extrema_keys(values.view(np.int32))
+    assert np.isnan(jit_ranges.key_floats(low, high, np.empty(2, np.int32))[1])
