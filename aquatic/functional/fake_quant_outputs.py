@@ -140,7 +140,8 @@ class _MaskedHere(torch.autograd.Function):
 
 
 class Written(NamedTuple):
-    """What the loop writes: ``out`` (the values) and ``mask`` (the gradient's mask, or
+    """What the loop writes, by address: ``out`` (the values; it may be ``result``
+    itself, or the input, so it may need a gradient) and ``mask`` (the gradient's mask, or
     ``None``); ``result``: the tensor to return once they are written, or ``None``
     where :func:`finish` wraps them in an autograd.Function; ``here``: ``out`` is the
     input's own memory."""
@@ -168,32 +169,32 @@ def prepare(input: Tensor, clips: bool, clone_limit: int, in_place: bool = True)
     Example:
         >>> x = torch.ones(3, requires_grad=True)
         >>> written = prepare(x, clips=True, clone_limit=1 << 19)
-        >>> written.out.numpy()[:] = [1.0, 2.0, 3.0]  # as a loop writes
+        >>> written.out.detach().numpy()[:] = [1.0, 2.0, 3.0]  # as a loop writes
         >>> written.mask.numpy()[:] = [1.0, 0.0, 1.0]
         >>> y = finish(x, written); y.sum().backward(); y.detach(), x.grad
         (tensor([1., 2., 3.]), tensor([1., 0., 1.]))
     """
-    source = input.detach()
+    # The loops take out and mask by address: no detach (a call each) is needed.
     small = input.numel() < clone_limit
     here = in_place and not small and owns(input)  # the values over the input (OWNED)
     if not (input.requires_grad and torch.is_grad_enabled()):
         if here:
-            return Written(source, None, input, True)
-        out = torch.empty_like(source)
+            return Written(input, None, input, True)
+        out = torch.empty_like(input)
         return Written(out, None, out)
     if not clips:
         if small:
             result = input.clone()
-            return Written(result.detach(), None, result)
-        return Written(source if here else torch.empty_like(source), None, None, here)
+            return Written(result, None, result)
+        return Written(input if here else torch.empty_like(input), None, None, here)
     if small:
         # Zeros, not torch.empty: leftover bits (integer indices, say) are subnormal
         # floats, which slow the product down many times over.
-        mask = torch.zeros_like(source)
+        mask = torch.zeros_like(input)
         result = input * mask
-        return Written(result.detach(), mask, result)
-    mask = torch.empty_like(source, dtype=torch.uint8)
-    return Written(source if here else torch.empty_like(source), mask, None, here)
+        return Written(result, mask, result)
+    mask = torch.empty_like(input, dtype=torch.uint8)
+    return Written(input if here else torch.empty_like(input), mask, None, here)
 
 
 def mask_kind(mask: Optional[Tensor]) -> int:

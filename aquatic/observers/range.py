@@ -122,6 +122,29 @@ class RangeObserver(nn.Module):
             self.initialized = True
         return cur_min, cur_max
 
+    @property
+    def edits(self) -> int:
+        """How many times an attribute of this observer was set or deleted (its mode,
+        ``initialized``, a buffer replaced, its settings): a quantizer's
+        :class:`~aquatic.quantizers.fused.Plan` holds only while this stays the same.
+
+        Example:
+            >>> obs = MinMaxObserver()
+            >>> before = obs.edits
+            >>> obs.quant_max = 100
+            >>> obs.edits == before + 1
+            True
+        """
+        return self.__dict__.get("_edits", 0)
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        self.__dict__["_edits"] = self.edits + 1
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
+        self.__dict__["_edits"] = self.edits + 1
+
     def supports_scalars(self, input: Tensor) -> bool:
         """Whether :meth:`update_scalar` and :meth:`calculate_qparams_scalar` apply.
 

@@ -64,10 +64,49 @@ class Quantizer(nn.Module):
     #: multiplies by alpha; see :mod:`aquatic.nn.grid_decay`).
     decay_state: Optional[Callable[..., Tensor]] = None
 
+    #: What this quantizer's last training step decided, for its next ones: a callable
+    #: ``plan(input)`` that returns the output, or ``None`` where it does not apply (see
+    #: :meth:`keep_plan`); ``None``: no plan.
+    _plan: Optional[Callable[[Tensor], Optional[Tensor]]] = None
+
     def __init__(self) -> None:
         super().__init__()
         self.observer_enabled = True
         self.fake_quant_enabled = True
+
+    def keep_plan(self, plan: Callable[[Tensor], Optional[Tensor]]) -> None:
+        """Keep ``plan`` for the next calls of ``forward``, which try it first, until an
+        attribute of this quantizer is set or deleted (its mode, its switches, a
+        submodule: anything its decision rested on). ``plan(input)`` returns the output
+        of a whole ``forward`` (observing in training mode included), or ``None``
+        where it does not apply, having changed nothing; it checks itself what can
+        change without an attribute being set (see
+        :class:`aquatic.quantizers.fused.Plan`). Not saved with the quantizer: a copy
+        or an unpickled quantizer decides afresh.
+
+        Example:
+            >>> from aquatic.quantizers import UniformQuantizer
+            >>> q = UniformQuantizer(bits=8)
+            >>> q.keep_plan(lambda input: input * 0)
+            >>> q(torch.ones(2))
+            tensor([0., 0.])
+            >>> q.fake_quant_enabled = True  # an attribute set: the plan is dropped
+            >>> q(torch.ones(2))
+            tensor([1., 1.])
+        """
+        self.__dict__["_plan"] = plan
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        self.__dict__["_plan"] = None
+
+    def __delattr__(self, name: str) -> None:
+        super().__delattr__(name)
+        self.__dict__["_plan"] = None
+
+    def __getstate__(self) -> Dict[str, Any]:
+        state = super().__getstate__()
+        return {**state, "_plan": None}
 
     @classmethod
     def with_args(cls, **kwargs: Any) -> Factory:
@@ -75,6 +114,11 @@ class Quantizer(nn.Module):
         return Factory(cls, kwargs)
 
     def forward(self, input: Tensor) -> Tensor:
+        plan = self._plan
+        if plan is not None:
+            output = plan(input)
+            if output is not None:
+                return output
         if not isinstance(input, Tensor) or not input.is_floating_point():
             raise TypeError(
                 f"{type(self).__name__} quantizes floating-point tensors, got "

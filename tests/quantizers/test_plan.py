@@ -1,0 +1,199 @@
+"""A quantizer in training keeps what its compiled step decided (a Plan), and its next
+steps give the bits of deciding afresh: values, gradients and ranges, through every
+change that could alter the decision (mode, switches, settings, observer, buffers,
+tensors), each of which drops the plan or makes it decline."""
+
+import copy
+import pickle
+
+import pytest
+import torch
+from torch import nn
+
+import aquatic
+from aquatic.functional import fake_quant_jit
+from aquatic.observers import MinMaxObserver, MovingAverageMinMaxObserver
+from aquatic.quantizers import Quantizer, UniformQuantizer, fused
+
+pytestmark = pytest.mark.skipif(not fake_quant_jit.available(), reason="needs Numba")
+
+QUANTIZERS = {
+    "per tensor": lambda: UniformQuantizer(bits=8),
+    "per tensor, moving average": lambda: UniformQuantizer(
+        bits=8, signed=False, symmetric=False, observer=MovingAverageMinMaxObserver
+    ),
+    "per channel": lambda: UniformQuantizer(bits=8, ch_axis=0),
+}
+
+
+def swap_buffer(q):
+    """The range's memory swapped under the same tensor object."""
+    buffer = q.observer.min_val
+    torch.utils.swap_tensors(buffer, buffer.clone())
+
+
+def replace_behind(q):
+    """A buffer replaced in the dictionary, as ``.to()`` does, without ``setattr``."""
+    q.observer._buffers["max_val"] = q.observer._buffers["max_val"].clone()
+
+
+def reload(q):
+    other = copy.deepcopy(q)
+    other(torch.randn(6, 5) * 7)
+    q.load_state_dict(other.state_dict())
+
+
+CHANGES = {
+    "nothing": lambda q: None,
+    "eval, a step, train": lambda q: (q.eval(), q(torch.randn(6, 5) * 9), q.train()),
+    "fake quantization off and on": lambda q: (
+        setattr(q, "fake_quant_enabled", False),
+        q(torch.randn(6, 5)),
+        setattr(q, "fake_quant_enabled", True),
+    ),
+    "observer off": lambda q: setattr(q, "observer_enabled", False),
+    "a new observer": lambda q: setattr(q, "observer", copy.deepcopy(q.observer)),
+    "the observer's range narrowed": lambda q: setattr(q.observer, "quant_max", 100),
+    "the observer in eval mode": lambda q: q.observer.eval(),
+    "rounding to floor": lambda q: setattr(q, "rounding", "floor"),
+    "a buffer set": lambda q: setattr(q.observer, "min_val", q.observer.min_val * 2),
+    "a buffer replaced behind the observer": replace_behind,
+    "a buffer's memory swapped": swap_buffer,
+    "to float64 and back": lambda q: (q.double(), q.float()),
+    "a range loaded": reload,
+    "the range written in place": lambda q: q.observer.max_val.mul_(3),
+}
+
+INPUTS = {
+    "float32": lambda: torch.randn(6, 5) * 3,
+    "float64": lambda: torch.randn(6, 5, dtype=torch.float64),
+    "not contiguous": lambda: torch.randn(5, 6).t() * 2,
+    "a parameter": lambda: nn.Parameter(torch.randn(6, 5)),
+}
+
+
+def run(build, change, make_input, plans, monkeypatch):
+    """Three steps, the change, three more: each step's value, input gradient and range."""
+    monkeypatch.undo()
+    if not plans:
+        monkeypatch.setattr(Quantizer, "keep_plan", lambda self, plan: None)
+    torch.manual_seed(0)
+    q = build()
+    results = []
+    for step in range(6):
+        if step == 3:
+            change(q)
+        x = (make_input() if step >= 3 else torch.randn(6, 5) * 2).detach().requires_grad_()
+        y = q(x)
+        y.backward(torch.randn(y.shape, dtype=y.dtype))
+        results.append((y.detach(), x.grad, q.observer.min_val.clone(), q.observer.max_val.clone()))
+    return results
+
+
+@pytest.mark.parametrize("make_input", INPUTS.values(), ids=INPUTS.keys())
+@pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES.keys())
+@pytest.mark.parametrize("build", QUANTIZERS.values(), ids=QUANTIZERS.keys())
+def test_steps_with_a_plan_equal_steps_without(build, change, make_input, monkeypatch):
+    expected = run(build, change, make_input, False, monkeypatch)
+    got = run(build, change, make_input, True, monkeypatch)
+    for step, (left, right) in enumerate(zip(expected, got)):
+        for a, b in zip(left, right):
+            assert a.dtype == b.dtype and torch.equal(a, b), step
+
+
+@pytest.mark.parametrize("build", QUANTIZERS.values(), ids=QUANTIZERS.keys())
+def test_later_steps_take_the_plan(build, record_calls):
+    q = build()
+    x = torch.randn(6, 5, requires_grad=True)
+    q(x)  # per channel: the first step takes the operations (no range to widen yet)
+    q(x)
+    assert isinstance(q._plan, fused.Plan)
+    results = record_calls(fused.Plan, "__call__")
+    decided = record_calls(fused, "fused_step")
+    for _ in range(3):
+        q(x)
+    assert len(results) == 3 and all(isinstance(r, torch.Tensor) for r in results)
+    assert decided == []
+
+
+def test_a_plan_is_made_in_training_only():
+    q = UniformQuantizer(bits=8).eval()
+    q(torch.randn(6, 5))  # eval mode fills a range never observed
+    assert q._plan is None
+    q.train()
+    q(torch.randn(6, 5))
+    assert q._plan is not None
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["float64", "other channels", "distributed", "observer edited", "buffer swapped"],
+)
+def test_a_plan_declines_and_changes_nothing(reason, monkeypatch):
+    q = UniformQuantizer(bits=8, ch_axis=0)
+    q(torch.randn(6, 5))  # a range
+    q(torch.randn(6, 5))  # the compiled step, and its plan
+    plan = q._plan
+    x = torch.randn(6, 5) * 10
+    if reason == "float64":
+        x = x.double()
+    elif reason == "other channels":
+        x = torch.randn(7, 5) * 10
+    elif reason == "distributed":
+        monkeypatch.setattr(fused, "distributed", lambda: True)
+    elif reason == "observer edited":
+        q.observer.symmetric = True  # the same value: still an edit
+    else:
+        swap_buffer(q)
+    before = (q.observer.min_val.clone(), q.observer.max_val.clone())
+    assert plan(x) is None
+    assert torch.equal(q.observer.min_val, before[0]) and torch.equal(q.observer.max_val, before[1])
+
+
+def test_setting_any_attribute_drops_the_plan():
+    q = UniformQuantizer(bits=8)
+    q(torch.randn(6, 5))
+    assert q._plan is not None
+    q.anything = 1
+    assert q._plan is None
+    q(torch.randn(6, 5))
+    del q.anything
+    assert q._plan is None
+
+
+@pytest.mark.parametrize("copier", [copy.deepcopy, lambda q: pickle.loads(pickle.dumps(q))])
+def test_copies_decide_afresh_on_their_own_buffers(copier):
+    q = UniformQuantizer(bits=8)
+    q(torch.randn(6, 5))
+    twin = copier(q)
+    assert twin._plan is None and q._plan is not None
+    twin(torch.randn(6, 5) * 50)  # widens the copy's range only
+    assert twin.observer.max_val > q.observer.max_val
+    assert twin._plan is not None and twin._plan.observer is twin.observer
+
+
+def test_a_model_trained_eagerly_then_compiled_equals_eager(monkeypatch):
+    """Quantizers that hold plans from eager steps compile with ``fullgraph=True``; the
+    compiled steps give the eager steps' values and ranges."""
+    torch.manual_seed(0)
+    model = aquatic.quantize(
+        nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), aquatic.qconfig.int8
+    )
+    x = torch.randn(5, 8)
+    model(x)
+    assert all(q._plan is not None for q in model.modules() if isinstance(q, UniformQuantizer))
+    twin = copy.deepcopy(model)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    for scale in (1.0, 3.0):
+        out, expected = compiled(x * scale), twin(x * scale)
+        assert torch.equal(out, expected)
+    for (name, value), (_, other) in zip(model.state_dict().items(), twin.state_dict().items()):
+        assert torch.equal(value, other), name
+
+
+def test_observers_count_their_edits():
+    obs = MinMaxObserver()
+    before = obs.edits
+    obs.quant_max = 127
+    obs.train()
+    assert obs.edits == before + 2
