@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Optional, Tuple
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from aquatic.factory import Factory
 from aquatic.functional.fake_quant import check_axis, check_ch_axis, check_range
 from aquatic.functional.qparams import calculate_qparams, calculate_qparams_float, to_float32
+from aquatic.observers.edits import CountsEdits
 from aquatic.observers.range_checks import (
     all_reduce_range,
     check_loaded_range,
@@ -28,7 +29,7 @@ from aquatic.observers.range_rules import observer_rules
 __all__ = ["RangeObserver", "MinMaxObserver", "MovingAverageMinMaxObserver"]
 
 
-class RangeObserver(nn.Module):
+class RangeObserver(CountsEdits):
     """Base class of observers that track a ``[min_val, max_val]`` range.
 
     Args:
@@ -121,29 +122,6 @@ class RangeObserver(nn.Module):
         if not self.initialized:  # nn.Module.__setattr__ is slow: set it once
             self.initialized = True
         return cur_min, cur_max
-
-    @property
-    def edits(self) -> int:
-        """How many times an attribute of this observer was set or deleted (its mode,
-        ``initialized``, a buffer replaced, its settings): a quantizer's
-        :class:`~aquatic.quantizers.fused.Plan` holds only while this stays the same.
-
-        Example:
-            >>> obs = MinMaxObserver()
-            >>> before = obs.edits
-            >>> obs.quant_max = 100
-            >>> obs.edits == before + 1
-            True
-        """
-        return self.__dict__.get("_edits", 0)
-
-    def __setattr__(self, name: str, value) -> None:
-        super().__setattr__(name, value)
-        self.__dict__["_edits"] = self.edits + 1
-
-    def __delattr__(self, name: str) -> None:
-        super().__delattr__(name)
-        self.__dict__["_edits"] = self.edits + 1
 
     def supports_scalars(self, input: Tensor) -> bool:
         """Whether :meth:`update_scalar` and :meth:`calculate_qparams_scalar` apply.

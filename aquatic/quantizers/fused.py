@@ -164,7 +164,7 @@ class Plan:
     Called with the next input, it runs the compiled step after checking only what can
     change between calls without the quantizer knowing: the tensor
     (:func:`~aquatic.functional.fake_quant_jit.applies`, and its channels), the
-    observer's attributes (:attr:`~aquatic.observers.RangeObserver.edits`), its
+    observer's attributes (:attr:`~aquatic.observers.edits.CountsEdits.edits`), its
     buffers (the same tensors at the same addresses: ``.to()`` replaces them) and
     ``torch.distributed``; where one fails it returns ``None`` and nothing has changed.
     The quantizer drops the plan when any of its own attributes is set (its mode, its
