@@ -17,17 +17,27 @@ The two steps return ``None`` where they do not apply, and then nothing has chan
 caller runs the PyTorch operations (:func:`quantize_scalar` is called only where
 :func:`applies` says it may). Gradients: the identity where no code clips, else the
 incoming gradient times the mask, which the loop writes in the same pass as the values
-(:mod:`aquatic.functional.fake_quant_outputs`, with :data:`CLONE_LIMIT`).
+(:mod:`aquatic.functional.fake_quant_outputs`, with :data:`PRODUCT_LIMIT` and
+:data:`CLONE_LIMIT`).
 
 Inside training steps here (two threads), sharing a call on PyTorch's OpenMP team and
-taking the gradient through an autograd.Function gained from a quarter of a million
-elements and cost below: :data:`PARALLEL_ABOVE` and :data:`CLONE_LIMIT`, measured in
+taking a masked gradient through an autograd.Function gained from a quarter of a
+million elements and cost below: :data:`PARALLEL_ABOVE` and :data:`PRODUCT_LIMIT`
+(then one limit for both gradients), measured in
 interleaved rounds of int8 QAT steps (``benchmarks/qat_overhead.py``'s models; median
 step, 2^19 against 2^18): the CNN (activations of 401,408 and 802,816 values) 7.82
 against 7.61 ms per tensor and 7.43 against 7.28 ms per channel; the 784-512-512-10
 MLP (weights of 262,144 and 401,408) 2.11 against 2.08 ms and 2.10 against 2.02 ms;
 the 784-256-256-10 MLP (a weight of 200,704) 1.145 against 1.142 ms, and 2^17 cost it
-1.176 ms. A per-tensor observer's step is shared from :data:`SHARE_OBSERVE_FROM`
+1.176 ms. The identity gradient's copy, which the loop then reads and quantizes in
+place, pays up to twice as far (:data:`CLONE_LIMIT`; interleaved rounds, int8 per
+tensor): the 784-256-256-10 MLP 1.055 against 1.028 ms reading the copy (1.488x against
+1.450x the float step), the 784-512-512-10 MLP (weights of 262,144 and 401,408) 2.015
+against 1.975 ms with 2^20 against 2^18; a 784-1024-1024-10 MLP (802,816 and
+1,048,576) 4.216 against 4.141 ms with 2^21 against 2^19, a 784-2048-2048-10 MLP 10.92
+against 10.61 ms with 2^23 against 2^20. A per-channel weight's loop reads the input
+row by row, in its first-level cache: its copy pays below :data:`PRODUCT_LIMIT` only.
+A per-tensor observer's step is shared from :data:`SHARE_OBSERVE_FROM`
 elements, its extrema and its quantization alike. ``AQUATIC_NUMBA=0`` (before import)
 or :data:`ENABLED` turn the loops off.
 """
@@ -47,7 +57,7 @@ from aquatic.functional.fake_quant_outputs import finish, mask_kind, prepare
 from aquatic.functional.fake_quant_rules import AVERAGE, AVERAGE_FROM_BATCH, MIN_MAX
 
 __all__ = [
-    "ENABLED", "PARALLEL_ABOVE", "CLONE_LIMIT", "SHARE_OBSERVE_FROM", "EPS", "available", "applies",
+    "ENABLED", "PARALLEL_ABOVE", "PRODUCT_LIMIT", "CLONE_LIMIT", "SHARE_OBSERVE_FROM", "EPS", "available", "applies",
     "quantize_scalar", "minmax_rows_step", "observe_scalar_step", "MIN_MAX", "AVERAGE",
     "AVERAGE_FROM_BATCH",
 ]  # fmt: skip
@@ -58,10 +68,15 @@ ENABLED = os.environ.get("AQUATIC_NUMBA", "1") != "0"
 #: From this many elements, a call is shared out on PyTorch's OpenMP threads
 #: (:func:`aquatic.functional.jit_openmp.run_on_team`).
 PARALLEL_ABOVE = 1 << 18
-#: From this many elements, a tensor that needs a gradient gets it through a Python
-#: autograd.Function rather than a copy (``clone``) or a product with the mask
-#: (``input * mask``) that the loop overwrites.
-CLONE_LIMIT = 1 << 18
+#: From this many elements, a tensor whose gradient is masked (codes may clip) gets it
+#: through a Python autograd.Function rather than a product with the mask
+#: (``input * mask``) that the loop overwrites; and a layer's own output
+#: (:data:`~aquatic.functional.fake_quant_outputs.OWNED`) is quantized in place.
+PRODUCT_LIMIT = 1 << 18
+#: From this many elements, a tensor whose gradient is the identity gets it through a
+#: Python autograd.Function rather than a copy (``clone``), which the loop reads and
+#: quantizes in place.
+CLONE_LIMIT = 1 << 19
 #: From this many elements (and more than one thread), a per-tensor quantizer's step
 #: (:func:`observe_scalar_step`) is shared out on PyTorch's OpenMP team: each thread
 #: takes the extrema of the spans it claims, then quantizes those spans with the merged
@@ -188,20 +203,21 @@ def quantize_scalar(
         (tensor([-1.0000,  0.3000, 12.7000]), tensor([1., 1., 0.]))
     """
     size = input.numel()
-    written = prepare(input, clips, CLONE_LIMIT)
+    written = prepare(input, clips, CLONE_LIMIT, PRODUCT_LIMIT)
     out, mask = written.out, written.mask
     kind = mask_kind(mask)
     parts = _parts(size)
+    source = out if written.copy else input  # a clone: read and quantized in place
     # fmt: off
     if parts > 1:
-        call = _call(input, out, 1, size, parts, 0)
+        call = _call(source, out, 1, size, parts, 0)
         call.words[4] = mask.data_ptr() if mask is not None else 0
         call.constants[:5] = scale, inv_scale, low, high, kind
         ran = call.run("quantize", parts)
     else:
         ran = False
     if not ran:
-        _loops.quantize_at(input.data_ptr(), out.data_ptr(),
+        _loops.quantize_at(source.data_ptr(), out.data_ptr(),
                            mask.data_ptr() if mask is not None else 0, size, scale,
                            inv_scale, low, high, kind)
     # fmt: on
@@ -229,7 +245,8 @@ def minmax_rows_step(
         >>> y is None or (torch.equal(low, torch.tensor([-2.54, -1.0])), y.detach()[0])
         (True, tensor([ 0.5000, -2.5400]))
     """
-    written = prepare(input, False, CLONE_LIMIT, in_place=False)
+    # The rows' loop reads the input, not a copy: a copy pays only below PRODUCT_LIMIT.
+    written = prepare(input, False, PRODUCT_LIMIT, PRODUCT_LIMIT, in_place=False)
     out = written.out
     rows = min_val.numel()
     cols = input.numel() // rows
@@ -297,11 +314,13 @@ def observe_scalar_step(
         parts = jit_calls.team_parts()
         if parts == 1:
             return None  # no team to share it: the observer's aminmax on PyTorch's threads
-    written = prepare(input, clips, CLONE_LIMIT)
+    written = prepare(input, clips, CLONE_LIMIT, PRODUCT_LIMIT)
     out, mask = written.out, written.mask
     kind = mask_kind(mask)
+    # A clone is read where it lies and quantized in place: one array, in the cache.
+    source = out if written.copy else input
     if parts > 1:
-        call = _call(input, out, 1, size, parts, parts)
+        call = _call(source, out, 1, size, parts, parts)
         call.words[4:7] = (
             mask.data_ptr() if mask is not None else 0,
             min_val.data_ptr(),
@@ -316,7 +335,7 @@ def observe_scalar_step(
             return finish(input, written, _mask_product) if call.counts[2] else None
     # fmt: off
     if not _loops.observe_scalar_at(
-        input.data_ptr(), out.data_ptr(), mask.data_ptr() if mask is not None else 0, size,
+        source.data_ptr(), out.data_ptr(), mask.data_ptr() if mask is not None else 0, size,
         min_val.data_ptr(), max_val.data_ptr(), rule, factor, initialized, symmetric,
         quant_min, quant_max, limit, EPS, kind,
     ):

@@ -7,10 +7,11 @@ makes them, :func:`finish` returns the result:
 
 - no gradient needed: the values' tensor itself;
 - the identity gradient (no code can clip): ``input.clone()``, a C++ autograd node
-  whose values the loop overwrites; from ``clone_limit`` elements, where the copy costs
-  more than a Python call, an autograd.Function;
+  whose values the loop reads where they lie and overwrites (:attr:`Written.copy`);
+  from ``clone_limit`` elements, where the copy costs more than a Python call, an
+  autograd.Function;
 - the masked gradient: ``input * mask``, whose mask the product saves by reference and
-  the loop then writes, as it does the values; from ``clone_limit`` elements
+  the loop then writes, as it does the values; from ``product_limit`` elements
   an autograd.Function that saves the mask, one byte a value (``uint8``), a quarter of
   a float32 mask's memory and traffic, and multiplies the gradient by it with the
   ``product`` :func:`finish` is given (a compiled loop), else with PyTorch's mixed
@@ -144,15 +145,19 @@ class Written(NamedTuple):
     itself, or the input, so it may need a gradient) and ``mask`` (the gradient's mask, or
     ``None``); ``result``: the tensor to return once they are written, or ``None``
     where :func:`finish` wraps them in an autograd.Function; ``here``: ``out`` is the
-    input's own memory."""
+    input's own memory; ``copy``: ``out`` holds a copy of the input's values (a
+    clone), which a loop may read there and overwrite in place."""
 
     out: Tensor
     mask: Optional[Tensor]
     result: Optional[Tensor]
     here: bool = False
+    copy: bool = False
 
 
-def prepare(input: Tensor, clips: bool, clone_limit: int, in_place: bool = True) -> Written:
+def prepare(
+    input: Tensor, clips: bool, clone_limit: int, product_limit: int, in_place: bool = True
+) -> Written:
     """The tensors a loop writes for ``input``: a mask where codes may clip
     (``clips``) and a gradient is needed; see the module docstring. ``in_place=False``:
     never the input's own memory, for a step that may write some values and then
@@ -168,26 +173,27 @@ def prepare(input: Tensor, clips: bool, clone_limit: int, in_place: bool = True)
 
     Example:
         >>> x = torch.ones(3, requires_grad=True)
-        >>> written = prepare(x, clips=True, clone_limit=1 << 19)
+        >>> written = prepare(x, clips=True, clone_limit=1 << 19, product_limit=1 << 19)
         >>> written.out.detach().numpy()[:] = [1.0, 2.0, 3.0]  # as a loop writes
         >>> written.mask.numpy()[:] = [1.0, 0.0, 1.0]
         >>> y = finish(x, written); y.sum().backward(); y.detach(), x.grad
         (tensor([1., 2., 3.]), tensor([1., 0., 1.]))
     """
     # The loops take out and mask by address: no detach (a call each) is needed.
-    small = input.numel() < clone_limit
-    here = in_place and not small and owns(input)  # the values over the input (OWNED)
+    size = input.numel()
+    large = size >= product_limit  # where a Python autograd.Function pays
+    here = in_place and large and owns(input)  # the values over the input (OWNED)
     if not (input.requires_grad and torch.is_grad_enabled()):
         if here:
             return Written(input, None, input, True)
         out = torch.empty_like(input)
         return Written(out, None, out)
     if not clips:
-        if small:
+        if size < clone_limit and not here:
             result = input.clone()
-            return Written(result, None, result)
+            return Written(result, None, result, False, True)
         return Written(input if here else torch.empty_like(input), None, None, here)
-    if small:
+    if not large:
         # Zeros, not torch.empty: leftover bits (integer indices, say) are subnormal
         # floats, which slow the product down many times over.
         mask = torch.zeros_like(input)

@@ -39,7 +39,8 @@ def path(request, monkeypatch, set_threads, record_calls):
         monkeypatch.setattr(fake_quant_jit, "PARALLEL_ABOVE", 1)
         runs = record_calls(jit_openmp, "run_on_team")
     if "function" in request.param:
-        monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", 1)
+        for name in ("CLONE_LIMIT", "PRODUCT_LIMIT"):
+            monkeypatch.setattr(fake_quant_jit, name, 1)
     yield request.param, runs
 
 
@@ -86,7 +87,8 @@ def test_scalar_path_equals_the_operations(qmin, qmax, zp, clips, path, monkeypa
 def masked_step(data, monkeypatch):
     """The loops' fake quantization of a leaf of ``data`` through the autograd.Function
     (a byte mask), codes clipping at both ends."""
-    monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", 1)
+    for name in ("CLONE_LIMIT", "PRODUCT_LIMIT"):
+        monkeypatch.setattr(fake_quant_jit, name, 1)
     x = data.clone().requires_grad_()
     return x, fake_quantize_nearest_scalar(x, 0.05, 3, -8, 7, True)
 
@@ -169,7 +171,8 @@ def test_channels_last_tensors_take_the_loop_in_their_memory_order(clips, functi
     """Also through the autograd.Function: a channels-last byte mask, which the gradient's
     product loop leaves to PyTorch's product (it reads contiguous memory only)."""
     if function:
-        monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", 1)
+        for name in ("CLONE_LIMIT", "PRODUCT_LIMIT"):
+            monkeypatch.setattr(fake_quant_jit, name, 1)
     torch.manual_seed(1)
     x = torch.randn(3, 4, 5, 6) * 3 if clips else torch.rand(3, 4, 5, 6) * 0.7 - 0.45
     x = x.to(memory_format=torch.channels_last)  # without clips: codes in -8..7
@@ -261,3 +264,42 @@ def test_extrema_keys_stay_32_bit_integers():
     values[2] = np.nan  # beyond the infinities
     low, high = jit_ranges.extrema_keys(values.view(np.int32))
     assert np.isnan(jit_ranges.key_floats(low, high, np.empty(2, np.int32))[1])
+
+
+@pytest.mark.parametrize("team", [False, True], ids=["one call", "on the team"])
+def test_a_clone_is_read_and_quantized_in_place(team, monkeypatch, set_threads):
+    """Where the identity gradient comes from a clone, the loop reads the clone, not the
+    input, and writes over it: one array. The input keeps its values; the values, the
+    gradient and the range are those of the autograd.Function's path, which reads the
+    input."""
+    if team:
+        if not jit_openmp.usable():
+            pytest.skip("no OpenMP team")
+        set_threads(2)
+        monkeypatch.setattr(fake_quant_jit, "SHARE_OBSERVE_FROM", 1)
+    sources = []
+    loops, original = fake_quant_jit._loops, fake_quant_jit._loops.observe_scalar_at
+    spy = lambda *a: sources.append(a[:2]) or original(*a)
+    monkeypatch.setattr(loops, "observe_scalar_at", spy)
+    original_call = fake_quant_jit._call
+    spy_call = lambda s, o, *a: sources.append((s.data_ptr(), o.data_ptr())) or original_call(
+        s, o, *a
+    )
+    monkeypatch.setattr(fake_quant_jit, "_call", spy_call)
+    data = torch.randn(40, 30) * 3
+    results = []
+    for limit in (1 << 30, 1):  # a clone; the autograd.Function
+        monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", limit)
+        sources.clear()
+        x = data.clone().requires_grad_()
+        low, high = torch.tensor(-1.0), torch.tensor(1.0)
+        args = (fake_quant_jit.MIN_MAX, 0.0, True, True, -128, 127, 3e38, False)
+        y = fake_quant_jit.observe_scalar_step(x, low, high, *args)
+        assert torch.equal(x.detach(), data)
+        y.backward(torch.arange(float(y.numel())).view(y.shape))
+        results.append((bits(y), bits(x.grad), low, high, list(sources), y.data_ptr()))
+    (value, grad, low, high, calls, address), expected = results
+    assert calls and all(source == out == address for source, out in calls)
+    assert all(source != out for source, out in expected[4])
+    assert torch.equal(value, expected[0]) and torch.equal(grad, expected[1])
+    assert torch.equal(low, expected[2]) and torch.equal(high, expected[3])

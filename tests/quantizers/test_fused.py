@@ -86,7 +86,8 @@ def step_mode(mode, threshold, monkeypatch, set_threads):
         set_threads(2)
         monkeypatch.setattr(fake_quant_jit, threshold, 1)
     if "function" in mode:
-        monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", 1)
+        for name in ("CLONE_LIMIT", "PRODUCT_LIMIT"):
+            monkeypatch.setattr(fake_quant_jit, name, 1)
 
 
 @pytest.mark.parametrize("shape", [(16, 40), (8, 3, 3, 3), (5, 1), (1, 300), (3, 5000)])
