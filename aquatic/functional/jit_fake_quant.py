@@ -199,11 +199,13 @@ if numba is not None:
     def observe_rows(x, out, run_min, run_max, new_min, new_max, first, last, limit, levels, eps):
         """Rows ``first:last`` of ``x`` ``(C, K)`` (float32, C-contiguous): each row's
         range ``[run_min, run_max]`` widened by its extrema into ``new_min``,
-        ``new_max`` ``(C,)``, and the row fake-quantized with it into ``out``. Returns
+        ``new_max`` ``(C,)``, and the row fake-quantized with it into ``out`` (which
+        may be ``x`` itself: a copy quantized in place, as one array). Returns
         whether every extremum was finite and at most ``limit`` (it stops at the first
         that is not). ``levels``: :math:`n`; ``eps``: the smallest scale."""
         keys = x.view(np.int32)
         bits = np.empty(2, np.int32)
+        here = x.ctypes.data == out.ctypes.data  # a copy quantized in place
         n = np.float32(levels)
         smallest = np.float32(eps)
         for c in range(first, last):
@@ -217,9 +219,14 @@ if numba is not None:
             if scale < smallest:
                 scale = smallest
             inv = np.float32(1.0) / scale
-            src, dst = x[c], out[c]
-            for k in range(src.shape[0]):
-                dst[k] = np.rint(src[k] * inv) * scale + np.float32(0.0)
+            src = x[c]
+            if here:  # one array: two views of it would not vectorize
+                for k in range(src.shape[0]):
+                    src[k] = np.rint(src[k] * inv) * scale + np.float32(0.0)
+            else:
+                dst = out[c]
+                for k in range(src.shape[0]):
+                    dst[k] = np.rint(src[k] * inv) * scale + np.float32(0.0)
         return True
 
     @jit

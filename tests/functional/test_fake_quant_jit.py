@@ -303,3 +303,29 @@ def test_a_clone_is_read_and_quantized_in_place(team, monkeypatch, set_threads):
     assert all(source != out for source, out in expected[4])
     assert torch.equal(value, expected[0]) and torch.equal(grad, expected[1])
     assert torch.equal(low, expected[2]) and torch.equal(high, expected[3])
+
+
+def test_a_per_channel_clone_is_read_and_quantized_in_place(monkeypatch):
+    """The per-row step reads its clone in place too: the same bits and ranges as the
+    autograd.Function's path, which reads the input; the input keeps its values."""
+    sources = []
+    loops, original = fake_quant_jit._loops, fake_quant_jit._loops.observe_rows_at
+    spy = lambda *a: sources.append(a[:2]) or original(*a)
+    monkeypatch.setattr(loops, "observe_rows_at", spy)
+    data = torch.randn(12, 50) * torch.linspace(0.1, 4, 12)[:, None]
+    results = []
+    for limit in (1 << 30, 1):  # a clone; the autograd.Function
+        monkeypatch.setattr(fake_quant_jit, "CLONE_LIMIT", limit)
+        monkeypatch.setattr(fake_quant_jit, "PRODUCT_LIMIT", limit)
+        sources.clear()
+        x = data.clone().requires_grad_()
+        low, high = torch.full((12,), -0.5), torch.full((12,), 0.5)
+        y = fake_quant_jit.minmax_rows_step(x, low, high, 127, 3e38)
+        assert torch.equal(x.detach(), data)
+        y.backward(torch.arange(float(y.numel())).view(y.shape))
+        results.append((bits(y), bits(x.grad), low, high, list(sources), y.data_ptr()))
+    (value, grad, low, high, calls, address), expected = results
+    assert calls == [(address, address)]
+    assert len(expected[4]) == 1 and expected[4][0][0] != expected[4][0][1]
+    assert torch.equal(value, expected[0]) and torch.equal(grad, expected[1])
+    assert torch.equal(low, expected[2]) and torch.equal(high, expected[3])
