@@ -197,3 +197,127 @@ def test_observers_count_their_edits():
     obs.quant_max = 127
     obs.train()
     assert obs.edits == before + 2
+
+
+class TimeLoop(nn.Module):
+    """A Linear called at every time step (a cell's pattern), the first layer's
+    quantized weight kept by nothing (its input needs no gradient)."""
+
+    def __init__(self, qconfig):
+        super().__init__()
+        self.inp = aquatic.nn.Linear(6, 16, qconfig=qconfig)
+        self.rec = aquatic.nn.Linear(16, 16, qconfig=qconfig)
+        self.out = aquatic.nn.Linear(16, 3, qconfig=qconfig)
+
+    def forward(self, x):
+        h = torch.zeros(x.shape[1], 16)
+        total = 0
+        for t in range(x.shape[0]):
+            h = torch.tanh(self.inp(x[t]) + self.rec(h))
+            total = total + self.out(h)
+        return total
+
+
+QCONFIGS = {
+    "per tensor": aquatic.qconfig.int8._replace(activation=None),
+    "per channel": aquatic.qconfig.int8._replace(
+        activation=None, weight=UniformQuantizer.with_args(bits=8, ch_axis=0)
+    ),
+    "with activations": aquatic.qconfig.int8,
+}
+
+
+def train_time_loop(qconfig, plans, monkeypatch, steps=4, accumulate=False):
+    monkeypatch.undo()
+    if not plans:
+        monkeypatch.setattr(Quantizer, "keep_plan", lambda self, plan: None)
+    torch.manual_seed(0)
+    model = TimeLoop(qconfig)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    x, y = torch.randn(5, 4, 6) * 2, torch.randint(0, 3, (4,))
+    for step in range(steps):
+        optimizer.zero_grad()
+        for _ in range(2 if accumulate else 1):  # two backward passes, one weight version
+            nn.functional.cross_entropy(model(x * (step + 1)), y).backward()
+        optimizer.step()
+    return model
+
+
+@pytest.mark.parametrize("accumulate", [False, True], ids=["a step each", "accumulated"])
+@pytest.mark.parametrize("qconfig", QCONFIGS.values(), ids=QCONFIGS.keys())
+def test_a_layer_called_at_every_time_step_trains_to_the_same_bits(
+    qconfig, accumulate, monkeypatch, record_calls
+):
+    expected = train_time_loop(qconfig, False, monkeypatch, accumulate=accumulate)
+    got = train_time_loop(qconfig, True, monkeypatch, accumulate=accumulate)
+    for (name, value), (_, other) in zip(expected.state_dict().items(), got.state_dict().items()):
+        assert torch.equal(value, other), name
+    for name, param in expected.named_parameters():
+        assert torch.equal(param.grad, dict(got.named_parameters())[name].grad), name
+
+
+def test_repeats_return_the_last_output_until_something_changes():
+    q = UniformQuantizer(bits=8)
+    w = nn.Parameter(torch.randn(6, 5))
+    q(w)  # decides, keeps a plan
+    first = q(w)
+    assert q(w) is first and q(w) is first
+    before = q.observer.max_val.item()
+    with torch.no_grad():
+        w.mul_(1.5)  # a new version: observed again (the range widens)
+    second = q(w)
+    assert second is not first and q(w) is second
+    assert q.observer.max_val.item() == max(before, w.max().item())
+    q.observer.max_val.fill_(100.0)  # the range written in place: a new scale
+    third = q(w)
+    assert third is not second and not torch.equal(third, second)
+    with torch.no_grad():
+        assert q(w) is not third  # another mode of autograd
+    fourth = q(w)
+    fourth.detach().mul_(0)  # the output changed in place
+    assert q(w) is not fourth
+    assert q(w.detach().clone()) is not q(w)  # another tensor
+    fifth = q(w)
+    w.requires_grad_(False)
+    assert q(w) is not fifth and not q(w).requires_grad
+
+
+def test_a_repeat_that_found_its_output_gone_holds_the_next():
+    q = UniformQuantizer(bits=8)
+    w = nn.Parameter(torch.randn(6, 5))
+    q(w)
+    plan = q._plan
+    q(w)  # its output dropped at once
+    assert not plan.holds
+    q(w)  # a repeat, its output gone: computed again, and held from now on
+    assert plan.holds
+    kept = q(w)
+    assert q(w) is kept
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: UniformQuantizer(bits=8, signed=False, symmetric=False),  # a masked gradient
+        lambda: UniformQuantizer(bits=8, observer=MovingAverageMinMaxObserver),  # moves
+    ],
+    ids=["masked gradient", "moving average"],
+)
+def test_no_repeat_where_observing_again_or_backward_would_differ(build):
+    q = build()
+    w = nn.Parameter(torch.randn(6, 5))
+    q(w)
+    q(w)
+    plan = q._plan
+    first = q(w)
+    assert plan is not None and q._plan is plan
+    assert q(w) is not first
+
+
+def test_inference_tensors_are_quantized_afresh():
+    q = UniformQuantizer(bits=8)
+    q(torch.randn(6, 5))
+    with torch.inference_mode():
+        x = torch.randn(6, 5)
+        y = q(x)
+        assert q(x) is not y and torch.equal(q(x), y)
