@@ -131,10 +131,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--models", default="mlp,mlp512,cnn", help="comma-separated")
     args = parser.parse_args()
+    names = [n for n in args.models.split(",") if n]
+    sequential = sorted(n for n in MODELS if n != "rows")  # floor_model takes nn.Sequential
+    if set(names) - set(sequential):
+        parser.error(
+            f"unknown model(s) {sorted(set(names) - set(sequential))}; choose from {sequential}"
+        )
     torch.set_num_threads(args.threads)
     print(f"{args.threads} threads, batch 64, {args.rounds} rounds of {args.steps} steps")
     print(f"{'model':<7} {'variant':<22} {'median step (ms)':>17} {'ratio':>7} {'p10-p90':>12}")
-    for name in [n for n in args.models.split(",") if n]:
+    for name in names:
         torch.manual_seed(0)
         float_model = MODELS[name]()
         models = {
