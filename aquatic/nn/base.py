@@ -64,9 +64,11 @@ def eval_mode(modules: Iterable[nn.Module]) -> Iterator[None]:
 def _global_hooks() -> bool:
     """Whether any module-wide forward hook is registered
     (``torch.nn.modules.module.register_module_forward_hook`` and its pre-hook)."""
-    module = nn.modules.module
-    hooks = ("_global_forward_hooks", "_global_forward_pre_hooks")
-    return any(getattr(module, name, None) for name in hooks)
+    module = nn.modules.module  # two lookups, no generator: this runs on every forward
+    return bool(
+        getattr(module, "_global_forward_hooks", None)
+        or getattr(module, "_global_forward_pre_hooks", None)
+    )
 
 
 class QuantizedModule(nn.Module):
