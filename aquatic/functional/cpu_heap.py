@@ -58,9 +58,10 @@ def settle(input: Tensor) -> bool:
         False
     """
     global _settled
-    if _settled or input.device.type != "cpu" or torch.compiler.is_compiling():
+    # The size first: the cheapest test, and the one most calls fail.
+    if _settled or input.numel() * input.element_size() < MIN_BYTES:
         return False
-    if input.numel() * input.element_size() < MIN_BYTES:
+    if input.device.type != "cpu" or torch.compiler.is_compiling():
         return False
     _settled = True
     torch.empty(SETTLE_BYTES, dtype=torch.uint8)  # freed at once, its pages untouched

@@ -229,9 +229,12 @@ class Plan:
         ):
             return None
         repeats = self.repeats and not input.is_inference()  # which keeps no versions
+        # The step writes the range by address and the input not at all (a repeat's
+        # output is not the input): the state after it is this one.
+        state = self._state(input) if repeats else None
         if repeats and self.last is not None:
-            state, last_input, last_output, version = self.last
-            if last_input() is input and state == self._state(input):
+            last_state, last_input, last_output, version = self.last
+            if last_input() is input and state == last_state:
                 held = not isinstance(last_output, weakref.ref)
                 output = last_output if held else last_output()
                 if output is None:
@@ -247,7 +250,7 @@ class Plan:
             output = fake_quant_jit.observe_scalar_step(input, min_val, max_val, *self.arguments)
         if repeats and output is not None and output is not input:
             kept = output if self.holds else weakref.ref(output)
-            self.last = (self._state(input), weakref.ref(input), kept, output._version)
+            self.last = (state, weakref.ref(input), kept, output._version)
         return output
 
     def _state(self, input: Tensor) -> tuple:
