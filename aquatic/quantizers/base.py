@@ -108,6 +108,12 @@ class Quantizer(nn.Module):
         state = super().__getstate__()
         return {**state, "_plan": None}
 
+    def _replicate_for_data_parallel(self) -> "Quantizer":
+        # A replica shares this quantizer's attributes, but has observers of its own.
+        replica = super()._replicate_for_data_parallel()
+        replica.__dict__["_plan"] = None
+        return replica
+
     @classmethod
     def with_args(cls, **kwargs: Any) -> Factory:
         """A factory that builds this quantizer with ``kwargs``, for a :class:`~aquatic.QConfig`."""

@@ -321,3 +321,12 @@ def test_inference_tensors_are_quantized_afresh():
         x = torch.randn(6, 5)
         y = q(x)
         assert q(x) is not y and torch.equal(q(x), y)
+
+
+def test_a_replica_decides_afresh():
+    """``nn.DataParallel``'s replicas copy a module's attributes: a replica's plan would
+    write the original observer's range."""
+    q = UniformQuantizer(bits=8)
+    q(torch.randn(6, 5))
+    assert q._plan is not None
+    assert q._replicate_for_data_parallel()._plan is None
