@@ -31,13 +31,14 @@ MLP (weights of 262,144 and 401,408) 2.11 against 2.08 ms and 2.10 against 2.02 
 the 784-256-256-10 MLP (a weight of 200,704) 1.145 against 1.142 ms, and 2^17 cost it
 1.176 ms. The identity gradient's copy, which the loop then reads and quantizes in
 place, pays up to twice as far (:data:`CLONE_LIMIT`; interleaved rounds, int8 per
-tensor): the 784-256-256-10 MLP 1.055 against 1.028 ms reading the copy (1.488x against
-1.450x the float step), the 784-512-512-10 MLP (weights of 262,144 and 401,408) 2.015
-against 1.975 ms with 2^20 against 2^18; a 784-1024-1024-10 MLP (802,816 and
-1,048,576) 4.216 against 4.141 ms with 2^21 against 2^19, a 784-2048-2048-10 MLP 10.92
-against 10.61 ms with 2^23 against 2^20. Per channel, reading the copy row by row in
-place took the 784-256-256-10 MLP from 1.094 to 1.077 ms (1.491x to 1.467x), the
-784-512-512-10 MLP from 2.047 to 2.022 ms.
+tensor): the 784-256-256-10 MLP took 1.028 ms reading the copy, 1.055 ms reading the
+input (1.450x and 1.488x the float step); the 784-512-512-10 MLP (weights of 262,144
+and 401,408) 1.975 ms with a limit of 2^20 (2^19 copies both as well), 2.015 ms with
+2^18; a 784-1024-1024-10
+MLP (802,816 and 1,048,576) 4.141 ms with 2^19, 4.216 ms with 2^21, and a
+784-2048-2048-10 MLP 10.61 ms with 2^20, 10.92 ms with 2^23. Per channel, reading the
+copy row by row in place took the 784-256-256-10 MLP from 1.094 to 1.077 ms (1.491x to
+1.467x), the 784-512-512-10 MLP from 2.047 to 2.022 ms.
 A per-tensor observer's step is shared from :data:`SHARE_OBSERVE_FROM`
 elements, its extrema and its quantization alike. ``AQUATIC_NUMBA=0`` (before import)
 or :data:`ENABLED` turn the loops off.
