@@ -11,6 +11,7 @@ from aquatic.switches import (
     enable_fake_quant,
     enable_observers,
     freeze_observers,
+    trust_weight_versions,
 )
 
 __version__ = "0.1.0"
@@ -38,5 +39,6 @@ __all__ = [
     "quantize",
     "quantize_parameter",
     "quantizers",
+    "trust_weight_versions",
     "sensitivity",
 ]

@@ -21,6 +21,7 @@ __all__ = [
     "enable_observers",
     "disable_fake_quant",
     "enable_fake_quant",
+    "trust_weight_versions",
 ]
 
 
@@ -83,3 +84,28 @@ def disable_fake_quant(model: nn.Module) -> _Switch:
 def enable_fake_quant(model: nn.Module) -> _Switch:
     """Make every quantizer in ``model`` quantize again."""
     return _Switch(model, "fake_quant_enabled", True)
+
+
+def trust_weight_versions(model: nn.Module, trust: bool = True) -> _Switch:
+    """Declare that the weights of ``model`` change only where PyTorch's version
+    counters see it: an optimizer's step, in-place operations on the parameters
+    themselves; not through ``weight.data`` or a tensor that shares its memory.
+
+    A layer called again and again within a training step (at every time step of a
+    sequence) gets the same quantized weight each time, quantized once
+    (:class:`aquatic.quantizers.fused.Plan`). By default every repeat first compares
+    the weight's bits with a copy, one pass over it, since edits through ``.data``
+    leave the version as it is; with the versions trusted, a repeat skips that pass
+    and the copy. Then an edit through ``.data`` between two calls goes unseen: the
+    layer keeps its last quantized weight until the next version (the next optimizer
+    step).
+
+    Example:
+        >>> import torch, aquatic
+        >>> layer = aquatic.nn.Linear(4, 3, qconfig=aquatic.qconfig.int8)
+        >>> with aquatic.trust_weight_versions(layer):
+        ...     outputs = [layer(torch.randn(2, 4)) for _ in range(5)]  # time steps
+        >>> layer.quantizers["weight"].trusts_weight_versions
+        False
+    """
+    return _Switch(model, "trusts_weight_versions", bool(trust))

@@ -41,6 +41,10 @@ the median over rounds of each round's ratio of median step times, with the spre
     python benchmarks/qat_overhead.py [--threads 2] [--rounds 60] [--steps 5]
         [--models mlp,mlp512,cnn,rows] [--no-compile] [--ablate]
 
+On the recurrent cell, a row ``aquatic, versions trusted`` adds
+:func:`aquatic.trust_weight_versions`: a layer's repeat skips the comparison of its
+weight's bits.
+
 ``--ablate`` adds aquatic's two int8 models with the compiled fake-quantization loops
 (:mod:`aquatic.functional.fake_quant_jit`, with Numba) turned off: the PyTorch
 operations, the same bits.
@@ -251,6 +255,10 @@ def variants(
             note="Linear layers only; Conv2d left in float" if convs else "",
         ),
     }
+    if isinstance(float_model, Rows):  # layers called again and again
+        trusted = aquatic.quantize(float_model, aquatic.qconfig.int8)
+        aquatic.trust_weight_versions(trusted)
+        result["aquatic, versions trusted"] = Variant(trusted, note="trust_weight_versions")
     if ablate:
         for name, qconfig in (("", aquatic.qconfig.int8), (" pc", INT8_PER_CHANNEL)):
             result[f"aquatic{name}, operations"] = Variant(

@@ -29,16 +29,12 @@ step, 2^19 against 2^18): the CNN (activations of 401,408 and 802,816 values) 7.
 against 7.61 ms per tensor and 7.43 against 7.28 ms per channel; the 784-512-512-10
 MLP (weights of 262,144 and 401,408) 2.11 against 2.08 ms and 2.10 against 2.02 ms;
 the 784-256-256-10 MLP (a weight of 200,704) 1.145 against 1.142 ms, and 2^17 cost it
-1.176 ms. The identity gradient's copy, which the loop then reads and quantizes in
-place, pays up to twice as far (:data:`CLONE_LIMIT`; interleaved rounds, int8 per
-tensor): the 784-256-256-10 MLP took 1.028 ms reading the copy, 1.055 ms reading the
-input (1.450x and 1.488x the float step); the 784-512-512-10 MLP (weights of 262,144
-and 401,408) 1.975 ms with a limit of 2^20 (2^19 copies both as well), 2.015 ms with
-2^18; a 784-1024-1024-10
-MLP (802,816 and 1,048,576) 4.141 ms with 2^19, 4.216 ms with 2^21, and a
-784-2048-2048-10 MLP 10.61 ms with 2^20, 10.92 ms with 2^23. Per channel, reading the
-copy row by row in place took the 784-256-256-10 MLP from 1.094 to 1.077 ms (1.491x to
-1.467x), the 784-512-512-10 MLP from 2.047 to 2.022 ms.
+1.176 ms. An identity gradient's copy, read and quantized in place, pays up to 2^19
+(:data:`CLONE_LIMIT`): the 784-256-256-10 MLP 1.028 ms against 1.055 ms reading the
+input, 1.450x against 1.488x float; 784-N-N-10 MLPs, N = 512, 1024, 2048 (weights of
+262,144 to 4,194,304 values): 1.975 ms with 2^20 against 2.015 with 2^18, 4.141 with
+2^19 against 4.216 with 2^21, 10.61 with 2^20 against 10.92 with 2^23; per channel,
+the 784-256-256-10 MLP 1.077 against 1.094 ms.
 A per-tensor observer's step is shared from :data:`SHARE_OBSERVE_FROM`
 elements, its extrema and its quantization alike. ``AQUATIC_NUMBA=0`` (before import)
 or :data:`ENABLED` turn the loops off.
@@ -60,8 +56,8 @@ from aquatic.functional.fake_quant_rules import AVERAGE, AVERAGE_FROM_BATCH, MIN
 
 __all__ = [
     "ENABLED", "PARALLEL_ABOVE", "PRODUCT_LIMIT", "CLONE_LIMIT", "SHARE_OBSERVE_FROM", "EPS", "available", "applies",
-    "quantize_scalar", "minmax_rows_step", "observe_scalar_step", "MIN_MAX", "AVERAGE",
-    "AVERAGE_FROM_BATCH",
+    "quantize_scalar", "minmax_rows_step", "observe_scalar_step", "same_bits", "MIN_MAX",
+    "AVERAGE", "AVERAGE_FROM_BATCH",
 ]  # fmt: skip
 
 #: Whether the compiled loops run where they apply (``False``: the PyTorch operations,
@@ -135,6 +131,7 @@ def _compile(loops, team) -> None:
     pointers = (t.data_ptr() for t in (one, out, low, high))
     loops.observe_rows_at(*pointers, 1, 1, 1.0, 1, EPS)
     loops.commit(low.data_ptr(), high.data_ptr(), out.data_ptr(), 0)
+    loops.same_bits_at(one.data_ptr(), out.data_ptr(), 1)
     loops.observe_scalar_at(one.data_ptr(), out.data_ptr(), 0, 1, low.data_ptr(), high.data_ptr(),
                             0, 0.0, False, False, 0, 255, 1.0, EPS, 0)  # fmt: skip
     loops.mask_product_at(one.data_ptr(), out.data_ptr(), high.data_ptr(), 1)
@@ -347,6 +344,22 @@ def observe_scalar_step(
         return None
     # fmt: on
     return finish(input, written, _mask_product)
+
+
+def same_bits(a: Tensor, b: Tensor) -> bool:
+    """Whether two contiguous float32 CPU tensors of as many values hold the same bits
+    (signed zeros and NaN payloads told apart), in one compiled pass; ``False`` where
+    they are not such tensors or the loops are not :func:`available`.
+
+    Example:
+        >>> x, y = torch.tensor([0.0, 1.5]), torch.tensor([-0.0, 1.5])
+        >>> same_bits(x, x.clone()) == available(), same_bits(x, y)
+        (True, False)
+    """
+    plain = (t.dtype == torch.float32 and t.is_cpu and t.is_contiguous() for t in (a, b))
+    if not (available() and a.numel() == b.numel() and all(plain)):
+        return False
+    return bool(_loops.same_bits_at(a.data_ptr(), b.data_ptr(), a.numel()))
 
 
 def _mask_product(grad: Tensor, mask: Tensor) -> Optional[Tensor]:

@@ -49,7 +49,7 @@ from aquatic.functional.neurons_jit_kernels import inline, jit, numba
 __all__ = [
     "quantize_span", "quantize_span_here", "quantize_into", "quantize_at",
     "mask_product_span", "mask_product_at", "observe_rows", "observe_rows_at",
-    "observe_scalar_at", "commit",
+    "observe_scalar_at", "commit", "same_bits_at",
 ]  # fmt: skip
 
 if numba is not None:
@@ -293,7 +293,21 @@ if numba is not None:
         numba.carray(address(run_min), (rows,), f32)[:] = new[:rows]
         numba.carray(address(run_max), (rows,), f32)[:] = new[rows:]
 
+    @jit
+    def same_bits_at(a, b, size):
+        """Whether ``size`` 32-bit words at the addresses ``a`` and ``b`` are the same
+        bits: one pass, the words' differences or-ed together (which vectorizes, where
+        a loop that stops at the first difference does not: 16 µs against 78 µs for
+        200,704 values here)."""
+        i32 = np.int32
+        left = numba.carray(address(a), (size,), i32)
+        right = numba.carray(address(b), (size,), i32)
+        diff = i32(0)
+        for k in range(size):
+            diff = i32(diff | i32(left[k] ^ right[k]))
+        return diff == 0
+
 else:  # pragma: no cover
     _quantize_loop = quantize_span = quantize_span_here = quantize_into = quantize_at = None
     observe_rows = observe_rows_at = None
-    observe_scalar_at = commit = mask_product_span = mask_product_at = None
+    observe_scalar_at = commit = mask_product_span = mask_product_at = same_bits_at = None

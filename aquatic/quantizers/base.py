@@ -68,6 +68,9 @@ class Quantizer(nn.Module):
     #: ``plan(input)`` that returns the output, or ``None`` where it does not apply (see
     #: :meth:`keep_plan`); ``None``: no plan.
     _plan: Optional[Callable[[Tensor], Optional[Tensor]]] = None
+    #: Whether a repeat of the same weight may be told by its version alone, without
+    #: comparing its bits (:func:`aquatic.trust_weight_versions`).
+    trusts_weight_versions: bool = False
 
     def __init__(self) -> None:
         super().__init__()

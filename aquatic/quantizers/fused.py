@@ -134,7 +134,8 @@ def fused_step(quantizer: Any, input: Tensor) -> Optional[Tensor]:
         arguments = (min(quant_max, -quant_min), limit)
         output = fake_quant_jit.minmax_rows_step(input, min_val, max_val, *arguments)
         if output is not None and quantizer.training:
-            quantizer.keep_plan(Plan(observer, channels[0], arguments))
+            trusted = quantizer.trusts_weight_versions
+            quantizer.keep_plan(Plan(observer, channels[0], arguments, trusted))
         return output
     rule, factor = fake_quant_jit.MIN_MAX, 0.0
     if isinstance(observer, MovingAverageMinMaxObserver):
@@ -153,7 +154,7 @@ def fused_step(quantizer: Any, input: Tensor) -> Optional[Tensor]:
     if output is not None and not initialized:
         observer.initialized = True
     if output is not None and quantizer.training:
-        quantizer.keep_plan(Plan(observer, 0, arguments))
+        quantizer.keep_plan(Plan(observer, 0, arguments, quantizer.trusts_weight_versions))
     return output
 
 
@@ -175,12 +176,16 @@ class Plan:
     change nothing and backward reads nothing the step saved: a range that only widens
     (min/max) and the identity gradient (a weight's). That is a layer called at every
     time step of a sequence (a ``Linear`` before a ``LIFCell``, a recurrent cell), which
-    quantizes the same weight each time. The repeat must be the same tensor, unchanged
-    (its version), in the same mode of autograd, with the range unchanged and the last
-    output alive and unchanged. The plan holds the input by weak reference, and the
-    output too until a repeat finds it gone (a first layer's quantized weight, which
-    backward does not keep): from then on it holds the output, one copy of the weight
-    between steps, for a layer that is called again and again.
+    quantizes the same weight each time. The plan notices the first repeat (the same
+    tensor, its version, autograd's mode and the range's versions as they were) and
+    from then on keeps the last output, a copy of the input and of the range. A repeat
+    then returns that output where the input and the range have the same bits as those
+    copies (one compiled pass, :func:`~aquatic.functional.fake_quant_jit.same_bits`),
+    so that changes no version counter sees (``weight.data.mul_(2)``, a range shared
+    with another quantizer) make it quantize afresh; and where the output is unchanged.
+    That holds two copies of the weight between steps, for a layer that repeats only.
+    A quantizer that trusts the weight's versions (:func:`aquatic.trust_weight_versions`)
+    skips the input's copy and comparison.
 
     Measured in training steps here (``benchmarks/qat_overhead.py``'s models, int8 per
     tensor, interleaved rounds, median step): the 784-256-256-10 MLP 1.121 against
@@ -198,10 +203,12 @@ class Plan:
 
     __slots__ = (
         "observer", "min_val", "max_val", "pointers", "edits", "channels", "arguments",
-        "repeats", "last", "holds",
+        "repeats", "repeating", "trusted", "last",
     )  # fmt: skip
 
-    def __init__(self, observer: Any, channels: int, arguments: tuple) -> None:
+    def __init__(
+        self, observer: Any, channels: int, arguments: tuple, trusted: bool = False
+    ) -> None:
         buffers = observer._buffers
         self.observer = observer
         self.min_val, self.max_val = buffers["min_val"], buffers["max_val"]
@@ -213,8 +220,11 @@ class Plan:
         # argument) means a range that only widens and holds what it observed (see
         # UniformQuantizer._covers): observing the same tensor again leaves it as it is.
         self.repeats = channels > 0 or not arguments[-1]
-        self.last = None  # (state, input, output, output's version): see _state
-        self.holds = False  # the output by a strong reference
+        self.repeating = False  # a repeat was seen: keep what checking the next takes
+        self.trusted = trusted  # the input's version suffices (no copy, no comparison)
+        # (state, input): then, repeating, (output, its version, copies of the input
+        # and of the range)
+        self.last: Optional[tuple] = None
 
     def __call__(self, input: Tensor) -> Optional[Tensor]:
         observer, min_val, max_val = self.observer, self.min_val, self.max_val
@@ -232,15 +242,12 @@ class Plan:
         # The step writes the range by address and the input not at all (a repeat's
         # output is not the input): the state after it is this one.
         state = self._state(input) if repeats else None
-        if repeats and self.last is not None:
-            last_state, last_input, last_output, version = self.last
-            if last_input() is input and state == last_state:
-                held = not isinstance(last_output, weakref.ref)
-                output = last_output if held else last_output()
-                if output is None:
-                    self.holds = True  # a repeat that found the output gone
-                elif output._version == version:
-                    return output
+        last = self.last
+        if repeats and last is not None and last[1]() is input and last[0] == state:
+            if not self.repeating:
+                self.repeating = True
+            elif self._unchanged(input, *last[2:]):
+                return last[2]
         cpu_heap.settle(input)
         if self.channels:
             if input.dim() == 0 or input.shape[0] != self.channels:
@@ -249,9 +256,24 @@ class Plan:
         else:
             output = fake_quant_jit.observe_scalar_step(input, min_val, max_val, *self.arguments)
         if repeats and output is not None and output is not input:
-            kept = output if self.holds else weakref.ref(output)
-            self.last = (state, weakref.ref(input), kept, output._version)
+            if self.repeating:
+                kept = None if self.trusted else input.detach().clone()
+                copies = (kept, min_val.clone(), max_val.clone())
+                self.last = (state, weakref.ref(input), output, output._version, *copies)
+            else:
+                self.last = (state, weakref.ref(input))
         return output
+
+    def _unchanged(self, input: Tensor, output: Tensor, version: int, *copies: Tensor) -> bool:
+        """Whether the last output still holds for ``input``: unchanged itself, and the
+        input and the range the same bits as the copies kept with it."""
+        same = fake_quant_jit.same_bits
+        return (
+            output._version == version
+            and (self.trusted or same(input, copies[0]))
+            and same(self.min_val, copies[1])
+            and same(self.max_val, copies[2])
+        )
 
     def _state(self, input: Tensor) -> tuple:
         """What a repeat of ``input`` must find as it was: the input's version and

@@ -329,3 +329,21 @@ def test_a_per_channel_clone_is_read_and_quantized_in_place(monkeypatch):
     assert len(expected[4]) == 1 and expected[4][0][0] != expected[4][0][1]
     assert torch.equal(value, expected[0]) and torch.equal(grad, expected[1])
     assert torch.equal(low, expected[2]) and torch.equal(high, expected[3])
+
+
+def test_same_bits_tells_every_bit():
+    x = torch.randn(1000)
+    assert fake_quant_jit.same_bits(x, x.clone())
+    for k in (0, 517, 999):  # one bit anywhere
+        y = x.clone()
+        y.view(torch.int32)[k] ^= 1
+        assert not fake_quant_jit.same_bits(x, y)
+    zeros = torch.zeros(3)
+    assert not fake_quant_jit.same_bits(zeros, -zeros)
+    nan = torch.full((2,), float("nan"))
+    other = nan.clone()
+    other.view(torch.int32)[0] ^= 1  # another NaN payload
+    assert fake_quant_jit.same_bits(nan, nan.clone()) and not fake_quant_jit.same_bits(nan, other)
+    assert not fake_quant_jit.same_bits(x, x[:999].clone())  # sizes
+    assert not fake_quant_jit.same_bits(x.view(10, 100).t(), x.view(10, 100).t())  # strided
+    assert not fake_quant_jit.same_bits(x.double(), x.double())

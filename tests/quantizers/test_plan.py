@@ -227,12 +227,13 @@ QCONFIGS = {
 }
 
 
-def train_time_loop(qconfig, plans, monkeypatch, steps=4, accumulate=False):
+def train_time_loop(qconfig, plans, monkeypatch, steps=4, accumulate=False, trust=False):
     monkeypatch.undo()
     if not plans:
         monkeypatch.setattr(Quantizer, "keep_plan", lambda self, plan: None)
     torch.manual_seed(0)
     model = TimeLoop(qconfig)
+    aquatic.trust_weight_versions(model, trust)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     x, y = torch.randn(5, 4, 6) * 2, torch.randint(0, 3, (4,))
     for step in range(steps):
@@ -243,24 +244,38 @@ def train_time_loop(qconfig, plans, monkeypatch, steps=4, accumulate=False):
     return model
 
 
+@pytest.mark.parametrize("trust", [False, True], ids=["bits compared", "versions trusted"])
 @pytest.mark.parametrize("accumulate", [False, True], ids=["a step each", "accumulated"])
 @pytest.mark.parametrize("qconfig", QCONFIGS.values(), ids=QCONFIGS.keys())
 def test_a_layer_called_at_every_time_step_trains_to_the_same_bits(
-    qconfig, accumulate, monkeypatch, record_calls
+    qconfig, accumulate, trust, monkeypatch
 ):
     expected = train_time_loop(qconfig, False, monkeypatch, accumulate=accumulate)
-    got = train_time_loop(qconfig, True, monkeypatch, accumulate=accumulate)
+    got = train_time_loop(qconfig, True, monkeypatch, accumulate=accumulate, trust=trust)
+    weights = [layer.quantizers["weight"] for layer in (got.inp, got.rec, got.out)]
+    assert all(q._plan is not None and q._plan.repeating for q in weights)
     for (name, value), (_, other) in zip(expected.state_dict().items(), got.state_dict().items()):
         assert torch.equal(value, other), name
     for name, param in expected.named_parameters():
         assert torch.equal(param.grad, dict(got.named_parameters())[name].grad), name
 
 
+def repeating(q, w):
+    """``q`` after steps on ``w`` that show it a repeat; the output it now keeps."""
+    for _ in range(4):  # decides (per channel: after a first range), keeps a plan
+        if q._plan is not None and q._plan.last is not None:
+            break
+        q(w)
+    assert not q._plan.repeating
+    kept = q(w)  # the first repeat: quantized afresh, and kept with copies from now on
+    assert q._plan.repeating
+    return kept
+
+
 def test_repeats_return_the_last_output_until_something_changes():
     q = UniformQuantizer(bits=8)
     w = nn.Parameter(torch.randn(6, 5))
-    q(w)  # decides, keeps a plan
-    first = q(w)
+    first = repeating(q, w)
     assert q(w) is first and q(w) is first
     before = q.observer.max_val.item()
     with torch.no_grad():
@@ -282,17 +297,47 @@ def test_repeats_return_the_last_output_until_something_changes():
     assert q(w) is not fifth and not q(w).requires_grad
 
 
-def test_a_repeat_that_found_its_output_gone_holds_the_next():
-    q = UniformQuantizer(bits=8)
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_changes_no_version_counter_sees_make_it_quantize_afresh(per_channel):
+    """``weight.data`` edits leave the version as it is; so does a range written by a
+    compiled loop (another quantizer sharing the observer)."""
+    q = UniformQuantizer(bits=8, ch_axis=0 if per_channel else None)
     w = nn.Parameter(torch.randn(6, 5))
-    q(w)
-    plan = q._plan
-    q(w)  # its output dropped at once
-    assert not plan.holds
-    q(w)  # a repeat, its output gone: computed again, and held from now on
-    assert plan.holds
-    kept = q(w)
-    assert q(w) is kept
+    kept = repeating(q, w)
+    version = w._version
+    w.data.mul_(3)  # pruning, clipping and hand-written updates look like this
+    assert w._version == version
+    fresh = q(w)
+    assert fresh is not kept
+    twin = UniformQuantizer(bits=8, ch_axis=0 if per_channel else None)
+    twin(w.detach())  # a range
+    twin.load_state_dict(q.state_dict())
+    assert torch.equal(fresh, twin.eval()(w.detach()))  # the values of the range it has now
+    w.data[0, 0] = -w.data[0, 0]  # one value, one sign
+    assert q(w) is not fresh
+    again = q(w)
+    assert q(w) is again
+    q.observer.min_val.data.mul_(4)  # the range, its version as it was
+    assert q(w) is not again
+    again = q(w)
+    assert q(w) is again
+    q.observer.max_val.data.mul_(4)
+    assert q(w) is not again
+
+
+def test_a_shared_observer_widened_by_another_quantizer():
+    """Two quantizers on one observer: the other's compiled step widens the range by
+    address (no version changes); the first then quantizes its repeat afresh."""
+    first = UniformQuantizer(bits=8)
+    second = UniformQuantizer(bits=8)
+    second.observer = first.observer
+    w, big = nn.Parameter(torch.randn(6, 5)), nn.Parameter(torch.randn(6, 5) * 10)
+    kept = repeating(first, w)
+    second(big)  # decides
+    second(big)  # the compiled step: the range widened by address
+    assert first.observer.max_val.item() >= big.max().item()
+    fresh = first(w)
+    assert fresh is not kept and not torch.equal(fresh, kept)
 
 
 @pytest.mark.parametrize(
@@ -330,3 +375,25 @@ def test_a_replica_decides_afresh():
     q(torch.randn(6, 5))
     assert q._plan is not None
     assert q._replicate_for_data_parallel()._plan is None
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_trusted_versions_skip_the_comparison(per_channel, record_calls):
+    """With the weights' versions trusted, a repeat compares no bits of the weight (an
+    edit through ``.data`` then goes unseen, as documented) and a new version still
+    quantizes afresh; the switch restores the quantizer's own setting."""
+    q = UniformQuantizer(bits=8, ch_axis=0 if per_channel else None)
+    w = nn.Parameter(torch.randn(6, 5))
+    with aquatic.trust_weight_versions(q):
+        kept = repeating(q, w)
+        compared = record_calls(fake_quant_jit, "same_bits")
+        assert q(w) is kept and len(compared) == 2  # the range's two buffers only
+        w.data.mul_(3)
+        assert q(w) is kept  # unseen: the version is as it was
+        with torch.no_grad():
+            w.mul_(1.0)  # a new version
+        assert q(w) is not kept
+    assert q.trusts_weight_versions is False and q._plan is None
+    fresh = repeating(q, w)
+    w.data.mul_(2)
+    assert q(w) is not fresh
