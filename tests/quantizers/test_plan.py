@@ -62,6 +62,7 @@ CHANGES = {
     "to float64 and back": lambda q: (q.double(), q.float()),
     "a range loaded": reload,
     "the range written in place": lambda q: q.observer.max_val.mul_(3),
+    "the range written behind its version": lambda q: q.observer.min_val.data.mul_(3),
 }
 
 INPUTS = {
@@ -99,6 +100,36 @@ def test_steps_with_a_plan_equal_steps_without(build, change, make_input, monkey
     for step, (left, right) in enumerate(zip(expected, got)):
         for a, b in zip(left, right):
             assert a.dtype == b.dtype and torch.equal(a, b), step
+
+
+def run_repeats(build, change, plans, monkeypatch):
+    """One weight, the same tensor at every call: four calls (repeats from the third),
+    the change, four more; each call's value and range, and the weight's gradient."""
+    monkeypatch.undo()
+    if not plans:
+        monkeypatch.setattr(Quantizer, "keep_plan", lambda self, plan: None)
+    torch.manual_seed(0)
+    q, w = build(), nn.Parameter(torch.randn(6, 5) * 2)
+    results = []
+    for call in range(8):
+        if call == 4:
+            change(q)
+        y = q(w)
+        y.backward(torch.randn(y.shape))
+        results.append((y.detach(), q.observer.min_val.clone(), q.observer.max_val.clone()))
+    return results, w.grad
+
+
+@pytest.mark.parametrize("change", CHANGES.values(), ids=CHANGES.keys())
+@pytest.mark.parametrize("build", QUANTIZERS.values(), ids=QUANTIZERS.keys())
+def test_repeats_with_a_plan_equal_calls_without(build, change, monkeypatch):
+    (expected, grad), (got, other) = (
+        run_repeats(build, change, plans, monkeypatch) for plans in (False, True)
+    )
+    assert torch.equal(grad, other)
+    for call, (left, right) in enumerate(zip(expected, got)):
+        for a, b in zip(left, right):
+            assert a.dtype == b.dtype and torch.equal(a, b), call
 
 
 @pytest.mark.parametrize("build", QUANTIZERS.values(), ids=QUANTIZERS.keys())
