@@ -316,14 +316,20 @@ def _quantile(values: List[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def measure(models: Dict[str, Variant], rounds: int, steps: int) -> Dict[str, Result]:
+def measure(
+    models: Dict[str, Variant],
+    rounds: int,
+    steps: int,
+    make: Callable[[nn.Module], Callable[[], None]] = make_step,
+) -> Dict[str, Result]:
     """Median step time (seconds) of each model and its median per-round ratio.
 
     Each round times ``steps`` steps of every model in turn; the ratio of a round is
     the ratio of its medians (model / its reference variant), so a burst of load on the
-    machine that hits one round moves one of many ratios, not the result.
+    machine that hits one round moves one of many ratios, not the result. ``make``
+    builds a model's training step.
     """
-    runners = {name: make_step(v.model) for name, v in models.items()}
+    runners = {name: make(v.model) for name, v in models.items()}
     for run in runners.values():  # warm-up: allocator, observers' first batch, compiling
         for _ in range(10):
             run()
