@@ -100,6 +100,13 @@ def trust_weight_versions(model: nn.Module, trust: bool = True) -> _Switch:
     layer keeps its last quantized weight until the next version (the next optimizer
     step).
 
+    Args:
+        model: the model (or one quantizer) whose quantizers trust the versions.
+        trust: ``False`` compares the bits again (the default of every quantizer).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, or ``trust`` is not a bool.
+
     Example:
         >>> import torch, aquatic
         >>> layer = aquatic.nn.Linear(4, 3, qconfig=aquatic.qconfig.int8)
@@ -108,4 +115,6 @@ def trust_weight_versions(model: nn.Module, trust: bool = True) -> _Switch:
         >>> layer.quantizers["weight"].trusts_weight_versions
         False
     """
-    return _Switch(model, "trusts_weight_versions", bool(trust))
+    if not isinstance(trust, bool):
+        raise TypeError(f"trust must be True or False, got {trust!r}")
+    return _Switch(model, "trusts_weight_versions", trust)

@@ -347,9 +347,11 @@ def observe_scalar_step(
 
 
 def same_bits(a: Tensor, b: Tensor) -> bool:
-    """Whether two contiguous float32 CPU tensors of as many values hold the same bits
-    (signed zeros and NaN payloads told apart), in one compiled pass; ``False`` where
-    they are not such tensors or the loops are not :func:`available`.
+    """Whether two contiguous float32 CPU tensors hold the same bits (signed zeros and
+    NaN payloads told apart), in one compiled pass; else, or without the loops, ``False``.
+
+    Shape:
+        - a, b: any shapes with as many values (compared in memory order).
 
     Example:
         >>> x, y = torch.tensor([0.0, 1.5]), torch.tensor([-0.0, 1.5])

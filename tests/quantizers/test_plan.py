@@ -428,3 +428,11 @@ def test_trusted_versions_skip_the_comparison(per_channel, record_calls):
     fresh = repeating(q, w)
     w.data.mul_(2)
     assert q(w) is not fresh
+
+
+@pytest.mark.parametrize("trust", ["yes", 1, None])
+def test_trust_takes_a_bool(trust):
+    with pytest.raises(TypeError, match="trust must be True or False"):
+        aquatic.trust_weight_versions(UniformQuantizer(), trust)
+    with pytest.raises(TypeError, match="expected an nn.Module"):
+        aquatic.trust_weight_versions("model")
