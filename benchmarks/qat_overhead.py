@@ -167,14 +167,12 @@ def brevitas(model: nn.Module, per_channel: bool) -> Optional[nn.Module]:
         return None
     quant = importlib.import_module("brevitas.quant")
     weight = quant.Int8WeightPerChannelFloat if per_channel else quant.Int8WeightPerTensorFloat
+    kwargs = dict(
+        weight_quant=weight, output_quant=quant.Int8ActPerTensorFloat, return_quant_tensor=False
+    )
     model = copy.deepcopy(model)
     for parent in list(model.modules()):
         for name, module in list(parent.named_children()):
-            kwargs = dict(
-                weight_quant=weight,
-                output_quant=quant.Int8ActPerTensorFloat,
-                return_quant_tensor=False,
-            )
             if isinstance(module, nn.Linear):
                 new = bnn.QuantLinear(module.in_features, module.out_features, bias=True, **kwargs)
             elif isinstance(module, nn.Conv2d):
