@@ -178,7 +178,8 @@ class Plan:
     time step of a sequence (a ``Linear`` before a ``LIFCell``, a recurrent cell), which
     quantizes the same weight each time. The plan notices the first repeat (the same
     tensor, its version, autograd's mode and the range's versions as they were) and
-    from then on keeps the last output, a copy of the input and of the range. A repeat
+    from then on keeps the last output, a copy of the input and of the range (until two
+    calls in a row are no repeat: a quantizer shared by alternating tensors). A repeat
     then returns that output where the input and the range have the same bits as those
     copies (one compiled pass, :func:`~aquatic.functional.fake_quant_jit.same_bits`),
     so that changes no version counter sees (``weight.data.mul_(2)``, a range shared
@@ -206,7 +207,7 @@ class Plan:
 
     __slots__ = (
         "observer", "min_val", "max_val", "pointers", "edits", "channels", "arguments",
-        "repeats", "repeating", "trusted", "last",
+        "repeats", "repeating", "misses", "trusted", "last",
     )  # fmt: skip
 
     def __init__(
@@ -224,6 +225,7 @@ class Plan:
         # UniformQuantizer._covers): observing the same tensor again leaves it as it is.
         self.repeats = channels > 0 or not arguments[-1]
         self.repeating = False  # a repeat was seen: keep what checking the next takes
+        self.misses = 0  # calls in a row, while repeating, that were no repeat
         self.trusted = trusted  # the input's version suffices (no copy, no comparison)
         # (state, input): then, repeating, (output, its version, copies of the input
         # and of the range)
@@ -247,10 +249,18 @@ class Plan:
         state = self._state(input) if repeats else None
         last = self.last
         if repeats and last is not None and last[1]() is input and last[0] == state:
+            self.misses = 0
             if not self.repeating:
                 self.repeating = True
             elif self._unchanged(input, *last[2:]):
                 return last[2]
+        elif self.repeating:
+            # A new weight version misses once between runs of repeats; two misses in
+            # a row are another pattern (a quantizer shared by alternating tensors),
+            # whose copies would only cost: stop keeping them until the next repeat.
+            self.misses += 1
+            if self.misses > 1:
+                self.repeating = False
         cpu_heap.settle(input)
         if self.channels:
             if input.dim() == 0 or input.shape[0] != self.channels:

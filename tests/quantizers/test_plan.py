@@ -371,6 +371,33 @@ def test_a_shared_observer_widened_by_another_quantizer():
     assert fresh is not kept and not torch.equal(fresh, kept)
 
 
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_alternating_tensors_stop_the_copies_until_the_next_repeat(per_channel):
+    """A quantizer shared by two weights that take turns repeats nothing: after two
+    calls in a row that are no repeat, it keeps no copies (a new version between runs
+    of repeats misses once, and keeps them); values as a quantizer without plans."""
+    q = UniformQuantizer(bits=8, ch_axis=0 if per_channel else None)
+    plain = UniformQuantizer(bits=8, ch_axis=0 if per_channel else None)
+    plain.keep_plan = lambda plan: None
+    a, b = nn.Parameter(torch.randn(6, 5)), nn.Parameter(torch.randn(6, 5) * 3)
+    for w in (a, a, a, a, a):
+        plain(w)
+    repeating(q, a)
+    for factor in (0.5, 1.5):  # runs of repeats, each after a step's new version
+        with torch.no_grad():
+            a.mul_(factor)  # one miss: still repeating
+        for w in (a, a):
+            assert torch.equal(q(w), plain(w))
+            assert q._plan.repeating and len(q._plan.last) > 2
+    for w in (b, a, b, a):
+        assert torch.equal(q(w), plain(w))
+    assert not q._plan.repeating and len(q._plan.last) == 2  # no output, no copies
+    assert torch.equal(q(a), plain(a))  # a repeat again: kept from now on
+    assert q._plan.repeating
+    kept = q(a)
+    assert q(a) is kept and torch.equal(kept, plain(a))
+
+
 @pytest.mark.parametrize(
     "build",
     [
