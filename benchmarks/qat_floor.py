@@ -11,23 +11,45 @@ fake quantization costs in PyTorch operations before any framework overhead. aqu
 compiled loops (:mod:`aquatic.functional.fake_quant_jit`, with Numba) do the same
 arithmetic in fewer passes, so its ratio can fall under this one (per-channel weights do).
 
+Two more rows split aquatic's own cost (``--no-ladder`` leaves them out), each the int8
+model with every quantizer's ``forward`` replaced:
+
+- ``outputs only``: each quantizer returns the tensor that aquatic's compiled step writes
+  into, with its autograd node, and no arithmetic: a weight's copy (``clone``, the identity
+  gradient) and an activation's product with a mask (``x * mask``, the masked gradient;
+  a mask of ones, so the values stay the input's). Its ratio is the cost of
+  materializing the fake-quantized tensors.
+- ``bare steps``: each quantizer calls its compiled step
+  (:func:`~aquatic.functional.fake_quant_jit.observe_scalar_step`, per channel
+  :func:`~aquatic.functional.fake_quant_jit.minmax_rows_step`) directly with the
+  arguments its plan (:class:`~aquatic.quantizers.fused.Plan`) decided, skipping the
+  quantizer's and the plan's checks: the cost of the passes themselves, with the fewest
+  Python calls.
+
+Between ``float``, ``outputs only``, ``bare steps`` and ``aquatic``, a run shows what the
+copies, the loops and the checks each add.
+
 The floor model is a cost reference, not a quantizer: it is not checked against aquatic's
 values. Usage::
 
     python benchmarks/qat_floor.py [--threads 2] [--rounds 20] [--steps 5] [--models mlp,cnn]
+        [--no-ladder]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-from typing import Optional
+import types
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 import aquatic
+from aquatic.functional import fake_quant_jit
+from aquatic.quantizers import Quantizer
 from qat_overhead import INT8_PER_CHANNEL, MODELS, Variant, measure
 
 _ZERO = torch.zeros(())
@@ -124,12 +146,50 @@ def floor_model(model: nn.Module, per_channel: bool) -> nn.Module:
     )
 
 
+def _outputs_only(quantizer: Quantizer, input: Tensor) -> Tensor:
+    """The tensor aquatic's compiled step writes into, with its autograd node: a copy
+    where the gradient is the identity (a weight), else a product with a mask (aquatic's
+    starts as zeros; ones here, so that the values stay the input's and the layers
+    after it compute on realistic data)."""
+    if quantizer.is_activation:
+        return input * torch.ones_like(input)
+    return input.clone()
+
+
+def _bare_step(quantizer: Quantizer, input: Tensor) -> Tensor:
+    """The quantizer's compiled step, called with its plan's arguments and no checks;
+    the quantizer itself until it has a plan (its first training step decides one)."""
+    plan = quantizer._plan  # the plan's decisions, read from outside for this row only
+    output = None
+    if plan is not None:
+        step = (
+            fake_quant_jit.minmax_rows_step if plan.channels else fake_quant_jit.observe_scalar_step
+        )
+        output = step(input, plan.min_val, plan.max_val, *plan.arguments)
+    return Quantizer.forward(quantizer, input) if output is None else output
+
+
+def replaced(model: nn.Module, forward: Callable[[Quantizer, Tensor], Tensor]) -> nn.Module:
+    """``model`` with every quantizer's ``forward`` replaced by ``forward``; each
+    quantizer says whether it is an activation's (``is_activation``)."""
+    for name, module in model.named_modules():
+        if isinstance(module, Quantizer):
+            module.is_activation = name.endswith("activation")
+            module.forward = types.MethodType(forward, module)
+    return model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--models", default="mlp,mlp512,cnn", help="comma-separated")
+    parser.add_argument(
+        "--no-ladder",
+        action="store_true",
+        help="leave out the outputs-only and bare-steps rows",
+    )
     args = parser.parse_args()
     names = [n for n in args.models.split(",") if n]
     sequential = sorted(n for n in MODELS if n != "rows")  # floor_model takes nn.Sequential
@@ -150,6 +210,17 @@ def main() -> None:
             "aquatic pc": Variant(aquatic.quantize(float_model, INT8_PER_CHANNEL)),
             "floor pc": Variant(floor_model(copy.deepcopy(float_model), per_channel=True)),
         }
+        if not args.no_ladder:
+            int8 = aquatic.qconfig.int8
+            models["outputs only"] = Variant(
+                replaced(aquatic.quantize(float_model, int8), _outputs_only)
+            )
+            models["bare steps"] = Variant(
+                replaced(aquatic.quantize(float_model, int8), _bare_step)
+            )
+            models["bare steps pc"] = Variant(
+                replaced(aquatic.quantize(float_model, INT8_PER_CHANNEL), _bare_step)
+            )
         for variant, r in measure(models, args.rounds, args.steps).items():
             print(
                 f"{name:<7} {variant:<22} {r.seconds * 1e3:>17.3f} {r.ratio:>6.2f}x "
